@@ -1,0 +1,56 @@
+# Two commands do all the set-up: `make demo` and `make test`.
+# The virtualenv is created on first use; Debian's Prometheus (and nginx, for
+# the gate benchmark) are installed when missing.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+EXTRAS ?= test,plot,inspect,model-server
+
+.PHONY: help venv system-deps test lint typecheck unit demo crd golden bench-gate bench-policy clean
+
+help:
+	@echo "make demo   - run the closed loop on the embedded local cluster"
+	@echo "make test   - lint, type-check and run every test"
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Debian packages the tests and the demo run for real.
+system-deps:
+	@missing=""; \
+	command -v prometheus >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	command -v nginx >/dev/null 2>&1 || missing="$$missing nginx"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		$$SUDO apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y --no-install-recommends $$missing; \
+	fi
+
+lint: venv
+	$(BIN)/ruff check operator tests e2e
+	$(BIN)/ruff format --check operator tests e2e
+
+typecheck: venv
+	$(BIN)/mypy --strict
+
+unit: venv system-deps
+	$(BIN)/pytest
+
+test: lint typecheck unit
+
+crd: venv
+	$(BIN)/vlm-operator crd > crds/vlmservice.yaml
+
+golden: venv
+	$(BIN)/pytest tests/test_render.py --update-golden
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

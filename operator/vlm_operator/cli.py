@@ -1,0 +1,63 @@
+"""The `vlm-operator` command line.
+
+Each subcommand lives in its own module under ``vlm_operator.commands``,
+exposing ``add_arguments(parser)`` and ``run(args) -> int``; this module only
+wires them together, so that importing the CLI stays cheap and ``--help``
+never needs the heavy dependencies of one subcommand. Bad input raises
+:class:`UsageError`, printed without a traceback, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from typing import Protocol, cast
+
+from vlm_operator import __version__
+
+
+class UsageError(Exception):
+    """Bad input from the user: printed as one message, exit status 2."""
+
+
+class _Command(Protocol):
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None: ...
+
+    def run(self, args: argparse.Namespace) -> int: ...
+
+
+#: subcommand → (module, one-line help). Keep sorted by workflow, not name.
+COMMANDS: dict[str, tuple[str, str]] = {}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vlm-operator",
+        description=(
+            "Run CPU vision-language models on Kubernetes behind a concurrency gate, "
+            "and autoscale them from Prometheus signals."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = cast(_Command, importlib.import_module(module_name))
+        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        command_parser.set_defaults(_module=module_name)
+        module.add_arguments(command_parser)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    module = cast(_Command, importlib.import_module(args._module))
+    try:
+        return int(module.run(args))
+    except UsageError as exc:
+        print(f"vlm-operator {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

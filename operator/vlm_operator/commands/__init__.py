@@ -1,0 +1,1 @@
+"""One module per `vlm-operator` subcommand: ``add_arguments`` and ``run``."""

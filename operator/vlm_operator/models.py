@@ -1,0 +1,706 @@
+"""The VLMService API: spec and status as pydantic models.
+
+These models are the single source of truth for the API. The CRD's
+openAPIV3Schema is generated from them (`vlm-operator crd`), the CLI validates
+files with them, and the operator parses every object it reads through them.
+Every field carries its description and its default here, and nowhere else.
+
+Cross-field rules are written twice on purpose, in the same place: as a
+pydantic validator (so the CLI and the operator report them with the field's
+path) and as a CEL expression in ``x-kubernetes-validations`` (so the API
+server rejects them before they are stored). Tests evaluate both on the same
+good and bad examples so that they cannot drift apart.
+
+This module is pure: it imports neither ``kubernetes``, ``kopf`` nor ``httpx``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "vlm-operator.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "VLMService"
+PLURAL = "vlmservices"
+SINGULAR = "vlmservice"
+SHORT_NAMES = ("vlms",)
+
+#: Label put on every pod (and child object) of a VLMService; Prometheus
+#: relabels it to the ``vlmservice`` label of the signals contract.
+SERVICE_LABEL = f"{GROUP}/service"
+
+Runtime = Literal["llamacpp", "transformers", "fake", "custom"]
+MissingSignalsAction = Literal["Hold", "Fallback"]
+Quantity = str
+
+#: ``x-kubernetes-validations`` rules attached to a model class, read by the
+#: CRD generator. Key: the class; value: list of {rule, message, fieldPath?}.
+CEL_KEY = "x-kubernetes-validations"
+
+
+def _cel(*rules: dict[str, str]) -> dict[str, Any]:
+    return {CEL_KEY: list(rules)}
+
+
+class APIModel(BaseModel):
+    """Base for every API object: camelCase on the wire, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        frozen=True,
+        validate_default=True,
+    )
+
+    def to_api(self) -> dict[str, Any]:
+        """The object as it appears in a manifest (camelCase, no unset Nones)."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+# --------------------------------------------------------------------------- model
+
+
+class EnvVar(APIModel):
+    """An environment variable for the model container."""
+
+    name: str = Field(min_length=1, max_length=253, description="Variable name.")
+    value: str = Field(default="", description="Variable value.")
+
+
+class DownloadSpec(APIModel):
+    """An init container that fills the model storage before the server starts."""
+
+    image: str = Field(min_length=1, description="Image that downloads the model files.")
+    command: list[str] = Field(
+        default_factory=list, description="Command of the download container."
+    )
+    args: list[str] = Field(default_factory=list, description="Arguments of the download step.")
+    env: list[EnvVar] = Field(
+        default_factory=list, description="Environment of the download step (e.g. tokens)."
+    )
+
+
+class PersistentVolumeClaimSource(APIModel):
+    """An existing PersistentVolumeClaim holding the model files."""
+
+    claim_name: str = Field(min_length=1, max_length=253, description="Name of the claim.")
+    read_only: bool = Field(
+        default=True,
+        description="Mount read-only. Set false only when a download step writes into it.",
+    )
+
+
+class HostPathSource(APIModel):
+    """A directory on the node holding the model files (single-node clusters, labs)."""
+
+    path: str = Field(pattern=r"^/", description="Absolute path on the node.")
+
+
+class EmptyDirSource(APIModel):
+    """Scratch space per pod; needs a download step to be useful."""
+
+    size_limit: Quantity | None = Field(
+        default="20Gi", description="Size limit of the scratch volume."
+    )
+
+
+class ModelStorage(APIModel):
+    """Where the model files live. Exactly one of pvc, hostPath, emptyDir."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            {
+                "rule": "[has(self.pvc), has(self.hostPath), has(self.emptyDir)]"
+                ".filter(x, x).size() <= 1",
+                "message": "set at most one of pvc, hostPath, emptyDir",
+            },
+            {
+                "rule": "!has(self.emptyDir) || has(self.download)",
+                "message": "emptyDir storage needs a download step to fill it",
+            },
+        )
+    )
+
+    pvc: PersistentVolumeClaimSource | None = Field(
+        default=None, description="Model files on an existing PersistentVolumeClaim."
+    )
+    host_path: HostPathSource | None = Field(
+        default=None, description="Model files in a directory on the node."
+    )
+    empty_dir: EmptyDirSource | None = Field(
+        default=None, description="Per-pod scratch space filled by the download step."
+    )
+    mount_path: str = Field(
+        default="/models", pattern=r"^/", description="Where the storage is mounted."
+    )
+    download: DownloadSpec | None = Field(
+        default=None, description="Optional init step that fills the storage."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelStorage:
+        chosen = [n for n in ("pvc", "host_path", "empty_dir") if getattr(self, n) is not None]
+        if len(chosen) > 1:
+            raise ValueError("set at most one of pvc, hostPath, emptyDir")
+        if self.empty_dir is not None and self.download is None:
+            raise ValueError("emptyDir storage needs a download step to fill it")
+        return self
+
+
+class FakeModelSpec(APIModel):
+    """Parameters of the `fake` runtime's latency model (see DESIGN: processor sharing)."""
+
+    base_seconds: float = Field(
+        default=6.2, gt=0, le=3600, description="Solo service time of one request."
+    )
+    alpha: float = Field(
+        default=0.185, ge=0, le=10, description="Contention: each extra request slows all by α."
+    )
+    startup_seconds: float = Field(
+        default=60.0, ge=0, le=3600, description="Simulated model load time."
+    )
+    time_scale: float = Field(
+        default=1.0,
+        gt=0,
+        le=1000,
+        description="Divides every duration (tests and demos run 10-50x faster).",
+    )
+
+
+class ModelFiles(APIModel):
+    """Files of the model inside the storage mount, relative to mountPath."""
+
+    model: str = Field(
+        default="",
+        description=(
+            "GGUF weights for llamacpp, or the model directory for transformers. "
+            "Empty selects the runtime preset's default for the model id."
+        ),
+    )
+    mmproj: str = Field(
+        default="",
+        description="Multimodal projector GGUF (llamacpp only); empty selects the default.",
+    )
+
+
+class ModelSpec(APIModel):
+    """What to serve and with which runtime."""
+
+    id: str = Field(
+        min_length=1,
+        max_length=253,
+        description="Model id as clients name it in requests (e.g. Qwen/Qwen3-VL-2B-Instruct).",
+    )
+    runtime: Runtime = Field(
+        default="llamacpp",
+        description=(
+            "Runtime preset: llamacpp (llama-server, GGUF; the fast CPU path), transformers "
+            "(reference float32 server), fake (latency emulator for tests and demos), "
+            "custom (any OpenAI-compatible image; set image and port)."
+        ),
+    )
+    image: str | None = Field(
+        default=None, description="Container image; empty selects the runtime preset's image."
+    )
+    command: list[str] = Field(
+        default_factory=list, description="Overrides the preset's entrypoint."
+    )
+    args: list[str] = Field(
+        default_factory=list, description="Extra arguments appended to the preset's arguments."
+    )
+    env: list[EnvVar] = Field(
+        default_factory=list, description="Extra environment for the model container."
+    )
+    port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Port the model server listens on inside the pod; empty: preset default.",
+    )
+    health_path: str | None = Field(
+        default=None,
+        pattern=r"^/",
+        description="Health endpoint of the model server; empty: preset default.",
+    )
+    files: ModelFiles = Field(
+        default_factory=ModelFiles, description="Model files inside the storage."
+    )
+    storage: ModelStorage = Field(
+        default_factory=ModelStorage, description="Where the model files live."
+    )
+    fake: FakeModelSpec = Field(
+        default_factory=FakeModelSpec, description="Latency model of the fake runtime."
+    )
+
+
+# ----------------------------------------------------------------------- resources
+
+
+class ResourceList(APIModel):
+    """CPU and memory quantities."""
+
+    cpu: Quantity | None = Field(default=None, description="CPU quantity, e.g. '8' or '500m'.")
+    memory: Quantity | None = Field(default=None, description="Memory quantity, e.g. '12Gi'.")
+
+
+class ResourceRequirements(APIModel):
+    """Requests and limits of a container."""
+
+    requests: ResourceList = Field(default_factory=ResourceList, description="Requests.")
+    limits: ResourceList = Field(default_factory=ResourceList, description="Limits.")
+
+
+def _model_resources() -> ResourceRequirements:
+    # Measured: 10.2 GB idle, +0.28 GB per request in flight (14.7 GB at 16).
+    # At the default limit of 4 in flight that is ~11.3 GB: request 12Gi, and
+    # keep the limit well above the 16-in-flight peak so a burst never OOMs.
+    # No CPU limit: CFS throttling of a compute-bound model only adds latency.
+    return ResourceRequirements(
+        requests=ResourceList(cpu="8", memory="12Gi"),
+        limits=ResourceList(memory="16Gi"),
+    )
+
+
+def _gate_resources() -> ResourceRequirements:
+    # Measured: ~0.27 ms CPU per proxied request and well under 60 MB RSS.
+    return ResourceRequirements(
+        requests=ResourceList(cpu="50m", memory="64Mi"),
+        limits=ResourceList(memory="256Mi"),
+    )
+
+
+class GateSpec(APIModel):
+    """The gate sidecar in front of the model server."""
+
+    image: str | None = Field(
+        default=None, description="Gate image; empty uses the operator's own image."
+    )
+    port: int = Field(
+        default=8000, ge=1, le=65535, description="Port the gate listens on (the pod's only port)."
+    )
+    resources: ResourceRequirements = Field(
+        default_factory=_gate_resources, description="Resources of the gate container."
+    )
+
+
+# --------------------------------------------------------------------- concurrency
+
+
+class ConcurrencySpec(APIModel):
+    """How much work a pod accepts. The gate enforces it; the autoscaler targets it."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            {
+                "rule": "self.queueTimeoutSeconds > 0.0",
+                "message": "queueTimeoutSeconds must be positive",
+                "fieldPath": ".queueTimeoutSeconds",
+            },
+        )
+    )
+
+    max_in_flight: int = Field(
+        default=4,
+        ge=1,
+        le=1024,
+        description=(
+            "Hard limit of requests inside the model at once. Measured for Qwen3-VL-2B on "
+            "CPU: 4 keeps P95 at 10.5 s; 8 starts failing."
+        ),
+    )
+    queue_size: int = Field(
+        default=8,
+        ge=0,
+        le=100000,
+        description="Requests that may wait in the gate's FIFO queue; beyond it: 429.",
+    )
+    queue_timeout_seconds: float = Field(
+        default=20.0,
+        le=3600,
+        description="Longest wait in the queue before the request is answered 504.",
+    )
+    max_request_bytes: int = Field(
+        default=20 * 1024 * 1024,
+        ge=1024,
+        le=1024 * 1024 * 1024,
+        description="Largest request body accepted (a few base64 images); beyond it: 413.",
+    )
+
+    @model_validator(mode="after")
+    def _positive_timeout(self) -> ConcurrencySpec:
+        if not self.queue_timeout_seconds > 0:
+            raise ValueError("queueTimeoutSeconds must be positive")
+        return self
+
+
+# --------------------------------------------------------------------- autoscaling
+
+
+class ScaleUpRules(APIModel):
+    """How fast replicas may rise."""
+
+    stabilization_window_seconds: int = Field(
+        default=0,
+        ge=0,
+        le=3600,
+        description="Scale up only to the lowest recommendation seen in this window.",
+    )
+    max_pods_per_step: int = Field(
+        default=4, ge=1, le=1000, description="At most this many pods added per step..."
+    )
+    max_percent_per_step: int = Field(
+        default=100,
+        ge=1,
+        le=10000,
+        description="...or this percentage of the current replicas, whichever is larger.",
+    )
+    burst_window_seconds: int = Field(
+        default=10,
+        ge=0,
+        le=600,
+        description=(
+            "Short window for bursts: while demand over it needs twice the ready pods, "
+            "scale up at once and never down."
+        ),
+    )
+
+
+class ScaleDownRules(APIModel):
+    """How slowly replicas may fall."""
+
+    stabilization_window_seconds: int = Field(
+        default=120,
+        ge=0,
+        le=7200,
+        description="Scale down only to the highest recommendation seen in this window.",
+    )
+    max_pods_per_step: int = Field(
+        default=1000, ge=1, le=1000, description="At most this many pods removed per step..."
+    )
+    max_percent_per_step: int = Field(
+        default=50,
+        ge=1,
+        le=100,
+        description="...and at most this percentage of the current replicas.",
+    )
+
+
+class MissingSignalsSpec(APIModel):
+    """What to do when Prometheus is down, empty or stale. Never scales down."""
+
+    action: MissingSignalsAction = Field(
+        default="Hold",
+        description="Hold: keep the current replicas. Fallback: raise to fallbackReplicas.",
+    )
+    fallback_replicas: int | None = Field(
+        default=None, ge=0, description="Replicas to raise to with action Fallback."
+    )
+    stale_after_seconds: int = Field(
+        default=60,
+        ge=1,
+        le=3600,
+        description="Signals older than this count as missing.",
+    )
+
+
+class AutoscalingSpec(APIModel):
+    """Replica autoscaling from the gates' signals."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            {
+                "rule": "self.minReplicas <= self.maxReplicas",
+                "message": "minReplicas must be less than or equal to maxReplicas",
+                "fieldPath": ".minReplicas",
+            },
+            {
+                "rule": "self.missingSignals.action != 'Fallback' || "
+                "has(self.missingSignals.fallbackReplicas)",
+                "message": "missingSignals.action Fallback needs fallbackReplicas",
+                "fieldPath": ".missingSignals.fallbackReplicas",
+            },
+        )
+    )
+
+    enabled: bool = Field(
+        default=True, description="Off: spec.replicas (or the scale subresource) decides."
+    )
+    min_replicas: int = Field(default=1, ge=0, le=10000, description="Lowest replica count.")
+    max_replicas: int = Field(default=10, ge=1, le=10000, description="Highest replica count.")
+    target_utilization: float = Field(
+        default=1.0,
+        gt=0,
+        le=1,
+        description=(
+            "Fraction of maxInFlight to aim for per pod. 1.0 with a fast loop keeps latency "
+            "at the lowest cost; lower values buy headroom with whole pods."
+        ),
+    )
+    p95_latency_target_seconds: float = Field(
+        default=12.0,
+        gt=0,
+        le=3600,
+        description="Fleet P95 above this never scales down and forces a scale-up.",
+    )
+    sync_period_seconds: float = Field(
+        default=5.0,
+        ge=1,
+        le=300,
+        description="Control loop period. Reaction time decides latency after a load step.",
+    )
+    scale_up: ScaleUpRules = Field(default_factory=ScaleUpRules, description="Scale-up rules.")
+    scale_down: ScaleDownRules = Field(
+        default_factory=ScaleDownRules, description="Scale-down rules."
+    )
+    missing_signals: MissingSignalsSpec = Field(
+        default_factory=MissingSignalsSpec, description="Behaviour when signals are missing."
+    )
+    pending_timeout_seconds: int = Field(
+        default=600,
+        ge=0,
+        le=86400,
+        description=(
+            "Pods Pending longer than this (no node delivered) stop counting as capacity "
+            "on its way; the service shows ScalingLimited."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("minReplicas must be less than or equal to maxReplicas")
+        if (
+            self.missing_signals.action == "Fallback"
+            and self.missing_signals.fallback_replicas is None
+        ):
+            raise ValueError("missingSignals.action Fallback needs fallbackReplicas")
+        return self
+
+
+# ------------------------------------------------------------------------- metrics
+
+
+class SignalQueries(APIModel):
+    """PromQL overrides, one per signal. Each must return one series per
+    (namespace, vlmservice); ``$window`` is replaced by the rate window."""
+
+    running: str | None = Field(default=None, description="Requests inside the models.")
+    waiting: str | None = Field(default=None, description="Requests queued in the gates.")
+    p95: str | None = Field(default=None, description="Fleet P95 latency in seconds.")
+    arrival_rate: str | None = Field(default=None, description="Finished requests per second.")
+    error_rate: str | None = Field(
+        default=None, description="Fraction of requests answered 5xx or rejected."
+    )
+
+
+class MetricsSpec(APIModel):
+    """Where the signals come from."""
+
+    prometheus_url: str | None = Field(
+        default=None,
+        pattern=r"^https?://",
+        description="Prometheus for this service; empty uses the operator's --prometheus-url.",
+    )
+    window_seconds: int = Field(
+        default=30,
+        ge=5,
+        le=3600,
+        description="Rate window for P95, arrival and error rates.",
+    )
+    queries: SignalQueries = Field(
+        default_factory=SignalQueries, description="Per-signal PromQL overrides."
+    )
+
+
+class MonitoringSpec(APIModel):
+    """Prometheus Operator integration."""
+
+    pod_monitor: bool = Field(default=False, description="Create a PodMonitor for the gates.")
+    interval: str = Field(
+        default="5s",
+        pattern=r"^[0-9]+(ms|s|m)$",
+        description="Scrape interval (short: reaction time decides latency after a step).",
+    )
+    labels: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra labels on the PodMonitor (e.g. release for kube-prometheus-stack).",
+    )
+
+
+class NetworkPolicySpec(APIModel):
+    """Optional NetworkPolicy restricting who may reach the gate."""
+
+    enabled: bool = Field(default=False, description="Create a NetworkPolicy.")
+    allow_from_namespaces: dict[str, str] = Field(
+        default_factory=dict,
+        description="Namespace labels allowed to reach the gate (empty: this namespace only).",
+    )
+    allow_from_pods: dict[str, str] = Field(
+        default_factory=dict, description="Pod labels allowed to reach the gate."
+    )
+    prometheus_namespace_labels: dict[str, str] = Field(
+        default_factory=lambda: {"kubernetes.io/metadata.name": "monitoring"},
+        description="Namespace labels of Prometheus, allowed to scrape /metrics.",
+    )
+
+
+class PlacementSpec(APIModel):
+    """Where pods may run."""
+
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node selector.")
+    tolerations: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Tolerations, as in a pod spec.",
+        json_schema_extra={
+            "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+        },
+    )
+    priority_class_name: str | None = Field(default=None, description="Priority class.")
+    service_account_name: str | None = Field(
+        default=None, description="Service account of the model pods."
+    )
+    image_pull_secrets: list[str] = Field(
+        default_factory=list, description="Names of image pull secrets."
+    )
+
+
+# ---------------------------------------------------------------------------- spec
+
+
+class VLMServiceSpec(APIModel):
+    """Desired state of a VLMService."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            {
+                "rule": "self.model.runtime != 'custom' || has(self.model.image)",
+                "message": "runtime custom needs model.image",
+                "fieldPath": ".model.image",
+            },
+        )
+    )
+
+    model: ModelSpec = Field(description="The model and its runtime.")
+    replicas: int | None = Field(
+        default=None,
+        ge=0,
+        le=10000,
+        description="Replicas when autoscaling is off (also set through the scale subresource).",
+    )
+    resources: ResourceRequirements = Field(
+        default_factory=_model_resources, description="Resources of the model container."
+    )
+    gate: GateSpec = Field(default_factory=GateSpec, description="The gate sidecar.")
+    concurrency: ConcurrencySpec = Field(
+        default_factory=ConcurrencySpec, description="Per-pod concurrency limits."
+    )
+    autoscaling: AutoscalingSpec = Field(
+        default_factory=AutoscalingSpec, description="Autoscaling."
+    )
+    metrics: MetricsSpec = Field(default_factory=MetricsSpec, description="Signal source.")
+    monitoring: MonitoringSpec = Field(
+        default_factory=MonitoringSpec, description="Prometheus Operator integration."
+    )
+    network_policy: NetworkPolicySpec = Field(
+        default_factory=NetworkPolicySpec, description="NetworkPolicy."
+    )
+    placement: PlacementSpec = Field(default_factory=PlacementSpec, description="Pod placement.")
+
+    @model_validator(mode="after")
+    def _custom_needs_image(self) -> VLMServiceSpec:
+        if self.model.runtime == "custom" and not self.model.image:
+            raise ValueError("runtime custom needs model.image")
+        return self
+
+
+# -------------------------------------------------------------------------- status
+
+
+class ObservedSignals(APIModel):
+    """The last signals read from Prometheus (absent: no signal)."""
+
+    in_flight: float | None = Field(default=None, description="Requests inside the models.")
+    waiting: float | None = Field(default=None, description="Requests queued in the gates.")
+    in_flight_per_pod: float | None = Field(
+        default=None, description="In-flight requests per ready pod."
+    )
+    p95_seconds: float | None = Field(default=None, description="Fleet P95 latency.")
+    arrival_rate: float | None = Field(default=None, description="Requests per second.")
+    error_rate: float | None = Field(default=None, description="Fraction of failed requests.")
+    observed_at: str | None = Field(default=None, description="When they were read (RFC 3339).")
+
+
+class Decision(APIModel):
+    """The autoscaler's last decision."""
+
+    time: str = Field(description="When it was made (RFC 3339).")
+    replicas: int = Field(ge=0, description="Replicas decided.")
+    direction: Literal["up", "down", "hold"] = Field(description="Change it made.")
+    reason: str = Field(description="Why, in numbers.")
+
+
+class Condition(APIModel):
+    """A standard Kubernetes condition."""
+
+    type: str = Field(description="Ready, MetricsAvailable, ScalingLimited, InvalidSpec, ...")
+    status: Literal["True", "False", "Unknown"] = Field(description="Condition status.")
+    reason: str = Field(default="", description="CamelCase reason.")
+    message: str = Field(default="", description="Human-readable detail.")
+    last_transition_time: str | None = Field(
+        default=None, description="When the status last changed."
+    )
+    observed_generation: int | None = Field(
+        default=None, description="Generation the condition was computed for."
+    )
+
+
+class VLMServiceStatus(APIModel):
+    """Observed state of a VLMService, written by the operator."""
+
+    model_config = ConfigDict(
+        extra="ignore", frozen=True, alias_generator=to_camel, populate_by_name=True
+    )
+
+    replicas: int = Field(default=0, ge=0, description="Pods of the Deployment.")
+    ready_replicas: int = Field(default=0, ge=0, description="Ready pods.")
+    desired_replicas: int = Field(default=0, ge=0, description="Replicas the autoscaler wants.")
+    selector: str = Field(default="", description="Label selector of the pods (scale subresource).")
+    observed_generation: int | None = Field(
+        default=None, description="Spec generation the operator last acted on."
+    )
+    signals: ObservedSignals = Field(
+        default_factory=ObservedSignals, description="Last observed signals."
+    )
+    last_decision: Decision | None = Field(default=None, description="Last scaling decision.")
+    last_scale_time: str | None = Field(default=None, description="Last replica change.")
+    conditions: list[Condition] = Field(default_factory=list, description="Conditions.")
+    autoscaler_state: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The scaling policy's state, so a restarted operator keeps stabilization.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+
+
+class VLMService(APIModel):
+    """A whole VLMService object as read from a file or the API."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    api_version: Literal["vlm-operator.io/v1alpha1"] = Field(alias="apiVersion")
+    kind: Literal["VLMService"]
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    spec: VLMServiceSpec
+    status: VLMServiceStatus | None = None
+
+    @property
+    def name(self) -> str:
+        return str(self.metadata.get("name", ""))
+
+    @property
+    def namespace(self) -> str:
+        return str(self.metadata.get("namespace") or "default")
