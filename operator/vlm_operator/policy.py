@@ -1,0 +1,403 @@
+"""The scaling policy: signals and pod counts in, desired replicas out.
+
+A pure, deterministic function, :func:`recommend`, decides each control-loop
+tick. Everything it remembers between ticks is a small
+:class:`PolicyState` that round-trips through JSON, so the operator keeps it
+in the VLMService status and a restarted operator does not forget its
+stabilization windows.
+
+The rules, and the failures of other autoscalers they answer:
+
+- **Demand is running + waiting.** A pod's gate caps what runs inside the
+  model; the queue behind it is the demand the cap hides (knative/serving#2141,
+  ray#20977). Pods needed = ⌈demand / (maxInFlight × targetUtilization)⌉.
+- **Hysteresis in requests, not percent.** Scale down only when the demand
+  fits in fewer pods with half a pod's worth of requests to spare. A 10 %
+  tolerance band means nothing at 1-4 replicas (kubernetes#116984).
+- **Stabilization.** A scale-down goes to the highest recommendation of the
+  last ``scaleDown.stabilizationWindowSeconds`` and moves in bounded steps; a
+  scale-up goes to the lowest of ``scaleUp.stabilizationWindowSeconds`` (0 by
+  default: react at once) and adds at most max(maxPodsPerStep,
+  maxPercentPerStep % of current) pods per tick.
+- **Bursts.** While the demand of the short burst window needs twice the
+  ready pods, scale up to it at once (no step limit) and never down.
+- **P95 guard.** A fleet P95 over the target never scales down, and scales
+  up by at least one pod over the capacity even when the concurrency looks
+  fine; but not again while pods it asked for are still starting or while
+  the P95 window still reflects the time before they were ready.
+- **Start-up aware.** Pods that exist but are not ready are capacity on its
+  way (a 60 s model load must not trigger a second scale-up); pods Pending
+  longer than ``pendingTimeoutSeconds`` are not.
+- **Missing signals never scale down.** An empty, NaN, negative, stale or
+  failed signal is "no signal", never zero (keda#3065). The policy then holds,
+  scales up only on what is still trustworthy (a queue it can still see), or,
+  with ``missingSignals.action: Fallback``, raises to ``fallbackReplicas``.
+
+This module is pure: it imports neither ``kubernetes``, ``kopf`` nor ``httpx``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from vlm_operator.models import VLMServiceSpec
+
+__all__ = ["Decision", "PodCounts", "PolicyState", "Signals", "recommend"]
+
+Direction = Literal["up", "down", "hold"]
+
+#: Entries kept per history in the state; bounds the status object's size.
+MAX_HISTORY = 48
+_STATE_VERSION = 1
+# Demand a hair over a multiple of the per-pod target (floating-point noise of
+# rates and averages) must not buy a whole extra pod.
+_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class Signals:
+    """The fleet's signals as read from Prometheus. None means "no signal"."""
+
+    running: float | None
+    waiting: float | None
+    p95_seconds: float | None
+    arrival_rate: float | None
+    error_rate: float | None
+    age_seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class PodCounts:
+    """The Deployment's pods as the operator sees them."""
+
+    current: int  # Deployment spec.replicas now
+    ready: int  # ready pods
+    starting: int  # exist but not ready (pending or loading the model)
+    stuck: int = 0  # Pending longer than pendingTimeoutSeconds (part of ``starting``)
+
+
+@dataclass(frozen=True)
+class PolicyState:
+    """What the policy remembers between ticks (kept in the VLMService status).
+
+    ``down`` and ``up`` are monotonic queues of (time, recommendation): the
+    window maximum (scale-down) and minimum (scale-up) are their first entry,
+    and an entry is dropped as soon as a later one dominates it, so they stay
+    short. ``demand`` holds the demand samples of the burst window;
+    ``settled_at`` is the last time capacity changed (a scale-up decided or a
+    pod still starting), which the P95 guard waits out.
+    """
+
+    down: tuple[tuple[float, int], ...] = ()
+    up: tuple[tuple[float, int], ...] = ()
+    demand: tuple[tuple[float, float], ...] = ()
+    settled_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A small JSON-safe dict (times rounded to milliseconds)."""
+        out: dict[str, Any] = {
+            "version": _STATE_VERSION,
+            "down": [[round(t, 3), n] for t, n in self.down],
+            "up": [[round(t, 3), n] for t, n in self.up],
+            "demand": [[round(t, 3), round(d, 3)] for t, d in self.demand],
+        }
+        if self.settled_at is not None:
+            out["settledAt"] = round(self.settled_at, 3)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | Any) -> PolicyState:
+        """Parse :meth:`to_dict`'s output; anything else gives a fresh state."""
+        if not isinstance(data, Mapping) or data.get("version") != _STATE_VERSION:
+            return cls()
+        try:
+            down = tuple((_finite(t), _count(n)) for t, n in data.get("down", ()))
+            up = tuple((_finite(t), _count(n)) for t, n in data.get("up", ()))
+            demand = tuple((_finite(t), _finite(d)) for t, d in data.get("demand", ()))
+            settled = data.get("settledAt")
+            settled_at = None if settled is None else _finite(settled)
+        except (TypeError, ValueError):
+            return cls()
+        return cls(
+            down=down[-MAX_HISTORY:],
+            up=up[-MAX_HISTORY:],
+            demand=demand[-MAX_HISTORY:],
+            settled_at=settled_at,
+        )
+
+
+def _finite(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(value)
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(value)
+    return number
+
+
+def _count(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(value)
+    return value
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One tick's decision, with its reason in numbers."""
+
+    replicas: int
+    direction: Direction
+    reason: str
+    state: PolicyState
+    signals_ok: bool
+    limited: str | None = None
+
+
+# ------------------------------------------------------------------------ helpers
+
+
+def _value(x: float | None) -> float | None:
+    """A usable signal value, or None for empty / NaN / infinite / negative."""
+    if x is None or isinstance(x, bool):
+        return None
+    try:
+        number = float(x)
+    except (TypeError, ValueError):
+        return None
+    if not math.isfinite(number) or number < 0:
+        return None
+    return number
+
+
+def _pods_for(demand: float, per_pod: float) -> int:
+    return max(0, math.ceil(demand / per_pod - _EPS))
+
+
+def _push_max(
+    queue: tuple[tuple[float, int], ...], now: float, value: int, window: float
+) -> tuple[tuple[float, int], ...]:
+    """Append to a window-maximum queue: drop expired entries and dominated ones."""
+    kept = [(t, v) for t, v in queue if now - window < t <= now and v > value]
+    kept.append((now, value))
+    return tuple(kept[-MAX_HISTORY:])
+
+
+def _push_min(
+    queue: tuple[tuple[float, int], ...], now: float, value: int, window: float
+) -> tuple[tuple[float, int], ...]:
+    kept = [(t, v) for t, v in queue if now - window < t <= now and v < value]
+    kept.append((now, value))
+    return tuple(kept[-MAX_HISTORY:])
+
+
+def _fmt(x: float | None) -> str:
+    if x is None:
+        return "?"
+    return f"{x:.1f}" if x != int(x) else str(int(x))
+
+
+def _decision(
+    replicas: int,
+    current: int,
+    reason: str,
+    state: PolicyState,
+    *,
+    signals_ok: bool,
+    limited: str | None,
+) -> Decision:
+    direction: Direction = "up" if replicas > current else "down" if replicas < current else "hold"
+    return Decision(
+        replicas=replicas,
+        direction=direction,
+        reason=reason,
+        state=state,
+        signals_ok=signals_ok,
+        limited=limited,
+    )
+
+
+# ------------------------------------------------------------------------- policy
+
+
+def recommend(
+    state: PolicyState,
+    signals: Signals,
+    pods: PodCounts,
+    spec: VLMServiceSpec,
+    now: float,
+) -> Decision:
+    """Decide the replicas for this tick. Pure and deterministic."""
+    auto = spec.autoscaling
+    current = max(0, pods.current)
+    lo, hi = auto.min_replicas, auto.max_replicas
+
+    if not auto.enabled:
+        wanted = spec.replicas if spec.replicas is not None else current
+        source = f"spec.replicas={wanted}" if spec.replicas is not None else f"kept {wanted}"
+        return _decision(
+            wanted,
+            current,
+            f"autoscaling disabled: {source}",
+            state,
+            signals_ok=True,
+            limited=None,
+        )
+
+    per_pod = spec.concurrency.max_in_flight * auto.target_utilization
+    on_way = max(0, pods.starting - pods.stuck)
+    capacity = max(0, pods.ready) + on_way
+    up_window = float(auto.scale_up.stabilization_window_seconds)
+    down_window = float(auto.scale_down.stabilization_window_seconds)
+    burst_window = float(auto.scale_up.burst_window_seconds)
+
+    # --- which signals can be trusted --------------------------------------
+    problems: list[str] = []
+    if signals.error is not None:
+        problems.append(f"metrics error: {signals.error}")
+    elif not signals.age_seconds <= auto.missing_signals.stale_after_seconds:
+        problems.append(
+            f"signals stale ({_fmt(signals.age_seconds)}s > "
+            f"{auto.missing_signals.stale_after_seconds}s)"
+        )
+    trusted = not problems
+    running = _value(signals.running) if trusted else None
+    waiting = _value(signals.waiting) if trusted else None
+    p95 = _value(signals.p95_seconds) if trusted else None
+    arrival = _value(signals.arrival_rate) if trusted else None
+    if trusted:
+        missing = [name for name, v in (("running", running), ("waiting", waiting)) if v is None]
+        # No requests finished in the window: P95 is NaN by construction, not missing.
+        idle = arrival == 0.0 and (running or 0.0) + (waiting or 0.0) == 0.0
+        if p95 is None and not idle:
+            missing.append("p95")
+        if missing:
+            problems.append("no signal: " + ", ".join(missing))
+    signals_ok = not problems
+
+    # Demand: complete when both parts are present, a lower bound otherwise.
+    demand_parts = [v for v in (running, waiting) if v is not None]
+    demand = sum(demand_parts) if demand_parts else None
+    demand_complete = running is not None and waiting is not None
+
+    # --- state upkeep -------------------------------------------------------
+    recent = tuple((t, d) for t, d in state.demand if now - burst_window < t <= now)
+    if demand is not None:
+        recent = (*recent, (now, demand))
+    recent = recent[-MAX_HISTORY:]
+    settled_at = state.settled_at
+    if settled_at is not None and settled_at > now:
+        settled_at = None  # the clock moved back: forget
+    if on_way > 0:
+        settled_at = now
+
+    label = (
+        f"waiting={_fmt(waiting)} running={_fmt(running)}"
+        + (f" p95={p95:.1f}s" if p95 is not None else "")
+        + f" ready={pods.ready} starting={on_way}"
+    )
+    limited: str | None = None
+    notes: list[str] = []
+    if pods.stuck > 0:
+        limited = f"{pods.stuck} pods Pending > {auto.pending_timeout_seconds}s"
+
+    # --- recommendations ----------------------------------------------------
+    need = _pods_for(demand, per_pod) if demand is not None else None
+    keep = _pods_for(demand + per_pod / 2, per_pod) if demand is not None else None
+    burst_need = _pods_for(max(d for _, d in recent), per_pod) if recent else None
+    burst = burst_need is not None and burst_need >= 2 * max(pods.ready, 1) and burst_need > 0
+
+    p95_target = auto.p95_latency_target_seconds
+    slow = p95 is not None and p95 > p95_target
+    window = float(spec.metrics.window_seconds)
+    guard_ready = on_way == 0 and (settled_at is None or now - settled_at >= window)
+
+    up_queue = state.up
+    down_queue = state.down
+    if need is not None:
+        up_queue = _push_min(state.up, now, need, up_window) if up_window > 0 else ()
+    if keep is not None and demand_complete and signals_ok:
+        down_queue = _push_max(state.down, now, keep, down_window)
+    else:
+        down_queue = tuple((t, n) for t, n in state.down if now - down_window < t <= now)
+
+    target = current
+    why = "steady"
+    may_go_down = signals_ok and not slow and not burst
+
+    # Scale-up candidates, each with its reason.
+    up_to = current
+    if need is not None and need > current:
+        stabilized = min((n for _, n in up_queue), default=need) if up_window > 0 else need
+        if stabilized > current:
+            up_to, why = stabilized, "demand"
+    if burst and burst_need is not None and burst_need >= max(up_to, current + 1):
+        up_to, why = burst_need, "burst"
+    if slow and guard_ready and capacity + 1 > up_to:
+        up_to, why = capacity + 1, f"p95 over {_fmt(p95_target)}s"
+    elif slow and not guard_ready:
+        notes.append(f"p95 high: waiting for new pods to show in the {int(window)}s window")
+
+    demanded = up_to if up_to > current else (need or 0)  # before the step limit
+    if up_to > current:
+        if why != "burst":
+            step = max(
+                auto.scale_up.max_pods_per_step,
+                math.ceil(current * auto.scale_up.max_percent_per_step / 100),
+            )
+            if up_to > current + step:
+                up_to = current + step
+                why += f", step limit +{step}"
+        target = up_to
+    elif may_go_down and down_queue:
+        highest = max(n for _, n in down_queue)
+        if highest < current:
+            step = min(
+                auto.scale_down.max_pods_per_step,
+                max(1, math.floor(current * auto.scale_down.max_percent_per_step / 100)),
+            )
+            target = max(highest, current - step)
+            why = "demand fell" + (f", step limit -{step}" if target > highest else "")
+        elif keep is not None and keep < current:
+            why = f"stabilizing (highest in {int(down_window)}s: {highest})"
+
+    if not signals_ok:
+        why = "; ".join(problems) + "; never scaling down"
+        if target > current:
+            seen = "+".join(k for k, v in (("running", running), ("waiting", waiting)) if v)
+            why += f"; up on the {seen} still seen"
+        if auto.missing_signals.action == "Fallback":
+            fallback = auto.missing_signals.fallback_replicas or 0
+            if fallback > target:
+                target = fallback
+                why += f"; fallback to {fallback}"
+        target = max(target, current)
+    elif slow and target <= current:
+        notes.append("p95 over target: no scale-down")
+
+    # --- bounds -------------------------------------------------------------
+    if demanded > hi and target >= hi:
+        limited = f"maxReplicas={hi} reached"
+        if target > hi:
+            why += f"; capped at maxReplicas={hi}"
+    elif target > hi:
+        why += f"; maxReplicas={hi}"
+    target = min(target, hi)
+    if target < lo:
+        target = lo
+        why += f"; minReplicas={lo}"
+
+    reason = f"{label} → {target} pods ({why})"
+    if notes:
+        reason += " [" + "; ".join(notes) + "]"
+
+    new_state = PolicyState(
+        down=down_queue,
+        up=up_queue,
+        demand=recent,
+        settled_at=now if target > current else settled_at,
+    )
+    return _decision(target, current, reason, new_state, signals_ok=signals_ok, limited=limited)
