@@ -29,7 +29,13 @@ class _Command(Protocol):
 
 
 #: subcommand → (module, one-line help). Keep sorted by workflow, not name.
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "crd": ("vlm_operator.commands.crd", "Print the VLMService CustomResourceDefinition."),
+    "render": ("vlm_operator.commands.render", "Print the objects a VLMService creates."),
+    "gate": ("vlm_operator.commands.gate", "Run the concurrency gate in front of a model server."),
+    "fake-model": ("vlm_operator.commands.fake_model", "Run the latency-emulating fake model."),
+    "inspect": ("vlm_operator.commands.inspect", "Show why a VLMService scaled, from Prometheus."),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:

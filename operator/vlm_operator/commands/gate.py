@@ -1,0 +1,76 @@
+"""``vlm-operator gate``: run the concurrency gate in front of a model server.
+
+Every flag also comes from the environment (``VLM_GATE_<FLAG>``), which is how
+the rendered pod configures the sidecar.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+from vlm_operator.commands._env import (
+    add_env_argument,
+    http_url,
+    listen_address,
+    non_negative_float,
+    non_negative_int,
+    positive_float,
+    positive_int,
+    url_path,
+)
+
+_PREFIX = "VLM_GATE_"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from vlm_operator.gate import GateConfig
+
+    d = GateConfig(upstream="http://127.0.0.1:8080")
+    add = add_env_argument
+    add(parser, _PREFIX, "--upstream", http_url, None, "model server URL", required=True)
+    add(parser, _PREFIX, "--listen", listen_address, f"{d.host}:{d.port}", "HOST:PORT to serve")
+    add(parser, _PREFIX, "--max-in-flight", positive_int, d.max_in_flight,
+        "most requests inside the model at once")  # fmt: skip
+    add(parser, _PREFIX, "--queue-size", non_negative_int, d.queue_size,
+        "requests that may wait; beyond: 429")  # fmt: skip
+    add(parser, _PREFIX, "--queue-timeout", positive_float, d.queue_timeout,
+        "seconds a request may wait; then 504")  # fmt: skip
+    add(parser, _PREFIX, "--max-body-bytes", positive_int, d.max_body_bytes,
+        "largest request body; beyond: 413")  # fmt: skip
+    add(parser, _PREFIX, "--health-path", url_path, d.health_path,
+        "model health endpoint polled for readiness (empty: always ready)")  # fmt: skip
+    add(parser, _PREFIX, "--drain-timeout", non_negative_float, d.drain_timeout,
+        "seconds to finish admitted requests after SIGTERM")  # fmt: skip
+    add(parser, _PREFIX, "--cache-size", non_negative_int, d.cache_size,
+        "response cache entries for deterministic requests (0: off)")  # fmt: skip
+    add(parser, _PREFIX, "--cache-ttl", positive_float, d.cache_ttl,
+        "seconds a cached response stays valid")  # fmt: skip
+
+
+def run(args: argparse.Namespace) -> int:
+    from vlm_operator.cli import UsageError
+    from vlm_operator.gate import GateConfig, serve
+
+    host, port = args.listen
+    try:
+        config = GateConfig(
+            upstream=args.upstream,
+            host=host,
+            port=port,
+            max_in_flight=args.max_in_flight,
+            queue_size=args.queue_size,
+            queue_timeout=args.queue_timeout,
+            max_body_bytes=args.max_body_bytes,
+            health_path=args.health_path,
+            drain_timeout=args.drain_timeout,
+            cache_size=args.cache_size,
+            cache_ttl=args.cache_ttl,
+        )
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return asyncio.run(serve(config))

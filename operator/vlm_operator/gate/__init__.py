@@ -1,0 +1,27 @@
+"""The gate: a concurrency-limiting proxy in front of every model pod.
+
+A hard limit of requests inside the model, a bounded FIFO queue with a
+deadline for the rest, fast and honest rejections (429 queue full, 503
+draining or not ready, 504 deadline, 413 too large, 502 model failure), the
+Prometheus signals the operator scales on, and a graceful drain on SIGTERM.
+Everything else passes through untouched, streamed responses chunk by chunk.
+
+Public API::
+
+    config = GateConfig(upstream="http://127.0.0.1:8080", port=8000)
+    app = create_app(config)          # an aiohttp Application (tests, embedding)
+    exit_code = await serve(config)   # run until SIGTERM, drain, return 0
+"""
+
+from vlm_operator.gate._metrics import DURATION_BUCKETS, REJECTION_REASONS
+from vlm_operator.gate._server import GateConfig, create_app, drain, make_runner, serve
+
+__all__ = [
+    "DURATION_BUCKETS",
+    "REJECTION_REASONS",
+    "GateConfig",
+    "create_app",
+    "drain",
+    "make_runner",
+    "serve",
+]

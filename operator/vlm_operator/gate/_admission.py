@@ -1,0 +1,142 @@
+"""Admission control: a hard in-flight limit with a bounded FIFO queue behind it.
+
+Modelled on Knative's queue-proxy breaker: a request either takes one of
+``max_in_flight`` slots at once, waits its turn in a bounded queue, or is
+refused immediately when the queue is full. A slot is handed directly from the
+request that frees it to the oldest waiter, so the order is strictly FIFO and
+the number of requests inside the model never exceeds the limit, not even for
+an instant. A waiter that gives up (deadline passed, client gone) leaves the
+queue at once and never holds a slot.
+
+The answer to "when should I retry?" comes from what the gate has seen: an
+exponentially weighted mean of service times, times the queue position, over
+the number of slots.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections import deque
+
+#: Weight of the newest service time in the moving mean.
+_EWMA_WEIGHT = 0.2
+
+
+class Rejected(Exception):
+    """The gate refuses the request; ``reason`` is a rejection-metric label."""
+
+    def __init__(self, reason: str, message: str, *, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.retry_after = retry_after
+
+
+class Admission:
+    """The limiter and its queue. One instance per gate; single event loop."""
+
+    def __init__(self, max_in_flight: int, queue_size: int, queue_timeout: float) -> None:
+        if max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
+        if queue_size < 0:
+            raise ValueError(f"queue_size must be >= 0, got {queue_size}")
+        if not queue_timeout > 0:
+            raise ValueError(f"queue_timeout must be positive, got {queue_timeout}")
+        self.max_in_flight = max_in_flight
+        self.queue_size = queue_size
+        self.queue_timeout = queue_timeout
+        self.draining = False
+        self._running = 0
+        self._queue: deque[asyncio.Future[None]] = deque()
+        self._service_ewma: float | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def running(self) -> int:
+        """Requests holding a slot (inside the model or being delivered)."""
+        return self._running
+
+    @property
+    def waiting(self) -> int:
+        """Requests in the queue."""
+        return len(self._queue)
+
+    def retry_after(self, position: int) -> int:
+        """Whole seconds until ``position`` in the queue is likely served (at least 1)."""
+        service = self._service_ewma or 0.0
+        return max(1, math.ceil(service * position / self.max_in_flight))
+
+    async def acquire(self) -> None:
+        """Take a slot, waiting in the queue if needed.
+
+        Raises :class:`Rejected` when draining, when the queue is full, or when
+        the queue deadline passes; cancellation leaves the queue at once.
+        """
+        if self.draining:
+            raise Rejected("draining", "the gate is draining; retry on another replica",
+                           retry_after=1)  # fmt: skip
+        if self._running < self.max_in_flight and not self._queue:
+            self._running += 1
+            self._idle.clear()
+            return
+        if len(self._queue) >= self.queue_size:
+            raise Rejected(
+                "queue_full",
+                f"{self._running} requests in flight and {len(self._queue)} queued "
+                f"(queue size {self.queue_size})",
+                retry_after=self.retry_after(len(self._queue) + 1),
+            )
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append(waiter)
+        try:
+            async with asyncio.timeout(self.queue_timeout):
+                await waiter
+        except TimeoutError:
+            if waiter.done() and not waiter.cancelled():
+                return  # the slot arrived in the same instant as the deadline: keep it
+            self._discard(waiter)
+            raise Rejected(
+                "deadline", f"waited {self.queue_timeout:g} s in the queue without a slot"
+            ) from None
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release(None)  # handed over while the client left: pass it on
+            else:
+                self._discard(waiter)
+            raise
+
+    def release(self, service_seconds: float | None) -> None:
+        """Free a slot: hand it to the oldest waiter, or give it back."""
+        if service_seconds is not None:
+            previous = self._service_ewma
+            self._service_ewma = (
+                service_seconds
+                if previous is None
+                else previous + _EWMA_WEIGHT * (service_seconds - previous)
+            )
+        queue = self._queue
+        while queue:
+            waiter = queue.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot moves; running stays the same
+                return
+        self._running -= 1
+        if self._running == 0:
+            self._idle.set()
+
+    def _discard(self, waiter: asyncio.Future[None]) -> None:
+        waiter.cancel()
+        with contextlib.suppress(ValueError):
+            self._queue.remove(waiter)
+
+    async def wait_idle(self, seconds: float) -> bool:
+        """Wait until nothing runs or waits; False if ``seconds`` passed first."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
