@@ -1,0 +1,571 @@
+"""The HTTP face of the emulated API: discovery, REST verbs, watch streams, request recording.
+
+Routing is generic: ``/api/v1/...`` and ``/apis/<group>/<version>/...`` paths resolve to a kind
+from the store's kind table, so built-in kinds and CRDs registered at runtime are served by the
+same few handlers. Every resource request is recorded with its RBAC verb so tests can compare
+what a client really used against what its RBAC grants.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from aiohttp import web
+
+from . import errors
+from .errors import APIError
+from .patch import PatchError, json_patch, merge_patch, strategic_merge_patch
+from .resources import ResourceKind
+from .selectors import SelectorError, parse_field_selector, parse_label_selector
+from .store import Store, Watch
+
+_PATCH_TYPES = {
+    "application/merge-patch+json": merge_patch,
+    "application/json-patch+json": json_patch,
+    "application/strategic-merge-patch+json": strategic_merge_patch,
+}
+_READ_ONLY_SUBRESOURCE_VERBS = {
+    "status": ["get", "patch", "update"],
+    "scale": ["get", "patch", "update"],
+}
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One resource request, named the way RBAC rules name it."""
+
+    verb: str
+    group: str
+    version: str
+    resource: str
+    subresource: str
+    namespace: str | None
+    name: str | None
+
+
+@dataclass(frozen=True)
+class _Target:
+    kind: ResourceKind
+    namespace: str | None
+    name: str | None
+    subresource: str
+
+
+class KubeAPIServer:
+    """An in-process Kubernetes API server over real HTTP (see the package docstring)."""
+
+    def __init__(
+        self,
+        *,
+        history_limit: int = 10_000,
+        bookmark_interval: float = 5.0,
+        require_namespaces: bool = True,
+    ) -> None:
+        self.store = Store(history_limit=history_limit, require_namespaces=require_namespaces)
+        self.requests: list[RecordedRequest] = []
+        self.bookmark_interval = bookmark_interval
+        self._runner: web.AppRunner | None = None
+        self._stopping = asyncio.Event()
+        self.url = ""
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        app = web.Application(client_max_size=16 * 1024 * 1024)
+        app.router.add_route("*", "/{path:.*}", self._handle)
+        self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        bound_port = self._runner.addresses[0][1]
+        self.url = f"http://{host}:{bound_port}"
+        return self.url
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        self.store.close_watches()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # -- CRDs and kubeconfig ----------------------------------------------------------------
+
+    def register_crd(self, crd: dict[str, Any]) -> None:
+        """Create (or replace) a CustomResourceDefinition, as ``kubectl apply`` would."""
+        kind = self.store.kind("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+        name = (crd.get("metadata") or {}).get("name", "")
+        try:
+            self.store.create(kind, None, crd)
+        except APIError as error:
+            if error.code != 409:
+                raise
+            self.store.update(kind, None, name, {**crd, "metadata": {**crd["metadata"]}})
+
+    def load_crds(self, path: str | Path) -> int:
+        """Register every CRD found in a YAML file or a directory of them; returns the count."""
+        path = Path(path)
+        files = (
+            sorted(path.glob("*.yaml")) + sorted(path.glob("*.yml")) if path.is_dir() else [path]
+        )
+        count = 0
+        for file in files:
+            for document in yaml.safe_load_all(file.read_text()):
+                if (
+                    isinstance(document, dict)
+                    and document.get("kind") == "CustomResourceDefinition"
+                ):
+                    self.register_crd(document)
+                    count += 1
+        return count
+
+    def write_kubeconfig(self, path: str | Path, namespace: str = "default") -> Path:
+        """A kubeconfig for this server: plain HTTP, no credentials."""
+        path = Path(path)
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "emulated", "cluster": {"server": self.url}}],
+            "users": [{"name": "emulated", "user": {"token": "emulated"}}],
+            "contexts": [
+                {
+                    "name": "emulated",
+                    "context": {"cluster": "emulated", "user": "emulated", "namespace": namespace},
+                }
+            ],
+            "current-context": "emulated",
+        }
+        path.write_text(yaml.safe_dump(config))
+        return path
+
+    # -- routing ----------------------------------------------------------------------------
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        try:
+            return await self._dispatch(request)
+        except APIError as error:
+            return web.json_response(error.status(), status=error.code)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            return web.json_response(
+                errors.bad_request(f"invalid JSON body: {error}").status(), status=400
+            )
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        parts = [part for part in request.path.split("/") if part]
+        if request.method == "GET" and parts in (["healthz"], ["readyz"], ["livez"]):
+            return web.Response(text="ok")
+        if request.method == "GET":
+            discovery = self._discovery(parts)
+            if discovery is not None:
+                return web.json_response(discovery)
+        if parts[:1] == ["api"] and len(parts) >= 3:
+            group, version, rest = "", parts[1], parts[2:]
+        elif parts[:1] == ["apis"] and len(parts) >= 4:
+            group, version, rest = parts[1], parts[2], parts[3:]
+        else:
+            raise APIError(404, "NotFound", "the server could not find the requested resource")
+        target = self._resolve(group, version, rest)
+        verb = self._verb(request, target)
+        self.requests.append(
+            RecordedRequest(
+                verb,
+                group,
+                version,
+                target.kind.plural,
+                target.subresource,
+                target.namespace,
+                target.name,
+            )
+        )
+        if target.subresource and target.subresource not in target.kind.subresources:
+            raise APIError(404, "NotFound", "the server could not find the requested resource")
+        if target.subresource and verb not in ("get", "update", "patch"):
+            raise APIError(
+                405,
+                "MethodNotAllowed",
+                "the server does not allow this method on the requested resource",
+            )
+        if verb not in target.kind.verbs:
+            raise APIError(
+                405,
+                "MethodNotAllowed",
+                "the server does not allow this method on the requested resource",
+            )
+        handler = getattr(self, f"_do_{verb}")
+        response: web.StreamResponse = await handler(request, target)
+        return response
+
+    def _resolve(self, group: str, version: str, rest: list[str]) -> _Target:
+        namespace: str | None = None
+        if (
+            len(rest) >= 3
+            and rest[0] == "namespaces"
+            and (group, version, rest[2]) in self.store.kinds
+        ):
+            namespace, rest = rest[1], rest[2:]
+        if len(rest) > 3:
+            raise APIError(404, "NotFound", "the server could not find the requested resource")
+        kind = self.store.kind(group, version, rest[0])
+        if kind.namespaced != (namespace is not None) and len(rest) > 1:
+            raise APIError(404, "NotFound", "the server could not find the requested resource")
+        return _Target(
+            kind, namespace, rest[1] if len(rest) > 1 else None, rest[2] if len(rest) > 2 else ""
+        )
+
+    @staticmethod
+    def _verb(request: web.Request, target: _Target) -> str:
+        method = request.method
+        if method == "GET":
+            if target.name is not None:
+                return "get"
+            return "watch" if request.query.get("watch") in ("true", "1") else "list"
+        if method == "POST" and target.name is None:
+            return "create"
+        if method == "PUT" and target.name is not None:
+            return "update"
+        if method == "PATCH" and target.name is not None:
+            return "patch"
+        if method == "DELETE":
+            return "delete" if target.name is not None else "deletecollection"
+        raise APIError(
+            405,
+            "MethodNotAllowed",
+            "the server does not allow this method on the requested resource",
+        )
+
+    # -- discovery --------------------------------------------------------------------------
+
+    def _discovery(self, parts: list[str]) -> dict[str, Any] | None:
+        kinds = list(self.store.kinds.values())
+        if parts == ["version"]:
+            return {
+                "major": "1",
+                "minor": "30",
+                "gitVersion": "v1.30.0-emulated",
+                "platform": "linux/amd64",
+                "goVersion": "go1.22",
+                "compiler": "gc",
+            }
+        if parts == ["api"]:
+            return {
+                "kind": "APIVersions",
+                "versions": ["v1"],
+                "serverAddressByClientCIDRs": [
+                    {"clientCIDR": "0.0.0.0/0", "serverAddress": self.url.split("//")[-1]}
+                ],
+            }
+        if parts == ["apis"]:
+            groups = sorted({k.group for k in kinds if k.group})
+            return {
+                "kind": "APIGroupList",
+                "apiVersion": "v1",
+                "groups": [self._group(g, kinds) for g in groups],
+            }
+        if len(parts) == 2 and parts[0] == "apis" and any(k.group == parts[1] for k in kinds):
+            return {"kind": "APIGroup", "apiVersion": "v1", **self._group(parts[1], kinds)}
+        if parts == ["api", "v1"]:
+            return self._resource_list("", "v1", kinds)
+        if (
+            len(parts) == 3
+            and parts[0] == "apis"
+            and any(k.group == parts[1] and k.version == parts[2] for k in kinds)
+        ):
+            return self._resource_list(parts[1], parts[2], kinds)
+        return None
+
+    @staticmethod
+    def _group(group: str, kinds: Iterable[ResourceKind]) -> dict[str, Any]:
+        versions = sorted({k.version for k in kinds if k.group == group}, reverse=True)
+        entries = [{"groupVersion": f"{group}/{v}", "version": v} for v in versions]
+        return {"name": group, "versions": entries, "preferredVersion": entries[0]}
+
+    @staticmethod
+    def _resource_list(group: str, version: str, kinds: Iterable[ResourceKind]) -> dict[str, Any]:
+        resources: list[dict[str, Any]] = []
+        for kind in sorted(
+            (k for k in kinds if (k.group, k.version) == (group, version)), key=lambda k: k.plural
+        ):
+            entry: dict[str, Any] = {
+                "name": kind.plural,
+                "singularName": kind.singular,
+                "namespaced": kind.namespaced,
+                "kind": kind.kind,
+                "verbs": list(kind.verbs),
+            }
+            if kind.short_names:
+                entry["shortNames"] = list(kind.short_names)
+            if kind.categories:
+                entry["categories"] = list(kind.categories)
+            resources.append(entry)
+            for sub in kind.subresources:
+                sub_entry: dict[str, Any] = {
+                    "name": f"{kind.plural}/{sub}",
+                    "singularName": "",
+                    "namespaced": kind.namespaced,
+                    "kind": kind.kind,
+                    "verbs": _READ_ONLY_SUBRESOURCE_VERBS.get(sub, ["get"]),
+                }
+                if sub == "scale":
+                    sub_entry.update(group="autoscaling", version="v1", kind="Scale")
+                resources.append(sub_entry)
+        group_version = f"{group}/{version}" if group else version
+        return {
+            "kind": "APIResourceList",
+            "apiVersion": "v1",
+            "groupVersion": group_version,
+            "resources": resources,
+        }
+
+    # -- verbs ------------------------------------------------------------------------------
+
+    @staticmethod
+    async def _body(request: web.Request) -> Any:
+        raw = await request.read()
+        if not raw:
+            return None
+        content_type = request.headers.get("Content-Type", "application/json")
+        if "yaml" in content_type:
+            return yaml.safe_load(raw)
+        return json.loads(raw)
+
+    @staticmethod
+    def _respond(obj: dict[str, Any], warnings: list[str] = (), status: int = 200) -> web.Response:  # type: ignore[assignment]
+        headers = {"Warning": ", ".join(f'299 - "{w}"' for w in warnings)} if warnings else None
+        return web.json_response(obj, status=status, headers=headers)
+
+    @staticmethod
+    def _flags(request: web.Request) -> dict[str, bool]:
+        return {
+            "dry_run": bool(request.query.get("dryRun")),
+            "strict": request.query.get("fieldValidation") == "Strict",
+        }
+
+    async def _do_get(self, request: web.Request, target: _Target) -> web.StreamResponse:
+        assert target.name is not None
+        if target.subresource == "scale":
+            return self._respond(self.store.get_scale(target.kind, target.namespace, target.name))
+        return self._respond(self.store.get(target.kind, target.namespace, target.name))
+
+    @staticmethod
+    def _selectors(request: web.Request) -> tuple[Any, Any]:
+        try:
+            return (
+                parse_label_selector(request.query.get("labelSelector")),
+                parse_field_selector(request.query.get("fieldSelector")),
+            )
+        except SelectorError as error:
+            raise errors.bad_request(str(error)) from None
+
+    async def _do_list(self, request: web.Request, target: _Target) -> web.StreamResponse:
+        labels, fields = self._selectors(request)
+        items = self.store.list_objects(
+            target.kind, target.namespace, lambda o: labels(o) and fields(o)
+        )
+        return self._respond(
+            {
+                "kind": f"{target.kind.kind}List",
+                "apiVersion": target.kind.api_version,
+                "metadata": {"resourceVersion": str(self.store.resource_version)},
+                "items": items,
+            }
+        )
+
+    async def _do_watch(self, request: web.Request, target: _Target) -> web.StreamResponse:
+        labels, fields = self._selectors(request)
+        since_text = request.query.get("resourceVersion") or ""
+        send_initial = request.query.get("sendInitialEvents") == "true"
+        try:
+            since = None if since_text in ("", "0") or send_initial else int(since_text)
+        except ValueError:
+            raise errors.bad_request(f"invalid resourceVersion {since_text!r}") from None
+        bookmarks = request.query.get("allowWatchBookmarks") in ("true", "1")
+        timeout_text = request.query.get("timeoutSeconds")
+        watch = Watch((target.kind.group, target.kind.plural), target.namespace, labels, fields)
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        try:
+            self.store.watch(watch, since)
+        except APIError as error:
+            # A real server answers an expired resourceVersion inside the stream.
+            await _write_event(response, "ERROR", error.status())
+            return response
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + float(timeout_text) if timeout_text else None
+        try:
+            if send_initial:
+                await self._drain(response, watch, target.kind)
+                await _write_event(
+                    response,
+                    "BOOKMARK",
+                    self._bookmark(target.kind, {"k8s.io/initial-events-end": "true"}),
+                )
+            while not self._stopping.is_set():
+                wait = self.bookmark_interval
+                if deadline is not None:
+                    wait = min(wait, deadline - loop.time())
+                    if wait <= 0:
+                        break
+                try:
+                    item = await asyncio.wait_for(watch.queue.get(), timeout=wait)
+                except TimeoutError:
+                    if bookmarks and watch.queue.empty():
+                        await _write_event(response, "BOOKMARK", self._bookmark(target.kind))
+                    continue
+                if item is None:
+                    break
+                await _write_event(response, item[0], self.store.serve(target.kind, item[1]))
+                await self._drain(response, watch, target.kind)
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self.store.unwatch(watch)
+        with contextlib.suppress(ConnectionResetError):
+            await response.write_eof()
+        return response
+
+    async def _drain(self, response: web.StreamResponse, watch: Watch, kind: ResourceKind) -> None:
+        while not watch.queue.empty():
+            item = watch.queue.get_nowait()
+            if item is None:
+                watch.queue.put_nowait(None)
+                return
+            await _write_event(response, item[0], self.store.serve(kind, item[1]))
+
+    def _bookmark(
+        self, kind: ResourceKind, annotations: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        metadata: dict[str, Any] = {"resourceVersion": str(self.store.resource_version)}
+        if annotations:
+            metadata["annotations"] = annotations
+        return {"kind": kind.kind, "apiVersion": kind.api_version, "metadata": metadata}
+
+    async def _do_create(self, request: web.Request, target: _Target) -> web.StreamResponse:
+        obj, warnings = self.store.create(
+            target.kind, target.namespace, await self._body(request), **self._flags(request)
+        )
+        return self._respond(obj, warnings, status=201)
+
+    async def _do_update(self, request: web.Request, target: _Target) -> web.StreamResponse:
+        assert target.name is not None
+        body = await self._body(request)
+        if target.subresource == "scale":
+            return self._respond(
+                self.store.update_scale(
+                    target.kind,
+                    target.namespace,
+                    target.name,
+                    body,
+                    dry_run=self._flags(request)["dry_run"],
+                )
+            )
+        obj, warnings = self.store.update(
+            target.kind,
+            target.namespace,
+            target.name,
+            body,
+            subresource=target.subresource,
+            **self._flags(request),
+        )
+        return self._respond(obj, warnings)
+
+    async def _do_patch(self, request: web.Request, target: _Target) -> web.StreamResponse:
+        assert target.name is not None
+        content_type = request.headers.get("Content-Type", "").split(";")[0].strip()
+        apply = _PATCH_TYPES.get(content_type)
+        if apply is None or (apply is strategic_merge_patch and target.kind.custom):
+            raise APIError(
+                415,
+                "UnsupportedMediaType",
+                "the body of the request was in an unknown format - accepted media "
+                "types include: application/json-patch+json, "
+                "application/merge-patch+json"
+                + ("" if target.kind.custom else ", application/strategic-merge-patch+json"),
+            )
+        body = await self._body(request)
+        if target.subresource == "scale":
+            current = self.store.get_scale(target.kind, target.namespace, target.name)
+        else:
+            current = self.store.get(target.kind, target.namespace, target.name)
+        try:
+            patched = apply(current, body)
+        except PatchError as error:
+            raise APIError(422, "Invalid", str(error)) from None
+        if not isinstance(patched, dict):
+            raise errors.bad_request("the patch does not produce an object")
+        if target.subresource == "scale":
+            return self._respond(
+                self.store.update_scale(
+                    target.kind,
+                    target.namespace,
+                    target.name,
+                    patched,
+                    dry_run=self._flags(request)["dry_run"],
+                )
+            )
+        obj, warnings = self.store.update(
+            target.kind,
+            target.namespace,
+            target.name,
+            patched,
+            subresource=target.subresource,
+            **self._flags(request),
+        )
+        return self._respond(obj, warnings)
+
+    async def _delete_options(self, request: web.Request) -> dict[str, Any]:
+        body = await self._body(request)
+        options = dict(body) if isinstance(body, dict) else {}
+        if "propagationPolicy" in request.query:
+            options["propagationPolicy"] = request.query["propagationPolicy"]
+        if "orphanDependents" in request.query or options.get("orphanDependents") is not None:
+            orphan = options.get("orphanDependents", request.query.get("orphanDependents"))
+            if orphan in (True, "true"):
+                options.setdefault("propagationPolicy", "Orphan")
+        if request.query.get("dryRun"):
+            options["dryRun"] = ["All"]
+        return options
+
+    async def _do_delete(self, request: web.Request, target: _Target) -> web.StreamResponse:
+        assert target.name is not None
+        options = await self._delete_options(request)
+        return self._respond(
+            self.store.delete(
+                target.kind,
+                target.namespace,
+                target.name,
+                propagation=options.get("propagationPolicy"),
+                preconditions=options.get("preconditions"),
+                dry_run=bool(options.get("dryRun")),
+            )
+        )
+
+    async def _do_deletecollection(
+        self, request: web.Request, target: _Target
+    ) -> web.StreamResponse:
+        labels, fields = self._selectors(request)
+        options = await self._delete_options(request)
+        items = self.store.list_objects(
+            target.kind, target.namespace, lambda o: labels(o) and fields(o)
+        )
+        for item in items:
+            with contextlib.suppress(APIError):
+                self.store.delete(
+                    target.kind,
+                    item["metadata"].get("namespace"),
+                    item["metadata"]["name"],
+                    propagation=options.get("propagationPolicy"),
+                    dry_run=bool(options.get("dryRun")),
+                )
+        return self._respond(
+            {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}
+        )
+
+
+async def _write_event(response: web.StreamResponse, kind: str, obj: dict[str, Any]) -> None:
+    await response.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")

@@ -1,0 +1,696 @@
+"""The object store: one generic implementation of Kubernetes object semantics for every kind.
+
+What it keeps faithful, because operators depend on it: a global monotonically increasing
+resourceVersion; optimistic concurrency (409 on a stale resourceVersion); no-op writes that do not
+bump the resourceVersion nor emit events; ``generation`` bumped only by changes outside metadata
+(and outside status for kinds with a status subresource); status/scale subresource isolation;
+finalizers with ``deletionTimestamp``; owner-reference garbage collection (background cascade,
+``Orphan`` respected; ``Foreground`` is treated like background); namespace deletion deleting the
+namespace's content; an event history from which watches resume at any resourceVersion still in
+it (older ones get 410 Expired); CRD objects registering their kinds live.
+
+All methods are synchronous and run on the server's event loop, so every write and the delivery of
+its watch event to every subscribed watch happen atomically: no event can be lost between a list
+and a watch, or between a watch's replay and its live stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import re
+import secrets
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from . import errors, schema
+from .errors import APIError
+from .resources import BUILTIN_KINDS, ResourceKind, kinds_from_crd
+from .selectors import Predicate, selector_to_string
+
+_CRD_KEY = ("apiextensions.k8s.io", "customresourcedefinitions")
+_NAMESPACE_KEY = ("", "namespaces")
+_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+_LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
+_SYSTEM_FIELDS = ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds")
+
+StoreKey = tuple[str, str]  # (group, plural): every served version shares one storage
+ObjectKey = tuple[str, str]  # (namespace or "", name)
+
+
+def now_timestamp() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """One change in the history; ``old`` is the previous state of a modified object."""
+
+    resource_version: int
+    key: StoreKey
+    type: str
+    obj: dict[str, Any]
+    old: dict[str, Any] | None = None
+
+
+@dataclass(eq=False)
+class Watch:
+    """One watch connection's filter and queue (``None`` in the queue ends the stream)."""
+
+    key: StoreKey
+    namespace: str | None
+    labels: Predicate
+    fields: Predicate
+    queue: asyncio.Queue[tuple[str, dict[str, Any]] | None] = field(default_factory=asyncio.Queue)
+
+    def _matches(self, obj: dict[str, Any] | None) -> bool:
+        if obj is None:
+            return False
+        if self.namespace is not None and obj["metadata"].get("namespace") != self.namespace:
+            return False
+        return self.labels(obj) and self.fields(obj)
+
+    def offer(self, event: StoredEvent) -> None:
+        if event.key != self.key:
+            return
+        new_ok, old_ok = self._matches(event.obj), self._matches(event.old)
+        kind = event.type
+        if kind == "MODIFIED" and new_ok != old_ok:
+            # Selector semantics: entering the selection is ADDED, leaving it is DELETED.
+            kind = "ADDED" if new_ok else "DELETED"
+        elif not new_ok:
+            return
+        self.queue.put_nowait((kind, event.obj))
+
+
+def _path_parts(path: str) -> list[str]:
+    return [part for part in path.strip(".").split(".") if part]
+
+
+def _dig(obj: dict[str, Any], path: str) -> Any:
+    value: Any = obj
+    for part in _path_parts(path):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def _spec_view(kind: ResourceKind, obj: dict[str, Any]) -> dict[str, Any]:
+    """The part of an object whose changes bump ``generation``."""
+    skipped = {"metadata", "apiVersion", "kind"} | ({"status"} if kind.status else set())
+    return {k: v for k, v in obj.items() if k not in skipped}
+
+
+def _without_rv(obj: dict[str, Any]) -> dict[str, Any]:
+    metadata = {k: v for k, v in obj.get("metadata", {}).items() if k != "resourceVersion"}
+    return {**obj, "metadata": metadata, "apiVersion": None}
+
+
+class Store:
+    """Objects of every kind, their history and the live watches."""
+
+    def __init__(self, *, history_limit: int = 10_000, require_namespaces: bool = True) -> None:
+        self.kinds: dict[tuple[str, str, str], ResourceKind] = {}
+        self._objects: dict[StoreKey, dict[ObjectKey, dict[str, Any]]] = {}
+        self._history: deque[StoredEvent] = deque()
+        self._history_limit = history_limit
+        self._expired_rv = 0  # the newest resourceVersion dropped from the history
+        self._watches: set[Watch] = set()
+        self._orphaning: set[str] = set()  # uids deleted with propagationPolicy=Orphan
+        self._require_namespaces = require_namespaces
+        self.resource_version = 0
+        for kind in BUILTIN_KINDS:
+            self.kinds[(kind.group, kind.version, kind.plural)] = kind
+        for namespace in ("default", "kube-system", "kube-public"):
+            self.create(self.kind("", "v1", "namespaces"), None, {"metadata": {"name": namespace}})
+
+    # -- kinds ------------------------------------------------------------------------------
+
+    def kind(self, group: str, version: str, plural: str) -> ResourceKind:
+        found = self.kinds.get((group, version, plural))
+        if found is None:
+            raise APIError(404, "NotFound", "the server could not find the requested resource")
+        return found
+
+    def _register_crd(self, crd: dict[str, Any]) -> None:
+        for kind in kinds_from_crd(crd):
+            self.kinds[(kind.group, kind.version, kind.plural)] = kind
+
+    def _unregister_crd(self, crd: dict[str, Any]) -> None:
+        spec = crd.get("spec") or {}
+        group, plural = spec.get("group", ""), (spec.get("names") or {}).get("plural", "")
+        for key in [key for key in self.kinds if key[0] == group and key[2] == plural]:
+            del self.kinds[key]
+        for _, obj in list(self._objects.get((group, plural), {}).items()):
+            self._remove((group, plural), obj, cascade=True)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def _bucket(self, kind: ResourceKind) -> dict[ObjectKey, dict[str, Any]]:
+        return self._objects.setdefault((kind.group, kind.plural), {})
+
+    def _stored(self, kind: ResourceKind, namespace: str | None, name: str) -> dict[str, Any]:
+        obj = self._bucket(kind).get((namespace or "", name))
+        if obj is None:
+            raise errors.not_found(kind, name)
+        return obj
+
+    def get(self, kind: ResourceKind, namespace: str | None, name: str) -> dict[str, Any]:
+        return self.serve(kind, self._stored(kind, namespace, name))
+
+    @staticmethod
+    def serve(kind: ResourceKind, obj: dict[str, Any]) -> dict[str, Any]:
+        """The object as seen through one served version (no conversion: same fields)."""
+        return {**obj, "apiVersion": kind.api_version, "kind": kind.kind}
+
+    def list_objects(
+        self, kind: ResourceKind, namespace: str | None, match: Callable[[dict[str, Any]], bool]
+    ) -> list[dict[str, Any]]:
+        bucket = self._bucket(kind)
+        return [
+            self.serve(kind, bucket[key])
+            for key in sorted(bucket)
+            if (namespace is None or key[0] == namespace) and match(bucket[key])
+        ]
+
+    # -- watching ---------------------------------------------------------------------------
+
+    def watch(self, watch: Watch, since: int | None) -> None:
+        """Subscribe; replay the history after ``since`` or, if None, the current objects."""
+        if since is None:
+            for obj in self._bucket_by_key(watch.key).values():
+                watch.offer(StoredEvent(0, watch.key, "ADDED", obj))
+        else:
+            if since < self._expired_rv:
+                raise APIError(
+                    410, "Expired", f"too old resource version: {since} ({self._expired_rv + 1})"
+                )
+            for event in self._history:
+                if event.resource_version > since:
+                    watch.offer(event)
+        self._watches.add(watch)
+
+    def unwatch(self, watch: Watch) -> None:
+        self._watches.discard(watch)
+
+    def close_watches(self) -> None:
+        for watch in self._watches:
+            watch.queue.put_nowait(None)
+        self._watches.clear()
+
+    def _bucket_by_key(self, key: StoreKey) -> dict[ObjectKey, dict[str, Any]]:
+        return self._objects.setdefault(key, {})
+
+    def _emit(
+        self, key: StoreKey, kind: str, obj: dict[str, Any], old: dict[str, Any] | None
+    ) -> None:
+        event = StoredEvent(self.resource_version, key, kind, obj, old)
+        self._history.append(event)
+        while len(self._history) > self._history_limit:
+            self._expired_rv = self._history.popleft().resource_version
+        for watch in list(self._watches):
+            watch.offer(event)
+
+    def compact(self) -> None:
+        """Forget the whole history, as etcd compaction does: older watches get 410."""
+        self._expired_rv = self.resource_version
+        self._history.clear()
+
+    def _next_rv(self) -> str:
+        self.resource_version += 1
+        return str(self.resource_version)
+
+    # -- validation -------------------------------------------------------------------------
+
+    def _check_metadata(self, kind: ResourceKind, obj: dict[str, Any]) -> list[dict[str, str]]:
+        metadata, causes = obj["metadata"], []
+        name = metadata.get("name", "")
+        strict_name = kind.plural in ("namespaces", "services")
+        pattern, limit = (_DNS_LABEL, 63) if strict_name else (_SUBDOMAIN, 253)
+        if not pattern.match(name) or len(name) > limit:
+            causes.append(
+                {
+                    "reason": "FieldValueInvalid",
+                    "field": "metadata.name",
+                    "message": f'Invalid value: "{name}": a lowercase RFC 1123 '
+                    f"{'label' if strict_name else 'subdomain'} must consist of lower case "
+                    "alphanumeric characters, '-' or '.', and must start and end with an "
+                    "alphanumeric character",
+                }
+            )
+        for key, value in (metadata.get("labels") or {}).items():
+            label_name = key.rsplit("/", 1)[-1]
+            if not _LABEL_NAME.match(label_name) or len(label_name) > 63:
+                causes.append(
+                    {
+                        "reason": "FieldValueInvalid",
+                        "field": "metadata.labels",
+                        "message": f'Invalid value: "{key}": name part must be a valid label name',
+                    }
+                )
+            if not isinstance(value, str) or not _LABEL_VALUE.match(value) or len(value) > 63:
+                causes.append(
+                    {
+                        "reason": "FieldValueInvalid",
+                        "field": "metadata.labels",
+                        "message": f'Invalid value: "{value}": a valid label must be an '
+                        "empty string or consist of alphanumeric characters, '-', '_' or '.', "
+                        "at most 63 characters",
+                    }
+                )
+        for key, value in (metadata.get("annotations") or {}).items():
+            if not isinstance(value, str):
+                causes.append(
+                    {
+                        "reason": "FieldValueTypeInvalid",
+                        "field": f"metadata.annotations.{key}",
+                        "message": "Invalid value: must be a string",
+                    }
+                )
+        return causes
+
+    def _admit(
+        self, kind: ResourceKind, obj: dict[str, Any], old: dict[str, Any] | None, strict: bool
+    ) -> list[str]:
+        """Defaults, pruning and validation of a new state; returns warnings; raises 422."""
+        name = obj["metadata"].get("name", "")
+        causes = self._check_metadata(kind, obj)
+        warnings: list[str] = []
+        if kind.schema is not None:
+            schema.apply_defaults(kind.schema, obj)
+            dropped = schema.prune(kind.schema, obj)
+            if dropped and strict:
+                causes += [
+                    {
+                        "reason": "FieldValueInvalid",
+                        "field": path,
+                        "message": f'unknown field "{path}"',
+                    }
+                    for path in dropped
+                ]
+            warnings += [f'unknown field "{path}"' for path in dropped]
+            causes += [cause.to_dict() for cause in schema.validate(kind.schema, obj, old)]
+        if (kind.group, kind.plural) == _CRD_KEY:
+            try:
+                kinds_from_crd(obj)
+            except (ValueError, KeyError, TypeError) as error:
+                causes.append(
+                    {"reason": "FieldValueInvalid", "field": "spec", "message": str(error)}
+                )
+        if causes:
+            raise errors.invalid(kind, name, causes)
+        return warnings
+
+    # -- writing ----------------------------------------------------------------------------
+
+    def _check_namespace(self, kind: ResourceKind, namespace: str | None) -> None:
+        if not kind.namespaced or not self._require_namespaces:
+            return
+        if ("", namespace or "") not in self._bucket_by_key(_NAMESPACE_KEY):
+            raise errors.not_found(self.kind("", "v1", "namespaces"), namespace or "")
+
+    def create(
+        self,
+        kind: ResourceKind,
+        namespace: str | None,
+        body: Any,
+        *,
+        dry_run: bool = False,
+        strict: bool = False,
+    ) -> tuple[dict[str, Any], list[str]]:
+        if not isinstance(body, dict):
+            raise errors.bad_request("the request body must be a JSON object")
+        obj = copy.deepcopy(body)
+        metadata = obj.setdefault("metadata", {})
+        if not isinstance(metadata, dict):
+            raise errors.bad_request("metadata must be an object")
+        if obj.get("kind") not in (None, kind.kind) or obj.get("apiVersion") not in (
+            None,
+            kind.api_version,
+        ):
+            raise errors.bad_request(
+                f"the API version in the data ({obj.get('apiVersion')}) and kind "
+                f"({obj.get('kind')}) do not match {kind.api_version} {kind.kind}"
+            )
+        if kind.namespaced:
+            if metadata.get("namespace") not in (None, "", namespace):
+                raise errors.bad_request(
+                    "the namespace of the provided object does not match "
+                    "the namespace sent on the request"
+                )
+            metadata["namespace"] = namespace
+            self._check_namespace(kind, namespace)
+        else:
+            metadata.pop("namespace", None)
+        if not metadata.get("name") and metadata.get("generateName"):
+            alphabet = "bcdfghjklmnpqrstvwxz2456789"
+            metadata["name"] = metadata["generateName"] + "".join(
+                secrets.choice(alphabet) for _ in range(5)
+            )
+        if not metadata.get("name"):
+            raise errors.invalid(
+                kind,
+                "",
+                [
+                    {
+                        "reason": "FieldValueRequired",
+                        "field": "metadata.name",
+                        "message": "Required value: name or generateName is required",
+                    }
+                ],
+            )
+        obj["apiVersion"], obj["kind"] = kind.api_version, kind.kind
+        if kind.status:
+            obj.pop("status", None)  # status is written through the subresource only
+        for system_field in (*_SYSTEM_FIELDS, "resourceVersion", "generation"):
+            metadata.pop(system_field, None)
+        if metadata.get("finalizers") == []:
+            del metadata["finalizers"]
+        warnings = self._admit(kind, obj, None, strict)
+        if (kind.group, kind.plural) == _CRD_KEY:
+            obj["status"] = _crd_status(obj)
+        key = (metadata.get("namespace") or "", metadata["name"])
+        if key in self._bucket(kind):
+            raise errors.already_exists(kind, metadata["name"])
+        metadata.update(uid=str(uuid.uuid4()), creationTimestamp=now_timestamp(), generation=1)
+        if kind.plural == "namespaces":
+            obj.setdefault("spec", {"finalizers": ["kubernetes"]})
+            obj["status"] = {"phase": "Active"}
+        if dry_run:
+            metadata["resourceVersion"] = str(self.resource_version)
+            return self.serve(kind, obj), warnings
+        metadata["resourceVersion"] = self._next_rv()
+        self._bucket(kind)[key] = obj
+        if (kind.group, kind.plural) == _CRD_KEY:
+            self._register_crd(obj)
+        self._emit((kind.group, kind.plural), "ADDED", obj, None)
+        return self.serve(kind, obj), warnings
+
+    def update(
+        self,
+        kind: ResourceKind,
+        namespace: str | None,
+        name: str,
+        body: Any,
+        *,
+        subresource: str = "",
+        dry_run: bool = False,
+        strict: bool = False,
+    ) -> tuple[dict[str, Any], list[str]]:
+        """PUT semantics (also the last step of every PATCH)."""
+        if not isinstance(body, dict) or not isinstance(body.get("metadata", {}), dict):
+            raise errors.bad_request("the request body must be a JSON object with metadata")
+        old = self._stored(kind, namespace, name)
+        body_name = body.get("metadata", {}).get("name")
+        if body_name not in (None, name):
+            raise errors.bad_request(
+                f"the name of the object ({body_name}) does not match the name on the URL ({name})"
+            )
+        expected_rv = body.get("metadata", {}).get("resourceVersion")
+        if expected_rv not in (None, "") and expected_rv != old["metadata"]["resourceVersion"]:
+            raise errors.conflict(kind, name)
+        if subresource == "status":
+            new = copy.deepcopy(old)
+            if "status" in body:
+                new["status"] = copy.deepcopy(body["status"])
+            else:
+                new.pop("status", None)
+        else:
+            new = copy.deepcopy(body)
+            new["metadata"] = copy.deepcopy(body.get("metadata") or {})
+            if kind.status:
+                new.pop("status", None)
+                if "status" in old:
+                    new["status"] = copy.deepcopy(old["status"])
+        new["apiVersion"], new["kind"] = kind.api_version, kind.kind
+        metadata = new["metadata"]
+        metadata["name"] = name
+        if kind.namespaced:
+            metadata["namespace"] = namespace
+        else:
+            metadata.pop("namespace", None)
+        for system_field in _SYSTEM_FIELDS:
+            metadata.pop(system_field, None)
+            if system_field in old["metadata"]:
+                metadata[system_field] = old["metadata"][system_field]
+        if metadata.get("finalizers") == []:
+            del metadata["finalizers"]
+        metadata["generation"] = old["metadata"].get("generation", 1)
+        metadata["resourceVersion"] = old["metadata"]["resourceVersion"]
+        if "deletionTimestamp" in old["metadata"]:
+            added = set(metadata.get("finalizers") or []) - set(
+                old["metadata"].get("finalizers") or []
+            )
+            if added:
+                raise errors.invalid(
+                    kind,
+                    name,
+                    [
+                        {
+                            "reason": "FieldValueForbidden",
+                            "field": "metadata.finalizers",
+                            "message": "Forbidden: no new finalizers can be added if the object is "
+                            f"being deleted, found new finalizers {sorted(added)}",
+                        }
+                    ],
+                )
+        warnings = self._admit(kind, new, old, strict)
+        if (kind.group, kind.plural) == _CRD_KEY:
+            new["status"] = _crd_status(new)
+        if _spec_view(kind, new) != _spec_view(kind, old):
+            metadata["generation"] = metadata["generation"] + 1
+        if _without_rv(new) == _without_rv(old) or dry_run:
+            return self.serve(kind, new if dry_run else old), warnings
+        metadata["resourceVersion"] = self._next_rv()
+        self._bucket(kind)[(namespace or "", name)] = new
+        if (kind.group, kind.plural) == _CRD_KEY:
+            self._register_crd(new)
+        self._emit((kind.group, kind.plural), "MODIFIED", new, old)
+        if "deletionTimestamp" in metadata and not metadata.get("finalizers"):
+            self._remove(
+                (kind.group, kind.plural),
+                new,
+                cascade=new["metadata"]["uid"] not in self._orphaning,
+            )
+        return self.serve(kind, new), warnings
+
+    # -- scale ------------------------------------------------------------------------------
+
+    def get_scale(self, kind: ResourceKind, namespace: str | None, name: str) -> dict[str, Any]:
+        obj = self._stored(kind, namespace, name)
+        paths = kind.scale
+        assert paths is not None
+        selector = _dig(obj, paths.label_selector) if paths.label_selector else None
+        if isinstance(selector, dict):
+            selector = selector_to_string(selector)
+        status: dict[str, Any] = {"replicas": _dig(obj, paths.status_replicas) or 0}
+        if selector:
+            status["selector"] = selector
+        metadata = obj["metadata"]
+        return {
+            "kind": "Scale",
+            "apiVersion": "autoscaling/v1",
+            "metadata": {
+                k: metadata[k]
+                for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+                if k in metadata
+            },
+            "spec": {"replicas": _dig(obj, paths.spec_replicas) or 0},
+            "status": status,
+        }
+
+    def update_scale(
+        self, kind: ResourceKind, namespace: str | None, name: str, scale: Any, *, dry_run: bool
+    ) -> dict[str, Any]:
+        replicas = scale.get("spec", {}).get("replicas") if isinstance(scale, dict) else None
+        if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+            raise errors.invalid(
+                kind,
+                name,
+                [
+                    {
+                        "reason": "FieldValueInvalid",
+                        "field": "spec.replicas",
+                        "message": f"Invalid value: {replicas}: must be greater than or equal to 0",
+                    }
+                ],
+            )
+        obj = copy.deepcopy(self._stored(kind, namespace, name))
+        expected_rv = (scale.get("metadata") or {}).get("resourceVersion")
+        if expected_rv not in (None, "") and expected_rv != obj["metadata"]["resourceVersion"]:
+            raise errors.conflict(kind, name)
+        assert kind.scale is not None
+        node = obj
+        *parents, last = _path_parts(kind.scale.spec_replicas)
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = replicas
+        updated, _ = self.update(kind, namespace, name, obj, dry_run=dry_run)
+        return updated if dry_run else self.get_scale(kind, namespace, name)
+
+    # -- deleting ---------------------------------------------------------------------------
+
+    def delete(
+        self,
+        kind: ResourceKind,
+        namespace: str | None,
+        name: str,
+        *,
+        propagation: str | None = None,
+        preconditions: dict[str, Any] | None = None,
+        dry_run: bool = False,
+    ) -> dict[str, Any]:
+        obj = self._stored(kind, namespace, name)
+        metadata = obj["metadata"]
+        for field_name in ("uid", "resourceVersion"):
+            expected = (preconditions or {}).get(field_name)
+            if expected not in (None, "") and expected != metadata.get(field_name):
+                raise errors.conflict(
+                    kind,
+                    name,
+                    f"Precondition failed: {field_name} in precondition: "
+                    f"{expected}, {field_name} in object meta: {metadata.get(field_name)}",
+                )
+        if dry_run:
+            return self.serve(kind, obj)
+        if propagation == "Orphan":
+            self._orphaning.add(metadata["uid"])
+            self._orphan_dependents(metadata["uid"])
+        if kind.plural == "namespaces":
+            return self._delete_namespace(kind, obj)
+        if metadata.get("finalizers"):
+            if "deletionTimestamp" not in metadata:
+                new = copy.deepcopy(obj)
+                new["metadata"].update(
+                    deletionTimestamp=now_timestamp(),
+                    deletionGracePeriodSeconds=0,
+                    generation=metadata.get("generation", 1) + 1,
+                    resourceVersion=self._next_rv(),
+                )
+                self._bucket(kind)[(namespace or "", name)] = new
+                self._emit((kind.group, kind.plural), "MODIFIED", new, obj)
+                obj = new
+            return self.serve(kind, obj)
+        self._remove((kind.group, kind.plural), obj, cascade=propagation != "Orphan")
+        return _success(kind, obj)
+
+    def _delete_namespace(self, kind: ResourceKind, obj: dict[str, Any]) -> dict[str, Any]:
+        name = obj["metadata"]["name"]
+        if "deletionTimestamp" not in obj["metadata"]:
+            new = copy.deepcopy(obj)
+            new["metadata"].update(
+                deletionTimestamp=now_timestamp(), resourceVersion=self._next_rv()
+            )
+            new["status"] = {"phase": "Terminating"}
+            self._bucket(kind)[("", name)] = new
+            self._emit(_NAMESPACE_KEY, "MODIFIED", new, obj)
+            obj = new
+            for key, bucket in list(self._objects.items()):
+                resource = next(
+                    (k for k in self.kinds.values() if (k.group, k.plural) == key), None
+                )
+                for (namespace, item_name), _ in list(bucket.items()):
+                    if (
+                        namespace == name
+                        and resource is not None
+                        and (namespace, item_name) in bucket
+                    ):
+                        self.delete(resource, namespace, item_name)
+        self._finish_namespace(name)
+        return self.serve(kind, obj)
+
+    def _finish_namespace(self, name: str) -> None:
+        namespaces = self._bucket_by_key(_NAMESPACE_KEY)
+        obj = namespaces.get(("", name))
+        if obj is None or "deletionTimestamp" not in obj["metadata"]:
+            return
+        if any(key[0] == name for bucket in self._objects.values() for key in bucket):
+            return
+        self._remove(_NAMESPACE_KEY, obj, cascade=True)
+
+    def _orphan_dependents(self, uid: str) -> None:
+        for kind, obj in list(self._dependents(uid)):
+            new = copy.deepcopy(obj)
+            new["metadata"]["ownerReferences"] = [
+                ref for ref in new["metadata"]["ownerReferences"] if ref.get("uid") != uid
+            ]
+            if not new["metadata"]["ownerReferences"]:
+                del new["metadata"]["ownerReferences"]
+            self.update(kind, obj["metadata"].get("namespace"), obj["metadata"]["name"], new)
+
+    def _dependents(self, uid: str) -> Iterator[tuple[ResourceKind, dict[str, Any]]]:
+        for (group, plural), bucket in list(self._objects.items()):
+            kind = next(
+                (k for k in self.kinds.values() if (k.group, k.plural) == (group, plural)), None
+            )
+            for obj in list(bucket.values()):
+                refs = obj["metadata"].get("ownerReferences") or []
+                if kind is not None and any(ref.get("uid") == uid for ref in refs):
+                    yield kind, obj
+
+    def _remove(self, key: StoreKey, obj: dict[str, Any], *, cascade: bool) -> None:
+        metadata = obj["metadata"]
+        bucket = self._bucket_by_key(key)
+        object_key = (metadata.get("namespace") or "", metadata["name"])
+        if bucket.get(object_key) is not obj:
+            return
+        del bucket[object_key]
+        final = {**obj, "metadata": {**metadata, "resourceVersion": self._next_rv()}}
+        self._emit(key, "DELETED", final, None)
+        if key == _CRD_KEY:
+            self._unregister_crd(obj)
+        self._orphaning.discard(metadata["uid"])
+        if cascade:
+            for kind, dependent in list(self._dependents(metadata["uid"])):
+                dep_meta = dependent["metadata"]
+                if (
+                    self._bucket(kind).get((dep_meta.get("namespace") or "", dep_meta["name"]))
+                    is dependent
+                ):
+                    self.delete(kind, dep_meta.get("namespace"), dep_meta["name"])
+        if metadata.get("namespace"):
+            self._finish_namespace(metadata["namespace"])
+
+
+def _success(kind: ResourceKind, obj: dict[str, Any]) -> dict[str, Any]:
+    details: dict[str, Any] = {
+        "name": obj["metadata"]["name"],
+        "kind": kind.plural,
+        "uid": obj["metadata"]["uid"],
+    }
+    if kind.group:
+        details["group"] = kind.group
+    return {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "metadata": {},
+        "status": "Success",
+        "details": details,
+    }
+
+
+def _crd_status(crd: dict[str, Any]) -> dict[str, Any]:
+    spec = crd.get("spec") or {}
+    stamp = now_timestamp()
+    return {
+        "acceptedNames": spec.get("names") or {},
+        "storedVersions": [v["name"] for v in spec.get("versions") or [] if v.get("storage")],
+        "conditions": [
+            {
+                "type": kind,
+                "status": "True",
+                "reason": reason,
+                "message": message,
+                "lastTransitionTime": stamp,
+            }
+            for kind, reason, message in (
+                ("NamesAccepted", "NoConflicts", "no conflicts found"),
+                ("Established", "InitialNamesAccepted", "the initial names have been accepted"),
+            )
+        ],
+    }
