@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "render": ("vlm_operator.commands.render", "Print the objects a VLMService creates."),
     "gate": ("vlm_operator.commands.gate", "Run the concurrency gate in front of a model server."),
     "fake-model": ("vlm_operator.commands.fake_model", "Run the latency-emulating fake model."),
+    "model-server": ("vlm_operator.commands.model_server", "Serve Qwen3-VL on CPU (Transformers)."),
     "inspect": ("vlm_operator.commands.inspect", "Show why a VLMService scaled, from Prometheus."),
 }
 

@@ -16,9 +16,16 @@ This module is pure: it imports neither ``kubernetes``, ``kopf`` nor ``httpx``.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 GROUP = "vlm-operator.io"
@@ -35,7 +42,32 @@ SERVICE_LABEL = f"{GROUP}/service"
 
 Runtime = Literal["llamacpp", "transformers", "fake", "custom"]
 MissingSignalsAction = Literal["Hold", "Fallback"]
-Quantity = str
+
+#: A Kubernetes resource quantity ("8", "500m", "12Gi"), as the API server's
+#: own ``resource.Quantity`` pattern spells it.
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+
+#: Marks a string field that also takes an integer, like Kubernetes quantities.
+INT_OR_STRING_KEY = "x-kubernetes-int-or-string"
+
+
+def _integer_to_string(value: object) -> object:
+    # YAML reads `cpu: 8` as an integer; Kubernetes takes both spellings.
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+Quantity = Annotated[
+    str,
+    BeforeValidator(_integer_to_string),
+    StringConstraints(pattern=QUANTITY_PATTERN),
+    # The pattern is repeated for the schema: pydantic drops it from a union branch.
+    Field(json_schema_extra={INT_OR_STRING_KEY: True, "pattern": QUANTITY_PATTERN}),
+]
 
 #: ``x-kubernetes-validations`` rules attached to a model class, read by the
 #: CRD generator. Key: the class; value: list of {rule, message, fieldPath?}.
@@ -578,7 +610,8 @@ class VLMServiceSpec(APIModel):
     model_config = ConfigDict(
         json_schema_extra=_cel(
             {
-                "rule": "self.model.runtime != 'custom' || has(self.model.image)",
+                "rule": "self.model.runtime != 'custom' || "
+                "(has(self.model.image) && size(self.model.image) > 0)",
                 "message": "runtime custom needs model.image",
                 "fieldPath": ".model.image",
             },

@@ -1,0 +1,267 @@
+"""Runtime presets: how each runtime's model container is spelled.
+
+A VLMService names a runtime (``spec.model.runtime``) and may override its
+image, command, port, health path, and append arguments and environment. This
+module turns that into one :class:`ModelContainer`: the image, the command
+line, the environment, where the server listens inside the pod and how long
+it may take to load the model. :mod:`vlm_operator.render` wraps it in a pod.
+
+Every model server listens on 127.0.0.1 only: the gate sidecar is the pod's
+single way in, so that no request can bypass the in-flight limit.
+
+Timing budgets matter more than they look. The start-up budget bounds the
+gate's startup probe (a float32 Transformers load from a network volume takes
+minutes; a probe that gives up earlier restarts the pod forever), and the
+worst service time of one request sizes the drain on shutdown.
+
+This module is pure.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from vlm_operator import __version__
+from vlm_operator.latency import LatencyModel
+from vlm_operator.models import EnvVar, VLMServiceSpec
+
+__all__ = [
+    "DEFAULT_MODEL_PORT",
+    "LLAMACPP_IMAGE",
+    "MODEL_SERVER_IMAGE",
+    "PRESETS",
+    "ModelContainer",
+    "RuntimePreset",
+    "env_number",
+    "model_container",
+]
+
+DEFAULT_MODEL_PORT = 8080
+LLAMACPP_IMAGE = "ghcr.io/ggml-org/llama.cpp:server"
+MODEL_SERVER_IMAGE = f"ghcr.io/vlm-operator/model-server:{__version__}"
+
+#: Default files of Qwen3-VL-2B-Instruct for each runtime, relative to the mount.
+QWEN3_VL_2B_GGUF = "Qwen3VL-2B-Instruct-Q4_K_M.gguf"
+QWEN3_VL_2B_MMPROJ = "mmproj-Qwen3VL-2B-Instruct-F16.gguf"
+QWEN3_VL_2B_DIRECTORY = "Qwen3-VL-2B-Instruct"
+
+#: Context tokens per llama-server slot: one 800x600 image is ~500 tokens for
+#: Qwen3-VL (32 px per merged patch), plus the prompt and up to ~2k of answer.
+LLAMACPP_CONTEXT_PER_SLOT = 4096
+
+
+@dataclass(frozen=True)
+class RuntimePreset:
+    """What a runtime brings by default."""
+
+    name: str
+    image: str | None
+    port: int
+    health_path: str
+    #: Longest model load the startup probe waits for.
+    startup_budget_seconds: int
+    #: Slowest single request, at the full in-flight limit, with some tail.
+    worst_request_seconds: float
+    #: Whether the server runs with a read-only root filesystem (/tmp is writable).
+    read_only_root: bool
+    #: Whether the server reads model files from spec.model.storage.
+    needs_model_files: bool
+
+
+PRESETS: dict[str, RuntimePreset] = {
+    "llamacpp": RuntimePreset(
+        name="llamacpp",
+        image=LLAMACPP_IMAGE,
+        port=DEFAULT_MODEL_PORT,
+        health_path="/health",
+        startup_budget_seconds=300,
+        worst_request_seconds=60.0,
+        read_only_root=True,
+        needs_model_files=True,
+    ),
+    "transformers": RuntimePreset(
+        name="transformers",
+        image=MODEL_SERVER_IMAGE,
+        port=DEFAULT_MODEL_PORT,
+        health_path="/health",
+        # float32 weights (~9 GB in memory) read from a network volume.
+        startup_budget_seconds=900,
+        # Measured: P95 28 s at 16 in flight; at the limit of 4, 10.5 s.
+        worst_request_seconds=60.0,
+        read_only_root=True,
+        needs_model_files=True,
+    ),
+    "fake": RuntimePreset(
+        name="fake",
+        image=None,  # the operator's own image
+        port=DEFAULT_MODEL_PORT,
+        health_path="/health",
+        startup_budget_seconds=0,  # computed from spec.model.fake
+        worst_request_seconds=0.0,  # computed from spec.model.fake
+        read_only_root=True,
+        needs_model_files=False,
+    ),
+    "custom": RuntimePreset(
+        name="custom",
+        image=None,  # spec.model.image is required
+        port=DEFAULT_MODEL_PORT,
+        health_path="/health",
+        startup_budget_seconds=600,
+        worst_request_seconds=60.0,
+        # An unknown image may write anywhere.
+        read_only_root=False,
+        needs_model_files=False,
+    ),
+}
+
+
+@dataclass(frozen=True)
+class ModelContainer:
+    """The rendered model container, before it is wrapped in a pod."""
+
+    runtime: str
+    image: str
+    command: list[str]
+    args: list[str]
+    env: list[dict[str, str]]
+    port: int
+    health_path: str
+    startup_budget_seconds: int
+    worst_request_seconds: float
+    read_only_root: bool
+    needs_model_files: bool
+
+    @property
+    def upstream(self) -> str:
+        """URL the gate forwards to."""
+        return f"http://127.0.0.1:{self.port}"
+
+
+def model_container(spec: VLMServiceSpec, *, operator_image: str) -> ModelContainer:
+    """The model container of a VLMService, its preset with the spec's overrides."""
+    model = spec.model
+    preset = PRESETS[model.runtime]
+    port = model.port or preset.port
+    startup = preset.startup_budget_seconds
+    worst = preset.worst_request_seconds
+    env: list[EnvVar] = [EnvVar(name="HOME", value="/tmp")]
+
+    if model.runtime == "llamacpp":
+        command = ["/app/llama-server"]
+        args = _llamacpp_args(spec, port)
+    elif model.runtime == "transformers":
+        command = ["vlm-operator", "model-server"]
+        mount = model.storage.mount_path.rstrip("/")
+        args = [
+            "--model",
+            f"{mount}/{model.files.model or QWEN3_VL_2B_DIRECTORY}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--model-id",
+            model.id,
+        ]
+        env += [EnvVar(name="HF_HOME", value="/tmp/huggingface")]
+        threads = _cpu_count(spec.resources.requests.cpu)
+        if threads is not None:
+            # torch sizes its pool to the node's cores, not the pod's request.
+            env += [EnvVar(name="OMP_NUM_THREADS", value=str(threads))]
+    elif model.runtime == "fake":
+        command = ["vlm-operator", "fake-model"]
+        args = []
+        fake = model.fake
+        latency = LatencyModel(
+            base_seconds=fake.base_seconds, alpha=fake.alpha, time_scale=fake.time_scale
+        )
+        env += [
+            EnvVar(name="VLM_FAKE_LISTEN", value=f"127.0.0.1:{port}"),
+            EnvVar(name="VLM_FAKE_MODEL_ID", value=model.id),
+            EnvVar(name="VLM_FAKE_BASE_SECONDS", value=env_number(fake.base_seconds)),
+            EnvVar(name="VLM_FAKE_ALPHA", value=env_number(fake.alpha)),
+            EnvVar(name="VLM_FAKE_TIME_SCALE", value=env_number(fake.time_scale)),
+            EnvVar(name="VLM_FAKE_STARTUP_SECONDS", value=env_number(fake.startup_seconds)),
+        ]
+        # Twice the simulated load, plus slack for the process itself to start.
+        startup = math.ceil(2 * fake.startup_seconds / fake.time_scale) + 30
+        # A request at the limit, with a generous lognormal tail (sigma 0.1: +50% is ~4 sigma).
+        worst = 1.5 * latency.mean_latency(spec.concurrency.max_in_flight)
+    else:  # custom
+        command = []
+        args = []
+
+    image = model.image or preset.image or operator_image
+    if model.command:
+        command = list(model.command)
+    return ModelContainer(
+        runtime=model.runtime,
+        image=image,
+        command=command,
+        args=args + list(model.args),
+        env=_merged_env(env, model.env),
+        port=port,
+        health_path=model.health_path or preset.health_path,
+        startup_budget_seconds=startup,
+        worst_request_seconds=worst,
+        read_only_root=preset.read_only_root,
+        needs_model_files=preset.needs_model_files,
+    )
+
+
+def _llamacpp_args(spec: VLMServiceSpec, port: int) -> list[str]:
+    model = spec.model
+    mount = model.storage.mount_path.rstrip("/")
+    parallel = spec.concurrency.max_in_flight
+    args = [
+        "-m",
+        f"{mount}/{model.files.model or QWEN3_VL_2B_GGUF}",
+        "--mmproj",
+        f"{mount}/{model.files.mmproj or QWEN3_VL_2B_MMPROJ}",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        # One slot per request the gate lets in: the gate queues the rest.
+        "--parallel",
+        str(parallel),
+        # llama-server splits the context between the slots.
+        "--ctx-size",
+        str(LLAMACPP_CONTEXT_PER_SLOT * parallel),
+        "--alias",
+        model.id,
+        "--metrics",
+    ]
+    threads = _cpu_count(spec.resources.requests.cpu)
+    if threads is not None:
+        args += ["--threads", str(threads)]
+    return args
+
+
+def _merged_env(preset: list[EnvVar], overrides: list[EnvVar]) -> list[dict[str, str]]:
+    """The preset's environment with the spec's variables replacing same-named ones."""
+    merged: dict[str, str] = {var.name: var.value for var in preset}
+    for var in overrides:
+        merged.pop(var.name, None)
+        merged[var.name] = var.value
+    return [{"name": name, "value": value} for name, value in merged.items()]
+
+
+_CPU = re.compile(r"^(?P<number>[0-9]+(\.[0-9]*)?|\.[0-9]+)(?P<milli>m?)$")
+
+
+def _cpu_count(quantity: str | None) -> int | None:
+    """Whole cores of a CPU quantity, at least 1; None when unset or unusual."""
+    if quantity is None:
+        return None
+    match = _CPU.match(quantity)
+    if match is None:
+        return None
+    cores = float(match["number"]) / (1000 if match["milli"] else 1)
+    return max(1, math.floor(cores))
+
+
+def env_number(value: float) -> str:
+    """A float as an environment value, without a trailing ``.0`` noise."""
+    return str(int(value)) if float(value).is_integer() else repr(value)

@@ -1,0 +1,265 @@
+"""Reading VLMServices from users, with errors that name the field.
+
+pydantic reports a bad spec as a ``ValidationError`` whose locations are
+tuples and whose messages speak Python ("Input should be a valid integer").
+People (``vlm-operator render``) and the operator (the ``InvalidSpec``
+condition) need one line per problem, naming the field the way the manifest
+spells it: ``spec.autoscaling.minReplicas: must be >= 0, got -1``. This module
+does that translation, and rejects input that is not a VLMService at all (not
+YAML, not a mapping, another kind) just as clearly.
+
+:func:`spec_warnings` adds the problems the schema cannot see but that would
+leave a pod that never starts (a runtime that reads model files without any
+model storage, a model port that collides with the gate's).
+
+This module is pure.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from vlm_operator.models import (
+    API_VERSION,
+    KIND,
+    QUANTITY_PATTERN,
+    VLMService,
+    VLMServiceSpec,
+)
+from vlm_operator.runtimes import PRESETS
+from vlm_operator.yamlio import YAMLError, load_documents
+
+__all__ = [
+    "NAME_PATTERN",
+    "FieldError",
+    "InvalidManifest",
+    "field_errors",
+    "load_services",
+    "parse_service",
+    "parse_spec",
+    "spec_warnings",
+]
+
+#: A VLMService's name names its Service: a DNS-1035 label.
+NAME_PATTERN = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_NAME_MAX = 63
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """One problem: where (``spec.autoscaling.minReplicas``) and why."""
+
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}" if self.path else self.reason
+
+
+class InvalidManifest(ValueError):
+    """A manifest that is not a valid VLMService; ``errors`` lists every problem."""
+
+    def __init__(self, errors: Sequence[FieldError]) -> None:
+        self.errors = list(errors)
+        super().__init__("\n".join(str(error) for error in self.errors))
+
+
+def field_errors(exc: ValidationError, prefix: str = "") -> list[FieldError]:
+    """pydantic's errors as (camelCase path, reason) pairs."""
+    found: list[FieldError] = []
+    for error in exc.errors(include_url=False):
+        path = _path(prefix, error["loc"])
+        found.append(FieldError(path, _reason(error)))
+    return found
+
+
+def parse_spec(spec: Any, prefix: str = "spec") -> VLMServiceSpec:
+    """A VLMService spec from a mapping; raises :class:`InvalidManifest`."""
+    if not isinstance(spec, Mapping):
+        raise InvalidManifest([FieldError(prefix, f"must be a mapping, got {_kind(spec)}")])
+    try:
+        return VLMServiceSpec.model_validate(dict(spec))
+    except ValidationError as exc:
+        raise InvalidManifest(field_errors(exc, prefix)) from None
+
+
+def parse_service(document: Any) -> VLMService:
+    """A whole VLMService from a mapping; raises :class:`InvalidManifest`."""
+    if not isinstance(document, Mapping):
+        raise InvalidManifest(
+            [FieldError("", f"a VLMService must be a mapping, got {_kind(document)}")]
+        )
+    problems: list[FieldError] = []
+    api_version, kind = document.get("apiVersion"), document.get("kind")
+    if kind != KIND or api_version != API_VERSION:
+        raise InvalidManifest(
+            [
+                FieldError(
+                    "",
+                    f"expected apiVersion: {API_VERSION} and kind: {KIND}, "
+                    f"got apiVersion: {api_version!r} and kind: {kind!r}",
+                )
+            ]
+        )
+    metadata = document.get("metadata")
+    if not isinstance(metadata, Mapping):
+        problems.append(FieldError("metadata", "must be a mapping with a name"))
+    else:
+        problems += _name_errors(metadata.get("name"))
+    try:
+        service = VLMService.model_validate(dict(document))
+    except ValidationError as exc:
+        problems += [e for e in field_errors(exc) if not e.path.startswith("metadata")]
+    if problems:
+        raise InvalidManifest(problems)
+    return service
+
+
+def load_services(text: str) -> list[VLMService]:
+    """Every VLMService of a YAML stream; raises :class:`InvalidManifest`."""
+    try:
+        documents = load_documents(text)
+    except YAMLError as exc:
+        raise InvalidManifest([FieldError("", str(exc))]) from None
+    if not documents:
+        raise InvalidManifest([FieldError("", "no VLMService in the input (it is empty)")])
+    services: list[VLMService] = []
+    for index, document in enumerate(documents):
+        try:
+            services.append(parse_service(document))
+        except InvalidManifest as exc:
+            if len(documents) == 1:
+                raise
+            where = f"document {index + 1}"
+            raise InvalidManifest(
+                [
+                    FieldError(f"{where}: {e.path}" if e.path else where, e.reason)
+                    for e in exc.errors
+                ]
+            ) from None
+    return services
+
+
+def spec_warnings(spec: VLMServiceSpec) -> list[FieldError]:
+    """Problems the schema accepts but that leave pods that never become ready."""
+    warnings: list[FieldError] = []
+    model, storage = spec.model, spec.model.storage
+    preset = PRESETS[model.runtime]
+    has_source = any(s is not None for s in (storage.pvc, storage.host_path, storage.empty_dir))
+    if preset.needs_model_files and not has_source:
+        warnings.append(
+            FieldError(
+                "spec.model.storage",
+                f"runtime {model.runtime} reads its model files from storage; "
+                "set pvc, hostPath, or emptyDir with a download step",
+            )
+        )
+    model_port = model.port or preset.port
+    if model_port == spec.gate.port:
+        warnings.append(
+            FieldError(
+                "spec.model.port",
+                f"the model server and the gate would both listen on port {model_port}",
+            )
+        )
+    if storage.download is not None and storage.pvc is not None and storage.pvc.read_only:
+        warnings.append(
+            FieldError(
+                "spec.model.storage.pvc.readOnly",
+                "the download step cannot write into a read-only claim; set readOnly: false",
+            )
+        )
+    if storage.download is not None and not has_source:
+        warnings.append(FieldError("spec.model.storage.download", "has no storage to write into"))
+    return warnings
+
+
+# ---------------------------------------------------------------------- internals
+
+
+def _name_errors(name: Any) -> list[FieldError]:
+    if not isinstance(name, str) or not name:
+        return [FieldError("metadata.name", "required: it names the Deployment and Service")]
+    if len(name) > _NAME_MAX or NAME_PATTERN.match(name) is None:
+        return [
+            FieldError(
+                "metadata.name",
+                f"must be a DNS-1035 label (at most {_NAME_MAX} lowercase letters, digits "
+                f"and '-', starting with a letter), got {name!r}",
+            )
+        ]
+    return []
+
+
+def _path(prefix: str, loc: Sequence[int | str]) -> str:
+    path = prefix
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif part.startswith("function-") or part in {"str", "int", "float", "bool"}:
+            continue  # pydantic's names for validator and union branches, not fields
+        else:
+            path = f"{path}.{part}" if path else part
+    return path
+
+
+_BOUNDS = {
+    "greater_than": "must be > {gt}",
+    "greater_than_equal": "must be >= {ge}",
+    "less_than": "must be < {lt}",
+    "less_than_equal": "must be <= {le}",
+    "string_too_short": "must have at least {min_length} characters",
+    "string_too_long": "must have at most {max_length} characters",
+    "string_pattern_mismatch": "must match {pattern}",
+}
+
+
+def _reason(error: Mapping[str, Any]) -> str:
+    kind = error["type"]
+    context = error.get("ctx") or {}
+    value = error.get("input")
+    if kind == "extra_forbidden":
+        return "unknown field"
+    if kind == "missing":
+        return "required field is missing"
+    if kind == "value_error":
+        return str(context.get("error", error["msg"]))
+    if kind in {"model_type", "model_attributes_type", "dict_type"}:
+        return f"must be a mapping, got {_kind(value)}"
+    if kind == "list_type":
+        return f"must be a list, got {_kind(value)}"
+    if kind == "string_pattern_mismatch" and context.get("pattern") == QUANTITY_PATTERN:
+        return f"must be a Kubernetes quantity such as 8, 500m or 12Gi, got {value!r}"
+    if kind == "literal_error":
+        return f"must be one of {context.get('expected', '')}, got {value!r}"
+    if kind in _BOUNDS:
+        return f"{_BOUNDS[kind].format(**context)}, got {value!r}"
+    message = str(error["msg"])
+    for python_words, plain in (
+        ("Input should be", "must be"),
+        ("Value should be", "must be"),
+        ("String should", "must"),
+    ):
+        if message.startswith(python_words):
+            message = plain + message[len(python_words) :]
+            break
+    if isinstance(value, str | int | float | bool) or value is None:
+        return f"{message}, got {value!r}"
+    return f"{message}, got {_kind(value)}"
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, Mapping):
+        return "a mapping"
+    if isinstance(value, list | tuple):
+        return "a list"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    return f"{type(value).__name__} {value!r}"
