@@ -1,0 +1,157 @@
+"""Admission control on its own: the limit, FIFO hand-over, deadlines, cancellation."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import pytest
+from vlm_operator.gate._admission import Admission, Rejected
+from vlm_operator.gate._cache import CachedResponse, ResponseCache
+
+
+async def _until(predicate: Callable[[], bool], deadline_s: float = 2.0) -> None:
+    """Let the loop run until ``predicate`` holds; bounded in steps and time."""
+    async with asyncio.timeout(deadline_s):
+        for _ in range(100_000):
+            if predicate():
+                return
+            await asyncio.sleep(0)
+    raise AssertionError("condition never held")
+
+
+async def test_hands_slots_over_in_fifo_order_without_exceeding_the_limit() -> None:
+    admission = Admission(max_in_flight=2, queue_size=10, queue_timeout=5)
+    order: list[int] = []
+    peak = 0
+
+    async def client(i: int) -> None:
+        nonlocal peak
+        await admission.acquire()
+        order.append(i)
+        peak = max(peak, admission.running)
+        await asyncio.sleep(0)
+        admission.release(0.01)
+
+    await admission.acquire()
+    await admission.acquire()  # both slots taken: everyone below queues
+    tasks = []
+    for i in range(8):
+        tasks.append(asyncio.create_task(client(i)))
+        await _until(lambda i=i: admission.waiting == i + 1)
+    admission.release(None)
+    admission.release(None)
+    await asyncio.gather(*tasks)
+    assert order == list(range(8))
+    assert peak <= 2
+    assert admission.running == 0
+    assert admission.waiting == 0
+
+
+async def test_full_queue_is_refused_with_a_retry_estimate_from_service_times() -> None:
+    admission = Admission(max_in_flight=1, queue_size=1, queue_timeout=5)
+    await admission.acquire()
+    admission.release(3.0)  # one observed service time: 3 s
+    await admission.acquire()
+    waiter = asyncio.create_task(admission.acquire())
+    await _until(lambda: admission.waiting == 1)
+    with pytest.raises(Rejected) as refused:
+        await admission.acquire()
+    assert refused.value.reason == "queue_full"
+    # position 2 behind one slot of ~3 s each
+    assert refused.value.retry_after == 6
+    admission.release(3.0)
+    await waiter
+    admission.release(3.0)
+    assert admission.retry_after(1) == 3
+    assert Admission(4, 1, 1).retry_after(1) == 1  # nothing observed yet: at least 1 s
+
+
+async def test_deadline_leaves_the_queue_and_never_holds_a_slot() -> None:
+    admission = Admission(max_in_flight=1, queue_size=4, queue_timeout=0.05)
+    await admission.acquire()
+    with pytest.raises(Rejected) as refused:
+        await admission.acquire()
+    assert refused.value.reason == "deadline"
+    assert admission.waiting == 0
+    assert admission.running == 1
+    admission.release(None)
+    assert admission.running == 0
+
+
+async def test_cancelled_waiter_leaves_at_once_and_the_next_one_gets_the_slot() -> None:
+    admission = Admission(max_in_flight=1, queue_size=4, queue_timeout=5)
+    await admission.acquire()
+    leaving = asyncio.create_task(admission.acquire())
+    staying = asyncio.create_task(admission.acquire())
+    await _until(lambda: admission.waiting == 2)
+    leaving.cancel()
+    await _until(lambda: admission.waiting == 1)
+    admission.release(None)
+    await staying
+    assert admission.running == 1
+    assert leaving.cancelled()
+
+
+async def test_slot_handed_to_a_waiter_that_is_cancelled_moves_on() -> None:
+    admission = Admission(max_in_flight=1, queue_size=4, queue_timeout=5)
+    await admission.acquire()
+    first = asyncio.create_task(admission.acquire())
+    second = asyncio.create_task(admission.acquire())
+    await _until(lambda: admission.waiting == 2)
+    admission.release(None)  # slot goes to ``first`` ...
+    first.cancel()  # ... which leaves before it runs: the slot must reach ``second``
+    await second
+    assert admission.running == 1
+    admission.release(None)
+    assert admission.running == 0
+
+
+async def test_draining_refuses_new_work_and_waits_for_the_rest() -> None:
+    admission = Admission(max_in_flight=1, queue_size=4, queue_timeout=5)
+    await admission.acquire()
+    admission.draining = True
+    with pytest.raises(Rejected) as refused:
+        await admission.acquire()
+    assert refused.value.reason == "draining"
+    assert not await admission.wait_idle(0.01)
+    admission.release(None)
+    assert await admission.wait_idle(0.01)
+
+
+def test_invalid_limits_are_refused() -> None:
+    with pytest.raises(ValueError, match="max_in_flight"):
+        Admission(0, 1, 1)
+    with pytest.raises(ValueError, match="queue_timeout"):
+        Admission(1, 1, 0)
+
+
+def test_cache_keys_only_deterministic_requests() -> None:
+    key = ResponseCache.key_for
+    body = b'{"temperature": 0, "messages": []}'
+    assert key("POST", "/v1/chat/completions", body) is not None
+    assert key("POST", "/v1/chat/completions", body) == key("POST", "/v1/chat/completions", body)
+    assert key("POST", "/v1/other", body) != key("POST", "/v1/chat/completions", body)
+    assert key("POST", "/x", b'{"temperature": 0.7}') is None
+    assert key("POST", "/x", b'{"temperature": 0, "stream": true}') is None
+    assert key("POST", "/x", b'{"messages": []}') is None  # default temperature is not 0
+    assert key("POST", "/x", b'{"temperature": 0') is None  # garbage is simply not cached
+    assert key("POST", "/x", b'["temperature"]') is None
+    assert key("POST", "/x", b'{"temperature": false}') is None
+
+
+def test_cache_is_a_bounded_lru_with_ttl_that_keeps_only_200() -> None:
+    now = [0.0]
+    cache = ResponseCache(size=2, ttl=10, clock=lambda: now[0])
+    ok = CachedResponse(200, (("Content-Type", "application/json"),), b"{}")
+    cache.put("a", ok)
+    cache.put("b", ok)
+    assert cache.get("a") == ok  # a is now the most recent
+    cache.put("c", ok)
+    assert cache.get("b") is None
+    assert cache.get("a") == ok
+    cache.put("err", CachedResponse(500, (), b""))
+    assert cache.get("err") is None
+    now[0] = 10.0
+    assert cache.get("a") is None
+    assert len(cache) == 1

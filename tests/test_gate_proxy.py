@@ -1,0 +1,547 @@
+"""The gate measured from both sides: a test model that records what reaches it.
+
+Every test runs the real gate application on a loopback port in front of a
+small aiohttp backend that counts its own concurrency, holds requests until the
+test lets them go, streams, dies mid-request, or echoes what it received. The
+last test runs the real ``vlm-operator gate`` process and sends it SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from prometheus_client.parser import text_string_to_metric_families
+from vlm_operator.gate import DURATION_BUCKETS, GateConfig, create_app, make_runner
+
+DEADLINE_S = 10.0
+
+
+async def until(predicate: Callable[[], Any], deadline_s: float = DEADLINE_S) -> None:
+    """Poll ``predicate`` (sync or async) until true; fail after the deadline."""
+    async with asyncio.timeout(deadline_s):
+        while True:
+            value = predicate()
+            if asyncio.iscoroutine(value):
+                value = await value
+            if value:
+                return
+            await asyncio.sleep(0.002)
+
+
+class Backend:
+    """A model stand-in that records concurrency, arrival order and cancellations."""
+
+    def __init__(self) -> None:
+        self.current = 0
+        self.peak = 0
+        self.arrivals: list[str] = []
+        self.cancelled = 0
+        self.finished = 0
+        self.healthy = True
+        self.release = asyncio.Event()
+        self.stream_gate = asyncio.Event()
+        self.bodies: list[bytes] = []
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def _tracked(self, request: web.Request, work: Callable[[], Any]) -> web.StreamResponse:
+        self.current += 1
+        self.peak = max(self.peak, self.current)
+        self.arrivals.append(request.headers.get("x-id", ""))
+        try:
+            body = await request.read()
+            self.bodies.append(body)
+            result = await work()
+            self.finished += 1
+            assert isinstance(result, web.StreamResponse)
+            return result
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        finally:
+            self.current -= 1
+
+    async def sleep(self, request: web.Request) -> web.StreamResponse:
+        async def work() -> web.Response:
+            await asyncio.sleep(float(request.query.get("s", "0.01")))
+            return web.json_response({"ok": True})
+
+        return await self._tracked(request, work)
+
+    async def hold(self, request: web.Request) -> web.StreamResponse:
+        async def work() -> web.Response:
+            await self.release.wait()
+            return web.json_response({"id": request.headers.get("x-id", "")})
+
+        return await self._tracked(request, work)
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        async def work() -> web.StreamResponse:
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            await response.write(b"data: first\n\n")
+            await self.stream_gate.wait()  # the rest only once the client saw the first
+            await response.write(b"data: second\n\n")
+            await response.write(b"data: [DONE]\n\n")
+            await response.write_eof()
+            return response
+
+        return await self._tracked(request, work)
+
+    async def die(self, request: web.Request) -> web.StreamResponse:
+        async def work() -> web.StreamResponse:
+            assert request.transport is not None
+            request.transport.close()  # the model process vanishes mid-request
+            await asyncio.sleep(3600)
+            raise AssertionError("unreachable")
+
+        return await self._tracked(request, work)
+
+    async def die_mid_stream(self, request: web.Request) -> web.StreamResponse:
+        async def work() -> web.StreamResponse:
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            await response.write(b"data: first\n\n")
+            assert request.transport is not None
+            request.transport.close()
+            return response
+
+        return await self._tracked(request, work)
+
+    async def echo(self, request: web.Request) -> web.StreamResponse:
+        async def work() -> web.Response:
+            return web.json_response(
+                {
+                    "method": request.method,
+                    "path": request.path_qs,
+                    "headers": dict(request.headers),
+                    "body": self.bodies[-1].decode("utf-8", "replace"),
+                },
+                status=int(request.headers.get("x-status", "200")),
+                headers={"x-backend": "yes", "Set-Cookie": "a=1"},
+            )
+
+        return await self._tracked(request, work)
+
+    async def health(self, request: web.Request) -> web.Response:
+        return web.json_response({}, status=200 if self.healthy else 503)
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_get("/health", self.health)
+        app.router.add_route("*", "/sleep", self.sleep)
+        app.router.add_route("*", "/hold", self.hold)
+        app.router.add_route("*", "/stream", self.stream)
+        app.router.add_route("*", "/die", self.die)
+        app.router.add_route("*", "/die-mid-stream", self.die_mid_stream)
+        app.router.add_route("*", "/{tail:.*}", self.echo)
+        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}"
+
+    async def stop(self) -> None:
+        self.release.set()
+        self.stream_gate.set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+class Gate:
+    """The gate application on a loopback port, with a client and metric reader."""
+
+    def __init__(self, config: GateConfig) -> None:
+        self.config = config
+        self.app = create_app(config)
+        self.runner = make_runner(self.app)
+        self.url = ""
+        self.client: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
+        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+        self.client = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+
+    async def stop(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+        await self.runner.cleanup()
+
+    async def request(
+        self, method: str, path: str, **kwargs: Any
+    ) -> tuple[int, dict[str, str], bytes]:
+        assert self.client is not None
+        async with self.client.request(method, self.url + path, **kwargs) as response:
+            return response.status, dict(response.headers), await response.read()
+
+    async def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        status, _, body = await self.request("GET", "/metrics")
+        assert status == 200
+        values = {}
+        for family in text_string_to_metric_families(body.decode()):
+            for sample in family.samples:
+                values[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+        return values
+
+    async def metric(self, name: str, **labels: str) -> float:
+        return (await self.metrics()).get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+@pytest.fixture
+async def backend() -> AsyncIterator[Backend]:
+    b = Backend()
+    await b.start()
+    yield b
+    await b.stop()
+
+
+@asynccontextmanager
+async def running_gate(backend: Backend, **overrides: Any) -> AsyncIterator[Gate]:
+    config = GateConfig(upstream=backend.url, health_interval=0.05, **overrides)
+    gate = Gate(config)
+    await gate.start()
+    try:
+        if config.health_path:
+
+            async def ready() -> bool:
+                return (await gate.request("GET", "/readyz"))[0] == 200
+
+            await until(ready)
+        yield gate
+    finally:
+        await gate.stop()
+
+
+def error_code(body: bytes) -> str:
+    payload = json.loads(body)
+    assert set(payload["error"]) >= {"message", "type", "code"}
+    return str(payload["error"]["code"])
+
+
+async def test_limit_is_never_exceeded_under_64_concurrent_clients(backend: Backend) -> None:
+    async with running_gate(backend, max_in_flight=4, queue_size=64) as gate:
+        results = await asyncio.gather(
+            *(gate.request("POST", "/sleep?s=0.01", data=b"{}") for _ in range(64))
+        )
+        assert [status for status, _, _ in results] == [200] * 64
+        assert backend.peak == 4  # reached, never exceeded
+        assert await gate.metric("vlm_requests_total", code="200") == 64
+        assert await gate.metric("vlm_request_duration_seconds_count") == 64
+        assert await gate.metric("vlm_requests_running") == 0
+
+
+async def test_queued_requests_are_served_in_arrival_order(backend: Backend) -> None:
+    async with running_gate(backend, max_in_flight=1, queue_size=16) as gate:
+        tasks = []
+        for i in range(6):
+            tasks.append(
+                asyncio.create_task(gate.request("POST", "/hold", headers={"x-id": str(i)}))
+            )
+            # each one in place before the next is sent, so arrival order is known
+            await until(lambda: len(backend.arrivals) == 1)
+            if i > 0:
+
+                async def queued(n: int = i) -> bool:
+                    return await gate.metric("vlm_requests_waiting") == n
+
+                await until(queued)
+        assert backend.arrivals == ["0"]
+        backend.release.set()
+        results = await asyncio.gather(*tasks)
+        assert [json.loads(body)["id"] for _, _, body in results] == [str(i) for i in range(6)]
+        assert backend.arrivals == [str(i) for i in range(6)]
+        assert backend.peak == 1
+
+
+async def test_full_queue_answers_429_with_retry_after(backend: Backend) -> None:
+    async with running_gate(backend, max_in_flight=1, queue_size=1) as gate:
+        first = asyncio.create_task(gate.request("POST", "/hold"))
+        await until(lambda: backend.current == 1)
+        second = asyncio.create_task(gate.request("POST", "/hold"))
+
+        async def queued() -> bool:
+            return await gate.metric("vlm_requests_waiting") == 1
+
+        await until(queued)
+        status, headers, body = await gate.request("POST", "/hold")
+        assert status == 429
+        assert int(headers["Retry-After"]) >= 1
+        assert error_code(body) == "queue_full"
+        assert await gate.metric("vlm_requests_running") == 1
+        assert await gate.metric("vlm_requests_rejected_total", reason="queue_full") == 1
+        assert await gate.metric("vlm_requests_total", code="429") == 1
+        backend.release.set()
+        assert (await first)[0] == (await second)[0] == 200
+        assert backend.peak == 1
+
+
+async def test_queue_deadline_answers_504_that_must_not_be_retried(backend: Backend) -> None:
+    async with running_gate(backend, max_in_flight=1, queue_size=4, queue_timeout=0.1) as gate:
+        first = asyncio.create_task(gate.request("POST", "/hold"))
+        await until(lambda: backend.current == 1)
+        status, headers, body = await gate.request("POST", "/hold")
+        assert status == 504
+        assert headers["x-should-retry"] == "false"
+        assert error_code(body) == "deadline"
+        assert await gate.metric("vlm_requests_rejected_total", reason="deadline") == 1
+        assert await gate.metric("vlm_request_queue_seconds_count") == 2  # first + deadline
+        assert await gate.metric("vlm_request_queue_seconds_bucket", le="0.5") == 2
+        assert await gate.metric("vlm_requests_waiting") == 0
+        backend.release.set()
+        assert (await first)[0] == 200
+        assert backend.arrivals == [""]  # the expired request never reached the model
+
+
+async def test_oversized_bodies_answer_413_by_length_and_while_streaming(
+    backend: Backend,
+) -> None:
+    async with running_gate(backend, max_body_bytes=1024) as gate:
+        status, _, body = await gate.request("POST", "/echo", data=b"x" * 1025)
+        assert status == 413
+        assert error_code(body) == "too_large"
+
+        async def chunked() -> AsyncIterator[bytes]:
+            for _ in range(8):
+                yield b"y" * 200
+
+        status, _, body = await gate.request("POST", "/echo", data=chunked())
+        assert status == 413
+        assert error_code(body) == "too_large"
+        status, _, _ = await gate.request("POST", "/echo", data=b"x" * 1024)
+        assert status == 200
+        assert await gate.metric("vlm_requests_rejected_total", reason="too_large") == 2
+        assert backend.bodies == [b"x" * 1024]
+
+
+async def test_model_dying_or_unreachable_answers_502(backend: Backend) -> None:
+    async with running_gate(backend) as gate:
+        status, _, body = await gate.request("POST", "/die")
+        assert status == 502
+        assert error_code(body) == "upstream_error"
+        # headers already sent: the cut stream is passed on as a cut connection
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await gate.request("POST", "/die-mid-stream")
+        assert await gate.metric("vlm_requests_total", code="502") == 2
+        assert await gate.metric("vlm_requests_running") == 0
+    closed = Backend()
+    closed.url = "http://127.0.0.1:9"  # discard port: nothing listens on loopback
+    async with running_gate(closed, health_path="") as gate:
+        status, _, body = await gate.request("POST", "/v1/chat/completions", data=b"{}")
+        assert status == 502
+        assert error_code(body) == "upstream_error"
+
+
+async def test_streamed_chunks_are_relayed_as_they_arrive(backend: Backend) -> None:
+    async with running_gate(backend) as gate:
+        assert gate.client is not None
+        async with gate.client.post(gate.url + "/stream", json={"stream": True}) as response:
+            assert response.status == 200
+            assert response.headers["Content-Type"] == "text/event-stream"
+            first = await asyncio.wait_for(response.content.readuntil(b"\n\n"), DEADLINE_S)
+            assert first == b"data: first\n\n"
+            assert backend.finished == 0  # the model has not finished yet
+            assert await gate.metric("vlm_requests_running") == 1
+            backend.stream_gate.set()
+            rest = await response.read()
+        assert rest == b"data: second\n\ndata: [DONE]\n\n"
+
+        async def released() -> bool:
+            return await gate.metric("vlm_requests_running") == 0
+
+        await until(released)
+
+
+async def test_disconnected_client_frees_its_slot_and_queued_one_leaves(
+    backend: Backend,
+) -> None:
+    async with running_gate(backend, max_in_flight=1, queue_size=4) as gate:
+        running = asyncio.create_task(gate.request("POST", "/hold", headers={"x-id": "a"}))
+        await until(lambda: backend.current == 1)
+        queued = asyncio.create_task(gate.request("POST", "/hold", headers={"x-id": "b"}))
+
+        async def waiting(n: int) -> bool:
+            return await gate.metric("vlm_requests_waiting") == n
+
+        await until(lambda: waiting(1))
+        queued.cancel()  # the waiting client hangs up: it leaves the queue at once
+        await until(lambda: waiting(0))
+        running.cancel()  # the running client hangs up: the model request is cancelled
+        await until(lambda: backend.cancelled == 1)
+
+        async def freed() -> bool:
+            return await gate.metric("vlm_requests_running") == 0
+
+        await until(freed)
+        backend.release.set()
+        status, _, _ = await gate.request("POST", "/hold", headers={"x-id": "c"})
+        assert status == 200
+        assert backend.arrivals == ["a", "c"]  # "b" never reached the model
+        assert await gate.metric("vlm_requests_total", code="499") == 2
+
+
+async def test_everything_else_passes_through_untouched(backend: Backend) -> None:
+    async with running_gate(backend) as gate:
+        garbage = b'{"messages": [ not json'
+        status, headers, body = await gate.request(
+            "PUT",
+            "/v1/anything?x=1&y=2",
+            data=garbage,
+            headers={"x-status": "418", "Authorization": "Bearer t", "Connection": "keep-alive"},
+        )
+        assert status == 418
+        assert headers["x-backend"] == "yes"
+        assert headers["Set-Cookie"] == "a=1"
+        seen = json.loads(body)
+        assert seen["method"] == "PUT"
+        assert seen["path"] == "/v1/anything?x=1&y=2"
+        assert seen["body"] == garbage.decode()
+        assert seen["headers"]["Authorization"] == "Bearer t"
+        assert seen["headers"]["x-status"] == "418"
+        status, _, body = await gate.request("GET", "/v1/models")
+        assert status == 200
+        assert json.loads(body)["path"] == "/v1/models"
+        # the gate's own endpoints are neither proxied nor counted
+        assert (await gate.request("GET", "/healthz"))[0] == 200
+        assert await gate.metric("vlm_requests_total", code="418") == 1
+        assert await gate.metric("vlm_requests_total", code="200") == 1
+        assert await gate.metric("vlm_request_duration_seconds_count") == 2
+
+
+async def test_metrics_follow_the_signals_contract(backend: Backend) -> None:
+    async with running_gate(backend, max_in_flight=2, queue_size=3) as gate:
+        tasks = [asyncio.create_task(gate.request("POST", "/hold")) for _ in range(4)]
+
+        async def state() -> bool:
+            m = await gate.metrics()
+            return m[("vlm_requests_running", ())] == 2 and m[("vlm_requests_waiting", ())] == 2
+
+        await until(state)
+        backend.release.set()
+        await asyncio.gather(*tasks)
+        m = await gate.metrics()
+        names = {name for name, _ in m}
+        assert not any(name.endswith("_created") for name in names)
+        assert m[("vlm_gate_max_in_flight", ())] == 2
+        assert m[("vlm_gate_queue_capacity", ())] == 3
+        assert m[("vlm_request_duration_seconds_count", ())] == 4
+        assert m[("vlm_request_queue_seconds_count", ())] == 4
+        buckets = sorted(
+            float(dict(labels)["le"])
+            for name, labels in m
+            if name == "vlm_request_duration_seconds_bucket"
+        )
+        assert buckets == [*map(float, DURATION_BUCKETS), float("inf")]
+        assert m[("vlm_requests_total", (("code", "200"),))] == 4
+        for reason in ("queue_full", "deadline", "draining", "too_large", "not_ready"):
+            assert m[("vlm_requests_rejected_total", (("reason", reason),))] == 0
+        assert m[("vlm_cache_hits_total", ())] == 0
+
+
+async def test_model_not_ready_answers_503_and_readyz_follows_health(backend: Backend) -> None:
+    async with running_gate(backend) as gate:
+        backend.healthy = False
+
+        async def unready() -> bool:
+            return (await gate.request("GET", "/readyz"))[0] == 503
+
+        await until(unready)
+        status, headers, body = await gate.request("POST", "/sleep")
+        assert status == 503
+        assert int(headers["Retry-After"]) >= 1
+        assert error_code(body) == "not_ready"
+        assert await gate.metric("vlm_requests_rejected_total", reason="not_ready") == 1
+        backend.healthy = True
+
+        async def ready() -> bool:
+            return (await gate.request("GET", "/readyz"))[0] == 200
+
+        await until(ready)
+        assert (await gate.request("POST", "/sleep"))[0] == 200
+
+
+async def test_deterministic_requests_are_answered_from_the_cache(backend: Backend) -> None:
+    async with running_gate(backend, cache_size=8, cache_ttl=60) as gate:
+        body = json.dumps({"temperature": 0, "messages": [{"role": "user", "content": "hi"}]})
+        first = await gate.request("POST", "/v1/chat/completions", data=body)
+        second = await gate.request("POST", "/v1/chat/completions", data=body)
+        assert first[0] == second[0] == 200
+        assert second[2] == first[2]
+        assert second[1]["x-vlm-cache"] == "hit"
+        assert len(backend.bodies) == 1
+        sampled = body.replace('"temperature": 0', '"temperature": 0.7')
+        await gate.request("POST", "/v1/chat/completions", data=sampled)
+        await gate.request("POST", "/v1/chat/completions", data=sampled)
+        assert len(backend.bodies) == 3
+        assert await gate.metric("vlm_cache_hits_total") == 1
+        assert await gate.metric("vlm_requests_total", code="200") == 4
+
+
+async def test_sigterm_drains_every_running_and_queued_request(backend: Backend) -> None:
+    """The real command: 4 running + 20 queued survive SIGTERM; the process exits 0."""
+    env = {**os.environ, "VLM_GATE_UPSTREAM": backend.url}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "vlm_operator",
+        "gate",
+        "--listen=127.0.0.1:0",
+        "--max-in-flight=4",
+        "--queue-size=32",
+        "--queue-timeout=30",
+        "--drain-timeout=30",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    gate = Gate(GateConfig(upstream=backend.url))
+    try:
+        assert process.stdout is not None
+        line = (await asyncio.wait_for(process.stdout.readline(), DEADLINE_S)).decode()
+        url = line.split("listening on ")[1].split()[0]
+        gate.url = url  # ``gate`` is only a client of the process's gate here
+        gate.client = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+
+        async def ready() -> bool:
+            return (await gate.request("GET", "/readyz"))[0] == 200
+
+        await until(ready)
+        tasks = [asyncio.create_task(gate.request("POST", "/hold")) for _ in range(24)]
+
+        async def all_in() -> bool:
+            m = await gate.metrics()
+            return m[("vlm_requests_running", ())] == 4 and m[("vlm_requests_waiting", ())] == 20
+
+        await until(all_in)
+        process.send_signal(signal.SIGTERM)
+
+        async def unready() -> bool:
+            return (await gate.request("GET", "/readyz"))[0] == 503
+
+        await until(unready)
+        status, _, body = await gate.request("POST", "/hold")
+        assert status == 503
+        assert error_code(body) == "draining"
+        backend.release.set()
+        results = await asyncio.wait_for(asyncio.gather(*tasks), DEADLINE_S)
+        assert [status for status, _, _ in results] == [200] * 24
+        assert await asyncio.wait_for(process.wait(), DEADLINE_S) == 0
+        assert backend.peak == 4
+    finally:
+        if gate.client is not None:
+            await gate.client.close()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
