@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 EXTRAS ?= test,plot,inspect,model-server
 
-.PHONY: help venv system-deps test lint typecheck unit demo crd golden bench-gate bench-policy clean
+.PHONY: help venv system-deps test lint typecheck unit demo crd install-manifest golden bench-gate bench-policy clean
 
 help:
 	@echo "make demo   - run the closed loop on the embedded local cluster"
@@ -48,6 +48,11 @@ test: lint typecheck unit
 
 crd: venv
 	$(BIN)/vlm-operator crd > crds/vlmservice.yaml
+	cp crds/vlmservice.yaml charts/vlm-operator/crds/vlmservice.yaml
+
+# The plain install (kubectl apply -f manifests/install.yaml): the chart with default values.
+install-manifest: crd
+	$(BIN)/python -m e2e.cluster.chart > manifests/install.yaml
 
 golden: venv
 	$(BIN)/pytest tests/test_render.py --update-golden

@@ -1,0 +1,388 @@
+"""The Helm chart, rendered and linted offline with the real Helm library.
+
+Every object rendered for a range of values must pass the Kubernetes schemas
+strictly (1.30 and the newest known), bad values must be refused by
+values.schema.json naming the key, the operator Deployment must be locked
+down, and the files derived from the chart (its CRD copy, manifests/install.yaml)
+must not drift from their sources.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import helm_python as helm
+import kubernetes_validate
+import pytest
+import yaml
+from vlm_operator import __version__
+from vlm_operator.cli import COMMANDS, build_parser
+from vlm_operator.render import DEFAULT_OPERATOR_IMAGE
+
+from e2e.cluster import chart
+
+REPO = chart.REPO_ROOT
+KUBE_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
+
+#: Kinds from other projects' CRDs: kubernetes-validate only knows built-in kinds.
+CRD_KINDS = {"PodMonitor": "monitoring.coreos.com CRD (Prometheus Operator), not a built-in kind"}
+
+VALUE_SETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "namespaced": {"watchNamespaces": ["team-a", "team-b"]},
+    "pod-monitor": {"podMonitor": {"enabled": True, "labels": {"release": "kps"}}},
+    "dashboard": {"dashboard": {"enabled": True, "namespace": "monitoring"}},
+    "credentials": {
+        "prometheus": {
+            "url": "https://prometheus.example.svc:9443/prom",
+            "bearerTokenSecret": {"name": "prom-token", "key": "token"},
+            "caSecret": {"name": "prom-ca", "key": "ca.crt"},
+        }
+    },
+    "placement": {
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+        "tolerations": [{"key": "infra", "operator": "Exists", "effect": "NoSchedule"}],
+        "affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {
+                            "matchExpressions": [
+                                {"key": "pool", "operator": "In", "values": ["system"]}
+                            ]
+                        }
+                    ]
+                }
+            }
+        },
+        "priorityClassName": "system-cluster-critical",
+        "imagePullSecrets": ["regcred", {"name": "other"}],
+        "image": {"digest": "sha256:" + "a" * 64},
+        "resources": {"requests": {"cpu": "200m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+    },
+    "everything": {
+        "watchNamespaces": ["ml"],
+        "podMonitor": {"enabled": True},
+        "dashboard": {"enabled": True},
+        "serviceAccount": {"create": True, "name": "vlm", "annotations": {"a": "b"}},
+    },
+}
+
+
+def _by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [obj for obj in objects if obj["kind"] == kind]
+
+
+def _one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = _by_kind(objects, kind)
+    assert len(found) == 1, f"expected one {kind}, got {len(found)}"
+    return found[0]
+
+
+def _container(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    containers = _one(objects, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    container: dict[str, Any] = containers[0]
+    return container
+
+
+# ----------------------------------------------------------------- lint, schema
+
+
+def test_lint_is_clean_in_strict_mode() -> None:
+    for values in VALUE_SETS.values():
+        report = helm.lint(chart.CHART_DIR, values, strict=True, kube_version="v1.30.0")
+        problems = [m for m in report["messages"] if m["severity"] >= 2]
+        assert report["errors"] == [], report
+        assert problems == [], report
+
+
+@pytest.mark.parametrize("case", sorted(VALUE_SETS))
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
+def test_every_rendered_object_passes_the_kubernetes_schema(case: str, kube_version: str) -> None:
+    objects = chart.render(VALUE_SETS[case], include_crds=True)
+    assert objects
+    validated = 0
+    for obj in objects:
+        if obj["kind"] in CRD_KINDS:
+            continue
+        kubernetes_validate.validate(obj, kube_version, strict=True)
+        validated += 1
+    assert validated >= 4
+
+
+@pytest.mark.parametrize(
+    ("values", "key", "reason"),
+    [
+        ({"watchNamespaces": ["Team_A"]}, "/watchNamespaces/0", "does not match pattern"),
+        ({"watchNamespaces": "team-a"}, "/watchNamespaces", "got string, want array"),
+        ({"watchNamespaces": ["a", "a"]}, "/watchNamespaces", "are equal"),
+        ({"prometheus": {"url": "prometheus:9090"}}, "/prometheus/url", "does not match pattern"),
+        ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy", "must be one of"),
+        ({"image": {"tag": "has space"}}, "/image/tag", "does not match pattern"),
+        ({"imagee": {}}, "''", "additional properties 'imagee' not allowed"),
+        ({"podMonitor": {"interval": "5 seconds"}}, "/podMonitor/interval", "pattern"),
+        ({"podMonitor": {"enabled": "yes"}}, "/podMonitor/enabled", "want boolean"),
+        ({"dashboard": {"enable": True}}, "/dashboard", "additional properties 'enable'"),
+        ({"ports": {"metrics": 70000}}, "/ports/metrics", "maximum"),
+        ({"resources": {"requests": {"cpu": "lots"}}}, "/resources/requests/cpu", "pattern"),
+        ({"nodeSelector": {"pool": 3}}, "/nodeSelector/pool", "want string"),
+        (
+            {"prometheus": {"bearerTokenSecret": {"name": "Bad_Name", "key": "t"}}},
+            "/prometheus/bearerTokenSecret/name",
+            "",
+        ),
+    ],
+)
+def test_bad_values_are_refused_naming_the_key(
+    values: dict[str, Any], key: str, reason: str
+) -> None:
+    with pytest.raises(helm.HelmValuesError) as caught:
+        chart.render(values)
+    message = str(caught.value)
+    assert f"at '{key}'" in message or f"at {key}" in message, message
+    assert reason in message, message
+
+
+def test_schema_describes_every_default_value() -> None:
+    # additionalProperties is false at every level with named keys, so a key
+    # in values.yaml missing from the schema would fail the default render.
+    schema = json.loads((chart.CHART_DIR / "values.schema.json").read_text())
+    defaults = yaml.safe_load((chart.CHART_DIR / "values.yaml").read_text())
+    assert set(defaults) <= set(schema["properties"])
+    assert schema["additionalProperties"] is False
+    helm.Chart.load(chart.CHART_DIR).validate_schema(defaults)
+
+
+# ------------------------------------------------------------ the Deployment
+
+
+def test_operator_deployment_is_one_locked_down_replica() -> None:
+    objects = chart.render()
+    deployment = _one(objects, "Deployment")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
+    pod = spec["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    container = _container(objects)
+    security = container["securityContext"]
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["resources"]["requests"]["cpu"]
+    assert container["resources"]["limits"]["memory"]
+    assert container["image"] == DEFAULT_OPERATOR_IMAGE
+    # A read-only root needs a writable /tmp.
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert "tmp" in {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+    assert mounts["/tmp"] == "tmp"
+    selector = spec["selector"]["matchLabels"]
+    assert selector.items() <= spec["template"]["metadata"]["labels"].items()
+
+
+def _operator_args(objects: list[dict[str, Any]]) -> list[str]:
+    container = _container(objects)
+    assert container["command"] == ["vlm-operator"]
+    args: list[str] = container["args"]
+    return args
+
+
+def _flag(args: list[str], name: str) -> list[str]:
+    return [a.split("=", 1)[1] for a in args if a.startswith(f"--{name}=")]
+
+
+def test_liveness_probe_targets_the_operators_liveness_endpoint() -> None:
+    objects = chart.render({"ports": {"health": 8181, "metrics": 9191}})
+    container = _container(objects)
+    args = _operator_args(objects)
+    assert _flag(args, "liveness") == ["http://0.0.0.0:8181/healthz"]
+    assert _flag(args, "metrics-port") == ["9191"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"health": 8181, "metrics": 9191}
+    probe = container["livenessProbe"]["httpGet"]
+    assert (probe["path"], ports[probe["port"]]) == ("/healthz", 8181)
+
+
+def test_watched_namespaces_become_flags() -> None:
+    assert "--all-namespaces" in _operator_args(chart.render())
+    args = _operator_args(chart.render(VALUE_SETS["namespaced"]))
+    assert "--all-namespaces" not in args
+    assert _flag(args, "namespace") == ["team-a", "team-b"]
+
+
+def test_prometheus_credentials_are_mounted_where_the_flags_point() -> None:
+    objects = chart.render(VALUE_SETS["credentials"])
+    args = _operator_args(objects)
+    assert _flag(args, "prometheus-url") == ["https://prometheus.example.svc:9443/prom"]
+    container = _container(objects)
+    volumes = {
+        v["name"]: v for v in _one(objects, "Deployment")["spec"]["template"]["spec"]["volumes"]
+    }
+    for flag, secret, key in (
+        ("prometheus-bearer-token-file", "prom-token", "token"),
+        ("prometheus-ca-file", "prom-ca", "ca.crt"),
+    ):
+        (path,) = _flag(args, flag)
+        mount = next(m for m in container["volumeMounts"] if path.startswith(m["mountPath"] + "/"))
+        assert mount["readOnly"] is True
+        source = volumes[mount["name"]]["secret"]
+        assert source["secretName"] == secret
+        assert path == f"{mount['mountPath']}/{key}"
+        assert {"key": key, "path": key} in source["items"]
+    plain = _operator_args(chart.render())
+    assert not _flag(plain, "prometheus-bearer-token-file")
+    assert not _flag(plain, "prometheus-ca-file")
+
+
+def _run_parser() -> Callable[[list[str]], Any] | None:
+    if "run" not in COMMANDS:
+        return None
+    return build_parser().parse_args
+
+
+@pytest.mark.parametrize("case", ["default", "namespaced", "credentials"])
+def test_operator_arguments_are_accepted_by_vlm_operator_run(case: str) -> None:
+    parse = _run_parser()
+    if parse is None:
+        pytest.skip("the `run` subcommand is not registered in this tree")
+    args = parse(_operator_args(chart.render(VALUE_SETS[case])))
+    assert args.command == "run"
+
+
+# ------------------------------------------------------------------ RBAC shape
+
+
+def _rules(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        rule
+        for obj in objects
+        if obj["kind"] in {"Role", "ClusterRole"}
+        for rule in obj.get("rules", [])
+    ]
+
+
+@pytest.mark.parametrize("case", sorted(VALUE_SETS))
+def test_rbac_has_no_wildcards(case: str) -> None:
+    rules = _rules(chart.render(VALUE_SETS[case]))
+    assert rules
+    for rule in rules:
+        for field in ("apiGroups", "resources", "verbs"):
+            assert "*" not in rule[field], rule
+        assert "nonResourceURLs" not in rule
+        assert "resourceNames" not in rule
+
+
+def _bound_service_accounts(
+    objects: list[dict[str, Any]], binding_kind: str
+) -> set[tuple[str, str]]:
+    found = set()
+    for binding in _by_kind(objects, binding_kind):
+        for subject in binding["subjects"]:
+            found.add((binding["roleRef"]["name"], f"{subject['namespace']}/{subject['name']}"))
+    return found
+
+
+def test_all_namespaces_uses_one_cluster_role() -> None:
+    objects = chart.render()
+    assert not _by_kind(objects, "Role")
+    role = _one(objects, "ClusterRole")
+    account = _one(objects, "ServiceAccount")["metadata"]
+    assert _bound_service_accounts(objects, "ClusterRoleBinding") == {
+        (role["metadata"]["name"], f"{account['namespace']}/{account['name']}")
+    }
+    pod = _one(objects, "Deployment")["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == account["name"]
+
+
+def test_watched_namespaces_get_a_role_each_and_no_cluster_wide_write() -> None:
+    objects = chart.render(VALUE_SETS["namespaced"])
+    roles = _by_kind(objects, "Role")
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    bindings = _by_kind(objects, "RoleBinding")
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    for binding in bindings:
+        assert binding["roleRef"]["kind"] == "Role"
+        assert binding["subjects"][0]["namespace"] == chart.RELEASE_NAMESPACE
+    # Cluster-wide: only reads, and nothing on namespaced resources.
+    for cluster_role in _by_kind(objects, "ClusterRole"):
+        for rule in cluster_role["rules"]:
+            assert set(rule["verbs"]) <= {"get", "list", "watch"}, rule
+            assert rule["resources"] == ["customresourcedefinitions"], rule
+
+
+# ------------------------------------------------------------------ extras
+
+
+def test_pod_monitor_scrapes_the_operators_metrics_port() -> None:
+    objects = chart.render(VALUE_SETS["pod-monitor"])
+    monitor = _one(objects, "PodMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "kps"
+    deployment = _one(objects, "Deployment")
+    assert (
+        monitor["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    )
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["port"] == "metrics"
+    assert endpoint["path"] == "/metrics"
+    assert "metrics" in {p["name"] for p in _container(objects)["ports"]}
+    assert not _by_kind(chart.render(), "PodMonitor")
+
+
+def test_dashboard_configmap_is_sidecar_discoverable_and_carries_the_file() -> None:
+    objects = chart.render(VALUE_SETS["dashboard"])
+    config_map = _one(objects, "ConfigMap")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert config_map["metadata"]["namespace"] == "monitoring"
+    (payload,) = config_map["data"].values()
+    shipped = json.loads((chart.CHART_DIR / "dashboards" / "vlm-operator.json").read_text())
+    assert json.loads(payload) == shipped
+    assert not _by_kind(chart.render(), "ConfigMap")
+
+
+def test_notes_tell_what_to_apply_next() -> None:
+    notes = chart.render_texts(VALUE_SETS["namespaced"])["vlm-operator/templates/NOTES.txt"]
+    assert "kind: VLMService" in notes
+    assert "kubectl get vlms" in notes
+    assert "kubectl apply -n team-a" in notes
+    assert "team-a, team-b" in notes
+    # The example in the notes is a valid VLMService.
+    from vlm_operator.models import VLMService
+
+    example = notes.split("kubectl apply -n team-a -f -\n", 1)[1].split("YAML\n", 1)[0]
+    lines = [line for line in example.splitlines() if line.strip() != "YAML"]
+    indent = min(len(line) - len(line.lstrip()) for line in lines if line.strip())
+    VLMService.model_validate(yaml.safe_load("\n".join(line[indent:] for line in lines)))
+
+
+# ------------------------------------------------------------------ drift
+
+
+def test_chart_crd_equals_the_generated_crd() -> None:
+    generated = (REPO / "crds" / "vlmservice.yaml").read_text()
+    assert (chart.CHART_DIR / "crds" / "vlmservice.yaml").read_text() == generated, (
+        "charts/vlm-operator/crds/vlmservice.yaml is stale: run `make crd`"
+    )
+
+
+def test_install_manifest_equals_the_default_render() -> None:
+    assert chart.INSTALL_MANIFEST.read_text() == chart.install_manifest(), (
+        "manifests/install.yaml is stale: run `make install-manifest`"
+    )
+    objects = [doc for doc in yaml.safe_load_all(chart.INSTALL_MANIFEST.read_text()) if doc]
+    kinds = [obj["kind"] for obj in objects]
+    assert kinds[:2] == ["Namespace", "CustomResourceDefinition"]
+    assert {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment"} <= set(kinds)
+    namespaced = [o for o in objects if o["kind"] in {"ServiceAccount", "Deployment"}]
+    assert {o["metadata"]["namespace"] for o in namespaced} == {objects[0]["metadata"]["name"]}
+
+
+def test_chart_version_follows_the_package() -> None:
+    metadata = yaml.safe_load((chart.CHART_DIR / "Chart.yaml").read_text())
+    assert metadata["appVersion"] == __version__
+    values: Mapping[str, Any] = yaml.safe_load((chart.CHART_DIR / "values.yaml").read_text())
+    assert f"{values['image']['repository']}:{metadata['appVersion']}" == DEFAULT_OPERATOR_IMAGE
