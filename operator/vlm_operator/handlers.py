@@ -1,0 +1,66 @@
+"""kopf handlers of the operator: decorators only, each delegating to plain functions.
+
+The behaviour lives in :mod:`vlm_operator.reconcile`; this module only tells
+kopf what to watch and what to call. Importing it registers the handlers in
+kopf's default registry (``vlm-operator run`` does).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+
+from vlm_operator import reconcile
+from vlm_operator.models import GROUP, PLURAL, SERVICE_LABEL, VERSION
+
+
+@kopf.on.startup()
+def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+    reconcile.configure_settings(settings)
+
+
+@kopf.on.cleanup()
+async def close(memo: kopf.Memo, **_: Any) -> None:
+    await memo.context.signals.aclose()
+    memo.context.kube.close()
+
+
+@kopf.index("v1", "pods", labels={SERVICE_LABEL: kopf.PRESENT})
+def vlm_pods(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    return reconcile.pod_index_entry(body)
+
+
+@kopf.index("apps", "v1", "deployments", labels={SERVICE_LABEL: kopf.PRESENT})
+def vlm_deployments(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
+    return reconcile.deployment_index_entry(body)
+
+
+@kopf.on.create(GROUP, VERSION, PLURAL)
+async def create(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    await reconcile.apply_spec(memo.context, body, created=True, logger=logger)
+
+
+@kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
+@kopf.on.resume(GROUP, VERSION, PLURAL)
+async def update(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
+    await reconcile.apply_spec(memo.context, body, created=False, logger=logger)
+
+
+@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10)
+async def autoscale(
+    body: kopf.Body,
+    memo: kopf.Memo,
+    stopped: kopf.DaemonStopped,
+    logger: kopf.Logger,
+    **kwargs: Any,
+) -> None:
+    # The indices arrive as kwargs named after their functions above.
+    await reconcile.autoscale_forever(
+        memo.context,
+        body,
+        stopped=stopped,
+        pods=kwargs["vlm_pods"],
+        deployments=kwargs["vlm_deployments"],
+        logger=logger,
+    )

@@ -1,0 +1,353 @@
+"""Signals from Prometheus, batched across every VLMService.
+
+The operator asks Prometheus once per signal for ALL services
+(``sum by (namespace, vlmservice) (...)``) and hands each service its own
+series, so the number of queries per cycle does not grow with the number of
+services. Every autoscaling cycle of every service goes through one
+:class:`SignalReader`, which holds
+
+* ONE shared ``httpx.AsyncClient`` with explicit timeouts (a dead Prometheus
+  must fail fast, not stall a thousand control loops), bearer-token and TLS
+  options;
+* a cache keyed by ``(prometheus_url, query)``: a result younger than the
+  caller's ``max_age`` (half its sync period) is reused, and a lock per key
+  makes concurrent callers await the one query in flight instead of sending
+  their own. Failures are cached the same way, so an outage costs one failed
+  query per signal per cycle, not one per service.
+
+Meaning of the answers (the signals contract in DESIGN.md):
+
+* an empty result or NaN for a service is "no signal" (``None``), never zero
+  (KEDA read empty as 0 and scaled fleets to the minimum during an outage,
+  kedacore/keda#3065);
+* a failure of any kind (connection refused, timeout, non-200, bad JSON,
+  Prometheus ``"status": "error"``) makes the whole reading unavailable:
+  :attr:`Signals.error` is set and every value is ``None``. The policy never
+  scales down on either.
+
+One pod's bad scrape (aibrix#1032): when a gate's scrape fails, its series go
+stale and drop out of the sums, so the fleet looks less loaded than it is.
+:meth:`SignalReader.unscraped_pods` counts the failed targets of a service
+from ``up == 0`` (one batched query too); the operator keeps the readings for
+scaling up (they are a lower bound of the demand) and refuses to scale down
+while any target is unscraped.
+
+Per-service query overrides (``spec.metrics.queries``, with ``$window``
+replaced) are the documented exception to batching: they run once per service
+(still cached and shared by key), because nothing says two services'
+overrides have the same shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import ssl
+import time
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from vlm_operator.models import VLMServiceSpec
+from vlm_operator.operator_metrics import OperatorMetrics
+from vlm_operator.policy import Signals
+
+#: The signals of the contract, in the order the policy's :class:`Signals` names them.
+SIGNAL_NAMES = ("running", "waiting", "p95", "arrival_rate", "error_rate")
+
+#: A batched answer: one value per (namespace, vlmservice); None is "no signal".
+ServiceValues = dict[tuple[str, str], float | None]
+
+_BY = "namespace, vlmservice"
+_DEFAULT_QUERIES: dict[str, str] = {
+    "running": f"sum by ({_BY}) (vlm_requests_running)",
+    "waiting": f"sum by ({_BY}) (vlm_requests_waiting)",
+    "p95": (
+        f"histogram_quantile(0.95, sum by ({_BY}, le) "
+        "(rate(vlm_request_duration_seconds_bucket[$window])))"
+    ),
+    "arrival_rate": f"sum by ({_BY}) (rate(vlm_requests_total[$window]))",
+    # 5xx and 429 (queue full) over everything answered. The ``or ... * 0``
+    # turns "no failed request" into 0 instead of an empty result, while no
+    # traffic at all stays 0/0 = NaN = no signal.
+    "error_rate": (
+        f'(sum by ({_BY}) (rate(vlm_requests_total{{code=~"5..|429"}}[$window])) '
+        f"or sum by ({_BY}) (rate(vlm_requests_total[$window])) * 0) "
+        f"/ sum by ({_BY}) (rate(vlm_requests_total[$window]))"
+    ),
+}
+#: Targets whose last scrape failed, per service (empty when all are up).
+UNSCRAPED_QUERY = f"count by ({_BY}) (up == 0)"
+#: Requests in flight or queued, per pod: the cheapest pods to remove.
+POD_LOAD_QUERY = "sum by (namespace, vlmservice, pod) (vlm_requests_running + vlm_requests_waiting)"
+
+DEFAULT_TIMEOUT = httpx.Timeout(5.0, connect=2.0)
+
+
+class PrometheusError(Exception):
+    """A query failed; ``reason`` is one of connect, timeout, status, json, promql."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def default_queries(window_seconds: int) -> dict[str, str]:
+    """The batched queries of the signals contract for one rate window."""
+    return {
+        name: q.replace("$window", f"{window_seconds}s") for name, q in _DEFAULT_QUERIES.items()
+    }
+
+
+def service_queries(spec: VLMServiceSpec) -> tuple[dict[str, str], set[str]]:
+    """The query of each signal for a service, and the names that are overrides."""
+    window = f"{spec.metrics.window_seconds}s"
+    queries = default_queries(spec.metrics.window_seconds)
+    overridden: set[str] = set()
+    for name in SIGNAL_NAMES:
+        custom = getattr(spec.metrics.queries, name)
+        if custom:
+            queries[name] = custom.replace("$window", window)
+            overridden.add(name)
+    return queries, overridden
+
+
+class _BearerTokenFile(httpx.Auth):
+    """Reads the token file on every request: projected tokens rotate."""
+
+    def __init__(self, path: str) -> None:
+        self._path = Path(path)
+
+    def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
+        token = self._path.read_text().strip()
+        request.headers["Authorization"] = f"Bearer {token}"
+        yield request
+
+
+def build_client(
+    *,
+    bearer_token_file: str | None = None,
+    ca_file: str | None = None,
+    insecure: bool = False,
+    timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+    event_hooks: Mapping[str, list[Callable[..., Any]]] | None = None,
+) -> httpx.AsyncClient:
+    """The one HTTP client for every query of the operator."""
+    verify: ssl.SSLContext | bool = True
+    if insecure:
+        verify = False
+    elif ca_file:
+        verify = ssl.create_default_context(cafile=ca_file)
+    return httpx.AsyncClient(
+        timeout=timeout,
+        verify=verify,
+        auth=_BearerTokenFile(bearer_token_file) if bearer_token_file else None,
+        limits=httpx.Limits(max_connections=10, max_keepalive_connections=10),
+        event_hooks=dict(event_hooks or {}),
+    )
+
+
+@dataclass
+class _Entry:
+    fetched_at: float
+    result: list[dict[str, Any]] | None = None
+    error: PrometheusError | None = None
+
+
+def _number(raw: Any) -> float | None:
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(value) or math.isinf(value) else value
+
+
+class SignalReader:
+    """Reads the signals of any VLMService, sharing queries across services."""
+
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        *,
+        default_url: str | None,
+        metrics: OperatorMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._client = client
+        self._default_url = default_url.rstrip("/") if default_url else None
+        self._metrics = metrics
+        self._clock = clock
+        self._cache: dict[tuple[str, str], _Entry] = {}
+        self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        #: Queries actually sent to Prometheus (the benchmark reads it).
+        self.queries_sent = 0
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def prometheus_url(self, spec: VLMServiceSpec) -> str | None:
+        url = spec.metrics.prometheus_url or self._default_url
+        return url.rstrip("/") if url else None
+
+    async def read(
+        self, namespace: str, name: str, spec: VLMServiceSpec, *, max_age: float
+    ) -> Signals:
+        """The signals of one service; never raises for Prometheus trouble."""
+        url = self.prometheus_url(spec)
+        if url is None:
+            return _unavailable("no Prometheus URL: set --prometheus-url or metrics.prometheusUrl")
+        queries, overridden = service_queries(spec)
+        values: dict[str, float | None] = {}
+        oldest = self._clock()
+        try:
+            for signal in SIGNAL_NAMES:
+                entry = await self._fetch(url, queries[signal], max_age=max_age)
+                oldest = min(oldest, entry.fetched_at)
+                series = _by_service(entry.result or [])
+                value = series.get((namespace, name))
+                if value is None and signal in overridden and len(series) == 1:
+                    # An override scoped to this service may drop our labels.
+                    ((_, only),) = series.items()
+                    value = only if not _has_service_labels(entry.result or []) else None
+                values[signal] = value
+        except PrometheusError as exc:
+            return _unavailable(f"{url}: {exc}")
+        return Signals(
+            running=values["running"],
+            waiting=values["waiting"],
+            p95_seconds=values["p95"],
+            arrival_rate=values["arrival_rate"],
+            error_rate=values["error_rate"],
+            age_seconds=max(0.0, self._clock() - oldest),
+        )
+
+    async def unscraped_pods(
+        self, namespace: str, name: str, spec: VLMServiceSpec, *, max_age: float
+    ) -> int | None:
+        """Targets of the service whose last scrape failed; None if unknown."""
+        values = await self._batched(spec, UNSCRAPED_QUERY, max_age=max_age)
+        if values is None:
+            return None
+        return int(values.get((namespace, name)) or 0)
+
+    async def pod_load(
+        self, namespace: str, name: str, spec: VLMServiceSpec, *, max_age: float
+    ) -> dict[str, float] | None:
+        """Requests running or waiting per pod of the service; None if unknown."""
+        url = self.prometheus_url(spec)
+        if url is None:
+            return None
+        try:
+            entry = await self._fetch(url, POD_LOAD_QUERY, max_age=max_age)
+        except PrometheusError:
+            return None
+        load: dict[str, float] = {}
+        for sample in entry.result or []:
+            labels = sample.get("metric", {})
+            if labels.get("namespace") == namespace and labels.get("vlmservice") == name:
+                value = _number(sample.get("value", [None, None])[1])
+                if value is not None and "pod" in labels:
+                    load[str(labels["pod"])] = value
+        return load
+
+    async def query(self, url: str, promql: str, *, max_age: float) -> list[dict[str, Any]]:
+        """One instant query through the cache; raises :class:`PrometheusError`."""
+        entry = await self._fetch(url.rstrip("/"), promql, max_age=max_age)
+        return entry.result or []
+
+    async def _batched(
+        self, spec: VLMServiceSpec, promql: str, *, max_age: float
+    ) -> ServiceValues | None:
+        url = self.prometheus_url(spec)
+        if url is None:
+            return None
+        try:
+            entry = await self._fetch(url, promql, max_age=max_age)
+        except PrometheusError:
+            return None
+        return _by_service(entry.result or [])
+
+    async def _fetch(self, url: str, promql: str, *, max_age: float) -> _Entry:
+        key = (url, promql)
+        entry = self._cache.get(key)
+        if entry is None or self._clock() - entry.fetched_at > max_age:
+            lock = self._locks.setdefault(key, asyncio.Lock())
+            async with lock:
+                # Whoever held the lock before us may have refreshed it already.
+                entry = self._cache.get(key)
+                if entry is None or self._clock() - entry.fetched_at > max_age:
+                    entry = await self._send(url, promql)
+                    self._cache[key] = entry
+        if entry.error is not None:
+            raise entry.error
+        return entry
+
+    async def _send(self, url: str, promql: str) -> _Entry:
+        started = self._clock()
+        self.queries_sent += 1
+        try:
+            result = await self._instant_query(url, promql)
+        except PrometheusError as exc:
+            if self._metrics is not None:
+                self._metrics.query_errors.labels(exc.reason).inc()
+            return _Entry(fetched_at=started, error=exc)
+        finally:
+            if self._metrics is not None:
+                self._metrics.query_seconds.observe(self._clock() - started)
+        return _Entry(fetched_at=started, result=result)
+
+    async def _instant_query(self, url: str, promql: str) -> list[dict[str, Any]]:
+        try:
+            response = await self._client.get(f"{url}/api/v1/query", params={"query": promql})
+        except httpx.TimeoutException as exc:
+            raise PrometheusError("timeout", f"query timed out ({type(exc).__name__})") from exc
+        except httpx.HTTPError as exc:
+            raise PrometheusError("connect", f"cannot reach Prometheus: {exc!s}") from exc
+        try:
+            payload = response.json()
+        except ValueError as exc:
+            if response.status_code != 200:
+                raise PrometheusError("status", f"HTTP {response.status_code}") from exc
+            raise PrometheusError("json", "response is not JSON") from exc
+        if not isinstance(payload, dict):
+            raise PrometheusError("json", "response is not a JSON object")
+        if payload.get("status") != "success":
+            detail = payload.get("error") or f"HTTP {response.status_code}"
+            raise PrometheusError("promql", f"{payload.get('errorType', 'error')}: {detail}")
+        if response.status_code != 200:
+            raise PrometheusError("status", f"HTTP {response.status_code}")
+        data = payload.get("data")
+        if not isinstance(data, dict) or data.get("resultType") != "vector":
+            raise PrometheusError("json", "expected an instant vector")
+        result = data.get("result")
+        if not isinstance(result, list):
+            raise PrometheusError("json", "data.result is not a list")
+        return result
+
+
+def _unavailable(message: str) -> Signals:
+    return Signals(
+        running=None,
+        waiting=None,
+        p95_seconds=None,
+        arrival_rate=None,
+        error_rate=None,
+        error=message,
+    )
+
+
+def _by_service(result: list[dict[str, Any]]) -> ServiceValues:
+    values: ServiceValues = {}
+    for sample in result:
+        labels = sample.get("metric") or {}
+        raw = sample.get("value") or [None, None]
+        key = (str(labels.get("namespace", "")), str(labels.get("vlmservice", "")))
+        values[key] = _number(raw[1] if len(raw) > 1 else None)
+    return values
+
+
+def _has_service_labels(result: list[dict[str, Any]]) -> bool:
+    return any("vlmservice" in (sample.get("metric") or {}) for sample in result)

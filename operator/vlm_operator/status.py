@@ -1,0 +1,276 @@
+"""VLMService status and conditions, computed from one autoscaling cycle.
+
+Pure functions: the operator gathers the facts (the policy's decision, the
+signals, the pod counts, the previous status) and these functions say what the
+status should become and which Events the change deserves. Keeping them pure
+makes the rules testable without a cluster:
+
+* a condition's ``lastTransitionTime`` moves only when its status flips
+  (True/False/Unknown), never when only its reason or message changes;
+* Events are emitted on transitions only (a scale-up, a scale-down, signals
+  lost, signals back), never once per cycle.
+
+This module is pure: it imports neither ``kubernetes``, ``kopf`` nor ``httpx``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from vlm_operator.policy import Decision, PodCounts, Signals
+
+READY = "Ready"
+METRICS_AVAILABLE = "MetricsAvailable"
+SCALING_LIMITED = "ScalingLimited"
+INVALID_SPEC = "InvalidSpec"
+#: The conditions the operator owns, in the order they are listed.
+CONDITION_TYPES = (READY, METRICS_AVAILABLE, SCALING_LIMITED, INVALID_SPEC)
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event to post about the VLMService."""
+
+    type: str  # Normal or Warning
+    reason: str
+    message: str
+
+
+def rfc3339(timestamp: float) -> str:
+    """Seconds since the epoch as an RFC 3339 UTC string (second precision)."""
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def find_condition(conditions: Sequence[Mapping[str, Any]], type_: str) -> Mapping[str, Any] | None:
+    for condition in conditions:
+        if condition.get("type") == type_:
+            return condition
+    return None
+
+
+def set_condition(
+    conditions: Sequence[Mapping[str, Any]],
+    type_: str,
+    status: str,
+    reason: str,
+    message: str,
+    *,
+    now: str,
+    generation: int | None = None,
+) -> list[dict[str, Any]]:
+    """A new conditions list with ``type_`` set; other conditions are kept as they are.
+
+    ``lastTransitionTime`` is kept when the status did not change.
+    """
+    previous = find_condition(conditions, type_)
+    since = now
+    if previous is not None and previous.get("status") == status:
+        since = str(previous.get("lastTransitionTime") or now)
+    updated: dict[str, Any] = {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": since,
+    }
+    if generation is not None:
+        updated["observedGeneration"] = generation
+    result = [dict(c) for c in conditions if c.get("type") != type_]
+    result.append(updated)
+    order = {t: i for i, t in enumerate(CONDITION_TYPES)}
+    result.sort(key=lambda c: order.get(str(c.get("type")), len(order)))
+    return result
+
+
+def invalid_spec_conditions(
+    conditions: Sequence[Mapping[str, Any]],
+    error: str | None,
+    *,
+    now: str,
+    generation: int | None,
+) -> list[dict[str, Any]]:
+    """InvalidSpec=True naming the field and reason, or False when the spec is valid."""
+    if error is None:
+        return set_condition(
+            conditions, INVALID_SPEC, "False", "SpecValid", "", now=now, generation=generation
+        )
+    return set_condition(
+        conditions, INVALID_SPEC, "True", "ValidationFailed", error, now=now, generation=generation
+    )
+
+
+def signals_status(signals: Signals, ready: int, observed_at: str) -> dict[str, Any]:
+    """``status.signals``: absent values stay absent (no signal is not zero)."""
+    out: dict[str, Any] = {"observedAt": observed_at}
+    fields = {
+        "inFlight": signals.running,
+        "waiting": signals.waiting,
+        "p95Seconds": signals.p95_seconds,
+        "arrivalRate": signals.arrival_rate,
+        "errorRate": signals.error_rate,
+    }
+    for key, value in fields.items():
+        if value is not None:
+            out[key] = round(value, 4)
+    if signals.running is not None and ready > 0:
+        out["inFlightPerPod"] = round(signals.running / ready, 4)
+    return out
+
+
+def _metrics_condition(
+    signals: Signals, decision: Decision, unscraped: int | None
+) -> tuple[str, str, str]:
+    if signals.error is not None:
+        return "False", "PrometheusUnavailable", signals.error
+    if not decision.signals_ok:
+        return "False", "NoSignal", decision.reason
+    if unscraped:
+        return (
+            "True",
+            "PartialScrape",
+            f"{unscraped} pod(s) not scraped: their load is missing, so no scale-down",
+        )
+    return "True", "SignalsRead", f"signals {signals.age_seconds:.1f}s old"
+
+
+def _ready_condition(pods: PodCounts, desired: int) -> tuple[str, str, str]:
+    if desired == 0 and pods.current == 0:
+        return "False", "ScaledToZero", "0 replicas desired"
+    if pods.ready == 0:
+        return "False", "NoPodReady", f"0/{pods.current} pods ready"
+    if pods.ready < pods.current:
+        return "True", "PartiallyReady", f"{pods.ready}/{pods.current} pods ready"
+    return "True", "AllPodsReady", f"{pods.ready}/{pods.current} pods ready"
+
+
+def _limited_condition(decision: Decision, pods: PodCounts, timeout: int) -> tuple[str, str, str]:
+    if pods.stuck > 0:
+        message = f"{pods.stuck} pod(s) Pending longer than {timeout}s: no node for them"
+        if decision.limited and "Pending" not in decision.limited:
+            message += f"; {decision.limited}"
+        return "True", "PodsPending", message
+    if decision.limited:
+        reason = "MaxReplicas" if "maxReplicas" in decision.limited else "PolicyLimit"
+        return "True", reason, decision.limited
+    return "False", "WithinLimits", ""
+
+
+def cycle_status(
+    previous: Mapping[str, Any],
+    *,
+    decision: Decision,
+    signals: Signals,
+    pods: PodCounts,
+    replicas: int,
+    scaled: bool,
+    unscraped: int | None,
+    pending_timeout_seconds: int,
+    spec_error: str | None,
+    generation: int | None,
+    now: float,
+) -> dict[str, Any]:
+    """The status after one cycle (the whole ``status`` minus fields others own).
+
+    ``replicas`` is the Deployment's replica count after the cycle (the decision
+    when it was applied); ``scaled`` says whether this cycle changed it.
+    """
+    stamp = rfc3339(now)
+    conditions: list[dict[str, Any]] = [dict(c) for c in previous.get("conditions") or []]
+    for type_, (status, reason, message) in (
+        (READY, _ready_condition(pods, decision.replicas)),
+        (METRICS_AVAILABLE, _metrics_condition(signals, decision, unscraped)),
+        (SCALING_LIMITED, _limited_condition(decision, pods, pending_timeout_seconds)),
+    ):
+        conditions = set_condition(
+            conditions, type_, status, reason, message, now=stamp, generation=generation
+        )
+    conditions = invalid_spec_conditions(conditions, spec_error, now=stamp, generation=generation)
+    last_decision = previous.get("lastDecision")
+    if scaled or not last_decision or last_decision.get("reason") != decision.reason:
+        last_decision = {
+            "time": stamp,
+            "replicas": decision.replicas,
+            "direction": decision.direction,
+            "reason": decision.reason,
+        }
+    return {
+        "replicas": replicas,
+        "readyReplicas": pods.ready,
+        "desiredReplicas": decision.replicas,
+        "signals": signals_status(signals, pods.ready, stamp),
+        "lastDecision": last_decision,
+        "lastScaleTime": stamp if scaled else previous.get("lastScaleTime"),
+        "conditions": conditions,
+        "autoscalerState": decision.state.to_dict(),
+    }
+
+
+def differs(previous: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether ``new`` says something ``previous`` does not (timestamps of signals aside).
+
+    A cycle that only refreshed ``signals.observedAt`` and the policy's sample
+    times need not be written: it would cost one API request per service per
+    cycle for nothing a reader could act on.
+    """
+    for key, value in new.items():
+        old = previous.get(key)
+        if key == "signals":
+            strip = {k: v for k, v in (value or {}).items() if k != "observedAt"}
+            if strip != {k: v for k, v in (old or {}).items() if k != "observedAt"}:
+                return True
+        elif key == "autoscalerState":
+            continue  # only worth a write together with something visible
+        elif value != old:
+            return True
+    return False
+
+
+def transition_events(
+    previous: Mapping[str, Any],
+    new: Mapping[str, Any],
+    *,
+    decision: Decision,
+    before: int,
+    scaled: bool,
+) -> list[Event]:
+    """Events for what changed in this cycle: scaling, signals lost or back."""
+    events: list[Event] = []
+    if scaled and decision.direction == "up":
+        events.append(
+            Event("Normal", "ScaledUp", f"{before} → {decision.replicas}: {decision.reason}")
+        )
+    elif scaled and decision.direction == "down":
+        events.append(
+            Event("Normal", "ScaledDown", f"{before} → {decision.replicas}: {decision.reason}")
+        )
+    old = find_condition(previous.get("conditions") or [], METRICS_AVAILABLE)
+    cur = find_condition(new.get("conditions") or [], METRICS_AVAILABLE)
+    if cur is not None and (old is None or old.get("status") != cur.get("status")):
+        if cur.get("status") == "False":
+            events.append(
+                Event(
+                    "Warning",
+                    "SignalsLost",
+                    f"{cur.get('reason')}: {cur.get('message')}; holding replicas",
+                )
+            )
+        elif old is not None and old.get("status") == "False":
+            events.append(Event("Normal", "SignalsRestored", str(cur.get("message", ""))))
+    old_limited = find_condition(previous.get("conditions") or [], SCALING_LIMITED)
+    cur_limited = find_condition(new.get("conditions") or [], SCALING_LIMITED)
+    if (
+        cur_limited is not None
+        and cur_limited.get("status") == "True"
+        and (old_limited is None or old_limited.get("status") != "True")
+    ):
+        events.append(
+            Event(
+                "Warning",
+                "ScalingLimited",
+                f"{cur_limited.get('reason')}: {cur_limited.get('message')}",
+            )
+        )
+    return events

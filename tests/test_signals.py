@@ -1,0 +1,272 @@
+"""The signal reader against a real HTTP server speaking Prometheus's query API.
+
+The stub is an aiohttp server on 127.0.0.1 that answers ``/api/v1/query`` from
+a table the test controls and records every query it receives, so the tests
+see what crosses the wire: how many queries, which ones, with which headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiohttp import web
+from vlm_operator.models import VLMServiceSpec
+from vlm_operator.operator_metrics import OperatorMetrics
+from vlm_operator.signals import (
+    POD_LOAD_QUERY,
+    UNSCRAPED_QUERY,
+    SignalReader,
+    build_client,
+    default_queries,
+)
+
+Answer = Callable[[str], web.StreamResponse]
+
+
+class StubPrometheus:
+    def __init__(self) -> None:
+        self.queries: list[str] = []
+        self.headers: list[dict[str, str]] = []
+        self.series: dict[str, list[dict[str, Any]]] = {}
+        self.answer: Answer | None = None  # overrides every reply when set
+        self.delay = 0.0
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/api/v1/query", self._query)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _query(self, request: web.Request) -> web.StreamResponse:
+        query = request.query["query"]
+        self.queries.append(query)
+        self.headers.append(dict(request.headers))
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        if self.answer is not None:
+            return self.answer(query)
+        return web.json_response(
+            {
+                "status": "success",
+                "data": {"resultType": "vector", "result": self.series.get(query, [])},
+            }
+        )
+
+
+def sample(value: float | str, **labels: str) -> dict[str, Any]:
+    return {"metric": labels, "value": [1700000000.0, str(value)]}
+
+
+def spec(**metrics: Any) -> VLMServiceSpec:
+    return VLMServiceSpec.model_validate({"model": {"id": "m", "runtime": "fake"}, **metrics})
+
+
+@pytest.fixture
+async def prom() -> AsyncIterator[StubPrometheus]:
+    stub = StubPrometheus()
+    await stub.start()
+    yield stub
+    await stub.stop()
+
+
+@pytest.fixture
+async def client() -> AsyncIterator[httpx.AsyncClient]:
+    async with build_client(timeout=httpx.Timeout(1.0, connect=0.5)) as c:
+        yield c
+
+
+def fill(prom: StubPrometheus, services: list[tuple[str, str]], window: int = 30) -> None:
+    q = default_queries(window)
+    for signal, value in (
+        ("running", 3),
+        ("waiting", 2),
+        ("p95", 9.5),
+        ("arrival_rate", 0.4),
+        ("error_rate", 0.0),
+    ):
+        prom.series[q[signal]] = [
+            sample(value, namespace=ns, vlmservice=name) for ns, name in services
+        ]
+
+
+async def test_one_query_per_signal_for_all_services(
+    prom: StubPrometheus, client: httpx.AsyncClient
+) -> None:
+    services = [("team-a", f"svc-{i}") for i in range(200)]
+    fill(prom, services)
+    reader = SignalReader(client, default_url=prom.url)
+    readings = await asyncio.gather(
+        *(reader.read(ns, name, spec(), max_age=2.5) for ns, name in services)
+    )
+    assert len(prom.queries) == 5, prom.queries
+    assert sorted(prom.queries) == sorted(default_queries(30).values())
+    for signals in readings:
+        assert signals.error is None
+        assert (signals.running, signals.waiting, signals.p95_seconds) == (3.0, 2.0, 9.5)
+        assert (signals.arrival_rate, signals.error_rate) == (0.4, 0.0)
+    # A second round inside max_age is served from the cache.
+    await reader.read("team-a", "svc-7", spec(), max_age=2.5)
+    assert len(prom.queries) == 5
+    assert reader.queries_sent == 5
+
+
+async def test_results_older_than_max_age_are_queried_again(
+    prom: StubPrometheus, client: httpx.AsyncClient
+) -> None:
+    now = [100.0]
+    fill(prom, [("ns", "a")])
+    reader = SignalReader(client, default_url=prom.url, clock=lambda: now[0])
+    await reader.read("ns", "a", spec(), max_age=1.0)
+    now[0] += 0.5
+    signals = await reader.read("ns", "a", spec(), max_age=1.0)
+    assert len(prom.queries) == 5
+    assert signals.age_seconds == pytest.approx(0.5)
+    now[0] += 1.0
+    await reader.read("ns", "a", spec(), max_age=1.0)
+    assert len(prom.queries) == 10
+
+
+async def test_empty_and_nan_are_no_signal_not_zero(
+    prom: StubPrometheus, client: httpx.AsyncClient
+) -> None:
+    q = default_queries(30)
+    prom.series[q["running"]] = [sample(0, namespace="ns", vlmservice="a")]
+    prom.series[q["p95"]] = [sample("NaN", namespace="ns", vlmservice="a")]
+    # waiting, arrival and error rate: no series at all for this service
+    prom.series[q["waiting"]] = [sample(5, namespace="ns", vlmservice="other")]
+    reader = SignalReader(client, default_url=prom.url)
+    signals = await reader.read("ns", "a", spec(), max_age=1.0)
+    assert signals.error is None
+    assert signals.running == 0.0
+    assert signals.p95_seconds is None
+    assert signals.waiting is None
+    assert signals.arrival_rate is None
+    assert not math.isnan(signals.running)
+
+
+def _text(status: int, body: str) -> Answer:
+    return lambda _q: web.Response(status=status, text=body)
+
+
+@pytest.mark.parametrize(
+    ("answer", "reason"),
+    [
+        (_text(500, "internal error"), "status"),
+        (_text(200, "this is not json"), "json"),
+        (
+            lambda _q: web.json_response(
+                {"status": "error", "errorType": "bad_data", "error": "parse error"}, status=400
+            ),
+            "promql",
+        ),
+        (
+            lambda _q: web.json_response({"status": "success", "data": {"resultType": "matrix"}}),
+            "json",
+        ),
+    ],
+)
+async def test_prometheus_errors_make_the_reading_unavailable(
+    prom: StubPrometheus, client: httpx.AsyncClient, answer: Answer, reason: str
+) -> None:
+    prom.answer = answer
+    metrics = OperatorMetrics()
+    reader = SignalReader(client, default_url=prom.url, metrics=metrics)
+    readings = await asyncio.gather(
+        *(reader.read("ns", f"s{i}", spec(), max_age=2.0) for i in range(20))
+    )
+    for signals in readings:
+        assert signals.error is not None
+        assert (signals.running, signals.waiting, signals.p95_seconds) == (None, None, None)
+    # The failure is cached too: twenty services cost one failed query, not twenty.
+    assert len(prom.queries) == 1
+    assert (
+        metrics.registry.get_sample_value(
+            "vlm_operator_prometheus_query_errors_total", {"reason": reason}
+        )
+        == 1.0
+    )
+
+
+async def test_timeout_and_connection_refused(
+    prom: StubPrometheus, client: httpx.AsyncClient
+) -> None:
+    prom.delay = 2.0  # the client gives up after 1 s
+    reader = SignalReader(client, default_url=prom.url)
+    signals = await reader.read("ns", "a", spec(), max_age=1.0)
+    assert signals.error is not None
+    assert "timed out" in signals.error
+
+    await prom.stop()
+    reader = SignalReader(client, default_url=prom.url)
+    signals = await reader.read("ns", "a", spec(), max_age=1.0)
+    assert signals.error is not None
+    assert "cannot reach" in signals.error
+
+
+async def test_no_prometheus_url_is_an_error_not_zero(client: httpx.AsyncClient) -> None:
+    reader = SignalReader(client, default_url=None)
+    signals = await reader.read("ns", "a", spec(), max_age=1.0)
+    assert signals.error is not None
+    assert "prometheus" in signals.error.lower()
+
+
+async def test_per_service_overrides_and_url(
+    prom: StubPrometheus, client: httpx.AsyncClient
+) -> None:
+    fill(prom, [("ns", "a")], window=60)
+    custom = "sum(my_running{job='x'}[$window])"
+    prom.series["sum(my_running{job='x'}[60s])"] = [sample(7)]
+    s = spec(
+        metrics={"prometheusUrl": prom.url, "windowSeconds": 60, "queries": {"running": custom}}
+    )
+    reader = SignalReader(client, default_url="http://127.0.0.1:9")  # unused: spec overrides
+    signals = await reader.read("ns", "a", s, max_age=1.0)
+    assert signals.error is None
+    assert signals.running == 7.0  # one unlabelled series from a service-scoped override
+    assert signals.waiting == 2.0
+    assert "sum(my_running{job='x'}[60s])" in prom.queries
+    assert all("$window" not in q for q in prom.queries)
+
+
+async def test_unscraped_pods_and_pod_load(prom: StubPrometheus, client: httpx.AsyncClient) -> None:
+    prom.series[UNSCRAPED_QUERY] = [sample(1, namespace="ns", vlmservice="a")]
+    prom.series[POD_LOAD_QUERY] = [
+        sample(4, namespace="ns", vlmservice="a", pod="a-1"),
+        sample(0, namespace="ns", vlmservice="a", pod="a-2"),
+        sample(9, namespace="ns", vlmservice="b", pod="b-1"),
+    ]
+    reader = SignalReader(client, default_url=prom.url)
+    assert await reader.unscraped_pods("ns", "a", spec(), max_age=1.0) == 1
+    assert await reader.unscraped_pods("ns", "b", spec(), max_age=1.0) == 0
+    assert await reader.pod_load("ns", "a", spec(), max_age=1.0) == {"a-1": 4.0, "a-2": 0.0}
+    assert len(prom.queries) == 2
+
+
+async def test_bearer_token_is_read_from_its_file(prom: StubPrometheus, tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("first\n")
+    fill(prom, [("ns", "a")])
+    async with build_client(bearer_token_file=str(token)) as c:
+        reader = SignalReader(c, default_url=prom.url)
+        await reader.read("ns", "a", spec(), max_age=0.0)
+        token.write_text("rotated")
+        await reader.read("ns", "a", spec(), max_age=0.0)
+    auth = [h.get("Authorization") for h in prom.headers]
+    assert auth[:5] == ["Bearer first"] * 5
+    assert auth[5:] == ["Bearer rotated"] * 5

@@ -1,0 +1,204 @@
+"""Status, conditions and Events of one autoscaling cycle (pure logic)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from vlm_operator.policy import Decision, PodCounts, PolicyState, Signals
+from vlm_operator.reconcile import deployment_index_entry, pod_counts, pod_index_entry
+from vlm_operator.status import (
+    INVALID_SPEC,
+    METRICS_AVAILABLE,
+    READY,
+    SCALING_LIMITED,
+    cycle_status,
+    differs,
+    find_condition,
+    invalid_spec_conditions,
+    rfc3339,
+    set_condition,
+    transition_events,
+)
+
+T0 = 1_800_000_000.0
+GOOD = Signals(running=6.0, waiting=2.0, p95_seconds=9.0, arrival_rate=0.5, error_rate=0.0)
+LOST = Signals(
+    running=None, waiting=None, p95_seconds=None, arrival_rate=None, error_rate=None, error="boom"
+)
+
+
+def decision(replicas: int, direction: str = "hold", **kw: Any) -> Decision:
+    return Decision(
+        replicas=replicas,
+        direction=direction,  # type: ignore[arg-type]
+        reason=kw.pop("reason", f"→ {replicas} pods"),
+        state=kw.pop("state", PolicyState()),
+        signals_ok=kw.pop("signals_ok", True),
+        limited=kw.pop("limited", None),
+    )
+
+
+def cycle(
+    previous: dict[str, Any],
+    d: Decision,
+    *,
+    signals: Signals = GOOD,
+    pods: PodCounts | None = None,
+    scaled: bool = False,
+    now: float = T0,
+    unscraped: int | None = 0,
+) -> dict[str, Any]:
+    pods = pods or PodCounts(current=2, ready=2, starting=0)
+    return cycle_status(
+        previous,
+        decision=d,
+        signals=signals,
+        pods=pods,
+        replicas=d.replicas if scaled else pods.current,
+        scaled=scaled,
+        unscraped=unscraped,
+        pending_timeout_seconds=600,
+        spec_error=None,
+        generation=3,
+        now=now,
+    )
+
+
+def test_transition_time_moves_only_when_the_status_flips() -> None:
+    first = set_condition([], READY, "True", "AllPodsReady", "2/2", now="t1")
+    same = set_condition(first, READY, "True", "PartiallyReady", "1/2", now="t2")
+    assert same[0]["lastTransitionTime"] == "t1"
+    assert same[0]["reason"] == "PartiallyReady"
+    flipped = set_condition(same, READY, "False", "NoPodReady", "0/2", now="t3")
+    assert flipped[0]["lastTransitionTime"] == "t3"
+
+
+def test_other_conditions_are_kept_and_ordered() -> None:
+    foreign = [{"type": "Custom", "status": "True"}]
+    out = set_condition(foreign, SCALING_LIMITED, "False", "WithinLimits", "", now="t")
+    out = set_condition(out, READY, "True", "AllPodsReady", "", now="t")
+    assert [c["type"] for c in out] == [READY, SCALING_LIMITED, "Custom"]
+
+
+def test_invalid_spec_condition_names_the_field() -> None:
+    out = invalid_spec_conditions(
+        [], "spec.autoscaling.minReplicas: must be >= 0", now="t", generation=4
+    )
+    c = find_condition(out, INVALID_SPEC)
+    assert c is not None
+    assert c["status"] == "True"
+    assert "minReplicas" in c["message"]
+    assert c["observedGeneration"] == 4
+    fixed = invalid_spec_conditions(out, None, now="t2", generation=5)
+    assert find_condition(fixed, INVALID_SPEC)["status"] == "False"  # type: ignore[index]
+
+
+def test_cycle_status_reports_signals_and_in_flight_per_pod() -> None:
+    status = cycle({}, decision(2))
+    assert status["signals"]["inFlight"] == 6.0
+    assert status["signals"]["inFlightPerPod"] == 3.0
+    assert status["desiredReplicas"] == 2
+    assert status["lastDecision"]["reason"] == "→ 2 pods"
+    assert find_condition(status["conditions"], METRICS_AVAILABLE)["status"] == "True"  # type: ignore[index]
+    assert status["lastScaleTime"] is None
+
+
+def test_missing_values_stay_absent_and_lost_signals_say_why() -> None:
+    status = cycle({}, decision(2, signals_ok=False, reason="metrics error"), signals=LOST)
+    assert set(status["signals"]) == {"observedAt"}
+    metrics = find_condition(status["conditions"], METRICS_AVAILABLE)
+    assert metrics is not None
+    assert (metrics["status"], metrics["reason"]) == ("False", "PrometheusUnavailable")
+    assert metrics["message"] == "boom"
+
+
+def test_events_only_on_transitions() -> None:
+    steady = cycle({}, decision(2))
+    up = decision(4, "up", reason="waiting=8 → 4 pods")
+    after_up = cycle(steady, up, scaled=True, now=T0 + 5)
+    events = transition_events(steady, after_up, decision=up, before=2, scaled=True)
+    assert [(e.type, e.reason) for e in events] == [("Normal", "ScaledUp")]
+    assert "2 → 4" in events[0].message
+    assert after_up["lastScaleTime"] == rfc3339(T0 + 5)
+
+    lost = decision(4, signals_ok=False, reason="metrics error")
+    after_loss = cycle(after_up, lost, signals=LOST, now=T0 + 10)
+    events = transition_events(after_up, after_loss, decision=lost, before=4, scaled=False)
+    assert [(e.type, e.reason) for e in events] == [("Warning", "SignalsLost")]
+    # Still lost one cycle later: no new Event.
+    again = cycle(after_loss, lost, signals=LOST, now=T0 + 15)
+    assert transition_events(after_loss, again, decision=lost, before=4, scaled=False) == []
+    back = cycle(again, decision(4), now=T0 + 20)
+    events = transition_events(again, back, decision=decision(4), before=4, scaled=False)
+    assert [e.reason for e in events] == ["SignalsRestored"]
+    metrics = find_condition(back["conditions"], METRICS_AVAILABLE)
+    assert metrics is not None
+    assert metrics["lastTransitionTime"] == rfc3339(T0 + 20)
+
+
+def test_scaling_limited_by_stuck_pods_and_max_replicas() -> None:
+    stuck = PodCounts(current=4, ready=2, starting=2, stuck=2)
+    status = cycle({}, decision(4, limited="maxReplicas=4 reached"), pods=stuck)
+    limited = find_condition(status["conditions"], SCALING_LIMITED)
+    assert limited is not None
+    assert (limited["status"], limited["reason"]) == ("True", "PodsPending")
+    assert "maxReplicas=4" in limited["message"]
+    status = cycle({}, decision(4, limited="maxReplicas=4 reached"))
+    limited = find_condition(status["conditions"], SCALING_LIMITED)
+    assert limited is not None
+    assert limited["reason"] == "MaxReplicas"
+
+
+def test_partial_scrape_keeps_metrics_available_with_reason() -> None:
+    status = cycle({}, decision(2), unscraped=1)
+    metrics = find_condition(status["conditions"], METRICS_AVAILABLE)
+    assert metrics is not None
+    assert (metrics["status"], metrics["reason"]) == ("True", "PartialScrape")
+
+
+def test_a_cycle_that_only_refreshes_timestamps_is_not_a_change() -> None:
+    first = cycle({}, decision(2))
+    later = cycle(first, decision(2), now=T0 + 5)
+    assert not differs(first, later)
+    moved = cycle(first, decision(2), signals=GOOD.__class__(**{**GOOD.__dict__, "waiting": 3.0}))
+    assert differs(first, moved)
+
+
+def test_pod_counts_from_the_indices() -> None:
+    def pod(name: str, **status: Any) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "metadata": {
+                "name": name,
+                "namespace": "ns",
+                "labels": {"vlm-operator.io/service": "svc"},
+                "creationTimestamp": rfc3339(T0),
+            },
+            "spec": {},
+            "status": status,
+        }
+        return body
+
+    ready = pod("a", phase="Running", conditions=[{"type": "Ready", "status": "True"}])
+    ready["spec"]["nodeName"] = "n1"
+    loading = pod("b", phase="Running", conditions=[{"type": "Ready", "status": "False"}])
+    loading["spec"]["nodeName"] = "n1"
+    pending = pod("c", phase="Pending", conditions=[{"type": "PodScheduled", "status": "False"}])
+    leaving = pod("d", phase="Running")
+    leaving["metadata"]["deletionTimestamp"] = rfc3339(T0)
+    entries = [pod_index_entry(p)[("ns", "svc")] for p in (ready, loading, pending, leaving)]
+    deployment = deployment_index_entry(
+        {
+            "metadata": {
+                "name": "svc",
+                "namespace": "ns",
+                "labels": {"vlm-operator.io/service": "svc"},
+            },
+            "spec": {"replicas": 3},
+            "status": {"readyReplicas": 1},
+        }
+    )[("ns", "svc")]
+    early = pod_counts(deployment, entries, now=T0 + 10, pending_timeout_seconds=600)
+    assert early == PodCounts(current=3, ready=1, starting=2, stuck=0)
+    late = pod_counts(deployment, entries, now=T0 + 601, pending_timeout_seconds=600)
+    assert late == PodCounts(current=3, ready=1, starting=2, stuck=1)
+    assert pod_index_entry({"metadata": {"name": "x", "labels": {}}}) == {}
