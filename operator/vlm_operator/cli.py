@@ -32,6 +32,7 @@ class _Command(Protocol):
 COMMANDS: dict[str, tuple[str, str]] = {
     "crd": ("vlm_operator.commands.crd", "Print the VLMService CustomResourceDefinition."),
     "render": ("vlm_operator.commands.render", "Print the objects a VLMService creates."),
+    "run": ("vlm_operator.commands.run", "Run the operator (kopf): children, autoscaling, status."),
     "gate": ("vlm_operator.commands.gate", "Run the concurrency gate in front of a model server."),
     "fake-model": ("vlm_operator.commands.fake_model", "Run the latency-emulating fake model."),
     "model-server": ("vlm_operator.commands.model_server", "Serve Qwen3-VL on CPU (Transformers)."),
