@@ -1,0 +1,34 @@
+"""The reference model server: Qwen3-VL with Transformers, float32, on CPU.
+
+This is the measured setup of the design (Transformers, float32, one model per
+pod) behind an OpenAI-compatible API, so that the gate, the load generator and
+any OpenAI client talk to it unchanged: ``/v1/chat/completions`` (text and
+base64 ``image_url`` parts, ``stream: true`` as server-sent events),
+``/v1/models``, ``/health`` (503 until the model is loaded) and a small upload
+page at ``/``. It needs the ``model-server`` extra (torch, transformers,
+pillow); the rest of the package never imports it.
+
+Public API::
+
+    config = ServerConfig(model_dir=Path("/models/Qwen3-VL-2B-Instruct"), model_id="qwen3-vl")
+    app = create_app(config)          # an aiohttp Application; loads in the background
+    exit_code = await serve(config)   # until SIGTERM: 0; a failed model load: 1
+"""
+
+from vlm_operator.model_server._app import ServerConfig, create_app, serve
+from vlm_operator.model_server._requests import (
+    ChatRequest,
+    Limits,
+    RequestError,
+    parse_chat_request,
+)
+
+__all__ = [
+    "ChatRequest",
+    "Limits",
+    "RequestError",
+    "ServerConfig",
+    "create_app",
+    "parse_chat_request",
+    "serve",
+]

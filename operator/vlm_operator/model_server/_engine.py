@@ -1,0 +1,239 @@
+"""Qwen3-VL on CPU with Transformers, float32: load once, generate per request.
+
+The model is read from a local directory only (``local_files_only`` and
+``HF_HUB_OFFLINE``): weights are provisioned into the pod's storage, never
+fetched while serving. The directory is what ``save_pretrained`` or a hub
+snapshot writes: config.json, safetensors, tokenizer files,
+preprocessor_config.json and a chat template.
+
+The prompt is built here rather than by ``Qwen3VLProcessor``, because that
+processor insists on a video processor, and video processors need
+torchvision, which has no CPU build to pair with this torch. The steps are the
+processor's own: render the chat template, run the (PIL-backend) image
+processor, expand each ``<|image_pad|>`` to one token per merged patch, and mark
+those positions in ``mm_token_type_ids`` for multimodal RoPE.
+
+Threads: ``torch.set_num_threads`` sets the intra-op threads one generation
+uses. Concurrent generations run in separate worker threads and each gets its
+own OpenMP team, so ``threads × concurrent requests`` may exceed the cores;
+see the command's help and docs/runtimes.md for the trade-off.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import torch
+from transformers import (
+    AutoImageProcessor,
+    AutoModelForImageTextToText,
+    AutoTokenizer,
+    GenerationConfig,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TextStreamer,
+)
+
+from vlm_operator.model_server._requests import ChatRequest, RequestError
+
+log = logging.getLogger("vlm_operator.model_server")
+
+_IMAGE_TOKEN = "<|image_pad|>"
+
+
+@dataclass(frozen=True)
+class Completion:
+    """What one generation produced."""
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str  # "stop" (end of turn), "length" (max tokens), "cancelled"
+
+
+@dataclass
+class PreparedInputs:
+    """Model inputs of one request, built in a worker thread."""
+
+    tensors: dict[str, Any]
+    prompt_tokens: int
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: affinity mask, then the cgroup v2 quota."""
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    count = count or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            count = min(count, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return count
+
+
+class _Cancelled(StoppingCriteria):
+    """Stops generation between tokens once the client has gone away."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self._event = event
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> Any:
+        return torch.full((input_ids.shape[0],), self._event.is_set(), dtype=torch.bool)
+
+
+class _CallbackStreamer(TextStreamer):
+    """Hands each finished piece of text to a callback (word-safe, UTF-8-safe)."""
+
+    def __init__(self, tokenizer: Any, on_text: Callable[[str], None]) -> None:
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self._on_text = on_text
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        if text:
+            self._on_text(text)
+
+
+class Engine:
+    """A loaded model with its tokenizer, image processor and chat template."""
+
+    def __init__(
+        self, model: Any, tokenizer: Any, image_processor: Any, chat_template: str
+    ) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.chat_template = chat_template
+        self._image_token_id = int(tokenizer.convert_tokens_to_ids(_IMAGE_TOKEN))
+        self._merge = int(getattr(image_processor, "merge_size", 2))
+        eos = model.generation_config.eos_token_id
+        if eos is None:
+            eos = tokenizer.eos_token_id
+        self._eos_ids = {int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None}
+
+    @classmethod
+    def load(cls, model_dir: Path, *, threads: int) -> Engine:
+        """Read everything from ``model_dir`` (offline) and put the model in eval mode."""
+        torch.set_num_threads(threads)
+        common: dict[str, Any] = {"local_files_only": True}
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, **common)
+        # backend="pil": the torchvision backend is not installable on CPU here.
+        auto_image_processor: Any = AutoImageProcessor  # untyped in transformers
+        image_processor = auto_image_processor.from_pretrained(model_dir, backend="pil", **common)
+        model: Any = AutoModelForImageTextToText.from_pretrained(
+            model_dir, dtype=torch.float32, **common
+        )
+        model.eval()
+        template = _chat_template(model_dir, tokenizer)
+        return cls(model, tokenizer, image_processor, template)
+
+    def prepare(self, request: ChatRequest) -> PreparedInputs:
+        """Render the prompt and process the images; bad images raise RequestError."""
+        text = cast(
+            str,
+            self.tokenizer.apply_chat_template(
+                request.messages,
+                chat_template=self.chat_template,
+                tokenize=False,
+                add_generation_prompt=True,
+            ),
+        )
+        pieces = text.split(_IMAGE_TOKEN)
+        if len(pieces) - 1 != len(request.images):
+            raise RuntimeError(
+                f"the chat template placed {len(pieces) - 1} image tokens "
+                f"for {len(request.images)} images"
+            )
+        tensors: dict[str, Any] = {}
+        if request.images:
+            rgb = []
+            for item in request.images:
+                try:
+                    rgb.append(item.image.convert("RGB"))
+                except (OSError, ValueError) as exc:
+                    raise RequestError(f"the image cannot be decoded: {exc}", item.param) from None
+            processed = self.image_processor(images=rgb, return_tensors="pt")
+            grid = processed["image_grid_thw"]
+            counts = [int(grid[i].prod()) // self._merge**2 for i in range(len(rgb))]
+            text = pieces[0] + "".join(
+                _IMAGE_TOKEN * n + rest for n, rest in zip(counts, pieces[1:], strict=True)
+            )
+            tensors.update(pixel_values=processed["pixel_values"], image_grid_thw=grid)
+        encoded = self.tokenizer([text], return_tensors="pt")
+        input_ids = encoded["input_ids"]
+        tensors.update(
+            input_ids=input_ids,
+            attention_mask=encoded["attention_mask"],
+            mm_token_type_ids=(input_ids == self._image_token_id).to(torch.int32),
+        )
+        return PreparedInputs(tensors=tensors, prompt_tokens=int(input_ids.shape[1]))
+
+    def generate(
+        self,
+        request: ChatRequest,
+        prepared: PreparedInputs,
+        *,
+        cancel: threading.Event,
+        on_text: Callable[[str], None] | None = None,
+    ) -> Completion:
+        """Generate the answer; ``on_text`` receives the text as it is produced."""
+        if cancel.is_set():
+            return Completion("", prepared.prompt_tokens, 0, "cancelled")
+        config = self._generation_config(request)
+        streamer = _CallbackStreamer(self.tokenizer, on_text) if on_text else None
+        with torch.inference_mode():
+            output = self.model.generate(
+                **prepared.tensors,
+                generation_config=config,
+                stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]),
+                streamer=streamer,
+            )
+        new_tokens = output[0, prepared.prompt_tokens :].tolist()
+        text = cast(str, self.tokenizer.decode(new_tokens, skip_special_tokens=True))
+        if cancel.is_set():
+            reason = "cancelled"
+        elif new_tokens and new_tokens[-1] in self._eos_ids:
+            reason = "stop"
+        else:
+            reason = "length" if len(new_tokens) >= request.max_new_tokens else "stop"
+        return Completion(text, prepared.prompt_tokens, len(new_tokens), reason)
+
+    def _generation_config(self, request: ChatRequest) -> Any:
+        config = GenerationConfig.from_dict(self.model.generation_config.to_dict())
+        config.max_new_tokens = request.max_new_tokens
+        if request.temperature == 0.0:
+            # Greedy: drop the sampling knobs so generate does not warn about them.
+            config.do_sample = False
+            config.temperature = None
+            config.top_p = None
+            config.top_k = None
+        elif request.temperature is not None or request.top_p is not None:
+            config.do_sample = True
+            if request.temperature is not None:
+                config.temperature = request.temperature
+            if request.top_p is not None:
+                config.top_p = request.top_p
+        return config
+
+
+def _chat_template(model_dir: Path, tokenizer: Any) -> str:
+    """The processor's chat template (chat_template.jinja / .json), else the tokenizer's."""
+    jinja = model_dir / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text(encoding="utf-8")
+    as_json = model_dir / "chat_template.json"
+    if as_json.is_file():
+        template = json.loads(as_json.read_text(encoding="utf-8")).get("chat_template")
+        if isinstance(template, str) and template:
+            return template
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, str) and template:
+        return template
+    raise ValueError(f"{model_dir} has no chat template (chat_template.jinja or .json)")

@@ -1,0 +1,260 @@
+"""Parse and check OpenAI chat-completion requests before any model work.
+
+Everything a client can get wrong is caught here, in the event loop and in
+microseconds, so that a bad request costs no worker thread and is answered
+with a 400 whose ``param`` names the field (``messages[0].content[1].image_url``)
+and whose message says why. Images are base64-decoded and their header read
+(PIL opens lazily: width and height are known before a single pixel is
+decoded), so a decompression bomb or an oversized photo is refused before it
+takes memory. Only ``data:`` URLs are accepted: the server never fetches.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image, UnidentifiedImageError
+
+#: Tokens that the prompt builder places itself; a client's text must not
+#: smuggle them in, or the image placeholders would no longer match the images.
+VISION_TOKENS = ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|video_pad|>")
+
+_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+#: Request fields this server cannot honour: refusing them is honest, ignoring
+#: them would silently change what the client asked for.
+_UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "stop", "logprobs")
+#: The processor's own limit (smart_resize): wider images cannot be patched.
+_MAX_ASPECT_RATIO = 200
+
+
+class RequestError(Exception):
+    """A request the server refuses; becomes an OpenAI-style error JSON."""
+
+    def __init__(
+        self,
+        message: str,
+        param: str | None = None,
+        *,
+        status: int = 400,
+        type_: str = "invalid_request_error",
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.status = status
+        self.type = type_
+        self.code = code
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """A decoded image header; ``image.load()`` happens later, in a worker."""
+
+    image: Image.Image
+    param: str
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """A checked request: messages in the chat template's format, images in order."""
+
+    messages: list[dict[str, Any]]
+    images: list[ImageInput]
+    max_new_tokens: int
+    temperature: float | None  # None: the model's generation_config decides
+    top_p: float | None
+    stream: bool
+    include_usage: bool
+    model: str | None = None
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds a request must respect."""
+
+    max_new_tokens: int = 512
+    max_image_pixels: int = 4096 * 4096
+    max_images: int = 8
+
+
+def parse_chat_request(body: Any, limits: Limits) -> ChatRequest:
+    """Check a decoded JSON body; raise :class:`RequestError` naming the field."""
+    if not isinstance(body, dict):
+        raise RequestError("the request body must be a JSON object")
+    for name in _UNSUPPORTED:
+        if body.get(name) not in (None, False, [], ""):
+            raise RequestError(f"{name!r} is not supported by this server", param=name)
+    response_format = body.get("response_format")
+    if response_format not in (None, {"type": "text"}):
+        raise RequestError("only response_format {'type': 'text'} is supported", "response_format")
+    n = body.get("n", 1)
+    if n not in (None, 1) or isinstance(n, bool):
+        raise RequestError("only n=1 is supported", param="n")
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise RequestError("must be a string", param="model")
+
+    messages, images = _parse_messages(body.get("messages"), limits)
+    max_tokens = _max_tokens(body, limits)
+    temperature = _number(body, "temperature", low=0.0, high=2.0)
+    top_p = _number(body, "top_p", low=0.0, high=1.0)
+    if top_p is not None and top_p == 0.0:
+        raise RequestError("must be greater than 0", param="top_p")
+    stream = body.get("stream", False)
+    if not isinstance(stream, bool):
+        raise RequestError("must be true or false", param="stream")
+    options = body.get("stream_options") or {}
+    if not isinstance(options, dict):
+        raise RequestError("must be an object", param="stream_options")
+    return ChatRequest(
+        messages=messages,
+        images=images,
+        max_new_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        stream=stream,
+        include_usage=bool(options.get("include_usage", False)),
+        model=model,
+    )
+
+
+def _parse_messages(raw: Any, limits: Limits) -> tuple[list[dict[str, Any]], list[ImageInput]]:
+    if not isinstance(raw, list) or not raw:
+        raise RequestError("must be a non-empty list of messages", param="messages")
+    messages: list[dict[str, Any]] = []
+    images: list[ImageInput] = []
+    for i, message in enumerate(raw):
+        where = f"messages[{i}]"
+        if not isinstance(message, dict):
+            raise RequestError("must be an object with role and content", param=where)
+        role = message.get("role")
+        if role not in _ROLES:
+            raise RequestError(
+                f"role must be one of {sorted(_ROLES)}, got {role!r}", param=f"{where}.role"
+            )
+        content = message.get("content")
+        if isinstance(content, str):
+            _check_text(content, f"{where}.content")
+            messages.append({"role": _ROLES[role], "content": content})
+            continue
+        if not isinstance(content, list) or not content:
+            raise RequestError(
+                "must be a string or a non-empty list of content parts", param=f"{where}.content"
+            )
+        parts: list[dict[str, Any]] = []
+        for j, part in enumerate(content):
+            parts.append(_parse_part(part, f"{where}.content[{j}]", images, limits))
+        if role != "user" and any(p["type"] == "image" for p in parts):
+            raise RequestError("images are accepted in user messages only", param=where)
+        messages.append({"role": _ROLES[role], "content": parts})
+    if messages[-1]["role"] == "assistant":
+        raise RequestError("the last message must not be the assistant's", param="messages")
+    return messages, images
+
+
+def _parse_part(part: Any, where: str, images: list[ImageInput], limits: Limits) -> dict[str, Any]:
+    if not isinstance(part, dict):
+        raise RequestError("must be an object with a type", param=where)
+    kind = part.get("type")
+    if kind == "text":
+        text = part.get("text")
+        if not isinstance(text, str):
+            raise RequestError("must be a string", param=f"{where}.text")
+        _check_text(text, f"{where}.text")
+        return {"type": "text", "text": text}
+    if kind == "image_url":
+        if len(images) >= limits.max_images:
+            raise RequestError(f"at most {limits.max_images} images per request", param=where)
+        spec = part.get("image_url")
+        url = spec.get("url") if isinstance(spec, dict) else spec
+        param = f"{where}.image_url"
+        if not isinstance(url, str):
+            raise RequestError("must be an object with a url (a data: URL)", param=param)
+        images.append(ImageInput(_decode_image(url, param, limits), param))
+        return {"type": "image"}
+    raise RequestError(f"type must be 'text' or 'image_url', got {kind!r}", param=f"{where}.type")
+
+
+def _check_text(text: str, where: str) -> None:
+    for token in VISION_TOKENS:
+        if token in text:
+            raise RequestError(f"text must not contain the special token {token}", param=where)
+
+
+def _decode_image(url: str, param: str, limits: Limits) -> Image.Image:
+    if not url.startswith("data:"):
+        raise RequestError(
+            "only base64 data: URLs are accepted (data:image/png;base64,...); "
+            "the server does not fetch URLs",
+            param=param,
+        )
+    header, sep, payload = url.partition(",")
+    if not sep or not header.endswith(";base64"):
+        raise RequestError("the data: URL must be base64 (data:image/...;base64,...)", param)
+    try:
+        data = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise RequestError(f"the image is not valid base64: {exc}", param=param) from None
+    if not data:
+        raise RequestError("the image is empty", param=param)
+    try:
+        image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise RequestError("the data is not an image in a format the server reads", param) from None
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise RequestError(f"the image cannot be read: {exc}", param=param) from None
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise RequestError(f"the image has no pixels ({width}x{height})", param=param)
+    if width * height > limits.max_image_pixels:
+        raise RequestError(
+            f"the image is {width}x{height} = {width * height} pixels, more than the "
+            f"server's limit of {limits.max_image_pixels}; downscale it",
+            param=param,
+        )
+    if max(width, height) / min(width, height) > _MAX_ASPECT_RATIO:
+        raise RequestError(
+            f"the image is {width}x{height}: aspect ratio above {_MAX_ASPECT_RATIO}", param
+        )
+    return image
+
+
+def _max_tokens(body: dict[str, Any], limits: Limits) -> int:
+    name = (
+        "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    )
+    value = body.get(name)
+    if value is None:
+        return limits.max_new_tokens
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise RequestError(f"must be an integer >= 1, got {value!r}", param=name)
+    # Clients often send a large round number; the server's bound wins quietly,
+    # as a context-length cap does elsewhere. finish_reason "length" tells.
+    return min(value, limits.max_new_tokens)
+
+
+def _number(body: dict[str, Any], name: str, *, low: float, high: float) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise RequestError(f"must be a number, got {value!r}", param=name)
+    if not low <= value <= high:
+        raise RequestError(f"must be between {low:g} and {high:g}, got {value!r}", param=name)
+    return float(value)

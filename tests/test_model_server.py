@@ -1,0 +1,631 @@
+"""The Transformers model server on a tiny, randomly initialised Qwen3-VL.
+
+The model has the real architecture (Qwen3VLForConditionalGeneration, its
+vision tower, deepstack, multimodal RoPE) at toy sizes, with a byte-level BPE
+tokenizer trained here and the special tokens the prompt needs, all written
+with ``save_pretrained`` like a hub snapshot. It loads in about a second, so
+every test runs the real code path: the CLI in a subprocess, the offline load,
+the image processor, generation, streaming, and the upload page in headless
+Chromium. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+pytest.importorskip("torch", reason="needs the model-server extra (torch)")
+pytest.importorskip("transformers", reason="needs the model-server extra (transformers)")
+pytest.importorskip("PIL", reason="needs the model-server extra (pillow)")
+
+from PIL import Image
+from vlm_operator import cli
+
+MODEL_ID = "tiny-qwen3-vl"
+MAX_NEW_TOKENS = 8
+MAX_IMAGE_PIXELS = 300 * 300
+MAX_BODY_BYTES = 256 * 1024
+SPECIAL_TOKENS = [
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+]
+# Qwen's template, reduced to what a chat with images needs.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _build_tiny_model(out: Path) -> None:
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (
+        PreTrainedTokenizerFast,
+        Qwen3VLConfig,
+        Qwen3VLForConditionalGeneration,
+    )
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
+
+    bpe = Tokenizer(models.BPE(unk_token=None))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    corpus = "Describe this image. A red square on a blue background. What colour is it?"
+    bpe.train_from_iterator([corpus] * 3, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        additional_special_tokens=SPECIAL_TOKENS[1:],
+    )
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
+    # 32x32 pixels per visual token; 1-4 tokens per image keeps prompts tiny.
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=16,
+        temporal_patch_size=2,
+        merge_size=2,
+        size={"shortest_edge": 32 * 32, "longest_edge": 64 * 64},
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+    )
+    config = Qwen3VLConfig(
+        text_config={
+            "vocab_size": bpe.get_vocab_size(),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "num_key_value_heads": 2,
+            "head_dim": 8,
+            "max_position_embeddings": 1024,
+            "eos_token_id": ids["<|im_end|>"],
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "mrope_section": [1, 1, 2],
+                "mrope_interleaved": True,
+            },
+        },
+        vision_config={
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_heads": 4,
+            "patch_size": 16,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "out_hidden_size": 32,
+            "num_position_embeddings": 64,
+            "deepstack_visual_indexes": [1],
+        },
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    torch.manual_seed(0)
+    Qwen3VLForConditionalGeneration(config).save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    image_processor.save_pretrained(out)
+    (out / "chat_template.json").write_text(json.dumps({"chat_template": CHAT_TEMPLATE}))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tiny-qwen3-vl")
+    _build_tiny_model(out)
+    return out
+
+
+def _png(width: int, height: int, color: tuple[int, int, int] = (200, 30, 30)) -> bytes:
+    image = Image.new("RGB", (width, height), (20, 40, 200))
+    image.paste(color, (width // 4, height // 4, 3 * width // 4, 3 * height // 4))
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _data_url(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64," + base64.b64encode(data).decode()
+
+
+def _chat(
+    image: bytes | None, question: str = "What colour is it?", **extra: Any
+) -> dict[str, Any]:
+    content: list[dict[str, Any]] = []
+    if image is not None:
+        content.append({"type": "image_url", "image_url": {"url": _data_url(image)}})
+    content.append({"type": "text", "text": question})
+    return {"model": MODEL_ID, "messages": [{"role": "user", "content": content}], **extra}
+
+
+def _image_tokens(model_dir: Path, png: bytes) -> int:
+    """Visual tokens of one image, computed by the image processor itself."""
+    from transformers import AutoImageProcessor
+
+    processor = AutoImageProcessor.from_pretrained(model_dir, backend="pil")
+    grid = processor(images=[Image.open(io.BytesIO(png)).convert("RGB")])["image_grid_thw"][0]
+    return int(grid[0] * grid[1] * grid[2]) // processor.merge_size**2
+
+
+def _wait_for(predicate: Callable[[], bool], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {seconds}s waiting for {what}")
+
+
+# --------------------------------------------------------------- real subprocess
+
+
+class _Server:
+    def __init__(self, process: subprocess.Popen[bytes], url: str, log: Path) -> None:
+        self.process = process
+        self.url = url
+        self.log = log
+
+
+def _start_server(
+    model_dir: Path, workdir: Path, *extra: str
+) -> tuple[subprocess.Popen[bytes], Path]:
+    log = workdir / "server.log"
+    command = [sys.executable, "-m", "vlm_operator", "model-server", "--model", str(model_dir)]
+    with log.open("wb") as sink:
+        process = subprocess.Popen([*command, *extra], stdout=sink, stderr=subprocess.STDOUT)
+    return process, log
+
+
+def _listening_url(process: subprocess.Popen[bytes], log: Path) -> str:
+    found: list[str] = []
+
+    def listening() -> bool:
+        for line in log.read_text(errors="replace").splitlines():
+            if "listening on " in line:
+                found.append(line.split("listening on ")[1].split()[0])
+                return True
+        assert process.poll() is None, log.read_text(errors="replace")
+        return False
+
+    _wait_for(listening, 30, "the server to listen")
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Server]:
+    workdir = tmp_path_factory.mktemp("model-server")
+    process, log = _start_server(
+        tiny_model_dir,
+        workdir,
+        *("--port", "0", "--model-id", MODEL_ID, "--threads", "1", "--max-concurrent", "2"),
+        *("--max-new-tokens", str(MAX_NEW_TOKENS), "--max-image-pixels", str(MAX_IMAGE_PIXELS)),
+        *("--max-body-bytes", str(MAX_BODY_BYTES)),
+    )
+    try:
+        url = _listening_url(process, log)
+        _wait_for(lambda: _get(url + "/health")[0] == 200, 60, "the model to load")
+        yield _Server(process, url, log)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0, log.read_text(errors="replace")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+
+
+def _get(url: str) -> tuple[int, Any]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            return exc.code, json.loads(exc.read())
+        finally:
+            exc.close()
+    except OSError:
+        return 0, None
+
+
+async def _post(url: str, payload: Any, *, raw: bytes | None = None) -> tuple[int, Any]:
+    data = raw if raw is not None else json.dumps(payload).encode()
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as session,
+        session.post(url + "/v1/chat/completions", data=data) as response,
+    ):
+        return response.status, await response.json(content_type=None)
+
+
+async def _post_stream(url: str, payload: dict[str, Any]) -> tuple[str, list[str]]:
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with (
+        aiohttp.ClientSession(timeout=timeout) as session,
+        session.post(url + "/v1/chat/completions", json=payload) as response,
+    ):
+        assert response.status == 200
+        return response.headers["Content-Type"], (await response.text()).split("\n\n")
+
+
+def test_health_and_models(server: _Server) -> None:
+    assert _get(server.url + "/health") == (200, {"status": "ok", "model": MODEL_ID})
+    status, body = _get(server.url + "/v1/models")
+    assert status == 200
+    assert [m["id"] for m in body["data"]] == [MODEL_ID]
+    assert body["object"] == "list"
+
+
+async def test_chat_with_image_puts_the_image_tokens_in_the_prompt(
+    server: _Server, tiny_model_dir: Path
+) -> None:
+    png = _png(120, 90)
+    status, with_image = await _post(server.url, _chat(png, temperature=0, max_tokens=5))
+    assert status == 200, with_image
+    status, text_only = await _post(server.url, _chat(None, temperature=0, max_tokens=5))
+    assert status == 200, text_only
+
+    choice = with_image["choices"][0]
+    assert choice["message"]["role"] == "assistant"
+    assert isinstance(choice["message"]["content"], str)
+    assert choice["finish_reason"] in ("stop", "length")
+    usage = with_image["usage"]
+    assert 1 <= usage["completion_tokens"] <= 5
+    assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    # <|vision_start|> + one <|image_pad|> per merged patch + <|vision_end|>.
+    expected = _image_tokens(tiny_model_dir, png) + 2
+    assert usage["prompt_tokens"] - text_only["usage"]["prompt_tokens"] == expected
+    assert with_image["model"] == MODEL_ID
+    assert with_image["object"] == "chat.completion"
+
+
+async def test_greedy_is_repeatable_and_the_stream_says_the_same(server: _Server) -> None:
+    request = _chat(_png(64, 64), temperature=0, max_tokens=6)
+    first = await _post(server.url, request)
+    second = await _post(server.url, request)
+    assert first[0] == second[0] == 200
+    answer = first[1]["choices"][0]["message"]["content"]
+    assert answer == second[1]["choices"][0]["message"]["content"]
+
+    content_type, events = await _post_stream(
+        server.url, {**request, "stream": True, "stream_options": {"include_usage": True}}
+    )
+    assert content_type.startswith("text/event-stream")
+    events = [e for e in events if e]
+    assert all(e.startswith("data: ") for e in events)
+    assert events[-1] == "data: [DONE]"
+    chunks = [json.loads(e[len("data: ") :]) for e in events[:-1]]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert {c["object"] for c in chunks} == {"chat.completion.chunk"}
+    assert len({c["id"] for c in chunks}) == 1
+    streamed = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"])
+    assert streamed == answer
+    finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]]
+    assert finishes[-1] == first[1]["choices"][0]["finish_reason"]
+    assert chunks[-1]["choices"] == []
+    assert chunks[-1]["usage"] == first[1]["usage"]
+
+
+async def test_max_tokens_is_capped_by_the_server(server: _Server) -> None:
+    status, body = await _post(server.url, _chat(None, temperature=0, max_tokens=10_000))
+    assert status == 200
+    assert body["usage"]["completion_tokens"] <= MAX_NEW_TOKENS
+
+
+def _with_content(part: dict[str, Any]) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": [part]}]}
+
+
+def _image_part(url: str) -> dict[str, Any]:
+    return {"type": "image_url", "image_url": {"url": url}}
+
+
+_PART = "messages[0].content[0]"
+BAD_REQUESTS = {
+    "not json": (b"{nope", None, "not valid JSON"),
+    "not an object": ([1, 2], None, "JSON object"),
+    "no messages": ({"model": MODEL_ID}, "messages", "non-empty list"),
+    "bad role": ({"messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role", "role"),
+    "bad part type": (_with_content({"type": "audio"}), f"{_PART}.type", "'audio'"),
+    "remote url": (
+        _with_content(_image_part("https://example.com/cat.png")),
+        f"{_PART}.image_url",
+        "does not fetch",
+    ),
+    "bad base64": (
+        _with_content(_image_part("data:image/png;base64,%%%")),
+        f"{_PART}.image_url",
+        "base64",
+    ),
+    "not an image": (
+        _with_content(_image_part(_data_url(b"plain text, not pixels"))),
+        f"{_PART}.image_url",
+        "not an image",
+    ),
+    "truncated image": (
+        _with_content(_image_part(_data_url(_png(64, 64)[:80]))),
+        f"{_PART}.image_url",
+        "image",
+    ),
+    "image too large": (
+        _with_content(_image_part(_data_url(_png(400, 400)))),
+        f"{_PART}.image_url",
+        str(MAX_IMAGE_PIXELS),
+    ),
+    "smuggled image token": (
+        _with_content({"type": "text", "text": "look <|image_pad|>"}),
+        f"{_PART}.text",
+        "<|image_pad|>",
+    ),
+    "zero max_tokens": ({**_chat(None), "max_tokens": 0}, "max_tokens", ">= 1"),
+    "hot temperature": ({**_chat(None), "temperature": 7}, "temperature", "between"),
+    "stream not bool": ({**_chat(None), "stream": "yes"}, "stream", "true or false"),
+    "tools": ({**_chat(None), "tools": [{"type": "function"}]}, "tools", "not supported"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
+async def test_bad_requests_get_400_naming_the_field(server: _Server, case: str) -> None:
+    payload, param, words = BAD_REQUESTS[case]
+    raw = payload if isinstance(payload, bytes) else None
+    status, body = await _post(server.url, payload, raw=raw)
+    assert status == 400, body
+    error = body["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param
+    assert words in error["message"]
+    assert server.process.poll() is None
+
+
+async def test_unknown_model_is_404(server: _Server) -> None:
+    status, body = await _post(server.url, {**_chat(None), "model": "gpt-9"})
+    assert status == 404
+    assert body["error"]["code"] == "model_not_found"
+
+
+async def test_oversized_body_is_413_and_unknown_routes_are_json_404(server: _Server) -> None:
+    status, body = await _post(server.url, None, raw=b"{" + b" " * MAX_BODY_BYTES + b"}")
+    assert status == 413
+    assert body["error"]["message"]
+    status, body = _get(server.url + "/v2/nothing")
+    assert status == 404
+    assert body["error"]["type"] == "invalid_request_error"
+
+
+# --------------------------------------------------------------------- in-process
+
+
+async def test_health_is_503_until_the_model_is_loaded(tiny_model_dir: Path) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+    from vlm_operator.model_server import ServerConfig, create_app
+    from vlm_operator.model_server._engine import Engine
+
+    release = threading.Event()
+
+    def slow_load() -> Engine:
+        assert release.wait(30)
+        return Engine.load(tiny_model_dir, threads=1)
+
+    config = ServerConfig(model_dir=tiny_model_dir, model_id=MODEL_ID, max_new_tokens=4)
+    app = create_app(config, load=slow_load)
+    async with TestClient(TestServer(app)) as client:
+        response = await client.get("/health")
+        assert response.status == 503
+        assert (await response.json())["status"] == "loading"
+        response = await client.post("/v1/chat/completions", json=_chat(None))
+        assert response.status == 503
+        assert response.headers["Retry-After"]
+        assert (await response.json())["error"]["code"] == "loading"
+        assert (await client.get("/v1/models")).status == 200
+        assert (await client.get("/")).status == 200
+
+        release.set()
+        deadline = time.monotonic() + 30
+        while (await client.get("/health")).status != 200:
+            assert time.monotonic() < deadline, "model did not load"
+            await asyncio.sleep(0.05)
+        response = await client.post("/v1/chat/completions", json=_chat(_png(50, 40)))
+        assert response.status == 200
+        assert (await response.json())["usage"]["completion_tokens"] <= 4
+
+
+def test_a_model_that_fails_to_load_ends_the_process(tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "qwen3_vl", "vision_config": 7}')
+    process, log = _start_server(broken, tmp_path, "--port", "0")
+    try:
+        assert process.wait(timeout=60) == 1
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+    assert "loading the model from" in log.read_text(errors="replace")
+
+
+def test_cli_refuses_a_missing_model_directory_and_bad_bounds(
+    tmp_path: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["model-server", "--model", str(tmp_path / "nope")]) == 2
+    assert "--model" in capsys.readouterr().err
+    assert cli.main(["model-server", "--model", str(tmp_path)]) == 2
+    assert "config.json" in capsys.readouterr().err
+    assert cli.main(["model-server", "--model", str(tiny_model_dir), "--max-body-bytes", "10"]) == 2
+    assert "max_body_bytes" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ upload page
+
+
+class _DevTools:
+    """The few DevTools protocol calls the page test needs, over aiohttp."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self._ws = ws
+        self._next_id = 0
+
+    async def call(self, method: str, **params: Any) -> dict[str, Any]:
+        self._next_id += 1
+        call_id = self._next_id
+        await self._ws.send_json({"id": call_id, "method": method, "params": params})
+        async with asyncio.timeout(20):
+            while True:
+                message = await self._ws.receive_json()
+                if message.get("id") == call_id:
+                    assert "error" not in message, message
+                    result: dict[str, Any] = message["result"]
+                    return result
+
+    async def evaluate(self, expression: str) -> Any:
+        result = await self.call("Runtime.evaluate", expression=expression, awaitPromise=True)
+        return result["result"].get("value")
+
+    async def wait_until(self, expression: str, seconds: float, what: str) -> Any:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            value = await self.evaluate(expression)
+            if value:
+                return value
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"timed out after {seconds}s waiting for {what}")
+
+
+def _chromium_command() -> str:
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    pytest.skip("chromium is not installed (make system-deps installs Debian's chromium)")
+
+
+async def _with_page(url: str, body: Callable[[_DevTools], Awaitable[None]]) -> None:
+    chromium = _chromium_command()
+    with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
+        flags = [
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+            "--disable-background-networking", "--disable-component-update", "--disable-sync",
+            f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank",
+        ]  # fmt: skip
+        process = await asyncio.create_subprocess_exec(
+            chromium, *flags, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        try:
+            port_file = Path(profile) / "DevToolsActivePort"
+            deadline = time.monotonic() + 30
+            while not (port_file.exists() and len(port_file.read_text().splitlines()) >= 2):
+                assert process.returncode is None, "chromium exited"
+                assert time.monotonic() < deadline, "chromium did not open its DevTools port"
+                await asyncio.sleep(0.05)
+            port = int(port_file.read_text().splitlines()[0])
+            async with aiohttp.ClientSession() as session:
+                async with session.get(f"http://127.0.0.1:{port}/json/list") as response:
+                    targets = await response.json()
+                page = next(t for t in targets if t["type"] == "page")
+                async with session.ws_connect(page["webSocketDebuggerUrl"], max_msg_size=0) as ws:
+                    devtools = _DevTools(ws)
+                    await devtools.call("Page.enable")
+                    await devtools.call("Page.navigate", url=url + "/")
+                    await body(devtools)
+        finally:
+            if process.returncode is None:
+                process.terminate()
+                try:
+                    await asyncio.wait_for(process.wait(), 10)
+                except TimeoutError:
+                    process.kill()
+                    await process.wait()
+
+
+async def _ask_on_page(devtools: _DevTools, image: Path, question: str) -> tuple[str, str, str]:
+    document = await devtools.call("DOM.getDocument")
+    node = await devtools.call(
+        "DOM.querySelector", nodeId=document["root"]["nodeId"], selector="#image"
+    )
+    await devtools.call("DOM.setFileInputFiles", files=[str(image)], nodeId=node["nodeId"])
+    await devtools.evaluate(
+        f"document.getElementById('question').value = {json.dumps(question)};"
+        "document.getElementById('status').dataset.state = 'idle';"
+        "document.getElementById('submit').click(); true"
+    )
+    state = await devtools.wait_until(
+        "['done', 'error'].includes(document.getElementById('status').dataset.state)"
+        " && document.getElementById('status').dataset.state",
+        30,
+        "the answer",
+    )
+    status = await devtools.evaluate("document.getElementById('status').textContent")
+    answer = await devtools.evaluate("document.getElementById('answer').textContent")
+    return str(state), str(status), str(answer)
+
+
+async def test_upload_page_in_headless_chromium(server: _Server, tmp_path: Path) -> None:
+    png = _png(160, 120, color=(240, 200, 0))
+    picture = tmp_path / "square.png"
+    picture.write_bytes(png)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    question = "What colour is the square?"
+    # The page sends the file as it is (small images are not re-encoded) and no
+    # sampling parameters, so its answer is the API's answer to the same request.
+    status, expected = await _post(server.url, _chat(png, question))
+    assert status == 200
+    expected_answer = expected["choices"][0]["message"]["content"]
+    assert expected_answer.strip()
+
+    async def use_page(devtools: _DevTools) -> None:
+        await devtools.wait_until(
+            f"document.getElementById('model').textContent === {json.dumps(MODEL_ID)}",
+            20,
+            "the page to load the model id",
+        )
+        state, status_text, answer = await _ask_on_page(devtools, picture, question)
+        assert (state, status_text) == ("done", "Done.")
+        assert answer == expected_answer
+        assert await devtools.evaluate("document.getElementById('preview').naturalWidth") == 160
+        if os.environ.get("VLM_SCREENSHOT_DIR"):
+            shot = await devtools.call("Page.captureScreenshot", format="png")
+            target = Path(os.environ["VLM_SCREENSHOT_DIR"]) / "model-server-page.png"
+            target.write_bytes(base64.b64decode(shot["data"]))
+
+        state, status_text, answer = await _ask_on_page(devtools, broken, question)
+        assert state == "error"
+        assert "HTTP 400" in status_text
+        assert "not an image" in status_text
+        assert answer == ""
+
+    await _with_page(server.url, use_page)
