@@ -198,7 +198,7 @@ class FakeModel:
         self.latency = config.latency_model()
         self._rng = random.Random(config.seed)
         self._pod: ProcessorSharing[int] = ProcessorSharing(config.alpha)
-        self._waiters: dict[int, asyncio.Future[None]] = {}
+        self._waiters: dict[int, asyncio.Future[float]] = {}
         self._changed = asyncio.Event()
         self._next_key = 0
         self._ready_at = 0.0
@@ -220,17 +220,20 @@ class FakeModel:
     def sample_work(self) -> float:
         return self.latency.sample_work(self._rng)
 
-    async def work(self, seconds: float) -> None:
-        """Take ``seconds`` of solo work, shared with everyone else inside."""
+    async def work(self, seconds: float) -> float:
+        """Take ``seconds`` of solo work, shared with everyone else inside.
+
+        Returns the loop time at which the work was found finished.
+        """
         loop = asyncio.get_running_loop()
         key = self._next_key
         self._next_key += 1
-        done: asyncio.Future[None] = loop.create_future()
+        done: asyncio.Future[float] = loop.create_future()
         self._waiters[key] = done
         self._pod.admit(key, seconds, loop.time())
         self._changed.set()
         try:
-            await done
+            return await done
         except asyncio.CancelledError:
             self._waiters.pop(key, None)
             if self._pod.remove(key, loop.time()):
@@ -241,10 +244,11 @@ class FakeModel:
         """The clock: finish whoever is done, sleep until the next completion or change."""
         loop = asyncio.get_running_loop()
         while True:
-            for key in self._pod.advance(loop.time()):
+            now = loop.time()
+            for key in self._pod.advance(now):
                 waiter = self._waiters.pop(key, None)
                 if waiter is not None and not waiter.done():
-                    waiter.set_result(None)
+                    waiter.set_result(now)
             self._changed.clear()
             upcoming = self._pod.next_completion()
             delay = None if upcoming is None else max(0.0, upcoming[0] - loop.time())
@@ -329,10 +333,20 @@ async def _chat(request: web.Request) -> web.StreamResponse:
         return b"data: " + json.dumps(chunk).encode() + b"\n\n"
 
     await response.write(event({"role": "assistant", "content": ""}))
-    # The work is split evenly over the tokens: each one is a share of the pod's
-    # time, so the stream ends exactly when the whole answer would have.
+    # The work is split evenly over the tokens, each a share of the pod's time.
+    # Between two shares the request is briefly outside the pod (sending the
+    # chunk); that time is credited as progress, so the stream ends when the
+    # whole answer would have.
+    loop = asyncio.get_running_loop()
+    share = work / len(words)
+    credit = 0.0
+    finished_at: float | None = None
     for k, word in enumerate(words):
-        await model.work(work / len(words))
+        if finished_at is not None:
+            credit += (loop.time() - finished_at) / model.latency.slowdown(model.in_flight + 1)
+        spent = min(credit, share)
+        credit -= spent
+        finished_at = await model.work(share - spent)
         await response.write(event({"content": word if k == 0 else " " + word}))
     await response.write(event({}, "stop"))
     await response.write(b"data: [DONE]\n\n")
