@@ -39,7 +39,7 @@ from typing import Any
 
 from vlm_operator import __version__
 from vlm_operator.models import GROUP, SERVICE_LABEL, ResourceRequirements, VLMServiceSpec
-from vlm_operator.runtimes import ModelContainer, env_number, model_container
+from vlm_operator.runtimes import ModelContainer, model_container, plain_number
 
 __all__ = [
     "APP_NAME",
@@ -296,7 +296,7 @@ def _gate_container(
         "VLM_GATE_LISTEN": f"0.0.0.0:{spec.gate.port}",
         "VLM_GATE_MAX_IN_FLIGHT": str(concurrency.max_in_flight),
         "VLM_GATE_QUEUE_SIZE": str(concurrency.queue_size),
-        "VLM_GATE_QUEUE_TIMEOUT": env_number(concurrency.queue_timeout_seconds),
+        "VLM_GATE_QUEUE_TIMEOUT": plain_number(concurrency.queue_timeout_seconds),
         "VLM_GATE_MAX_BODY_BYTES": str(concurrency.max_request_bytes),
         "VLM_GATE_HEALTH_PATH": container.health_path,
         "VLM_GATE_DRAIN_TIMEOUT": str(drain),

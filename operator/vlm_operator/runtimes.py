@@ -34,8 +34,8 @@ __all__ = [
     "PRESETS",
     "ModelContainer",
     "RuntimePreset",
-    "env_number",
     "model_container",
+    "plain_number",
 ]
 
 DEFAULT_MODEL_PORT = 8080
@@ -179,10 +179,10 @@ def model_container(spec: VLMServiceSpec, *, operator_image: str) -> ModelContai
         env += [
             EnvVar(name="VLM_FAKE_LISTEN", value=f"127.0.0.1:{port}"),
             EnvVar(name="VLM_FAKE_MODEL_ID", value=model.id),
-            EnvVar(name="VLM_FAKE_BASE_SECONDS", value=env_number(fake.base_seconds)),
-            EnvVar(name="VLM_FAKE_ALPHA", value=env_number(fake.alpha)),
-            EnvVar(name="VLM_FAKE_TIME_SCALE", value=env_number(fake.time_scale)),
-            EnvVar(name="VLM_FAKE_STARTUP_SECONDS", value=env_number(fake.startup_seconds)),
+            EnvVar(name="VLM_FAKE_BASE_SECONDS", value=plain_number(fake.base_seconds)),
+            EnvVar(name="VLM_FAKE_ALPHA", value=plain_number(fake.alpha)),
+            EnvVar(name="VLM_FAKE_TIME_SCALE", value=plain_number(fake.time_scale)),
+            EnvVar(name="VLM_FAKE_STARTUP_SECONDS", value=plain_number(fake.startup_seconds)),
         ]
         # Twice the simulated load, plus slack for the process itself to start.
         startup = math.ceil(2 * fake.startup_seconds / fake.time_scale) + 30
@@ -262,6 +262,6 @@ def _cpu_count(quantity: str | None) -> int | None:
     return max(1, math.floor(cores))
 
 
-def env_number(value: float) -> str:
-    """A float as an environment value, without a trailing ``.0`` noise."""
+def plain_number(value: float) -> str:
+    """A number as people write it: 20 rather than 20.0, 0.185 as it is."""
     return str(int(value)) if float(value).is_integer() else repr(value)

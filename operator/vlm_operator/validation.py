@@ -31,7 +31,7 @@ from vlm_operator.models import (
     VLMService,
     VLMServiceSpec,
 )
-from vlm_operator.runtimes import PRESETS
+from vlm_operator.runtimes import PRESETS, plain_number
 from vlm_operator.yamlio import YAMLError, load_documents
 
 __all__ = [
@@ -238,7 +238,8 @@ def _reason(error: Mapping[str, Any]) -> str:
     if kind == "literal_error":
         return f"must be one of {context.get('expected', '')}, got {value!r}"
     if kind in _BOUNDS:
-        return f"{_BOUNDS[kind].format(**context)}, got {value!r}"
+        bounds = {k: plain_number(v) if isinstance(v, float) else v for k, v in context.items()}
+        return f"{_BOUNDS[kind].format(**bounds)}, got {value!r}"
     message = str(error["msg"])
     for python_words, plain in (
         ("Input should be", "must be"),

@@ -1,0 +1,366 @@
+"""The generated CRD: equal to the models, structural, and agreeing with them on every rule."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+from pydantic import ValidationError
+from vlm_operator.crd import crd, crd_yaml, openapi_schema
+from vlm_operator.models import VLMServiceSpec, VLMServiceStatus
+from vlm_operator.validation import NAME_PATTERN
+
+from tests.crd_check import (
+    CEL_KEY,
+    apply_defaults,
+    cel_errors,
+    compiles,
+    example_files,
+    schema_errors,
+    to_json_schema,
+    walk,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+CRD_FILE = REPO / "crds" / "vlmservice.yaml"
+EXAMPLES = example_files(REPO / "manifests")
+KUBERNETES_VERSIONS = ["1.30", kubernetes_validate.latest_version()]
+
+SCHEMA = openapi_schema()
+SPEC_SCHEMA = SCHEMA["properties"]["spec"]
+
+
+def _examples() -> list[dict[str, Any]]:
+    documents = []
+    for path in EXAMPLES:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if isinstance(doc, dict) and doc.get("kind") == "VLMService":
+                documents.append(doc)
+    return documents
+
+
+def test_crd_file_is_the_generated_one() -> None:
+    assert CRD_FILE.read_text() == crd_yaml(), (
+        "crds/vlmservice.yaml disagrees with vlm_operator/models.py; regenerate it with `make crd`"
+    )
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_crd_is_a_valid_custom_resource_definition(version: str) -> None:
+    kubernetes_validate.validate(crd(), version, strict=True)
+
+
+def test_names_scope_and_subresources() -> None:
+    spec = crd()["spec"]
+    assert spec["group"] == "vlm-operator.io"
+    assert spec["scope"] == "Namespaced"
+    assert spec["names"]["kind"] == "VLMService"
+    assert spec["names"]["plural"] == "vlmservices"
+    assert spec["names"]["shortNames"] == ["vlms"]
+    (version,) = spec["versions"]
+    assert version["name"] == "v1alpha1"
+    assert version["served"]
+    assert version["storage"]
+    assert version["subresources"] == {
+        "status": {},
+        "scale": {
+            "specReplicasPath": ".spec.replicas",
+            "statusReplicasPath": ".status.replicas",
+            "labelSelectorPath": ".status.selector",
+        },
+    }
+    columns = {c["name"].upper(): c for c in version["additionalPrinterColumns"]}
+    wanted = {
+        "READY": ".status.readyReplicas",
+        "REPLICAS": ".status.replicas",
+        "DESIRED": ".status.desiredReplicas",
+        "IN-FLIGHT/POD": ".status.signals.inFlightPerPod",
+        "QUEUE": ".status.signals.waiting",
+        "P95": ".status.signals.p95Seconds",
+        "AGE": ".metadata.creationTimestamp",
+    }
+    for name, json_path in wanted.items():
+        assert columns[name]["jsonPath"] == json_path
+        assert columns[name].get("priority", 0) == 0, f"{name} must show without -o wide"
+
+
+def test_printer_columns_and_scale_paths_exist_in_the_schema() -> None:
+    version = crd()["spec"]["versions"][0]
+    paths = [c["jsonPath"] for c in version["additionalPrinterColumns"]]
+    paths += [p for p in version["subresources"]["scale"].values()]
+    for json_path in paths:
+        if json_path.startswith(".metadata"):
+            continue
+        node = SCHEMA
+        for part in json_path.strip(".").split("."):
+            assert part in node.get("properties", {}), f"{json_path} is not in the schema"
+            node = node["properties"][part]
+
+
+def test_schema_is_structural() -> None:
+    for path, node in walk(SCHEMA):
+        leftovers = {"$ref", "$defs", "title", "const"} & node.keys()
+        assert not leftovers, f"{path}: pydantic-only keys {leftovers}"
+        if node.get("x-kubernetes-int-or-string"):
+            assert node["anyOf"] == [{"type": "integer"}, {"type": "string"}], path
+            continue
+        if "<anyOf" in path:
+            continue
+        assert "anyOf" not in node, f"{path}: unions are not structural"
+        assert "type" in node or node.get("x-kubernetes-preserve-unknown-fields"), (
+            f"{path} has no type"
+        )
+        if "properties" in node:
+            assert "additionalProperties" not in node, path
+        if "additionalProperties" in node:
+            assert isinstance(node["additionalProperties"], dict), path
+        for bound in ("exclusiveMinimum", "exclusiveMaximum"):
+            if bound in node:
+                assert node[bound] is True, f"{path}: OpenAPI 3.0 uses a boolean {bound}"
+    metadata = SCHEMA["properties"]["metadata"]
+    assert set(metadata.get("properties", {})) <= {"name", "generateName"}
+
+
+def test_every_field_of_the_models_is_described() -> None:
+    for path, node in walk(SPEC_SCHEMA, "spec"):
+        if "<anyOf" in path or path.endswith("[items]") or path.endswith("[additionalProperties]"):
+            continue
+        assert node.get("description"), f"{path} has no description"
+
+
+def test_bounds_and_enums_come_from_the_models() -> None:
+    autoscaling = SPEC_SCHEMA["properties"]["autoscaling"]["properties"]
+    assert autoscaling["minReplicas"]["minimum"] == 0
+    assert autoscaling["targetUtilization"]["minimum"] == 0
+    assert autoscaling["targetUtilization"]["exclusiveMinimum"] is True
+    assert autoscaling["targetUtilization"]["maximum"] == 1
+    runtime = SPEC_SCHEMA["properties"]["model"]["properties"]["runtime"]
+    assert runtime["enum"] == ["llamacpp", "transformers", "fake", "custom"]
+    assert runtime["default"] == "llamacpp"
+    max_in_flight = SPEC_SCHEMA["properties"]["concurrency"]["properties"]["maxInFlight"]
+    assert max_in_flight["default"] == 4
+    assert SPEC_SCHEMA["properties"]["model"]["properties"]["id"]["minLength"] == 1
+    assert SPEC_SCHEMA["required"] == ["model"]
+
+
+def test_enum_strings_are_bounded_for_the_cel_cost_estimate() -> None:
+    for path, node in walk(SCHEMA):
+        if "enum" in node:
+            assert node["maxLength"] >= max(len(v) for v in node["enum"]), path
+
+
+def test_status_schema_keeps_the_policy_state_as_is() -> None:
+    status = SCHEMA["properties"]["status"]
+    state = status["properties"]["autoscalerState"]
+    assert state["x-kubernetes-preserve-unknown-fields"] is True
+    written = VLMServiceStatus.model_validate(
+        {
+            "replicas": 3,
+            "readyReplicas": 2,
+            "desiredReplicas": 4,
+            "selector": "a=b",
+            "signals": {"inFlight": 8.0, "waiting": 3, "inFlightPerPod": 4.0},
+            "lastDecision": {"time": "t", "replicas": 4, "direction": "up", "reason": "r"},
+            "conditions": [{"type": "Ready", "status": "True"}],
+            "autoscalerState": {"history": [[1.0, 3]], "nested": {"any": "thing"}},
+        }
+    ).to_api()
+    assert schema_errors(status, written) == []
+
+
+def test_defaults_are_valid_under_their_own_schema() -> None:
+    checked = 0
+    for path, node in walk(SCHEMA):
+        if "default" in node:
+            errors = list(
+                jsonschema.Draft202012Validator(to_json_schema(node)).iter_errors(
+                    apply_defaults(node, node["default"])
+                )
+            )
+            assert errors == [], f"{path}: default {node['default']!r}: {errors[0].message}"
+            checked += 1
+    assert checked > 30
+
+
+def test_every_rule_compiles_and_says_why() -> None:
+    rules = [rule for _, node in walk(SCHEMA) for rule in node.get(CEL_KEY, [])]
+    assert len(rules) >= 6
+    for rule in rules:
+        assert compiles(rule["rule"]), rule["rule"]
+        assert rule["message"]
+
+
+# ------------------------------------------------------------------ models ⇄ CRD
+
+
+def _spec(**changes: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {"model": {"id": "Qwen/Qwen3-VL-2B-Instruct", "runtime": "fake"}}
+    for dotted, value in changes.items():
+        node = spec
+        *parents, leaf = dotted.split("__")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return spec
+
+
+RULE_CASES: list[tuple[str, dict[str, Any], str | None]] = [
+    ("minimal", _spec(), None),
+    ("min equals max", _spec(autoscaling__minReplicas=3, autoscaling__maxReplicas=3), None),
+    (
+        "min above max",
+        _spec(autoscaling__minReplicas=5, autoscaling__maxReplicas=2),
+        "minReplicas must be less than or equal to maxReplicas",
+    ),
+    (
+        "min above default max",
+        _spec(autoscaling__minReplicas=11),
+        "minReplicas must be less than or equal to maxReplicas",
+    ),
+    (
+        "fallback without replicas",
+        _spec(autoscaling__missingSignals={"action": "Fallback"}),
+        "missingSignals.action Fallback needs fallbackReplicas",
+    ),
+    (
+        "fallback with replicas",
+        _spec(autoscaling__missingSignals={"action": "Fallback", "fallbackReplicas": 2}),
+        None,
+    ),
+    (
+        "zero queue timeout",
+        _spec(concurrency__queueTimeoutSeconds=0),
+        "queueTimeoutSeconds must be positive",
+    ),
+    (
+        "negative queue timeout",
+        _spec(concurrency__queueTimeoutSeconds=-1.5),
+        "queueTimeoutSeconds must be positive",
+    ),
+    ("integer queue timeout", _spec(concurrency__queueTimeoutSeconds=5), None),
+    (
+        "two storage sources",
+        _spec(model__storage={"pvc": {"claimName": "a"}, "hostPath": {"path": "/m"}}),
+        "set at most one of pvc, hostPath, emptyDir",
+    ),
+    (
+        "emptyDir without download",
+        _spec(model__storage={"emptyDir": {}}),
+        "emptyDir storage needs a download step to fill it",
+    ),
+    (
+        "emptyDir with download",
+        _spec(model__storage={"emptyDir": {"sizeLimit": "8Gi"}, "download": {"image": "d"}}),
+        None,
+    ),
+    ("custom without image", _spec(model__runtime="custom"), "runtime custom needs model.image"),
+    (
+        "custom with empty image",
+        _spec(model__runtime="custom", model__image=""),
+        "runtime custom needs model.image",
+    ),
+    ("custom with image", _spec(model__runtime="custom", model__image="vllm/vllm"), None),
+    ("integer quantity", _spec(resources={"requests": {"cpu": 8}}), None),
+]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"), [(s, m) for _, s, m in RULE_CASES], ids=[c[0] for c in RULE_CASES]
+)
+def test_cel_rules_agree_with_the_pydantic_validators(
+    spec: dict[str, Any], message: str | None
+) -> None:
+    stored = apply_defaults(SPEC_SCHEMA, spec)
+    assert schema_errors(SPEC_SCHEMA, stored) == []
+    cel_messages = [m for _, m in cel_errors(SPEC_SCHEMA, stored)]
+    try:
+        VLMServiceSpec.model_validate(spec)
+        pydantic_message = None
+    except ValidationError as exc:
+        pydantic_message = str(exc)
+    if message is None:
+        assert cel_messages == []
+        assert pydantic_message is None
+    else:
+        assert cel_messages == [message]
+        assert pydantic_message is not None
+        assert message in pydantic_message
+
+
+BOUND_CASES: list[tuple[str, dict[str, Any]]] = [
+    ("negative min", _spec(autoscaling__minReplicas=-1)),
+    ("zero max", _spec(autoscaling__maxReplicas=0)),
+    ("zero utilization", _spec(autoscaling__targetUtilization=0)),
+    ("utilization above one", _spec(autoscaling__targetUtilization=1.5)),
+    ("zero in flight", _spec(concurrency__maxInFlight=0)),
+    ("unknown runtime", _spec(model__runtime="tensorrt")),
+    ("unknown field", _spec(model__colour="red")),
+    ("empty id", _spec(model__id="")),
+    ("relative mount", _spec(model__storage={"mountPath": "models"})),
+    ("bad quantity", _spec(resources={"requests": {"cpu": "8 cores"}})),
+    ("bad interval", _spec(monitoring__interval="5 seconds")),
+    ("string replicas", _spec(replicas="three")),
+    ("zero time scale", _spec(model__fake={"timeScale": 0})),
+]
+
+
+@pytest.mark.parametrize("spec", [s for _, s in BOUND_CASES], ids=[c[0] for c in BOUND_CASES])
+def test_schema_bounds_agree_with_the_models(spec: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        VLMServiceSpec.model_validate(spec)
+    assert schema_errors(SPEC_SCHEMA, apply_defaults(SPEC_SCHEMA, spec)) != []
+
+
+@pytest.mark.parametrize("example", _examples(), ids=lambda doc: doc["metadata"]["name"])
+def test_examples_pass_the_api_server_checks(example: dict[str, Any]) -> None:
+    stored = apply_defaults(SCHEMA, example)
+    assert schema_errors(SCHEMA, stored) == []
+    assert cel_errors(SCHEMA, stored) == []
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [*(doc["spec"] for doc in _examples()), *(s for _, s, m in RULE_CASES if m is None)],
+)
+def test_crd_defaults_are_the_model_defaults(spec: dict[str, Any]) -> None:
+    """What the API server stores parses to the same spec as what the user wrote."""
+    stored = apply_defaults(SPEC_SCHEMA, spec)
+    assert VLMServiceSpec.model_validate(stored) == VLMServiceSpec.model_validate(spec)
+    # And every default is written down: the stored spec has every field of the full dump.
+    full = VLMServiceSpec.model_validate(spec).to_api()
+    assert _leaves(stored) == _leaves(full)
+
+
+def _leaves(value: Any, path: str = "") -> set[str]:
+    """Paths of the non-empty leaves of a JSON value."""
+    if isinstance(value, dict):
+        return {leaf for k, v in value.items() for leaf in _leaves(v, f"{path}.{k}")}
+    if value in ([], None):
+        return set()
+    return {path}
+
+
+@pytest.mark.parametrize(
+    ("name", "valid"),
+    [
+        ("qwen3-vl-2b", True),
+        ("a", True),
+        ("a" * 63, True),
+        ("a" * 64, False),
+        ("3-vl", False),
+        ("Qwen", False),
+        ("qwen_vl", False),
+        ("qwen-", False),
+        ("qwen.vl", False),
+    ],
+)
+def test_name_rule_agrees_with_the_validation_module(name: str, valid: bool) -> None:
+    document = copy.deepcopy(_examples()[0])
+    document["metadata"]["name"] = name
+    assert (schema_errors(SCHEMA, apply_defaults(SCHEMA, document)) == []) is valid
+    assert (NAME_PATTERN.match(name) is not None and len(name) <= 63) is valid

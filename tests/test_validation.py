@@ -1,0 +1,191 @@
+"""Turning bad VLMServices into one clear line per problem."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from vlm_operator.models import VLMServiceSpec
+from vlm_operator.validation import (
+    FieldError,
+    InvalidManifest,
+    load_services,
+    parse_service,
+    parse_spec,
+    spec_warnings,
+)
+
+HEADER = "apiVersion: vlm-operator.io/v1alpha1\nkind: VLMService\nmetadata: {name: demo}\n"
+
+
+def _errors(spec: Any) -> list[FieldError]:
+    with pytest.raises(InvalidManifest) as info:
+        parse_spec(spec)
+    return info.value.errors
+
+
+@pytest.mark.parametrize(
+    ("spec", "path", "reason"),
+    [
+        (
+            {"model": {"id": "m"}, "autoscaling": {"minReplicas": -1}},
+            "spec.autoscaling.minReplicas",
+            "must be >= 0, got -1",
+        ),
+        (
+            {"model": {"id": "m"}, "autoscaling": {"minReplicas": 5, "maxReplicas": 2}},
+            "spec.autoscaling",
+            "minReplicas must be less than or equal to maxReplicas",
+        ),
+        (
+            {"model": {"id": "m"}, "concurrency": {"queueTimeoutSeconds": -3}},
+            "spec.concurrency",
+            "queueTimeoutSeconds must be positive",
+        ),
+        (
+            {"model": {"id": "m", "runtime": "vllm"}},
+            "spec.model.runtime",
+            "must be one of 'llamacpp', 'transformers', 'fake' or 'custom', got 'vllm'",
+        ),
+        ({"model": {"id": "m", "colour": "red"}}, "spec.model.colour", "unknown field"),
+        ({}, "spec.model", "required field is missing"),
+        (
+            {"model": {"id": "m", "env": [{"name": "A"}, {"value": "x"}]}},
+            "spec.model.env[1].name",
+            "required field is missing",
+        ),
+        (
+            {"model": {"id": "m"}, "concurrency": {"maxInFlight": "many"}},
+            "spec.concurrency.maxInFlight",
+            "must be a valid integer, unable to parse string as an integer, got 'many'",
+        ),
+        (
+            {"model": {"id": "m"}, "resources": {"limits": {"memory": "lots"}}},
+            "spec.resources.limits.memory",
+            "must be a Kubernetes quantity such as 8, 500m or 12Gi, got 'lots'",
+        ),
+        (
+            {"model": {"id": "m"}, "autoscaling": {"targetUtilization": 0}},
+            "spec.autoscaling.targetUtilization",
+            "must be > 0, got 0",
+        ),
+        ({"model": "qwen"}, "spec.model", "must be a mapping, got the string 'qwen'"),
+        (
+            {"model": {"id": "m", "args": "--x"}},
+            "spec.model.args",
+            "must be a list, got the string '--x'",
+        ),
+    ],
+)
+def test_errors_name_the_field_in_camel_case(spec: Any, path: str, reason: str) -> None:
+    errors = _errors(spec)
+    assert FieldError(path, reason) in errors, errors
+
+
+def test_every_problem_is_reported() -> None:
+    errors = _errors(
+        {"model": {"id": "", "runtime": "x"}, "concurrency": {"queueSize": -1}, "bogus": 1}
+    )
+    assert {e.path for e in errors} == {
+        "spec.model.id",
+        "spec.model.runtime",
+        "spec.concurrency.queueSize",
+        "spec.bogus",
+    }
+
+
+def test_spec_must_be_a_mapping() -> None:
+    assert _errors(["model"]) == [FieldError("spec", "must be a mapping, got a list")]
+
+
+def test_a_whole_service() -> None:
+    (service,) = load_services(HEADER + "spec:\n  model: {id: m, runtime: fake}\n")
+    assert (service.name, service.namespace) == ("demo", "default")
+    assert service.spec.model.runtime == "fake"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("a: [b", "not valid YAML at line 1, column 6"),
+        ("", "no VLMService in the input"),
+        ("- a\n- b\n", "a VLMService must be a mapping, got a list"),
+        (
+            "apiVersion: apps/v1\nkind: Deployment\n",
+            "got apiVersion: 'apps/v1' and kind: 'Deployment'",
+        ),
+        (
+            "apiVersion: vlm-operator.io/v1\nkind: VLMService\n",
+            "expected apiVersion: vlm-operator.io/v1alpha1",
+        ),
+        (
+            HEADER.replace("demo", "Demo") + "spec: {model: {id: m}}\n",
+            "metadata.name: must be a DNS-1035",
+        ),
+        (
+            HEADER.replace("metadata: {name: demo}\n", "") + "spec: {model: {id: m}}\n",
+            "metadata: must be a mapping",
+        ),
+        (HEADER, "spec: required field is missing"),
+        (HEADER + "spec: {model: {id: m}}\nextra: 1\n", "extra: unknown field"),
+    ],
+)
+def test_not_a_vlmservice(text: str, message: str) -> None:
+    with pytest.raises(InvalidManifest) as info:
+        load_services(text)
+    assert message in str(info.value)
+
+
+def test_several_documents_say_which_one_is_wrong() -> None:
+    good = HEADER + "spec: {model: {id: m}}\n"
+    bad = HEADER + "spec: {model: {id: m, runtime: x}}\n"
+    assert len(load_services(good + "---\n" + good)) == 2
+    with pytest.raises(InvalidManifest) as info:
+        load_services(good + "---\n" + bad)
+    assert str(info.value).startswith("document 2: spec.model.runtime: must be one of")
+
+
+def test_status_is_tolerated() -> None:
+    service = parse_service(
+        {
+            "apiVersion": "vlm-operator.io/v1alpha1",
+            "kind": "VLMService",
+            "metadata": {"name": "a", "namespace": "ns", "uid": "u"},
+            "spec": {"model": {"id": "m"}},
+            "status": {"replicas": 2, "somethingNew": True},
+        }
+    )
+    assert service.status is not None
+    assert service.status.replicas == 2
+
+
+def _spec(data: dict[str, Any]) -> VLMServiceSpec:
+    return VLMServiceSpec.model_validate(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "paths"),
+    [
+        ({"model": {"id": "m", "runtime": "fake"}}, []),
+        ({"model": {"id": "m", "storage": {"pvc": {"claimName": "c"}}}}, []),
+        ({"model": {"id": "m"}}, ["spec.model.storage"]),
+        ({"model": {"id": "m", "runtime": "transformers"}}, ["spec.model.storage"]),
+        ({"model": {"id": "m", "runtime": "fake"}, "gate": {"port": 8080}}, ["spec.model.port"]),
+        ({"model": {"id": "m", "runtime": "fake", "port": 8000}}, ["spec.model.port"]),
+        (
+            {
+                "model": {
+                    "id": "m",
+                    "storage": {"pvc": {"claimName": "c"}, "download": {"image": "d"}},
+                }
+            },
+            ["spec.model.storage.pvc.readOnly"],
+        ),
+        (
+            {"model": {"id": "m", "runtime": "fake", "storage": {"download": {"image": "d"}}}},
+            ["spec.model.storage.download"],
+        ),
+    ],
+)
+def test_warnings_for_pods_that_would_never_start(data: dict[str, Any], paths: list[str]) -> None:
+    assert [w.path for w in spec_warnings(_spec(data))] == paths
