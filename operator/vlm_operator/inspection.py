@@ -467,6 +467,10 @@ def plot_png(inspection: Inspection, path: Path) -> None:
     p95_ax.set_ylabel("P95 (s)")
     p95_ax.legend(loc="upper left", fontsize="small")
     p95_ax.set_xlabel("minutes before the end of the range")
+    for ax in axes:
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    pods_ax.yaxis.get_major_locator().set_params(integer=True)
     figure.suptitle(f"{inspection.service}")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
