@@ -1,0 +1,725 @@
+"""The emulated Kubernetes API, driven by the official ``kubernetes`` client over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from kubernetes import client, config, watch
+from kubernetes.client import ApiException
+
+from e2e.kubeapi import PODMONITOR_CRD, RecordedRequest, ThreadedKubeAPI, run_in_thread
+
+REPO = Path(__file__).resolve().parents[2]
+VLMSERVICE_CRD = REPO / "crds" / "vlmservice.yaml"
+JSON_PATCH = "application/json-patch+json"
+GROUP, VERSION, PLURAL = "vlm-operator.io", "v1alpha1", "vlmservices"
+
+WIDGET_CRD: dict[str, Any] = yaml.safe_load("""
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: widgets.example.com}
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {kind: Widget, plural: widgets, singular: widget, shortNames: [wd]}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      subresources:
+        status: {}
+        scale: {specReplicasPath: .spec.replicas, statusReplicasPath: .status.replicas,
+                labelSelectorPath: .status.selector}
+      schema:
+        openAPIV3Schema:
+          type: object
+          properties:
+            spec:
+              type: object
+              required: [size]
+              x-kubernetes-validations:
+                - rule: self.replicas <= self.size
+                  message: replicas must not exceed size
+              properties:
+                size: {type: integer, minimum: 1, maximum: 10}
+                replicas: {type: integer, default: 1}
+                color: {type: string, enum: [red, blue], default: red}
+                name: {type: string, pattern: '^[a-z]+$', maxLength: 8}
+                tags: {type: object, additionalProperties: {type: string}}
+            status:
+              type: object
+              x-kubernetes-preserve-unknown-fields: true
+""")
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[ThreadedKubeAPI]:
+    crds = [PODMONITOR_CRD] + ([VLMSERVICE_CRD] if VLMSERVICE_CRD.exists() else [])
+    with run_in_thread(crds=crds) as handle:
+        handle.register_crd(WIDGET_CRD)
+        yield handle
+
+
+@pytest.fixture
+def kube(api: ThreadedKubeAPI) -> Iterator[client.ApiClient]:
+    api_client = config.new_client_from_config(config_file=str(api.kubeconfig))
+    yield api_client
+    api_client.close()
+
+
+@pytest.fixture
+def namespace(kube: client.ApiClient, request: pytest.FixtureRequest) -> str:
+    name = request.node.name.replace("_", "-")[:50].strip("-").lower()
+    client.CoreV1Api(kube).create_namespace({"metadata": {"name": name}})
+    return name
+
+
+def _status(error: ApiException) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(error.body)
+    return body
+
+
+def _deployment(
+    name: str, *, replicas: int = 1, owner: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    metadata: dict[str, Any] = {"name": name, "labels": {"app": name}}
+    if owner is not None:
+        metadata["ownerReferences"] = [owner]
+    return {
+        "metadata": metadata,
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {"containers": [{"name": "gate", "image": "gate:1",
+                                         "env": [{"name": "A", "value": "1"}],
+                                         "ports": [{"containerPort": 8000}]}]},
+            },
+        },
+    }  # fmt: skip
+
+
+def _owner(obj: dict[str, Any] | Any, kind: str, api_version: str) -> dict[str, Any]:
+    metadata = obj["metadata"] if isinstance(obj, dict) else obj.metadata
+    name = metadata["name"] if isinstance(metadata, dict) else metadata.name
+    uid = metadata["uid"] if isinstance(metadata, dict) else metadata.uid
+    return {"apiVersion": api_version, "kind": kind, "name": name, "uid": uid,
+            "controller": True, "blockOwnerDeletion": True}  # fmt: skip
+
+
+# -- discovery ------------------------------------------------------------------------------
+
+
+def test_discovery_lists_kinds_and_subresources(api: ThreadedKubeAPI) -> None:
+    with httpx.Client(base_url=api.url) as http:
+        core = {r["name"]: r for r in http.get("/api/v1").json()["resources"]}
+        assert core["pods"]["namespaced"]
+        assert core["pods"]["kind"] == "Pod"
+        assert "watch" in core["pods"]["verbs"]
+        assert core["pods/status"]["verbs"] == ["get", "patch", "update"]
+        assert core["namespaces"]["namespaced"] is False
+        apps = {r["name"]: r for r in http.get("/apis/apps/v1").json()["resources"]}
+        assert apps["deployments/scale"]["kind"] == "Scale"
+        assert apps["deployments/scale"]["group"] == "autoscaling"
+        groups = {g["name"]: g for g in http.get("/apis").json()["groups"]}
+        for group in ("apps", "policy", "networking.k8s.io", "events.k8s.io",
+                      "coordination.k8s.io", "apiextensions.k8s.io", "monitoring.coreos.com",
+                      "example.com"):  # fmt: skip
+            assert group in groups
+        widgets = {r["name"] for r in http.get("/apis/example.com/v1").json()["resources"]}
+        assert widgets == {"widgets", "widgets/status", "widgets/scale"}
+        assert http.get("/version").json()["major"] == "1"
+        assert http.get("/apis/nothing.example.com/v1").status_code == 404
+
+
+def test_crd_registration_serves_the_new_kind_live(kube: client.ApiClient, namespace: str) -> None:
+    crd = yaml.safe_load(
+        yaml.safe_dump(WIDGET_CRD)
+        .replace("widget", "gadget")
+        .replace("Widget", "Gadget")
+        .replace("[wd]", "[gd]")
+    )
+    extensions = client.ApiextensionsV1Api(kube)
+    custom = client.CustomObjectsApi(kube)
+    with pytest.raises(ApiException) as missing:
+        custom.list_namespaced_custom_object("example.com", "v1", namespace, "gadgets")
+    assert missing.value.status == 404
+    created = extensions.create_custom_resource_definition(crd)
+    established = {c.type: c.status for c in created.status.conditions}
+    assert established["Established"] == "True"
+    resources = client.CustomObjectsApi(kube).get_api_resources("example.com", "v1")
+    assert "gadgets" in {r.name for r in resources.resources}
+    custom.create_namespaced_custom_object("example.com", "v1", namespace, "gadgets", {
+        "apiVersion": "example.com/v1", "kind": "Gadget", "metadata": {"name": "g"},
+        "spec": {"size": 2}})  # fmt: skip
+    extensions.delete_custom_resource_definition(crd["metadata"]["name"])
+    with pytest.raises(ApiException) as gone:
+        custom.list_namespaced_custom_object("example.com", "v1", namespace, "gadgets")
+    assert gone.value.status == 404
+
+
+# -- CRUD and errors ------------------------------------------------------------------------
+
+
+def test_crud_and_error_bodies(kube: client.ApiClient, namespace: str) -> None:
+    core = client.CoreV1Api(kube)
+    created = core.create_namespaced_config_map(
+        namespace, {"metadata": {"name": "cm"}, "data": {"k": "v"}}
+    )
+    assert created.metadata.uid
+    assert created.metadata.creation_timestamp
+    assert created.metadata.namespace == namespace
+    assert core.read_namespaced_config_map("cm", namespace).data == {"k": "v"}
+
+    with pytest.raises(ApiException) as exists:
+        core.create_namespaced_config_map(namespace, {"metadata": {"name": "cm"}})
+    assert exists.value.status == 409
+    assert _status(exists.value)["reason"] == "AlreadyExists"
+
+    created.data = {"k": "v2"}
+    updated = core.replace_namespaced_config_map("cm", namespace, created)
+    assert int(updated.metadata.resource_version) > int(created.metadata.resource_version)
+    with pytest.raises(ApiException) as stale:
+        core.replace_namespaced_config_map("cm", namespace, created)  # old resourceVersion
+    body = _status(stale.value)
+    assert (stale.value.status, body["reason"]) == (409, "Conflict")
+    assert "the object has been modified" in body["message"]
+
+    same = core.replace_namespaced_config_map("cm", namespace, updated)
+    assert same.metadata.resource_version == updated.metadata.resource_version  # no-op write
+
+    core.delete_namespaced_config_map("cm", namespace)
+    with pytest.raises(ApiException) as missing:
+        core.read_namespaced_config_map("cm", namespace)
+    body = _status(missing.value)
+    assert (missing.value.status, body["kind"], body["reason"]) == (404, "Status", "NotFound")
+    assert body["message"] == 'configmaps "cm" not found'
+    assert body["details"] == {"name": "cm", "kind": "configmaps"}
+
+
+def test_invalid_names_and_missing_namespaces_are_rejected(kube: client.ApiClient) -> None:
+    core = client.CoreV1Api(kube)
+    with pytest.raises(ApiException) as invalid:
+        core.create_namespaced_config_map("default", {"metadata": {"name": "Bad_Name"}})
+    body = _status(invalid.value)
+    assert (invalid.value.status, body["reason"]) == (422, "Invalid")
+    assert body["details"]["causes"][0]["field"] == "metadata.name"
+    with pytest.raises(ApiException) as label:
+        core.create_namespaced_config_map(
+            "default", {"metadata": {"name": "ok", "labels": {"a": "x" * 64}}}
+        )
+    assert label.value.status == 422
+    with pytest.raises(ApiException) as no_namespace:
+        core.create_namespaced_config_map("nowhere", {"metadata": {"name": "cm"}})
+    assert no_namespace.value.status == 404
+    assert _status(no_namespace.value)["message"] == 'namespaces "nowhere" not found'
+    generated = core.create_namespaced_config_map("default", {"metadata": {"generateName": "gen-"}})
+    assert generated.metadata.name.startswith("gen-")
+    assert len(generated.metadata.name) == 9
+
+
+def test_raw_http_errors(api: ThreadedKubeAPI) -> None:
+    with httpx.Client(base_url=api.url) as http:
+        assert http.post("/api/v1/namespaces/default/configmaps/x", json={}).status_code == 405
+        bad_json = http.post(
+            "/api/v1/namespaces/default/configmaps",
+            content=b"{nope",
+            headers={"Content-Type": "application/json"},
+        )
+        assert (bad_json.status_code, bad_json.json()["reason"]) == (400, "BadRequest")
+        http.post("/api/v1/namespaces/default/configmaps", json={"metadata": {"name": "raw"}})
+        apply = http.patch(
+            "/api/v1/namespaces/default/configmaps/raw",
+            content=b"{}",
+            headers={"Content-Type": "application/apply-patch+yaml"},
+        )
+        assert (apply.status_code, apply.json()["reason"]) == (415, "UnsupportedMediaType")
+        mismatch = http.post(
+            "/api/v1/namespaces/default/configmaps",
+            json={"kind": "Secret", "metadata": {"name": "x"}},
+        )
+        assert mismatch.status_code == 400
+        assert http.get("/healthz").text == "ok"
+
+
+# -- patches --------------------------------------------------------------------------------
+
+
+def test_merge_json_and_strategic_patches(kube: client.ApiClient, namespace: str) -> None:
+    custom = client.CustomObjectsApi(kube)
+    custom.create_namespaced_custom_object("example.com", "v1", namespace, "widgets", {
+        "apiVersion": "example.com/v1", "kind": "Widget",
+        "metadata": {"name": "w", "labels": {"a": "1", "b": "2"}},
+        "spec": {"size": 3, "tags": {"x": "1"}}})  # fmt: skip
+    merged = custom.patch_namespaced_custom_object(
+        "example.com",
+        "v1",
+        namespace,
+        "widgets",
+        "w",
+        {"metadata": {"labels": {"a": None, "c": "3"}}, "spec": {"tags": {"y": "2"}}},
+    )
+    assert merged["metadata"]["labels"] == {"b": "2", "c": "3"}
+    assert merged["spec"]["tags"] == {"x": "1", "y": "2"}
+
+    ops = [{"op": "test", "path": "/spec/size", "value": 3},
+           {"op": "replace", "path": "/spec/size", "value": 4},
+           {"op": "add", "path": "/metadata/labels/d", "value": "4"},
+           {"op": "remove", "path": "/metadata/labels/b"}]  # fmt: skip
+    patched = custom.patch_namespaced_custom_object(
+        "example.com", "v1", namespace, "widgets", "w", ops, _content_type=JSON_PATCH
+    )
+    assert patched["spec"]["size"] == 4
+    assert patched["metadata"]["labels"] == {"c": "3", "d": "4"}
+    with pytest.raises(ApiException) as failed:
+        custom.patch_namespaced_custom_object(
+            "example.com",
+            "v1",
+            namespace,
+            "widgets",
+            "w",
+            [
+                {"op": "test", "path": "/spec/size", "value": 3},
+                {"op": "replace", "path": "/spec/size", "value": 9},
+            ],
+            _content_type=JSON_PATCH,
+        )
+    assert failed.value.status == 422
+    assert (
+        custom.get_namespaced_custom_object("example.com", "v1", namespace, "widgets", "w")["spec"][
+            "size"
+        ]
+        == 4
+    )
+    with pytest.raises(ApiException) as stale:
+        custom.patch_namespaced_custom_object(
+            "example.com", "v1", namespace, "widgets", "w", {"metadata": {"resourceVersion": "1"}}
+        )
+    assert stale.value.status == 409
+
+    apps = client.AppsV1Api(kube)
+    apps.create_namespaced_deployment(namespace, _deployment("web"))
+    # The client sends object patches to built-in kinds as strategic merge patches.
+    strategic = apps.patch_namespaced_deployment("web", namespace, {"spec": {"template": {"spec": {
+        "containers": [{"name": "gate", "env": [{"name": "B", "value": "2"}]},
+                       {"name": "model", "image": "model:1"}]}}}})  # fmt: skip
+    containers = strategic.spec.template.spec.containers
+    assert [c.name for c in containers] == ["gate", "model"]
+    assert containers[0].image == "gate:1"  # kept: merged by name, not replaced
+    assert [(e.name, e.value) for e in containers[0].env] == [("A", "1"), ("B", "2")]
+    deleted = apps.patch_namespaced_deployment("web", namespace, {"spec": {"template": {"spec": {
+        "containers": [{"name": "model", "$patch": "delete"}]}}}})  # fmt: skip
+    assert [c.name for c in deleted.spec.template.spec.containers] == ["gate"]
+
+
+def test_custom_resources_refuse_strategic_merge(api: ThreadedKubeAPI, namespace: str) -> None:
+    with httpx.Client(base_url=api.url) as http:
+        url = f"/apis/example.com/v1/namespaces/{namespace}/widgets"
+        http.post(url, json={"metadata": {"name": "w"}, "spec": {"size": 1}})
+        response = http.patch(
+            f"{url}/w",
+            content=b"{}",
+            headers={"Content-Type": "application/strategic-merge-patch+json"},
+        )
+        assert response.status_code == 415
+
+
+# -- subresources and generation ------------------------------------------------------------
+
+
+def test_status_subresource_isolation_and_generation(
+    kube: client.ApiClient, namespace: str
+) -> None:
+    apps = client.AppsV1Api(kube)
+    created = apps.create_namespaced_deployment(
+        namespace, {**_deployment("web"), "status": {"replicas": 7}}
+    )
+    assert created.status is None or created.status.replicas is None  # dropped on create
+    assert created.metadata.generation == 1
+
+    status = apps.patch_namespaced_deployment_status(
+        "web", namespace, {"status": {"replicas": 1, "readyReplicas": 1}, "spec": {"replicas": 9}}
+    )
+    assert status.status.ready_replicas == 1
+    assert status.spec.replicas == 1  # spec ignored by /status
+    assert status.metadata.generation == 1  # status changes never bump generation
+
+    main = apps.patch_namespaced_deployment(
+        "web", namespace, {"spec": {"replicas": 2}, "status": {"readyReplicas": 5}}
+    )
+    assert main.spec.replicas == 2
+    assert main.status.ready_replicas == 1  # status ignored by the main resource
+    assert main.metadata.generation == 2
+
+    labelled = apps.patch_namespaced_deployment(
+        "web", namespace, {"metadata": {"labels": {"x": "y"}}}
+    )
+    assert labelled.metadata.generation == 2  # metadata changes never bump generation
+
+
+def test_scale_subresources(kube: client.ApiClient, namespace: str) -> None:
+    apps = client.AppsV1Api(kube)
+    apps.create_namespaced_deployment(namespace, _deployment("web", replicas=2))
+    scale = apps.read_namespaced_deployment_scale("web", namespace)
+    assert (scale.spec.replicas, scale.status.selector) == (2, "app=web")
+    apps.patch_namespaced_deployment_scale("web", namespace, {"spec": {"replicas": 5}})
+    assert apps.read_namespaced_deployment("web", namespace).spec.replicas == 5
+    with pytest.raises(ApiException) as negative:
+        apps.patch_namespaced_deployment_scale("web", namespace, {"spec": {"replicas": -1}})
+    assert negative.value.status == 422
+
+    custom = client.CustomObjectsApi(kube)
+    custom.create_namespaced_custom_object("example.com", "v1", namespace, "widgets", {
+        "apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"},
+        "spec": {"size": 5, "replicas": 2}})  # fmt: skip
+    custom.patch_namespaced_custom_object_status(
+        "example.com",
+        "v1",
+        namespace,
+        "widgets",
+        "w",
+        {"status": {"replicas": 1, "selector": "a=b"}},
+    )
+    cr_scale = custom.get_namespaced_custom_object_scale(
+        "example.com", "v1", namespace, "widgets", "w"
+    )
+    assert cr_scale["spec"] == {"replicas": 2}
+    assert cr_scale["status"] == {"replicas": 1, "selector": "a=b"}
+    custom.patch_namespaced_custom_object_scale(
+        "example.com", "v1", namespace, "widgets", "w", {"spec": {"replicas": 4}}
+    )
+    widget = custom.get_namespaced_custom_object("example.com", "v1", namespace, "widgets", "w")
+    assert widget["spec"]["replicas"] == 4
+    assert widget["metadata"]["generation"] == 2
+    with pytest.raises(ApiException) as too_many:  # the CEL rule still guards scale writes
+        custom.patch_namespaced_custom_object_scale(
+            "example.com", "v1", namespace, "widgets", "w", {"spec": {"replicas": 6}}
+        )
+    assert too_many.value.status == 422
+
+
+# -- deletion -------------------------------------------------------------------------------
+
+
+def test_finalizers_hold_deletion(kube: client.ApiClient, namespace: str) -> None:
+    core = client.CoreV1Api(kube)
+    core.create_namespaced_config_map(
+        namespace, {"metadata": {"name": "cm", "finalizers": ["example.com/hold"]}}
+    )
+    core.delete_namespaced_config_map("cm", namespace)
+    held = core.read_namespaced_config_map("cm", namespace)
+    assert held.metadata.deletion_timestamp is not None
+    with pytest.raises(ApiException) as added:
+        core.patch_namespaced_config_map("cm", namespace, {"metadata": {"finalizers": ["x/y"]}})
+    assert added.value.status == 422
+    core.patch_namespaced_config_map(
+        "cm", namespace, [{"op": "remove", "path": "/metadata/finalizers"}]
+    )
+    with pytest.raises(ApiException) as gone:
+        core.read_namespaced_config_map("cm", namespace)
+    assert gone.value.status == 404
+
+
+def test_owner_references_cascade_and_orphan(kube: client.ApiClient, namespace: str) -> None:
+    core, apps = client.CoreV1Api(kube), client.AppsV1Api(kube)
+    owner = core.create_namespaced_config_map(namespace, {"metadata": {"name": "owner"}})
+    deployment = apps.create_namespaced_deployment(
+        namespace, _deployment("web", owner=_owner(owner, "ConfigMap", "v1"))
+    )
+    apps.create_namespaced_replica_set(
+        namespace, {**_deployment("web-1", owner=_owner(deployment, "Deployment", "apps/v1"))}
+    )
+    core.delete_namespaced_config_map("owner", namespace)
+    assert apps.list_namespaced_deployment(namespace).items == []
+    assert apps.list_namespaced_replica_set(namespace).items == []  # cascaded two levels
+
+    owner = core.create_namespaced_config_map(namespace, {"metadata": {"name": "owner"}})
+    apps.create_namespaced_deployment(
+        namespace, _deployment("kept", owner=_owner(owner, "ConfigMap", "v1"))
+    )
+    core.delete_namespaced_config_map("owner", namespace, propagation_policy="Orphan")
+    kept = apps.read_namespaced_deployment("kept", namespace)
+    assert not kept.metadata.owner_references
+
+
+def test_namespace_deletion_removes_its_content(kube: client.ApiClient) -> None:
+    core = client.CoreV1Api(kube)
+    core.create_namespace({"metadata": {"name": "doomed"}})
+    core.create_namespaced_config_map("doomed", {"metadata": {"name": "cm"}})
+    core.delete_namespace("doomed")
+    assert "doomed" not in {n.metadata.name for n in core.list_namespace().items}
+    assert (
+        core.list_config_map_for_all_namespaces(field_selector="metadata.namespace=doomed").items
+        == []
+    )
+
+
+# -- selectors ------------------------------------------------------------------------------
+
+
+def test_label_and_field_selectors(kube: client.ApiClient, namespace: str) -> None:
+    core = client.CoreV1Api(kube)
+    for name, labels in (("a", {"tier": "web", "env": "prod"}), ("b", {"tier": "db"}),
+                         ("c", {"tier": "cache", "env": "dev"})):  # fmt: skip
+        core.create_namespaced_config_map(namespace, {"metadata": {"name": name, "labels": labels}})
+
+    def names(**kwargs: str) -> list[str]:
+        return [i.metadata.name for i in core.list_namespaced_config_map(namespace, **kwargs).items]
+
+    assert names(label_selector="tier in (web,db)") == ["a", "b"]
+    assert names(label_selector="tier notin (web,db)") == ["c"]
+    assert names(label_selector="tier!=web") == ["b", "c"]
+    assert names(label_selector="!env") == ["b"]
+    assert names(label_selector="env,tier=cache") == ["c"]
+    assert names(field_selector="metadata.name=b") == ["b"]
+    assert names(field_selector="metadata.name!=b", label_selector="env") == ["a", "c"]
+    everywhere = core.list_config_map_for_all_namespaces(label_selector="tier=db")
+    assert [i.metadata.name for i in everywhere.items] == ["b"]
+    with pytest.raises(ApiException) as bad:
+        names(label_selector="tier in web")
+    assert bad.value.status == 400
+
+
+# -- watch ----------------------------------------------------------------------------------
+
+
+def test_watch_resumes_without_losing_events(kube: client.ApiClient, namespace: str) -> None:
+    core = client.CoreV1Api(kube)
+    core.create_namespaced_config_map(namespace, {"metadata": {"name": "before"}})
+    listed = core.list_namespaced_config_map(namespace)
+    resume_from = listed.metadata.resource_version
+    # Changes while no watch is connected.
+    for index in range(25):
+        core.create_namespaced_config_map(namespace, {"metadata": {"name": f"cm-{index}"}})
+    core.patch_namespaced_config_map("cm-0", namespace, {"data": {"k": "v"}})
+    core.delete_namespaced_config_map("cm-1", namespace)
+
+    events = [
+        (e["type"], e["object"].metadata.name)
+        for e in watch.Watch().stream(core.list_namespaced_config_map, namespace,
+                                      resource_version=resume_from, timeout_seconds=1)
+    ]  # fmt: skip
+    expected = [("ADDED", f"cm-{i}") for i in range(25)] + [
+        ("MODIFIED", "cm-0"),
+        ("DELETED", "cm-1"),
+    ]
+    assert events == expected
+
+    versions = [
+        int(e["object"].metadata.resource_version)
+        for e in watch.Watch().stream(
+            core.list_namespaced_config_map,
+            namespace,
+            resource_version=resume_from,
+            timeout_seconds=1,
+        )
+    ]
+    assert versions == sorted(versions)
+    assert len(set(versions)) == len(versions)
+
+
+def test_watch_without_resource_version_starts_with_the_current_state(
+    kube: client.ApiClient, namespace: str
+) -> None:
+    core = client.CoreV1Api(kube)
+    core.create_namespaced_config_map(namespace, {"metadata": {"name": "one"}})
+    events = list(
+        watch.Watch().stream(core.list_namespaced_config_map, namespace, timeout_seconds=1)
+    )
+    assert [(e["type"], e["object"].metadata.name) for e in events] == [("ADDED", "one")]
+
+
+def test_cluster_wide_watch_and_selector_transitions(
+    kube: client.ApiClient, namespace: str
+) -> None:
+    core = client.CoreV1Api(kube)
+    start = core.list_config_map_for_all_namespaces().metadata.resource_version
+    core.create_namespaced_config_map(
+        namespace, {"metadata": {"name": "x", "labels": {"sel": "1"}}}
+    )
+    core.create_namespaced_config_map(
+        "default", {"metadata": {"name": f"{namespace[:40]}-y", "labels": {"sel": "1"}}}
+    )
+    core.patch_namespaced_config_map("x", namespace, {"metadata": {"labels": {"sel": "0"}}})
+    core.patch_namespaced_config_map("x", namespace, {"metadata": {"labels": {"sel": "1"}}})
+    events = [
+        (e["type"], e["object"].metadata.namespace)
+        for e in watch.Watch().stream(core.list_config_map_for_all_namespaces,
+                                      label_selector="sel=1", resource_version=start,
+                                      timeout_seconds=1)
+    ]  # fmt: skip
+    assert events == [("ADDED", namespace), ("ADDED", "default"), ("DELETED", namespace),
+                      ("ADDED", namespace)]  # fmt: skip
+
+
+def test_too_old_resource_version_is_gone(api: ThreadedKubeAPI, kube: client.ApiClient) -> None:
+    core = client.CoreV1Api(kube)
+    old = core.list_namespaced_config_map("default").metadata.resource_version
+    core.create_namespaced_config_map("default", {"metadata": {"generateName": "expire-"}})
+    api.call(api.server.store.compact)
+    with pytest.raises(ApiException) as expired:
+        list(
+            watch.Watch().stream(
+                core.list_namespaced_config_map, "default", resource_version=old, timeout_seconds=1
+            )
+        )
+    assert expired.value.status == 410
+    assert "too old resource version" in str(expired.value.reason)
+
+
+def test_watch_bookmarks_and_timeout(api: ThreadedKubeAPI) -> None:
+    with run_in_thread(bookmark_interval=0.1) as fast, httpx.Client(base_url=fast.url) as http:
+        rv = http.get("/api/v1/namespaces/default/configmaps").json()["metadata"]["resourceVersion"]
+        response = http.get("/api/v1/namespaces/default/configmaps", params={
+            "watch": "true", "allowWatchBookmarks": "true", "resourceVersion": rv,
+            "timeoutSeconds": "1"}, timeout=10)  # fmt: skip
+        lines = [json.loads(line) for line in response.text.splitlines()]
+        assert lines
+        assert {line["type"] for line in lines} == {"BOOKMARK"}
+        assert lines[-1]["object"]["metadata"]["resourceVersion"] == rv
+        assert response.elapsed.total_seconds() < 5
+
+
+# -- VLMService -----------------------------------------------------------------------------
+
+
+def _vlmservice(name: str, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "VLMService",
+        "metadata": {"name": name},
+        "spec": {"model": {"id": "Qwen/Qwen3-VL-2B-Instruct", "runtime": "fake"}, **spec},
+    }
+
+
+vlmservice_crd = pytest.mark.skipif(
+    not VLMSERVICE_CRD.exists(), reason="crds/vlmservice.yaml missing"
+)
+
+
+@vlmservice_crd
+def test_vlmservice_defaults_and_status(kube: client.ApiClient, namespace: str) -> None:
+    custom = client.CustomObjectsApi(kube)
+    created = custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, _vlmservice("svc")
+    )
+    autoscaling = created["spec"]["autoscaling"]
+    assert autoscaling["minReplicas"] <= autoscaling["maxReplicas"]
+    assert autoscaling["syncPeriodSeconds"] == 5.0  # defaulted from the schema
+    assert autoscaling["scaleUp"]["maxPodsPerStep"] == 4  # nested defaults too
+    status = custom.patch_namespaced_custom_object_status(
+        GROUP, VERSION, namespace, PLURAL, "svc", {"status": {"replicas": 2, "selector": "a=b"}}
+    )
+    assert status["status"]["replicas"] == 2
+    scale = custom.get_namespaced_custom_object_scale(GROUP, VERSION, namespace, PLURAL, "svc")
+    assert scale["status"] == {"replicas": 2, "selector": "a=b"}
+
+
+@vlmservice_crd
+def test_vlmservice_cel_rule_rejects_min_above_max(kube: client.ApiClient, namespace: str) -> None:
+    custom = client.CustomObjectsApi(kube)
+    bad = _vlmservice("bad", autoscaling={"minReplicas": 5, "maxReplicas": 2})
+    with pytest.raises(ApiException) as invalid:
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, bad)
+    body = _status(invalid.value)
+    assert (invalid.value.status, body["reason"]) == (422, "Invalid")
+    cause = body["details"]["causes"][0]
+    assert cause["field"] == "spec.autoscaling.minReplicas"
+    assert "minReplicas must be less than or equal to maxReplicas" in cause["message"]
+    assert "minReplicas must be less than or equal to maxReplicas" in body["message"]
+
+
+@vlmservice_crd
+def test_vlmservice_schema_validation_and_pruning(kube: client.ApiClient, namespace: str) -> None:
+    custom = client.CustomObjectsApi(kube)
+    wrong_runtime = _vlmservice("bad")
+    wrong_runtime["spec"]["model"]["runtime"] = "quantum"
+    with pytest.raises(ApiException) as enum:
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, wrong_runtime)
+    cause = _status(enum.value)["details"]["causes"][0]
+    assert (cause["field"], cause["reason"]) == ("spec.model.runtime", "FieldValueNotSupported")
+
+    wrong_type = _vlmservice("bad", autoscaling={"maxReplicas": "ten"})
+    with pytest.raises(ApiException) as typed:
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, wrong_type)
+    assert _status(typed.value)["details"]["causes"][0]["field"] == "spec.autoscaling.maxReplicas"
+
+    missing = _vlmservice("bad")
+    del missing["spec"]["model"]
+    with pytest.raises(ApiException) as required:
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, missing)
+    assert _status(required.value)["details"]["causes"][0]["field"] == "spec.model"
+
+    unknown = _vlmservice("pruned", replicaz=3)
+    with pytest.raises(ApiException) as strict:
+        custom.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, PLURAL, unknown, field_validation="Strict"
+        )
+    assert _status(strict.value)["details"]["causes"][0]["field"] == "spec.replicaz"
+    pruned = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, unknown)
+    assert "replicaz" not in pruned["spec"]
+
+
+# -- recording and process mode -------------------------------------------------------------
+
+
+def test_requests_are_recorded_with_rbac_verbs(
+    api: ThreadedKubeAPI, kube: client.ApiClient
+) -> None:
+    before = len(api.requests)
+    apps = client.AppsV1Api(kube)
+    apps.create_namespaced_deployment("default", _deployment("recorded"))
+    apps.read_namespaced_deployment("recorded", "default")
+    apps.list_namespaced_deployment("default", label_selector="app=recorded")
+    apps.patch_namespaced_deployment_scale("recorded", "default", {"spec": {"replicas": 3}})
+    apps.replace_namespaced_deployment_status(
+        "recorded", "default", apps.read_namespaced_deployment("recorded", "default")
+    )
+    apps.delete_namespaced_deployment("recorded", "default")
+    apps.delete_collection_namespaced_deployment("default", label_selector="app=none")
+    list(watch.Watch().stream(apps.list_namespaced_deployment, "default", timeout_seconds=0))
+    verbs = [(r.verb, r.subresource) for r in api.requests[before:]]
+    assert verbs == [("create", ""), ("get", ""), ("list", ""), ("patch", "scale"), ("get", ""),
+                     ("update", "status"), ("delete", ""), ("deletecollection", ""),
+                     ("watch", "")]  # fmt: skip
+    assert api.requests[before] == RecordedRequest(
+        "create", "apps", "v1", "deployments", "", "default", None
+    )
+
+
+def test_standalone_process_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
+    kubeconfig = tmp_path / "kubeconfig"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "e2e.kubeapi", "--port", "0", "--crds", str(PODMONITOR_CRD),
+         "--kubeconfig", str(kubeconfig)],
+        cwd=REPO, stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        ready = process.stdout.readline()
+        assert ready.startswith("kubeapi ready at http://127.0.0.1:")
+        url = ready.rsplit(" ", 1)[-1].strip()
+        api_client = config.new_client_from_config(config_file=str(kubeconfig))
+        with api_client:
+            assert api_client.configuration.host == url
+            groups = client.ApisApi(api_client).get_api_versions().groups
+            assert "monitoring.coreos.com" in {g.name for g in groups}
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
