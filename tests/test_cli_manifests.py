@@ -184,28 +184,25 @@ def test_help_explains_the_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert "kubectl apply" in out
 
 
-def test_console_script_end_to_end() -> None:
-    """The installed entry point: stdin, exit status, no traceback."""
-    bad = HEADER + "spec:\n  model: {id: m}\n  autoscaling: {minReplicas: 3, maxReplicas: 1}\n"
-    result = subprocess.run(
+def _console(stdin: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "-m", "vlm_operator", "render", "-f", "-"],
-        input=bad,
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def test_console_script_end_to_end() -> None:
+    """The installed entry point: stdin, exit status, no traceback."""
+    bad = HEADER + "spec:\n  model: {id: m}\n  autoscaling: {minReplicas: 3, maxReplicas: 1}\n"
+    result = _console(bad)
     assert result.returncode == 2
     assert result.stderr == (
         "vlm-operator render: error: spec.autoscaling: "
         "minReplicas must be less than or equal to maxReplicas\n"
     )
-    good = (REPO / "manifests" / "fake-demo.yaml").read_text()
-    result = subprocess.run(
-        [sys.executable, "-m", "vlm_operator", "render", "-f", "-"],
-        input=good,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = _console((REPO / "manifests" / "fake-demo.yaml").read_text())
     assert result.returncode == 0, result.stderr
     assert result.stdout == (REPO / "tests" / "golden" / "fake-demo.yaml").read_text()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from pydantic import ValidationError
-
 from vlm_operator.models import VLMServiceSpec
 
 
@@ -33,3 +32,20 @@ def test_bad_specs_name_the_field(spec: dict[str, object], field: str) -> None:
     with pytest.raises(ValidationError) as info:
         VLMServiceSpec.model_validate(spec)
     assert field in str(info.value)
+
+
+@pytest.mark.parametrize(("written", "stored"), [(8, "8"), ("500m", "500m"), ("12Gi", "12Gi")])
+def test_quantities_take_integers_like_kubernetes(written: object, stored: str) -> None:
+    spec = VLMServiceSpec.model_validate(
+        {"model": {"id": "m"}, "resources": {"requests": {"cpu": written}}}
+    )
+    assert spec.resources.requests.cpu == stored
+
+
+@pytest.mark.parametrize("written", [True, 1.5, "8 cores", "-"])
+def test_quantities_reject_what_kubernetes_rejects(written: object) -> None:
+    with pytest.raises(ValidationError) as info:
+        VLMServiceSpec.model_validate(
+            {"model": {"id": "m"}, "resources": {"requests": {"cpu": written}}}
+        )
+    assert "resources.requests.cpu" in str(info.value)

@@ -386,6 +386,8 @@ def test_transformers_preset_waits_minutes_for_the_model() -> None:
         "8080",
         "--model-id",
         "Qwen/Qwen3-VL-2B-Instruct",
+        "--max-concurrent",
+        "4",
     ]
     assert _env(containers["model"])["OMP_NUM_THREADS"] == "8"
     startup = containers["gate"]["startupProbe"]
@@ -618,3 +620,47 @@ def test_pure_modules_import_no_kubernetes_client() -> None:
         report["present"]
     )
     assert report["banned"] == [], f"pure modules pulled in {report['banned']}"
+
+
+# ------------------------------------------------ contract with the servers
+
+
+def _parse(command: str, argv: list[str], env: dict[str, str], monkeypatch: Any) -> Any:
+    """Parse a rendered container's command line and environment with the real CLI."""
+    from vlm_operator.cli import build_parser
+
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    # Flags read their environment when the parser is built.
+    return build_parser().parse_args([command, *argv])
+
+
+def test_gate_and_fake_model_accept_the_rendered_configuration(monkeypatch: Any) -> None:
+    spec = _spec(
+        model={"id": "fake-vl", "runtime": "fake", "fake": {"timeScale": 10, "alpha": 0.2}},
+        concurrency={"maxInFlight": 3, "queueSize": 7, "queueTimeoutSeconds": 2.5},
+        gate={"port": 8100},
+    )
+    containers = _containers(render_children("s", "n", spec))
+    gate = _parse("gate", containers["gate"]["command"][2:], _env(containers["gate"]), monkeypatch)
+    assert gate.upstream == "http://127.0.0.1:8080"
+    assert gate.listen == ("0.0.0.0", 8100)
+    assert (gate.max_in_flight, gate.queue_size, gate.queue_timeout) == (3, 7, 2.5)
+    assert gate.health_path == "/health"
+    assert gate.drain_timeout == drain_seconds(spec)
+    model = containers["model"]
+    fake = _parse("fake-model", model["command"][2:], _env(model), monkeypatch)
+    assert fake.listen == ("127.0.0.1", 8080)
+    assert (fake.model_id, fake.time_scale, fake.alpha) == ("fake-vl", 10, 0.2)
+
+
+def test_model_server_accepts_the_rendered_command_line(monkeypatch: Any) -> None:
+    spec = _spec(
+        model={"id": "q", "runtime": "transformers", "storage": {"pvc": {"claimName": "c"}}},
+        concurrency={"maxInFlight": 2},
+    )
+    model = _containers(render_children("s", "n", spec))["model"]
+    assert model["command"][:2] == ["vlm-operator", "model-server"]
+    args = _parse("model-server", model["args"], {}, monkeypatch)
+    assert (args.model, args.host, args.port) == ("/models/Qwen3-VL-2B-Instruct", "127.0.0.1", 8080)
+    assert (args.model_id, args.max_concurrent) == ("q", 2)

@@ -57,62 +57,53 @@ class RuntimePreset:
     """What a runtime brings by default."""
 
     name: str
+    #: None: the operator's own image (fake), or spec.model.image (custom).
     image: str | None
-    port: int
-    health_path: str
     #: Longest model load the startup probe waits for.
     startup_budget_seconds: int
     #: Slowest single request, at the full in-flight limit, with some tail.
     worst_request_seconds: float
-    #: Whether the server runs with a read-only root filesystem (/tmp is writable).
-    read_only_root: bool
     #: Whether the server reads model files from spec.model.storage.
     needs_model_files: bool
+    #: Whether the server runs with a read-only root filesystem (/tmp is writable).
+    read_only_root: bool = True
+    port: int = DEFAULT_MODEL_PORT
+    health_path: str = "/health"
 
 
 PRESETS: dict[str, RuntimePreset] = {
     "llamacpp": RuntimePreset(
         name="llamacpp",
         image=LLAMACPP_IMAGE,
-        port=DEFAULT_MODEL_PORT,
-        health_path="/health",
         startup_budget_seconds=300,
         worst_request_seconds=60.0,
-        read_only_root=True,
         needs_model_files=True,
     ),
     "transformers": RuntimePreset(
         name="transformers",
         image=MODEL_SERVER_IMAGE,
-        port=DEFAULT_MODEL_PORT,
-        health_path="/health",
         # float32 weights (~9 GB in memory) read from a network volume.
         startup_budget_seconds=900,
         # Measured: P95 28 s at 16 in flight; at the limit of 4, 10.5 s.
         worst_request_seconds=60.0,
-        read_only_root=True,
         needs_model_files=True,
     ),
+    # Both budgets of the fake runtime are computed from spec.model.fake.
     "fake": RuntimePreset(
         name="fake",
-        image=None,  # the operator's own image
-        port=DEFAULT_MODEL_PORT,
-        health_path="/health",
-        startup_budget_seconds=0,  # computed from spec.model.fake
-        worst_request_seconds=0.0,  # computed from spec.model.fake
-        read_only_root=True,
+        image=None,
+        startup_budget_seconds=0,
+        worst_request_seconds=0.0,
         needs_model_files=False,
     ),
     "custom": RuntimePreset(
         name="custom",
-        image=None,  # spec.model.image is required
-        port=DEFAULT_MODEL_PORT,
-        health_path="/health",
+        image=None,
         startup_budget_seconds=600,
         worst_request_seconds=60.0,
+        needs_model_files=False,
         # An unknown image may write anywhere.
         read_only_root=False,
-        needs_model_files=False,
     ),
 }
 
@@ -163,6 +154,9 @@ def model_container(spec: VLMServiceSpec, *, operator_image: str) -> ModelContai
             str(port),
             "--model-id",
             model.id,
+            # One generation per request the gate lets in.
+            "--max-concurrent",
+            str(spec.concurrency.max_in_flight),
         ]
         env += [EnvVar(name="HF_HOME", value="/tmp/huggingface")]
         threads = _cpu_count(spec.resources.requests.cpu)
