@@ -95,6 +95,8 @@ class PrometheusServer:
         """Start the process and wait until /-/ready answers; returns self."""
         if self._process is not None:
             raise PrometheusError("already started")
+        if self._client.is_closed:
+            self._client = httpx.Client(timeout=10.0)
         if not Path(self.binary).exists():
             raise PrometheusError(f"{self.binary} not found (apt-get install prometheus)")
         self.workdir.mkdir(parents=True, exist_ok=True)

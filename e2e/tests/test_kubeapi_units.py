@@ -1,0 +1,169 @@
+"""The emulated API's pure parts: patches, selectors and structural schemas."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from e2e.kubeapi.patch import PatchError, json_patch, merge_patch, strategic_merge_patch
+from e2e.kubeapi.schema import apply_defaults, prune, validate
+from e2e.kubeapi.selectors import (
+    SelectorError,
+    parse_field_selector,
+    parse_label_selector,
+    selector_to_string,
+)
+
+
+def test_merge_patch_is_rfc7386() -> None:
+    target = {"a": {"b": 1, "c": 2}, "l": [1, 2], "k": "v"}
+    assert merge_patch(target, {"a": {"b": None, "d": 3}, "l": [3], "k": None}) == {
+        "a": {"c": 2, "d": 3}, "l": [3]}  # fmt: skip
+    assert target["a"] == {"b": 1, "c": 2}  # the input is never mutated
+
+
+def test_json_patch_operations_and_failures() -> None:
+    doc = {"metadata": {"annotations": {"a/b": "1"}}, "items": [1, 2]}
+    patched = json_patch(doc, [
+        {"op": "add", "path": "/items/-", "value": 3},
+        {"op": "add", "path": "/items/0", "value": 0},
+        {"op": "replace", "path": "/metadata/annotations/a~1b", "value": "2"},
+        {"op": "copy", "from": "/items/3", "path": "/last"},
+        {"op": "move", "from": "/last", "path": "/moved"},
+        {"op": "remove", "path": "/items/1"},
+        {"op": "test", "path": "/moved", "value": 3},
+    ])  # fmt: skip
+    assert patched == {"metadata": {"annotations": {"a/b": "2"}}, "items": [0, 2, 3], "moved": 3}
+    assert doc["items"] == [1, 2]
+    for bad in ([{"op": "test", "path": "/items/0", "value": 9}],
+                [{"op": "remove", "path": "/nope"}],
+                [{"op": "replace", "path": "/nope", "value": 1}],
+                [{"op": "frobnicate", "path": "/items"}],
+                {"op": "add"}):  # fmt: skip
+        with pytest.raises(PatchError):
+            json_patch(doc, bad)
+
+
+def test_strategic_merge_patch_merges_named_lists() -> None:
+    pod = {"containers": [{"name": "a", "image": "a:1", "ports": [{"containerPort": 80}],
+                           "env": [{"name": "X", "value": "1"}]}],
+           "finalizers": ["f1"]}  # fmt: skip
+    patched = strategic_merge_patch(pod, {
+        "containers": [{"name": "a", "ports": [{"containerPort": 81}],
+                        "env": [{"name": "X", "value": "2"}, {"name": "Y", "value": "3"}]},
+                       {"name": "b", "image": "b:1"}],
+        "finalizers": ["f2"],
+    })  # fmt: skip
+    assert patched["containers"][0] == {
+        "name": "a", "image": "a:1", "ports": [{"containerPort": 80}, {"containerPort": 81}],
+        "env": [{"name": "X", "value": "2"}, {"name": "Y", "value": "3"}]}  # fmt: skip
+    assert patched["containers"][1] == {"name": "b", "image": "b:1"}
+    assert patched["finalizers"] == ["f1", "f2"]
+    replaced = strategic_merge_patch(pod, {"containers": [{"$patch": "replace"}, {"name": "z"}]})
+    assert replaced["containers"] == [{"name": "z"}]
+    service = {"ports": [{"port": 80, "name": "http"}]}
+    assert strategic_merge_patch(service, {"ports": [{"port": 80, "targetPort": 8000}]}) == {
+        "ports": [{"port": 80, "name": "http", "targetPort": 8000}]}  # fmt: skip
+    assert strategic_merge_patch({"args": ["a"]}, {"args": ["b"]}) == {"args": ["b"]}
+
+
+def test_label_selectors() -> None:
+    def matches(selector: str, labels: dict[str, str]) -> bool:
+        return parse_label_selector(selector)({"metadata": {"labels": labels}})
+
+    assert matches("", {})
+    assert matches("a in (1, 2),b", {"a": "2", "b": "x"})
+    assert not matches("a notin (1,2)", {"a": "1"})
+    assert matches("a notin (1,2)", {})
+    assert matches("a!=1,!c", {"a": "2"})
+    assert not matches("a==1", {"a": "2"})
+    assert matches("vlm-operator.io/service=chat", {"vlm-operator.io/service": "chat"})
+    for bad in ("a in 1", "a b", "=x"):
+        with pytest.raises(SelectorError):
+            parse_label_selector(bad)
+    assert selector_to_string({"matchLabels": {"b": "2", "a": "1"}, "matchExpressions": [
+        {"key": "c", "operator": "In", "values": ["y", "x"]},
+        {"key": "d", "operator": "DoesNotExist"}]}) == "a=1,b=2,c in (x,y),!d"  # fmt: skip
+
+
+def test_field_selectors() -> None:
+    pod = {"metadata": {"name": "p", "namespace": "n"}, "status": {"phase": "Running"}}
+    assert parse_field_selector("metadata.name=p,status.phase==Running")(pod)
+    assert not parse_field_selector("metadata.namespace!=n")(pod)
+    with pytest.raises(SelectorError):
+        parse_field_selector("metadata.name")
+
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "spec": {
+            "type": "object",
+            "default": {},
+            "required": ["port"],
+            "x-kubernetes-validations": [
+                {"rule": "self.min <= self.max", "message": "min must not exceed max",
+                 "fieldPath": ".min"},
+                {"rule": "self.min == oldSelf.min", "message": "min is immutable"},
+            ],
+            "properties": {
+                "min": {"type": "integer", "default": 1, "minimum": 0},
+                "max": {"type": "integer", "default": 5},
+                "port": {"x-kubernetes-int-or-string": True},
+                "ratio": {"type": "number", "minimum": 0, "maximum": 1,
+                          "exclusiveMinimum": True},
+                "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                "free": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                "items": {"type": "array", "maxItems": 2,
+                          "items": {"type": "object", "properties": {"n": {"type": "string"}}}},
+            },
+        },
+    },
+}  # fmt: skip
+
+
+def _causes(obj: dict[str, Any], old: dict[str, Any] | None = None) -> list[tuple[str, str]]:
+    return [(c.field, c.reason) for c in validate(SCHEMA, obj, old)]
+
+
+def test_defaults_pruning_and_validation() -> None:
+    obj: dict[str, Any] = {"apiVersion": "x/v1", "kind": "X", "metadata": {"name": "n"}}
+    apply_defaults(SCHEMA, obj)
+    assert obj["spec"] == {"min": 1, "max": 5}
+    assert _causes(obj) == [("spec.port", "FieldValueRequired")]
+
+    obj["spec"].update(
+        port="http",
+        extra=1,
+        free={"any": {"thing": 1}},
+        items=[{"n": "a", "junk": 2}],
+        labels={"a": "b"},
+    )
+    assert prune(SCHEMA, obj) == ["spec.extra", "spec.items[0].junk"]
+    assert obj["spec"]["free"] == {"any": {"thing": 1}}
+    assert obj["metadata"] == {"name": "n"}
+    assert _causes(obj) == []
+
+    obj["spec"].update(port=True, ratio=0, labels={"a": 1}, items=[{}, {}, {}])
+    assert sorted(_causes(obj)) == [
+        ("spec.items", "FieldValueTooMany"),
+        ("spec.labels.a", "FieldValueTypeInvalid"),
+        ("spec.port", "FieldValueTypeInvalid"),
+        ("spec.ratio", "FieldValueInvalid"),
+    ]
+
+
+def test_cel_rules_and_transition_rules() -> None:
+    obj = {"spec": {"min": 7, "max": 5, "port": 80}}
+    causes = validate(SCHEMA, obj)
+    assert [(c.field, c.reason) for c in causes] == [("spec.min", "FieldValueInvalid")]
+    assert "min must not exceed max" in causes[0].message
+    new = {"spec": {"min": 2, "max": 5, "port": 80}}
+    old = {"spec": {"min": 1, "max": 5, "port": 80}}
+    assert [c.message for c in validate(SCHEMA, new, old)] == [
+        'Invalid value: "object": min is immutable'
+    ]
+    broken = {"type": "object", "x-kubernetes-validations": [{"rule": "self.missing > 1"}]}
+    (error,) = validate(broken, {})
+    assert "evaluating rule: self.missing > 1" in error.message
