@@ -7,8 +7,14 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 EXTRAS ?= test,plot,inspect,model-server
+# Pinned and installed first: an unpinned torch resolves to the newest build
+# with gigabytes of CUDA packages; this one is the CPU build.
+TORCH_SPEC ?= torch==2.13.0
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+OPERATOR_IMAGE     ?= ghcr.io/vlm-operator/vlm-operator:$(VERSION)
+MODEL_SERVER_IMAGE ?= ghcr.io/vlm-operator/model-server:$(VERSION)
 
-.PHONY: help venv system-deps test lint typecheck unit demo crd install-manifest golden bench-gate bench-policy clean
+.PHONY: help venv system-deps test lint typecheck unit demo crd install-manifest golden bench-gate bench-policy image-operator image-model-server clean
 
 help:
 	@echo "make demo   - run the closed loop on the embedded local cluster"
@@ -17,6 +23,7 @@ help:
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet '$(TORCH_SPEC)'
 	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
@@ -27,6 +34,7 @@ system-deps:
 	@missing=""; \
 	command -v prometheus >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	command -v nginx >/dev/null 2>&1 || missing="$$missing nginx"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
@@ -56,6 +64,15 @@ install-manifest: crd
 
 golden: venv
 	$(BIN)/pytest tests/test_render.py --update-golden
+
+# Container images; they need a Docker engine (docker info must answer).
+image-operator:
+	@docker info >/dev/null 2>&1 || { echo "image-operator: no Docker engine answers (docker info); cannot build $(OPERATOR_IMAGE)" >&2; exit 1; }
+	docker build -f docker/operator.Dockerfile -t $(OPERATOR_IMAGE) .
+
+image-model-server:
+	@docker info >/dev/null 2>&1 || { echo "image-model-server: no Docker engine answers (docker info); cannot build $(MODEL_SERVER_IMAGE)" >&2; exit 1; }
+	docker build -f docker/model-server.Dockerfile --build-arg TORCH_SPEC='$(TORCH_SPEC)' -t $(MODEL_SERVER_IMAGE) .
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

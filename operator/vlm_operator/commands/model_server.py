@@ -6,7 +6,8 @@ command says so and exits 2, while ``--help`` keeps working. Every flag also
 comes from the environment (``VLM_MODEL_SERVER_<FLAG>``).
 
 Threads: ``--threads`` is the number of intra-op threads of one generation
-(default: every usable CPU, cgroup quota included). Concurrent requests
+(default: ``OMP_NUM_THREADS``, which the runtime preset sets from the pod's CPU
+request, else every usable CPU, cgroup quota included). Concurrent requests
 (``--max-concurrent``, keep it equal to the gate's maxInFlight) each run with
 that many threads, so under full load ``threads × concurrent`` threads share
 the cores. All cores per request gives the lowest latency when alone, which
@@ -26,7 +27,8 @@ from pathlib import Path
 from vlm_operator.commands._env import add_env_argument, non_negative_int, positive_int
 
 _PREFIX = "VLM_MODEL_SERVER_"
-_EXTRA = ("torch", "transformers", "PIL")
+#: module → distribution of the model-server extra.
+_EXTRA = {"torch": "torch", "transformers": "transformers", "PIL": "pillow"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add(parser, _PREFIX, "--model-id", str, "",
         "model id clients name in requests (default: the directory's name)")  # fmt: skip
     add(parser, _PREFIX, "--threads", non_negative_int, 0,
-        "intra-op threads per generation (0: every usable CPU)")  # fmt: skip
+        "intra-op threads per generation (0: $OMP_NUM_THREADS, else every usable CPU)")  # fmt: skip
     add(parser, _PREFIX, "--max-concurrent", positive_int, 4,
         "generations at once (keep equal to the gate's maxInFlight)")  # fmt: skip
     add(parser, _PREFIX, "--max-image-pixels", positive_int, 4096 * 4096,
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
             f"--model: {model_dir} has no config.json; expected a directory written by "
             "save_pretrained or a hub snapshot"
         )
-    missing = [name for name in _EXTRA if importlib.util.find_spec(name) is None]
+    missing = [dist for module, dist in _EXTRA.items() if importlib.util.find_spec(module) is None]
     if missing:
         raise UsageError(
             f"needs the model-server extra (missing: {', '.join(missing)}); install it with "

@@ -56,7 +56,7 @@ class ServerConfig:
     model_id: str
     host: str = "127.0.0.1"
     port: int = 8080
-    threads: int | None = None  # None: every usable CPU
+    threads: int | None = None  # None: OMP_NUM_THREADS, else every usable CPU
     max_concurrent: int = 4
     max_new_tokens: int = 512
     max_image_pixels: int = 4096 * 4096
@@ -159,9 +159,9 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
 
 
 def _load_engine(config: ServerConfig) -> Engine:
-    from vlm_operator.model_server._engine import Engine, usable_cpus
+    from vlm_operator.model_server._engine import Engine, default_threads
 
-    return Engine.load(config.model_dir, threads=config.threads or usable_cpus())
+    return Engine.load(config.model_dir, threads=config.threads or default_threads())
 
 
 async def _start_loading(app: web.Application) -> None:

@@ -66,6 +66,16 @@ class PreparedInputs:
     prompt_tokens: int
 
 
+def default_threads() -> int:
+    """``OMP_NUM_THREADS`` when set (the runtime preset sets it from the pod's CPU
+    request), else every CPU this process may use."""
+    try:
+        from_env = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        from_env = 0
+    return from_env if from_env > 0 else usable_cpus()
+
+
 def usable_cpus() -> int:
     """CPUs this process may run on: affinity mask, then the cgroup v2 quota."""
     count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
