@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ _PATCH_TYPES = {
     "application/json-patch+json": json_patch,
     "application/strategic-merge-patch+json": strategic_merge_patch,
 }
-_READ_ONLY_SUBRESOURCE_VERBS = {
+_SUBRESOURCE_VERBS = {
     "status": ["get", "patch", "update"],
     "scale": ["get", "patch", "update"],
 }
@@ -309,7 +309,7 @@ class KubeAPIServer:
                     "singularName": "",
                     "namespaced": kind.namespaced,
                     "kind": kind.kind,
-                    "verbs": _READ_ONLY_SUBRESOURCE_VERBS.get(sub, ["get"]),
+                    "verbs": _SUBRESOURCE_VERBS.get(sub, ["get"]),
                 }
                 if sub == "scale":
                     sub_entry.update(group="autoscaling", version="v1", kind="Scale")
@@ -335,7 +335,9 @@ class KubeAPIServer:
         return json.loads(raw)
 
     @staticmethod
-    def _respond(obj: dict[str, Any], warnings: list[str] = (), status: int = 200) -> web.Response:  # type: ignore[assignment]
+    def _respond(
+        obj: dict[str, Any], warnings: Sequence[str] = (), status: int = 200
+    ) -> web.Response:
         headers = {"Warning": ", ".join(f'299 - "{w}"' for w in warnings)} if warnings else None
         return web.json_response(obj, status=status, headers=headers)
 
@@ -451,28 +453,27 @@ class KubeAPIServer:
         )
         return self._respond(obj, warnings, status=201)
 
-    async def _do_update(self, request: web.Request, target: _Target) -> web.StreamResponse:
+    def _write(self, request: web.Request, target: _Target, body: Any) -> web.Response:
+        """The last step of PUT and PATCH: store the new state (of the object or its scale)."""
         assert target.name is not None
-        body = await self._body(request)
+        flags = self._flags(request)
         if target.subresource == "scale":
-            return self._respond(
-                self.store.update_scale(
-                    target.kind,
-                    target.namespace,
-                    target.name,
-                    body,
-                    dry_run=self._flags(request)["dry_run"],
-                )
+            scale = self.store.update_scale(
+                target.kind, target.namespace, target.name, body, dry_run=flags["dry_run"]
             )
+            return self._respond(scale)
         obj, warnings = self.store.update(
             target.kind,
             target.namespace,
             target.name,
             body,
             subresource=target.subresource,
-            **self._flags(request),
+            **flags,
         )
         return self._respond(obj, warnings)
+
+    async def _do_update(self, request: web.Request, target: _Target) -> web.StreamResponse:
+        return self._write(request, target, await self._body(request))
 
     async def _do_patch(self, request: web.Request, target: _Target) -> web.StreamResponse:
         assert target.name is not None
@@ -498,25 +499,7 @@ class KubeAPIServer:
             raise APIError(422, "Invalid", str(error)) from None
         if not isinstance(patched, dict):
             raise errors.bad_request("the patch does not produce an object")
-        if target.subresource == "scale":
-            return self._respond(
-                self.store.update_scale(
-                    target.kind,
-                    target.namespace,
-                    target.name,
-                    patched,
-                    dry_run=self._flags(request)["dry_run"],
-                )
-            )
-        obj, warnings = self.store.update(
-            target.kind,
-            target.namespace,
-            target.name,
-            patched,
-            subresource=target.subresource,
-            **self._flags(request),
-        )
-        return self._respond(obj, warnings)
+        return self._write(request, target, patched)
 
     async def _delete_options(self, request: web.Request) -> dict[str, Any]:
         body = await self._body(request)
