@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -185,6 +186,33 @@ def test_defaults_are_valid_under_their_own_schema() -> None:
             assert errors == [], f"{path}: default {node['default']!r}: {errors[0].message}"
             checked += 1
     assert checked > 30
+
+
+def test_rules_are_cheap_for_the_cost_estimator() -> None:
+    """A rule under a list runs once per item: the list then needs maxItems.
+
+    The API server multiplies a rule's estimated cost by the largest number of
+    times it can run; rules on objects reached through objects only run once.
+    Strings they compare are enums (bounded by maxLength) or only measured
+    with size(), which costs the same at any length.
+    """
+    for path, node in walk(SCHEMA):
+        if node.get(CEL_KEY) and "[items]" in path:
+            parents = [
+                n for p, n in walk(SCHEMA) if path.startswith(p) and n.get("type") == "array"
+            ]
+            assert all("maxItems" in n for n in parents), f"{path}: rule under an unbounded list"
+    compared = 0
+    for _, node in walk(SCHEMA):
+        for rule in node.get(CEL_KEY, []):
+            for dotted in re.findall(r"self((?:\.\w+)+)\s*(?:==|!=)", rule["rule"]):
+                field = node
+                for part in dotted.strip(".").split("."):
+                    field = field["properties"][part]
+                if field.get("type") == "string":
+                    assert "maxLength" in field, f"{rule['rule']}: unbounded string compared"
+                    compared += 1
+    assert compared >= 2  # runtime and missingSignals.action
 
 
 def test_every_rule_compiles_and_says_why() -> None:
