@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -206,3 +207,15 @@ def test_console_script_end_to_end() -> None:
     result = _console((REPO / "manifests" / "fake-demo.yaml").read_text())
     assert result.returncode == 0, result.stderr
     assert result.stdout == (REPO / "tests" / "golden" / "fake-demo.yaml").read_text()
+
+
+def test_output_is_utf8_whatever_the_locale() -> None:
+    env = {**os.environ, "PYTHONIOENCODING": "latin-1", "LC_ALL": "C"}
+    result = subprocess.run(
+        [sys.executable, "-m", "vlm_operator", "crd"],
+        capture_output=True,
+        timeout=60,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout == (REPO / "crds" / "vlmservice.yaml").read_bytes()

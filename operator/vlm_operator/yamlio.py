@@ -9,12 +9,13 @@ This module is pure: it imports PyYAML and nothing from Kubernetes.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TextIO
 
 import yaml
 
-__all__ = ["YAMLError", "dump_documents", "load_documents"]
+__all__ = ["YAMLError", "dump_documents", "load_documents", "write_utf8"]
 
 
 class YAMLError(ValueError):
@@ -42,3 +43,15 @@ def load_documents(text: str) -> list[Any]:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise YAMLError(f"not valid YAML{where}: {problem}") from None
+
+
+def write_utf8(text: str, stream: TextIO | None = None) -> None:
+    """Write generated YAML as UTF-8 whatever the locale says (descriptions use α)."""
+    stream = stream if stream is not None else sys.stdout
+    buffer = getattr(stream, "buffer", None)
+    if buffer is None:
+        stream.write(text)
+        return
+    stream.flush()
+    buffer.write(text.encode("utf-8"))
+    buffer.flush()

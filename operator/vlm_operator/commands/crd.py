@@ -7,9 +7,9 @@ the operator parses. ``make crd`` writes it to ``crds/vlmservice.yaml``.
 from __future__ import annotations
 
 import argparse
-import sys
 
 from vlm_operator.crd import crd_yaml
+from vlm_operator.yamlio import write_utf8
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -17,5 +17,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    sys.stdout.write(crd_yaml())
+    write_utf8(crd_yaml())
     return 0

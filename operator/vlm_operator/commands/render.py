@@ -16,7 +16,7 @@ from pathlib import Path
 from vlm_operator.cli import UsageError
 from vlm_operator.render import DEFAULT_OPERATOR_IMAGE, render_children
 from vlm_operator.validation import InvalidManifest, load_services, spec_warnings
-from vlm_operator.yamlio import dump_documents
+from vlm_operator.yamlio import dump_documents, write_utf8
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         documents += render_children(
             service.name, namespace, service.spec, operator_image=args.operator_image
         )
-    sys.stdout.write(dump_documents(documents))
+    write_utf8(dump_documents(documents))
     return 0
 
 
