@@ -15,7 +15,7 @@ import asyncio
 import concurrent.futures
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,7 +74,7 @@ class ThreadedKubeAPI:
 @contextmanager
 def run_in_thread(
     *,
-    crds: Iterator[str | Path] | list[str | Path] | tuple[str | Path, ...] = (),
+    crds: Iterable[str | Path] = (),
     kubeconfig: str | Path | None = None,
     host: str = "127.0.0.1",
     port: int = 0,

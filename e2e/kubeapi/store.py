@@ -466,17 +466,17 @@ class Store:
             metadata["generation"] = metadata["generation"] + 1
         if _without_rv(new) == _without_rv(old) or dry_run:
             return self.serve(kind, new if dry_run else old), warnings
-        metadata["resourceVersion"] = self._next_rv()
         self._bucket(kind)[(namespace or "", name)] = new
+        if "deletionTimestamp" in metadata and not metadata.get("finalizers"):
+            # The last finalizer is gone: the object goes away with this write (one DELETED
+            # event carrying the final state, as a real API server sends).
+            cascade = metadata["uid"] not in self._orphaning
+            self._remove((kind.group, kind.plural), new, cascade=cascade)
+            return self.serve(kind, new), warnings
+        metadata["resourceVersion"] = self._next_rv()
         if (kind.group, kind.plural) == _CRD_KEY:
             self._register_crd(new)
         self._emit((kind.group, kind.plural), "MODIFIED", new, old)
-        if "deletionTimestamp" in metadata and not metadata.get("finalizers"):
-            self._remove(
-                (kind.group, kind.plural),
-                new,
-                cascade=new["metadata"]["uid"] not in self._orphaning,
-            )
         return self.serve(kind, new), warnings
 
     # -- scale ------------------------------------------------------------------------------

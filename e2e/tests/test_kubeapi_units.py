@@ -6,7 +6,9 @@ from typing import Any
 
 import pytest
 
+from e2e.kubeapi import RecordedRequest
 from e2e.kubeapi.patch import PatchError, json_patch, merge_patch, strategic_merge_patch
+from e2e.kubeapi.rbac import missing_permissions, unused_permissions, used_permissions
 from e2e.kubeapi.schema import apply_defaults, prune, validate
 from e2e.kubeapi.selectors import (
     SelectorError,
@@ -167,3 +169,25 @@ def test_cel_rules_and_transition_rules() -> None:
     broken = {"type": "object", "x-kubernetes-validations": [{"rule": "self.missing > 1"}]}
     (error,) = validate(broken, {})
     assert "evaluating rule: self.missing > 1" in error.message
+
+
+def test_rbac_comparison() -> None:
+    requests = [
+        RecordedRequest("patch", "apps", "v1", "deployments", "scale", "ns", "web"),
+        RecordedRequest("list", "", "v1", "pods", "", "ns", None),
+        RecordedRequest("get", "", "v1", "configmaps", "", "ns", "settings"),
+        RecordedRequest("get", "", "v1", "configmaps", "", "ns", "other"),
+    ]
+    rules = [
+        {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["patch", "get"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["*"]},
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get"],
+         "resourceNames": ["settings"]},
+    ]  # fmt: skip
+    assert used_permissions(requests) == {
+        ("apps", "deployments/scale", "patch"),
+        ("", "pods", "list"),
+        ("", "configmaps", "get"),
+    }
+    assert missing_permissions(requests, rules) == {("", "configmaps", "get")}  # "other"
+    assert unused_permissions(requests, rules) == {("apps", "deployments/scale", "get")}
