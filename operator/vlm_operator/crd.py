@@ -288,7 +288,10 @@ def _factory_default(owner: type[BaseModel], alias: str) -> Any:
     value = field.default_factory()  # type: ignore[call-arg]
     if isinstance(value, BaseModel):
         dumped = value.model_dump(by_alias=True, exclude_none=True, mode="json")
-        plain = type(value)().model_dump(by_alias=True, exclude_none=True, mode="json")
+        try:
+            plain = type(value)().model_dump(by_alias=True, exclude_none=True, mode="json")
+        except ValueError:  # the model has required fields: only the full value will do
+            return dumped
         return {} if dumped == plain else dumped
     if value in ({}, []):
         return None
