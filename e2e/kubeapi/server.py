@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from .resources import ResourceKind
 from .selectors import SelectorError, parse_field_selector, parse_label_selector
 from .store import Store, Watch
 
+_log = logging.getLogger(__name__)
 _PATCH_TYPES = {
     "application/merge-patch+json": merge_patch,
     "application/json-patch+json": json_patch,
@@ -155,6 +157,10 @@ class KubeAPIServer:
             return web.json_response(
                 errors.bad_request(f"invalid JSON body: {error}").status(), status=400
             )
+        except Exception as error:  # a bug here must answer 500, never take the server down
+            _log.exception("internal error serving %s %s", request.method, request.path)
+            failure = APIError(500, "InternalError", f"internal error: {error!r}")
+            return web.json_response(failure.status(), status=500)
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         parts = [part for part in request.path.split("/") if part]
@@ -388,6 +394,10 @@ class KubeAPIServer:
             raise errors.bad_request(f"invalid resourceVersion {since_text!r}") from None
         bookmarks = request.query.get("allowWatchBookmarks") in ("true", "1")
         timeout_text = request.query.get("timeoutSeconds")
+        try:
+            timeout = float(timeout_text) if timeout_text else None
+        except ValueError:
+            raise errors.bad_request(f"invalid timeoutSeconds {timeout_text!r}") from None
         watch = Watch((target.kind.group, target.kind.plural), target.namespace, labels, fields)
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(request)
@@ -398,7 +408,7 @@ class KubeAPIServer:
             await _write_event(response, "ERROR", error.status())
             return response
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + float(timeout_text) if timeout_text else None
+        deadline = None if timeout is None else loop.time() + timeout
         try:
             if send_initial:
                 await self._drain(response, watch, target.kind)

@@ -89,6 +89,37 @@ class Watch:
         self.queue.put_nowait((kind, event.obj))
 
 
+_METADATA_TYPES: dict[str, type] = {
+    "name": str, "generateName": str, "namespace": str, "resourceVersion": str, "uid": str,
+    "labels": dict, "annotations": dict, "finalizers": list, "ownerReferences": list,
+}  # fmt: skip
+_OWNER_FIELDS = ("apiVersion", "kind", "name", "uid")
+
+
+def _check_metadata_types(metadata: Any) -> dict[str, Any]:
+    """Reject what a real server cannot even decode into ObjectMeta (400, not 422)."""
+    if not isinstance(metadata, dict):
+        raise errors.bad_request("metadata must be an object")
+    for field_name, expected in _METADATA_TYPES.items():
+        value = metadata.get(field_name)
+        if value is not None and not isinstance(value, expected):
+            raise errors.bad_request(
+                f"metadata.{field_name}: expected {expected.__name__}, got {type(value).__name__}"
+            )
+    for field_name in ("labels", "annotations"):
+        for key, value in (metadata.get(field_name) or {}).items():
+            if not isinstance(value, str):
+                raise errors.bad_request(f"metadata.{field_name}.{key}: expected a string")
+    if not all(isinstance(item, str) for item in metadata.get("finalizers") or []):
+        raise errors.bad_request("metadata.finalizers: expected a list of strings")
+    for ref in metadata.get("ownerReferences") or []:
+        if not isinstance(ref, dict) or not all(isinstance(ref.get(f), str) for f in _OWNER_FIELDS):
+            raise errors.bad_request(
+                "metadata.ownerReferences: each needs apiVersion, kind, name and uid strings"
+            )
+    return metadata
+
+
 def _path_parts(path: str) -> list[str]:
     return [part for part in path.strip(".").split(".") if part]
 
@@ -263,15 +294,6 @@ class Store:
                         "at most 63 characters",
                     }
                 )
-        for key, value in (metadata.get("annotations") or {}).items():
-            if not isinstance(value, str):
-                causes.append(
-                    {
-                        "reason": "FieldValueTypeInvalid",
-                        "field": f"metadata.annotations.{key}",
-                        "message": "Invalid value: must be a string",
-                    }
-                )
         return causes
 
     def _admit(
@@ -326,9 +348,7 @@ class Store:
         if not isinstance(body, dict):
             raise errors.bad_request("the request body must be a JSON object")
         obj = copy.deepcopy(body)
-        metadata = obj.setdefault("metadata", {})
-        if not isinstance(metadata, dict):
-            raise errors.bad_request("metadata must be an object")
+        metadata = _check_metadata_types(obj.setdefault("metadata", {}))
         if obj.get("kind") not in (None, kind.kind) or obj.get("apiVersion") not in (
             None,
             kind.api_version,
@@ -405,6 +425,7 @@ class Store:
         """PUT semantics (also the last step of every PATCH)."""
         if not isinstance(body, dict) or not isinstance(body.get("metadata", {}), dict):
             raise errors.bad_request("the request body must be a JSON object with metadata")
+        _check_metadata_types(body.get("metadata", {}))
         old = self._stored(kind, namespace, name)
         body_name = body.get("metadata", {}).get("name")
         if body_name not in (None, name):

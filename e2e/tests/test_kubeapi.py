@@ -251,6 +251,19 @@ def test_raw_http_errors(api: ThreadedKubeAPI) -> None:
         )
         assert mismatch.status_code == 400
         assert http.get("/healthz").text == "ok"
+        # Bodies a real server cannot decode into ObjectMeta are answered 400, never 500.
+        for metadata in ({"name": "a", "labels": ["x"]}, {"name": "a", "labels": {"k": 1}},
+                         {"name": "a", "finalizers": "x"}, {"name": "a", "ownerReferences": [1]},
+                         {"name": 5}, "x"):  # fmt: skip
+            response = http.post(
+                "/api/v1/namespaces/default/configmaps", json={"metadata": metadata}
+            )
+            assert (response.status_code, response.json()["reason"]) == (400, "BadRequest")
+        for params in ({"watch": "true", "timeoutSeconds": "soon"},
+                       {"watch": "true", "resourceVersion": "latest"},
+                       {"labelSelector": "a in (b"}):  # fmt: skip
+            response = http.get("/api/v1/namespaces/default/configmaps", params=params)
+            assert response.status_code == 400
 
 
 # -- patches --------------------------------------------------------------------------------
