@@ -464,6 +464,59 @@ async def test_health_is_503_until_the_model_is_loaded(tiny_model_dir: Path) -> 
         assert (await response.json())["usage"]["completion_tokens"] <= 4
 
 
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+async def test_a_client_that_goes_away_stops_its_generation(
+    tiny_model_dir: Path, tmp_path: Path, stream: bool
+) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+    from vlm_operator.model_server import ServerConfig, create_app
+    from vlm_operator.model_server._engine import Completion, Engine
+
+    # A copy of the model that never ends its turn early: each generation would
+    # run its full 1000 tokens (seconds) unless it is cancelled.
+    model_dir = tmp_path / "long-winded"
+    shutil.copytree(tiny_model_dir, model_dir)
+    eos = json.loads((model_dir / "generation_config.json").read_text())["eos_token_id"]
+    (model_dir / "generation_config.json").write_text(
+        json.dumps({"eos_token_id": eos, "min_new_tokens": 1000})
+    )
+    finished: list[Completion] = []
+
+    class RecordingEngine(Engine):
+        def generate(self, *args: Any, **kwargs: Any) -> Completion:
+            completion = super().generate(*args, **kwargs)
+            finished.append(completion)
+            return completion
+
+    config = ServerConfig(model_dir=model_dir, model_id=MODEL_ID, max_new_tokens=1000)
+    app = create_app(config, load=lambda: RecordingEngine.load(model_dir, threads=1))
+    # As serve() runs it: a disconnect cancels the handler.
+    async with TestClient(TestServer(app, handler_cancellation=True)) as client:
+        deadline = time.monotonic() + 30
+        while (await client.get("/health")).status != 200:
+            assert time.monotonic() < deadline, "model did not load"
+            await asyncio.sleep(0.05)
+        request = _chat(None, max_tokens=1000, temperature=0, stream=stream)
+        if stream:
+            response = await client.post("/v1/chat/completions", json=request)
+            assert response.status == 200
+            assert (await response.content.readline()).startswith(b"data: ")
+            response.close()  # drop the connection mid-stream
+        else:
+            with pytest.raises(TimeoutError):
+                await client.post(
+                    "/v1/chat/completions",
+                    json=request,
+                    timeout=aiohttp.ClientTimeout(total=0.5),
+                )
+        deadline = time.monotonic() + 20
+        while not finished:
+            assert time.monotonic() < deadline, "the generation did not stop"
+            await asyncio.sleep(0.05)
+    assert finished[0].finish_reason == "cancelled"
+    assert finished[0].completion_tokens < 1000
+
+
 def test_a_model_that_fails_to_load_ends_the_process(tmp_path: Path) -> None:
     broken = tmp_path / "broken"
     broken.mkdir()
