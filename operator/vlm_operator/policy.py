@@ -51,6 +51,12 @@ Direction = Literal["up", "down", "hold"]
 
 #: Entries kept per history in the state; bounds the status object's size.
 MAX_HISTORY = 48
+#: Queue tolerated before a pod is added, in pods' worth of requests.
+UP_TOLERANCE = 0.25
+#: Spare capacity a scale-down must leave, in pods' worth of requests.
+DOWN_SPARE = 0.25
+#: Answers in the rate window below which the P95 guard does not act.
+GUARD_MIN_ANSWERS = 20
 _STATE_VERSION = 1
 # Demand a hair over a multiple of the per-pod target (floating-point noise of
 # rates and averages) must not buy a whole extra pod.
@@ -177,6 +183,29 @@ def _pods_for(demand: float, per_pod: float) -> int:
     return max(0, math.ceil(demand / per_pod - _EPS))
 
 
+def _record(
+    samples: tuple[tuple[float, float], ...], now: float, value: float, history: float
+) -> tuple[tuple[float, float], ...]:
+    """Add a demand sample; keep ``history`` seconds in at most MAX_HISTORY entries.
+
+    Samples closer together than history / MAX_HISTORY are merged (averaged),
+    so a fast loop still covers the whole window.
+    """
+    kept = [(t, d) for t, d in samples if now - history < t <= now]
+    spacing = history / MAX_HISTORY
+    if kept and now - kept[-1][0] < spacing and len(kept) > 1:
+        t_last, d_last = kept[-1]
+        kept[-1] = (t_last, (d_last + value) / 2)
+    else:
+        kept.append((now, value))
+    return tuple(kept[-MAX_HISTORY:])
+
+
+def _mean(samples: tuple[tuple[float, float], ...], now: float, window: float) -> float | None:
+    values = [d for t, d in samples if now - window < t <= now]
+    return sum(values) / len(values) if values else None
+
+
 def _push_max(
     queue: tuple[tuple[float, int], ...], now: float, value: int, window: float
 ) -> tuple[tuple[float, int], ...]:
@@ -253,6 +282,7 @@ def recommend(
     up_window = float(auto.scale_up.stabilization_window_seconds)
     down_window = float(auto.scale_down.stabilization_window_seconds)
     burst_window = float(auto.scale_up.burst_window_seconds)
+    window = float(spec.metrics.window_seconds)
 
     # --- which signals can be trusted --------------------------------------
     problems: list[str] = []
@@ -284,10 +314,12 @@ def recommend(
     demand_complete = running is not None and waiting is not None
 
     # --- state upkeep -------------------------------------------------------
-    recent = tuple((t, d) for t, d in state.demand if now - burst_window < t <= now)
-    if demand is not None:
-        recent = (*recent, (now, demand))
-    recent = recent[-MAX_HISTORY:]
+    history = max(down_window, burst_window) + window  # covers the down window
+    samples = (
+        _record(state.demand, now, demand, history)
+        if demand is not None
+        else tuple((t, d) for t, d in state.demand if now - history < t <= now)
+    )
     settled_at = state.settled_at
     if settled_at is not None and settled_at > now:
         settled_at = None  # the clock moved back: forget
@@ -305,25 +337,37 @@ def recommend(
         limited = f"{pods.stuck} pods Pending > {auto.pending_timeout_seconds}s"
 
     # --- recommendations ----------------------------------------------------
-    need = _pods_for(demand, per_pod) if demand is not None else None
-    keep = _pods_for(demand + per_pod / 2, per_pod) if demand is not None else None
-    burst_need = _pods_for(max(d for _, d in recent), per_pod) if recent else None
-    burst = burst_need is not None and burst_need >= 2 * max(pods.ready, 1) and burst_need > 0
+    # Up: the mean demand of the rate window, tolerating a quarter of a pod's
+    # worth of queue before paying for a whole pod (the gate absorbs that).
+    short_mean = _mean(samples, now, window)
+    need = (
+        _pods_for(short_mean - UP_TOLERANCE * per_pod, per_pod) if short_mean is not None else None
+    )
+    # Down: the pods the demand fits in with a quarter pod to spare; the
+    # scale-down goes to the highest of these over the stabilization window.
+    keep = _pods_for(short_mean + DOWN_SPARE * per_pod, per_pod) if short_mean is not None else None
+    # Burst: the latest demand needs twice the ready pods and a whole pod more
+    # than is on its way: go there at once.
+    burst_need = _pods_for(demand, per_pod) if demand is not None else None
+    burst = (
+        demand is not None
+        and burst_need is not None
+        and demand >= 2 * max(pods.ready, 1) * per_pod - _EPS
+        and demand >= (capacity + 1) * per_pod - _EPS
+    )
 
     p95_target = auto.p95_latency_target_seconds
-    slow = p95 is not None and p95 > p95_target
-    window = float(spec.metrics.window_seconds)
-    guard_ready = on_way == 0 and (settled_at is None or now - settled_at >= window)
+    # A P95 of fewer than GUARD_MIN_ANSWERS answers is little more than the
+    # slowest one: too noisy to buy a pod on.
+    answers = (arrival or 0.0) * window
+    slow = p95 is not None and p95 > p95_target and answers >= GUARD_MIN_ANSWERS
+    # Answers in the P95 window were sent up to ~the target earlier: only after
+    # window + target seconds without a pod starting does P95 show the new pods.
+    guard_ready = on_way == 0 and (settled_at is None or now - settled_at >= window + p95_target)
 
     up_queue = state.up
-    down_queue = state.down
     if need is not None:
         up_queue = _push_min(state.up, now, need, up_window) if up_window > 0 else ()
-    if keep is not None and demand_complete and signals_ok:
-        down_queue = _push_max(state.down, now, keep, down_window)
-    else:
-        down_queue = tuple((t, n) for t, n in state.down if now - down_window < t <= now)
-
     target = current
     why = "steady"
     may_go_down = signals_ok and not slow and not burst
@@ -352,7 +396,18 @@ def recommend(
                 up_to = current + step
                 why += f", step limit +{step}"
         target = up_to
-    elif may_go_down and down_queue:
+
+    # This tick's recommendation enters the scale-down window: the pods the
+    # demand needs with spare, or what this tick scaled up to.
+    if keep is not None and demand_complete and signals_ok:
+        recommended = max(keep, demanded if demanded > current else 0)
+        down_queue = _push_max(state.down, now, recommended, down_window)
+    else:
+        down_queue = tuple((t, n) for t, n in state.down if now - down_window < t <= now)
+    # The window must be fully observed (not just after a start or a gap).
+    covered = bool(samples) and now - samples[0][0] >= down_window - _EPS
+
+    if target <= current and may_go_down and down_queue and covered and on_way == 0:
         highest = max(n for _, n in down_queue)
         if highest < current:
             step = min(
@@ -397,7 +452,7 @@ def recommend(
     new_state = PolicyState(
         down=down_queue,
         up=up_queue,
-        demand=recent,
+        demand=samples,
         settled_at=now if target > current else settled_at,
     )
     return _decision(target, current, reason, new_state, signals_ok=signals_ok, limited=limited)

@@ -1,0 +1,409 @@
+"""Autoscalers to compare: ours and the anchors, behind one small protocol.
+
+Each anchor is modelled from its published formula and defaults (DESIGN.md,
+"Scaling facts from the anchors"), not from its code, and brings the request
+path its deployment implies:
+
+============  ==========================================  =====================================
+name          decision                                    request path (per pod)
+============  ==========================================  =====================================
+ours          :func:`vlm_operator.policy.recommend`,      our gate: maxInFlight, queueSize,
+              every syncPeriodSeconds, 5 s scrapes        queueTimeoutSeconds, 429 when full
+static        N replicas, never changes (the measured     no gate: every request goes into
+              single-pod setup when N = 1)                the model at once
+hpa-cpu       ⌈ready × cpu / 80 %⌉ if off by > 10 %;      no gate (a plain model server)
+              15 s sync, 300 s down-stabilization,
+              up ≤ max(4 pods, 100 %) per 15 s
+hpa-inflight  HPA on in-flight per pod (the gate's        our gate
+              running gauge), target 0.75 × maxInFlight
+keda          KEDA Prometheus scaler: ⌈value / threshold⌉ our gate
+              via the HPA, value = running + waiting,
+              threshold = maxInFlight, 30 s polling,
+              an empty result read as 0
+kpa           Knative KPA: target 0.7 × CC, 60 s stable   queue-proxy: CC in flight, queue of
+              / 6 s panic windows, panic at desired /     10 × CC, 503 when full, no queue
+              ready ≥ 2, down at most halves, 2 s tick    deadline
+ray           Ray Serve: ⌈ongoing / target_ongoing⌉       max_ongoing_requests = maxInFlight,
+              (target 2, Ray's default), 30 s look-back,  unbounded queue at the proxy
+              30 s upscale / 600 s downscale delays
+============  ==========================================  =====================================
+
+CPU utilization of a CPU model pod is ~100 % at any nonzero load (the model
+takes every core for one request as for four), so the simulator reports a
+pod's busy fraction as its CPU: HPA-on-CPU sees 100 % whenever there is any
+traffic and climbs towards maxReplicas.
+
+This module is pure: it imports neither ``kubernetes``, ``kopf`` nor ``httpx``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from vlm_operator.models import VLMServiceSpec
+from vlm_operator.policy import PodCounts, PolicyState, Signals, recommend
+
+__all__ = [
+    "AUTOSCALERS",
+    "HPACPU",
+    "Autoscaler",
+    "GateBehaviour",
+    "HPAInFlight",
+    "KEDAPrometheus",
+    "KnativeKPA",
+    "Observation",
+    "Ours",
+    "RayServe",
+    "Static",
+    "hpa_desired",
+    "make_autoscaler",
+]
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What an autoscaler sees at one tick: the last scrape and the pod counts."""
+
+    now: float
+    running: float | None  # requests inside the models, summed over pods
+    waiting: float | None  # requests queued in the gates (or proxies)
+    p95_seconds: float | None  # fleet P95 over the rate window
+    arrival_rate: float | None  # finished requests per second over the window
+    error_rate: float | None  # fraction of them that failed
+    cpu_utilization: float | None  # mean busy fraction of the ready pods (0..1)
+    age_seconds: float  # age of the scrape
+    current: int  # replicas asked for
+    ready: int
+    starting: int
+    stuck: int = 0
+    error: str | None = None  # the metrics source failed; values are None
+
+
+@dataclass(frozen=True)
+class GateBehaviour:
+    """The per-pod request path an autoscaler's deployment implies."""
+
+    max_in_flight: int | None  # None: no gate, every request enters the model
+    queue_size: int | None  # None: unbounded queue
+    queue_timeout_seconds: float | None  # None: wait until the client gives up
+    full_status: int = 429  # answer when the queue is full
+    retry_after_seconds: float | None = 1.0
+
+
+class Autoscaler(Protocol):
+    """One autoscaler under simulation: stateful, deterministic."""
+
+    name: str
+    period_seconds: float  # how often :meth:`decide` runs
+    scrape_interval_seconds: float  # how fresh its signals are
+    gate: GateBehaviour
+    initial_replicas: int
+
+    def decide(self, obs: Observation) -> int:
+        """Replicas wanted now."""
+        ...
+
+
+def _our_gate(spec: VLMServiceSpec) -> GateBehaviour:
+    c = spec.concurrency
+    return GateBehaviour(c.max_in_flight, c.queue_size, c.queue_timeout_seconds, 429, 1.0)
+
+
+_NO_GATE = GateBehaviour(None, None, None, 503, None)
+
+
+def _clamp(n: int, spec: VLMServiceSpec) -> int:
+    a = spec.autoscaling
+    return min(max(n, a.min_replicas), a.max_replicas)
+
+
+# ----------------------------------------------------------------------------- ours
+
+
+class Ours:
+    """Our policy, :func:`vlm_operator.policy.recommend`, with its state."""
+
+    def __init__(self, spec: VLMServiceSpec, *, scrape_interval_seconds: float = 5.0) -> None:
+        self.name = "ours"
+        self.spec = spec
+        self.period_seconds = spec.autoscaling.sync_period_seconds
+        self.scrape_interval_seconds = scrape_interval_seconds
+        self.gate = _our_gate(spec)
+        self.initial_replicas = max(spec.autoscaling.min_replicas, 1)
+        self.state = PolicyState()
+        self.last_reason = ""
+
+    def decide(self, obs: Observation) -> int:
+        signals = Signals(
+            running=obs.running,
+            waiting=obs.waiting,
+            p95_seconds=obs.p95_seconds,
+            arrival_rate=obs.arrival_rate,
+            error_rate=obs.error_rate,
+            age_seconds=obs.age_seconds,
+            error=obs.error,
+        )
+        pods = PodCounts(obs.current, obs.ready, obs.starting, obs.stuck)
+        decision = recommend(self.state, signals, pods, self.spec, obs.now)
+        self.state = decision.state
+        self.last_reason = decision.reason
+        return decision.replicas
+
+
+# --------------------------------------------------------------------------- static
+
+
+class Static:
+    """A fixed number of replicas with no gate: the measured setup when N = 1."""
+
+    def __init__(self, spec: VLMServiceSpec, *, replicas: int | None = None) -> None:
+        n = replicas if replicas is not None else (spec.replicas or 1)
+        self.name = f"static-{n}"
+        self.period_seconds = 60.0
+        self.scrape_interval_seconds = 60.0
+        self.gate = _NO_GATE
+        self.initial_replicas = n
+
+    def decide(self, obs: Observation) -> int:
+        return self.initial_replicas
+
+
+# ------------------------------------------------------------------------------ HPA
+
+
+def hpa_desired(current: int, ratio: float, *, tolerance: float = 0.1) -> int:
+    """The HPA's core formula: ⌈current × ratio⌉ unless the ratio is within tolerance."""
+    if abs(ratio - 1.0) <= tolerance:
+        return current
+    return math.ceil(current * ratio - 1e-9)
+
+
+class _HPA:
+    """The HPA's loop around a recommendation: down-stabilization and up limits."""
+
+    def __init__(
+        self,
+        spec: VLMServiceSpec,
+        *,
+        name: str,
+        gate: GateBehaviour,
+        period: float = 15.0,
+        scrape: float = 15.0,
+        down_window: float = 300.0,
+    ) -> None:
+        self.name = name
+        self.spec = spec
+        self.period_seconds = period
+        self.scrape_interval_seconds = scrape
+        self.gate = gate
+        self.initial_replicas = max(spec.autoscaling.min_replicas, 1)
+        self.down_window = down_window
+        self._recent: deque[tuple[float, int]] = deque()
+
+    def recommendation(self, obs: Observation) -> int | None:
+        raise NotImplementedError
+
+    def decide(self, obs: Observation) -> int:
+        rec = self.recommendation(obs)
+        current = obs.current
+        if rec is None:  # no metric: the HPA keeps the current scale
+            return current
+        self._recent.append((obs.now, rec))
+        while self._recent and self._recent[0][0] <= obs.now - self.down_window:
+            self._recent.popleft()
+        if rec < current:
+            # Scale-down stabilization: the highest recommendation of the window.
+            rec = min(current, max(n for _, n in self._recent))
+        elif rec > current:
+            # Default scale-up policies: 100 % or 4 pods per 15 s, the larger.
+            rec = min(rec, current + max(4, current))
+        return _clamp(rec, self.spec)
+
+
+class HPACPU(_HPA):
+    """HPA on CPU utilization, target 80 %, over the ready pods."""
+
+    def __init__(self, spec: VLMServiceSpec, *, target: float = 0.8) -> None:
+        super().__init__(spec, name="hpa-cpu", gate=_NO_GATE)
+        self.target = target
+
+    def recommendation(self, obs: Observation) -> int | None:
+        if obs.cpu_utilization is None or obs.ready == 0:
+            return None
+        ratio = obs.cpu_utilization / self.target
+        if abs(ratio - 1.0) <= 0.1:
+            return obs.current
+        # Pods not ready yet count as 0 % when scaling up (the HPA's rule), so
+        # the desired count is ⌈ready × utilization / target⌉.
+        return hpa_desired(obs.ready, ratio)
+
+
+class HPAInFlight(_HPA):
+    """HPA on an external metric: in-flight per ready pod, target 0.75 × maxInFlight."""
+
+    def __init__(self, spec: VLMServiceSpec, *, target: float | None = None) -> None:
+        super().__init__(spec, name="hpa-inflight", gate=_our_gate(spec))
+        self.target = target if target is not None else 0.75 * spec.concurrency.max_in_flight
+
+    def recommendation(self, obs: Observation) -> int | None:
+        if obs.running is None or obs.ready == 0:
+            return None
+        return hpa_desired(obs.ready, obs.running / obs.ready / self.target)
+
+
+class KEDAPrometheus(_HPA):
+    """KEDA's Prometheus scaler feeding an HPA: ⌈value / threshold⌉, empty read as 0."""
+
+    def __init__(self, spec: VLMServiceSpec, *, threshold: float | None = None) -> None:
+        super().__init__(spec, name="keda", gate=_our_gate(spec), period=15.0, scrape=30.0)
+        self.threshold = threshold if threshold is not None else spec.concurrency.max_in_flight
+
+    def recommendation(self, obs: Observation) -> int | None:
+        # keda#3065: an empty or failed query is read as 0, not as "no signal".
+        value = (obs.running or 0.0) + (obs.waiting or 0.0)
+        current = max(obs.current, 1)
+        # The HPA's tolerance on an AverageValue target: skip changes within 10 %.
+        if abs(value / (self.threshold * current) - 1.0) <= 0.1:
+            return obs.current
+        desired = math.ceil(value / self.threshold - 1e-9)
+        return desired
+
+
+# ------------------------------------------------------------------------------ KPA
+
+
+class KnativeKPA:
+    """Knative's KPA: stable and panic windows over observed concurrency."""
+
+    def __init__(
+        self,
+        spec: VLMServiceSpec,
+        *,
+        stable_window: float = 60.0,
+        panic_window: float = 6.0,
+        target_fraction: float = 0.7,
+        tick: float = 2.0,
+    ) -> None:
+        cc = spec.concurrency.max_in_flight
+        self.name = "kpa"
+        self.spec = spec
+        self.period_seconds = tick
+        self.scrape_interval_seconds = 1.0
+        self.gate = GateBehaviour(cc, 10 * cc, None, 503, None)
+        self.initial_replicas = max(spec.autoscaling.min_replicas, 1)
+        self.target = target_fraction * cc
+        self.stable_window = stable_window
+        self.panic_window = panic_window
+        self._samples: deque[tuple[float, float]] = deque()
+        self._panic_until: float | None = None
+        self._panic_max = 0
+
+    def decide(self, obs: Observation) -> int:
+        if obs.running is None or obs.waiting is None:
+            return obs.current
+        now = obs.now
+        self._samples.append((now, obs.running + obs.waiting))
+        while self._samples and self._samples[0][0] <= now - self.stable_window:
+            self._samples.popleft()
+        stable = [c for _, c in self._samples]
+        panic = [c for t, c in self._samples if t > now - self.panic_window]
+        desired_stable = math.ceil(sum(stable) / len(stable) / self.target - 1e-9)
+        desired_panic = math.ceil(sum(panic) / len(panic) / self.target - 1e-9)
+        ready = max(obs.ready, 1)
+        if desired_panic / ready >= 2.0:
+            self._panic_until = now + self.stable_window
+        if self._panic_until is not None and now < self._panic_until:
+            # Panicking: only up, to the panic window's demand.
+            self._panic_max = max(self._panic_max, desired_panic, obs.current)
+            return _clamp(self._panic_max, self.spec)
+        self._panic_until = None
+        self._panic_max = 0
+        # Scale-down at most halves per decision (max scale-down rate 2).
+        desired = max(desired_stable, math.ceil(obs.ready / 2))
+        return _clamp(desired, self.spec)
+
+
+# ------------------------------------------------------------------------------ Ray
+
+
+class RayServe:
+    """Ray Serve's autoscaler: ongoing requests per replica with delays."""
+
+    def __init__(
+        self,
+        spec: VLMServiceSpec,
+        *,
+        target_ongoing_requests: float = 2.0,
+        look_back: float = 30.0,
+        upscale_delay: float = 30.0,
+        downscale_delay: float = 600.0,
+        period: float = 5.0,
+    ) -> None:
+        self.name = "ray"
+        self.spec = spec
+        self.period_seconds = period
+        self.scrape_interval_seconds = 5.0
+        self.gate = GateBehaviour(spec.concurrency.max_in_flight, None, None, 503, None)
+        self.initial_replicas = max(spec.autoscaling.min_replicas, 1)
+        self.target = target_ongoing_requests
+        self.look_back = look_back
+        self.upscale_delay = upscale_delay
+        self.downscale_delay = downscale_delay
+        self._samples: deque[tuple[float, float]] = deque()
+        self._up_since: float | None = None
+        self._down_since: float | None = None
+
+    def decide(self, obs: Observation) -> int:
+        if obs.running is None or obs.waiting is None:
+            return obs.current
+        now = obs.now
+        self._samples.append((now, obs.running + obs.waiting))
+        while self._samples and self._samples[0][0] <= now - self.look_back:
+            self._samples.popleft()
+        ongoing = sum(c for _, c in self._samples) / len(self._samples)
+        desired = _clamp(math.ceil(ongoing / self.target - 1e-9), self.spec)
+        current = obs.current
+        if desired > current:
+            self._down_since = None
+            self._up_since = now if self._up_since is None else self._up_since
+            if now - self._up_since >= self.upscale_delay:
+                self._up_since = None
+                return desired
+        elif desired < current:
+            self._up_since = None
+            self._down_since = now if self._down_since is None else self._down_since
+            if now - self._down_since >= self.downscale_delay:
+                self._down_since = None
+                return desired
+        else:
+            self._up_since = self._down_since = None
+        return current
+
+
+#: name → factory. ``static`` uses spec.replicas (default 1).
+AUTOSCALERS: dict[str, Callable[[VLMServiceSpec], Autoscaler]] = {
+    "ours": Ours,
+    "static": Static,
+    "hpa-cpu": HPACPU,
+    "hpa-inflight": HPAInFlight,
+    "keda": KEDAPrometheus,
+    "kpa": KnativeKPA,
+    "ray": RayServe,
+}
+
+
+def make_autoscaler(name: str, spec: VLMServiceSpec) -> Autoscaler:
+    """A fresh autoscaler by name; ``static-N`` gives N fixed replicas."""
+    if name.startswith("static-") and name[7:].isdigit():
+        return Static(spec, replicas=int(name[7:]))
+    try:
+        factory = AUTOSCALERS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown policy {name!r} (known: {', '.join(AUTOSCALERS)}, static-N)"
+        ) from None
+    return factory(spec)

@@ -1,0 +1,209 @@
+"""What a run means: latency, errors, goodput, cost against the oracle, stability.
+
+Latency percentiles are over successful requests (client view, retries
+included, from the first send to the answer); failures are counted in the
+error rate, and in SLO violation. Requests are attributed to the phase in
+which they were first sent.
+
+The oracle pays, at each instant, ⌈demand / maxInFlight⌉ pods and never
+less than minReplicas. Demand is the users of a closed trace; for an open
+trace it is the requests that would be in flight if each were served from
+its arrival at the pace of a full pod (E[work] × slowdown(maxInFlight)),
+over the very arrivals of the run (same seed). It scales instantly, request
+by request, and never queues, so no real autoscaler reaches it.
+
+A ten-second bucket (by answer time) is in SLO violation when the P95 of the
+answers in it, failures counting as infinitely slow, exceeds
+``autoscaling.p95LatencyTargetSeconds``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from vlm_operator.latency import LatencyModel
+from vlm_operator.models import VLMServiceSpec
+from vlm_operator.simulator.engine import OK, SimResult, arrival_seed, arrival_times
+from vlm_operator.traces import Trace
+
+__all__ = ["PhaseStats", "Report", "oracle_replica_seconds", "summarize"]
+
+#: A phase's first minute is the step response; "steady" figures skip it.
+SETTLE_SECONDS = 60.0
+#: Scale-downs later than this into a phase count as oscillation on steady load.
+OSCILLATION_SETTLE_SECONDS = 180.0
+
+
+@dataclass(frozen=True)
+class PhaseStats:
+    name: str
+    start_s: float
+    duration_s: float
+    requests: int
+    ok: int
+    errors: int
+    error_rate: float
+    p50: float | None
+    p95: float | None
+    p99: float | None
+    p95_after_first_minute: float | None
+    goodput: float  # successful answers per second of the phase
+    scale_downs_after_settle: int
+
+
+@dataclass(frozen=True)
+class Report:
+    trace: str
+    policy: str
+    seed: int
+    requests: int
+    ok: int
+    errors: int
+    error_rate: float
+    errors_by_status: dict[str, int]
+    p50: float | None
+    p95: float | None
+    p99: float | None
+    goodput: float
+    replica_seconds: float
+    oracle_replica_seconds: float
+    cost_ratio: float
+    slo_violation_seconds: float
+    scale_ups: int
+    scale_downs: int
+    phases: list[PhaseStats]
+    events: int
+    wall_seconds: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _quantile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    pos = q * (len(ordered) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def oracle_replica_seconds(
+    trace: Trace, spec: VLMServiceSpec, model: LatencyModel, *, seed: int = 0
+) -> float:
+    """Replica-seconds of an instant, clairvoyant autoscaler (see the module doc)."""
+    cap = spec.concurrency.max_in_flight
+    floor = spec.autoscaling.min_replicas if spec.autoscaling.enabled else 0
+    if trace.kind == "closed":
+        return sum(max(floor, math.ceil((p.users or 0) / cap)) * p.duration_s for p in trace.phases)
+    work = model.base_seconds * math.exp(model.sigma**2 / 2) / model.time_scale
+    hold = work * model.slowdown(cap)
+    arrivals = list(arrival_times(trace, random.Random(arrival_seed(seed))))
+    # Sweep arrivals and their departures (arrival + hold, in the same order).
+    total = 0.0
+    in_flight = 0
+    last = 0.0
+    i = j = 0
+    n = len(arrivals)
+    while i < n or j < n:
+        if i < n and arrivals[i] < arrivals[j] + hold:
+            at, delta = arrivals[i], 1
+            i += 1
+        else:
+            at, delta = arrivals[j] + hold, -1
+            j += 1
+        at = min(at, trace.duration_s)
+        total += max(floor, math.ceil(in_flight / cap)) * (at - last)
+        last = at
+        in_flight += delta
+    total += max(floor, math.ceil(in_flight / cap)) * (trace.duration_s - last)
+    return total
+
+
+def summarize(result: SimResult, *, wall_seconds: float | None = None) -> Report:
+    trace = result.trace
+    spec = result.spec
+    sent, ended, status = result.sent, result.ended, result.status
+    n = len(status)
+    phases: list[PhaseStats] = []
+    for phase in trace.phases:
+        idx = [i for i in range(n) if phase.start_s <= sent[i] < phase.end_s]
+        ok_lat = [ended[i] - sent[i] for i in idx if status[i] == OK]
+        settled = [
+            ended[i] - sent[i]
+            for i in idx
+            if status[i] == OK and sent[i] >= phase.start_s + SETTLE_SECONDS
+        ]
+        errors = len(idx) - len(ok_lat)
+        downs = sum(
+            1
+            for t, before, after in result.scale_events
+            if after < before and phase.start_s + OSCILLATION_SETTLE_SECONDS <= t < phase.end_s
+        )
+        phases.append(
+            PhaseStats(
+                name=phase.name,
+                start_s=phase.start_s,
+                duration_s=phase.duration_s,
+                requests=len(idx),
+                ok=len(ok_lat),
+                errors=errors,
+                error_rate=errors / len(idx) if idx else 0.0,
+                p50=_quantile(ok_lat, 0.5),
+                p95=_quantile(ok_lat, 0.95),
+                p99=_quantile(ok_lat, 0.99),
+                p95_after_first_minute=_quantile(settled, 0.95),
+                goodput=len(ok_lat) / phase.duration_s,
+                scale_downs_after_settle=downs,
+            )
+        )
+    ok_all = [ended[i] - sent[i] for i in range(n) if status[i] == OK]
+    by_status: dict[str, int] = {}
+    for code in status:
+        if code != OK:
+            key = "timeout" if code == 0 else str(code)
+            by_status[key] = by_status.get(key, 0) + 1
+    oracle = oracle_replica_seconds(trace, spec, result.config.latency, seed=result.seed)
+    return Report(
+        trace=trace.name,
+        policy=result.policy,
+        seed=result.seed,
+        requests=n,
+        ok=len(ok_all),
+        errors=n - len(ok_all),
+        error_rate=(n - len(ok_all)) / n if n else 0.0,
+        errors_by_status=dict(sorted(by_status.items())),
+        p50=_quantile(ok_all, 0.5),
+        p95=_quantile(ok_all, 0.95),
+        p99=_quantile(ok_all, 0.99),
+        goodput=len(ok_all) / trace.duration_s if trace.duration_s else 0.0,
+        replica_seconds=result.replica_seconds,
+        oracle_replica_seconds=oracle,
+        cost_ratio=result.replica_seconds / oracle if oracle else math.inf,
+        slo_violation_seconds=_slo_violation_seconds(result),
+        scale_ups=result.scale_ups,
+        scale_downs=result.scale_downs,
+        phases=phases,
+        events=result.events_processed,
+        wall_seconds=wall_seconds,
+    )
+
+
+def _slo_violation_seconds(result: SimResult) -> float:
+    target = result.spec.autoscaling.p95_latency_target_seconds
+    width = result.config.slo_bucket_seconds
+    buckets: dict[int, list[float]] = {}
+    for s, e, code in zip(result.sent, result.ended, result.status, strict=True):
+        buckets.setdefault(int(e // width), []).append(e - s if code == OK else math.inf)
+    violated = 0
+    for latencies in buckets.values():
+        latencies.sort()
+        # Nearest-rank P95: one failure in twenty answers is enough to violate.
+        rank = max(math.ceil(0.95 * len(latencies)) - 1, 0)
+        if latencies[rank] > target:
+            violated += 1
+    return violated * width

@@ -1,0 +1,233 @@
+"""Load traces: the workloads the simulator (and the local cluster) replay.
+
+A trace is a list of phases. A ``closed`` trace gives each phase a number of
+users who each send one request, wait for its answer (or the client
+timeout) and send the next, like the measured load test. An ``open`` trace
+gives each phase an arrival rate in requests per second (Poisson arrivals),
+optionally ramping linearly to ``rateEnd`` over the phase, which is how the
+24-hour diurnal curve is written. A trace may also carry ``service``: a
+partial VLMService spec (camelCase, as in a manifest) that the scenario needs,
+e.g. a larger ``maxReplicas`` for a peak of dozens of pods.
+
+The shipped traces live in ``vlm_operator/data/traces/*.yaml`` and are
+named after what they are; :func:`load_trace` accepts such a name or a path.
+
+This module is pure: standard library and PyYAML only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from vlm_operator.yamlio import YAMLError, load_documents
+
+__all__ = ["Phase", "Trace", "TraceError", "list_traces", "load_trace"]
+
+TraceKind = Literal["closed", "open"]
+_TRACE_DIR = ("data", "traces")
+
+
+class TraceError(ValueError):
+    """A trace file that cannot be used; the message names the field and why."""
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One stretch of constant users (closed) or of a rate, ramping or not (open)."""
+
+    name: str
+    start_s: float
+    duration_s: float
+    users: int | None = None
+    rate: float | None = None
+    rate_end: float | None = None
+
+    @property
+    def end_s(self) -> float:
+        return self.start_s + self.duration_s
+
+    def rate_at(self, t: float) -> float:
+        """Arrival rate at absolute time ``t`` inside this phase (requests/s)."""
+        start = self.rate or 0.0
+        if self.rate_end is None or self.duration_s <= 0:
+            return start
+        frac = min(max((t - self.start_s) / self.duration_s, 0.0), 1.0)
+        return start + (self.rate_end - start) * frac
+
+    def peak_rate(self) -> float:
+        return max(self.rate or 0.0, self.rate_end if self.rate_end is not None else 0.0)
+
+
+@dataclass(frozen=True)
+class Trace:
+    """A named workload: phases back to back from time 0."""
+
+    name: str
+    kind: TraceKind
+    phases: list[Phase]
+    description: str = ""
+    service: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def duration_s(self) -> float:
+        return self.phases[-1].end_s if self.phases else 0.0
+
+    def phase_at(self, t: float) -> Phase | None:
+        """The phase running at ``t`` (phases are half-open: [start, end))."""
+        for phase in self.phases:
+            if phase.start_s <= t < phase.end_s:
+                return phase
+        return None
+
+    def rate_at(self, t: float) -> float:
+        phase = self.phase_at(t)
+        return phase.rate_at(t) if phase is not None else 0.0
+
+    def users_at(self, t: float) -> int:
+        phase = self.phase_at(t)
+        return phase.users or 0 if phase is not None else 0
+
+    def scaled(self, time_scale: float) -> Trace:
+        """The same trace ``time_scale`` times faster (durations ÷, rates ×)."""
+        if not time_scale > 0 or not math.isfinite(time_scale):
+            raise TraceError(f"time_scale: must be a positive number, got {time_scale}")
+        phases = [
+            replace(
+                p,
+                start_s=p.start_s / time_scale,
+                duration_s=p.duration_s / time_scale,
+                rate=None if p.rate is None else p.rate * time_scale,
+                rate_end=None if p.rate_end is None else p.rate_end * time_scale,
+            )
+            for p in self.phases
+        ]
+        return replace(self, phases=phases)
+
+
+def list_traces() -> list[str]:
+    """Names of the shipped traces."""
+    folder = resources.files("vlm_operator").joinpath(*_TRACE_DIR)
+    return sorted(
+        entry.name.removesuffix(".yaml")
+        for entry in folder.iterdir()
+        if entry.name.endswith(".yaml")
+    )
+
+
+def load_trace(path_or_name: str | Path) -> Trace:
+    """A shipped trace by name, or a trace file by path."""
+    text, origin = _read(path_or_name)
+    try:
+        documents = load_documents(text)
+    except YAMLError as exc:
+        raise TraceError(f"{origin}: {exc}") from None
+    if len(documents) != 1 or not isinstance(documents[0], Mapping):
+        raise TraceError(f"{origin}: expected one YAML mapping with name, kind and phases")
+    return parse_trace(documents[0], default_name=Path(origin).stem, origin=origin)
+
+
+def _read(path_or_name: str | Path) -> tuple[str, str]:
+    candidate = Path(path_or_name)
+    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
+        try:
+            return candidate.read_text(encoding="utf-8"), str(candidate)
+        except OSError as exc:
+            raise TraceError(f"{candidate}: cannot read: {exc.strerror or exc}") from None
+    name = str(path_or_name)
+    if name in list_traces():
+        item = resources.files("vlm_operator").joinpath(*_TRACE_DIR, f"{name}.yaml")
+        return item.read_text(encoding="utf-8"), f"{name}.yaml"
+    raise TraceError(
+        f"trace {name!r}: no such file and no shipped trace of that name "
+        f"(shipped: {', '.join(list_traces())})"
+    )
+
+
+def parse_trace(
+    data: Mapping[str, Any], *, default_name: str = "trace", origin: str = "trace"
+) -> Trace:
+    """Validate a trace mapping; errors name the field (e.g. ``phases[2].rate``)."""
+
+    def fail(where: str, why: str) -> TraceError:
+        return TraceError(f"{origin}: {where}: {why}")
+
+    known = {"name", "kind", "description", "phases", "service"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise fail(unknown[0], f"unknown field (expected {', '.join(sorted(known))})")
+    kind = data.get("kind")
+    if kind not in ("closed", "open"):
+        raise fail("kind", f"must be 'closed' (users) or 'open' (rate), got {kind!r}")
+    name = data.get("name", default_name)
+    if not isinstance(name, str) or not name:
+        raise fail("name", "must be a non-empty string")
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise fail("description", "must be a string")
+    service = data.get("service", {})
+    if not isinstance(service, Mapping):
+        raise fail("service", "must be a mapping (a partial VLMService spec)")
+    raw_phases = data.get("phases")
+    if not isinstance(raw_phases, list) or not raw_phases:
+        raise fail("phases", "must be a non-empty list")
+
+    phases: list[Phase] = []
+    start = 0.0
+    for i, raw in enumerate(raw_phases):
+        where = f"phases[{i}]"
+        if not isinstance(raw, Mapping):
+            raise fail(where, "must be a mapping")
+        allowed = (
+            {"name", "duration", "users"}
+            if kind == "closed"
+            else {
+                "name",
+                "duration",
+                "rate",
+                "rateEnd",
+            }
+        )
+        extra = sorted(set(raw) - allowed)
+        if extra:
+            raise fail(f"{where}.{extra[0]}", f"not allowed in a {kind} trace")
+        duration = _number(raw.get("duration"), f"{where}.duration", fail)
+        if duration <= 0:
+            raise fail(f"{where}.duration", f"must be positive seconds, got {duration}")
+        phase_name = raw.get("name", f"phase {i + 1}")
+        if not isinstance(phase_name, str):
+            raise fail(f"{where}.name", "must be a string")
+        if kind == "closed":
+            users = raw.get("users")
+            if isinstance(users, bool) or not isinstance(users, int) or users < 0:
+                raise fail(f"{where}.users", f"must be a whole number >= 0, got {users!r}")
+            phases.append(Phase(phase_name, start, duration, users=users))
+        else:
+            rate = _number(raw.get("rate"), f"{where}.rate", fail)
+            rate_end = raw.get("rateEnd")
+            end = None if rate_end is None else _number(rate_end, f"{where}.rateEnd", fail)
+            for label, value in (("rate", rate), ("rateEnd", end)):
+                if value is not None and value < 0:
+                    raise fail(f"{where}.{label}", f"must be >= 0 requests/s, got {value}")
+            phases.append(Phase(phase_name, start, duration, rate=rate, rate_end=end))
+        start += duration
+    return Trace(
+        name=name,
+        kind=kind,
+        phases=phases,
+        description=description,
+        service=dict(service),
+    )
+
+
+def _number(value: Any, where: str, fail: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise fail(where, f"must be a number, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise fail(where, f"must be finite, got {value!r}")
+    return number
