@@ -341,6 +341,17 @@ async def test_greedy_is_repeatable_and_the_stream_says_the_same(server: _Server
     assert chunks[-1]["usage"] == first[1]["usage"]
 
 
+async def test_concurrent_requests_get_the_answers_they_get_alone(server: _Server) -> None:
+    requests = [_chat(_png(40 + 24 * i, 64), temperature=0, max_tokens=6) for i in range(4)]
+    alone = [await _post(server.url, request) for request in requests]
+    together = await asyncio.gather(*(_post(server.url, request) for request in requests))
+    assert [status for status, _ in together] == [200] * 4
+    assert [b["choices"][0]["message"]["content"] for _, b in together] == [
+        b["choices"][0]["message"]["content"] for _, b in alone
+    ]
+    assert [b["usage"] for _, b in together] == [b["usage"] for _, b in alone]
+
+
 async def test_max_tokens_is_capped_by_the_server(server: _Server) -> None:
     status, body = await _post(server.url, _chat(None, temperature=0, max_tokens=10_000))
     assert status == 200
