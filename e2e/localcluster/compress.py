@@ -69,9 +69,9 @@ def compress_spec(spec: dict[str, Any], time_scale: float) -> tuple[dict[str, An
     Durations written in the spec are read in the spec's own time scale
     (``model.fake.timeScale``, 1 when absent: real time), so an example already compressed 10x
     can be re-compressed 5x; defaults are real time. A written value sitting at its CRD floor
-    means "as short as the API allows" and stays there. The effective values are read through
-    the API models, so that a default changed in ``models.py`` is compressed too, and the
-    result is validated by them.
+    was clamped there, so it is read as the real-time default when that is shorter. The
+    effective values are read through the API models, so that a default changed in
+    ``models.py`` is compressed too, and the result is validated by them.
     """
     if not time_scale > 0 or not math.isfinite(time_scale):
         raise ValueError(f"time_scale must be a positive number, got {time_scale}")
@@ -79,17 +79,21 @@ def compress_spec(spec: dict[str, Any], time_scale: float) -> tuple[dict[str, An
     source_scale = float(_get(spec, "model.fake.timeScale") or 1.0)
     out = copy.deepcopy(spec)
     notes: list[str] = []
+    defaults = VLMServiceSpec.model_validate({"model": {"id": "defaults"}}).to_api()
     for path, floor, integer in _DURATIONS:
         written = _get(spec, path)
-        real = (
-            float(written) * source_scale if written is not None else float(_get(effective, path))
-        )
+        if written is None:
+            real = float(_get(effective, path))
+        else:
+            real = float(written) * source_scale
+            if floor > 0 and float(written) <= floor:
+                # Written at the CRD floor: it was clamped, so it stands for anything up to
+                # there; read it as the real-time default when that is shorter.
+                real = min(real, float(_get(defaults, path)))
         value: float = real / time_scale
         if integer:
             value = round(value)
-        if written is not None and floor > 0 and float(written) <= floor:
-            value = floor
-        elif value < floor and real > 0:
+        if value < floor and real > 0:
             notes.append(
                 f"{path}: {real / time_scale:g} s is below the CRD minimum; using {floor:g}"
             )
