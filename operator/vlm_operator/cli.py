@@ -37,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fake-model": ("vlm_operator.commands.fake_model", "Run the latency-emulating fake model."),
     "model-server": ("vlm_operator.commands.model_server", "Serve Qwen3-VL on CPU (Transformers)."),
     "inspect": ("vlm_operator.commands.inspect", "Show why a VLMService scaled, from Prometheus."),
+    "simulate": ("vlm_operator.commands.simulate", "Compare scaling policies on a trace, offline."),
 }
 
 

@@ -81,6 +81,10 @@ class SimConfig:
     #: Width of the buckets in which SLO violation is judged.
     slo_bucket_seconds: float = 10.0
     record_series: bool = True
+    #: A client that gives up cancels its request inside the model (the
+    #: project's model server and llama.cpp stop generating; the stock server
+    #: of the measured setup did not, which is how one overloaded pod spirals).
+    cancel_on_disconnect: bool = True
 
 
 @dataclass
@@ -412,7 +416,9 @@ class _Engine:
             pod.waiting -= 1
             self.waiting_total -= 1
             self._maybe_gone(pod)
-        # A request inside the model keeps running: the server does not cancel.
+        elif pod is not None and self.cfg.cancel_on_disconnect and pod.ps.remove(req, self.now):
+            self.running_total -= 1
+            self._refill(pod)
         self._finish(req, TIMEOUT, None)
 
     def _queue_deadline(self, req: _Request) -> None:
@@ -447,8 +453,17 @@ class _Engine:
         now = self.now
         finished = pod.ps.advance(now)
         self.running_total -= len(finished)
-        # Fill freed slots from the queue first (FIFO; skip entries whose client
-        # left), then answer: a client's next request must queue behind them.
+        # Fill freed slots from the queue first (FIFO), then answer: a client's
+        # next request must queue behind the ones already waiting.
+        self._refill(pod)
+        gate_done = self.gate_done
+        for req in finished:
+            gate_done.append((now, now - req.started, True))
+            if not req.done and req.pod is pod:
+                self._finish(req, OK, None)
+
+    def _refill(self, pod: _Pod) -> None:
+        """Admit queued requests into free slots (skipping those whose client left)."""
         limit = self.limit
         queue = pod.queue
         while queue and (limit is None or len(pod.ps) < limit):
@@ -459,13 +474,8 @@ class _Engine:
             pod.waiting -= 1
             self.waiting_total -= 1
             self._admit(pod, req)
-        gate_done = self.gate_done
-        for req in finished:
-            gate_done.append((now, now - req.started, True))
-            if not req.done and req.pod is pod:
-                self._finish(req, OK, None)
-        if not pod.ps:
-            pod.busy_total += now - pod.busy_since
+        if not pod.ps and pod.busy_since >= 0:
+            pod.busy_total += self.now - pod.busy_since
             pod.busy_since = -1.0
         self._reschedule(pod)
         self._maybe_gone(pod)

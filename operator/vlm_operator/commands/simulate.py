@@ -1,0 +1,200 @@
+"""``vlm-operator simulate``: replay a trace against a scaling policy, offline.
+
+The discrete-event simulator runs a day of traffic in seconds, so policies
+can be compared on the same trace and seed before one touches a cluster:
+latency, errors, goodput, replica cost against an instant oracle, time in
+SLO violation and scale events. ``--compare`` runs ours and every anchor
+(HPA on CPU, HPA on in-flight, KEDA, Knative KPA, Ray Serve, one static pod).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from vlm_operator.baselines import AUTOSCALERS
+from vlm_operator.cli import UsageError
+from vlm_operator.simulator import Report, SimConfig, SimResult, run_policy
+from vlm_operator.traces import Trace, TraceError, list_traces, load_trace
+
+#: Policies of ``--compare``, ours first; ``static`` is the measured single pod.
+COMPARED = ("ours", "kpa", "hpa-cpu", "hpa-inflight", "keda", "ray", "static")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trace",
+        required=True,
+        help=f"trace file, or a shipped trace: {', '.join(list_traces())}",
+    )
+    parser.add_argument(
+        "--policy",
+        default="ours",
+        help=f"scaling policy: {', '.join(AUTOSCALERS)} or static-N (default: ours)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument(
+        "--startup-seconds",
+        type=float,
+        default=60.0,
+        help="pod start-up (model load) time (default: 60)",
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=0,
+        help="client retries on 429/5xx, openai-style (openai-python: 2; default: 0)",
+    )
+    parser.add_argument(
+        "--routing",
+        choices=("round-robin", "least-loaded"),
+        default="round-robin",
+        help="how the Service spreads requests (default: round-robin)",
+    )
+    parser.add_argument("--compare", action="store_true", help="run every policy; one table")
+    parser.add_argument("--json", action="store_true", help="print the report(s) as JSON")
+    parser.add_argument(
+        "--plot",
+        metavar="PNG",
+        help="draw replicas, demand and P95 over time (needs the 'plot' extra: matplotlib)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        trace = load_trace(args.trace)
+    except TraceError as exc:
+        raise UsageError(f"--trace: {exc}") from None
+    if not args.startup_seconds >= 0 or not math.isfinite(args.startup_seconds):
+        raise UsageError(f"--startup-seconds: must be >= 0, got {args.startup_seconds}")
+    if not 0 <= args.retries <= 10:
+        raise UsageError(f"--retries: must be between 0 and 10, got {args.retries}")
+    policies = list(COMPARED) if args.compare else [args.policy]
+    for name in policies:
+        if name not in AUTOSCALERS and not (name.startswith("static-") and name[7:].isdigit()):
+            raise UsageError(
+                f"--policy: unknown policy {name!r} (known: {', '.join(AUTOSCALERS)}, static-N)"
+            )
+    if args.plot:
+        _require_matplotlib()
+    config = SimConfig(
+        startup_seconds=args.startup_seconds, retries=args.retries, routing=args.routing
+    )
+    runs = [run_policy(trace, name, seed=args.seed, config=config) for name in policies]
+    reports = [report for report, _ in runs]
+    if args.json:
+        payload: Any = [r.to_dict() for r in reports] if args.compare else reports[0].to_dict()
+        print(json.dumps(payload, indent=2, default=_json_default))
+    elif args.compare:
+        print(_comparison_table(trace, reports, args.seed))
+    else:
+        print(_single_report(trace, reports[0]))
+    if args.plot:
+        _plot(trace, [result for _, result in runs], Path(args.plot))
+        if not args.json:
+            print(f"plot written to {args.plot}")
+    return 0
+
+
+def _json_default(value: object) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _s(x: float | None, digits: int = 1) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _single_report(trace: Trace, r: Report) -> str:
+    lines = [
+        f"trace {trace.name} ({trace.kind}, {trace.duration_s:.0f} s), policy {r.policy}, "
+        f"seed {r.seed}",
+        "",
+        f"{'phase':<14}{'requests':>9}{'errors':>8}{'P95 s':>8}{'P99 s':>8}"
+        f"{'P95 1min+':>10}{'goodput/s':>10}{'downs':>7}",
+    ]
+    for p in r.phases:
+        lines.append(
+            f"{p.name[:13]:<14}{p.requests:>9}{p.error_rate:>8.1%}{_s(p.p95):>8}{_s(p.p99):>8}"
+            f"{_s(p.p95_after_first_minute):>10}{p.goodput:>10.3f}{p.scale_downs_after_settle:>7}"
+        )
+    errors = ", ".join(f"{k}: {v}" for k, v in r.errors_by_status.items()) or "none"
+    lines += [
+        f"{'total':<14}{r.requests:>9}{r.error_rate:>8.1%}{_s(r.p95):>8}{_s(r.p99):>8}"
+        f"{'':>10}{r.goodput:>10.3f}",
+        "",
+        f"errors by status: {errors}",
+        f"replica-seconds: {r.replica_seconds:.0f}  oracle: {r.oracle_replica_seconds:.0f}  "
+        f"cost ratio: {r.cost_ratio:.2f}",
+        f"seconds in SLO violation: {r.slo_violation_seconds:.0f}  "
+        f"scale events: {r.scale_ups} up, {r.scale_downs} down",
+        f"simulated {r.requests} requests in {_s(r.wall_seconds, 2)} s of wall time",
+    ]
+    return "\n".join(lines)
+
+
+def _comparison_table(trace: Trace, reports: list[Report], seed: int) -> str:
+    lines = [
+        f"trace {trace.name} ({trace.kind}, {trace.duration_s:.0f} s), seed {seed}",
+        "",
+        f"{'policy':<14}{'errors':>8}{'P95 s':>8}{'P99 s':>8}{'goodput/s':>10}"
+        f"{'replica-s':>11}{'x oracle':>9}{'SLO viol s':>11}{'ups':>6}{'downs':>6}",
+    ]
+    for r in reports:
+        lines.append(
+            f"{r.policy:<14}{r.error_rate:>8.2%}{_s(r.p95):>8}{_s(r.p99):>8}{r.goodput:>10.3f}"
+            f"{r.replica_seconds:>11.0f}{r.cost_ratio:>9.2f}{r.slo_violation_seconds:>11.0f}"
+            f"{r.scale_ups:>6}{r.scale_downs:>6}"
+        )
+    lines.append(
+        f"{'oracle':<14}{'':>8}{'':>8}{'':>8}{'':>10}"
+        f"{reports[0].oracle_replica_seconds:>11.0f}{1.0:>9.2f}"
+    )
+    return "\n".join(lines)
+
+
+def _require_matplotlib() -> None:
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        raise UsageError(
+            "--plot: needs matplotlib; install the extra: pip install 'vlm-operator[plot]'"
+        ) from None
+
+
+def _plot(trace: Trace, results: list[SimResult], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(3, 1, figsize=(11, 8), sharex=True)
+    hours = trace.duration_s > 4 * 3600
+    scale = 3600.0 if hours else 60.0
+    for result in results:
+        s = result.series
+        t = [x / scale for x in s.t]
+        axes[0].step(t, s.replicas, where="post", label=result.policy, linewidth=1)
+        axes[1].plot(t, s.demand, label=result.policy, linewidth=0.8)
+        axes[2].plot(t, s.p95, label=result.policy, linewidth=0.8)
+    target = results[0].spec.autoscaling.p95_latency_target_seconds
+    axes[2].axhline(target, color="grey", linestyle="--", linewidth=0.8, label="P95 target")
+    axes[0].set_ylabel("replicas")
+    axes[1].set_ylabel("running + waiting")
+    axes[2].set_ylabel("P95 (s, as scraped)")
+    axes[2].set_xlabel("hours" if hours else "minutes")
+    axes[0].set_title(f"{trace.name}: {', '.join(r.policy for r in results)}")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(loc="upper left", fontsize=8, ncol=4)
+    fig.tight_layout()
+    try:
+        fig.savefig(out, dpi=110)
+    except OSError as exc:
+        raise UsageError(f"--plot: cannot write {out}: {exc.strerror or exc}") from None
+    finally:
+        plt.close(fig)
