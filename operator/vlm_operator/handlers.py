@@ -20,6 +20,11 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     reconcile.configure_settings(settings)
 
 
+@kopf.on.login()
+def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
+    return reconcile.connection_info(memo.context.kube)
+
+
 @kopf.on.cleanup()
 async def close(memo: kopf.Memo, **_: Any) -> None:
     await memo.context.signals.aclose()

@@ -98,6 +98,11 @@ class KubeClient:
         configuration.connection_pool_maxsize = workers
         return cls(kubernetes.client.ApiClient(configuration), workers=workers)
 
+    @property
+    def configuration(self) -> Any:
+        """The ``kubernetes.client.Configuration`` in use (kopf logs in with it too)."""
+        return self._api.configuration
+
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
         self._api.close()

@@ -423,6 +423,32 @@ async def _set_deletion_costs(
             raise result
 
 
+def connection_info(kube: KubeClient) -> kopf.ConnectionInfo:
+    """kopf's credentials, from the same configuration as the operator's own client.
+
+    One source of credentials for both clients; and kopf's default login would
+    re-read the kubeconfig from where the ``kubernetes`` package looked when it
+    was first imported, not from ``--kubeconfig``.
+    """
+    config = kube.configuration
+    header = config.get_api_key_with_prefix("BearerToken") or config.get_api_key_with_prefix(
+        "authorization"
+    )
+    parts = header.split(" ", 1) if header else []
+    scheme, token = (parts[0], parts[1]) if len(parts) == 2 else (None, parts[0] if parts else None)
+    return kopf.ConnectionInfo(
+        server=config.host,
+        ca_path=config.ssl_ca_cert,
+        insecure=not config.verify_ssl,
+        username=config.username or None,
+        password=config.password or None,
+        scheme=scheme,
+        token=token,
+        certificate_path=config.cert_file,
+        private_key_path=config.key_file,
+    )
+
+
 def configure_settings(settings: kopf.OperatorSettings) -> None:
     """kopf settings of the operator: own prefixes, explicit timeouts, quiet logs."""
     settings.persistence.finalizer = "vlm-operator.io/finalizer"

@@ -110,9 +110,8 @@ def run(args: argparse.Namespace) -> int:
         liveness = f"http://0.0.0.0:{args.liveness_port}/healthz"
 
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.PLAIN)
-    if args.kubeconfig:
-        # kopf logs in through the kubernetes client, which reads $KUBECONFIG.
-        os.environ["KUBECONFIG"] = str(Path(args.kubeconfig).resolve())
+    # One line per Prometheus query would drown everything else.
+    logging.getLogger("httpx").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     kube = KubeClient.from_environment(args.kubeconfig, workers=args.kube_workers)
     metrics = OperatorMetrics()
     if args.metrics_port is not None:

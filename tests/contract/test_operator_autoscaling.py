@@ -1,0 +1,475 @@
+"""The real operator (``vlm-operator run``, a subprocess) against the emulated Kubernetes API
+and a real Prometheus scraping exporters that publish chosen signal values.
+
+There is no kubelet here: the tests play its part where the operator depends on it (they
+create Ready pods and set the Deployment's ``readyReplicas``). Everything else is real:
+kopf's watches, the operator's own requests, PromQL over real scrapes, garbage collection of
+owned children by the API server. Every wait polls with a deadline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+import yaml
+
+from e2e.exporters import Exporter
+from e2e.kubeapi import PODMONITOR_CRD, ThreadedKubeAPI, run_in_thread
+from e2e.prometheus import PrometheusServer
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+NS = "default"
+VLMS = f"/apis/vlm-operator.io/v1alpha1/namespaces/{NS}/vlmservices"
+DEPLOYMENTS = f"/apis/apps/v1/namespaces/{NS}/deployments"
+PODS = f"/api/v1/namespaces/{NS}/pods"
+DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
+T = TypeVar("T")
+
+
+def wait_for(
+    what: str, probe: Callable[[], T | None], timeout: float = 30.0, interval: float = 0.2
+) -> T:
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+class Api:
+    """Plain REST on the emulated API, as a user with kubectl would do it."""
+
+    def __init__(self, url: str) -> None:
+        self.http = httpx.Client(base_url=url, timeout=10.0)
+
+    def get(self, path: str) -> dict[str, Any] | None:
+        response = self.http.get(path)
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
+    def post(self, path: str, body: dict[str, Any]) -> httpx.Response:
+        return self.http.post(path, json=body)
+
+    def patch(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        response = self.http.patch(
+            path, json=body, headers={"Content-Type": "application/merge-patch+json"}
+        )
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
+    def delete(self, path: str) -> None:
+        self.http.delete(path).raise_for_status()
+
+    def replicas(self, name: str) -> int | None:
+        deployment = self.get(f"{DEPLOYMENTS}/{name}")
+        return None if deployment is None else int(deployment["spec"].get("replicas", 1))
+
+    def set_ready(self, name: str, ready: int) -> None:
+        self.patch(
+            f"{DEPLOYMENTS}/{name}/status",
+            {"status": {"replicas": ready, "readyReplicas": ready, "availableReplicas": ready}},
+        )
+
+    def status(self, name: str) -> dict[str, Any]:
+        obj = self.get(f"{VLMS}/{name}") or {}
+        return dict(obj.get("status") or {})
+
+    def condition(self, name: str, type_: str) -> dict[str, Any] | None:
+        for condition in self.status(name).get("conditions") or []:
+            if condition.get("type") == type_:
+                return dict(condition)
+        return None
+
+    def events(self, name: str, reason: str | None = None) -> list[dict[str, Any]]:
+        items = (self.get(f"/api/v1/namespaces/{NS}/events") or {}).get("items") or []
+        return [
+            e
+            for e in items
+            if (e.get("involvedObject") or {}).get("name") == name
+            and (e.get("involvedObject") or {}).get("kind") == "VLMService"
+            and (reason is None or e.get("reason") == reason)
+        ]
+
+    def add_ready_pod(self, service: str, pod: str) -> None:
+        body = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": pod, "labels": {"vlm-operator.io/service": service}},
+            "spec": {"nodeName": "node-1", "containers": [{"name": "gate", "image": "x"}]},
+        }
+        self.post(PODS, body).raise_for_status()
+        ready = {"type": "Ready", "status": "True"}
+        scheduled = {"type": "PodScheduled", "status": "True"}
+        self.patch(
+            f"{PODS}/{pod}/status",
+            {"status": {"phase": "Running", "conditions": [scheduled, ready]}},
+        )
+
+
+def vlmservice(name: str, **overrides: Any) -> dict[str, Any]:
+    autoscaling = {
+        "minReplicas": 1,
+        "maxReplicas": 5,
+        "syncPeriodSeconds": 1,
+        "scaleDown": {"stabilizationWindowSeconds": 6},
+        **overrides.pop("autoscaling", {}),
+    }
+    spec = {
+        "model": {"id": "Qwen/Qwen3-VL-2B-Instruct", "runtime": "fake"},
+        "autoscaling": autoscaling,
+        "metrics": {"windowSeconds": 5, **overrides.pop("metrics", {})},
+        **overrides,
+    }
+    return {
+        "apiVersion": "vlm-operator.io/v1alpha1",
+        "kind": "VLMService",
+        "metadata": {"name": name},
+        "spec": spec,
+    }
+
+
+class Operator:
+    """``vlm-operator run`` as a subprocess; restartable."""
+
+    def __init__(self, kubeconfig: Path, prometheus_url: str, log: Path) -> None:
+        self.argv = [
+            sys.executable,
+            "-m",
+            "vlm_operator",
+            "run",
+            "--all-namespaces",
+            "--kubeconfig",
+            str(kubeconfig),
+            "--prometheus-url",
+            prometheus_url,
+            "--prometheus-timeout",
+            "2",
+        ]
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+    def tail(self) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-60:])
+
+
+class Feeder:
+    """Keeps requests finishing on an exporter (so P95 and rates exist) until stopped."""
+
+    def __init__(self, exporter: Exporter, seconds: float = 6.0) -> None:
+        self.exporter = exporter
+        self.seconds = seconds
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.25):
+            self.exporter.set(durations=[self.seconds], codes={200: 1})
+
+    def __enter__(self) -> Feeder:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+@dataclasses.dataclass
+class Cluster:
+    kube: ThreadedKubeAPI
+    api: Api
+    prometheus: PrometheusServer
+    operator: Operator
+    targets: dict[str, tuple[str, dict[str, str]]]
+
+    def scrape(self, service: str, pod: str, exporter: Exporter) -> None:
+        labels = {"namespace": NS, "vlmservice": service, "pod": pod}
+        self.targets[pod] = (exporter.host_port, labels)
+        self.prometheus.set_targets(list(self.targets.values()))
+
+    def wait_for_signal(self, service: str, running: float) -> None:
+        query = f'sum(vlm_requests_running{{vlmservice="{service}"}})'
+        self.prometheus.wait_for_series(
+            query, timeout=30, where=lambda values: running in values.values()
+        )
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    workdir = tmp_path_factory.mktemp("operator-contract")
+    with (
+        run_in_thread(crds=[ROOT / "crds", PODMONITOR_CRD]) as kube,
+        PrometheusServer(workdir / "prometheus") as prometheus,
+    ):
+        operator = Operator(kube.kubeconfig, prometheus.url, workdir / "operator.log")
+        operator.start()
+        cluster = Cluster(kube, Api(kube.url), prometheus, operator, {})
+        try:
+            yield cluster
+        finally:
+            operator.stop()
+            cluster.api.http.close()
+            print(operator.tail())
+
+
+def without_cel(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: without_cel(v) for k, v in node.items() if k != "x-kubernetes-validations"}
+    if isinstance(node, list):
+        return [without_cel(v) for v in node]
+    return node
+
+
+def owned_by(obj: dict[str, Any] | None, uid: str) -> bool:
+    refs = (obj or {}).get("metadata", {}).get("ownerReferences") or []
+    return any(r.get("uid") == uid and r.get("controller") for r in refs)
+
+
+def test_create_adopts_children_and_delete_collects_them(cluster: Cluster) -> None:
+    api = cluster.api
+    created = api.post(VLMS, vlmservice("svc-create"))
+    assert created.status_code == 201, created.text
+    uid = created.json()["metadata"]["uid"]
+    children = [
+        f"{DEPLOYMENTS}/svc-create",
+        f"/api/v1/namespaces/{NS}/services/svc-create",
+        f"/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets/svc-create",
+    ]
+    for path in children:
+        wait_for(f"{path} owned by the VLMService", lambda p=path: owned_by(api.get(p), uid))
+    status = wait_for("status.selector", lambda: api.status("svc-create").get("selector") and
+                      api.status("svc-create"))  # fmt: skip
+    assert "vlm-operator.io/service=svc-create" in status["selector"]
+    assert status["observedGeneration"] == 1
+    assert api.replicas("svc-create") == 1  # minReplicas
+
+    api.delete(f"{VLMS}/svc-create")
+    for path in children:
+        wait_for(f"{path} garbage-collected", lambda p=path: api.get(p) is None)
+    wait_for("the VLMService gone", lambda: api.get(f"{VLMS}/svc-create") is None)
+
+
+def test_invalid_specs_are_rejected_or_reported(cluster: Cluster) -> None:
+    api = cluster.api
+    bad = vlmservice("svc-bad", autoscaling={"minReplicas": 6, "maxReplicas": 2})
+    rejected = api.post(VLMS, bad)
+    assert rejected.status_code == 422, rejected.text
+    assert "minReplicas" in rejected.text
+
+    # A cluster that does not enforce the CRD's CEL rules (Kubernetes before 1.25 ignores
+    # x-kubernetes-validations) stores it: the operator must report it, not crash or create
+    # anything.
+    crd = yaml.safe_load((ROOT / "crds" / "vlmservice.yaml").read_text())
+    cluster.kube.register_crd(without_cel(crd))
+    try:
+        stored = api.post(VLMS, bad)
+        assert stored.status_code == 201, stored.text
+        condition = wait_for(
+            "InvalidSpec=True",
+            lambda: (c := api.condition("svc-bad", "InvalidSpec")) and c["status"] == "True" and c,
+        )
+        assert "spec.autoscaling" in condition["message"]
+        assert "minReplicas" in condition["message"]
+        assert api.get(f"{DEPLOYMENTS}/svc-bad") is None
+        wait_for("a Warning Event", lambda: api.events("svc-bad", "InvalidSpec"))
+
+        api.patch(f"{VLMS}/svc-bad", {"spec": {"autoscaling": {"maxReplicas": 8}}})
+        wait_for("the Deployment once the spec is fixed", lambda: api.replicas("svc-bad") == 6)
+        wait_for(
+            "InvalidSpec=False",
+            lambda: (api.condition("svc-bad", "InvalidSpec") or {}).get("status") == "False",
+        )
+    finally:
+        cluster.kube.register_crd(crd)
+
+
+def test_scale_up_then_down_after_stabilization(cluster: Cluster) -> None:
+    api = cluster.api
+    with Exporter() as exporter, Feeder(exporter):
+        exporter.set(running=4, waiting=8)
+        for pod in ("svc-scale-a", "svc-scale-b", "svc-scale-c"):
+            api.add_ready_pod("svc-scale", pod)
+        cluster.scrape("svc-scale", "svc-scale-a", exporter)
+        cluster.wait_for_signal("svc-scale", 4)
+        assert api.post(VLMS, vlmservice("svc-scale")).status_code == 201
+
+        # 4 running + 8 waiting at 4 per pod: 3 pods.
+        wait_for("scale-up to 3", lambda: api.replicas("svc-scale") == 3)
+        api.set_ready("svc-scale", 3)
+        up = wait_for("a ScaledUp Event", lambda: api.events("svc-scale", "ScaledUp"))
+        assert "1 → 3" in up[0]["message"]
+        assert "waiting=8" in up[0]["message"]
+        status = wait_for(
+            "status after the scale-up",
+            lambda: (s := api.status("svc-scale")).get("readyReplicas") == 3 and s,
+        )
+        assert status["desiredReplicas"] == 3
+        assert status["lastScaleTime"]
+        assert status["signals"]["inFlight"] == 4
+        assert status["signals"]["inFlightPerPod"] == pytest.approx(4 / 3, abs=1e-3)
+        assert api.condition("svc-scale", "MetricsAvailable")["status"] == "True"  # type: ignore[index]
+
+        # Load falls to one request: after the 6 s stabilization, down to 1 pod, idle pods first.
+        exporter.set(running=1, waiting=0)
+        fell_at = time.monotonic()
+        wait_for("scale-down starts", lambda: (api.replicas("svc-scale") or 3) < 3, timeout=40)
+        assert time.monotonic() - fell_at >= 6.0
+        wait_for("scale-down to 1", lambda: api.replicas("svc-scale") == 1, timeout=30)
+        costs = {
+            pod: (api.get(f"{PODS}/{pod}") or {})["metadata"]
+            .get("annotations", {})
+            .get(DELETION_COST)
+            for pod in ("svc-scale-a", "svc-scale-b", "svc-scale-c")
+        }
+        assert costs == {"svc-scale-a": "100", "svc-scale-b": "0", "svc-scale-c": "0"}
+        down = wait_for("a ScaledDown Event", lambda: api.events("svc-scale", "ScaledDown"))
+        assert "3 → 2" in down[0]["message"]
+
+
+def test_missing_signals_hold_replicas(cluster: Cluster, tmp_path: Path) -> None:
+    api = cluster.api
+    # No exporter publishes anything for this service: Prometheus answers, but empty.
+    assert api.post(VLMS, vlmservice("svc-blind", autoscaling={"scaleDown": {
+        "stabilizationWindowSeconds": 0}})).status_code == 201  # fmt: skip
+    wait_for("the Deployment", lambda: api.replicas("svc-blind") == 1)
+    api.patch(f"{DEPLOYMENTS}/svc-blind", {"spec": {"replicas": 3}})
+    api.set_ready("svc-blind", 3)
+
+    def metrics_reason() -> str | None:
+        condition = api.condition("svc-blind", "MetricsAvailable") or {}
+        return condition.get("reason") if condition.get("status") == "False" else None
+
+    def held(seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            assert api.replicas("svc-blind") == 3
+            time.sleep(0.2)
+
+    assert wait_for("MetricsAvailable=False", metrics_reason) == "NoSignal"
+    held(3.0)
+
+    # Prometheus answers with an error (a query it cannot parse).
+    api.patch(f"{VLMS}/svc-blind", {"spec": {"metrics": {"queries": {"running": "sum("}}}})
+    wait_for("a query error", lambda: metrics_reason() == "PrometheusUnavailable")
+    held(3.0)
+
+    # Prometheus stopped.
+    with PrometheusServer(tmp_path / "doomed") as doomed:
+        url = doomed.url
+    api.patch(
+        f"{VLMS}/svc-blind",
+        {"spec": {"metrics": {"queries": {"running": None}, "prometheusUrl": url}}},
+    )
+    wait_for(
+        "connection refused",
+        lambda: (
+            "cannot reach"
+            in (api.condition("svc-blind", "MetricsAvailable") or {}).get("message", "")
+        ),
+    )
+    held(3.0)
+    assert len(api.events("svc-blind", "SignalsLost")) == 1  # on the transition only
+
+
+def test_restart_mid_scale_down_does_not_flap(cluster: Cluster) -> None:
+    api = cluster.api
+    with Exporter() as exporter, Feeder(exporter):
+        exporter.set(running=4, waiting=8)
+        cluster.scrape("svc-restart", "svc-restart-a", exporter)
+        cluster.wait_for_signal("svc-restart", 4)
+        spec = vlmservice("svc-restart", autoscaling={"scaleDown": {
+            "stabilizationWindowSeconds": 10}})  # fmt: skip
+        assert api.post(VLMS, spec).status_code == 201
+        wait_for("scale-up to 3", lambda: api.replicas("svc-restart") == 3)
+        api.set_ready("svc-restart", 3)
+
+        exporter.set(running=1, waiting=0)
+        fell_at = time.monotonic()
+        # Let the operator see the fall (and record it in status), then restart it.
+        wait_for(
+            "the fall in status",
+            lambda: api.status("svc-restart").get("signals", {}).get("waiting") == 0,
+        )
+        cluster.operator.stop()
+        cluster.operator.start()
+
+        history: list[tuple[float, int]] = []
+
+        def down_to_one() -> bool:
+            replicas = api.replicas("svc-restart") or 0
+            history.append((time.monotonic() - fell_at, replicas))
+            return replicas == 1
+
+        wait_for("scale-down to 1 after the restart", down_to_one, timeout=45)
+        first_drop = min(t for t, r in history if r < 3)
+        assert first_drop >= 10.0, history  # the stabilization window survived the restart
+        assert max(r for _, r in history) == 3, history  # never back up
+
+
+def test_autoscaling_off_follows_spec_and_scale_subresource(cluster: Cluster) -> None:
+    api = cluster.api
+    spec = vlmservice("svc-manual", replicas=2, autoscaling={"enabled": False})
+    assert api.post(VLMS, spec).status_code == 201
+    wait_for("spec.replicas honoured", lambda: api.replicas("svc-manual") == 2)
+    response = api.http.patch(
+        f"{VLMS}/svc-manual/scale",
+        json={"spec": {"replicas": 4}},
+        headers={"Content-Type": "application/merge-patch+json"},
+    )
+    assert response.status_code == 200, response.text
+    wait_for("the scale subresource honoured", lambda: api.replicas("svc-manual") == 4)
+    # A spec change rolls the pod template and keeps the replicas.
+    api.patch(f"{VLMS}/svc-manual", {"spec": {"concurrency": {"maxInFlight": 2}}})
+
+    def rolled() -> bool:
+        deployment = api.get(f"{DEPLOYMENTS}/svc-manual") or {}
+        env = [
+            e
+            for c in deployment["spec"]["template"]["spec"]["containers"]
+            for e in c.get("env") or []
+        ]
+        return any(e.get("name") == "VLM_GATE_MAX_IN_FLIGHT" and e.get("value") == "2" for e in env)
+
+    wait_for("the template rolled", rolled)
+    assert api.replicas("svc-manual") == 4
