@@ -207,6 +207,23 @@ def validate(
     return causes
 
 
+def _as_declared(schema: dict[str, Any], value: Any) -> Any:
+    """The value with the schema's types: a ``number`` is a CEL double even when written as
+    ``2`` (JSON has one number type, CEL has int and double and no mixed comparisons)."""
+    if schema.get("type") == "number" and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, dict):
+        properties = schema.get("properties") or {}
+        extra = schema.get("additionalProperties")
+        return {
+            key: _as_declared(properties.get(key, extra if isinstance(extra, dict) else {}), item)
+            for key, item in value.items()
+        }
+    if isinstance(value, list) and isinstance(schema.get("items"), dict):
+        return [_as_declared(schema["items"], item) for item in value]
+    return value
+
+
 def _cel(schema: dict[str, Any], value: Any, old: Any, path: str) -> list[Cause]:
     rules = schema.get("x-kubernetes-validations") or []
     if not rules:
@@ -220,9 +237,9 @@ def _cel(schema: dict[str, Any], value: Any, old: Any, path: str) -> list[Cause]
         expression = rule.get("rule", "")
         if "oldSelf" in expression and old is None:
             continue  # transition rules apply to updates only
-        activation = {"self": json_to_cel(value)}
+        activation = {"self": json_to_cel(_as_declared(schema, value))}
         if old is not None:
-            activation["oldSelf"] = json_to_cel(old)
+            activation["oldSelf"] = json_to_cel(_as_declared(schema, old))
         field = path + (rule.get("fieldPath") or "")
         try:
             result = env.program(env.compile(expression)).evaluate(activation)

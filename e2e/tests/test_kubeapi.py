@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -62,6 +64,9 @@ spec:
 """)
 
 
+_NAMESPACES = itertools.count()
+
+
 @pytest.fixture(scope="module")
 def api() -> Iterator[ThreadedKubeAPI]:
     crds = [PODMONITOR_CRD] + ([VLMSERVICE_CRD] if VLMSERVICE_CRD.exists() else [])
@@ -79,7 +84,7 @@ def kube(api: ThreadedKubeAPI) -> Iterator[client.ApiClient]:
 
 @pytest.fixture
 def namespace(kube: client.ApiClient, request: pytest.FixtureRequest) -> str:
-    name = request.node.name.replace("_", "-")[:50].strip("-").lower()
+    name = f"{re.sub(r'[^a-z0-9]+', '-', request.node.name.lower())[:50]}-{next(_NAMESPACES)}"
     client.CoreV1Api(kube).create_namespace({"metadata": {"name": name}})
     return name
 
@@ -682,6 +687,31 @@ def test_vlmservice_schema_validation_and_pruning(kube: client.ApiClient, namesp
     assert _status(strict.value)["details"]["causes"][0]["field"] == "spec.replicaz"
     pruned = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, unknown)
     assert "replicaz" not in pruned["spec"]
+
+
+def _example_vlmservices() -> list[Any]:
+    found = []
+    for path in sorted((REPO / "manifests").glob("*.yaml")):
+        for document in yaml.safe_load_all(path.read_text()):
+            if isinstance(document, dict) and document.get("kind") == "VLMService":
+                found.append(
+                    pytest.param(document, id=f"{path.name}:{document['metadata']['name']}")
+                )
+    return found
+
+
+@vlmservice_crd
+@pytest.mark.parametrize("example", _example_vlmservices())
+def test_example_manifests_are_accepted(
+    kube: client.ApiClient, namespace: str, example: dict[str, Any]
+) -> None:
+    custom = client.CustomObjectsApi(kube)
+    body = {**example, "metadata": {**example["metadata"], "namespace": namespace}}
+    created = custom.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, PLURAL, body, field_validation="Strict"
+    )
+    assert created["metadata"]["uid"]
+    assert created["spec"]["model"]["id"] == example["spec"]["model"]["id"]
 
 
 # -- recording and process mode -------------------------------------------------------------

@@ -191,3 +191,13 @@ def test_rbac_comparison() -> None:
     }
     assert missing_permissions(requests, rules) == {("", "configmaps", "get")}  # "other"
     assert unused_permissions(requests, rules) == {("apps", "deployments/scale", "get")}
+
+
+def test_cel_sees_numbers_as_doubles_even_when_written_as_integers() -> None:
+    schema = {
+        "type": "object",
+        "x-kubernetes-validations": [{"rule": "self.timeout > 0.0 && self.count > 0"}],
+        "properties": {"timeout": {"type": "number"}, "count": {"type": "integer"}},
+    }
+    assert validate(schema, {"timeout": 2, "count": 1}) == []
+    assert len(validate(schema, {"timeout": 0, "count": 1})) == 1
