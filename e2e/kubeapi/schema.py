@@ -262,6 +262,15 @@ def _cel(schema: dict[str, Any], value: Any, old: Any, path: str) -> list[Cause]
             )
         elif not bool(result):
             message = rule.get("message") or f"failed rule: {expression}"
+            if rule.get("messageExpression"):
+                try:
+                    rendered = env.program(env.compile(rule["messageExpression"])).evaluate(
+                        activation
+                    )
+                except Exception:  # a broken message falls back to the static one
+                    rendered = None
+                if isinstance(rendered, str) and rendered:
+                    message = str(rendered)
             reason = {
                 "FieldValueRequired": "FieldValueRequired",
                 "FieldValueForbidden": "FieldValueForbidden",

@@ -201,3 +201,16 @@ def test_cel_sees_numbers_as_doubles_even_when_written_as_integers() -> None:
     }
     assert validate(schema, {"timeout": 2, "count": 1}) == []
     assert len(validate(schema, {"timeout": 0, "count": 1})) == 1
+
+
+def test_cel_message_expressions() -> None:
+    schema = {
+        "type": "object",
+        "x-kubernetes-validations": [{
+            "rule": "self.n < 3", "message": "too big",
+            "messageExpression": "'n is ' + string(self.n) + ', at most 2'",
+        }],
+        "properties": {"n": {"type": "integer"}},
+    }  # fmt: skip
+    (cause,) = validate(schema, {"n": 5})
+    assert cause.message == 'Invalid value: "object": n is 5, at most 2'
