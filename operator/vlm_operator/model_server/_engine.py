@@ -35,7 +35,6 @@ from transformers import (
     AutoImageProcessor,
     AutoModelForImageTextToText,
     AutoTokenizer,
-    GenerationConfig,
     StoppingCriteria,
     StoppingCriteriaList,
     TextStreamer,
@@ -196,12 +195,11 @@ class Engine:
         """Generate the answer; ``on_text`` receives the text as it is produced."""
         if cancel.is_set():
             return Completion("", prepared.prompt_tokens, 0, "cancelled")
-        config = self._generation_config(request)
         streamer = _CallbackStreamer(self.tokenizer, on_text) if on_text else None
         with torch.inference_mode():
             output = self.model.generate(
                 **prepared.tensors,
-                generation_config=config,
+                **self._sampling(request),
                 stopping_criteria=StoppingCriteriaList([_Cancelled(cancel)]),
                 streamer=streamer,
             )
@@ -215,22 +213,20 @@ class Engine:
             reason = "length" if len(new_tokens) >= request.max_new_tokens else "stop"
         return Completion(text, prepared.prompt_tokens, len(new_tokens), reason)
 
-    def _generation_config(self, request: ChatRequest) -> Any:
-        config = GenerationConfig.from_dict(self.model.generation_config.to_dict())
-        config.max_new_tokens = request.max_new_tokens
+    @staticmethod
+    def _sampling(request: ChatRequest) -> dict[str, Any]:
+        """Only what the request sets: generate() fills the rest from the model's
+        generation_config.json (and, for greedy, ignores its sampling knobs quietly)."""
+        sampling: dict[str, Any] = {"max_new_tokens": request.max_new_tokens}
         if request.temperature == 0.0:
-            # Greedy: drop the sampling knobs so generate does not warn about them.
-            config.do_sample = False
-            config.temperature = None
-            config.top_p = None
-            config.top_k = None
+            sampling["do_sample"] = False
         elif request.temperature is not None or request.top_p is not None:
-            config.do_sample = True
+            sampling["do_sample"] = True
             if request.temperature is not None:
-                config.temperature = request.temperature
+                sampling["temperature"] = request.temperature
             if request.top_p is not None:
-                config.top_p = request.top_p
-        return config
+                sampling["top_p"] = request.top_p
+        return sampling
 
 
 def _chat_template(model_dir: Path, tokenizer: Any) -> str:
