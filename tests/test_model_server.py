@@ -528,6 +528,49 @@ async def test_a_client_that_goes_away_stops_its_generation(
     assert finished[0].completion_tokens < 1000
 
 
+async def test_a_failing_generation_is_a_500_and_the_server_keeps_serving(
+    tiny_model_dir: Path,
+) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+    from vlm_operator.model_server import ServerConfig, create_app
+    from vlm_operator.model_server._engine import Completion, Engine
+
+    class FlakyEngine(Engine):
+        failures = 2
+
+        def generate(self, *args: Any, **kwargs: Any) -> Completion:
+            if FlakyEngine.failures:
+                FlakyEngine.failures -= 1
+                on_text = kwargs.get("on_text")
+                if on_text is not None:
+                    on_text("half an ans")
+                raise RuntimeError("out of memory, say")
+            return super().generate(*args, **kwargs)
+
+    config = ServerConfig(model_dir=tiny_model_dir, model_id=MODEL_ID, max_new_tokens=3)
+    app = create_app(config, load=lambda: FlakyEngine.load(tiny_model_dir, threads=1))
+    async with TestClient(TestServer(app)) as client:
+        deadline = time.monotonic() + 30
+        while (await client.get("/health")).status != 200:
+            assert time.monotonic() < deadline, "model did not load"
+            await asyncio.sleep(0.05)
+        response = await client.post("/v1/chat/completions", json=_chat(None))
+        assert response.status == 500
+        assert (await response.json())["error"]["type"] == "server_error"
+
+        response = await client.post("/v1/chat/completions", json=_chat(None, stream=True))
+        assert response.status == 200  # the headers went out before the failure
+        events = [e for e in (await response.text()).split("\n\n") if e]
+        payloads = [json.loads(e[len("data: ") :]) for e in events[:-1]]
+        assert payloads[1]["choices"][0]["delta"] == {"content": "half an ans"}
+        assert payloads[-1]["error"]["type"] == "server_error"
+        assert events[-1] == "data: [DONE]"
+
+        response = await client.post("/v1/chat/completions", json=_chat(_png(30, 30)))
+        assert response.status == 200
+        assert (await client.get("/health")).status == 200
+
+
 def test_a_model_that_fails_to_load_ends_the_process(tmp_path: Path) -> None:
     broken = tmp_path / "broken"
     broken.mkdir()
