@@ -5,12 +5,14 @@ unknown fields (or rejection under ``fieldValidation=Strict``), OpenAPI validati
 required, minimum/maximum, exclusive bounds, minLength/maxLength, pattern, minItems/maxItems,
 minProperties/maxProperties, nullable, int-or-string), then ``x-kubernetes-validations`` CEL rules
 (cel-python) on the subtrees that passed schema validation. ``oldSelf`` transition rules are only
-evaluated on updates. Every failure becomes a cause naming the field, like the real 422 body.
+evaluated on updates, and subtrees an update leaves unchanged are not validated again
+(ratcheting). Every failure becomes a cause naming the field, like the real 422 body.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -168,7 +170,13 @@ def _bounds(schema: dict[str, Any], value: Any, field: str) -> list[Cause]:
 def validate(
     schema: dict[str, Any], value: Any, old: Any = None, path: str = "", *, root: bool = True
 ) -> list[Cause]:
-    """Schema and CEL errors of ``value`` (``old`` is the stored value on update)."""
+    """Schema and CEL errors of ``value`` (``old`` is the stored value on update).
+
+    Unchanged subtrees of an update are not validated again (validation ratcheting, on by
+    default since Kubernetes 1.30): a status write never re-runs the spec's rules.
+    """
+    if old is not None and value == old:
+        return []
     if value is None:
         if schema.get("nullable"):
             return []
@@ -224,14 +232,21 @@ def _as_declared(schema: dict[str, Any], value: Any) -> Any:
     return value
 
 
+@functools.lru_cache(maxsize=1024)
+def _program(expression: str) -> Any:
+    """A compiled CEL program; parsing dominates the cost, so each rule is compiled once."""
+    import celpy
+
+    environment = celpy.Environment()
+    return environment.program(environment.compile(expression))
+
+
 def _cel(schema: dict[str, Any], value: Any, old: Any, path: str) -> list[Cause]:
     rules = schema.get("x-kubernetes-validations") or []
     if not rules:
         return []
-    import celpy  # the test extra; only needed when a schema carries CEL rules
-    from celpy.adapter import json_to_cel
+    from celpy.adapter import json_to_cel  # the test extra; only needed for CEL rules
 
-    env = celpy.Environment()
     causes = []
     for rule in rules:
         expression = rule.get("rule", "")
@@ -242,7 +257,7 @@ def _cel(schema: dict[str, Any], value: Any, old: Any, path: str) -> list[Cause]
             activation["oldSelf"] = json_to_cel(_as_declared(schema, old))
         field = path + (rule.get("fieldPath") or "")
         try:
-            result = env.program(env.compile(expression)).evaluate(activation)
+            result = _program(expression).evaluate(activation)
         except Exception as error:  # compile and evaluation errors are reported, never raised
             causes.append(
                 Cause(
@@ -264,9 +279,7 @@ def _cel(schema: dict[str, Any], value: Any, old: Any, path: str) -> list[Cause]
             message = rule.get("message") or f"failed rule: {expression}"
             if rule.get("messageExpression"):
                 try:
-                    rendered = env.program(env.compile(rule["messageExpression"])).evaluate(
-                        activation
-                    )
+                    rendered = _program(rule["messageExpression"]).evaluate(activation)
                 except Exception:  # a broken message falls back to the static one
                     rendered = None
                 if isinstance(rendered, str) and rendered:

@@ -214,3 +214,10 @@ def test_cel_message_expressions() -> None:
     }  # fmt: skip
     (cause,) = validate(schema, {"n": 5})
     assert cause.message == 'Invalid value: "object": n is 5, at most 2'
+
+
+def test_unchanged_subtrees_of_an_update_are_not_validated_again() -> None:
+    stored = {"spec": {"min": 9, "max": 5, "port": 80}}  # invalid, but already stored
+    assert validate(SCHEMA, {**stored, "status": {"ok": True}}, stored) == []
+    changed = {"spec": {"min": 9, "max": 4, "port": 80}}
+    assert [c.field for c in validate(SCHEMA, changed, stored)] == ["spec.min"]
