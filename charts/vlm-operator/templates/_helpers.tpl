@@ -59,32 +59,35 @@ app.kubernetes.io/component: operator
 {{/*
 RBAC rules on namespaced resources: exactly the requests the operator makes
 (tests/test_rbac.py records them against the emulated API and compares both ways).
+No get: children are created, or patched when they exist (a 404 turns the
+patch into a create); reads come from kopf's watches. Pods are patched only
+for their deletion-cost annotation before a scale-down.
 */}}
 {{- define "vlm-operator.namespacedRules" -}}
 - apiGroups: ["vlm-operator.io"]
   resources: ["vlmservices"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch", "patch"]
 - apiGroups: ["vlm-operator.io"]
   resources: ["vlmservices/status"]
-  verbs: ["get", "patch"]
+  verbs: ["patch"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch"]
+  verbs: ["list", "watch", "create", "patch"]
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["get", "create", "patch"]
+  verbs: ["create", "patch"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "create", "patch"]
+  verbs: ["create", "patch"]
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
-  verbs: ["get", "create", "patch"]
+  verbs: ["create", "patch"]
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["podmonitors"]
-  verbs: ["get", "create", "patch"]
+  verbs: ["create", "patch"]
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch", "patch"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
@@ -99,10 +102,12 @@ Cluster-scoped reads kopf makes whatever it watches (resource discovery).
   verbs: ["list", "watch"]
 {{- end }}
 
+
 {{/*
-What kopf adds when it watches every namespace: it follows namespaces.
+What kopf adds when it serves a list of namespaces: it follows the namespaces
+themselves (to pick up patterns), cluster-wide.
 */}}
-{{- define "vlm-operator.allNamespacesRules" -}}
+{{- define "vlm-operator.namespaceRules" -}}
 - apiGroups: [""]
   resources: ["namespaces"]
   verbs: ["list", "watch"]

@@ -1,0 +1,469 @@
+"""The chart's RBAC grants exactly what the operator uses: nothing missing, nothing extra.
+
+The real operator (``vlm-operator run``, a subprocess) runs a short life
+against the emulated Kubernetes API, which records every request by RBAC
+verb: a VLMService is created (children with a PodMonitor and a
+NetworkPolicy), scaled up by a queue building in its gate, scaled down when
+the load is gone (deletion costs on its pods), and deleted; then the operator
+is stopped. The recorded (verb, group, resource[/subresource]) set must equal
+what the chart's rules grant, both ways, in both of the chart's modes: a Role
+per watched namespace (plus the cluster-scoped reads in a ClusterRole), and one
+ClusterRole when watching all namespaces.
+
+The test plays the kubelet and the Deployment controller by writing Pods and
+Deployment status straight into the emulated API's store, not over HTTP, so
+that every recorded request is one the operator made.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from vlm_operator.models import GROUP, PLURAL, SERVICE_LABEL, VERSION
+
+from e2e.cluster import chart
+from e2e.exporters import Exporter
+from e2e.kubeapi import PODMONITOR_CRD, RecordedRequest, ThreadedKubeAPI, run_in_thread
+from e2e.kubeapi.store import Store
+from e2e.prometheus import PrometheusServer
+
+pytestmark = pytest.mark.slow
+
+T = TypeVar("T")
+Permission = tuple[str, str, str]  # (verb, apiGroup, resource[/subresource])
+
+DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
+SERVICE = "demo"
+
+
+def _wait_for(
+    what: str,
+    probe: Callable[[], T | None],
+    timeout: float = 40.0,
+    describe: Callable[[], object] = lambda: "",
+) -> T:
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = probe()
+        if last:
+            return last
+        time.sleep(0.1)
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what} (last: {last!r}) {describe()}"
+    )
+
+
+# ------------------------------------------------------------ the stand-ins
+
+
+def _kinds(store: Store) -> dict[str, Any]:
+    return {
+        "namespaces": store.kind("", "v1", "namespaces"),
+        "pods": store.kind("", "v1", "pods"),
+        "deployments": store.kind("apps", "v1", "deployments"),
+        "vlmservices": store.kind(GROUP, VERSION, PLURAL),
+    }
+
+
+class Kubelet:
+    """Keeps ``spec.replicas`` Ready pods per Deployment of one namespace, in the store.
+
+    Scale-down removes the cheapest pods first (deletion cost), as the
+    ReplicaSet controller does. A background thread steps it every 0.1 s.
+    """
+
+    def __init__(self, api: ThreadedKubeAPI, namespace: str) -> None:
+        self.api = api
+        self.namespace = namespace
+        self._serial = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Kubelet:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.1):
+            self.api.call(self._step)
+
+    def _step(self) -> None:
+        store = self.api.server.store
+        kinds = _kinds(store)
+        for deployment in store.list_objects(kinds["deployments"], self.namespace, bool):
+            name = deployment["metadata"]["name"]
+            want = int(deployment["spec"].get("replicas", 1))
+
+            def mine(obj: dict[str, Any], service: str = name) -> bool:
+                labels = obj["metadata"].get("labels") or {}
+                return bool(labels.get(SERVICE_LABEL) == service)
+
+            pods = store.list_objects(kinds["pods"], self.namespace, mine)
+            if len(pods) > want:
+                pods.sort(
+                    key=lambda p: int(
+                        (p["metadata"].get("annotations") or {}).get(DELETION_COST, "0")
+                    )
+                )
+                for pod in pods[: len(pods) - want]:
+                    store.delete(kinds["pods"], self.namespace, pod["metadata"]["name"])
+            for _ in range(want - len(pods)):
+                self._serial += 1
+                self._create_ready_pod(store, deployment, f"{name}-{self._serial}")
+            # Every pod is Ready at once: start-up delays are not what this test is about.
+            status = {"replicas": want, "readyReplicas": want, "availableReplicas": want}
+            if {k: deployment.get("status", {}).get(k) for k in status} != status:
+                store.update(
+                    kinds["deployments"],
+                    self.namespace,
+                    name,
+                    {**deployment, "status": {**deployment.get("status", {}), **status}},
+                    subresource="status",
+                )
+
+    def _create_ready_pod(self, store: Store, deployment: dict[str, Any], name: str) -> None:
+        kind = _kinds(store)["pods"]
+        template = deployment["spec"]["template"]
+        body = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "labels": dict(template["metadata"]["labels"])},
+            "spec": {**template["spec"], "nodeName": "node-1"},
+        }
+        created, _ = store.create(kind, self.namespace, body)
+        conditions = [
+            {"type": t, "status": "True"}
+            for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")
+        ]
+        created["status"] = {"phase": "Running", "podIP": "127.0.0.1", "conditions": conditions}
+        store.update(kind, self.namespace, name, created, subresource="status")
+
+
+class Traffic:
+    """Keeps requests finishing on a gate exporter (so P95 and rates exist) until stopped."""
+
+    def __init__(self, exporter: Exporter) -> None:
+        self.exporter = exporter
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            self.exporter.set(durations=[3.0], codes={200: 1})
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+# ---------------------------------------------------------------- the scenario
+
+
+@dataclass
+class Scenario:
+    mode: str
+    namespace: str
+    values: dict[str, Any]
+    recorded: list[RecordedRequest]
+    operator_log: str
+
+
+def _vlmservice(namespace: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "VLMService",
+        "metadata": {"name": SERVICE, "namespace": namespace},
+        "spec": {
+            "model": {"id": "Qwen/Qwen3-VL-2B-Instruct", "runtime": "fake"},
+            "autoscaling": {
+                "minReplicas": 1,
+                "maxReplicas": 4,
+                "syncPeriodSeconds": 1,
+                "scaleDown": {"stabilizationWindowSeconds": 2},
+            },
+            "metrics": {"windowSeconds": 5},
+            "monitoring": {"podMonitor": True},
+            "networkPolicy": {"enabled": True},
+        },
+    }
+
+
+def _replicas(api: ThreadedKubeAPI, namespace: str) -> int | None:
+    def read() -> int | None:
+        store = api.server.store
+        found = store.list_objects(
+            _kinds(store)["deployments"], namespace, lambda o: o["metadata"]["name"] == SERVICE
+        )
+        return int(found[0]["spec"].get("replicas", 1)) if found else None
+
+    return api.call(read)
+
+
+def _pods_with_cost(api: ThreadedKubeAPI, namespace: str) -> int:
+    def read() -> int:
+        store = api.server.store
+        pods = store.list_objects(_kinds(store)["pods"], namespace, bool)
+        return sum(1 for p in pods if DELETION_COST in (p["metadata"].get("annotations") or {}))
+
+    return api.call(read)
+
+
+def _status(api: ThreadedKubeAPI, namespace: str) -> dict[str, Any]:
+    def read() -> dict[str, Any]:
+        store = api.server.store
+        found = store.list_objects(_kinds(store)["vlmservices"], namespace, bool)
+        return dict(found[0].get("status") or {}) if found else {}
+
+    return api.call(read)
+
+
+def _vlmservice_exists(api: ThreadedKubeAPI, namespace: str) -> bool:
+    def read() -> bool:
+        store = api.server.store
+        return bool(store.list_objects(_kinds(store)["vlmservices"], namespace, bool))
+
+    return api.call(read)
+
+
+def _run_scenario(
+    mode: str, namespace: str, prometheus: PrometheusServer, gate: Exporter, workdir: Path
+) -> Scenario:
+    scope = ["--namespace", namespace] if mode == "namespaced" else ["--all-namespaces"]
+    values: dict[str, Any] = {"watchNamespaces": [namespace]} if mode == "namespaced" else {}
+    log_path = workdir / f"operator-{mode}.log"
+    with run_in_thread(crds=[chart.REPO_ROOT / "crds", PODMONITOR_CRD]) as api:
+
+        def create_namespace() -> None:
+            store = api.server.store
+            store.create(_kinds(store)["namespaces"], None, {"metadata": {"name": namespace}})
+
+        api.call(create_namespace)
+        argv = [
+            sys.executable,
+            "-m",
+            "vlm_operator",
+            "run",
+            *scope,
+            "--kubeconfig",
+            str(api.kubeconfig),
+            "--prometheus-url",
+            prometheus.url,
+            "--prometheus-timeout",
+            "2",
+            "--metrics-port",
+            "0",
+            "--metrics-address",
+            "127.0.0.1",
+        ]
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        try:
+            with Kubelet(api, namespace):
+                _live(api, namespace, gate)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+        recorded = api.requests
+    return Scenario(mode, namespace, values, recorded, log_path.read_text(errors="replace"))
+
+
+def _live(api: ThreadedKubeAPI, namespace: str, gate: Exporter) -> None:
+    """Create, scale up, scale down (with deletion costs), change the spec, delete."""
+
+    def create() -> None:
+        store = api.server.store
+        store.create(_kinds(store)["vlmservices"], namespace, _vlmservice(namespace))
+
+    api.call(create)
+    _wait_for("the Deployment", lambda: _replicas(api, namespace))
+    # A queue builds in the gate: 4 running, 8 waiting → 3 pods at 4 in flight each.
+    gate.set(running=4, waiting=8)
+    with Traffic(gate):
+        _wait_for(
+            "a scale-up",
+            lambda: (_replicas(api, namespace) or 0) >= 2,
+            describe=lambda: _status(api, namespace),
+        )
+        gate.set(running=0, waiting=0)
+    # No traffic: once the window has no finished request, the service is idle.
+    _wait_for(
+        "a scale-down to 1",
+        lambda: _replicas(api, namespace) == 1,
+        describe=lambda: _status(api, namespace),
+    )
+    assert _pods_with_cost(api, namespace) >= 1
+
+    def update_spec() -> None:
+        store = api.server.store
+        kind = _kinds(store)["vlmservices"]
+        current = store.get(kind, namespace, SERVICE)
+        spec = {**current["spec"], "concurrency": {"queueSize": 12}}
+        store.update(kind, namespace, SERVICE, {**current, "spec": spec})
+
+    # A spec change patches every child in place.
+    api.call(update_spec)
+    _wait_for(
+        "the spec change applied",
+        lambda: _status(api, namespace).get("observedGeneration") == 2,
+        describe=lambda: _status(api, namespace),
+    )
+
+    def delete() -> None:
+        store = api.server.store
+        store.delete(_kinds(store)["vlmservices"], namespace, SERVICE)
+
+    api.call(delete)
+    _wait_for("the VLMService gone", lambda: not _vlmservice_exists(api, namespace))
+
+
+@pytest.fixture(scope="module")
+def scenarios(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Scenario]]:
+    workdir = tmp_path_factory.mktemp("rbac")
+    namespaces = {"namespaced": "team-a", "all-namespaces": "team-b"}
+    gates = {mode: Exporter(max_in_flight=4, queue_capacity=16).start() for mode in namespaces}
+    try:
+        with PrometheusServer(workdir / "prometheus") as prometheus:
+            for gate in gates.values():
+                # The requests counter exists from the start: zero arrivals read as idle.
+                gate.set(running=0, waiting=0, codes={200: 1})
+            prometheus.set_targets(
+                [
+                    (
+                        gates[mode].host_port,
+                        {"namespace": ns, "vlmservice": SERVICE, "pod": f"{SERVICE}-gate"},
+                    )
+                    for mode, ns in namespaces.items()
+                ]
+            )
+            prometheus.wait_for_series("vlm_gate_max_in_flight", count=len(namespaces))
+            # Both lives at once: each has its own emulated API and operator process.
+            with ThreadPoolExecutor(max_workers=len(namespaces)) as pool:
+                futures = {
+                    mode: pool.submit(_run_scenario, mode, ns, prometheus, gates[mode], workdir)
+                    for mode, ns in namespaces.items()
+                }
+                yield {mode: future.result() for mode, future in futures.items()}
+    finally:
+        for gate in gates.values():
+            gate.stop()
+
+
+# ---------------------------------------------------------------- comparison
+
+
+def _permission(request: RecordedRequest) -> Permission:
+    resource = request.resource + (f"/{request.subresource}" if request.subresource else "")
+    return (request.verb, request.group, resource)
+
+
+def _granted(rules: list[dict[str, Any]]) -> set[Permission]:
+    return {
+        (verb, group, resource)
+        for rule in rules
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def _rules(
+    objects: list[dict[str, Any]], kind: str, namespace: str | None = None
+) -> set[Permission]:
+    rules = [
+        rule
+        for obj in objects
+        if obj["kind"] == kind and obj["metadata"].get("namespace") == namespace
+        for rule in obj["rules"]
+    ]
+    return _granted(rules)
+
+
+def _compare(used: set[Permission], granted: set[Permission], where: str, log: str) -> None:
+    missing = sorted(used - granted)
+    unused = sorted(granted - used)
+    assert (missing, unused) == ([], []), (
+        f"{where}: the operator used but the chart does not grant: {missing}; "
+        f"the chart grants but the operator never used: {unused}\n"
+        f"operator log tail:\n{log[-3000:]}"
+    )
+
+
+def test_namespaced_install_grants_exactly_what_the_operator_uses(
+    scenarios: dict[str, Scenario],
+) -> None:
+    scenario = scenarios["namespaced"]
+    objects = chart.render(scenario.values)
+    in_namespace = {_permission(r) for r in scenario.recorded if r.namespace is not None}
+    cluster_wide = {_permission(r) for r in scenario.recorded if r.namespace is None}
+    # Namespaced requests stay in the watched namespace.
+    assert {r.namespace for r in scenario.recorded} <= {scenario.namespace, None}
+    _compare(
+        in_namespace,
+        _rules(objects, "Role", scenario.namespace),
+        f"Role in {scenario.namespace}",
+        scenario.operator_log,
+    )
+    _compare(cluster_wide, _rules(objects, "ClusterRole"), "ClusterRole", scenario.operator_log)
+
+
+def test_all_namespaces_install_grants_exactly_what_the_operator_uses(
+    scenarios: dict[str, Scenario],
+) -> None:
+    scenario = scenarios["all-namespaces"]
+    objects = chart.render(scenario.values)
+    used = {_permission(r) for r in scenario.recorded}
+    _compare(used, _rules(objects, "ClusterRole"), "ClusterRole", scenario.operator_log)
+
+
+def test_scenario_exercised_every_child_kind(scenarios: dict[str, Scenario]) -> None:
+    # The comparison means something only if the life touched every kind it should.
+    for scenario in scenarios.values():
+        resources = {r.resource for r in scenario.recorded if r.verb == "create"}
+        assert {
+            "deployments",
+            "services",
+            "poddisruptionbudgets",
+            "podmonitors",
+            "networkpolicies",
+            "events",
+        } <= resources, scenario.mode
+        patched = {(r.resource, r.subresource) for r in scenario.recorded if r.verb == "patch"}
+        assert {
+            ("pods", ""),
+            ("vlmservices", "status"),
+            ("deployments", ""),
+            ("services", ""),
+            ("poddisruptionbudgets", ""),
+            ("podmonitors", ""),
+            ("networkpolicies", ""),
+        } <= patched, scenario.mode
