@@ -706,6 +706,8 @@ async def test_upload_page_in_headless_chromium(server: _Server, tmp_path: Path)
     picture.write_bytes(png)
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    photo = tmp_path / "photo.png"
+    photo.write_bytes(_png(2000, 1500))
     question = "What colour is the square?"
     # The page sends the file as it is (small images are not re-encoded) and no
     # sampling parameters, so its answer is the API's answer to the same request.
@@ -734,5 +736,13 @@ async def test_upload_page_in_headless_chromium(server: _Server, tmp_path: Path)
         assert "HTTP 400" in status_text
         assert "not an image" in status_text
         assert answer == ""
+
+        # A photo-sized image is downscaled in the browser to 1024 px on its long
+        # side before it is sent; this server's small pixel bound then refuses it,
+        # and its message shows the size that arrived.
+        state, status_text, _ = await _ask_on_page(devtools, photo, question)
+        assert state == "error"
+        assert "HTTP 400" in status_text
+        assert "1024x768" in status_text
 
     await _with_page(server.url, use_page)
