@@ -10,7 +10,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from threading import Lock, Thread
-from types import TracebackType
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import start_http_server
@@ -93,10 +92,5 @@ class Exporter:
     def __enter__(self) -> Exporter:
         return self.start() if self._server is None else self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *_: object) -> None:
         self.stop()

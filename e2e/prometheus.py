@@ -23,7 +23,6 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import httpx
@@ -168,12 +167,7 @@ class PrometheusServer:
     def __enter__(self) -> PrometheusServer:
         return self.start() if self._process is None else self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *_: object) -> None:
         self.stop()
 
     # -- targets ----------------------------------------------------------------------------

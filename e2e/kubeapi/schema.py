@@ -112,17 +112,17 @@ def _type_ok(schema: dict[str, Any], value: Any) -> str | None:
 def _bounds(schema: dict[str, Any], value: Any, field: str) -> list[Cause]:
     causes: list[Cause] = []
 
-    def bad(message: str, reason: str = "FieldValueInvalid") -> None:
-        causes.append(Cause(field, reason, f"Invalid value: {_describe(value)}: {message}"))
+    def add(reason: str, message: str) -> None:
+        causes.append(Cause(field, reason, message))
+
+    def bad(message: str) -> None:
+        add("FieldValueInvalid", f"Invalid value: {_describe(value)}: {message}")
 
     if "enum" in schema and value not in schema["enum"]:
         allowed = ", ".join(_describe(v) for v in schema["enum"])
-        causes.append(
-            Cause(
-                field,
-                "FieldValueNotSupported",
-                f"Unsupported value: {_describe(value)}: supported values: {allowed}",
-            )
+        add(
+            "FieldValueNotSupported",
+            f"Unsupported value: {_describe(value)}: supported values: {allowed}",
         )
     if isinstance(value, int | float) and not isinstance(value, bool):
         if "minimum" in schema:
@@ -139,25 +139,16 @@ def _bounds(schema: dict[str, Any], value: Any, field: str) -> list[Cause]:
         if "minLength" in schema and len(value) < schema["minLength"]:
             bad(f"should be at least {schema['minLength']} chars long")
         if "maxLength" in schema and len(value) > schema["maxLength"]:
-            causes.append(
-                Cause(
-                    field,
-                    "FieldValueTooLong",
-                    f"Too long: may not be longer than {schema['maxLength']}",
-                )
-            )
+            add("FieldValueTooLong", f"Too long: may not be longer than {schema['maxLength']}")
         if "pattern" in schema and re.search(schema["pattern"], value) is None:
             bad(f"should match '{schema['pattern']}'")
     if isinstance(value, list):
         if "minItems" in schema and len(value) < schema["minItems"]:
             bad(f"should have at least {schema['minItems']} items")
         if "maxItems" in schema and len(value) > schema["maxItems"]:
-            causes.append(
-                Cause(
-                    field,
-                    "FieldValueTooMany",
-                    f"Too many: {len(value)}: must have at most {schema['maxItems']} items",
-                )
+            add(
+                "FieldValueTooMany",
+                f"Too many: {len(value)}: must have at most {schema['maxItems']} items",
             )
     if isinstance(value, dict):
         if "minProperties" in schema and len(value) < schema["minProperties"]:
