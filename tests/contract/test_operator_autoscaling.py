@@ -253,6 +253,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             print(operator.tail())
 
 
+def gate_env(api: Api, name: str, variable: str) -> str | None:
+    deployment = api.get(f"{DEPLOYMENTS}/{name}") or {}
+    for container in deployment["spec"]["template"]["spec"]["containers"]:
+        for env in container.get("env") or []:
+            if env.get("name") == variable:
+                return str(env.get("value"))
+    return None
+
+
 def without_cel(node: Any) -> Any:
     if isinstance(node, dict):
         return {k: without_cel(v) for k, v in node.items() if k != "x-kubernetes-validations"}
@@ -350,6 +359,13 @@ def test_scale_up_then_down_after_stabilization(cluster: Cluster) -> None:
         assert status["signals"]["inFlightPerPod"] == pytest.approx(4 / 3, abs=1e-3)
         assert api.condition("svc-scale", "MetricsAvailable")["status"] == "True"  # type: ignore[index]
 
+        # A spec change rolls the pod template but keeps the replicas the autoscaler chose.
+        api.patch(f"{VLMS}/svc-scale", {"spec": {"concurrency": {"queueSize": 9}}})
+        wait_for(
+            "the template rolled", lambda: gate_env(api, "svc-scale", "VLM_GATE_QUEUE_SIZE") == "9"
+        )
+        assert api.replicas("svc-scale") == 3
+
         # Load falls to one request: after the 6 s stabilization, down to 1 pod, idle pods first.
         exporter.set(running=1, waiting=0)
         fell_at = time.monotonic()
@@ -363,8 +379,12 @@ def test_scale_up_then_down_after_stabilization(cluster: Cluster) -> None:
             for pod in ("svc-scale-a", "svc-scale-b", "svc-scale-c")
         }
         assert costs == {"svc-scale-a": "100", "svc-scale-b": "0", "svc-scale-c": "0"}
-        down = wait_for("a ScaledDown Event", lambda: api.events("svc-scale", "ScaledDown"))
-        assert "3 → 2" in down[0]["message"]
+        down = wait_for(
+            "ScaledDown Events for both steps",
+            lambda: len(d := api.events("svc-scale", "ScaledDown")) >= 2 and d,
+        )
+        steps = sorted(e["message"].split(":")[0] for e in down)
+        assert steps == ["2 → 1", "3 → 2"]  # at most half the pods per step
 
 
 def test_missing_signals_hold_replicas(cluster: Cluster, tmp_path: Path) -> None:
@@ -461,15 +481,8 @@ def test_autoscaling_off_follows_spec_and_scale_subresource(cluster: Cluster) ->
     wait_for("the scale subresource honoured", lambda: api.replicas("svc-manual") == 4)
     # A spec change rolls the pod template and keeps the replicas.
     api.patch(f"{VLMS}/svc-manual", {"spec": {"concurrency": {"maxInFlight": 2}}})
-
-    def rolled() -> bool:
-        deployment = api.get(f"{DEPLOYMENTS}/svc-manual") or {}
-        env = [
-            e
-            for c in deployment["spec"]["template"]["spec"]["containers"]
-            for e in c.get("env") or []
-        ]
-        return any(e.get("name") == "VLM_GATE_MAX_IN_FLIGHT" and e.get("value") == "2" for e in env)
-
-    wait_for("the template rolled", rolled)
+    wait_for(
+        "the template rolled",
+        lambda: gate_env(api, "svc-manual", "VLM_GATE_MAX_IN_FLIGHT") == "2",
+    )
     assert api.replicas("svc-manual") == 4
