@@ -438,6 +438,45 @@ async def test_oversized_body_is_413_and_unknown_routes_are_json_404(server: _Se
     assert body["error"]["type"] == "invalid_request_error"
 
 
+@pytest.fixture
+def gate(server: _Server, tmp_path: Path) -> Iterator[str]:
+    """The gate sidecar in front of the model server, as in a pod."""
+    log = tmp_path / "gate.log"
+    flags = ["--upstream", server.url, "--listen", "127.0.0.1:0", "--max-in-flight", "2",
+             "--queue-size", "4", "--queue-timeout", "20", "--health-path", "/health"]  # fmt: skip
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "vlm_operator", "gate", *flags],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        url = _listening_url(process, log)
+        _wait_for(lambda: _get(url + "/readyz")[0] == 200, 20, "the gate to be ready")
+        yield url
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+async def test_behind_the_gate_with_the_load_generator(gate: str) -> None:
+    """The pod's two containers and the project's load generator, all real."""
+    from vlm_operator.loadgen import chat_payload, closed_loop, summarize
+
+    payload = chat_payload(MODEL_ID, "What colour is it?", image_png=_png(48, 48))
+    records = await closed_loop(
+        gate + "/v1/chat/completions", 3, duration_s=1.5, timeout_s=30, payload=payload,
+        max_requests=30,
+    )  # fmt: skip
+    summary = summarize(records)
+    assert summary.count >= 3
+    assert summary.ok == summary.count, [r.status for r in records]
+
+
 # --------------------------------------------------------------------- in-process
 
 
