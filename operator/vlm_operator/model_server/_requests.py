@@ -1,7 +1,7 @@
 """Parse and check OpenAI chat-completion requests before any model work.
 
-Everything a client can get wrong is caught here, in the event loop and in
-microseconds, so that a bad request costs no worker thread and is answered
+Everything a client can get wrong is caught here, in the event loop and
+cheaply, so that a bad request costs no worker thread and is answered
 with a 400 whose ``param`` names the field (``messages[0].content[1].image_url``)
 and whose message says why. Images are base64-decoded and their header read
 (PIL opens lazily: width and height are known before a single pixel is
