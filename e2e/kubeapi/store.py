@@ -153,6 +153,7 @@ class Store:
         self._expired_rv = 0  # the newest resourceVersion dropped from the history
         self._watches: set[Watch] = set()
         self._orphaning: set[str] = set()  # uids deleted with propagationPolicy=Orphan
+        self._owned: dict[str, set[tuple[StoreKey, ObjectKey]]] = {}  # owner uid → dependents
         self._require_namespaces = require_namespaces
         self.resource_version = 0
         for kind in BUILTIN_KINDS:
@@ -405,7 +406,7 @@ class Store:
             metadata["resourceVersion"] = str(self.resource_version)
             return self.serve(kind, obj), warnings
         metadata["resourceVersion"] = self._next_rv()
-        self._bucket(kind)[key] = obj
+        self._put((kind.group, kind.plural), key, obj)
         if (kind.group, kind.plural) == _CRD_KEY:
             self._register_crd(obj)
         self._emit((kind.group, kind.plural), "ADDED", obj, None)
@@ -487,7 +488,7 @@ class Store:
             metadata["generation"] = metadata["generation"] + 1
         if _without_rv(new) == _without_rv(old) or dry_run:
             return self.serve(kind, new if dry_run else old), warnings
-        self._bucket(kind)[(namespace or "", name)] = new
+        self._put((kind.group, kind.plural), (namespace or "", name), new)
         if "deletionTimestamp" in metadata and not metadata.get("finalizers"):
             # The last finalizer is gone: the object goes away with this write (one DELETED
             # event carrying the final state, as a real API server sends).
@@ -593,7 +594,7 @@ class Store:
                     generation=metadata.get("generation", 1) + 1,
                     resourceVersion=self._next_rv(),
                 )
-                self._bucket(kind)[(namespace or "", name)] = new
+                self._put((kind.group, kind.plural), (namespace or "", name), new)
                 self._emit((kind.group, kind.plural), "MODIFIED", new, obj)
                 obj = new
             return self.serve(kind, obj)
@@ -608,7 +609,7 @@ class Store:
                 deletionTimestamp=now_timestamp(), resourceVersion=self._next_rv()
             )
             new["status"] = {"phase": "Terminating"}
-            self._bucket(kind)[("", name)] = new
+            self._put(_NAMESPACE_KEY, ("", name), new)
             self._emit(_NAMESPACE_KEY, "MODIFIED", new, obj)
             obj = new
             for key, bucket in list(self._objects.items()):
@@ -644,15 +645,26 @@ class Store:
                 del new["metadata"]["ownerReferences"]
             self.update(kind, obj["metadata"].get("namespace"), obj["metadata"]["name"], new)
 
+    def _owners(self, obj: dict[str, Any] | None) -> set[str]:
+        return {ref["uid"] for ref in (obj or {}).get("metadata", {}).get("ownerReferences") or []}
+
+    def _put(self, key: StoreKey, object_key: ObjectKey, obj: dict[str, Any] | None) -> None:
+        """Store (or, with None, drop) an object, keeping the owner index in step."""
+        bucket = self._bucket_by_key(key)
+        old = bucket.pop(object_key, None)
+        for uid in self._owners(old):
+            self._owned.get(uid, set()).discard((key, object_key))
+        if obj is not None:
+            bucket[object_key] = obj
+            for uid in self._owners(obj):
+                self._owned.setdefault(uid, set()).add((key, object_key))
+
     def _dependents(self, uid: str) -> Iterator[tuple[ResourceKind, dict[str, Any]]]:
-        for (group, plural), bucket in list(self._objects.items()):
-            kind = next(
-                (k for k in self.kinds.values() if (k.group, k.plural) == (group, plural)), None
-            )
-            for obj in list(bucket.values()):
-                refs = obj["metadata"].get("ownerReferences") or []
-                if kind is not None and any(ref.get("uid") == uid for ref in refs):
-                    yield kind, obj
+        for key, object_key in sorted(self._owned.pop(uid, set())):
+            obj = self._bucket_by_key(key).get(object_key)
+            kind = next((k for k in self.kinds.values() if (k.group, k.plural) == key), None)
+            if obj is not None and kind is not None and uid in self._owners(obj):
+                yield kind, obj
 
     def _remove(self, key: StoreKey, obj: dict[str, Any], *, cascade: bool) -> None:
         metadata = obj["metadata"]
@@ -660,7 +672,7 @@ class Store:
         object_key = (metadata.get("namespace") or "", metadata["name"])
         if bucket.get(object_key) is not obj:
             return
-        del bucket[object_key]
+        self._put(key, object_key, None)
         final = {**obj, "metadata": {**metadata, "resourceVersion": self._next_rv()}}
         self._emit(key, "DELETED", final, None)
         if key == _CRD_KEY:
