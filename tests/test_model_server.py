@@ -141,6 +141,14 @@ def _build_tiny_model(out: Path) -> None:
     tokenizer.save_pretrained(out)
     image_processor.save_pretrained(out)
     (out / "chat_template.json").write_text(json.dumps({"chat_template": CHAT_TEMPLATE}))
+    # Named as in the Qwen3-VL snapshot, whose processor files assume torchvision.
+    preprocessor = json.loads((out / "preprocessor_config.json").read_text())
+    preprocessor["image_processor_type"] = "Qwen2VLImageProcessorFast"
+    preprocessor["processor_class"] = "Qwen3VLProcessor"
+    (out / "preprocessor_config.json").write_text(json.dumps(preprocessor))
+    (out / "video_preprocessor_config.json").write_text(
+        json.dumps({"video_processor_type": "Qwen3VLVideoProcessor"})
+    )
 
 
 @pytest.fixture(scope="session")
