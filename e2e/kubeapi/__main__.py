@@ -11,7 +11,9 @@ import asyncio
 import signal
 import sys
 
-from . import PODMONITOR_CRD, KubeAPIServer
+import yaml
+
+from . import PODMONITOR_CRD, APIError, KubeAPIServer
 
 
 async def _serve(args: argparse.Namespace) -> None:
@@ -57,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         asyncio.run(_serve(args))
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, yaml.YAMLError, APIError) as error:
         print(f"kubeapi: {error}", file=sys.stderr)
         return 1
     return 0

@@ -320,11 +320,17 @@ class Store:
             causes += [cause.to_dict() for cause in schema.validate(kind.schema, obj, old)]
         if (kind.group, kind.plural) == _CRD_KEY:
             try:
-                kinds_from_crd(obj)
-            except (ValueError, KeyError, TypeError) as error:
+                served = kinds_from_crd(obj)
+            except (ValueError, KeyError, TypeError, AttributeError) as error:
                 causes.append(
                     {"reason": "FieldValueInvalid", "field": "spec", "message": str(error)}
                 )
+            else:
+                expected = f"{served[0].plural}.{served[0].group}"
+                if name != expected:
+                    causes.append({"reason": "FieldValueInvalid", "field": "metadata.name",
+                                   "message": f'Invalid value: "{name}": must be spec.names.plural'
+                                   f'+"."+spec.group ("{expected}")'})  # fmt: skip
         if causes:
             raise errors.invalid(kind, name, causes)
         return warnings

@@ -160,6 +160,10 @@ def test_crd_registration_serves_the_new_kind_live(kube: client.ApiClient, names
     with pytest.raises(ApiException) as missing:
         custom.list_namespaced_custom_object("example.com", "v1", namespace, "gadgets")
     assert missing.value.status == 404
+    misnamed = {**crd, "metadata": {"name": "gadgets.elsewhere.com"}}
+    with pytest.raises(ApiException) as invalid:
+        extensions.create_custom_resource_definition(misnamed)
+    assert _status(invalid.value)["details"]["causes"][0]["field"] == "metadata.name"
     created = extensions.create_custom_resource_definition(crd)
     established = {c.type: c.status for c in created.status.conditions}
     assert established["Established"] == "True"
