@@ -65,6 +65,10 @@ install-manifest: crd
 golden: venv
 	$(BIN)/pytest tests/test_render.py --update-golden
 
+# Gate overhead: direct vs through the gate vs through nginx (docs/benchmarks.md).
+bench-gate: venv system-deps
+	$(BIN)/python benchmarks/bench_gate.py
+
 # Container images; they need a Docker engine (docker info must answer).
 image-operator:
 	@docker info >/dev/null 2>&1 || { echo "image-operator: no Docker engine answers (docker info); cannot build $(OPERATOR_IMAGE)" >&2; exit 1; }

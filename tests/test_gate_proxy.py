@@ -210,7 +210,8 @@ async def backend() -> AsyncIterator[Backend]:
 
 @asynccontextmanager
 async def running_gate(backend: Backend, **overrides: Any) -> AsyncIterator[Gate]:
-    config = GateConfig(upstream=backend.url, health_interval=0.05, **overrides)
+    settings: dict[str, Any] = {"upstream": backend.url, "health_interval": 0.05}
+    config = GateConfig(**{**settings, **overrides})
     gate = Gate(config)
     await gate.start()
     try:
@@ -393,7 +394,9 @@ async def test_disconnected_client_frees_its_slot_and_queued_one_leaves(
 
 
 async def test_everything_else_passes_through_untouched(backend: Backend) -> None:
-    async with running_gate(backend) as gate:
+    # by host name: cookie jars ignore cookies from bare IP addresses
+    by_name = backend.url.replace("127.0.0.1", "localhost")
+    async with running_gate(backend, upstream=by_name) as gate:
         garbage = b'{"messages": [ not json'
         status, headers, body = await gate.request(
             "PUT",
@@ -412,12 +415,29 @@ async def test_everything_else_passes_through_untouched(backend: Backend) -> Non
         assert seen["headers"]["x-status"] == "418"
         status, _, body = await gate.request("GET", "/v1/models")
         assert status == 200
-        assert json.loads(body)["path"] == "/v1/models"
+        seen = json.loads(body)
+        assert seen["path"] == "/v1/models"
+        assert "Cookie" not in seen["headers"]  # the model's Set-Cookie was not kept by the gate
         # the gate's own endpoints are neither proxied nor counted
         assert (await gate.request("GET", "/healthz"))[0] == 200
         assert await gate.metric("vlm_requests_total", code="418") == 1
         assert await gate.metric("vlm_requests_total", code="200") == 1
         assert await gate.metric("vlm_request_duration_seconds_count") == 2
+
+
+def test_bad_environment_value_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vlm_operator.cli import main
+
+    monkeypatch.setenv("VLM_GATE_UPSTREAM", "http://127.0.0.1:8080")
+    monkeypatch.setenv("VLM_GATE_MAX_IN_FLIGHT", "0")
+    with pytest.raises(SystemExit) as exited:
+        main(["gate"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "VLM_GATE_MAX_IN_FLIGHT" in err
+    assert "must be >= 1" in err
 
 
 async def test_metrics_follow_the_signals_contract(backend: Backend) -> None:

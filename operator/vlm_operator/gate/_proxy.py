@@ -193,11 +193,10 @@ class Proxy:
     ) -> web.StreamResponse:
         metrics = self.metrics
         metrics.cache_hits.inc()
-        response = web.StreamResponse(status=hit.status, headers=CIMultiDict(hit.headers))
-        response.headers["x-vlm-cache"] = "hit"
-        response.content_length = len(hit.body)
+        headers = CIMultiDict(hit.headers)
+        headers["x-vlm-cache"] = "hit"
+        response = web.Response(status=hit.status, headers=headers, body=hit.body)
         await response.prepare(request)
-        await response.write(hit.body)
         await response.write_eof()
         metrics.duration.observe(asyncio.get_running_loop().time() - start)
         metrics.finished(hit.status)
@@ -228,8 +227,8 @@ class Proxy:
         status = upstream.status
         headers = _forward_headers(upstream.headers)
         length = upstream.content_length
-        response = web.StreamResponse(status=status, reason=upstream.reason, headers=headers)
         if request.method == "HEAD":
+            response = web.StreamResponse(status=status, reason=upstream.reason, headers=headers)
             if length is not None:
                 response.headers["Content-Length"] = str(length)
             await response.prepare(request)
@@ -243,11 +242,14 @@ class Proxy:
                 return 502, error_response("upstream_error", f"model failed mid-answer: {exc!r}")
             if cache_key is not None and self.cache is not None:
                 self.cache.put(cache_key, CachedResponse(status, tuple(headers.items()), data))
-            response.content_length = len(data)
-            await response.prepare(request)
-            await response.write(data)
-            await response.write_eof()
-            return status, response
+            # A Response (unlike a StreamResponse) sends headers and body in one write.
+            whole_response = web.Response(
+                status=status, reason=upstream.reason, headers=headers, body=data
+            )
+            await whole_response.prepare(request)
+            await whole_response.write_eof()
+            return status, whole_response
+        response = web.StreamResponse(status=status, reason=upstream.reason, headers=headers)
         if length is not None:
             response.content_length = length
         await response.prepare(request)

@@ -131,6 +131,8 @@ def create_app(config: GateConfig) -> web.Application:
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
             auto_decompress=False,
+            # A proxy must not remember one client's cookies and send them with another's.
+            cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
         )
         health_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1))
