@@ -37,6 +37,8 @@ pytest.importorskip("PIL", reason="needs the model-server extra (pillow)")
 from PIL import Image
 from vlm_operator import cli
 
+from e2e.localcluster.procs import stop_process
+
 MODEL_ID = "tiny-qwen3-vl"
 MAX_NEW_TOKENS = 8
 MAX_IMAGE_PIXELS = 300 * 300
@@ -189,6 +191,17 @@ def _image_tokens(model_dir: Path, png: bytes) -> int:
     return int(grid[0] * grid[1] * grid[2]) // processor.merge_size**2
 
 
+def _stop(process: subprocess.Popen[bytes], grace_s: float = 20) -> int:
+    """SIGTERM, wait up to ``grace_s``, then SIGKILL; the exit status."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return process.wait(timeout=10)
+
+
 def _wait_for(predicate: Callable[[], bool], seconds: float, what: str) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -247,12 +260,9 @@ def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         url = _listening_url(process, log)
         _wait_for(lambda: _get(url + "/health")[0] == 200, 60, "the model to load")
         yield _Server(process, url, log)
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=30) == 0, log.read_text(errors="replace")
+        assert _stop(process, grace_s=30) == 0, log.read_text(errors="replace")
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
+        _stop(process, grace_s=0)
 
 
 def _get(url: str) -> tuple[int, Any]:
@@ -463,12 +473,7 @@ def gate(server: _Server, tmp_path: Path) -> Iterator[str]:
         _wait_for(lambda: _get(url + "/readyz")[0] == 200, 20, "the gate to be ready")
         yield url
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        _stop(process)
 
 
 async def test_behind_the_gate_with_the_load_generator(gate: str) -> None:
@@ -626,9 +631,7 @@ def test_a_model_that_fails_to_load_ends_the_process(tmp_path: Path) -> None:
     try:
         assert process.wait(timeout=60) == 1
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait(timeout=10)
+        _stop(process, grace_s=0)
     assert "loading the model from" in log.read_text(errors="replace")
 
 
@@ -696,7 +699,11 @@ async def _with_page(url: str, body: Callable[[_DevTools], Awaitable[None]]) -> 
             f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank",
         ]  # fmt: skip
         process = await asyncio.create_subprocess_exec(
-            chromium, *flags, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            chromium,
+            *flags,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # its own group: its helper processes stop with it
         )
         try:
             port_file = Path(profile) / "DevToolsActivePort"
@@ -716,13 +723,7 @@ async def _with_page(url: str, body: Callable[[_DevTools], Awaitable[None]]) -> 
                     await devtools.call("Page.navigate", url=url + "/")
                     await body(devtools)
         finally:
-            if process.returncode is None:
-                process.terminate()
-                try:
-                    await asyncio.wait_for(process.wait(), 10)
-                except TimeoutError:
-                    process.kill()
-                    await process.wait()
+            await stop_process(process, grace_s=10)
 
 
 async def _ask_on_page(devtools: _DevTools, image: Path, question: str) -> tuple[str, str, str]:
