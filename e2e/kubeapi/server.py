@@ -69,8 +69,13 @@ class KubeAPIServer:
         history_limit: int = 10_000,
         bookmark_interval: float = 5.0,
         require_namespaces: bool = True,
+        validate_builtins: bool = False,
     ) -> None:
-        self.store = Store(history_limit=history_limit, require_namespaces=require_namespaces)
+        self.store = Store(
+            history_limit=history_limit,
+            require_namespaces=require_namespaces,
+            validate_builtins=validate_builtins,
+        )
         self.requests: list[RecordedRequest] = []
         self.bookmark_interval = bookmark_interval
         self._runner: web.AppRunner | None = None

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from . import errors, schema
+from . import builtins, errors, schema
 from .errors import APIError
 from .resources import BUILTIN_KINDS, ResourceKind, kinds_from_crd
 from .selectors import Predicate, selector_to_string
@@ -145,7 +145,14 @@ def _without_rv(obj: dict[str, Any]) -> dict[str, Any]:
 class Store:
     """Objects of every kind, their history and the live watches."""
 
-    def __init__(self, *, history_limit: int = 10_000, require_namespaces: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        history_limit: int = 10_000,
+        require_namespaces: bool = True,
+        validate_builtins: bool = False,
+    ) -> None:
+        self._validate_builtins = validate_builtins
         self.kinds: dict[tuple[str, str, str], ResourceKind] = {}
         self._objects: dict[StoreKey, dict[ObjectKey, dict[str, Any]]] = {}
         self._history: deque[StoredEvent] = deque()
@@ -318,6 +325,10 @@ class Store:
                 ]
             warnings += [f'unknown field "{path}"' for path in dropped]
             causes += [cause.to_dict() for cause in schema.validate(kind.schema, obj, old)]
+        if not kind.custom:
+            causes += builtins.check_workload(kind, obj)
+            if self._validate_builtins and not causes:
+                causes += builtins.check_schema(kind, obj, strict)
         if (kind.group, kind.plural) == _CRD_KEY:
             try:
                 served = kinds_from_crd(obj)

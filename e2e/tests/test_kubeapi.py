@@ -770,3 +770,59 @@ def test_standalone_process_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
             process.wait()
         if process.stdout is not None:
             process.stdout.close()
+
+
+def test_workload_selectors_must_match_their_templates(
+    kube: client.ApiClient, namespace: str
+) -> None:
+    apps = client.AppsV1Api(kube)
+    mismatched = _deployment("web")
+    mismatched["spec"]["selector"] = {"matchLabels": {"app": "other"}}
+    with pytest.raises(ApiException) as invalid:
+        apps.create_namespaced_deployment(namespace, mismatched)
+    cause = _status(invalid.value)["details"]["causes"][0]
+    assert cause["field"] == "spec.template.metadata.labels"
+    assert "`selector` does not match template `labels`" in cause["message"]
+
+
+def test_builtin_schemas_when_enabled() -> None:
+    with (
+        run_in_thread(validate_builtins=True) as strict_api,
+        httpx.Client(base_url=strict_api.url) as http,
+    ):
+        url = "/apis/apps/v1/namespaces/default/deployments"
+        wrong = _deployment("web")
+        wrong["spec"]["replicas"] = "two"
+        response = http.post(url, json=wrong)
+        assert response.status_code == 422
+        assert response.json()["details"]["causes"][0]["field"] == "spec.replicas"
+        unknown = _deployment("web")
+        unknown["spec"]["template"]["spec"]["containers"][0]["imag"] = "typo"
+        assert http.post(url, json=unknown, params={"fieldValidation": "Strict"}).status_code == 422
+        assert http.post(url, json=_deployment("web")).status_code == 201
+
+
+@vlmservice_crd
+@pytest.mark.parametrize("example", _example_vlmservices())
+def test_rendered_children_pass_a_validating_api(example: dict[str, Any]) -> None:
+    from vlm_operator.models import VLMServiceSpec
+    from vlm_operator.render import render_children
+
+    spec = VLMServiceSpec.model_validate(example["spec"])
+    children = render_children(example["metadata"]["name"], "default", spec)
+    with (
+        run_in_thread(crds=[PODMONITOR_CRD], validate_builtins=True) as strict_api,
+        httpx.Client(base_url=strict_api.url) as http,
+    ):
+        for child in children:
+            group_version = child["apiVersion"]
+            root = f"/apis/{group_version}" if "/" in group_version else f"/api/{group_version}"
+            plural = {"NetworkPolicy": "networkpolicies"}.get(
+                child["kind"], child["kind"].lower() + "s"
+            )
+            response = http.post(
+                f"{root}/namespaces/default/{plural}",
+                json=child,
+                params={"fieldValidation": "Strict"},
+            )
+            assert response.status_code == 201, (child["kind"], response.text)
