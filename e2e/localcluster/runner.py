@@ -94,6 +94,7 @@ class PodRun:
     ready: bool = False
     running: bool = False
     terminating: bool = False
+    left_endpoints_at: float | None = None  # time.monotonic() when it stopped taking traffic
     failed_reason: str | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -568,6 +569,8 @@ class ProcessRunner:
             return
         pod.terminating = True
         pod.ready = False
+        if pod.left_endpoints_at is None:
+            pod.left_endpoints_at = time.monotonic()
         self._changed()  # out of the Service's endpoints before the signal, as kube-proxy does
         if delete:
             with contextlib.suppress(KubeError, aiohttp.ClientError, TimeoutError):

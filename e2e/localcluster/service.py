@@ -57,6 +57,7 @@ class ServiceProxy:
         self.strategy: Strategy = strategy
         self._counter = itertools.count()
         self.in_flight: Counter[str] = Counter()
+        self.routed: Counter[str] = Counter()  # requests sent to each endpoint, ever
         self.retried = 0  # connections refused and retried on another pod
         self.no_endpoint = 0  # requests answered 503 because no pod was ready
         self._connect_timeout_s = connect_timeout_s
@@ -115,6 +116,7 @@ class ServiceProxy:
         for endpoint in self._order():
             url = f"http://{endpoint}{request.rel_url}"
             self.in_flight[endpoint] += 1
+            self.routed[endpoint] += 1
             try:
                 try:
                     upstream = await self._session.request(
@@ -122,6 +124,7 @@ class ServiceProxy:
                     )
                 except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError):
                     self.retried += 1
+                    self.routed[endpoint] -= 1
                     continue  # refused: nothing was sent, try the next pod
                 async with upstream:
                     return await self._relay(request, upstream)

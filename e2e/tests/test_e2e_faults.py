@@ -1,0 +1,150 @@
+"""Faults on the local cluster: Prometheus down, the operator restarted, a pod process killed.
+
+Each scenario holds the load steady, breaks one part for real (a process stopped or killed), and
+checks what a platform engineer would: replicas held rather than guessed, no flapping, and no
+request lost beyond the ones the broken pod held.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from vlm_operator.loadgen import RequestRecord, chat_payload, closed_loop
+
+from e2e.localcluster import LocalCluster, Snapshot
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
+
+PAYLOAD = chat_payload("Qwen/Qwen3-VL-2B-Instruct")
+TIMEOUT_S = 3.0
+
+
+def load(url: str, users: int, seconds: float) -> asyncio.Task[list[RequestRecord]]:
+    return asyncio.create_task(
+        closed_loop(url, users, duration_s=seconds, timeout_s=TIMEOUT_S, payload=PAYLOAD)
+    )
+
+
+async def condition(cluster: LocalCluster, type_: str) -> str | None:
+    status = ((await cluster.vlmservice("vlm")) or {}).get("status") or {}
+    for c in status.get("conditions") or []:
+        if c.get("type") == type_:
+            return str(c.get("status"))
+    return None
+
+
+async def steady_at(cluster: LocalCluster, replicas: int, deadline_s: float) -> Snapshot:
+    """Wait until ``replicas`` pods are desired and ready, and no queue builds."""
+
+    async def check() -> Snapshot | None:
+        snap = await cluster.snapshot("vlm")
+        ok = snap.desired == replicas and snap.ready == replicas and snap.waiting == 0
+        return snap if ok and len(snap.pods) == replicas else None
+
+    return await cluster.wait_for(check, deadline_s=deadline_s, what=f"steady at {replicas}")
+
+
+async def hold_for(cluster: LocalCluster, seconds: float, replicas: int, what: str) -> None:
+    """Assert, at every poll for ``seconds``, that ``replicas`` are desired and running."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        desired = await cluster.desired_replicas("vlm")
+        running = len(cluster.runner.pods("vlm", include_terminating=True))
+        assert (desired, running) == (replicas, replicas), f"{what}: {desired=} {running=}"
+        await asyncio.sleep(0.1)
+
+
+async def test_prometheus_outage_holds_replicas_then_recovers(
+    cluster: LocalCluster, service_manifest: Callable[..., dict[str, Any]]
+) -> None:
+    await cluster.apply(service_manifest())
+    await cluster.wait_ready("vlm", 1, deadline_s=30)
+    url = f"{(await cluster.service('vlm')).url}/v1/chat/completions"
+    busy = load(url, 8, 15.0)
+    await steady_at(cluster, 2, deadline_s=15)
+    await busy  # the load is gone: with signals, the operator would now scale down
+
+    await cluster.stop_prometheus()
+
+    async def metrics_unavailable() -> bool:
+        return await condition(cluster, "MetricsAvailable") == "False"
+
+    await cluster.wait_for(metrics_unavailable, deadline_s=10, what="MetricsAvailable=False")
+    # Longer than the scale-down stabilization (4 s) and the staleness limit (6 s): no signal
+    # is not zero load, so nothing is scaled down.
+    await hold_for(cluster, 8.0, 2, "during the Prometheus outage")
+
+    await cluster.start_prometheus()
+
+    async def metrics_back() -> bool:
+        return await condition(cluster, "MetricsAvailable") == "True"
+
+    await cluster.wait_for(metrics_back, deadline_s=20, what="MetricsAvailable=True again")
+
+    async def scaled_down() -> bool:
+        return await cluster.desired_replicas("vlm") == 1
+
+    await cluster.wait_for(scaled_down, deadline_s=30, what="scale-down once signals return")
+
+
+async def test_operator_restart_does_not_flap(
+    cluster: LocalCluster, service_manifest: Callable[..., dict[str, Any]]
+) -> None:
+    await cluster.apply(service_manifest())
+    await cluster.wait_ready("vlm", 1, deadline_s=30)
+    url = f"{(await cluster.service('vlm')).url}/v1/chat/completions"
+    busy = load(url, 8, 22.0)
+    await steady_at(cluster, 2, deadline_s=15)
+
+    await cluster.stop_operator(kill=True)  # SIGKILL: no goodbye, state only in the status
+    await hold_for(cluster, 1.0, 2, "while the operator is down")
+    await cluster.start_operator()
+    # Six sync periods under the same load: the new operator keeps the replicas it finds.
+    await hold_for(cluster, 6.0, 2, "after the operator restarted")
+    records = await busy
+    assert [r for r in records if not r.ok] == []
+
+    async def scaled_down() -> bool:  # and it is in charge: the idle service shrinks
+        return await cluster.desired_replicas("vlm") == 1
+
+    await cluster.wait_for(scaled_down, deadline_s=30, what="the restarted operator scales down")
+
+
+async def test_killed_pod_is_replaced_losing_only_its_own_requests(
+    cluster: LocalCluster, service_manifest: Callable[..., dict[str, Any]]
+) -> None:
+    await cluster.apply(service_manifest(autoscaling={"minReplicas": 2}))
+    await cluster.wait_ready("vlm", 2, deadline_s=30)
+    service = await cluster.service("vlm")
+    busy = load(f"{service.url}/v1/chat/completions", 6, 12.0)
+
+    async def both_busy() -> Snapshot | None:
+        snap = await cluster.snapshot("vlm")
+        return snap if all((p.running or 0) > 0 for p in snap.pods) else None
+
+    await cluster.wait_for(both_busy, deadline_s=10, what="both pods serving")
+    victim = cluster.pods("vlm")[0]
+    held = service.in_flight[victim.address]  # what the Service has open on that pod, now
+    routed_before = service.routed[victim.address]
+    cluster.runner.kill_container(victim.name)  # the model process dies (SIGKILL)
+    assert held >= 1
+
+    async def replaced() -> bool:
+        names = {p.name for p in cluster.pods("vlm") if p.ready}
+        return len(names) == 2 and victim.name not in names
+
+    await cluster.wait_for(replaced, deadline_s=30, what="a ready replacement pod")
+    records = await busy
+    failed = [r for r in records if not r.ok]
+    # Lost: what the pod held, plus what reached it in the moment between the crash and the
+    # runner seeing the exit (the gate answers 502 at once; users ask again at once).
+    late = service.routed[victim.address] - routed_before
+    assert victim.left_endpoints_at is not None
+    assert len(failed) <= held + late, f"{len(failed)} failed; the pod held {held}, got {late}"
+    assert late <= held, f"{late} requests reached the dead pod after the crash"
+    assert all(r.start < victim.left_endpoints_at for r in failed), "a failure after detection"
+    assert len(records) - len(failed) >= 20

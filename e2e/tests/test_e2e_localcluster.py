@@ -1,0 +1,264 @@
+"""The local cluster's own parts: time compression, address rewriting, the Service proxy, and
+the process runner against the emulated API (no operator: the tests set replicas themselves)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+import yaml
+from aiohttp import web
+from vlm_operator.models import VLMServiceSpec
+from vlm_operator.render import render_children
+
+from e2e.conftest import E2E_TIME_SCALE, e2e_service
+from e2e.localcluster import LocalCluster, ServiceProxy, compress_spec
+from e2e.localcluster.cluster import REPO_ROOT
+from e2e.localcluster.kubeclient import DEPLOYMENTS, PODS
+from e2e.localcluster.runner import DELETION_COST, _PortMap, free_port
+
+# ----------------------------------------------------------------------------- compression
+
+
+def test_compress_divides_real_time_defaults() -> None:
+    spec, notes = compress_spec({"model": {"id": "m"}}, 5)
+    assert spec["model"]["fake"]["timeScale"] == 5
+    assert spec["autoscaling"]["syncPeriodSeconds"] == 1.0  # 5 s / 5
+    assert spec["autoscaling"]["scaleDown"]["stabilizationWindowSeconds"] == 24  # 120 s / 5
+    assert spec["metrics"]["windowSeconds"] == 6  # 30 s / 5
+    assert spec["concurrency"]["queueTimeoutSeconds"] == 4.0  # 20 s / 5
+    assert spec["autoscaling"]["p95LatencyTargetSeconds"] == pytest.approx(2.4)
+    assert notes == []
+    VLMServiceSpec.model_validate(spec)
+
+
+def test_compress_clamps_to_crd_floors_and_says_so() -> None:
+    spec, notes = compress_spec({"model": {"id": "m"}}, 20)
+    assert spec["autoscaling"]["syncPeriodSeconds"] == 1
+    assert spec["metrics"]["windowSeconds"] == 5
+    assert any("syncPeriodSeconds" in n for n in notes)
+    assert any("windowSeconds" in n for n in notes)
+
+
+def test_compress_reads_written_durations_in_the_manifests_time_scale() -> None:
+    manifest = yaml.safe_load((REPO_ROOT / "manifests" / "fake-demo.yaml").read_text())
+    source_scale = manifest["spec"]["model"]["fake"]["timeScale"]
+    written = manifest["spec"]["autoscaling"]["scaleDown"]["stabilizationWindowSeconds"]
+    spec, _ = compress_spec(manifest["spec"], 5)
+    expected = round(written * source_scale / 5)
+    assert spec["autoscaling"]["scaleDown"]["stabilizationWindowSeconds"] == expected
+    # Re-compressing to the manifest's own scale changes nothing that was written.
+    same, _ = compress_spec(manifest["spec"], source_scale)
+    assert same["autoscaling"]["scaleDown"]["stabilizationWindowSeconds"] == written
+
+
+def test_compress_rejects_a_bad_factor() -> None:
+    with pytest.raises(ValueError, match="time_scale"):
+        compress_spec({"model": {"id": "m"}}, 0)
+
+
+# ------------------------------------------------------------------------------ addresses
+
+
+def test_pod_ports_are_mapped_consistently_across_containers() -> None:
+    ports = _PortMap({8000, 8080})
+    gate, model = ports.ports[8000], ports.ports[8080]
+    assert gate != model
+    assert ports.env("VLM_GATE_LISTEN", "0.0.0.0:8000") == f"127.0.0.1:{gate}"
+    assert ports.env("VLM_GATE_UPSTREAM", "http://127.0.0.1:8080") == f"http://127.0.0.1:{model}"
+    assert ports.env("VLM_FAKE_LISTEN", "127.0.0.1:8080") == f"127.0.0.1:{model}"
+    assert ports.env("VLM_GATE_MAX_BODY_BYTES", "8000") == "8000"  # not an address
+    assert ports.env("REMOTE", "http://10.0.0.1:8080/x") == "http://10.0.0.1:8080/x"
+    assert ports.args(["--port", "8080", "--host", "0.0.0.0", "--listen=0.0.0.0:8000"]) == [
+        "--port", str(model), "--host", "127.0.0.1", f"--listen=127.0.0.1:{gate}",
+    ]  # fmt: skip
+
+
+# -------------------------------------------------------------------------------- Service
+
+
+async def _backend(handler: web.Handler) -> tuple[web.AppRunner, str]:
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, f"127.0.0.1:{port}"
+
+
+async def test_service_retries_a_refused_pod_but_never_one_that_answered() -> None:
+    async def ok(request: web.Request) -> web.Response:
+        return web.json_response({"path": request.path, "body": (await request.text())})
+
+    async def busy(_request: web.Request) -> web.Response:
+        return web.json_response({"error": "queue full"}, status=429)
+
+    ok_runner, ok_addr = await _backend(ok)
+    busy_runner, busy_addr = await _backend(busy)
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens: connection refused
+    endpoints = [dead, ok_addr]
+    proxy = ServiceProxy(lambda: endpoints)
+    await proxy.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(4):  # round-robin starts on the dead pod half of the time
+                async with session.post(f"{proxy.url}/v1/x?a=1", data="hello") as resp:
+                    assert resp.status == 200
+                    assert await resp.json() == {"path": "/v1/x", "body": "hello"}
+            assert proxy.retried >= 1
+            endpoints[:] = [busy_addr, ok_addr]
+            statuses = []
+            for _ in range(4):
+                async with session.post(f"{proxy.url}/v1/x") as resp:
+                    statuses.append(resp.status)
+            assert sorted(statuses) == [200, 200, 429, 429]  # a 429 is the answer, not retried
+            endpoints[:] = []
+            async with session.get(f"{proxy.url}/") as resp:
+                assert resp.status == 503
+    finally:
+        await proxy.stop()
+        await ok_runner.cleanup()
+        await busy_runner.cleanup()
+
+
+async def test_least_in_flight_sends_work_to_the_idle_pod() -> None:
+    release = asyncio.Event()
+
+    async def slow(_request: web.Request) -> web.Response:
+        await release.wait()
+        return web.Response(text="slow")
+
+    async def fast(_request: web.Request) -> web.Response:
+        return web.Response(text="fast")
+
+    slow_runner, slow_addr = await _backend(slow)
+    fast_runner, fast_addr = await _backend(fast)
+    endpoints = [slow_addr]
+    proxy = ServiceProxy(lambda: endpoints, strategy="least-in-flight")
+    await proxy.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            first = asyncio.create_task(session.get(f"{proxy.url}/"))
+            for _ in range(200):
+                if proxy.in_flight[slow_addr] == 1:
+                    break
+                await asyncio.sleep(0.01)
+            assert proxy.in_flight[slow_addr] == 1
+            endpoints.append(fast_addr)
+            # Round-robin would send one of these to the busy pod, where it would hang.
+            for _ in range(3):
+                async with session.get(f"{proxy.url}/", timeout=aiohttp.ClientTimeout(5)) as resp:
+                    assert await resp.text() == "fast"
+            release.set()
+            async with await first as resp:
+                assert await resp.text() == "slow"
+    finally:
+        release.set()
+        await proxy.stop()
+        await slow_runner.cleanup()
+        await fast_runner.cleanup()
+
+
+# ------------------------------------------------------------------------- process runner
+
+
+async def _deployment(cluster: LocalCluster) -> dict:  # type: ignore[type-arg]
+    manifest = e2e_service()
+    spec, _ = compress_spec(manifest["spec"], E2E_TIME_SCALE)
+    children = render_children("vlm", cluster.namespace, VLMServiceSpec.model_validate(spec))
+    return next(c for c in children if c["kind"] == "Deployment")
+
+
+async def _set_replicas(cluster: LocalCluster, replicas: int) -> None:
+    await cluster.kube.patch(
+        DEPLOYMENTS, cluster.namespace, "vlm", {"spec": {"replicas": replicas}}
+    )
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+async def test_runner_runs_replicas_as_processes_and_reports_them(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    async with LocalCluster(time_scale=E2E_TIME_SCALE, workdir=tmp_path, operator=False) as cluster:
+        await cluster.kube.apply(await _deployment(cluster), cluster.namespace)
+        await _set_replicas(cluster, 3)
+        await cluster.wait_ready("vlm", 3, deadline_s=30)
+
+        deploy = await cluster.deployment("vlm")
+        assert deploy is not None
+
+        async def status_caught_up() -> dict | None:  # type: ignore[type-arg]
+            d = await cluster.deployment("vlm")
+            st = (d or {}).get("status") or {}
+            return st if st.get("readyReplicas") == 3 else None
+
+        status = await cluster.wait_for(status_caught_up, deadline_s=10, what="readyReplicas 3")
+        assert status["replicas"] == 3
+        assert status["availableReplicas"] == 3
+        assert status["updatedReplicas"] == 3
+        assert status["observedGeneration"] == deploy["metadata"]["generation"]
+
+        pods, _ = await cluster.kube.list(PODS, cluster.namespace)
+        assert len(pods) == 3
+        for pod in pods:
+            owner = pod["metadata"]["ownerReferences"][0]
+            assert (owner["kind"], owner["name"], owner["uid"]) == (
+                "Deployment", "vlm", deploy["metadata"]["uid"],
+            )  # fmt: skip
+            assert pod["metadata"]["labels"]["vlm-operator.io/service"] == "vlm"
+            assert pod["status"]["phase"] == "Running"
+            ready = {c["type"]: c["status"] for c in pod["status"]["conditions"]}
+            assert ready["Ready"] == "True"
+            assert ready["PodScheduled"] == "True"
+            assert {c["name"] for c in pod["status"]["containerStatuses"]} == {"gate", "model"}
+
+        # Prometheus scrapes every pod's gate, labelled for the signals contract.
+        assert cluster.prometheus is not None
+        result = await asyncio.to_thread(
+            cluster.prometheus.wait_for_series, 'vlm_gate_max_in_flight{vlmservice="vlm"}', 30.0,
+            count=3,
+        )  # fmt: skip
+        names = {p.name for p in cluster.pods("vlm")}
+        assert {s["metric"]["pod"] for s in result} == names
+        assert {s["metric"]["namespace"] for s in result} == {cluster.namespace}
+
+        # Scale-down removes the cheapest pod first (pod-deletion-cost), then the others.
+        cheap = sorted(names)[1]
+        for pod in names:
+            cost = "-100" if pod == cheap else "100"
+            await cluster.kube.patch(
+                PODS, cluster.namespace, pod, {"metadata": {"annotations": {DELETION_COST: cost}}}
+            )
+        await _set_replicas(cluster, 2)
+
+        async def two_left() -> set[str] | None:
+            left = {p.name for p in cluster.runner.pods("vlm", include_terminating=True)}
+            return left if len(left) == 2 else None
+
+        left = await cluster.wait_for(two_left, deadline_s=20, what="2 pods left")
+        assert left == names - {cheap}
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+async def test_runner_replaces_a_pod_whose_process_died(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    async with LocalCluster(time_scale=E2E_TIME_SCALE, workdir=tmp_path, operator=False) as cluster:
+        await cluster.kube.apply(await _deployment(cluster), cluster.namespace)
+        await _set_replicas(cluster, 2)
+        await cluster.wait_ready("vlm", 2, deadline_s=30)
+        before = {p.name for p in cluster.pods("vlm")}
+        victim = sorted(before)[0]
+        survivor_proc = cluster.runner.pods("vlm")[0].processes
+        assert all(p.returncode is None for p in survivor_proc.values())
+        cluster.runner.kill_container(victim)
+
+        async def replaced() -> set[str] | None:
+            names = {p.name for p in cluster.pods("vlm") if p.ready}
+            return names if len(names) == 2 and victim not in names else None
+
+        after = await cluster.wait_for(replaced, deadline_s=30, what="a ready replacement pod")
+        assert len(after - before) == 1
+        assert cluster.runner.restarts == 1
+        pods, _ = await cluster.kube.list(PODS, cluster.namespace)
+        assert victim not in {p["metadata"]["name"] for p in pods}
