@@ -10,7 +10,7 @@ must not drift from their sources.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import helm_python as helm
@@ -18,7 +18,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from vlm_operator import __version__
-from vlm_operator.cli import COMMANDS, build_parser
+from vlm_operator.cli import build_parser
 from vlm_operator.render import DEFAULT_OPERATOR_IMAGE
 
 from e2e.cluster import chart
@@ -239,19 +239,15 @@ def test_prometheus_credentials_are_mounted_where_the_flags_point() -> None:
     assert not _flag(plain, "prometheus-ca-file")
 
 
-def _run_parser() -> Callable[[list[str]], Any] | None:
-    if "run" not in COMMANDS:
-        return None
-    return build_parser().parse_args
-
-
-@pytest.mark.parametrize("case", ["default", "namespaced", "credentials"])
+@pytest.mark.parametrize("case", ["default", "namespaced", "credentials", "placement"])
 def test_operator_arguments_are_accepted_by_vlm_operator_run(case: str) -> None:
-    parse = _run_parser()
-    if parse is None:
-        pytest.skip("the `run` subcommand is not registered in this tree")
-    args = parse(_operator_args(chart.render(VALUE_SETS[case])))
+    objects = chart.render(VALUE_SETS[case])
+    args = build_parser().parse_args(_operator_args(objects))
     assert args.command == "run"
+    # The gates (and the fake runtime) run the operator's own image.
+    container = _container(objects)
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["VLM_OPERATOR_IMAGE"] == container["image"]
 
 
 # ------------------------------------------------------------------ RBAC shape
