@@ -54,6 +54,10 @@ unit: venv system-deps
 
 test: lint typecheck unit
 
+# The measured load test replayed on the embedded local cluster (about five minutes).
+demo: venv system-deps
+	$(BIN)/python -m e2e.demo $(DEMO_ARGS)
+
 crd: venv
 	$(BIN)/vlm-operator crd > crds/vlmservice.yaml
 	cp crds/vlmservice.yaml charts/vlm-operator/crds/vlmservice.yaml
