@@ -240,17 +240,28 @@ class FakeModel:
                 self._changed.set()
             raise
 
+    def _finish(self, keys: list[int], at: float) -> None:
+        for key in keys:
+            waiter = self._waiters.pop(key, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(at)
+
     async def run(self) -> None:
         """The clock: finish whoever is done, sleep until the next completion or change."""
         loop = asyncio.get_running_loop()
+        pod = self._pod
         while True:
             now = loop.time()
-            for key in self._pod.advance(now):
-                waiter = self._waiters.pop(key, None)
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(now)
+            # Finish in order at the exact completion instants, not at the (later)
+            # moment this task woke up, so a late wake-up is not charged to anyone.
+            for _ in range(len(pod) + 1):
+                upcoming = pod.next_completion()
+                if upcoming is None or upcoming[0] > now:
+                    break
+                self._finish(pod.advance(upcoming[0]), upcoming[0])
+            self._finish(pod.advance(now), now)
             self._changed.clear()
-            upcoming = self._pod.next_completion()
+            upcoming = pod.next_completion()
             delay = None if upcoming is None else max(0.0, upcoming[0] - loop.time())
             try:
                 async with asyncio.timeout(delay):

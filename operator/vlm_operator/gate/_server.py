@@ -126,7 +126,10 @@ def create_app(config: GateConfig) -> web.Application:
     app[_PROXY] = proxy
 
     async def sessions(app: web.Application) -> AsyncIterator[None]:
-        connector = aiohttp.TCPConnector(limit=config.max_in_flight, keepalive_timeout=60)
+        # Idle upstream connections are dropped after 4 s, before the model server's
+        # own keep-alive timeout (uvicorn: 5 s) can close one under a request: a
+        # POST on a connection closed that way is not retried and would be a 502.
+        connector = aiohttp.TCPConnector(limit=config.max_in_flight, keepalive_timeout=4.0)
         proxy.session = aiohttp.ClientSession(
             connector=connector,
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
