@@ -91,17 +91,37 @@ class PrometheusServer:
         return path
 
     def start(self, *, ready_timeout: float = 30.0) -> PrometheusServer:
-        """Start the process and wait until /-/ready answers; returns self."""
+        """Start the process and wait until /-/ready answers; returns self.
+
+        The port is picked free just before the process binds it; if another process took it
+        in between, Prometheus exits at once and is started again on another port.
+        """
         if self._process is not None:
             raise PrometheusError("already started")
-        if self._client.is_closed:
-            self._client = httpx.Client(timeout=10.0)
         if not Path(self.binary).exists():
             raise PrometheusError(f"{self.binary} not found (apt-get install prometheus)")
         self.workdir.mkdir(parents=True, exist_ok=True)
         if not self.targets_file.exists():
             self.set_targets([])
         config = self._write_config()
+        for attempt in range(3):
+            self._launch(config)
+            try:
+                self.wait_ready(ready_timeout)
+                return self
+            except PrometheusError:
+                in_use = "address already in use" in self._log_tail()
+                self.stop()
+                if not in_use or attempt == 2:
+                    raise
+            except BaseException:
+                self.stop()
+                raise
+        raise AssertionError("unreachable")
+
+    def _launch(self, config: Path) -> None:
+        if self._client.is_closed:
+            self._client = httpx.Client(timeout=10.0)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         argv = [
@@ -123,12 +143,6 @@ class PrometheusServer:
                 preexec_fn=_die_with_parent if main_thread else None,
             )
         _LIVE.add(self)
-        try:
-            self.wait_ready(ready_timeout)
-        except BaseException:
-            self.stop()
-            raise
-        return self
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Poll /-/ready until it answers 200; raises PrometheusError with the log tail."""

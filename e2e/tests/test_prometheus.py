@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from e2e import prometheus as prometheus_module
 from e2e.exporters import Exporter
 from e2e.prometheus import PROMETHEUS_BINARY, PrometheusError, PrometheusServer
 
@@ -105,3 +107,19 @@ def test_stop_leaves_no_process_and_bad_queries_raise(tmp_path: Path) -> None:
 def test_wait_for_series_gives_up_at_its_deadline(prometheus: PrometheusServer) -> None:
     with pytest.raises(PrometheusError, match="returned 0 series"):
         prometheus.wait_for_series("vlm_requests_running{vlmservice='absent'}", timeout=0.5)
+
+
+def test_start_retries_when_its_port_was_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        ports = iter([busy])
+        real_free_port = prometheus_module.free_port
+        monkeypatch.setattr(prometheus_module, "free_port", lambda: next(ports, real_free_port()))
+        with PrometheusServer(tmp_path / "p") as server:
+            assert server.port != busy
+            assert server.query("vector(1)")[0]["value"][1] == "1"
+        assert "address already in use" in server.log_file.read_text()
