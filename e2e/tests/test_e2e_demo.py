@@ -1,0 +1,47 @@
+"""``make demo --quick`` as a test: the measured gradient, 10x compressed with 2-minute phases,
+against the real operator. Where one pod failed (DESIGN.md: 34.8% errors, P95 28.1 s at 16
+users), the autoscaled service must have added pods and kept its clients answered."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pytest
+
+from e2e.demo import MEASURED_SINGLE_POD, final_table, quick_trace, run_demo
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+
+
+async def test_quick_demo_scales_with_the_gradient(tmp_path: Path) -> None:
+    png = tmp_path / "demo.png"
+    out = io.StringIO()
+    result = await run_demo(
+        time_scale=10.0, trace=quick_trace(), png=png, workdir=tmp_path / "cluster", out=out
+    )
+    reports = {r.users: r for r in result.reports}
+    assert set(reports) == {1, 2, 4, 8, 16}
+
+    # One user on one pod: the model's own latency (6.2 s, lognormal), converted to real time.
+    solo = reports[1]
+    assert solo.p95_s is not None
+    assert 6.0 < solo.p95_s < 9.5
+    assert solo.error_rate == 0.0
+
+    # At 16 users the operator has added pods: more than the one pod that failed a third.
+    phase16 = result.run.trace.phases[-1]
+    peak = max(s.snapshot.ready for s in result.phase_samples(phase16))
+    assert peak >= 3
+    busy = reports[16]
+    assert busy.p95_s is not None
+    assert busy.p95_s < MEASURED_SINGLE_POD[16][0]
+    assert busy.error_rate < MEASURED_SINGLE_POD[16][1] / 2
+    assert busy.throughput > MEASURED_SINGLE_POD[16][2]
+
+    # Output: live lines, the side-by-side table and the plot.
+    text = out.getvalue()
+    assert "replicas" in text
+    assert "single pod" in text
+    assert final_table(result) in text
+    assert png.stat().st_size > 10_000
