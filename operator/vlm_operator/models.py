@@ -465,12 +465,13 @@ class AutoscalingSpec(APIModel):
     min_replicas: int = Field(default=1, ge=0, le=10000, description="Lowest replica count.")
     max_replicas: int = Field(default=10, ge=1, le=10000, description="Highest replica count.")
     target_utilization: float = Field(
-        default=1.0,
+        default=0.9,
         gt=0,
         le=1,
         description=(
-            "Fraction of maxInFlight to aim for per pod. 1.0 with a fast loop keeps latency "
-            "at the lowest cost; lower values buy headroom with whole pods."
+            "Fraction of maxInFlight to aim for per pod. 0.9 absorbs the demand's noise: a "
+            "pod at its cap runs slowest, so aiming exactly at it makes replicas churn. "
+            "Lower values buy more headroom with whole pods."
         ),
     )
     p95_latency_target_seconds: float = Field(

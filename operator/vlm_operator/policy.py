@@ -102,6 +102,7 @@ class PolicyState:
     up: tuple[tuple[float, int], ...] = ()
     demand: tuple[tuple[float, float], ...] = ()
     settled_at: float | None = None
+    changed_at: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A small JSON-safe dict (times rounded to milliseconds)."""
@@ -113,6 +114,8 @@ class PolicyState:
         }
         if self.settled_at is not None:
             out["settledAt"] = round(self.settled_at, 3)
+        if self.changed_at is not None:
+            out["changedAt"] = round(self.changed_at, 3)
         return out
 
     @classmethod
@@ -126,6 +129,8 @@ class PolicyState:
             demand = tuple((_finite(t), _finite(d)) for t, d in data.get("demand", ()))
             settled = data.get("settledAt")
             settled_at = None if settled is None else _finite(settled)
+            changed = data.get("changedAt")
+            changed_at = None if changed is None else _finite(changed)
         except (TypeError, ValueError):
             return cls()
         return cls(
@@ -133,6 +138,7 @@ class PolicyState:
             up=up[-MAX_HISTORY:],
             demand=demand[-MAX_HISTORY:],
             settled_at=settled_at,
+            changed_at=changed_at,
         )
 
 
@@ -340,15 +346,18 @@ def recommend(
     # Up: the mean demand of the rate window, tolerating a quarter of a pod's
     # worth of queue before paying for a whole pod (the gate absorbs that).
     short_mean = _mean(samples, now, window)
-    need = (
-        _pods_for(short_mean - UP_TOLERANCE * per_pod, per_pod) if short_mean is not None else None
-    )
+    # A rise counts once two samples in a row show it (one spike does not),
+    # without waiting for the whole window's mean to catch up.
+    recent = [d for t, d in samples if now - window < t <= now][-2:]
+    sustained = min(recent) if len(recent) == 2 else short_mean
+    up_demand = None if short_mean is None else max(short_mean, sustained or 0.0)
+    need = _pods_for(up_demand - UP_TOLERANCE * per_pod, per_pod) if up_demand is not None else None
     # Down: the pods the demand fits in with a quarter pod to spare; the
     # scale-down goes to the highest of these over the stabilization window.
     keep = _pods_for(short_mean + DOWN_SPARE * per_pod, per_pod) if short_mean is not None else None
     # Burst: the latest demand needs twice the ready pods and a whole pod more
     # than is on its way: go there at once.
-    burst_need = _pods_for(demand, per_pod) if demand is not None else None
+    burst_need = _pods_for(demand - UP_TOLERANCE * per_pod, per_pod) if demand is not None else None
     burst = (
         demand is not None
         and burst_need is not None
@@ -374,7 +383,9 @@ def recommend(
 
     # Scale-up candidates, each with its reason.
     up_to = current
-    if need is not None and need > current:
+    # Start-up aware: while pods load, the queue grows by itself; only a burst
+    # buys more before they are ready (the backlog is theirs to drain).
+    if need is not None and need > current and on_way == 0:
         stabilized = min((n for _, n in up_queue), default=need) if up_window > 0 else need
         if stabilized > current:
             up_to, why = stabilized, "demand"
@@ -407,7 +418,11 @@ def recommend(
     # The window must be fully observed (not just after a start or a gap).
     covered = bool(samples) and now - samples[0][0] >= down_window - _EPS
 
-    if target <= current and may_go_down and down_queue and covered and on_way == 0:
+    changed_at = state.changed_at if state.changed_at is None or state.changed_at <= now else None
+    # After any change, let its effect reach the signals before stepping down:
+    # fewer pods run fuller and slower, so the demand rises again by itself.
+    cooled = changed_at is None or now - changed_at >= window
+    if target <= current and may_go_down and down_queue and covered and on_way == 0 and cooled:
         highest = max(n for _, n in down_queue)
         if highest < current:
             step = min(
@@ -454,5 +469,6 @@ def recommend(
         up=up_queue,
         demand=samples,
         settled_at=now if target > current else settled_at,
+        changed_at=now if target != current else changed_at,
     )
     return _decision(target, current, reason, new_state, signals_ok=signals_ok, limited=limited)

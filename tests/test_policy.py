@@ -1,0 +1,416 @@
+"""The scaling policy's rules, one by one, on hand-made signals."""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import pytest
+from vlm_operator.models import VLMServiceSpec
+from vlm_operator.policy import (
+    MAX_HISTORY,
+    Decision,
+    PodCounts,
+    PolicyState,
+    Signals,
+    recommend,
+)
+
+
+def _spec(**autoscaling: Any) -> VLMServiceSpec:
+    """A spec whose per-pod target is a round 4 requests (maxInFlight 4 × 1.0)."""
+    autoscaling.setdefault("targetUtilization", 1.0)
+    data: dict[str, Any] = {"model": {"id": "m", "runtime": "fake"}, "autoscaling": autoscaling}
+    return VLMServiceSpec.model_validate(data)
+
+
+def _signals(
+    running: float | None = 0.0,
+    waiting: float | None = 0.0,
+    p95: float | None = 8.0,
+    *,
+    rate: float | None = 1.0,
+    age: float = 1.0,
+    error: str | None = None,
+) -> Signals:
+    return Signals(
+        running=running,
+        waiting=waiting,
+        p95_seconds=p95,
+        arrival_rate=rate,
+        error_rate=0.0,
+        age_seconds=age,
+        error=error,
+    )
+
+
+def _pods(current: int, ready: int | None = None, starting: int = 0, stuck: int = 0) -> PodCounts:
+    return PodCounts(
+        current=current,
+        ready=current - starting if ready is None else ready,
+        starting=starting,
+        stuck=stuck,
+    )
+
+
+def _steady(
+    spec: VLMServiceSpec,
+    signals: Signals,
+    pods: PodCounts,
+    *,
+    seconds: float,
+    start: float = 0.0,
+    period: float = 5.0,
+    state: PolicyState | None = None,
+) -> list[Decision]:
+    """Run the policy on constant inputs, applying each decision to ``current``."""
+    decisions: list[Decision] = []
+    state = state or PolicyState()
+    current = pods.current
+    t = start
+    for _ in range(int(seconds / period) + 1):
+        d = recommend(state, signals, PodCounts(current, current, 0, 0), spec, t)
+        decisions.append(d)
+        state, current = d.state, d.replicas
+        t += period
+    return decisions
+
+
+# ---------------------------------------------------------------- demand
+
+
+def test_demand_counts_the_queue_not_only_what_runs() -> None:
+    # 4 running (the gate's cap) and 12 waiting: 16 requests need 4 pods,
+    # although in-flight per pod is only at target.
+    d = recommend(PolicyState(), _signals(4, 12), _pods(1), _spec(), now=0.0)
+    assert d.replicas == 4
+    assert d.direction == "up"
+    assert "waiting=12 running=4" in d.reason
+    assert "→ 4 pods" in d.reason
+
+
+def test_demand_that_fits_holds() -> None:
+    d = recommend(PolicyState(), _signals(7, 0), _pods(2), _spec(), now=0.0)
+    assert (d.replicas, d.direction) == (2, "hold")
+    assert d.signals_ok
+
+
+def test_default_target_leaves_headroom_that_grows_with_the_fleet() -> None:
+    # Default 0.9 × 4 = 3.6 per pod with a quarter pod of queue tolerated:
+    # 8 requests fit 2 pods, 16 need 5 (4 would run every pod at its cap).
+    spec = VLMServiceSpec.model_validate({"model": {"id": "m"}})
+    assert spec.autoscaling.target_utilization == 0.9
+    assert recommend(PolicyState(), _signals(8, 0), _pods(2), spec, 0.0).replicas == 2
+    assert recommend(PolicyState(), _signals(16, 0), _pods(4), spec, 0.0).replicas == 5
+
+
+def test_target_utilization_lowers_the_per_pod_target() -> None:
+    # 8 in flight at 0.5 × 4 = 2 per pod → 4 pods.
+    d = recommend(PolicyState(), _signals(8, 0), _pods(2), _spec(targetUtilization=0.5), now=0.0)
+    assert d.replicas == 4
+
+
+def test_a_little_queue_is_tolerated_before_paying_a_whole_pod() -> None:
+    # 5 requests on one pod of 4: a queue of one, within the quarter-pod tolerance.
+    d = recommend(PolicyState(), _signals(4, 1), _pods(1), _spec(), now=0.0)
+    assert d.replicas == 1
+
+
+# ----------------------------------------------------------------- burst
+
+
+def test_burst_scales_up_at_once_past_the_step_limit() -> None:
+    spec = _spec(maxReplicas=50, scaleUp={"maxPodsPerStep": 1, "maxPercentPerStep": 10})
+    d = recommend(PolicyState(), _signals(8, 72), _pods(2), spec, now=0.0)
+    assert d.replicas == 20
+    assert "burst" in d.reason
+
+
+def test_without_burst_the_step_limit_applies() -> None:
+    spec = _spec(maxReplicas=50, scaleUp={"maxPodsPerStep": 2, "maxPercentPerStep": 10})
+    # 30 requests on 6 ready pods: needs 8, not twice the ready pods → step-limited.
+    d = recommend(PolicyState(), _signals(24, 10), _pods(6), spec, now=0.0)
+    assert d.replicas == 8
+    spec = _spec(maxReplicas=50, scaleUp={"maxPodsPerStep": 1, "maxPercentPerStep": 10})
+    d = recommend(PolicyState(), _signals(24, 10), _pods(6), spec, now=0.0)
+    assert d.replicas == 7
+    assert "step limit +1" in d.reason
+
+
+def test_no_scale_down_during_a_burst() -> None:
+    spec = _spec(scaleDown={"stabilizationWindowSeconds": 0})
+    d = recommend(PolicyState(), _signals(4, 20), _pods(6, ready=2, starting=4), spec, now=500.0)
+    assert d.replicas >= 6
+
+
+# --------------------------------------------------------- stabilization
+
+
+def test_scale_down_waits_out_the_window_then_steps() -> None:
+    spec = _spec(scaleDown={"stabilizationWindowSeconds": 60, "maxPercentPerStep": 50})
+    busy = _steady(spec, _signals(32, 0), _pods(8), seconds=100)
+    assert busy[-1].replicas == 8
+    quiet = _steady(spec, _signals(2, 0), _pods(8), seconds=240, start=105, state=busy[-1].state)
+    replicas = [d.replicas for d in quiet]
+    first_down = next(i for i, r in enumerate(replicas) if r < 8)
+    # Not before the window has passed since the last busy recommendation.
+    assert first_down * 5.0 >= 60 - 5.0
+    # Never up again, at most half per step, down to what the demand needs.
+    steps = list(zip(replicas, replicas[1:], strict=False))
+    assert all(after <= before for before, after in steps)
+    assert all(after >= before / 2 for before, after in steps)
+    assert replicas[-1] == 1
+    assert all("demand fell" in d.reason for d in quiet if d.direction == "down")
+
+
+def test_scale_down_respects_max_pods_per_step() -> None:
+    spec = _spec(scaleDown={"stabilizationWindowSeconds": 0, "maxPodsPerStep": 1})
+    ds = _steady(spec, _signals(0, 0, rate=0.0, p95=None), _pods(6), seconds=400)
+    downs = [d for d in ds if d.direction == "down"]
+    assert all(d.state is not None for d in downs)
+    steps = [ds[i - 1].replicas - ds[i].replicas for i in range(1, len(ds))]
+    assert max(steps) == 1
+    assert ds[-1].replicas == 1
+
+
+def test_hysteresis_keeps_a_pod_while_the_demand_is_within_a_quarter_pod() -> None:
+    spec = _spec(scaleDown={"stabilizationWindowSeconds": 0})
+    # 7.5 requests fit in 2 pods of 4 but with only 0.5 spare (< 1): keep 3.
+    ds = _steady(spec, _signals(7.5, 0), _pods(3), seconds=300)
+    assert {d.replicas for d in ds} == {3}
+    # 6.5 leaves 1.5 spare in 2 pods: go down.
+    ds = _steady(spec, _signals(6.5, 0), _pods(3), seconds=300)
+    assert ds[-1].replicas == 2
+
+
+def test_steady_load_does_not_oscillate() -> None:
+    spec = _spec()
+    ds = _steady(spec, _signals(15, 0), _pods(4), seconds=1800)
+    assert sum(1 for d in ds if d.direction != "hold") == 0
+
+
+def test_up_stabilization_takes_the_lowest_recommendation() -> None:
+    spec = _spec(scaleUp={"stabilizationWindowSeconds": 30})
+    d = recommend(PolicyState(), _signals(4, 0), _pods(1), spec, now=0.0)
+    state = d.state
+    replicas = []
+    for t in range(5, 80, 5):
+        # 7 requests on one pod: two pods needed, but not a burst.
+        d = recommend(state, _signals(4, 3), _pods(1), spec, now=float(t))
+        state = d.state
+        replicas.append(d.replicas)
+    first_up = 5 * (1 + next(i for i, r in enumerate(replicas) if r == 2))
+    # The 1-pod recommendation of t=0 must leave the 30 s window first.
+    assert first_up >= 30
+    without = recommend(PolicyState(), _signals(4, 3), _pods(1), _spec(), now=0.0)
+    assert without.replicas == 2
+
+
+# ------------------------------------------------------------- P95 guard
+
+
+def test_p95_guard_adds_a_pod_even_when_concurrency_fits() -> None:
+    d = recommend(PolicyState(), _signals(6, 0, p95=20.0, rate=2.0), _pods(2), _spec(), 100.0)
+    assert d.replicas == 3
+    assert "p95 over 12s" in d.reason
+
+
+def test_p95_guard_never_scales_down() -> None:
+    spec = _spec(scaleDown={"stabilizationWindowSeconds": 0})
+    ds = _steady(spec, _signals(1, 0, p95=20.0, rate=2.0), _pods(6), seconds=300)
+    assert all(d.direction != "down" for d in ds)
+
+
+def test_p95_guard_waits_for_pods_it_asked_for() -> None:
+    spec = _spec()
+    # A pod is starting: no second pod for the same slow P95.
+    d = recommend(
+        PolicyState(), _signals(6, 0, p95=20.0, rate=2.0), _pods(3, 2, 1), spec, now=100.0
+    )
+    assert d.replicas == 3
+    assert "waiting for new pods" in d.reason
+    # Just after it became ready the P95 window still shows the old latency.
+    d2 = recommend(d.state, _signals(6, 0, p95=20.0, rate=2.0), _pods(3), spec, now=110.0)
+    assert d2.replicas == 3
+    # Once the window has turned over, a still-slow P95 buys one more.
+    d3 = recommend(d2.state, _signals(6, 0, p95=20.0, rate=2.0), _pods(3), spec, now=200.0)
+    assert d3.replicas == 4
+
+
+def test_p95_guard_ignores_a_p95_of_a_handful_of_answers() -> None:
+    d = recommend(PolicyState(), _signals(2, 0, p95=20.0, rate=0.2), _pods(1), _spec(), 100.0)
+    assert d.replicas == 1
+
+
+# ------------------------------------------------------- start-up aware
+
+
+def test_starting_pods_count_as_capacity_on_its_way() -> None:
+    spec = _spec()
+    first = recommend(PolicyState(), _signals(4, 12), _pods(1), spec, now=0.0)
+    assert first.replicas == 4
+    # A minute of model loading later the queue is still there: no second scale-up.
+    state = first.state
+    for t in range(5, 60, 5):
+        d = recommend(state, _signals(4, 12), _pods(4, 1, 3), spec, now=float(t))
+        assert d.replicas == 4, d.reason
+        state = d.state
+
+
+def test_stuck_pods_are_not_capacity_and_mark_scaling_limited() -> None:
+    spec = _spec()
+    d = recommend(
+        PolicyState(), _signals(8, 0, p95=20.0, rate=2.0), _pods(3, 2, 1, stuck=1), spec, 100.0
+    )
+    # The stuck pod is not on its way, so the P95 guard may add one over the capacity (2 + 1).
+    assert d.replicas == 3
+    assert d.limited is not None
+    assert "Pending" in d.limited
+
+
+# ------------------------------------------------------ missing signals
+
+
+@pytest.mark.parametrize(
+    ("signals", "why"),
+    [
+        (_signals(None, None, None, rate=None, error="connection refused"), "metrics error"),
+        (_signals(1, 0, age=120.0), "stale"),
+        (_signals(math.nan, 0), "running"),
+        (_signals(1, None), "waiting"),
+        (_signals(1, 0, p95=math.nan), "p95"),
+        (_signals(-1, 0), "running"),
+    ],
+)
+def test_missing_signals_never_scale_down(signals: Signals, why: str) -> None:
+    spec = _spec(scaleDown={"stabilizationWindowSeconds": 0})
+    ds = _steady(spec, signals, _pods(5), seconds=300)
+    assert all(d.replicas == 5 for d in ds)
+    assert not ds[-1].signals_ok
+    assert why in ds[-1].reason
+    assert "never scaling down" in ds[-1].reason
+
+
+def test_missing_p95_still_scales_up_on_the_queue() -> None:
+    d = recommend(PolicyState(), _signals(8, 20, p95=None, rate=None), _pods(2), _spec(), 0.0)
+    assert d.replicas == 7
+    assert not d.signals_ok
+    assert "still seen" in d.reason
+
+
+def test_fallback_raises_but_never_lowers() -> None:
+    spec = _spec(missingSignals={"action": "Fallback", "fallbackReplicas": 4})
+    error = _signals(None, None, None, rate=None, error="timeout")
+    assert recommend(PolicyState(), error, _pods(2), spec, 0.0).replicas == 4
+    assert recommend(PolicyState(), error, _pods(6), spec, 0.0).replicas == 6
+
+
+def test_idle_service_p95_nan_is_not_missing() -> None:
+    # Nothing finished in the window: P95 is NaN by construction; scaling down is fine.
+    spec = _spec(scaleDown={"stabilizationWindowSeconds": 0})
+    ds = _steady(spec, _signals(0, 0, p95=None, rate=0.0), _pods(3), seconds=200)
+    assert ds[-1].replicas == 1
+    assert ds[-1].signals_ok
+
+
+# ----------------------------------------------------------------- bounds
+
+
+def test_max_replicas_caps_and_says_so() -> None:
+    d = recommend(PolicyState(), _signals(4, 100), _pods(4), _spec(maxReplicas=10), 0.0)
+    assert d.replicas == 10
+    assert d.limited == "maxReplicas=10 reached"
+
+
+def test_min_replicas_floor() -> None:
+    spec = _spec(minReplicas=3, scaleDown={"stabilizationWindowSeconds": 0})
+    ds = _steady(spec, _signals(0, 0, p95=None, rate=0.0), _pods(6), seconds=300)
+    assert ds[-1].replicas == 3
+    assert recommend(PolicyState(), _signals(0, 0), _pods(1), spec, 0.0).replicas == 3
+
+
+def test_autoscaling_disabled_uses_spec_replicas() -> None:
+    data = {"model": {"id": "m"}, "replicas": 3, "autoscaling": {"enabled": False}}
+    spec = VLMServiceSpec.model_validate(data)
+    d = recommend(PolicyState(), _signals(100, 100), _pods(1), spec, 0.0)
+    assert (d.replicas, d.direction) == (3, "up")
+    assert "autoscaling disabled" in d.reason
+    off = VLMServiceSpec.model_validate({"model": {"id": "m"}, "autoscaling": {"enabled": False}})
+    assert recommend(PolicyState(), _signals(100, 100), _pods(2), off, 0.0).replicas == 2
+
+
+# ------------------------------------------------------------------ state
+
+
+def test_state_round_trips_through_json_and_stays_small() -> None:
+    spec = _spec()
+    ds = _steady(spec, _signals(9, 3), _pods(2), seconds=3600, period=1.0)
+    state = ds[-1].state
+    text = json.dumps(state.to_dict())
+    assert len(text) < 4000
+    again = PolicyState.from_dict(json.loads(text))
+    assert len(again.demand) <= MAX_HISTORY
+    # Same decision from the restored state as from the original.
+    sig = _signals(2, 0)
+    a = recommend(state, sig, _pods(4), spec, 3601.0)
+    b = recommend(again, sig, _pods(4), spec, 3601.0)
+    assert (a.replicas, a.reason) == (b.replicas, b.reason)
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [
+        {},
+        None,
+        "text",
+        {"version": 99},
+        {"version": 1, "down": "x"},
+        {"version": 1, "demand": [[1, "a"]]},
+        {"version": 1, "down": [[1.0, -3]]},
+        {"version": 1, "settledAt": float("inf")},
+    ],
+)
+def test_state_from_garbage_is_fresh(garbage: Any) -> None:
+    assert PolicyState.from_dict(garbage) == PolicyState()
+
+
+def test_restart_keeps_stabilization() -> None:
+    spec = _spec(scaleDown={"stabilizationWindowSeconds": 120})
+    busy = _steady(spec, _signals(32, 0), _pods(8), seconds=200)
+    restored = PolicyState.from_dict(json.loads(json.dumps(busy[-1].state.to_dict())))
+    d = recommend(restored, _signals(1, 0), _pods(8), spec, 205.0)
+    assert d.replicas == 8
+    assert "stabilizing" in d.reason
+    # A fresh state would not even have seen the window: it holds, too (never blind).
+    fresh = recommend(PolicyState(), _signals(1, 0), _pods(8), spec, 205.0)
+    assert fresh.replicas == 8
+
+
+def test_decisions_are_deterministic() -> None:
+    spec = _spec()
+    a = _steady(spec, _signals(13, 4, p95=13.0, rate=3.0), _pods(2), seconds=600)
+    b = _steady(spec, _signals(13, 4, p95=13.0, rate=3.0), _pods(2), seconds=600)
+    assert [(d.replicas, d.reason) for d in a] == [(d.replicas, d.reason) for d in b]
+
+
+def test_no_second_step_down_before_the_first_shows_in_the_signals() -> None:
+    spec = _spec(scaleDown={"stabilizationWindowSeconds": 0, "maxPodsPerStep": 1})
+    ds = _steady(spec, _signals(1, 0), _pods(5), seconds=300)
+    downs = [i * 5.0 for i, d in enumerate(ds) if d.direction == "down"]
+    assert len(downs) == 4  # 5 → 1, one pod at a time
+    gaps = [b - a for a, b in zip(downs, downs[1:], strict=False)]
+    assert min(gaps) >= spec.metrics.window_seconds
+
+
+def test_a_queue_growing_while_pods_load_buys_no_more_pods() -> None:
+    spec = _spec()
+    first = recommend(PolicyState(), _signals(8, 4), _pods(2), spec, now=0.0)
+    assert first.replicas == 3
+    state = first.state
+    for i, t in enumerate(range(5, 60, 5)):
+        # The queue grows while the third pod loads (to 15 requests: 4 pods'
+        # worth, but short of a burst, which would be twice the ready pods).
+        d = recommend(state, _signals(8, min(5 + i, 7)), _pods(3, 2, 1), spec, now=float(t))
+        assert d.replicas == 3, d.reason
+        state = d.state
