@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from typing import Any
@@ -157,7 +158,7 @@ def test_scale_down_waits_out_the_window_then_steps() -> None:
     # Not before the window has passed since the last busy recommendation.
     assert first_down * 5.0 >= 60 - 5.0
     # Never up again, at most half per step, down to what the demand needs.
-    steps = list(zip(replicas, replicas[1:], strict=False))
+    steps = list(itertools.pairwise(replicas))
     assert all(after <= before for before, after in steps)
     assert all(after >= before / 2 for before, after in steps)
     assert replicas[-1] == 1
@@ -399,7 +400,7 @@ def test_no_second_step_down_before_the_first_shows_in_the_signals() -> None:
     ds = _steady(spec, _signals(1, 0), _pods(5), seconds=300)
     downs = [i * 5.0 for i, d in enumerate(ds) if d.direction == "down"]
     assert len(downs) == 4  # 5 → 1, one pod at a time
-    gaps = [b - a for a, b in zip(downs, downs[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(downs)]
     assert min(gaps) >= spec.metrics.window_seconds
 
 
