@@ -492,6 +492,26 @@ async def test_model_not_ready_answers_503_and_readyz_follows_health(backend: Ba
         assert (await gate.request("POST", "/sleep"))[0] == 200
 
 
+async def test_a_model_answering_requests_stays_ready_despite_failed_health_checks(
+    backend: Backend,
+) -> None:
+    async with running_gate(backend, health_timeout=0.2) as gate:
+        backend.healthy = False
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 0.5  # ten health intervals of failed checks, with traffic
+        for _ in range(1000):
+            if loop.time() >= end:
+                break
+            assert (await gate.request("POST", "/sleep?s=0.01"))[0] == 200
+            assert (await gate.request("GET", "/readyz"))[0] == 200
+        # no answers any more: the failed checks now count
+
+        async def unready() -> bool:
+            return (await gate.request("GET", "/readyz"))[0] == 503
+
+        await until(unready)
+
+
 async def test_deterministic_requests_are_answered_from_the_cache(backend: Backend) -> None:
     async with running_gate(backend, cache_size=8, cache_ttl=60) as gate:
         body = json.dumps({"temperature": 0, "messages": [{"role": "user", "content": "hi"}]})

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from collections.abc import Mapping
 
 import aiohttp
@@ -40,6 +41,8 @@ _HOP_BY_HOP = frozenset(
         "transfer-encoding",
         "upgrade",
         "content-length",
+        # the gate has read the whole body already; the model must not wait for "100 Continue"
+        "expect",
     }
 )
 
@@ -112,6 +115,7 @@ class Proxy:
         self.max_body_bytes = max_body_bytes
         self.cache = cache
         self.ready = False
+        self.last_answer = -math.inf  # loop time of the model's last answer below 500
         self.session: aiohttp.ClientSession | None = None
 
     async def _read_body(self, request: web.Request) -> bytes:
@@ -225,6 +229,8 @@ class Proxy:
         self, request: web.Request, upstream: aiohttp.ClientResponse, cache_key: str | None
     ) -> tuple[int, web.StreamResponse]:
         status = upstream.status
+        if status < 500:
+            self.last_answer = asyncio.get_running_loop().time()
         headers = _forward_headers(upstream.headers)
         length = upstream.content_length
         if request.method == "HEAD":

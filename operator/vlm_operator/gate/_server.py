@@ -98,7 +98,13 @@ async def _poll_health(proxy: Proxy, config: GateConfig, session: aiohttp.Client
             proxy.ready = True
         else:
             failures += 1
-            if proxy.ready and failures >= _HEALTH_FAILURES:
+            # A model busy answering requests may be slow to answer its health
+            # endpoint; an answer it gave recently proves it alive.
+            answered_recently = (
+                asyncio.get_running_loop().time() - proxy.last_answer
+                < config.health_interval + config.health_timeout
+            )
+            if proxy.ready and failures >= _HEALTH_FAILURES and not answered_recently:
                 log.warning("model failed %d health checks at %s", failures, url)
                 proxy.ready = False
         await asyncio.sleep(config.health_interval)
