@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     reports = [report for report, _ in runs]
     if args.json:
         payload: Any = [r.to_dict() for r in reports] if args.compare else reports[0].to_dict()
-        print(json.dumps(payload, indent=2, default=_json_default))
+        print(json.dumps(_finite(payload), indent=2))
     elif args.compare:
         print(_comparison_table(trace, reports, args.seed))
     else:
@@ -99,10 +99,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _json_default(value: object) -> Any:
+def _finite(value: Any) -> Any:
+    """JSON has no NaN or infinity: say null (e.g. a cost ratio with a zero oracle)."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _s(x: float | None, digits: int = 1) -> str:

@@ -1,0 +1,167 @@
+"""The anchors' published formulas, on hand-computed cases."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from vlm_operator.baselines import (
+    HPACPU,
+    HPAInFlight,
+    KEDAPrometheus,
+    KnativeKPA,
+    Observation,
+    Ours,
+    RayServe,
+    Static,
+    hpa_desired,
+    make_autoscaler,
+)
+from vlm_operator.models import VLMServiceSpec
+
+
+def _spec(**autoscaling: Any) -> VLMServiceSpec:
+    data: dict[str, Any] = {"model": {"id": "m"}, "autoscaling": {"maxReplicas": 50, **autoscaling}}
+    return VLMServiceSpec.model_validate(data)
+
+
+def _obs(
+    now: float,
+    *,
+    current: int,
+    ready: int | None = None,
+    starting: int = 0,
+    running: float | None = 0.0,
+    waiting: float | None = 0.0,
+    cpu: float | None = None,
+    p95: float | None = None,
+    rate: float | None = None,
+) -> Observation:
+    return Observation(
+        now=now,
+        running=running,
+        waiting=waiting,
+        p95_seconds=p95,
+        arrival_rate=rate,
+        error_rate=None,
+        cpu_utilization=cpu,
+        age_seconds=1.0,
+        current=current,
+        ready=current - starting if ready is None else ready,
+        starting=starting,
+    )
+
+
+@pytest.mark.parametrize(
+    ("current", "ratio", "expected"),
+    [
+        (3, 1.05, 3),  # within the 10 % tolerance
+        (3, 0.95, 3),
+        (3, 1.5, 5),  # ⌈4.5⌉
+        (10, 0.5, 5),
+        (1, 1.11, 2),  # just outside the band: a whole pod (kubernetes#116984)
+        (10, 1.09, 10),  # 10 % of 10 pods hides almost a whole pod of demand
+    ],
+)
+def test_hpa_core_formula(current: int, ratio: float, expected: int) -> None:
+    assert hpa_desired(current, ratio) == expected
+
+
+def test_hpa_cpu_climbs_on_a_busy_cpu_model_and_limits_its_steps() -> None:
+    hpa = HPACPU(_spec())
+    # 100 % busy at 80 % target: ⌈4 × 1.25⌉ = 5.
+    assert hpa.decide(_obs(0, current=4, cpu=1.0)) == 5
+    # Pods not ready count as 0 %: ⌈ready × cpu / target⌉ over the ready pods only.
+    assert hpa.decide(_obs(15, current=5, ready=4, starting=1, cpu=1.0)) == 5
+    # Up at most max(4 pods, 100 %) per period.
+    hpa2 = HPACPU(_spec(), target=0.1)
+    assert hpa2.decide(_obs(0, current=2, cpu=1.0)) == 6
+    assert hpa2.decide(_obs(15, current=10, cpu=1.0)) == 20
+
+
+def test_hpa_scale_down_stabilization_keeps_the_window_high() -> None:
+    hpa = HPACPU(_spec())
+    assert hpa.decide(_obs(0, current=8, cpu=1.0)) == 10
+    # Idle for less than 300 s: the 10 of t=0 still holds.
+    assert hpa.decide(_obs(150, current=10, cpu=0.0)) == 10
+    assert hpa.decide(_obs(299, current=10, cpu=0.0)) == 10
+    # After the window: down to the minimum (⌈10 × 0⌉ → minReplicas 1).
+    assert hpa.decide(_obs(301, current=10, cpu=0.0)) == 1
+
+
+def test_hpa_without_a_metric_keeps_the_scale() -> None:
+    hpa = HPAInFlight(_spec())
+    assert hpa.decide(_obs(0, current=3, running=None)) == 3
+
+
+def test_hpa_on_in_flight_cannot_see_the_queue() -> None:
+    hpa = HPAInFlight(_spec())  # target 0.75 × 4 = 3 per pod
+    # Every pod at the gate's cap of 4 and 40 waiting: ⌈2 × 4/3⌉ = 3, the queue unseen.
+    assert hpa.decide(_obs(0, current=2, running=8, waiting=40)) == 3
+
+
+def test_keda_reads_value_over_threshold_and_an_empty_result_as_zero() -> None:
+    keda = KEDAPrometheus(_spec())  # threshold maxInFlight = 4
+    assert keda.decide(_obs(0, current=1, running=8, waiting=12)) == 5
+    # Prometheus down: value None read as 0 → the minimum (keda#3065), after the window.
+    keda2 = KEDAPrometheus(_spec())
+    assert keda2.decide(_obs(0, current=6, running=20, waiting=4)) == 6
+    assert keda2.decide(_obs(100, current=6, running=None, waiting=None)) == 6
+    assert keda2.decide(_obs(301, current=6, running=None, waiting=None)) == 1
+
+
+def test_kpa_panics_at_twice_the_ready_pods_and_only_goes_up() -> None:
+    kpa = KnativeKPA(_spec())  # target 0.7 × 4 = 2.8 per pod
+    assert kpa.gate.queue_size == 40
+    assert kpa.gate.full_status == 503
+    # 11 concurrent on 1 pod: panic desired ⌈11 / 2.8⌉ = 4 ≥ 2 × 1.
+    assert kpa.decide(_obs(0, current=1, running=4, waiting=7)) == 4
+    # Still panicking a few seconds later with less load: never down.
+    assert kpa.decide(_obs(2, current=4, ready=1, starting=3, running=2, waiting=0)) == 4
+
+
+def test_kpa_stable_mode_scales_down_at_most_by_half() -> None:
+    kpa = KnativeKPA(_spec())
+    for t in range(0, 120, 2):
+        decided = kpa.decide(_obs(float(t), current=8, running=0, waiting=0))
+    assert decided == 4  # ⌈8 / 2⌉, though the stable window wants the minimum
+
+
+def test_ray_waits_its_upscale_and_downscale_delays() -> None:
+    ray = RayServe(_spec())  # target 2 ongoing per replica
+    assert ray.decide(_obs(0, current=1, running=4, waiting=4)) == 1
+    assert ray.decide(_obs(25, current=1, running=4, waiting=4)) == 1
+    assert ray.decide(_obs(30, current=1, running=4, waiting=4)) == 4
+    ray2 = RayServe(_spec())
+    for t in range(0, 600, 5):
+        assert ray2.decide(_obs(float(t), current=4, running=0, waiting=0)) == 4
+    assert ray2.decide(_obs(600, current=4, running=0, waiting=0)) == 1
+
+
+def test_static_never_moves_and_has_no_gate() -> None:
+    static = Static(_spec(), replicas=2)
+    assert static.name == "static-2"
+    assert static.gate.max_in_flight is None
+    assert static.decide(_obs(0, current=2, running=100)) == 2
+
+
+def test_ours_adapter_keeps_its_state_between_ticks() -> None:
+    ours = Ours(_spec())
+    assert ours.decide(_obs(0, current=1, running=4, waiting=12, p95=9.0, rate=0.5)) == 5
+    assert "burst" in ours.last_reason
+    assert ours.state.demand
+
+
+def test_factory_knows_every_name() -> None:
+    spec = _spec()
+    names = ["ours", "static", "hpa-cpu", "hpa-inflight", "keda", "kpa", "ray", "static-3"]
+    assert [make_autoscaler(n, spec).name for n in names] == [
+        "ours",
+        "static-1",
+        "hpa-cpu",
+        "hpa-inflight",
+        "keda",
+        "kpa",
+        "ray",
+        "static-3",
+    ]

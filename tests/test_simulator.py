@@ -1,0 +1,196 @@
+"""The simulator against closed-form queueing results, and its moving parts."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any
+
+import pytest
+from vlm_operator.baselines import Ours, Static, make_autoscaler
+from vlm_operator.latency import LatencyModel
+from vlm_operator.simulator import SimConfig, run_policy, simulate, spec_for, summarize
+from vlm_operator.simulator.engine import OK, SimResult
+from vlm_operator.simulator.report import oracle_replica_seconds
+from vlm_operator.traces import Trace, parse_trace
+
+
+def _closed(users: int, seconds: float) -> Trace:
+    return parse_trace(
+        {"kind": "closed", "phases": [{"duration": seconds, "users": users}]}, origin="t"
+    )
+
+
+def _open(rate: float, seconds: float, **extra: Any) -> Trace:
+    return parse_trace(
+        {"kind": "open", "phases": [{"duration": seconds, "rate": rate, **extra}]}, origin="t"
+    )
+
+
+def _ok_latencies(result: SimResult) -> list[float]:
+    return [
+        e - s for s, e, c in zip(result.sent, result.ended, result.status, strict=True) if c == OK
+    ]
+
+
+_EXACT = LatencyModel(base_seconds=6.2, alpha=0.185, sigma=0.0)
+
+
+def test_one_user_at_one_pod_waits_exactly_the_base_time() -> None:
+    trace = _closed(1, 300)
+    spec = spec_for(trace)
+    result = simulate(trace, Static(spec, replicas=1), spec=spec, config=SimConfig(latency=_EXACT))
+    latencies = _ok_latencies(result)
+    assert len(latencies) == int(300 // 6.2)
+    assert all(lat == pytest.approx(6.2) for lat in latencies)
+
+
+@pytest.mark.parametrize("users", [2, 4, 8, 16])
+def test_n_users_at_one_pod_share_it(users: int) -> None:
+    # No gate (the measured setup): all users run together, in lockstep.
+    trace = _closed(users, 600)
+    spec = spec_for(trace)
+    result = simulate(trace, Static(spec, replicas=1), spec=spec, config=SimConfig(latency=_EXACT))
+    latencies = _ok_latencies(result)
+    expected = 6.2 * (1 + 0.185 * (users - 1))
+    assert latencies
+    assert statistics.fmean(latencies) == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize(("alpha", "kind"), [(1.0, "M/G/1-PS"), (0.0, "M/G/inf")])
+def test_open_loop_matches_the_textbook_queue(alpha: float, kind: str) -> None:
+    # alpha 1: n requests share one processor (M/G/1-PS, mean sojourn E[S]/(1-rho),
+    # whatever the service law); alpha 0: no contention at all (M/G/inf, E[S]).
+    model = LatencyModel(base_seconds=1.0, alpha=alpha, sigma=0.3)
+    rate = 0.6
+    trace = _open(rate, 40_000)
+    spec = spec_for(trace)
+    result = simulate(
+        trace,
+        Static(spec, replicas=1),
+        spec=spec,
+        seed=3,
+        config=SimConfig(latency=model, client_timeout_seconds=1e9),
+    )
+    mean_service = math.exp(0.3**2 / 2)
+    expected = mean_service / (1 - rate * mean_service) if alpha else mean_service
+    assert statistics.fmean(_ok_latencies(result)) == pytest.approx(expected, rel=0.06), kind
+    assert len(result.status) == pytest.approx(rate * 40_000, rel=0.03)
+
+
+def test_the_same_seed_gives_the_same_run_and_another_seed_does_not() -> None:
+    a, _ = run_policy("step-burst", "ours", seed=5)
+    b, _ = run_policy("step-burst", "ours", seed=5)
+    c, _ = run_policy("step-burst", "ours", seed=6)
+    assert a.to_dict() | {"wall_seconds": 0} == b.to_dict() | {"wall_seconds": 0}
+    assert (a.requests, a.p95) != (c.requests, c.p95)
+
+
+def test_a_full_gate_answers_429_and_a_late_queue_504() -> None:
+    # One pod, 2 in flight, queue of 2 with a 5 s deadline; 12 users at once.
+    trace = _closed(12, 60)
+    spec = spec_for(
+        trace,
+        {
+            "concurrency": {"maxInFlight": 2, "queueSize": 2, "queueTimeoutSeconds": 5},
+            "autoscaling": {"minReplicas": 1, "maxReplicas": 1},
+        },
+    )
+    result = simulate(trace, Ours(spec), spec=spec, config=SimConfig(latency=_EXACT))
+    codes = set(result.status)
+    assert {OK, 429, 504} <= codes
+    report = summarize(result)
+    assert report.errors_by_status["429"] > 0
+    assert report.errors_by_status["504"] > 0
+
+
+def test_client_timeout_cancels_work_inside_the_model_by_default() -> None:
+    slow = LatencyModel(base_seconds=40.0, alpha=0.0, sigma=0.0)
+    trace = _closed(1, 100)
+    spec = spec_for(trace)
+    cancel = simulate(trace, Static(spec, replicas=1), spec=spec, config=SimConfig(latency=slow))
+    assert set(cancel.status) == {0}  # every request times out at 30 s
+    assert cancel.ended[0] - cancel.sent[0] == pytest.approx(30.0)
+    keep = simulate(
+        trace,
+        Static(spec, replicas=1),
+        spec=spec,
+        config=SimConfig(latency=slow, cancel_on_disconnect=False),
+    )
+    # Abandoned work keeps running, so the next requests share the pod and the
+    # number answered in time is no better.
+    assert set(keep.status) == {0}
+
+
+def test_new_pods_serve_only_after_the_start_up_delay() -> None:
+    trace = _closed(16, 400)
+    spec = spec_for(trace)
+    result = simulate(trace, Ours(spec), spec=spec, config=SimConfig(startup_seconds=90.0))
+    first_up = next(t for t, before, after in result.scale_events if after > before)
+    ready = [t for t, r in zip(result.series.t, result.series.ready, strict=True) if r > 1]
+    assert ready
+    assert ready[0] >= first_up + 90.0 - 1e-9
+
+
+def test_replica_seconds_of_a_static_fleet() -> None:
+    trace = _open(0.5, 1000)
+    spec = spec_for(trace)
+    result = simulate(trace, Static(spec, replicas=3), spec=spec)
+    assert result.replica_seconds == pytest.approx(3000.0)
+
+
+def test_metrics_outage_holds_our_replicas() -> None:
+    trace = _closed(16, 900)
+    spec = spec_for(trace, {"autoscaling": {"minReplicas": 1}})
+    outage = SimConfig(metrics_outages=((0.0, 900.0),))
+    ours = Ours(spec)
+    result = simulate(trace, ours, spec=spec, config=outage)
+    # The very first scrape (t=0) was taken before the outage window starts
+    # to matter; after 60 s it is stale and the policy holds.
+    assert all(after >= before for _, before, after in result.scale_events)
+    assert "stale" in ours.last_reason
+
+
+def test_ours_on_the_measured_gradient_has_no_errors_and_scales() -> None:
+    report, result = run_policy("measured-gradient", "ours", seed=1)
+    assert report.errors == 0
+    assert report.scale_ups >= 3
+    assert max(result.series.replicas) >= 4
+    static, _ = run_policy("measured-gradient", "static", seed=1)
+    assert static.phases[-1].p95 is not None
+    assert report.phases[-1].p95 is not None
+    assert report.phases[-1].p95 < static.phases[-1].p95
+    assert report.phases[-1].goodput > static.phases[-1].goodput
+
+
+def test_oracle_of_a_closed_trace_is_pods_for_the_users() -> None:
+    trace = parse_trace(
+        {
+            "kind": "closed",
+            "phases": [{"duration": 100, "users": 1}, {"duration": 100, "users": 9}],
+        }
+    )
+    spec = spec_for(trace)
+    assert oracle_replica_seconds(trace, spec, LatencyModel()) == pytest.approx(100 + 300)
+
+
+def test_oracle_of_an_open_trace_follows_the_arrivals() -> None:
+    trace = _open(2.0, 3600)
+    spec = spec_for(trace)
+    oracle = oracle_replica_seconds(trace, spec, LatencyModel(), seed=1)
+    # ~2 req/s × 9.7 s ≈ 19.4 in flight → about 5.4 pods on average.
+    assert 4.5 * 3600 < oracle < 6.5 * 3600
+
+
+def test_every_policy_runs_on_a_shipped_trace() -> None:
+    for name in ("ours", "static", "hpa-cpu", "hpa-inflight", "keda", "kpa", "ray", "static-2"):
+        report, _ = run_policy("flash-spike", name, seed=1)
+        assert report.requests > 1000, name
+    with pytest.raises(ValueError, match="unknown policy"):
+        make_autoscaler("nope", spec_for(_closed(1, 10)))
+
+
+def test_retries_turn_some_rejections_into_answers() -> None:
+    plain, _ = run_policy("flash-spike", "ours", seed=2)
+    retried, _ = run_policy("flash-spike", "ours", seed=2, config=SimConfig(retries=2))
+    assert retried.errors_by_status.get("429", 0) < plain.errors_by_status.get("429", 0)
