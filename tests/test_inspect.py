@@ -60,11 +60,31 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusS
         pod_a.set(durations=[9.5] * 40, codes={200: 40})
         pod_b.set(durations=[9.5] * 40, codes={200: 38, 429: 2}, rejected={"queue_full": 2})
         server.wait_for_series(P95_QUERY, where=lambda v: all(math.isfinite(x) for x in v.values()))
+        _wait_for_history(server)
         yield server
     finally:
         server.stop()
         for exporter in (pod_a, pod_b, other):
             exporter.stop()
+
+
+def _wait_for_history(server: PrometheusServer, timeout: float = 30.0) -> None:
+    """Until a one-minute range at 1 s steps has a few steps of pods and of P95.
+
+    An instant query sees a sample scraped a moment ago; a range query ends on
+    a whole second, so its last step can still precede it.
+    """
+    client = connect(server.url, timeout_seconds=5)
+    deadline = time.monotonic() + timeout
+    while True:
+        got = inspect_service(client, SERVICE, minutes=1, step_seconds=1)
+        p95_steps = len(got.p95.points) if got.p95 is not None else 0
+        pods_steps = len(got.pods.points) if got.pods is not None else 0
+        if p95_steps >= 2 and pods_steps >= 3:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no history after {timeout}s: {got}")
+        time.sleep(0.2)
 
 
 def test_inspection_returns_the_services_series_only(prometheus: PrometheusServer) -> None:
