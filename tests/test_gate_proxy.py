@@ -123,7 +123,7 @@ class Backend:
             return web.json_response(
                 {
                     "method": request.method,
-                    "path": request.path_qs,
+                    "path": request.raw_path,
                     "headers": dict(request.headers),
                     "body": self.bodies[-1].decode("utf-8", "replace"),
                 },
@@ -413,6 +413,13 @@ async def test_everything_else_passes_through_untouched(backend: Backend) -> Non
         assert seen["body"] == garbage.decode()
         assert seen["headers"]["Authorization"] == "Bearer t"
         assert seen["headers"]["x-status"] == "418"
+        reader, writer = await asyncio.open_connection(*gate.url.split("//")[1].split(":"))
+        writer.write(b"GET http://elsewhere.example/v1/x?q=%41 HTTP/1.1\r\nHost: a\r\n")
+        writer.write(b"Connection: close\r\n\r\n")  # absolute-form target: only the path goes on
+        raw = await asyncio.wait_for(reader.read(), DEADLINE_S)
+        writer.close()
+        assert raw.startswith(b"HTTP/1.1 200")
+        assert b'"path": "/v1/x?q=%41"' in raw
         status, _, body = await gate.request("GET", "/v1/models")
         assert status == 200
         seen = json.loads(body)
@@ -421,8 +428,8 @@ async def test_everything_else_passes_through_untouched(backend: Backend) -> Non
         # the gate's own endpoints are neither proxied nor counted
         assert (await gate.request("GET", "/healthz"))[0] == 200
         assert await gate.metric("vlm_requests_total", code="418") == 1
-        assert await gate.metric("vlm_requests_total", code="200") == 1
-        assert await gate.metric("vlm_request_duration_seconds_count") == 2
+        assert await gate.metric("vlm_requests_total", code="200") == 2
+        assert await gate.metric("vlm_request_duration_seconds_count") == 3
 
 
 def test_bad_environment_value_names_the_variable(

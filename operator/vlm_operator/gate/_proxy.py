@@ -97,6 +97,12 @@ def _forward_headers(headers: Mapping[str, str]) -> CIMultiDict[str]:
     return out
 
 
+def _origin_form(request: web.Request) -> str:
+    """Path and query as the client wrote them (absolute-form targets lose scheme and host)."""
+    raw = request.raw_path
+    return raw if raw.startswith("/") else request.rel_url.raw_path_qs
+
+
 class Proxy:
     """The catch-all handler and the state it needs."""
 
@@ -213,7 +219,7 @@ class Proxy:
         try:
             upstream = await self.session.request(
                 request.method,
-                self.upstream + request.raw_path,
+                self.upstream + _origin_form(request),
                 headers=_forward_headers(request.headers),
                 data=body if body else None,
                 allow_redirects=False,
