@@ -21,6 +21,7 @@ from collections.abc import Mapping
 import aiohttp
 from aiohttp import web
 from multidict import CIMultiDict
+from yarl import URL
 
 from vlm_operator.gate._admission import Admission, Rejected
 from vlm_operator.gate._cache import CachedResponse, ResponseCache
@@ -100,7 +101,13 @@ def _forward_headers(headers: Mapping[str, str]) -> CIMultiDict[str]:
 def _origin_form(request: web.Request) -> str:
     """Path and query as the client wrote them (absolute-form targets lose scheme and host)."""
     raw = request.raw_path
-    return raw if raw.startswith("/") else request.rel_url.raw_path_qs
+    if raw.startswith("/"):
+        return raw
+    # scheme://authority[/path][?query], cut by hand: URL parsing would re-encode the path
+    rest = raw.partition("://")[2]
+    cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    tail = rest[cut:]
+    return tail if tail.startswith("/") else "/" + tail
 
 
 class Proxy:
@@ -219,7 +226,8 @@ class Proxy:
         try:
             upstream = await self.session.request(
                 request.method,
-                self.upstream + _origin_form(request),
+                # encoded=True: the target goes on byte for byte, never re-encoded
+                URL(self.upstream + _origin_form(request), encoded=True),
                 headers=_forward_headers(request.headers),
                 data=body if body else None,
                 allow_redirects=False,
