@@ -438,11 +438,11 @@ class KubeAPIServer:
                     break
                 await _write_event(response, item[0], self.store.serve(target.kind, item[1]))
                 await self._drain(response, watch, target.kind)
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
+        except ConnectionResetError:  # the client went away
+            return response
         finally:
             self.store.unwatch(watch)
-        with contextlib.suppress(ConnectionResetError):
+        with contextlib.suppress(ConnectionResetError, RuntimeError):
             await response.write_eof()
         return response
 
