@@ -415,3 +415,31 @@ def test_a_queue_growing_while_pods_load_buys_no_more_pods() -> None:
         d = recommend(state, _signals(8, min(5 + i, 7)), _pods(3, 2, 1), spec, now=float(t))
         assert d.replicas == 3, d.reason
         state = d.state
+
+
+def test_a_noisy_steady_load_does_not_churn() -> None:
+    # Open-loop demand wanders by several requests from scrape to scrape.
+    spec = _spec(maxReplicas=60)
+    wander = [26.0, 34.0, 29.0, 23.0, 35.0, 30.0, 27.0, 33.0, 24.0, 31.0]
+    state = PolicyState()
+    current = 8
+    changes = []
+    for i in range(360):  # 30 minutes at 5 s
+        demand = wander[i % len(wander)]
+        d = recommend(state, _signals(demand, 0), PodCounts(current, current, 0), spec, i * 5.0)
+        if d.replicas != current:
+            changes.append((i * 5.0, current, d.replicas))
+        state, current = d.state, d.replicas
+    after_settle = [c for c in changes if c[0] >= 300]
+    assert after_settle == []
+
+
+def test_a_real_step_is_not_mistaken_for_noise() -> None:
+    spec = _spec(maxReplicas=60)
+    state = PolicyState()
+    for i in range(40):  # steady 20 for 200 s
+        state = recommend(state, _signals(20, 0), _pods(5), spec, i * 5.0).state
+    d1 = recommend(state, _signals(40, 0), _pods(5), spec, 200.0)
+    d2 = recommend(d1.state, _signals(40, 0), _pods(5), spec, 205.0)
+    # Two samples in a row at 40 need 10 pods: the single step does not widen the band.
+    assert d2.replicas == 10

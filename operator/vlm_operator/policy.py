@@ -38,6 +38,7 @@ This module is pure: it imports neither ``kubernetes``, ``kopf`` nor ``httpx``.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -55,6 +56,11 @@ MAX_HISTORY = 48
 UP_TOLERANCE = 0.25
 #: Spare capacity a scale-down must leave, in pods' worth of requests.
 DOWN_SPARE = 0.25
+#: Width of the hysteresis band in σ of the demand's sample-to-sample noise.
+NOISE_WIDTH = 2.0
+#: Rate windows (plus the P95 target) the guard waits after capacity changed:
+#: requests queued before a new pod was ready keep the P95 high that long.
+GUARD_SETTLE_WINDOWS = 2.0
 #: Answers in the rate window below which the P95 guard does not act.
 GUARD_MIN_ANSWERS = 20
 _STATE_VERSION = 1
@@ -207,6 +213,22 @@ def _record(
     return tuple(kept[-MAX_HISTORY:])
 
 
+def _noise(samples: tuple[tuple[float, float], ...], now: float, window: float) -> float:
+    """Robust sample-to-sample noise of the demand (σ from the median step).
+
+    The median of the absolute differences ignores a single step change, so a
+    real rise does not widen the band; for independent samples of σ, the
+    median |difference| is 0.954 σ.
+    """
+    values = [d for t, d in samples if now - window < t <= now]
+    steps = sorted(abs(b - a) for a, b in itertools.pairwise(values))
+    if not steps:
+        return 0.0
+    mid = len(steps) // 2
+    median = steps[mid] if len(steps) % 2 else (steps[mid - 1] + steps[mid]) / 2
+    return median / 0.954
+
+
 def _mean(samples: tuple[tuple[float, float], ...], now: float, window: float) -> float | None:
     values = [d for t, d in samples if now - window < t <= now]
     return sum(values) / len(values) if values else None
@@ -343,18 +365,23 @@ def recommend(
         limited = f"{pods.stuck} pods Pending > {auto.pending_timeout_seconds}s"
 
     # --- recommendations ----------------------------------------------------
-    # Up: the mean demand of the rate window, tolerating a quarter of a pod's
-    # worth of queue before paying for a whole pod (the gate absorbs that).
+    # The hysteresis band, in requests: at least a quarter of a pod, and wider
+    # than the demand's own sample-to-sample noise (an open load of ~100 in
+    # flight wanders by ~10 requests; a closed loop not at all).
+    noise = NOISE_WIDTH * _noise(samples, now, down_window)
+    up_band = max(UP_TOLERANCE * per_pod, noise)
+    down_band = max(DOWN_SPARE * per_pod, noise)
+    # Up: the mean demand of the rate window (the gate absorbs a queue within
+    # the band). A rise counts once two samples in a row show it (one spike
+    # does not), without waiting for the window's mean to catch up.
     short_mean = _mean(samples, now, window)
-    # A rise counts once two samples in a row show it (one spike does not),
-    # without waiting for the whole window's mean to catch up.
     recent = [d for t, d in samples if now - window < t <= now][-2:]
     sustained = min(recent) if len(recent) == 2 else short_mean
     up_demand = None if short_mean is None else max(short_mean, sustained or 0.0)
-    need = _pods_for(up_demand - UP_TOLERANCE * per_pod, per_pod) if up_demand is not None else None
-    # Down: the pods the demand fits in with a quarter pod to spare; the
-    # scale-down goes to the highest of these over the stabilization window.
-    keep = _pods_for(short_mean + DOWN_SPARE * per_pod, per_pod) if short_mean is not None else None
+    need = _pods_for(up_demand - up_band, per_pod) if up_demand is not None else None
+    # Down: the pods the demand fits in with the band to spare; the scale-down
+    # goes to the highest of these over the stabilization window.
+    keep = _pods_for(short_mean + down_band, per_pod) if short_mean is not None else None
     # Burst: the latest demand needs twice the ready pods and a whole pod more
     # than is on its way: go there at once.
     burst_need = _pods_for(demand - UP_TOLERANCE * per_pod, per_pod) if demand is not None else None
@@ -370,9 +397,11 @@ def recommend(
     # slowest one: too noisy to buy a pod on.
     answers = (arrival or 0.0) * window
     slow = p95 is not None and p95 > p95_target and answers >= GUARD_MIN_ANSWERS
-    # Answers in the P95 window were sent up to ~the target earlier: only after
-    # window + target seconds without a pod starting does P95 show the new pods.
-    guard_ready = on_way == 0 and (settled_at is None or now - settled_at >= window + p95_target)
+    # The P95 window shows new pods only once the requests that queued before
+    # them have left it: wait GUARD_SETTLE_WINDOWS windows (+ the target).
+    guard_ready = on_way == 0 and (
+        settled_at is None or now - settled_at >= GUARD_SETTLE_WINDOWS * window + p95_target
+    )
 
     up_queue = state.up
     if need is not None:

@@ -207,7 +207,8 @@ class _Engine:
         self.replicas = 0  # non-draining pods (Deployment spec.replicas)
         self.running_total = 0
         self.waiting_total = 0
-        # Gate-side completions for the rate-window signals: (time, seconds, ok).
+        # Gate-side answers for the rate-window signals: (time, seconds or -1 for
+        # a rejection, ok).
         self.gate_done: deque[tuple[float, float, bool]] = deque()
         self.window = float(spec.metrics.window_seconds)
         # Results.
@@ -407,6 +408,7 @@ class _Engine:
             if self.queue_timeout is not None:
                 self.queue_deadlines.append((now + self.queue_timeout, req, req.attempt))
         else:
+            self.gate_done.append((now, -1.0, False))
             self._finish(req, self.full_status, self.retry_after)
 
     def _client_timeout(self, req: _Request) -> None:
@@ -528,11 +530,12 @@ class _Engine:
         while done and done[0][0] <= now - self.window:
             done.popleft()
         if done:
-            durations = sorted(d for _, d, _ in done)
-            p95: float | None = _quantile(durations, 0.95)
-            arrival: float | None = len(durations) / self.window
+            # Rejections (duration -1) count in the rates, not in the latency.
+            durations = sorted(d for _, d, _ in done if d >= 0)
+            p95: float | None = _quantile(durations, 0.95) if durations else None
+            arrival: float | None = len(done) / self.window
             errors = sum(1 for _, _, ok in done if not ok)
-            error_rate: float | None = errors / len(durations)
+            error_rate: float | None = errors / len(done)
         else:
             p95 = None  # no request finished: NaN in Prometheus
             arrival = 0.0
