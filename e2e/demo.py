@@ -70,18 +70,25 @@ class DemoResult:
     samples: list[Sample]
     reports: list[PhaseReport] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    startup_seconds: list[float] = field(default_factory=list)  # real time, per pod
 
     def phase_samples(self, phase: Phase) -> list[Sample]:
         k = self.time_scale
         begin = self.run.started_at + phase.start_s / k
         return [s for s in self.samples if begin <= s.at < begin + phase.duration_s / k]
 
+    def mean_desired(self, phase: Phase) -> float | None:
+        """Average replicas the operator asked for during ``phase``."""
+        values = [s.snapshot.desired for s in self.phase_samples(phase)]
+        known = [v for v in values if v is not None]
+        return sum(known) / len(known) if known else None
+
     def replica_seconds(self, phase: Phase | None = None) -> float:
-        """Real-time pod-seconds (ready + starting pods, as a cluster bills them)."""
+        """Real-time pod-seconds (starting, ready and draining pods, as a cluster bills them)."""
         samples = self.phase_samples(phase) if phase is not None else self.samples
         total = 0.0
         for prev, cur in itertools.pairwise(samples):
-            total += len(prev.snapshot.pods) * (cur.at - prev.at)
+            total += prev.snapshot.alive * (cur.at - prev.at)
         return total * self.time_scale
 
 
@@ -148,8 +155,8 @@ def final_table(result: DemoResult) -> str:
             line += f"              {p95:>6.1f} {errors:>7.1%} {qps:>6.2f}"
         lines.append(line)
     lines.append(
-        "pods: average pods running (ready or starting); max: most ready pods; P95, errors and "
-        "req/s measured by the clients, in real time."
+        "pods: average pods running (starting, ready or draining); max: most ready pods; "
+        "P95, errors and req/s measured by the clients, in real time."
     )
     return "\n".join(lines)
 
@@ -285,7 +292,13 @@ async def run_demo(
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
-        result = DemoResult(time_scale=k, run=run, samples=samples, notes=list(cluster.notes))
+        result = DemoResult(
+            time_scale=k,
+            run=run,
+            samples=samples,
+            notes=list(cluster.notes),
+            startup_seconds=[s * k for s in cluster.runner.startup_seconds],
+        )
         result.reports = run.phases()
         say("")
         say(final_table(result))

@@ -8,8 +8,8 @@ starts one to poke at.
 """
 
 from e2e.localcluster.cluster import LocalCluster, PodSample, Snapshot
-from e2e.localcluster.compress import compress_manifest, compress_spec, scrape_interval
-from e2e.localcluster.load import PhaseReport, TraceRun, format_phase_table, replay
+from e2e.localcluster.compress import compress_manifest, compress_spec, expand_spec, scrape_interval
+from e2e.localcluster.load import PhaseReport, TraceRun, replay
 from e2e.localcluster.runner import PodRun, ProcessRunner
 from e2e.localcluster.service import ServiceProxy
 
@@ -24,7 +24,7 @@ __all__ = [
     "TraceRun",
     "compress_manifest",
     "compress_spec",
-    "format_phase_table",
+    "expand_spec",
     "replay",
     "scrape_interval",
 ]

@@ -77,7 +77,8 @@ class Snapshot:
     at: float  # time.monotonic()
     desired: int | None  # Deployment spec.replicas (what the operator decided)
     ready: int
-    pods: list[PodSample]
+    pods: list[PodSample]  # not terminating
+    alive: int = 0  # pods with processes, terminating ones included (what a cluster bills)
 
     @property
     def in_flight(self) -> float:
@@ -370,7 +371,11 @@ class LocalCluster:
         except (KubeError, aiohttp.ClientError, TimeoutError):
             desired = None
         return Snapshot(
-            at=time.monotonic(), desired=desired, ready=sum(p.ready for p in pods), pods=samples
+            at=time.monotonic(),
+            desired=desired,
+            ready=sum(p.ready for p in pods),
+            pods=samples,
+            alive=len(self.runner.pods(name, include_terminating=True)),
         )
 
     async def _sample(self, pod: PodRun) -> PodSample:

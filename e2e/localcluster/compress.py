@@ -22,7 +22,7 @@ from typing import Any
 
 from vlm_operator.models import VLMServiceSpec
 
-__all__ = ["compress_manifest", "compress_spec", "scrape_interval"]
+__all__ = ["compress_manifest", "compress_spec", "expand_spec", "scrape_interval"]
 
 
 def scrape_interval(time_scale: float, real_seconds: float = 1.0) -> str:
@@ -113,3 +113,18 @@ def compress_manifest(
     out = copy.deepcopy(manifest)
     out["spec"] = spec
     return out, notes
+
+
+def expand_spec(spec: dict[str, Any], time_scale: float) -> dict[str, Any]:
+    """The real-time spec a compressed one stands for: every duration × ``time_scale``, exactly
+    (floors included: a sync period clamped to 1 s at 10x is 10 s of real time), and
+    ``model.fake.timeScale`` 1. What the simulator must run to match a local-cluster run."""
+    out = copy.deepcopy(spec)
+    for path, _floor, integer in _DURATIONS:
+        value = _get(spec, path)
+        if value is not None:
+            real = float(value) * time_scale
+            _set(out, path, round(real) if integer else real)
+    _set(out, "model.fake.timeScale", 1.0)
+    VLMServiceSpec.model_validate(out)
+    return out

@@ -2,10 +2,10 @@
 
 The simulator's traces (:mod:`vlm_operator.traces`) drive the real processes here through the
 project's own load generator (:mod:`vlm_operator.loadgen`): a closed phase runs its users, an open
-phase its Poisson arrivals (ramps included). Every phase starts at its own offset from the
-start of the run, whatever the previous phase's stragglers are doing, so that a gradient stays a
-gradient: the last requests of the 8-user phase overlap the first of the 16-user phase, as they
-would with real users.
+phase its Poisson arrivals (ramps included), each at its own offset from the start of the run.
+
+Closed-loop users carry over from one phase to the next (the 8 users of one phase are 8 of the
+16 of the next), as the simulator's are; a request counts for the phase in which it was sent.
 
 Everything inside runs ``time_scale`` times faster than real time. Reports convert back: latency
 × scale, throughput ÷ scale, so that the numbers read like the measured table in DESIGN.md.
@@ -14,15 +14,16 @@ Everything inside runs ``time_scale`` times faster than real time. Reports conve
 from __future__ import annotations
 
 import asyncio
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from vlm_operator.loadgen import RequestRecord, Summary, closed_loop, open_loop, summarize
 from vlm_operator.traces import Phase, Trace
 
-__all__ = ["PhaseReport", "TraceRun", "format_phase_table", "replay"]
+__all__ = ["PhaseReport", "TraceRun", "replay"]
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,22 @@ class TraceRun:
         return [r for rs in self.records.values() for r in rs]
 
 
+def _user_slots(phases: list[Phase]) -> list[list[tuple[float, float]]]:
+    """For each closed-loop user, the (start, end) stretches it is active, merged across
+    phases, so that a user present in consecutive phases keeps asking without a break."""
+    slots: list[list[tuple[float, float]]] = []
+    for phase in phases:
+        for i in range(phase.users or 0):
+            if i == len(slots):
+                slots.append([])
+            stretches = slots[i]
+            if stretches and math.isclose(stretches[-1][1], phase.start_s, abs_tol=1e-6):
+                stretches[-1] = (stretches[-1][0], phase.end_s)
+            else:
+                stretches.append((phase.start_s, phase.end_s))
+    return slots
+
+
 async def replay(
     trace: Trace,
     url: str,
@@ -91,29 +108,39 @@ async def replay(
     """Run ``trace`` (real-time phases) against ``url``, ``time_scale`` times faster.
 
     ``timeout_s`` is the client timeout in real seconds (the measured test used 30 s); it is
-    compressed like everything else. ``on_phase`` is called as each phase starts.
+    compressed like everything else. ``on_phase`` is called as each phase starts. A request
+    belongs to the phase in which it was sent.
     """
     compressed = trace.scaled(time_scale)
     started = time.monotonic()
     run = TraceRun(trace=trace, time_scale=time_scale, started_at=started, records={})
     client_timeout = timeout_s / time_scale
+    records: list[RequestRecord] = []
 
-    async def one_phase(index: int, phase: Phase, real: Phase) -> None:
-        delay = started + phase.start_s - time.monotonic()
+    async def at(offset: float) -> None:
+        delay = started + offset - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
-        if on_phase is not None:
-            on_phase(real)
-        if trace.kind == "closed":
-            if not phase.users:
-                run.records[real.name] = []
-                return
-            records = await closed_loop(
-                url, phase.users, duration_s=phase.duration_s, timeout_s=client_timeout,
+
+    async def announce() -> None:
+        for phase, real in zip(compressed.phases, trace.phases, strict=True):
+            await at(phase.start_s)
+            if on_phase is not None:
+                on_phase(real)
+
+    async def user(stretch: tuple[float, float]) -> None:
+        await at(stretch[0])
+        records.extend(
+            await closed_loop(
+                url, 1, duration_s=stretch[1] - stretch[0], timeout_s=client_timeout,
                 payload=payload,
-            )  # fmt: skip
-        else:
-            records = await open_loop(
+            )
+        )  # fmt: skip
+
+    async def arrivals(index: int, phase: Phase) -> None:
+        await at(phase.start_s)
+        records.extend(
+            await open_loop(
                 url,
                 lambda t, p=phase: p.rate_at(p.start_s + t),
                 duration_s=phase.duration_s,
@@ -121,38 +148,17 @@ async def replay(
                 payload=payload,
                 seed=seed + index,
             )
-        run.records[real.name] = records
-
-    await asyncio.gather(
-        *(
-            one_phase(i, p, r)
-            for i, (p, r) in enumerate(zip(compressed.phases, trace.phases, strict=True))
         )
-    )
+
+    work: list[Awaitable[None]] = [announce()]
+    if trace.kind == "closed":
+        work += [user(s) for slot in _user_slots(compressed.phases) for s in slot]
+    else:
+        work += [arrivals(i, p) for i, p in enumerate(compressed.phases)]
+    await asyncio.gather(*work)
+
+    for phase, real in zip(compressed.phases, trace.phases, strict=True):
+        run.records[real.name] = [
+            r for r in records if phase.start_s <= r.start - started < phase.end_s
+        ]
     return run
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def format_phase_table(
-    reports: list[PhaseReport], reference: dict[int, tuple[float, float, float]] | None = None
-) -> str:
-    """A plain-text table of phases; ``reference`` (users → P95 s, error fraction, req/s) adds
-    the measured single pod side by side."""
-    header = f"{'phase':<12} {'load':>8} {'P95 (s)':>8} {'errors':>7} {'req/s':>6}"
-    if reference:
-        header += f"   | single pod: {'P95 (s)':>8} {'errors':>7} {'req/s':>6}"
-    lines = [header, "-" * len(header)]
-    for r in reports:
-        load = f"{r.users} users" if r.users is not None else f"{_fmt(r.rate, '.2f')}/s"
-        line = (
-            f"{r.name:<12} {load:>8} {_fmt(r.p95_s, '8.1f')} {r.error_rate:>7.1%} "
-            f"{r.throughput:>6.2f}"
-        )
-        if reference and r.users in reference:
-            p95, err, qps = reference[r.users]
-            line += f"   |             {p95:>8.1f} {err:>7.1%} {qps:>6.2f}"
-        lines.append(line)
-    return "\n".join(lines)

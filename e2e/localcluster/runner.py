@@ -94,6 +94,7 @@ class PodRun:
     ready: bool = False
     running: bool = False
     terminating: bool = False
+    ready_at: float | None = None  # time.monotonic() when it first became ready
     left_endpoints_at: float | None = None  # time.monotonic() when it stopped taking traffic
     failed_reason: str | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -233,6 +234,7 @@ class ProcessRunner:
         self.resync_period_s = resync_period_s
         self.on_change = on_change
         self.restarts = 0  # pods replaced because a process died
+        self.startup_seconds: list[float] = []  # created → first ready, per pod (wall time)
         self._pods: dict[str, PodRun] = {}
         self._dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -547,6 +549,9 @@ class ProcessRunner:
                 return
             if ok != pod.ready:
                 pod.ready = ok
+                if ok and pod.ready_at is None:
+                    pod.ready_at = time.monotonic()
+                    self.startup_seconds.append(pod.ready_at - pod.created)
                 self._changed()
                 self._dirty.set()
                 await self._pod_status(pod, phase="Running", containers=containers)

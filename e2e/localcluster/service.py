@@ -148,9 +148,10 @@ class ServiceProxy:
         )
         if upstream.content_length is not None:
             response.content_length = upstream.content_length
-        await response.prepare(request)
+        # The client may be gone (it timed out); the pod's answer then has nowhere to go.
         with contextlib.suppress(ConnectionResetError, aiohttp.ClientPayloadError):
+            await response.prepare(request)
             async for chunk in upstream.content.iter_any():
                 await response.write(chunk)
-        await response.write_eof()
+            await response.write_eof()
         return response
