@@ -12,6 +12,7 @@ nginx is Debian's /usr/sbin/nginx with one worker, started here on 127.0.0.1
 with a temporary configuration that proxies to the backend with keepalive.
 
     .venv/bin/python benchmarks/bench_gate.py [--duration 10] [--users 1,64] [--rounds 5]
+                                             [--delay 0.05]
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ NGINX = "/usr/sbin/nginx"
 BACKEND_DELAY_S = 0.05
 
 
-def _backend_main(port: int) -> None:
+def _backend_main(port: int, delay: float) -> None:
     """The backend process: answer every request after 50 ms."""
     from aiohttp import web
 
@@ -44,7 +45,7 @@ def _backend_main(port: int) -> None:
 
     async def chat(request: web.Request) -> web.Response:
         await request.read()
-        await asyncio.sleep(BACKEND_DELAY_S)
+        await asyncio.sleep(delay)
         return web.Response(body=answer, content_type="application/json")
 
     async def health(request: web.Request) -> web.Response:
@@ -225,7 +226,7 @@ async def _measure_all(
     return results
 
 
-def _run(duration: float, users_list: list[int], rounds: int) -> int:
+def _run(duration: float, users_list: list[int], rounds: int, delay: float) -> int:
     if not Path(NGINX).exists():
         print(f"{NGINX} is missing: run `make system-deps`", file=sys.stderr)
         return 2
@@ -235,7 +236,9 @@ def _run(duration: float, users_list: list[int], rounds: int) -> int:
     try:
         backend_port = _free_port()
         processes.append(
-            subprocess.Popen([sys.executable, __file__, "--backend", str(backend_port)])
+            subprocess.Popen(
+                [sys.executable, __file__, "--backend", str(backend_port), f"--delay={delay}"]
+            )
         )
         _wait_port(backend_port)
         gate = subprocess.Popen(
@@ -288,7 +291,7 @@ def _run(duration: float, users_list: list[int], rounds: int) -> int:
     print()
     print(f"1-minute load average of the machine: {load_before:.2f} before, "
           f"{load_after:.2f} after")  # fmt: skip
-    print(f"backend answers after {BACKEND_DELAY_S * 1000:.0f} ms; {duration:g} s per target "
+    print(f"backend answers after {delay * 1000:.0f} ms; {duration:g} s per target "
           f"and concurrency in {rounds} interleaved rounds; "
           f"gate --max-in-flight={max_in_flight}; nginx 1 worker, keepalive 128")  # fmt: skip
     print()
@@ -341,10 +344,16 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=10.0, help="seconds per measured run")
     parser.add_argument("--users", default="1,64", help="comma-separated concurrencies")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per run")
+    parser.add_argument(
+        "--delay",
+        type=float,
+        default=BACKEND_DELAY_S,
+        help="seconds the backend takes per request (0: the proxies' own cost, warm)",
+    )
     parser.add_argument("--backend", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.backend is not None:
-        _backend_main(args.backend)
+        _backend_main(args.backend, args.delay)
         return 0
     try:
         users = [int(u) for u in args.users.split(",")]
@@ -354,7 +363,9 @@ def main() -> int:
         parser.error("--users: every concurrency must be >= 1")
     if args.rounds < 1:
         parser.error("--rounds: must be >= 1")
-    return _run(args.duration, users, args.rounds)
+    if not args.delay >= 0:
+        parser.error("--delay: must be >= 0")
+    return _run(args.duration, users, args.rounds, args.delay)
 
 
 if __name__ == "__main__":
