@@ -443,3 +443,14 @@ def test_a_real_step_is_not_mistaken_for_noise() -> None:
     d2 = recommend(d1.state, _signals(40, 0), _pods(5), spec, 205.0)
     # Two samples in a row at 40 need 10 pods: the single step does not widen the band.
     assert d2.replicas == 10
+
+
+def test_a_burst_blocks_scale_down_for_the_burst_window() -> None:
+    spec = _spec(scaleDown={"stabilizationWindowSeconds": 0})
+    state = PolicyState()
+    for i in range(40):  # a long quiet history, 6 pods up
+        state = recommend(state, _signals(1, 0), _pods(6), spec, i * 5.0).state
+    # One sample needing twice the ready pods, then quiet again.
+    state = recommend(state, _signals(4, 50), _pods(6, ready=6), spec, 200.0).state
+    d = recommend(state, _signals(1, 0), _pods(14, ready=6, starting=8), spec, 205.0)
+    assert d.direction != "down"

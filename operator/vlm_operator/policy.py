@@ -10,28 +10,41 @@ The rules, and the failures of other autoscalers they answer:
 
 - **Demand is running + waiting.** A pod's gate caps what runs inside the
   model; the queue behind it is the demand the cap hides (knative/serving#2141,
-  ray#20977). Pods needed = ⌈demand / (maxInFlight × targetUtilization)⌉.
-- **Hysteresis in requests, not percent.** Scale down only when the demand
-  fits in fewer pods with half a pod's worth of requests to spare. A 10 %
-  tolerance band means nothing at 1-4 replicas (kubernetes#116984).
+  ray#20977). Pods needed = ⌈demand / (maxInFlight × targetUtilization)⌉, the
+  demand averaged over the rate window (``metrics.windowSeconds``); a rise
+  counts as soon as two samples in a row show it.
+- **Hysteresis in requests, not percent.** Scale up only when the demand
+  exceeds the pods by more than a band, and down only when it fits in fewer
+  pods with the band to spare. The band is a quarter of a pod's worth of
+  requests, or twice the demand's own sample-to-sample noise if that is
+  wider (an open load of ~100 in flight wanders by ~10 requests; a closed
+  loop not at all). A 10 % tolerance band means nothing at 1-4 replicas
+  (kubernetes#116984), and a band narrower than the noise churns (ray#18925).
 - **Stabilization.** A scale-down goes to the highest recommendation of the
-  last ``scaleDown.stabilizationWindowSeconds`` and moves in bounded steps; a
-  scale-up goes to the lowest of ``scaleUp.stabilizationWindowSeconds`` (0 by
-  default: react at once) and adds at most max(maxPodsPerStep,
+  last ``scaleDown.stabilizationWindowSeconds``, moves in bounded steps, and
+  waits a rate window after any change before the next step (fewer pods run
+  fuller and slower, so the demand rises again by itself). A scale-up goes
+  to the lowest recommendation of ``scaleUp.stabilizationWindowSeconds`` (0
+  by default: react at once) and adds at most max(maxPodsPerStep,
   maxPercentPerStep % of current) pods per tick.
-- **Bursts.** While the demand of the short burst window needs twice the
-  ready pods, scale up to it at once (no step limit) and never down.
+- **Bursts.** When the latest demand needs twice the ready pods, scale up to
+  it at once (no step limit), and never down while a sample of the burst
+  window still does.
 - **P95 guard.** A fleet P95 over the target never scales down, and scales
-  up by at least one pod over the capacity even when the concurrency looks
-  fine; but not again while pods it asked for are still starting or while
-  the P95 window still reflects the time before they were ready.
+  up by one pod over the capacity even when the concurrency looks fine; but
+  not while pods are starting, not until the requests that queued before the
+  last change have left the P95 window, and not on a P95 of fewer than 20
+  answers (then it is just the slowest one).
 - **Start-up aware.** Pods that exist but are not ready are capacity on its
-  way (a 60 s model load must not trigger a second scale-up); pods Pending
-  longer than ``pendingTimeoutSeconds`` are not.
+  way: while they load, the queue grows by itself and only a burst buys
+  more. Pods Pending longer than ``pendingTimeoutSeconds`` are not on their
+  way (and the decision says ScalingLimited).
 - **Missing signals never scale down.** An empty, NaN, negative, stale or
   failed signal is "no signal", never zero (keda#3065). The policy then holds,
   scales up only on what is still trustworthy (a queue it can still see), or,
   with ``missingSignals.action: Fallback``, raises to ``fallbackReplicas``.
+  A P95 that is NaN because nothing finished in the window (arrival rate 0)
+  is an idle service, not a missing signal.
 
 This module is pure: it imports neither ``kubernetes``, ``kopf`` nor ``httpx``.
 """
@@ -408,7 +421,11 @@ def recommend(
         up_queue = _push_min(state.up, now, need, up_window) if up_window > 0 else ()
     target = current
     why = "steady"
-    may_go_down = signals_ok and not slow and not burst
+    # A burst lasts the burst window: no scale-down while any sample in it
+    # still needed twice the ready pods.
+    peak = max((d for t, d in samples if now - burst_window < t <= now), default=0.0)
+    bursting = burst or peak >= 2 * max(pods.ready, 1) * per_pod - _EPS
+    may_go_down = signals_ok and not slow and not bursting
 
     # Scale-up candidates, each with its reason.
     up_to = current

@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         payload: Any = [r.to_dict() for r in reports] if args.compare else reports[0].to_dict()
         print(json.dumps(_finite(payload), indent=2))
     elif args.compare:
-        print(_comparison_table(trace, reports, args.seed))
+        print(comparison_table(trace, reports, args.seed))
     else:
         print(_single_report(trace, reports[0]))
     if args.plot:
@@ -142,7 +142,7 @@ def _single_report(trace: Trace, r: Report) -> str:
     return "\n".join(lines)
 
 
-def _comparison_table(trace: Trace, reports: list[Report], seed: int) -> str:
+def comparison_table(trace: Trace, reports: list[Report], seed: int) -> str:
     lines = [
         f"trace {trace.name} ({trace.kind}, {trace.duration_s:.0f} s), seed {seed}",
         "",
