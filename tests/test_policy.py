@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -446,11 +447,15 @@ def test_a_real_step_is_not_mistaken_for_noise() -> None:
 
 
 def test_a_burst_blocks_scale_down_for_the_burst_window() -> None:
-    spec = _spec(scaleDown={"stabilizationWindowSeconds": 0})
+    spec = _spec(maxReplicas=60, scaleDown={"stabilizationWindowSeconds": 0})
     state = PolicyState()
-    for i in range(40):  # a long quiet history, 6 pods up
+    for i in range(40):  # a long quiet history on 6 pods
         state = recommend(state, _signals(1, 0), _pods(6), spec, i * 5.0).state
-    # One sample needing twice the ready pods, then quiet again.
-    state = recommend(state, _signals(4, 50), _pods(6, ready=6), spec, 200.0).state
-    d = recommend(state, _signals(1, 0), _pods(14, ready=6, starting=8), spec, 205.0)
-    assert d.direction != "down"
+    # One sample needing twice the ready pods (its scale-up not applied), then quiet.
+    burst = recommend(state, _signals(4, 50), _pods(6), spec, 200.0)
+    assert "burst" in burst.reason
+    state = dataclasses.replace(burst.state, changed_at=None)  # isolate from the cooldown
+    d = recommend(state, _signals(1, 0), _pods(6), spec, 205.0)
+    assert d.direction == "hold"
+    later = recommend(d.state, _signals(1, 0), _pods(6), spec, 215.0)
+    assert later.direction == "down"
