@@ -73,6 +73,10 @@ golden: venv
 bench-gate: venv system-deps
 	$(BIN)/python benchmarks/bench_gate.py
 
+# Ours versus the anchors on every shipped trace, in the simulator (~1.5 min).
+bench-policy: venv
+	$(BIN)/python benchmarks/bench_policy.py
+
 # Container images; they need a Docker engine (docker info must answer).
 image-operator:
 	@docker info >/dev/null 2>&1 || { echo "image-operator: no Docker engine answers (docker info); cannot build $(OPERATOR_IMAGE)" >&2; exit 1; }
