@@ -267,8 +267,9 @@ def _run(duration: float, users_list: list[int], rounds: int, delay: float) -> i
         processes.append(nginx)
         _wait_port(nginx_port)
         _wait_ready(gate_url)
-        targets = [
-            ("direct", f"http://127.0.0.1:{backend_port}", None),
+        targets: list[tuple[str, str, list[int] | None]] = [
+            # the direct row's CPU is the backend's own: the cost of serving, for scale
+            ("direct", f"http://127.0.0.1:{backend_port}", [processes[0].pid]),
             ("gate", gate_url, [gate.pid]),
             ("nginx", f"http://127.0.0.1:{nginx_port}", _family(nginx.pid)),
         ]
@@ -294,6 +295,8 @@ def _run(duration: float, users_list: list[int], rounds: int, delay: float) -> i
     print(f"backend answers after {delay * 1000:.0f} ms; {duration:g} s per target "
           f"and concurrency in {rounds} interleaved rounds; "
           f"gate --max-in-flight={max_in_flight}; nginx 1 worker, keepalive 128")  # fmt: skip
+    print()
+    print("CPU s / 1000 req: of the proxy; on the direct rows, of the backend itself")
     print()
     print("| target | users | req/s | p50 ms | p99 ms | added p50 ms | errors | CPU s / 1000 req |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
