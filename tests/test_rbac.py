@@ -21,18 +21,17 @@ import os
 import signal
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from vlm_operator.models import GROUP, PLURAL, SERVICE_LABEL, VERSION
 
 from e2e.cluster import chart
+from e2e.cluster.polling import Periodic, wait_for
 from e2e.exporters import Exporter
 from e2e.kubeapi import PODMONITOR_CRD, RecordedRequest, ThreadedKubeAPI, run_in_thread
 from e2e.kubeapi.store import Store
@@ -40,29 +39,10 @@ from e2e.prometheus import PrometheusServer
 
 pytestmark = pytest.mark.slow
 
-T = TypeVar("T")
 Permission = tuple[str, str, str]  # (verb, apiGroup, resource[/subresource])
 
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 SERVICE = "demo"
-
-
-def _wait_for(
-    what: str,
-    probe: Callable[[], T | None],
-    timeout: float = 40.0,
-    describe: Callable[[], object] = lambda: "",
-) -> T:
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(0.1)
-    raise AssertionError(
-        f"timed out after {timeout}s waiting for {what} (last: {last!r}) {describe()}"
-    )
 
 
 # ------------------------------------------------------------ the stand-ins
@@ -77,31 +57,18 @@ def _kinds(store: Store) -> dict[str, Any]:
     }
 
 
-class Kubelet:
+class Kubelet(Periodic):
     """Keeps ``spec.replicas`` Ready pods per Deployment of one namespace, in the store.
 
     Scale-down removes the cheapest pods first (deletion cost), as the
-    ReplicaSet controller does. A background thread steps it every 0.1 s.
+    ReplicaSet controller does. It steps every 0.1 s while in ``with``.
     """
 
     def __init__(self, api: ThreadedKubeAPI, namespace: str) -> None:
+        super().__init__(lambda: api.call(self._step), interval=0.1)
         self.api = api
         self.namespace = namespace
         self._serial = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Kubelet:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.1):
-            self.api.call(self._step)
 
     def _step(self) -> None:
         store = self.api.server.store
@@ -155,25 +122,9 @@ class Kubelet:
         store.update(kind, self.namespace, name, created, subresource="status")
 
 
-class Traffic:
-    """Keeps requests finishing on a gate exporter (so P95 and rates exist) until stopped."""
-
-    def __init__(self, exporter: Exporter) -> None:
-        self.exporter = exporter
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.2):
-            self.exporter.set(durations=[3.0], codes={200: 1})
-
-    def __enter__(self) -> Traffic:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
+def _traffic(exporter: Exporter) -> Periodic:
+    """Requests finishing on a gate exporter (so P95 and rates exist) while in ``with``."""
+    return Periodic(lambda: exporter.set(durations=[3.0], codes={200: 1}), interval=0.2)
 
 
 # ---------------------------------------------------------------- the scenario
@@ -305,20 +256,22 @@ def _live(api: ThreadedKubeAPI, namespace: str, gate: Exporter) -> None:
         store.create(_kinds(store)["vlmservices"], namespace, _vlmservice(namespace))
 
     api.call(create)
-    _wait_for("the Deployment", lambda: _replicas(api, namespace))
+    wait_for("the Deployment", lambda: _replicas(api, namespace), 40)
     # A queue builds in the gate: 4 running, 8 waiting → 3 pods at 4 in flight each.
     gate.set(running=4, waiting=8)
-    with Traffic(gate):
-        _wait_for(
+    with _traffic(gate):
+        wait_for(
             "a scale-up",
             lambda: (_replicas(api, namespace) or 0) >= 2,
+            40,
             describe=lambda: _status(api, namespace),
         )
         gate.set(running=0, waiting=0)
     # No traffic: once the window has no finished request, the service is idle.
-    _wait_for(
+    wait_for(
         "a scale-down to 1",
         lambda: _replicas(api, namespace) == 1,
+        40,
         describe=lambda: _status(api, namespace),
     )
     assert _pods_with_cost(api, namespace) >= 1
@@ -332,9 +285,10 @@ def _live(api: ThreadedKubeAPI, namespace: str, gate: Exporter) -> None:
 
     # A spec change patches every child in place.
     api.call(update_spec)
-    _wait_for(
+    wait_for(
         "the spec change applied",
         lambda: _status(api, namespace).get("observedGeneration") == 2,
+        40,
         describe=lambda: _status(api, namespace),
     )
 
@@ -343,7 +297,7 @@ def _live(api: ThreadedKubeAPI, namespace: str, gate: Exporter) -> None:
         store.delete(_kinds(store)["vlmservices"], namespace, SERVICE)
 
     api.call(delete)
-    _wait_for("the VLMService gone", lambda: not _vlmservice_exists(api, namespace))
+    wait_for("the VLMService gone", lambda: not _vlmservice_exists(api, namespace), 40)
 
 
 @pytest.fixture(scope="module")

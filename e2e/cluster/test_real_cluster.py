@@ -44,9 +44,9 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 import pytest
@@ -55,8 +55,7 @@ from vlm_operator.loadgen import chat_payload, closed_loop, summarize
 from vlm_operator.render import DEFAULT_OPERATOR_IMAGE
 
 from e2e.cluster import chart
-
-T = TypeVar("T")
+from e2e.cluster.polling import Periodic, wait_for
 
 
 def _configured_kubeconfig() -> str | None:
@@ -92,17 +91,6 @@ PROMETHEUS_IMAGE = os.environ.get(
 DEMO = chart.REPO_ROOT / "manifests" / "fake-demo.yaml"
 SCRAPE_EXAMPLE = chart.REPO_ROOT / "manifests" / "prometheus" / "prometheus.yml"
 MAX_IN_FLIGHT = 4
-
-
-def _wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 2.0) -> T:
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = probe()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
 class Kubectl:
@@ -159,7 +147,7 @@ class Kubectl:
                     found.append(int(match.group(1)))
 
         threading.Thread(target=read, daemon=True).start()
-        _wait_for(f"kubectl to print {ready!r}", lambda: found, timeout=30, interval=0.2)
+        wait_for(f"kubectl to print {ready!r}", lambda: found, 30)
         return found[0]
 
 
@@ -341,34 +329,24 @@ def demo(kubectl: Kubectl, operator: None) -> Iterator[str]:
     name = str(service["metadata"]["name"])
     kubectl.apply([service])
     try:
-        _wait_for(f"{name} Ready", lambda: _ready(kubectl, name), timeout=300)
+        wait_for(f"{name} Ready", lambda: _ready(kubectl, name), 300, interval=2.0)
         yield name
     finally:
         kubectl("-n", WORKLOAD_NS, "delete", "vlmservice", name, "--ignore-not-found",
                 "--timeout=120s", timeout=150)  # fmt: skip
 
 
-class _ReplicaWatch:
-    """Samples the Deployment's replicas every two seconds while load runs."""
+class _ReplicaWatch(Periodic):
+    """Samples the Deployment's replicas every two seconds while in ``with``."""
 
     def __init__(self, kubectl: Kubectl, name: str) -> None:
+        super().__init__(self._sample, interval=2.0)
         self.kubectl, self.name = kubectl, name
         self.seen: list[int] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.wait(2.0):
-            with contextlib.suppress(AssertionError, subprocess.TimeoutExpired):
-                self.seen.append(_replicas(self.kubectl, self.name))
-
-    def __enter__(self) -> _ReplicaWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
+    def _sample(self) -> None:
+        with contextlib.suppress(AssertionError, subprocess.TimeoutExpired):
+            self.seen.append(_replicas(self.kubectl, self.name))
 
 
 # --------------------------------------------------------------------- the test
