@@ -414,8 +414,7 @@ async def serve(config: FakeModelConfig) -> int:
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, backlog=1024)
     await site.start()
-    sockets = getattr(site._server, "sockets", None) or []
-    host, port = sockets[0].getsockname()[:2] if sockets else (config.host, config.port)
+    host, port = runner.addresses[0][:2] if runner.addresses else (config.host, config.port)
     print(f"vlm-operator fake-model: listening on http://{host}:{port}", flush=True)
     try:
         await stop.wait()

@@ -159,6 +159,12 @@ class Proxy:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
         start = loop.time()
+        admission = self.admission
+        # Refusals that do not depend on the body come before reading it.
+        if admission.draining:
+            return self._reject("draining", "the gate is draining; retry on another replica", 1)
+        if not self.ready:
+            return self._reject("not_ready", "the model is not ready yet", 5)
         try:
             body = await self._read_body(request)
         except _TooLarge as exc:
@@ -167,11 +173,6 @@ class Proxy:
                 f"request body of {exc.args[0]}+ bytes exceeds the limit of "
                 f"{self.max_body_bytes} bytes",
             )
-        admission = self.admission
-        if admission.draining:
-            return self._reject("draining", "the gate is draining; retry on another replica", 1)
-        if not self.ready:
-            return self._reject("not_ready", "the model is not ready yet", 5)
 
         cache_key = None
         if self.cache is not None:
@@ -182,19 +183,20 @@ class Proxy:
                     return await self._answer_from_cache(request, hit, start)
 
         metrics = self.metrics
+        queued = loop.time()
         try:
             await admission.acquire()
         except Rejected as rejected:
             if rejected.reason == "deadline":
-                waited = loop.time() - start
-                metrics.queue.observe(waited)
-                metrics.duration.observe(waited)
+                now = loop.time()
+                metrics.queue.observe(now - queued)
+                metrics.duration.observe(now - start)
             return self._reject(rejected.reason, rejected.message, rejected.retry_after)
         except asyncio.CancelledError:
             metrics.finished(CLIENT_CLOSED)
             raise
         admitted = loop.time()
-        metrics.queue.observe(admitted - start)
+        metrics.queue.observe(admitted - queued)
         code = CLIENT_CLOSED
         try:
             code, response = await self._forward(request, body, cache_key)

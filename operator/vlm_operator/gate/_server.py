@@ -205,9 +205,7 @@ async def serve(config: GateConfig, stop: asyncio.Event | None = None) -> int:
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port, backlog=1024)
     await site.start()
-    server = site._server
-    sockets = getattr(server, "sockets", None) or []
-    host, port = sockets[0].getsockname()[:2] if sockets else (config.host, config.port)
+    host, port = runner.addresses[0][:2] if runner.addresses else (config.host, config.port)
     print(
         f"vlm-operator gate: listening on http://{host}:{port} → {config.upstream} "
         f"(max in flight {config.max_in_flight}, queue {config.queue_size})",
