@@ -29,6 +29,7 @@ import json
 import math
 import statistics
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ class Side:
     p95: list[float | None]
     errors: list[float]
     desired: list[float | None]
+    signal: list[float | None]  # the P95 the autoscaler saw, mean over the phase
     replica_seconds: float
 
 
@@ -67,14 +69,22 @@ def p95(latencies: list[float]) -> float | None:
     return statistics.quantiles(latencies, n=100, method="inclusive")[94]
 
 
+def _mean(values: list[float]) -> float | None:
+    finite = [v for v in values if not math.isnan(v)]
+    return sum(finite) / len(finite) if finite else None
+
+
 def local_side(result: DemoResult) -> Side:
-    p95s, errors, desired = [], [], []
+    p95s, errors, desired, signal = [], [], [], []
+    k = result.time_scale
     for phase in result.run.trace.phases:
         records = result.run.records.get(phase.name, [])
-        p95s.append(_scaled(p95([r.latency for r in records if r.ok]), result.time_scale))
+        p95s.append(_scaled(p95([r.latency for r in records if r.ok]), k))
         errors.append(sum(not r.ok for r in records) / len(records) if records else 0.0)
         desired.append(result.mean_desired(phase))
-    return Side("local cluster", p95s, errors, desired, result.replica_seconds())
+        seen = [s.p95_s * k for s in result.phase_samples(phase) if s.p95_s is not None]
+        signal.append(_mean(seen))
+    return Side("local cluster", p95s, errors, desired, signal, result.replica_seconds())
 
 
 def _scaled(value: float | None, k: float) -> float | None:
@@ -82,7 +92,7 @@ def _scaled(value: float | None, k: float) -> float | None:
 
 
 def sim_side(label: str, result: SimResult) -> Side:
-    p95s, errors, desired = [], [], []
+    p95s, errors, desired, signal = [], [], [], []
     n = len(result.status)
     for phase in result.trace.phases:
         idx = [i for i in range(n) if phase.start_s <= result.sent[i] < phase.end_s]
@@ -94,7 +104,13 @@ def sim_side(label: str, result: SimResult) -> Side:
             if phase.start_s <= t < phase.end_s
         ]
         desired.append(sum(ticks) / len(ticks) if ticks else None)
-    return Side(label, p95s, errors, desired, result.replica_seconds)
+        seen = [
+            p
+            for t, p in zip(result.series.t, result.series.p95, strict=True)
+            if phase.start_s <= t < phase.end_s
+        ]
+        signal.append(_mean(seen))
+    return Side(label, p95s, errors, desired, signal, result.replica_seconds)
 
 
 def simulate_like(
@@ -130,8 +146,8 @@ def table(trace: Trace, sides: list[Side]) -> str:
     other_cols = "".join(f" {n:>7}" for n in names)
     lines = [
         f"{'':<9} |{'P95 (s, real time)':^{len(p95_cols)}}|{'errors':^{len(other_cols)}}"
-        f"|{'pods asked for (mean)':^{len(other_cols)}}",
-        f"{'phase':<9} |{p95_cols}|{other_cols}|{other_cols}",
+        f"|{'pods asked for (mean)':^{len(other_cols)}}|{'P95 signal (mean)':^{len(other_cols)}}",
+        f"{'phase':<9} |{p95_cols}|{other_cols}|{other_cols}|{other_cols}",
     ]
     lines.append("-" * len(lines[1]))
     for i, phase in enumerate(trace.phases):
@@ -140,7 +156,8 @@ def table(trace: Trace, sides: list[Side]) -> str:
         )
         errors = "".join(f" {s.errors[i]:>7.1%}" for s in sides)
         pods = "".join(f" {_fmt(s.desired[i], '7.2f')}" for s in sides)
-        lines.append(f"{phase.name:<9} |{p95_cells}|{errors}|{pods}")
+        seen = "".join(f" {_fmt(s.signal[i], '7.1f')}" for s in sides)
+        lines.append(f"{phase.name:<9} |{p95_cells}|{errors}|{pods}|{seen}")
     totals = "  ".join(
         f"{n} {s.replica_seconds:.0f}"
         + ("" if s is local else f" ({_diff(s.replica_seconds, local.replica_seconds)})")
@@ -151,6 +168,34 @@ def table(trace: Trace, sides: list[Side]) -> str:
     return "\n".join(lines)
 
 
+_SCALED_BUCKETS_LAUNCHER = """\
+import os, sys
+import vlm_operator.gate._metrics as metrics
+scale = float(os.environ["VLM_EXPERIMENT_BUCKET_SCALE"])
+metrics.DURATION_BUCKETS = tuple(b / scale for b in metrics.DURATION_BUCKETS)
+from vlm_operator.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def _scaled_bucket_gates(time_scale: float) -> dict[str, Any]:
+    """LocalCluster options running every gate with its histogram buckets ÷ ``time_scale``.
+
+    An experiment, not a feature: the gate's buckets are fixed in real seconds (the signals
+    contract), so a compressed run quantises the P95 signal ``time_scale`` times coarser than
+    a real one. This shows what the local cluster would measure if they were scaled.
+    """
+    launcher = Path(tempfile.mkdtemp(prefix="vlm-buckets-")) / "gate_scaled_buckets.py"
+    launcher.write_text(_SCALED_BUCKETS_LAUNCHER)
+
+    def wrap(container: str, argv: list[str]) -> list[str]:
+        if container == "gate" and argv[1:3] == ["-m", "vlm_operator"]:
+            return [argv[0], str(launcher), *argv[3:]]
+        return argv
+
+    return {"wrap_argv": wrap, "extra_env": {"VLM_EXPERIMENT_BUCKET_SCALE": str(time_scale)}}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--time-scale", type=float, help="compression of the local run (5)")
@@ -159,6 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="simulator seed")
     parser.add_argument("--json", help="also write the figures here")
     parser.add_argument("--verbose", action="store_true", help="print the local run's lines")
+    parser.add_argument(
+        "--scaled-buckets",
+        action="store_true",
+        help="experiment: run the gates with their latency buckets divided by the time scale",
+    )
     args = parser.parse_args(argv)
     k = args.time_scale or (10.0 if args.quick else 5.0)
     trace = quick_trace() if args.quick else load_trace(args.trace)
@@ -172,7 +222,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {note}")
 
     out = sys.stdout if args.verbose else io.StringIO()
-    result = asyncio.run(run_demo(time_scale=k, trace=trace, out=out))
+    options: dict[str, Any] = {}
+    if args.scaled_buckets:
+        print("experiment: the gates' latency buckets divided by the time scale")
+        options = _scaled_bucket_gates(k)
+    result = asyncio.run(run_demo(time_scale=k, trace=trace, out=out, cluster_options=options))
     local = local_side(result)
     nominal = spec.model.fake.startup_seconds
     measured = statistics.median(result.startup_seconds) if result.startup_seconds else nominal

@@ -231,6 +231,7 @@ async def run_demo(
     png: Path | None = None,
     workdir: Path | None = None,
     out: Any = None,
+    cluster_options: dict[str, Any] | None = None,
 ) -> DemoResult:
     """Run the demo; ``interval_s`` (live lines) and ``sample_period_s`` are real seconds."""
     write = out.write if out is not None else sys.stdout.write
@@ -243,7 +244,7 @@ async def run_demo(
     k = time_scale
     manifest = demo_manifest(trace)
     name = str(manifest["metadata"]["name"])
-    async with LocalCluster(time_scale=k, workdir=workdir) as cluster:
+    async with LocalCluster(time_scale=k, workdir=workdir, **(cluster_options or {})) as cluster:
         applied = await cluster.apply(manifest)
         spec = applied["spec"]
         say(f"local cluster up: API {cluster.api_url}, Prometheus {cluster.prometheus_url}")

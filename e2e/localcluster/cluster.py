@@ -123,6 +123,7 @@ class LocalCluster:
         operator_args: tuple[str, ...] = (),
         service_strategy: Strategy = "round-robin",
         extra_env: Mapping[str, str] | None = None,
+        wrap_argv: Callable[[str, list[str]], list[str]] | None = None,
     ) -> None:
         if not time_scale > 0:
             raise ValueError(f"time_scale must be positive, got {time_scale}")
@@ -135,6 +136,7 @@ class LocalCluster:
         self.operator_args = operator_args
         self.service_strategy: Strategy = service_strategy
         self.extra_env = dict(extra_env or {})
+        self.wrap_argv = wrap_argv
         self.kubeconfig = self.workdir / "kubeconfig"
         self.api_url = ""
         self.notes: list[str] = []  # durations that could not be compressed fully
@@ -175,6 +177,7 @@ class LocalCluster:
             self.namespace,
             workdir=self.workdir,
             extra_env=self.extra_env,
+            wrap_argv=self.wrap_argv,
             # render sizes the grace period for the spec's own time scale already
             grace_divisor=1.0,
             on_change=self._pods_changed,

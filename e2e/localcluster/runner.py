@@ -209,6 +209,7 @@ class ProcessRunner:
     """Runs the pods of every Deployment in ``namespace`` as local processes.
 
     ``extra_env`` is added to every container's environment (time-scale overrides);
+    ``wrap_argv(container name, argv)`` may rewrite a container's command line (experiments);
     ``grace_divisor`` divides terminationGracePeriodSeconds (time compression);
     ``on_change`` is called whenever the set of pods or their readiness changes.
     """
@@ -220,6 +221,7 @@ class ProcessRunner:
         *,
         workdir: Path,
         extra_env: Mapping[str, str] | None = None,
+        wrap_argv: Callable[[str, list[str]], list[str]] | None = None,
         grace_divisor: float = 1.0,
         readiness_period_s: float = 0.1,
         resync_period_s: float = 1.0,
@@ -229,6 +231,7 @@ class ProcessRunner:
         self.namespace = namespace
         self.workdir = workdir
         self.extra_env = dict(extra_env or {})
+        self.wrap_argv = wrap_argv
         self.grace_divisor = grace_divisor
         self.readiness_period_s = readiness_period_s
         self.resync_period_s = resync_period_s
@@ -479,7 +482,10 @@ class ProcessRunner:
                     env[str(entry["name"])] = value
             env.update(self.extra_env)
             env = {k: ports.env(k, v) for k, v in env.items()}
-            runnable.append((str(c.get("name")), ports.args(argv), env))
+            argv = ports.args(argv)
+            if self.wrap_argv is not None:
+                argv = self.wrap_argv(str(c.get("name")), argv)
+            runnable.append((str(c.get("name")), argv, env))
         for cname, argv, env in runnable:
             log_path = self.workdir / "pods" / f"{pod_name}.{cname}.log"
             pod.processes[cname] = await spawn(argv, env=env, log_path=log_path)
