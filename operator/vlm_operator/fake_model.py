@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import json
 import random
+import signal
 import time
 import urllib.parse
 from collections.abc import AsyncIterator
@@ -404,8 +405,6 @@ def create_app(config: FakeModelConfig) -> web.Application:
 
 async def serve(config: FakeModelConfig) -> int:
     """Serve until SIGTERM/SIGINT, then return 0."""
-    import signal
-
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
