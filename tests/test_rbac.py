@@ -18,7 +18,6 @@ that every recorded request is one the operator made.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -31,7 +30,7 @@ import pytest
 from vlm_operator.models import GROUP, PLURAL, SERVICE_LABEL, VERSION
 
 from e2e.cluster import chart
-from e2e.cluster.polling import Periodic, wait_for
+from e2e.cluster.polling import Periodic, terminate, wait_for
 from e2e.exporters import Exporter
 from e2e.kubeapi import PODMONITOR_CRD, RecordedRequest, ThreadedKubeAPI, run_in_thread
 from e2e.kubeapi.store import Store
@@ -238,12 +237,7 @@ def _run_scenario(
             with Kubelet(api, namespace):
                 _live(api, namespace, gate)
         finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+            terminate(process, grace_s=20)
         recorded = api.requests
     return Scenario(mode, namespace, values, recorded, log_path.read_text(errors="replace"))
 

@@ -1,21 +1,24 @@
-"""Bounded waiting for tests: poll a probe until it holds, run a step periodically.
+"""Bounded waiting for tests: poll a probe, run a step periodically, stop a child process.
 
 Tests never sleep and hope: they poll with a deadline and, when it passes,
 fail saying what they waited for, the last value seen and any context the
 caller describes. Background steps (a stand-in kubelet, a trickle of
-traffic, a sampler) run on a daemon thread between ``with`` and its end.
+traffic, a sampler) run on a daemon thread between ``with`` and its end. A
+child process gets SIGTERM and a grace period, then SIGKILL.
 """
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import threading
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["Periodic", "wait_for"]
+__all__ = ["Periodic", "terminate", "wait_for"]
 
 
 def wait_for(
@@ -61,3 +64,14 @@ class Periodic:
     def __exit__(self, *_: object) -> None:
         self._stop.set()
         self._thread.join(timeout=30)
+
+
+def terminate(process: subprocess.Popen[Any], *, grace_s: float) -> int:
+    """SIGTERM, wait up to ``grace_s`` seconds, then SIGKILL; returns the exit status."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            return process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+    return process.wait(timeout=10)

@@ -55,7 +55,7 @@ from vlm_operator.loadgen import chat_payload, closed_loop, summarize
 from vlm_operator.render import DEFAULT_OPERATOR_IMAGE
 
 from e2e.cluster import chart
-from e2e.cluster.polling import Periodic, wait_for
+from e2e.cluster.polling import Periodic, terminate, wait_for
 
 
 def _configured_kubeconfig() -> str | None:
@@ -127,12 +127,7 @@ class Kubectl:
             port = self._port(process, ready)
             yield port
         finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+            terminate(process, grace_s=10)
 
     @staticmethod
     def _port(process: subprocess.Popen[str], ready: str) -> int:
