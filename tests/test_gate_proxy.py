@@ -540,8 +540,9 @@ async def test_deterministic_requests_are_answered_from_the_cache(backend: Backe
         assert await gate.metric("vlm_requests_total", code="200") == 4
 
 
-async def test_sigterm_drains_every_running_and_queued_request(backend: Backend) -> None:
-    """The real command: 4 running + 20 queued survive SIGTERM; the process exits 0."""
+@asynccontextmanager
+async def gate_process(backend: Backend, *flags: str) -> AsyncIterator[tuple[Any, Gate]]:
+    """The real ``vlm-operator gate`` command, configured partly from the environment."""
     env = {**os.environ, "VLM_GATE_UPSTREAM": backend.url}
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -549,26 +550,35 @@ async def test_sigterm_drains_every_running_and_queued_request(backend: Backend)
         "vlm_operator",
         "gate",
         "--listen=127.0.0.1:0",
-        "--max-in-flight=4",
-        "--queue-size=32",
-        "--queue-timeout=30",
-        "--drain-timeout=30",
+        *flags,
         env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    gate = Gate(GateConfig(upstream=backend.url))
+    client = Gate(GateConfig(upstream=backend.url))  # only a client of the process here
     try:
         assert process.stdout is not None
         line = (await asyncio.wait_for(process.stdout.readline(), DEADLINE_S)).decode()
-        url = line.split("listening on ")[1].split()[0]
-        gate.url = url  # ``gate`` is only a client of the process's gate here
-        gate.client = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        client.url = line.split("listening on ")[1].split()[0]
+        client.client = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
 
         async def ready() -> bool:
-            return (await gate.request("GET", "/readyz"))[0] == 200
+            return (await client.request("GET", "/readyz"))[0] == 200
 
         await until(ready)
+        yield process, client
+    finally:
+        if client.client is not None:
+            await client.client.close()
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_sigterm_drains_every_running_and_queued_request(backend: Backend) -> None:
+    """The real command: 4 running + 20 queued survive SIGTERM; the process exits 0."""
+    flags = ("--max-in-flight=4", "--queue-size=32", "--queue-timeout=30", "--drain-timeout=30")
+    async with gate_process(backend, *flags) as (process, gate):
         tasks = [asyncio.create_task(gate.request("POST", "/hold")) for _ in range(24)]
 
         async def all_in() -> bool:
@@ -590,9 +600,14 @@ async def test_sigterm_drains_every_running_and_queued_request(backend: Backend)
         assert [status for status, _, _ in results] == [200] * 24
         assert await asyncio.wait_for(process.wait(), DEADLINE_S) == 0
         assert backend.peak == 4
-    finally:
-        if gate.client is not None:
-            await gate.client.close()
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
+
+
+async def test_drain_timeout_bounds_the_exit(backend: Backend) -> None:
+    async with gate_process(backend, "--drain-timeout=0.2") as (process, gate):
+        stuck = asyncio.create_task(gate.request("POST", "/hold"))
+        await until(lambda: backend.current == 1)
+        process.send_signal(signal.SIGTERM)
+        # the model never answers: the gate still exits 0, soon after the drain timeout
+        assert await asyncio.wait_for(process.wait(), DEADLINE_S) == 0
+        with pytest.raises(aiohttp.ClientError):
+            await stuck

@@ -184,7 +184,8 @@ def make_runner(app: web.Application) -> web.AppRunner:
     That is what frees a slot (the upstream request is cancelled with it) and
     takes a waiting request out of the queue at once.
     """
-    return web.AppRunner(app, handler_cancellation=True, access_log=None)
+    # After the drain (bounded by the drain timeout) stragglers get 0.5 s, then are cut.
+    return web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5)
 
 
 async def drain(app: web.Application, seconds: float) -> bool:
