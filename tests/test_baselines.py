@@ -165,3 +165,13 @@ def test_factory_knows_every_name() -> None:
         "ray",
         "static-3",
     ]
+
+
+def test_ours_scrapes_at_the_pod_monitor_interval() -> None:
+    assert Ours(_spec()).scrape_interval_seconds == 5.0
+    fast = VLMServiceSpec.model_validate(
+        {"model": {"id": "m"}, "monitoring": {"interval": "500ms"}}
+    )
+    assert Ours(fast).scrape_interval_seconds == 0.5
+    slow = VLMServiceSpec.model_validate({"model": {"id": "m"}, "monitoring": {"interval": "1m"}})
+    assert Ours(slow).scrape_interval_seconds == 60.0

@@ -116,6 +116,14 @@ def _our_gate(spec: VLMServiceSpec) -> GateBehaviour:
 _NO_GATE = GateBehaviour(None, None, None, 503, None)
 
 
+def _seconds(duration: str) -> float:
+    """A Prometheus duration of the spec's pattern (``500ms``, ``5s``, ``1m``) in seconds."""
+    for suffix, scale in (("ms", 0.001), ("s", 1.0), ("m", 60.0)):
+        if duration.endswith(suffix):
+            return float(duration[: -len(suffix)]) * scale
+    raise ValueError(f"not a duration: {duration!r}")
+
+
 def _clamp(n: int, spec: VLMServiceSpec) -> int:
     a = spec.autoscaling
     return min(max(n, a.min_replicas), a.max_replicas)
@@ -127,11 +135,13 @@ def _clamp(n: int, spec: VLMServiceSpec) -> int:
 class Ours:
     """Our policy, :func:`vlm_operator.policy.recommend`, with its state."""
 
-    def __init__(self, spec: VLMServiceSpec, *, scrape_interval_seconds: float = 5.0) -> None:
+    def __init__(
+        self, spec: VLMServiceSpec, *, scrape_interval_seconds: float | None = None
+    ) -> None:
         self.name = "ours"
         self.spec = spec
         self.period_seconds = spec.autoscaling.sync_period_seconds
-        self.scrape_interval_seconds = scrape_interval_seconds
+        self.scrape_interval_seconds = scrape_interval_seconds or _seconds(spec.monitoring.interval)
         self.gate = _our_gate(spec)
         self.initial_replicas = max(spec.autoscaling.min_replicas, 1)
         self.state = PolicyState()
