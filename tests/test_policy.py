@@ -113,10 +113,49 @@ def test_target_utilization_lowers_the_per_pod_target() -> None:
     assert d.replicas == 4
 
 
-def test_a_little_queue_is_tolerated_before_paying_a_whole_pod() -> None:
-    # 5 requests on one pod of 4: a queue of one, within the quarter-pod tolerance.
-    d = recommend(PolicyState(), _signals(4, 1), _pods(1), _spec(), now=0.0)
+def test_running_a_little_over_the_target_is_tolerated() -> None:
+    # Default 0.9 × 4 = 3.6 per pod: 4 running and nothing queued on one pod is
+    # within the quarter-pod tolerance.
+    spec = VLMServiceSpec.model_validate({"model": {"id": "m"}})
+    d = recommend(PolicyState(), _signals(4, 0), _pods(1), spec, now=0.0)
     assert d.replicas == 1
+
+
+def test_a_queue_is_not_excused_by_the_tolerance() -> None:
+    # 5 requests on one pod of 4: the one waiting is demand no slot absorbed.
+    d = recommend(PolicyState(), _signals(4, 1), _pods(1), _spec(), now=0.0)
+    assert d.replicas == 2
+    assert "(demand)" in d.reason
+    # The same 5 requests all running on two pods hold.
+    assert recommend(PolicyState(), _signals(5, 0), _pods(2), _spec(), now=0.0).replicas == 2
+
+
+def _history(spec: VLMServiceSpec, values: list[float], pods: int) -> PolicyState:
+    """A state that has seen ``values`` (all running) every 5 s on ``pods`` pods."""
+    state = PolicyState()
+    for i, value in enumerate(values):
+        state = recommend(state, _signals(value, 0), _pods(pods), spec, i * 5.0).state
+    return state
+
+
+def test_a_queue_on_a_quiet_demand_counts_on_the_first_sample() -> None:
+    # A closed loop: 12 in flight on 3 pods for a minute, then 6 more queue.
+    spec = _spec(maxReplicas=20)
+    state = _history(spec, [12.0] * 13, pods=3)
+    d = recommend(state, _signals(12, 6), _pods(3), spec, now=65.0)
+    # 18 requests need 5 pods now, not the 4 of the window's mean.
+    assert d.replicas == 5
+    assert "burst" not in d.reason
+
+
+def test_on_a_noisy_demand_a_rise_still_needs_two_samples() -> None:
+    # An open load wandering by 1.5 requests: one sample with a queue may be noise.
+    spec = _spec(maxReplicas=20)
+    state = _history(spec, [12.0, 13.5] * 7, pods=3)
+    d = recommend(state, _signals(12, 6), _pods(3), spec, now=70.0)
+    assert d.replicas == 3
+    again = recommend(d.state, _signals(12, 6), _pods(3), spec, now=75.0)
+    assert again.replicas == 4
 
 
 # ----------------------------------------------------------------- burst

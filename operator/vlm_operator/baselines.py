@@ -28,6 +28,10 @@ ray           Ray Serve: ⌈ongoing / target_ongoing⌉       max_ongoing_reques
               30 s upscale / 600 s downscale delays
 ============  ==========================================  =====================================
 
+:class:`Scheduled` is not an autoscaler but a replica plan fixed in advance
+(behind our gate): it answers "what would this sequence of replica counts
+give?", which bounds what any policy can reach on a trace.
+
 CPU utilization of a CPU model pod is ~100 % at any nonzero load (the model
 takes every core for one request as for four), so the simulator reports a
 pod's busy fraction as its CPU: HPA-on-CPU sees 100 % whenever there is any
@@ -40,7 +44,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -58,6 +62,7 @@ __all__ = [
     "Observation",
     "Ours",
     "RayServe",
+    "Scheduled",
     "Static",
     "hpa_desired",
     "make_autoscaler",
@@ -180,6 +185,39 @@ class Static:
 
     def decide(self, obs: Observation) -> int:
         return self.initial_replicas
+
+
+class Scheduled:
+    """A replica plan fixed in advance, behind our gate: [(from time, replicas), ...].
+
+    Each tick asks for the replicas of the latest entry whose time has come
+    (``initial`` before the first). A plan that knows when the load changes is
+    clairvoyant; one that changes only after a tick has seen the change is
+    what a reactive policy could at best have done.
+    """
+
+    def __init__(
+        self,
+        spec: VLMServiceSpec,
+        plan: Sequence[tuple[float, int]],
+        *,
+        initial: int = 1,
+        name: str = "scheduled",
+        period: float = 5.0,
+    ) -> None:
+        self.name = name
+        self.period_seconds = period
+        self.scrape_interval_seconds = period
+        self.gate = _our_gate(spec)
+        self.initial_replicas = initial
+        self.plan = sorted(plan)
+
+    def decide(self, obs: Observation) -> int:
+        wanted = self.initial_replicas
+        for at, replicas in self.plan:
+            if obs.now >= at:
+                wanted = replicas
+        return wanted
 
 
 # ------------------------------------------------------------------------------ HPA

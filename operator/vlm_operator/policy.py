@@ -12,14 +12,18 @@ The rules, and the failures of other autoscalers they answer:
   model; the queue behind it is the demand the cap hides (knative/serving#2141,
   ray#20977). Pods needed = ⌈demand / (maxInFlight × targetUtilization)⌉, the
   demand averaged over the rate window (``metrics.windowSeconds``); a rise
-  counts as soon as two samples in a row show it.
+  counts as soon as two samples in a row show it, or at once when a queue
+  shows on a quiet demand (a closed loop: one sample is as good as two, and
+  waiting for the second delays every step by a tick).
 - **Hysteresis in requests, not percent.** Scale up only when the demand
   exceeds the pods by more than a band, and down only when it fits in fewer
   pods with the band to spare. The band is a quarter of a pod's worth of
   requests, or twice the demand's own sample-to-sample noise if that is
   wider (an open load of ~100 in flight wanders by ~10 requests; a closed
-  loop not at all). A 10 % tolerance band means nothing at 1-4 replicas
-  (kubernetes#116984), and a band narrower than the noise churns (ray#18925).
+  loop not at all). A queue (waiting > 0) is excused by the noise band only:
+  the quarter-pod tolerance is for running requests over the target. A 10 %
+  tolerance band means nothing at 1-4 replicas (kubernetes#116984), and a
+  band narrower than the noise churns (ray#18925).
 - **Stabilization.** A scale-down goes to the highest recommendation of the
   last ``scaleDown.stabilizationWindowSeconds``, moves in bounded steps, and
   waits a rate window after any change before the next step (fewer pods run
@@ -382,15 +386,23 @@ def recommend(
     # than the demand's own sample-to-sample noise (an open load of ~100 in
     # flight wanders by ~10 requests; a closed loop not at all).
     noise = NOISE_WIDTH * _noise(samples, now, down_window)
-    up_band = max(UP_TOLERANCE * per_pod, noise)
+    queued = (waiting or 0.0) > 0
+    # A queue is demand the running slots did not absorb: the quarter-pod
+    # tolerance is for running requests over the target, not for a queue, which
+    # only the noise band may excuse.
+    up_band = noise if queued else max(UP_TOLERANCE * per_pod, noise)
     down_band = max(DOWN_SPARE * per_pod, noise)
-    # Up: the mean demand of the rate window (the gate absorbs a queue within
-    # the band). A rise counts once two samples in a row show it (one spike
-    # does not), without waiting for the window's mean to catch up.
+    # Up: the mean demand of the rate window. A rise counts once two samples
+    # in a row show it (one spike does not), without waiting for the window's
+    # mean to catch up; on a quiet demand (noise under the tolerance: a closed
+    # loop, a steady load) a queue on the latest sample counts at once, since
+    # a second sample would only add a tick to every step's reaction.
     short_mean = _mean(samples, now, window)
     recent = [d for t, d in samples if now - window < t <= now][-2:]
     sustained = min(recent) if len(recent) == 2 else short_mean
     up_demand = None if short_mean is None else max(short_mean, sustained or 0.0)
+    if up_demand is not None and demand is not None and queued and noise < UP_TOLERANCE * per_pod:
+        up_demand = max(up_demand, demand)
     need = _pods_for(up_demand - up_band, per_pod) if up_demand is not None else None
     # Down: the pods the demand fits in with the band to spare; the scale-down
     # goes to the highest of these over the stabilization window.

@@ -21,8 +21,10 @@ engine models, in the order a request meets it:
   removed pods leave the Service at once and finish what they hold.
 - **Metrics pipeline.** Scrapes every ``scrape_interval`` read the gates'
   gauges; the rate-window signals (P95, arrival and error rates) cover the
-  last ``window_seconds`` before the scrape. The autoscaler sees the last
-  scrape, as old as it is.
+  last ``window_seconds`` before the scrape. The P95 is what Prometheus's
+  ``histogram_quantile`` makes of the gate's duration buckets (linear within
+  a bucket, the highest finite bound past the last), not the exact quantile.
+  The autoscaler sees the last scrape, as old as it is.
 
 Client and queue deadlines are constant per run, so each is kept in one FIFO
 (deadline order = send order) instead of one heap event per request; that and
@@ -33,6 +35,7 @@ This module is pure: standard library only (plus the project's pure modules).
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 import random
@@ -85,6 +88,9 @@ class SimConfig:
     #: project's model server and llama.cpp stop generating; the stock server
     #: of the measured setup did not, which is how one overloaded pod spirals).
     cancel_on_disconnect: bool = True
+    #: The P95 signal as Prometheus computes it from the gate's histogram
+    #: buckets (False: the exact quantile of the window's durations).
+    p95_from_buckets: bool = True
 
 
 @dataclass
@@ -532,7 +538,8 @@ class _Engine:
         if done:
             # Rejections (duration -1) count in the rates, not in the latency.
             durations = sorted(d for _, d, _ in done if d >= 0)
-            p95: float | None = _quantile(durations, 0.95) if durations else None
+            quantile = _bucket_quantile if self.cfg.p95_from_buckets else _quantile
+            p95: float | None = quantile(durations, 0.95) if durations else None
             arrival: float | None = len(done) / self.window
             errors = sum(1 for _, _, ok in done if not ok)
             error_rate: float | None = errors / len(done)
@@ -620,6 +627,34 @@ def arrival_times(trace: Trace, rng: random.Random) -> Iterator[float]:
                 break
             if not ramp or rng.random() * peak <= phase.rate_at(t):
                 yield t
+
+
+#: The gate's ``vlm_request_duration_seconds`` buckets (the signals contract in
+#: DESIGN.md; the gate's own constant lives with prometheus_client, which this
+#: pure module does not import, and a test keeps the two equal).
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.5, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 18, 20, 25, 30, 40, 60, 90, 120, 300,
+)  # fmt: skip
+
+
+def _bucket_quantile(
+    sorted_values: list[float], q: float, buckets: tuple[float, ...] = DURATION_BUCKETS
+) -> float:
+    """Prometheus's ``histogram_quantile`` over these values bucketed by ``buckets``.
+
+    The rank q × count falls in the first bucket whose cumulative count reaches
+    it; the answer is interpolated linearly between that bucket's bounds (0 for
+    the first), and a rank in +Inf answers the highest finite bound.
+    """
+    rank = q * len(sorted_values)
+    below = 0
+    lower = 0.0
+    for upper in buckets:
+        cumulative = bisect.bisect_right(sorted_values, upper)
+        if cumulative >= rank and cumulative > below:
+            return lower + (upper - lower) * (rank - below) / (cumulative - below)
+        below, lower = cumulative, upper
+    return buckets[-1]
 
 
 def _quantile(sorted_values: list[float], q: float) -> float:
