@@ -9,16 +9,20 @@ operator's log is printed with the failure (pytest shows captured output of fail
 
 from __future__ import annotations
 
+import asyncio
 import copy
 from collections.abc import AsyncIterator, Callable, Generator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from vlm_operator.loadgen import RequestRecord, chat_payload, closed_loop
 
 from e2e.localcluster import LocalCluster
 
 E2E_TIME_SCALE = 10.0
+E2E_CLIENT_TIMEOUT_S = 30.0 / E2E_TIME_SCALE  # the measured test's client timeout
+E2E_PAYLOAD = chat_payload("Qwen/Qwen3-VL-2B-Instruct")
 
 #: The VLMService of the scenarios (real-time values; compressed when applied).
 E2E_SERVICE: dict[str, Any] = {
@@ -38,6 +42,8 @@ E2E_SERVICE: dict[str, Any] = {
             # 1.9 s (19 s real). Above that: a target the quantised signal cannot cross by
             # itself, so the scenarios exercise the demand path of the policy.
             "p95LatencyTargetSeconds": 20,
+            # Exact arithmetic for the scenarios: 8 users are 2 full pods, 12 are 3.
+            "targetUtilization": 1.0,
             "scaleDown": {"stabilizationWindowSeconds": 40},
         },
     },
@@ -54,6 +60,28 @@ def e2e_service(**spec_overrides: Any) -> dict[str, Any]:
         else:
             manifest["spec"][key] = value
     return manifest
+
+
+def start_load(url: str, users: int, seconds: float) -> asyncio.Task[list[RequestRecord]]:
+    """``users`` closed-loop users against ``url`` for ``seconds``, in the background."""
+    return asyncio.create_task(
+        closed_loop(
+            url, users, duration_s=seconds, timeout_s=E2E_CLIENT_TIMEOUT_S, payload=E2E_PAYLOAD
+        )
+    )
+
+
+async def wait_condition(
+    cluster: LocalCluster, name: str, type_: str, status: str, *, deadline_s: float
+) -> None:
+    """Poll the VLMService's status until condition ``type_`` has ``status``."""
+
+    async def check() -> bool:
+        body = (await cluster.vlmservice(name)) or {}
+        conditions = (body.get("status") or {}).get("conditions") or []
+        return any(c.get("type") == type_ and c.get("status") == status for c in conditions)
+
+    await cluster.wait_for(check, deadline_s=deadline_s, what=f"{name}: {type_}={status}")
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -124,6 +124,8 @@ def _exit_on_signal(signum: int, _frame: FrameType | None) -> None:
 
 
 def install_signal_handlers() -> None:
-    """Make SIGTERM and SIGHUP unwind like Ctrl-C does (main thread only)."""
+    """Make SIGTERM and SIGHUP unwind like Ctrl-C does, and Ctrl-C work even when started in
+    the background of a script (which ignores SIGINT). Main thread only."""
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _exit_on_signal)
+    signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -6,26 +6,16 @@ wait is a poll with a deadline.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from vlm_operator.loadgen import RequestRecord, chat_payload, closed_loop
 
+from e2e.conftest import start_load as load
 from e2e.localcluster import LocalCluster, Snapshot
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
-
-PAYLOAD = chat_payload("Qwen/Qwen3-VL-2B-Instruct")
-TIMEOUT_S = 3.0  # the measured test's 30 s client timeout, 10x compressed
-
-
-def load(url: str, users: int, seconds: float) -> asyncio.Task[list[RequestRecord]]:
-    return asyncio.create_task(
-        closed_loop(url, users, duration_s=seconds, timeout_s=TIMEOUT_S, payload=PAYLOAD)
-    )
 
 
 async def test_scales_up_under_load_then_down_without_failing_a_request(

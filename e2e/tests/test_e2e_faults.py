@@ -13,28 +13,12 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from vlm_operator.loadgen import RequestRecord, chat_payload, closed_loop
 
+from e2e.conftest import start_load as load
+from e2e.conftest import wait_condition
 from e2e.localcluster import LocalCluster, Snapshot
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
-
-PAYLOAD = chat_payload("Qwen/Qwen3-VL-2B-Instruct")
-TIMEOUT_S = 3.0
-
-
-def load(url: str, users: int, seconds: float) -> asyncio.Task[list[RequestRecord]]:
-    return asyncio.create_task(
-        closed_loop(url, users, duration_s=seconds, timeout_s=TIMEOUT_S, payload=PAYLOAD)
-    )
-
-
-async def condition(cluster: LocalCluster, type_: str) -> str | None:
-    status = ((await cluster.vlmservice("vlm")) or {}).get("status") or {}
-    for c in status.get("conditions") or []:
-        if c.get("type") == type_:
-            return str(c.get("status"))
-    return None
 
 
 async def steady_at(cluster: LocalCluster, replicas: int, deadline_s: float) -> Snapshot:
@@ -70,20 +54,14 @@ async def test_prometheus_outage_holds_replicas_then_recovers(
 
     await cluster.stop_prometheus()
 
-    async def metrics_unavailable() -> bool:
-        return await condition(cluster, "MetricsAvailable") == "False"
-
-    await cluster.wait_for(metrics_unavailable, deadline_s=10, what="MetricsAvailable=False")
+    await wait_condition(cluster, "vlm", "MetricsAvailable", "False", deadline_s=10)
     # Longer than the scale-down stabilization (4 s) and the staleness limit (6 s): no signal
     # is not zero load, so nothing is scaled down.
     await hold_for(cluster, 8.0, 2, "during the Prometheus outage")
 
     await cluster.start_prometheus()
 
-    async def metrics_back() -> bool:
-        return await condition(cluster, "MetricsAvailable") == "True"
-
-    await cluster.wait_for(metrics_back, deadline_s=20, what="MetricsAvailable=True again")
+    await wait_condition(cluster, "vlm", "MetricsAvailable", "True", deadline_s=20)
 
     async def scaled_down() -> bool:
         return await cluster.desired_replicas("vlm") == 1

@@ -4,6 +4,9 @@ the process runner against the emulated API (no operator: the tests set replicas
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -177,14 +180,20 @@ async def _set_replicas(cluster: LocalCluster, replicas: int) -> None:
     )
 
 
+@contextlib.asynccontextmanager
+async def _runner_only(tmp_path: Path, *, replicas: int) -> AsyncIterator[LocalCluster]:
+    """A local cluster without the operator, the Deployment applied, ``replicas`` ready."""
+    async with LocalCluster(time_scale=E2E_TIME_SCALE, workdir=tmp_path, operator=False) as cluster:
+        await cluster.kube.apply(await _deployment(cluster), cluster.namespace)
+        await _set_replicas(cluster, replicas)
+        await cluster.wait_ready("vlm", replicas, deadline_s=30)
+        yield cluster
+
+
 @pytest.mark.e2e
 @pytest.mark.timeout(120)
 async def test_runner_runs_replicas_as_processes_and_reports_them(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    async with LocalCluster(time_scale=E2E_TIME_SCALE, workdir=tmp_path, operator=False) as cluster:
-        await cluster.kube.apply(await _deployment(cluster), cluster.namespace)
-        await _set_replicas(cluster, 3)
-        await cluster.wait_ready("vlm", 3, deadline_s=30)
-
+    async with _runner_only(tmp_path, replicas=3) as cluster:
         deploy = await cluster.deployment("vlm")
         assert deploy is not None
 
@@ -243,10 +252,7 @@ async def test_runner_runs_replicas_as_processes_and_reports_them(tmp_path) -> N
 @pytest.mark.e2e
 @pytest.mark.timeout(120)
 async def test_runner_replaces_a_pod_whose_process_died(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    async with LocalCluster(time_scale=E2E_TIME_SCALE, workdir=tmp_path, operator=False) as cluster:
-        await cluster.kube.apply(await _deployment(cluster), cluster.namespace)
-        await _set_replicas(cluster, 2)
-        await cluster.wait_ready("vlm", 2, deadline_s=30)
+    async with _runner_only(tmp_path, replicas=2) as cluster:
         before = {p.name for p in cluster.pods("vlm")}
         victim = sorted(before)[0]
         survivor_proc = cluster.runner.pods("vlm")[0].processes
