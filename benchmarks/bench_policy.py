@@ -1,14 +1,18 @@
 """Scaling policy versus the anchors, in the simulator: every shipped trace, every goal.
 
 Run: ``make bench-policy`` or ``.venv/bin/python benchmarks/bench_policy.py [--seed N]``.
-Prints one comparison table per trace, then each goal with the measured
-numbers and whether it holds, then the simulator's speed. Deterministic for
-the seeds below; only the wall-clock figures vary between machines.
+Prints one comparison table per trace, what fixed replica plans give on the
+measured gradient, then each goal with the measured numbers and whether it
+holds, then the simulator's speed. Clients are openai-python's defaults: two
+retries on 429, 5xx and timeouts, honouring Retry-After (``--retries 0`` for
+clients that never retry). Deterministic for the seeds below; only the
+wall-clock figures vary between machines.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 
 from vlm_operator.baselines import Scheduled
@@ -39,7 +43,7 @@ def _goal(ok: bool, text: str) -> str:
     return f"[{'met' if ok else 'NOT met'}] {text}"
 
 
-def gradient_plans() -> list[str]:
+def gradient_plans(client: SimConfig) -> list[str]:
     """What fixed replica plans give on the measured gradient, for both routings.
 
     Bounds what any policy can reach: a goal that no plan meets at a cost is
@@ -52,7 +56,7 @@ def gradient_plans() -> list[str]:
         f"{'x oracle':>9}  goals (P95, goodput, cost)"
     ]
     for routing in ("round-robin", "least-loaded"):
-        config = SimConfig(routing=routing)
+        config = dataclasses.replace(client, routing=routing)
         for name, plan in GRADIENT_PLANS:
             runs = [
                 summarize(simulate(trace, Scheduled(spec, plan), spec=spec, seed=s, config=config))
@@ -80,7 +84,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--skip-diurnal", action="store_true", help="leave out the 24 h trace")
+    parser.add_argument(
+        "--retries", type=int, default=2, help="client retries, openai-style (default: 2)"
+    )
     args = parser.parse_args()
+    client = SimConfig(retries=args.retries)
 
     goals: list[str] = []
     by_trace: dict[str, list[Report]] = {}
@@ -89,14 +97,16 @@ def main() -> int:
         if args.skip_diurnal and name == "diurnal-24h":
             continue
         trace = load_trace(name)
-        reports = [run_policy(trace, p, seed=args.seed)[0] for p in COMPARED]
+        reports = [run_policy(trace, p, seed=args.seed, config=client)[0] for p in COMPARED]
         by_trace[name] = reports
         wall[name] = reports[0].wall_seconds or 0.0
         print(comparison_table(trace, reports, args.seed))
         print()
 
     # Measured gradient: every phase after its first minute, over several seeds.
-    grad = [run_policy("measured-gradient", "ours", seed=s)[0] for s in GRADIENT_SEEDS]
+    grad = [
+        run_policy("measured-gradient", "ours", seed=s, config=client)[0] for s in GRADIENT_SEEDS
+    ]
     errors = sum(r.errors for r in grad)
     goals.append(
         _goal(errors == 0, f"measured gradient: {errors} errors over seeds {GRADIENT_SEEDS}")
@@ -170,7 +180,15 @@ def main() -> int:
                 )
 
     # Oscillation on steady loads: scale-downs after the settle time.
-    for kind, level in (("open", 1.0), ("open", 10.0), ("closed", 8), ("closed", 16)):
+    steady = (
+        ("open", 1.0),
+        ("open", 4.0),
+        ("open", 10.0),
+        ("open", 16.0),
+        ("closed", 8),
+        ("closed", 16),
+    )
+    for kind, level in steady:
         phase = {"duration": 3600, "rate" if kind == "open" else "users": level}
         trace = parse_trace(
             {
@@ -180,7 +198,7 @@ def main() -> int:
                 "phases": [phase],
             }
         )
-        report, result = run_policy(trace, "ours", seed=args.seed)
+        report, result = run_policy(trace, "ours", seed=args.seed, config=client)
         settle = 600.0
         downs = sum(1 for t, b, a in result.scale_events if a < b and t >= settle)
         ups = sum(1 for t, b, a in result.scale_events if a > b and t >= settle)
@@ -194,7 +212,7 @@ def main() -> int:
 
     # Speed.
     started = time.perf_counter()
-    speed_report, _ = run_policy("diurnal-24h", "ours", seed=args.seed)
+    speed_report, _ = run_policy("diurnal-24h", "ours", seed=args.seed, config=client)
     elapsed = time.perf_counter() - started
     rate = speed_report.requests / (speed_report.wall_seconds or elapsed)
     goals.append(_goal(rate >= 100_000, f"speed: {rate:,.0f} simulated requests per second"))
@@ -203,7 +221,7 @@ def main() -> int:
     )
 
     print(f"Replica plans on the measured gradient (worst of seeds {GRADIENT_SEEDS})")
-    for line in gradient_plans():
+    for line in gradient_plans(client):
         print("  " + line)
     print()
     print("Goals")

@@ -224,3 +224,25 @@ def test_retries_turn_some_rejections_into_answers() -> None:
     plain, _ = run_policy("flash-spike", "ours", seed=2)
     retried, _ = run_policy("flash-spike", "ours", seed=2, config=SimConfig(retries=2))
     assert retried.errors_by_status.get("429", 0) < plain.errors_by_status.get("429", 0)
+
+
+def test_a_timed_out_request_is_retried_like_openai_python() -> None:
+    # One pod without a gate at twice its capacity: answers slower than the
+    # 30 s client timeout. openai-python retries a timeout as it does a 5xx.
+    trace = _open(0.8, 400)
+    spec = spec_for(trace)
+
+    def run(**client: Any) -> SimResult:
+        config = SimConfig(retries=2, **client)
+        return simulate(trace, Static(spec, replicas=1), spec=spec, seed=3, config=config)
+
+    retried, plain = run(), run(retry_timeouts=False)
+    given_up = [
+        e - s for s, e, c in zip(retried.sent, retried.ended, retried.status, strict=True) if c == 0
+    ]
+    assert given_up
+    # A timeout is final only after three attempts of 30 s (and the back-offs).
+    assert min(given_up) >= 3 * 30.0
+    first = [e - s for s, e, c in zip(plain.sent, plain.ended, plain.status, strict=True) if c == 0]
+    assert first
+    assert min(first) == pytest.approx(30.0)

@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--retries",
         type=int,
         default=0,
-        help="client retries on 429/5xx, openai-style (openai-python: 2; default: 0)",
+        help="client retries on 429, 5xx and timeouts, openai-style (openai-python: 2; default: 0)",
     )
     parser.add_argument(
         "--routing",

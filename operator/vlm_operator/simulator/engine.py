@@ -7,8 +7,10 @@ engine models, in the order a request meets it:
   answer or the client timeout (30 s) and sends the next at once (1 s after an
   error, as a real client backs off instead of spinning). Open loop: Poisson
   arrivals at the trace's rate (thinning for ramps). Optional openai-style
-  retries: 429 and 5xx retried twice, honouring Retry-After, otherwise an
+  retries (openai-python retries twice by default): 429, 5xx and client
+  timeouts retried, honouring Retry-After up to 60 s, otherwise an
   exponential back-off; a 504 from the gate carries ``x-should-retry: false``.
+  The latency of a retried request runs from its first send.
 - **Service.** Round-robin over ready pods (or least-loaded); no ready pod
   means 503 at once.
 - **Gate** (per autoscaler: :class:`~vlm_operator.baselines.GateBehaviour`).
@@ -71,6 +73,8 @@ class SimConfig:
     startup_seconds: float = 60.0
     client_timeout_seconds: float = 30.0
     retries: int = 0
+    #: Retries also follow a client timeout (openai-python does, as for 5xx).
+    retry_timeouts: bool = True
     routing: Routing = "round-robin"
     latency: LatencyModel = field(default_factory=LatencyModel)
     error_pause_seconds: float = 1.0
@@ -368,7 +372,10 @@ class _Engine:
         """The client has an answer for this attempt: retry, or record the outcome."""
         req.done = True
         now = self.now
-        if status != OK and status != TIMEOUT and status != 504 and req.attempt < self.cfg.retries:
+        retryable = (
+            status != OK and status != 504 and (status != TIMEOUT or self.cfg.retry_timeouts)
+        )
+        if retryable and req.attempt < self.cfg.retries:
             if retry_after is not None and retry_after <= 60:
                 delay = retry_after
             else:
