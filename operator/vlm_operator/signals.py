@@ -155,6 +155,26 @@ class _Entry:
     fetched_at: float
     result: list[dict[str, Any]] | None = None
     error: PrometheusError | None = None
+    # Parsed once, read by every service (a thousand services must not each walk the
+    # thousand series of the answer: that is quadratic).
+    _by_service: ServiceValues | None = None
+    _by_pod: dict[tuple[str, str], dict[str, float]] | None = None
+
+    def by_service(self) -> ServiceValues:
+        if self._by_service is None:
+            self._by_service = _by_service(self.result or [])
+        return self._by_service
+
+    def by_pod(self) -> dict[tuple[str, str], dict[str, float]]:
+        if self._by_pod is None:
+            self._by_pod = {}
+            for sample in self.result or []:
+                labels = sample.get("metric") or {}
+                value = _number((sample.get("value") or [None, None])[-1])
+                if value is not None and "pod" in labels:
+                    key = (str(labels.get("namespace", "")), str(labels.get("vlmservice", "")))
+                    self._by_pod.setdefault(key, {})[str(labels["pod"])] = value
+        return self._by_pod
 
 
 def _number(raw: Any) -> float | None:
@@ -206,7 +226,7 @@ class SignalReader:
             for signal in SIGNAL_NAMES:
                 entry = await self._fetch(url, queries[signal], max_age=max_age)
                 oldest = min(oldest, entry.fetched_at)
-                series = _by_service(entry.result or [])
+                series = entry.by_service()
                 value = series.get((namespace, name))
                 if value is None and signal in overridden and len(series) == 1:
                     # An override scoped to this service may drop our labels.
@@ -244,14 +264,7 @@ class SignalReader:
             entry = await self._fetch(url, POD_LOAD_QUERY, max_age=max_age)
         except PrometheusError:
             return None
-        load: dict[str, float] = {}
-        for sample in entry.result or []:
-            labels = sample.get("metric", {})
-            if labels.get("namespace") == namespace and labels.get("vlmservice") == name:
-                value = _number(sample.get("value", [None, None])[1])
-                if value is not None and "pod" in labels:
-                    load[str(labels["pod"])] = value
-        return load
+        return dict(entry.by_pod().get((namespace, name), {}))
 
     async def query(self, url: str, promql: str, *, max_age: float) -> list[dict[str, Any]]:
         """One instant query through the cache; raises :class:`PrometheusError`."""
@@ -268,7 +281,7 @@ class SignalReader:
             entry = await self._fetch(url, promql, max_age=max_age)
         except PrometheusError:
             return None
-        return _by_service(entry.result or [])
+        return entry.by_service()
 
     async def _fetch(self, url: str, promql: str, *, max_age: float) -> _Entry:
         key = (url, promql)

@@ -26,6 +26,8 @@ READY = "Ready"
 METRICS_AVAILABLE = "MetricsAvailable"
 SCALING_LIMITED = "ScalingLimited"
 INVALID_SPEC = "InvalidSpec"
+#: Relative change of a signal worth a status write on its own.
+SIGNAL_TOLERANCE = 0.05
 #: The conditions the operator owns, in the order they are listed.
 CONDITION_TYPES = (READY, METRICS_AVAILABLE, SCALING_LIMITED, INVALID_SPEC)
 
@@ -133,7 +135,7 @@ def _metrics_condition(
             "PartialScrape",
             f"{unscraped} pod(s) not scraped: their load is missing, so no scale-down",
         )
-    return "True", "SignalsRead", f"signals {signals.age_seconds:.1f}s old"
+    return "True", "SignalsRead", "signals read from Prometheus"
 
 
 def _ready_condition(pods: PodCounts, desired: int) -> tuple[str, str, str]:
@@ -208,18 +210,31 @@ def cycle_status(
     }
 
 
-def differs(previous: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
-    """Whether ``new`` says something ``previous`` does not (timestamps of signals aside).
+def _signals_moved(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    keys = (set(old) | set(new)) - {"observedAt"}
+    for key in keys:
+        a, b = old.get(key), new.get(key)
+        if a is None or b is None:
+            if a is not b:
+                return True
+        elif abs(a - b) > SIGNAL_TOLERANCE * max(abs(a), abs(b)) + 1e-3:
+            return True
+    return False
 
-    A cycle that only refreshed ``signals.observedAt`` and the policy's sample
-    times need not be written: it would cost one API request per service per
-    cycle for nothing a reader could act on.
+
+def differs(previous: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether ``new`` says something ``previous`` does not.
+
+    A cycle that only refreshed ``signals.observedAt``, moved a rate by the
+    jitter of scrape timing, or advanced the policy's sample times need not be
+    written: at a thousand services that would be a status write per service
+    per cycle for nothing a reader could act on. (The operator still writes at
+    least every few tens of seconds, so ``observedAt`` shows the loop is alive.)
     """
     for key, value in new.items():
         old = previous.get(key)
         if key == "signals":
-            strip = {k: v for k, v in (value or {}).items() if k != "observedAt"}
-            if strip != {k: v for k, v in (old or {}).items() if k != "observedAt"}:
+            if _signals_moved(old or {}, value or {}):
                 return True
         elif key == "autoscalerState":
             continue  # only worth a write together with something visible

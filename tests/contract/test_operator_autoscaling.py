@@ -131,6 +131,7 @@ def vlmservice(name: str, **overrides: Any) -> dict[str, Any]:
         "minReplicas": 1,
         "maxReplicas": 5,
         "syncPeriodSeconds": 1,
+        "targetUtilization": 1.0,  # 4 per pod: the expected replicas below are exact
         "scaleDown": {"stabilizationWindowSeconds": 6},
         **overrides.pop("autoscaling", {}),
     }
