@@ -14,7 +14,7 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 OPERATOR_IMAGE     ?= ghcr.io/vlm-operator/vlm-operator:$(VERSION)
 MODEL_SERVER_IMAGE ?= ghcr.io/vlm-operator/model-server:$(VERSION)
 
-.PHONY: help venv system-deps test lint typecheck unit demo crd install-manifest golden bench-gate bench-policy image-operator image-model-server clean
+.PHONY: help venv system-deps test lint typecheck unit demo crd install-manifest golden bench-gate bench-policy bench-operator image-operator image-model-server clean
 
 help:
 	@echo "make demo   - run the closed loop on the embedded local cluster"
@@ -76,6 +76,10 @@ bench-gate: venv system-deps
 # Ours versus the anchors on every shipped trace, in the simulator (~1.5 min).
 bench-policy: venv
 	$(BIN)/python benchmarks/bench_policy.py
+
+# The operator with 1,000 VLMServices against the emulated API and a real Prometheus (~2 min).
+bench-operator: venv system-deps
+	$(BIN)/python benchmarks/bench_operator.py
 
 # Container images; they need a Docker engine (docker info must answer).
 image-operator:
