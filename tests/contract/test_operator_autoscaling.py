@@ -26,7 +26,7 @@ import yaml
 
 from e2e.exporters import Exporter
 from e2e.kubeapi import PODMONITOR_CRD, ThreadedKubeAPI, run_in_thread
-from e2e.prometheus import PrometheusServer
+from e2e.prometheus import PrometheusServer, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -153,6 +153,7 @@ class Operator:
     """``vlm-operator run`` as a subprocess; restartable."""
 
     def __init__(self, kubeconfig: Path, prometheus_url: str, log: Path) -> None:
+        self.metrics_port = free_port()
         self.argv = [
             sys.executable,
             "-m",
@@ -165,6 +166,10 @@ class Operator:
             prometheus_url,
             "--prometheus-timeout",
             "2",
+            "--metrics-port",
+            str(self.metrics_port),
+            "--metrics-address",
+            "127.0.0.1",
         ]
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None
@@ -487,3 +492,26 @@ def test_autoscaling_off_follows_spec_and_scale_subresource(cluster: Cluster) ->
         lambda: gate_env(api, "svc-manual", "VLM_GATE_MAX_IN_FLIGHT") == "2",
     )
     assert api.replicas("svc-manual") == 4
+
+
+def test_operator_metrics(cluster: Cluster) -> None:
+    """The operator's own /metrics: services, decisions, cycles, queries."""
+    api = cluster.api
+    assert api.post(VLMS, vlmservice("svc-metrics")).status_code == 201
+    url = f"http://127.0.0.1:{cluster.operator.metrics_port}/metrics"
+
+    def sample(text: str, name: str) -> float:
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith(name) and not line.startswith("#")
+        )
+
+    def scraped() -> str | None:
+        text = httpx.get(url, timeout=5).text
+        return text if sample(text, "vlm_operator_scaling_decisions_total") > 0 else None
+
+    text = wait_for("decisions counted", scraped)
+    assert sample(text, "vlm_operator_services") >= 1
+    assert sample(text, "vlm_operator_cycle_duration_seconds_count") > 0
+    assert sample(text, "vlm_operator_prometheus_query_duration_seconds_count") > 0
