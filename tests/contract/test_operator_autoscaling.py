@@ -515,3 +515,44 @@ def test_operator_metrics(cluster: Cluster) -> None:
     assert sample(text, "vlm_operator_services") >= 1
     assert sample(text, "vlm_operator_cycle_duration_seconds_count") > 0
     assert sample(text, "vlm_operator_prometheus_query_duration_seconds_count") > 0
+
+
+def test_one_unscraped_pod_blocks_scale_down_not_the_service(cluster: Cluster) -> None:
+    """A pod whose scrape fails drops out of the sums; that must not read as less load."""
+    api = cluster.api
+    with Exporter() as busy, Exporter() as flaky, Feeder(busy), Feeder(flaky):
+        busy.set(running=4, waiting=0)
+        flaky.set(running=4, waiting=0)
+        cluster.scrape("svc-partial", "svc-partial-a", busy)
+        cluster.scrape("svc-partial", "svc-partial-b", flaky)
+        cluster.wait_for_signal("svc-partial", 8)
+        spec = vlmservice("svc-partial", autoscaling={"scaleDown": {
+            "stabilizationWindowSeconds": 2}})  # fmt: skip
+        assert api.post(VLMS, spec).status_code == 201
+        wait_for("scale-up to 2", lambda: api.replicas("svc-partial") == 2)
+        api.set_ready("svc-partial", 2)
+
+        flaky.stop()  # its scrapes fail from now on: its requests vanish from the sums
+        condition = wait_for(
+            "PartialScrape",
+            lambda: (
+                (c := api.condition("svc-partial", "MetricsAvailable") or {}).get("reason")
+                == "PartialScrape"
+                and c
+            ),
+        )
+        assert condition["status"] == "True"
+        busy.set(running=1)  # what is seen now fits in one pod
+        wait_for(
+            "the drop seen",
+            lambda: api.status("svc-partial").get("signals", {}).get("inFlight") == 1,
+        )
+        end = time.monotonic() + 5.0  # well past the 2 s stabilization
+        while time.monotonic() < end:
+            assert api.replicas("svc-partial") == 2
+            time.sleep(0.2)
+        assert "not scraped" in api.status("svc-partial")["lastDecision"]["reason"]
+
+        # A scale-up still goes through on what is seen.
+        busy.set(running=4, waiting=8)
+        wait_for("scale-up on the pods still seen", lambda: api.replicas("svc-partial") == 3)
