@@ -244,7 +244,7 @@ def measure(
     # A steady cycle: nothing changes; what does one period cost?
     time.sleep(until_next_tick(PERIOD) + PERIOD / 2)  # land mid-period, between two ticks
     before_q, before_api = prometheus_queries(prometheus), api_requests(kube)
-    cycles = 3
+    cycles = 6  # 30 s: one round of the operator's periodic status refresh falls inside
     time.sleep(cycles * PERIOD)
     results["steady_queries"] = (prometheus_queries(prometheus) - before_q) / cycles
     steady = api_requests(kube) - before_api
