@@ -78,8 +78,6 @@ class KubeClient:
         self._api = api_client
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube")
         self._timeout = request_timeout
-        #: Requests sent, by verb (the benchmark and tests read it).
-        self.requests: dict[str, int] = {}
 
     @classmethod
     def from_environment(cls, kubeconfig: str | None = None, *, workers: int = 8) -> KubeClient:
@@ -117,7 +115,6 @@ class KubeClient:
         content_type: str = "application/json",
     ) -> dict[str, Any]:
         """One API request, run in the client's thread pool; raises :class:`ApiError`."""
-        self.requests[method] = self.requests.get(method, 0) + 1
         loop = asyncio.get_running_loop()
         call = partial(self._request_sync, method, path, body, dict(query or {}), content_type)
         return await loop.run_in_executor(self._executor, call)
@@ -157,14 +154,6 @@ class KubeClient:
         return parsed if isinstance(parsed, dict) else {}
 
     # ------------------------------------------------------------------ objects
-
-    async def get(self, obj: Mapping[str, Any]) -> dict[str, Any] | None:
-        try:
-            return await self.request("GET", object_path(obj))
-        except ApiError as exc:
-            if exc.status == 404:
-                return None
-            raise
 
     async def merge_patch(self, path: str, patch: Mapping[str, Any]) -> dict[str, Any]:
         """A JSON merge patch, retried on 409 (the API server was busy with a write)."""
