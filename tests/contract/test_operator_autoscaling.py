@@ -561,3 +561,37 @@ def test_one_unscraped_pod_blocks_scale_down_not_the_service(cluster: Cluster) -
         # A scale-up still goes through on what is seen.
         busy.set(running=4, waiting=8)
         wait_for("scale-up on the pods still seen", lambda: api.replicas("svc-partial") == 3)
+
+
+def test_pods_pending_too_long_show_as_scaling_limited(cluster: Cluster) -> None:
+    api = cluster.api
+    spec = vlmservice("svc-stuck", autoscaling={"pendingTimeoutSeconds": 5})
+    assert api.post(VLMS, spec).status_code == 201
+    wait_for("the Deployment", lambda: api.replicas("svc-stuck") == 1)
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "svc-stuck-x", "labels": {"vlm-operator.io/service": "svc-stuck"}},
+        "spec": {"containers": [{"name": "gate", "image": "x"}]},
+    }
+    api.post(PODS, pod).raise_for_status()
+    # No node fits it, and has not for ten minutes.
+    unschedulable = {
+        "type": "PodScheduled",
+        "status": "False",
+        "reason": "Unschedulable",
+        "lastTransitionTime": "2020-01-01T00:00:00Z",
+    }
+    api.patch(
+        f"{PODS}/svc-stuck-x/status",
+        {"status": {"phase": "Pending", "conditions": [unschedulable]}},
+    )
+    condition = wait_for(
+        "ScalingLimited=True",
+        lambda: (
+            (c := api.condition("svc-stuck", "ScalingLimited") or {}).get("status") == "True" and c
+        ),
+    )
+    assert condition["reason"] == "PodsPending"
+    assert "1 pod(s) Pending longer than 5s" in condition["message"]
+    wait_for("a Warning Event", lambda: api.events("svc-stuck", "ScalingLimited"))
