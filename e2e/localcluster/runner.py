@@ -300,9 +300,6 @@ class ProcessRunner:
         name = container or next(n for n in pod.processes if n != pod.gate_container)
         signal_group(pod.processes[name], signal.SIGKILL)
 
-    def nudge(self) -> None:
-        self._dirty.set()
-
     # ------------------------------------------------------------------ control loops
 
     async def _watch_loop(self, res: Any) -> None:
