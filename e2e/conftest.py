@@ -71,6 +71,14 @@ def start_load(url: str, users: int, seconds: float) -> asyncio.Task[list[Reques
     )
 
 
+async def deploy(cluster: LocalCluster, manifest: dict[str, Any], *, ready: int = 1) -> str:
+    """Apply ``manifest``, wait for ``ready`` pods; the chat URL of its Service."""
+    name = str(manifest["metadata"]["name"])
+    await cluster.apply(manifest)
+    await cluster.wait_ready(name, ready, deadline_s=30)
+    return f"{(await cluster.service(name)).url}/v1/chat/completions"
+
+
 async def wait_condition(
     cluster: LocalCluster, name: str, type_: str, status: str, *, deadline_s: float
 ) -> None:

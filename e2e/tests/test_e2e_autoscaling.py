@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from e2e.conftest import deploy
 from e2e.conftest import start_load as load
 from e2e.localcluster import LocalCluster, Snapshot
 
@@ -21,9 +22,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 async def test_scales_up_under_load_then_down_without_failing_a_request(
     cluster: LocalCluster, service_manifest: Callable[..., dict[str, Any]]
 ) -> None:
-    await cluster.apply(service_manifest())
-    await cluster.wait_ready("vlm", 1, deadline_s=30)
-    url = f"{(await cluster.service('vlm')).url}/v1/chat/completions"
+    url = await deploy(cluster, service_manifest())
 
     # 12 users: 12 in flight and queued on one pod; 3 pods at 4 each is the answer.
     heavy = load(url, 12, 25.0)

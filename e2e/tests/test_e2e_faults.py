@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from e2e.conftest import deploy, wait_condition
 from e2e.conftest import start_load as load
-from e2e.conftest import wait_condition
 from e2e.localcluster import LocalCluster, Snapshot
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -45,9 +45,7 @@ async def hold_for(cluster: LocalCluster, seconds: float, replicas: int, what: s
 async def test_prometheus_outage_holds_replicas_then_recovers(
     cluster: LocalCluster, service_manifest: Callable[..., dict[str, Any]]
 ) -> None:
-    await cluster.apply(service_manifest())
-    await cluster.wait_ready("vlm", 1, deadline_s=30)
-    url = f"{(await cluster.service('vlm')).url}/v1/chat/completions"
+    url = await deploy(cluster, service_manifest())
     busy = load(url, 8, 15.0)
     await steady_at(cluster, 2, deadline_s=15)
     await busy  # the load is gone: with signals, the operator would now scale down
@@ -72,9 +70,7 @@ async def test_prometheus_outage_holds_replicas_then_recovers(
 async def test_operator_restart_does_not_flap(
     cluster: LocalCluster, service_manifest: Callable[..., dict[str, Any]]
 ) -> None:
-    await cluster.apply(service_manifest())
-    await cluster.wait_ready("vlm", 1, deadline_s=30)
-    url = f"{(await cluster.service('vlm')).url}/v1/chat/completions"
+    url = await deploy(cluster, service_manifest())
     busy = load(url, 8, 22.0)
     await steady_at(cluster, 2, deadline_s=15)
 
@@ -95,10 +91,9 @@ async def test_operator_restart_does_not_flap(
 async def test_killed_pod_is_replaced_losing_only_its_own_requests(
     cluster: LocalCluster, service_manifest: Callable[..., dict[str, Any]]
 ) -> None:
-    await cluster.apply(service_manifest(autoscaling={"minReplicas": 2}))
-    await cluster.wait_ready("vlm", 2, deadline_s=30)
+    url = await deploy(cluster, service_manifest(autoscaling={"minReplicas": 2}), ready=2)
     service = await cluster.service("vlm")
-    busy = load(f"{service.url}/v1/chat/completions", 6, 12.0)
+    busy = load(url, 6, 12.0)
 
     async def both_busy() -> Snapshot | None:
         snap = await cluster.snapshot("vlm")
