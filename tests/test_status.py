@@ -202,3 +202,15 @@ def test_pod_counts_from_the_indices() -> None:
     late = pod_counts(deployment, entries, now=T0 + 601, pending_timeout_seconds=600)
     assert late == PodCounts(current=3, ready=1, starting=2, stuck=1)
     assert pod_index_entry({"metadata": {"name": "x", "labels": {}}}) == {}
+
+
+def test_late_loops_still_share_their_ticks_queries() -> None:
+    from vlm_operator.reconcile import signal_max_age
+
+    tick = 1_800_000_000.0  # a multiple of 5
+    assert signal_max_age(tick + 0.01, 5.0) == 2.5  # on time: half a period
+    assert signal_max_age(tick + 3.0, 5.0) == 3.5  # 3 s late: still this tick's answers
+    assert signal_max_age(tick - 0.001, 5.0) == 2.5  # a hair early: this tick, not the last
+    # Never as old as the previous tick's answers (fetched just after tick - 5).
+    for late in (0.0, 1.0, 2.0, 4.0, 4.9):
+        assert signal_max_age(tick + late, 5.0) < late + 5.0 - 0.5

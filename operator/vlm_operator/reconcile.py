@@ -252,6 +252,20 @@ def until_next_tick(now: float, period: float) -> float:
     return period - (now % period)
 
 
+def signal_max_age(now: float, period: float) -> float:
+    """How old a cached answer may be for the cycle of the tick ``now`` belongs to.
+
+    Half a period, or as late as this loop woke after its tick (plus a margin):
+    when a thousand loops wake on the same tick, the last ones can start seconds
+    late behind the others' work, and must still share the tick's one batch of
+    queries instead of sending their own.
+    """
+    phase = now % period
+    if phase > period - 0.05:  # woke a hair before the tick: it is this tick
+        phase -= period
+    return max(period / 2, phase + 0.5)
+
+
 async def autoscale_forever(
     context: OperatorContext,
     body: kopf.Body,
@@ -327,7 +341,7 @@ async def autoscale_once(
         # Our own scale is not in the watch yet: do not decide it again.
         counts = replace(counts, current=memory.scaled_to)
 
-    max_age = auto.sync_period_seconds / 2
+    max_age = signal_max_age(now, auto.sync_period_seconds)
     signals = await context.signals.read(namespace, name, spec, max_age=max_age)
     unscraped = None
     if signals.error is None:
