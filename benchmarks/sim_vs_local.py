@@ -178,14 +178,14 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-def _scaled_bucket_gates(time_scale: float) -> dict[str, Any]:
+def _scaled_bucket_gates(time_scale: float, folder: Path) -> dict[str, Any]:
     """LocalCluster options running every gate with its histogram buckets ÷ ``time_scale``.
 
     An experiment, not a feature: the gate's buckets are fixed in real seconds (the signals
     contract), so a compressed run quantises the P95 signal ``time_scale`` times coarser than
     a real one. This shows what the local cluster would measure if they were scaled.
     """
-    launcher = Path(tempfile.mkdtemp(prefix="vlm-buckets-")) / "gate_scaled_buckets.py"
+    launcher = folder / "gate_scaled_buckets.py"
     launcher.write_text(_SCALED_BUCKETS_LAUNCHER)
 
     def wrap(container: str, argv: list[str]) -> list[str]:
@@ -222,11 +222,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {note}")
 
     out = sys.stdout if args.verbose else io.StringIO()
-    options: dict[str, Any] = {}
-    if args.scaled_buckets:
-        print("experiment: the gates' latency buckets divided by the time scale")
-        options = _scaled_bucket_gates(k)
-    result = asyncio.run(run_demo(time_scale=k, trace=trace, out=out, cluster_options=options))
+    with tempfile.TemporaryDirectory(prefix="vlm-sim-vs-local-") as folder:
+        options: dict[str, Any] = {}
+        if args.scaled_buckets:
+            print("experiment: the gates' latency buckets divided by the time scale")
+            options = _scaled_bucket_gates(k, Path(folder))
+        result = asyncio.run(run_demo(time_scale=k, trace=trace, out=out, cluster_options=options))
     local = local_side(result)
     nominal = spec.model.fake.startup_seconds
     measured = statistics.median(result.startup_seconds) if result.startup_seconds else nominal
