@@ -141,13 +141,14 @@ def _diff(a: float | None, b: float | None) -> str:
 def table(trace: Trace, sides: list[Side]) -> str:
     """P95 (with the difference to the local run), errors and pods asked for, per phase."""
     local = sides[0]
+    w = max(9, *(len(p.name) for p in trace.phases))
     names = ["local"] + [f"sim {chr(ord('A') + i)}" for i in range(len(sides) - 1)]
     p95_cols = "".join(f" {n:>7}" if i == 0 else f" {n:>12}" for i, n in enumerate(names))
     other_cols = "".join(f" {n:>7}" for n in names)
     lines = [
-        f"{'':<9} |{'P95 (s, real time)':^{len(p95_cols)}}|{'errors':^{len(other_cols)}}"
+        f"{'':<{w}} |{'P95 (s, real time)':^{len(p95_cols)}}|{'errors':^{len(other_cols)}}"
         f"|{'pods asked for (mean)':^{len(other_cols)}}|{'P95 signal (mean)':^{len(other_cols)}}",
-        f"{'phase':<9} |{p95_cols}|{other_cols}|{other_cols}|{other_cols}",
+        f"{'phase':<{w}} |{p95_cols}|{other_cols}|{other_cols}|{other_cols}",
     ]
     lines.append("-" * len(lines[1]))
     for i, phase in enumerate(trace.phases):
@@ -157,7 +158,7 @@ def table(trace: Trace, sides: list[Side]) -> str:
         errors = "".join(f" {s.errors[i]:>7.1%}" for s in sides)
         pods = "".join(f" {_fmt(s.desired[i], '7.2f')}" for s in sides)
         seen = "".join(f" {_fmt(s.signal[i], '7.1f')}" for s in sides)
-        lines.append(f"{phase.name:<9} |{p95_cells}|{errors}|{pods}|{seen}")
+        lines.append(f"{phase.name:<{w}} |{p95_cells}|{errors}|{pods}|{seen}")
     totals = "  ".join(
         f"{n} {s.replica_seconds:.0f}"
         + ("" if s is local else f" ({_diff(s.replica_seconds, local.replica_seconds)})")

@@ -55,7 +55,8 @@ class Sample:
     """What the demo saw at one instant (``at``: time.monotonic())."""
 
     at: float
-    users: int
+    users: int  # closed-loop traces
+    rate: float | None  # open traces: offered requests per second, real time
     snapshot: Snapshot
     p95_s: float | None  # the operator's view (status.signals.p95Seconds), compressed seconds
     error_rate: float | None  # the gates' error rate as the operator sees it
@@ -127,8 +128,9 @@ def live_line(sample: Sample, t0: float, k: float) -> str:
     clock = (sample.at - t0) * k
     per_pod = " ".join(_fmt(p.running, ".0f", "?") for p in snap.pods) or "-"
     p95 = None if sample.p95_s is None else sample.p95_s * k
+    load = f"users {sample.users:>2}" if sample.rate is None else f"rate {sample.rate:5.2f}/s"
     return (
-        f"{int(clock // 60):02d}:{int(clock % 60):02d}  users {sample.users:>2}  "
+        f"{int(clock // 60):02d}:{int(clock % 60):02d}  {load}  "
         f"replicas {snap.ready}/{_fmt(snap.desired, 'd', '?')}  in-flight/pod [{per_pod}]  "
         f"queue {snap.waiting:.0f}  P95 {_fmt(p95, '.1f')} s  "
         f"errors {_fmt(sample.error_rate, '.1%')}"
@@ -136,8 +138,9 @@ def live_line(sample: Sample, t0: float, k: float) -> str:
 
 
 def final_table(result: DemoResult) -> str:
+    w = max(9, *(len(p.name) for p in result.run.trace.phases))
     header = (
-        f"{'phase':<9} {'pods':>5} {'max':>4} {'P95 s':>6} {'errors':>7} {'req/s':>6}  |"
+        f"{'phase':<{w}} {'pods':>5} {'max':>4} {'P95 s':>6} {'errors':>7} {'req/s':>6}  |"
         f"  single pod: {'P95 s':>6} {'errors':>7} {'req/s':>6}"
     )
     lines = [header, "-" * len(header)]
@@ -146,7 +149,7 @@ def final_table(result: DemoResult) -> str:
         pods = result.replica_seconds(phase) / phase.duration_s if samples else 0.0
         peak = max((s.snapshot.ready for s in samples), default=0)
         line = (
-            f"{phase.name:<9} {pods:>5.1f} {peak:>4d} {_fmt(r.p95_s, '6.1f'):>6} "
+            f"{phase.name:<{w}} {pods:>5.1f} {peak:>4d} {_fmt(r.p95_s, '6.1f'):>6} "
             f"{r.error_rate:>7.1%} {r.throughput:>6.2f}  |"
         )
         reference = MEASURED_SINGLE_POD.get(r.users or -1)
@@ -270,6 +273,7 @@ async def run_demo(
                 sample = Sample(
                     at=snap.at,
                     users=trace.users_at(elapsed) if trace.kind == "closed" else 0,
+                    rate=trace.rate_at(elapsed) if trace.kind == "open" else None,
                     snapshot=snap,
                     p95_s=signals.get("p95Seconds"),
                     error_rate=signals.get("errorRate"),
