@@ -25,6 +25,7 @@ async def _up(args: argparse.Namespace) -> int:
         namespace=args.namespace,
         workdir=Path(args.workdir) if args.workdir else None,
         operator=not args.no_operator,
+        service_strategy=args.strategy,
     ) as cluster:
         names = []
         for manifest in args.manifest:
@@ -68,6 +69,12 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--namespace", default="default")
     up.add_argument("--workdir", help="keep logs, kubeconfig and Prometheus data here")
     up.add_argument("--no-operator", action="store_true", help="do not start the operator")
+    up.add_argument(
+        "--strategy",
+        choices=("round-robin", "least-in-flight"),
+        default="round-robin",
+        help="how the Services spread requests over ready pods",
+    )
     up.add_argument("--interval", type=float, default=5.0, help="seconds between status lines")
     up.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds")
     args = parser.parse_args(argv)
