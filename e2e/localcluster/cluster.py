@@ -303,10 +303,7 @@ class LocalCluster:
         argv = procs.vlm_operator_argv(["vlm-operator", "run"])
         argv += ["--kubeconfig", str(self.kubeconfig), "--prometheus-url", self.prometheus_url]
         argv += ["--namespace", self.namespace, *self.operator_args]
-        # KUBECONFIG as well as --kubeconfig: kopf's login goes through the kubernetes client,
-        # which reads the variable when it is first imported.
-        env = {"KUBECONFIG": str(self.kubeconfig)}
-        self._operator = await procs.spawn(argv, env=env, log_path=self.logs / "operator.log")
+        self._operator = await procs.spawn(argv, log_path=self.logs / "operator.log")
 
     async def stop_operator(self, *, kill: bool = False) -> None:
         """Stop the operator: SIGTERM (kopf's graceful exit) or, with ``kill``, SIGKILL."""
