@@ -303,7 +303,10 @@ class LocalCluster:
         argv = procs.vlm_operator_argv(["vlm-operator", "run"])
         argv += ["--kubeconfig", str(self.kubeconfig), "--prometheus-url", self.prometheus_url]
         argv += ["--namespace", self.namespace, *self.operator_args]
-        self._operator = await procs.spawn(argv, log_path=self.logs / "operator.log")
+        # KUBECONFIG too, so that nothing in the operator can reach a cluster named by the
+        # caller's environment: the local cluster talks to 127.0.0.1 only.
+        env = {"KUBECONFIG": str(self.kubeconfig)}
+        self._operator = await procs.spawn(argv, env=env, log_path=self.logs / "operator.log")
 
     async def stop_operator(self, *, kill: bool = False) -> None:
         """Stop the operator: SIGTERM (kopf's graceful exit) or, with ``kill``, SIGKILL."""
