@@ -13,7 +13,7 @@ from threading import Lock, Thread
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import start_http_server
-from vlm_operator.gate import DURATION_BUCKETS
+from vlm_operator.contract import DURATION_BUCKETS
 from vlm_operator.gate._metrics import GateMetrics
 
 __all__ = ["DURATION_BUCKETS", "Exporter"]

@@ -21,7 +21,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
-from vlm_operator.gate import DURATION_BUCKETS, GateConfig, create_app, make_runner
+from vlm_operator.contract import DURATION_BUCKETS
+from vlm_operator.gate import GateConfig, create_app, make_runner
 
 DEADLINE_S = 10.0
 

@@ -10,7 +10,7 @@ import pytest
 from vlm_operator.baselines import Ours, Static, make_autoscaler
 from vlm_operator.latency import LatencyModel
 from vlm_operator.simulator import SimConfig, run_policy, simulate, spec_for, summarize
-from vlm_operator.simulator.engine import DURATION_BUCKETS, OK, SimResult, _bucket_quantile
+from vlm_operator.simulator.engine import OK, SimResult, _bucket_quantile
 from vlm_operator.simulator.report import oracle_replica_seconds
 from vlm_operator.traces import Trace, parse_trace
 
@@ -159,12 +159,6 @@ def test_the_p95_signal_is_what_prometheus_makes_of_the_gate_buckets() -> None:
     assert _bucket_quantile(sorted([5.5] * 18 + [13.0, 13.0]), 0.95) == pytest.approx(13.0)
     assert _bucket_quantile([0.2] * 10, 0.95) == pytest.approx(0.475)  # from 0
     assert _bucket_quantile([400.0] * 3, 0.95) == 300.0  # +Inf: the highest bound
-
-
-def test_the_simulated_buckets_are_the_gates() -> None:
-    from vlm_operator.gate import DURATION_BUCKETS as GATE_BUCKETS
-
-    assert tuple(map(float, DURATION_BUCKETS)) == tuple(map(float, GATE_BUCKETS))
 
 
 @pytest.mark.parametrize(("from_buckets", "expected"), [(True, 6.95), (False, 6.2)])

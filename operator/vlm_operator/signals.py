@@ -51,6 +51,7 @@ from typing import Any
 
 import httpx
 
+from vlm_operator import contract
 from vlm_operator.models import VLMServiceSpec
 from vlm_operator.operator_metrics import OperatorMetrics
 from vlm_operator.policy import Signals
@@ -63,26 +64,26 @@ ServiceValues = dict[tuple[str, str], float | None]
 
 _BY = "namespace, vlmservice"
 _DEFAULT_QUERIES: dict[str, str] = {
-    "running": f"sum by ({_BY}) (vlm_requests_running)",
-    "waiting": f"sum by ({_BY}) (vlm_requests_waiting)",
+    "running": f"sum by ({_BY}) ({contract.RUNNING})",
+    "waiting": f"sum by ({_BY}) ({contract.WAITING})",
     "p95": (
-        f"histogram_quantile(0.95, sum by ({_BY}, le) "
-        "(rate(vlm_request_duration_seconds_bucket[$window])))"
+        f"histogram_quantile(0.95, sum by ({_BY}, le) (rate({contract.DURATION}_bucket[$window])))"
     ),
-    "arrival_rate": f"sum by ({_BY}) (rate(vlm_requests_total[$window]))",
+    "arrival_rate": f"sum by ({_BY}) (rate({contract.REQUESTS}_total[$window]))",
     # 5xx and 429 (queue full) over everything answered. The ``or ... * 0``
     # turns "no failed request" into 0 instead of an empty result, while no
     # traffic at all stays 0/0 = NaN = no signal.
     "error_rate": (
-        f'(sum by ({_BY}) (rate(vlm_requests_total{{code=~"5..|429"}}[$window])) '
-        f"or sum by ({_BY}) (rate(vlm_requests_total[$window])) * 0) "
-        f"/ sum by ({_BY}) (rate(vlm_requests_total[$window]))"
+        f"(sum by ({_BY}) "
+        f'(rate({contract.REQUESTS}_total{{{contract.CODE_LABEL}=~"5..|429"}}[$window])) '
+        f"or sum by ({_BY}) (rate({contract.REQUESTS}_total[$window])) * 0) "
+        f"/ sum by ({_BY}) (rate({contract.REQUESTS}_total[$window]))"
     ),
 }
 #: Targets whose last scrape failed, per service (empty when all are up).
 UNSCRAPED_QUERY = f"count by ({_BY}) (up == 0)"
 #: Requests in flight or queued, per pod: the cheapest pods to remove.
-POD_LOAD_QUERY = "sum by (namespace, vlmservice, pod) (vlm_requests_running + vlm_requests_waiting)"
+POD_LOAD_QUERY = f"sum by (namespace, vlmservice, pod) ({contract.RUNNING} + {contract.WAITING})"
 
 DEFAULT_TIMEOUT = httpx.Timeout(5.0, connect=2.0)
 

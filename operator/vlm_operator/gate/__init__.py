@@ -13,7 +13,7 @@ Public API::
     exit_code = await serve(config)   # run until SIGTERM, drain, return 0
 """
 
-from vlm_operator.gate._metrics import DURATION_BUCKETS, REJECTION_REASONS
+from vlm_operator.contract import DURATION_BUCKETS, REJECTION_REASONS
 from vlm_operator.gate._server import GateConfig, create_app, drain, make_runner, serve
 
 __all__ = [

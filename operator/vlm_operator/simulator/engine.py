@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from vlm_operator.baselines import Autoscaler, Observation
+from vlm_operator.contract import DURATION_BUCKETS
 from vlm_operator.latency import LatencyModel, ProcessorSharing
 from vlm_operator.models import VLMServiceSpec
 from vlm_operator.traces import Trace
@@ -634,14 +635,6 @@ def arrival_times(trace: Trace, rng: random.Random) -> Iterator[float]:
                 break
             if not ramp or rng.random() * peak <= phase.rate_at(t):
                 yield t
-
-
-#: The gate's ``vlm_request_duration_seconds`` buckets (the signals contract in
-#: DESIGN.md; the gate's own constant lives with prometheus_client, which this
-#: pure module does not import, and a test keeps the two equal).
-DURATION_BUCKETS: tuple[float, ...] = (
-    0.5, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 18, 20, 25, 30, 40, 60, 90, 120, 300,
-)  # fmt: skip
 
 
 def _bucket_quantile(

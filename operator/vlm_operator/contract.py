@@ -1,0 +1,58 @@
+"""The signals contract between the gate and the operator, as plain names.
+
+The gate exports these series; the operator's queries, the simulator and the
+test exporters read them. They live here, in a module that imports nothing,
+so that pure modules (the simulator) can share them with the gate (which
+needs prometheus_client) and no copy can drift. DESIGN.md describes the
+contract; this module is its single source in code.
+"""
+
+from __future__ import annotations
+
+#: Gauges: requests holding a slot now, and requests queued in the gate now.
+RUNNING = "vlm_requests_running"
+WAITING = "vlm_requests_waiting"
+#: Histograms (seconds): arrival to last byte delivered, and time queued.
+DURATION = "vlm_request_duration_seconds"
+QUEUE_TIME = "vlm_request_queue_seconds"
+#: Counters (exported with a ``_total`` suffix): finished requests by ``code``,
+#: refusals by ``reason``, and answers from the response cache.
+REQUESTS = "vlm_requests"
+REJECTED = "vlm_requests_rejected"
+CACHE_HITS = "vlm_cache_hits"
+#: Configuration gauges.
+MAX_IN_FLIGHT = "vlm_gate_max_in_flight"
+QUEUE_CAPACITY = "vlm_gate_queue_capacity"
+
+#: Label of :data:`REQUESTS`: the HTTP status as a string.
+CODE_LABEL = "code"
+#: Label of :data:`REJECTED`.
+REASON_LABEL = "reason"
+
+#: Why the gate answered a request itself instead of passing it on.
+REJECTION_REASONS: tuple[str, ...] = (
+    "queue_full",
+    "deadline",
+    "draining",
+    "too_large",
+    "not_ready",
+)
+
+#: Buckets of :data:`DURATION` and :data:`QUEUE_TIME`, in seconds. Dense around
+#: the multi-second range and the decision thresholds; the default client_python
+#: buckets stop at 10 s and would put most model traffic in +Inf.
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.5, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 14, 16, 18, 20, 25, 30, 40, 60, 90, 120, 300,
+)  # fmt: skip
+
+
+def scaled_buckets(scale: float) -> tuple[float, ...]:
+    """The duration buckets divided by ``scale``, for a model whose time runs ``scale`` x faster.
+
+    A time-compressed test run observes compressed durations; dividing the
+    bounds keeps every observation in the bucket its uncompressed duration
+    would land in, so ``histogram_quantile`` × ``scale`` reads the true P95.
+    """
+    if not scale > 0:
+        raise ValueError(f"bucket scale must be positive, got {scale}")
+    return DURATION_BUCKETS if scale == 1 else tuple(b / scale for b in DURATION_BUCKETS)
