@@ -29,7 +29,6 @@ import json
 import math
 import statistics
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -169,34 +168,6 @@ def table(trace: Trace, sides: list[Side]) -> str:
     return "\n".join(lines)
 
 
-_SCALED_BUCKETS_LAUNCHER = """\
-import os, sys
-import vlm_operator.gate._metrics as metrics
-scale = float(os.environ["VLM_EXPERIMENT_BUCKET_SCALE"])
-metrics.DURATION_BUCKETS = tuple(b / scale for b in metrics.DURATION_BUCKETS)
-from vlm_operator.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
-
-
-def _scaled_bucket_gates(time_scale: float, folder: Path) -> dict[str, Any]:
-    """LocalCluster options running every gate with its histogram buckets ÷ ``time_scale``.
-
-    An experiment, not a feature: the gate's buckets are fixed in real seconds (the signals
-    contract), so a compressed run quantises the P95 signal ``time_scale`` times coarser than
-    a real one. This shows what the local cluster would measure if they were scaled.
-    """
-    launcher = folder / "gate_scaled_buckets.py"
-    launcher.write_text(_SCALED_BUCKETS_LAUNCHER)
-
-    def wrap(container: str, argv: list[str]) -> list[str]:
-        if container == "gate" and argv[1:3] == ["-m", "vlm_operator"]:
-            return [argv[0], str(launcher), *argv[3:]]
-        return argv
-
-    return {"wrap_argv": wrap, "extra_env": {"VLM_EXPERIMENT_BUCKET_SCALE": str(time_scale)}}
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--time-scale", type=float, help="compression of the local run (5)")
@@ -206,9 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the figures here")
     parser.add_argument("--verbose", action="store_true", help="print the local run's lines")
     parser.add_argument(
-        "--scaled-buckets",
+        "--unscaled-buckets",
         action="store_true",
-        help="experiment: run the gates with their latency buckets divided by the time scale",
+        help="run the gates with latency buckets in real seconds (VLM_GATE_BUCKET_SCALE=1) "
+        "instead of divided by the time scale: shows how coarse the P95 signal gets",
     )
     args = parser.parse_args(argv)
     k = args.time_scale or (10.0 if args.quick else 5.0)
@@ -223,12 +195,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {note}")
 
     out = sys.stdout if args.verbose else io.StringIO()
-    with tempfile.TemporaryDirectory(prefix="vlm-sim-vs-local-") as folder:
-        options: dict[str, Any] = {}
-        if args.scaled_buckets:
-            print("experiment: the gates' latency buckets divided by the time scale")
-            options = _scaled_bucket_gates(k, Path(folder))
-        result = asyncio.run(run_demo(time_scale=k, trace=trace, out=out, cluster_options=options))
+    options: dict[str, Any] = {}
+    if args.unscaled_buckets:
+        # The rendered pods set VLM_GATE_BUCKET_SCALE to the fake model's time scale;
+        # the runner's extra environment overrides it.
+        print("the gates' latency buckets in real seconds, not divided by the time scale")
+        options = {"extra_env": {"VLM_GATE_BUCKET_SCALE": "1"}}
+    result = asyncio.run(run_demo(time_scale=k, trace=trace, out=out, cluster_options=options))
     local = local_side(result)
     nominal = spec.model.fake.startup_seconds
     measured = statistics.median(result.startup_seconds) if result.startup_seconds else nominal

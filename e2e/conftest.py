@@ -37,11 +37,6 @@ E2E_SERVICE: dict[str, Any] = {
         "autoscaling": {
             "minReplicas": 1,
             "maxReplicas": 6,
-            # The gate's latency histogram has real-time buckets (1, 2, 3 ... s); at 10x a
-            # request of 0.6-1.2 s lands in the 1-2 s bucket and the P95 signal reads up to
-            # 1.9 s (19 s real). Above that: a target the quantised signal cannot cross by
-            # itself, so the scenarios exercise the demand path of the policy.
-            "p95LatencyTargetSeconds": 20,
             # Exact arithmetic for the scenarios: 8 users are 2 full pods, 12 are 3.
             "targetUtilization": 1.0,
             "scaleDown": {"stabilizationWindowSeconds": 40},

@@ -482,6 +482,38 @@ async def test_metrics_follow_the_signals_contract(backend: Backend) -> None:
         assert m[("vlm_cache_hits_total", ())] == 0
 
 
+async def test_bucket_scale_divides_both_latency_histograms(backend: Backend) -> None:
+    # A model whose time runs 10x faster: 0.25 s compressed stands for 2.5 s real, so it
+    # must land in the (2, 3] bucket of real time, i.e. (0.2, 0.3] here.
+    async with running_gate(backend, bucket_scale=10) as gate:
+        status, _, _ = await gate.request("POST", "/sleep?s=0.25", data=b"{}")
+        assert status == 200
+        m = await gate.metrics()
+        for histogram in ("vlm_request_duration_seconds", "vlm_request_queue_seconds"):
+            bounds = sorted(
+                float(dict(labels)["le"]) for name, labels in m if name == f"{histogram}_bucket"
+            )
+            assert bounds == pytest.approx([*(b / 10 for b in DURATION_BUCKETS), float("inf")])
+        duration = "vlm_request_duration_seconds_bucket"
+        assert m[(duration, (("le", "0.2"),))] == 0
+        assert m[(duration, (("le", "0.3"),))] == 1
+        assert m[("vlm_request_queue_seconds_bucket", (("le", "0.05"),))] == 1
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "inf", "fast"])
+def test_bad_bucket_scale_names_the_variable(
+    value: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vlm_operator.cli import main
+
+    monkeypatch.setenv("VLM_GATE_UPSTREAM", "http://127.0.0.1:8080")
+    monkeypatch.setenv("VLM_GATE_BUCKET_SCALE", value)
+    with pytest.raises(SystemExit) as exited:
+        main(["gate"])
+    assert exited.value.code == 2
+    assert "VLM_GATE_BUCKET_SCALE" in capsys.readouterr().err
+
+
 async def test_model_not_ready_answers_503_and_readyz_follows_health(backend: Backend) -> None:
     async with running_gate(backend) as gate:
         backend.healthy = False

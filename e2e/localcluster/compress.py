@@ -11,7 +11,10 @@ reports as notes rather than hiding.
 Real time → compressed time, for the defaults and K = 5: request 6.2 s → 1.24 s, start-up
 60 s → 12 s, sync 5 s → 1 s, rate window 30 s → 6 s, scale-down stabilization 120 s → 24 s,
 burst window 10 s → 2 s, stale signals 60 s → 12 s, queue timeout 20 s → 4 s, P95 target 12 s →
-2.4 s, client timeout 30 s → 6 s. Prometheus scrapes every 1 s / K (200 ms at K = 5).
+2.4 s, client timeout 30 s → 6 s. Prometheus scrapes every 1 s / K (200 ms at K = 5). The gates'
+latency buckets follow from ``model.fake.timeScale`` too: the rendered gate gets
+``VLM_GATE_BUCKET_SCALE`` = K, so the P95 signal (in compressed seconds) is read from buckets as
+fine as in real time and compares directly with the compressed P95 target.
 """
 
 from __future__ import annotations

@@ -53,6 +53,6 @@ def scaled_buckets(scale: float) -> tuple[float, ...]:
     bounds keeps every observation in the bucket its uncompressed duration
     would land in, so ``histogram_quantile`` × ``scale`` reads the true P95.
     """
-    if not scale > 0:
-        raise ValueError(f"bucket scale must be positive, got {scale}")
+    if not 0 < scale < float("inf"):
+        raise ValueError(f"bucket scale must be a positive number, got {scale}")
     return DURATION_BUCKETS if scale == 1 else tuple(b / scale for b in DURATION_BUCKETS)

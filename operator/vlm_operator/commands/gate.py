@@ -47,6 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "response cache entries for deterministic requests (0: off)")  # fmt: skip
     add(parser, _PREFIX, "--cache-ttl", positive_float, d.cache_ttl,
         "seconds a cached response stays valid")  # fmt: skip
+    add(parser, _PREFIX, "--bucket-scale", positive_float, d.bucket_scale,
+        "latency buckets ÷ this (time-compressed test models only)")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
             drain_timeout=args.drain_timeout,
             cache_size=args.cache_size,
             cache_ttl=args.cache_ttl,
+            bucket_scale=args.bucket_scale,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None

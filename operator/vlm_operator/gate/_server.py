@@ -52,6 +52,7 @@ class GateConfig:
     drain_timeout: float = 30.0
     cache_size: int = 0  # 0: no response cache
     cache_ttl: float = 60.0
+    bucket_scale: float = 1.0  # latency buckets ÷ this: for time-compressed test models only
     health_interval: float = 1.0
     health_timeout: float = 2.0
 
@@ -66,9 +67,12 @@ class GateConfig:
         for name in ("queue_size", "cache_size"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("queue_timeout", "cache_ttl", "health_interval", "health_timeout"):
+        for name in ("queue_timeout", "cache_ttl", "bucket_scale", "health_interval",
+                     "health_timeout"):  # fmt: skip
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.bucket_scale == float("inf"):
+            raise ValueError("bucket_scale must be finite, got inf")
         if not self.drain_timeout >= 0:
             raise ValueError(f"drain_timeout must be >= 0, got {self.drain_timeout}")
 
@@ -118,6 +122,7 @@ def create_app(config: GateConfig) -> web.Application:
         queue_capacity=config.queue_size,
         running=lambda: admission.running,
         waiting=lambda: admission.waiting,
+        bucket_scale=config.bucket_scale,
     )
     cache = ResponseCache(config.cache_size, config.cache_ttl) if config.cache_size else None
     proxy = Proxy(
