@@ -1,6 +1,7 @@
 # Two commands do all the set-up: `make demo` and `make test`.
-# The virtualenv is created on first use; Debian's Prometheus (and nginx, for
-# the gate benchmark) are installed when missing.
+# The virtualenv is created on first use; Debian's Prometheus, nginx (the gate
+# benchmark's reference proxy) and chromium (the upload page's browser test)
+# are installed when missing.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -43,8 +44,8 @@ system-deps:
 	fi
 
 lint: venv
-	$(BIN)/ruff check operator tests e2e
-	$(BIN)/ruff format --check operator tests e2e
+	$(BIN)/ruff check operator tests e2e benchmarks
+	$(BIN)/ruff format --check operator tests e2e benchmarks
 
 typecheck: venv
 	$(BIN)/mypy --strict
