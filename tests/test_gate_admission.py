@@ -155,3 +155,37 @@ def test_cache_is_a_bounded_lru_with_ttl_that_keeps_only_200() -> None:
     now[0] = 10.0
     assert cache.get("a") is None
     assert len(cache) == 1
+
+
+async def test_the_fast_path_takes_only_a_free_slot_nobody_waits_for() -> None:
+    admission = Admission(max_in_flight=1, queue_size=4, queue_timeout=5)
+    assert admission.try_acquire()
+    assert admission.running == 1
+    assert not await admission.wait_idle(0.01)  # a slot is held: not idle
+    assert not admission.try_acquire()  # the limit holds on the fast path too
+    waiter = asyncio.create_task(admission.acquire())
+    await _until(lambda: admission.waiting == 1)
+    admission.release(0.1)  # handed to the waiter, not freed
+    await waiter
+    assert admission.running == 1
+    admission.release(0.1)
+    assert admission.running == 0
+    assert await admission.wait_idle(0.01)
+    admission.draining = True
+    assert not admission.try_acquire()  # draining: refused, and acquire() says why
+    with pytest.raises(Rejected) as refused:
+        await admission.acquire()
+    assert refused.value.reason == "draining"
+
+
+async def test_the_fast_path_never_overtakes_a_queued_request() -> None:
+    admission = Admission(max_in_flight=2, queue_size=4, queue_timeout=5)
+    assert admission.try_acquire()
+    assert admission.try_acquire()
+    waiter = asyncio.create_task(admission.acquire())
+    await _until(lambda: admission.waiting == 1)
+    admission.release(0.1)
+    # The freed slot belongs to the waiter even before it runs again.
+    assert not admission.try_acquire()
+    await waiter
+    assert admission.running == 2

@@ -644,3 +644,22 @@ async def test_drain_timeout_bounds_the_exit(backend: Backend) -> None:
         assert await asyncio.wait_for(process.wait(), DEADLINE_S) == 0
         with pytest.raises(aiohttp.ClientError):
             await stuck
+
+
+def test_the_gate_runs_on_uvloop_only_when_it_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+
+    from vlm_operator.commands import gate as gate_command
+
+    real_import = importlib.import_module
+
+    def without_uvloop(name: str, package: str | None = None) -> Any:
+        if name == "uvloop":
+            raise ImportError("No module named 'uvloop'")
+        return real_import(name, package)
+
+    monkeypatch.setattr(gate_command.importlib, "import_module", without_uvloop)
+    assert gate_command._loop_factory() is None  # asyncio's own loop
+    monkeypatch.undo()
+    uvloop = pytest.importorskip("uvloop")
+    assert gate_command._loop_factory() is uvloop.new_event_loop

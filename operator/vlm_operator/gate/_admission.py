@@ -69,6 +69,19 @@ class Admission:
         service = self._service_ewma or 0.0
         return max(1, math.ceil(service * position / self.max_in_flight))
 
+    def try_acquire(self) -> bool:
+        """Take a free slot at once if one is free and nobody waits; False otherwise.
+
+        The common case costs no coroutine, future or timer; :meth:`acquire`
+        handles everything else (refusals, the queue).
+        """
+        if self._running < self.max_in_flight and not self._queue and not self.draining:
+            self._running += 1
+            if self._running == 1:
+                self._idle.clear()
+            return True
+        return False
+
     async def acquire(self) -> None:
         """Take a slot, waiting in the queue if needed.
 
@@ -78,9 +91,7 @@ class Admission:
         if self.draining:
             raise Rejected("draining", "the gate is draining; retry on another replica",
                            retry_after=1)  # fmt: skip
-        if self._running < self.max_in_flight and not self._queue:
-            self._running += 1
-            self._idle.clear()
+        if self.try_acquire():
             return
         if len(self._queue) >= self.queue_size:
             raise Rejected(

@@ -47,6 +47,9 @@ _HOP_BY_HOP = frozenset(
     }
 )
 
+#: Upstream URLs kept for reuse: clients use a few targets, no need to parse each anew.
+_URL_CACHE_SIZE = 256
+
 #: Responses up to this size are read whole and written once (fewer syscalls).
 _WHOLE_BODY_BYTES = 256 * 1024
 
@@ -91,10 +94,11 @@ def error_response(reason: str, message: str, *, retry_after: int | None = None)
 
 
 def _forward_headers(headers: Mapping[str, str]) -> CIMultiDict[str]:
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in headers.items():
-        if name.lower() not in _HOP_BY_HOP:
-            out.add(name, value)
+    # One copy in C, then a case-insensitive lookup per hop-by-hop name (usually absent).
+    out: CIMultiDict[str] = CIMultiDict(headers)
+    for name in _HOP_BY_HOP:
+        if name in out:
+            del out[name]
     return out
 
 
@@ -130,6 +134,17 @@ class Proxy:
         self.ready = False
         self.last_answer = -math.inf  # loop time of the model's last answer below 500
         self.session: aiohttp.ClientSession | None = None
+        self._urls: dict[str, URL] = {}
+
+    def _upstream_url(self, target: str) -> URL:
+        """The model's URL for a request target; the few targets clients use are kept."""
+        url = self._urls.get(target)
+        if url is None:
+            if len(self._urls) >= _URL_CACHE_SIZE:
+                self._urls.clear()  # bounded: arbitrary query strings must not grow it
+            # encoded=True: the target goes on byte for byte, never re-encoded
+            url = self._urls[target] = URL(self.upstream + target, encoded=True)
+        return url
 
     async def _read_body(self, request: web.Request) -> bytes:
         length = request.content_length
@@ -183,20 +198,24 @@ class Proxy:
                     return await self._answer_from_cache(request, hit, start)
 
         metrics = self.metrics
-        queued = loop.time()
-        try:
-            await admission.acquire()
-        except Rejected as rejected:
-            if rejected.reason == "deadline":
-                now = loop.time()
-                metrics.queue.observe(now - queued)
-                metrics.duration.observe(now - start)
-            return self._reject(rejected.reason, rejected.message, rejected.retry_after)
-        except asyncio.CancelledError:
-            metrics.finished(CLIENT_CLOSED)
-            raise
-        admitted = loop.time()
-        metrics.queue.observe(admitted - queued)
+        if admission.try_acquire():
+            admitted = loop.time()
+            metrics.queue.observe(0.0)
+        else:
+            queued = loop.time()
+            try:
+                await admission.acquire()
+            except Rejected as rejected:
+                if rejected.reason == "deadline":
+                    now = loop.time()
+                    metrics.queue.observe(now - queued)
+                    metrics.duration.observe(now - start)
+                return self._reject(rejected.reason, rejected.message, rejected.retry_after)
+            except asyncio.CancelledError:
+                metrics.finished(CLIENT_CLOSED)
+                raise
+            admitted = loop.time()
+            metrics.queue.observe(admitted - queued)
         code = CLIENT_CLOSED
         try:
             code, response = await self._forward(request, body, cache_key)
@@ -228,8 +247,7 @@ class Proxy:
         try:
             upstream = await self.session.request(
                 request.method,
-                # encoded=True: the target goes on byte for byte, never re-encoded
-                URL(self.upstream + _origin_form(request), encoded=True),
+                self._upstream_url(_origin_form(request)),
                 headers=_forward_headers(request.headers),
                 data=body if body else None,
                 allow_redirects=False,
