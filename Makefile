@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-EXTRAS ?= test,plot,inspect,model-server
+EXTRAS ?= test,plot,inspect,model-server,uvloop
 # Pinned and installed first: an unpinned torch resolves to the newest build
 # with gigabytes of CUDA packages; this one is the CPU build.
 TORCH_SPEC ?= torch==2.13.0
