@@ -39,7 +39,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -77,6 +77,12 @@ class OperatorContext:
     operator_image: str = DEFAULT_OPERATOR_IMAGE
     #: Write the status at least this often even when nothing visible changed.
     status_refresh_seconds: float = 30.0
+    #: Specs applied at once. At start-up kopf calls every service's handler at
+    #: once; rendered children waiting for the API (~70 KB per service with
+    #: their request copies) would all be alive together, a peak of heap that
+    #: Python keeps for the life of the process. A few at a time keep the API
+    #: client's threads just as busy.
+    applying: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(16))
 
 
 @dataclass
@@ -113,6 +119,17 @@ async def apply_spec(
     logger: logging.Logger | logging.LoggerAdapter[Any],
 ) -> None:
     """Create or patch the children of a VLMService to match its spec."""
+    async with context.applying:
+        await _apply_spec(context, body, created=created, logger=logger)
+
+
+async def _apply_spec(
+    context: OperatorContext,
+    body: kopf.Body,
+    *,
+    created: bool,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> None:
     meta = body["metadata"]
     name, namespace = str(meta["name"]), str(meta.get("namespace") or "default")
     generation = _generation(body)
@@ -323,31 +340,40 @@ async def autoscale_once(
     meta = body["metadata"]
     name, namespace = str(meta["name"]), str(meta.get("namespace") or "default")
     generation = _generation(body)
-    # Parsed every cycle (~70 µs) rather than kept: a parsed spec weighs ~12 KB per service.
+    # Parsed when needed (~20 µs) and never held across a wait: a thousand loops
+    # wait on the same Prometheus answers at once, and a parsed spec weighs ~7 KB.
     spec, _ = validate_spec(body.get("spec"))
     if spec is None or deployment is None:
         # apply_spec reports an invalid spec; a missing Deployment is being created.
         memory.status = None
         return None
-    auto = spec.autoscaling
-    counts = pod_counts(
-        deployment, pods, now=now, pending_timeout_seconds=auto.pending_timeout_seconds
-    )
+    period = spec.autoscaling.sync_period_seconds
+    pending_timeout = spec.autoscaling.pending_timeout_seconds
+    counts = pod_counts(deployment, pods, now=now, pending_timeout_seconds=pending_timeout)
     if (
         memory.scaled_to is not None
         and counts.current != memory.scaled_to
-        and now - memory.scaled_at < 3 * auto.sync_period_seconds
+        and now - memory.scaled_at < 3 * period
     ):
         # Our own scale is not in the watch yet: do not decide it again.
         counts = replace(counts, current=memory.scaled_to)
 
-    max_age = signal_max_age(now, auto.sync_period_seconds)
-    signals = await context.signals.read(namespace, name, spec, max_age=max_age)
+    max_age = signal_max_age(now, period)
+    reading = context.signals.read(namespace, name, spec, max_age=max_age)
+    scrape_health = context.signals.unscraped_pods(namespace, name, spec, max_age=max_age)
+    del spec
+    signals = await reading
     unscraped = None
     if signals.error is None:
-        unscraped = await context.signals.unscraped_pods(namespace, name, spec, max_age=max_age)
+        unscraped = await scrape_health
+    else:
+        scrape_health.close()
 
-    previous = _previous_status(body, memory, now=now, period=auto.sync_period_seconds)
+    spec, _ = validate_spec(body.get("spec"))
+    if spec is None:
+        memory.status = None
+        return None
+    previous = _previous_status(body, memory, now=now, period=period)
     state = PolicyState.from_dict(previous.get("autoscalerState") or {})
     decision = recommend(state, signals, counts, spec, now)
     if decision.direction == "down" and unscraped:
@@ -359,11 +385,15 @@ async def autoscale_once(
             f"(policy: {decision.reason})",
             state=state,
         )
+    load = None
+    if decision.replicas != counts.current and decision.direction == "down":
+        load = context.signals.pod_load(namespace, name, spec, max_age=max_age)
+    del spec
 
     scaled = False
     if decision.replicas != counts.current:
-        if decision.direction == "down":
-            await _set_deletion_costs(context, namespace, name, spec, pods, max_age=max_age)
+        if load is not None:
+            await _set_deletion_costs(context, namespace, pods, await load)
         await context.kube.scale(namespace, name, decision.replicas)
         memory.scaled_to, memory.scaled_at = decision.replicas, now
         scaled = True
@@ -377,7 +407,7 @@ async def autoscale_once(
         replicas=decision.replicas if scaled else counts.current,
         scaled=scaled,
         unscraped=unscraped,
-        pending_timeout_seconds=auto.pending_timeout_seconds,
+        pending_timeout_seconds=pending_timeout,
         spec_error=None,
         generation=generation,
         now=now,
@@ -404,21 +434,20 @@ def _previous_status(
     if live.get("lastDecision") == memory.status.get("lastDecision") and live.get(
         "autoscalerState"
     ) == memory.status.get("autoscalerState"):
-        return live  # the watch caught up (and may carry others' fields too)
+        # The watch caught up (and may carry others' fields too): the copy is no
+        # longer needed, and a thousand of them would weigh megabytes.
+        memory.status = None
+        return live
     return {**live, **memory.status}
 
 
 async def _set_deletion_costs(
     context: OperatorContext,
     namespace: str,
-    name: str,
-    spec: VLMServiceSpec,
     pods: list[Mapping[str, Any]],
-    *,
-    max_age: float,
+    load: dict[str, float] | None,
 ) -> None:
     """Mark idle pods cheap to delete, so the ReplicaSet removes them first."""
-    load = await context.signals.pod_load(namespace, name, spec, max_age=max_age)
     if load is None:
         return
     patches = []
@@ -487,3 +516,8 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
     # Server-side filtering: only pods and Deployments of VLMServices are watched.
     settings.watching.label_selectors["v1", "pods"] = SERVICE_LABEL
     settings.watching.label_selectors["apps", "v1", "deployments"] = SERVICE_LABEL
+    # kopf keeps a worker per object, holding the object's last raw body, for
+    # this long after its last event. Every cycle that scales writes every
+    # Deployment and VLMService: with kopf's 5 s (one sync period) a thousand
+    # services kept ~2,000 workers and bodies alive through the whole cycle.
+    settings.queueing.idle_timeout = 1.0

@@ -44,8 +44,8 @@ import asyncio
 import math
 import ssl
 import time
-from collections.abc import Callable, Generator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine, Generator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -153,29 +153,32 @@ def build_client(
 
 @dataclass
 class _Entry:
+    """One answer, parsed once and read by every service.
+
+    Only the per-service and per-pod values are kept, not the raw JSON: a
+    thousand services' series are ~0.8 KB each as parsed JSON, several MB per
+    answer, and a thousand services must not each walk them (quadratic).
+    """
+
     fetched_at: float
-    result: list[dict[str, Any]] | None = None
+    by_service: ServiceValues = field(default_factory=dict)
+    by_pod: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
+    #: Whether any series carries the namespace/vlmservice labels.
+    labelled: bool = False
     error: PrometheusError | None = None
-    # Parsed once, read by every service (a thousand services must not each walk the
-    # thousand series of the answer: that is quadratic).
-    _by_service: ServiceValues | None = None
-    _by_pod: dict[tuple[str, str], dict[str, float]] | None = None
 
-    def by_service(self) -> ServiceValues:
-        if self._by_service is None:
-            self._by_service = _by_service(self.result or [])
-        return self._by_service
-
-    def by_pod(self) -> dict[tuple[str, str], dict[str, float]]:
-        if self._by_pod is None:
-            self._by_pod = {}
-            for sample in self.result or []:
-                labels = sample.get("metric") or {}
-                value = _number((sample.get("value") or [None, None])[-1])
-                if value is not None and "pod" in labels:
-                    key = (str(labels.get("namespace", "")), str(labels.get("vlmservice", "")))
-                    self._by_pod.setdefault(key, {})[str(labels["pod"])] = value
-        return self._by_pod
+    @classmethod
+    def parse(cls, fetched_at: float, result: list[dict[str, Any]]) -> _Entry:
+        entry = cls(fetched_at=fetched_at, labelled=_has_service_labels(result))
+        for sample in result:
+            labels = sample.get("metric") or {}
+            raw = sample.get("value") or [None, None]
+            value = _number(raw[1] if len(raw) > 1 else None)
+            key = (str(labels.get("namespace", "")), str(labels.get("vlmservice", "")))
+            entry.by_service[key] = value
+            if value is not None and "pod" in labels:
+                entry.by_pod.setdefault(key, {})[str(labels["pod"])] = value
+        return entry
 
 
 def _number(raw: Any) -> float | None:
@@ -213,26 +216,44 @@ class SignalReader:
         url = spec.metrics.prometheus_url or self._default_url
         return url.rstrip("/") if url else None
 
-    async def read(
+    def read(
         self, namespace: str, name: str, spec: VLMServiceSpec, *, max_age: float
-    ) -> Signals:
-        """The signals of one service; never raises for Prometheus trouble."""
+    ) -> Coroutine[Any, Any, Signals]:
+        """The signals of one service; never raises for Prometheus trouble.
+
+        The spec only picks the queries and is not held while the answer is
+        awaited (the methods below likewise): a thousand loops wait on the
+        same answer at once, and a parsed spec weighs ~7 KB.
+        """
         url = self.prometheus_url(spec)
         if url is None:
-            return _unavailable("no Prometheus URL: set --prometheus-url or metrics.prometheusUrl")
+            return _done(
+                _unavailable("no Prometheus URL: set --prometheus-url or metrics.prometheusUrl")
+            )
         queries, overridden = service_queries(spec)
+        return self._read(url, queries, overridden, (namespace, name), max_age=max_age)
+
+    async def _read(
+        self,
+        url: str,
+        queries: dict[str, str],
+        overridden: set[str],
+        key: tuple[str, str],
+        *,
+        max_age: float,
+    ) -> Signals:
         values: dict[str, float | None] = {}
         oldest = self._clock()
         try:
             for signal in SIGNAL_NAMES:
                 entry = await self._fetch(url, queries[signal], max_age=max_age)
                 oldest = min(oldest, entry.fetched_at)
-                series = entry.by_service()
-                value = series.get((namespace, name))
+                series = entry.by_service
+                value = series.get(key)
                 if value is None and signal in overridden and len(series) == 1:
                     # An override scoped to this service may drop our labels.
                     ((_, only),) = series.items()
-                    value = only if not _has_service_labels(entry.result or []) else None
+                    value = only if not entry.labelled else None
                 values[signal] = value
         except PrometheusError as exc:
             return _unavailable(f"{url}: {exc}")
@@ -245,44 +266,47 @@ class SignalReader:
             age_seconds=max(0.0, self._clock() - oldest),
         )
 
-    async def unscraped_pods(
+    def unscraped_pods(
         self, namespace: str, name: str, spec: VLMServiceSpec, *, max_age: float
-    ) -> int | None:
+    ) -> Coroutine[Any, Any, int | None]:
         """Targets of the service whose last scrape failed; None if unknown."""
-        values = await self._batched(spec, UNSCRAPED_QUERY, max_age=max_age)
+        return self._unscraped(self.prometheus_url(spec), (namespace, name), max_age=max_age)
+
+    async def _unscraped(
+        self, url: str | None, key: tuple[str, str], *, max_age: float
+    ) -> int | None:
+        values = await self._batched(url, UNSCRAPED_QUERY, max_age=max_age)
         if values is None:
             return None
-        return int(values.get((namespace, name)) or 0)
+        return int(values.get(key) or 0)
 
-    async def pod_load(
+    def pod_load(
         self, namespace: str, name: str, spec: VLMServiceSpec, *, max_age: float
-    ) -> dict[str, float] | None:
+    ) -> Coroutine[Any, Any, dict[str, float] | None]:
         """Requests running or waiting per pod of the service; None if unknown."""
-        url = self.prometheus_url(spec)
+        return self._pod_load(self.prometheus_url(spec), (namespace, name), max_age=max_age)
+
+    async def _pod_load(
+        self, url: str | None, key: tuple[str, str], *, max_age: float
+    ) -> dict[str, float] | None:
         if url is None:
             return None
         try:
             entry = await self._fetch(url, POD_LOAD_QUERY, max_age=max_age)
         except PrometheusError:
             return None
-        return dict(entry.by_pod().get((namespace, name), {}))
-
-    async def query(self, url: str, promql: str, *, max_age: float) -> list[dict[str, Any]]:
-        """One instant query through the cache; raises :class:`PrometheusError`."""
-        entry = await self._fetch(url.rstrip("/"), promql, max_age=max_age)
-        return entry.result or []
+        return dict(entry.by_pod.get(key, {}))
 
     async def _batched(
-        self, spec: VLMServiceSpec, promql: str, *, max_age: float
+        self, url: str | None, promql: str, *, max_age: float
     ) -> ServiceValues | None:
-        url = self.prometheus_url(spec)
         if url is None:
             return None
         try:
             entry = await self._fetch(url, promql, max_age=max_age)
         except PrometheusError:
             return None
-        return entry.by_service()
+        return entry.by_service
 
     async def _fetch(self, url: str, promql: str, *, max_age: float) -> _Entry:
         key = (url, promql)
@@ -311,7 +335,7 @@ class SignalReader:
         finally:
             if self._metrics is not None:
                 self._metrics.query_seconds.observe(self._clock() - started)
-        return _Entry(fetched_at=started, result=result)
+        return _Entry.parse(started, result)
 
     async def _instant_query(self, url: str, promql: str) -> list[dict[str, Any]]:
         try:
@@ -342,6 +366,10 @@ class SignalReader:
         return result
 
 
+async def _done(signals: Signals) -> Signals:
+    return signals
+
+
 def _unavailable(message: str) -> Signals:
     return Signals(
         running=None,
@@ -351,16 +379,6 @@ def _unavailable(message: str) -> Signals:
         error_rate=None,
         error=message,
     )
-
-
-def _by_service(result: list[dict[str, Any]]) -> ServiceValues:
-    values: ServiceValues = {}
-    for sample in result:
-        labels = sample.get("metric") or {}
-        raw = sample.get("value") or [None, None]
-        key = (str(labels.get("namespace", "")), str(labels.get("vlmservice", "")))
-        values[key] = _number(raw[1] if len(raw) > 1 else None)
-    return values
 
 
 def _has_service_labels(result: list[dict[str, Any]]) -> bool:
