@@ -113,10 +113,18 @@ class KubeClient:
         body: Any = None,
         query: Mapping[str, str] | None = None,
         content_type: str = "application/json",
+        want_body: bool = True,
     ) -> dict[str, Any]:
-        """One API request, run in the client's thread pool; raises :class:`ApiError`."""
+        """One API request, run in the client's thread pool; raises :class:`ApiError`.
+
+        ``want_body=False`` skips decoding the answer (returns ``{}``): the
+        operator's writes do not read it back, and decoding a thousand
+        Deployments holds the interpreter's lock the event loop needs.
+        """
         loop = asyncio.get_running_loop()
-        call = partial(self._request_sync, method, path, body, dict(query or {}), content_type)
+        call = partial(
+            self._request_sync, method, path, body, dict(query or {}), content_type, want_body
+        )
         return await loop.run_in_executor(self._executor, call)
 
     def _request_sync(
@@ -126,6 +134,7 @@ class KubeClient:
         body: Any,
         query: dict[str, str],
         content_type: str,
+        want_body: bool,
     ) -> dict[str, Any]:
         headers = {"Accept": "application/json"}
         if body is not None:
@@ -148,18 +157,22 @@ class KubeClient:
         text = data.decode() if isinstance(data, bytes | bytearray) else str(data or "")
         if not 200 <= status < 300:
             raise ApiError(status, reason, text)
-        if not text:
+        if not text or not want_body:
             return {}
         parsed = json.loads(text)
         return parsed if isinstance(parsed, dict) else {}
 
     # ------------------------------------------------------------------ objects
 
-    async def merge_patch(self, path: str, patch: Mapping[str, Any]) -> dict[str, Any]:
+    async def merge_patch(
+        self, path: str, patch: Mapping[str, Any], *, want_body: bool = True
+    ) -> dict[str, Any]:
         """A JSON merge patch, retried on 409 (the API server was busy with a write)."""
         for attempt in range(_CONFLICT_RETRIES):
             try:
-                return await self.request("PATCH", path, body=patch, content_type=_MERGE_PATCH)
+                return await self.request(
+                    "PATCH", path, body=patch, content_type=_MERGE_PATCH, want_body=want_body
+                )
             except ApiError as exc:
                 if exc.status != 409 or attempt == _CONFLICT_RETRIES - 1:
                     raise
@@ -185,13 +198,13 @@ class KubeClient:
         for attempt in range(_CONFLICT_RETRIES):
             if create_first or attempt > 0:
                 try:
-                    await self.request("POST", collection, body=dict(obj))
+                    await self.request("POST", collection, body=dict(obj), want_body=False)
                     return "created"
                 except ApiError as exc:
                     if exc.status != 409:  # 409: it exists (or was created meanwhile)
                         raise
             try:
-                await self.merge_patch(path, patch)
+                await self.merge_patch(path, patch, want_body=False)
                 return "patched"
             except ApiError as exc:
                 if exc.status != 404:  # 404: deleted meanwhile, create it again
@@ -201,19 +214,19 @@ class KubeClient:
     async def scale(self, namespace: str, name: str, replicas: int) -> None:
         """Set a Deployment's replicas (its pod template is left alone)."""
         path = _collection_path("apps/v1", "deployments", namespace) + f"/{name}"
-        await self.merge_patch(path, {"spec": {"replicas": replicas}})
+        await self.merge_patch(path, {"spec": {"replicas": replicas}}, want_body=False)
 
     async def patch_status(
         self, api_version: str, plural: str, namespace: str, name: str, status: Mapping[str, Any]
-    ) -> dict[str, Any]:
+    ) -> None:
         path = _collection_path(api_version, plural, namespace) + f"/{name}/status"
-        return await self.merge_patch(path, {"status": dict(status)})
+        await self.merge_patch(path, {"status": dict(status)}, want_body=False)
 
     async def annotate(
         self, api_version: str, plural: str, namespace: str, name: str, annotations: dict[str, str]
     ) -> None:
         path = _collection_path(api_version, plural, namespace) + f"/{name}"
-        await self.merge_patch(path, {"metadata": {"annotations": annotations}})
+        await self.merge_patch(path, {"metadata": {"annotations": annotations}}, want_body=False)
 
 
 def _without(obj: Mapping[str, Any], omit: tuple[tuple[str, ...], ...]) -> dict[str, Any]:

@@ -44,7 +44,7 @@ import asyncio
 import math
 import ssl
 import time
-from collections.abc import Callable, Coroutine, Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -216,32 +216,14 @@ class SignalReader:
         url = spec.metrics.prometheus_url or self._default_url
         return url.rstrip("/") if url else None
 
-    def read(
+    async def read(
         self, namespace: str, name: str, spec: VLMServiceSpec, *, max_age: float
-    ) -> Coroutine[Any, Any, Signals]:
-        """The signals of one service; never raises for Prometheus trouble.
-
-        The spec only picks the queries and is not held while the answer is
-        awaited (the methods below likewise): a thousand loops wait on the
-        same answer at once, and a parsed spec weighs ~7 KB.
-        """
+    ) -> Signals:
+        """The signals of one service; never raises for Prometheus trouble."""
         url = self.prometheus_url(spec)
         if url is None:
-            return _done(
-                _unavailable("no Prometheus URL: set --prometheus-url or metrics.prometheusUrl")
-            )
+            return _unavailable("no Prometheus URL: set --prometheus-url or metrics.prometheusUrl")
         queries, overridden = service_queries(spec)
-        return self._read(url, queries, overridden, (namespace, name), max_age=max_age)
-
-    async def _read(
-        self,
-        url: str,
-        queries: dict[str, str],
-        overridden: set[str],
-        key: tuple[str, str],
-        *,
-        max_age: float,
-    ) -> Signals:
         values: dict[str, float | None] = {}
         oldest = self._clock()
         try:
@@ -249,7 +231,7 @@ class SignalReader:
                 entry = await self._fetch(url, queries[signal], max_age=max_age)
                 oldest = min(oldest, entry.fetched_at)
                 series = entry.by_service
-                value = series.get(key)
+                value = series.get((namespace, name))
                 if value is None and signal in overridden and len(series) == 1:
                     # An override scoped to this service may drop our labels.
                     ((_, only),) = series.items()
@@ -266,40 +248,32 @@ class SignalReader:
             age_seconds=max(0.0, self._clock() - oldest),
         )
 
-    def unscraped_pods(
+    async def unscraped_pods(
         self, namespace: str, name: str, spec: VLMServiceSpec, *, max_age: float
-    ) -> Coroutine[Any, Any, int | None]:
-        """Targets of the service whose last scrape failed; None if unknown."""
-        return self._unscraped(self.prometheus_url(spec), (namespace, name), max_age=max_age)
-
-    async def _unscraped(
-        self, url: str | None, key: tuple[str, str], *, max_age: float
     ) -> int | None:
-        values = await self._batched(url, UNSCRAPED_QUERY, max_age=max_age)
+        """Targets of the service whose last scrape failed; None if unknown."""
+        values = await self._batched(spec, UNSCRAPED_QUERY, max_age=max_age)
         if values is None:
             return None
-        return int(values.get(key) or 0)
+        return int(values.get((namespace, name)) or 0)
 
-    def pod_load(
+    async def pod_load(
         self, namespace: str, name: str, spec: VLMServiceSpec, *, max_age: float
-    ) -> Coroutine[Any, Any, dict[str, float] | None]:
-        """Requests running or waiting per pod of the service; None if unknown."""
-        return self._pod_load(self.prometheus_url(spec), (namespace, name), max_age=max_age)
-
-    async def _pod_load(
-        self, url: str | None, key: tuple[str, str], *, max_age: float
     ) -> dict[str, float] | None:
+        """Requests running or waiting per pod of the service; None if unknown."""
+        url = self.prometheus_url(spec)
         if url is None:
             return None
         try:
             entry = await self._fetch(url, POD_LOAD_QUERY, max_age=max_age)
         except PrometheusError:
             return None
-        return dict(entry.by_pod.get(key, {}))
+        return dict(entry.by_pod.get((namespace, name), {}))
 
     async def _batched(
-        self, url: str | None, promql: str, *, max_age: float
+        self, spec: VLMServiceSpec, promql: str, *, max_age: float
     ) -> ServiceValues | None:
+        url = self.prometheus_url(spec)
         if url is None:
             return None
         try:
@@ -364,10 +338,6 @@ class SignalReader:
         if not isinstance(result, list):
             raise PrometheusError("json", "data.result is not a list")
         return result
-
-
-async def _done(signals: Signals) -> Signals:
-    return signals
 
 
 def _unavailable(message: str) -> Signals:
