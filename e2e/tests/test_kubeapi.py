@@ -826,3 +826,49 @@ def test_rendered_children_pass_a_validating_api(example: dict[str, Any]) -> Non
                 params={"fieldValidation": "Strict"},
             )
             assert response.status_code == 201, (child["kind"], response.text)
+
+
+def test_a_stricter_crd_ratchets_objects_stored_before_it(
+    api: ThreadedKubeAPI, namespace: str
+) -> None:
+    # Gizmos are widgets under another name, first served without the CEL rule and the
+    # bounds of spec.size, then with them (as when a CRD upgrade tightens validation).
+    strict = yaml.safe_load(yaml.safe_dump(WIDGET_CRD))
+    strict["metadata"]["name"] = "gizmos.example.com"
+    strict["spec"]["names"] = {"kind": "Gizmo", "plural": "gizmos", "singular": "gizmo"}
+    lax = yaml.safe_load(yaml.safe_dump(strict))
+    spec_schema = lax["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    del spec_schema["x-kubernetes-validations"]
+    del spec_schema["properties"]["size"]["maximum"]
+    url = f"/apis/example.com/v1/namespaces/{namespace}/gizmos"
+    merge = {"Content-Type": "application/merge-patch+json"}
+    api.register_crd(lax)
+    with httpx.Client(base_url=api.url) as http:
+        created = http.post(
+            url, json={"metadata": {"name": "g"}, "spec": {"size": 20, "replicas": 30}}
+        )
+        assert created.status_code == 201, created.text
+        api.register_crd(strict)
+        assert (
+            http.post(url, json={"metadata": {"name": "h"}, "spec": {"size": 20}}).status_code
+            == 422
+        )
+
+        def patch(path: str, body: dict[str, Any]) -> httpx.Response:
+            return http.patch(f"{url}/g{path}", content=json.dumps(body).encode(), headers=merge)
+
+        # Writes that leave the invalid fields as they are pass.
+        assert patch("/status", {"status": {"replicas": 1}}).status_code == 200
+        assert patch("", {"metadata": {"labels": {"team": "a"}}}).status_code == 200
+        # A rule of a changed object is evaluated again (spec.replicas > spec.size).
+        recolored = patch("", {"spec": {"color": "blue"}})
+        assert recolored.status_code == 422, recolored.text
+        assert "replicas must not exceed size" in recolored.text
+        # Fixing what the rule checks passes, while spec.size (unchanged) stays above its maximum.
+        fixed = patch("", {"spec": {"replicas": 5}})
+        assert fixed.status_code == 200, fixed.text
+        assert fixed.json()["spec"] == {"size": 20, "replicas": 5, "color": "red"}
+        # A changed field is held to the schema again.
+        resized = patch("", {"spec": {"size": 15}})
+        assert resized.status_code == 422
+        assert [c["field"] for c in resized.json()["details"]["causes"]] == ["spec.size"]

@@ -312,31 +312,37 @@ def test_invalid_specs_are_rejected_or_reported(cluster: Cluster) -> None:
     assert rejected.status_code == 422, rejected.text
     assert "minReplicas" in rejected.text
 
-    # A cluster that does not enforce the CRD's CEL rules (Kubernetes before 1.25 ignores
-    # x-kubernetes-validations) stores it: the operator must report it, not crash or create
-    # anything.
+    # A cluster can still hold one: created before the CRD had its CEL rules (Kubernetes
+    # before 1.25 ignores x-kubernetes-validations), then the full CRD applied. Validation
+    # ratcheting lets its unchanged spec through later writes (status, metadata): the
+    # operator must report it, not crash or create anything.
     crd = yaml.safe_load((ROOT / "crds" / "vlmservice.yaml").read_text())
     cluster.kube.register_crd(without_cel(crd))
     try:
         stored = api.post(VLMS, bad)
         assert stored.status_code == 201, stored.text
-        condition = wait_for(
-            "InvalidSpec=True",
-            lambda: (c := api.condition("svc-bad", "InvalidSpec")) and c["status"] == "True" and c,
-        )
-        assert "spec.autoscaling" in condition["message"]
-        assert "minReplicas" in condition["message"]
-        assert api.get(f"{DEPLOYMENTS}/svc-bad") is None
-        wait_for("a Warning Event", lambda: api.events("svc-bad", "InvalidSpec"))
-
-        api.patch(f"{VLMS}/svc-bad", {"spec": {"autoscaling": {"maxReplicas": 8}}})
-        wait_for("the Deployment once the spec is fixed", lambda: api.replicas("svc-bad") == 6)
-        wait_for(
-            "InvalidSpec=False",
-            lambda: (api.condition("svc-bad", "InvalidSpec") or {}).get("status") == "False",
-        )
     finally:
         cluster.kube.register_crd(crd)
+    # The full CRD is in force again: a new invalid object is rejected.
+    again = api.post(
+        VLMS, vlmservice("svc-bad-2", autoscaling={"minReplicas": 6, "maxReplicas": 2})
+    )
+    assert again.status_code == 422, again.text
+    condition = wait_for(
+        "InvalidSpec=True",
+        lambda: (c := api.condition("svc-bad", "InvalidSpec")) and c["status"] == "True" and c,
+    )
+    assert "spec.autoscaling" in condition["message"]
+    assert "minReplicas" in condition["message"]
+    assert api.get(f"{DEPLOYMENTS}/svc-bad") is None
+    wait_for("a Warning Event", lambda: api.events("svc-bad", "InvalidSpec"))
+
+    api.patch(f"{VLMS}/svc-bad", {"spec": {"autoscaling": {"maxReplicas": 8}}})
+    wait_for("the Deployment once the spec is fixed", lambda: api.replicas("svc-bad") == 6)
+    wait_for(
+        "InvalidSpec=False",
+        lambda: (api.condition("svc-bad", "InvalidSpec") or {}).get("status") == "False",
+    )
 
 
 def test_scale_up_then_down_after_stabilization(cluster: Cluster) -> None:
