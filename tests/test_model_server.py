@@ -17,7 +17,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ pytest.importorskip("PIL", reason="needs the model-server extra (pillow)")
 from PIL import Image
 from vlm_operator import cli
 
+from e2e.cluster.polling import terminate
 from e2e.localcluster.procs import stop_process
 
 MODEL_ID = "tiny-qwen3-vl"
@@ -191,17 +191,6 @@ def _image_tokens(model_dir: Path, png: bytes) -> int:
     return int(grid[0] * grid[1] * grid[2]) // processor.merge_size**2
 
 
-def _stop(process: subprocess.Popen[bytes], grace_s: float = 20) -> int:
-    """SIGTERM, wait up to ``grace_s``, then SIGKILL; the exit status."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            return process.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            process.kill()
-    return process.wait(timeout=10)
-
-
 def _wait_for(predicate: Callable[[], bool], seconds: float, what: str) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -260,9 +249,9 @@ def server(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> It
         url = _listening_url(process, log)
         _wait_for(lambda: _get(url + "/health")[0] == 200, 60, "the model to load")
         yield _Server(process, url, log)
-        assert _stop(process, grace_s=30) == 0, log.read_text(errors="replace")
+        assert terminate(process, grace_s=30) == 0, log.read_text(errors="replace")
     finally:
-        _stop(process, grace_s=0)
+        terminate(process, grace_s=0)
 
 
 def _get(url: str) -> tuple[int, Any]:
@@ -473,7 +462,7 @@ def gate(server: _Server, tmp_path: Path) -> Iterator[str]:
         _wait_for(lambda: _get(url + "/readyz")[0] == 200, 20, "the gate to be ready")
         yield url
     finally:
-        _stop(process)
+        terminate(process, grace_s=20)
 
 
 async def test_behind_the_gate_with_the_load_generator(gate: str) -> None:
@@ -631,7 +620,7 @@ def test_a_model_that_fails_to_load_ends_the_process(tmp_path: Path) -> None:
     try:
         assert process.wait(timeout=60) == 1
     finally:
-        _stop(process, grace_s=0)
+        terminate(process, grace_s=0)
     assert "loading the model from" in log.read_text(errors="replace")
 
 

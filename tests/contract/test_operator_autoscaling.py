@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -24,6 +23,7 @@ import httpx
 import pytest
 import yaml
 
+from e2e.cluster.polling import terminate
 from e2e.exporters import Exporter
 from e2e.kubeapi import PODMONITOR_CRD, ThreadedKubeAPI, run_in_thread
 from e2e.prometheus import PrometheusServer, free_port
@@ -188,12 +188,7 @@ class Operator:
         process, self.process = self.process, None
         if process is None:
             return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        terminate(process, grace_s=20)
 
     def tail(self) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-60:])
