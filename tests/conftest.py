@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+
+from tests.gate_harness import Backend
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -28,3 +31,12 @@ def update_golden(request: pytest.FixtureRequest) -> bool:
 def repo() -> Path:
     """The repository root."""
     return REPO
+
+
+@pytest.fixture
+async def backend() -> AsyncIterator[Backend]:
+    """A model stand-in for the gate on a loopback port (see tests/gate_harness.py)."""
+    b = Backend()
+    await b.start()
+    yield b
+    await b.stop()

@@ -13,224 +13,23 @@ import json
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
-from prometheus_client.parser import text_string_to_metric_families
 from vlm_operator.contract import DURATION_BUCKETS
-from vlm_operator.gate import GateConfig, create_app, make_runner
+from vlm_operator.gate import GateConfig
 
-DEADLINE_S = 10.0
-
-
-async def until(predicate: Callable[[], Any], deadline_s: float = DEADLINE_S) -> None:
-    """Poll ``predicate`` (sync or async) until true; fail after the deadline."""
-    async with asyncio.timeout(deadline_s):
-        while True:
-            value = predicate()
-            if asyncio.iscoroutine(value):
-                value = await value
-            if value:
-                return
-            await asyncio.sleep(0.002)
-
-
-class Backend:
-    """A model stand-in that records concurrency, arrival order and cancellations."""
-
-    def __init__(self) -> None:
-        self.current = 0
-        self.peak = 0
-        self.arrivals: list[str] = []
-        self.cancelled = 0
-        self.finished = 0
-        self.healthy = True
-        self.release = asyncio.Event()
-        self.stream_gate = asyncio.Event()
-        self.bodies: list[bytes] = []
-        self.url = ""
-        self._runner: web.AppRunner | None = None
-
-    async def _tracked(self, request: web.Request, work: Callable[[], Any]) -> web.StreamResponse:
-        self.current += 1
-        self.peak = max(self.peak, self.current)
-        self.arrivals.append(request.headers.get("x-id", ""))
-        try:
-            body = await request.read()
-            self.bodies.append(body)
-            result = await work()
-            self.finished += 1
-            assert isinstance(result, web.StreamResponse)
-            return result
-        except asyncio.CancelledError:
-            self.cancelled += 1
-            raise
-        finally:
-            self.current -= 1
-
-    async def sleep(self, request: web.Request) -> web.StreamResponse:
-        async def work() -> web.Response:
-            await asyncio.sleep(float(request.query.get("s", "0.01")))
-            return web.json_response({"ok": True})
-
-        return await self._tracked(request, work)
-
-    async def hold(self, request: web.Request) -> web.StreamResponse:
-        async def work() -> web.Response:
-            await self.release.wait()
-            return web.json_response({"id": request.headers.get("x-id", "")})
-
-        return await self._tracked(request, work)
-
-    async def stream(self, request: web.Request) -> web.StreamResponse:
-        async def work() -> web.StreamResponse:
-            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-            await response.prepare(request)
-            await response.write(b"data: first\n\n")
-            await self.stream_gate.wait()  # the rest only once the client saw the first
-            await response.write(b"data: second\n\n")
-            await response.write(b"data: [DONE]\n\n")
-            await response.write_eof()
-            return response
-
-        return await self._tracked(request, work)
-
-    async def die(self, request: web.Request) -> web.StreamResponse:
-        async def work() -> web.StreamResponse:
-            assert request.transport is not None
-            request.transport.close()  # the model process vanishes mid-request
-            await asyncio.sleep(3600)
-            raise AssertionError("unreachable")
-
-        return await self._tracked(request, work)
-
-    async def die_mid_stream(self, request: web.Request) -> web.StreamResponse:
-        async def work() -> web.StreamResponse:
-            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-            await response.prepare(request)
-            await response.write(b"data: first\n\n")
-            assert request.transport is not None
-            request.transport.close()
-            return response
-
-        return await self._tracked(request, work)
-
-    async def echo(self, request: web.Request) -> web.StreamResponse:
-        async def work() -> web.Response:
-            return web.json_response(
-                {
-                    "method": request.method,
-                    "path": request.raw_path,
-                    "headers": dict(request.headers),
-                    "body": self.bodies[-1].decode("utf-8", "replace"),
-                },
-                status=int(request.headers.get("x-status", "200")),
-                headers={"x-backend": "yes", "Set-Cookie": "a=1"},
-            )
-
-        return await self._tracked(request, work)
-
-    async def health(self, request: web.Request) -> web.Response:
-        return web.json_response({}, status=200 if self.healthy else 503)
-
-    async def start(self) -> None:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_get("/health", self.health)
-        app.router.add_route("*", "/sleep", self.sleep)
-        app.router.add_route("*", "/hold", self.hold)
-        app.router.add_route("*", "/stream", self.stream)
-        app.router.add_route("*", "/die", self.die)
-        app.router.add_route("*", "/die-mid-stream", self.die_mid_stream)
-        app.router.add_route("*", "/{tail:.*}", self.echo)
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
-        await site.start()
-        port = self._runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}"
-
-    async def stop(self) -> None:
-        self.release.set()
-        self.stream_gate.set()
-        if self._runner is not None:
-            await self._runner.cleanup()
-
-
-class Gate:
-    """The gate application on a loopback port, with a client and metric reader."""
-
-    def __init__(self, config: GateConfig) -> None:
-        self.config = config
-        self.app = create_app(config)
-        self.runner = make_runner(self.app)
-        self.url = ""
-        self.client: aiohttp.ClientSession | None = None
-
-    async def start(self) -> None:
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
-        self.client = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
-
-    async def stop(self) -> None:
-        if self.client is not None:
-            await self.client.close()
-        await self.runner.cleanup()
-
-    async def request(
-        self, method: str, path: str, **kwargs: Any
-    ) -> tuple[int, dict[str, str], bytes]:
-        assert self.client is not None
-        async with self.client.request(method, self.url + path, **kwargs) as response:
-            return response.status, dict(response.headers), await response.read()
-
-    async def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        status, _, body = await self.request("GET", "/metrics")
-        assert status == 200
-        values = {}
-        for family in text_string_to_metric_families(body.decode()):
-            for sample in family.samples:
-                values[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-        return values
-
-    async def metric(self, name: str, **labels: str) -> float:
-        return (await self.metrics()).get((name, tuple(sorted(labels.items()))), 0.0)
-
-
-@pytest.fixture
-async def backend() -> AsyncIterator[Backend]:
-    b = Backend()
-    await b.start()
-    yield b
-    await b.stop()
-
-
-@asynccontextmanager
-async def running_gate(backend: Backend, **overrides: Any) -> AsyncIterator[Gate]:
-    settings: dict[str, Any] = {"upstream": backend.url, "health_interval": 0.05}
-    config = GateConfig(**{**settings, **overrides})
-    gate = Gate(config)
-    await gate.start()
-    try:
-        if config.health_path:
-
-            async def ready() -> bool:
-                return (await gate.request("GET", "/readyz"))[0] == 200
-
-            await until(ready)
-        yield gate
-    finally:
-        await gate.stop()
-
-
-def error_code(body: bytes) -> str:
-    payload = json.loads(body)
-    assert set(payload["error"]) >= {"message", "type", "code"}
-    return str(payload["error"]["code"])
+from tests.gate_harness import (
+    DEADLINE_S,
+    Backend,
+    Gate,
+    error_code,
+    running_gate,
+    until,
+)
 
 
 async def test_limit_is_never_exceeded_under_64_concurrent_clients(backend: Backend) -> None:

@@ -1,121 +1,114 @@
 """Passing requests through to the model, and answering for it when it cannot.
 
-One handler serves every path that is not the gate's own. It reads the body
-(bounded), asks admission control for a slot, forwards the request over the
-one shared client session, and relays the answer: small bodies in one write,
-everything else (server-sent events above all) chunk by chunk as it arrives.
-A slot is held until the response has been fully delivered, so "in flight"
-means what the model and the client both see. Headers and status pass
-untouched except the hop-by-hop ones; the body is never parsed unless the
-response cache needs it.
+Every request the client side has read whole becomes an :class:`Exchange`.
+:meth:`Proxy.start` decides its fate in order: the gate's own endpoints, a
+refusal that needs no slot (too large, draining, model not ready), a cache
+hit, then admission control. A request that finds a free slot is forwarded at
+once, within the same callback, over a kept-alive connection: the common path
+creates no task, future or timer. Only a request that must wait its turn (or
+needs a new connection to the model) gets a task.
+
+A slot is held until the model's answer has been relayed to the client in
+full, so "in flight" means what the model and the client both see. A client
+that hangs up frees its slot at once (the connection to the model is dropped,
+which cancels the request there) or leaves the queue at once.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
-from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-import aiohttp
-from aiohttp import web
-from multidict import CIMultiDict
-from yarl import URL
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from vlm_operator.gate._admission import Admission, Rejected
-from vlm_operator.gate._cache import CachedResponse, ResponseCache
+from vlm_operator.gate._cache import MAX_ENTRY_BYTES, CachedResponse, ResponseCache
+from vlm_operator.gate._http import (
+    ERROR_STATUS,
+    Header,
+    error_response,
+    http_date,
+    json_response,
+    response,
+)
 from vlm_operator.gate._metrics import CLIENT_CLOSED, GateMetrics
+from vlm_operator.gate._upstream import UpstreamPool
+
+if TYPE_CHECKING:
+    from vlm_operator.gate._client import ClientConnection
+    from vlm_operator.gate._upstream import UpstreamConnection
 
 log = logging.getLogger("vlm_operator.gate")
 
-#: RFC 9110 §7.6.1 connection-specific fields, plus those a proxy must set itself.
-_HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "content-length",
-        # the gate has read the whole body already; the model must not wait for "100 Continue"
-        "expect",
-    }
-)
-
-#: Upstream URLs kept for reuse: clients use a few targets, no need to parse each anew.
-_URL_CACHE_SIZE = 256
-
-#: Responses up to this size are read whole and written once (fewer syscalls).
-_WHOLE_BODY_BYTES = 256 * 1024
-
-_ERROR_TYPES = {
-    "queue_full": "rate_limit_error",
-    "deadline": "timeout_error",
-    "draining": "service_unavailable_error",
-    "not_ready": "service_unavailable_error",
-    "too_large": "invalid_request_error",
-    "upstream_error": "upstream_error",
-}
-
-_STATUS = {
-    "queue_full": 429,
-    "deadline": 504,
-    "draining": 503,
-    "not_ready": 503,
-    "too_large": 413,
-    "upstream_error": 502,
-}
+_OWN_PATHS = frozenset({b"/metrics", b"/healthz", b"/readyz"})
+_READ_METHODS = frozenset({b"GET", b"HEAD"})
+#: Methods whose empty body is still announced with "Content-Length: 0".
+_BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
+_METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST.encode()
 
 
-class _TooLarge(Exception):
-    pass
+class Exchange:
+    """One request, from its arrival to the last byte of its answer."""
 
-
-def error_response(reason: str, message: str, *, retry_after: int | None = None) -> web.Response:
-    """An OpenAI-style JSON error the gate answers itself."""
-    body = {"error": {"message": message, "type": _ERROR_TYPES[reason], "code": reason}}
-    headers: dict[str, str] = {}
-    if retry_after is not None:
-        headers["Retry-After"] = str(retry_after)
-    if reason == "deadline":
-        # openai-python would otherwise retry a request that already waited its deadline.
-        headers["x-should-retry"] = "false"
-    return web.Response(
-        status=_STATUS[reason],
-        body=json.dumps(body).encode(),
-        content_type="application/json",
-        headers=headers,
+    __slots__ = (
+        "aborted",
+        "admitted",
+        "body",
+        "cache_key",
+        "conn",
+        "finished",
+        "has_host",
+        "head_sent",
+        "headers",
+        "http11",
+        "keep_alive",
+        "method",
+        "refusal",
+        "start",
+        "target",
+        "task",
+        "too_large",
+        "upstream",
     )
 
-
-def _forward_headers(headers: Mapping[str, str]) -> CIMultiDict[str]:
-    # One copy in C, then a case-insensitive lookup per hop-by-hop name (usually absent).
-    out: CIMultiDict[str] = CIMultiDict(headers)
-    for name in _HOP_BY_HOP:
-        if name in out:
-            del out[name]
-    return out
-
-
-def _origin_form(request: web.Request) -> str:
-    """Path and query as the client wrote them (absolute-form targets lose scheme and host)."""
-    raw = request.raw_path
-    if raw.startswith("/"):
-        return raw
-    # scheme://authority[/path][?query], cut by hand: URL parsing would re-encode the path
-    rest = raw.partition("://")[2]
-    cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
-    tail = rest[cut:]
-    return tail if tail.startswith("/") else "/" + tail
+    def __init__(
+        self,
+        conn: ClientConnection,
+        method: bytes,
+        target: bytes,
+        headers: list[Header],
+        has_host: bool,
+        body: bytes,
+        http11: bool,
+        keep_alive: bool,
+        start: float,
+    ) -> None:
+        self.conn = conn
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.has_host = has_host
+        self.body = body
+        self.http11 = http11
+        self.keep_alive = keep_alive
+        self.start = start
+        #: Size of a body refused as too large (0: not refused).
+        self.too_large = 0
+        #: (reason, message) of a request that could not be parsed.
+        self.refusal: tuple[str, str] | None = None
+        self.admitted: float | None = None
+        self.cache_key: str | None = None
+        self.upstream: UpstreamConnection | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.head_sent = False
+        self.aborted = False  # the client hung up
+        self.finished = False  # counted, slot released
 
 
 class Proxy:
-    """The catch-all handler and the state it needs."""
+    """The gate's request path and the state it needs."""
 
     def __init__(
         self,
@@ -126,183 +119,270 @@ class Proxy:
         max_body_bytes: int,
         cache: ResponseCache | None,
     ) -> None:
-        self.upstream = upstream.rstrip("/")
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self.clock = loop.time
         self.admission = admission
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.max_cached_bytes = MAX_ENTRY_BYTES
         self.cache = cache
+        self.pool = UpstreamPool(self, upstream)
         self.ready = False
         self.last_answer = -math.inf  # loop time of the model's last answer below 500
-        self.session: aiohttp.ClientSession | None = None
-        self._urls: dict[str, URL] = {}
+        self.connections: set[ClientConnection] = set()
 
-    def _upstream_url(self, target: str) -> URL:
-        """The model's URL for a request target; the few targets clients use are kept."""
-        url = self._urls.get(target)
-        if url is None:
-            if len(self._urls) >= _URL_CACHE_SIZE:
-                self._urls.clear()  # bounded: arbitrary query strings must not grow it
-            # encoded=True: the target goes on byte for byte, never re-encoded
-            url = self._urls[target] = URL(self.upstream + target, encoded=True)
-        return url
+    @property
+    def draining(self) -> bool:
+        return self.admission.draining
 
-    async def _read_body(self, request: web.Request) -> bytes:
-        length = request.content_length
-        if length is not None and length > self.max_body_bytes:
-            raise _TooLarge(length)
-        if not request.body_exists:
-            return b""
-        chunks: list[bytes] = []
-        size = 0
-        content = request.content
-        while True:
-            chunk = await content.readany()
-            if not chunk:
-                break
-            size += len(chunk)
-            if size > self.max_body_bytes:
-                raise _TooLarge(size)  # chunked bodies: enforced while reading
-            chunks.append(chunk)
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-    def _reject(self, reason: str, message: str, retry_after: int | None = None) -> web.Response:
-        self.metrics.rejected.labels(reason).inc()
-        response = error_response(reason, message, retry_after=retry_after)
-        self.metrics.finished(response.status)
-        return response
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        admission = self.admission
-        # Refusals that do not depend on the body come before reading it.
-        if admission.draining:
-            return self._reject("draining", "the gate is draining; retry on another replica", 1)
-        if not self.ready:
-            return self._reject("not_ready", "the model is not ready yet", 5)
-        try:
-            body = await self._read_body(request)
-        except _TooLarge as exc:
-            return self._reject(
+    def start(self, exchange: Exchange) -> None:
+        """Answer, refuse, queue or forward a request that has been read whole."""
+        if exchange.refusal is not None:
+            reason, message = exchange.refusal
+            exchange.keep_alive = False
+            self._answer(exchange, reason, message)
+            return
+        if exchange.too_large:
+            self._reject(
+                exchange,
                 "too_large",
-                f"request body of {exc.args[0]}+ bytes exceeds the limit of "
+                f"request body of {exchange.too_large}+ bytes exceeds the limit of "
                 f"{self.max_body_bytes} bytes",
             )
-
-        cache_key = None
-        if self.cache is not None:
-            cache_key = self.cache.key_for(request.method, request.path_qs, body)
-            if cache_key is not None:
-                hit = self.cache.get(cache_key)
+            return
+        if exchange.method in _READ_METHODS:
+            path = exchange.target.partition(b"?")[0]
+            if path in _OWN_PATHS:
+                self._own_endpoint(exchange, path)
+                return
+        admission = self.admission
+        if admission.draining:
+            self._reject(exchange, "draining", "the gate is draining; retry on another replica", 1)
+            return
+        if not self.ready:
+            self._reject(exchange, "not_ready", "the model is not ready yet", 5)
+            return
+        cache = self.cache
+        if cache is not None:
+            key = exchange.cache_key = cache.key_for(
+                exchange.method.decode("latin-1"),
+                exchange.target.decode("latin-1"),
+                exchange.body,
+            )
+            if key is not None:
+                hit = cache.get(key)
                 if hit is not None:
-                    return await self._answer_from_cache(request, hit, start)
-
-        metrics = self.metrics
+                    self._answer_from_cache(exchange, hit)
+                    return
         if admission.try_acquire():
-            admitted = loop.time()
-            metrics.queue.observe(0.0)
+            exchange.admitted = self.clock()
+            self.metrics.queue.observe(0.0)
+            self._forward(exchange)
         else:
-            queued = loop.time()
-            try:
-                await admission.acquire()
-            except Rejected as rejected:
-                if rejected.reason == "deadline":
-                    now = loop.time()
-                    metrics.queue.observe(now - queued)
-                    metrics.duration.observe(now - start)
-                return self._reject(rejected.reason, rejected.message, rejected.retry_after)
-            except asyncio.CancelledError:
-                metrics.finished(CLIENT_CLOSED)
-                raise
-            admitted = loop.time()
-            metrics.queue.observe(admitted - queued)
-        code = CLIENT_CLOSED
-        try:
-            code, response = await self._forward(request, body, cache_key)
-            return response
-        finally:
-            done = loop.time()
-            admission.release(done - admitted)
-            metrics.duration.observe(done - start)
-            metrics.finished(code)
+            exchange.task = self._loop.create_task(self._queue_then_forward(exchange))
 
-    async def _answer_from_cache(
-        self, request: web.Request, hit: CachedResponse, start: float
-    ) -> web.StreamResponse:
+    async def _queue_then_forward(self, exchange: Exchange) -> None:
+        queued = self.clock()
         metrics = self.metrics
-        metrics.cache_hits.inc()
-        headers = CIMultiDict(hit.headers)
-        headers["x-vlm-cache"] = "hit"
-        response = web.Response(status=hit.status, headers=headers, body=hit.body)
-        await response.prepare(request)
-        await response.write_eof()
-        metrics.duration.observe(asyncio.get_running_loop().time() - start)
-        metrics.finished(hit.status)
-        return response
+        try:
+            await self.admission.acquire()
+        except Rejected as rejected:
+            exchange.task = None
+            if rejected.reason == "deadline":
+                now = self.clock()
+                metrics.queue.observe(now - queued)
+                metrics.duration.observe(now - exchange.start)
+            self._reject(exchange, rejected.reason, rejected.message, rejected.retry_after)
+            return
+        except asyncio.CancelledError:
+            exchange.task = None
+            if not exchange.aborted:
+                raise
+            exchange.finished = True  # the client left the queue
+            metrics.finished(CLIENT_CLOSED)
+            return
+        exchange.task = None
+        exchange.admitted = self.clock()
+        metrics.queue.observe(exchange.admitted - queued)
+        self._forward(exchange)
 
-    async def _forward(
-        self, request: web.Request, body: bytes, cache_key: str | None
-    ) -> tuple[int, web.StreamResponse]:
-        assert self.session is not None, "the gate's client session is not open"
-        try:
-            upstream = await self.session.request(
-                request.method,
-                self._upstream_url(_origin_form(request)),
-                headers=_forward_headers(request.headers),
-                data=body if body else None,
-                allow_redirects=False,
-            )
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            return 502, error_response("upstream_error", f"model unreachable: {exc!r}")
-        try:
-            return await self._relay(request, upstream, cache_key)
-        finally:
-            upstream.release()
+    def _forward(self, exchange: Exchange) -> None:
+        connection = self.pool.take()
+        if connection is None:
+            exchange.task = self._loop.create_task(self._connect_then_send(exchange))
+        else:
+            connection.send(exchange, self._request_bytes(exchange))
 
-    async def _relay(
-        self, request: web.Request, upstream: aiohttp.ClientResponse, cache_key: str | None
-    ) -> tuple[int, web.StreamResponse]:
-        status = upstream.status
-        if status < 500:
-            self.last_answer = asyncio.get_running_loop().time()
-        headers = _forward_headers(upstream.headers)
-        length = upstream.content_length
-        if request.method == "HEAD":
-            response = web.StreamResponse(status=status, reason=upstream.reason, headers=headers)
-            if length is not None:
-                response.headers["Content-Length"] = str(length)
-            await response.prepare(request)
-            await response.write_eof()
-            return status, response
-        whole = cache_key is not None or (length is not None and length <= _WHOLE_BODY_BYTES)
-        if whole:
-            try:
-                data = await upstream.read()
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                return 502, error_response("upstream_error", f"model failed mid-answer: {exc!r}")
-            if cache_key is not None and self.cache is not None:
-                self.cache.put(cache_key, CachedResponse(status, tuple(headers.items()), data))
-            # A Response (unlike a StreamResponse) sends headers and body in one write.
-            whole_response = web.Response(
-                status=status, reason=upstream.reason, headers=headers, body=data
-            )
-            await whole_response.prepare(request)
-            await whole_response.write_eof()
-            return status, whole_response
-        response = web.StreamResponse(status=status, reason=upstream.reason, headers=headers)
-        if length is not None:
-            response.content_length = length
-        await response.prepare(request)
+    async def _connect_then_send(self, exchange: Exchange) -> None:
         try:
-            async for chunk in upstream.content.iter_any():
-                await response.write(chunk)
-        except ConnectionResetError:
-            return CLIENT_CLOSED, response
-        except (aiohttp.ClientError, TimeoutError) as exc:
+            connection = await self.pool.connect()
+        except (OSError, TimeoutError) as exc:
+            exchange.task = None
+            if not exchange.aborted:
+                self.upstream_failed(exchange, f"model unreachable: {exc!r}")
+            return
+        exchange.task = None
+        if exchange.aborted:
+            self.pool.put(connection)  # the client left meanwhile; the connection is fine
+            return
+        connection.send(exchange, self._request_bytes(exchange))
+
+    def _request_bytes(self, exchange: Exchange) -> bytes:
+        pool = self.pool
+        method = exchange.method
+        parts = [method, b" ", pool.prefix, exchange.target, b" HTTP/1.1\r\n"]
+        for name, value in exchange.headers:
+            parts += (name, b": ", value, b"\r\n")
+        if not exchange.has_host:
+            parts += (b"Host: ", pool.authority, b"\r\n")
+        body = exchange.body
+        if body or method in _BODY_METHODS:
+            parts.append(b"Content-Length: %d\r\n" % len(body))
+        parts += (b"\r\n", body)
+        return b"".join(parts)
+
+    # How exchanges end
+
+    def response_done(self, exchange: Exchange, connection: UpstreamConnection) -> None:
+        """The model's answer has been relayed in full."""
+        exchange.upstream = None
+        captured = connection.captured
+        relayed = connection.headers
+        if captured is not None and self.cache is not None and exchange.cache_key is not None:
+            headers = tuple((n.decode("latin-1"), v.decode("latin-1")) for n, v in relayed)
+            self.cache.put(
+                exchange.cache_key, CachedResponse(connection.status, headers, b"".join(captured))
+            )
+        if connection.reusable and not connection.closed:
+            self.pool.put(connection)
+        else:
+            connection.close()
+        self._complete(exchange, connection.status)
+
+    def upstream_failed(self, exchange: Exchange, message: str) -> None:
+        """The model failed: a 502 if nothing was sent yet, else a cut connection."""
+        if exchange.finished:
+            return
+        exchange.upstream = None
+        if exchange.head_sent:
             # Headers are gone already: the only honest signal left is a cut connection.
-            log.warning("model failed mid-stream on %s: %r", request.path, exc)
-            if request.transport is not None:
-                request.transport.close()
-            return 502, response
-        await response.write_eof()
-        return status, response
+            log.warning("model failed mid-answer on %s: %s", exchange.target.decode("latin-1"),
+                        message)  # fmt: skip
+            exchange.conn.abort()
+        else:
+            exchange.conn.write(
+                error_response(
+                    "upstream_error",
+                    message,
+                    keep_alive=self._keep_alive(exchange),
+                    http11=exchange.http11,
+                )
+            )
+        self._complete(exchange, ERROR_STATUS["upstream_error"])
+
+    def client_gone(self, exchange: Exchange) -> None:
+        """The client hung up: free its slot, or take it out of the queue."""
+        if exchange.finished:
+            return
+        exchange.aborted = True
+        if exchange.admitted is None:
+            if exchange.task is not None:
+                exchange.task.cancel()  # queued: the task leaves the queue and counts it
+            return
+        connection = exchange.upstream
+        if connection is not None:
+            exchange.upstream = None
+            connection.abort()
+        self._complete(exchange, CLIENT_CLOSED)
+
+    def _complete(self, exchange: Exchange, code: int, *, observe: bool = True) -> None:
+        if exchange.finished:
+            return
+        exchange.finished = True
+        if exchange.admitted is not None or observe:
+            now = self.clock()
+            if exchange.admitted is not None:
+                self.admission.release(now - exchange.admitted)
+            if observe:
+                self.metrics.duration.observe(now - exchange.start)
+        self.metrics.finished(code)
+        exchange.conn.exchange_done(exchange)
+
+    # Answers from the gate itself
+
+    def _keep_alive(self, exchange: Exchange) -> bool:
+        # While draining every answer says "Connection: close": clients reconnect
+        # through the Service, to a replica that is not going away.
+        keep_alive = exchange.keep_alive = exchange.keep_alive and not self.admission.draining
+        return keep_alive
+
+    def _reject(
+        self, exchange: Exchange, reason: str, message: str, retry_after: int | None = None
+    ) -> None:
+        self.metrics.rejected.labels(reason).inc()
+        exchange.conn.write(
+            error_response(
+                reason,
+                message,
+                keep_alive=self._keep_alive(exchange),
+                http11=exchange.http11,
+                retry_after=retry_after,
+            )
+        )
+        self._complete(exchange, ERROR_STATUS[reason], observe=False)
+
+    def _answer(self, exchange: Exchange, reason: str, message: str) -> None:
+        """A request the gate could not read: an error, counted, and the connection ends."""
+        exchange.conn.write(
+            error_response(reason, message, keep_alive=False, http11=exchange.http11)
+        )
+        self._complete(exchange, ERROR_STATUS[reason], observe=False)
+
+    def _answer_from_cache(self, exchange: Exchange, hit: CachedResponse) -> None:
+        self.metrics.cache_hits.inc()
+        headers = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in hit.headers]
+        headers.append((b"x-vlm-cache", b"hit"))
+        exchange.conn.write(
+            response(
+                hit.status,
+                headers,
+                hit.body,
+                keep_alive=self._keep_alive(exchange),
+                http11=exchange.http11,
+            )
+        )
+        self._complete(exchange, hit.status)
+
+    def _own_endpoint(self, exchange: Exchange, path: bytes) -> None:
+        """/metrics, /healthz, /readyz: neither queued nor counted."""
+        keep_alive = self._keep_alive(exchange)
+        head_only = exchange.method == b"HEAD"
+        if path == b"/metrics":
+            data = response(
+                200,
+                [(b"Content-Type", _METRICS_CONTENT_TYPE), (b"Date", http_date())],
+                self.metrics.render(),
+                keep_alive=keep_alive,
+                http11=exchange.http11,
+                head_only=head_only,
+            )
+        else:
+            status, state = 200, "ok"
+            if path == b"/readyz":
+                if self.admission.draining:
+                    status, state = 503, "draining"
+                elif not self.ready:
+                    status, state = 503, "model not ready"
+                else:
+                    state = "ready"
+            data = json_response(
+                status,
+                {"status": state},
+                keep_alive=keep_alive,
+                http11=exchange.http11,
+                head_only=head_only,
+            )
+        exchange.conn.write(data)
+        exchange.finished = True
+        exchange.conn.exchange_done(exchange)

@@ -1,9 +1,8 @@
-"""The gate's configuration, its aiohttp application, and its life cycle.
+"""The gate's configuration, its listening socket, and its life cycle.
 
-The application owns one client session whose connection pool is sized to the
-in-flight limit (admission control guarantees it never needs more), a
-background health poller that decides readiness, and the gate's own endpoints
-(/metrics, /healthz, /readyz), which are neither counted nor queued.
+A :class:`GateServer` owns the listening socket (one :class:`ClientConnection`
+per client), the pool of connections to the model, a background health poller
+that decides readiness, and a sweeper that closes idle connections.
 
 On SIGTERM the gate turns unready and refuses new work with 503, lets every
 running and queued request finish within the drain timeout, then exits 0.
@@ -14,17 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 import sys
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
-
-import aiohttp
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST
 
 from vlm_operator.gate._admission import Admission
 from vlm_operator.gate._cache import ResponseCache
+from vlm_operator.gate._client import ClientConnection
 from vlm_operator.gate._metrics import GateMetrics
 from vlm_operator.gate._proxy import Proxy
 from vlm_operator.models import ConcurrencySpec
@@ -35,6 +31,10 @@ _SPEC_DEFAULTS = ConcurrencySpec()
 #: Consecutive failed health checks before a ready model counts as not ready
 #: (one slow answer from a busy model must not take the pod out of service).
 _HEALTH_FAILURES = 2
+#: Seconds between sweeps for idle connections.
+_SWEEP_SECONDS = 5.0
+#: Seconds a client's keep-alive connection may stay idle.
+_CLIENT_IDLE_SECONDS = 75.0
 
 
 @dataclass(frozen=True)
@@ -77,127 +77,154 @@ class GateConfig:
             raise ValueError(f"drain_timeout must be >= 0, got {self.drain_timeout}")
 
 
-_PROXY = web.AppKey("proxy", Proxy)
+async def _probe(proxy: Proxy, path: bytes, seconds: float) -> bool:
+    """One GET of the model's health endpoint on a fresh connection: True on 200."""
+    pool = proxy.pool
+    request = (
+        b"GET " + pool.prefix + path + b" HTTP/1.1\r\nHost: " + pool.authority
+        + b"\r\nConnection: close\r\n\r\n"
+    )  # fmt: skip
+    try:
+        async with asyncio.timeout(seconds):
+            reader, writer = await asyncio.open_connection(pool.host, pool.port, ssl=pool.ssl)
+            try:
+                writer.write(request)
+                status_line = await reader.readline()
+            finally:
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+    except (OSError, TimeoutError):
+        return False
+    fields = status_line.split(None, 2)
+    return len(fields) >= 2 and fields[1] == b"200"
 
 
-def _proxy_of(app: web.Application) -> Proxy:
-    return app[_PROXY]
-
-
-async def _poll_health(proxy: Proxy, config: GateConfig, session: aiohttp.ClientSession) -> None:
-    url = proxy.upstream + config.health_path
-    timeout = aiohttp.ClientTimeout(total=config.health_timeout)
+async def _poll_health(proxy: Proxy, config: GateConfig) -> None:
+    path = config.health_path.encode()
     failures = 0
     while True:
-        try:
-            async with session.get(url, timeout=timeout) as response:
-                ok = response.status == 200
-                await response.read()
-        except (aiohttp.ClientError, OSError, TimeoutError):
-            ok = False
-        if ok:
+        if await _probe(proxy, path, config.health_timeout):
             failures = 0
             if not proxy.ready:
-                log.info("model is ready at %s", url)
+                log.info("model is ready at %s%s", config.upstream, config.health_path)
             proxy.ready = True
         else:
             failures += 1
             # A model busy answering requests may be slow to answer its health
             # endpoint; an answer it gave recently proves it alive.
             answered_recently = (
-                asyncio.get_running_loop().time() - proxy.last_answer
-                < config.health_interval + config.health_timeout
+                proxy.clock() - proxy.last_answer < config.health_interval + config.health_timeout
             )
             if proxy.ready and failures >= _HEALTH_FAILURES and not answered_recently:
-                log.warning("model failed %d health checks at %s", failures, url)
+                log.warning(
+                    "model failed %d health checks at %s%s",
+                    failures,
+                    config.upstream,
+                    config.health_path,
+                )
                 proxy.ready = False
         await asyncio.sleep(config.health_interval)
 
 
-def create_app(config: GateConfig) -> web.Application:
-    """The gate as an aiohttp application (sessions open and close with it)."""
-    admission = Admission(config.max_in_flight, config.queue_size, config.queue_timeout)
-    metrics = GateMetrics(
-        max_in_flight=config.max_in_flight,
-        queue_capacity=config.queue_size,
-        running=lambda: admission.running,
-        waiting=lambda: admission.waiting,
-        bucket_scale=config.bucket_scale,
-    )
-    cache = ResponseCache(config.cache_size, config.cache_ttl) if config.cache_size else None
-    proxy = Proxy(
-        upstream=config.upstream,
-        admission=admission,
-        metrics=metrics,
-        max_body_bytes=config.max_body_bytes,
-        cache=cache,
-    )
-    proxy.ready = not config.health_path
-    app = web.Application(client_max_size=config.max_body_bytes)
-    app[_PROXY] = proxy
+async def _sweep(proxy: Proxy) -> None:
+    """Close client connections idle past the keep-alive timeout, and stale model ones."""
+    limit = math.ceil(_CLIENT_IDLE_SECONDS / _SWEEP_SECONDS)
+    while True:
+        await asyncio.sleep(_SWEEP_SECONDS)
+        for connection in list(proxy.connections):
+            if connection.active is None and not connection.pending:
+                connection.idle_ticks += 1
+                if connection.idle_ticks >= limit:
+                    connection.close_if_idle()
+        proxy.pool.sweep()
 
-    async def sessions(app: web.Application) -> AsyncIterator[None]:
-        # Idle upstream connections are dropped after 4 s, before the model server's
-        # own keep-alive timeout (uvicorn: 5 s) can close one under a request: a
-        # POST on a connection closed that way is not retried and would be a 502.
-        connector = aiohttp.TCPConnector(limit=config.max_in_flight, keepalive_timeout=4.0)
-        proxy.session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
-            auto_decompress=False,
-            # A proxy must not remember one client's cookies and send them with another's.
-            cookie_jar=aiohttp.DummyCookieJar(),
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+
+class GateServer:
+    """The gate on a listening socket: :meth:`start`, :meth:`drain`, :meth:`close`."""
+
+    def __init__(self, config: GateConfig) -> None:
+        self.config = config
+        self._server: asyncio.Server | None = None
+        self._proxy: Proxy | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def proxy(self) -> Proxy:
+        assert self._proxy is not None, "the gate has not been started"
+        return self._proxy
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """The host and port the gate listens on (the real port when 0 was asked for)."""
+        assert self._server is not None, "the gate has not been started"
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return str(host), int(port)
+
+    @property
+    def url(self) -> str:
+        host, port = self.address
+        return f"http://{host}:{port}"
+
+    async def start(self) -> None:
+        """Listen, and start polling the model's health."""
+        config = self.config
+        admission = Admission(config.max_in_flight, config.queue_size, config.queue_timeout)
+        metrics = GateMetrics(
+            max_in_flight=config.max_in_flight,
+            queue_capacity=config.queue_size,
+            running=lambda: admission.running,
+            waiting=lambda: admission.waiting,
+            bucket_scale=config.bucket_scale,
         )
-        health_session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1))
-        poller = None
+        cache = ResponseCache(config.cache_size, config.cache_ttl) if config.cache_size else None
+        proxy = self._proxy = Proxy(
+            upstream=config.upstream,
+            admission=admission,
+            metrics=metrics,
+            max_body_bytes=config.max_body_bytes,
+            cache=cache,
+        )
+        proxy.ready = not config.health_path
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: ClientConnection(proxy),
+            config.host,
+            config.port,
+            backlog=1024,
+            reuse_address=True,
+        )
         if config.health_path:
-            poller = asyncio.create_task(_poll_health(proxy, config, health_session))
-        yield
-        if poller is not None:
-            poller.cancel()
+            self._tasks.append(loop.create_task(_poll_health(proxy, config)))
+        self._tasks.append(loop.create_task(_sweep(proxy)))
+
+    async def drain(self, seconds: float) -> bool:
+        """Refuse new work and wait for running and queued requests; False on timeout."""
+        admission = self.proxy.admission
+        admission.draining = True
+        return await admission.wait_idle(seconds)
+
+    async def close(self) -> None:
+        """Stop listening and close every connection; requests still running are cut."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
-                await poller
-        await health_session.close()
-        await proxy.session.close()
-
-    app.cleanup_ctx.append(sessions)
-
-    async def metrics_endpoint(request: web.Request) -> web.Response:
-        return web.Response(body=metrics.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    async def healthz(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
-
-    async def readyz(request: web.Request) -> web.Response:
-        if admission.draining:
-            return web.json_response({"status": "draining"}, status=503)
-        if not proxy.ready:
-            return web.json_response({"status": "model not ready"}, status=503)
-        return web.json_response({"status": "ready"})
-
-    app.router.add_get("/metrics", metrics_endpoint)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_route("*", "/{tail:.*}", proxy.handle)
-    return app
-
-
-def make_runner(app: web.Application) -> web.AppRunner:
-    """A runner that cancels a handler when its client disconnects.
-
-    That is what frees a slot (the upstream request is cancelled with it) and
-    takes a waiting request out of the queue at once.
-    """
-    # After the drain (bounded by the drain timeout) stragglers get 0.5 s, then are cut.
-    return web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5)
-
-
-async def drain(app: web.Application, seconds: float) -> bool:
-    """Refuse new work and wait for running and queued requests; False on timeout."""
-    admission = _proxy_of(app).admission
-    admission.draining = True
-    return await admission.wait_idle(seconds)
+                await task
+        self._tasks.clear()
+        if self._server is not None:
+            self._server.close()
+        if self._proxy is not None:
+            for connection in list(self._proxy.connections):
+                if connection.active is None and not connection.pending:
+                    connection.close_if_idle()
+                else:
+                    connection.abort()
+            self._proxy.pool.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+        await asyncio.sleep(0)  # let the closed transports report connection_lost
 
 
 async def serve(config: GateConfig, stop: asyncio.Event | None = None) -> int:
@@ -206,34 +233,30 @@ async def serve(config: GateConfig, stop: asyncio.Event | None = None) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    app = create_app(config)
-    runner = make_runner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port, backlog=1024)
-    await site.start()
-    host, port = runner.addresses[0][:2] if runner.addresses else (config.host, config.port)
+    gate = GateServer(config)
+    await gate.start()
     print(
-        f"vlm-operator gate: listening on http://{host}:{port} → {config.upstream} "
+        f"vlm-operator gate: listening on {gate.url} → {config.upstream} "
         f"(max in flight {config.max_in_flight}, queue {config.queue_size})",
         flush=True,
     )
     try:
         await stop.wait()
-        admission = _proxy_of(app).admission
+        admission = gate.proxy.admission
         log.info(
             "draining: %d running, %d queued, up to %gs",
             admission.running,
             admission.waiting,
             config.drain_timeout,
         )
-        if not await drain(app, config.drain_timeout):
+        if not await gate.drain(config.drain_timeout):
             log.warning(
                 "drain timeout: %d running and %d queued requests cut",
                 admission.running,
                 admission.waiting,
             )
     finally:
-        await runner.cleanup()
+        await gate.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     print("vlm-operator gate: drained, exiting", file=sys.stderr, flush=True)

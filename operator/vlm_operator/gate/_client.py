@@ -1,0 +1,288 @@
+"""The client side of the gate: one protocol object per client connection.
+
+It parses requests with llhttp (httptools), buffers each body up to the
+limit, and hands whole requests to the proxy one at a time, in order, so a
+client that pipelines gets its answers in the order it asked. It keeps
+reading while a request is being served: that is how a client that hangs up
+is noticed at once (its slot freed, or its place in the queue given up).
+
+Bodies over the limit are refused as soon as that is known (from
+Content-Length, or while a chunked body arrives); the rest of such a body is
+read and thrown away before the connection is closed, so the client sees the
+413 rather than a reset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from vlm_operator.gate._http import CONTINUE, HOP_BY_HOP, Header, connection_options, origin_form
+from vlm_operator.gate._proxy import Exchange
+
+if TYPE_CHECKING:
+    from vlm_operator.gate._proxy import Proxy
+
+log = logging.getLogger("vlm_operator.gate")
+
+#: Request line plus headers; beyond: 431.
+MAX_HEAD_BYTES = 64 * 1024
+#: Requests a client may send ahead of its answers before the gate stops reading.
+MAX_PIPELINED = 8
+#: Seconds the gate reads (and drops) the rest of a refused body before closing.
+LINGER_SECONDS = 5.0
+
+
+class _HeadTooLarge(Exception):
+    pass
+
+
+class ClientConnection(asyncio.Protocol):
+    """One client's connection: requests in, answers out, strictly in order."""
+
+    transport: asyncio.Transport
+
+    def __init__(self, proxy: Proxy) -> None:
+        self.proxy = proxy
+        self.closed = False
+        self.active: Exchange | None = None
+        self.pending: deque[Exchange] = deque()
+        #: Sweeps seen without any traffic (idle keep-alive connections are closed).
+        self.idle_ticks = 0
+        self._parser = httptools.HttpRequestParser(self)
+        self._closing = False
+        self._dispatching = False
+        self._reading_paused = False
+        #: The client reads slower than answers arrive: the model's side waits.
+        self.writing_paused = False
+        self._linger: asyncio.TimerHandle | None = None
+        self._new_request()
+
+    def _new_request(self) -> None:
+        self._url = b""
+        self._headers: list[Header] = []
+        self._head_size = 0
+        self._has_host = False
+        self._options: set[bytes] | None = None
+        self._expect_continue = False
+        self._length = -1
+        self._body: list[bytes] = []
+        self._size = 0
+        self._refused = False  # body over the limit: the rest is read and dropped
+        self._start = 0.0
+        self._method = b""
+        self._http11 = True
+        self._keep_alive = True
+        self._upgrade = False
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.proxy.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.idle_ticks = 0
+        if self._closing and not self._refused:
+            return  # answered with "Connection: close": anything after is ignored
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse_connection("unsupported", "protocol upgrades are not supported")
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _HeadTooLarge):
+                self._refuse_connection(
+                    "head_too_large", f"request line and headers exceed {MAX_HEAD_BYTES} bytes"
+                )
+            else:
+                log.error("request parsing failed", exc_info=exc.__context__ or exc)
+                self._refuse_connection("bad_request", "the gate could not parse the request")
+        except httptools.HttpParserError as exc:
+            self._refuse_connection("bad_request", f"malformed HTTP/1.1 request: {exc}")
+        self._dispatch()
+
+    def eof_received(self) -> bool | None:
+        return None  # the client is gone (or half-closed): close, which frees its slot
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.proxy.connections.discard(self)
+        if self._linger is not None:
+            self._linger.cancel()
+        self.pending.clear()
+        active, self.active = self.active, None
+        if active is not None:
+            self.proxy.client_gone(active)
+
+    def pause_writing(self) -> None:
+        # The client reads slower than the model answers: stop reading the model.
+        self.writing_paused = True
+        active = self.active
+        if active is not None and active.upstream is not None:
+            active.upstream.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        active = self.active
+        if active is not None and active.upstream is not None:
+            active.upstream.resume_reading()
+
+    # llhttp callbacks
+
+    def on_message_begin(self) -> None:
+        self._new_request()
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._head_size += len(url)
+        if self._head_size > MAX_HEAD_BYTES:
+            raise _HeadTooLarge
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > MAX_HEAD_BYTES:
+            raise _HeadTooLarge
+        lower = name.lower()
+        if lower in HOP_BY_HOP:
+            if lower == b"content-length":
+                self._length = int(value)  # llhttp has checked it is a number
+            elif lower == b"connection":
+                self._options = connection_options(value)
+            elif lower == b"expect":
+                self._expect_continue = value.lower() == b"100-continue"
+            return
+        if lower == b"host":
+            self._has_host = True
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        if self._closing:
+            return
+        parser = self._parser
+        self._start = self.proxy.clock()
+        self._method = parser.get_method()
+        self._http11 = parser.get_http_version() == "1.1"
+        self._keep_alive = parser.should_keep_alive()
+        if parser.should_upgrade():
+            self._upgrade = True  # refused once llhttp stops at the upgrade
+            return
+        if self._length > self.proxy.max_body_bytes:
+            self._refuse_body(self._length)
+        elif self._expect_continue and self._http11 and not self._closing:
+            self.transport.write(CONTINUE)
+
+    def on_body(self, body: bytes) -> None:
+        if self._refused or self._closing:
+            return
+        self._size += len(body)
+        if self._size > self.proxy.max_body_bytes:
+            self._refuse_body(self._size)  # a chunked body: enforced while reading
+            return
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._refused:
+            self._refused = False
+            if self._closing and self.active is None and not self.pending:
+                self.transport.close()  # the refusal is out and the body is read
+            return
+        if self._closing or self._upgrade:
+            return
+        headers = self._headers
+        if self._options:
+            options = self._options
+            headers = [(name, value) for name, value in headers if name.lower() not in options]
+        body = self._body
+        self._enqueue(
+            Exchange(
+                self,
+                self._method,
+                origin_form(self._url),
+                headers,
+                self._has_host,
+                body[0] if len(body) == 1 else b"".join(body),
+                self._http11,
+                self._keep_alive,
+                self._start,
+            )
+        )
+
+    # Exchanges
+
+    def _enqueue(self, exchange: Exchange) -> None:
+        self.pending.append(exchange)
+        if len(self.pending) >= MAX_PIPELINED and not self._reading_paused and not self.closed:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def _dispatch(self) -> None:
+        """Start the next request if none is being answered (not re-entrant)."""
+        if self._dispatching:
+            return
+        self._dispatching = True
+        try:
+            while self.active is None and self.pending and not self.closed:
+                exchange = self.active = self.pending.popleft()
+                if self._reading_paused and len(self.pending) < MAX_PIPELINED:
+                    self._reading_paused = False
+                    self.transport.resume_reading()
+                self.proxy.start(exchange)
+        finally:
+            self._dispatching = False
+
+    def exchange_done(self, exchange: Exchange) -> None:
+        """The answer to ``exchange`` is out: close, or go on with the next request."""
+        if self.active is exchange:
+            self.active = None
+        if self.closed:
+            return
+        if not exchange.keep_alive:
+            self._closing = True
+            self.pending.clear()
+            if self._refused and self.transport.can_write_eof():
+                # The body is still coming: say we are done, read it, then close.
+                self.transport.write_eof()
+                self._linger = asyncio.get_running_loop().call_later(
+                    LINGER_SECONDS, self.transport.close
+                )
+            else:
+                self.transport.close()
+            return
+        self._dispatch()
+
+    def write(self, data: bytes) -> None:
+        if not self.closed:
+            self.transport.write(data)
+
+    def abort(self) -> None:
+        """Cut the connection (a stream broken after its headers were sent)."""
+        if not self.closed:
+            self.transport.abort()
+
+    def close_if_idle(self) -> None:
+        if self.active is None and not self.pending and not self.closed:
+            self.transport.close()
+
+    # Refusals that end the connection
+
+    def _refuse_body(self, size: int) -> None:
+        self._refused = True
+        self._body = []
+        refusal = Exchange(self, self._method, b"", [], True, b"", self._http11, False, self._start)
+        refusal.too_large = size
+        self._enqueue(refusal)
+        self._closing = True  # nothing after this request is read
+
+    def _refuse_connection(self, reason: str, message: str) -> None:
+        """The byte stream cannot be parsed further: answer (in turn) and close."""
+        self._refused = False
+        if self._closing:
+            return
+        self._closing = True
+        refusal = Exchange(self, b"", b"", [], True, b"", self._http11, False, self.proxy.clock())
+        refusal.refusal = (reason, message)
+        self._enqueue(refusal)

@@ -1,0 +1,171 @@
+"""HTTP/1.1 on the wire: the framing the gate writes itself.
+
+The gate speaks HTTP/1.1 over asyncio protocols with llhttp (through
+httptools) doing the parsing; this module holds the few pure pieces around
+that: which headers are the connection's own and never forwarded, how a
+request target is turned into origin form, and the bytes of the answers the
+gate gives itself (rejections, its own endpoints, cache hits).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from email.utils import formatdate
+from http import HTTPStatus
+
+Header = tuple[bytes, bytes]
+
+#: RFC 9110 §7.6.1 connection-specific fields, plus the framing the gate sets itself.
+#: ``expect``: the gate answers "100 Continue" itself and forwards whole bodies.
+HOP_BY_HOP: frozenset[bytes] = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"content-length",
+        b"expect",
+    }
+)
+
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+_REASONS = {status.value: status.phrase.encode() for status in HTTPStatus}
+
+_ERROR_TYPES = {
+    "queue_full": "rate_limit_error",
+    "deadline": "timeout_error",
+    "draining": "service_unavailable_error",
+    "not_ready": "service_unavailable_error",
+    "too_large": "invalid_request_error",
+    "upstream_error": "upstream_error",
+    "bad_request": "invalid_request_error",
+    "head_too_large": "invalid_request_error",
+    "unsupported": "invalid_request_error",
+}
+
+#: The status of each answer the gate gives for the model.
+ERROR_STATUS = {
+    "queue_full": 429,
+    "deadline": 504,
+    "draining": 503,
+    "not_ready": 503,
+    "too_large": 413,
+    "upstream_error": 502,
+    "bad_request": 400,
+    "head_too_large": 431,
+    "unsupported": 501,
+}
+
+
+def reason_phrase(status: int) -> bytes:
+    """The standard reason phrase of a status ("Unknown" for unregistered ones)."""
+    return _REASONS.get(status, b"Unknown")
+
+
+_date_second = -1
+_date_value = b""
+
+
+def http_date() -> bytes:
+    """The current IMF-fixdate, computed once per second."""
+    global _date_second, _date_value
+    now = int(time.time())
+    if now != _date_second:
+        _date_second = now
+        _date_value = formatdate(now, usegmt=True).encode()
+    return _date_value
+
+
+def origin_form(target: bytes) -> bytes:
+    """Path and query as the client wrote them (absolute-form targets lose scheme and host)."""
+    if target.startswith(b"/"):
+        return target
+    # scheme://authority[/path][?query], cut by hand: URL parsing would re-encode the path
+    rest = target.partition(b"://")[2]
+    cuts = [i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0]
+    tail = rest[min(cuts) :] if cuts else b""
+    return tail if tail.startswith(b"/") else b"/" + tail
+
+
+def connection_options(value: bytes) -> set[bytes]:
+    """The header names a Connection header lists (lower case): hop-by-hop as well."""
+    return {token.strip().lower() for token in value.split(b",") if token.strip()}
+
+
+def response(
+    status: int,
+    headers: Iterable[Header],
+    body: bytes,
+    *,
+    keep_alive: bool,
+    http11: bool,
+    head_only: bool = False,
+    reason: bytes | None = None,
+) -> bytes:
+    """A whole response with Content-Length framing, head and body in one buffer."""
+    parts = [b"HTTP/1.1 %d " % status, reason or reason_phrase(status), b"\r\n"]
+    for name, value in headers:
+        parts += (name, b": ", value, b"\r\n")
+    parts.append(b"Content-Length: %d\r\n" % len(body))
+    if not keep_alive:
+        parts.append(b"Connection: close\r\n")
+    elif not http11:
+        parts.append(b"Connection: keep-alive\r\n")
+    parts.append(b"\r\n")
+    if not head_only:
+        parts.append(body)
+    return b"".join(parts)
+
+
+def json_response(
+    status: int,
+    payload: object,
+    *,
+    keep_alive: bool,
+    http11: bool,
+    head_only: bool = False,
+    extra: Iterable[Header] = (),
+) -> bytes:
+    """A JSON answer from the gate itself."""
+    headers = [
+        (b"Content-Type", b"application/json; charset=utf-8"),
+        (b"Date", http_date()),
+        *extra,
+    ]
+    return response(
+        status,
+        headers,
+        json.dumps(payload).encode(),
+        keep_alive=keep_alive,
+        http11=http11,
+        head_only=head_only,
+    )
+
+
+def error_response(
+    reason: str,
+    message: str,
+    *,
+    keep_alive: bool,
+    http11: bool,
+    retry_after: int | None = None,
+) -> bytes:
+    """An OpenAI-style JSON error: ``{"error": {"message", "type", "code"}}``."""
+    extra: list[Header] = []
+    if retry_after is not None:
+        extra.append((b"Retry-After", b"%d" % retry_after))
+    if reason == "deadline":
+        # openai-python would otherwise retry a request that already waited its deadline.
+        extra.append((b"x-should-retry", b"false"))
+    payload = {"error": {"message": message, "type": _ERROR_TYPES[reason], "code": reason}}
+    return json_response(
+        ERROR_STATUS[reason], payload, keep_alive=keep_alive, http11=http11, extra=extra
+    )

@@ -1,0 +1,293 @@
+"""The model side of the gate: kept-alive connections to the model server.
+
+Each connection carries one request at a time (admission control bounds how
+many are busy). The model's answer is parsed with llhttp only for what the
+gate must know — status, framing, where the message ends — and relayed to the
+client as it arrives, one write per read from the model: a server-sent event
+reaches the client when the model sends it, and a small answer goes out in
+one write together with its head. Framing is redone for the client:
+hop-by-hop headers are dropped, and a body of unknown length is sent chunked.
+
+Idle connections are dropped after a few seconds, before the model server's
+own keep-alive timeout (uvicorn: 5 s) can close one under a new request: a
+POST on a connection closed that way cannot be retried safely.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import urllib.parse
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from vlm_operator.gate._http import HOP_BY_HOP, Header, connection_options, reason_phrase
+
+if TYPE_CHECKING:
+    from vlm_operator.gate._proxy import Exchange, Proxy
+
+#: Seconds an idle connection to the model is kept for reuse.
+IDLE_SECONDS = 4.0
+#: Seconds to open a connection to the model.
+CONNECT_SECONDS = 5.0
+
+
+class UpstreamConnection(asyncio.Protocol):
+    """One connection to the model, relaying its answers to the exchange it serves."""
+
+    transport: asyncio.Transport
+
+    def __init__(self, pool: UpstreamPool) -> None:
+        self.pool = pool
+        self.closed = False
+        self.exchange: Exchange | None = None
+        self.idle_since = 0.0
+        self.status = 0
+        #: The answer's headers as relayed and its body (only when the cache wants it).
+        self.headers: list[Header] = []
+        self.captured: list[bytes] | None = None
+        self.reusable = False
+        self._paused = False  # reading paused while the client catches up
+        self._parser = httptools.HttpResponseParser(self)
+        self._out: list[bytes] = []
+        self._reset()
+
+    def _reset(self) -> None:
+        self.headers = []
+        self.captured = None
+        self.reusable = False
+        self._reason = b""
+        self._length: bytes | None = None
+        self._upstream_chunked = False
+        self._options: set[bytes] | None = None
+        self._interim = False
+        self._chunked = False  # re-chunked for the client
+        self._until_close = False  # the model's answer ends when its connection does
+        self._complete = False
+        self._captured_bytes = 0
+
+    def send(self, exchange: Exchange, request: bytes) -> None:
+        self.exchange = exchange
+        exchange.upstream = self
+        self._reset()
+        self.transport.write(request)
+        if exchange.conn.writing_paused:
+            self.pause_reading()
+
+    def pause_reading(self) -> None:
+        if not self.closed and not self._paused:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if not self.closed and self._paused:
+            self._paused = False
+            self.transport.resume_reading()
+
+    def abort(self) -> None:
+        """Drop the connection now (its client is gone: the model request is cancelled)."""
+        self.exchange = None
+        if not self.closed:
+            self.transport.abort()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.transport.close()
+
+    # asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+
+    def data_received(self, data: bytes) -> None:
+        exchange = self.exchange
+        if exchange is None:
+            self.transport.close()  # a model that speaks unasked is not to be trusted
+            return
+        out = self._out = []
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            if out:
+                exchange.conn.write(b"".join(out))
+            self.abort()
+            self.pool.proxy.upstream_failed(exchange, f"malformed answer from the model: {exc}")
+            return
+        if out:
+            exchange.conn.write(out[0] if len(out) == 1 else b"".join(out))
+        if self._complete:
+            self.exchange = None
+            self.pool.proxy.response_done(exchange, self)
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.pool.forget(self)
+        exchange, self.exchange = self.exchange, None
+        if exchange is None or exchange.finished:
+            return
+        if self._until_close and exchange.head_sent:
+            if self._chunked:
+                exchange.conn.write(b"0\r\n\r\n")
+            self.pool.proxy.response_done(exchange, self)  # that was the answer's end
+        else:
+            detail = f": {exc!r}" if exc is not None else ""
+            self.pool.proxy.upstream_failed(exchange, f"model closed the connection{detail}")
+
+    # llhttp callbacks
+
+    def on_message_begin(self) -> None:
+        self._reset()
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        lower = name.lower()
+        if lower in HOP_BY_HOP:
+            if lower == b"content-length":
+                self._length = value
+            elif lower == b"transfer-encoding":
+                self._upstream_chunked = b"chunked" in value.lower()
+            elif lower == b"connection":
+                self._options = connection_options(value)
+            return
+        self.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if status < 200:
+            self._interim = True  # 1xx: the real answer follows
+            return
+        exchange = self.exchange
+        assert exchange is not None
+        proxy = self.pool.proxy
+        self.status = status
+        if status < 500:
+            proxy.last_answer = proxy.clock()
+        headers = self.headers
+        if self._options:
+            options = self._options
+            headers = self.headers = [(n, v) for n, v in headers if n.lower() not in options]
+        parts = [b"HTTP/1.1 %d " % status, self._reason or reason_phrase(status), b"\r\n"]
+        for name, value in headers:
+            parts += (name, b": ", value, b"\r\n")
+        keep_alive = exchange.keep_alive and not proxy.draining
+        head_request = exchange.method == b"HEAD"
+        if head_request or status == 204 or status == 304:
+            if head_request:
+                if self._length is not None:
+                    parts += (b"Content-Length: ", self._length, b"\r\n")
+                # llhttp would wait for the body a HEAD answer announces: done here.
+                self._complete = True
+        elif self._length is not None:
+            parts += (b"Content-Length: ", self._length, b"\r\n")
+        else:
+            self._until_close = not self._upstream_chunked
+            if exchange.http11:
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+                self._chunked = True
+            else:
+                keep_alive = False  # an HTTP/1.0 client learns the end from the close
+        if not keep_alive:
+            exchange.keep_alive = False
+            parts.append(b"Connection: close\r\n")
+        elif not exchange.http11:
+            parts.append(b"Connection: keep-alive\r\n")
+        parts.append(b"\r\n")
+        self._out.append(b"".join(parts))
+        exchange.head_sent = True
+        if exchange.cache_key is not None and status == 200 and not head_request:
+            self.captured = []
+
+    def on_body(self, body: bytes) -> None:
+        if self._interim or self._complete:
+            return
+        out = self._out
+        if self._chunked:
+            out += (b"%x\r\n" % len(body), body, b"\r\n")
+        else:
+            out.append(body)
+        captured = self.captured
+        if captured is not None:
+            self._captured_bytes += len(body)
+            if self._captured_bytes > self.pool.proxy.max_cached_bytes:
+                self.captured = None  # too large to keep: relayed, not cached
+            else:
+                captured.append(body)
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
+        if self._complete:
+            return  # a HEAD answer, finished at its headers
+        if self._chunked:
+            self._out.append(b"0\r\n\r\n")
+        self._complete = True
+        self.reusable = self._parser.should_keep_alive()
+
+
+class UpstreamPool:
+    """Connections to one model server: reused most-recent first, dropped when stale."""
+
+    def __init__(self, proxy: Proxy, url: str) -> None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"upstream must be an http(s) URL with a host, got {url!r}")
+        self.proxy = proxy
+        self.host = parts.hostname
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.ssl: ssl.SSLContext | None = (
+            ssl.create_default_context() if parts.scheme == "https" else None
+        )
+        #: For requests that came without a Host header (HTTP/1.0 clients).
+        self.authority = parts.netloc.encode()
+        #: A base path of the upstream URL, put before every request target.
+        self.prefix = parts.path.rstrip("/").encode()
+        self._idle: list[UpstreamConnection] = []
+
+    def take(self) -> UpstreamConnection | None:
+        """The most recently used idle connection that is still fresh, if any."""
+        idle = self._idle
+        while idle:
+            connection = idle.pop()
+            if connection.closed:
+                continue
+            if self.proxy.clock() - connection.idle_since > IDLE_SECONDS:
+                connection.close()
+                continue
+            return connection
+        return None
+
+    async def connect(self) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(CONNECT_SECONDS):
+            _, protocol = await loop.create_connection(
+                lambda: UpstreamConnection(self), self.host, self.port, ssl=self.ssl
+            )
+        return protocol
+
+    def put(self, connection: UpstreamConnection) -> None:
+        connection.resume_reading()  # its last client may have been slow: read the next answer
+        connection.idle_since = self.proxy.clock()
+        self._idle.append(connection)
+
+    def forget(self, connection: UpstreamConnection) -> None:
+        if connection in self._idle:
+            self._idle.remove(connection)
+
+    def sweep(self) -> None:
+        """Close idle connections that are too old to be reused."""
+        now = self.proxy.clock()
+        for connection in [c for c in self._idle if now - c.idle_since > IDLE_SECONDS]:
+            self._idle.remove(connection)
+            connection.close()
+
+    def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for connection in idle:
+            connection.close()

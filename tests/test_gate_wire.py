@@ -1,0 +1,415 @@
+"""The gate's HTTP/1.1 on the wire: what raw clients and odd models see.
+
+These tests speak bytes to the real gate on a loopback port: pipelining,
+HTTP/1.0, ``Expect: 100-continue``, malformed and oversized heads, HEAD,
+answers without a length, kept-alive connections to the model, large bodies
+both ways, a client that reads slowly, and drain. Responses are parsed back
+with llhttp (httptools), the parser a real client would use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import random
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httptools
+import pytest
+from aiohttp import web
+
+from tests.gate_harness import DEADLINE_S, Backend, Gate, error_code, running_gate, until
+
+
+class _Message:
+    def __init__(self) -> None:
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self.body = b""
+        self.complete = False
+
+
+class _Responses:
+    """Every response in a byte stream, complete or cut (close-delimited bodies)."""
+
+    def __init__(self) -> None:
+        self.messages: list[_Message] = []
+        self.parser = httptools.HttpResponseParser(self)
+
+    def on_message_begin(self) -> None:
+        self.messages.append(_Message())
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.messages[-1].headers[name.decode().lower()] = value.decode()
+
+    def on_headers_complete(self) -> None:
+        self.messages[-1].status = self.parser.get_status_code()
+
+    def on_body(self, body: bytes) -> None:
+        self.messages[-1].body += body
+
+    def on_message_complete(self) -> None:
+        self.messages[-1].complete = True
+
+
+def parse(raw: bytes) -> list[_Message]:
+    responses = _Responses()
+    responses.parser.feed_data(raw)
+    return responses.messages
+
+
+def address(url: str) -> tuple[str, int]:
+    host, port = url.split("//")[1].split(":")
+    return host, int(port)
+
+
+async def send_raw(url: str, data: bytes, *, rcvbuf: int | None = None) -> bytes:
+    """Write ``data``, then read until the gate closes the connection."""
+    host, port = address(url)
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        if rcvbuf is not None:
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        writer.write(data)
+        return await asyncio.wait_for(reader.read(), DEADLINE_S)
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+
+
+@asynccontextmanager
+async def model(app: web.Application) -> AsyncIterator[str]:
+    """An ad-hoc model server on a loopback port; yields its URL."""
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+@asynccontextmanager
+async def gate_in_front_of(url: str, **overrides: Any) -> AsyncIterator[Gate]:
+    stand_in = Backend()
+    stand_in.url = url
+    async with running_gate(stand_in, health_path="", **overrides) as gate:
+        yield gate
+
+
+async def test_pipelined_requests_are_answered_in_order(backend: Backend) -> None:
+    async with running_gate(backend) as gate:
+        raw = await send_raw(
+            gate.url,
+            b"GET /v1/a HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"POST /v1/b HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc"
+            b"GET /v1/c HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        messages = parse(raw)
+        assert [m.status for m in messages] == [200, 200, 200]
+        assert [json.loads(m.body)["path"] for m in messages] == ["/v1/a", "/v1/b", "/v1/c"]
+        assert json.loads(messages[1].body)["body"] == "abc"
+        assert messages[2].headers["connection"] == "close"
+
+
+async def test_http10_clients_get_length_or_close_framing(backend: Backend) -> None:
+    backend.stream_gate.set()
+    async with running_gate(backend) as gate:
+        raw = await send_raw(gate.url, b"GET /v1/models HTTP/1.0\r\n\r\n")
+        (message,) = parse(raw)
+        assert raw.startswith(b"HTTP/1.1 200 ")
+        assert message.headers["connection"] == "close"
+        seen = json.loads(message.body)
+        assert seen["headers"]["Host"] == address(backend.url)[0] + f":{address(backend.url)[1]}"
+        # a streamed answer cannot be chunked for HTTP/1.0: it ends with the connection
+        raw = await send_raw(gate.url, b"POST /stream HTTP/1.0\r\nContent-Length: 2\r\n\r\n{}")
+        (message,) = parse(raw)
+        assert "transfer-encoding" not in message.headers
+        assert message.body == b"data: first\n\ndata: second\n\ndata: [DONE]\n\n"
+        # HTTP/1.0 with keep-alive asked for: kept, and said so
+        host, port = address(gate.url)
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            for _ in range(2):
+                writer.write(b"GET /v1/k HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), DEADLINE_S)
+                assert b"Connection: keep-alive" in head
+                length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+                await asyncio.wait_for(reader.readexactly(length), DEADLINE_S)
+        finally:
+            writer.close()
+            await writer.wait_closed()
+
+
+async def test_expect_100_continue_is_answered_by_the_gate(backend: Backend) -> None:
+    async with running_gate(backend, max_body_bytes=1000) as gate:
+        host, port = address(gate.url)
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(
+                b"POST /v1/e HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                b"Content-Length: 5\r\nConnection: close\r\n\r\n"
+            )
+            interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), DEADLINE_S)
+            assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+            writer.write(b"hello")
+            (message,) = parse(await asyncio.wait_for(reader.read(), DEADLINE_S))
+        finally:
+            writer.close()
+            await writer.wait_closed()
+        assert message.status == 200
+        seen = json.loads(message.body)
+        assert seen["body"] == "hello"
+        assert "Expect" not in seen["headers"]  # the model is not asked to continue again
+        # over the limit: refused before the client sends the body at all
+        raw = await send_raw(
+            gate.url,
+            b"POST /v1/e HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+            b"Content-Length: 5000\r\n\r\n",
+        )
+        (message,) = parse(raw)
+        assert message.status == 413
+        assert error_code(message.body) == "too_large"
+        assert b"100 Continue" not in raw
+
+
+async def test_unreadable_requests_get_an_error_and_the_gate_serves_on(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running_gate(backend) as gate:
+        cases = [
+            (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 tls hello\r\n\r\n", 400, "bad_request"),
+            (
+                b"GET /v1/x HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n",
+                431,
+                "head_too_large",
+            ),
+            (b"GET /v1/x HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n", 400, "bad_request"),
+            (
+                b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+                501,
+                "unsupported",
+            ),
+        ]
+        for data, status, code in cases:
+            raw = await send_raw(gate.url, data)
+            messages = parse(raw)
+            assert [m.status for m in messages] == [status], raw[:200]
+            assert error_code(messages[0].body) == code
+            assert messages[0].headers["connection"] == "close"
+        assert backend.arrivals == []  # none of them reached the model
+        assert (await gate.request("POST", "/v1/ok", data=b"{}"))[0] == 200
+        assert await gate.metric("vlm_requests_total", code="400") == 2
+        assert await gate.metric("vlm_requests_running") == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_random_bytes_never_crash_the_gate(
+    backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    rng = random.Random(7)
+    pieces = [b"GET ", b"POST ", b"/v1/x", b" HTTP/1.1\r\n", b"Host: a\r\n", b"\r\n", b":", b" ",
+              b"Content-Length: 3\r\n", b"Transfer-Encoding: chunked\r\n", b"0\r\n", b"zz\r\n",
+              b"\x00", b"\xff", b"abc"]  # fmt: skip
+    async with running_gate(backend) as gate:
+        for _ in range(60):
+            data = b"".join(rng.choice(pieces) for _ in range(rng.randrange(1, 16)))
+            host, port = address(gate.url)
+            reader, writer = await asyncio.open_connection(host, port)
+            writer.write(data)
+            writer.write_eof()  # half-close: the gate answers what it can, then closes
+            with contextlib.suppress(ConnectionError):
+                await asyncio.wait_for(reader.read(), DEADLINE_S)
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+        assert (await gate.request("POST", "/v1/ok", data=b"{}"))[0] == 200
+
+        async def settled() -> bool:
+            return await gate.metric("vlm_requests_running") == 0
+
+        await until(settled)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_head_requests_keep_their_length_and_the_connection(backend: Backend) -> None:
+    async with running_gate(backend) as gate:
+        _, get_headers, get_body = await gate.request("GET", "/health")
+        host, port = address(gate.url)
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), DEADLINE_S)
+            assert head.startswith(b"HTTP/1.1 200 ")
+            assert b"Content-Length: %d\r\n" % len(get_body) in head
+            writer.write(b"GET /v1/after-head HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            (message,) = parse(await asyncio.wait_for(reader.read(), DEADLINE_S))
+        finally:
+            writer.close()
+            await writer.wait_closed()
+        assert json.loads(message.body)["path"] == "/v1/after-head"
+        assert get_headers["Content-Length"] == str(len(get_body))
+
+
+async def test_an_answer_without_length_is_relayed_to_its_end() -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n")
+        writer.write(b"hello, ")
+        await writer.drain()
+        writer.write(b"world")
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with gate_in_front_of(f"http://127.0.0.1:{port}") as gate:
+            status, headers, body = await gate.request("GET", "/v1/old")
+            assert (status, body) == (200, b"hello, world")
+            assert headers["Transfer-Encoding"] == "chunked"
+            assert await gate.metric("vlm_requests_total", code="200") == 1
+            assert await gate.metric("vlm_requests_running") == 0
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_model_connections_are_kept_alive_and_reused() -> None:
+    peers: list[object] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        assert request.transport is not None
+        peers.append(request.transport.get_extra_info("peername"))
+        await request.read()
+        return web.json_response({"n": len(peers)})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    async with model(app) as url, gate_in_front_of(url, max_in_flight=2) as gate:
+        for _ in range(20):
+            assert (await gate.request("POST", "/v1/chat/completions", data=b"{}"))[0] == 200
+        assert len(peers) == 20
+        assert len(set(peers)) == 1  # one connection to the model, reused
+        await asyncio.gather(*(gate.request("POST", "/v1/x", data=b"{}") for _ in range(10)))
+        assert len(set(peers)) <= 2  # never more connections than slots
+
+
+async def test_large_bodies_pass_intact_both_ways_even_to_a_slow_reader() -> None:
+    blob = random.Random(3).randbytes(6 * 1024 * 1024)
+
+    async def digest(request: web.Request) -> web.Response:
+        data = await request.read()
+        return web.json_response({"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)})
+
+    async def download(request: web.Request) -> web.StreamResponse:
+        if request.query.get("chunked"):
+            response = web.StreamResponse()
+            await response.prepare(request)
+            for i in range(0, len(blob), 256 * 1024):
+                await response.write(blob[i : i + 256 * 1024])
+            await response.write_eof()
+            return response
+        return web.Response(body=blob)
+
+    app = web.Application(client_max_size=16 * 1024 * 1024)
+    app.router.add_post("/digest", digest)
+    app.router.add_get("/download", download)
+    async with model(app) as url, gate_in_front_of(url, max_body_bytes=8 * 1024 * 1024) as gate:
+        status, _, body = await gate.request("POST", "/digest", data=io.BytesIO(blob))
+        assert status == 200
+        assert json.loads(body) == {"sha256": hashlib.sha256(blob).hexdigest(), "size": len(blob)}
+        for query in ("", "?chunked=1"):
+            status, _, body = await gate.request("GET", "/download" + query)
+            assert status == 200
+            assert body == blob
+        # a client that reads slowly: the gate stops reading the model meanwhile, and the
+        # connection it then returns to the pool must still work for the next request
+        host, port = address(gate.url)
+        reader, writer = await asyncio.open_connection(host, port, limit=16 * 1024)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+        writer.write(b"GET /download HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        received = bytearray()
+        loop = asyncio.get_running_loop()
+        end = loop.time() + DEADLINE_S
+        for _ in range(100_000):
+            chunk = await asyncio.wait_for(reader.read(16 * 1024), DEADLINE_S)
+            if not chunk or loop.time() > end:
+                break
+            received += chunk
+            await asyncio.sleep(0.001)  # slowly, to the end: the model's side must wait
+        writer.close()
+        await writer.wait_closed()
+        (message,) = parse(bytes(received))
+        assert message.complete
+        assert message.body == blob
+        for _ in range(3):
+            status, _, body = await gate.request("POST", "/digest", data=b"x")
+            assert status == 200
+
+
+async def test_answers_while_draining_close_the_connection(backend: Backend) -> None:
+    async with running_gate(backend) as gate:
+        drained = asyncio.create_task(gate.server.drain(DEADLINE_S))
+        raw = await send_raw(
+            gate.url, b"POST /v1/x HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+        )
+        (message,) = parse(raw)  # read to EOF: the gate closed the connection
+        assert message.status == 503
+        assert message.headers["connection"] == "close"
+        assert error_code(message.body) == "draining"
+        assert await asyncio.wait_for(drained, DEADLINE_S)
+
+
+class _RecordingTransport(asyncio.Transport):
+    def __init__(self) -> None:
+        super().__init__()
+        self.reading = True
+        self.closed = False
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_a_model_connection_paused_for_a_slow_client_reads_again_once_pooled() -> None:
+    from vlm_operator.gate._admission import Admission
+    from vlm_operator.gate._metrics import GateMetrics
+    from vlm_operator.gate._proxy import Proxy
+    from vlm_operator.gate._upstream import UpstreamConnection
+
+    admission = Admission(1, 1, 1.0)
+    metrics = GateMetrics(max_in_flight=1, queue_capacity=1, running=lambda: 0, waiting=lambda: 0)
+    proxy = Proxy(
+        upstream="http://127.0.0.1:9",
+        admission=admission,
+        metrics=metrics,
+        max_body_bytes=10,
+        cache=None,
+    )
+    connection = UpstreamConnection(proxy.pool)
+    transport = _RecordingTransport()
+    connection.connection_made(transport)
+    connection.pause_reading()  # the answer's last write filled the slow client's buffer
+    assert not transport.reading
+    proxy.pool.put(connection)
+    assert transport.reading  # else the next answer on it would never be read
+    assert proxy.pool.take() is connection
