@@ -38,7 +38,10 @@ async def hold_for(cluster: LocalCluster, seconds: float, replicas: int, what: s
     while time.monotonic() < end:
         desired = await cluster.desired_replicas("vlm")
         running = len(cluster.runner.pods("vlm", include_terminating=True))
-        assert (desired, running) == (replicas, replicas), f"{what}: {desired=} {running=}"
+        if (desired, running) != (replicas, replicas):
+            status = ((await cluster.vlmservice("vlm")) or {}).get("status") or {}
+            decision = status.get("lastDecision")
+            raise AssertionError(f"{what}: {desired=} {running=}; last decision {decision}")
         await asyncio.sleep(0.1)
 
 
@@ -53,9 +56,14 @@ async def test_prometheus_outage_holds_replicas_then_recovers(
     await cluster.stop_prometheus()
 
     await wait_condition(cluster, "vlm", "MetricsAvailable", "False", deadline_s=10)
+    # What the load left: 2 pods, or 3 when the P95 of the 1-pod start-up was still over
+    # target once the new pod showed in the window (the P95 guard may add one then).
+    held = await cluster.desired_replicas("vlm")
+    assert held is not None
+    assert held >= 2, f"scaled down before the outage was noticed: {held}"
     # Longer than the scale-down stabilization (4 s) and the staleness limit (6 s): no signal
     # is not zero load, so nothing is scaled down.
-    await hold_for(cluster, 8.0, 2, "during the Prometheus outage")
+    await hold_for(cluster, 8.0, held, "during the Prometheus outage")
 
     await cluster.start_prometheus()
 

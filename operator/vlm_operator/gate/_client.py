@@ -41,6 +41,10 @@ class _HeadTooLarge(Exception):
     pass
 
 
+class _BadHead(Exception):
+    """A header llhttp accepts but the gate cannot use; the message says which."""
+
+
 class ClientConnection(asyncio.Protocol):
     """One client's connection: requests in, answers out, strictly in order."""
 
@@ -94,12 +98,15 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._refuse_connection("unsupported", "protocol upgrades are not supported")
         except httptools.HttpParserCallbackError as exc:
-            if isinstance(exc.__context__, _HeadTooLarge):
+            cause = exc.__context__
+            if isinstance(cause, _HeadTooLarge):
                 self._refuse_connection(
                     "head_too_large", f"request line and headers exceed {MAX_HEAD_BYTES} bytes"
                 )
+            elif isinstance(cause, _BadHead):
+                self._refuse_connection("bad_request", str(cause))
             else:
-                log.error("request parsing failed", exc_info=exc.__context__ or exc)
+                log.error("request parsing failed", exc_info=cause or exc)
                 self._refuse_connection("bad_request", "the gate could not parse the request")
         except httptools.HttpParserError as exc:
             self._refuse_connection("bad_request", f"malformed HTTP/1.1 request: {exc}")
@@ -149,7 +156,10 @@ class ClientConnection(asyncio.Protocol):
         lower = name.lower()
         if lower in HOP_BY_HOP:
             if lower == b"content-length":
-                self._length = int(value)  # llhttp has checked it is a number
+                try:
+                    self._length = int(value)  # llhttp has checked it; this is belt and braces
+                except ValueError:
+                    raise _BadHead(f"Content-Length {value!r} is not a number") from None
             elif lower == b"connection":
                 self._options = connection_options(value)
             elif lower == b"expect":
