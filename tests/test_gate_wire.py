@@ -413,3 +413,36 @@ async def test_a_model_connection_paused_for_a_slow_client_reads_again_once_pool
     proxy.pool.put(connection)
     assert transport.reading  # else the next answer on it would never be read
     assert proxy.pool.take() is connection
+
+
+async def test_idle_connections_are_closed_on_both_sides(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vlm_operator.gate import _server, _upstream
+
+    monkeypatch.setattr(_server, "_SWEEP_SECONDS", 0.05)
+    monkeypatch.setattr(_server, "_CLIENT_IDLE_SECONDS", 0.3)
+    monkeypatch.setattr(_upstream, "IDLE_SECONDS", 0.2)
+    peers: list[object] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        assert request.transport is not None
+        peers.append(request.transport.get_extra_info("peername"))
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    async with model(app) as url, gate_in_front_of(url) as gate:
+        host, port = address(gate.url)
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(b"GET /v1/a HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), DEADLINE_S)
+            assert head.startswith(b"HTTP/1.1 200 ")
+            await asyncio.wait_for(reader.readexactly(2), DEADLINE_S)
+            # an idle kept-alive client is let go after the keep-alive timeout
+            assert await asyncio.wait_for(reader.read(), DEADLINE_S) == b""
+        finally:
+            writer.close()
+            await writer.wait_closed()
+        # the model connection idle past its limit is not reused: a fresh one serves
+        assert (await gate.request("GET", "/v1/b"))[0] == 200
+        assert len(set(peers)) == 2
