@@ -21,6 +21,8 @@ from vlm_operator.simulator import Report, SimConfig, run_policy, simulate, spec
 from vlm_operator.traces import list_traces, load_trace, parse_trace
 
 GRADIENT_SEEDS = (1, 2, 3)
+#: Seeds of the steady loads: one seed's count of scale-downs is luck as often as not.
+STEADY_SEEDS = (1, 2, 3)
 #: A stress test, not a cost benchmark: its spike is shorter than one pod's start-up.
 STRESS_TRACES = ("flash-spike",)
 
@@ -188,6 +190,7 @@ def main() -> int:
         ("closed", 8),
         ("closed", 16),
     )
+    settle = 600.0
     for kind, level in steady:
         phase = {"duration": 3600, "rate" if kind == "open" else "users": level}
         trace = parse_trace(
@@ -198,15 +201,16 @@ def main() -> int:
                 "phases": [phase],
             }
         )
-        report, result = run_policy(trace, "ours", seed=args.seed, config=client)
-        settle = 600.0
-        downs = sum(1 for t, b, a in result.scale_events if a < b and t >= settle)
-        ups = sum(1 for t, b, a in result.scale_events if a > b and t >= settle)
+        runs = [run_policy(trace, "ours", seed=s, config=client) for s in STEADY_SEEDS]
+        downs = [sum(1 for t, b, a in r.scale_events if a < b and t >= settle) for _, r in runs]
+        ups = [sum(1 for t, b, a in r.scale_events if a > b and t >= settle) for _, r in runs]
+        costs = [report.cost_ratio for report, _ in runs]
         goals.append(
             _goal(
-                downs <= 1,
-                f"steady {kind} load {level}: {downs} scale-downs and {ups} scale-ups after "
-                f"{settle:.0f} s; cost {report.cost_ratio:.2f}x",
+                max(downs) <= 1,
+                f"steady {kind} load {level}, seeds {STEADY_SEEDS}: "
+                f"{', '.join(map(str, downs))} scale-downs and {', '.join(map(str, ups))} "
+                f"scale-ups after {settle:.0f} s; cost {min(costs):.2f}-{max(costs):.2f}x",
             )
         )
 
