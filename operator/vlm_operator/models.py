@@ -299,7 +299,8 @@ def _model_resources() -> ResourceRequirements:
 
 
 def _gate_resources() -> ResourceRequirements:
-    # Measured: ~0.27 ms CPU per proxied request and well under 60 MB RSS.
+    # Measured: ~0.08 ms CPU per proxied request (~0.5 ms when idle between
+    # requests) and ~55 MB RSS (docs/benchmarks.md, "Gate proxy overhead").
     return ResourceRequirements(
         requests=ResourceList(cpu="50m", memory="64Mi"),
         limits=ResourceList(memory="256Mi"),
