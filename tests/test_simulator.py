@@ -240,3 +240,32 @@ def test_a_timed_out_request_is_retried_like_openai_python() -> None:
     first = [e - s for s, e, c in zip(plain.sent, plain.ended, plain.status, strict=True) if c == 0]
     assert first
     assert min(first) == pytest.approx(30.0)
+
+
+def test_a_full_queue_tells_clients_to_retry_when_the_gate_would() -> None:
+    # One pod behind our gate, one slot and one queue place, answers of exactly 6.2 s,
+    # arrivals far faster: most requests find the queue full. The simulated 429 carries
+    # the gate's own Retry-After (contract.retry_after_seconds): 1 s before anything was
+    # served, then the moving mean of service times (6.2 s) × queue position 2 ÷ 1 slot.
+    from vlm_operator.baselines import Scheduled
+    from vlm_operator.contract import retry_after_seconds
+
+    trace = _open(2.0, 300)
+    spec = spec_for(trace, {"concurrency": {"maxInFlight": 1, "queueSize": 1}})
+    result = simulate(
+        trace,
+        Scheduled(spec, []),
+        spec=spec,
+        seed=4,
+        config=SimConfig(latency=_EXACT, retries=1, startup_seconds=0.0),
+    )
+    refused_twice = [
+        (s, e - s)
+        for s, e, c in zip(result.sent, result.ended, result.status, strict=True)
+        if c == 429
+    ]
+    assert len(refused_twice) > 100
+    first_answer = min(e for e, c in zip(result.ended, result.status, strict=True) if c == OK)
+    waits = {round(wait, 6) for sent, wait in refused_twice if sent > first_answer}
+    assert waits == {float(retry_after_seconds(6.2, 2, 1))}  # 13 s
+    assert min(wait for _, wait in refused_twice) == pytest.approx(1.0)

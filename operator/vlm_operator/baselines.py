@@ -97,6 +97,9 @@ class GateBehaviour:
     queue_timeout_seconds: float | None  # None: wait until the client gives up
     full_status: int = 429  # answer when the queue is full
     retry_after_seconds: float | None = 1.0
+    #: Retry-After as our gate computes it (moving mean of slot-holding times ×
+    #: queue position ÷ slots), instead of the constant above.
+    retry_after_estimated: bool = False
 
 
 class Autoscaler(Protocol):
@@ -115,7 +118,9 @@ class Autoscaler(Protocol):
 
 def _our_gate(spec: VLMServiceSpec) -> GateBehaviour:
     c = spec.concurrency
-    return GateBehaviour(c.max_in_flight, c.queue_size, c.queue_timeout_seconds, 429, 1.0)
+    return GateBehaviour(
+        c.max_in_flight, c.queue_size, c.queue_timeout_seconds, 429, 1.0, retry_after_estimated=True
+    )
 
 
 _NO_GATE = GateBehaviour(None, None, None, 503, None)

@@ -1,13 +1,16 @@
 """The signals contract between the gate and the operator, as plain names.
 
 The gate exports these series; the operator's queries, the simulator and the
-test exporters read them. They live here, in a module that imports nothing,
-so that pure modules (the simulator) can share them with the gate (which
-needs prometheus_client) and no copy can drift. DESIGN.md describes the
-contract; this module is its single source in code.
+test exporters read them. They live here, in a module that imports nothing
+but ``math``, so that pure modules (the simulator) can share them with the
+gate (which needs prometheus_client) and no copy can drift. DESIGN.md
+describes the contract; this module is its single source in code. So is the
+gate's retry advice to clients, which the simulator models.
 """
 
 from __future__ import annotations
+
+import math
 
 #: Gauges: requests holding a slot now, and requests queued in the gate now.
 RUNNING = "vlm_requests_running"
@@ -56,3 +59,23 @@ def scaled_buckets(scale: float) -> tuple[float, ...]:
     if not 0 < scale < float("inf"):
         raise ValueError(f"bucket scale must be a positive number, got {scale}")
     return DURATION_BUCKETS if scale == 1 else tuple(b / scale for b in DURATION_BUCKETS)
+
+
+#: Weight of the newest slot-holding time in the gate's moving mean.
+SERVICE_EWMA_WEIGHT = 0.2
+
+
+def moving_service_mean(previous: float | None, seconds: float) -> float:
+    """The gate's exponentially weighted mean of slot-holding times, with one more."""
+    return seconds if previous is None else previous + SERVICE_EWMA_WEIGHT * (seconds - previous)
+
+
+def retry_after_seconds(service_mean: float | None, position: int, slots: int) -> int:
+    """The ``Retry-After`` of a 429: when ``position`` in the queue would likely be served.
+
+    Mean slot-holding time × queue position ÷ slots, in whole seconds, at least
+    1 (also when nothing has been served yet). The gate answers with it and the
+    simulator models it, so both give clients the same advice.
+    """
+    service = service_mean or 0.0
+    return max(1, math.ceil(service * position / slots))

@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 from collections import deque
 
-#: Weight of the newest service time in the moving mean.
-_EWMA_WEIGHT = 0.2
+from vlm_operator.contract import moving_service_mean, retry_after_seconds
 
 
 class Rejected(Exception):
@@ -66,8 +64,7 @@ class Admission:
 
     def retry_after(self, position: int) -> int:
         """Whole seconds until ``position`` in the queue is likely served (at least 1)."""
-        service = self._service_ewma or 0.0
-        return max(1, math.ceil(service * position / self.max_in_flight))
+        return retry_after_seconds(self._service_ewma, position, self.max_in_flight)
 
     def try_acquire(self) -> bool:
         """Take a free slot at once if one is free and nobody waits; False otherwise.
@@ -122,12 +119,7 @@ class Admission:
     def release(self, service_seconds: float | None) -> None:
         """Free a slot: hand it to the oldest waiter, or give it back."""
         if service_seconds is not None:
-            previous = self._service_ewma
-            self._service_ewma = (
-                service_seconds
-                if previous is None
-                else previous + _EWMA_WEIGHT * (service_seconds - previous)
-            )
+            self._service_ewma = moving_service_mean(self._service_ewma, service_seconds)
         queue = self._queue
         while queue:
             waiter = queue.popleft()

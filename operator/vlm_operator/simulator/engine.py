@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from vlm_operator.baselines import Autoscaler, Observation
-from vlm_operator.contract import DURATION_BUCKETS
+from vlm_operator.contract import DURATION_BUCKETS, moving_service_mean, retry_after_seconds
 from vlm_operator.latency import LatencyModel, ProcessorSharing
 from vlm_operator.models import VLMServiceSpec
 from vlm_operator.traces import Trace
@@ -132,7 +132,7 @@ class SimResult:
 
 
 class _Request:
-    __slots__ = ("attempt", "done", "pod", "queued", "sent", "started", "user")
+    __slots__ = ("admitted", "attempt", "done", "pod", "queued", "sent", "started", "user")
 
     def __init__(self, sent: float, user: int) -> None:
         self.sent = sent  # first send (client view)
@@ -142,6 +142,7 @@ class _Request:
         self.done = False  # client has its answer (or gave up) for this attempt
         self.queued = False
         self.pod: _Pod | None = None
+        self.admitted = 0.0  # took a slot (this attempt)
 
 
 class _Pod:
@@ -153,6 +154,7 @@ class _Pod:
         "idx",
         "ps",
         "queue",
+        "service",
         "state",
         "version",
         "waiting",
@@ -169,6 +171,7 @@ class _Pod:
         self.busy_since = -1.0  # >= 0 while something runs (CPU busy)
         self.busy_total = 0.0
         self.busy_mark = 0.0  # busy_total at the previous scrape
+        self.service: float | None = None  # the gate's moving mean of slot-holding times
 
 
 def simulate(
@@ -209,6 +212,7 @@ class _Engine:
         self.queue_timeout = gate.queue_timeout_seconds
         self.full_status = gate.full_status
         self.retry_after = gate.retry_after_seconds
+        self.retry_after_estimated = gate.retry_after_estimated
         self.client_timeouts: deque[tuple[float, _Request, int]] = deque()
         self.queue_deadlines: deque[tuple[float, _Request, int]] = deque()
         self.pods: list[_Pod] = []
@@ -423,7 +427,10 @@ class _Engine:
                 self.queue_deadlines.append((now + self.queue_timeout, req, req.attempt))
         else:
             self.gate_done.append((now, -1.0, False))
-            self._finish(req, self.full_status, self.retry_after)
+            retry_after = self.retry_after
+            if self.retry_after_estimated and limit is not None:
+                retry_after = retry_after_seconds(pod.service, pod.waiting + 1, limit)
+            self._finish(req, self.full_status, retry_after)
 
     def _client_timeout(self, req: _Request) -> None:
         pod = req.pod
@@ -434,6 +441,7 @@ class _Engine:
             self._maybe_gone(pod)
         elif pod is not None and self.cfg.cancel_on_disconnect and pod.ps.remove(req, self.now):
             self.running_total -= 1
+            pod.service = moving_service_mean(pod.service, self.now - req.admitted)
             self._refill(pod)
         self._finish(req, TIMEOUT, None)
 
@@ -455,6 +463,7 @@ class _Engine:
         if not ps:
             pod.busy_since = now
         ps.admit(req, self.model.sample_work(self.rng), now)
+        req.admitted = now
         self.running_total += 1
         self._reschedule(pod)
 
@@ -475,6 +484,7 @@ class _Engine:
         gate_done = self.gate_done
         for req in finished:
             gate_done.append((now, now - req.started, True))
+            pod.service = moving_service_mean(pod.service, now - req.admitted)
             if not req.done and req.pod is pod:
                 self._finish(req, OK, None)
 
