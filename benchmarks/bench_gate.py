@@ -12,7 +12,7 @@ nginx is Debian's /usr/sbin/nginx with one worker, started here on 127.0.0.1
 with a temporary configuration that proxies to the backend with keepalive.
 
     .venv/bin/python benchmarks/bench_gate.py [--duration 10] [--users 1,64] [--rounds 5]
-                                             [--delay 0.05]
+                                             [--delay 0.05] [--gate-loop auto|asyncio|uvloop]
 """
 
 from __future__ import annotations
@@ -226,7 +226,7 @@ async def _measure_all(
     return results
 
 
-def _run(duration: float, users_list: list[int], rounds: int, delay: float) -> int:
+def _run(duration: float, users_list: list[int], rounds: int, delay: float, loop: str) -> int:
     if not Path(NGINX).exists():
         print(f"{NGINX} is missing: run `make system-deps`", file=sys.stderr)
         return 2
@@ -251,6 +251,7 @@ def _run(duration: float, users_list: list[int], rounds: int, delay: float) -> i
                 "--listen=127.0.0.1:0",
                 f"--max-in-flight={max_in_flight}",
                 f"--queue-size={4 * max_in_flight}",
+                f"--loop={loop}",
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -294,7 +295,8 @@ def _run(duration: float, users_list: list[int], rounds: int, delay: float) -> i
           f"{load_after:.2f} after")  # fmt: skip
     print(f"backend answers after {delay * 1000:.0f} ms; {duration:g} s per target "
           f"and concurrency in {rounds} interleaved rounds; "
-          f"gate --max-in-flight={max_in_flight}; nginx 1 worker, keepalive 128")  # fmt: skip
+          f"gate --max-in-flight={max_in_flight} --loop={loop}; "
+          f"nginx 1 worker, keepalive 128")  # fmt: skip
     print()
     print("CPU s / 1000 req: of the proxy; on the direct rows, of the backend itself")
     print()
@@ -353,6 +355,12 @@ def main() -> int:
         default=BACKEND_DELAY_S,
         help="seconds the backend takes per request (0: the proxies' own cost, warm)",
     )
+    parser.add_argument(
+        "--gate-loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="the gate's event loop (its --loop flag; auto: uvloop when installed)",
+    )
     parser.add_argument("--backend", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.backend is not None:
@@ -368,7 +376,7 @@ def main() -> int:
         parser.error("--rounds: must be >= 1")
     if not args.delay >= 0:
         parser.error("--delay: must be >= 0")
-    return _run(args.duration, users, args.rounds, args.delay)
+    return _run(args.duration, users, args.rounds, args.delay, args.gate_loop)
 
 
 if __name__ == "__main__":

@@ -459,6 +459,25 @@ def test_the_gate_runs_on_uvloop_only_when_it_is_installed(monkeypatch: pytest.M
 
     monkeypatch.setattr(gate_command.importlib, "import_module", without_uvloop)
     assert gate_command._loop_factory() is None  # asyncio's own loop
+    with pytest.raises(ImportError):
+        gate_command._loop_factory("uvloop")  # asked for by name: not silently replaced
     monkeypatch.undo()
     uvloop = pytest.importorskip("uvloop")
     assert gate_command._loop_factory() is uvloop.new_event_loop
+    assert gate_command._loop_factory("uvloop") is uvloop.new_event_loop
+    assert gate_command._loop_factory("asyncio") is None
+
+
+def test_bad_loop_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vlm_operator.cli import main
+
+    monkeypatch.setenv("VLM_GATE_UPSTREAM", "http://127.0.0.1:8080")
+    monkeypatch.setenv("VLM_GATE_LOOP", "tokio")
+    with pytest.raises(SystemExit) as exited:
+        main(["gate"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "VLM_GATE_LOOP" in err
+    assert "must be one of auto, asyncio, uvloop" in err
