@@ -236,17 +236,24 @@ async def test_everything_else_passes_through_untouched(backend: Backend) -> Non
         assert await gate.metric("vlm_request_duration_seconds_count") == 4
 
 
-def test_bad_environment_value_names_the_variable(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def gate_usage_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], variable: str, value: str
+) -> str:
+    """Run ``vlm-operator gate`` with one bad environment variable; its error output (exit 2)."""
     from vlm_operator.cli import main
 
     monkeypatch.setenv("VLM_GATE_UPSTREAM", "http://127.0.0.1:8080")
-    monkeypatch.setenv("VLM_GATE_MAX_IN_FLIGHT", "0")
+    monkeypatch.setenv(variable, value)
     with pytest.raises(SystemExit) as exited:
         main(["gate"])
     assert exited.value.code == 2
-    err = capsys.readouterr().err
+    return capsys.readouterr().err
+
+
+def test_bad_environment_value_names_the_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    err = gate_usage_error(monkeypatch, capsys, "VLM_GATE_MAX_IN_FLIGHT", "0")
     assert "VLM_GATE_MAX_IN_FLIGHT" in err
     assert "must be >= 1" in err
 
@@ -303,14 +310,9 @@ async def test_bucket_scale_divides_both_latency_histograms(backend: Backend) ->
 def test_bad_bucket_scale_names_the_variable(
     value: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from vlm_operator.cli import main
-
-    monkeypatch.setenv("VLM_GATE_UPSTREAM", "http://127.0.0.1:8080")
-    monkeypatch.setenv("VLM_GATE_BUCKET_SCALE", value)
-    with pytest.raises(SystemExit) as exited:
-        main(["gate"])
-    assert exited.value.code == 2
-    assert "VLM_GATE_BUCKET_SCALE" in capsys.readouterr().err
+    assert "VLM_GATE_BUCKET_SCALE" in gate_usage_error(
+        monkeypatch, capsys, "VLM_GATE_BUCKET_SCALE", value
+    )
 
 
 async def test_model_not_ready_answers_503_and_readyz_follows_health(backend: Backend) -> None:
@@ -471,13 +473,6 @@ def test_the_gate_runs_on_uvloop_only_when_it_is_installed(monkeypatch: pytest.M
 def test_bad_loop_names_the_variable(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from vlm_operator.cli import main
-
-    monkeypatch.setenv("VLM_GATE_UPSTREAM", "http://127.0.0.1:8080")
-    monkeypatch.setenv("VLM_GATE_LOOP", "tokio")
-    with pytest.raises(SystemExit) as exited:
-        main(["gate"])
-    assert exited.value.code == 2
-    err = capsys.readouterr().err
+    err = gate_usage_error(monkeypatch, capsys, "VLM_GATE_LOOP", "tokio")
     assert "VLM_GATE_LOOP" in err
     assert "must be one of auto, asyncio, uvloop" in err

@@ -70,20 +70,25 @@ def address(url: str) -> tuple[str, int]:
     return host, int(port)
 
 
-async def send_raw(url: str, data: bytes, *, rcvbuf: int | None = None) -> bytes:
-    """Write ``data``, then read until the gate closes the connection."""
-    host, port = address(url)
-    reader, writer = await asyncio.open_connection(host, port)
+@asynccontextmanager
+async def raw_connection(
+    url: str, *, limit: int = 2**16
+) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A plain TCP connection to ``url``, closed on the way out."""
+    reader, writer = await asyncio.open_connection(*address(url), limit=limit)
     try:
-        if rcvbuf is not None:
-            sock = writer.get_extra_info("socket")
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        writer.write(data)
-        return await asyncio.wait_for(reader.read(), DEADLINE_S)
+        yield reader, writer
     finally:
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
+
+
+async def send_raw(url: str, data: bytes) -> bytes:
+    """Write ``data``, then read until the gate closes the connection."""
+    async with raw_connection(url) as (reader, writer):
+        writer.write(data)
+        return await asyncio.wait_for(reader.read(), DEADLINE_S)
 
 
 @asynccontextmanager
@@ -130,32 +135,25 @@ async def test_http10_clients_get_length_or_close_framing(backend: Backend) -> N
         assert raw.startswith(b"HTTP/1.1 200 ")
         assert message.headers["connection"] == "close"
         seen = json.loads(message.body)
-        assert seen["headers"]["Host"] == address(backend.url)[0] + f":{address(backend.url)[1]}"
+        assert seen["headers"]["Host"] == backend.url.split("//")[1]  # the model's authority
         # a streamed answer cannot be chunked for HTTP/1.0: it ends with the connection
         raw = await send_raw(gate.url, b"POST /stream HTTP/1.0\r\nContent-Length: 2\r\n\r\n{}")
         (message,) = parse(raw)
         assert "transfer-encoding" not in message.headers
         assert message.body == b"data: first\n\ndata: second\n\ndata: [DONE]\n\n"
         # HTTP/1.0 with keep-alive asked for: kept, and said so
-        host, port = address(gate.url)
-        reader, writer = await asyncio.open_connection(host, port)
-        try:
+        async with raw_connection(gate.url) as (reader, writer):
             for _ in range(2):
                 writer.write(b"GET /v1/k HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), DEADLINE_S)
                 assert b"Connection: keep-alive" in head
                 length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
                 await asyncio.wait_for(reader.readexactly(length), DEADLINE_S)
-        finally:
-            writer.close()
-            await writer.wait_closed()
 
 
 async def test_expect_100_continue_is_answered_by_the_gate(backend: Backend) -> None:
     async with running_gate(backend, max_body_bytes=1000) as gate:
-        host, port = address(gate.url)
-        reader, writer = await asyncio.open_connection(host, port)
-        try:
+        async with raw_connection(gate.url) as (reader, writer):
             writer.write(
                 b"POST /v1/e HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
                 b"Content-Length: 5\r\nConnection: close\r\n\r\n"
@@ -164,9 +162,6 @@ async def test_expect_100_continue_is_answered_by_the_gate(backend: Backend) -> 
             assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
             writer.write(b"hello")
             (message,) = parse(await asyncio.wait_for(reader.read(), DEADLINE_S))
-        finally:
-            writer.close()
-            await writer.wait_closed()
         assert message.status == 200
         seen = json.loads(message.body)
         assert seen["body"] == "hello"
@@ -224,15 +219,11 @@ async def test_random_bytes_never_crash_the_gate(
     async with running_gate(backend) as gate:
         for _ in range(60):
             data = b"".join(rng.choice(pieces) for _ in range(rng.randrange(1, 16)))
-            host, port = address(gate.url)
-            reader, writer = await asyncio.open_connection(host, port)
-            writer.write(data)
-            writer.write_eof()  # half-close: the gate answers what it can, then closes
-            with contextlib.suppress(ConnectionError):
-                await asyncio.wait_for(reader.read(), DEADLINE_S)
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
+            async with raw_connection(gate.url) as (reader, writer):
+                writer.write(data)
+                writer.write_eof()  # half-close: the gate answers what it can, then closes
+                with contextlib.suppress(ConnectionError):
+                    await asyncio.wait_for(reader.read(), DEADLINE_S)
         assert (await gate.request("POST", "/v1/ok", data=b"{}"))[0] == 200
 
         async def settled() -> bool:
@@ -245,18 +236,13 @@ async def test_random_bytes_never_crash_the_gate(
 async def test_head_requests_keep_their_length_and_the_connection(backend: Backend) -> None:
     async with running_gate(backend) as gate:
         _, get_headers, get_body = await gate.request("GET", "/health")
-        host, port = address(gate.url)
-        reader, writer = await asyncio.open_connection(host, port)
-        try:
+        async with raw_connection(gate.url) as (reader, writer):
             writer.write(b"HEAD /health HTTP/1.1\r\nHost: x\r\n\r\n")
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), DEADLINE_S)
             assert head.startswith(b"HTTP/1.1 200 ")
             assert b"Content-Length: %d\r\n" % len(get_body) in head
             writer.write(b"GET /v1/after-head HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             (message,) = parse(await asyncio.wait_for(reader.read(), DEADLINE_S))
-        finally:
-            writer.close()
-            await writer.wait_closed()
         assert json.loads(message.body)["path"] == "/v1/after-head"
         assert get_headers["Content-Length"] == str(len(get_body))
 
@@ -334,22 +320,19 @@ async def test_large_bodies_pass_intact_both_ways_even_to_a_slow_reader() -> Non
             assert body == blob
         # a client that reads slowly: the gate stops reading the model meanwhile, and the
         # connection it then returns to the pool must still work for the next request
-        host, port = address(gate.url)
-        reader, writer = await asyncio.open_connection(host, port, limit=16 * 1024)
-        sock = writer.get_extra_info("socket")
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
-        writer.write(b"GET /download HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         received = bytearray()
-        loop = asyncio.get_running_loop()
-        end = loop.time() + DEADLINE_S
-        for _ in range(100_000):
-            chunk = await asyncio.wait_for(reader.read(16 * 1024), DEADLINE_S)
-            if not chunk or loop.time() > end:
-                break
-            received += chunk
-            await asyncio.sleep(0.001)  # slowly, to the end: the model's side must wait
-        writer.close()
-        await writer.wait_closed()
+        async with raw_connection(gate.url, limit=16 * 1024) as (reader, writer):
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+            writer.write(b"GET /download HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            loop = asyncio.get_running_loop()
+            end = loop.time() + DEADLINE_S
+            for _ in range(100_000):
+                chunk = await asyncio.wait_for(reader.read(16 * 1024), DEADLINE_S)
+                if not chunk or loop.time() > end:
+                    break
+                received += chunk
+                await asyncio.sleep(0.001)  # slowly, to the end: the model's side must wait
         (message,) = parse(bytes(received))
         assert message.complete
         assert message.body == blob
@@ -431,18 +414,13 @@ async def test_idle_connections_are_closed_on_both_sides(monkeypatch: pytest.Mon
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handler)
     async with model(app) as url, gate_in_front_of(url) as gate:
-        host, port = address(gate.url)
-        reader, writer = await asyncio.open_connection(host, port)
-        try:
+        async with raw_connection(gate.url) as (reader, writer):
             writer.write(b"GET /v1/a HTTP/1.1\r\nHost: x\r\n\r\n")
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), DEADLINE_S)
             assert head.startswith(b"HTTP/1.1 200 ")
             await asyncio.wait_for(reader.readexactly(2), DEADLINE_S)
             # an idle kept-alive client is let go after the keep-alive timeout
             assert await asyncio.wait_for(reader.read(), DEADLINE_S) == b""
-        finally:
-            writer.close()
-            await writer.wait_closed()
         # the model connection idle past its limit is not reused: a fresh one serves
         assert (await gate.request("GET", "/v1/b"))[0] == 200
         assert len(set(peers)) == 2

@@ -108,10 +108,9 @@ def response(
     keep_alive: bool,
     http11: bool,
     head_only: bool = False,
-    reason: bytes | None = None,
 ) -> bytes:
     """A whole response with Content-Length framing, head and body in one buffer."""
-    parts = [b"HTTP/1.1 %d " % status, reason or reason_phrase(status), b"\r\n"]
+    parts = [b"HTTP/1.1 %d " % status, reason_phrase(status), b"\r\n"]
     for name, value in headers:
         parts += (name, b": ", value, b"\r\n")
     parts.append(b"Content-Length: %d\r\n" % len(body))

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from vlm_operator.gate._admission import Admission, Rejected
-from vlm_operator.gate._cache import MAX_ENTRY_BYTES, CachedResponse, ResponseCache
+from vlm_operator.gate._cache import CachedResponse, ResponseCache
 from vlm_operator.gate._http import (
     ERROR_STATUS,
     Header,
@@ -125,7 +125,6 @@ class Proxy:
         self.admission = admission
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
-        self.max_cached_bytes = MAX_ENTRY_BYTES
         self.cache = cache
         self.pool = UpstreamPool(self, upstream)
         self.ready = False

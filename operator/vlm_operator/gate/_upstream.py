@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
+from vlm_operator.gate._cache import MAX_ENTRY_BYTES
 from vlm_operator.gate._http import HOP_BY_HOP, Header, connection_options, reason_phrase
 
 if TYPE_CHECKING:
@@ -214,7 +215,7 @@ class UpstreamConnection(asyncio.Protocol):
         captured = self.captured
         if captured is not None:
             self._captured_bytes += len(body)
-            if self._captured_bytes > self.pool.proxy.max_cached_bytes:
+            if self._captured_bytes > MAX_ENTRY_BYTES:
                 self.captured = None  # too large to keep: relayed, not cached
             else:
                 captured.append(body)
