@@ -37,9 +37,11 @@ def test_diurnal_peak_needs_dozens_of_pods() -> None:
     per_request = LatencyModel().mean_latency(4)
     assert peak * per_request / 4 >= 24
     assert trace.service["autoscaling"]["maxReplicas"] >= peak * per_request / 4
-    # Ramps are continuous from hour to hour.
-    for before, after in zip(trace.phases, trace.phases[1:], strict=False):
+    # Ramps are continuous from hour to hour, and the day wraps around.
+    for before, after in zip(trace.phases, trace.phases[1:] + trace.phases[:1], strict=True):
         assert before.rate_end == after.rate
+    # It starts at its trough: a cold start is not what this trace measures.
+    assert trace.phases[0].rate == min(p.rate for p in trace.phases)
 
 
 def test_rate_ramps_linearly_inside_a_phase() -> None:
