@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from vlm_operator.models import VLMServiceSpec
 from vlm_operator.policy import (
+    GUARD_P95_WINDOWS,
     MAX_HISTORY,
     Decision,
     PodCounts,
@@ -148,14 +149,53 @@ def test_a_queue_on_a_quiet_demand_counts_on_the_first_sample() -> None:
     assert "burst" not in d.reason
 
 
-def test_on_a_noisy_demand_a_rise_still_needs_two_samples() -> None:
-    # An open load wandering by 1.5 requests: one sample with a queue may be noise.
+def _replay(
+    spec: VLMServiceSpec,
+    state: PolicyState,
+    demand: list[tuple[float, float]],
+    *,
+    start: float,
+    pods: int,
+) -> list[Decision]:
+    """Feed (running, waiting) every 5 s from ``start``, applying each decision."""
+    decisions: list[Decision] = []
+    current = pods
+    for i, (running, waiting) in enumerate(demand):
+        d = recommend(state, _signals(running, waiting), _pods(current), spec, start + 5.0 * i)
+        decisions.append(d)
+        state, current = d.state, d.replicas
+    return decisions
+
+
+def test_on_a_noisy_demand_a_rise_counts_once_two_rate_windows_show_it() -> None:
+    # An open load wandering by 1.5 requests, then 18 in flight from 70 s on.
+    spec = _spec(maxReplicas=20)
+    window = spec.metrics.window_seconds
+    state = _history(spec, [12.0, 13.5] * 7, pods=3)
+    decisions = _replay(spec, state, [(12.0, 6.0)] * 24, start=70.0, pods=3)
+    first_up = next(i for i, d in enumerate(decisions) if d.direction == "up")
+    # Not on the first window of the rise, at the latest once two show it.
+    assert window <= 5.0 * first_up <= 2 * window
+    assert decisions[first_up].replicas >= 4
+    assert "(demand)" in decisions[first_up].reason
+
+
+def test_on_a_noisy_demand_a_cluster_shorter_than_a_window_buys_nothing() -> None:
+    # The same load; 18 in flight with a queue for 20 s, then back to its level.
     spec = _spec(maxReplicas=20)
     state = _history(spec, [12.0, 13.5] * 7, pods=3)
-    d = recommend(state, _signals(12, 6), _pods(3), spec, now=70.0)
-    assert d.replicas == 3
-    again = recommend(d.state, _signals(12, 6), _pods(3), spec, now=75.0)
-    assert again.replicas == 4
+    cluster = [(12.0, 6.0)] * 4 + [(12.0, 0.0), (13.5, 0.0)] * 10
+    decisions = _replay(spec, state, cluster, start=70.0, pods=3)
+    assert {d.replicas for d in decisions} == {3}
+
+
+def test_on_a_quiet_demand_a_rise_needs_two_samples_only() -> None:
+    # A closed loop's demand does not wander: a rise without a queue counts on
+    # its second sample.
+    spec = _spec(maxReplicas=20)
+    state = _history(spec, [12.0] * 14, pods=3)
+    decisions = _replay(spec, state, [(18.0, 0.0)] * 3, start=70.0, pods=3)
+    assert [d.replicas for d in decisions][:2] == [3, 5]
 
 
 # ----------------------------------------------------------------- burst
@@ -279,6 +319,30 @@ def test_p95_guard_waits_for_pods_it_asked_for() -> None:
     assert d3.replicas == 4
 
 
+def test_p95_guard_needs_the_p95_of_several_windows_over_the_target() -> None:
+    # Two minutes on target, then one window over it: on a fleet that meets the
+    # target over the hour, a single window is over it now and then.
+    spec = _spec()
+    window = spec.metrics.window_seconds
+    calm = [_signals(6, 0, p95=10.0, rate=2.0)] * int(GUARD_P95_WINDOWS * window / 5)
+    state = PolicyState()
+    for i, signals in enumerate(calm):
+        state = recommend(state, signals, _pods(2), spec, 5.0 * i).state
+    now = 5.0 * len(calm)
+    d = recommend(state, _signals(6, 0, p95=14.0, rate=2.0), _pods(2), spec, now)
+    assert d.replicas == 2
+    assert "on target" in d.reason
+    # Still over the target once it has pulled the mean of the span over it.
+    for i in range(1, int(GUARD_P95_WINDOWS * window / 5) + 1):
+        d = recommend(d.state, _signals(6, 0, p95=14.0, rate=2.0), _pods(2), spec, now + 5.0 * i)
+        if d.replicas > 2:
+            break
+    assert d.replicas == 3
+    assert "p95 over 12s" in d.reason
+    # The mean of 10 s and 14 s crossed 12 s about halfway through the span.
+    assert GUARD_P95_WINDOWS * window / 3 <= 5.0 * i <= GUARD_P95_WINDOWS * window
+
+
 def test_p95_guard_ignores_a_p95_of_a_handful_of_answers() -> None:
     d = recommend(PolicyState(), _signals(2, 0, p95=20.0, rate=0.2), _pods(1), _spec(), 100.0)
     assert d.replicas == 1
@@ -392,6 +456,8 @@ def test_state_round_trips_through_json_and_stays_small() -> None:
     assert len(text) < 4000
     again = PolicyState.from_dict(json.loads(text))
     assert len(again.demand) <= MAX_HISTORY
+    assert 0 < len(again.p95) <= MAX_HISTORY
+    assert again == state
     # Same decision from the restored state as from the original.
     sig = _signals(2, 0)
     a = recommend(state, sig, _pods(4), spec, 3601.0)
@@ -410,6 +476,7 @@ def test_state_round_trips_through_json_and_stays_small() -> None:
         {"version": 1, "demand": [[1, "a"]]},
         {"version": 1, "down": [[1.0, -3]]},
         {"version": 1, "settledAt": float("inf")},
+        {"version": 1, "p95": [[1.0, None]]},
     ],
 )
 def test_state_from_garbage_is_fresh(garbage: Any) -> None:

@@ -11,10 +11,13 @@ The rules, and the failures of other autoscalers they answer:
 - **Demand is running + waiting.** A pod's gate caps what runs inside the
   model; the queue behind it is the demand the cap hides (knative/serving#2141,
   ray#20977). Pods needed = ⌈demand / (maxInFlight × targetUtilization)⌉, the
-  demand averaged over the rate window (``metrics.windowSeconds``); a rise
-  counts as soon as two samples in a row show it, or at once when a queue
-  shows on a quiet demand (a closed loop: one sample is as good as two, and
-  waiting for the second delays every step by a tick).
+  demand averaged over the rate window (``metrics.windowSeconds``). On a
+  quiet demand (a closed loop) a rise counts as soon as two samples in a row
+  show it, or at once when a queue shows (one sample is as good as two, and
+  waiting for the second delays every step by a tick). On a noisy demand (an
+  open load) it counts once two rate windows in a row show it: such a load's
+  in-flight count wanders in clusters lasting tens of seconds, and a pod
+  bought on one is taken away again when it has passed.
 - **Hysteresis in requests, not percent.** Scale up only when the demand
   exceeds the pods by more than a band, and down only when it fits in fewer
   pods with the band to spare. The band is a quarter of a pod's worth of
@@ -35,10 +38,12 @@ The rules, and the failures of other autoscalers they answer:
   it at once (no step limit), and never down while a sample of the burst
   window still does.
 - **P95 guard.** A fleet P95 over the target never scales down, and scales
-  up by one pod over the capacity even when the concurrency looks fine; but
-  not while pods are starting, not until the requests that queued before the
-  last change have left the P95 window, and not on a P95 of fewer than 20
-  answers (then it is just the slowest one).
+  up by one pod over the capacity even when the concurrency looks fine, once
+  the mean P95 of the last four rate windows is over the target too (one
+  window's P95 is over it minutes an hour on the fewest pods that meet it
+  over the hour); but not while pods are starting, not until the requests
+  that queued before the last change have left the P95 window, and not on a
+  P95 of fewer than 20 answers (then it is just the slowest one).
 - **Start-up aware.** Pods that exist but are not ready are capacity on its
   way: while they load, the queue grows by itself and only a burst buys
   more. Pods Pending longer than ``pendingTimeoutSeconds`` are not on their
@@ -80,6 +85,10 @@ NOISE_WIDTH = 2.0
 GUARD_SETTLE_WINDOWS = 2.0
 #: Answers in the rate window below which the P95 guard does not act.
 GUARD_MIN_ANSWERS = 20
+#: Rate windows whose P95 signals the guard averages before it buys a pod: one
+#: window's P95 is over the target a few percent of the time even on a fleet
+#: that meets it over the hour.
+GUARD_P95_WINDOWS = 4
 _STATE_VERSION = 1
 # Demand a hair over a multiple of the per-pod target (floating-point noise of
 # rates and averages) must not buy a whole extra pod.
@@ -126,6 +135,8 @@ class PolicyState:
     demand: tuple[tuple[float, float], ...] = ()
     settled_at: float | None = None
     changed_at: float | None = None
+    #: P95 signals of the guard's averaging span: (time, seconds).
+    p95: tuple[tuple[float, float], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """A small JSON-safe dict (times rounded to milliseconds)."""
@@ -134,6 +145,7 @@ class PolicyState:
             "down": [[round(t, 3), n] for t, n in self.down],
             "up": [[round(t, 3), n] for t, n in self.up],
             "demand": [[round(t, 3), round(d, 3)] for t, d in self.demand],
+            "p95": [[round(t, 3), round(p, 3)] for t, p in self.p95],
         }
         if self.settled_at is not None:
             out["settledAt"] = round(self.settled_at, 3)
@@ -150,6 +162,7 @@ class PolicyState:
             down = tuple((_finite(t), _count(n)) for t, n in data.get("down", ()))
             up = tuple((_finite(t), _count(n)) for t, n in data.get("up", ()))
             demand = tuple((_finite(t), _finite(d)) for t, d in data.get("demand", ()))
+            p95 = tuple((_finite(t), _finite(p)) for t, p in data.get("p95", ()))
             settled = data.get("settledAt")
             settled_at = None if settled is None else _finite(settled)
             changed = data.get("changedAt")
@@ -160,6 +173,7 @@ class PolicyState:
             down=down[-MAX_HISTORY:],
             up=up[-MAX_HISTORY:],
             demand=demand[-MAX_HISTORY:],
+            p95=p95[-MAX_HISTORY:],
             settled_at=settled_at,
             changed_at=changed_at,
         )
@@ -392,15 +406,21 @@ def recommend(
     # only the noise band may excuse.
     up_band = noise if queued else max(UP_TOLERANCE * per_pod, noise)
     down_band = max(DOWN_SPARE * per_pod, noise)
-    # Up: the mean demand of the rate window. A rise counts once two samples
-    # in a row show it (one spike does not), without waiting for the window's
-    # mean to catch up; on a quiet demand (noise under the tolerance: a closed
-    # loop, a steady load) a queue on the latest sample counts at once, since
-    # a second sample would only add a tick to every step's reaction.
+    # Up: the mean demand of the rate window. On a quiet demand (noise under
+    # the tolerance: a closed loop) a rise counts once two samples in a row
+    # show it, and a queue on the latest sample at once, since a second sample
+    # would only add a tick to every step's reaction. On a noisy demand (an
+    # open load) a rise counts once two rate windows in a row show it: its
+    # in-flight count wanders in clusters that last tens of seconds (a queue,
+    # so slower answers, so more in flight), and a pod bought on one is
+    # removed again when it has passed. Bursts have their own rule.
     short_mean = _mean(samples, now, window)
     recent = [d for t, d in samples if now - window < t <= now][-2:]
     sustained = min(recent) if len(recent) == 2 else short_mean
     up_demand = None if short_mean is None else max(short_mean, sustained or 0.0)
+    if short_mean is not None and noise >= UP_TOLERANCE * per_pod:
+        earlier = [d for t, d in samples if now - 2 * window < t <= now - window]
+        up_demand = min(short_mean, sum(earlier) / len(earlier)) if earlier else short_mean
     if up_demand is not None and demand is not None and queued and noise < UP_TOLERANCE * per_pod:
         up_demand = max(up_demand, demand)
     need = _pods_for(up_demand - up_band, per_pod) if up_demand is not None else None
@@ -422,6 +442,20 @@ def recommend(
     # slowest one: too noisy to buy a pod on.
     answers = (arrival or 0.0) * window
     slow = p95 is not None and p95 > p95_target and answers >= GUARD_MIN_ANSWERS
+    # The guard buys a pod when the mean P95 of the last GUARD_P95_WINDOWS
+    # windows (of those since capacity last changed) is over the target too,
+    # not on one window's: that is over the target for minutes an hour even
+    # on the fewest pods that meet it over the hour.
+    p95_span = GUARD_P95_WINDOWS * window
+    p95_samples = (
+        _record(state.p95, now, p95, p95_span)
+        if p95 is not None
+        else tuple((t, p) for t, p in state.p95 if now - p95_span < t <= now)
+    )
+    since = settled_at if settled_at is not None else -math.inf
+    settled_p95 = [p for t, p in p95_samples if t >= since]
+    guard_p95 = sum(settled_p95) / len(settled_p95) if settled_p95 else None
+    sustained_slow = slow and guard_p95 is not None and guard_p95 > p95_target
     # The P95 window shows new pods only once the requests that queued before
     # them have left it: wait GUARD_SETTLE_WINDOWS windows (+ the target).
     guard_ready = on_way == 0 and (
@@ -449,10 +483,12 @@ def recommend(
             up_to, why = stabilized, "demand"
     if burst and burst_need is not None and burst_need >= max(up_to, current + 1):
         up_to, why = burst_need, "burst"
-    if slow and guard_ready and capacity + 1 > up_to:
+    if sustained_slow and guard_ready and capacity + 1 > up_to:
         up_to, why = capacity + 1, f"p95 over {_fmt(p95_target)}s"
     elif slow and not guard_ready:
         notes.append(f"p95 high: waiting for new pods to show in the {int(window)}s window")
+    elif slow and not sustained_slow and guard_p95 is not None:
+        notes.append(f"p95 high in one window; {guard_p95:.1f}s over {int(p95_span)}s is on target")
 
     demanded = up_to if up_to > current else (need or 0)  # before the step limit
     if up_to > current:
@@ -526,6 +562,7 @@ def recommend(
         down=down_queue,
         up=up_queue,
         demand=samples,
+        p95=p95_samples,
         settled_at=now if target > current else settled_at,
         changed_at=now if target != current else changed_at,
     )
