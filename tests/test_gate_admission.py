@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable
 
 import pytest
@@ -58,13 +59,37 @@ async def test_full_queue_is_refused_with_a_retry_estimate_from_service_times() 
     with pytest.raises(Rejected) as refused:
         await admission.acquire()
     assert refused.value.reason == "queue_full"
-    # position 2 behind one slot of ~3 s each
-    assert refused.value.retry_after == 6
+    # Position 2 behind one slot of ~3 s each, stretched by the overload: one
+    # arrival of the last few (moving weight 0.2) was refused, 1 / 0.8 = 1.25.
+    assert refused.value.retry_after == math.ceil(3.0 * 2 / 1 / 0.8)
     admission.release(3.0)
     await waiter
     admission.release(3.0)
-    assert admission.retry_after(1) == 3
+    assert admission.retry_after(1) == math.ceil(3.0 / 0.8)
     assert Admission(4, 1, 1).retry_after(1) == 1  # nothing observed yet: at least 1 s
+
+
+async def test_retry_after_grows_with_a_sustained_overload_and_falls_after() -> None:
+    # One slot of ~3 s and no queue: while most arrivals are refused, a place goes
+    # to one of many contenders, so the advice stretches, up to 60 s.
+    admission = Admission(max_in_flight=1, queue_size=0, queue_timeout=5)
+    await admission.acquire()
+    admission.release(3.0)
+    await admission.acquire()
+    advice = []
+    for _ in range(30):
+        with pytest.raises(Rejected) as refused:
+            await admission.acquire()
+        advice.append(refused.value.retry_after)
+    assert advice == sorted(advice)
+    assert advice[0] == math.ceil(3.0 / 0.8)
+    assert advice[-1] == 60  # capped: openai-python ignores longer ones
+    # Admissions bring it back to the plain estimate.
+    admission.release(3.0)
+    for _ in range(40):
+        await admission.acquire()
+        admission.release(3.0)
+    assert admission.retry_after(1) == 3
 
 
 async def test_deadline_leaves_the_queue_and_never_holds_a_slot() -> None:

@@ -36,13 +36,14 @@ def _signals(
     rate: float | None = 1.0,
     age: float = 1.0,
     error: str | None = None,
+    errors: float | None = 0.0,
 ) -> Signals:
     return Signals(
         running=running,
         waiting=waiting,
         p95_seconds=p95,
         arrival_rate=rate,
-        error_rate=0.0,
+        error_rate=errors,
         age_seconds=age,
         error=error,
     )
@@ -129,6 +130,28 @@ def test_a_queue_is_not_excused_by_the_tolerance() -> None:
     assert "(demand)" in d.reason
     # The same 5 requests all running on two pods hold.
     assert recommend(PolicyState(), _signals(5, 0), _pods(2), _spec(), now=0.0).replicas == 2
+
+
+def test_requests_refused_while_queues_are_full_are_demand_too() -> None:
+    # One pod, 4 running and its queue of 8 full, half the arrivals refused: the
+    # admitted half holds the 4 slots, so the refused half needs 4 more.
+    spec = _spec(maxReplicas=20)
+    seen = recommend(PolicyState(), _signals(4, 8, errors=0.0), _pods(1), spec, 0.0)
+    refused = recommend(PolicyState(), _signals(4, 8, errors=0.5), _pods(1), spec, 0.0)
+    assert (seen.replicas, refused.replicas) == (3, 4)
+    assert "refused=50%" in refused.reason
+    # Clients retry and are refused again: never more than doubles what is seen.
+    swamped = recommend(PolicyState(), _signals(4, 8, errors=1.0), _pods(1), spec, 0.0)
+    assert swamped.replicas == 6
+
+
+def test_failures_with_nothing_queued_are_not_demand() -> None:
+    # A model that fails fast (every answer a 500, nothing waits): more pods
+    # would fail the same way.
+    spec = _spec(maxReplicas=20)
+    d = recommend(PolicyState(), _signals(3, 0, errors=1.0), _pods(1), spec, 0.0)
+    assert d.replicas == 1
+    assert "refused" not in d.reason
 
 
 def _history(spec: VLMServiceSpec, values: list[float], pods: int) -> PolicyState:

@@ -70,12 +70,43 @@ def moving_service_mean(previous: float | None, seconds: float) -> float:
     return seconds if previous is None else previous + SERVICE_EWMA_WEIGHT * (seconds - previous)
 
 
-def retry_after_seconds(service_mean: float | None, position: int, slots: int) -> int:
+#: Weight of the newest arrival in the gate's moving fraction of refused arrivals
+#: (about the last five arrivals).
+REFUSED_EWMA_WEIGHT = 0.2
+#: The longest ``Retry-After`` the gate advises: the longest that openai-python
+#: (and clients built like it) honour; a longer one they replace with a back-off
+#: of a few seconds of their own.
+RETRY_AFTER_MAX_SECONDS = 60
+#: The overload factor is counted up to this fraction of arrivals refused.
+_MAX_REFUSED_FRACTION = 0.95
+
+
+def moving_refused_fraction(previous: float, refused: bool) -> float:
+    """The gate's exponentially weighted fraction of arrivals refused, with one more.
+
+    Under 1 % it is 0: an overload long past does not stretch the advice.
+    """
+    fraction = previous + REFUSED_EWMA_WEIGHT * ((1.0 if refused else 0.0) - previous)
+    return fraction if fraction >= 0.01 else 0.0
+
+
+def retry_after_seconds(
+    service_mean: float | None, position: int, slots: int, refused_fraction: float = 0.0
+) -> int:
     """The ``Retry-After`` of a 429: when ``position`` in the queue would likely be served.
 
-    Mean slot-holding time × queue position ÷ slots, in whole seconds, at least
-    1 (also when nothing has been served yet). The gate answers with it and the
-    simulator models it, so both give clients the same advice.
+    Mean slot-holding time × queue position ÷ slots, times the overload
+    1 / (1 - refused fraction), in whole seconds, at least 1 (also when nothing
+    has been served yet) and at most :data:`RETRY_AFTER_MAX_SECONDS`. When a
+    fraction f of the arrivals finds the queue full, 1 / (1 - f) times more
+    requests arrive than the pod takes in, so a queue place goes to one of that
+    many contenders: a client told to come back when its place would be served
+    in a quiet moment comes back into the same full queue, and after two such
+    retries it has failed while the replicas the autoscaler is starting are
+    still loading. The gate answers with it and the simulator models it, so
+    both give clients the same advice.
     """
     service = service_mean or 0.0
-    return max(1, math.ceil(service * position / slots))
+    busy = 1.0 - min(max(refused_fraction, 0.0), _MAX_REFUSED_FRACTION)
+    seconds = math.ceil(service * position / slots / busy)
+    return min(RETRY_AFTER_MAX_SECONDS, max(1, seconds))

@@ -8,10 +8,14 @@ stabilization windows.
 
 The rules, and the failures of other autoscalers they answer:
 
-- **Demand is running + waiting.** A pod's gate caps what runs inside the
-  model; the queue behind it is the demand the cap hides (knative/serving#2141,
-  ray#20977). Pods needed = ⌈demand / (maxInFlight × targetUtilization)⌉, the
-  demand averaged over the rate window (``metrics.windowSeconds``). On a
+- **Demand is running + waiting + refused.** A pod's gate caps what runs
+  inside the model; the queue behind it is the demand the cap hides
+  (knative/serving#2141, ray#20977), and the requests refused while it is
+  full are the demand the queue hides: a refused fraction e of the arrivals
+  adds running × e / (1 - e) (Little's law on the admitted ones), at most as
+  much again as is seen (clients retry, and are refused more than once).
+  Pods needed = ⌈demand / (maxInFlight × targetUtilization)⌉, the demand
+  averaged over the rate window (``metrics.windowSeconds``). On a
   quiet demand (a closed loop) a rise counts as soon as two samples in a row
   show it, or at once when a queue shows (one sample is as good as two, and
   waiting for the second delays every step by a tick). On a noisy demand (an
@@ -85,6 +89,8 @@ NOISE_WIDTH = 2.0
 GUARD_SETTLE_WINDOWS = 2.0
 #: Answers in the rate window below which the P95 guard does not act.
 GUARD_MIN_ANSWERS = 20
+#: The refused fraction of arrivals up to which refused demand is counted.
+MAX_REFUSED_FRACTION = 0.95
 #: Rate windows whose P95 signals the guard averages before it buys a pod: one
 #: window's P95 is over the target a few percent of the time even on a fleet
 #: that meets it over the hour.
@@ -370,6 +376,16 @@ def recommend(
     # Demand: complete when both parts are present, a lower bound otherwise.
     demand_parts = [v for v in (running, waiting) if v is not None]
     demand = sum(demand_parts) if demand_parts else None
+    # Requests refused (429) or failed while requests queue are demand the
+    # queues could not hold. An admitted request holds its slot running /
+    # admitted-rate seconds (Little's law), so a refused fraction e of the
+    # arrivals adds running × e / (1 - e) requests; at most as many as are
+    # seen, since a retrying client is refused more than once. Failures with
+    # nothing queued (a broken model answering fast) add nothing.
+    failing = _value(signals.error_rate) if trusted else None
+    refused_share = min(failing or 0.0, MAX_REFUSED_FRACTION) if running and waiting else 0.0
+    if demand is not None and running and refused_share > 0:
+        demand += min(running * refused_share / (1.0 - refused_share), demand)
     demand_complete = running is not None and waiting is not None
 
     # --- state upkeep -------------------------------------------------------
@@ -387,6 +403,7 @@ def recommend(
 
     label = (
         f"waiting={_fmt(waiting)} running={_fmt(running)}"
+        + (f" refused={refused_share:.0%}" if refused_share > 0 else "")
         + (f" p95={p95:.1f}s" if p95 is not None else "")
         + f" ready={pods.ready} starting={on_way}"
     )

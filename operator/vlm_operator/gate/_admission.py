@@ -10,7 +10,8 @@ queue at once and never holds a slot.
 
 The answer to "when should I retry?" comes from what the gate has seen: an
 exponentially weighted mean of service times, times the queue position, over
-the number of slots.
+the number of slots, stretched by the overload (1 / (1 - the moving fraction
+of arrivals refused)): see :func:`vlm_operator.contract.retry_after_seconds`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,11 @@ import asyncio
 import contextlib
 from collections import deque
 
-from vlm_operator.contract import moving_service_mean, retry_after_seconds
+from vlm_operator.contract import (
+    moving_refused_fraction,
+    moving_service_mean,
+    retry_after_seconds,
+)
 
 
 class Rejected(Exception):
@@ -49,6 +54,7 @@ class Admission:
         self._running = 0
         self._queue: deque[asyncio.Future[None]] = deque()
         self._service_ewma: float | None = None
+        self._refused = 0.0  # moving fraction of arrivals that found the queue full
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -63,8 +69,8 @@ class Admission:
         return len(self._queue)
 
     def retry_after(self, position: int) -> int:
-        """Whole seconds until ``position`` in the queue is likely served (at least 1)."""
-        return retry_after_seconds(self._service_ewma, position, self.max_in_flight)
+        """Whole seconds until ``position`` in the queue is likely served (1 to 60)."""
+        return retry_after_seconds(self._service_ewma, position, self.max_in_flight, self._refused)
 
     def try_acquire(self) -> bool:
         """Take a free slot at once if one is free and nobody waits; False otherwise.
@@ -76,6 +82,8 @@ class Admission:
             self._running += 1
             if self._running == 1:
                 self._idle.clear()
+            if self._refused:
+                self._refused = moving_refused_fraction(self._refused, False)
             return True
         return False
 
@@ -91,12 +99,14 @@ class Admission:
         if self.try_acquire():
             return
         if len(self._queue) >= self.queue_size:
+            self._refused = moving_refused_fraction(self._refused, True)
             raise Rejected(
                 "queue_full",
                 f"{self._running} requests in flight and {len(self._queue)} queued "
                 f"(queue size {self.queue_size})",
                 retry_after=self.retry_after(len(self._queue) + 1),
             )
+        self._refused = moving_refused_fraction(self._refused, False)
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._queue.append(waiter)
         try:

@@ -47,7 +47,12 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from vlm_operator.baselines import Autoscaler, Observation
-from vlm_operator.contract import DURATION_BUCKETS, moving_service_mean, retry_after_seconds
+from vlm_operator.contract import (
+    DURATION_BUCKETS,
+    moving_refused_fraction,
+    moving_service_mean,
+    retry_after_seconds,
+)
 from vlm_operator.latency import LatencyModel, ProcessorSharing
 from vlm_operator.models import VLMServiceSpec
 from vlm_operator.traces import Trace
@@ -154,6 +159,7 @@ class _Pod:
         "idx",
         "ps",
         "queue",
+        "refused",
         "service",
         "state",
         "version",
@@ -172,6 +178,7 @@ class _Pod:
         self.busy_total = 0.0
         self.busy_mark = 0.0  # busy_total at the previous scrape
         self.service: float | None = None  # the gate's moving mean of slot-holding times
+        self.refused = 0.0  # the gate's moving fraction of arrivals refused
 
 
 def simulate(
@@ -416,8 +423,11 @@ class _Engine:
         limit = self.limit
         if limit is None or (len(pod.ps) < limit and not pod.waiting):
             req.pod = pod
+            if pod.refused:
+                pod.refused = moving_refused_fraction(pod.refused, False)
             self._admit(pod, req)
         elif self.queue_size is None or pod.waiting < self.queue_size:
+            pod.refused = moving_refused_fraction(pod.refused, False)
             req.pod = pod
             req.queued = True
             pod.queue.append(req)
@@ -427,9 +437,10 @@ class _Engine:
                 self.queue_deadlines.append((now + self.queue_timeout, req, req.attempt))
         else:
             self.gate_done.append((now, -1.0, False))
+            pod.refused = moving_refused_fraction(pod.refused, True)
             retry_after = self.retry_after
             if self.retry_after_estimated and limit is not None:
-                retry_after = retry_after_seconds(pod.service, pod.waiting + 1, limit)
+                retry_after = retry_after_seconds(pod.service, pod.waiting + 1, limit, pod.refused)
             self._finish(req, self.full_status, retry_after)
 
     def _client_timeout(self, req: _Request) -> None:
