@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from vlm_operator.models import VLMServiceSpec
 from vlm_operator.policy import (
+    COLLAPSE_WINDOWS,
     GUARD_P95_WINDOWS,
     MAX_HISTORY,
     Decision,
@@ -266,6 +267,21 @@ def test_scale_down_waits_out_the_window_then_steps() -> None:
     assert all(after >= before / 2 for before, after in steps)
     assert replicas[-1] == 1
     assert all("demand fell" in d.reason for d in quiet if d.direction == "down")
+
+
+def test_a_collapsed_load_does_not_wait_out_the_whole_window() -> None:
+    # A burst on 8 pods is over: 2 requests fit in 1 pod, far under half of 8.
+    spec = _spec(scaleDown={"stabilizationWindowSeconds": 300})
+    window = spec.metrics.window_seconds
+    busy = _steady(spec, _signals(32, 0), _pods(8), seconds=400)
+    quiet = _steady(spec, _signals(2, 0), _pods(8), seconds=200, start=405, state=busy[-1].state)
+    first_down = next(i for i, d in enumerate(quiet) if d.direction == "down")
+    assert COLLAPSE_WINDOWS * window - 5.0 <= first_down * 5.0 <= COLLAPSE_WINDOWS * window + 5.0
+    assert "load collapsed" in quiet[first_down].reason
+    assert quiet[first_down].replicas == 4  # still at most half per step
+    # A fall to more than half the pods is waited out: it may be the load's noise.
+    dip = _steady(spec, _signals(20, 0), _pods(8), seconds=200, start=405, state=busy[-1].state)
+    assert {d.replicas for d in dip} == {8}
 
 
 def test_scale_down_respects_max_pods_per_step() -> None:

@@ -34,7 +34,10 @@ The rules, and the failures of other autoscalers they answer:
 - **Stabilization.** A scale-down goes to the highest recommendation of the
   last ``scaleDown.stabilizationWindowSeconds``, moves in bounded steps, and
   waits a rate window after any change before the next step (fewer pods run
-  fuller and slower, so the demand rises again by itself). A scale-up goes
+  fuller and slower, so the demand rises again by itself); but a load that
+  collapsed (all it asked for over the last two rate windows fits in half
+  the pods: a burst or a backlog is over) goes down without waiting out the
+  window, since noise moves the demand by a pod or two. A scale-up goes
   to the lowest recommendation of ``scaleUp.stabilizationWindowSeconds`` (0
   by default: react at once) and adds at most max(maxPodsPerStep,
   maxPercentPerStep % of current) pods per tick.
@@ -89,6 +92,9 @@ NOISE_WIDTH = 2.0
 GUARD_SETTLE_WINDOWS = 2.0
 #: Answers in the rate window below which the P95 guard does not act.
 GUARD_MIN_ANSWERS = 20
+#: Rate windows over which a load must have needed at most half the pods to
+#: count as collapsed (and be scaled down without the whole stabilization window).
+COLLAPSE_WINDOWS = 2.0
 #: The refused fraction of arrivals up to which refused demand is counted.
 MAX_REFUSED_FRACTION = 0.95
 #: Rate windows whose P95 signals the guard averages before it buys a pod: one
@@ -535,13 +541,23 @@ def recommend(
     cooled = changed_at is None or now - changed_at >= window
     if target <= current and may_go_down and down_queue and covered and on_way == 0 and cooled:
         highest = max(n for _, n in down_queue)
+        # A load that collapsed (all it asked for over the last COLLAPSE_WINDOWS
+        # rate windows fits in half the pods: a burst or a backlog is over) is
+        # not noise, which moves a pod or two: the stabilization window need
+        # not pass. (The queue keeps suffix maxima, so this is a window max too.)
+        span = COLLAPSE_WINDOWS * window
+        lately = max((n for t, n in down_queue if now - t < span), default=current)
+        collapsed = lately <= current // 2 and highest > lately
+        if collapsed:
+            highest = lately
         if highest < current:
             step = min(
                 auto.scale_down.max_pods_per_step,
                 max(1, math.floor(current * auto.scale_down.max_percent_per_step / 100)),
             )
             target = max(highest, current - step)
-            why = "demand fell" + (f", step limit -{step}" if target > highest else "")
+            why = "demand fell" + (", load collapsed" if collapsed else "")
+            why += f", step limit -{step}" if target > highest else ""
         elif keep is not None and keep < current:
             why = f"stabilizing (highest in {int(down_window)}s: {highest})"
 
