@@ -197,15 +197,18 @@ class Operator:
 class Feeder:
     """Keeps requests finishing on an exporter (so P95 and rates exist) until stopped."""
 
-    def __init__(self, exporter: Exporter, seconds: float = 6.0) -> None:
+    def __init__(
+        self, exporter: Exporter, seconds: float = 6.0, codes: dict[int, int] | None = None
+    ) -> None:
         self.exporter = exporter
         self.seconds = seconds
+        self.codes = codes or {200: 1}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.wait(0.25):
-            self.exporter.set(durations=[self.seconds], codes={200: 1})
+            self.exporter.set(durations=[self.seconds], codes=self.codes)
 
     def __enter__(self) -> Feeder:
         self._thread.start()
@@ -392,6 +395,30 @@ def test_scale_up_then_down_after_stabilization(cluster: Cluster) -> None:
         )
         steps = sorted(e["message"].split(":")[0] for e in down)
         assert steps == ["2 → 1", "3 → 2"]  # at most half the pods per step
+
+
+def test_requests_refused_while_queues_are_full_count_as_demand(cluster: Cluster) -> None:
+    # 4 running and 8 waiting on one pod, as above, but every other answer is the
+    # gate's 429: Prometheus's error rate (5xx + 429 over all) is 0.5, and the
+    # policy adds the demand the full queue refused, 4 × 0.5 / 0.5 = 4 requests.
+    api = cluster.api
+    with Exporter() as exporter, Feeder(exporter, codes={200: 1, 429: 1}):
+        exporter.set(running=4, waiting=8)
+        api.add_ready_pod("svc-refused", "svc-refused-a")
+        cluster.scrape("svc-refused", "svc-refused-a", exporter)
+        cluster.wait_for_signal("svc-refused", 4)
+        cluster.prometheus.wait_for_series(
+            'sum(rate(vlm_requests_total{vlmservice="svc-refused",code="429"}[5s]))',
+            timeout=30,
+            where=lambda values: any(v > 0 for v in values.values()),
+        )
+        assert api.post(VLMS, vlmservice("svc-refused")).status_code == 201
+
+        # 16 requests at 4 per pod: 4 pods, where what is seen alone asks for 3.
+        wait_for("scale-up to 4", lambda: api.replicas("svc-refused") == 4)
+        up = wait_for("a ScaledUp Event", lambda: api.events("svc-refused", "ScaledUp"))
+        assert "1 → 4" in up[0]["message"]
+        assert "refused=" in up[0]["message"]
 
 
 def test_missing_signals_hold_replicas(cluster: Cluster, tmp_path: Path) -> None:
