@@ -213,6 +213,16 @@ def test_on_a_noisy_demand_a_cluster_shorter_than_a_window_buys_nothing() -> Non
     assert {d.replicas for d in decisions} == {3}
 
 
+def test_a_closed_loop_that_jitters_still_rises_within_two_samples() -> None:
+    # 16 users on 4 pods, the in-flight count 15 or 16 as answers turn over into
+    # new requests: a spread far under Poisson's (√16 = 4) is a closed loop, not
+    # an open load, so a step to 24 counts on its second sample.
+    spec = _spec(maxReplicas=20)
+    state = _history(spec, [15.0, 16.0] * 14, pods=4)
+    decisions = _replay(spec, state, [(16.0, 8.0)] * 3, start=140.0, pods=4)
+    assert [d.replicas for d in decisions][:2] == [4, 6]
+
+
 def test_on_a_quiet_demand_a_rise_needs_two_samples_only() -> None:
     # A closed loop's demand does not wander: a rise without a queue counts on
     # its second sample.

@@ -18,10 +18,12 @@ The rules, and the failures of other autoscalers they answer:
   averaged over the rate window (``metrics.windowSeconds``). On a
   quiet demand (a closed loop) a rise counts as soon as two samples in a row
   show it, or at once when a queue shows (one sample is as good as two, and
-  waiting for the second delays every step by a tick). On a noisy demand (an
-  open load) it counts once two rate windows in a row show it: such a load's
-  in-flight count wanders in clusters lasting tens of seconds, and a pod
-  bought on one is taken away again when it has passed.
+  waiting for the second delays every step by a tick). On an open load (a
+  demand whose sample-to-sample spread is at least 0.3 × Poisson's √demand; a
+  closed loop only jitters as answers turn over into new requests) it counts
+  once two rate windows in a row show it: such a load's in-flight count
+  wanders in clusters lasting tens of seconds, and a pod bought on one is
+  taken away again when it has passed.
 - **Hysteresis in requests, not percent.** Scale up only when the demand
   exceeds the pods by more than a band, and down only when it fits in fewer
   pods with the band to spare. The band is a quarter of a pod's worth of
@@ -95,6 +97,9 @@ GUARD_MIN_ANSWERS = 20
 #: Rate windows over which a load must have needed at most half the pods to
 #: count as collapsed (and be scaled down without the whole stabilization window).
 COLLAPSE_WINDOWS = 2.0
+#: Spread of the demand (its noise estimate), as a fraction of Poisson's
+#: √demand, from which a load counts as open (arrivals independent of answers).
+OPEN_LOAD_SPREAD = 0.3
 #: The refused fraction of arrivals up to which refused demand is counted.
 MAX_REFUSED_FRACTION = 0.95
 #: Rate windows whose P95 signals the guard averages before it buys a pod: one
@@ -429,11 +434,11 @@ def recommend(
     # only the noise band may excuse.
     up_band = noise if queued else max(UP_TOLERANCE * per_pod, noise)
     down_band = max(DOWN_SPARE * per_pod, noise)
-    # Up: the mean demand of the rate window. On a quiet demand (noise under
-    # the tolerance: a closed loop) a rise counts once two samples in a row
-    # show it, and a queue on the latest sample at once, since a second sample
-    # would only add a tick to every step's reaction. On a noisy demand (an
-    # open load) a rise counts once two rate windows in a row show it: its
+    # Up: the mean demand of the rate window. On a closed loop a rise counts
+    # once two samples in a row show it, and a queue on the latest sample at
+    # once when the demand is quiet (noise under the tolerance), since a second
+    # sample would only add a tick to every step's reaction. On an open load a
+    # rise counts once two rate windows in a row show it: its
     # in-flight count wanders in clusters that last tens of seconds (a queue,
     # so slower answers, so more in flight), and a pod bought on one is
     # removed again when it has passed. Bursts have their own rule.
@@ -441,7 +446,13 @@ def recommend(
     recent = [d for t, d in samples if now - window < t <= now][-2:]
     sustained = min(recent) if len(recent) == 2 else short_mean
     up_demand = None if short_mean is None else max(short_mean, sustained or 0.0)
-    if short_mean is not None and noise >= UP_TOLERANCE * per_pod:
+    # Open loads are told from closed ones by the spread of their demand
+    # against Poisson's (√demand): a closed loop only jitters as answers turn
+    # over into new requests (the local cluster's, at ~8 in flight, by enough
+    # to pass the quarter-pod tolerance), while the simulated open loads spread
+    # 0.7-0.8 × Poisson's even by this estimate, which sees about two thirds
+    # of the true spread.
+    if short_mean is not None and noise / NOISE_WIDTH >= OPEN_LOAD_SPREAD * math.sqrt(short_mean):
         earlier = [d for t, d in samples if now - 2 * window < t <= now - window]
         up_demand = min(short_mean, sum(earlier) / len(earlier)) if earlier else short_mean
     if up_demand is not None and demand is not None and queued and noise < UP_TOLERANCE * per_pod:
