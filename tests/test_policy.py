@@ -173,6 +173,25 @@ def test_a_queue_on_a_quiet_demand_counts_on_the_first_sample() -> None:
     assert "burst" not in d.reason
 
 
+def test_one_waiting_request_on_a_fleet_counts_once_two_samples_show_a_queue() -> None:
+    # 8 users on 2 full pods. The gates are scraped at different instants, so a
+    # request that moved between pods can read as 8 running + 1 waiting once.
+    spec = _spec(maxReplicas=20)
+    state = _history(spec, [8.0] * 13, pods=2)
+    blip = _replay(spec, state, [(8.0, 1.0), (8.0, 0.0), (8.0, 0.0)], start=65.0, pods=2)
+    assert [d.replicas for d in blip] == [2, 2, 2]
+    # A ninth user: the queue is still there on the next tick, and counts then.
+    ninth = _replay(spec, state, [(8.0, 1.0), (8.0, 1.0)], start=65.0, pods=2)
+    assert [d.replicas for d in ninth] == [2, 3]
+    # Two waiting are more than one request counted twice: at once.
+    two = recommend(state, _signals(8, 2), _pods(2), spec, now=65.0)
+    assert two.replicas == 3
+    # A queue seen long ago (a gap in the ticks) does not confirm today's.
+    stale = _replay(spec, state, [(8.0, 1.0)], start=65.0, pods=2)[0].state
+    late = recommend(stale, _signals(8, 1), _pods(2), spec, now=65.0 + 60.0)
+    assert late.replicas == 2
+
+
 def _replay(
     spec: VLMServiceSpec,
     state: PolicyState,

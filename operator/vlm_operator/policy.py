@@ -30,7 +30,11 @@ The rules, and the failures of other autoscalers they answer:
   requests, or twice the demand's own sample-to-sample noise if that is
   wider (an open load of ~100 in flight wanders by ~10 requests; a closed
   loop not at all). A queue (waiting > 0) is excused by the noise band only:
-  the quarter-pod tolerance is for running requests over the target. A 10 %
+  the quarter-pod tolerance is for running requests over the target. But a
+  queue of one request on a fleet counts only once a second sample shows a
+  queue too: Prometheus scrapes the gates at different instants, so a request
+  that finished on one pod, and whose client's next request waits on another,
+  can be counted on both. A 10 %
   tolerance band means nothing at 1-4 replicas (kubernetes#116984), and a
   band narrower than the noise churns (ray#18925).
 - **Stabilization.** A scale-down goes to the highest recommendation of the
@@ -102,6 +106,9 @@ COLLAPSE_WINDOWS = 2.0
 OPEN_LOAD_SPREAD = 0.3
 #: The refused fraction of arrivals up to which refused demand is counted.
 MAX_REFUSED_FRACTION = 0.95
+#: Requests by which the summed gauges of pods scraped at different instants
+#: can overstate a queue on one sample (a request counted on two pods).
+SCRAPE_SKEW_REQUESTS = 1.0
 #: Rate windows whose P95 signals the guard averages before it buys a pod: one
 #: window's P95 is over the target a few percent of the time even on a fleet
 #: that meets it over the hour.
@@ -144,7 +151,8 @@ class PolicyState:
     and an entry is dropped as soon as a later one dominates it, so they stay
     short. ``demand`` holds the demand samples of the burst window;
     ``settled_at`` is the last time capacity changed (a scale-up decided or a
-    pod still starting), which the P95 guard waits out.
+    pod still starting), which the P95 guard waits out; ``queued_at`` the
+    last tick that saw a queue, which confirms a one-request queue on a fleet.
     """
 
     down: tuple[tuple[float, int], ...] = ()
@@ -154,6 +162,8 @@ class PolicyState:
     changed_at: float | None = None
     #: P95 signals of the guard's averaging span: (time, seconds).
     p95: tuple[tuple[float, float], ...] = ()
+    #: The last tick whose sample showed a queue (cleared by one without).
+    queued_at: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A small JSON-safe dict (times rounded to milliseconds)."""
@@ -168,6 +178,8 @@ class PolicyState:
             out["settledAt"] = round(self.settled_at, 3)
         if self.changed_at is not None:
             out["changedAt"] = round(self.changed_at, 3)
+        if self.queued_at is not None:
+            out["queuedAt"] = round(self.queued_at, 3)
         return out
 
     @classmethod
@@ -184,6 +196,8 @@ class PolicyState:
             settled_at = None if settled is None else _finite(settled)
             changed = data.get("changedAt")
             changed_at = None if changed is None else _finite(changed)
+            queued = data.get("queuedAt")
+            queued_at = None if queued is None else _finite(queued)
         except (TypeError, ValueError):
             return cls()
         return cls(
@@ -193,6 +207,7 @@ class PolicyState:
             p95=p95[-MAX_HISTORY:],
             settled_at=settled_at,
             changed_at=changed_at,
+            queued_at=queued_at,
         )
 
 
@@ -428,7 +443,16 @@ def recommend(
     # than the demand's own sample-to-sample noise (an open load of ~100 in
     # flight wanders by ~10 requests; a closed loop not at all).
     noise = NOISE_WIDTH * _noise(samples, now, down_window)
-    queued = (waiting or 0.0) > 0
+    # A queue on the latest sample. On a fleet, one waiting request may be a
+    # request counted on two pods (their gates are scraped at different
+    # instants): it counts once the tick before showed a queue too. On one pod
+    # (one scrape) or with more waiting, it counts at once.
+    queued_before = state.queued_at is not None and (
+        0.0 <= now - state.queued_at <= 2 * auto.sync_period_seconds
+    )
+    queued = (waiting or 0.0) > 0 and (
+        pods.ready <= 1 or (waiting or 0.0) > SCRAPE_SKEW_REQUESTS or queued_before
+    )
     # A queue is demand the running slots did not absorb: the quarter-pod
     # tolerance is for running requests over the target, not for a queue, which
     # only the noise band may excuse.
@@ -609,5 +633,6 @@ def recommend(
         p95=p95_samples,
         settled_at=now if target > current else settled_at,
         changed_at=now if target != current else changed_at,
+        queued_at=(state.queued_at if waiting is None else now if waiting > 0 else None),
     )
     return _decision(target, current, reason, new_state, signals_ok=signals_ok, limited=limited)
