@@ -23,6 +23,8 @@ from vlm_operator.traces import list_traces, load_trace, parse_trace
 GRADIENT_SEEDS = (1, 2, 3)
 #: Seeds of the steady loads: one seed's count of scale-downs is luck as often as not.
 STEADY_SEEDS = (1, 2, 3)
+#: The anchors whose scale-downs on the steady loads are printed beside ours.
+STEADY_ANCHORS = ("kpa", "hpa-cpu", "hpa-inflight", "keda", "ray")
 #: A stress test, not a cost benchmark: its spike is shorter than one pod's start-up.
 STRESS_TRACES = ("flash-spike",)
 
@@ -220,6 +222,19 @@ def main() -> int:
                 f"{', '.join(map(str, downs))} scale-downs and {', '.join(map(str, ups))} "
                 f"scale-ups after {settle:.0f} s; cost {min(costs):.2f}-{max(costs):.2f}x",
             )
+        )
+        # The same load under the anchors that scale (seed 1), for scale.
+        anchors = []
+        for policy in STEADY_ANCHORS:
+            report, result = run_policy(trace, policy, seed=STEADY_SEEDS[0], config=client)
+            moves = [(b, a) for t, b, a in result.scale_events if t >= settle]
+            anchors.append(
+                f"{policy} {sum(1 for b, a in moves if a < b)}/{sum(1 for b, a in moves if a > b)} "
+                f"{report.cost_ratio:.2f}x"
+            )
+        goals.append(
+            f"  anchors, seed {STEADY_SEEDS[0]} (downs/ups after {settle:.0f} s, cost): "
+            + ", ".join(anchors)
         )
 
     # Speed.

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import math
+import random
 import statistics
 from typing import Any
 
 import pytest
 from vlm_operator.baselines import Ours, Static, make_autoscaler
-from vlm_operator.latency import LatencyModel
-from vlm_operator.simulator import SimConfig, run_policy, simulate, spec_for, summarize
-from vlm_operator.simulator.engine import OK, SimResult, _bucket_quantile
+from vlm_operator.latency import LatencyModel, ProcessorSharing
+from vlm_operator.simulator import SimConfig, engine, run_policy, simulate, spec_for, summarize
+from vlm_operator.simulator.engine import (
+    OK,
+    SimResult,
+    _bucket_quantile,
+    arrival_seed,
+    arrival_times,
+)
 from vlm_operator.simulator.report import oracle_replica_seconds
-from vlm_operator.traces import Trace, parse_trace
+from vlm_operator.traces import Trace, load_trace, parse_trace
 
 
 def _closed(users: int, seconds: float) -> Trace:
@@ -31,6 +38,13 @@ def _ok_latencies(result: SimResult) -> list[float]:
     return [
         e - s for s, e, c in zip(result.sent, result.ended, result.status, strict=True) if c == OK
     ]
+
+
+def _one_pod_no_timeout(trace: Trace, model: LatencyModel, *, seed: int) -> SimResult:
+    """One pod without a gate, and clients that never give up."""
+    spec = spec_for(trace)
+    config = SimConfig(latency=model, client_timeout_seconds=1e9)
+    return simulate(trace, Static(spec, replicas=1), spec=spec, seed=seed, config=config)
 
 
 _EXACT = LatencyModel(base_seconds=6.2, alpha=0.185, sigma=0.0)
@@ -64,18 +78,40 @@ def test_open_loop_matches_the_textbook_queue(alpha: float, kind: str) -> None:
     model = LatencyModel(base_seconds=1.0, alpha=alpha, sigma=0.3)
     rate = 0.6
     trace = _open(rate, 40_000)
-    spec = spec_for(trace)
-    result = simulate(
-        trace,
-        Static(spec, replicas=1),
-        spec=spec,
-        seed=3,
-        config=SimConfig(latency=model, client_timeout_seconds=1e9),
-    )
+    result = _one_pod_no_timeout(trace, model, seed=3)
     mean_service = math.exp(0.3**2 / 2)
     expected = mean_service / (1 - rate * mean_service) if alpha else mean_service
     assert statistics.fmean(_ok_latencies(result)) == pytest.approx(expected, rel=0.06), kind
     assert len(result.status) == pytest.approx(rate * 40_000, rel=0.03)
+
+
+def test_the_engine_pods_are_processor_sharing_to_the_bit() -> None:
+    # The engine runs ProcessorSharing's arithmetic inline: replaying the same
+    # arrivals and works through the class must give the very same answer
+    # times (==, not approx). One pod without a gate, nobody times out, no
+    # retries: every admission draws one work from the engine's generator.
+    model = LatencyModel(base_seconds=6.2, alpha=0.185, sigma=0.3)
+    trace = _open(0.4, 3000, rateEnd=0.9)
+    result = _one_pod_no_timeout(trace, model, seed=7)
+    arrivals = list(arrival_times(trace, random.Random(arrival_seed(7))))
+    works = random.Random(7)
+    pod: ProcessorSharing[float] = ProcessorSharing(model.alpha)
+    answered: dict[float, float] = {}
+    pending = iter(arrivals)
+    arrival = next(pending, math.inf)
+    while True:
+        nxt = pod.next_completion()
+        if nxt is not None and nxt[0] < arrival:
+            for sent in pod.advance(nxt[0]):
+                answered[sent] = nxt[0]
+        elif arrival <= trace.duration_s:
+            pod.admit(arrival, model.sample_work(works), arrival)
+            arrival = next(pending, math.inf)
+        else:
+            break
+    engine = {s: e for s, e in zip(result.sent, result.ended, strict=True) if e <= 3000}
+    assert len(engine) > 1000
+    assert engine == {s: e for s, e in answered.items() if e <= 3000}
 
 
 def test_the_same_seed_gives_the_same_run_and_another_seed_does_not() -> None:
@@ -120,6 +156,49 @@ def test_client_timeout_cancels_work_inside_the_model_by_default() -> None:
     # Abandoned work keeps running, so the next requests share the pod and the
     # number answered in time is no better.
     assert set(keep.status) == {0}
+
+
+def test_a_retry_runs_beside_the_attempt_a_model_did_not_cancel() -> None:
+    # One pod without a gate, answers slower than the client timeout, a model
+    # server that does not cancel: each retry lands on the pod still running
+    # the attempt its client gave up on. Both run, as two requests.
+    slow = LatencyModel(base_seconds=40.0, alpha=0.0, sigma=0.0)
+    trace = _closed(1, 200)
+    spec = spec_for(trace)
+    config = SimConfig(latency=slow, cancel_on_disconnect=False, retries=2)
+    result = simulate(trace, Static(spec, replicas=1), spec=spec, config=config)
+    assert set(result.status) == {0}  # three attempts of 30 s, each given up
+    first = result.ended[0] - result.sent[0]
+    assert 3 * 30.0 < first < 3 * 30.0 + 2 * 8.0  # plus two back-offs
+    assert result.requests_issued == len(result.status) + 1  # the last one is still out
+
+
+class _Clock(engine._Engine):
+    """The engine with a clock that notes every step back in time."""
+
+    steps_back = 0
+
+    @property  # type: ignore[override]
+    def now(self) -> float:
+        return self._now
+
+    @now.setter
+    def now(self, value: float) -> None:
+        if value < getattr(self, "_now", 0.0):
+            self.steps_back += 1
+        self._now = value
+
+
+@pytest.mark.parametrize(("policy", "seed"), [("hpa-inflight", 1), ("keda", 1)])
+def test_deadlines_are_taken_in_time_order(policy: str, seed: int) -> None:
+    # Client timeouts and queue deadlines sit in two FIFOs; on these runs a
+    # client timeout was once taken before an earlier queue deadline, and the
+    # clock went back.
+    trace = load_trace("step-burst")
+    spec = spec_for(trace)
+    run = _Clock(trace, make_autoscaler(policy, spec), spec, seed, SimConfig(retries=2))
+    run.run()
+    assert run.steps_back == 0
 
 
 def test_new_pods_serve_only_after_the_start_up_delay() -> None:

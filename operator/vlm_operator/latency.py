@@ -16,6 +16,10 @@ request since the pod was last empty) plus each request's finish point
 ``V_admit + work`` orders the completions. Admit, remove and each completion
 cost O(log n); nothing is rescanned when n changes.
 
+The simulator runs this class's arithmetic inline, for speed
+(:mod:`vlm_operator.simulator.engine`, ``_Pod``): a change here must be made
+there too, and ``tests/test_simulator.py`` checks that both agree to the bit.
+
 This module is pure: standard library only.
 """
 

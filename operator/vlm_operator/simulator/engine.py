@@ -32,18 +32,42 @@ Client and queue deadlines are constant per run, so each is kept in one FIFO
 (deadline order = send order) instead of one heap event per request; that and
 the virtual-time pods keep the cost per request to a few heap operations.
 
+Speed. A day of traffic is some 700,000 requests, so the per-request path is
+written for the interpreter, without changing a single result:
+
+- each pod carries the state of a :class:`~vlm_operator.latency.ProcessorSharing`
+  and the engine runs that class's arithmetic inline, operation for operation
+  in the same order, so every float is the one the class would give (the class
+  stays the reference, and the fake model server's engine; a test replays a
+  run through it); ``max``/``min`` calls are written as comparisons that pick
+  the same operand; ``LatencyModel.sample_work`` and ``Phase.rate_at`` are
+  written out too, with the same operations;
+- configuration is read once into attributes; the next open-loop arrival waits
+  beside the heap rather than in it; requests in the models are counted when
+  scraped, not kept up to date on every change;
+- a scrape counts the window's answers into histogram buckets a batch at a
+  time, instead of sorting all of the window's durations each time.
+
+A completion event made stale by a later admission is skipped when popped,
+and swept out of the heap now and then (and counted): an overloaded pod
+without a gate leaves thousands of them, each making every heap operation
+dearer. Sweeping changes nothing, because the deadline FIFOs are drained in
+time order against the heap, the earlier head first.
+
 This module is pure: standard library only (plus the project's pure modules).
 """
 
 from __future__ import annotations
 
-import bisect
-import heapq
 import math
 import random
+from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from heapq import heapify, heappop, heappush
+from itertools import repeat
+from operator import add, itemgetter, sub
 from typing import Literal
 
 from vlm_operator.baselines import Autoscaler, Observation
@@ -53,7 +77,7 @@ from vlm_operator.contract import (
     moving_service_mean,
     retry_after_seconds,
 )
-from vlm_operator.latency import LatencyModel, ProcessorSharing
+from vlm_operator.latency import LatencyModel
 from vlm_operator.models import VLMServiceSpec
 from vlm_operator.traces import Trace
 
@@ -61,8 +85,9 @@ __all__ = ["Series", "SimConfig", "SimResult", "arrival_times", "simulate"]
 
 Routing = Literal["round-robin", "least-loaded"]
 
-# Event kinds (small ints: cheaper to compare than enum members).
-_ARRIVAL, _POD_DONE, _USER, _POD_READY, _SCRAPE, _TICK, _PHASE, _RETRY = range(8)
+# Event kinds in the heap (small ints: cheaper to compare than enum members).
+# Open-loop arrivals wait outside the heap (see ``_Engine._loop``).
+_POD_DONE, _USER, _POD_READY, _SCRAPE, _TICK, _PHASE, _RETRY = range(7)
 
 # Pod states.
 _STARTING, _READY, _DRAINING, _GONE = range(4)
@@ -70,6 +95,10 @@ _STARTING, _READY, _DRAINING, _GONE = range(4)
 # Outcome codes recorded per request (HTTP status; 0 = client timeout).
 OK = 200
 TIMEOUT = 0
+
+# As in vlm_operator.latency: completions computed from floating-point virtual
+# time can land a few ulps after the instant asked about; they count as finished.
+_EPSILON = 1e-9
 
 
 @dataclass(frozen=True)
@@ -136,49 +165,157 @@ class SimResult:
     requests_issued: int
 
 
+# Fields of a gate answer (time, seconds or -1 for a rejection, ok).
+_TIME, _SECONDS, _OK = itemgetter(0), itemgetter(1), itemgetter(2)
+
+
+class _Batch:
+    """The gate's answers that one scrape took in, and what they count for."""
+
+    __slots__ = ("answers", "cumulative", "errors", "latest")
+
+    def __init__(self, answers: list[tuple[float, float, bool]]) -> None:
+        self.answers = answers  # (time, seconds or -1 for a rejection, ok)
+        self.latest = max(map(_TIME, answers))
+        ordered = sorted(map(_SECONDS, answers))
+        # Durations up to each bucket bound, then all durations (+Inf).
+        cumulative = list(map(bisect_right, repeat(ordered), DURATION_BUCKETS))
+        cumulative.append(len(ordered))
+        rejected = bisect_left(ordered, 0.0)  # the -1 of rejections sort first
+        if rejected:
+            cumulative = [count - rejected for count in cumulative]
+        self.cumulative = cumulative
+        self.errors = len(answers) - sum(map(_OK, answers))
+
+
+class _Window:
+    """The gate's answers in the rate window, counted as Prometheus's histogram would.
+
+    Answers come in at each scrape as one :class:`_Batch` and leave in the
+    order they came, as from a deque of answers; the counts are kept by batch
+    with C-level map, sort and bisect, instead of per answer in Python.
+    """
+
+    def __init__(self) -> None:
+        self.batches: deque[_Batch] = deque()
+        self.size = 0
+        self.errors = 0
+        self.cumulative = [0] * (len(DURATION_BUCKETS) + 1)  # as _Batch.cumulative
+
+    def take(self, answers: list[tuple[float, float, bool]]) -> None:
+        self._add(_Batch(answers))
+
+    def evict(self, cutoff: float) -> None:
+        """Drop answers from the oldest while their time is <= ``cutoff``."""
+        batches = self.batches
+        while batches:
+            batch = batches[0]
+            if batch.latest > cutoff:
+                # The first later answer stops the eviction: keep from there.
+                answers = batch.answers
+                i = 0
+                while answers[i][0] <= cutoff:
+                    i += 1
+                if i:
+                    self._remove(batch)
+                    batches.popleft()
+                    self._add(_Batch(answers[i:]), first=True)
+                return
+            self._remove(batch)
+            batches.popleft()
+
+    def durations(self) -> list[float]:
+        return [d for batch in self.batches for _, d, _ in batch.answers if d >= 0]
+
+    def _add(self, batch: _Batch, *, first: bool = False) -> None:
+        if first:
+            self.batches.appendleft(batch)
+        else:
+            self.batches.append(batch)
+        self.size += len(batch.answers)
+        self.errors += batch.errors
+        self.cumulative = list(map(add, self.cumulative, batch.cumulative))
+
+    def _remove(self, batch: _Batch) -> None:
+        self.size -= len(batch.answers)
+        self.errors -= batch.errors
+        self.cumulative = list(map(sub, self.cumulative, batch.cumulative))
+
+
 class _Request:
+    """One attempt of a client's request; a retry is a new :class:`_Request`.
+
+    An attempt the client gave up on may still run in a model that does not
+    cancel (``cancel_on_disconnect=False``) while the retry runs too, in the
+    same pod or another: each is a job of its own.
+    """
+
     __slots__ = ("admitted", "attempt", "done", "pod", "queued", "sent", "started", "user")
 
-    def __init__(self, sent: float, user: int) -> None:
+    # Set by _Engine._attempt, which every request meets first, and _admit.
+    started: float  # this attempt
+    done: bool  # client has its answer (or gave up) for this attempt
+    pod: _Pod | None
+    admitted: float  # took a slot (this attempt)
+
+    def __init__(self, sent: float, user: int, attempt: int = 0) -> None:
         self.sent = sent  # first send (client view)
-        self.started = sent  # this attempt
         self.user = user  # closed-loop user, -1 for open loop
-        self.attempt = 0
-        self.done = False  # client has its answer (or gave up) for this attempt
+        self.attempt = attempt  # retries before this one
         self.queued = False
-        self.pod: _Pod | None = None
-        self.admitted = 0.0  # took a slot (this attempt)
 
 
 class _Pod:
+    """A pod: its gate (queue, moving averages) and its model process.
+
+    The model process is a :class:`~vlm_operator.latency.ProcessorSharing`
+    taken apart: ``virtual``, ``last``, ``seq``, ``jobs`` and ``active`` are
+    that class's fields, and the engine's ``_admit``, ``_reschedule``,
+    ``_pod_done`` and ``_cancel`` its methods, so the hot path makes no call
+    per step.
+    """
+
     __slots__ = (
+        "active",
         "busy_mark",
         "busy_since",
         "busy_total",
         "created",
         "idx",
-        "ps",
+        "jobs",
+        "last",
+        "pending",
         "queue",
         "refused",
+        "seq",
         "service",
         "state",
-        "version",
+        "virtual",
         "waiting",
     )
 
-    def __init__(self, idx: int, created: float, alpha: float) -> None:
+    def __init__(self, idx: int, created: float) -> None:
         self.idx = idx
         self.created = created
         self.state = _STARTING
-        self.ps: ProcessorSharing[_Request] = ProcessorSharing(alpha)
+        self.virtual = 0.0  # service attained by every request inside since empty
+        self.last = 0.0  # wall time up to which ``virtual`` is exact
+        self.seq = 0
+        self.jobs: list[tuple[float, int, _Request]] = []  # (finish virtual time, seq, request)
+        self.active: dict[_Request, int] = {}  # request inside -> seq of its live ``jobs`` entry
         self.queue: deque[_Request] = deque()
         self.waiting = 0  # live entries of ``queue`` (timed-out ones leave lazily)
-        self.version = 0
+        self.pending = 0  # sequence number of the live completion event (0: none)
         self.busy_since = -1.0  # >= 0 while something runs (CPU busy)
         self.busy_total = 0.0
         self.busy_mark = 0.0  # busy_total at the previous scrape
         self.service: float | None = None  # the gate's moving mean of slot-holding times
         self.refused = 0.0  # the gate's moving fraction of arrivals refused
+
+
+def _load(pod: _Pod) -> int:
+    """Requests a pod holds, running or queued (least-loaded routing)."""
+    return len(pod.active) + pod.waiting
 
 
 def simulate(
@@ -207,11 +344,29 @@ class _Engine:
         self.spec = spec
         self.seed = seed
         self.cfg = config
-        self.model = config.latency
+        self.alpha = config.latency.alpha
+        # ProcessorSharing's slowdown by requests in a pod (index 0 unused),
+        # each entry computed as the class computes it; grown on demand.
+        self.slowdowns = [1.0, 1.0]
+        self._slowdown(autoscaler.gate.max_in_flight or 16)
         self.rng = random.Random(seed)
+        # LatencyModel.sample_work's terms, for the hot path.
+        self.lognormvariate = self.rng.lognormvariate
+        self.work_base = config.latency.base_seconds
+        self.work_sigma = config.latency.sigma
+        self.time_scale = config.latency.time_scale
+        # Configuration read once: attribute lookups on the hot path.
+        self.round_robin = config.routing == "round-robin"
+        self.client_timeout = config.client_timeout_seconds
+        self.retries = config.retries
+        self.retry_timeouts = config.retry_timeouts
+        self.error_pause = config.error_pause_seconds
+        self.cancel_on_disconnect = config.cancel_on_disconnect
         self.arrival_rng = random.Random(arrival_seed(seed))
         self.heap: list[tuple[float, int, int, object]] = []
         self.seq = 0
+        self.heap_sweep_at = 256  # heap size that triggers _sweep_stale
+        self.swept = 0  # stale events swept out before their time (<= the end)
         self.now = 0.0
         gate = autoscaler.gate
         self.limit = gate.max_in_flight
@@ -220,18 +375,19 @@ class _Engine:
         self.full_status = gate.full_status
         self.retry_after = gate.retry_after_seconds
         self.retry_after_estimated = gate.retry_after_estimated
-        self.client_timeouts: deque[tuple[float, _Request, int]] = deque()
-        self.queue_deadlines: deque[tuple[float, _Request, int]] = deque()
+        self.client_timeouts: deque[tuple[float, _Request]] = deque()
+        self.queue_deadlines: deque[tuple[float, _Request]] = deque()
         self.pods: list[_Pod] = []
         self.ready: list[_Pod] = []
         self.rr = 0
         self.next_pod = 0
         self.replicas = 0  # non-draining pods (Deployment spec.replicas)
-        self.running_total = 0
-        self.waiting_total = 0
+        self.waiting_total = 0  # requests queued at the gates (the running ones: _running)
         # Gate-side answers for the rate-window signals: (time, seconds or -1 for
-        # a rejection, ok).
-        self.gate_done: deque[tuple[float, float, bool]] = deque()
+        # a rejection, ok). Appended here, counted into ``gate_window`` by the
+        # next scrape.
+        self.gate_new: list[tuple[float, float, bool]] = []
+        self.gate_window = _Window()
         self.window = float(spec.metrics.window_seconds)
         # Results.
         self.sent: list[float] = []
@@ -265,7 +421,7 @@ class _Engine:
 
     def push(self, at: float, kind: int, payload: object = None) -> None:
         self.seq += 1
-        heapq.heappush(self.heap, (at, self.seq, kind, payload))
+        heappush(self.heap, (at, self.seq, kind, payload))
 
     def run(self) -> SimResult:
         end = self.trace.duration_s
@@ -282,58 +438,7 @@ class _Engine:
                 self.push(phase.start_s, _PHASE, phase.users or 0)
         else:
             self.arrivals = arrival_times(self.trace, self.arrival_rng)
-            self._schedule_arrival(0.0)
-
-        heap = self.heap
-        client_timeouts = self.client_timeouts
-        queue_deadlines = self.queue_deadlines
-        pop = heapq.heappop
-        events = 0
-        while True:
-            at = heap[0][0] if heap else math.inf
-            # Deadlines live in FIFOs; take them when due before the next event.
-            if client_timeouts and client_timeouts[0][0] <= at:
-                deadline, req, attempt = client_timeouts.popleft()
-                if deadline > end:
-                    break
-                if not req.done and req.attempt == attempt:
-                    self.now = deadline
-                    self._client_timeout(req)
-                continue
-            if queue_deadlines and queue_deadlines[0][0] <= at:
-                deadline, req, attempt = queue_deadlines.popleft()
-                if deadline > end:
-                    break
-                if req.queued and req.attempt == attempt:
-                    self.now = deadline
-                    self._queue_deadline(req)
-                continue
-            if at > end:
-                break
-            _, _, kind, payload = pop(heap)
-            self.now = at
-            events += 1
-            if kind == _POD_DONE:
-                entry: tuple[_Pod, int] = payload  # type: ignore[assignment]
-                if entry[0].version == entry[1]:
-                    self._pod_done(entry[0])
-            elif kind == _ARRIVAL:
-                self._send(_Request(at, -1))
-                self._schedule_arrival(at)
-            elif kind == _USER:
-                self._user_send(payload)  # type: ignore[arg-type]
-            elif kind == _RETRY:
-                self._attempt(payload)  # type: ignore[arg-type]
-            elif kind == _POD_READY:
-                self._pod_ready(payload)  # type: ignore[arg-type]
-            elif kind == _SCRAPE:
-                self._scrape()
-                self.push(at + self.scrape_interval, _SCRAPE)
-            elif kind == _TICK:
-                self._tick()
-                self.push(at + self.scaler.period_seconds, _TICK)
-            elif kind == _PHASE:
-                self._set_users(payload)  # type: ignore[arg-type]
+        events = self._loop(end) + self.swept
         self.now = end
         self._account_cost()
         return SimResult(
@@ -354,12 +459,103 @@ class _Engine:
             requests_issued=self.issued,
         )
 
-    # ----------------------------------------------------------------- clients
+    def _loop(self, end: float) -> int:
+        """Process events and deadlines in time order up to ``end``; the events popped."""
+        heap = self.heap
+        client_timeouts = self.client_timeouts
+        queue_deadlines = self.queue_deadlines
+        arrivals = self.arrivals
+        inf = math.inf
+        # The next open-loop arrival waits here instead of in the heap (one push
+        # and pop fewer per request), with the sequence number its push would
+        # have had, so that ties are broken as in the heap.
+        arrival_at = next(arrivals, inf)
+        arrival_seq = 0
+        if arrival_at < inf:
+            self.seq += 1
+            arrival_seq = self.seq
+        events = 0
+        while True:
+            # Never empty: the scrape and tick events push their successors.
+            top = heap[0]
+            at = top[0]
+            arrival = arrival_at < at or (arrival_at == at and arrival_seq < top[1])
+            if arrival:
+                at = arrival_at
+            # Deadlines live in FIFOs; the earlier of the two heads is taken
+            # when due before the next event (a tie: the client's first).
+            if client_timeouts and client_timeouts[0][0] <= at:
+                # Most are of attempts answered long ago: drop those in a row.
+                while client_timeouts[0][1].done:
+                    client_timeouts.popleft()
+                    if not client_timeouts or client_timeouts[0][0] > at:
+                        break
+                else:
+                    deadline = client_timeouts[0][0]
+                    if not queue_deadlines or queue_deadlines[0][0] >= deadline:
+                        if deadline > end:
+                            return events
+                        self.now = deadline
+                        self._client_timeout(client_timeouts.popleft()[1])
+                        continue
+            if queue_deadlines and queue_deadlines[0][0] <= at:
+                deadline, req = queue_deadlines.popleft()
+                if deadline > end:
+                    return events
+                if req.queued:
+                    self.now = deadline
+                    self._queue_deadline(req)
+                continue
+            if at > end:
+                return events
+            events += 1
+            if arrival:
+                self.now = at
+                self.issued += 1
+                self._attempt(_Request(at, -1))
+                arrival_at = next(arrivals, inf)
+                if arrival_at < inf:
+                    self.seq += 1
+                    arrival_seq = self.seq
+                continue
+            _, seq, kind, payload = heappop(heap)
+            if kind == _POD_DONE:
+                if payload.pending == seq:  # type: ignore[attr-defined]
+                    self.now = at
+                    self._pod_done(payload)  # type: ignore[arg-type]
+                # else superseded by a later reschedule: only counted
+                continue
+            self.now = at
+            if kind == _USER:
+                self._user_send(payload)  # type: ignore[arg-type]
+            elif kind == _RETRY:
+                self._attempt(payload)  # type: ignore[arg-type]
+            elif kind == _POD_READY:
+                self._pod_ready(payload)  # type: ignore[arg-type]
+            elif kind == _SCRAPE:
+                self._scrape()
+                if len(heap) > self.heap_sweep_at:
+                    self._sweep_stale(end)
+                self.push(at + self.scrape_interval, _SCRAPE)
+            elif kind == _TICK:
+                self._tick()
+                self.push(at + self.scaler.period_seconds, _TICK)
+            elif kind == _PHASE:
+                self._set_users(payload)  # type: ignore[arg-type]
 
-    def _schedule_arrival(self, t: float) -> None:
-        nxt = next(self.arrivals, None)
-        if nxt is not None:
-            self.push(nxt, _ARRIVAL)
+    def _sweep_stale(self, end: float) -> None:
+        """Take the superseded completion events out of the heap (see the module doc).
+
+        Each would have been popped, and counted, by ``end`` if due by then.
+        """
+        heap = self.heap
+        live = [e for e in heap if e[2] != _POD_DONE or e[3].pending == e[1]]  # type: ignore[attr-defined]
+        self.swept += sum(1 for e in heap if e[0] <= end) - sum(1 for e in live if e[0] <= end)
+        heap[:] = live
+        heapify(heap)
+        self.heap_sweep_at = max(256, 2 * len(heap))
+
+    # ----------------------------------------------------------------- clients
 
     def _set_users(self, users: int) -> None:
         while len(self.user_busy) < users:
@@ -384,22 +580,19 @@ class _Engine:
         """The client has an answer for this attempt: retry, or record the outcome."""
         req.done = True
         now = self.now
-        retryable = (
-            status != OK and status != 504 and (status != TIMEOUT or self.cfg.retry_timeouts)
-        )
-        if retryable and req.attempt < self.cfg.retries:
+        retryable = status != OK and status != 504 and (status != TIMEOUT or self.retry_timeouts)
+        if retryable and req.attempt < self.retries:
             if retry_after is not None and retry_after <= 60:
                 delay = retry_after
             else:
                 delay = min(0.5 * 2.0**req.attempt, 8.0) * (1.0 - 0.25 * self.rng.random())
-            req.attempt += 1
-            self.push(now + delay, _RETRY, req)
+            self.push(now + delay, _RETRY, _Request(req.sent, req.user, req.attempt + 1))
             return
         self.sent.append(req.sent)
         self.ended.append(now)
         self.status.append(status)
         if req.user >= 0:
-            pause = 0.0 if status == OK else self.cfg.error_pause_seconds
+            pause = 0.0 if status == OK else self.error_pause
             if pause:
                 self.push(now + pause, _USER, req.user)
             else:
@@ -414,14 +607,14 @@ class _Engine:
         if not ready:
             self._finish(req, 503, None)
             return
-        if self.cfg.routing == "round-robin":
-            self.rr = (self.rr + 1) % len(ready)
-            pod = ready[self.rr]
+        if self.round_robin:
+            self.rr = rr = (self.rr + 1) % len(ready)
+            pod = ready[rr]
         else:
-            pod = min(ready, key=lambda p: len(p.ps) + p.waiting)
-        self.client_timeouts.append((now + self.cfg.client_timeout_seconds, req, req.attempt))
+            pod = min(ready, key=_load)
+        self.client_timeouts.append((now + self.client_timeout, req))
         limit = self.limit
-        if limit is None or (len(pod.ps) < limit and not pod.waiting):
+        if limit is None or (len(pod.active) < limit and not pod.waiting):
             req.pod = pod
             if pod.refused:
                 pod.refused = moving_refused_fraction(pod.refused, False)
@@ -434,9 +627,9 @@ class _Engine:
             pod.waiting += 1
             self.waiting_total += 1
             if self.queue_timeout is not None:
-                self.queue_deadlines.append((now + self.queue_timeout, req, req.attempt))
+                self.queue_deadlines.append((now + self.queue_timeout, req))
         else:
-            self.gate_done.append((now, -1.0, False))
+            self.gate_new.append((now, -1.0, False))
             pod.refused = moving_refused_fraction(pod.refused, True)
             retry_after = self.retry_after
             if self.retry_after_estimated and limit is not None:
@@ -450,8 +643,7 @@ class _Engine:
             pod.waiting -= 1
             self.waiting_total -= 1
             self._maybe_gone(pod)
-        elif pod is not None and self.cfg.cancel_on_disconnect and pod.ps.remove(req, self.now):
-            self.running_total -= 1
+        elif pod is not None and self.cancel_on_disconnect and self._cancel(pod, req):
             pod.service = moving_service_mean(pod.service, self.now - req.admitted)
             self._refill(pod)
         self._finish(req, TIMEOUT, None)
@@ -462,48 +654,177 @@ class _Engine:
         req.queued = False
         pod.waiting -= 1
         self.waiting_total -= 1
-        self.gate_done.append((self.now, self.now - req.started, False))
+        self.gate_new.append((self.now, self.now - req.started, False))
         self._finish(req, 504, None)
         self._maybe_gone(pod)
 
     # -------------------------------------------------------------------- pods
 
+    def _slowdown(self, n: int) -> float:
+        """ProcessorSharing's slowdown of ``n`` requests sharing a pod, from a table."""
+        table = self.slowdowns
+        while len(table) <= n:
+            table.append(1.0 + self.alpha * (len(table) - 1))
+        return table[n]
+
     def _admit(self, pod: _Pod, req: _Request) -> None:
+        """Start ``req`` in the pod's model (``ProcessorSharing.admit``), then reschedule."""
         now = self.now
-        ps = pod.ps
-        if not ps:
+        active = pod.active
+        jobs = pod.jobs
+        n = len(active)
+        if not n:
             pod.busy_since = now
-        ps.admit(req, self.model.sample_work(self.rng), now)
+        # LatencyModel.sample_work, written out. Its work is never negative or
+        # infinite (math.exp raises first), so the class's check is left out.
+        sigma = self.work_sigma
+        jitter = self.lognormvariate(0.0, sigma) if sigma > 0 else 1.0
+        work = self.work_base * jitter / self.time_scale
+        if req in active:
+            raise KeyError(f"{req!r} is already inside the pod")
+        slowdowns = self.slowdowns
+        try:
+            shared = slowdowns[n + 1]
+        except IndexError:  # only without a gate limit: more than seen so far
+            shared = self._slowdown(n + 1)
+        last = pod.last
+        moved = last if now < last else now  # never run backwards
+        if n:
+            virtual = pod.virtual + (moved - last) / slowdowns[n]
+        else:
+            # Restart virtual time when the pod is empty: a request alone then
+            # finishes at exactly admit + work, without accumulated rounding.
+            virtual = 0.0
+            jobs.clear()
+        pod.virtual = virtual
+        pod.last = moved
+        seq = pod.seq = pod.seq + 1
+        active[req] = seq
+        heappush(jobs, (virtual + work, seq, req))
         req.admitted = now
-        self.running_total += 1
-        self._reschedule(pod)
+        # _reschedule, written out: this runs for every request.
+        top = jobs[0]
+        while active.get(top[2]) != top[1]:
+            heappop(jobs)  # removed earlier: drop lazily
+            top = jobs[0]
+        remaining = top[0] - virtual
+        at = moved + (0.0 if remaining < 0.0 else remaining) * shared
+        seq = pod.pending = self.seq = self.seq + 1
+        heappush(self.heap, (at, seq, _POD_DONE, pod))
 
     def _reschedule(self, pod: _Pod) -> None:
-        pod.version += 1
-        nxt = pod.ps.next_completion()
-        if nxt is not None:
-            self.seq += 1
-            heapq.heappush(self.heap, (nxt[0], self.seq, _POD_DONE, (pod, pod.version)))
+        """Push the pod's next completion (``ProcessorSharing.next_completion``).
+
+        The event pushed before for this pod is superseded: its sequence
+        number no longer matches ``pod.pending`` when it is popped.
+        """
+        active = pod.active
+        if not active:
+            pod.pending = 0
+            return
+        jobs = pod.jobs
+        top = jobs[0]
+        while active.get(top[2]) != top[1]:
+            heappop(jobs)  # removed earlier: drop lazily
+            top = jobs[0]
+        remaining = top[0] - pod.virtual
+        # ``0.0 if r < 0.0 else r`` is the class's max(r, 0.0), without the call.
+        at = pod.last + (0.0 if remaining < 0.0 else remaining) * self.slowdowns[len(active)]
+        seq = pod.pending = self.seq = self.seq + 1
+        heappush(self.heap, (at, seq, _POD_DONE, pod))
 
     def _pod_done(self, pod: _Pod) -> None:
+        """The pod's next completion is due: ``ProcessorSharing.advance``, then the answers."""
         now = self.now
-        finished = pod.ps.advance(now)
-        self.running_total -= len(finished)
+        horizon = now + _EPSILON
+        slowdowns = self.slowdowns
+        active = pod.active
+        jobs = pod.jobs
+        virtual = pod.virtual
+        last = pod.last
+        # The requests finished by now, in finish order. The loop stops on the
+        # live head of ``jobs`` with ``at``, its completion as things stand.
+        finished: list[_Request] = []
+        while active:
+            top = jobs[0]
+            req = top[2]
+            if active.get(req) != top[1]:
+                heappop(jobs)  # removed earlier: drop lazily
+                continue
+            remaining = top[0] - virtual
+            at = last + (0.0 if remaining < 0.0 else remaining) * slowdowns[len(active)]
+            if at > horizon:
+                break
+            # Exactly at the finish point: set virtual time to it (no drift).
+            if top[0] > virtual:
+                virtual = top[0]
+            if at > last:
+                last = at
+            heappop(jobs)
+            del active[req]
+            finished.append(req)
+        if now > last:
+            # Move to now. Usually a no-op (the last finish is now, or a hair
+            # later), and then ``at`` is already what _reschedule would find.
+            if active:
+                virtual += (now - last) / slowdowns[len(active)]
+                remaining = top[0] - virtual
+                at = now + (0.0 if remaining < 0.0 else remaining) * slowdowns[len(active)]
+            last = now
+        pod.virtual = virtual
+        pod.last = last
+
         # Fill freed slots from the queue first (FIFO), then answer: a client's
         # next request must queue behind the ones already waiting.
-        self._refill(pod)
-        gate_done = self.gate_done
+        if pod.queue:
+            self._refill(pod)
+        else:
+            # _refill with nothing queued, written out.
+            if active:
+                seq = pod.pending = self.seq = self.seq + 1
+                heappush(self.heap, (at, seq, _POD_DONE, pod))
+            else:
+                pod.pending = 0
+                if pod.busy_since >= 0:
+                    pod.busy_total += now - pod.busy_since
+                    pod.busy_since = -1.0
+            if pod.state == _DRAINING:
+                self._maybe_gone(pod)
+        gate_new = self.gate_new
         for req in finished:
-            gate_done.append((now, now - req.started, True))
+            gate_new.append((now, now - req.started, True))
             pod.service = moving_service_mean(pod.service, now - req.admitted)
             if not req.done and req.pod is pod:
-                self._finish(req, OK, None)
+                # _finish(req, OK, None), written out: an answer is not retried.
+                req.done = True
+                self.sent.append(req.sent)
+                self.ended.append(now)
+                self.status.append(OK)
+                if req.user >= 0:
+                    self._user_send(req.user)
+
+    def _cancel(self, pod: _Pod, req: _Request) -> bool:
+        """Take ``req`` out of the model (``ProcessorSharing.remove``); False if not inside."""
+        active = pod.active
+        if req not in active:
+            return False
+        now = self.now
+        last = pod.last
+        moved = last if now < last else now
+        pod.virtual += (moved - last) / self.slowdowns[len(active)]
+        pod.last = moved
+        del active[req]
+        if len(pod.jobs) > 2 * len(active) + 32:
+            pod.jobs = [e for e in pod.jobs if active.get(e[2]) == e[1]]
+            heapify(pod.jobs)
+        return True
 
     def _refill(self, pod: _Pod) -> None:
         """Admit queued requests into free slots (skipping those whose client left)."""
         limit = self.limit
         queue = pod.queue
-        while queue and (limit is None or len(pod.ps) < limit):
+        active = pod.active
+        while queue and (limit is None or len(active) < limit):
             req = queue.popleft()
             if not req.queued or req.pod is not pod:
                 continue
@@ -511,15 +832,20 @@ class _Engine:
             pod.waiting -= 1
             self.waiting_total -= 1
             self._admit(pod, req)
-        if not pod.ps and pod.busy_since >= 0:
+        if not active and pod.busy_since >= 0:
             pod.busy_total += self.now - pod.busy_since
             pod.busy_since = -1.0
         self._reschedule(pod)
-        self._maybe_gone(pod)
+        if pod.state == _DRAINING:
+            self._maybe_gone(pod)
+
+    def _running(self) -> int:
+        """Requests inside the models: counted when scraped, not on every change."""
+        return sum([len(pod.active) for pod in self.pods])
 
     def _new_pod(self, now: float) -> _Pod:
         self._account_cost()
-        pod = _Pod(self.next_pod, now, self.model.alpha)
+        pod = _Pod(self.next_pod, now)
         self.next_pod += 1
         self.pods.append(pod)
         self.pods_alive += 1
@@ -532,7 +858,7 @@ class _Engine:
         self.ready.append(pod)
 
     def _maybe_gone(self, pod: _Pod) -> None:
-        if pod.state == _DRAINING and not pod.ps and pod.waiting == 0:
+        if pod.state == _DRAINING and not pod.active and pod.waiting == 0:
             self._account_cost()
             pod.state = _GONE
             self.pods_alive -= 1
@@ -546,8 +872,8 @@ class _Engine:
 
     def _scrape(self) -> None:
         now = self.now
-        failed = any(a <= now < b for a, b in self.cfg.metrics_outages)
-        if failed:
+        outages = self.cfg.metrics_outages
+        if outages and any(a <= now < b for a, b in outages):
             return  # the last good scrape ages; the autoscaler sees it as stale
         # CPU: busy fraction of each ready pod since the previous scrape.
         busy = 0.0
@@ -556,27 +882,34 @@ class _Engine:
         for pod in self.pods:
             total = pod.busy_total + (now - pod.busy_since if pod.busy_since >= 0 else 0.0)
             if pod.state == _READY:
-                busy += min((total - pod.busy_mark) / interval, 1.0)
+                fraction = (total - pod.busy_mark) / interval
+                busy += 1.0 if fraction > 1.0 else fraction  # min(fraction, 1.0)
                 n_ready += 1
             pod.busy_mark = total
         self.scraped_cpu = busy / n_ready if n_ready else None
-        # Rate-window signals over (now - window, now].
-        done = self.gate_done
-        while done and done[0][0] <= now - self.window:
-            done.popleft()
-        if done:
-            # Rejections (duration -1) count in the rates, not in the latency.
-            durations = sorted(d for _, d, _ in done if d >= 0)
-            quantile = _bucket_quantile if self.cfg.p95_from_buckets else _quantile
-            p95: float | None = quantile(durations, 0.95) if durations else None
-            arrival: float | None = len(done) / self.window
-            errors = sum(1 for _, _, ok in done if not ok)
-            error_rate: float | None = errors / len(done)
+        # Rate-window signals over (now - window, now]. Rejections (duration
+        # -1) count in the rates, not in the latency.
+        done = self.gate_window
+        if self.gate_new:
+            done.take(self.gate_new)
+            self.gate_new = []
+        done.evict(now - self.window)
+        if done.size:
+            durations = done.cumulative[-1]
+            p95: float | None
+            if not durations:
+                p95 = None
+            elif self.cfg.p95_from_buckets:
+                p95 = _histogram_quantile(done.cumulative, durations, 0.95)
+            else:
+                p95 = _quantile(sorted(done.durations()), 0.95)
+            arrival: float | None = done.size / self.window
+            error_rate: float | None = done.errors / done.size
         else:
             p95 = None  # no request finished: NaN in Prometheus
             arrival = 0.0
             error_rate = None
-        self.scraped = (now, float(self.running_total), float(self.waiting_total), p95, None)
+        self.scraped = (now, float(self._running()), float(self.waiting_total), p95, None)
         self.scraped_rates = (arrival, error_rate)
 
     def _tick(self) -> None:
@@ -606,7 +939,7 @@ class _Engine:
             s.t.append(now)
             s.replicas.append(self.replicas)
             s.ready.append(len(self.ready))
-            s.demand.append(float(self.running_total + self.waiting_total))
+            s.demand.append(float(self._running() + self.waiting_total))
             s.p95.append(p95 if p95 is not None else math.nan)
 
     def _scale(self, wanted: int) -> None:
@@ -643,18 +976,33 @@ def arrival_seed(seed: int) -> int:
 
 def arrival_times(trace: Trace, rng: random.Random) -> Iterator[float]:
     """Poisson arrival times of an open trace, by thinning within ramping phases."""
+    expovariate = rng.expovariate
+    uniform = rng.random
     for phase in trace.phases:
         peak = phase.peak_rate()
         if peak <= 0:
             continue
         t = phase.start_s
         end = phase.end_s
-        ramp = phase.rate_end is not None
+        if phase.rate_end is None or phase.duration_s <= 0:
+            # A constant rate (an empty phase ends before its first candidate).
+            while True:
+                t += expovariate(peak)
+                if t >= end:
+                    break
+                yield t
+            continue
+        # Phase.rate_at written out (the same operations): it runs once per
+        # candidate arrival, a million times in a day. Its clamp of the
+        # fraction to [0, 1] is left out: start <= t < end keeps it there.
+        start, duration = phase.start_s, phase.duration_s
+        rate = phase.rate or 0.0
+        rise = phase.rate_end - rate
         while True:
-            t += rng.expovariate(peak)
+            t += expovariate(peak)
             if t >= end:
                 break
-            if not ramp or rng.random() * peak <= phase.rate_at(t):
+            if uniform() * peak <= rate + rise * ((t - start) / duration):
                 yield t
 
 
@@ -667,14 +1015,25 @@ def _bucket_quantile(
     it; the answer is interpolated linearly between that bucket's bounds (0 for
     the first), and a rank in +Inf answers the highest finite bound.
     """
-    rank = q * len(sorted_values)
+    cumulative = [bisect_right(sorted_values, upper) for upper in buckets]
+    return _histogram_quantile(cumulative, len(sorted_values), q, buckets)
+
+
+def _histogram_quantile(
+    cumulative: list[int], total: int, q: float, buckets: tuple[float, ...] = DURATION_BUCKETS
+) -> float:
+    """:func:`_bucket_quantile` from the histogram itself.
+
+    ``cumulative[i]`` values are <= ``buckets[i]`` (any entries past the
+    bounds are ignored), and ``total`` counts them all, +Inf included.
+    """
+    rank = q * total
     below = 0
     lower = 0.0
-    for upper in buckets:
-        cumulative = bisect.bisect_right(sorted_values, upper)
-        if cumulative >= rank and cumulative > below:
-            return lower + (upper - lower) * (rank - below) / (cumulative - below)
-        below, lower = cumulative, upper
+    for upper, count in zip(buckets, cumulative, strict=False):
+        if count >= rank and count > below:
+            return lower + (upper - lower) * (rank - below) / (count - below)
+        below, lower = count, upper
     return buckets[-1]
 
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import math
 import random
+from bisect import bisect_left
+from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -82,14 +84,19 @@ class Report:
         return asdict(self)
 
 
-def _quantile(values: list[float], q: float) -> float | None:
+def _quantiles(values: list[float], *qs: float) -> list[float | None]:
+    """Linear-interpolated quantiles of ``values`` (None if empty), sorting once."""
     if not values:
-        return None
+        return [None] * len(qs)
     ordered = sorted(values)
-    pos = q * (len(ordered) - 1)
-    lo = int(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+    last = len(ordered) - 1
+    out: list[float | None] = []
+    for q in qs:
+        pos = q * last
+        lo = int(pos)
+        hi = min(lo + 1, last)
+        out.append(ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo))
+    return out
 
 
 def oracle_replica_seconds(
@@ -103,24 +110,35 @@ def oracle_replica_seconds(
     work = model.base_seconds * math.exp(model.sigma**2 / 2) / model.time_scale
     hold = work * model.slowdown(cap)
     arrivals = list(arrival_times(trace, random.Random(arrival_seed(seed))))
-    # Sweep arrivals and their departures (arrival + hold, in the same order).
+    departures = [at + hold for at in arrivals]  # in the same order
+    end = trace.duration_s
+    ceil = math.ceil
+    # Sweep arrivals and their departures. Each step adds the pods paid since
+    # the previous one (``pods`` is max(floor, ⌈in flight / cap⌉), written out
+    # because this loop runs twice per request).
     total = 0.0
     in_flight = 0
     last = 0.0
     i = j = 0
     n = len(arrivals)
     while i < n or j < n:
-        if i < n and arrivals[i] < arrivals[j] + hold:
-            at, delta = arrivals[i], 1
+        if i < n and arrivals[i] < departures[j]:
+            at = arrivals[i]
             i += 1
+            delta = 1
         else:
-            at, delta = arrivals[j] + hold, -1
+            at = departures[j]
             j += 1
-        at = min(at, trace.duration_s)
-        total += max(floor, math.ceil(in_flight / cap)) * (at - last)
+            delta = -1
+        if at > end:
+            at = end
+        pods = ceil(in_flight / cap)
+        if floor > pods:
+            pods = floor
+        total += pods * (at - last)
         last = at
         in_flight += delta
-    total += max(floor, math.ceil(in_flight / cap)) * (trace.duration_s - last)
+    total += max(floor, ceil(in_flight / cap)) * (end - last)
     return total
 
 
@@ -129,45 +147,51 @@ def summarize(result: SimResult, *, wall_seconds: float | None = None) -> Report
     spec = result.spec
     sent, ended, status = result.sent, result.ended, result.status
     n = len(status)
+    latency = [e - s for s, e in zip(sent, ended, strict=True)]
+    # Requests in send order: a phase's requests are then one slice, found by
+    # bisection, instead of a scan of every request for every phase.
+    order = sorted(range(n), key=sent.__getitem__)
+    sent_sorted = [sent[i] for i in order]
     phases: list[PhaseStats] = []
     for phase in trace.phases:
-        idx = [i for i in range(n) if phase.start_s <= sent[i] < phase.end_s]
-        ok_lat = [ended[i] - sent[i] for i in idx if status[i] == OK]
-        settled = [
-            ended[i] - sent[i]
-            for i in idx
-            if status[i] == OK and sent[i] >= phase.start_s + SETTLE_SECONDS
-        ]
-        errors = len(idx) - len(ok_lat)
+        lo = bisect_left(sent_sorted, phase.start_s)
+        hi = bisect_left(sent_sorted, phase.end_s, lo)
+        settle = bisect_left(sent_sorted, phase.start_s + SETTLE_SECONDS, lo, hi)
+        ok_lat = [latency[i] for i in order[lo:hi] if status[i] == OK]
+        settled = [latency[i] for i in order[settle:hi] if status[i] == OK]
+        requests = hi - lo
+        errors = requests - len(ok_lat)
         downs = sum(
             1
             for t, before, after in result.scale_events
             if after < before and phase.start_s + OSCILLATION_SETTLE_SECONDS <= t < phase.end_s
         )
+        p50, p95, p99 = _quantiles(ok_lat, 0.5, 0.95, 0.99)
         phases.append(
             PhaseStats(
                 name=phase.name,
                 start_s=phase.start_s,
                 duration_s=phase.duration_s,
-                requests=len(idx),
+                requests=requests,
                 ok=len(ok_lat),
                 errors=errors,
-                error_rate=errors / len(idx) if idx else 0.0,
-                p50=_quantile(ok_lat, 0.5),
-                p95=_quantile(ok_lat, 0.95),
-                p99=_quantile(ok_lat, 0.99),
-                p95_after_first_minute=_quantile(settled, 0.95),
+                error_rate=errors / requests if requests else 0.0,
+                p50=p50,
+                p95=p95,
+                p99=p99,
+                p95_after_first_minute=_quantiles(settled, 0.95)[0],
                 goodput=len(ok_lat) / phase.duration_s,
                 scale_downs_after_settle=downs,
             )
         )
-    ok_all = [ended[i] - sent[i] for i in range(n) if status[i] == OK]
+    ok_all = [lat for lat, code in zip(latency, status, strict=True) if code == OK]
     by_status: dict[str, int] = {}
-    for code in status:
+    for code, count in Counter(status).items():
         if code != OK:
             key = "timeout" if code == 0 else str(code)
-            by_status[key] = by_status.get(key, 0) + 1
+            by_status[key] = by_status.get(key, 0) + count
     oracle = oracle_replica_seconds(trace, spec, result.config.latency, seed=result.seed)
+    p50, p95, p99 = _quantiles(ok_all, 0.5, 0.95, 0.99)
     return Report(
         trace=trace.name,
         policy=result.policy,
@@ -177,9 +201,9 @@ def summarize(result: SimResult, *, wall_seconds: float | None = None) -> Report
         errors=n - len(ok_all),
         error_rate=(n - len(ok_all)) / n if n else 0.0,
         errors_by_status=dict(sorted(by_status.items())),
-        p50=_quantile(ok_all, 0.5),
-        p95=_quantile(ok_all, 0.95),
-        p99=_quantile(ok_all, 0.99),
+        p50=p50,
+        p95=p95,
+        p99=p99,
         goodput=len(ok_all) / trace.duration_s if trace.duration_s else 0.0,
         replica_seconds=result.replica_seconds,
         oracle_replica_seconds=oracle,
