@@ -683,34 +683,23 @@ class _Engine:
         if req in active:
             raise KeyError(f"{req!r} is already inside the pod")
         slowdowns = self.slowdowns
-        try:
-            shared = slowdowns[n + 1]
-        except IndexError:  # only without a gate limit: more than seen so far
-            shared = self._slowdown(n + 1)
+        if n + 1 >= len(slowdowns):  # only without a gate limit: more than seen so far
+            self._slowdown(n + 1)
         last = pod.last
         moved = last if now < last else now  # never run backwards
         if n:
-            virtual = pod.virtual + (moved - last) / slowdowns[n]
+            pod.virtual += (moved - last) / slowdowns[n]
         else:
             # Restart virtual time when the pod is empty: a request alone then
             # finishes at exactly admit + work, without accumulated rounding.
-            virtual = 0.0
+            pod.virtual = 0.0
             jobs.clear()
-        pod.virtual = virtual
         pod.last = moved
         seq = pod.seq = pod.seq + 1
         active[req] = seq
-        heappush(jobs, (virtual + work, seq, req))
+        heappush(jobs, (pod.virtual + work, seq, req))
         req.admitted = now
-        # _reschedule, written out: this runs for every request.
-        top = jobs[0]
-        while active.get(top[2]) != top[1]:
-            heappop(jobs)  # removed earlier: drop lazily
-            top = jobs[0]
-        remaining = top[0] - virtual
-        at = moved + (0.0 if remaining < 0.0 else remaining) * shared
-        seq = pod.pending = self.seq = self.seq + 1
-        heappush(self.heap, (at, seq, _POD_DONE, pod))
+        self._reschedule(pod)
 
     def _reschedule(self, pod: _Pod) -> None:
         """Push the pod's next completion (``ProcessorSharing.next_completion``).

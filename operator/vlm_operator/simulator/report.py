@@ -28,7 +28,7 @@ from typing import Any
 
 from vlm_operator.latency import LatencyModel
 from vlm_operator.models import VLMServiceSpec
-from vlm_operator.simulator.engine import OK, SimResult, arrival_seed, arrival_times
+from vlm_operator.simulator.engine import OK, SimResult, _quantile, arrival_seed, arrival_times
 from vlm_operator.traces import Trace
 
 __all__ = ["PhaseStats", "Report", "oracle_replica_seconds", "summarize"]
@@ -89,14 +89,7 @@ def _quantiles(values: list[float], *qs: float) -> list[float | None]:
     if not values:
         return [None] * len(qs)
     ordered = sorted(values)
-    last = len(ordered) - 1
-    out: list[float | None] = []
-    for q in qs:
-        pos = q * last
-        lo = int(pos)
-        hi = min(lo + 1, last)
-        out.append(ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo))
-    return out
+    return [_quantile(ordered, q) for q in qs]
 
 
 def oracle_replica_seconds(
