@@ -411,6 +411,46 @@ def test_p95_guard_needs_the_p95_of_several_windows_over_the_target() -> None:
     assert GUARD_P95_WINDOWS * window / 3 <= 5.0 * i <= GUARD_P95_WINDOWS * window
 
 
+def test_p95_guard_keeps_the_pod_it_bought_while_the_load_lasts() -> None:
+    # Concurrency says 9 requests fit in 3 pods; the P95 says they do not (an
+    # open load's clusters fill single pods). The pod the guard buys is not
+    # taken away again at the same demand: it would only be bought back.
+    spec = _spec()
+    slow, on_target = _signals(9, 0, p95=20.0, rate=2.0), _signals(9, 0, p95=9.0, rate=2.0)
+    ds = _steady(spec, slow, _pods(3), seconds=600)
+    bought = next(d for d in ds if d.replicas == 4)
+    assert "p95 over 12s" in bought.reason
+    assert bought.state.guard_floor is not None
+    at, pods, demand = bought.state.guard_floor
+    assert (pods, demand) == (4, 9.0)
+    ds = _steady(spec, on_target, _pods(4), seconds=1800, start=at + 5, state=bought.state)
+    assert {x.replicas for x in ds} == {4}
+    assert "held: p95 was over target on 3 pods at demand 9" in ds[-1].reason
+    # A restarted operator remembers it.
+    restored = PolicyState.from_dict(json.loads(json.dumps(ds[-1].state.to_dict())))
+    assert restored.guard_floor == bought.state.guard_floor
+    # Once the load has clearly fallen, the lesson no longer applies.
+    low = _steady(
+        spec,
+        _signals(3, 0, p95=8.0, rate=1.0),
+        _pods(4),
+        seconds=600,
+        start=at + 1810,
+        state=restored,
+    )
+    assert low[-1].replicas == 1
+    assert low[-1].state.guard_floor is None
+
+
+def test_without_the_p95_guard_the_same_fleet_steps_down() -> None:
+    # The counterpart of the test above: it is the guard's lesson that holds.
+    spec = _spec()
+    on_target = _signals(9, 0, p95=9.0, rate=2.0)
+    ds = _steady(spec, on_target, _pods(4), seconds=600)
+    assert ds[-1].replicas == 3
+    assert ds[-1].state.guard_floor is None
+
+
 def test_p95_guard_ignores_a_p95_of_a_handful_of_answers() -> None:
     d = recommend(PolicyState(), _signals(2, 0, p95=20.0, rate=0.2), _pods(1), _spec(), 100.0)
     assert d.replicas == 1
@@ -545,6 +585,9 @@ def test_state_round_trips_through_json_and_stays_small() -> None:
         {"version": 1, "down": [[1.0, -3]]},
         {"version": 1, "settledAt": float("inf")},
         {"version": 1, "p95": [[1.0, None]]},
+        {"version": 1, "guardFloor": [1.0, -1, 9.0]},
+        {"version": 1, "guardFloor": [1.0, 4]},
+        {"version": 1, "guardFloor": "x"},
     ],
 )
 def test_state_from_garbage_is_fresh(garbage: Any) -> None:

@@ -56,7 +56,12 @@ The rules, and the failures of other autoscalers they answer:
   window's P95 is over it minutes an hour on the fewest pods that meet it
   over the hour); but not while pods are starting, not until the requests
   that queued before the last change have left the P95 window, and not on a
-  P95 of fewer than 20 answers (then it is just the slowest one).
+  P95 of fewer than 20 answers (then it is just the slowest one). What the
+  guard learns is kept: no scale-down below the fleet it bought while the
+  demand stays within a pod (and the band) of what it was, since concurrency
+  alone, which calls the smaller fleet enough, would only lead back to it
+  (on an open load the in-flight count clusters, and a pod at its target
+  on average is over it often enough to miss the P95).
 - **Start-up aware.** Pods that exist but are not ready are capacity on its
   way: while they load, the queue grows by itself and only a burst buys
   more. Pods Pending longer than ``pendingTimeoutSeconds`` are not on their
@@ -164,6 +169,9 @@ class PolicyState:
     p95: tuple[tuple[float, float], ...] = ()
     #: The last tick whose sample showed a queue (cleared by one without).
     queued_at: float | None = None
+    #: What the P95 guard learned: (time, pods, demand) - one pod fewer than
+    #: ``pods`` missed the P95 target at this window-mean demand.
+    guard_floor: tuple[float, int, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A small JSON-safe dict (times rounded to milliseconds)."""
@@ -180,6 +188,9 @@ class PolicyState:
             out["changedAt"] = round(self.changed_at, 3)
         if self.queued_at is not None:
             out["queuedAt"] = round(self.queued_at, 3)
+        if self.guard_floor is not None:
+            t, n, d = self.guard_floor
+            out["guardFloor"] = [round(t, 3), n, round(d, 3)]
         return out
 
     @classmethod
@@ -198,6 +209,11 @@ class PolicyState:
             changed_at = None if changed is None else _finite(changed)
             queued = data.get("queuedAt")
             queued_at = None if queued is None else _finite(queued)
+            floor = data.get("guardFloor")
+            guard_floor = None
+            if floor is not None:
+                t, n, d = floor
+                guard_floor = (_finite(t), _count(n), _finite(d))
         except (TypeError, ValueError):
             return cls()
         return cls(
@@ -208,6 +224,7 @@ class PolicyState:
             settled_at=settled_at,
             changed_at=changed_at,
             queued_at=queued_at,
+            guard_floor=guard_floor,
         )
 
 
@@ -458,6 +475,14 @@ def recommend(
     # only the noise band may excuse.
     up_band = noise if queued else max(UP_TOLERANCE * per_pod, noise)
     down_band = max(DOWN_SPARE * per_pod, noise)
+    # What the P95 guard learned holds while the load does: a scale-down to
+    # the fleet that missed the target at this demand would only be bought
+    # back. Forgotten once the demand falls clearly below it.
+    floor = state.guard_floor
+    level = _mean(samples, now, history)
+    fell = level is not None and floor is not None and level + down_band + per_pod < floor[2]
+    if floor is not None and (floor[0] > now or fell):
+        floor = None
     # Up: the mean demand of the rate window. On a closed loop a rise counts
     # once two samples in a row show it, and a queue on the latest sample at
     # once when the demand is quiet (noise under the tolerance), since a second
@@ -541,8 +566,10 @@ def recommend(
             up_to, why = stabilized, "demand"
     if burst and burst_need is not None and burst_need >= max(up_to, current + 1):
         up_to, why = burst_need, "burst"
+    guarded = False
     if sustained_slow and guard_ready and capacity + 1 > up_to:
         up_to, why = capacity + 1, f"p95 over {_fmt(p95_target)}s"
+        guarded = True
     elif slow and not guard_ready:
         notes.append(f"p95 high: waiting for new pods to show in the {int(window)}s window")
     elif slow and not sustained_slow and guard_p95 is not None:
@@ -585,6 +612,9 @@ def recommend(
         collapsed = lately <= current // 2 and highest > lately
         if collapsed:
             highest = lately
+        floor_held = floor is not None and highest < floor[1]
+        if floor is not None and floor_held:
+            highest = floor[1]
         if highest < current:
             step = min(
                 auto.scale_down.max_pods_per_step,
@@ -594,7 +624,13 @@ def recommend(
             why = "demand fell" + (", load collapsed" if collapsed else "")
             why += f", step limit -{step}" if target > highest else ""
         elif keep is not None and keep < current:
-            why = f"stabilizing (highest in {int(down_window)}s: {highest})"
+            if floor is not None and floor_held:
+                why = (
+                    f"held: p95 was over target on {floor[1] - 1} pods "
+                    f"at demand {_fmt(round(floor[2], 1))}"
+                )
+            else:
+                why = f"stabilizing (highest in {int(down_window)}s: {highest})"
 
     if not signals_ok:
         why = "; ".join(problems) + "; never scaling down"
@@ -626,6 +662,9 @@ def recommend(
     if notes:
         reason += " [" + "; ".join(notes) + "]"
 
+    if guarded and target > current and level is not None:
+        floor = (now, target, level)
+
     new_state = PolicyState(
         down=down_queue,
         up=up_queue,
@@ -634,5 +673,6 @@ def recommend(
         settled_at=now if target > current else settled_at,
         changed_at=now if target != current else changed_at,
         queued_at=(state.queued_at if waiting is None else now if waiting > 0 else None),
+        guard_floor=floor,
     )
     return _decision(target, current, reason, new_state, signals_ok=signals_ok, limited=limited)
