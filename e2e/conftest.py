@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import sys
 from collections.abc import AsyncIterator, Callable, Generator
 from pathlib import Path
 from typing import Any
@@ -94,6 +95,50 @@ def pytest_runtest_makereport(
     outcome = yield
     report = outcome.get_result()
     setattr(item, f"report_{report.when}", report)
+
+
+#: Seconds before a test's timeout at which every asyncio task's stack is printed.
+_DUMP_LEAD_S = 5.0
+
+
+def _dump_tasks(loop: asyncio.AbstractEventLoop) -> None:
+    """Print where every task of ``loop`` waits.
+
+    pytest-timeout's dump shows the threads, and a hung asyncio test shows
+    only its event loop idling in ``select``: the awaits that never finish
+    are in the tasks' stacks.
+    """
+    tasks = asyncio.all_tasks(loop)
+    print(f"--- {len(tasks)} asyncio tasks {_DUMP_LEAD_S:g}s before the timeout:", file=sys.stderr)
+    for task in sorted(tasks, key=lambda t: t.get_name()):
+        print(f"- task {task.get_name()}, awaiting:", file=sys.stderr)
+        # Task.print_stack shows only the task's own frame; follow the awaits.
+        link: Any = task.get_coro()
+        for _ in range(64):
+            frame = getattr(link, "cr_frame", None) or getattr(link, "gi_frame", None)
+            if frame is None:
+                break
+            code = frame.f_code
+            print(f"    {code.co_filename}:{frame.f_lineno} in {code.co_name}", file=sys.stderr)
+            link = getattr(link, "cr_await", None) or getattr(link, "gi_yieldfrom", None)
+        if link is not None and frame is None:
+            print(f"    {link!r}", file=sys.stderr)
+
+
+@pytest.fixture(autouse=True)
+async def _tasks_dumped_before_timeout(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """Arm :func:`_dump_tasks` to run just before pytest-timeout ends the test."""
+    marker = request.node.get_closest_marker("timeout")
+    timeout = float(marker.args[0] if marker and marker.args else request.config.getini("timeout"))
+    if timeout <= 2 * _DUMP_LEAD_S:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    handle = loop.call_later(timeout - _DUMP_LEAD_S, _dump_tasks, loop)
+    try:
+        yield
+    finally:
+        handle.cancel()
 
 
 def _tail(path: Path, lines: int = 40) -> str:
