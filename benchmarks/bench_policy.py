@@ -23,6 +23,8 @@ from vlm_operator.traces import list_traces, load_trace, parse_trace
 GRADIENT_SEEDS = (1, 2, 3)
 #: Seeds of the steady loads: one seed's count of scale-downs is luck as often as not.
 STEADY_SEEDS = (1, 2, 3)
+#: Runs of the diurnal day for the speed goal.
+SPEED_RUNS = 3
 #: The anchors whose scale-downs on the steady loads are printed beside ours.
 STEADY_ANCHORS = ("kpa", "hpa-cpu", "hpa-inflight", "keda", "ray")
 #: A stress test, not a cost benchmark: its spike is shorter than one pod's start-up.
@@ -237,14 +239,28 @@ def main() -> int:
             + ", ".join(anchors)
         )
 
-    # Speed.
-    started = time.perf_counter()
-    speed_report, _ = run_policy("diurnal-24h", "ours", seed=args.seed, config=client)
-    elapsed = time.perf_counter() - started
-    rate = speed_report.requests / (speed_report.wall_seconds or elapsed)
-    goals.append(_goal(rate >= 100_000, f"speed: {rate:,.0f} simulated requests per second"))
+    # Speed: the best of SPEED_RUNS runs, as timeit takes it (on a shared machine
+    # noise only ever adds time); the whole run's time goal on the slowest.
+    rates: list[float] = []
+    elapsed: list[float] = []
+    for _ in range(SPEED_RUNS):
+        started = time.perf_counter()
+        speed_report, _ = run_policy("diurnal-24h", "ours", seed=args.seed, config=client)
+        elapsed.append(time.perf_counter() - started)
+        rates.append(speed_report.requests / (speed_report.wall_seconds or elapsed[-1]))
+    runs = ", ".join(f"{r:,.0f}" for r in rates)
     goals.append(
-        _goal(elapsed < 120, f"diurnal 24 h ({speed_report.requests:,} requests): {elapsed:.1f} s")
+        _goal(
+            max(rates) >= 100_000,
+            f"speed: {max(rates):,.0f} simulated requests per second (best of {runs})",
+        )
+    )
+    goals.append(
+        _goal(
+            max(elapsed) < 120,
+            f"diurnal 24 h ({speed_report.requests:,} requests): {max(elapsed):.1f} s "
+            f"(slowest of {SPEED_RUNS})",
+        )
     )
 
     print(f"Replica plans on the measured gradient (worst of seeds {GRADIENT_SEEDS})")
