@@ -21,15 +21,23 @@ from e2e.localcluster import LocalCluster, Snapshot
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 
-async def steady_at(cluster: LocalCluster, replicas: int, deadline_s: float) -> Snapshot:
-    """Wait until ``replicas`` pods are desired and ready, and no queue builds."""
+async def steady_at(cluster: LocalCluster, replicas: set[int], deadline_s: float) -> Snapshot:
+    """Wait until one of ``replicas`` is desired and ready, and no queue builds."""
 
     async def check() -> Snapshot | None:
         snap = await cluster.snapshot("vlm")
-        ok = snap.desired == replicas and snap.ready == replicas and snap.waiting == 0
-        return snap if ok and len(snap.pods) == replicas else None
+        n = snap.desired
+        ok = n in replicas and snap.ready == n and snap.waiting == 0
+        return snap if ok and len(snap.pods) == n else None
 
     return await cluster.wait_for(check, deadline_s=deadline_s, what=f"steady at {replicas}")
+
+
+#: The fleet 8 users settle on: 2 full pods, or 3 when the P95 guard found 2 too
+#: few (behind round-robin, 8 users on 2 pods queue now and then), or a sample
+#: read across the gates' scrape instants counted a ninth request during the
+#: start-up's backlog.
+EIGHT_USERS_FLEET = {2, 3}
 
 
 async def hold_for(cluster: LocalCluster, seconds: float, replicas: int, what: str) -> None:
@@ -50,7 +58,7 @@ async def test_prometheus_outage_holds_replicas_then_recovers(
 ) -> None:
     url = await deploy(cluster, service_manifest())
     busy = load(url, 8, 15.0)
-    await steady_at(cluster, 2, deadline_s=15)
+    await steady_at(cluster, EIGHT_USERS_FLEET, deadline_s=15)
     await busy  # the load is gone: with signals, the operator would now scale down
 
     await cluster.stop_prometheus()
@@ -80,13 +88,14 @@ async def test_operator_restart_does_not_flap(
 ) -> None:
     url = await deploy(cluster, service_manifest())
     busy = load(url, 8, 22.0)
-    await steady_at(cluster, 2, deadline_s=15)
+    fleet = (await steady_at(cluster, EIGHT_USERS_FLEET, deadline_s=15)).desired
+    assert fleet is not None
 
     await cluster.stop_operator(kill=True)  # SIGKILL: no goodbye, state only in the status
-    await hold_for(cluster, 1.0, 2, "while the operator is down")
+    await hold_for(cluster, 1.0, fleet, "while the operator is down")
     await cluster.start_operator()
     # Six sync periods under the same load: the new operator keeps the replicas it finds.
-    await hold_for(cluster, 6.0, 2, "after the operator restarted")
+    await hold_for(cluster, 6.0, fleet, "after the operator restarted")
     records = await busy
     assert [r for r in records if not r.ok] == []
 
