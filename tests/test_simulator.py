@@ -114,6 +114,32 @@ def test_the_engine_pods_are_processor_sharing_to_the_bit() -> None:
     assert engine == {s: e for s, e in answered.items() if e <= 3000}
 
 
+def test_the_arrivals_are_drawn_with_expovariate_to_the_bit() -> None:
+    # arrival_times writes Random.expovariate out; its times must be the ones
+    # the call gives (==, not approx), at a constant rate and by thinning.
+    trace = parse_trace(
+        {
+            "kind": "open",
+            "phases": [
+                {"duration": 500, "rate": 2.0},
+                {"duration": 500, "rate": 1.0, "rateEnd": 3.0},
+            ],
+        },
+        origin="t",
+    )
+    rng = random.Random(3)
+    expected = []
+    t = 0.0
+    while (t := t + rng.expovariate(2.0)) < 500.0:
+        expected.append(t)
+    t = 500.0
+    while (t := t + rng.expovariate(3.0)) < 1000.0:
+        if rng.random() * 3.0 <= 1.0 + 2.0 * ((t - 500.0) / 500.0):
+            expected.append(t)
+    assert len(expected) > 1000
+    assert list(arrival_times(trace, random.Random(3))) == expected
+
+
 def test_the_same_seed_gives_the_same_run_and_another_seed_does_not() -> None:
     a, _ = run_policy("step-burst", "ours", seed=5)
     b, _ = run_policy("step-burst", "ours", seed=5)

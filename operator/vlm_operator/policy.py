@@ -78,17 +78,18 @@ This module is pure: it imports neither ``kubernetes``, ``kopf`` nor ``httpx``.
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from operator import sub
+from typing import Any, Literal, TypeVar
 
 from vlm_operator.models import VLMServiceSpec
 
 __all__ = ["Decision", "PodCounts", "PolicyState", "Signals", "recommend"]
 
 Direction = Literal["up", "down", "hold"]
+V = TypeVar("V")
 
 #: Entries kept per history in the state; bounds the status object's size.
 MAX_HISTORY = 48
@@ -275,6 +276,23 @@ def _pods_for(demand: float, per_pod: float) -> int:
     return max(0, math.ceil(demand / per_pod - _EPS))
 
 
+# The history filters below run some ten times a tick over up to MAX_HISTORY
+# samples: the window's start is computed once (the same float each time) and
+# the kept entries are the state's own tuples, not copies.
+
+
+def _recent(samples: tuple[tuple[float, V], ...], now: float, span: float) -> list[tuple[float, V]]:
+    """The samples of the last ``span`` seconds (now - span < t <= now), in order."""
+    start = now - span
+    return [sample for sample in samples if start < sample[0] <= now]
+
+
+def _values(samples: tuple[tuple[float, float], ...], now: float, span: float) -> list[float]:
+    """The values of the samples of the last ``span`` seconds, in order."""
+    start = now - span
+    return [d for t, d in samples if start < t <= now]
+
+
 def _record(
     samples: tuple[tuple[float, float], ...], now: float, value: float, history: float
 ) -> tuple[tuple[float, float], ...]:
@@ -283,7 +301,7 @@ def _record(
     Samples closer together than history / MAX_HISTORY are merged (averaged),
     so a fast loop still covers the whole window.
     """
-    kept = [(t, d) for t, d in samples if now - history < t <= now]
+    kept = _recent(samples, now, history)
     spacing = history / MAX_HISTORY
     if kept and now - kept[-1][0] < spacing and len(kept) > 1:
         t_last, d_last = kept[-1]
@@ -300,8 +318,9 @@ def _noise(samples: tuple[tuple[float, float], ...], now: float, window: float) 
     real rise does not widen the band; for independent samples of σ, the
     median |difference| is 0.954 σ.
     """
-    values = [d for t, d in samples if now - window < t <= now]
-    steps = sorted(abs(b - a) for a, b in itertools.pairwise(values))
+    values = _values(samples, now, window)
+    # |b - a| of each pair in a row, with C-level map: operator.sub(b, a) is b - a.
+    steps: list[float] = sorted(map(abs, map(sub, values[1:], values)))
     if not steps:
         return 0.0
     mid = len(steps) // 2
@@ -310,7 +329,7 @@ def _noise(samples: tuple[tuple[float, float], ...], now: float, window: float) 
 
 
 def _mean(samples: tuple[tuple[float, float], ...], now: float, window: float) -> float | None:
-    values = [d for t, d in samples if now - window < t <= now]
+    values = _values(samples, now, window)
     return sum(values) / len(values) if values else None
 
 
@@ -318,7 +337,8 @@ def _push_max(
     queue: tuple[tuple[float, int], ...], now: float, value: int, window: float
 ) -> tuple[tuple[float, int], ...]:
     """Append to a window-maximum queue: drop expired entries and dominated ones."""
-    kept = [(t, v) for t, v in queue if now - window < t <= now and v > value]
+    start = now - window
+    kept = [(t, v) for t, v in queue if start < t <= now and v > value]
     kept.append((now, value))
     return tuple(kept[-MAX_HISTORY:])
 
@@ -326,7 +346,8 @@ def _push_max(
 def _push_min(
     queue: tuple[tuple[float, int], ...], now: float, value: int, window: float
 ) -> tuple[tuple[float, int], ...]:
-    kept = [(t, v) for t, v in queue if now - window < t <= now and v < value]
+    start = now - window
+    kept = [(t, v) for t, v in queue if start < t <= now and v < value]
     kept.append((now, value))
     return tuple(kept[-MAX_HISTORY:])
 
@@ -436,7 +457,7 @@ def recommend(
     samples = (
         _record(state.demand, now, demand, history)
         if demand is not None
-        else tuple((t, d) for t, d in state.demand if now - history < t <= now)
+        else tuple(_recent(state.demand, now, history))
     )
     settled_at = state.settled_at
     if settled_at is not None and settled_at > now:
@@ -492,7 +513,7 @@ def recommend(
     # so slower answers, so more in flight), and a pod bought on one is
     # removed again when it has passed. Bursts have their own rule.
     short_mean = _mean(samples, now, window)
-    recent = [d for t, d in samples if now - window < t <= now][-2:]
+    recent = _values(samples, now, window)[-2:]
     sustained = min(recent) if len(recent) == 2 else short_mean
     up_demand = None if short_mean is None else max(short_mean, sustained or 0.0)
     # Open loads are told from closed ones by the spread of their demand
@@ -502,7 +523,8 @@ def recommend(
     # 0.7-0.8 × Poisson's even by this estimate, which sees about two thirds
     # of the true spread.
     if short_mean is not None and noise / NOISE_WIDTH >= OPEN_LOAD_SPREAD * math.sqrt(short_mean):
-        earlier = [d for t, d in samples if now - 2 * window < t <= now - window]
+        before, until = now - 2 * window, now - window
+        earlier = [d for t, d in samples if before < t <= until]
         up_demand = min(short_mean, sum(earlier) / len(earlier)) if earlier else short_mean
     if up_demand is not None and demand is not None and queued and noise < UP_TOLERANCE * per_pod:
         up_demand = max(up_demand, demand)
@@ -533,7 +555,7 @@ def recommend(
     p95_samples = (
         _record(state.p95, now, p95, p95_span)
         if p95 is not None
-        else tuple((t, p) for t, p in state.p95 if now - p95_span < t <= now)
+        else tuple(_recent(state.p95, now, p95_span))
     )
     since = settled_at if settled_at is not None else -math.inf
     settled_p95 = [p for t, p in p95_samples if t >= since]
@@ -552,7 +574,7 @@ def recommend(
     why = "steady"
     # A burst lasts the burst window: no scale-down while any sample in it
     # still needed twice the ready pods.
-    peak = max((d for t, d in samples if now - burst_window < t <= now), default=0.0)
+    peak = max(_values(samples, now, burst_window), default=0.0)
     bursting = burst or peak >= 2 * max(pods.ready, 1) * per_pod - _EPS
     may_go_down = signals_ok and not slow and not bursting
 
@@ -593,7 +615,7 @@ def recommend(
         recommended = max(keep, demanded if demanded > current else 0)
         down_queue = _push_max(state.down, now, recommended, down_window)
     else:
-        down_queue = tuple((t, n) for t, n in state.down if now - down_window < t <= now)
+        down_queue = tuple(_recent(state.down, now, down_window))
     # The window must be fully observed (not just after a start or a gap).
     covered = bool(samples) and now - samples[0][0] >= down_window - _EPS
 

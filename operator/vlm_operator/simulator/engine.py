@@ -29,8 +29,9 @@ engine models, in the order a request meets it:
   The autoscaler sees the last scrape, as old as it is.
 
 Client and queue deadlines are constant per run, so each is kept in one FIFO
-(deadline order = send order) instead of one heap event per request; that and
-the virtual-time pods keep the cost per request to a few heap operations.
+(deadline order = send order) instead of one heap event per request, and one
+wake-up event in the heap stands for the earlier live head of the two; that
+and the virtual-time pods keep the cost per request to a few heap operations.
 
 Speed. A day of traffic is some 700,000 requests, so the per-request path is
 written for the interpreter, without changing a single result:
@@ -42,17 +43,28 @@ written for the interpreter, without changing a single result:
   run through it); ``max``/``min`` calls are written as comparisons that pick
   the same operand; ``LatencyModel.sample_work`` and ``Phase.rate_at`` are
   written out too, with the same operations;
-- configuration is read once into attributes; the next open-loop arrival waits
-  beside the heap rather than in it; requests in the models are counted when
-  scraped, not kept up to date on every change;
+- ``Random.lognormvariate`` (the work of each request) and
+  ``Random.expovariate`` (each candidate arrival) are written out as CPython's
+  random module computes them: the same draws and operations, without two
+  calls per request (the test that replays a run through the class draws its
+  works with ``LatencyModel.sample_work``; another draws arrivals with
+  ``expovariate``);
+- configuration is read once into attributes, and the loop binds what it
+  calls; the next open-loop arrival waits beside the heap rather than in it;
+  requests in the models are counted when scraped, not kept up to date on
+  every change;
+- the loop does not look at the deadline FIFOs on every event: their wake-up
+  (see ``_Engine._deadline``) is an entry of the heap, ordered before any event
+  at its instant as the FIFOs' heads were; the entries of requests answered in
+  time (nearly all) leave in a batch when a wake-up meets them;
 - a scrape counts the window's answers into histogram buckets a batch at a
   time, instead of sorting all of the window's durations each time.
 
 A completion event made stale by a later admission is skipped when popped,
 and swept out of the heap now and then (and counted): an overloaded pod
 without a gate leaves thousands of them, each making every heap operation
-dearer. Sweeping changes nothing, because the deadline FIFOs are drained in
-time order against the heap, the earlier head first.
+dearer. Sweeping changes nothing, because stale events change no state, and
+the deadlines' wake-ups are kept.
 
 This module is pure: standard library only (plus the project's pure modules).
 """
@@ -73,6 +85,7 @@ from typing import Literal
 from vlm_operator.baselines import Autoscaler, Observation
 from vlm_operator.contract import (
     DURATION_BUCKETS,
+    SERVICE_EWMA_WEIGHT,
     moving_refused_fraction,
     moving_service_mean,
     retry_after_seconds,
@@ -86,8 +99,9 @@ __all__ = ["Series", "SimConfig", "SimResult", "arrival_times", "simulate"]
 Routing = Literal["round-robin", "least-loaded"]
 
 # Event kinds in the heap (small ints: cheaper to compare than enum members).
-# Open-loop arrivals wait outside the heap (see ``_Engine._loop``).
-_POD_DONE, _USER, _POD_READY, _SCRAPE, _TICK, _PHASE, _RETRY = range(7)
+# Open-loop arrivals wait outside the heap (see ``_Engine._loop``); _DEADLINE
+# is the deadline FIFOs' wake-up (see ``_Engine._deadline``), not an event.
+_POD_DONE, _USER, _POD_READY, _SCRAPE, _TICK, _PHASE, _RETRY, _DEADLINE = range(8)
 
 # Pod states.
 _STARTING, _READY, _DRAINING, _GONE = range(4)
@@ -95,6 +109,10 @@ _STARTING, _READY, _DRAINING, _GONE = range(4)
 # Outcome codes recorded per request (HTTP status; 0 = client timeout).
 OK = 200
 TIMEOUT = 0
+
+# random.NV_MAGICCONST, computed as the random module computes it.
+_NV_MAGICCONST = 4 * math.exp(-0.5) / math.sqrt(2.0)
+_exp, _log = math.exp, math.log
 
 # As in vlm_operator.latency: completions computed from floating-point virtual
 # time can land a few ulps after the instant asked about; they count as finished.
@@ -254,8 +272,6 @@ class _Request:
 
     # Set by _Engine._attempt, which every request meets first, and _admit.
     started: float  # this attempt
-    done: bool  # client has its answer (or gave up) for this attempt
-    pod: _Pod | None
     admitted: float  # took a slot (this attempt)
 
     def __init__(self, sent: float, user: int, attempt: int = 0) -> None:
@@ -263,6 +279,8 @@ class _Request:
         self.user = user  # closed-loop user, -1 for open loop
         self.attempt = attempt  # retries before this one
         self.queued = False
+        self.done = False  # client has its answer (or gave up) for this attempt
+        self.pod: _Pod | None = None
 
 
 class _Pod:
@@ -351,7 +369,7 @@ class _Engine:
         self._slowdown(autoscaler.gate.max_in_flight or 16)
         self.rng = random.Random(seed)
         # LatencyModel.sample_work's terms, for the hot path.
-        self.lognormvariate = self.rng.lognormvariate
+        self.random = self.rng.random
         self.work_base = config.latency.base_seconds
         self.work_sigma = config.latency.sigma
         self.time_scale = config.latency.time_scale
@@ -377,6 +395,8 @@ class _Engine:
         self.retry_after_estimated = gate.retry_after_estimated
         self.client_timeouts: deque[tuple[float, _Request]] = deque()
         self.queue_deadlines: deque[tuple[float, _Request]] = deque()
+        # Time of the earliest _DEADLINE wake-up in the heap (inf: none).
+        self.wake_at = math.inf
         self.pods: list[_Pod] = []
         self.ready: list[_Pod] = []
         self.rr = 0
@@ -462,9 +482,9 @@ class _Engine:
     def _loop(self, end: float) -> int:
         """Process events and deadlines in time order up to ``end``; the events popped."""
         heap = self.heap
-        client_timeouts = self.client_timeouts
-        queue_deadlines = self.queue_deadlines
         arrivals = self.arrivals
+        attempt = self._attempt
+        pod_done = self._pod_done
         inf = math.inf
         # The next open-loop arrival waits here instead of in the heap (one push
         # and pop fewer per request), with the sequence number its push would
@@ -475,61 +495,41 @@ class _Engine:
             self.seq += 1
             arrival_seq = self.seq
         events = 0
+        arrived = 0  # open-loop requests issued (added to ``issued`` at the end)
         while True:
             # Never empty: the scrape and tick events push their successors.
             top = heap[0]
             at = top[0]
-            arrival = arrival_at < at or (arrival_at == at and arrival_seq < top[1])
-            if arrival:
-                at = arrival_at
-            # Deadlines live in FIFOs; the earlier of the two heads is taken
-            # when due before the next event (a tie: the client's first).
-            if client_timeouts and client_timeouts[0][0] <= at:
-                # Most are of attempts answered long ago: drop those in a row.
-                while client_timeouts[0][1].done:
-                    client_timeouts.popleft()
-                    if not client_timeouts or client_timeouts[0][0] > at:
-                        break
-                else:
-                    deadline = client_timeouts[0][0]
-                    if not queue_deadlines or queue_deadlines[0][0] >= deadline:
-                        if deadline > end:
-                            return events
-                        self.now = deadline
-                        self._client_timeout(client_timeouts.popleft()[1])
-                        continue
-            if queue_deadlines and queue_deadlines[0][0] <= at:
-                deadline, req = queue_deadlines.popleft()
-                if deadline > end:
-                    return events
-                if req.queued:
-                    self.now = deadline
-                    self._queue_deadline(req)
-                continue
-            if at > end:
-                return events
-            events += 1
-            if arrival:
-                self.now = at
-                self.issued += 1
-                self._attempt(_Request(at, -1))
+            if arrival_at < at or (arrival_at == at and arrival_seq < top[1]):
+                if arrival_at > end:
+                    break
+                events += 1
+                self.now = arrival_at
+                arrived += 1
+                attempt(_Request(arrival_at, -1))
                 arrival_at = next(arrivals, inf)
                 if arrival_at < inf:
-                    self.seq += 1
-                    arrival_seq = self.seq
+                    arrival_seq = self.seq = self.seq + 1
                 continue
+            if at > end:
+                break
             _, seq, kind, payload = heappop(heap)
             if kind == _POD_DONE:
+                events += 1
                 if payload.pending == seq:  # type: ignore[attr-defined]
                     self.now = at
-                    self._pod_done(payload)  # type: ignore[arg-type]
+                    pod_done(payload)  # type: ignore[arg-type]
                 # else superseded by a later reschedule: only counted
                 continue
+            if kind == _DEADLINE:
+                self._deadline(at)
+                continue
+            events += 1
             self.now = at
             if kind == _USER:
                 self._user_send(payload)  # type: ignore[arg-type]
             elif kind == _RETRY:
-                self._attempt(payload)  # type: ignore[arg-type]
+                attempt(payload)  # type: ignore[arg-type]
             elif kind == _POD_READY:
                 self._pod_ready(payload)  # type: ignore[arg-type]
             elif kind == _SCRAPE:
@@ -542,6 +542,52 @@ class _Engine:
                 self.push(at + self.scaler.period_seconds, _TICK)
             elif kind == _PHASE:
                 self._set_users(payload)  # type: ignore[arg-type]
+        self.issued += arrived
+        return events
+
+    def _deadline(self, at: float) -> None:
+        """The deadline FIFOs' wake-up: take the earlier head if due at ``at``, then re-arm.
+
+        Client and queue deadlines are constant per run, so each FIFO is in
+        deadline order; one wake-up in the heap, at the earlier live head, is
+        what the loop looks at. Its sequence number 0 puts it before any
+        event or arrival at the same time (a deadline at the instant of an
+        event is taken first), and of the two heads the client's goes first on
+        a tie. Entries of attempts already answered (or no longer queued)
+        leave when met. A wake-up overtaken by an earlier one is skipped.
+        """
+        if at != self.wake_at:
+            return
+        self.wake_at = math.inf
+        client_timeouts = self.client_timeouts
+        queue_deadlines = self.queue_deadlines
+        while client_timeouts and client_timeouts[0][1].done:
+            client_timeouts.popleft()
+        while queue_deadlines and not queue_deadlines[0][1].queued:
+            queue_deadlines.popleft()
+        client = client_timeouts[0][0] if client_timeouts else math.inf
+        queue = queue_deadlines[0][0] if queue_deadlines else math.inf
+        if client <= queue:
+            if client <= at:
+                self.now = client
+                self._client_timeout(client_timeouts.popleft()[1])
+        elif queue <= at:
+            self.now = queue
+            self._queue_deadline(queue_deadlines.popleft()[1])
+        while client_timeouts and client_timeouts[0][1].done:
+            client_timeouts.popleft()
+        while queue_deadlines and not queue_deadlines[0][1].queued:
+            queue_deadlines.popleft()
+        if client_timeouts:
+            self._wake(client_timeouts[0][0])
+        if queue_deadlines:
+            self._wake(queue_deadlines[0][0])
+
+    def _wake(self, deadline: float) -> None:
+        """A deadline has entered a FIFO: wake the loop for it if it is the earliest."""
+        if deadline < self.wake_at:
+            self.wake_at = deadline
+            heappush(self.heap, (deadline, 0, _DEADLINE, None))
 
     def _sweep_stale(self, end: float) -> None:
         """Take the superseded completion events out of the heap (see the module doc).
@@ -601,8 +647,6 @@ class _Engine:
     def _attempt(self, req: _Request) -> None:
         now = self.now
         req.started = now
-        req.done = False
-        req.pod = None
         ready = self.ready
         if not ready:
             self._finish(req, 503, None)
@@ -612,7 +656,10 @@ class _Engine:
             pod = ready[rr]
         else:
             pod = min(ready, key=_load)
-        self.client_timeouts.append((now + self.client_timeout, req))
+        deadline = now + self.client_timeout
+        self.client_timeouts.append((deadline, req))
+        if deadline < self.wake_at:
+            self._wake(deadline)
         limit = self.limit
         if limit is None or (len(pod.active) < limit and not pod.waiting):
             req.pod = pod
@@ -627,7 +674,9 @@ class _Engine:
             pod.waiting += 1
             self.waiting_total += 1
             if self.queue_timeout is not None:
-                self.queue_deadlines.append((now + self.queue_timeout, req))
+                deadline = now + self.queue_timeout
+                self.queue_deadlines.append((deadline, req))
+                self._wake(deadline)
         else:
             self.gate_new.append((now, -1.0, False))
             pod.refused = moving_refused_fraction(pod.refused, True)
@@ -678,28 +727,49 @@ class _Engine:
         # LatencyModel.sample_work, written out. Its work is never negative or
         # infinite (math.exp raises first), so the class's check is left out.
         sigma = self.work_sigma
-        jitter = self.lognormvariate(0.0, sigma) if sigma > 0 else 1.0
+        if sigma > 0:
+            # Random.lognormvariate(0.0, sigma), written out: the same draws
+            # and operations as CPython's normalvariate (see the module doc).
+            random = self.random
+            while True:
+                u1 = random()
+                u2 = 1.0 - random()
+                z = _NV_MAGICCONST * (u1 - 0.5) / u2
+                if z * z / 4.0 <= -_log(u2):
+                    break
+            jitter = _exp(0.0 + z * sigma)
+        else:
+            jitter = 1.0
         work = self.work_base * jitter / self.time_scale
-        if req in active:
-            raise KeyError(f"{req!r} is already inside the pod")
+        # A request is new to every pod it is admitted to (a fresh attempt, or
+        # one taken from the queue), so the class's check for a duplicate is left out.
         slowdowns = self.slowdowns
         if n + 1 >= len(slowdowns):  # only without a gate limit: more than seen so far
             self._slowdown(n + 1)
         last = pod.last
         moved = last if now < last else now  # never run backwards
         if n:
-            pod.virtual += (moved - last) / slowdowns[n]
+            virtual = pod.virtual + (moved - last) / slowdowns[n]
         else:
             # Restart virtual time when the pod is empty: a request alone then
             # finishes at exactly admit + work, without accumulated rounding.
-            pod.virtual = 0.0
+            virtual = 0.0
             jobs.clear()
+        pod.virtual = virtual
         pod.last = moved
         seq = pod.seq = pod.seq + 1
         active[req] = seq
-        heappush(jobs, (pod.virtual + work, seq, req))
+        heappush(jobs, (virtual + work, seq, req))
         req.admitted = now
-        self._reschedule(pod)
+        # _reschedule, written out (``active`` is not empty).
+        top = jobs[0]
+        while active.get(top[2]) != top[1]:
+            heappop(jobs)  # removed earlier: drop lazily
+            top = jobs[0]
+        remaining = top[0] - virtual
+        at = moved + (0.0 if remaining < 0.0 else remaining) * slowdowns[n + 1]
+        seq = pod.pending = self.seq = self.seq + 1
+        heappush(self.heap, (at, seq, _POD_DONE, pod))
 
     def _reschedule(self, pod: _Pod) -> None:
         """Push the pod's next completion (``ProcessorSharing.next_completion``).
@@ -735,18 +805,17 @@ class _Engine:
         # live head of ``jobs`` with ``at``, its completion as things stand.
         finished: list[_Request] = []
         while active:
-            top = jobs[0]
-            req = top[2]
-            if active.get(req) != top[1]:
+            finish, seq, req = jobs[0]
+            if active.get(req) != seq:
                 heappop(jobs)  # removed earlier: drop lazily
                 continue
-            remaining = top[0] - virtual
+            remaining = finish - virtual
             at = last + (0.0 if remaining < 0.0 else remaining) * slowdowns[len(active)]
             if at > horizon:
                 break
             # Exactly at the finish point: set virtual time to it (no drift).
-            if top[0] > virtual:
-                virtual = top[0]
+            if finish > virtual:
+                virtual = finish
             if at > last:
                 last = at
             heappop(jobs)
@@ -757,7 +826,7 @@ class _Engine:
             # later), and then ``at`` is already what _reschedule would find.
             if active:
                 virtual += (now - last) / slowdowns[len(active)]
-                remaining = top[0] - virtual
+                remaining = finish - virtual
                 at = now + (0.0 if remaining < 0.0 else remaining) * slowdowns[len(active)]
             last = now
         pod.virtual = virtual
@@ -782,7 +851,12 @@ class _Engine:
         gate_new = self.gate_new
         for req in finished:
             gate_new.append((now, now - req.started, True))
-            pod.service = moving_service_mean(pod.service, now - req.admitted)
+            # moving_service_mean, written out.
+            service = pod.service
+            held = now - req.admitted
+            pod.service = (
+                held if service is None else service + SERVICE_EWMA_WEIGHT * (held - service)
+            )
             if not req.done and req.pod is pod:
                 # _finish(req, OK, None), written out: an answer is not retried.
                 req.done = True
@@ -965,8 +1039,10 @@ def arrival_seed(seed: int) -> int:
 
 def arrival_times(trace: Trace, rng: random.Random) -> Iterator[float]:
     """Poisson arrival times of an open trace, by thinning within ramping phases."""
-    expovariate = rng.expovariate
+    # Random.expovariate(peak) is written out below, as -log(1.0 - random()) / peak:
+    # the same draw and operations (a test compares them), without the call.
     uniform = rng.random
+    log = math.log
     for phase in trace.phases:
         peak = phase.peak_rate()
         if peak <= 0:
@@ -976,7 +1052,7 @@ def arrival_times(trace: Trace, rng: random.Random) -> Iterator[float]:
         if phase.rate_end is None or phase.duration_s <= 0:
             # A constant rate (an empty phase ends before its first candidate).
             while True:
-                t += expovariate(peak)
+                t += -log(1.0 - uniform()) / peak
                 if t >= end:
                     break
                 yield t
@@ -988,7 +1064,7 @@ def arrival_times(trace: Trace, rng: random.Random) -> Iterator[float]:
         rate = phase.rate or 0.0
         rise = phase.rate_end - rate
         while True:
-            t += expovariate(peak)
+            t += -log(1.0 - uniform()) / peak
             if t >= end:
                 break
             if uniform() * peak <= rate + rise * ((t - start) / duration):
