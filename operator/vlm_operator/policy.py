@@ -634,9 +634,9 @@ def recommend(
         collapsed = lately <= current // 2 and highest > lately
         if collapsed:
             highest = lately
-        floor_held = floor is not None and highest < floor[1]
-        if floor is not None and floor_held:
-            highest = floor[1]
+        held = floor if floor is not None and highest < floor[1] else None
+        if held is not None:
+            highest = held[1]
         if highest < current:
             step = min(
                 auto.scale_down.max_pods_per_step,
@@ -646,10 +646,10 @@ def recommend(
             why = "demand fell" + (", load collapsed" if collapsed else "")
             why += f", step limit -{step}" if target > highest else ""
         elif keep is not None and keep < current:
-            if floor is not None and floor_held:
+            if held is not None:
                 why = (
-                    f"held: p95 was over target on {floor[1] - 1} pods "
-                    f"at demand {_fmt(round(floor[2], 1))}"
+                    f"held: p95 was over target on {held[1] - 1} pods "
+                    f"at demand {_fmt(round(held[2], 1))}"
                 )
             else:
                 why = f"stabilizing (highest in {int(down_window)}s: {highest})"
