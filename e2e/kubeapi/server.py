@@ -429,7 +429,10 @@ class KubeAPIServer:
                     if wait <= 0:
                         break
                 try:
-                    item = await asyncio.wait_for(watch.queue.get(), timeout=wait)
+                    # Not wait_for: on Python 3.11 it can take an item and drop a
+                    # cancellation that came in the same instant (python/cpython#86296).
+                    async with asyncio.timeout(wait):
+                        item = await watch.queue.get()
                 except TimeoutError:
                     if bookmarks and watch.queue.empty():
                         await _write_event(response, "BOOKMARK", self._bookmark(target.kind))

@@ -99,7 +99,8 @@ async def stop_process(proc: asyncio.subprocess.Process, *, grace_s: float) -> i
     if proc.returncode is None:
         signal_group(proc, signal.SIGTERM)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(proc.wait(), timeout=max(grace_s, 0.0))
+            async with asyncio.timeout(max(grace_s, 0.0)):  # not wait_for: cpython#86296
+                await proc.wait()
     # The leader may be gone while something it started still holds the group.
     signal_group(proc, signal.SIGKILL)
     code = await proc.wait()

@@ -317,8 +317,13 @@ class ProcessRunner:
 
     async def _reconcile_loop(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11, wait_for returns the result
+            # of an inner wait that finished in the same instant as a cancellation and
+            # drops the cancellation (python/cpython#86296), and this loop, set dirty
+            # just as stop() cancels it, then runs forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._dirty.wait(), timeout=self.resync_period_s)
+                async with asyncio.timeout(self.resync_period_s):
+                    await self._dirty.wait()
             self._dirty.clear()
             try:
                 await self._reconcile_all()

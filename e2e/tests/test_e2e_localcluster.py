@@ -19,7 +19,7 @@ from e2e.conftest import E2E_TIME_SCALE, e2e_service
 from e2e.localcluster import LocalCluster, ServiceProxy, compress_spec
 from e2e.localcluster.cluster import REPO_ROOT
 from e2e.localcluster.kubeclient import DEPLOYMENTS, PODS
-from e2e.localcluster.runner import DELETION_COST, _PortMap, free_port
+from e2e.localcluster.runner import DELETION_COST, ProcessRunner, _PortMap, free_port
 
 # ----------------------------------------------------------------------------- compression
 
@@ -178,6 +178,31 @@ async def _set_replicas(cluster: LocalCluster, replicas: int) -> None:
     await cluster.kube.patch(
         DEPLOYMENTS, cluster.namespace, "vlm", {"spec": {"replicas": replicas}}
     )
+
+
+class _NoDeployments:
+    """Just enough of the API client for the runner's reconcile loop: nothing to run."""
+
+    async def list(self, res: object, namespace: str) -> tuple[list[dict], str]:  # type: ignore[type-arg]
+        return [], "1"
+
+
+@pytest.mark.timeout(30)
+async def test_runner_stops_when_cancelled_in_the_instant_it_is_woken(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Python 3.11's wait_for returns the result of an inner wait that finished in the
+    # same instant as a cancellation and drops the cancellation (python/cpython#86296):
+    # the reconcile loop, woken just as stop() cancelled it, then ran forever and the
+    # local cluster never stopped. Woken, then cancelled before it runs again:
+    runner = ProcessRunner(_NoDeployments(), "ns", workdir=tmp_path, resync_period_s=60)  # type: ignore[arg-type]
+    for _ in range(20):
+        loop_task = asyncio.create_task(runner._reconcile_loop())
+        await asyncio.sleep(0)  # waiting for a change
+        runner._dirty.set()
+        await asyncio.sleep(0)  # the wake-up delivered (a wait_for's inner wait done)
+        loop_task.cancel()
+        done, _ = await asyncio.wait({loop_task}, timeout=5.0)
+        assert loop_task in done, "the reconcile loop outlived its cancellation"
+        assert loop_task.cancelled()
 
 
 @contextlib.asynccontextmanager
