@@ -6,8 +6,8 @@ measured gradient and on the open traces' rises, then each goal with the
 measured numbers and whether it holds, then the simulator's speed. Clients
 are openai-python's defaults: two retries on 429, 5xx and timeouts,
 honouring Retry-After (``--retries 0`` for clients that never retry).
-Deterministic for the seeds below; only the
-wall-clock figures vary between machines.
+Deterministic for the seeds below; only the wall-clock figures vary
+between machines.
 """
 
 from __future__ import annotations
@@ -113,9 +113,10 @@ def gradient_plans(client: SimConfig) -> list[str]:
 def burst_plans(client: SimConfig) -> list[str]:
     """What fixed replica plans give on step-burst and the flash spike, beside ours.
 
-    The reactive plans bound what any policy that learns of the rise from its
-    signals can reach: the errors of the minute before new pods are ready,
-    and a cost that the oracle, which scales in no time, does not pay.
+    The reactive plans are the fastest reaction to the rise that signals allow
+    (the most pods at the first tick after it): what they still fail is the
+    minute before new pods are ready, and what they pay over the oracle, which
+    scales in no time, is what reacting costs.
     """
     lines = [f"{'trace':<13}{'plan':<56}{'errors':>14}{'P95 s':>8}{'x oracle':>9}"]
     for name, plans in BURST_PLANS.items():
