@@ -561,10 +561,7 @@ class _Engine:
         self.wake_at = math.inf
         client_timeouts = self.client_timeouts
         queue_deadlines = self.queue_deadlines
-        while client_timeouts and client_timeouts[0][1].done:
-            client_timeouts.popleft()
-        while queue_deadlines and not queue_deadlines[0][1].queued:
-            queue_deadlines.popleft()
+        self._drop_met_heads()
         client = client_timeouts[0][0] if client_timeouts else math.inf
         queue = queue_deadlines[0][0] if queue_deadlines else math.inf
         if client <= queue:
@@ -574,14 +571,20 @@ class _Engine:
         elif queue <= at:
             self.now = queue
             self._queue_deadline(queue_deadlines.popleft()[1])
-        while client_timeouts and client_timeouts[0][1].done:
-            client_timeouts.popleft()
-        while queue_deadlines and not queue_deadlines[0][1].queued:
-            queue_deadlines.popleft()
+        self._drop_met_heads()
         if client_timeouts:
             self._wake(client_timeouts[0][0])
         if queue_deadlines:
             self._wake(queue_deadlines[0][0])
+
+    def _drop_met_heads(self) -> None:
+        """Drop the FIFOs' leading entries whose attempt no longer waits for them."""
+        client_timeouts = self.client_timeouts
+        while client_timeouts and client_timeouts[0][1].done:
+            client_timeouts.popleft()
+        queue_deadlines = self.queue_deadlines
+        while queue_deadlines and not queue_deadlines[0][1].queued:
+            queue_deadlines.popleft()
 
     def _wake(self, deadline: float) -> None:
         """A deadline has entered a FIFO: wake the loop for it if it is the earliest."""
