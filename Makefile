@@ -1,7 +1,7 @@
 # Two commands do all the set-up: `make demo` and `make test`.
 # The virtualenv is created on first use; Debian's Prometheus, nginx (the gate
-# benchmark's reference proxy) and chromium (the upload page's browser test)
-# are installed when missing.
+# benchmark's reference proxy), chromium (the upload page's browser test) and
+# gcc (mypyc compiles the simulator's engine with it) are installed when missing.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -15,7 +15,7 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 OPERATOR_IMAGE     ?= ghcr.io/vlm-operator/vlm-operator:$(VERSION)
 MODEL_SERVER_IMAGE ?= ghcr.io/vlm-operator/model-server:$(VERSION)
 
-.PHONY: help venv system-deps test lint typecheck unit demo crd install-manifest golden bench-gate bench-policy bench-operator image-operator image-model-server clean
+.PHONY: help venv system-deps test lint typecheck unit demo crd install-manifest golden engine bench-gate bench-policy bench-operator image-operator image-model-server clean
 
 help:
 	@echo "make demo   - run the closed loop on the embedded local cluster"
@@ -36,6 +36,7 @@ system-deps:
 	command -v prometheus >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	command -v nginx >/dev/null 2>&1 || missing="$$missing nginx"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v gcc >/dev/null 2>&1 || missing="$$missing gcc"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
@@ -50,8 +51,15 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy --strict
 
-unit: venv system-deps
-	$(BIN)/pytest
+# The simulator's engine compiled with mypyc (about 30 s; nothing to do when the
+# build matches the sources). Without it the engine runs interpreted, slower.
+engine: venv system-deps
+	$(BIN)/python -c 'import sys; from vlm_operator.simulator._compiled import main; sys.exit(main())'
+
+# VLM_OPERATOR_EXPECT_COMPILED_ENGINE: the test that compares the compiled
+# engine with the interpreted one fails, instead of skipping, without a build.
+unit: venv system-deps engine
+	VLM_OPERATOR_EXPECT_COMPILED_ENGINE=1 $(BIN)/pytest
 
 test: lint typecheck unit
 
@@ -75,7 +83,7 @@ bench-gate: venv system-deps
 	$(BIN)/python benchmarks/bench_gate.py
 
 # Ours versus the anchors on every shipped trace, in the simulator (~1.5 min).
-bench-policy: venv
+bench-policy: venv engine
 	$(BIN)/python benchmarks/bench_policy.py
 
 # The operator with 1,000 VLMServices against the emulated API and a real Prometheus (~2 min).
@@ -92,4 +100,4 @@ image-model-server:
 	docker build -f docker/model-server.Dockerfile --build-arg TORCH_SPEC='$(TORCH_SPEC)' -t $(MODEL_SERVER_IMAGE) .
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache operator/vlm_operator/simulator/_native

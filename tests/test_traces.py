@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from vlm_operator.cli import main
 from vlm_operator.latency import LatencyModel
+from vlm_operator.simulator import ENGINE
 from vlm_operator.traces import TraceError, list_traces, load_trace, parse_trace
 
 
@@ -121,6 +122,7 @@ def test_simulate_prints_phases_and_json(
     assert "two" in out
     assert "eight" in out
     assert "cost ratio" in out
+    assert f"of wall time ({ENGINE} engine)" in out
     assert main(["simulate", "--trace", str(trace), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["policy"] == "ours"

@@ -17,7 +17,7 @@ from typing import Any
 
 from vlm_operator.baselines import AUTOSCALERS
 from vlm_operator.cli import UsageError
-from vlm_operator.simulator import Report, SimConfig, SimResult, run_policy
+from vlm_operator.simulator import ENGINE, Report, SimConfig, SimResult, run_policy
 from vlm_operator.traces import Trace, TraceError, list_traces, load_trace
 
 #: Policies of ``--compare``, ours first; ``static`` is the measured single pod.
@@ -137,7 +137,8 @@ def _single_report(trace: Trace, r: Report) -> str:
         f"cost ratio: {r.cost_ratio:.2f}",
         f"seconds in SLO violation: {r.slo_violation_seconds:.0f}  "
         f"scale events: {r.scale_ups} up, {r.scale_downs} down",
-        f"simulated {r.requests} requests in {_s(r.wall_seconds, 2)} s of wall time",
+        f"simulated {r.requests} requests in {_s(r.wall_seconds, 2)} s of wall time "
+        f"({ENGINE} engine)",
     ]
     return "\n".join(lines)
 

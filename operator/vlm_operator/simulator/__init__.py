@@ -8,6 +8,10 @@ for traces far longer and larger than one machine can run for real.
     >>> from vlm_operator.simulator import run_policy
     >>> report = run_policy("measured-gradient", "ours", seed=1)
 
+The engine runs compiled when ``make engine`` has built it for the sources as
+they are (:mod:`vlm_operator.simulator._compiled`), interpreted otherwise;
+:data:`ENGINE` says which.
+
 This package is pure: it imports neither ``kubernetes``, ``kopf`` nor ``httpx``.
 """
 
@@ -18,16 +22,26 @@ from typing import Any
 
 from vlm_operator.baselines import make_autoscaler
 from vlm_operator.models import VLMServiceSpec
-from vlm_operator.simulator.engine import Series, SimConfig, SimResult, simulate
-from vlm_operator.simulator.report import (
+from vlm_operator.simulator import _compiled
+
+# Before the engine's first import: a fresh build then shadows engine.py.
+_compiled.use_fresh_build(__path__)
+
+from vlm_operator.simulator import engine  # noqa: E402
+from vlm_operator.simulator.engine import Series, SimConfig, SimResult, simulate  # noqa: E402
+from vlm_operator.simulator.report import (  # noqa: E402
     PhaseStats,
     Report,
     oracle_replica_seconds,
     summarize,
 )
-from vlm_operator.traces import Trace, load_trace
+from vlm_operator.traces import Trace, load_trace  # noqa: E402
+
+#: Which engine runs: ``"compiled"`` or ``"interpreted"``.
+ENGINE = "compiled" if _compiled.is_compiled(engine) else "interpreted"
 
 __all__ = [
+    "ENGINE",
     "PhaseStats",
     "Report",
     "Series",

@@ -66,6 +66,13 @@ without a gate leaves thousands of them, each making every heap operation
 dearer. Sweeping changes nothing, because stale events change no state, and
 the deadlines' wake-ups are kept.
 
+Compiled. ``make engine`` compiles this module with mypyc (see
+:mod:`vlm_operator.simulator._compiled`), which runs it 1.6 times faster with
+the same results; so it stays inside what mypyc compiles and what a compiled
+module allows: annotations that hold at run time (mypyc checks them), no
+class of it subclassed nor patched from Python (tests that do so use the
+interpreted engine).
+
 This module is pure: standard library only (plus the project's pure modules).
 """
 
