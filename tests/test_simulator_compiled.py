@@ -74,6 +74,45 @@ def test_a_build_is_fresh_only_for_the_sources_it_was_compiled_from(tmp_path: Pa
     assert _compiled.build_folder(package) != folder
 
 
+def _built(folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    files = [
+        folder / f"engine{EXTENSION_SUFFIXES[0]}",
+        folder / f"engine__mypyc{EXTENSION_SUFFIXES[0]}",
+    ]
+    for file in files:
+        file.write_bytes(b"built")
+    return files
+
+
+def test_install_replaces_other_builds_but_not_a_build_in_progress(tmp_path: Path) -> None:
+    native = tmp_path / "_native"
+    old = native / "0123456789abcdef01234567"
+    _built(old)
+    working = native / ".partial-of-another-build"
+    working.mkdir()
+    abandoned = native / ".partial-abandoned"
+    abandoned.mkdir()
+    os.utime(abandoned, (0, 0))
+
+    files = _built(tmp_path / "a")
+
+    target = _compiled.install(files, native, "fedcba9876543210fedcba98")
+
+    assert target == native / "fedcba9876543210fedcba98"
+    assert sorted(p.name for p in target.iterdir()) == sorted(f.name for f in files)
+    assert sorted(p.name for p in native.iterdir()) == [working.name, target.name]
+
+
+def test_install_keeps_the_build_that_won_a_race(tmp_path: Path) -> None:
+    native = tmp_path / "_native"
+    first = _compiled.install(_built(tmp_path / "a"), native, "fedcba9876543210fedcba98")
+    second = _compiled.install(_built(tmp_path / "b"), native, "fedcba9876543210fedcba98")
+    assert second == first
+    assert sorted(p.name for p in native.iterdir()) == [first.name]  # no leftover
+    assert len(list(first.iterdir())) == 2
+
+
 def test_the_environment_can_ask_for_the_interpreted_engine(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -169,7 +208,7 @@ def _engine_in(root: Path) -> str:
 
 def test_a_build_serves_until_its_sources_change(tmp_path: Path) -> None:
     # The real build (mypyc and the C compiler) on a copy of the package: a
-    # stale folder and an interrupted one are cleared, the copy runs compiled,
+    # stale folder and an abandoned one are cleared, the copy runs compiled,
     # and runs interpreted again once a source changes.
     package = tmp_path / "vlm_operator"
     shutil.copytree(
@@ -181,6 +220,7 @@ def test_a_build_serves_until_its_sources_change(tmp_path: Path) -> None:
     for leftover in ("0123456789abcdef01234567", ".partial-x"):
         (native / leftover).mkdir(parents=True)
         (native / leftover / f"engine{EXTENSION_SUFFIXES[0]}").write_bytes(b"")
+        os.utime(native / leftover, (0, 0))  # an interrupted build, long ago
     assert _engine_in(tmp_path) == "interpreted"
 
     folder = _compiled.build(package)

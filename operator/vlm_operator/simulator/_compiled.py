@@ -33,6 +33,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import MutableSequence
 from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
@@ -166,17 +167,37 @@ def build(package_root: Path = PACKAGE_ROOT) -> Path:
         ]
         if not any(path.name.startswith("engine.") for path in built):
             raise RuntimeError(f"mypyc left no engine extension in {copy / 'simulator'}")
-        native.mkdir(exist_ok=True)
-        # Filled under another name and renamed, so a build interrupted
-        # half-way is never taken for a fresh one.
-        partial = Path(tempfile.mkdtemp(prefix=".partial-", dir=native))
-        partial.chmod(0o755)
-        for path in built:
-            shutil.move(path, partial / path.name)
-        for old in native.iterdir():
-            if old.is_dir() and old != partial:
-                shutil.rmtree(old)
+        return install(built, native, digest)
+
+
+def install(built: list[Path], native: Path, digest: str) -> Path:
+    """Move a build's files into ``native/digest`` and remove the builds of other digests.
+
+    The files are gathered under a hidden name and renamed in one step, so a
+    build interrupted half-way is never taken for a fresh one. Two builds of
+    the same sources may race (``make test`` and ``make bench-policy`` in two
+    shells): the one that renames second keeps the first one's folder.
+    Another build's hidden folder is left alone unless it is an hour old.
+    """
+    native.mkdir(exist_ok=True)
+    target = native / digest
+    partial = Path(tempfile.mkdtemp(prefix=".partial-", dir=native))
+    partial.chmod(0o755)
+    for path in built:
+        shutil.move(path, partial / path.name)
+    try:
         partial.rename(target)
+    except OSError:
+        shutil.rmtree(partial)
+        if not target.is_dir():
+            raise
+    abandoned = time.time() - 3600
+    for old in native.iterdir():
+        if old == target or not old.is_dir():
+            continue
+        if old.name.startswith(".") and old.stat().st_mtime > abandoned:
+            continue
+        shutil.rmtree(old, ignore_errors=True)
     return target
 
 
