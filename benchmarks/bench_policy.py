@@ -28,7 +28,7 @@ from vlm_operator.simulator import (
     spec_for,
     summarize,
 )
-from vlm_operator.simulator._compiled import load_interpreted_engine
+from vlm_operator.simulator._compiled import engine_choice_error, load_interpreted_engine
 from vlm_operator.traces import list_traces, load_trace, parse_trace
 
 GRADIENT_SEEDS = (1, 2, 3)
@@ -175,6 +175,9 @@ def main() -> int:
         "--retries", type=int, default=2, help="client retries, openai-style (default: 2)"
     )
     args = parser.parse_args()
+    engine_error = engine_choice_error()
+    if engine_error:
+        parser.error(engine_error)
     client = SimConfig(retries=args.retries)
 
     goals: list[str] = []

@@ -113,17 +113,34 @@ def test_install_keeps_the_build_that_won_a_race(tmp_path: Path) -> None:
     assert len(list(first.iterdir())) == 2
 
 
-def test_the_environment_can_ask_for_the_interpreted_engine(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_the_environment_chooses_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
     path = ["somewhere"]
     monkeypatch.setenv(_compiled.ENGINE_ENV, "interpreted")
     assert _compiled.use_fresh_build(path) is False
     assert path == ["somewhere"]
-    monkeypatch.delenv(_compiled.ENGINE_ENV)
+    assert _compiled.engine_choice_error() is None
     folder = _compiled.fresh_build()
-    assert _compiled.use_fresh_build(path) is (folder is not None)
-    assert path == ([str(folder)] if folder else []) + ["somewhere"]
+    for choice in ("", "auto"):
+        monkeypatch.setenv(_compiled.ENGINE_ENV, choice)
+        path = ["somewhere"]
+        assert _compiled.use_fresh_build(path) is (folder is not None)
+        assert path == ([str(folder)] if folder else []) + ["somewhere"]
+        assert _compiled.engine_choice_error() is None
+    monkeypatch.setenv(_compiled.ENGINE_ENV, "fast")
+    assert _compiled.engine_choice_error() == (
+        "VLM_OPERATOR_SIM_ENGINE='fast': must be 'auto' (or unset) or 'interpreted'"
+    )
+
+
+def test_an_unreadable_source_means_no_build(monkeypatch: pytest.MonkeyPatch) -> None:
+    def unreadable() -> None:
+        raise FileNotFoundError("policy.py")
+
+    monkeypatch.delenv(_compiled.ENGINE_ENV, raising=False)
+    monkeypatch.setattr(_compiled, "fresh_build", unreadable)
+    path = ["somewhere"]
+    assert _compiled.use_fresh_build(path) is False
+    assert path == ["somewhere"]
 
 
 def _outcome(result: Any) -> tuple[object, ...]:

@@ -108,6 +108,14 @@ def test_simulate_exits_2_on_an_unknown_policy(capsys: pytest.CaptureFixture[str
     assert "--policy" in capsys.readouterr().err
 
 
+def test_simulate_names_a_misspelt_engine_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("VLM_OPERATOR_SIM_ENGINE", "fast")
+    assert main(["simulate", "--trace", "measured-gradient"]) == 2
+    assert "VLM_OPERATOR_SIM_ENGINE='fast': must be" in capsys.readouterr().err
+
+
 def test_simulate_prints_phases_and_json(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 from vlm_operator.baselines import AUTOSCALERS
 from vlm_operator.cli import UsageError
 from vlm_operator.simulator import ENGINE, Report, SimConfig, SimResult, run_policy
+from vlm_operator.simulator._compiled import engine_choice_error
 from vlm_operator.traces import Trace, TraceError, list_traces, load_trace
 
 #: Policies of ``--compare``, ours first; ``static`` is the measured single pod.
@@ -64,6 +65,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    engine_error = engine_choice_error()
+    if engine_error:
+        raise UsageError(engine_error)
     try:
         trace = load_trace(args.trace)
     except TraceError as exc:

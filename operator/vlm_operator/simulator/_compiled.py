@@ -15,8 +15,7 @@ the engine's source and of every project module it was compiled against, and
 the package puts that folder first on its ``__path__`` only when the folder
 for the sources as they are now exists. A changed source has a new digest:
 the interpreter runs it until ``make engine`` (:func:`main`) builds it
-again. An installed wheel has no
-build and runs interpreted.
+again. An installed wheel has no build and runs interpreted.
 
 ``VLM_OPERATOR_SIM_ENGINE=interpreted`` runs the interpreted engine anyway.
 
@@ -39,7 +38,8 @@ from importlib.machinery import EXTENSION_SUFFIXES
 from pathlib import Path
 from types import ModuleType
 
-#: Set to ``interpreted`` to run engine.py even when a build exists.
+#: ``interpreted``: run engine.py even when a build exists; ``auto`` (or
+#: unset): a fresh build if there is one.
 ENGINE_ENV = "VLM_OPERATOR_SIM_ENGINE"
 
 #: The engine's source and the project modules it imports, directly or not
@@ -87,11 +87,26 @@ def fresh_build(package_root: Path = PACKAGE_ROOT) -> Path | None:
     return None
 
 
+def engine_choice_error() -> str | None:
+    """What is wrong with ``VLM_OPERATOR_SIM_ENGINE``, if anything.
+
+    Checked by the commands that simulate, not at import: a misspelt
+    variable must not stop the package (and the operator) from loading.
+    """
+    choice = os.environ.get(ENGINE_ENV, "")
+    if choice in ("", "auto", "interpreted"):
+        return None
+    return f"{ENGINE_ENV}={choice!r}: must be 'auto' (or unset) or 'interpreted'"
+
+
 def use_fresh_build(package_path: MutableSequence[str]) -> bool:
     """Put a fresh build first on the simulator package's path; whether one was."""
     if os.environ.get(ENGINE_ENV, "") == "interpreted":
         return False
-    folder = fresh_build()
+    try:
+        folder = fresh_build()
+    except OSError:  # a source unreadable: run what the interpreter finds
+        return False
     if folder is None:
         return False
     package_path.insert(0, str(folder))
