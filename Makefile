@@ -1,7 +1,8 @@
 # Two commands do all the set-up: `make demo` and `make test`.
 # The virtualenv is created on first use; Debian's Prometheus, nginx (the gate
-# benchmark's reference proxy), chromium (the upload page's browser test) and
-# gcc (mypyc compiles the simulator's engine with it) are installed when missing.
+# benchmark's reference proxy), chromium (the upload page's browser test), gcc
+# and Python's headers (mypyc compiles the simulator's engine with them) are
+# installed when missing.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -37,6 +38,8 @@ system-deps:
 	command -v nginx >/dev/null 2>&1 || missing="$$missing nginx"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	command -v gcc >/dev/null 2>&1 || missing="$$missing gcc"; \
+	$(PYTHON) -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+		|| missing="$$missing python3-dev"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
