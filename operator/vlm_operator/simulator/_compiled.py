@@ -66,8 +66,13 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 
 def source_digest(package_root: Path = PACKAGE_ROOT) -> str:
-    """The digest of the sources a build is compiled from, and of the interpreter."""
-    digest = hashlib.sha256(sys.implementation.cache_tag.encode())
+    """The digest of the sources a build is compiled from, and of the interpreter.
+
+    The interpreter by its extension suffix (``.cpython-311-x86_64-linux-gnu.so``):
+    version, ABI and platform, so that the build of another interpreter (a
+    checkout shared between machines) never stands in the way of this one's.
+    """
+    digest = hashlib.sha256(EXTENSION_SUFFIXES[0].encode())
     for relative in SOURCES:
         digest.update(b"\0" + relative.encode() + b"\0")
         digest.update((package_root / relative).read_bytes())
@@ -217,7 +222,7 @@ def install(built: list[Path], native: Path, digest: str) -> Path:
 
 
 def main() -> int:
-    """``make engine``: build the engine unless the build is fresh; 0 when it is."""
+    """``make engine``: build the engine unless its build is fresh; exit status 0 once it is."""
     before = fresh_build()
     try:
         folder = build()
