@@ -389,6 +389,43 @@ def test_a_full_queue_tells_clients_to_retry_when_the_gate_would() -> None:
     assert min(wait for _, wait in refused_twice) == pytest.approx(1.0)
 
 
+def test_a_request_that_waited_its_deadline_comes_back_when_the_gate_says() -> None:
+    # One pod behind our gate, one slot, a queue too long to fill and a 5 s
+    # deadline, answers of exactly 6.2 s at 1.9x the pod's capacity: every
+    # failure is a 504. The 504 carries the gate's Retry-After for a place at
+    # the back of the queue (at least 6.2 s x 1 place / 1 slot, 7 s, once an
+    # answer has been seen), and openai-style clients retry it.
+    from vlm_operator.baselines import Scheduled
+    from vlm_operator.contract import retry_after_seconds
+
+    trace = _open(0.3, 600)
+    spec = spec_for(
+        trace, {"concurrency": {"maxInFlight": 1, "queueSize": 100, "queueTimeoutSeconds": 5}}
+    )
+
+    def run(retries: int) -> SimResult:
+        config = SimConfig(latency=_EXACT, retries=retries, startup_seconds=0.0)
+        return simulate(trace, Scheduled(spec, []), spec=spec, seed=5, config=config)
+
+    plain, retried = run(0), run(1)
+    assert set(plain.status) == set(retried.status) == {OK, 504}
+    waits = [
+        e - s for s, e, c in zip(plain.sent, plain.ended, plain.status, strict=True) if c != OK
+    ]
+    assert waits == pytest.approx([5.0] * len(waits))
+    first_answer = min(e for e, c in zip(retried.ended, retried.status, strict=True) if c == OK)
+    twice = [
+        e - s
+        for s, e, c in zip(retried.sent, retried.ended, retried.status, strict=True)
+        if c == 504 and s > first_answer
+    ]
+    assert twice
+    assert min(twice) >= 5.0 + retry_after_seconds(6.2, 1, 1) + 5.0 - 1e-9
+    # Some came back to a slot: answered later than any first attempt can be.
+    assert any(latency > 5.0 + 6.2 + 1e-6 for latency in _ok_latencies(retried))
+    assert retried.status.count(504) < plain.status.count(504)
+
+
 def test_retry_after_stretches_with_the_fraction_refused() -> None:
     from vlm_operator.contract import (
         RETRY_AFTER_MAX_SECONDS,

@@ -12,6 +12,11 @@ The answer to "when should I retry?" comes from what the gate has seen: an
 exponentially weighted mean of service times, times the queue position, over
 the number of slots, stretched by the overload (1 / (1 - the moving fraction
 of arrivals refused)): see :func:`vlm_operator.contract.retry_after_seconds`.
+A request refused because the queue is full gets it for a place at the back
+of the queue, and so does one that waited its deadline: it has lost its
+place, and the pods the autoscaler starts for the queue it was part of are
+usually still loading, so "come back then" serves the client better than
+"give up".
 """
 
 from __future__ import annotations
@@ -117,7 +122,9 @@ class Admission:
                 return  # the slot arrived in the same instant as the deadline: keep it
             self._discard(waiter)
             raise Rejected(
-                "deadline", f"waited {self.queue_timeout:g} s in the queue without a slot"
+                "deadline",
+                f"waited {self.queue_timeout:g} s in the queue without a slot",
+                retry_after=self.retry_after(len(self._queue) + 1),
             ) from None
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():

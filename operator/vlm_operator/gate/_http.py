@@ -161,9 +161,6 @@ def error_response(
     extra: list[Header] = []
     if retry_after is not None:
         extra.append((b"Retry-After", b"%d" % retry_after))
-    if reason == "deadline":
-        # openai-python would otherwise retry a request that already waited its deadline.
-        extra.append((b"x-should-retry", b"false"))
     payload = {"error": {"message": message, "type": _ERROR_TYPES[reason], "code": reason}}
     return json_response(
         ERROR_STATUS[reason], payload, keep_alive=keep_alive, http11=http11, extra=extra

@@ -9,7 +9,8 @@ engine models, in the order a request meets it:
   arrivals at the trace's rate (thinning for ramps). Optional openai-style
   retries (openai-python retries twice by default): 429, 5xx and client
   timeouts retried, honouring Retry-After up to 60 s, otherwise an
-  exponential back-off; a 504 from the gate carries ``x-should-retry: false``.
+  exponential back-off. The gate's 429 and its 504 (queue deadline) both
+  carry its Retry-After for a place at the back of the queue.
   The latency of a retried request runs from its first send.
 - **Service.** Round-robin over ready pods (or least-loaded); no ready pod
   means 503 at once.
@@ -636,7 +637,7 @@ class _Engine:
         """The client has an answer for this attempt: retry, or record the outcome."""
         req.done = True
         now = self.now
-        retryable = status != OK and status != 504 and (status != TIMEOUT or self.retry_timeouts)
+        retryable = status != OK and (status != TIMEOUT or self.retry_timeouts)
         if retryable and req.attempt < self.retries:
             if retry_after is not None and retry_after <= 60:
                 delay = retry_after
@@ -714,7 +715,10 @@ class _Engine:
         pod.waiting -= 1
         self.waiting_total -= 1
         self.gate_new.append((self.now, self.now - req.started, False))
-        self._finish(req, 504, None)
+        retry_after = self.retry_after
+        if self.retry_after_estimated and self.limit is not None:
+            retry_after = retry_after_seconds(pod.service, pod.waiting + 1, self.limit, pod.refused)
+        self._finish(req, 504, retry_after)
         self._maybe_gone(pod)
 
     # -------------------------------------------------------------------- pods
