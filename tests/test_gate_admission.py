@@ -59,13 +59,14 @@ async def test_full_queue_is_refused_with_a_retry_estimate_from_service_times() 
     with pytest.raises(Rejected) as refused:
         await admission.acquire()
     assert refused.value.reason == "queue_full"
-    # Position 2 behind one slot of ~3 s each, stretched by the overload: one
-    # arrival of the last few (moving weight 0.2) was refused, 1 / 0.8 = 1.25.
-    assert refused.value.retry_after == math.ceil(3.0 * 2 / 1 / 0.8)
+    # Position 2 behind one slot of ~3 s each, stretched by the overload (one
+    # arrival of the last few, moving weight 0.2, was refused: 1 / 0.8 = 1.25)
+    # and erring long by half (RETRY_AFTER_MARGIN).
+    assert refused.value.retry_after == math.ceil(3.0 * 2 / 1 / 0.8 * 1.5)
     admission.release(3.0)
     await waiter
     admission.release(3.0)
-    assert admission.retry_after(1) == math.ceil(3.0 / 0.8)
+    assert admission.retry_after(1) == math.ceil(3.0 / 0.8 * 1.5)
     assert Admission(4, 1, 1).retry_after(1) == 1  # nothing observed yet: at least 1 s
 
 
@@ -82,14 +83,14 @@ async def test_retry_after_grows_with_a_sustained_overload_and_falls_after() -> 
             await admission.acquire()
         advice.append(refused.value.retry_after)
     assert advice == sorted(advice)
-    assert advice[0] == math.ceil(3.0 / 0.8)
+    assert advice[0] == math.ceil(3.0 / 0.8 * 1.5)
     assert advice[-1] == 60  # capped: openai-python ignores longer ones
     # Admissions bring it back to the plain estimate.
     admission.release(3.0)
     for _ in range(40):
         await admission.acquire()
         admission.release(3.0)
-    assert admission.retry_after(1) == 3
+    assert admission.retry_after(1) == math.ceil(3.0 * 1.5)
 
 
 async def test_deadline_leaves_the_queue_and_never_holds_a_slot() -> None:
@@ -120,9 +121,10 @@ async def test_deadline_advises_coming_back_for_a_place_at_the_back_of_the_queue
         await first
     assert expired.value.reason == "deadline"
     # Two still queued: a place behind them is served after (2 + 1) slot times
-    # of 4 s shared by 2 slots, 6 s, with no overload to stretch it.
+    # of 4 s shared by 2 slots, 6 s, with no overload to stretch it; 9 s with
+    # the margin.
     assert admission.waiting == 2
-    assert expired.value.retry_after == math.ceil(4.0 * 3 / 2)
+    assert expired.value.retry_after == math.ceil(4.0 * 3 / 2 * 1.5)
     admission.release(None)
     admission.release(None)
     await asyncio.gather(*behind)

@@ -382,9 +382,32 @@ def test_p95_guard_waits_for_pods_it_asked_for() -> None:
     # Just after it became ready the P95 window still shows the old latency.
     d2 = recommend(d.state, _signals(6, 0, p95=20.0, rate=2.0), _pods(3), spec, now=110.0)
     assert d2.replicas == 3
-    # Once the window has turned over, a still-slow P95 buys one more.
+    # The window turns over 72 s after the pod was ready (two windows and the
+    # target); the guard then wants a window of P95 signals taken since.
     d3 = recommend(d2.state, _signals(6, 0, p95=20.0, rate=2.0), _pods(3), spec, now=200.0)
-    assert d3.replicas == 4
+    assert d3.replicas == 3
+    d4 = recommend(d3.state, _signals(6, 0, p95=20.0, rate=2.0), _pods(3), spec, now=205.0)
+    assert d4.replicas == 4
+    assert "p95 over 12s" in d4.reason
+
+
+def test_p95_guard_does_not_buy_on_the_tail_of_a_cold_start_backlog() -> None:
+    # 16 users, 7 pods ready at 60 s after a cold start; their backlog took
+    # 40 s to drain, so the P95 signals fall from 29 s to just over the target
+    # when the guard's wait ends, then to 9.8 s. Averaging signals from before
+    # the wait, the guard bought an eighth pod on the last one, and kept it
+    # for the hour as what it had learnt.
+    spec = _spec(targetUtilization=0.9)
+    d = recommend(PolicyState(), _signals(4, 8, p95=29.0, rate=0.3), _pods(7, 1, 6), spec, 55.0)
+    state, current = d.state, d.replicas
+    for i in range(16, 60):
+        now = 5.0 * i
+        p95 = 29.0 if now < 130 else 12.1 if now < 140 else 9.8
+        d = recommend(state, _signals(16, 0, p95=p95, rate=2.0), _pods(current), spec, now)
+        assert d.direction != "up", (now, d.reason)
+        state, current = d.state, d.replicas
+    assert state.guard_floor is None
+    assert current == 5  # 16 requests at 3.6 a pod
 
 
 def test_p95_guard_needs_the_p95_of_several_windows_over_the_target() -> None:

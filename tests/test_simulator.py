@@ -359,7 +359,8 @@ def test_a_full_queue_tells_clients_to_retry_when_the_gate_would() -> None:
     # arrivals far faster: most requests find the queue full. The simulated 429 carries
     # the gate's own Retry-After (contract.retry_after_seconds): 1 s before anything was
     # served, then the moving mean of service times (6.2 s) × queue position 2 ÷ 1 slot
-    # (13 s) stretched by the overload, which here refuses nearly every arrival.
+    # × the margin 1.5 (19 s) stretched by the overload, which here refuses nearly
+    # every arrival.
     from vlm_operator.baselines import Scheduled
     from vlm_operator.contract import RETRY_AFTER_MAX_SECONDS, retry_after_seconds
 
@@ -380,8 +381,8 @@ def test_a_full_queue_tells_clients_to_retry_when_the_gate_would() -> None:
     assert len(refused_twice) > 100
     first_answer = min(e for e, c in zip(result.ended, result.status, strict=True) if c == OK)
     waits = sorted(round(wait, 6) for sent, wait in refused_twice if sent > first_answer)
-    plain = retry_after_seconds(6.2, 2, 1)  # 13 s
-    assert plain == 13
+    plain = retry_after_seconds(6.2, 2, 1)  # 19 s
+    assert plain == 19
     assert plain <= waits[0]
     assert waits[-1] <= RETRY_AFTER_MAX_SECONDS
     # Nearly every arrival refused: most are told the longest wait clients honour.
@@ -393,8 +394,8 @@ def test_a_request_that_waited_its_deadline_comes_back_when_the_gate_says() -> N
     # One pod behind our gate, one slot, a queue too long to fill and a 5 s
     # deadline, answers of exactly 6.2 s at 1.9x the pod's capacity: every
     # failure is a 504. The 504 carries the gate's Retry-After for a place at
-    # the back of the queue (at least 6.2 s x 1 place / 1 slot, 7 s, once an
-    # answer has been seen), and openai-style clients retry it.
+    # the back of the queue (at least 6.2 s x 1 place / 1 slot x the margin 1.5,
+    # 10 s, once an answer has been seen), and openai-style clients retry it.
     from vlm_operator.baselines import Scheduled
     from vlm_operator.contract import retry_after_seconds
 
@@ -434,8 +435,10 @@ def test_retry_after_stretches_with_the_fraction_refused() -> None:
     )
 
     assert retry_after_seconds(None, 9, 4) == 1
-    assert retry_after_seconds(9.7, 9, 4) == 22  # a full queue of 8 behind 4 slots
-    assert retry_after_seconds(9.7, 9, 4, 0.5) == 44
+    # A full queue of 8 behind 4 slots of 9.7 s: 21.8 s, erring long by half.
+    assert retry_after_seconds(9.7, 9, 4) == 33
+    assert retry_after_seconds(9.7, 9, 4, 0.2) == 41
+    assert retry_after_seconds(9.7, 9, 4, 0.5) == RETRY_AFTER_MAX_SECONDS
     assert retry_after_seconds(9.7, 9, 4, 0.9) == RETRY_AFTER_MAX_SECONDS
     assert retry_after_seconds(9.7, 9, 4, 1.0) == RETRY_AFTER_MAX_SECONDS
     fraction = 0.0

@@ -79,6 +79,13 @@ REFUSED_EWMA_WEIGHT = 0.2
 RETRY_AFTER_MAX_SECONDS = 60
 #: The overload factor is counted up to this fraction of arrivals refused.
 _MAX_REFUSED_FRACTION = 0.95
+#: The advice errs long by this factor. A refused client is served only if a
+#: place is free when it comes back; under an overload that is only once more
+#: capacity is ready, which the gate cannot see (a model pod loads for a
+#: minute), and a client that comes back early is refused again and has one
+#: retry fewer. The estimate is the mean; half as long again lands most
+#: returns after it.
+RETRY_AFTER_MARGIN = 1.5
 
 
 def moving_refused_fraction(previous: float, refused: bool) -> float:
@@ -93,20 +100,21 @@ def moving_refused_fraction(previous: float, refused: bool) -> float:
 def retry_after_seconds(
     service_mean: float | None, position: int, slots: int, refused_fraction: float = 0.0
 ) -> int:
-    """The ``Retry-After`` of a 429: when ``position`` in the queue would likely be served.
+    """The ``Retry-After`` of a 429 or 504: when ``position`` in the queue would be served.
 
     Mean slot-holding time × queue position ÷ slots, times the overload
-    1 / (1 - refused fraction), in whole seconds, at least 1 (also when nothing
-    has been served yet) and at most :data:`RETRY_AFTER_MAX_SECONDS`. When a
-    fraction f of the arrivals finds the queue full, 1 / (1 - f) times more
-    requests arrive than the pod takes in, so a queue place goes to one of that
-    many contenders: a client told to come back when its place would be served
-    in a quiet moment comes back into the same full queue, and after two such
-    retries it has failed while the replicas the autoscaler is starting are
-    still loading. The gate answers with it and the simulator models it, so
-    both give clients the same advice.
+    1 / (1 - refused fraction) and :data:`RETRY_AFTER_MARGIN`, in whole
+    seconds, at least 1 (also when nothing has been served yet) and at most
+    :data:`RETRY_AFTER_MAX_SECONDS`. When a fraction f of the arrivals finds
+    the queue full, 1 / (1 - f) times more requests arrive than the pod takes
+    in, so a queue place goes to one of that many contenders: a client told to
+    come back when its place would be served in a quiet moment comes back
+    into the same full queue, and after two such retries it has failed while
+    the replicas the autoscaler is starting are still loading. The gate
+    answers with it and the simulator models it, so both give clients the
+    same advice.
     """
     service = service_mean or 0.0
     busy = 1.0 - min(max(refused_fraction, 0.0), _MAX_REFUSED_FRACTION)
-    seconds = math.ceil(service * position / slots / busy)
+    seconds = math.ceil(service * position / slots / busy * RETRY_AFTER_MARGIN)
     return min(RETRY_AFTER_MAX_SECONDS, max(1, seconds))

@@ -55,8 +55,9 @@ The rules, and the failures of other autoscalers they answer:
   the mean P95 of the last four rate windows is over the target too (one
   window's P95 is over it minutes an hour on the fewest pods that meet it
   over the hour); but not while pods are starting, not until the requests
-  that queued before the last change have left the P95 window, and not on a
-  P95 of fewer than 20 answers (then it is just the slowest one). What the
+  that queued before the last change have left the P95 window (and then on
+  the P95 of a rate window at least, taken since), and not on a P95 of fewer
+  than 20 answers (then it is just the slowest one). What the
   guard learns is kept: no scale-down below the fleet it bought while the
   demand stays within a pod (and the band) of what it was, since concurrency
   alone, which calls the smaller fleet enough, would only lead back to it
@@ -557,15 +558,19 @@ def recommend(
         if p95 is not None
         else tuple(_recent(state.p95, now, p95_span))
     )
-    since = settled_at if settled_at is not None else -math.inf
+    # The P95 window shows new pods only once the requests that queued before
+    # them have left it: GUARD_SETTLE_WINDOWS windows (+ the target) after the
+    # change. The guard averages only the P95 signals taken since, and acts
+    # once they span a rate window: a backlog that drained slowly (clients
+    # coming back after their Retry-After) leaves a signal just over the
+    # target as the wait ends, and the pod bought on it would be kept as the
+    # guard's lesson.
+    settle = GUARD_SETTLE_WINDOWS * window + p95_target
+    since = settled_at + settle if settled_at is not None else -math.inf
+    guard_ready = on_way == 0 and now - since >= window - _EPS
     settled_p95 = [p for t, p in p95_samples if t >= since]
     guard_p95 = sum(settled_p95) / len(settled_p95) if settled_p95 else None
     sustained_slow = slow and guard_p95 is not None and guard_p95 > p95_target
-    # The P95 window shows new pods only once the requests that queued before
-    # them have left it: wait GUARD_SETTLE_WINDOWS windows (+ the target).
-    guard_ready = on_way == 0 and (
-        settled_at is None or now - settled_at >= GUARD_SETTLE_WINDOWS * window + p95_target
-    )
 
     up_queue = state.up
     if need is not None:
