@@ -106,19 +106,17 @@ async def test_deadline_leaves_the_queue_and_never_holds_a_slot() -> None:
 
 
 async def test_deadline_advises_coming_back_for_a_place_at_the_back_of_the_queue() -> None:
-    admission = Admission(max_in_flight=2, queue_size=4, queue_timeout=0.6)
+    admission = Admission(max_in_flight=2, queue_size=4, queue_timeout=60)
     await admission.acquire()
     admission.release(4.0)  # one observed service time: 4 s
     await admission.acquire()
     await admission.acquire()  # both slots taken
-    first = asyncio.create_task(admission.acquire())
-    await _until(lambda: admission.waiting == 1)
-    # Two more join half a deadline later, so ``first`` expires with them queued.
-    await asyncio.sleep(0.3)
     behind = [asyncio.create_task(admission.acquire()) for _ in range(2)]
-    await _until(lambda: admission.waiting == 3)
+    await _until(lambda: admission.waiting == 2)
+    # The next waiter gets a short deadline, so it expires with the two queued.
+    admission.queue_timeout = 0.05
     with pytest.raises(Rejected) as expired:
-        await first
+        await admission.acquire()
     assert expired.value.reason == "deadline"
     # Two still queued: a place behind them is served after (2 + 1) slot times
     # of 4 s shared by 2 slots, 6 s, with no overload to stretch it; 9 s with

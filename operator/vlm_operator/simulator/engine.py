@@ -691,10 +691,13 @@ class _Engine:
         else:
             self.gate_new.append((now, -1.0, False))
             pod.refused = moving_refused_fraction(pod.refused, True)
-            retry_after = self.retry_after
-            if self.retry_after_estimated and limit is not None:
-                retry_after = retry_after_seconds(pod.service, pod.waiting + 1, limit, pod.refused)
-            self._finish(req, self.full_status, retry_after)
+            self._finish(req, self.full_status, self._retry_after(pod))
+
+    def _retry_after(self, pod: _Pod) -> float | None:
+        """The gate's advice to a request turned away: a place at the back of ``pod``'s queue."""
+        if self.retry_after_estimated and self.limit is not None:
+            return retry_after_seconds(pod.service, pod.waiting + 1, self.limit, pod.refused)
+        return self.retry_after
 
     def _client_timeout(self, req: _Request) -> None:
         pod = req.pod
@@ -715,10 +718,7 @@ class _Engine:
         pod.waiting -= 1
         self.waiting_total -= 1
         self.gate_new.append((self.now, self.now - req.started, False))
-        retry_after = self.retry_after
-        if self.retry_after_estimated and self.limit is not None:
-            retry_after = retry_after_seconds(pod.service, pod.waiting + 1, self.limit, pod.refused)
-        self._finish(req, 504, retry_after)
+        self._finish(req, 504, self._retry_after(pod))
         self._maybe_gone(pod)
 
     # -------------------------------------------------------------------- pods
