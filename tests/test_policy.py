@@ -282,14 +282,16 @@ def test_no_scale_down_during_a_burst() -> None:
 
 
 def test_scale_down_waits_out_the_window_then_steps() -> None:
-    spec = _spec(scaleDown={"stabilizationWindowSeconds": 60, "maxPercentPerStep": 50})
+    # A window shorter than a collapse's rate window: what it waits is its own.
+    spec = _spec(scaleDown={"stabilizationWindowSeconds": 20, "maxPercentPerStep": 50})
+    assert spec.metrics.window_seconds * COLLAPSE_WINDOWS > 20
     busy = _steady(spec, _signals(32, 0), _pods(8), seconds=100)
     assert busy[-1].replicas == 8
     quiet = _steady(spec, _signals(2, 0), _pods(8), seconds=240, start=105, state=busy[-1].state)
     replicas = [d.replicas for d in quiet]
     first_down = next(i for i, r in enumerate(replicas) if r < 8)
     # Not before the window has passed since the last busy recommendation.
-    assert first_down * 5.0 >= 60 - 5.0
+    assert 20 - 5.0 <= first_down * 5.0 < spec.metrics.window_seconds * COLLAPSE_WINDOWS
     # Never up again, at most half per step, down to what the demand needs.
     steps = list(itertools.pairwise(replicas))
     assert all(after <= before for before, after in steps)
@@ -311,6 +313,48 @@ def test_a_collapsed_load_does_not_wait_out_the_whole_window() -> None:
     # A fall to more than half the pods is waited out: it may be the load's noise.
     dip = _steady(spec, _signals(20, 0), _pods(8), seconds=200, start=405, state=busy[-1].state)
     assert {d.replicas for d in dip} == {8}
+
+
+def test_a_collapse_goes_no_lower_than_the_arrivals_need_at_the_p95_target() -> None:
+    # 20 pods idle at 4 requests in flight, but 4 arrive a second: fewer pods
+    # run fuller and slower, and each request may stay the 12 s P95 target in
+    # flight at the target: 48 requests, 12 pods of 4 (half the fleet is 10).
+    spec = _spec(maxReplicas=30, scaleDown={"stabilizationWindowSeconds": 300})
+    assert spec.autoscaling.p95_latency_target_seconds == 12
+    busy = _steady(spec, _signals(80, 0, rate=4.0), _pods(20), seconds=400)
+    quiet = _steady(
+        spec, _signals(4, 0, rate=4.0), _pods(20), seconds=200, start=405, state=busy[-1].state
+    )
+    downs = [d for d in quiet if d.direction == "down"]
+    assert [d.replicas for d in downs] == [12]
+    assert "load collapsed, arrivals 4.0/s need 12" in downs[0].reason
+    assert {d.replicas for d in quiet[quiet.index(downs[0]) :]} == {12}
+    assert "held: load collapsed" in quiet[-1].reason
+
+
+def test_a_fall_of_two_pods_is_waited_out_even_to_half_the_fleet() -> None:
+    # 3 pods down to what 1 pod holds is noise at this size: wait the window.
+    spec = _spec(maxReplicas=30, scaleDown={"stabilizationWindowSeconds": 300})
+    busy = _steady(spec, _signals(10, 0, rate=0.1), _pods(3), seconds=400)
+    assert busy[-1].replicas == 3
+    quiet = _steady(
+        spec, _signals(2, 0, rate=0.1), _pods(3), seconds=400, start=405, state=busy[-1].state
+    )
+    first_down = next(i for i, d in enumerate(quiet) if d.direction == "down")
+    assert first_down * 5.0 >= 300 - 5.0
+    assert "load collapsed" not in quiet[first_down].reason
+
+
+def test_without_an_arrival_rate_a_collapse_waits_out_the_window() -> None:
+    # The arrival rate bounds a collapse's step: unknown, the window is waited.
+    spec = _spec(maxReplicas=30, scaleDown={"stabilizationWindowSeconds": 300})
+    busy = _steady(spec, _signals(32, 0), _pods(8), seconds=400)
+    quiet = _steady(
+        spec, _signals(2, 0, rate=None), _pods(8), seconds=400, start=405, state=busy[-1].state
+    )
+    first_down = next(i for i, d in enumerate(quiet) if d.direction == "down")
+    assert first_down * 5.0 >= 300 - 5.0
+    assert all("load collapsed" not in d.reason for d in quiet)
 
 
 def test_scale_down_respects_max_pods_per_step() -> None:

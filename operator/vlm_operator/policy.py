@@ -41,9 +41,13 @@ The rules, and the failures of other autoscalers they answer:
   last ``scaleDown.stabilizationWindowSeconds``, moves in bounded steps, and
   waits a rate window after any change before the next step (fewer pods run
   fuller and slower, so the demand rises again by itself); but a load that
-  collapsed (all it asked for over the last two rate windows fits in half
-  the pods: a burst or a backlog is over) goes down without waiting out the
-  window, since noise moves the demand by a pod or two. A scale-up goes
+  collapsed (all it asked for over the last rate window fits in half the
+  pods, and in three pods fewer: a burst or a backlog is over) goes down
+  without waiting out the window, since noise moves the demand by a pod or
+  two. Such a step goes no lower than the arrivals need if each stays the
+  P95 target in flight (Little's law: fewer pods run fuller and slower, and
+  the in-flight count of an idle fleet understates what a busy one holds).
+  A scale-up goes
   to the lowest recommendation of ``scaleUp.stabilizationWindowSeconds`` (0
   by default: react at once) and adds at most max(maxPodsPerStep,
   maxPercentPerStep % of current) pods per tick.
@@ -107,7 +111,9 @@ GUARD_SETTLE_WINDOWS = 2.0
 GUARD_MIN_ANSWERS = 20
 #: Rate windows over which a load must have needed at most half the pods to
 #: count as collapsed (and be scaled down without the whole stabilization window).
-COLLAPSE_WINDOWS = 2.0
+COLLAPSE_WINDOWS = 1.0
+#: Pods by which a collapsed load must have fallen: noise moves one by a pod or two.
+COLLAPSE_MIN_PODS = 3
 #: Spread of the demand (its noise estimate), as a fraction of Poisson's
 #: √demand, from which a load counts as open (arrivals independent of answers).
 OPEN_LOAD_SPREAD = 0.3
@@ -631,14 +637,32 @@ def recommend(
     if target <= current and may_go_down and down_queue and covered and on_way == 0 and cooled:
         highest = max(n for _, n in down_queue)
         # A load that collapsed (all it asked for over the last COLLAPSE_WINDOWS
-        # rate windows fits in half the pods: a burst or a backlog is over) is
-        # not noise, which moves a pod or two: the stabilization window need
-        # not pass. (The queue keeps suffix maxima, so this is a window max too.)
+        # rate windows fits in half the pods, and in COLLAPSE_MIN_PODS fewer: a
+        # burst or a backlog is over) is not noise, which moves a pod or two:
+        # the stabilization window need not pass. (The queue keeps suffix
+        # maxima, so this is a window max too.) Not on an unknown arrival rate,
+        # which bounds the step.
         span = COLLAPSE_WINDOWS * window
         lately = max((n for t, n in down_queue if now - t < span), default=current)
-        collapsed = lately <= current // 2 and highest > lately
-        if collapsed:
-            highest = lately
+        collapse_note = ""
+        collapsed = (
+            arrival is not None
+            and lately <= current // 2
+            and current - lately >= COLLAPSE_MIN_PODS
+            and highest > lately
+        )
+        if collapsed and arrival is not None:
+            # The in-flight count of a fleet running far under its target
+            # understates what fewer pods will hold (they run fuller and
+            # slower): no lower than the arrivals need if each stays in flight
+            # the P95 target (Little's law; most answer sooner), and no higher
+            # than the window would go.
+            arrivals_need = min(_pods_for(arrival * p95_target, per_pod), highest)
+            if arrivals_need > lately:
+                highest = arrivals_need
+                collapse_note = f", arrivals {arrival:.1f}/s need {arrivals_need}"
+            else:
+                highest = lately
         held = floor if floor is not None and highest < floor[1] else None
         if held is not None:
             highest = held[1]
@@ -648,7 +672,7 @@ def recommend(
                 max(1, math.floor(current * auto.scale_down.max_percent_per_step / 100)),
             )
             target = max(highest, current - step)
-            why = "demand fell" + (", load collapsed" if collapsed else "")
+            why = "demand fell" + (", load collapsed" + collapse_note if collapsed else "")
             why += f", step limit -{step}" if target > highest else ""
         elif keep is not None and keep < current:
             if held is not None:
@@ -656,6 +680,8 @@ def recommend(
                     f"held: p95 was over target on {held[1] - 1} pods "
                     f"at demand {_fmt(round(held[2], 1))}"
                 )
+            elif collapse_note:
+                why = "held: load collapsed" + collapse_note
             else:
                 why = f"stabilizing (highest in {int(down_window)}s: {highest})"
 
