@@ -194,6 +194,10 @@ class Gate:
     async def metric(self, name: str, **labels: str) -> float:
         return (await self.metrics()).get((name, tuple(sorted(labels.items()))), 0.0)
 
+    async def waiting_is(self, n: int) -> bool:
+        """Whether the gate's queue holds ``n`` requests now (for :func:`until`)."""
+        return await self.metric("vlm_requests_waiting") == n
+
 
 @asynccontextmanager
 async def running_gate(backend: Backend, **overrides: Any) -> AsyncIterator[Gate]:
@@ -211,6 +215,20 @@ async def running_gate(backend: Backend, **overrides: Any) -> AsyncIterator[Gate
         yield gate
     finally:
         await gate.stop()
+
+
+Answer = tuple[int, dict[str, str], bytes]
+
+
+async def hold_one_and_queue_one(
+    gate: Gate, backend: Backend, running_id: str, queued_id: str
+) -> tuple[asyncio.Task[Answer], asyncio.Task[Answer]]:
+    """One request inside the model (the backend holds it) and one queued behind it."""
+    running = asyncio.create_task(gate.request("POST", "/hold", headers={"x-id": running_id}))
+    await until(lambda: backend.current == 1)
+    queued = asyncio.create_task(gate.request("POST", "/hold", headers={"x-id": queued_id}))
+    await until(lambda: gate.waiting_is(1))
+    return running, queued
 
 
 def error_code(body: bytes) -> str:

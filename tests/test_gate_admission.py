@@ -7,6 +7,7 @@ import math
 from collections.abc import Callable
 
 import pytest
+from vlm_operator.contract import last_chance_places
 from vlm_operator.gate._admission import Admission, Rejected
 from vlm_operator.gate._cache import CachedResponse, ResponseCache
 
@@ -68,6 +69,33 @@ async def test_full_queue_is_refused_with_a_retry_estimate_from_service_times() 
     admission.release(3.0)
     assert admission.retry_after(1) == math.ceil(3.0 / 0.8 * 1.5)
     assert Admission(4, 1, 1).retry_after(1) == 1  # nothing observed yet: at least 1 s
+
+
+async def test_a_last_chance_waits_at_the_head_and_may_take_a_reserved_place() -> None:
+    # Queue of 4: a quarter (1 place) is kept beyond it for last chances.
+    admission = Admission(max_in_flight=1, queue_size=4, queue_timeout=5)
+    assert [last_chance_places(n) for n in (0, 1, 4, 8)] == [0, 1, 1, 2]
+    await admission.acquire()
+    order: list[str] = []
+
+    async def client(name: str, *, last_chance: bool = False) -> None:
+        await admission.acquire(last_chance=last_chance)
+        order.append(name)
+        admission.release(0.01)
+
+    tasks = [asyncio.create_task(client(f"fresh{i}")) for i in range(4)]
+    await _until(lambda: admission.waiting == 4)
+    with pytest.raises(Rejected):  # full for a request with retries left
+        await admission.acquire()
+    tasks.append(asyncio.create_task(client("last", last_chance=True)))
+    await _until(lambda: admission.waiting == 5)
+    with pytest.raises(Rejected) as refused:  # the reserve is bounded too
+        await admission.acquire(last_chance=True)
+    assert refused.value.reason == "queue_full"
+    admission.release(None)
+    await asyncio.gather(*tasks)
+    assert order == ["last", "fresh0", "fresh1", "fresh2", "fresh3"]
+    assert admission.running == 0
 
 
 async def test_retry_after_grows_with_a_sustained_overload_and_falls_after() -> None:

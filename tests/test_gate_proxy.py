@@ -27,6 +27,7 @@ from tests.gate_harness import (
     Backend,
     Gate,
     error_code,
+    hold_one_and_queue_one,
     running_gate,
     until,
 )
@@ -86,6 +87,31 @@ async def test_full_queue_answers_429_with_retry_after(backend: Backend) -> None
         assert await gate.metric("vlm_requests_total", code="429") == 1
         backend.release.set()
         assert (await first)[0] == (await second)[0] == 200
+        assert backend.peak == 1
+
+
+async def test_a_clients_last_retry_queues_first_where_a_fresh_request_is_refused(
+    backend: Backend,
+) -> None:
+    # openai-python says how often it retried (x-stainless-retry-count); on its
+    # second retry (its last, by default) a refusal would be a failure.
+    async with running_gate(backend, max_in_flight=1, queue_size=1) as gate:
+        first, queued = await hold_one_and_queue_one(gate, backend, "first", "queued")
+        for count in ("1", "two", "", "99999999999999999999"):
+            status, _, body = await gate.request(
+                "POST", "/hold", headers={"X-Stainless-Retry-Count": count}
+            )
+            assert (status, error_code(body)) == (429, "queue_full"), count
+        last = asyncio.create_task(
+            gate.request("POST", "/hold", headers={"x-id": "last", "x-stainless-retry-count": "2"})
+        )
+        await until(lambda: gate.waiting_is(2))
+        status, _, _ = await gate.request("POST", "/hold", headers={"x-stainless-retry-count": "3"})
+        assert status == 429  # one reserved place for a queue of 1, and it is taken
+        backend.release.set()
+        results = await asyncio.gather(first, queued, last)
+        assert [r[0] for r in results] == [200, 200, 200]
+        assert backend.arrivals == ["first", "last", "queued"]
         assert backend.peak == 1
 
 
@@ -172,16 +198,9 @@ async def test_disconnected_client_frees_its_slot_and_queued_one_leaves(
     backend: Backend,
 ) -> None:
     async with running_gate(backend, max_in_flight=1, queue_size=4) as gate:
-        running = asyncio.create_task(gate.request("POST", "/hold", headers={"x-id": "a"}))
-        await until(lambda: backend.current == 1)
-        queued = asyncio.create_task(gate.request("POST", "/hold", headers={"x-id": "b"}))
-
-        async def waiting(n: int) -> bool:
-            return await gate.metric("vlm_requests_waiting") == n
-
-        await until(lambda: waiting(1))
+        running, queued = await hold_one_and_queue_one(gate, backend, "a", "b")
         queued.cancel()  # the waiting client hangs up: it leaves the queue at once
-        await until(lambda: waiting(0))
+        await until(lambda: gate.waiting_is(0))
         running.cancel()  # the running client hangs up: the model request is cancelled
         await until(lambda: backend.cancelled == 1)
 

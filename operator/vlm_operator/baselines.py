@@ -100,6 +100,9 @@ class GateBehaviour:
     #: Retry-After as our gate computes it (moving mean of slot-holding times ×
     #: queue position ÷ slots), instead of the constant above.
     retry_after_estimated: bool = False
+    #: A request on its last chance (retried LAST_CHANCE_RETRIES times) waits at
+    #: the head of the queue, and may take a place beyond its bound, as our gate does.
+    last_chance_first: bool = False
 
 
 class Autoscaler(Protocol):
@@ -119,7 +122,13 @@ class Autoscaler(Protocol):
 def _our_gate(spec: VLMServiceSpec) -> GateBehaviour:
     c = spec.concurrency
     return GateBehaviour(
-        c.max_in_flight, c.queue_size, c.queue_timeout_seconds, 429, 1.0, retry_after_estimated=True
+        c.max_in_flight,
+        c.queue_size,
+        c.queue_timeout_seconds,
+        429,
+        1.0,
+        retry_after_estimated=True,
+        last_chance_first=True,
     )
 
 

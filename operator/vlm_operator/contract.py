@@ -88,6 +88,31 @@ _MAX_REFUSED_FRACTION = 0.95
 RETRY_AFTER_MARGIN = 1.5
 
 
+#: The request header in which openai-python, anthropic-sdk-python and the other
+#: Stainless-built clients say how many times they have retried this request.
+RETRY_COUNT_HEADER = "x-stainless-retry-count"
+#: Retries after which a request is on its last chance: those clients retry
+#: twice by default, so a refusal now is a failure, not a later retry.
+LAST_CHANCE_RETRIES = 2
+#: Places beyond the queue bound that requests on their last chance may take,
+#: as a fraction of the queue's size (rounded up).
+LAST_CHANCE_RESERVE = 0.25
+
+
+def last_chance_places(queue_size: int) -> int:
+    """Places a queue of ``queue_size`` keeps beyond its bound for last-chance requests.
+
+    Under an overload that new pods will end (they load for a minute), the
+    queues fill with requests refused before and coming back; a client refused
+    on its last retry has failed, one refused on its first is told when to come
+    back. A request on its last chance goes to the head of the queue and may
+    take one of these places when the queue is full: a quarter of the queue,
+    at least one unless the queue has no places at all. The queue stays bounded
+    and the queue deadline still applies.
+    """
+    return math.ceil(queue_size * LAST_CHANCE_RESERVE) if queue_size > 0 else 0
+
+
 def moving_refused_fraction(previous: float, refused: bool) -> float:
     """The gate's exponentially weighted fraction of arrivals refused, with one more.
 

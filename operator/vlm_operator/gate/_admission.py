@@ -3,10 +3,18 @@
 Modelled on Knative's queue-proxy breaker: a request either takes one of
 ``max_in_flight`` slots at once, waits its turn in a bounded queue, or is
 refused immediately when the queue is full. A slot is handed directly from the
-request that frees it to the oldest waiter, so the order is strictly FIFO and
-the number of requests inside the model never exceeds the limit, not even for
-an instant. A waiter that gives up (deadline passed, client gone) leaves the
+request that frees it to the oldest waiter, so the order is FIFO and the
+number of requests inside the model never exceeds the limit, not even for an
+instant. A waiter that gives up (deadline passed, client gone) leaves the
 queue at once and never holds a slot.
+
+One exception to FIFO: a request on its last chance (its client says it has
+retried :data:`~vlm_operator.contract.LAST_CHANCE_RETRIES` times) goes to the
+head of the queue, and may take one of a few places kept beyond the bound
+(:func:`~vlm_operator.contract.last_chance_places`). Refused now, it has
+failed; the requests it passes have retries left and are told when to come
+back. In the minute after a rise, while new pods load, the queues fill with
+returning clients, and without this the ones refused a third time fail.
 
 The answer to "when should I retry?" comes from what the gate has seen: an
 exponentially weighted mean of service times, times the queue position, over
@@ -26,6 +34,7 @@ import contextlib
 from collections import deque
 
 from vlm_operator.contract import (
+    last_chance_places,
     moving_refused_fraction,
     moving_service_mean,
     retry_after_seconds,
@@ -92,18 +101,21 @@ class Admission:
             return True
         return False
 
-    async def acquire(self) -> None:
+    async def acquire(self, *, last_chance: bool = False) -> None:
         """Take a slot, waiting in the queue if needed.
 
         Raises :class:`Rejected` when draining, when the queue is full, or when
-        the queue deadline passes; cancellation leaves the queue at once.
+        the queue deadline passes; cancellation leaves the queue at once. A
+        request on its ``last_chance`` waits at the head of the queue and may
+        take a place beyond the bound.
         """
         if self.draining:
             raise Rejected("draining", "the gate is draining; retry on another replica",
                            retry_after=1)  # fmt: skip
         if self.try_acquire():
             return
-        if len(self._queue) >= self.queue_size:
+        bound = self.queue_size + (last_chance_places(self.queue_size) if last_chance else 0)
+        if len(self._queue) >= bound:
             self._refused = moving_refused_fraction(self._refused, True)
             raise Rejected(
                 "queue_full",
@@ -113,7 +125,10 @@ class Admission:
             )
         self._refused = moving_refused_fraction(self._refused, False)
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append(waiter)
+        if last_chance:
+            self._queue.appendleft(waiter)
+        else:
+            self._queue.append(waiter)
         try:
             async with asyncio.timeout(self.queue_timeout):
                 await waiter

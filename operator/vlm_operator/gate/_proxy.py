@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from vlm_operator.contract import LAST_CHANCE_RETRIES, RETRY_COUNT_HEADER
 from vlm_operator.gate._admission import Admission, Rejected
 from vlm_operator.gate._cache import CachedResponse, ResponseCache
 from vlm_operator.gate._http import (
@@ -47,6 +48,20 @@ _READ_METHODS = frozenset({b"GET", b"HEAD"})
 #: Methods whose empty body is still announced with "Content-Length: 0".
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 _METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST.encode()
+_RETRY_COUNT_HEADER = RETRY_COUNT_HEADER.encode()
+
+
+def _on_last_chance(headers: list[Header]) -> bool:
+    """Whether the client says it has retried this request LAST_CHANCE_RETRIES times.
+
+    Read only for a request that must queue. A count that is not a small
+    whole number is ignored (the request queues like any other).
+    """
+    for name, value in headers:
+        if len(name) == len(_RETRY_COUNT_HEADER) and name.lower() == _RETRY_COUNT_HEADER:
+            text = value.strip()
+            return text.isdigit() and len(text) < 6 and int(text) >= LAST_CHANCE_RETRIES
+    return False
 
 
 class Exchange:
@@ -185,7 +200,7 @@ class Proxy:
         queued = self.clock()
         metrics = self.metrics
         try:
-            await self.admission.acquire()
+            await self.admission.acquire(last_chance=_on_last_chance(exchange.headers))
         except Rejected as rejected:
             exchange.task = None
             if rejected.reason == "deadline":

@@ -16,7 +16,9 @@ engine models, in the order a request meets it:
   means 503 at once.
 - **Gate** (per autoscaler: :class:`~vlm_operator.baselines.GateBehaviour`).
   A hard in-flight limit, a bounded FIFO queue answered 429 (or 503) when
-  full, and a queue deadline answered 504. A client that times out leaves the
+  full, and a queue deadline answered 504. Our gate puts a request on its
+  last chance (a client's last retry) at the head of the queue, with a few
+  places beyond the bound for it. A client that times out leaves the
   queue; a request already inside the model keeps running (the model server
   does not cancel), which is how one overloaded pod spirals.
 - **Pods.** :class:`~vlm_operator.latency.ProcessorSharing` under the
@@ -93,7 +95,9 @@ from typing import Literal
 from vlm_operator.baselines import Autoscaler, Observation
 from vlm_operator.contract import (
     DURATION_BUCKETS,
+    LAST_CHANCE_RETRIES,
     SERVICE_EWMA_WEIGHT,
+    last_chance_places,
     moving_refused_fraction,
     moving_service_mean,
     retry_after_seconds,
@@ -401,6 +405,10 @@ class _Engine:
         self.full_status = gate.full_status
         self.retry_after = gate.retry_after_seconds
         self.retry_after_estimated = gate.retry_after_estimated
+        # Queue places a request on its last chance may take (the bound plus the reserve).
+        self.last_chance_bound = -1
+        if gate.last_chance_first and gate.queue_size is not None:
+            self.last_chance_bound = gate.queue_size + last_chance_places(gate.queue_size)
         self.client_timeouts: deque[tuple[float, _Request]] = deque()
         self.queue_deadlines: deque[tuple[float, _Request]] = deque()
         # Time of the earliest _DEADLINE wake-up in the heap (inf: none).
@@ -677,11 +685,18 @@ class _Engine:
             if pod.refused:
                 pod.refused = moving_refused_fraction(pod.refused, False)
             self._admit(pod, req)
-        elif self.queue_size is None or pod.waiting < self.queue_size:
+        elif (
+            self.queue_size is None
+            or pod.waiting < self.queue_size
+            or (req.attempt >= LAST_CHANCE_RETRIES and pod.waiting < self.last_chance_bound)
+        ):
             pod.refused = moving_refused_fraction(pod.refused, False)
             req.pod = pod
             req.queued = True
-            pod.queue.append(req)
+            if self.last_chance_bound >= 0 and req.attempt >= LAST_CHANCE_RETRIES:
+                pod.queue.appendleft(req)
+            else:
+                pod.queue.append(req)
             pod.waiting += 1
             self.waiting_total += 1
             if self.queue_timeout is not None:
