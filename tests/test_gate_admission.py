@@ -83,19 +83,25 @@ async def test_a_last_chance_waits_at_the_head_and_may_take_a_reserved_place() -
         order.append(name)
         admission.release(0.01)
 
-    tasks = [asyncio.create_task(client(f"fresh{i}")) for i in range(4)]
-    await _until(lambda: admission.waiting == 4)
+    tasks = []
+    for i, (name, last_chance) in enumerate(
+        [("fresh0", False), ("last0", True), ("fresh1", False), ("fresh2", False)]
+    ):
+        tasks.append(asyncio.create_task(client(name, last_chance=last_chance)))
+        await _until(lambda i=i: admission.waiting == i + 1)
     with pytest.raises(Rejected):  # full for a request with retries left
         await admission.acquire()
-    tasks.append(asyncio.create_task(client("last", last_chance=True)))
+    tasks.append(asyncio.create_task(client("last1", last_chance=True)))
     await _until(lambda: admission.waiting == 5)
     with pytest.raises(Rejected) as refused:  # the reserve is bounded too
         await admission.acquire(last_chance=True)
     assert refused.value.reason == "queue_full"
     admission.release(None)
     await asyncio.gather(*tasks)
-    assert order == ["last", "fresh0", "fresh1", "fresh2", "fresh3"]
+    # Last chances first, in their order; then the rest in theirs.
+    assert order == ["last0", "last1", "fresh0", "fresh1", "fresh2"]
     assert admission.running == 0
+    assert admission.waiting == 0
 
 
 async def test_retry_after_grows_with_a_sustained_overload_and_falls_after() -> None:

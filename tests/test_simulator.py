@@ -430,7 +430,7 @@ def test_a_request_that_waited_its_deadline_comes_back_when_the_gate_says() -> N
 def test_a_clients_last_retry_queues_first_and_fails_less_often() -> None:
     # One pod, one slot, a queue of one, a load a quarter over the pod's
     # capacity, answers of exactly 6.2 s. Our gate puts a request on its last
-    # retry at the head of the queue, with one place beyond the bound for it:
+    # retry ahead of the others, with one place beyond the bound for it:
     # fewer clients are refused a third time, for the same answers served.
     import dataclasses
 

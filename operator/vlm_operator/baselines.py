@@ -100,8 +100,9 @@ class GateBehaviour:
     #: Retry-After as our gate computes it (moving mean of slot-holding times ×
     #: queue position ÷ slots), instead of the constant above.
     retry_after_estimated: bool = False
-    #: A request on its last chance (retried LAST_CHANCE_RETRIES times) waits at
-    #: the head of the queue, and may take a place beyond its bound, as our gate does.
+    #: A request on its last chance (retried LAST_CHANCE_RETRIES times) waits ahead
+    #: of the others (FIFO among last chances) and may take a place beyond the
+    #: queue's bound, as our gate does.
     last_chance_first: bool = False
 
 

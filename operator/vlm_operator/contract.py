@@ -105,7 +105,7 @@ def last_chance_places(queue_size: int) -> int:
     Under an overload that new pods will end (they load for a minute), the
     queues fill with requests refused before and coming back; a client refused
     on its last retry has failed, one refused on its first is told when to come
-    back. A request on its last chance goes to the head of the queue and may
+    back. A request on its last chance waits ahead of the others and may
     take one of these places when the queue is full: a quarter of the queue,
     at least one unless the queue has no places at all. The queue stays bounded
     and the queue deadline still applies.

@@ -9,8 +9,9 @@ instant. A waiter that gives up (deadline passed, client gone) leaves the
 queue at once and never holds a slot.
 
 One exception to FIFO: a request on its last chance (its client says it has
-retried :data:`~vlm_operator.contract.LAST_CHANCE_RETRIES` times) goes to the
-head of the queue, and may take one of a few places kept beyond the bound
+retried :data:`~vlm_operator.contract.LAST_CHANCE_RETRIES` times) waits ahead
+of every request with retries left (in arrival order among last chances), and
+may take one of a few places kept beyond the bound
 (:func:`~vlm_operator.contract.last_chance_places`). Refused now, it has
 failed; the requests it passes have retries left and are told when to come
 back. In the minute after a rise, while new pods load, the queues fill with
@@ -67,6 +68,8 @@ class Admission:
         self.draining = False
         self._running = 0
         self._queue: deque[asyncio.Future[None]] = deque()
+        # Requests on their last chance, served before ``_queue``, FIFO among themselves.
+        self._first: deque[asyncio.Future[None]] = deque()
         self._service_ewma: float | None = None
         self._refused = 0.0  # moving fraction of arrivals that found the queue full
         self._idle = asyncio.Event()
@@ -80,7 +83,7 @@ class Admission:
     @property
     def waiting(self) -> int:
         """Requests in the queue."""
-        return len(self._queue)
+        return len(self._first) + len(self._queue)
 
     def retry_after(self, position: int) -> int:
         """Whole seconds until ``position`` in the queue is likely served (1 to 60)."""
@@ -92,7 +95,12 @@ class Admission:
         The common case costs no coroutine, future or timer; :meth:`acquire`
         handles everything else (refusals, the queue).
         """
-        if self._running < self.max_in_flight and not self._queue and not self.draining:
+        if (
+            self._running < self.max_in_flight
+            and not self._queue
+            and not self._first
+            and not self.draining
+        ):
             self._running += 1
             if self._running == 1:
                 self._idle.clear()
@@ -106,29 +114,27 @@ class Admission:
 
         Raises :class:`Rejected` when draining, when the queue is full, or when
         the queue deadline passes; cancellation leaves the queue at once. A
-        request on its ``last_chance`` waits at the head of the queue and may
-        take a place beyond the bound.
+        request on its ``last_chance`` waits ahead of the others and may take a
+        place beyond the bound.
         """
         if self.draining:
             raise Rejected("draining", "the gate is draining; retry on another replica",
                            retry_after=1)  # fmt: skip
         if self.try_acquire():
             return
+        waiting = self.waiting
         bound = self.queue_size + (last_chance_places(self.queue_size) if last_chance else 0)
-        if len(self._queue) >= bound:
+        if waiting >= bound:
             self._refused = moving_refused_fraction(self._refused, True)
             raise Rejected(
                 "queue_full",
-                f"{self._running} requests in flight and {len(self._queue)} queued "
+                f"{self._running} requests in flight and {waiting} queued "
                 f"(queue size {self.queue_size})",
-                retry_after=self.retry_after(len(self._queue) + 1),
+                retry_after=self.retry_after(waiting + 1),
             )
         self._refused = moving_refused_fraction(self._refused, False)
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if last_chance:
-            self._queue.appendleft(waiter)
-        else:
-            self._queue.append(waiter)
+        (self._first if last_chance else self._queue).append(waiter)
         try:
             async with asyncio.timeout(self.queue_timeout):
                 await waiter
@@ -139,7 +145,7 @@ class Admission:
             raise Rejected(
                 "deadline",
                 f"waited {self.queue_timeout:g} s in the queue without a slot",
-                retry_after=self.retry_after(len(self._queue) + 1),
+                retry_after=self.retry_after(self.waiting + 1),
             ) from None
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
@@ -149,23 +155,25 @@ class Admission:
             raise
 
     def release(self, service_seconds: float | None) -> None:
-        """Free a slot: hand it to the oldest waiter, or give it back."""
+        """Free a slot: hand it to the oldest waiter (last chances first), or give it back."""
         if service_seconds is not None:
             self._service_ewma = moving_service_mean(self._service_ewma, service_seconds)
-        queue = self._queue
-        while queue:
-            waiter = queue.popleft()
-            if not waiter.done():
-                waiter.set_result(None)  # the slot moves; running stays the same
-                return
+        for queue in (self._first, self._queue):
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)  # the slot moves; running stays the same
+                    return
         self._running -= 1
         if self._running == 0:
             self._idle.set()
 
     def _discard(self, waiter: asyncio.Future[None]) -> None:
         waiter.cancel()
-        with contextlib.suppress(ValueError):
-            self._queue.remove(waiter)
+        for queue in (self._first, self._queue):
+            with contextlib.suppress(ValueError):
+                queue.remove(waiter)
+                return
 
     async def wait_idle(self, seconds: float) -> bool:
         """Wait until nothing runs or waits; False if ``seconds`` passed first."""

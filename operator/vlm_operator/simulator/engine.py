@@ -17,7 +17,7 @@ engine models, in the order a request meets it:
 - **Gate** (per autoscaler: :class:`~vlm_operator.baselines.GateBehaviour`).
   A hard in-flight limit, a bounded FIFO queue answered 429 (or 503) when
   full, and a queue deadline answered 504. Our gate puts a request on its
-  last chance (a client's last retry) at the head of the queue, with a few
+  last chance (a client's last retry) ahead of the others, with a few
   places beyond the bound for it. A client that times out leaves the
   queue; a request already inside the model keeps running (the model server
   does not cancel), which is how one overloaded pod spirals.
@@ -311,6 +311,7 @@ class _Pod:
         "busy_since",
         "busy_total",
         "created",
+        "first",
         "idx",
         "jobs",
         "last",
@@ -334,7 +335,8 @@ class _Pod:
         self.jobs: list[tuple[float, int, _Request]] = []  # (finish virtual time, seq, request)
         self.active: dict[_Request, int] = {}  # request inside -> seq of its live ``jobs`` entry
         self.queue: deque[_Request] = deque()
-        self.waiting = 0  # live entries of ``queue`` (timed-out ones leave lazily)
+        self.first: deque[_Request] = deque()  # last chances, served before ``queue``
+        self.waiting = 0  # live entries of both (timed-out ones leave lazily)
         self.pending = 0  # sequence number of the live completion event (0: none)
         self.busy_since = -1.0  # >= 0 while something runs (CPU busy)
         self.busy_total = 0.0
@@ -694,7 +696,7 @@ class _Engine:
             req.pod = pod
             req.queued = True
             if self.last_chance_bound >= 0 and req.attempt >= LAST_CHANCE_RETRIES:
-                pod.queue.appendleft(req)
+                pod.first.append(req)
             else:
                 pod.queue.append(req)
             pod.waiting += 1
@@ -863,7 +865,7 @@ class _Engine:
 
         # Fill freed slots from the queue first (FIFO), then answer: a client's
         # next request must queue behind the ones already waiting.
-        if pod.queue:
+        if pod.queue or pod.first:
             self._refill(pod)
         else:
             # _refill with nothing queued, written out.
@@ -915,9 +917,10 @@ class _Engine:
         """Admit queued requests into free slots (skipping those whose client left)."""
         limit = self.limit
         queue = pod.queue
+        first = pod.first
         active = pod.active
-        while queue and (limit is None or len(active) < limit):
-            req = queue.popleft()
+        while (first or queue) and (limit is None or len(active) < limit):
+            req = first.popleft() if first else queue.popleft()
             if not req.queued or req.pod is not pod:
                 continue
             req.queued = False
