@@ -367,6 +367,62 @@ def test_scale_down_respects_max_pods_per_step() -> None:
     assert ds[-1].replicas == 1
 
 
+def test_a_fall_that_is_no_collapse_steps_down_a_tenth_of_the_pods_at_a_time() -> None:
+    # 40 pods at 160 in flight, then 120: 31 pods' worth with the quarter-pod
+    # spare, more than half the fleet, so no collapse. Demand measured on 40
+    # pods understates what fewer hold (they run fuller and slower): each step
+    # takes a tenth of the pods at most and is measured before the next.
+    spec = _spec(maxReplicas=60)
+    window = spec.metrics.window_seconds
+    busy = _steady(spec, _signals(160, 0), _pods(40), seconds=300)
+    assert busy[-1].replicas == 40
+    quiet = _steady(spec, _signals(120, 0), _pods(40), seconds=600, start=305, state=busy[-1].state)
+    downs = [(i, d) for i, d in enumerate(quiet) if d.direction == "down"]
+    fleet = [40] + [d.replicas for _, d in downs]
+    assert fleet[-1] == 31
+    assert all(0 < a - b <= max(1, a // 10) for a, b in itertools.pairwise(fleet))
+    assert any("step limit -3" in d.reason for _, d in downs)
+    # Each step waits a rate window for its effect to show in the signals.
+    assert all(5.0 * (j - i) >= window for (i, _), (j, _) in itertools.pairwise(downs))
+
+
+def _alternating(low: float, high: float, count: int) -> list[tuple[float, float]]:
+    return [(low if i % 2 else high, 0.0) for i in range(count)]
+
+
+def test_a_one_pod_step_on_a_noisy_load_waits_two_windows() -> None:
+    # An open load wandering between 30 and 38 in flight (σ ≈ 8) keeps 12
+    # pods (its mean 34 and 1.6 σ of spare); at 26-34 it needs 11. One pod
+    # fewer is what a dip of such noise looks like: the step waits until the
+    # highest recommendation of two stabilization windows allows it.
+    spec = _spec(maxReplicas=60)
+    down_window = spec.autoscaling.scale_down.stabilization_window_seconds
+    state = _history(spec, [38.0, 30.0] * 30, pods=12)
+    lower = _replay(spec, state, _alternating(26.0, 34.0, 80), start=300.0, pods=12)
+    first_down = next(i for i, d in enumerate(lower) if d.direction == "down")
+    assert 2 * down_window <= 5.0 * first_down <= 2 * down_window + 60
+    assert lower[first_down].replicas == 11
+    waiting = lower[first_down - 1].reason
+    assert f"one pod fewer waits {2 * down_window}s on a load this noisy" in waiting
+    # A quiet load (the same fall without the noise) waits one window.
+    state = _history(spec, [44.0] * 60, pods=12)
+    quiet = _replay(spec, state, [(40.0, 0.0)] * 80, start=300.0, pods=12)
+    first_down = next(i for i, d in enumerate(quiet) if d.direction == "down")
+    assert down_window <= 5.0 * first_down < 2 * down_window
+    assert quiet[first_down].replicas == 11
+
+
+def test_a_noisy_load_steps_down_to_its_mean_and_1_6_sigma_of_spare() -> None:
+    # 26-34 in flight (mean 30, σ ≈ 8.4): 30 + 1.6 σ = 43.4 requests fit 11
+    # pods of 4. The spare is narrower than the 2 σ a rise must clear, since a
+    # one-pod step waits two windows; from 14 pods the descent ends at 11.
+    spec = _spec(maxReplicas=60)
+    state = _history(spec, [56.0] * 60, pods=14)
+    decisions = _replay(spec, state, _alternating(26.0, 34.0, 400), start=300.0, pods=14)
+    assert decisions[-1].replicas == 11
+    assert all(d.direction != "up" for d in decisions)
+
+
 def test_hysteresis_keeps_a_pod_while_the_demand_is_within_a_quarter_pod() -> None:
     spec = _spec(scaleDown={"stabilizationWindowSeconds": 0})
     # 7.5 requests fit in 2 pods of 4 but with only 0.5 spare (< 1): keep 3.

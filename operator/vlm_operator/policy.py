@@ -27,9 +27,10 @@ The rules, and the failures of other autoscalers they answer:
 - **Hysteresis in requests, not percent.** Scale up only when the demand
   exceeds the pods by more than a band, and down only when it fits in fewer
   pods with the band to spare. The band is a quarter of a pod's worth of
-  requests, or twice the demand's own sample-to-sample noise if that is
+  requests, or twice the demand's own sample-to-sample noise σ if that is
   wider (an open load of ~100 in flight wanders by ~10 requests; a closed
-  loop not at all). A queue (waiting > 0) is excused by the noise band only:
+  loop not at all); the spare a scale-down leaves is 1.6 σ, as its one-pod
+  steps wait longer (below). A queue (waiting > 0) is excused by the noise band only:
   the quarter-pod tolerance is for running requests over the target. But a
   queue of one request on a fleet counts only once a second sample shows a
   queue too: Prometheus scrapes the gates at different instants, so a request
@@ -38,9 +39,17 @@ The rules, and the failures of other autoscalers they answer:
   tolerance band means nothing at 1-4 replicas (kubernetes#116984), and a
   band narrower than the noise churns (ray#18925).
 - **Stabilization.** A scale-down goes to the highest recommendation of the
-  last ``scaleDown.stabilizationWindowSeconds``, moves in bounded steps, and
-  waits a rate window after any change before the next step (fewer pods run
-  fuller and slower, so the demand rises again by itself); but a load that
+  last ``scaleDown.stabilizationWindowSeconds``, moves in bounded steps (a
+  tenth of the pods at most, unless the load collapsed), and waits a rate
+  window after any change before the next step: fewer pods run fuller and
+  slower, so the demand rises again by itself, and the demand measured on
+  more pods understates what fewer will hold. One pod fewer on a noisy load
+  (a noise band of half a pod or more) is what a dip of the noise looks
+  like: that step waits until the highest recommendation of two windows
+  allows it, so the fleet sits as low (with the narrower spare) but a dip of
+  one window no longer moves it, and a steady load does not ratchet down a
+  pod at a time and back up (the day's slow descent still goes, a window
+  later per pod). But a load that
   collapsed (all it asked for over the last rate window fits in half the
   pods, and in three pods fewer: a burst or a backlog is over) goes down
   without waiting out the window, since noise moves the demand by a pod or
@@ -104,6 +113,19 @@ UP_TOLERANCE = 0.25
 DOWN_SPARE = 0.25
 #: Width of the hysteresis band in σ of the demand's sample-to-sample noise.
 NOISE_WIDTH = 2.0
+#: The same for the spare a scale-down leaves: narrower, as a one-pod step on
+#: a noisy load waits ONE_POD_WAIT_WINDOWS windows (the fleet sits as low,
+#: but one window's dip no longer moves it).
+DOWN_NOISE_WIDTH = 1.6
+#: Stabilization windows whose highest recommendation a one-pod scale-down
+#: waits for on a noisy load...
+ONE_POD_WAIT_WINDOWS = 2
+#: ...one whose noise band (NOISE_WIDTH σ) is at least this many pods wide.
+ONE_POD_WAIT_BAND = 0.5
+#: A scale-down that is not a collapse removes at most this fraction of the
+#: pods per step (one at least): the demand measured on more pods understates
+#: what fewer will hold, so each step is measured before the next.
+DESCENT_STEP_FRACTION = 0.1
 #: Rate windows (plus the P95 target) the guard waits after capacity changed:
 #: requests queued before a new pod was ready keep the P95 high that long.
 GUARD_SETTLE_WINDOWS = 2.0
@@ -487,7 +509,8 @@ def recommend(
     # The hysteresis band, in requests: at least a quarter of a pod, and wider
     # than the demand's own sample-to-sample noise (an open load of ~100 in
     # flight wanders by ~10 requests; a closed loop not at all).
-    noise = NOISE_WIDTH * _noise(samples, now, down_window)
+    sigma = _noise(samples, now, down_window)
+    noise = NOISE_WIDTH * sigma
     # A queue on the latest sample. On a fleet, one waiting request may be a
     # request counted on two pods (their gates are scraped at different
     # instants): it counts once the tick before showed a queue too. On one pod
@@ -502,7 +525,7 @@ def recommend(
     # tolerance is for running requests over the target, not for a queue, which
     # only the noise band may excuse.
     up_band = noise if queued else max(UP_TOLERANCE * per_pod, noise)
-    down_band = max(DOWN_SPARE * per_pod, noise)
+    down_band = max(DOWN_SPARE * per_pod, DOWN_NOISE_WIDTH * sigma)
     # What the P95 guard learned holds while the load does: a scale-down to
     # the fleet that missed the target at this demand would only be bought
     # back. Forgotten once the demand falls clearly below it.
@@ -529,7 +552,7 @@ def recommend(
     # to pass the quarter-pod tolerance), while the simulated open loads spread
     # 0.7-0.8 × Poisson's even by this estimate, which sees about two thirds
     # of the true spread.
-    if short_mean is not None and noise / NOISE_WIDTH >= OPEN_LOAD_SPREAD * math.sqrt(short_mean):
+    if short_mean is not None and sigma >= OPEN_LOAD_SPREAD * math.sqrt(short_mean):
         before, until = now - 2 * window, now - window
         earlier = [d for t, d in samples if before < t <= until]
         up_demand = min(short_mean, sum(earlier) / len(earlier)) if earlier else short_mean
@@ -621,12 +644,17 @@ def recommend(
         target = up_to
 
     # This tick's recommendation enters the scale-down window: the pods the
-    # demand needs with spare, or what this tick scaled up to.
+    # demand needs with spare, or what this tick scaled up to. The queue keeps
+    # ONE_POD_WAIT_WINDOWS windows (suffix maxima, so the highest of any
+    # recent span is its first entry inside that span); ``in_window`` is the
+    # stabilization window's part (this tick's entry even for a window of 0).
+    down_span = ONE_POD_WAIT_WINDOWS * down_window
     if keep is not None and demand_complete and signals_ok:
         recommended = max(keep, demanded if demanded > current else 0)
-        down_queue = _push_max(state.down, now, recommended, down_window)
+        down_queue = _push_max(state.down, now, recommended, down_span)
     else:
-        down_queue = tuple(_recent(state.down, now, down_window))
+        down_queue = tuple(_recent(state.down, now, down_span))
+    in_window = [(t, n) for t, n in down_queue if t > now - down_window or t == now]
     # The window must be fully observed (not just after a start or a gap).
     covered = bool(samples) and now - samples[0][0] >= down_window - _EPS
 
@@ -634,8 +662,8 @@ def recommend(
     # After any change, let its effect reach the signals before stepping down:
     # fewer pods run fuller and slower, so the demand rises again by itself.
     cooled = changed_at is None or now - changed_at >= window
-    if target <= current and may_go_down and down_queue and covered and on_way == 0 and cooled:
-        highest = max(n for _, n in down_queue)
+    if target <= current and may_go_down and in_window and covered and on_way == 0 and cooled:
+        highest = max(n for _, n in in_window)
         # A load that collapsed (all it asked for over the last COLLAPSE_WINDOWS
         # rate windows fits in half the pods, and in COLLAPSE_MIN_PODS fewer: a
         # burst or a backlog is over) is not noise, which moves a pod or two:
@@ -643,7 +671,7 @@ def recommend(
         # maxima, so this is a window max too.) Not on an unknown arrival rate,
         # which bounds the step.
         span = COLLAPSE_WINDOWS * window
-        lately = max((n for t, n in down_queue if now - t < span), default=current)
+        lately = max((n for t, n in in_window if now - t < span), default=current)
         collapse_note = ""
         collapsed = (
             arrival is not None
@@ -663,6 +691,17 @@ def recommend(
                 collapse_note = f", arrivals {arrival:.1f}/s need {arrivals_need}"
             else:
                 highest = lately
+        # A one-pod step on a noisy load is what a dip of the noise looks
+        # like: it waits until ONE_POD_WAIT_WINDOWS windows allow it (a fall
+        # of more pods, or a quiet load, needs only one).
+        waited = False
+        if (
+            not collapsed
+            and highest == current - 1
+            and noise >= ONE_POD_WAIT_BAND * per_pod
+            and max(n for _, n in down_queue) >= current
+        ):
+            highest, waited = current, True
         held = floor if floor is not None and highest < floor[1] else None
         if held is not None:
             highest = held[1]
@@ -671,6 +710,8 @@ def recommend(
                 auto.scale_down.max_pods_per_step,
                 max(1, math.floor(current * auto.scale_down.max_percent_per_step / 100)),
             )
+            if not collapsed:
+                step = min(step, max(1, math.floor(current * DESCENT_STEP_FRACTION)))
             target = max(highest, current - step)
             why = "demand fell" + (", load collapsed" + collapse_note if collapsed else "")
             why += f", step limit -{step}" if target > highest else ""
@@ -682,6 +723,11 @@ def recommend(
                 )
             elif collapse_note:
                 why = "held: load collapsed" + collapse_note
+            elif waited:
+                why = (
+                    f"stabilizing (one pod fewer waits {int(down_span)}s on a load "
+                    f"this noisy: ±{_fmt(round(noise, 1))} requests)"
+                )
             else:
                 why = f"stabilizing (highest in {int(down_window)}s: {highest})"
 
