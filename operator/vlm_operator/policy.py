@@ -30,14 +30,14 @@ The rules, and the failures of other autoscalers they answer:
   requests, or twice the demand's own sample-to-sample noise σ if that is
   wider (an open load of ~100 in flight wanders by ~10 requests; a closed
   loop not at all); the spare a scale-down leaves is 1.6 σ, as its one-pod
-  steps wait longer (below). A queue (waiting > 0) is excused by the noise band only:
-  the quarter-pod tolerance is for running requests over the target. But a
-  queue of one request on a fleet counts only once a second sample shows a
-  queue too: Prometheus scrapes the gates at different instants, so a request
-  that finished on one pod, and whose client's next request waits on another,
-  can be counted on both. A 10 %
-  tolerance band means nothing at 1-4 replicas (kubernetes#116984), and a
-  band narrower than the noise churns (ray#18925).
+  steps wait longer (below). A queue (waiting > 0) is excused by the noise
+  band only: the quarter-pod tolerance is for running requests over the
+  target. But a queue of one request on a fleet counts only once a second
+  sample shows a queue too: Prometheus scrapes the gates at different
+  instants, so a request that finished on one pod, and whose client's next
+  request waits on another, can be counted on both. A 10 % tolerance band
+  means nothing at 1-4 replicas (kubernetes#116984), and a band narrower
+  than the noise churns (ray#18925).
 - **Stabilization.** A scale-down goes to the highest recommendation of the
   last ``scaleDown.stabilizationWindowSeconds``, moves in bounded steps (a
   tenth of the pods at most, unless the load collapsed), and waits a rate
