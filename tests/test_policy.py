@@ -423,6 +423,28 @@ def test_a_noisy_load_steps_down_to_its_mean_and_1_6_sigma_of_spare() -> None:
     assert all(d.direction != "up" for d in decisions)
 
 
+def test_the_scale_down_window_keeps_its_maximum_through_a_long_fall() -> None:
+    # A 1 s loop on a demand falling by a pod's worth every tick while a pod
+    # still loads (no scale-down meanwhile): more falling recommendations in
+    # the window than the state keeps. The window's maximum must survive, or
+    # the scale-down that follows goes below what the window asked for.
+    spec = _spec(maxReplicas=200, syncPeriodSeconds=1)
+    window = spec.autoscaling.scale_down.stabilization_window_seconds
+    assert window > MAX_HISTORY
+    state = PolicyState()
+    asked: list[tuple[float, int]] = []  # each tick's own recommendation
+    for i in range(3 * MAX_HISTORY):
+        d = recommend(state, _signals(600.0 - 4 * i, 0), _pods(150, starting=1), spec, float(i))
+        assert d.direction == "hold"
+        assert d.state.down[-1][0] == float(i)
+        asked.append(d.state.down[-1])
+        state = d.state
+    assert len(state.down) <= MAX_HISTORY
+    now = float(3 * MAX_HISTORY - 1)
+    highest_asked = max(n for t, n in asked if t > now - window)
+    assert max(n for t, n in state.down if t > now - window) >= highest_asked
+
+
 def test_hysteresis_keeps_a_pod_while_the_demand_is_within_a_quarter_pod() -> None:
     spec = _spec(scaleDown={"stabilizationWindowSeconds": 0})
     # 7.5 requests fit in 2 pods of 4 but with only 0.5 spare (< 1): keep 3.

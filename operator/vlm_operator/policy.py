@@ -365,11 +365,19 @@ def _mean(samples: tuple[tuple[float, float], ...], now: float, window: float) -
 def _push_max(
     queue: tuple[tuple[float, int], ...], now: float, value: int, window: float
 ) -> tuple[tuple[float, int], ...]:
-    """Append to a window-maximum queue: drop expired entries and dominated ones."""
+    """Append to a window-maximum queue: drop expired entries and dominated ones.
+
+    Past MAX_HISTORY entries (a fall of a pod or more every tick for that many
+    ticks) the two oldest merge into the larger value at the later time, so
+    the maximum of a span reads high, never low: dropping the oldest would
+    drop the window's maximum, and a scale-down would go below it.
+    """
     start = now - window
     kept = [(t, v) for t, v in queue if start < t <= now and v > value]
     kept.append((now, value))
-    return tuple(kept[-MAX_HISTORY:])
+    while len(kept) > MAX_HISTORY:
+        kept[0:2] = [(kept[1][0], kept[0][1])]
+    return tuple(kept)
 
 
 def _push_min(
