@@ -390,26 +390,143 @@ def _alternating(low: float, high: float, count: int) -> list[tuple[float, float
     return [(low if i % 2 else high, 0.0) for i in range(count)]
 
 
-def test_a_one_pod_step_on_a_noisy_load_waits_two_windows() -> None:
+@pytest.mark.parametrize(("low", "high", "needs"), [(26.0, 34.0, 11), (22.0, 30.0, 10)])
+def test_a_step_of_one_or_two_pods_on_a_noisy_load_waits_two_windows(
+    low: float, high: float, needs: int
+) -> None:
     # An open load wandering between 30 and 38 in flight (σ ≈ 8) keeps 12
-    # pods (its mean 34 and 1.6 σ of spare); at 26-34 it needs 11. One pod
-    # fewer is what a dip of such noise looks like: the step waits until the
-    # highest recommendation of two stabilization windows allows it.
+    # pods (its mean 34 and 1.6 σ of spare); at 26-34 it needs 11, at 22-30
+    # 10. A pod or two fewer is what a dip of such noise looks like: the step
+    # (of one pod, a tenth of 12) waits until the highest recommendation of
+    # two stabilization windows allows it.
     spec = _spec(maxReplicas=60)
     down_window = spec.autoscaling.scale_down.stabilization_window_seconds
     state = _history(spec, [38.0, 30.0] * 30, pods=12)
-    lower = _replay(spec, state, _alternating(26.0, 34.0, 80), start=300.0, pods=12)
+    lower = _replay(spec, state, _alternating(low, high, 80), start=300.0, pods=12)
     first_down = next(i for i, d in enumerate(lower) if d.direction == "down")
     assert 2 * down_window <= 5.0 * first_down <= 2 * down_window + 60
     assert lower[first_down].replicas == 11
     waiting = lower[first_down - 1].reason
-    assert f"one pod fewer waits {2 * down_window}s on a load this noisy" in waiting
-    # A quiet load (the same fall without the noise) waits one window.
+    assert f"a fall of 2 pods or fewer waits {2 * down_window}s on a load this noisy" in waiting
+    # A quiet load (the same fall without the noise) waits one window, from
+    # the first tick whose rate window shows the fall.
     state = _history(spec, [44.0] * 60, pods=12)
-    quiet = _replay(spec, state, [(40.0, 0.0)] * 80, start=300.0, pods=12)
+    quiet = _replay(spec, state, [(4.0 * needs - 4.0, 0.0)] * 80, start=300.0, pods=12)
+    shown = next(i for i, d in enumerate(quiet) if d.state.down[-1][1] < 12)
     first_down = next(i for i, d in enumerate(quiet) if d.direction == "down")
-    assert down_window <= 5.0 * first_down < 2 * down_window
+    assert down_window <= 5.0 * (first_down - shown) + 5.0 < 2 * down_window
     assert quiet[first_down].replicas == 11
+
+
+def test_a_fall_of_three_pods_on_a_noisy_load_waits_one_window() -> None:
+    # 18-26 in flight needs 9 of the 12 pods: no dip of noise, one window.
+    spec = _spec(maxReplicas=60)
+    down_window = spec.autoscaling.scale_down.stabilization_window_seconds
+    state = _history(spec, [38.0, 30.0] * 30, pods=12)
+    lower = _replay(spec, state, _alternating(18.0, 26.0, 80), start=300.0, pods=12)
+    first_down = next(i for i, d in enumerate(lower) if d.direction == "down")
+    assert down_window <= 5.0 * first_down < 2 * down_window
+    assert lower[first_down].replicas == 11  # a tenth of the pods, one at least
+
+
+def _falling_rate(
+    spec: VLMServiceSpec, state: PolicyState, demand: list[float], rates: list[float], start: float
+) -> list[Decision]:
+    """Feed running=demand[i] at arrival rate rates[i] every 5 s, applying each decision."""
+    decisions: list[Decision] = []
+    current = 12
+    for i, (running, rate) in enumerate(zip(demand, rates, strict=True)):
+        d = recommend(state, _signals(running, 0, rate=rate), _pods(current), spec, start + 5.0 * i)
+        decisions.append(d)
+        state, current = d.state, d.replicas
+    return decisions
+
+
+def test_a_falling_arrival_rate_lets_a_small_step_go_after_one_window() -> None:
+    # The same two-pod fall as above, but the arrivals have been falling for
+    # half an hour (a day's evening, 6 requests/s an hour): that is no dip of
+    # the noise, and the step waits one window, not two.
+    spec = _spec(maxReplicas=60)
+    down_window = spec.autoscaling.scale_down.stabilization_window_seconds
+    ticks = 360  # 30 minutes of history
+    rates = [6.0 - i * 5.0 / 3600 * 6.0 for i in range(ticks + 80)]
+    demand = [38.0, 30.0] * (ticks // 2) + _alternating_values(22.0, 30.0, 80)
+    before = _falling_rate(spec, PolicyState(), demand[:ticks], rates[:ticks], 0.0)
+    assert {d.replicas for d in before} == {12}
+    trend = before[-1].state.arrival_trend
+    assert trend is not None
+    assert trend[2] < trend[3]
+    after = _falling_rate(spec, before[-1].state, demand[ticks:], rates[ticks:], 5.0 * ticks)
+    first_down = next(i for i, d in enumerate(after) if d.direction == "down")
+    assert down_window <= 5.0 * first_down < 2 * down_window
+    assert after[first_down].replicas == 11
+    assert "arrivals falling" in after[first_down].reason
+    # At a steady rate the same step waits two windows.
+    steady = _falling_rate(spec, PolicyState(), demand, [6.0] * len(demand), 0.0)
+    first_down = next(i for i, d in enumerate(steady) if d.direction == "down")
+    assert 5.0 * (first_down - ticks) >= 2 * down_window
+
+
+def _alternating_values(low: float, high: float, count: int) -> list[float]:
+    return [running for running, _ in _alternating(low, high, count)]
+
+
+def test_the_arrival_trend_starts_anew_after_refusals_and_leaves_out_the_drain() -> None:
+    spec = _spec(maxReplicas=60)
+    window = spec.metrics.window_seconds
+    state = _history(spec, [30.0] * 20, pods=12)
+    calm = state.calm_since
+    assert calm == 0.0
+    assert state.arrival_trend is not None
+    # Refused requests while requests queue: a backlog, whose drain answers
+    # faster than requests arrive. The trend starts anew...
+    d = recommend(state, _signals(48, 20, errors=0.2, rate=9.0), _pods(12), spec, 100.0)
+    assert d.state.calm_since is None
+    assert d.state.arrival_trend is None
+    # ...from the first calm tick, and takes samples only a rate window later.
+    d = recommend(d.state, _signals(30, 0, rate=7.0), _pods(12), spec, 105.0)
+    assert d.state.calm_since == 105.0
+    assert d.state.arrival_trend is None
+    d = recommend(d.state, _signals(30, 0, rate=7.0), _pods(12), spec, 105.0 + window - 5.0)
+    assert d.state.arrival_trend is None
+    d = recommend(d.state, _signals(30, 0, rate=1.0), _pods(12), spec, 105.0 + window)
+    assert d.state.arrival_trend == (105.0 + window, 105.0 + window, 1.0, 1.0)
+    # A steady rate keeps both moving means on it.
+    for i in range(1, 200):
+        d = recommend(d.state, _signals(30, 0, rate=1.0), _pods(12), spec, 105.0 + window + 5 * i)
+    assert d.state.arrival_trend is not None
+    assert d.state.arrival_trend[2] == pytest.approx(1.0)
+    assert d.state.arrival_trend[3] == pytest.approx(1.0)
+    # No arrival rate: no trend.
+    d = recommend(d.state, _signals(30, 0, rate=None), _pods(12), spec, 2000.0)
+    assert d.state.arrival_trend is None
+
+
+def test_a_scale_down_on_a_noisy_load_lands_on_the_mean_since_the_last_change() -> None:
+    # 40 pods whose window allows one fewer (its highest recommendation is
+    # 39), while the demand's mean since the last change (134, plus 1.6 σ)
+    # fits 37: the step goes to 37, within the tenth-of-the-pods limit, not to
+    # 39 now and further down later, each a scale-down more.
+    spec = _spec(maxReplicas=60)
+    down_window = spec.autoscaling.scale_down.stabilization_window_seconds
+    state = _history(spec, [144.0, 136.0] * 60, pods=40)
+    probe = recommend(state, _signals(144.0, 0), _pods(40), spec, 600.0)
+    assert probe.direction == "down"
+    assert probe.replicas == 39
+    # The same window, with the demand since the last change measured lower.
+    first = 600.0 - 2 * down_window - 60.0
+    measured = dataclasses.replace(state, demand_since_change=(first, 595.0, 134.0))
+    d = recommend(measured, _signals(144.0, 0), _pods(40), spec, 600.0)
+    assert d.replicas == 37
+    assert "to the mean since the last change (134)" in d.reason
+    # Measured for less than the two windows a small step waits: the window's step.
+    short = dataclasses.replace(state, demand_since_change=(500.0, 595.0, 134.0))
+    assert recommend(short, _signals(144.0, 0), _pods(40), spec, 600.0).replicas == 39
+    # The step limit still holds: a tenth of the pods.
+    lower = dataclasses.replace(state, demand_since_change=(first, 595.0, 100.0))
+    assert recommend(lower, _signals(144.0, 0), _pods(40), spec, 600.0).replicas == 36
+    # And a change resets the mean: it is measured anew on the new fleet.
+    assert d.state.demand_since_change is None
 
 
 def test_a_noisy_load_steps_down_to_its_mean_and_1_6_sigma_of_spare() -> None:
@@ -733,6 +850,9 @@ def test_state_round_trips_through_json_and_stays_small() -> None:
         {"version": 1, "guardFloor": [1.0, -1, 9.0]},
         {"version": 1, "guardFloor": [1.0, 4]},
         {"version": 1, "guardFloor": "x"},
+        {"version": 1, "demandSinceChange": [1.0, 2.0]},
+        {"version": 1, "calmSince": "x"},
+        {"version": 1, "arrivalTrend": [1.0, 2.0, 3.0, float("nan")]},
     ],
 )
 def test_state_from_garbage_is_fresh(garbage: Any) -> None:

@@ -43,13 +43,21 @@ The rules, and the failures of other autoscalers they answer:
   tenth of the pods at most, unless the load collapsed), and waits a rate
   window after any change before the next step: fewer pods run fuller and
   slower, so the demand rises again by itself, and the demand measured on
-  more pods understates what fewer will hold. One pod fewer on a noisy load
-  (a noise band of half a pod or more) is what a dip of the noise looks
+  more pods understates what fewer will hold. A pod or two fewer on a noisy
+  load (a noise band of half a pod or more) is what a dip of the noise looks
   like: that step waits until the highest recommendation of two windows
   allows it, so the fleet sits as low (with the narrower spare) but a dip of
   one window no longer moves it, and a steady load does not ratchet down a
-  pod at a time and back up (the day's slow descent still goes, a window
-  later per pod). But a load that
+  pod at a time and back up. Unless the arrivals are falling: a day's
+  evening (1 request/s an hour) puts the rate's 10-minute moving mean three
+  standard deviations of Poisson noise under its 40-minute one, which a
+  steady load does not, and then the step goes after one window. And a step
+  on a noisy load, once the window allows it, lands where the demand's mean
+  since the last change fits with the same spare (a tenth of the pods at
+  most): the window's highest recommendation is a high quantile of the
+  noise, and followed alone it takes a fleet down in several steps where
+  one does. A backlog's drain answers faster than requests arrive, so
+  refusals and bursts start the rate's means anew. But a load that
   collapsed (all it asked for over the last rate window fits in half the
   pods, and in three pods fewer: a burst or a backlog is over) goes down
   without waiting out the window, since noise moves the demand by a pod or
@@ -113,15 +121,29 @@ UP_TOLERANCE = 0.25
 DOWN_SPARE = 0.25
 #: Width of the hysteresis band in σ of the demand's sample-to-sample noise.
 NOISE_WIDTH = 2.0
-#: The same for the spare a scale-down leaves: narrower, as a one-pod step on
-#: a noisy load waits ONE_POD_WAIT_WINDOWS windows (the fleet sits as low,
+#: The same for the spare a scale-down leaves: narrower, as a small step on
+#: a noisy load waits SMALL_STEP_WAIT_WINDOWS windows (the fleet sits as low,
 #: but one window's dip no longer moves it).
 DOWN_NOISE_WIDTH = 1.6
-#: Stabilization windows whose highest recommendation a one-pod scale-down
+#: Stabilization windows whose highest recommendation a small scale-down
 #: waits for on a noisy load...
-ONE_POD_WAIT_WINDOWS = 2
-#: ...one whose noise band (NOISE_WIDTH σ) is at least this many pods wide.
-ONE_POD_WAIT_BAND = 0.5
+SMALL_STEP_WAIT_WINDOWS = 2
+#: ...small being a fall of at most this many pods...
+SMALL_STEP_PODS = 2
+#: ...and noisy a load whose noise band (NOISE_WIDTH σ) is this many pods wide.
+SMALL_STEP_WAIT_BAND = 0.5
+#: Time constants of the two moving means of the arrival rate that tell a
+#: falling load (a day's evening) from a steady one...
+ARRIVAL_TREND_FAST_SECONDS = 600.0
+ARRIVAL_TREND_SLOW_SECONDS = 2400.0
+#: ...by the slow one over the fast one by this many standard deviations of
+#: their difference on a steady Poisson load of that rate.
+ARRIVAL_FALL_SIGMAS = 3.0
+#: Time constant of the moving mean of the demand since the last change, on
+#: which a scale-down on a noisy load lands...
+LEVEL_SECONDS = 600.0
+#: ...once it spans this many stabilization windows (those a small step waits).
+LANDING_WINDOWS = 2.0
 #: A scale-down that is not a collapse removes at most this fraction of the
 #: pods per step (one at least): the demand measured on more pods understates
 #: what fewer will hold, so each step is measured before the next.
@@ -202,6 +224,14 @@ class PolicyState:
     #: What the P95 guard learned: (time, pods, demand) - one pod fewer than
     #: ``pods`` missed the P95 target at this window-mean demand.
     guard_floor: tuple[float, int, float] | None = None
+    #: The demand since the last change (its first rate window left out):
+    #: (first, last, moving mean over LEVEL_SECONDS).
+    demand_since_change: tuple[float, float, float] | None = None
+    #: Since when no burst or refusal disturbed the arrival rate...
+    calm_since: float | None = None
+    #: ...and its two moving means since a rate window after that:
+    #: (first, last, fast mean, slow mean).
+    arrival_trend: tuple[float, float, float, float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A small JSON-safe dict (times rounded to milliseconds)."""
@@ -221,6 +251,14 @@ class PolicyState:
         if self.guard_floor is not None:
             t, n, d = self.guard_floor
             out["guardFloor"] = [round(t, 3), n, round(d, 3)]
+        if self.demand_since_change is not None:
+            out["demandSinceChange"] = [round(x, 3) for x in self.demand_since_change]
+        if self.calm_since is not None:
+            out["calmSince"] = round(self.calm_since, 3)
+        if self.arrival_trend is not None:
+            first, last, fast, slow = self.arrival_trend
+            # The means to 1e-6: their difference is what counts.
+            out["arrivalTrend"] = [round(first, 3), round(last, 3), round(fast, 6), round(slow, 6)]
         return out
 
     @classmethod
@@ -244,6 +282,18 @@ class PolicyState:
             if floor is not None:
                 t, n, d = floor
                 guard_floor = (_finite(t), _count(n), _finite(d))
+            since_data = data.get("demandSinceChange")
+            since_change = None
+            if since_data is not None:
+                first, last, mean = since_data
+                since_change = (_finite(first), _finite(last), _finite(mean))
+            calm = data.get("calmSince")
+            calm_since = None if calm is None else _finite(calm)
+            trend_data = data.get("arrivalTrend")
+            arrival_trend = None
+            if trend_data is not None:
+                first, last, fast, slow = trend_data
+                arrival_trend = (_finite(first), _finite(last), _finite(fast), _finite(slow))
         except (TypeError, ValueError):
             return cls()
         return cls(
@@ -255,6 +305,9 @@ class PolicyState:
             changed_at=changed_at,
             queued_at=queued_at,
             guard_floor=guard_floor,
+            demand_since_change=since_change,
+            calm_since=calm_since,
+            arrival_trend=arrival_trend,
         )
 
 
@@ -387,6 +440,71 @@ def _push_min(
     kept = [(t, v) for t, v in queue if start < t <= now and v < value]
     kept.append((now, value))
     return tuple(kept[-MAX_HISTORY:])
+
+
+def _moving_mean(
+    mean: float, first: float, last: float, now: float, value: float, tau: float
+) -> float:
+    """An exponentially weighted mean (time constant ``tau``) of the samples since ``first``.
+
+    Weighted by the time each sample stands for and normalised by the weight
+    seen so far, so a young mean is the plain mean of its samples rather than
+    pulled towards its first one (which would make two means of different time
+    constants differ by that sample's noise alone).
+    """
+    decay = math.exp(-(now - last) / tau)
+    held = 1.0 - math.exp(-(last - first) / tau)
+    total = 1.0 - math.exp(-(now - first) / tau)
+    return (mean * held * decay + value * (1.0 - decay)) / total
+
+
+def _track_arrivals(
+    state: PolicyState, now: float, arrival: float | None, disturbed: bool, window: float
+) -> tuple[float | None, tuple[float, float, float, float] | None]:
+    """The next (calm_since, arrival_trend): two moving means of the arrival rate.
+
+    A burst, refusals or a missing signal start them anew: a backlog's drain
+    answers faster than requests arrive, and so does the rate window after it,
+    which is left out too.
+    """
+    calm_since, trend = state.calm_since, state.arrival_trend
+    if disturbed or arrival is None:
+        return None, None
+    if calm_since is None or calm_since > now:
+        return now, None
+    if now - calm_since < window:
+        return calm_since, None
+    if trend is None or not 0.0 <= now - trend[1] <= window:
+        # The first sample, or one after a gap (the loop was down) or a clock
+        # that moved back: begin again from here.
+        return calm_since, (now, now, arrival, arrival)
+    first, last, fast, slow = trend
+    if now == last:
+        return calm_since, trend
+    # Rounded as the status keeps them, so a restarted operator decides alike.
+    return calm_since, (
+        first,
+        now,
+        round(_moving_mean(fast, first, last, now, arrival, ARRIVAL_TREND_FAST_SECONDS), 6),
+        round(_moving_mean(slow, first, last, now, arrival, ARRIVAL_TREND_SLOW_SECONDS), 6),
+    )
+
+
+def _arrivals_falling(trend: tuple[float, float, float, float] | None) -> bool:
+    """Whether the arrival rate is falling: its fast mean clearly under its slow one.
+
+    On a steady Poisson load of rate r, the difference of two moving means of
+    time constants F and S has variance r (1/2F + 1/2S - 2/(F + S)); a day's
+    evening, falling 1 request/s an hour, moves it by up to (S - F) / 3600.
+    """
+    if trend is None:
+        return False
+    first, last, fast, slow = trend
+    if last - first < ARRIVAL_TREND_FAST_SECONDS:
+        return False
+    f, s = ARRIVAL_TREND_FAST_SECONDS, ARRIVAL_TREND_SLOW_SECONDS
+    variance = max(slow, 0.0) * (1 / (2 * f) + 1 / (2 * s) - 2 / (f + s))
+    return slow - fast >= ARRIVAL_FALL_SIGMAS * math.sqrt(variance) and slow > fast
 
 
 def _fmt(x: float | None) -> str:
@@ -653,10 +771,10 @@ def recommend(
 
     # This tick's recommendation enters the scale-down window: the pods the
     # demand needs with spare, or what this tick scaled up to. The queue keeps
-    # ONE_POD_WAIT_WINDOWS windows (suffix maxima, so the highest of any
+    # SMALL_STEP_WAIT_WINDOWS windows (suffix maxima, so the highest of any
     # recent span is its first entry inside that span); ``in_window`` is the
     # stabilization window's part (this tick's entry even for a window of 0).
-    down_span = ONE_POD_WAIT_WINDOWS * down_window
+    down_span = SMALL_STEP_WAIT_WINDOWS * down_window
     if keep is not None and demand_complete and signals_ok:
         recommended = max(keep, demanded if demanded > current else 0)
         down_queue = _push_max(state.down, now, recommended, down_span)
@@ -670,6 +788,14 @@ def recommend(
     # After any change, let its effect reach the signals before stepping down:
     # fewer pods run fuller and slower, so the demand rises again by itself.
     cooled = changed_at is None or now - changed_at >= window
+    # The arrival rate's trend, which tells a load falling for real (a day's
+    # evening) from a steady one whose demand dipped. A backlog's drain is no
+    # trend: refusals and bursts start it anew.
+    calm_since, arrival_trend = _track_arrivals(
+        state, now, arrival, burst or refused_share > 0 or not signals_ok, window
+    )
+    falling = _arrivals_falling(arrival_trend)
+    noisy = noise >= SMALL_STEP_WAIT_BAND * per_pod
     if target <= current and may_go_down and in_window and covered and on_way == 0 and cooled:
         highest = max(n for _, n in in_window)
         # A load that collapsed (all it asked for over the last COLLAPSE_WINDOWS
@@ -699,17 +825,17 @@ def recommend(
                 collapse_note = f", arrivals {arrival:.1f}/s need {arrivals_need}"
             else:
                 highest = lately
-        # A one-pod step on a noisy load is what a dip of the noise looks
-        # like: it waits until ONE_POD_WAIT_WINDOWS windows allow it (a fall
-        # of more pods, or a quiet load, needs only one).
-        waited = False
-        if (
-            not collapsed
-            and highest == current - 1
-            and noise >= ONE_POD_WAIT_BAND * per_pod
-            and max(n for _, n in down_queue) >= current
-        ):
-            highest, waited = current, True
+        # A step of a pod or two on a noisy load is what a dip of the noise
+        # looks like: it goes only as far as the highest recommendation of
+        # SMALL_STEP_WAIT_WINDOWS windows allows (a fall of more pods, or any
+        # on a quiet load, needs one), unless the arrivals are falling.
+        waited = exempted = False
+        if not collapsed and noisy and current - SMALL_STEP_PODS <= highest < current:
+            longer = min(current, max(n for _, n in down_queue))
+            if longer > highest and falling:
+                exempted = True
+            elif longer > highest:
+                highest, waited = longer, True
         held = floor if floor is not None and highest < floor[1] else None
         if held is not None:
             highest = held[1]
@@ -723,6 +849,26 @@ def recommend(
             target = max(highest, current - step)
             why = "demand fell" + (", load collapsed" + collapse_note if collapsed else "")
             why += f", step limit -{step}" if target > highest else ""
+            # Once the window allows a step on a noisy load, it goes as far as
+            # the demand's mean since the last change allows (with the same
+            # spare): the window's highest recommendation, a high quantile of
+            # the noise, would otherwise take the fleet down a pod or two at a
+            # time, each step a scale-down more.
+            mean_since = state.demand_since_change
+            measured = (
+                mean_since is not None
+                and mean_since[1] - mean_since[0] >= LANDING_WINDOWS * down_window
+            )
+            if not collapsed and noisy and measured and mean_since is not None:
+                land = _pods_for(mean_since[2] + down_band, per_pod)
+                if floor is not None:
+                    land = max(land, floor[1])
+                if land < target and target > current - step:
+                    target = max(land, current - step)
+                    why += f", to the mean since the last change ({_fmt(round(mean_since[2], 1))})"
+            if exempted and arrival_trend is not None:
+                _, _, fast_rate, slow_rate = arrival_trend
+                why += f", arrivals falling ({fast_rate:.2f}/s against {slow_rate:.2f}/s)"
         elif keep is not None and keep < current:
             if held is not None:
                 why = (
@@ -733,8 +879,8 @@ def recommend(
                 why = "held: load collapsed" + collapse_note
             elif waited:
                 why = (
-                    f"stabilizing (one pod fewer waits {int(down_span)}s on a load "
-                    f"this noisy: ±{_fmt(round(noise, 1))} requests)"
+                    f"stabilizing (a fall of {SMALL_STEP_PODS} pods or fewer waits "
+                    f"{int(down_span)}s on a load this noisy: ±{_fmt(round(noise, 1))} requests)"
                 )
             else:
                 why = f"stabilizing (highest in {int(down_window)}s: {highest})"
@@ -772,6 +918,18 @@ def recommend(
     if guarded and target > current and level is not None:
         floor = (now, target, level)
 
+    # The demand's mean since the last change, its first rate window left out
+    # (fewer pods take that long to run fuller): where a scale-down lands.
+    since_change = state.demand_since_change
+    if target != current or (since_change is not None and since_change[1] > now):
+        since_change = None
+    elif demand is not None and demand_complete and signals_ok and cooled:
+        if since_change is None:
+            since_change = (now, now, demand)
+        elif now > since_change[1]:
+            first, last, mean = since_change
+            moved = _moving_mean(mean, first, last, now, demand, LEVEL_SECONDS)
+            since_change = (first, now, round(moved, 3))
     new_state = PolicyState(
         down=down_queue,
         up=up_queue,
@@ -781,5 +939,8 @@ def recommend(
         changed_at=now if target != current else changed_at,
         queued_at=(state.queued_at if waiting is None else now if waiting > 0 else None),
         guard_floor=floor,
+        demand_since_change=since_change,
+        calm_since=calm_since,
+        arrival_trend=arrival_trend,
     )
     return _decision(target, current, reason, new_state, signals_ok=signals_ok, limited=limited)
