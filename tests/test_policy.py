@@ -502,6 +502,22 @@ def test_the_arrival_trend_starts_anew_after_refusals_and_leaves_out_the_drain()
     assert d.state.arrival_trend is None
 
 
+def test_a_loop_slower_than_the_rate_window_still_follows_the_arrival_trend() -> None:
+    # A 60 s loop on a 30 s rate window: samples further apart than a window
+    # are the loop's pace, not a gap to start the trend anew after.
+    spec = _spec(maxReplicas=60, syncPeriodSeconds=60)
+    state = PolicyState()
+    for i in range(60):
+        state = recommend(state, _signals(30, 0, rate=2.0), _pods(12), spec, 60.0 * i).state
+    assert state.arrival_trend is not None
+    first, last, fast, slow = state.arrival_trend
+    assert last - first >= 3000.0
+    assert (fast, slow) == (pytest.approx(2.0), pytest.approx(2.0))
+    # A gap of more than two periods (the loop was down) starts it anew.
+    later = recommend(state, _signals(30, 0, rate=2.0), _pods(12), spec, last + 200.0).state
+    assert later.arrival_trend == (last + 200.0, last + 200.0, 2.0, 2.0)
+
+
 def test_a_scale_down_on_a_noisy_load_lands_on_the_mean_since_the_last_change() -> None:
     # 40 pods whose window allows one fewer (its highest recommendation is
     # 39), while the demand's mean since the last change (134, plus 1.6 σ)

@@ -459,13 +459,19 @@ def _moving_mean(
 
 
 def _track_arrivals(
-    state: PolicyState, now: float, arrival: float | None, disturbed: bool, window: float
+    state: PolicyState,
+    now: float,
+    arrival: float | None,
+    disturbed: bool,
+    window: float,
+    period: float,
 ) -> tuple[float | None, tuple[float, float, float, float] | None]:
     """The next (calm_since, arrival_trend): two moving means of the arrival rate.
 
     A burst, refusals or a missing signal start them anew: a backlog's drain
     answers faster than requests arrive, and so does the rate window after it,
-    which is left out too.
+    which is left out too. So does a gap of more than a rate window or two
+    loop periods between samples (the loop was down).
     """
     calm_since, trend = state.calm_since, state.arrival_trend
     if disturbed or arrival is None:
@@ -474,7 +480,7 @@ def _track_arrivals(
         return now, None
     if now - calm_since < window:
         return calm_since, None
-    if trend is None or not 0.0 <= now - trend[1] <= window:
+    if trend is None or not 0.0 <= now - trend[1] <= max(window, 2 * period):
         # The first sample, or one after a gap (the loop was down) or a clock
         # that moved back: begin again from here.
         return calm_since, (now, now, arrival, arrival)
@@ -791,8 +797,9 @@ def recommend(
     # The arrival rate's trend, which tells a load falling for real (a day's
     # evening) from a steady one whose demand dipped. A backlog's drain is no
     # trend: refusals and bursts start it anew.
+    disturbed = burst or refused_share > 0 or not signals_ok
     calm_since, arrival_trend = _track_arrivals(
-        state, now, arrival, burst or refused_share > 0 or not signals_ok, window
+        state, now, arrival, disturbed, window, auto.sync_period_seconds
     )
     falling = _arrivals_falling(arrival_trend)
     noisy = noise >= SMALL_STEP_WAIT_BAND * per_pod
