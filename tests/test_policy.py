@@ -869,6 +869,8 @@ def test_state_round_trips_through_json_and_stays_small() -> None:
         {"version": 1, "demandSinceChange": [1.0, 2.0]},
         {"version": 1, "calmSince": "x"},
         {"version": 1, "arrivalTrend": [1.0, 2.0, 3.0, float("nan")]},
+        {"version": 1, "arrivalTrend": [9.0, 2.0, 3.0, 3.0]},
+        {"version": 1, "demandSinceChange": [9.0, 2.0, 30.0]},
     ],
 )
 def test_state_from_garbage_is_fresh(garbage: Any) -> None:

@@ -287,6 +287,7 @@ class PolicyState:
             if since_data is not None:
                 first, last, mean = since_data
                 since_change = (_finite(first), _finite(last), _finite(mean))
+                _ordered(since_change[0], since_change[1])
             calm = data.get("calmSince")
             calm_since = None if calm is None else _finite(calm)
             trend_data = data.get("arrivalTrend")
@@ -294,6 +295,7 @@ class PolicyState:
             if trend_data is not None:
                 first, last, fast, slow = trend_data
                 arrival_trend = (_finite(first), _finite(last), _finite(fast), _finite(slow))
+                _ordered(arrival_trend[0], arrival_trend[1])
         except (TypeError, ValueError):
             return cls()
         return cls(
@@ -318,6 +320,12 @@ def _finite(value: Any) -> float:
     if not math.isfinite(number):
         raise ValueError(value)
     return number
+
+
+def _ordered(first: float, last: float) -> None:
+    """A moving mean's span must not end before it begins."""
+    if first > last:
+        raise ValueError((first, last))
 
 
 def _count(value: Any) -> int:
