@@ -429,6 +429,10 @@ def test_a_fall_of_three_pods_on_a_noisy_load_waits_one_window() -> None:
     assert lower[first_down].replicas == 11  # a tenth of the pods, one at least
 
 
+def _alternating_values(low: float, high: float, count: int) -> list[float]:
+    return [running for running, _ in _alternating(low, high, count)]
+
+
 def _falling_rate(
     spec: VLMServiceSpec, state: PolicyState, demand: list[float], rates: list[float], start: float
 ) -> list[Decision]:
@@ -465,10 +469,6 @@ def test_a_falling_arrival_rate_lets_a_small_step_go_after_one_window() -> None:
     steady = _falling_rate(spec, PolicyState(), demand, [6.0] * len(demand), 0.0)
     first_down = next(i for i, d in enumerate(steady) if d.direction == "down")
     assert 5.0 * (first_down - ticks) >= 2 * down_window
-
-
-def _alternating_values(low: float, high: float, count: int) -> list[float]:
-    return [running for running, _ in _alternating(low, high, count)]
 
 
 def test_the_arrival_trend_starts_anew_after_refusals_and_leaves_out_the_drain() -> None:

@@ -870,11 +870,12 @@ def recommend(
             # the noise, would otherwise take the fleet down a pod or two at a
             # time, each step a scale-down more.
             mean_since = state.demand_since_change
-            measured = (
-                mean_since is not None
+            if (
+                not collapsed
+                and noisy
+                and mean_since is not None
                 and mean_since[1] - mean_since[0] >= LANDING_WINDOWS * down_window
-            )
-            if not collapsed and noisy and measured and mean_since is not None:
+            ):
                 land = _pods_for(mean_since[2] + down_band, per_pod)
                 if floor is not None:
                     land = max(land, floor[1])
