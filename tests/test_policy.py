@@ -13,6 +13,7 @@ from vlm_operator.models import VLMServiceSpec
 from vlm_operator.policy import (
     COLLAPSE_WINDOWS,
     GUARD_P95_WINDOWS,
+    GUARD_SETTLE_WINDOWS,
     MAX_HISTORY,
     Decision,
     PodCounts,
@@ -556,6 +557,96 @@ def test_a_noisy_load_steps_down_to_its_mean_and_1_6_sigma_of_spare() -> None:
     assert all(d.direction != "up" for d in decisions)
 
 
+def _fall_to_120_in_flight(p95: float, *, seconds: float = 300.0) -> list[Decision]:
+    """40 pods busy at 160 in flight for five minutes, then 120: the demand
+    alone would take them to 31, a tenth of the pods (4) at a time."""
+    spec = _spec(maxReplicas=60)
+    busy = _steady(spec, _signals(160, 0, p95=p95), _pods(40), seconds=300)
+    assert {d.replicas for d in busy} == {40}
+    return _steady(
+        spec, _signals(120, 0, p95=p95), _pods(40), seconds=seconds, start=305, state=busy[-1].state
+    )
+
+
+def test_a_scale_down_goes_no_lower_than_the_p95_allows_on_fewer_pods() -> None:
+    # Near the P95 target a fleet's P95 grows in proportion to the pods taken
+    # away (P95 × pods hardly moves). A step goes no lower than the fleet on
+    # which that stays under 93 % of the target (11.16 s of 12).
+    # P95 far under the target: no floor (the window's highest, then tenths).
+    fast = _fall_to_120_in_flight(8.0, seconds=600)
+    assert [d.replicas for d in fast if d.direction == "down"] == [39, 36, 33, 31]
+    # 10.4 s on 40 pods would be 11.24 s on 37: no lower than 38.
+    slower = _fall_to_120_in_flight(10.4)
+    downs = [d for d in slower if d.direction == "down"]
+    assert [d.replicas for d in downs[:2]] == [39, 38]
+    assert "no fewer: p95 10.4s on 40 pods would be 11.2s on 37" in downs[1].reason
+    # 11 s on 40 pods would be 11.28 s on 39: the fleet holds, and says why.
+    slowest = _fall_to_120_in_flight(11.0)
+    assert {d.replicas for d in slowest} == {40}
+    assert slowest[-1].reason.endswith("(held: p95 11s on 40 pods would be 11.3s on 39)")
+    # A model that takes 10 s alone has a P95 near the target at any load:
+    # with a request or two on each pod the P95 says nothing about fewer pods.
+    spec = _spec(maxReplicas=60)
+    idle = _steady(spec, _signals(10, 0, p95=10.5), _pods(8), seconds=600)
+    assert idle[-1].replicas == 3
+
+
+def test_the_latency_floor_follows_the_p95_the_smaller_fleet_shows() -> None:
+    # After the step to 38, the fleet's P95 is what 10.4 s on 40 pods becomes
+    # on 38 (10.95 s): 38 is where it stays, for good.
+    spec = _spec(maxReplicas=60)
+    slower = _fall_to_120_in_flight(10.4, seconds=180)
+    assert slower[-1].replicas == 38
+    after = _steady(
+        spec,
+        _signals(120, 0, p95=10.95),
+        _pods(38),
+        seconds=900,
+        start=305 + 185,
+        state=slower[-1].state,
+    )
+    assert {d.replicas for d in after} == {38}
+    fleet_p95 = after[-1].state.fleet_p95
+    assert fleet_p95 is not None
+    assert fleet_p95[2:] == (pytest.approx(10.95), 38)
+    # The P95 of a busy fleet says nothing about a load that collapsed: the
+    # collapse goes down at once to half the pods.
+    busy = _steady(spec, _signals(160, 0, p95=11.0), _pods(40), seconds=300)
+    idle = _steady(
+        spec, _signals(8, 0, p95=11.0), _pods(40), seconds=60, start=305, state=busy[-1].state
+    )
+    first_down = next(d for d in idle if d.direction == "down")
+    assert first_down.replicas == 20
+    assert "load collapsed" in first_down.reason
+
+
+def test_the_fleet_p95_is_taken_once_changes_and_refusals_have_left_the_window() -> None:
+    spec = _spec(maxReplicas=60)
+    window = spec.metrics.window_seconds
+    settle = GUARD_SETTLE_WINDOWS * window + spec.autoscaling.p95_latency_target_seconds
+    state = _history(spec, [40.0] * 2, pods=12)
+    # A fresh state: the first P95 counts once the settle time has passed
+    # since the arrivals were first calm.
+    assert state.fleet_p95 is None
+    for t in range(10, int(settle) + 10, 5):
+        state = recommend(state, _signals(40, 0, p95=10.0), _pods(12), spec, float(t)).state
+    assert state.fleet_p95 is not None
+    assert state.fleet_p95[2:] == (10.0, 12)
+    # Refusals (a backlog) forget it, and the drain that follows is left out.
+    refused = recommend(state, _signals(48, 20, p95=25.0, errors=0.2), _pods(12), spec, 200.0)
+    assert refused.state.fleet_p95 is None
+    calm = recommend(refused.state, _signals(40, 0, p95=20.0), _pods(12), spec, 205.0).state
+    late = recommend(calm, _signals(40, 0, p95=10.0), _pods(12), spec, 205.0 + settle).state
+    assert calm.fleet_p95 is None
+    assert late.fleet_p95 == (205.0 + settle, 205.0 + settle, 10.0, 12)
+    # After a change the last fleet's P95 stands until the new fleet's settles.
+    state = dataclasses.replace(late, changed_at=210.0 + settle)
+    kept = recommend(state, _signals(40, 0, p95=10.5), _pods(11), spec, 215.0 + settle).state
+    assert kept.fleet_p95 == late.fleet_p95
+    moved = recommend(kept, _signals(40, 0, p95=10.5), _pods(11), spec, 210.0 + 2 * settle)
+    assert moved.state.fleet_p95 == (210.0 + 2 * settle, 210.0 + 2 * settle, 10.5, 11)
+
+
 def test_the_scale_down_window_keeps_its_maximum_through_a_long_fall() -> None:
     # A 1 s loop on a demand falling by a pod's worth every tick while a pod
     # still loads (no scale-down meanwhile): more falling recommendations in
@@ -649,15 +740,15 @@ def test_p95_guard_waits_for_pods_it_asked_for() -> None:
 def test_p95_guard_does_not_buy_on_the_tail_of_a_cold_start_backlog() -> None:
     # 16 users, 7 pods ready at 60 s after a cold start; their backlog took
     # 40 s to drain, so the P95 signals fall from 29 s to just over the target
-    # when the guard's wait ends, then to 9.8 s. Averaging signals from before
-    # the wait, the guard bought an eighth pod on the last one, and kept it
-    # for the hour as what it had learnt.
+    # when the guard's wait ends, then to 9.2 s (16 users on 7 pods).
+    # Averaging signals from before the wait, the guard bought an eighth pod
+    # on the last one, and kept it for the hour as what it had learnt.
     spec = _spec(targetUtilization=0.9)
     d = recommend(PolicyState(), _signals(4, 8, p95=29.0, rate=0.3), _pods(7, 1, 6), spec, 55.0)
     state, current = d.state, d.replicas
     for i in range(16, 60):
         now = 5.0 * i
-        p95 = 29.0 if now < 130 else 12.1 if now < 140 else 9.8
+        p95 = 29.0 if now < 130 else 12.1 if now < 140 else 9.2
         d = recommend(state, _signals(16, 0, p95=p95, rate=2.0), _pods(current), spec, now)
         assert d.direction != "up", (now, d.reason)
         state, current = d.state, d.replicas
@@ -871,6 +962,9 @@ def test_state_round_trips_through_json_and_stays_small() -> None:
         {"version": 1, "arrivalTrend": [1.0, 2.0, 3.0, float("nan")]},
         {"version": 1, "arrivalTrend": [9.0, 2.0, 3.0, 3.0]},
         {"version": 1, "demandSinceChange": [9.0, 2.0, 30.0]},
+        {"version": 1, "fleetP95": [1.0, 2.0, 10.0, 0]},
+        {"version": 1, "fleetP95": [9.0, 2.0, 10.0, 12]},
+        {"version": 1, "fleetP95": [1.0, 2.0, 10.0]},
     ],
 )
 def test_state_from_garbage_is_fresh(garbage: Any) -> None:

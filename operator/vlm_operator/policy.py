@@ -64,7 +64,15 @@ The rules, and the failures of other autoscalers they answer:
   two. Such a step goes no lower than the arrivals need if each stays the
   P95 target in flight (Little's law: fewer pods run fuller and slower, and
   the in-flight count of an idle fleet understates what a busy one holds).
-  A scale-up goes
+  And a step that is no collapse goes no lower than the P95 allows: near the
+  target a fleet's P95 grows in proportion to the pods taken away (P95 ×
+  pods hardly moves), so once the fleet's P95 (a moving mean of five
+  minutes, taken after the last change, burst or refusal has left its
+  window) is at least 0.8 of the target and the demand at least 0.7 of the
+  fleet's per-pod target, no step goes to fewer pods than keep that product
+  under 93 % of the target. The demand's noise cannot tell a step a pod too
+  far from the right one; the P95 it would cause can, before the guard has
+  to buy the pod back. A scale-up goes
   to the lowest recommendation of ``scaleUp.stabilizationWindowSeconds`` (0
   by default: react at once) and adds at most max(maxPodsPerStep,
   maxPercentPerStep % of current) pods per tick.
@@ -170,6 +178,21 @@ SCRAPE_SKEW_REQUESTS = 1.0
 #: window's P95 is over the target a few percent of the time even on a fleet
 #: that meets it over the hour.
 GUARD_P95_WINDOWS = 4
+#: A scale-down that is not a collapse goes no lower than the fleet on which
+#: the P95, grown in proportion to the pods taken away, stays under this
+#: fraction of the target (near the target a fleet's P95 × pods hardly moves
+#: with the pods: 477-484 on 42-47 pods at 16 req/s)...
+LATENCY_HEADROOM = 0.93
+#: ...once the P95 is at least this fraction of the target...
+LATENCY_FLOOR_FROM = 0.8
+#: ...and the demand at least this fraction of the fleet's per-pod target:
+#: below either, the P95 is mostly the model's own time and grows far less
+#: than the load on each pod (a model that takes 10 s alone is near a 12 s
+#: target at any load, and its fleet would never shrink).
+LATENCY_FLOOR_LOAD = 0.7
+#: Rate windows: the time constant of the moving mean of the fleet's P95 that
+#: floor is taken from (one window's P95 wanders by a few tenths of a second).
+FLEET_P95_WINDOWS = 10.0
 _STATE_VERSION = 1
 # Demand a hair over a multiple of the per-pod target (floating-point noise of
 # rates and averages) must not buy a whole extra pod.
@@ -232,6 +255,9 @@ class PolicyState:
     #: ...and its two moving means since a rate window after that:
     #: (first, last, fast mean, slow mean).
     arrival_trend: tuple[float, float, float, float] | None = None
+    #: The P95 of the fleet as it is, taken once a change, a burst or refusals
+    #: have left the P95 window: (first, last, moving mean, pods it ran on).
+    fleet_p95: tuple[float, float, float, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A small JSON-safe dict (times rounded to milliseconds)."""
@@ -259,6 +285,9 @@ class PolicyState:
             first, last, fast, slow = self.arrival_trend
             # The means to 1e-6: their difference is what counts.
             out["arrivalTrend"] = [round(first, 3), round(last, 3), round(fast, 6), round(slow, 6)]
+        if self.fleet_p95 is not None:
+            first, last, mean, pods = self.fleet_p95
+            out["fleetP95"] = [round(first, 3), round(last, 3), round(mean, 3), pods]
         return out
 
     @classmethod
@@ -296,6 +325,14 @@ class PolicyState:
                 first, last, fast, slow = trend_data
                 arrival_trend = (_finite(first), _finite(last), _finite(fast), _finite(slow))
                 _ordered(arrival_trend[0], arrival_trend[1])
+            fleet_data = data.get("fleetP95")
+            fleet_p95 = None
+            if fleet_data is not None:
+                first, last, mean, pods = fleet_data
+                fleet_p95 = (_finite(first), _finite(last), _finite(mean), _count(pods))
+                _ordered(fleet_p95[0], fleet_p95[1])
+                if fleet_p95[3] < 1:
+                    raise ValueError(pods)
         except (TypeError, ValueError):
             return cls()
         return cls(
@@ -310,6 +347,7 @@ class PolicyState:
             demand_since_change=since_change,
             calm_since=calm_since,
             arrival_trend=arrival_trend,
+            fleet_p95=fleet_p95,
         )
 
 
@@ -502,6 +540,47 @@ def _track_arrivals(
         round(_moving_mean(fast, first, last, now, arrival, ARRIVAL_TREND_FAST_SECONDS), 6),
         round(_moving_mean(slow, first, last, now, arrival, ARRIVAL_TREND_SLOW_SECONDS), 6),
     )
+
+
+def _track_fleet_p95(
+    state: PolicyState,
+    now: float,
+    p95: float | None,
+    pods: int,
+    disturbed: bool,
+    *,
+    since: float,
+    span: float,
+    tau: float,
+) -> tuple[float, float, float, int] | None:
+    """The next ``fleet_p95``: a moving mean of the P95 signal on the fleet as it is.
+
+    Only signals taken ``since`` the requests queued before the last change,
+    burst or refusal left the P95 window count (a cold start's drain keeps the
+    P95 high for minutes); a disturbance (a burst, refusals, missing signals,
+    pods starting) forgets it. After a change the previous fleet's mean stands
+    until the new fleet's first such signal: near the target P95 × pods
+    hardly moves with the pods, so it still tells how far a step may go.
+    """
+    kept = state.fleet_p95
+    if disturbed or (kept is not None and not kept[1] <= now <= kept[1] + span):
+        kept = None
+    if disturbed or p95 is None or now < since or (kept is not None and now == kept[1]):
+        return kept
+    if kept is None or kept[3] != pods:
+        return (now, now, p95, pods)
+    first, last, mean, _ = kept
+    return (first, now, round(_moving_mean(mean, first, last, now, p95, tau), 3), pods)
+
+
+def _p95_on(fleet_p95: tuple[float, float, float, int], latency_floor: int) -> str:
+    """The reason's account of a latency floor: what one pod fewer would make the P95."""
+    _, _, p95, pods = fleet_p95
+    said = f"p95 {_fmt(round(p95, 1))}s on {pods} pods"
+    fewer = latency_floor - 1
+    if fewer < 1:
+        return said
+    return f"{said} would be {_fmt(round(p95 * pods / fewer, 1))}s on {fewer}"
 
 
 def _arrivals_falling(trend: tuple[float, float, float, float] | None) -> bool:
@@ -811,6 +890,32 @@ def recommend(
     )
     falling = _arrivals_falling(arrival_trend)
     noisy = noise >= SMALL_STEP_WAIT_BAND * per_pod
+    # The fleet's P95 as it is: taken once what queued before the last change,
+    # burst or refusal has left the P95 window, as the guard's is.
+    stirred = max((t for t in (changed_at, settled_at, calm_since) if t is not None), default=None)
+    fleet_p95 = _track_fleet_p95(
+        state,
+        now,
+        p95,
+        current,
+        disturbed or on_way > 0,
+        since=-math.inf if stirred is None else stirred + settle,
+        span=p95_span + settle,
+        tau=FLEET_P95_WINDOWS * window,
+    )
+    # The fewest pods on which the fleet's P95, grown in proportion to the pods
+    # taken away, stays within LATENCY_HEADROOM of the target. The demand
+    # measured on more pods understates what fewer will hold, and a step a
+    # pod too far is bought back by the guard: the P95 tells how far is too
+    # far where the demand's noise cannot.
+    latency_floor = None
+    if (
+        fleet_p95 is not None
+        and fleet_p95[2] >= LATENCY_FLOOR_FROM * p95_target
+        and (level or 0.0) >= LATENCY_FLOOR_LOAD * per_pod * current
+    ):
+        headroom = LATENCY_HEADROOM * p95_target
+        latency_floor = math.ceil(fleet_p95[2] * fleet_p95[3] / headroom - _EPS)
     if target <= current and may_go_down and in_window and covered and on_way == 0 and cooled:
         highest = max(n for _, n in in_window)
         # A load that collapsed (all it asked for over the last COLLAPSE_WINDOWS
@@ -854,6 +959,9 @@ def recommend(
         held = floor if floor is not None and highest < floor[1] else None
         if held is not None:
             highest = held[1]
+        slowed = not collapsed and latency_floor is not None and highest < latency_floor
+        if slowed and latency_floor is not None:
+            highest = min(latency_floor, current)
         if highest < current:
             step = min(
                 auto.scale_down.max_pods_per_step,
@@ -879,14 +987,20 @@ def recommend(
                 land = _pods_for(mean_since[2] + down_band, per_pod)
                 if floor is not None:
                     land = max(land, floor[1])
+                if latency_floor is not None and land < latency_floor:
+                    land, slowed = latency_floor, True
                 if land < target and target > current - step:
                     target = max(land, current - step)
                     why += f", to the mean since the last change ({_fmt(round(mean_since[2], 1))})"
             if exempted and arrival_trend is not None:
                 _, _, fast_rate, slow_rate = arrival_trend
                 why += f", arrivals falling ({fast_rate:.2f}/s against {slow_rate:.2f}/s)"
+            if slowed and fleet_p95 is not None and target == latency_floor:
+                why += f", no fewer: {_p95_on(fleet_p95, latency_floor)}"
         elif keep is not None and keep < current:
-            if held is not None:
+            if slowed and fleet_p95 is not None and latency_floor is not None:
+                why = f"held: {_p95_on(fleet_p95, latency_floor)}"
+            elif held is not None:
                 why = (
                     f"held: p95 was over target on {held[1] - 1} pods "
                     f"at demand {_fmt(round(held[2], 1))}"
@@ -958,5 +1072,6 @@ def recommend(
         demand_since_change=since_change,
         calm_since=calm_since,
         arrival_trend=arrival_trend,
+        fleet_p95=fleet_p95,
     )
     return _decision(target, current, reason, new_state, signals_ok=signals_ok, limited=limited)
