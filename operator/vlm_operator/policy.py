@@ -69,10 +69,10 @@ The rules, and the failures of other autoscalers they answer:
   pods hardly moves), so once the fleet's P95 (a moving mean of five
   minutes, taken after the last change, burst or refusal has left its
   window) is at least 0.8 of the target and the demand at least 0.7 of the
-  fleet's per-pod target, no step goes to fewer pods than keep that product
-  under 93 % of the target. The demand's noise cannot tell a step a pod too
-  far from the right one; the P95 it would cause can, before the guard has
-  to buy the pod back. A scale-up goes
+  fleet's per-pod target, no step goes to fewer pods n than keep the P95 it
+  predicts there (P95 × pods ÷ n) under 93 % of the target. The demand's
+  noise cannot tell a step a pod too far from the right one; the P95 it
+  would cause can, before the guard has to buy the pod back. A scale-up goes
   to the lowest recommendation of ``scaleUp.stabilizationWindowSeconds`` (0
   by default: react at once) and adds at most max(maxPodsPerStep,
   maxPercentPerStep % of current) pods per tick.
