@@ -908,7 +908,8 @@ def recommend(
     # measured on more pods understates what fewer will hold, and a step a
     # pod too far is bought back by the guard: the P95 tells how far is too
     # far where the demand's noise cannot.
-    latency_floor = None
+    latency_floor: int | None = None
+    latency_note = ""
     if (
         fleet_p95 is not None
         and fleet_p95[2] >= LATENCY_FLOOR_FROM * p95_target
@@ -916,6 +917,7 @@ def recommend(
     ):
         headroom = LATENCY_HEADROOM * p95_target
         latency_floor = math.ceil(fleet_p95[2] * fleet_p95[3] / headroom - _EPS)
+        latency_note = _p95_on(fleet_p95, latency_floor)
     if target <= current and may_go_down and in_window and covered and on_way == 0 and cooled:
         highest = max(n for _, n in in_window)
         # A load that collapsed (all it asked for over the last COLLAPSE_WINDOWS
@@ -959,9 +961,9 @@ def recommend(
         held = floor if floor is not None and highest < floor[1] else None
         if held is not None:
             highest = held[1]
-        slowed = not collapsed and latency_floor is not None and highest < latency_floor
-        if slowed and latency_floor is not None:
-            highest = min(latency_floor, current)
+        slowed = False
+        if not collapsed and latency_floor is not None and highest < latency_floor:
+            highest, slowed = min(latency_floor, current), True
         if highest < current:
             step = min(
                 auto.scale_down.max_pods_per_step,
@@ -995,11 +997,11 @@ def recommend(
             if exempted and arrival_trend is not None:
                 _, _, fast_rate, slow_rate = arrival_trend
                 why += f", arrivals falling ({fast_rate:.2f}/s against {slow_rate:.2f}/s)"
-            if slowed and fleet_p95 is not None and target == latency_floor:
-                why += f", no fewer: {_p95_on(fleet_p95, latency_floor)}"
+            if slowed and target == latency_floor:
+                why += f", no fewer: {latency_note}"
         elif keep is not None and keep < current:
-            if slowed and fleet_p95 is not None and latency_floor is not None:
-                why = f"held: {_p95_on(fleet_p95, latency_floor)}"
+            if slowed:
+                why = f"held: {latency_note}"
             elif held is not None:
                 why = (
                     f"held: p95 was over target on {held[1] - 1} pods "
