@@ -384,7 +384,10 @@ class ScaleUpRules(APIModel):
         description="Scale up only to the lowest recommendation seen in this window.",
     )
     max_pods_per_step: int = Field(
-        default=4, ge=1, le=1000, description="At most this many pods added per step..."
+        default=4,
+        ge=1,
+        le=1000,
+        description="At most this many pods added per step (a burst goes past it)...",
     )
     max_percent_per_step: int = Field(
         default=100,
@@ -397,8 +400,9 @@ class ScaleUpRules(APIModel):
         ge=0,
         le=600,
         description=(
-            "Short window for bursts: while demand over it needs twice the ready pods, "
-            "scale up at once and never down."
+            "Short window for bursts: when the latest demand needs twice the ready pods "
+            "and more than are on their way, scale up to it at once, past the step limits "
+            "(maxReplicas still holds), and never down while a sample of this window did."
         ),
     )
 
