@@ -3,7 +3,7 @@
 Run: ``make bench-policy`` or ``.venv/bin/python benchmarks/bench_policy.py [--seed N]``.
 Prints one comparison table per trace, what fixed replica plans give on the
 measured gradient and on the open traces' rises, ours from one pod under
-open loads beside the settled fleet asked at once, then each goal with the
+open loads beside fleets asked at the first tick, then each goal with the
 measured numbers and whether it holds, then the simulator's speed (the
 compiled engine and the interpreted one side by side, when built). Clients
 are openai-python's defaults: two retries on 429, 5xx and timeouts,
@@ -92,8 +92,10 @@ BURST_PLANS: dict[str, tuple[tuple[str, tuple[tuple[float, int], ...]], ...]] = 
 #: 13.5-14.8 s at 1 req/s, 9 run 10.5-11.1 s at 3, 27 run 11.3-11.4 s at 10),
 #: and about a third more, which also drain the backlog the first minute leaves.
 COLD_STARTS: tuple[tuple[float, int, int], ...] = ((1.0, 4, 5), (3.0, 9, 12), (10.0, 27, 35))
-#: Seconds of a cold start: the first minute on one pod, then its backlog.
+#: Seconds of a cold start: the first minute on one pod, then its backlog...
 COLD_START_SECONDS = 300.0
+#: ...and of the same load after it.
+COLD_START_AFTER_SECONDS = 600.0
 #: When the draining plan goes down to the settled fleet.
 COLD_START_DRAINED = 200.0
 
@@ -209,7 +211,7 @@ def cold_starts(client: SimConfig) -> list[str]:
                 "service": {"autoscaling": {"maxReplicas": 60}},
                 "phases": [
                     {"name": "cold start", "duration": COLD_START_SECONDS, "rate": rate},
-                    {"name": "settled", "duration": 600, "rate": rate},
+                    {"name": "after", "duration": COLD_START_AFTER_SECONDS, "rate": rate},
                 ],
             }
         )
@@ -510,7 +512,8 @@ def main() -> int:
     print()
     print(
         f"Cold starts from one pod (seeds {GRADIENT_SEEDS}; errors and P95 of the first "
-        f"{COLD_START_SECONDS:g} s, P95 of the {600:g} s after, replica-seconds and cost of all)"
+        f"{COLD_START_SECONDS:g} s, P95 of the {COLD_START_AFTER_SECONDS:g} s after, "
+        "replica-seconds and cost of all)"
     )
     for line in cold_lines:
         print("  " + line)
