@@ -17,20 +17,23 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
+from collections.abc import Sequence
 
 from vlm_operator.baselines import Scheduled, make_autoscaler
 from vlm_operator.commands.simulate import COMPARED, comparison_table
+from vlm_operator.models import VLMServiceSpec
 from vlm_operator.simulator import (
     ENGINE,
     Report,
     SimConfig,
+    SimResult,
     run_policy,
     simulate,
     spec_for,
     summarize,
 )
 from vlm_operator.simulator._compiled import engine_choice_error, load_interpreted_engine
-from vlm_operator.traces import list_traces, load_trace, parse_trace
+from vlm_operator.traces import Trace, list_traces, load_trace, parse_trace
 
 GRADIENT_SEEDS = (1, 2, 3)
 #: Seeds of the steady loads: one seed's count of scale-downs is luck as often as not.
@@ -88,9 +91,9 @@ BURST_PLANS: dict[str, tuple[tuple[str, tuple[tuple[float, int], ...]], ...]] = 
 
 
 #: Open loads started on one pod: the rate, the fewest pods that hold the P95
-#: target there once settled (fixed fleets over seeds 1-3: 3 pods run
-#: 13.5-14.8 s at 1 req/s, 9 run 10.5-11.1 s at 3, 27 run 11.3-11.4 s at 10),
-#: and about a third more, which also drain the backlog the first minute leaves.
+#: target there once settled (fixed fleets over seeds 1-3; docs/benchmarks.md,
+#: "Cold starts under an overload", has the runs), and about a third more,
+#: which also drain the backlog the first minute leaves.
 COLD_STARTS: tuple[tuple[float, int, int], ...] = ((1.0, 4, 5), (3.0, 9, 12), (10.0, 27, 35))
 #: Seconds of a cold start: the first minute on one pod, then its backlog...
 COLD_START_SECONDS = 300.0
@@ -102,6 +105,28 @@ COLD_START_DRAINED = 200.0
 
 def _goal(ok: bool, text: str) -> str:
     return f"[{'met' if ok else 'NOT met'}] {text}"
+
+
+def _ours(trace: Trace, config: SimConfig) -> list[Report]:
+    """Ours on ``trace`` over GRADIENT_SEEDS."""
+    return [run_policy(trace, "ours", seed=s, config=config)[0] for s in GRADIENT_SEEDS]
+
+
+def _planned(
+    trace: Trace, spec: VLMServiceSpec, plan: Sequence[tuple[float, int]], config: SimConfig
+) -> list[Report]:
+    """A replica plan behind our gate on ``trace`` over GRADIENT_SEEDS."""
+    scheduled = Scheduled(spec, plan)
+    return [
+        summarize(simulate(trace, scheduled, spec=spec, seed=s, config=config))
+        for s in GRADIENT_SEEDS
+    ]
+
+
+def _moves_after(result: SimResult, settle: float) -> tuple[int, int]:
+    """Scale-downs and scale-ups from ``settle`` seconds on."""
+    moves = [(b, a) for t, b, a in result.scale_events if t >= settle]
+    return sum(1 for b, a in moves if a < b), sum(1 for b, a in moves if a > b)
 
 
 def gradient_plans(client: SimConfig) -> tuple[list[str], tuple[str, float] | None]:
@@ -122,10 +147,7 @@ def gradient_plans(client: SimConfig) -> tuple[list[str], tuple[str, float] | No
     for routing in ("round-robin", "least-loaded"):
         config = dataclasses.replace(client, routing=routing)
         for name, plan in GRADIENT_PLANS:
-            runs = [
-                summarize(simulate(trace, Scheduled(spec, plan), spec=spec, seed=s, config=config))
-                for s in GRADIENT_SEEDS
-            ]
+            runs = _planned(trace, spec, plan, config)
             p95s = [max(p.p95_after_first_minute or 0.0 for p in r.phases) for r in runs]
             p95_8 = max(r.phases[3].p95_after_first_minute or 0.0 for r in runs)
             p95_16 = max(r.phases[4].p95_after_first_minute or 0.0 for r in runs)
@@ -162,23 +184,15 @@ def burst_plans(client: SimConfig) -> tuple[list[str], dict[str, tuple[str, floa
     for name, plans in BURST_PLANS.items():
         trace = load_trace(name)
         spec = spec_for(trace)
-        rows: list[tuple[str, list[Report]]] = [
-            ("ours", [run_policy(trace, "ours", seed=s, config=client)[0] for s in GRADIENT_SEEDS])
-        ]
-        for label, plan in plans:
-            runs = [
-                summarize(simulate(trace, Scheduled(spec, plan), spec=spec, seed=s, config=client))
-                for s in GRADIENT_SEEDS
-            ]
-            rows.append((label, runs))
+        rows = [("ours", _ours(trace, client))]
+        rows += [(label, _planned(trace, spec, plan, client)) for label, plan in plans]
         ours_worst = max(r.error_rate for r in rows[0][1])
         for label, runs in rows:
             errors = [r.error_rate for r in runs]
             spread = f"{min(errors):.2%}-{max(errors):.2%}"
             cost = max(r.cost_ratio for r in runs)
-            lines.append(
-                f"{name:<13}{label:<56}{spread:>14}{max(r.p95 for r in runs):>8.1f}{cost:>9.3f}"
-            )
+            p95 = max(r.p95 or 0.0 for r in runs)
+            lines.append(f"{name:<13}{label:<56}{spread:>14}{p95:>8.1f}{cost:>9.3f}")
             no_more = label != "ours" and max(errors) <= ours_worst
             if no_more and (name not in cheapest or cost < cheapest[name][1]):
                 cheapest[name] = (label, cost)
@@ -223,20 +237,8 @@ def cold_starts(client: SimConfig) -> list[str]:
                 ((5, draining), (COLD_START_DRAINED, pods)),
             ),
         )
-        rows = [
-            ("ours", [run_policy(trace, "ours", seed=s, config=client)[0] for s in GRADIENT_SEEDS])
-        ]
-        for label, plan in plans:
-            scheduled = Scheduled(spec, plan)
-            rows.append(
-                (
-                    label,
-                    [
-                        summarize(simulate(trace, scheduled, spec=spec, seed=s, config=client))
-                        for s in GRADIENT_SEEDS
-                    ],
-                )
-            )
+        rows = [("ours", _ours(trace, client))]
+        rows += [(label, _planned(trace, spec, plan, client)) for label, plan in plans]
         for label, runs in rows:
             errors = sum(r.phases[0].errors for r in runs)
             p95 = max(r.phases[0].p95 or 0.0 for r in runs)
@@ -409,18 +411,19 @@ def main() -> int:
     wide_over = wide_runs = 0
     quiet = dataclasses.replace(client, record_series=False)
     for kind, level in steady:
-        phase = {"duration": 3600, "rate" if kind == "open" else "users": level}
+        steady_phase = {"duration": 3600, "rate" if kind == "open" else "users": level}
         trace = parse_trace(
             {
                 "name": f"steady-{kind}-{level}",
                 "kind": kind,
                 "service": {"autoscaling": {"maxReplicas": 60}},
-                "phases": [phase],
+                "phases": [steady_phase],
             }
         )
         runs = [run_policy(trace, "ours", seed=s, config=client) for s in STEADY_SEEDS]
-        downs = [sum(1 for t, b, a in r.scale_events if a < b and t >= settle) for _, r in runs]
-        ups = [sum(1 for t, b, a in r.scale_events if a > b and t >= settle) for _, r in runs]
+        moves = [_moves_after(result, settle) for _, result in runs]
+        downs = [d for d, _ in moves]
+        ups = [u for _, u in moves]
         costs = [report.cost_ratio for report, _ in runs]
         goals.append(
             _goal(
@@ -434,11 +437,8 @@ def main() -> int:
         anchors = []
         for policy in STEADY_ANCHORS:
             report, result = run_policy(trace, policy, seed=STEADY_SEEDS[0], config=client)
-            moves = [(b, a) for t, b, a in result.scale_events if t >= settle]
-            anchors.append(
-                f"{policy} {sum(1 for b, a in moves if a < b)}/{sum(1 for b, a in moves if a > b)} "
-                f"{report.cost_ratio:.2f}x"
-            )
+            anchor_downs, anchor_ups = _moves_after(result, settle)
+            anchors.append(f"{policy} {anchor_downs}/{anchor_ups} {report.cost_ratio:.2f}x")
         goals.append(
             f"  anchors, seed {STEADY_SEEDS[0]} (downs/ups after {settle:.0f} s, cost): "
             + ", ".join(anchors)
@@ -448,7 +448,7 @@ def main() -> int:
         over = [s for s, d in zip(STEADY_SEEDS, downs, strict=True) if d > 1 and s in seeds]
         for seed in (s for s in seeds if s not in STEADY_SEEDS):
             _, result = run_policy(trace, "ours", seed=seed, config=quiet)
-            if sum(1 for t, b, a in result.scale_events if a < b and t >= settle) > 1:
+            if _moves_after(result, settle)[0] > 1:
                 over.append(seed)
         wide_over += len(over)
         wide_runs += len(seeds)
@@ -477,12 +477,12 @@ def main() -> int:
         rates.append(speed_report.requests / (speed_report.wall_seconds or elapsed[-1]))
         if ENGINE == "compiled":
             interpreted.append(interpreted_rate("diurnal-24h", args.seed, client))
-    runs = ", ".join(f"{r:,.0f}" for r in rates)
+    best_of = ", ".join(f"{r:,.0f}" for r in rates)
     goals.append(
         _goal(
             max(rates) >= 100_000,
             f"speed: {max(rates):,.0f} simulated requests per second, {ENGINE} engine "
-            f"(best of {runs})",
+            f"(best of {best_of})",
         )
     )
     if interpreted:
