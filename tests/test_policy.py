@@ -811,6 +811,30 @@ def test_p95_guard_keeps_the_pod_it_bought_while_the_load_lasts() -> None:
     assert low[-1].state.guard_floor is None
 
 
+def test_p95_guard_lesson_shrinks_with_the_load() -> None:
+    # Learnt on 2 pods at a demand of 5: the demand can never fall a pod's
+    # target and the spare below 5, yet an idle service must not keep 3 pods.
+    spec = _spec()
+    ds = _steady(spec, _signals(5, 0, p95=20.0, rate=2.0), _pods(2), seconds=600)
+    bought = next(d for d in ds if d.replicas == 3)
+    assert bought.state.guard_floor is not None
+    at = bought.state.guard_floor[0]
+
+    def then(signals: Signals) -> list[Decision]:
+        return _steady(spec, signals, _pods(3), seconds=600, start=at + 5, state=bought.state)
+
+    # A demand of 2 (with the spare, 3 of 5): the lesson still holds the pods
+    # that carry as much each as the 3 did at 5, which is 2, not the 1 that
+    # concurrency alone would keep.
+    half = then(_signals(2, 0, p95=8.0, rate=1.0))
+    assert half[-1].replicas == 2
+    assert any("2 carry as much each" in d.reason for d in half)
+    assert half[-1].state.guard_floor is not None
+    idle = then(_signals(0, 0, p95=None, rate=0.0))
+    assert idle[-1].replicas == 1
+    assert [d.replicas for d in idle if d.direction == "down"] == [2, 1]
+
+
 def test_without_the_p95_guard_the_same_fleet_steps_down() -> None:
     # The counterpart of the test above: it is the guard's lesson that holds.
     spec = _spec()

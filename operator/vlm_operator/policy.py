@@ -747,12 +747,21 @@ def recommend(
     down_band = max(DOWN_SPARE * per_pod, DOWN_NOISE_WIDTH * sigma)
     # What the P95 guard learned holds while the load does: a scale-down to
     # the fleet that missed the target at this demand would only be bought
-    # back. Forgotten once the demand falls clearly below it.
+    # back. Forgotten once the demand falls clearly below it. In between it
+    # holds the pods that carry each what the guard's fleet carried: a lesson
+    # learnt at a demand of 5 would otherwise keep 3 pods on an idle service
+    # (5 + spare + one pod's target never falls under 5 at any level).
     floor = state.guard_floor
     level = _mean(samples, now, history)
     fell = level is not None and floor is not None and level + down_band + per_pod < floor[2]
     if floor is not None and (floor[0] > now or fell):
         floor = None
+    floor_pods = 0
+    if floor is not None:
+        floor_pods = floor[1]
+        if level is not None and level + down_band < floor[2]:
+            share = (level + down_band) / floor[2]
+            floor_pods = max(1, min(floor[1], math.ceil(floor[1] * share - _EPS)))
     # Up: the mean demand of the rate window. On a closed loop a rise counts
     # once two samples in a row show it, and a queue on the latest sample at
     # once when the demand is quiet (noise under the tolerance), since a second
@@ -958,9 +967,9 @@ def recommend(
                 exempted = True
             elif longer > highest:
                 highest, waited = longer, True
-        held = floor if floor is not None and highest < floor[1] else None
+        held = floor if floor is not None and highest < floor_pods else None
         if held is not None:
-            highest = held[1]
+            highest = floor_pods
         slowed = False
         if not collapsed and latency_floor is not None and highest < latency_floor:
             highest, slowed = min(latency_floor, current), True
@@ -987,8 +996,7 @@ def recommend(
                 and mean_since[1] - mean_since[0] >= LANDING_WINDOWS * down_window
             ):
                 land = _pods_for(mean_since[2] + down_band, per_pod)
-                if floor is not None:
-                    land = max(land, floor[1])
+                land = max(land, floor_pods)
                 if latency_floor is not None and land < latency_floor:
                     land, slowed = latency_floor, True
                 if land < target and target > current - step:
@@ -1007,6 +1015,8 @@ def recommend(
                     f"held: p95 was over target on {held[1] - 1} pods "
                     f"at demand {_fmt(round(held[2], 1))}"
                 )
+                if floor_pods < held[1]:
+                    why += f"; {floor_pods} carry as much each at this demand"
             elif collapse_note:
                 why = "held: load collapsed" + collapse_note
             elif waited:
