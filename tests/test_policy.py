@@ -387,6 +387,28 @@ def test_a_fall_that_is_no_collapse_steps_down_a_tenth_of_the_pods_at_a_time() -
     assert all(5.0 * (j - i) >= window for (i, _), (j, _) in itertools.pairwise(downs))
 
 
+@pytest.mark.parametrize(
+    ("running", "rate", "fleet"),
+    [
+        # Idle: by Little's law nothing will be in flight, so the steps are the
+        # spec's 50 % ones, not a tenth of the pods each.
+        (0.0, 0.0, [18, 9, 5, 3, 2, 1]),
+        # 6 requests a second each in flight up to the 12 s target need 18 pods
+        # of 4 (Little's law): the 40 in flight that 18 pods hold may be fewer
+        # than 11 will, so each step is a tenth of the pods and is measured.
+        (40.0, 6.0, [18, 17, 16, 15, 14, 13, 12, 11]),
+    ],
+)
+def test_a_fall_steps_faster_down_to_what_the_arrivals_need(
+    running: float, rate: float, fleet: list[int]
+) -> None:
+    spec = _spec(maxReplicas=60)
+    ds = _steady(spec, _signals(running, 0, p95=9.0, rate=rate), _pods(18), seconds=600)
+    assert [18] + [d.replicas for d in ds if d.direction == "down"] == fleet
+    if rate == 0.0:
+        assert "arrivals 0.0/s need 0" in next(d.reason for d in ds if d.direction == "down")
+
+
 def _alternating(low: float, high: float, count: int) -> list[tuple[float, float]]:
     return [(low if i % 2 else high, 0.0) for i in range(count)]
 
