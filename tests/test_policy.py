@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 import json
 import math
+import random
 from typing import Any
 
 import pytest
@@ -407,6 +408,34 @@ def test_a_fall_steps_faster_down_to_what_the_arrivals_need(
     assert [18] + [d.replicas for d in ds if d.direction == "down"] == fleet
     if rate == 0.0:
         assert "arrivals 0.0/s need 0" in next(d.reason for d in ds if d.direction == "down")
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_an_idle_service_returns_to_min_replicas_after_any_load(seed: int) -> None:
+    # Whatever a load left in the state (a guard's lesson, a latency floor, a
+    # burst, a landing), once nothing arrives the fleet goes back to
+    # minReplicas within minutes: an idle service that kept the pods of a
+    # lesson learnt below a pod's worth of demand is what this guards against.
+    rng = random.Random(seed)
+    low = rng.choice([1, 1, 2])
+    spec = _spec(minReplicas=low, maxReplicas=40, targetUtilization=rng.choice([0.7, 0.9, 1.0]))
+    state, current, now = PolicyState(), low, 0.0
+    for _ in range(rng.randint(1, 6)):  # load phases of 1-17 minutes each
+        running = rng.uniform(0, rng.choice([8, 60]))
+        waiting = rng.choice([0.0, 0.0, rng.uniform(0, 30)])
+        p95 = rng.choice([None, rng.uniform(5, 30)])
+        rate = rng.uniform(0, 6)  # a slow P95 on few requests buys a lesson at a low demand
+        for _ in range(rng.randint(12, 200)):
+            signals = _signals(running * rng.uniform(0.8, 1.2), waiting, p95=p95, rate=rate)
+            d = recommend(state, signals, _pods(current), spec, now)
+            state, current, now = d.state, d.replicas, now + 5.0
+    idle_from = now
+    reasons = []
+    while current > low and now - idle_from <= 600:
+        d = recommend(state, _signals(0, 0, p95=None, rate=0.0), _pods(current), spec, now)
+        state, current, now = d.state, d.replicas, now + 5.0
+        reasons.append(d.reason)
+    assert current == low, reasons[-3:]
 
 
 def _alternating(low: float, high: float, count: int) -> list[tuple[float, float]]:

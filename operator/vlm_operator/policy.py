@@ -747,13 +747,17 @@ def recommend(
     down_band = max(DOWN_SPARE * per_pod, DOWN_NOISE_WIDTH * sigma)
     # What the P95 guard learned holds while the load does: a scale-down to
     # the fleet that missed the target at this demand would only be bought
-    # back. Forgotten once the demand falls clearly below it. In between it
-    # holds the pods that carry each what the guard's fleet carried: a lesson
-    # learnt at a demand of 5 would otherwise keep 3 pods on an idle service
-    # (5 + spare + one pod's target never falls under 5 at any level).
+    # back. Forgotten once the demand falls clearly below it, or to next to
+    # nothing (a lesson learnt at a demand under a pod's target and the spare
+    # could never fall clearly below, and kept its fleet on an idle service).
+    # In between it holds the pods that carry each what the guard's fleet did.
     floor = state.guard_floor
     level = _mean(samples, now, history)
-    fell = level is not None and floor is not None and level + down_band + per_pod < floor[2]
+    fell = (
+        level is not None
+        and floor is not None
+        and (level + down_band + per_pod < floor[2] or level < DOWN_SPARE * per_pod)
+    )
     if floor is not None and (floor[0] > now or fell):
         floor = None
     floor_pods = 0
