@@ -410,25 +410,39 @@ def test_a_fall_steps_faster_down_to_what_the_arrivals_need(
         assert "arrivals 0.0/s need 0" in next(d.reason for d in ds if d.direction == "down")
 
 
+def _random_history(
+    seed: int,
+) -> tuple[random.Random, VLMServiceSpec, PolicyState, int, float]:
+    """A seeded random load history: (rng, spec, state, replicas, now) after it.
+
+    1-6 phases of 1-17 minutes each; in-flight counts, queues, P95s and arrival
+    rates are drawn independently, so a lesson can be learnt at any demand (a
+    slow P95 on few requests buys one at a low demand).
+    """
+    rng = random.Random(seed)
+    low = rng.choice([1, 1, 2])
+    spec = _spec(minReplicas=low, maxReplicas=40, targetUtilization=rng.choice([0.7, 0.9, 1.0]))
+    state, current, now = PolicyState(), low, 0.0
+    for _ in range(rng.randint(1, 6)):
+        running = rng.uniform(0, rng.choice([8, 60]))
+        waiting = rng.choice([0.0, 0.0, rng.uniform(0, 30)])
+        p95 = rng.choice([None, rng.uniform(5, 30)])
+        rate = rng.uniform(0, 6)
+        for _ in range(rng.randint(12, 200)):
+            signals = _signals(running * rng.uniform(0.8, 1.2), waiting, p95=p95, rate=rate)
+            d = recommend(state, signals, _pods(current), spec, now)
+            state, current, now = d.state, d.replicas, now + 5.0
+    return rng, spec, state, current, now
+
+
 @pytest.mark.parametrize("seed", range(40))
 def test_an_idle_service_returns_to_min_replicas_after_any_load(seed: int) -> None:
     # Whatever a load left in the state (a guard's lesson, a latency floor, a
     # burst, a landing), once nothing arrives the fleet goes back to
     # minReplicas within minutes: an idle service that kept the pods of a
     # lesson learnt below a pod's worth of demand is what this guards against.
-    rng = random.Random(seed)
-    low = rng.choice([1, 1, 2])
-    spec = _spec(minReplicas=low, maxReplicas=40, targetUtilization=rng.choice([0.7, 0.9, 1.0]))
-    state, current, now = PolicyState(), low, 0.0
-    for _ in range(rng.randint(1, 6)):  # load phases of 1-17 minutes each
-        running = rng.uniform(0, rng.choice([8, 60]))
-        waiting = rng.choice([0.0, 0.0, rng.uniform(0, 30)])
-        p95 = rng.choice([None, rng.uniform(5, 30)])
-        rate = rng.uniform(0, 6)  # a slow P95 on few requests buys a lesson at a low demand
-        for _ in range(rng.randint(12, 200)):
-            signals = _signals(running * rng.uniform(0.8, 1.2), waiting, p95=p95, rate=rate)
-            d = recommend(state, signals, _pods(current), spec, now)
-            state, current, now = d.state, d.replicas, now + 5.0
+    _, spec, state, current, now = _random_history(seed)
+    low = spec.autoscaling.min_replicas
     idle_from = now
     reasons = []
     while current > low and now - idle_from <= 600:
@@ -436,6 +450,29 @@ def test_an_idle_service_returns_to_min_replicas_after_any_load(seed: int) -> No
         state, current, now = d.state, d.replicas, now + 5.0
         reasons.append(d.reason)
     assert current == low, reasons[-3:]
+
+
+_BROKEN_SIGNALS = (
+    _signals(None, None, None, rate=None, error="connection refused"),
+    _signals(0, 0, p95=None, rate=0.0, age=120.0),
+    _signals(math.nan, 0, rate=0.0),
+    _signals(0, None, p95=None, rate=0.0),
+    _signals(-1, 0),
+)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_broken_signals_never_scale_down_whatever_the_state(seed: int) -> None:
+    # The rules above on a fresh state, here on whatever a random load left
+    # (a collapse under way, a descent, a landing due): ten minutes of broken
+    # signals that would read as idle move no pod down.
+    rng, spec, state, current, now = _random_history(seed)
+    broken = rng.choice(_BROKEN_SIGNALS)
+    for i in range(120):
+        d = recommend(state, broken, _pods(current), spec, now + 5.0 * i)
+        assert d.replicas >= current, d.reason
+        assert not d.signals_ok
+        state, current = d.state, d.replicas
 
 
 def _alternating(low: float, high: float, count: int) -> list[tuple[float, float]]:
