@@ -763,9 +763,9 @@ def recommend(
     floor_pods = 0
     if floor is not None:
         floor_pods = floor[1]
-        if level is not None and level + down_band < floor[2]:
+        if level is not None and level + down_band < floor[2]:  # a share under 1
             share = (level + down_band) / floor[2]
-            floor_pods = max(1, min(floor[1], math.ceil(floor[1] * share - _EPS)))
+            floor_pods = max(1, math.ceil(floor[1] * share - _EPS))
     # Up: the mean demand of the rate window. On a closed loop a rise counts
     # once two samples in a row show it, and a queue on the latest sample at
     # once when the demand is quiet (noise under the tolerance), since a second
