@@ -302,19 +302,42 @@ def test_scale_down_waits_out_the_window_then_steps() -> None:
     assert all("demand fell" in d.reason for d in quiet if d.direction == "down")
 
 
+def _after_a_burst_on_8_pods(quiet: Signals) -> list[Decision]:
+    """8 pods hold 32 requests (4 arrive a second) for 400 s, then ``quiet`` for 200 s."""
+    spec = _spec(scaleDown={"stabilizationWindowSeconds": 300})
+    busy = _steady(spec, _signals(32, 0, rate=4.0), _pods(8), seconds=400)
+    return _steady(spec, quiet, _pods(8), seconds=200, start=405, state=busy[-1].state)
+
+
 def test_a_collapsed_load_does_not_wait_out_the_whole_window() -> None:
     # A burst on 8 pods is over: 2 requests fit in 1 pod, far under half of 8.
-    spec = _spec(scaleDown={"stabilizationWindowSeconds": 300})
-    window = spec.metrics.window_seconds
-    busy = _steady(spec, _signals(32, 0), _pods(8), seconds=400)
-    quiet = _steady(spec, _signals(2, 0), _pods(8), seconds=200, start=405, state=busy[-1].state)
+    # They take 20 s each at 0.1 arrivals a second, over the P95 target, so
+    # Little's law bounds nothing and the collapse waits one rate window.
+    window = _spec().metrics.window_seconds
+    quiet = _after_a_burst_on_8_pods(_signals(2, 0, rate=0.1))
     first_down = next(i for i, d in enumerate(quiet) if d.direction == "down")
     assert COLLAPSE_WINDOWS * window - 5.0 <= first_down * 5.0 <= COLLAPSE_WINDOWS * window + 5.0
     assert "load collapsed" in quiet[first_down].reason
     assert quiet[first_down].replicas == 4  # still at most half per step
     # A fall to more than half the pods is waited out: it may be the load's noise.
-    dip = _steady(spec, _signals(20, 0), _pods(8), seconds=200, start=405, state=busy[-1].state)
+    dip = _after_a_burst_on_8_pods(_signals(20, 0))
     assert {d.replicas for d in dip} == {8}
+
+
+def test_a_drained_backlog_collapses_once_the_arrivals_bound_the_demand() -> None:
+    # 8 pods drained a backlog of 32 requests; 1 request a second arrives now.
+    # While answers take at most the 12 s P95 target (the window's mean of
+    # in flight is at most 1 × 12), Little's law keeps at most 12 in flight, 3
+    # pods' worth: the backlog's recommendations still in the last rate window
+    # are no load the arrivals bring back, and the collapse need not wait them out.
+    window = _spec().metrics.window_seconds
+    quiet = _after_a_burst_on_8_pods(_signals(2, 0, rate=1.0))
+    first_down = next(i for i, d in enumerate(quiet) if d.direction == "down")
+    assert first_down * 5.0 < COLLAPSE_WINDOWS * window - 5.0
+    assert "load collapsed" in quiet[first_down].reason
+    assert quiet[first_down].replicas == 4  # still at most half per step
+    assert quiet[-1].replicas == 3
+    assert "arrivals 1.0/s need 3" in next(d.reason for d in quiet if d.replicas == 3)
 
 
 def test_a_collapse_goes_no_lower_than_the_arrivals_need_at_the_p95_target() -> None:

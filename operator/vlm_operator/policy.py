@@ -941,6 +941,17 @@ def recommend(
         # which bounds the step.
         span = COLLAPSE_WINDOWS * window
         lately = max((n for t, n in in_window if now - t < span), default=current)
+        # Little's law bounds what the arrivals can keep in flight while answers
+        # stay within the P95 target: recommendations above the pods that holds
+        # were a backlog's, drained now, not load the arrivals bring back.
+        if (
+            arrival is not None
+            and short_mean is not None
+            and keep is not None
+            and refused_share == 0
+            and short_mean <= arrival * p95_target
+        ):
+            lately = min(lately, max(_pods_for(arrival * p95_target, per_pod), keep))
         collapse_note = ""
         collapsed = (
             arrival is not None
