@@ -318,6 +318,7 @@ def test_a_collapsed_load_does_not_wait_out_the_whole_window() -> None:
     first_down = next(i for i, d in enumerate(quiet) if d.direction == "down")
     assert COLLAPSE_WINDOWS * window - 5.0 <= first_down * 5.0 <= COLLAPSE_WINDOWS * window + 5.0
     assert "load collapsed" in quiet[first_down].reason
+    assert "backlog drained" not in quiet[first_down].reason
     assert quiet[first_down].replicas == 4  # still at most half per step
     # A fall to more than half the pods is waited out: it may be the load's noise.
     dip = _after_a_burst_on_8_pods(_signals(20, 0))
@@ -334,7 +335,7 @@ def test_a_drained_backlog_collapses_once_the_arrivals_bound_the_demand() -> Non
     quiet = _after_a_burst_on_8_pods(_signals(2, 0, rate=1.0))
     first_down = next(i for i, d in enumerate(quiet) if d.direction == "down")
     assert first_down * 5.0 < COLLAPSE_WINDOWS * window - 5.0
-    assert "load collapsed" in quiet[first_down].reason
+    assert "load collapsed, backlog drained" in quiet[first_down].reason
     assert quiet[first_down].replicas == 4  # still at most half per step
     assert quiet[-1].replicas == 3
     assert "arrivals 1.0/s need 3" in next(d.reason for d in quiet if d.replicas == 3)

@@ -943,7 +943,9 @@ def recommend(
         lately = max((n for t, n in in_window if now - t < span), default=current)
         # Little's law bounds what the arrivals can keep in flight while answers
         # stay within the P95 target: recommendations above the pods that holds
-        # were a backlog's, drained now, not load the arrivals bring back.
+        # (or the current demand's, if more) were a backlog's, drained now, not
+        # load the arrivals bring back.
+        collapse_note = ""
         if (
             arrival is not None
             and short_mean is not None
@@ -951,8 +953,9 @@ def recommend(
             and refused_share == 0
             and short_mean <= arrival * p95_target
         ):
-            lately = min(lately, max(_pods_for(arrival * p95_target, per_pod), keep))
-        collapse_note = ""
+            bound = max(_pods_for(arrival * p95_target, per_pod), keep)
+            if bound < lately:
+                lately, collapse_note = bound, ", backlog drained"
         collapsed = (
             arrival is not None
             and lately <= current // 2
@@ -968,7 +971,7 @@ def recommend(
             arrivals_need = min(_pods_for(arrival * p95_target, per_pod), highest)
             if arrivals_need > lately:
                 highest = arrivals_need
-                collapse_note = f", arrivals {arrival:.1f}/s need {arrivals_need}"
+                collapse_note += f", arrivals {arrival:.1f}/s need {arrivals_need}"
             else:
                 highest = lately
         # A step of a pod or two on a noisy load is what a dip of the noise
