@@ -931,6 +931,12 @@ def recommend(
         headroom = LATENCY_HEADROOM * p95_target
         latency_floor = math.ceil(fleet_p95[2] * fleet_p95[3] / headroom - _EPS)
         latency_note = _p95_on(fleet_p95, latency_floor)
+    # Little's law: while requests stay within the P95 target, as the window's
+    # do when its mean in flight is at most arrivals × target, no fleet holds
+    # more than that in flight; ``little`` is the pods it needs, then.
+    little: int | None = None
+    if arrival is not None and short_mean is not None and short_mean <= arrival * p95_target:
+        little = _pods_for(arrival * p95_target, per_pod)
     if target <= current and may_go_down and in_window and covered and on_way == 0 and cooled:
         highest = max(n for _, n in in_window)
         # A load that collapsed (all it asked for over the last COLLAPSE_WINDOWS
@@ -941,19 +947,12 @@ def recommend(
         # which bounds the step.
         span = COLLAPSE_WINDOWS * window
         lately = max((n for t, n in in_window if now - t < span), default=current)
-        # Little's law bounds what the arrivals can keep in flight while answers
-        # stay within the P95 target: recommendations above the pods that holds
-        # (or the current demand's, if more) were a backlog's, drained now, not
+        # Recommendations above what the arrivals can keep in flight (or the
+        # current demand's pods, if more) were a backlog's, drained now, not
         # load the arrivals bring back.
         collapse_note = ""
-        if (
-            arrival is not None
-            and short_mean is not None
-            and keep is not None
-            and refused_share == 0
-            and short_mean <= arrival * p95_target
-        ):
-            bound = max(_pods_for(arrival * p95_target, per_pod), keep)
+        if little is not None and keep is not None and refused_share == 0:
+            bound = max(little, keep)
             if bound < lately:
                 lately, collapse_note = bound, ", backlog drained"
         collapsed = (
@@ -997,19 +996,12 @@ def recommend(
                 max(1, math.floor(current * auto.scale_down.max_percent_per_step / 100)),
             )
             measured = step
-            little: int | None = None
             if not collapsed:
                 measured = min(step, max(1, math.floor(current * DESCENT_STEP_FRACTION)))
                 # Measuring each step is for the in-flight count that more pods
-                # understate; by Little's law no more than the arrivals times the
-                # P95 target are in flight while requests stay at most the target
-                # (as the window's do), so down to what that needs no step needs
-                # measuring (an idle fleet of 18 took 17 steps).
-                cap = None if arrival is None else arrival * p95_target
-                if cap is not None and short_mean is not None and short_mean <= cap:
-                    little = _pods_for(cap, per_pod)
-                step = min(step, current - little) if little is not None else measured
-                step = max(step, measured)
+                # understate; down to what Little's law says the arrivals need,
+                # no step needs measuring (an idle fleet of 18 took 17 steps).
+                step = measured if little is None else max(measured, min(step, current - little))
             target = max(highest, current - step)
             why = "demand fell" + (", load collapsed" + collapse_note if collapsed else "")
             if little is not None and target < current - measured:
