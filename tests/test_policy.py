@@ -658,6 +658,42 @@ def test_a_scale_down_on_a_noisy_load_lands_on_the_mean_since_the_last_change() 
     assert d.state.demand_since_change is None
 
 
+def _noisy_40_pods(p95: float) -> PolicyState:
+    """40 pods under 136-144 in flight for ten minutes, the P95 signal at ``p95``;
+    minReplicas holds them there while the window fills."""
+    spec = _spec(maxReplicas=60, minReplicas=40)
+    state = PolicyState()
+    for i, value in enumerate([144.0, 136.0] * 60):
+        state = recommend(state, _signals(value, 0, p95=p95), _pods(40), spec, i * 5.0).state
+    return state
+
+
+def test_a_step_on_a_noisy_load_goes_as_far_as_the_p95_allows() -> None:
+    # The window allows one pod fewer (its highest recommendation is 39, a
+    # high quantile of the noise); the fleet's P95, 10.4 s on 40 pods, would
+    # be 11.24 s on 37 and stays within 93 % of the 12 s target on 38: the
+    # step goes to 38 now, not to 39 now and to 38 whenever a dip of the
+    # noise allows it, a scale-down more.
+    spec = _spec(maxReplicas=60)
+    state = _noisy_40_pods(10.4)
+    assert state.fleet_p95 is not None
+    assert state.fleet_p95[2:] == (pytest.approx(10.4), 40)
+    d = recommend(state, _signals(144.0, 0, p95=10.4), _pods(40), spec, 600.0)
+    assert d.replicas == 38
+    assert "as far as the p95 allows: p95 10.4s on 40 pods would be 11.2s on 37" in d.reason
+    # A P95 far under the target tells nothing about fewer pods: the window's step.
+    fast = recommend(_noisy_40_pods(8.0), _signals(144.0, 0), _pods(40), spec, 600.0)
+    assert fast.replicas == 39
+    assert "p95 allows" not in fast.reason
+    # The step limit still holds: 9.7 s on 40 pods would allow 35, a tenth is 4.
+    lower = recommend(_noisy_40_pods(9.7), _signals(144.0, 0, p95=9.7), _pods(40), spec, 600.0)
+    assert lower.replicas == 36
+    assert lower.reason.endswith("on 34, step limit -4)")
+    # A window that allows no step is not overruled: the P95 only says how far.
+    held = recommend(state, _signals(144.0, 0, p95=10.4), _pods(39), spec, 600.0)
+    assert held.direction != "down"
+
+
 def test_a_noisy_load_steps_down_to_its_mean_and_1_6_sigma_of_spare() -> None:
     # 26-34 in flight (mean 30, σ ≈ 8.4): 30 + 1.6 σ = 43.4 requests fit 11
     # pods of 4. The spare is narrower than the 2 σ a rise must clear, since a
