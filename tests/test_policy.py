@@ -658,12 +658,12 @@ def test_a_scale_down_on_a_noisy_load_lands_on_the_mean_since_the_last_change() 
     assert d.state.demand_since_change is None
 
 
-def _noisy_40_pods(p95: float) -> PolicyState:
-    """40 pods under 136-144 in flight for ten minutes, the P95 signal at ``p95``;
-    minReplicas holds them there while the window fills."""
+def _noisy_40_pods(p95: float, low: float = 136.0, high: float = 144.0) -> PolicyState:
+    """40 pods under ``low``-``high`` in flight for ten minutes, the P95 signal
+    at ``p95``; minReplicas holds them there while the window fills."""
     spec = _spec(maxReplicas=60, minReplicas=40)
     state = PolicyState()
-    for i, value in enumerate([144.0, 136.0] * 60):
+    for i, value in enumerate([high, low] * 60):
         state = recommend(state, _signals(value, 0, p95=p95), _pods(40), spec, i * 5.0).state
     return state
 
@@ -689,9 +689,17 @@ def test_a_step_on_a_noisy_load_goes_as_far_as_the_p95_allows() -> None:
     lower = recommend(_noisy_40_pods(9.7), _signals(144.0, 0, p95=9.7), _pods(40), spec, 600.0)
     assert lower.replicas == 36
     assert lower.reason.endswith("on 34, step limit -4)")
-    # A window that allows no step is not overruled: the P95 only says how far.
-    held = recommend(state, _signals(144.0, 0, p95=10.4), _pods(39), spec, 600.0)
-    assert held.direction != "down"
+    # A window that allows no step is not overruled: the P95 says how far a
+    # step may go, not when one is due (148 ± 4 in flight keep the 40 pods).
+    busier = _noisy_40_pods(10.4, low=144.0, high=152.0)
+    held = recommend(busier, _signals(152.0, 0, p95=10.4), _pods(40), spec, 600.0)
+    assert held.replicas == 40
+    assert "p95 allows" not in held.reason
+    # The P95 guard's floor (38 pods, learnt at this demand) still holds, and says so.
+    guarded = dataclasses.replace(_noisy_40_pods(9.7), guard_floor=(300.0, 38, 140.0))
+    d = recommend(guarded, _signals(144.0, 0, p95=9.7), _pods(40), spec, 600.0)
+    assert d.replicas == 38
+    assert d.reason.endswith("on 34, no fewer than the p95 guard's 38)")
 
 
 def test_a_noisy_load_steps_down_to_its_mean_and_1_6_sigma_of_spare() -> None:

@@ -1044,7 +1044,10 @@ def recommend(
             ):
                 target = max(lowest, current - step)
                 why += f", as far as the p95 allows: {latency_note}"
-                why += f", step limit -{step}" if target > lowest else ""
+                if target > lowest:
+                    why += f", step limit -{step}"
+                elif floor_pods > latency_floor:
+                    why += f", no fewer than the p95 guard's {floor_pods}"
             if exempted and arrival_trend is not None:
                 _, _, fast_rate, slow_rate = arrival_trend
                 why += f", arrivals falling ({fast_rate:.2f}/s against {slow_rate:.2f}/s)"
