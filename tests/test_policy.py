@@ -658,12 +658,12 @@ def test_a_scale_down_on_a_noisy_load_lands_on_the_mean_since_the_last_change() 
     assert d.state.demand_since_change is None
 
 
-def _noisy_40_pods(p95: float, low: float = 136.0, high: float = 144.0) -> PolicyState:
-    """40 pods under ``low``-``high`` in flight for ten minutes, the P95 signal
-    at ``p95``; minReplicas holds them there while the window fills."""
+def _noisy_40_pods(p95: float) -> PolicyState:
+    """40 pods under 136-144 in flight for ten minutes, the P95 signal at
+    ``p95``; minReplicas holds them there while the window fills."""
     spec = _spec(maxReplicas=60, minReplicas=40)
     state = PolicyState()
-    for i, value in enumerate([high, low] * 60):
+    for i, value in enumerate([144.0, 136.0] * 60):
         state = recommend(state, _signals(value, 0, p95=p95), _pods(40), spec, i * 5.0).state
     return state
 
@@ -689,10 +689,16 @@ def test_a_step_on_a_noisy_load_goes_as_far_as_the_p95_allows() -> None:
     lower = recommend(_noisy_40_pods(9.7), _signals(144.0, 0, p95=9.7), _pods(40), spec, 600.0)
     assert lower.replicas == 36
     assert lower.reason.endswith("on 34, step limit -4)")
-    # A window that allows no step is not overruled: the P95 says how far a
-    # step may go, not when one is due (148 ± 4 in flight keep the 40 pods).
-    busier = _noisy_40_pods(10.4, low=144.0, high=152.0)
-    held = recommend(busier, _signals(152.0, 0, p95=10.4), _pods(40), spec, 600.0)
+    # A window that allows no step is not overruled, though both the P95 and
+    # the demand's mean since the last change (140) would allow fewer pods:
+    # the P95 says how far a step may go, not when one is due. (A cluster of
+    # 164 in flight for 15 s keeps the window at 40 pods or more.)
+    state_after = state
+    for i, value in enumerate([164.0, 164.0, 164.0]):
+        tick = recommend(state_after, _signals(value, 0, p95=10.4), _pods(40), spec, 600.0 + 5 * i)
+        state_after = tick.state
+        assert tick.replicas == 40
+    held = recommend(state_after, _signals(136.0, 0, p95=10.4), _pods(40), spec, 615.0)
     assert held.replicas == 40
     assert "p95 allows" not in held.reason
     # The P95 guard's floor (38 pods, learnt at this demand) still holds, and says so.

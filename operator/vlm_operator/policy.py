@@ -931,12 +931,14 @@ def recommend(
         headroom = LATENCY_HEADROOM * p95_target
         latency_floor = math.ceil(fleet_p95[2] * fleet_p95[3] / headroom - _EPS)
         latency_note = _p95_on(fleet_p95, latency_floor)
-    # Little's law: while requests stay within the P95 target, as the window's
-    # do when its mean in flight is at most arrivals × target, no fleet holds
-    # more than that in flight; ``little`` is the pods it needs, then.
+    # Little's law: requests that stay the P95 target keep arrivals × target in
+    # flight (``arrivals_pods`` is the pods for that). While they stay within
+    # it, as the window's do when its mean in flight is at most that, no fleet
+    # holds more: ``little`` is then the pods the arrivals need.
+    arrivals_pods = None if arrival is None else _pods_for(arrival * p95_target, per_pod)
     little: int | None = None
     if arrival is not None and short_mean is not None and short_mean <= arrival * p95_target:
-        little = _pods_for(arrival * p95_target, per_pod)
+        little = arrivals_pods
     if target <= current and may_go_down and in_window and covered and on_way == 0 and cooled:
         highest = max(n for _, n in in_window)
         # A load that collapsed (all it asked for over the last COLLAPSE_WINDOWS
@@ -967,7 +969,7 @@ def recommend(
             # slower): no lower than the arrivals need if each stays in flight
             # the P95 target (Little's law; most answer sooner), and no higher
             # than the window would go.
-            arrivals_need = min(_pods_for(arrival * p95_target, per_pod), highest)
+            arrivals_need = min(arrivals_pods or 0, highest)
             if arrivals_need > lately:
                 highest = arrivals_need
                 collapse_note += f", arrivals {arrival:.1f}/s need {arrivals_need}"
