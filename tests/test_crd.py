@@ -136,7 +136,7 @@ def test_every_field_of_the_models_is_described() -> None:
 
 def test_bounds_and_enums_come_from_the_models() -> None:
     autoscaling = SPEC_SCHEMA["properties"]["autoscaling"]["properties"]
-    assert autoscaling["minReplicas"]["minimum"] == 0
+    assert autoscaling["minReplicas"]["minimum"] == 1
     assert autoscaling["targetUtilization"]["minimum"] == 0
     assert autoscaling["targetUtilization"]["exclusiveMinimum"] is True
     assert autoscaling["targetUtilization"]["maximum"] == 1

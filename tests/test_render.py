@@ -303,7 +303,6 @@ def test_names_labels_and_selectors() -> None:
         ({"autoscaling": {"minReplicas": 3}}, 3),
         ({"autoscaling": {"enabled": False}, "replicas": 5}, 5),
         ({"autoscaling": {"enabled": False, "minReplicas": 3}}, 1),
-        ({"autoscaling": {"minReplicas": 0}}, 0),
     ],
 )
 def test_initial_replicas(fields: dict[str, Any], replicas: int) -> None:

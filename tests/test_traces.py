@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -165,3 +167,91 @@ def test_simulate_plot_writes_a_png(tmp_path: Path, capsys: pytest.CaptureFixtur
     out = tmp_path / "plot.png"
     assert main(["simulate", "--trace", str(trace), "--plot", str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "service: {autoscaling: {maxReplicas: -1}}",
+            "service.autoscaling.maxReplicas: must be >= 1",
+        ),
+        ("service: {bogus: 1}", "service.bogus: unknown field"),
+        ("service: {concurrency: {maxInFlight: 0}}", "service.concurrency.maxInFlight"),
+        ("service: {monitoring: {interval: 0s}}", "service.monitoring.interval: must match"),
+    ],
+)
+def test_simulate_names_the_field_of_a_bad_service(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, message: str
+) -> None:
+    trace = tmp_path / "svc.yaml"
+    trace.write_text(f"kind: open\n{text}\nphases: [{{duration: 10, rate: 1}}]\n", "utf-8")
+    assert main(["simulate", "--trace", str(trace)]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+def test_simulate_refuses_a_file_that_is_not_utf8_and_an_empty_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    binary = tmp_path / "bin.yaml"
+    binary.write_bytes(b"\xff\xfe kind: open")
+    assert main(["simulate", "--trace", str(binary)]) == 2
+    assert "bin.yaml: cannot read: not UTF-8 text" in capsys.readouterr().err
+    assert main(["simulate", "--trace", ""]) == 2
+    assert "--trace: trace: empty; give a file or a shipped trace" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--seed", "-3"], "--seed: must be >= 0, got -3"),
+        (["--compare", "--policy", "kpa"], "--policy: not with --compare"),
+        (["--policy", "static-0"], "static-N takes 1 to 10000 replicas"),
+        (["--policy", "static-10001"], "static-N takes 1 to 10000 replicas"),
+    ],
+)
+def test_simulate_refuses_bad_flags_before_running(
+    capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    assert main(["simulate", "--trace", "measured-gradient", *args]) == 2
+    captured = capsys.readouterr()
+    assert message in captured.err
+    assert captured.out == ""  # nothing simulated
+
+
+def test_simulate_checks_the_plot_file_before_running(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("matplotlib")
+    for target, message in (
+        (tmp_path / "plot.xyz", "the extension names the format, one of"),
+        (tmp_path / "plot", "the extension names the format, one of"),
+        (tmp_path, "is no file name"),
+        (tmp_path / "missing" / "plot.png", "no directory"),
+    ):
+        assert main(["simulate", "--trace", "measured-gradient", "--plot", str(target)]) == 2
+        captured = capsys.readouterr()
+        assert message in captured.err, target
+        assert captured.out == "", target
+    trace = tmp_path / "tiny.yaml"
+    trace.write_text("kind: closed\nphases:\n  - {duration: 100, users: 2}\n", encoding="utf-8")
+    svg = tmp_path / "plot.svg"
+    assert main(["simulate", "--trace", str(trace), "--plot", str(svg)]) == 0
+    assert f"plot written to {svg}" in capsys.readouterr().out
+    assert svg.read_text(encoding="utf-8").lstrip().startswith("<?xml")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plot.svg", "tiny.yaml"]
+
+
+def test_simulate_into_a_closed_pipe_exits_without_a_traceback(tmp_path: Path) -> None:
+    trace = tmp_path / "tiny.yaml"
+    trace.write_text("kind: closed\nphases:\n  - {duration: 60, users: 1}\n", encoding="utf-8")
+    command = [sys.executable, "-m", "vlm_operator", "simulate", "--trace", str(trace), "--json"]
+    with subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as child:
+        assert child.stdout is not None
+        assert child.stderr is not None
+        child.stdout.close()  # the reader is gone before the first write (``| head -0``)
+        err = child.stderr.read().decode()
+        assert child.wait(timeout=120) == 1
+    assert err == ""

@@ -30,7 +30,18 @@ def _errors(spec: Any) -> list[FieldError]:
         (
             {"model": {"id": "m"}, "autoscaling": {"minReplicas": -1}},
             "spec.autoscaling.minReplicas",
-            "must be >= 0, got -1",
+            "must be >= 1, got -1",
+        ),
+        (
+            # No pod, no gate to count requests: nothing would scale it up again.
+            {"model": {"id": "m"}, "autoscaling": {"minReplicas": 0}},
+            "spec.autoscaling.minReplicas",
+            "must be >= 1, got 0",
+        ),
+        (
+            {"model": {"id": "m"}, "monitoring": {"interval": "0s"}},
+            "spec.monitoring.interval",
+            "must match ^0*[1-9][0-9]*(ms|s|m)$, got '0s'",
         ),
         (
             {"model": {"id": "m"}, "autoscaling": {"minReplicas": 5, "maxReplicas": 2}},

@@ -459,10 +459,17 @@ AUTOSCALERS: dict[str, Callable[[VLMServiceSpec], Autoscaler]] = {
 }
 
 
+#: The most replicas of ``static-N``: maxReplicas's bound in the VLMService schema.
+MAX_STATIC = 10000
+
+
 def make_autoscaler(name: str, spec: VLMServiceSpec) -> Autoscaler:
-    """A fresh autoscaler by name; ``static-N`` gives N fixed replicas."""
+    """A fresh autoscaler by name; ``static-N`` gives N fixed replicas (1 to MAX_STATIC)."""
     if name.startswith("static-") and name[7:].isdigit():
-        return Static(spec, replicas=int(name[7:]))
+        replicas = int(name[7:])
+        if not 1 <= replicas <= MAX_STATIC:
+            raise ValueError(f"policy {name!r}: static-N takes 1 to {MAX_STATIC} replicas")
+        return Static(spec, replicas=replicas)
     try:
         factory = AUTOSCALERS[name]
     except KeyError:

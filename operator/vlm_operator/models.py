@@ -467,7 +467,16 @@ class AutoscalingSpec(APIModel):
     enabled: bool = Field(
         default=True, description="Off: spec.replicas (or the scale subresource) decides."
     )
-    min_replicas: int = Field(default=1, ge=0, le=10000, description="Lowest replica count.")
+    min_replicas: int = Field(
+        default=1,
+        ge=1,
+        le=10000,
+        description=(
+            "Lowest replica count, at least 1: with no pod there is no gate to count "
+            "requests, so nothing would scale the service up again. To park a service, "
+            "disable autoscaling and set replicas to 0."
+        ),
+    )
     max_replicas: int = Field(default=10, ge=1, le=10000, description="Highest replica count.")
     target_utilization: float = Field(
         default=0.9,
@@ -561,8 +570,10 @@ class MonitoringSpec(APIModel):
     pod_monitor: bool = Field(default=False, description="Create a PodMonitor for the gates.")
     interval: str = Field(
         default="5s",
-        pattern=r"^[0-9]+(ms|s|m)$",
-        description="Scrape interval (short: reaction time decides latency after a step).",
+        pattern=r"^0*[1-9][0-9]*(ms|s|m)$",
+        description=(
+            "Scrape interval, more than zero (short: reaction time decides latency after a step)."
+        ),
     )
     labels: dict[str, str] = Field(
         default_factory=dict,

@@ -132,12 +132,20 @@ def load_trace(path_or_name: str | Path) -> Trace:
 
 
 def _read(path_or_name: str | Path) -> tuple[str, str]:
+    if not str(path_or_name).strip():
+        raise TraceError(
+            f"trace: empty; give a file or a shipped trace ({', '.join(list_traces())})"
+        )
     candidate = Path(path_or_name)
     if candidate.suffix in (".yaml", ".yml") or candidate.exists():
         try:
             return candidate.read_text(encoding="utf-8"), str(candidate)
         except OSError as exc:
             raise TraceError(f"{candidate}: cannot read: {exc.strerror or exc}") from None
+        except UnicodeDecodeError as exc:
+            raise TraceError(
+                f"{candidate}: cannot read: not UTF-8 text (byte {exc.start})"
+            ) from None
     name = str(path_or_name)
     if name in list_traces():
         item = resources.files("vlm_operator").joinpath(*_TRACE_DIR, f"{name}.yaml")
@@ -194,7 +202,10 @@ def parse_trace(
         )
         extra = sorted(set(raw) - allowed)
         if extra:
-            raise fail(f"{where}.{extra[0]}", f"not allowed in a {kind} trace")
+            raise fail(
+                f"{where}.{extra[0]}",
+                f"not allowed in {'an open' if kind == 'open' else 'a closed'} trace",
+            )
         duration = _number(raw.get("duration"), f"{where}.duration", fail)
         if duration <= 0:
             raise fail(f"{where}.duration", f"must be positive seconds, got {duration}")

@@ -15,9 +15,9 @@ import math
 from pathlib import Path
 from typing import Any
 
-from vlm_operator.baselines import AUTOSCALERS
+from vlm_operator.baselines import AUTOSCALERS, make_autoscaler
 from vlm_operator.cli import UsageError
-from vlm_operator.simulator import ENGINE, Report, SimConfig, SimResult, run_policy
+from vlm_operator.simulator import ENGINE, Report, SimConfig, SimResult, run_policy, spec_for
 from vlm_operator.simulator._compiled import engine_choice_error
 from vlm_operator.traces import Trace, TraceError, list_traces, load_trace
 
@@ -33,10 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--policy",
-        default="ours",
         help=f"scaling policy: {', '.join(AUTOSCALERS)} or static-N (default: ours)",
     )
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed, >= 0 (default: 0)")
     parser.add_argument(
         "--startup-seconds",
         type=float,
@@ -59,8 +58,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the report(s) as JSON")
     parser.add_argument(
         "--plot",
-        metavar="PNG",
-        help="draw replicas, demand and P95 over time (needs the 'plot' extra: matplotlib)",
+        metavar="FILE",
+        help=(
+            "draw replicas, demand and P95 over time to FILE, its format by its extension "
+            "(.png, .svg, .pdf, ...; needs the 'plot' extra: matplotlib)"
+        ),
     )
 
 
@@ -70,20 +72,24 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(engine_error)
     try:
         trace = load_trace(args.trace)
+        spec = spec_for(trace)
     except TraceError as exc:
         raise UsageError(f"--trace: {exc}") from None
+    if args.seed < 0:
+        raise UsageError(f"--seed: must be >= 0, got {args.seed}")
     if not args.startup_seconds >= 0 or not math.isfinite(args.startup_seconds):
         raise UsageError(f"--startup-seconds: must be >= 0, got {args.startup_seconds}")
     if not 0 <= args.retries <= 10:
         raise UsageError(f"--retries: must be between 0 and 10, got {args.retries}")
-    policies = list(COMPARED) if args.compare else [args.policy]
+    if args.compare and args.policy is not None:
+        raise UsageError("--policy: not with --compare, which runs every policy")
+    policies = list(COMPARED) if args.compare else [args.policy or "ours"]
     for name in policies:
-        if name not in AUTOSCALERS and not (name.startswith("static-") and name[7:].isdigit()):
-            raise UsageError(
-                f"--policy: unknown policy {name!r} (known: {', '.join(AUTOSCALERS)}, static-N)"
-            )
-    if args.plot:
-        _require_matplotlib()
+        try:
+            make_autoscaler(name, spec)
+        except ValueError as exc:
+            raise UsageError(f"--policy: {exc}") from None
+    plot = None if args.plot is None else _plot_target(args.plot)
     config = SimConfig(
         startup_seconds=args.startup_seconds, retries=args.retries, routing=args.routing
     )
@@ -96,10 +102,11 @@ def run(args: argparse.Namespace) -> int:
         print(comparison_table(trace, reports, args.seed))
     else:
         print(_single_report(trace, reports[0]))
-    if args.plot:
-        _plot(trace, [result for _, result in runs], Path(args.plot))
+    if plot is not None:
+        path, file_format = plot
+        _plot(trace, [result for _, result in runs], path, file_format)
         if not args.json:
-            print(f"plot written to {args.plot}")
+            print(f"plot written to {path}")
     return 0
 
 
@@ -167,16 +174,34 @@ def comparison_table(trace: Trace, reports: list[Report], seed: int) -> str:
     return "\n".join(lines)
 
 
-def _require_matplotlib() -> None:
+def _plot_target(name: str) -> tuple[Path, str]:
+    """Where ``--plot`` writes and in which format, checked before anything runs.
+
+    The format is the extension's (matplotlib would otherwise append ``.png``
+    to a name without one, and fail on an unknown one only after the run).
+    """
     try:
-        import matplotlib  # noqa: F401
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
     except ImportError:
         raise UsageError(
             "--plot: needs matplotlib; install the extra: pip install 'vlm-operator[plot]'"
         ) from None
+    supported = FigureCanvasAgg.get_supported_filetypes()
+    path = Path(name)
+    file_format = path.suffix[1:].lower()
+    if not name.strip() or path.is_dir():
+        raise UsageError(f"--plot: {name!r} is no file name")
+    if file_format not in supported:
+        raise UsageError(
+            f"--plot: {name}: the extension names the format, one of "
+            f"{', '.join('.' + f for f in sorted(supported))}"
+        )
+    if not path.parent.is_dir():
+        raise UsageError(f"--plot: {name}: no directory {str(path.parent)!r}")
+    return path, file_format
 
 
-def _plot(trace: Trace, results: list[SimResult], out: Path) -> None:
+def _plot(trace: Trace, results: list[SimResult], out: Path, file_format: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -203,7 +228,7 @@ def _plot(trace: Trace, results: list[SimResult], out: Path) -> None:
     axes[0].legend(loc="upper left", fontsize=8, ncol=4)
     fig.tight_layout()
     try:
-        fig.savefig(out, dpi=110)
+        fig.savefig(out, dpi=110, format=file_format)
     except OSError as exc:
         raise UsageError(f"--plot: cannot write {out}: {exc.strerror or exc}") from None
     finally:

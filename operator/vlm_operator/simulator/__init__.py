@@ -20,6 +20,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from pydantic import ValidationError
+
 from vlm_operator.baselines import make_autoscaler
 from vlm_operator.models import VLMServiceSpec
 from vlm_operator.simulator import _compiled
@@ -35,7 +37,8 @@ from vlm_operator.simulator.report import (  # noqa: E402
     oracle_replica_seconds,
     summarize,
 )
-from vlm_operator.traces import Trace, load_trace  # noqa: E402
+from vlm_operator.traces import Trace, TraceError, load_trace  # noqa: E402
+from vlm_operator.validation import field_errors  # noqa: E402
 
 #: Which engine runs: ``"compiled"`` or ``"interpreted"``.
 ENGINE = "compiled" if _compiled.is_compiled(engine) else "interpreted"
@@ -69,9 +72,17 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def spec_for(trace: Trace, overrides: dict[str, Any] | None = None) -> VLMServiceSpec:
-    """The VLMService spec of a scenario: defaults, the trace's ``service``, overrides."""
+    """The VLMService spec of a scenario: defaults, the trace's ``service``, overrides.
+
+    Raises :class:`~vlm_operator.traces.TraceError` naming the field
+    (``service.autoscaling.maxReplicas: ...``) when the result is no valid spec.
+    """
     data = _merge(_merge(DEFAULT_SERVICE, trace.service), overrides or {})
-    return VLMServiceSpec.model_validate(data)
+    try:
+        return VLMServiceSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(str(error) for error in field_errors(exc, "service"))
+        raise TraceError(f"trace {trace.name}: {problems}") from None
 
 
 def run_policy(
