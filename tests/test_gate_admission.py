@@ -224,6 +224,11 @@ def test_cache_keys_only_deterministic_requests() -> None:
     assert key("POST", "/x", b'{"temperature": false}') is None
 
 
+def test_json_nested_too_deep_to_parse_is_simply_not_cached() -> None:
+    deep = b'{"temperature": 0, "x": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+    assert ResponseCache.key_for("POST", "/v1/chat/completions", deep) is None
+
+
 def test_cache_is_a_bounded_lru_with_ttl_that_keeps_only_200() -> None:
     now = [0.0]
     cache = ResponseCache(size=2, ttl=10, clock=lambda: now[0])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import sys
@@ -394,6 +395,76 @@ async def test_deterministic_requests_are_answered_from_the_cache(backend: Backe
         assert len(backend.bodies) == 3
         assert await gate.metric("vlm_cache_hits_total") == 1
         assert await gate.metric("vlm_requests_total", code="200") == 4
+
+
+async def test_deeply_nested_json_passes_through_uncached(backend: Backend) -> None:
+    deep = b'{"temperature": 0, "x": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+    async with running_gate(backend, cache_size=8) as gate:
+        for _ in range(2):
+            status, headers, _ = await gate.request("POST", "/v1/chat/completions", data=deep)
+            assert status == 200
+            assert "x-vlm-cache" not in headers
+        assert backend.bodies == [deep, deep]
+        assert await gate.metric("vlm_requests_running") == 0
+
+
+async def test_a_health_answer_the_gate_cannot_read_is_a_failed_check(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    status_line = [b"HTTP/1.1 200 OK"]
+    probes = [0]
+
+    async def health(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        probes[0] += 1
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(status_line[0] + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(health, "127.0.0.1", 0)
+    stand_in = Backend()
+    stand_in.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        async with running_gate(stand_in) as gate:  # ready: the first checks passed
+            status_line[0] = b"HTTP/1.1 200 " + b"A" * 70_000  # past the reader's line limit
+
+            async def readyz(status: int) -> bool:
+                return (await gate.request("GET", "/readyz"))[0] == status
+
+            await until(lambda: readyz(503))
+            failed = probes[0]
+            await until(lambda: probes[0] >= failed + 4)  # the poller goes on
+            status_line[0] = b"HTTP/1.1 200 OK"
+            await until(lambda: readyz(200))
+    finally:
+        server.close()
+        await server.wait_closed()
+    logged = [r for r in caplog.records if r.getMessage().startswith("health check at")]
+    assert len(logged) == 1  # once, not at every check
+    assert "ValueError" in logged[0].getMessage()
+
+
+async def test_closing_the_gate_survives_a_background_task_that_failed(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from vlm_operator.gate import GateServer, _server
+
+    async def broken(proxy: object) -> None:
+        raise RuntimeError("sweeper broke")
+
+    monkeypatch.setattr(_server, "_sweep", broken)
+    gate = GateServer(GateConfig(upstream=backend.url, port=0, health_path=""))
+    await gate.start()
+    await until(lambda: all(task.done() for task in gate._tasks))
+    await gate.close()  # logs the failure; does not raise it
+    failures = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(failures) == 1
+    assert failures[0].exc_info is not None
+    assert str(failures[0].exc_info[1]) == "sweeper broke"
 
 
 @asynccontextmanager

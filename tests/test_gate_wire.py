@@ -17,7 +17,7 @@ import json
 import logging
 import random
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -424,3 +424,229 @@ async def test_idle_connections_are_closed_on_both_sides(monkeypatch: pytest.Mon
         # the model connection idle past its limit is not reused: a fresh one serves
         assert (await gate.request("GET", "/v1/b"))[0] == 200
         assert len(set(peers)) == 2
+
+
+async def test_an_endless_head_is_refused_with_431_as_it_arrives(backend: Backend) -> None:
+    async with running_gate(backend) as gate:
+        for start in (
+            b"GET /v1/x HTTP/1.1\r\nHost: x\r\nX-A: ",  # a header line that never ends
+            b"POST /v1/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3\r\nabc\r\n0\r\nX-Trailer: ",  # a trailer line that never ends
+        ):
+            sent = 0
+            async with raw_connection(gate.url) as (reader, writer):
+                writer.write(start)
+                answer = asyncio.create_task(reader.read())
+                for _ in range(64):  # up to 4 MiB, paced so the gate reads as it arrives
+                    done, _ = await asyncio.wait({answer}, timeout=0.01)
+                    if done:
+                        break
+                    writer.write(b"a" * 65536)
+                    await writer.drain()
+                    sent += 65536
+                raw = await asyncio.wait_for(answer, DEADLINE_S)
+            (message,) = parse(raw)
+            assert message.status == 431
+            assert error_code(message.body) == "head_too_large"
+            assert message.headers["connection"] == "close"
+            assert sent <= 1024 * 1024  # refused past the limit, not when the client gave up
+        assert backend.arrivals == []
+        assert (await gate.request("POST", "/v1/ok", data=b"{}"))[0] == 200
+        assert await gate.metric("vlm_requests_total", code="431") == 2
+
+
+async def test_trailers_of_a_chunked_request_are_dropped(backend: Backend) -> None:
+    async with running_gate(backend) as gate:
+        raw = await send_raw(
+            gate.url,
+            b"POST /v1/t HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+            b"Connection: close\r\n\r\n"
+            b"3\r\nabc\r\n0\r\nHost: evil\r\nX-Trailer: 1\r\nConnection: x-keep\r\n\r\n",
+        )
+        (message,) = parse(raw)
+        assert message.status == 200
+        seen = json.loads(message.body)
+        assert seen["body"] == "abc"
+        assert seen["headers"]["Host"] == "x"
+        assert "X-Trailer" not in seen["headers"]
+        assert seen["headers"]["Content-Length"] == "3"
+
+
+async def test_every_connection_header_is_honoured_and_host_is_kept(backend: Backend) -> None:
+    async with running_gate(backend) as gate:
+        raw = await send_raw(
+            gate.url,
+            b"GET /v1/c HTTP/1.1\r\nHost: x\r\nConnection: close\r\nConnection: x-a\r\n"
+            b"X-A: 1\r\nX-B: 2\r\nX-C: 3\r\nConnection: host, X-B\r\n\r\n",
+        )
+        (message,) = parse(raw)
+        assert message.status == 200
+        assert message.headers["connection"] == "close"
+        seen = json.loads(message.body)["headers"]
+        assert seen["Host"] == "x"  # named in Connection, yet a request must carry it
+        assert "X-A" not in seen
+        assert "X-B" not in seen
+        assert seen["X-C"] == "3"
+
+
+class RawModel:
+    """A model that answers each request with whatever bytes ``answer`` gives for its target."""
+
+    def __init__(self, answer: Callable[[bytes], bytes]) -> None:
+        self.answer = answer
+        self.connections = 0
+        self.url = ""
+        self._writers: list[asyncio.StreamWriter] = []
+        self._handlers: set[asyncio.Task[Any]] = set()
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.append(writer)
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
+        try:
+            for _ in range(1000):
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                await reader.readexactly(length)
+                writer.write(self.answer(head.split(b" ", 2)[1]))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the gate closed the connection
+        finally:
+            writer.close()
+            self._handlers.discard(task)
+
+
+@asynccontextmanager
+async def raw_model(answer: Callable[[bytes], bytes]) -> AsyncIterator[RawModel]:
+    stand_in = RawModel(answer)
+    server = await asyncio.start_server(stand_in.serve, "127.0.0.1", 0)
+    stand_in.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        yield stand_in
+    finally:
+        server.close()
+        await server.wait_closed()
+        for writer in stand_in._writers:
+            writer.close()
+        if stand_in._handlers:
+            await asyncio.wait(set(stand_in._handlers), timeout=DEADLINE_S)
+
+
+_OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+def _odd_answers(target: bytes) -> bytes:
+    return {
+        b"/101": b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\n"
+        b"Upgrade: websocket\r\n\r\nhello",
+        b"/two": b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\none" + _OK,
+        b"/junk": b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\noneNOT HTTP\r\n\r\n",
+        b"/options": b"HTTP/1.1 200 OK\r\nConnection: x-one\r\nConnection: x-two\r\n"
+        b"X-One: 1\r\nX-Two: 2\r\nX-Three: 3\r\nContent-Length: 2\r\n\r\nok",
+        b"/trailer": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"2\r\nok\r\n0\r\nX-Late: 1\r\n\r\n",
+    }.get(target, _OK)
+
+
+async def test_a_model_that_switches_protocols_gives_a_502(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with raw_model(_odd_answers) as stand_in, gate_in_front_of(stand_in.url) as gate:
+        status, _, body = await gate.request("GET", "/101")
+        assert status == 502
+        assert error_code(body) == "upstream_error"
+        assert "101" in json.loads(body)["error"]["message"]
+        assert (await gate.request("GET", "/ok"))[0] == 200
+        assert await gate.metric("vlm_requests_total", code="502") == 1
+        assert await gate.metric("vlm_requests_running") == 0
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_only_the_first_answer_from_the_model_is_relayed() -> None:
+    async with raw_model(_odd_answers) as stand_in, gate_in_front_of(stand_in.url) as gate:
+        for path in (b"/two", b"/junk"):
+            async with raw_connection(gate.url) as (reader, writer):
+                writer.write(b"GET %s HTTP/1.1\r\nHost: x\r\n\r\n" % path)
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), DEADLINE_S)
+                assert head.startswith(b"HTTP/1.1 200 ")
+                assert b"Content-Length: 3\r\n" in head
+                assert await asyncio.wait_for(reader.readexactly(3), DEADLINE_S) == b"one"
+                used = stand_in.connections
+                # the same client connection goes on: its next answer is its own
+                writer.write(b"GET /ok HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                (message,) = parse(await asyncio.wait_for(reader.read(), DEADLINE_S))
+            assert (message.status, message.body) == (200, b"ok")
+            # the model connection that said too much is not reused
+            assert stand_in.connections == used + 1
+        assert await gate.metric("vlm_requests_total", code="200") == 4
+        assert await gate.metric("vlm_requests_running") == 0
+
+
+async def test_every_connection_header_of_the_model_is_honoured() -> None:
+    async with raw_model(_odd_answers) as stand_in, gate_in_front_of(stand_in.url) as gate:
+        status, headers, body = await gate.request("GET", "/options")
+        assert (status, body) == (200, b"ok")
+        assert "X-One" not in headers
+        assert "X-Two" not in headers
+        assert headers["X-Three"] == "3"
+
+
+async def test_trailers_of_the_models_answer_are_dropped() -> None:
+    deterministic = b'{"temperature": 0}'
+    async with (
+        raw_model(_odd_answers) as stand_in,
+        gate_in_front_of(stand_in.url, cache_size=4) as gate,
+    ):
+        first = await gate.request("POST", "/trailer", data=deterministic)
+        second = await gate.request("POST", "/trailer", data=deterministic)
+        assert first[0] == second[0] == 200
+        assert first[2] == second[2] == b"ok"
+        assert second[1]["x-vlm-cache"] == "hit"
+        assert "X-Late" not in second[1]  # not kept as a header of the cached answer
+
+
+async def test_a_client_that_stops_reading_is_cut_and_its_slot_freed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from vlm_operator.gate import _server
+
+    monkeypatch.setattr(_server, "_SWEEP_SECONDS", 0.05)
+    monkeypatch.setattr(_server, "_CLIENT_IDLE_SECONDS", 0.3)
+    chunk = b"x" * 256 * 1024
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for _ in range(1024):  # 256 MiB at most: the gate stops reading long before
+            await response.write(chunk)
+        await response.write_eof()
+        return response
+
+    async def small(request: web.Request) -> web.Response:
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_get("/endless", endless)
+    app.router.add_get("/small", small)
+    async with (
+        model(app) as url,
+        gate_in_front_of(url, max_in_flight=1, queue_size=0) as gate,
+        raw_connection(gate.url, limit=16 * 1024) as (_, writer),
+    ):
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+        writer.write(b"GET /endless HTTP/1.1\r\nHost: x\r\n\r\n")  # and never read
+
+        async def cut() -> bool:
+            return await gate.metric("vlm_requests_total", code="499") == 1
+
+        await until(cut)
+        assert await gate.metric("vlm_requests_running") == 0
+        assert (await gate.request("GET", "/small"))[0] == 200  # the slot is free again

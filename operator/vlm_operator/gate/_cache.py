@@ -5,7 +5,8 @@ eligible: a JSON object body with ``temperature`` explicitly 0 that does not
 ask for a stream. The key is the method, path and a hash of the exact body
 bytes, so "identical" means byte for byte. Only 200 responses are kept, in a
 bounded LRU whose entries also expire after a TTL. The body is parsed only
-here, and garbage simply makes a request ineligible.
+here, and garbage (or JSON nested too deep to parse) simply makes a request
+ineligible.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class ResponseCache:
             return None  # cheap pre-check: most traffic never pays for a parse
         try:
             payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # RecursionError: too deep
             return None
         if not isinstance(payload, dict):
             return None

@@ -9,7 +9,17 @@ is noticed at once (its slot freed, or its place in the queue given up).
 Bodies over the limit are refused as soon as that is known (from
 Content-Length, or while a chunked body arrives); the rest of such a body is
 read and thrown away before the connection is closed, so the client sees the
-413 rather than a reset.
+413 rather than a reset. A request the gate cannot parse further is answered
+the same way: after the error, whatever the client still sends is dropped
+unparsed for a few seconds.
+
+A head (or a chunked body's trailer section) is limited by the bytes that
+arrive while it is being read, not by the header lines llhttp hands over:
+llhttp (through httptools) gathers a header line until its end, re-copying it
+at every read, so one endless line would cost time quadratic in its length.
+
+Trailers are read and dropped: they arrive after the request was judged on
+its head, and the model is sent a body with Content-Length (RFC 9110 §6.5.1).
 """
 
 from __future__ import annotations
@@ -64,11 +74,19 @@ class ClientConnection(asyncio.Protocol):
         #: The client reads slower than answers arrive: the model's side waits.
         self.writing_paused = False
         self._linger: asyncio.TimerHandle | None = None
+        #: Whether llhttp is reading a head or a trailer section, and its bytes so far.
+        self._in_head = True
+        self._head_bytes = 0
+        #: Read everything after the answer and drop it until the client is done.
+        self._drop_rest = False
+        #: Sweeps seen while the client did not read its answer (cut past the idle limit).
+        self.stalled_ticks = 0
         self._new_request()
 
     def _new_request(self) -> None:
         self._url = b""
         self._headers: list[Header] = []
+        self._head_done = False  # header callbacks after this are trailers
         self._head_size = 0
         self._has_host = False
         self._options: set[bytes] | None = None
@@ -93,6 +111,8 @@ class ClientConnection(asyncio.Protocol):
         self.idle_ticks = 0
         if self._closing and not self._refused:
             return  # answered with "Connection: close": anything after is ignored
+        if self._in_head:
+            self._head_bytes += len(data)  # all of it: judged only if the head is still open after
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -100,9 +120,7 @@ class ClientConnection(asyncio.Protocol):
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, _HeadTooLarge):
-                self._refuse_connection(
-                    "head_too_large", f"request line and headers exceed {MAX_HEAD_BYTES} bytes"
-                )
+                self._refuse_head()
             elif isinstance(cause, _BadHead):
                 self._refuse_connection("bad_request", str(cause))
             else:
@@ -110,6 +128,9 @@ class ClientConnection(asyncio.Protocol):
                 self._refuse_connection("bad_request", "the gate could not parse the request")
         except httptools.HttpParserError as exc:
             self._refuse_connection("bad_request", f"malformed HTTP/1.1 request: {exc}")
+        else:
+            if self._in_head and self._head_bytes > MAX_HEAD_BYTES:
+                self._refuse_head()  # a head without end: refused before llhttp gathers more
         self._dispatch()
 
     def eof_received(self) -> bool | None:
@@ -128,12 +149,14 @@ class ClientConnection(asyncio.Protocol):
     def pause_writing(self) -> None:
         # The client reads slower than the model answers: stop reading the model.
         self.writing_paused = True
+        self.stalled_ticks = 0
         active = self.active
         if active is not None and active.upstream is not None:
             active.upstream.pause_reading()
 
     def resume_writing(self) -> None:
         self.writing_paused = False
+        self.stalled_ticks = 0
         active = self.active
         if active is not None and active.upstream is not None:
             active.upstream.resume_reading()
@@ -150,6 +173,8 @@ class ClientConnection(asyncio.Protocol):
             raise _HeadTooLarge
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._head_done:
+            return  # a trailer: dropped
         self._head_size += len(name) + len(value) + 4
         if self._head_size > MAX_HEAD_BYTES:
             raise _HeadTooLarge
@@ -161,7 +186,7 @@ class ClientConnection(asyncio.Protocol):
                 except ValueError:
                     raise _BadHead(f"Content-Length {value!r} is not a number") from None
             elif lower == b"connection":
-                self._options = connection_options(value)
+                self._options = connection_options(value) | (self._options or set())
             elif lower == b"expect":
                 self._expect_continue = value.lower() == b"100-continue"
             return
@@ -170,6 +195,8 @@ class ClientConnection(asyncio.Protocol):
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self._head_done = True
+        self._in_head = False
         if self._closing:
             return
         parser = self._parser
@@ -185,7 +212,13 @@ class ClientConnection(asyncio.Protocol):
         elif self._expect_continue and self._http11 and not self._closing:
             self.transport.write(CONTINUE)
 
+    def on_chunk_header(self) -> None:
+        # Body data follows, or (after the last chunk) the trailer section: a head.
+        self._in_head = True
+        self._head_bytes = 0
+
     def on_body(self, body: bytes) -> None:
+        self._in_head = False
         if self._refused or self._closing:
             return
         self._size += len(body)
@@ -195,6 +228,8 @@ class ClientConnection(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
+        self._in_head = True  # the next request's head
+        self._head_bytes = 0
         if self._refused:
             self._refused = False
             if self._closing and self.active is None and not self.pending:
@@ -253,8 +288,8 @@ class ClientConnection(asyncio.Protocol):
         if not exchange.keep_alive:
             self._closing = True
             self.pending.clear()
-            if self._refused and self.transport.can_write_eof():
-                # The body is still coming: say we are done, read it, then close.
+            if (self._refused or self._drop_rest) and self.transport.can_write_eof():
+                # More may be coming: say we are done, read and drop it, then close.
                 self.transport.write_eof()
                 self._linger = asyncio.get_running_loop().call_later(
                     LINGER_SECONDS, self.transport.close
@@ -287,12 +322,18 @@ class ClientConnection(asyncio.Protocol):
         self._enqueue(refusal)
         self._closing = True  # nothing after this request is read
 
+    def _refuse_head(self) -> None:
+        self._refuse_connection(
+            "head_too_large", f"request line and headers exceed {MAX_HEAD_BYTES} bytes"
+        )
+
     def _refuse_connection(self, reason: str, message: str) -> None:
-        """The byte stream cannot be parsed further: answer (in turn) and close."""
+        """The byte stream cannot be parsed further: answer (in turn), drop the rest, close."""
         self._refused = False
         if self._closing:
             return
         self._closing = True
+        self._drop_rest = True
         refusal = Exchange(self, b"", b"", [], True, b"", self._http11, False, self.proxy.clock())
         refusal.refusal = (reason, message)
         self._enqueue(refusal)

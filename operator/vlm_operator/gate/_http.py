@@ -96,8 +96,14 @@ def origin_form(target: bytes) -> bytes:
 
 
 def connection_options(value: bytes) -> set[bytes]:
-    """The header names a Connection header lists (lower case): hop-by-hop as well."""
-    return {token.strip().lower() for token in value.split(b",") if token.strip()}
+    """The header names a Connection header lists (lower case): hop-by-hop as well.
+
+    Host is never one: a request must carry it (RFC 9112 §3.2) and the gate
+    keeps the client's, so a Connection header that names it changes nothing.
+    """
+    options = {token.strip().lower() for token in value.split(b",") if token.strip()}
+    options.discard(b"host")
+    return options
 
 
 def response(

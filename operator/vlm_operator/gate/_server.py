@@ -2,7 +2,13 @@
 
 A :class:`GateServer` owns the listening socket (one :class:`ClientConnection`
 per client), the pool of connections to the model, a background health poller
-that decides readiness, and a sweeper that closes idle connections.
+that decides readiness, and a sweeper that closes idle connections. Any
+failure of a health check, however odd the model's answer, counts as a failed
+check: the poller must outlive the model it watches.
+
+A client that stops reading its answer holds a slot while the gate waits to
+write to it; past the keep-alive timeout, the sweeper cuts it like a client
+that hung up (the slot is freed, the request counted as 499).
 
 On SIGTERM the gate turns unready and refuses new work with 503, lets every
 running and queued request finish within the drain timeout, then exits 0.
@@ -103,9 +109,20 @@ async def _probe(proxy: Proxy, path: bytes, seconds: float) -> bool:
 async def _poll_health(proxy: Proxy, config: GateConfig) -> None:
     path = config.health_path.encode()
     failures = 0
+    logged = False  # an unexpected failure was logged (once per run of failures)
     while True:
-        if await _probe(proxy, path, config.health_timeout):
+        try:
+            healthy = await _probe(proxy, path, config.health_timeout)
+        except Exception as exc:  # e.g. ValueError: a status line past the reader's limit
+            healthy = False
+            if not logged:
+                logged = True
+                log.warning(
+                    "health check at %s%s failed: %r", config.upstream, config.health_path, exc
+                )
+        if healthy:
             failures = 0
+            logged = False
             if not proxy.ready:
                 log.info("model is ready at %s%s", config.upstream, config.health_path)
             proxy.ready = True
@@ -133,7 +150,13 @@ async def _sweep(proxy: Proxy) -> None:
     while True:
         await asyncio.sleep(_SWEEP_SECONDS)
         for connection in list(proxy.connections):
-            if connection.active is None and not connection.pending:
+            if connection.writing_paused:
+                # The client has not read what it was sent: nothing moves either way.
+                connection.stalled_ticks += 1
+                if connection.stalled_ticks >= limit:
+                    log.info("cutting a client that stopped reading its answer")
+                    connection.abort()
+            elif connection.active is None and not connection.pending:
                 connection.idle_ticks += 1
                 if connection.idle_ticks >= limit:
                     connection.close_if_idle()
@@ -209,8 +232,12 @@ class GateServer:
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # a background task that died must not stop the shutdown
+                log.exception("background task %s had failed", task.get_name())
         self._tasks.clear()
         if self._server is not None:
             self._server.close()

@@ -8,6 +8,11 @@ reaches the client when the model sends it, and a small answer goes out in
 one write together with its head. Framing is redone for the client:
 hop-by-hop headers are dropped, and a body of unknown length is sent chunked.
 
+The model gets one request at a time, so it owes exactly one answer: bytes
+past that answer's end (a second answer, or garbage) are not relayed, and the
+connection they came on is not reused. An answer that switches protocols
+(101) is a bad answer: the gate relays HTTP only.
+
 Idle connections are dropped after a few seconds, before the model server's
 own keep-alive timeout (uvicorn: 5 s) can close one under a new request: a
 POST on a connection closed that way cannot be retried safely.
@@ -32,6 +37,10 @@ if TYPE_CHECKING:
 IDLE_SECONDS = 4.0
 #: Seconds to open a connection to the model.
 CONNECT_SECONDS = 5.0
+
+
+class _PastTheAnswer(Exception):
+    """The model sent more after the answer to the one request it was given."""
 
 
 class UpstreamConnection(asyncio.Protocol):
@@ -63,6 +72,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._upstream_chunked = False
         self._options: set[bytes] | None = None
         self._interim = False
+        self._head_done = False  # header callbacks after this are trailers
         self._chunked = False  # re-chunked for the client
         self._until_close = False  # the model's answer ends when its connection does
         self._complete = False
@@ -107,19 +117,23 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.close()  # a model that speaks unasked is not to be trusted
             return
         out = self._out = []
+        failure: str | None = None
         try:
             self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            failure = "the model switched protocols (101); the gate relays HTTP only"
         except httptools.HttpParserError as exc:
-            if out:
-                exchange.conn.write(b"".join(out))
-            self.abort()
-            self.pool.proxy.upstream_failed(exchange, f"malformed answer from the model: {exc}")
-            return
+            failure = f"malformed answer from the model: {exc}"
         if out:
             exchange.conn.write(out[0] if len(out) == 1 else b"".join(out))
         if self._complete:
+            if failure is not None:
+                self.reusable = False  # more came after the answer: not to be trusted again
             self.exchange = None
             self.pool.proxy.response_done(exchange, self)
+        elif failure is not None:
+            self.abort()
+            self.pool.proxy.upstream_failed(exchange, failure)
 
     def eof_received(self) -> bool | None:
         return None
@@ -141,12 +155,16 @@ class UpstreamConnection(asyncio.Protocol):
     # llhttp callbacks
 
     def on_message_begin(self) -> None:
+        if self._complete:
+            raise _PastTheAnswer  # stops llhttp: the rest of this read is not relayed
         self._reset()
 
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._head_done:
+            return  # a trailer: dropped (the client gets the body re-framed)
         lower = name.lower()
         if lower in HOP_BY_HOP:
             if lower == b"content-length":
@@ -154,11 +172,12 @@ class UpstreamConnection(asyncio.Protocol):
             elif lower == b"transfer-encoding":
                 self._upstream_chunked = b"chunked" in value.lower()
             elif lower == b"connection":
-                self._options = connection_options(value)
+                self._options = connection_options(value) | (self._options or set())
             return
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        self._head_done = True
         status = self._parser.get_status_code()
         if status < 200:
             self._interim = True  # 1xx: the real answer follows
