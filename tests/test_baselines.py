@@ -44,7 +44,7 @@ def _obs(
         waiting=waiting,
         p95_seconds=p95,
         arrival_rate=rate,
-        error_rate=None,
+        error_rate=0.0 if rate else None,  # 0/0 with no answers, as Prometheus has it
         cpu_utilization=cpu,
         age_seconds=1.0,
         current=current,

@@ -371,16 +371,26 @@ def test_a_fall_of_two_pods_is_waited_out_even_to_half_the_fleet() -> None:
     assert "load collapsed" not in quiet[first_down].reason
 
 
-def test_without_an_arrival_rate_a_collapse_waits_out_the_window() -> None:
-    # The arrival rate bounds a collapse's step: unknown, the window is waited.
+def test_without_an_arrival_rate_or_an_error_rate_nothing_scales_down() -> None:
+    # Both gate rules that let a fleet down (the P95 guard needs answers, the
+    # refused demand the error rate): missing, read as 0, they would not.
     spec = _spec(maxReplicas=30, scaleDown={"stabilizationWindowSeconds": 300})
     busy = _steady(spec, _signals(32, 0), _pods(8), seconds=400)
-    quiet = _steady(
-        spec, _signals(2, 0, rate=None), _pods(8), seconds=400, start=405, state=busy[-1].state
-    )
-    first_down = next(i for i, d in enumerate(quiet) if d.direction == "down")
-    assert first_down * 5.0 >= 300 - 5.0
-    assert all("load collapsed" not in d.reason for d in quiet)
+    for quiet_signals, missing in (
+        (_signals(2, 0, rate=None), "no signal: arrival_rate"),
+        (_signals(2, 0, rate=math.nan), "no signal: arrival_rate"),
+        (_signals(2, 0, rate=-1.0), "no signal: arrival_rate"),
+        (Signals(2.0, 0.0, 5.0, 1.0, None), "no signal: error_rate"),
+        (Signals(2.0, 0.0, 5.0, 1.0, math.inf), "no signal: error_rate"),
+    ):
+        quiet = _steady(spec, quiet_signals, _pods(8), seconds=700, start=405, state=busy[-1].state)
+        assert all(d.replicas == 8 for d in quiet), missing
+        assert all(missing in d.reason and "never scaling down" in d.reason for d in quiet)
+        assert not any(d.signals_ok for d in quiet)
+    # No answers in the window: the error rate is 0/0, an idle service's, and it may go down.
+    idle = _steady(spec, Signals(0.0, 0.0, None, 0.0, None), _pods(8), seconds=700, start=405)
+    assert idle[-1].replicas < 8
+    assert idle[-1].signals_ok
 
 
 def test_scale_down_respects_max_pods_per_step() -> None:
@@ -1060,6 +1070,40 @@ def test_missing_signals_never_scale_down(signals: Signals, why: str) -> None:
     assert "never scaling down" in ds[-1].reason
 
 
+@pytest.mark.parametrize(
+    "signals",
+    [
+        _signals(1e308, 1e308),
+        _signals(4, 0, rate=1e308),
+        _signals(4, 0, p95=1e308),
+        _signals(4, 0, errors=1e308),
+        _signals(4, 0, age=math.inf),
+        _signals(4, 0, age=math.nan),
+    ],
+)
+def test_absurd_signals_are_no_signals(signals: Signals) -> None:
+    # A billion requests in flight, or a scrape of infinite age, is a broken
+    # exporter or query; arithmetic on it would overflow.
+    spec = _spec(scaleDown={"stabilizationWindowSeconds": 0})
+    ds = _steady(spec, signals, _pods(5), seconds=120)
+    assert all(d.replicas == 5 for d in ds)
+    assert not ds[-1].signals_ok
+    assert "never scaling down" in ds[-1].reason
+    json.dumps(ds[-1].state.to_dict(), allow_nan=False)  # strict JSON for the status
+
+
+def test_an_outage_scales_nothing_up_on_the_samples_from_before() -> None:
+    # The window still holds a busy load's samples; nothing is read now.
+    busy = PolicyState(demand=((990.0, 40.0), (995.0, 40.0)))
+    for broken in (
+        _signals(None, None, None, rate=None, error="prometheus down"),
+        _signals(40, 0, age=600.0),
+    ):
+        d = recommend(busy, broken, _pods(4), _spec(), 1000.0)
+        assert d.replicas == 4, d.reason
+        assert "still seen" not in d.reason
+
+
 def test_missing_p95_still_scales_up_on_the_queue() -> None:
     d = recommend(PolicyState(), _signals(8, 20, p95=None, rate=None), _pods(2), _spec(), 0.0)
     assert d.replicas == 7
@@ -1155,6 +1199,42 @@ def test_state_round_trips_through_json_and_stays_small() -> None:
 )
 def test_state_from_garbage_is_fresh(garbage: Any) -> None:
     assert PolicyState.from_dict(garbage) == PolicyState()
+
+
+@pytest.mark.parametrize(
+    ("key", "bad"),
+    [
+        ("settledAt", 10**400),
+        ("demand", [[1.0, -100.0]]),
+        ("demand", [[1.0, 10**400]]),
+        ("p95", [[1.0, -2.0]]),
+        ("guardFloor", [0.0, 10**400, 6.0]),
+        ("guardFloor", [0.0, 3, -6.0]),
+        ("fleetP95", [990.0, 999.0, 11.5, 10**400]),
+        ("fleetP95", [990.0, 999.0, 1e308, 3]),
+        ("arrivalTrend", [1.0, 2.0, -3.0, 3.0]),
+    ],
+)
+def test_a_bad_stored_field_is_forgotten_alone(key: str, bad: Any) -> None:
+    # A status edited by hand loses the field, not the stabilization windows.
+    good = {"version": 1, "down": [[100.0, 6]], "changedAt": 90.0}
+    state = PolicyState.from_dict({**good, key: bad})
+    assert state.down == ((100.0, 6),)
+    assert state.changed_at == 90.0
+    assert state == PolicyState.from_dict(good)
+    recommend(state, _signals(4, 0), _pods(6), _spec(), 101.0)
+
+
+def test_a_fleet_of_no_pods_keeps_its_state_through_the_status() -> None:
+    # Scaled to 0 by hand: no fleet P95 is kept for 0 pods, so the round trip
+    # through the status (which refuses one) loses nothing.
+    state = PolicyState(calm_since=0.0)
+    for now in (1000.0, 1005.0):
+        d = recommend(state, _signals(0, 0, p95=3.0, rate=0.5), _pods(0), _spec(), now)
+        assert d.replicas == 1  # minReplicas
+        state = d.state
+    assert state.fleet_p95 is None
+    assert PolicyState.from_dict(json.loads(json.dumps(state.to_dict()))) == state
 
 
 def test_restart_keeps_stabilization() -> None:

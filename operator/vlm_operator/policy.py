@@ -96,12 +96,16 @@ The rules, and the failures of other autoscalers they answer:
   way: while they load, the queue grows by itself and only a burst buys
   more. Pods Pending longer than ``pendingTimeoutSeconds`` are not on their
   way (and the decision says ScalingLimited).
-- **Missing signals never scale down.** An empty, NaN, negative, stale or
-  failed signal is "no signal", never zero (keda#3065). The policy then holds,
-  scales up only on what is still trustworthy (a queue it can still see), or,
-  with ``missingSignals.action: Fallback``, raises to ``fallbackReplicas``.
-  A P95 that is NaN because nothing finished in the window (arrival rate 0)
-  is an idle service, not a missing signal.
+- **Missing signals never scale down.** An empty, NaN, negative, absurd
+  (over a billion), stale or failed signal is "no signal", never zero
+  (keda#3065): any of the five, as the arrival rate gates the P95 guard and
+  the error rate counts refused demand. The policy then holds, scales up
+  only on what it still reads now (a queue it can still see; never on the
+  window's samples from before an outage), or, with
+  ``missingSignals.action: Fallback``, raises to ``fallbackReplicas``.
+  A P95 or error rate that is NaN because nothing finished in the window
+  (arrival rate 0) is an idle service, not a missing signal. A stored state
+  field that does not parse is forgotten alone.
 
 This module is pure: it imports neither ``kubernetes``, ``kopf`` nor ``httpx``.
 """
@@ -109,7 +113,7 @@ This module is pure: it imports neither ``kubernetes``, ``kopf`` nor ``httpx``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from operator import sub
 from typing import Any, Literal, TypeVar
@@ -194,6 +198,11 @@ LATENCY_FLOOR_LOAD = 0.7
 #: floor is taken from (one window's P95 wanders by a few tenths of a second).
 FLEET_P95_WINDOWS = 10.0
 _STATE_VERSION = 1
+#: A signal above this is no signal: no fleet holds a billion requests, nor
+#: waits a billion seconds, and arithmetic on such values overflows.
+MAX_SIGNAL = 1e9
+#: Pod counts a stored state may hold: the schema's bound on maxReplicas.
+MAX_PODS = 10000
 # Demand a hair over a multiple of the per-pod target (floating-point noise of
 # rates and averages) must not buy a whole extra pod.
 _EPS = 1e-6
@@ -292,82 +301,93 @@ class PolicyState:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | Any) -> PolicyState:
-        """Parse :meth:`to_dict`'s output; anything else gives a fresh state."""
+        """Parse :meth:`to_dict`'s output; anything else gives a fresh state.
+
+        A field that does not parse (a status edited by hand, or written by a
+        version with other bounds) is forgotten alone: the others still hold
+        their windows.
+        """
         if not isinstance(data, Mapping) or data.get("version") != _STATE_VERSION:
             return cls()
-        try:
-            down = tuple((_finite(t), _count(n)) for t, n in data.get("down", ()))
-            up = tuple((_finite(t), _count(n)) for t, n in data.get("up", ()))
-            demand = tuple((_finite(t), _finite(d)) for t, d in data.get("demand", ()))
-            p95 = tuple((_finite(t), _finite(p)) for t, p in data.get("p95", ()))
-            settled = data.get("settledAt")
-            settled_at = None if settled is None else _finite(settled)
-            changed = data.get("changedAt")
-            changed_at = None if changed is None else _finite(changed)
-            queued = data.get("queuedAt")
-            queued_at = None if queued is None else _finite(queued)
-            floor = data.get("guardFloor")
-            guard_floor = None
-            if floor is not None:
-                t, n, d = floor
-                guard_floor = (_finite(t), _count(n), _finite(d))
-            since_data = data.get("demandSinceChange")
-            since_change = None
-            if since_data is not None:
-                first, last, mean = since_data
-                since_change = (_finite(first), _finite(last), _finite(mean))
-                _ordered(since_change[0], since_change[1])
-            calm = data.get("calmSince")
-            calm_since = None if calm is None else _finite(calm)
-            trend_data = data.get("arrivalTrend")
-            arrival_trend = None
-            if trend_data is not None:
-                first, last, fast, slow = trend_data
-                arrival_trend = (_finite(first), _finite(last), _finite(fast), _finite(slow))
-                _ordered(arrival_trend[0], arrival_trend[1])
-            fleet_data = data.get("fleetP95")
-            fleet_p95 = None
-            if fleet_data is not None:
-                first, last, mean, pods = fleet_data
-                fleet_p95 = (_finite(first), _finite(last), _finite(mean), _count(pods))
-                _ordered(fleet_p95[0], fleet_p95[1])
-                if fleet_p95[3] < 1:
-                    raise ValueError(pods)
-        except (TypeError, ValueError):
-            return cls()
+
+        def times(key: str, value: Any) -> tuple[tuple[float, Any], ...]:
+            return _field(lambda: tuple((_finite(t), value(v)) for t, v in data.get(key, ())), ())
+
+        def instant(key: str) -> float | None:
+            raw = data.get(key)
+            return None if raw is None else _field(lambda: _finite(raw), None)
+
+        def guard_floor() -> tuple[float, int, float]:
+            t, n, d = data["guardFloor"]
+            return (_finite(t), _pods(n), _amount(d))
+
+        def since_change() -> tuple[float, float, float]:
+            first, last, mean = data["demandSinceChange"]
+            return (_finite(first), _finite(_ordered(first, last)), _amount(mean))
+
+        def arrival_trend() -> tuple[float, float, float, float]:
+            first, last, fast, slow = data["arrivalTrend"]
+            return (_finite(first), _finite(_ordered(first, last)), _amount(fast), _amount(slow))
+
+        def fleet_p95() -> tuple[float, float, float, int]:
+            first, last, mean, pods = data["fleetP95"]
+            if _pods(pods) < 1:
+                raise ValueError(pods)
+            return (_finite(first), _finite(_ordered(first, last)), _amount(mean), pods)
+
+        def optional(key: str, parse: Callable[[], V]) -> V | None:
+            return None if data.get(key) is None else _field(parse, None)
+
         return cls(
-            down=down[-MAX_HISTORY:],
-            up=up[-MAX_HISTORY:],
-            demand=demand[-MAX_HISTORY:],
-            p95=p95[-MAX_HISTORY:],
-            settled_at=settled_at,
-            changed_at=changed_at,
-            queued_at=queued_at,
-            guard_floor=guard_floor,
-            demand_since_change=since_change,
-            calm_since=calm_since,
-            arrival_trend=arrival_trend,
-            fleet_p95=fleet_p95,
+            down=times("down", _pods)[-MAX_HISTORY:],
+            up=times("up", _pods)[-MAX_HISTORY:],
+            demand=times("demand", _amount)[-MAX_HISTORY:],
+            p95=times("p95", _amount)[-MAX_HISTORY:],
+            settled_at=instant("settledAt"),
+            changed_at=instant("changedAt"),
+            queued_at=instant("queuedAt"),
+            guard_floor=optional("guardFloor", guard_floor),
+            demand_since_change=optional("demandSinceChange", since_change),
+            calm_since=instant("calmSince"),
+            arrival_trend=optional("arrivalTrend", arrival_trend),
+            fleet_p95=optional("fleetP95", fleet_p95),
         )
+
+
+def _field(parse: Callable[[], V], default: V) -> V:
+    """One stored field, or ``default`` if it does not parse."""
+    try:
+        return parse()
+    except (TypeError, ValueError, OverflowError, KeyError):
+        return default
 
 
 def _finite(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TypeError(value)
-    number = float(value)
+    number = float(value)  # OverflowError for an int beyond a float's range
     if not math.isfinite(number):
         raise ValueError(value)
     return number
 
 
-def _ordered(first: float, last: float) -> None:
-    """A moving mean's span must not end before it begins."""
-    if first > last:
+def _amount(value: Any) -> float:
+    """A stored signal value: as :func:`_value` would have let it in."""
+    number = _finite(value)
+    if not 0 <= number <= MAX_SIGNAL:
+        raise ValueError(value)
+    return number
+
+
+def _ordered(first: Any, last: Any) -> Any:
+    """A moving mean's span must not end before it begins; ``last`` back."""
+    if _finite(first) > _finite(last):
         raise ValueError((first, last))
+    return last
 
 
-def _count(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+def _pods(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_PODS:
         raise ValueError(value)
     return value
 
@@ -388,14 +408,14 @@ class Decision:
 
 
 def _value(x: float | None) -> float | None:
-    """A usable signal value, or None for empty / NaN / infinite / negative."""
+    """A usable signal value, or None for empty / NaN / infinite / negative / absurd."""
     if x is None or isinstance(x, bool):
         return None
     try:
         number = float(x)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
-    if not math.isfinite(number) or number < 0:
+    if not 0 <= number <= MAX_SIGNAL:  # NaN fails this too
         return None
     return number
 
@@ -562,6 +582,8 @@ def _track_fleet_p95(
     until the new fleet's first such signal: near the target P95 × pods
     hardly moves with the pods, so it still tells how far a step may go.
     """
+    if pods < 1:
+        return None  # no fleet, no P95 of it
     kept = state.fleet_p95
     if disturbed or (kept is not None and not kept[1] <= now <= kept[1] + span):
         kept = None
@@ -603,6 +625,8 @@ def _arrivals_falling(trend: tuple[float, float, float, float] | None) -> bool:
 def _fmt(x: float | None) -> str:
     if x is None:
         return "?"
+    if not math.isfinite(x):
+        return str(x)
     return f"{x:.1f}" if x != int(x) else str(int(x))
 
 
@@ -675,12 +699,20 @@ def recommend(
     waiting = _value(signals.waiting) if trusted else None
     p95 = _value(signals.p95_seconds) if trusted else None
     arrival = _value(signals.arrival_rate) if trusted else None
+    failing = _value(signals.error_rate) if trusted else None
     if trusted:
         missing = [name for name, v in (("running", running), ("waiting", waiting)) if v is None]
         # No requests finished in the window: P95 is NaN by construction, not missing.
         idle = arrival == 0.0 and (running or 0.0) + (waiting or 0.0) == 0.0
         if p95 is None and not idle:
             missing.append("p95")
+        # The arrival rate gates the P95 guard and the collapse, the error rate
+        # counts refused demand: read as 0, a broken one would let a scale-down
+        # through. With no answers in the window the error rate is 0/0 (NaN).
+        if arrival is None:
+            missing.append("arrival_rate")
+        elif failing is None and arrival > 0:
+            missing.append("error_rate")
         if missing:
             problems.append("no signal: " + ", ".join(missing))
     signals_ok = not problems
@@ -694,7 +726,6 @@ def recommend(
     # arrivals adds running × e / (1 - e) requests; at most as many as are
     # seen, since a retrying client is refused more than once. Failures with
     # nothing queued (a broken model answering fast) add nothing.
-    failing = _value(signals.error_rate) if trusted else None
     refused_share = min(failing or 0.0, MAX_REFUSED_FRACTION) if running and waiting else 0.0
     if demand is not None and running and refused_share > 0:
         demand += min(running * refused_share / (1.0 - refused_share), demand)
@@ -1078,8 +1109,12 @@ def recommend(
     if not signals_ok:
         why = "; ".join(problems) + "; never scaling down"
         if target > current:
-            seen = "+".join(k for k, v in (("running", running), ("waiting", waiting)) if v)
-            why += f"; up on the {seen} still seen"
+            read = (("running", running), ("waiting", waiting), ("p95", p95))
+            seen = "+".join(k for k, v in read if v is not None)
+            if seen:
+                why += f"; up on the {seen} still seen"
+            else:  # nothing read now: the window's samples are from before the outage
+                target = current
         if auto.missing_signals.action == "Fallback":
             fallback = auto.missing_signals.fallback_replicas or 0
             if fallback > target:
