@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from vlm_operator.cli import main
 from vlm_operator.latency import LatencyModel
-from vlm_operator.simulator import ENGINE
+from vlm_operator.simulator import ENGINE, spec_for
 from vlm_operator.traces import TraceError, list_traces, load_trace, parse_trace
+from vlm_operator.yamlio import load_documents
 
 
 def test_shipped_traces() -> None:
@@ -132,12 +133,21 @@ def test_simulate_prints_phases_and_json(
     assert "two" in out
     assert "eight" in out
     assert "cost ratio" in out
+    header = next(line for line in out.splitlines() if line.startswith("phase"))
+    for column in ("replica-s", "x oracle", "SLO viol s", "ups", "downs"):
+        assert column in header, column
     assert f"of wall time ({ENGINE} engine)" in out
     assert main(["simulate", "--trace", str(trace), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["policy"] == "ours"
     assert [p["name"] for p in report["phases"]] == ["two", "eight"]
     assert report["oracle_replica_seconds"] == pytest.approx(120 + 2 * 240)
+    assert [p["oracle_replica_seconds"] for p in report["phases"]] == [120, 2 * 240]
+    assert sum(p["replica_seconds"] for p in report["phases"]) == pytest.approx(
+        report["replica_seconds"]
+    )
+    for key in ("cost_ratio", "slo_violation_seconds", "scale_ups", "scale_downs"):
+        assert all(key in p for p in report["phases"]), key
 
 
 def test_simulate_compare_runs_every_policy(
@@ -255,3 +265,14 @@ def test_simulate_into_a_closed_pipe_exits_without_a_traceback(tmp_path: Path) -
         err = child.stderr.read().decode()
         assert child.wait(timeout=120) == 1
     assert err == ""
+
+
+def test_the_readmes_trace_example_is_a_valid_trace() -> None:
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    after = readme.split("A trace of your own is a YAML file:", 1)[1]
+    example = after.split("```yaml\n", 1)[1].split("```", 1)[0]
+    (document,) = load_documents(example)
+    trace = parse_trace(document, origin="README.md")
+    assert [p.name for p in trace.phases] == ["morning", "rush", "after"]
+    assert trace.phases[1].rate_end == 6.0
+    assert spec_for(trace).autoscaling.max_replicas == 20

@@ -131,17 +131,21 @@ def _single_report(trace: Trace, r: Report) -> str:
         f"seed {r.seed}",
         "",
         f"{'phase':<14}{'requests':>9}{'errors':>8}{'P95 s':>8}{'P99 s':>8}"
-        f"{'P95 1min+':>10}{'goodput/s':>10}{'downs':>7}",
+        f"{'P95 1min+':>10}{'goodput/s':>10}{'replica-s':>11}{'x oracle':>9}"
+        f"{'SLO viol s':>11}{'ups':>5}{'downs':>6}",
     ]
     for p in r.phases:
         lines.append(
             f"{p.name[:13]:<14}{p.requests:>9}{p.error_rate:>8.1%}{_s(p.p95):>8}{_s(p.p99):>8}"
-            f"{_s(p.p95_after_first_minute):>10}{p.goodput:>10.3f}{p.scale_downs_after_settle:>7}"
+            f"{_s(p.p95_after_first_minute):>10}{p.goodput:>10.3f}{p.replica_seconds:>11.0f}"
+            f"{p.cost_ratio:>9.2f}{p.slo_violation_seconds:>11.0f}{p.scale_ups:>5}"
+            f"{p.scale_downs:>6}"
         )
     errors = ", ".join(f"{k}: {v}" for k, v in r.errors_by_status.items()) or "none"
     lines += [
         f"{'total':<14}{r.requests:>9}{r.error_rate:>8.1%}{_s(r.p95):>8}{_s(r.p99):>8}"
-        f"{'':>10}{r.goodput:>10.3f}",
+        f"{'':>10}{r.goodput:>10.3f}{r.replica_seconds:>11.0f}{r.cost_ratio:>9.2f}"
+        f"{r.slo_violation_seconds:>11.0f}{r.scale_ups:>5}{r.scale_downs:>6}",
         "",
         f"errors by status: {errors}",
         f"replica-seconds: {r.replica_seconds:.0f}  oracle: {r.oracle_replica_seconds:.0f}  "

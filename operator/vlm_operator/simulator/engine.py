@@ -30,6 +30,10 @@ engine models, in the order a request meets it:
   ``histogram_quantile`` makes of the gate's duration buckets (linear within
   a bucket, the highest finite bound past the last), not the exact quantile.
   The autoscaler sees the last scrape, as old as it is.
+- **The end.** Arrivals stop at the trace's end; the requests sent before it
+  are still answered (or fail: timeouts, refusals, retries) by the fleet as
+  it stands, with no new decision, so that every request counts, the slowest
+  and the queued included. Replica-seconds stop at the end.
 
 Client and queue deadlines are constant per run, so each is kept in one FIFO
 (deadline order = send order) instead of one heap event per request, and one
@@ -193,6 +197,8 @@ class SimResult:
     series: Series
     events_processed: int
     requests_issued: int
+    #: Replica-seconds of each phase of the trace (they sum to ``replica_seconds``).
+    phase_replica_seconds: list[float] = field(default_factory=list)
 
 
 # Fields of a gate answer (time, seconds or -1 for a rejection, ok).
@@ -438,6 +444,9 @@ class _Engine:
         self.scale_downs = 0
         self.scale_events: list[tuple[float, int, int]] = []
         self.series = Series()
+        self.phase_marks: list[float] = []  # replica-seconds at each phase's end but the last
+        # The end of the first phase whose replica-seconds are not yet noted.
+        self.phase_end = trace.phases[0].end_s if len(trace.phases) > 1 else math.inf
         self.events = 0
         self.issued = 0
         # Scrape state.
@@ -479,6 +488,9 @@ class _Engine:
         events = self._loop(end) + self.swept
         self.now = end
         self._account_cost()
+        replica_seconds = self.replica_seconds
+        marks = [*self.phase_marks, replica_seconds]
+        events += self._answer_the_rest()
         return SimResult(
             trace=self.trace,
             policy=self.scaler.name,
@@ -488,14 +500,46 @@ class _Engine:
             sent=self.sent,
             ended=self.ended,
             status=self.status,
-            replica_seconds=self.replica_seconds,
+            replica_seconds=replica_seconds,
             scale_ups=self.scale_ups,
             scale_downs=self.scale_downs,
             scale_events=self.scale_events,
             series=self.series,
             events_processed=events,
             requests_issued=self.issued,
+            phase_replica_seconds=[b - a for a, b in zip([0.0, *marks], marks, strict=False)],
         )
+
+    def _answer_the_rest(self) -> int:
+        """After the end: the requests sent before it run to their outcome; the events popped.
+
+        No arrival, no new request from a user, no scrape and no decision: the
+        fleet stands as the end left it (pods still starting become ready).
+        Every attempt ends (an answer, a refusal, a client or queue deadline),
+        and a retry is an event, so the heap empties once all have an outcome.
+        """
+        heap = self.heap
+        self.users = 0  # closed loop: a user's answer sends nothing more
+        events = 0
+        while heap and len(self.status) < self.issued:
+            at, seq, kind, payload = heappop(heap)
+            if kind == _POD_DONE:
+                events += 1
+                if payload.pending == seq:  # type: ignore[attr-defined]
+                    self.now = at
+                    self._pod_done(payload)  # type: ignore[arg-type]
+            elif kind == _DEADLINE:
+                self._deadline(at)
+            elif kind in (_USER, _RETRY, _POD_READY):
+                events += 1
+                self.now = at
+                if kind == _USER:
+                    self._user_send(payload)  # type: ignore[arg-type]
+                elif kind == _RETRY:
+                    self._attempt(payload)  # type: ignore[arg-type]
+                else:
+                    self._pod_ready(payload)  # type: ignore[arg-type]
+        return events
 
     def _loop(self, end: float) -> int:
         """Process events and deadlines in time order up to ``end``; the events popped."""
@@ -960,8 +1004,21 @@ class _Engine:
             self.pods.remove(pod)
 
     def _account_cost(self) -> None:
-        self.replica_seconds += self.pods_alive * (self.now - self.cost_mark)
-        self.cost_mark = self.now
+        """Pay the pods alive since the last account (at each change of their number)."""
+        now = self.now
+        # A phase ended since: its replica-seconds so far are noted at its end.
+        while self.phase_end <= now:
+            self.replica_seconds += self.pods_alive * (self.phase_end - self.cost_mark)
+            self.cost_mark = self.phase_end
+            self.phase_marks.append(self.replica_seconds)
+            ends = self.trace.phases
+            self.phase_end = (
+                ends[len(self.phase_marks)].end_s
+                if len(self.phase_marks) < len(ends) - 1
+                else math.inf
+            )
+        self.replica_seconds += self.pods_alive * (now - self.cost_mark)
+        self.cost_mark = now
 
     # ----------------------------------------------------------- control loop
 

@@ -2,8 +2,11 @@
 
 Latency percentiles are over successful requests (client view, retries
 included, from the first send to the answer); failures are counted in the
-error rate, and in SLO violation. Requests are attributed to the phase in
-which they were first sent.
+error rate, and in SLO violation. Every request sent before the trace's end
+has an outcome (the engine answers the rest after it). Requests are
+attributed to the phase in which they were first sent; replica-seconds, the
+oracle's, scale events and SLO violation to the phase in which they fell
+(an answer after the end to the last).
 
 The oracle pays, at each instant, ⌈demand / maxInFlight⌉ pods and never
 less than minReplicas. Demand is the users of a closed trace; for an open
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import math
 import random
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -31,7 +34,7 @@ from vlm_operator.models import VLMServiceSpec
 from vlm_operator.simulator.engine import OK, SimResult, _quantile, arrival_seed, arrival_times
 from vlm_operator.traces import Trace
 
-__all__ = ["PhaseStats", "Report", "oracle_replica_seconds", "summarize"]
+__all__ = ["PhaseStats", "Report", "oracle_by_phase", "oracle_replica_seconds", "summarize"]
 
 #: A phase's first minute is the step response; "steady" figures skip it.
 SETTLE_SECONDS = 60.0
@@ -53,7 +56,13 @@ class PhaseStats:
     p99: float | None
     p95_after_first_minute: float | None
     goodput: float  # successful answers per second of the phase
-    scale_downs_after_settle: int
+    replica_seconds: float
+    oracle_replica_seconds: float
+    cost_ratio: float
+    slo_violation_seconds: float
+    scale_ups: int
+    scale_downs: int
+    scale_downs_after_settle: int  # later than OSCILLATION_SETTLE_SECONDS into the phase
 
 
 @dataclass(frozen=True)
@@ -96,20 +105,29 @@ def oracle_replica_seconds(
     trace: Trace, spec: VLMServiceSpec, model: LatencyModel, *, seed: int = 0
 ) -> float:
     """Replica-seconds of an instant, clairvoyant autoscaler (see the module doc)."""
+    return math.fsum(oracle_by_phase(trace, spec, model, seed=seed))
+
+
+def oracle_by_phase(
+    trace: Trace, spec: VLMServiceSpec, model: LatencyModel, *, seed: int = 0
+) -> list[float]:
+    """:func:`oracle_replica_seconds` of each phase of the trace."""
     cap = spec.concurrency.max_in_flight
     floor = spec.autoscaling.min_replicas if spec.autoscaling.enabled else 0
     if trace.kind == "closed":
-        return sum(max(floor, math.ceil((p.users or 0) / cap)) * p.duration_s for p in trace.phases)
+        return [max(floor, math.ceil((p.users or 0) / cap)) * p.duration_s for p in trace.phases]
     work = model.base_seconds * math.exp(model.sigma**2 / 2) / model.time_scale
     hold = work * model.slowdown(cap)
     arrivals = list(arrival_times(trace, random.Random(arrival_seed(seed))))
     departures = [at + hold for at in arrivals]  # in the same order
-    end = trace.duration_s
+    ends = [p.end_s for p in trace.phases]
+    ends[-1] = trace.duration_s
     ceil = math.ceil
-    # Sweep arrivals and their departures. Each step adds the pods paid since
-    # the previous one (``pods`` is max(floor, ⌈in flight / cap⌉), written out
-    # because this loop runs twice per request).
-    total = 0.0
+    # Sweep arrivals, their departures and the phases' ends. Each step adds the
+    # pods paid since the previous one (``pods`` is max(floor, ⌈in flight / cap⌉),
+    # written out because this loop runs twice per request).
+    totals = [0.0] * len(ends)
+    phase = 0
     in_flight = 0
     last = 0.0
     i = j = 0
@@ -123,16 +141,23 @@ def oracle_replica_seconds(
             at = departures[j]
             j += 1
             delta = -1
-        if at > end:
-            at = end
         pods = ceil(in_flight / cap)
         if floor > pods:
             pods = floor
-        total += pods * (at - last)
-        last = at
+        while phase < len(ends) and ends[phase] <= at:
+            totals[phase] += pods * (ends[phase] - last)
+            last = ends[phase]
+            phase += 1
+        if phase < len(ends):
+            totals[phase] += pods * (at - last)
+            last = at
         in_flight += delta
-    total += max(floor, ceil(in_flight / cap)) * (end - last)
-    return total
+    pods = max(floor, ceil(in_flight / cap))
+    while phase < len(ends):
+        totals[phase] += pods * (ends[phase] - last)
+        last = ends[phase]
+        phase += 1
+    return totals
 
 
 def summarize(result: SimResult, *, wall_seconds: float | None = None) -> Report:
@@ -145,8 +170,13 @@ def summarize(result: SimResult, *, wall_seconds: float | None = None) -> Report
     # bisection, instead of a scan of every request for every phase.
     order = sorted(range(n), key=sent.__getitem__)
     sent_sorted = [sent[i] for i in order]
+    oracles = oracle_by_phase(trace, spec, result.config.latency, seed=result.seed)
+    costs = result.phase_replica_seconds
+    if len(costs) != len(trace.phases):  # a result built by hand: the total, unsplit
+        costs = [result.replica_seconds if len(trace.phases) == 1 else math.nan] * len(trace.phases)
+    violations = _slo_violation_seconds(result)
     phases: list[PhaseStats] = []
-    for phase in trace.phases:
+    for index, phase in enumerate(trace.phases):
         lo = bisect_left(sent_sorted, phase.start_s)
         hi = bisect_left(sent_sorted, phase.end_s, lo)
         settle = bisect_left(sent_sorted, phase.start_s + SETTLE_SECONDS, lo, hi)
@@ -154,10 +184,9 @@ def summarize(result: SimResult, *, wall_seconds: float | None = None) -> Report
         settled = [latency[i] for i in order[settle:hi] if status[i] == OK]
         requests = hi - lo
         errors = requests - len(ok_lat)
-        downs = sum(
-            1
-            for t, before, after in result.scale_events
-            if after < before and phase.start_s + OSCILLATION_SETTLE_SECONDS <= t < phase.end_s
+        events = [(t, b, a) for t, b, a in result.scale_events if phase.start_s <= t < phase.end_s]
+        settled_downs = sum(
+            1 for t, b, a in events if a < b and t >= phase.start_s + OSCILLATION_SETTLE_SECONDS
         )
         p50, p95, p99 = _quantiles(ok_lat, 0.5, 0.95, 0.99)
         phases.append(
@@ -174,7 +203,13 @@ def summarize(result: SimResult, *, wall_seconds: float | None = None) -> Report
                 p99=p99,
                 p95_after_first_minute=_quantiles(settled, 0.95)[0],
                 goodput=len(ok_lat) / phase.duration_s,
-                scale_downs_after_settle=downs,
+                replica_seconds=costs[index],
+                oracle_replica_seconds=oracles[index],
+                cost_ratio=costs[index] / oracles[index] if oracles[index] else math.inf,
+                slo_violation_seconds=violations[index],
+                scale_ups=sum(1 for _, b, a in events if a > b),
+                scale_downs=sum(1 for _, b, a in events if a < b),
+                scale_downs_after_settle=settled_downs,
             )
         )
     ok_all = [lat for lat, code in zip(latency, status, strict=True) if code == OK]
@@ -183,7 +218,7 @@ def summarize(result: SimResult, *, wall_seconds: float | None = None) -> Report
         if code != OK:
             key = "timeout" if code == 0 else str(code)
             by_status[key] = by_status.get(key, 0) + count
-    oracle = oracle_replica_seconds(trace, spec, result.config.latency, seed=result.seed)
+    oracle = math.fsum(oracles)
     p50, p95, p99 = _quantiles(ok_all, 0.5, 0.95, 0.99)
     return Report(
         trace=trace.name,
@@ -201,7 +236,7 @@ def summarize(result: SimResult, *, wall_seconds: float | None = None) -> Report
         replica_seconds=result.replica_seconds,
         oracle_replica_seconds=oracle,
         cost_ratio=result.replica_seconds / oracle if oracle else math.inf,
-        slo_violation_seconds=_slo_violation_seconds(result),
+        slo_violation_seconds=math.fsum(violations),
         scale_ups=result.scale_ups,
         scale_downs=result.scale_downs,
         phases=phases,
@@ -210,17 +245,19 @@ def summarize(result: SimResult, *, wall_seconds: float | None = None) -> Report
     )
 
 
-def _slo_violation_seconds(result: SimResult) -> float:
+def _slo_violation_seconds(result: SimResult) -> list[float]:
+    """Seconds in SLO violation in each phase (by the bucket's start; after the end, the last)."""
     target = result.spec.autoscaling.p95_latency_target_seconds
     width = result.config.slo_bucket_seconds
     buckets: dict[int, list[float]] = {}
     for s, e, code in zip(result.sent, result.ended, result.status, strict=True):
         buckets.setdefault(int(e // width), []).append(e - s if code == OK else math.inf)
-    violated = 0
-    for latencies in buckets.values():
+    starts = [p.start_s for p in result.trace.phases]
+    violated = [0.0] * len(starts)
+    for bucket, latencies in buckets.items():
         latencies.sort()
         # Nearest-rank P95: one failure in twenty answers is enough to violate.
         rank = max(math.ceil(0.95 * len(latencies)) - 1, 0)
         if latencies[rank] > target:
-            violated += 1
-    return violated * width
+            violated[max(0, bisect_right(starts, bucket * width) - 1)] += width
+    return violated
