@@ -78,6 +78,18 @@ def test_scaled_trace_runs_faster() -> None:
         ({"kind": "closed", "phases": [{"duration": 1, "users": 1.5}]}, "phases[0].users"),
         ({"kind": "closed", "phases": [{"duration": 1, "users": 1}], "extra": 1}, "extra"),
         ({"kind": "open", "phases": [{"duration": 1, "rate": 1}], "service": []}, "service"),
+        # Bounds: a simulation of these would run for hours, or for ever.
+        ({"kind": "open", "phases": [{"duration": 1e9, "rate": 1}]}, "phases[0].duration"),
+        (
+            {"kind": "open", "phases": [{"duration": 86400 * 20, "rate": 1}] * 2},
+            "phases[1].duration",
+        ),
+        ({"kind": "open", "phases": [{"duration": 10, "rate": 1e6}]}, "phases[0].rate"),
+        (
+            {"kind": "open", "phases": [{"duration": 10, "rate": 1, "rateEnd": 1e6}]},
+            "phases[0].rateEnd",
+        ),
+        ({"kind": "closed", "phases": [{"duration": 10, "users": 10**6}]}, "phases[0].users"),
     ],
 )
 def test_bad_traces_name_the_field(data: dict[str, object], field: str) -> None:
@@ -104,6 +116,10 @@ def test_simulate_exits_2_on_a_bad_trace_file(
     broken.write_text("kind: [open\n", encoding="utf-8")
     assert main(["simulate", "--trace", str(broken)]) == 2
     assert "not valid YAML" in capsys.readouterr().err
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("kind: open\nkind: closed\nphases: [{duration: 10, rate: 1}]\n", "utf-8")
+    assert main(["simulate", "--trace", str(twice)]) == 2
+    assert "line 2, column 1: found the key 'kind' twice" in capsys.readouterr().err
 
 
 def test_simulate_exits_2_on_an_unknown_policy(capsys: pytest.CaptureFixture[str]) -> None:

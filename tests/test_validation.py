@@ -139,6 +139,11 @@ def test_a_whole_service() -> None:
         ),
         (HEADER, "spec: required field is missing"),
         (HEADER + "spec: {model: {id: m}}\nextra: 1\n", "extra: unknown field"),
+        # PyYAML would keep the second silently; kubectl's strict decoding refuses it.
+        (
+            HEADER + "spec:\n  model: {id: m}\n  replicas: 2\n  replicas: 3\n",
+            "not valid YAML at line 7, column 3: found the key 'replicas' twice",
+        ),
     ],
 )
 def test_not_a_vlmservice(text: str, message: str) -> None:
@@ -154,6 +159,13 @@ def test_several_documents_say_which_one_is_wrong() -> None:
     with pytest.raises(InvalidManifest) as info:
         load_services(good + "---\n" + bad)
     assert str(info.value).startswith("document 2: spec.model.runtime: must be one of")
+
+
+def test_a_key_may_be_overridden_after_a_merge() -> None:
+    # ``<<`` merges keys that the mapping may then set again: no duplicate.
+    text = HEADER + "spec:\n  <<: {model: {id: m}, replicas: 1}\n  replicas: 3\n"
+    (service,) = load_services(text)
+    assert service.spec.replicas == 3
 
 
 def test_status_is_tolerated() -> None:

@@ -156,6 +156,14 @@ def _read(path_or_name: str | Path) -> tuple[str, str]:
     )
 
 
+#: Bounds of a trace: a month, and loads far beyond what a cluster of
+#: maxReplicas pods could serve. Past them a simulation would run for hours,
+#: or for ever, without a word.
+MAX_TRACE_SECONDS = 30 * 86400.0
+MAX_RATE = 10_000.0
+MAX_USERS = 100_000
+
+
 def parse_trace(
     data: Mapping[str, Any], *, default_name: str = "trace", origin: str = "trace"
 ) -> Trace:
@@ -209,6 +217,11 @@ def parse_trace(
         duration = _number(raw.get("duration"), f"{where}.duration", fail)
         if duration <= 0:
             raise fail(f"{where}.duration", f"must be positive seconds, got {duration}")
+        if start + duration > MAX_TRACE_SECONDS:
+            raise fail(
+                f"{where}.duration",
+                f"the trace would last past {MAX_TRACE_SECONDS:.0f} s (30 days)",
+            )
         phase_name = raw.get("name", f"phase {i + 1}")
         if not isinstance(phase_name, str):
             raise fail(f"{where}.name", "must be a string")
@@ -216,6 +229,8 @@ def parse_trace(
             users = raw.get("users")
             if isinstance(users, bool) or not isinstance(users, int) or users < 0:
                 raise fail(f"{where}.users", f"must be a whole number >= 0, got {users!r}")
+            if users > MAX_USERS:
+                raise fail(f"{where}.users", f"must be at most {MAX_USERS}, got {users}")
             phases.append(Phase(phase_name, start, duration, users=users))
         else:
             rate = _number(raw.get("rate"), f"{where}.rate", fail)
@@ -224,6 +239,11 @@ def parse_trace(
             for label, value in (("rate", rate), ("rateEnd", end)):
                 if value is not None and value < 0:
                     raise fail(f"{where}.{label}", f"must be >= 0 requests/s, got {value}")
+                if value is not None and value > MAX_RATE:
+                    raise fail(
+                        f"{where}.{label}",
+                        f"must be at most {MAX_RATE:.0f} requests/s, got {value}",
+                    )
             phases.append(Phase(phase_name, start, duration, rate=rate, rate_end=end))
         start += duration
     return Trace(

@@ -2,7 +2,10 @@
 
 Generated files (the CRD, rendered manifests, golden files) must be byte-for-byte
 reproducible so that a test can compare them with a fresh generation: keys are
-sorted, block style, a fixed line width. Input is read with ``safe_load`` only.
+sorted, block style, a fixed line width. Input is read with PyYAML's safe
+loader only, and a key given twice in one mapping is an error, as kubectl's
+strict decoding makes it: PyYAML would keep the last silently, and a
+manifest would not mean what it reads as.
 
 This module is pure: it imports PyYAML and nothing from Kubernetes.
 """
@@ -34,10 +37,34 @@ def dump_documents(documents: Iterable[Any]) -> str:
     return "".join(parts)
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """The safe loader, refusing a mapping that gives a key twice."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # ``<<``: merged keys may be overridden, as YAML means them to be
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+            except TypeError:
+                continue  # an unhashable key: the base class says so
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"found the key {key!r} twice",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_documents(text: str) -> list[Any]:
     """Every non-empty document of a YAML stream."""
     try:
-        return [doc for doc in yaml.safe_load_all(text) if doc is not None]
+        return [doc for doc in yaml.load_all(text, Loader=_StrictLoader) if doc is not None]
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
