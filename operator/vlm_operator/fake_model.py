@@ -14,20 +14,26 @@ bytes and the prompt (plus the image size for PNG and JPEG), so identical
 requests get identical answers. ``stream: true`` sends server-sent events spread
 over the request's service time. ``/health`` answers 503 until the simulated
 model load (``startup_seconds``) is over. ``time_scale`` divides every duration.
+
+Requests are checked by the real server's own code
+(:func:`vlm_operator.model_server.parse_chat_request`: roles, part types,
+sampling ranges, ``n``, reserved tokens, base64 ``data:`` URLs) and errors are
+the real server's OpenAI error objects, through its error middleware, so a
+client that works against the fake works against the real server. That code
+needs neither torch nor Pillow (this runs in the operator's image): images are
+checked as base64 only, not decoded. Any ``model`` name is answered.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
 import hashlib
 import json
+import math
 import random
 import signal
 import time
-import urllib.parse
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +41,20 @@ from typing import Any
 from aiohttp import web
 
 from vlm_operator.latency import LatencyModel, ProcessorSharing
+from vlm_operator.model_server._app import (
+    error_middleware,
+    error_response,
+    model_not_found,
+    model_object,
+)
+from vlm_operator.model_server._requests import (
+    MAX_BODY_BYTES,
+    ChatRequest,
+    Limits,
+    RequestError,
+    parse_chat_request,
+    parse_json_body,
+)
 
 __all__ = ["FakeModel", "FakeModelConfig", "create_app", "image_size", "serve"]
 
@@ -63,10 +83,6 @@ _WORDS = (
         "in winter",
     ),
 )
-
-
-class BadRequest(ValueError):
-    """The request cannot be served; the message names the field and the reason."""
 
 
 @dataclass(frozen=True)
@@ -116,63 +132,16 @@ def image_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _decode_data_url(url: str, where: str) -> bytes:
-    header, sep, payload = url.partition(",")
-    if not sep:
-        raise BadRequest(f"{where}: data URL has no ',' separating header and data")
-    if header.endswith(";base64"):
-        try:
-            data = base64.b64decode(payload, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise BadRequest(f"{where}: undecodable base64 image data ({exc})") from None
-    else:
-        data = urllib.parse.unquote_to_bytes(payload)
-    if not data:
-        raise BadRequest(f"{where}: empty image")
-    return data
-
-
-def _parse_chat(payload: Any) -> tuple[str, list[bytes], bool, int | None]:
-    """(prompt text, image bytes, stream?, max_tokens) of a chat request."""
-    if not isinstance(payload, dict):
-        raise BadRequest("body: must be a JSON object")
-    messages = payload.get("messages")
-    if not isinstance(messages, list) or not messages:
-        raise BadRequest("messages: must be a non-empty list")
+def _prompt(chat: ChatRequest) -> str:
+    """The request's text, every message's in order."""
     texts: list[str] = []
-    images: list[bytes] = []
-    for i, message in enumerate(messages):
-        if not isinstance(message, dict):
-            raise BadRequest(f"messages[{i}]: must be an object")
-        content = message.get("content")
+    for message in chat.messages:
+        content = message["content"]
         if isinstance(content, str):
             texts.append(content)
-            continue
-        if content is None:
-            continue
-        if not isinstance(content, list):
-            raise BadRequest(f"messages[{i}].content: must be a string or a list of parts")
-        for j, part in enumerate(content):
-            where = f"messages[{i}].content[{j}]"
-            if not isinstance(part, dict):
-                raise BadRequest(f"{where}: must be an object")
-            if part.get("type") == "text":
-                texts.append(str(part.get("text", "")))
-            elif part.get("type") == "image_url":
-                image_url = part.get("image_url")
-                url = image_url.get("url") if isinstance(image_url, dict) else image_url
-                if not isinstance(url, str) or not url:
-                    raise BadRequest(f"{where}.image_url.url: must be a non-empty string")
-                if url.startswith("data:"):
-                    images.append(_decode_data_url(url, f"{where}.image_url.url"))
-                else:
-                    images.append(url.encode())  # no fetching: the URL itself is the input
-    max_tokens = payload.get("max_tokens")
-    if max_tokens is not None and (
-        isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
-    ):
-        raise BadRequest("max_tokens: must be a positive integer")
-    return "\n".join(texts), images, bool(payload.get("stream")), max_tokens
+        else:
+            texts += [part["text"] for part in content if part["type"] == "text"]
+    return "\n".join(texts)
 
 
 def describe(prompt: str, images: list[bytes]) -> str:
@@ -217,6 +186,10 @@ class FakeModel:
     @property
     def ready(self) -> bool:
         return time.monotonic() >= self._ready_at
+
+    def retry_after(self) -> str:
+        """Whole seconds until the simulated load is over (at least 1)."""
+        return str(max(1, math.ceil(self._ready_at - time.monotonic())))
 
     def sample_work(self) -> float:
         return self.latency.sample_work(self._rng)
@@ -272,42 +245,46 @@ class FakeModel:
 
 
 FAKE_MODEL = web.AppKey("fake_model", FakeModel)
-
-
-def _error(status: int, message: str, code: str) -> web.Response:
-    kind = "invalid_request_error" if status < 500 else "server_error"
-    return web.json_response(
-        {"error": {"message": message, "type": kind, "code": code}}, status=status
-    )
+#: The real server's defaults: the same requests pass and fail on both.
+_LIMITS = Limits()
 
 
 def _completion_id(text: str) -> str:
     return "chatcmpl-" + hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
+def _loading(model: FakeModel) -> web.Response:
+    error = RequestError(
+        "the model is still loading", status=503, type_="server_error", code="loading"
+    )
+    return error_response(error, headers={"Retry-After": model.retry_after()})
+
+
 async def _chat(request: web.Request) -> web.StreamResponse:
     model = request.app[FAKE_MODEL]
     if not model.ready:
-        return _error(503, "the model is still loading", "loading")
-    raw = await request.read()
-    try:
-        payload = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        return _error(400, f"body: not valid JSON ({exc})", "invalid_json")
-    try:
-        prompt, images, stream, max_tokens = _parse_chat(payload)
-    except BadRequest as exc:
-        return _error(400, str(exc), "invalid_request")
+        return _loading(model)
+    chat = parse_chat_request(parse_json_body(await request.read()), _LIMITS, open_images=False)
+    prompt = _prompt(chat)
+    images = [image.data for image in chat.images]
     text = describe(prompt, images)
     words = text.split(" ")
-    if max_tokens is not None:
-        words = words[:max_tokens]
+    finish = "stop"
+    if len(words) > chat.max_new_tokens:  # max_tokens or max_completion_tokens cut it
+        words = words[: chat.max_new_tokens]
         text = " ".join(words)
+        finish = "length"
+    prompt_tokens = len(prompt.split()) + 256 * len(images)
+    usage = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": len(words),
+        "total_tokens": prompt_tokens + len(words),
+    }
     work = model.sample_work()
-    model_id = str(payload.get("model") or model.config.model_id)
+    model_id = chat.model or model.config.model_id
     created = int(time.time())
     ident = _completion_id(text + str(created))
-    if not stream:
+    if not chat.stream:
         await model.work(work)
         return web.json_response(
             {
@@ -319,14 +296,10 @@ async def _chat(request: web.Request) -> web.StreamResponse:
                     {
                         "index": 0,
                         "message": {"role": "assistant", "content": text},
-                        "finish_reason": "stop",
+                        "finish_reason": finish,
                     }
                 ],
-                "usage": {
-                    "prompt_tokens": len(prompt.split()) + 256 * len(images),
-                    "completion_tokens": len(words),
-                    "total_tokens": len(prompt.split()) + 256 * len(images) + len(words),
-                },
+                "usage": usage,
             }
         )
     response = web.StreamResponse(
@@ -334,14 +307,18 @@ async def _chat(request: web.Request) -> web.StreamResponse:
     )
     await response.prepare(request)
 
-    def event(delta: dict[str, str], finish: str | None = None) -> bytes:
-        chunk = {
+    def event(delta: dict[str, str] | None, finish: str | None = None) -> bytes:
+        chunk: dict[str, Any] = {
             "id": ident,
             "object": "chat.completion.chunk",
             "created": created,
             "model": model_id,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            "choices": [],
         }
+        if delta is None:  # the usage chunk, after the last choice, as OpenAI sends it
+            chunk["usage"] = usage
+        else:
+            chunk["choices"] = [{"index": 0, "delta": delta, "finish_reason": finish}]
         return b"data: " + json.dumps(chunk).encode() + b"\n\n"
 
     await response.write(event({"role": "assistant", "content": ""}))
@@ -360,7 +337,9 @@ async def _chat(request: web.Request) -> web.StreamResponse:
         credit -= spent
         finished_at = await model.work(share - spent)
         await response.write(event({"content": word if k == 0 else " " + word}))
-    await response.write(event({}, "stop"))
+    await response.write(event({}, finish))
+    if chat.include_usage:
+        await response.write(event(None))
     await response.write(b"data: [DONE]\n\n")
     await response.write_eof()
     return response
@@ -368,23 +347,30 @@ async def _chat(request: web.Request) -> web.StreamResponse:
 
 async def _models(request: web.Request) -> web.Response:
     model_id = request.app[FAKE_MODEL].config.model_id
-    return web.json_response(
-        {
-            "object": "list",
-            "data": [{"id": model_id, "object": "model", "created": 0, "owned_by": "vlm-operator"}],
-        }
-    )
+    return web.json_response({"object": "list", "data": [model_object(model_id, 0)]})
+
+
+async def _model(request: web.Request) -> web.Response:
+    served = request.app[FAKE_MODEL].config.model_id
+    model_id = request.match_info["model_id"]
+    if model_id != served:
+        raise model_not_found(model_id, served)
+    return web.json_response(model_object(model_id, 0))
 
 
 async def _health(request: web.Request) -> web.Response:
-    if request.app[FAKE_MODEL].ready:
+    model = request.app[FAKE_MODEL]
+    if model.ready:
         return web.json_response({"status": "ok"})
-    return web.json_response({"status": "loading"}, status=503)
+    return web.json_response(
+        {"status": "loading"}, status=503, headers={"Retry-After": model.retry_after()}
+    )
 
 
 def create_app(config: FakeModelConfig) -> web.Application:
     """The fake model as an aiohttp application (its clock runs with the app)."""
-    app = web.Application(client_max_size=256 * 1024 * 1024)
+    # The real server's body bound: parsing 256 MiB of JSON blocked the loop for seconds.
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[error_middleware])
     model = FakeModel(config)
     app[FAKE_MODEL] = model
 
@@ -399,6 +385,7 @@ def create_app(config: FakeModelConfig) -> web.Application:
     app.cleanup_ctx.append(clock)
     app.router.add_post("/v1/chat/completions", _chat)
     app.router.add_get("/v1/models", _models)
+    app.router.add_get("/v1/models/{model_id:.+}", _model)
     app.router.add_get("/health", _health)
     return app
 

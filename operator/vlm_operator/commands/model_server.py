@@ -13,6 +13,11 @@ that many threads, so under full load ``threads × concurrent`` threads share
 the cores. All cores per request gives the lowest latency when alone, which
 is what the measured numbers assume; ``cores / maxInFlight`` trades solo
 latency for less contention under full load.
+
+Context: ``--max-context-tokens`` (default 32768) bounds prompt plus completion
+tokens, below the model's own ``max_position_embeddings`` (262144 for
+Qwen3-VL-2B): the float32 KV cache takes about 229 KB per token on the 2B model,
+so a prompt of the model's full context would not fit a pod's memory.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from vlm_operator.commands._env import add_env_argument, non_negative_int, posit
 
 _PREFIX = "VLM_MODEL_SERVER_"
 #: module → distribution of the model-server extra.
-_EXTRA = {"torch": "torch", "transformers": "transformers", "PIL": "pillow"}
+_EXTRA = {"torch": "torch", "transformers": "transformers", "PIL": "pillow", "jinja2": "jinja2"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "most tokens generated per request (max_tokens is capped to it)")  # fmt: skip
     add(parser, _PREFIX, "--max-body-bytes", positive_int, 32 * 1024 * 1024,
         "largest request body; beyond: 413")  # fmt: skip
+    add(parser, _PREFIX, "--max-context-tokens", positive_int, 32768,
+        "most prompt + completion tokens per request (the model's context if lower); "
+        "beyond: 400 context_length_exceeded")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
@@ -81,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
             max_new_tokens=args.max_new_tokens,
             max_image_pixels=args.max_image_pixels,
             max_body_bytes=args.max_body_bytes,
+            max_context_tokens=args.max_context_tokens,
         )
     except ValueError as exc:
         raise UsageError(str(exc)) from None

@@ -6,7 +6,10 @@ any OpenAI client talk to it unchanged: ``/v1/chat/completions`` (text and
 base64 ``image_url`` parts, ``stream: true`` as server-sent events),
 ``/v1/models``, ``/health`` (503 until the model is loaded) and a small upload
 page at ``/``. It needs the ``model-server`` extra (torch, transformers,
-pillow); the rest of the package never imports it.
+pillow) to serve. Importing the package needs none of them (torch and
+transformers are imported when the model loads, Pillow when an image is
+opened): the fake model checks requests and shapes its errors with this
+package's code, in the operator's image.
 
 Public API::
 

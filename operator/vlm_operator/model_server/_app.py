@@ -10,11 +10,16 @@ Generation runs in a bounded thread pool (``max_concurrent`` workers); the gate
 in front already holds the pod to its in-flight limit, the pool is the
 backstop. A client that disconnects cancels its handler (aiohttp handler
 cancellation), which stops its generation between two tokens.
+
+Every error is an OpenAI error object (``{"error": {"message", "type", "param",
+"code"}}``), aiohttp's own (404, 405 with its ``Allow``, 413 saying the limit)
+included. The fake model serves through the same middleware.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import importlib.resources
 import json
@@ -33,10 +38,12 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from vlm_operator.model_server._requests import (
+    MAX_BODY_BYTES,
     ChatRequest,
     Limits,
     RequestError,
     parse_chat_request,
+    parse_json_body,
 )
 
 if TYPE_CHECKING:
@@ -61,12 +68,19 @@ class ServerConfig:
     max_new_tokens: int = 512
     max_image_pixels: int = 4096 * 4096
     max_images: int = 8
-    max_body_bytes: int = 32 * 1024 * 1024
+    max_body_bytes: int = MAX_BODY_BYTES
+    #: Prompt plus completion tokens; the model's max_position_embeddings if lower.
+    max_context_tokens: int = 32768
 
     def __post_init__(self) -> None:
         for name in ("max_concurrent", "max_new_tokens", "max_image_pixels", "max_images"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_context_tokens <= self.max_new_tokens:
+            raise ValueError(
+                f"max_context_tokens ({self.max_context_tokens}) must be greater than "
+                f"max_new_tokens ({self.max_new_tokens})"
+            )
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1, got {self.threads}")
         if self.max_body_bytes < 1024:
@@ -78,6 +92,7 @@ class ServerConfig:
             max_new_tokens=self.max_new_tokens,
             max_image_pixels=self.max_image_pixels,
             max_images=self.max_images,
+            max_context_tokens=self.max_context_tokens,
         )
 
 
@@ -88,9 +103,14 @@ class _State:
     executor: ThreadPoolExecutor
     started: int = field(default_factory=lambda: int(time.time()))
     engine: Engine | None = None
+    #: The config's limits until the model loads, then with its context and special tokens.
+    limits: Limits = field(init=False)
     error: str | None = None
     failed: asyncio.Event = field(default_factory=asyncio.Event)
     cancels: set[threading.Event] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.limits = self.config.limits
 
 
 _STATE = web.AppKey("model_server_state", _State)
@@ -104,7 +124,7 @@ def create_app(config: ServerConfig, load: Callable[[], Engine] | None = None) -
         executor=ThreadPoolExecutor(config.max_concurrent, thread_name_prefix="generate"),
     )
     # Room for the JSON around the images; the gate enforces the real bound.
-    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[_errors])
+    app = web.Application(client_max_size=config.max_body_bytes, middlewares=[error_middleware])
     app[_STATE] = state
     page = importlib.resources.files("vlm_operator") / "data" / "model_server" / "index.html"
     html = page.read_text(encoding="utf-8")
@@ -115,6 +135,7 @@ def create_app(config: ServerConfig, load: Callable[[], Engine] | None = None) -
     app.router.add_get("/", index)
     app.router.add_get("/health", _health)
     app.router.add_get("/v1/models", _models)
+    app.router.add_get("/v1/models/{model_id:.+}", _model)
     app.router.add_post("/v1/chat/completions", _chat)
     app.on_startup.append(_start_loading)
     app.on_cleanup.append(_stop)
@@ -169,6 +190,19 @@ async def _start_loading(app: web.Application) -> None:
     loop = asyncio.get_running_loop()
 
     def done(engine: Engine | None, error: str | None) -> None:
+        if engine is not None:
+            config = state.config
+            context = engine.context_limit(config.max_context_tokens) or config.max_context_tokens
+            if context <= config.max_new_tokens:
+                log.warning(
+                    "the model's context (%d tokens) leaves no room for --max-new-tokens %d: "
+                    "requests must set a lower max_tokens",
+                    context,
+                    config.max_new_tokens,
+                )
+            state.limits = dataclasses.replace(
+                config.limits, max_context_tokens=context, reserved_tokens=engine.reserved_tokens
+            )
         state.engine = engine
         state.error = error
         if error is not None:
@@ -199,30 +233,62 @@ async def _stop(app: web.Application) -> None:
 # ------------------------------------------------------------------------- routes
 
 
-def _error(exc: RequestError, headers: dict[str, str] | None = None) -> web.Response:
+def error_response(exc: RequestError, headers: dict[str, str] | None = None) -> web.Response:
+    """The OpenAI error JSON of ``exc``."""
     return web.json_response(exc.to_json(), status=exc.status, headers=headers)
 
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+#: Headers of aiohttp's exceptions that describe their plain-text body.
+_BODY_HEADERS = frozenset({"content-type", "content-length", "content-encoding"})
 
 
 @web.middleware
-async def _errors(request: web.Request, handler: _Handler) -> web.StreamResponse:
+async def error_middleware(request: web.Request, handler: _Handler) -> web.StreamResponse:
     """Every failure becomes an OpenAI-style error JSON; nothing crashes the server."""
     try:
         return await handler(request)
     except RequestError as exc:
-        return _error(exc)
+        return error_response(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
         kind = "invalid_request_error" if exc.status < 500 else "server_error"
-        return _error(RequestError(exc.reason, status=exc.status, type_=kind))
+        # The exception's own headers stay (Allow of a 405), not those of its text.
+        headers = {k: v for k, v in exc.headers.items() if k.lower() not in _BODY_HEADERS}
+        return error_response(
+            RequestError(_http_message(exc), status=exc.status, type_=kind), headers
+        )
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception:
         log.exception("%s %s failed", request.method, request.path)
-        return _error(RequestError("internal error", status=500, type_="server_error"))
+        return error_response(RequestError("internal error", status=500, type_="server_error"))
+
+
+def _http_message(exc: web.HTTPException) -> str:
+    """aiohttp's text when it says more than the reason (413: the limit)."""
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return f"{exc.method} is not allowed here; allowed: {allowed}"
+    text = (exc.text or "").strip()
+    if text and text != f"{exc.status}: {exc.reason}":
+        return text
+    return exc.reason
+
+
+def model_object(model_id: str, created: int) -> dict[str, Any]:
+    """One entry of ``/v1/models``, and the answer of ``/v1/models/{id}``."""
+    return {"id": model_id, "object": "model", "created": created, "owned_by": "vlm-operator"}
+
+
+def model_not_found(model_id: str, served: str) -> RequestError:
+    return RequestError(
+        f"the model {model_id!r} does not exist; this server serves {served!r}",
+        param="model",
+        status=404,
+        code="model_not_found",
+    )
 
 
 async def _health(request: web.Request) -> web.Response:
@@ -236,42 +302,39 @@ async def _health(request: web.Request) -> web.Response:
 
 async def _models(request: web.Request) -> web.Response:
     state = request.app[_STATE]
-    model = {
-        "id": state.config.model_id,
-        "object": "model",
-        "created": state.started,
-        "owned_by": "vlm-operator",
-    }
+    model = model_object(state.config.model_id, state.started)
     return web.json_response({"object": "list", "data": [model]})
+
+
+async def _model(request: web.Request) -> web.Response:
+    state = request.app[_STATE]
+    model_id = request.match_info["model_id"]
+    if model_id != state.config.model_id:
+        raise model_not_found(model_id, state.config.model_id)
+    return web.json_response(model_object(model_id, state.started))
 
 
 async def _chat(request: web.Request) -> web.StreamResponse:
     state = request.app[_STATE]
-    try:
-        body = json.loads(await request.read())
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise RequestError(f"the request body is not valid JSON: {exc}") from None
-    chat = parse_chat_request(body, state.config.limits)
+    body = parse_json_body(await request.read())
+    chat = parse_chat_request(body, state.limits)
     if chat.model is not None and chat.model != state.config.model_id:
-        raise RequestError(
-            f"the model {chat.model!r} does not exist; this server serves "
-            f"{state.config.model_id!r}",
-            param="model",
-            status=404,
-            code="model_not_found",
-        )
+        raise model_not_found(chat.model, state.config.model_id)
     engine = state.engine
     if engine is None:
         error = RequestError(
             "the model is still loading", status=503, type_="server_error", code="loading"
         )
-        return _error(error, headers={"Retry-After": _RETRY_AFTER_LOADING})
+        return error_response(error, headers={"Retry-After": _RETRY_AFTER_LOADING})
 
     loop = asyncio.get_running_loop()
     cancel = threading.Event()
     state.cancels.add(cancel)
+    limit = state.limits.max_context_tokens
     try:
-        prepared = await loop.run_in_executor(state.executor, engine.prepare, chat)
+        prepared = await loop.run_in_executor(
+            state.executor, functools.partial(engine.prepare, chat, max_context_tokens=limit)
+        )
         if chat.stream:
             return await _stream(request, state, engine, chat, prepared, cancel)
         completion = await loop.run_in_executor(

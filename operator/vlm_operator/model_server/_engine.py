@@ -11,7 +11,19 @@ processor insists on a video processor, and video processors need
 torchvision, which has no CPU build to pair with this torch. The steps are the
 processor's own: render the chat template, run the (PIL-backend) image
 processor, expand each ``<|image_pad|>`` to one token per merged patch, and mark
-those positions in ``mm_token_type_ids`` for multimodal RoPE.
+those positions in ``mm_token_type_ids`` for multimodal RoPE. The expansion is
+done on token ids (the pad is a special token: the tokenizer splits the text
+around it), so the text is tokenized once and a prompt too long for the context
+is refused before its images are processed: prompt and completion tokens must
+fit the smaller of the model's ``max_position_embeddings`` and the server's
+bound, or prefill time (quadratic) and the KV cache (about 229 KB per token on
+the 2B model in float32) grow without limit.
+
+What a client sent that still fails here is its fault, and a 400 naming the
+field: an image Pillow cannot decode past its header (any exception, Pillow
+raises a few kinds), messages the chat template refuses. A temperature below
+:data:`GREEDY_BELOW` is greedy decoding: dividing the logits by 1e-300 gives
+infinities, and sampling from them fails.
 
 Threads: ``torch.set_num_threads`` sets the intra-op threads one generation
 uses. Concurrent generations run in separate worker threads and each gets its
@@ -30,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
+import jinja2
 import torch
 from transformers import (
     AutoImageProcessor,
@@ -40,11 +53,13 @@ from transformers import (
     TextStreamer,
 )
 
-from vlm_operator.model_server._requests import ChatRequest, RequestError
+from vlm_operator.model_server._requests import RESERVED_TOKENS, ChatRequest, RequestError
 
 log = logging.getLogger("vlm_operator.model_server")
 
 _IMAGE_TOKEN = "<|image_pad|>"
+#: Temperatures below this decode greedily, as temperature 0 does.
+GREEDY_BELOW = 1e-5
 
 
 @dataclass(frozen=True)
@@ -126,6 +141,13 @@ class Engine:
         if eos is None:
             eos = tokenizer.eos_token_id
         self._eos_ids = {int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None}
+        self.max_position_embeddings = _max_position_embeddings(model)
+        self.reserved_tokens = _reserved_tokens(tokenizer)
+
+    def context_limit(self, max_context_tokens: int | None = None) -> int | None:
+        """Prompt and completion tokens allowed: the model's, or the server's if lower."""
+        bounds = [b for b in (self.max_position_embeddings, max_context_tokens) if b is not None]
+        return min(bounds) if bounds else None
 
     @classmethod
     def load(cls, model_dir: Path, *, threads: int) -> Engine:
@@ -143,46 +165,76 @@ class Engine:
         template = _chat_template(model_dir, tokenizer)
         return cls(model, tokenizer, image_processor, template)
 
-    def prepare(self, request: ChatRequest) -> PreparedInputs:
-        """Render the prompt and process the images; bad images raise RequestError."""
-        text = cast(
-            str,
-            self.tokenizer.apply_chat_template(
-                request.messages,
-                chat_template=self.chat_template,
-                tokenize=False,
-                add_generation_prompt=True,
-            ),
-        )
-        pieces = text.split(_IMAGE_TOKEN)
-        if len(pieces) - 1 != len(request.images):
+    def prepare(
+        self, request: ChatRequest, *, max_context_tokens: int | None = None
+    ) -> PreparedInputs:
+        """Render and tokenize the prompt, process the images; raise RequestError
+        for what the client got wrong (an undecodable image, a prompt too long)."""
+        try:
+            text = cast(
+                str,
+                self.tokenizer.apply_chat_template(
+                    request.messages,
+                    chat_template=self.chat_template,
+                    tokenize=False,
+                    add_generation_prompt=True,
+                ),
+            )
+        except jinja2.TemplateSyntaxError:
+            raise  # the server's template is broken: a 500, not the client's fault
+        except jinja2.TemplateError as exc:
+            raise RequestError(
+                f"the model's chat template refuses these messages: {exc}", param="messages"
+            ) from None
+        ids: list[int] = self.tokenizer(text)["input_ids"]
+        pads = [k for k, token in enumerate(ids) if token == self._image_token_id]
+        if len(pads) != len(request.images):
             raise RuntimeError(
-                f"the chat template placed {len(pieces) - 1} image tokens "
+                f"the chat template placed {len(pads)} image tokens "
                 f"for {len(request.images)} images"
             )
+        limit = self.context_limit(max_context_tokens)
+        # Each image takes at least its one pad: too long already is refused now.
+        self._check_context(len(ids), request.max_new_tokens, limit)
         tensors: dict[str, Any] = {}
         if request.images:
             rgb = []
             for item in request.images:
                 try:
+                    if item.image is None:
+                        raise ValueError("the request was parsed without opening its images")
                     rgb.append(item.image.convert("RGB"))
-                except (OSError, ValueError) as exc:
+                except Exception as exc:  # Pillow raises OSError, SyntaxError, ...
                     raise RequestError(f"the image cannot be decoded: {exc}", item.param) from None
             processed = self.image_processor(images=rgb, return_tensors="pt")
             grid = processed["image_grid_thw"]
             counts = [int(grid[i].prod()) // self._merge**2 for i in range(len(rgb))]
-            text = pieces[0] + "".join(
-                _IMAGE_TOKEN * n + rest for n, rest in zip(counts, pieces[1:], strict=True)
-            )
+            expanded: list[int] = []
+            start = 0
+            for position, count in zip(pads, counts, strict=True):
+                expanded += ids[start:position]
+                expanded += [self._image_token_id] * count
+                start = position + 1
+            ids = expanded + ids[start:]
+            self._check_context(len(ids), request.max_new_tokens, limit)
             tensors.update(pixel_values=processed["pixel_values"], image_grid_thw=grid)
-        encoded = self.tokenizer([text], return_tensors="pt")
-        input_ids = encoded["input_ids"]
+        input_ids = torch.tensor([ids], dtype=torch.long)
         tensors.update(
             input_ids=input_ids,
-            attention_mask=encoded["attention_mask"],
+            attention_mask=torch.ones_like(input_ids),
             mm_token_type_ids=(input_ids == self._image_token_id).to(torch.int32),
         )
-        return PreparedInputs(tensors=tensors, prompt_tokens=int(input_ids.shape[1]))
+        return PreparedInputs(tensors=tensors, prompt_tokens=len(ids))
+
+    @staticmethod
+    def _check_context(prompt_tokens: int, max_new_tokens: int, limit: int | None) -> None:
+        if limit is not None and prompt_tokens + max_new_tokens > limit:
+            raise RequestError.context_exceeded(
+                f"this model's maximum context length is {limit} tokens, but the request "
+                f"needs {prompt_tokens + max_new_tokens} ({prompt_tokens} in the messages, "
+                f"{max_new_tokens} for the completion); shorten the messages or lower "
+                "max_tokens"
+            )
 
     def generate(
         self,
@@ -218,7 +270,7 @@ class Engine:
         """Only what the request sets: generate() fills the rest from the model's
         generation_config.json (and, for greedy, ignores its sampling knobs quietly)."""
         sampling: dict[str, Any] = {"max_new_tokens": request.max_new_tokens}
-        if request.temperature == 0.0:
+        if request.temperature is not None and request.temperature < GREEDY_BELOW:
             sampling["do_sample"] = False
         elif request.temperature is not None or request.top_p is not None:
             sampling["do_sample"] = True
@@ -227,6 +279,26 @@ class Engine:
             if request.top_p is not None:
                 sampling["top_p"] = request.top_p
         return sampling
+
+
+def _max_position_embeddings(model: Any) -> int | None:
+    """The text model's context (Qwen3-VL keeps it in ``text_config``)."""
+    config = model.config
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for source in (text_config, config):
+        value = getattr(source, "max_position_embeddings", None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return None
+
+
+def _reserved_tokens(tokenizer: Any) -> tuple[str, ...]:
+    """Every special token of the tokenizer, and the template's own markers."""
+    tokens = set(RESERVED_TOKENS)
+    tokens.update(str(t) for t in getattr(tokenizer, "all_special_tokens", ()))
+    added = getattr(tokenizer, "added_tokens_decoder", {})
+    tokens.update(str(t.content) for t in added.values() if getattr(t, "special", False))
+    return tuple(sorted(t for t in tokens if t))
 
 
 def _chat_template(model_dir: Path, tokenizer: Any) -> str:

@@ -7,22 +7,47 @@ and whose message says why. Images are base64-decoded and their header read
 (PIL opens lazily: width and height are known before a single pixel is
 decoded), so a decompression bomb or an oversized photo is refused before it
 takes memory. Only ``data:`` URLs are accepted: the server never fetches.
+
+Text is refused when it cannot be encoded as UTF-8 (a lone surrogate, legal in
+JSON, breaks the tokenizer) or when it contains a token the prompt builder
+places itself (``<|im_start|>``: a client must not open a system turn of its
+own). Text far longer than the context can hold is refused before it is
+tokenized, so tokenizing is bounded too; the exact count against the context
+is the engine's, after tokenizing.
+
+The fake model (:mod:`vlm_operator.fake_model`) checks requests with this same
+code, in the operator's image, which has neither torch nor Pillow: Pillow is
+imported only when an image is opened, and the fake asks for none.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import io
+import json
 import math
+import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from PIL import Image, UnidentifiedImageError
+if TYPE_CHECKING:
+    from PIL import Image
 
 #: Tokens that the prompt builder places itself; a client's text must not
 #: smuggle them in, or the image placeholders would no longer match the images.
 VISION_TOKENS = ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>", "<|video_pad|>")
+#: The chat template's turn markers: in a client's text they would end its turn
+#: and open another (a system turn, say). The engine adds its tokenizer's own
+#: special tokens to these once the model is loaded.
+RESERVED_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", *VISION_TOKENS)
+#: Characters of text one token can stand for, at most, in the bound applied
+#: before tokenizing (English averages about 4; runs of spaces can go further,
+#: and text that long is refused anyway).
+CHARS_PER_TOKEN = 8
+#: Largest request body both servers read (aiohttp answers 413 beyond it).
+MAX_BODY_BYTES = 32 * 1024 * 1024
 
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 #: Request fields this server cannot honour: refusing them is honest, ignoring
@@ -51,6 +76,10 @@ class RequestError(Exception):
         self.type = type_
         self.code = code
 
+    @classmethod
+    def context_exceeded(cls, message: str) -> RequestError:
+        return cls(message, param="messages", code="context_length_exceeded")
+
     def to_json(self) -> dict[str, Any]:
         return {
             "error": {
@@ -64,10 +93,12 @@ class RequestError(Exception):
 
 @dataclass(frozen=True)
 class ImageInput:
-    """A decoded image header; ``image.load()`` happens later, in a worker."""
+    """An image's bytes and, unless parsed with ``open_images=False``, its
+    decoded header; ``image.load()`` happens later, in a worker."""
 
-    image: Image.Image
+    data: bytes
     param: str
+    image: Image.Image | None = None
 
 
 @dataclass(frozen=True)
@@ -91,10 +122,32 @@ class Limits:
     max_new_tokens: int = 512
     max_image_pixels: int = 4096 * 4096
     max_images: int = 8
+    #: Prompt and completion tokens together: the model's context, or less.
+    max_context_tokens: int = 32768
+    reserved_tokens: tuple[str, ...] = RESERVED_TOKENS
+
+    @property
+    def max_text_chars(self) -> int:
+        """More text than this cannot fit the context: refused before tokenizing."""
+        return CHARS_PER_TOKEN * self.max_context_tokens
 
 
-def parse_chat_request(body: Any, limits: Limits) -> ChatRequest:
-    """Check a decoded JSON body; raise :class:`RequestError` naming the field."""
+def parse_json_body(raw: bytes) -> Any:
+    """The decoded body; malformed or too deeply nested JSON is a 400."""
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RequestError(f"the request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise RequestError("the request body is not valid JSON: nested too deeply") from None
+
+
+def parse_chat_request(body: Any, limits: Limits, *, open_images: bool = True) -> ChatRequest:
+    """Check a decoded JSON body; raise :class:`RequestError` naming the field.
+
+    ``open_images=False`` checks images as base64 ``data:`` URLs only (their
+    bytes are in :attr:`ImageInput.data`), without Pillow.
+    """
     if not isinstance(body, dict):
         raise RequestError("the request body must be a JSON object")
     for name in _UNSUPPORTED:
@@ -110,7 +163,7 @@ def parse_chat_request(body: Any, limits: Limits) -> ChatRequest:
     if model is not None and not isinstance(model, str):
         raise RequestError("must be a string", param="model")
 
-    messages, images = _parse_messages(body.get("messages"), limits)
+    messages, images = _parse_messages(body.get("messages"), limits, open_images)
     max_tokens = _max_tokens(body, limits)
     temperature = _number(body, "temperature", low=0.0, high=2.0)
     top_p = _number(body, "top_p", low=0.0, high=1.0)
@@ -119,9 +172,7 @@ def parse_chat_request(body: Any, limits: Limits) -> ChatRequest:
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise RequestError("must be true or false", param="stream")
-    options = body.get("stream_options") or {}
-    if not isinstance(options, dict):
-        raise RequestError("must be an object", param="stream_options")
+    include_usage = _stream_options(body.get("stream_options"), stream)
     return ChatRequest(
         messages=messages,
         images=images,
@@ -129,16 +180,76 @@ def parse_chat_request(body: Any, limits: Limits) -> ChatRequest:
         temperature=temperature,
         top_p=top_p,
         stream=stream,
-        include_usage=bool(options.get("include_usage", False)),
+        include_usage=include_usage,
         model=model,
     )
 
 
-def _parse_messages(raw: Any, limits: Limits) -> tuple[list[dict[str, Any]], list[ImageInput]]:
+def _stream_options(options: Any, stream: bool) -> bool:
+    """include_usage; as OpenAI, stream_options only go with ``stream: true``."""
+    if options is None:
+        return False
+    if not isinstance(options, dict):
+        raise RequestError("must be an object", param="stream_options")
+    if not stream:
+        raise RequestError("only allowed when stream is true", param="stream_options")
+    include_usage = options.get("include_usage", False)
+    if include_usage is None:
+        return False
+    if not isinstance(include_usage, bool):
+        raise RequestError(
+            f"must be true or false, got {include_usage!r}", param="stream_options.include_usage"
+        )
+    return include_usage
+
+
+class _TextBudget:
+    """Counts the characters of text across a request against the context."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.limits = limits
+        self.chars = 0
+
+    def check(self, text: str, where: str) -> None:
+        limits = self.limits
+        # The length first: the two scans below are then bounded too.
+        self.chars += len(text)
+        if self.chars > limits.max_text_chars:
+            raise RequestError.context_exceeded(
+                f"the messages hold more than {limits.max_text_chars} characters of text, "
+                f"more than this server's context of {limits.max_context_tokens} tokens can "
+                "take; shorten the messages"
+            )
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise RequestError(
+                f"text must be valid Unicode: the lone surrogate {text[exc.start]!r} at "
+                f"position {exc.start} cannot be encoded as UTF-8",
+                param=where,
+            ) from None
+        match = _reserved_pattern(limits.reserved_tokens).search(text)
+        if match is not None:
+            raise RequestError(
+                f"text must not contain the special token {match.group()}", param=where
+            )
+
+
+@functools.lru_cache(maxsize=8)
+def _reserved_pattern(tokens: tuple[str, ...]) -> re.Pattern[str]:
+    # Longest first, so that a token is reported rather than a prefix of it.
+    alternatives = sorted({t for t in tokens if t}, key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, alternatives)) or r"(?!)")
+
+
+def _parse_messages(
+    raw: Any, limits: Limits, open_images: bool
+) -> tuple[list[dict[str, Any]], list[ImageInput]]:
     if not isinstance(raw, list) or not raw:
         raise RequestError("must be a non-empty list of messages", param="messages")
     messages: list[dict[str, Any]] = []
     images: list[ImageInput] = []
+    budget = _TextBudget(limits)
     for i, message in enumerate(raw):
         where = f"messages[{i}]"
         if not isinstance(message, dict):
@@ -150,7 +261,7 @@ def _parse_messages(raw: Any, limits: Limits) -> tuple[list[dict[str, Any]], lis
             )
         content = message.get("content")
         if isinstance(content, str):
-            _check_text(content, f"{where}.content")
+            budget.check(content, f"{where}.content")
             messages.append({"role": _ROLES[role], "content": content})
             continue
         if not isinstance(content, list) or not content:
@@ -159,7 +270,8 @@ def _parse_messages(raw: Any, limits: Limits) -> tuple[list[dict[str, Any]], lis
             )
         parts: list[dict[str, Any]] = []
         for j, part in enumerate(content):
-            parts.append(_parse_part(part, f"{where}.content[{j}]", images, limits))
+            where_part = f"{where}.content[{j}]"
+            parts.append(_parse_part(part, where_part, images, budget, open_images))
         if role != "user" and any(p["type"] == "image" for p in parts):
             raise RequestError("images are accepted in user messages only", param=where)
         messages.append({"role": _ROLES[role], "content": parts})
@@ -168,7 +280,10 @@ def _parse_messages(raw: Any, limits: Limits) -> tuple[list[dict[str, Any]], lis
     return messages, images
 
 
-def _parse_part(part: Any, where: str, images: list[ImageInput], limits: Limits) -> dict[str, Any]:
+def _parse_part(
+    part: Any, where: str, images: list[ImageInput], budget: _TextBudget, open_images: bool
+) -> dict[str, Any]:
+    limits = budget.limits
     if not isinstance(part, dict):
         raise RequestError("must be an object with a type", param=where)
     kind = part.get("type")
@@ -176,7 +291,7 @@ def _parse_part(part: Any, where: str, images: list[ImageInput], limits: Limits)
         text = part.get("text")
         if not isinstance(text, str):
             raise RequestError("must be a string", param=f"{where}.text")
-        _check_text(text, f"{where}.text")
+        budget.check(text, f"{where}.text")
         return {"type": "text", "text": text}
     if kind == "image_url":
         if len(images) >= limits.max_images:
@@ -186,18 +301,14 @@ def _parse_part(part: Any, where: str, images: list[ImageInput], limits: Limits)
         param = f"{where}.image_url"
         if not isinstance(url, str):
             raise RequestError("must be an object with a url (a data: URL)", param=param)
-        images.append(ImageInput(_decode_image(url, param, limits), param))
+        data = _image_bytes(url, param)
+        image = _open_image(data, param, limits) if open_images else None
+        images.append(ImageInput(data, param, image))
         return {"type": "image"}
     raise RequestError(f"type must be 'text' or 'image_url', got {kind!r}", param=f"{where}.type")
 
 
-def _check_text(text: str, where: str) -> None:
-    for token in VISION_TOKENS:
-        if token in text:
-            raise RequestError(f"text must not contain the special token {token}", param=where)
-
-
-def _decode_image(url: str, param: str, limits: Limits) -> Image.Image:
+def _image_bytes(url: str, param: str) -> bytes:
     if not url.startswith("data:"):
         raise RequestError(
             "only base64 data: URLs are accepted (data:image/png;base64,...); "
@@ -213,11 +324,17 @@ def _decode_image(url: str, param: str, limits: Limits) -> Image.Image:
         raise RequestError(f"the image is not valid base64: {exc}", param=param) from None
     if not data:
         raise RequestError("the image is empty", param=param)
+    return data
+
+
+def _open_image(data: bytes, param: str, limits: Limits) -> Image.Image:
+    from PIL import Image, UnidentifiedImageError
+
     try:
         image = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise RequestError("the data is not an image in a format the server reads", param) from None
-    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+    except Exception as exc:  # Pillow raises OSError, ValueError, SyntaxError, bomb errors...
         raise RequestError(f"the image cannot be read: {exc}", param=param) from None
     width, height = image.size
     if width < 1 or height < 1:
