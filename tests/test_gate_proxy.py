@@ -311,6 +311,17 @@ async def test_metrics_follow_the_signals_contract(backend: Backend) -> None:
         assert m[("vlm_cache_hits_total", ())] == 0
 
 
+async def test_a_fresh_gate_exports_its_answers_at_zero(backend: Backend) -> None:
+    # No request yet: the arrival rate must read 0 (an idle pod), not "no
+    # series" (a missing signal, on which the operator never scales down).
+    async with running_gate(backend) as gate:
+        m = await gate.metrics()
+        assert m[("vlm_requests_total", (("code", "200"),))] == 0
+        assert [labels for name, labels in m if name == "vlm_requests_total"] == [
+            (("code", "200"),)
+        ]
+
+
 async def test_bucket_scale_divides_both_latency_histograms(backend: Backend) -> None:
     # A model whose time runs 10x faster: 0.25 s compressed stands for 2.5 s real, so it
     # must land in the (2, 3] bucket of real time, i.e. (0.2, 0.3] here.

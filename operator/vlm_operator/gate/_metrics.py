@@ -78,7 +78,10 @@ class GateMetrics:
         Gauge(contract.QUEUE_CAPACITY, "Configured size of the gate's queue.", registry=r).set(
             queue_capacity
         )
-        self._codes: dict[int, Counter] = {}
+        # The 200s are exported from start, at 0: a gate that has answered
+        # nothing yet is an idle pod (arrival rate 0), not a missing signal,
+        # which would hold a fresh service at its replicas for ever.
+        self._codes: dict[int, Counter] = {200: self.total.labels("200")}
 
     def finished(self, code: int) -> None:
         """Count one answered request under its HTTP status."""
