@@ -4,15 +4,19 @@ Always on (cheap, and the classic apps/v1 errors a real server rejects with 422)
 ReplicaSet needs ``spec.selector`` and its ``matchLabels`` must match the pod template's labels.
 Opt-in (``validate_builtins=True``; ~20 ms per object): the full OpenAPI schema of the kind via
 kubernetes-validate (the test extra), strict about unknown fields under
-``fieldValidation=Strict``. Only the first schema error is reported, as kubernetes-validate
-raises one at a time.
+``fieldValidation=Strict`` (400 ``strict decoding error``, as a real server's decoder answers).
+Only the first schema error is reported, as kubernetes-validate raises one at a time.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from . import errors
 from .resources import ResourceKind
+
+_UNEXPECTED = re.compile(r"'([^']+)'")
 
 KUBERNETES_VERSION = "1.30"
 
@@ -43,15 +47,32 @@ def check_workload(kind: ResourceKind, obj: dict[str, Any]) -> list[dict[str, st
     return []
 
 
+def _field_path(parts: Any) -> str:
+    path = ""
+    for part in parts:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return path
+
+
 def check_schema(kind: ResourceKind, obj: dict[str, Any], strict: bool) -> list[dict[str, str]]:
-    """The kind's OpenAPI schema, through kubernetes-validate; [] for kinds it does not know."""
+    """The kind's OpenAPI schema, through kubernetes-validate; [] for kinds it does not know.
+
+    Raises 400 for unknown fields under ``strict`` (a decoding error on a real server).
+    """
     import kubernetes_validate
 
     try:
         kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=strict)
     except kubernetes_validate.ValidationError as error:
-        field = ".".join(str(part) for part in error.path) or "<root>"
-        return [_cause(field, f"Invalid value: {error.message}")]
+        field = _field_path(error.path)
+        if strict and error.validator == "additionalProperties":
+            unknown = _UNEXPECTED.findall(str(error.message).split("(", 1)[-1])
+            prefix = f"{field}." if field else ""
+            raise errors.bad_request(
+                "strict decoding error: "
+                + ", ".join(f'unknown field "{prefix}{name}"' for name in unknown)
+            ) from None
+        return [_cause(field or "<root>", f"Invalid value: {error.message}")]
     except Exception:  # unknown kind or version: a real server would know, we cannot tell
         return []
     return []

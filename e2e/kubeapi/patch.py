@@ -23,9 +23,14 @@ class PatchError(ValueError):
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386 JSON merge patch; returns a new document."""
+    """RFC 7386 JSON merge patch; returns a new document.
+
+    As in the library the API server uses (evanphx/json-patch), nulls inside a value that is
+    added or replaces a non-object (a new key, a list) are dropped from its objects, at any
+    depth, list items included; only an object replaced by a list keeps them.
+    """
     if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
+        return _without_nulls(patch) if not isinstance(target, dict) else copy.deepcopy(patch)
     result = copy.deepcopy(target) if isinstance(target, dict) else {}
     for key, value in patch.items():
         if value is None:
@@ -33,6 +38,14 @@ def merge_patch(target: Any, patch: Any) -> Any:
         else:
             result[key] = merge_patch(result.get(key), value)
     return result
+
+
+def _without_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_nulls(item) for item in value]
+    return copy.deepcopy(value)
 
 
 def _pointer(path: str) -> list[str]:

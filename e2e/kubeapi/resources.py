@@ -40,6 +40,11 @@ class ResourceKind:
     custom: bool = False
     verbs: tuple[str, ...] = _VERBS
     extra_subresources: tuple[str, ...] = field(default=())
+    # A PUT without metadata.resourceVersion overwrites unconditionally (most built-in kinds) or
+    # is refused with 422 (custom resources, CRDs, Services: their strategies disallow it).
+    unconditional_update: bool = True
+    # Field-selector labels besides metadata.name/namespace (a CRD's selectableFields).
+    selectable_fields: tuple[str, ...] = ()
 
     @property
     def api_version(self) -> str:
@@ -71,6 +76,7 @@ def _kind(
     status: bool = False,
     scale: ScalePaths | None = None,
     verbs: tuple[str, ...] = _VERBS,
+    unconditional_update: bool = True,
 ) -> ResourceKind:
     return ResourceKind(
         group=group,
@@ -83,6 +89,7 @@ def _kind(
         status=status,
         scale=scale,
         verbs=verbs,
+        unconditional_update=unconditional_update,
     )
 
 
@@ -91,7 +98,7 @@ _DEPLOYMENT_SCALE = ScalePaths(".spec.replicas", ".status.replicas", ".spec.sele
 BUILTIN_KINDS: tuple[ResourceKind, ...] = (
     _kind("", "v1", "namespaces", "Namespace", namespaced=False, short=("ns",), status=True),
     _kind("", "v1", "pods", "Pod", short=("po",), status=True),
-    _kind("", "v1", "services", "Service", short=("svc",), status=True),
+    _kind("", "v1", "services", "Service", short=("svc",), status=True, unconditional_update=False),
     _kind("", "v1", "events", "Event", short=("ev",)),
     _kind("", "v1", "configmaps", "ConfigMap", short=("cm",)),
     _kind("", "v1", "secrets", "Secret"),
@@ -138,6 +145,7 @@ BUILTIN_KINDS: tuple[ResourceKind, ...] = (
         namespaced=False,
         short=("crd", "crds"),
         status=True,
+        unconditional_update=False,
     ),
     _kind("rbac.authorization.k8s.io", "v1", "roles", "Role"),
     _kind("rbac.authorization.k8s.io", "v1", "rolebindings", "RoleBinding"),
@@ -189,6 +197,11 @@ def kinds_from_crd(crd: dict[str, Any]) -> list[ResourceKind]:
                 schema=schema,
                 preserve_unknown=bool((schema or {}).get("x-kubernetes-preserve-unknown-fields")),
                 custom=True,
+                unconditional_update=False,
+                selectable_fields=tuple(
+                    str(selectable.get("jsonPath", "")).lstrip(".")
+                    for selectable in version.get("selectableFields") or []
+                ),
             )
         )
     if not kinds:

@@ -1,12 +1,20 @@
 """Structural-schema behaviour of custom resources, as the real API server applies it.
 
-Order on every write: defaults (``default`` of absent properties, recursively), pruning of
-unknown fields (or rejection under ``fieldValidation=Strict``), OpenAPI validation (type, enum,
-required, minimum/maximum, exclusive bounds, minLength/maxLength, pattern, minItems/maxItems,
-minProperties/maxProperties, nullable, int-or-string), then ``x-kubernetes-validations`` CEL rules
-(cel-python) on the subtrees that passed schema validation. ``oldSelf`` transition rules are only
-evaluated on updates, and subtrees an update leaves unchanged are not validated again
+Order on every write, as in the real API server: pruning of unknown fields (or rejection under
+``fieldValidation=Strict``, which happens while decoding), pruning of ``null`` values of fields
+that are not ``nullable`` and have no default, defaults (``default`` of absent properties, and of
+non-nullable nulls, recursively), OpenAPI validation (type, enum, required, minimum/maximum,
+exclusive bounds, minLength/maxLength, pattern, minItems/maxItems, minProperties/maxProperties,
+nullable, int-or-string; ``metadata.name`` and ``metadata.generateName`` against the schema's
+``metadata`` properties, the only ones a CRD may constrain), then ``x-kubernetes-validations`` CEL
+rules (cel-python) on the subtrees that passed schema validation. ``oldSelf`` transition rules are
+only evaluated on updates, and subtrees an update leaves unchanged are not validated again
 (ratcheting). Every failure becomes a cause naming the field, like the real 422 body.
+
+``check_crd_schema`` is the part of CRD validation that catches broken CRDs before they serve: a
+structural schema (every node typed, except int-or-string and preserve-unknown-fields ones; arrays
+with ``items``; ``metadata`` constraining only ``name``/``generateName``) and CEL rules that
+compile (parsing only: cel-python does not type-check against the schema as the real server does).
 """
 
 from __future__ import annotations
@@ -18,6 +26,11 @@ from dataclasses import dataclass
 from typing import Any
 
 _ROOT_FIELDS = ("apiVersion", "kind", "metadata")
+_METADATA_FIELDS = ("name", "generateName")  # the only metadata a CRD's schema may constrain
+_CEL_EXPRESSIONS = (
+    ("rule", "compilation failed"),
+    ("messageExpression", "messageExpression compilation failed"),
+)
 
 
 @dataclass(frozen=True)
@@ -39,10 +52,12 @@ def _join(path: str, key: str | int) -> str:
 
 
 def apply_defaults(schema: dict[str, Any], value: Any) -> Any:
-    """Fill absent properties that have a ``default``, in place; returns the value."""
+    """Fill absent (or non-nullable null) properties that have a ``default``, in place; returns
+    the value."""
     if isinstance(value, dict):
         for name, sub in (schema.get("properties") or {}).items():
-            if name not in value and "default" in sub:
+            absent = name not in value or (value[name] is None and not sub.get("nullable"))
+            if absent and "default" in sub:
                 value[name] = copy.deepcopy(sub["default"])
             if name in value:
                 value[name] = apply_defaults(sub, value[name])
@@ -79,6 +94,31 @@ def prune(schema: dict[str, Any], value: Any, path: str = "", *, root: bool = Tr
         for index, item in enumerate(value):
             dropped += prune(schema["items"], item, _join(path, index), root=False)
     return dropped
+
+
+def prune_nulls(schema: dict[str, Any], value: Any, *, root: bool = True) -> None:
+    """Drop ``null`` values of properties that are neither ``nullable`` nor defaulted, in place.
+
+    The real server does this before defaulting (so a null with a default gets the default):
+    ``{"color": null}`` means "unset", not a type error.
+    """
+    if isinstance(value, dict):
+        properties = schema.get("properties") or {}
+        extra = schema.get("additionalProperties")
+        for name in list(value):
+            if root and name in _ROOT_FIELDS:
+                continue
+            sub = properties.get(name)
+            if sub is not None:
+                if value[name] is None and not sub.get("nullable") and "default" not in sub:
+                    del value[name]
+                else:
+                    prune_nulls(sub, value[name], root=False)
+            elif isinstance(extra, dict):
+                prune_nulls(extra, value[name], root=False)
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for item in value:
+            prune_nulls(schema["items"], item, root=False)
 
 
 def _describe(value: Any) -> str:
@@ -190,6 +230,8 @@ def validate(
                 causes.append(Cause(_join(path, name), "FieldValueRequired", "Required value"))
         properties = schema.get("properties") or {}
         extra = schema.get("additionalProperties")
+        if root:
+            causes += _validate_metadata(properties.get("metadata"), value, old)
         for name, item in value.items():
             if root and name in _ROOT_FIELDS:
                 continue
@@ -203,6 +245,24 @@ def validate(
             causes += validate(schema["items"], item, old_item, _join(path, index), root=False)
     if not causes:
         causes += _cel(schema, value, old, path)
+    return causes
+
+
+def _validate_metadata(schema: Any, obj: dict[str, Any], old: Any) -> list[Cause]:
+    """``metadata.name``/``generateName`` against the CRD's ``metadata`` schema (the real server
+    validates the whole object, metadata included, against the schema)."""
+    metadata = obj.get("metadata")
+    properties = (schema or {}).get("properties") if isinstance(schema, dict) else None
+    if not isinstance(metadata, dict) or not isinstance(properties, dict):
+        return []
+    old_metadata = old.get("metadata") if isinstance(old, dict) else None
+    causes: list[Cause] = []
+    for name in _METADATA_FIELDS:
+        if isinstance(properties.get(name), dict) and name in metadata:
+            old_value = old_metadata.get(name) if isinstance(old_metadata, dict) else None
+            causes += validate(
+                properties[name], metadata[name], old_value, f"metadata.{name}", root=False
+            )
     return causes
 
 
@@ -221,6 +281,110 @@ def _as_declared(schema: dict[str, Any], value: Any) -> Any:
     if isinstance(value, list) and isinstance(schema.get("items"), dict):
         return [_as_declared(schema["items"], item) for item in value]
     return value
+
+
+def check_crd_schema(schema: Any, path: str) -> list[Cause]:
+    """What the real server refuses in a CRD version's ``openAPIV3Schema`` (``path`` names it,
+    e.g. ``spec.versions[0].schema.openAPIV3Schema``): a non-structural schema or a CEL rule that
+    does not compile."""
+    if not isinstance(schema, dict):
+        return [Cause(path, "FieldValueRequired", "Required value: a schema is required")]
+    causes = _check_node(schema, path, "root")
+    properties = schema.get("properties") or {}
+    for name, expected in (("kind", "string"), ("apiVersion", "string"), ("metadata", "object")):
+        sub = properties.get(name)
+        if isinstance(sub, dict) and sub.get("type") != expected:
+            causes.append(
+                Cause(
+                    f"{path}.properties[{name}].type",
+                    "FieldValueInvalid",
+                    f"Invalid value: {_describe(sub.get('type', ''))}: must be {expected}",
+                )
+            )
+    metadata = properties.get("metadata")
+    if isinstance(metadata, dict) and (
+        set(metadata) - {"type", "properties", "default"}
+        or set(metadata.get("properties") or {}) - set(_METADATA_FIELDS)
+    ):
+        causes.append(
+            Cause(
+                f"{path}.properties[metadata]",
+                "FieldValueForbidden",
+                "Forbidden: must not specify anything other than name and generateName, but "
+                "metadata is implicitly specified",
+            )
+        )
+    return causes
+
+
+_UNTYPED = {
+    "root": "must not be empty at the root",
+    "item": "must not be empty for specified array items",
+    "field": "must not be empty for specified object fields",
+}
+
+
+def _check_node(schema: dict[str, Any], path: str, level: str) -> list[Cause]:
+    """The structural invariants of one schema node and its CEL rules, recursively."""
+    causes: list[Cause] = []
+    untyped_ok = schema.get("x-kubernetes-int-or-string") or schema.get(
+        "x-kubernetes-preserve-unknown-fields"
+    )
+    if not schema.get("type") and not untyped_ok:
+        causes.append(
+            Cause(f"{path}.type", "FieldValueRequired", f"Required value: {_UNTYPED[level]}")
+        )
+    if level == "root" and schema.get("type") not in (None, "", "object"):
+        causes.append(
+            Cause(
+                f"{path}.type",
+                "FieldValueInvalid",
+                f"Invalid value: {_describe(schema['type'])}: must be object at the root",
+            )
+        )
+    if schema.get("type") == "array" and not isinstance(schema.get("items"), dict):
+        causes.append(
+            Cause(f"{path}.items", "FieldValueRequired", "Required value: must be specified")
+        )
+    for name, sub in (schema.get("properties") or {}).items():
+        if isinstance(sub, dict):
+            causes += _check_node(sub, f"{path}.properties[{name}]", "field")
+    if isinstance(schema.get("items"), dict):
+        causes += _check_node(schema["items"], f"{path}.items", "item")
+    if isinstance(schema.get("additionalProperties"), dict):
+        causes += _check_node(
+            schema["additionalProperties"], f"{path}.additionalProperties", "field"
+        )
+    for index, rule in enumerate(schema.get("x-kubernetes-validations") or []):
+        rule_path = f"{path}.x-kubernetes-validations[{index}]"
+        for key, what in _CEL_EXPRESSIONS:
+            expression = rule.get(key) if isinstance(rule, dict) else None
+            if key == "rule" and not isinstance(expression, str):
+                causes.append(Cause(f"{rule_path}.rule", "FieldValueRequired", "Required value"))
+                continue
+            error = _compile_error(expression) if isinstance(expression, str) else None
+            if error is not None:
+                causes.append(
+                    Cause(
+                        f"{rule_path}.{key}",
+                        "FieldValueInvalid",
+                        f"Invalid value: {_describe(expression)}: {what}: {error}",
+                    )
+                )
+    return causes
+
+
+def _compile_error(expression: str) -> str | None:
+    """Why a CEL expression does not compile, or None (also when cel-python is missing)."""
+    try:
+        _program(expression)
+    except ImportError:
+        return None
+    except Exception as error:  # cel-python's parse errors carry the position
+        line, column = getattr(error, "line", 1), getattr(error, "column", 0)
+        excerpt = "".join(f"\n | {text}" for text in str(error).rstrip().split("\n"))
+        return f"ERROR: <input>:{line}:{column}: Syntax error{excerpt}"
+    return None
 
 
 @functools.lru_cache(maxsize=1024)

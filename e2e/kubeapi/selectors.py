@@ -1,17 +1,21 @@
 """Label and field selectors in the API's query-string syntax.
 
 Supported label terms: ``k=v``, ``k==v``, ``k!=v``, ``k in (a,b)``, ``k notin (a,b)``, ``k``,
-``!k``. Field selectors accept ``=``, ``==`` and ``!=`` on any dotted path of the object
-(``metadata.name``, ``metadata.namespace``, ``status.phase``, ``involvedObject.name``...).
+``!k``. Field selectors accept ``=``, ``==`` and ``!=``, and, as on a real server, only on the
+fields a kind makes selectable: ``metadata.name`` and ``metadata.namespace`` everywhere, a few
+documented fields of some built-in kinds (pods' ``spec.nodeName`` or ``status.phase``, events'
+``involvedObject.*``...) and a CRD's ``selectableFields``. Anything else is answered 400
+``field label not supported``, so a selector that only works here cannot slip through.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 Predicate = Callable[[Mapping[str, Any]], bool]
+FieldGetter = Callable[[Mapping[str, Any]], str]
 
 _SET_TERM = re.compile(r"^(?P<key>[^\s!=]+)\s+(?P<op>in|notin)\s+\((?P<values>[^)]*)\)$")
 _EQ_TERM = re.compile(r"^(?P<key>[^\s!=]+)\s*(?P<op>==|=|!=)\s*(?P<value>[^\s,]*)$")
@@ -80,17 +84,89 @@ def _lookup(obj: Mapping[str, Any], path: str) -> str:
     return str(value)
 
 
-def parse_field_selector(selector: str | None) -> Predicate:
-    """A predicate over dotted object paths; raises SelectorError."""
-    checks: list[tuple[str, bool, str]] = []
+def _path(path: str) -> FieldGetter:
+    return lambda obj: _lookup(obj, path)
+
+
+def _pod_ip(pod: Mapping[str, Any]) -> str:
+    ips = (pod.get("status") or {}).get("podIPs") or []
+    first = ips[0] if ips and isinstance(ips[0], Mapping) else {}
+    return str(first.get("ip") or _lookup(pod, "status.podIP"))
+
+
+def _event_source(event: Mapping[str, Any]) -> str:
+    return _lookup(event, "source.component") or _lookup(event, "reportingComponent")
+
+
+def _host_network(pod: Mapping[str, Any]) -> str:
+    return _lookup(pod, "spec.hostNetwork") or "false"
+
+
+# The documented field selectors of built-in kinds (their GetAttrs/field label conversions in
+# Kubernetes 1.30), beyond metadata.name and metadata.namespace.
+_BUILTIN_FIELDS: dict[tuple[str, str], dict[str, FieldGetter]] = {
+    ("", "pods"): {
+        **{path: _path(path) for path in ("spec.nodeName", "spec.restartPolicy",
+                                          "spec.schedulerName", "spec.serviceAccountName",
+                                          "status.phase", "status.nominatedNodeName")},
+        "spec.hostNetwork": _host_network,
+        "status.podIP": _pod_ip,
+    },
+    ("", "events"): {
+        **{f"involvedObject.{key}": _path(f"involvedObject.{key}") for key in (
+            "kind", "namespace", "name", "uid", "apiVersion", "resourceVersion", "fieldPath")},
+        "reason": _path("reason"),
+        "reportingComponent": _path("reportingComponent"),
+        "source": _event_source,
+        "type": _path("type"),
+    },
+    ("events.k8s.io", "events"): {
+        **{f"regarding.{key}": _path(f"regarding.{key}") for key in (
+            "kind", "namespace", "name", "uid", "apiVersion", "resourceVersion", "fieldPath")},
+        "reason": _path("reason"),
+        "reportingController": _path("reportingController"),
+        "type": _path("type"),
+    },
+    ("", "namespaces"): {"status.phase": _path("status.phase")},
+    ("", "secrets"): {"type": _path("type")},
+    ("apps", "replicasets"): {"status.replicas": lambda rs: _lookup(rs, "status.replicas") or "0"},
+}  # fmt: skip
+
+
+def selectable_fields(group: str, plural: str, extra: Iterable[str] = ()) -> dict[str, FieldGetter]:
+    """The field-selector labels a kind supports, each with how to read it from an object."""
+    fields = {
+        "metadata.name": _path("metadata.name"),
+        "metadata.namespace": _path("metadata.namespace"),
+    }
+    fields.update(_BUILTIN_FIELDS.get((group, plural), {}))
+    fields.update({path: _path(path) for path in extra if path})
+    return fields
+
+
+def parse_field_selector(
+    selector: str | None, fields: Mapping[str, FieldGetter] | None = None
+) -> Predicate:
+    """A predicate over an object's selectable ``fields`` (any dotted path if None).
+
+    Raises SelectorError on a malformed term or a label the kind does not support.
+    """
+    checks: list[tuple[FieldGetter, bool, str]] = []
     for term in _split_terms(selector or ""):
         match = _EQ_TERM.match(term)
         if match is None:
             raise SelectorError(f"invalid field selector term: {term!r}")
-        checks.append((match["key"], match["op"] != "!=", match["value"]))
+        label = match["key"]
+        if fields is None:
+            getter = _path(label)
+        elif label in fields:
+            getter = fields[label]
+        else:
+            raise SelectorError(f"field label not supported: {label}")
+        checks.append((getter, match["op"] != "!=", match["value"]))
 
     def matches(obj: Mapping[str, Any]) -> bool:
-        return all((_lookup(obj, path) == value) == equal for path, equal, value in checks)
+        return all((getter(obj) == value) == equal for getter, equal, value in checks)
 
     return matches
 

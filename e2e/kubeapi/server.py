@@ -19,12 +19,19 @@ from typing import Any
 
 import yaml
 from aiohttp import web
+from multidict import CIMultiDict
 
 from . import errors
 from .errors import APIError
 from .patch import PatchError, json_patch, merge_patch, strategic_merge_patch
 from .resources import ResourceKind
-from .selectors import SelectorError, parse_field_selector, parse_label_selector
+from .selectors import (
+    Predicate,
+    SelectorError,
+    parse_field_selector,
+    parse_label_selector,
+    selectable_fields,
+)
 from .store import Store, Watch
 
 _log = logging.getLogger(__name__)
@@ -37,6 +44,15 @@ _SUBRESOURCE_VERBS = {
     "status": ["get", "patch", "update"],
     "scale": ["get", "patch", "update"],
 }
+# The options type a real server decodes a write's query parameters into (and names in a 422).
+_OPTIONS_KINDS = {
+    "create": "CreateOptions",
+    "update": "UpdateOptions",
+    "patch": "PatchOptions",
+    "delete": "DeleteOptions",
+    "deletecollection": "DeleteOptions",
+}
+_FIELD_VALIDATIONS = ("", "Ignore", "Strict", "Warn")
 
 
 @dataclass(frozen=True)
@@ -113,7 +129,13 @@ class KubeAPIServer:
         except APIError as error:
             if error.code != 409:
                 raise
-            self.store.update(kind, None, name, {**crd, "metadata": {**crd["metadata"]}})
+            stored = self.store.get(kind, None, name)["metadata"]["resourceVersion"]
+            self.store.update(
+                kind,
+                None,
+                name,
+                {**crd, "metadata": {**crd["metadata"], "resourceVersion": stored}},
+            )
 
     def load_crds(self, path: str | Path) -> int:
         """Register every CRD found in a YAML file or a directory of them; returns the count."""
@@ -349,15 +371,32 @@ class KubeAPIServer:
     def _respond(
         obj: dict[str, Any], warnings: Sequence[str] = (), status: int = 200
     ) -> web.Response:
-        headers = {"Warning": ", ".join(f'299 - "{w}"' for w in warnings)} if warnings else None
+        # One header per warning, each an RFC 7234 warn-text (quoted string) as client-go
+        # parses it: kubectl prints them, and ignores the whole header if one is malformed.
+        headers = CIMultiDict(("Warning", f"299 - {_quoted(text)}") for text in warnings)
         return web.json_response(obj, status=status, headers=headers)
 
     @staticmethod
-    def _flags(request: web.Request) -> dict[str, bool]:
-        return {
-            "dry_run": bool(request.query.get("dryRun")),
-            "strict": request.query.get("fieldValidation") == "Strict",
-        }
+    def _flags(request: web.Request, verb: str) -> dict[str, Any]:
+        """A write's ``dryRun`` and ``fieldValidation``, validated as the real server does:
+        ``All`` is the only dry-run value, and unknown values are refused, never taken for
+        "yes" (a client sending ``dryRun=true`` would otherwise write for real on a cluster)."""
+        causes = []
+        dry_run = request.query.getall("dryRun", [])
+        if any(value != "All" for value in dry_run):
+            causes.append(_unsupported_dry_run(dry_run))
+        field_validation = request.query.get("fieldValidation", "")
+        if (
+            verb not in ("delete", "deletecollection")
+            and field_validation not in _FIELD_VALIDATIONS
+        ):
+            supported = ", ".join(json.dumps(value) for value in _FIELD_VALIDATIONS)
+            causes.append({"reason": "FieldValueNotSupported", "field": "fieldValidation",
+                           "message": f"Unsupported value: {json.dumps(field_validation)}: "
+                           f"supported values: {supported}"})  # fmt: skip
+        if causes:
+            raise errors.invalid_options(_OPTIONS_KINDS[verb], causes)
+        return {"dry_run": bool(dry_run), "field_validation": field_validation or "Warn"}
 
     async def _do_get(self, request: web.Request, target: _Target) -> web.StreamResponse:
         assert target.name is not None
@@ -366,17 +405,20 @@ class KubeAPIServer:
         return self._respond(self.store.get(target.kind, target.namespace, target.name))
 
     @staticmethod
-    def _selectors(request: web.Request) -> tuple[Any, Any]:
+    def _selectors(request: web.Request, kind: ResourceKind) -> tuple[Predicate, Predicate]:
+        # Custom resources select on metadata and their CRD's selectableFields only.
+        group, plural = ("", "") if kind.custom else (kind.group, kind.plural)
+        fields = selectable_fields(group, plural, kind.selectable_fields)
         try:
             return (
                 parse_label_selector(request.query.get("labelSelector")),
-                parse_field_selector(request.query.get("fieldSelector")),
+                parse_field_selector(request.query.get("fieldSelector"), fields),
             )
         except SelectorError as error:
             raise errors.bad_request(str(error)) from None
 
     async def _do_list(self, request: web.Request, target: _Target) -> web.StreamResponse:
-        labels, fields = self._selectors(request)
+        labels, fields = self._selectors(request, target.kind)
         items = self.store.list_objects(
             target.kind, target.namespace, lambda o: labels(o) and fields(o)
         )
@@ -390,7 +432,7 @@ class KubeAPIServer:
         )
 
     async def _do_watch(self, request: web.Request, target: _Target) -> web.StreamResponse:
-        labels, fields = self._selectors(request)
+        labels, fields = self._selectors(request, target.kind)
         since_text = request.query.get("resourceVersion") or ""
         send_initial = request.query.get("sendInitialEvents") == "true"
         try:
@@ -466,15 +508,15 @@ class KubeAPIServer:
         return {"kind": kind.kind, "apiVersion": kind.api_version, "metadata": metadata}
 
     async def _do_create(self, request: web.Request, target: _Target) -> web.StreamResponse:
+        flags = self._flags(request, "create")
         obj, warnings = self.store.create(
-            target.kind, target.namespace, await self._body(request), **self._flags(request)
+            target.kind, target.namespace, await self._body(request), **flags
         )
         return self._respond(obj, warnings, status=201)
 
-    def _write(self, request: web.Request, target: _Target, body: Any) -> web.Response:
+    def _write(self, target: _Target, body: Any, flags: dict[str, Any]) -> web.Response:
         """The last step of PUT and PATCH: store the new state (of the object or its scale)."""
         assert target.name is not None
-        flags = self._flags(request)
         if target.subresource == "scale":
             scale = self.store.update_scale(
                 target.kind, target.namespace, target.name, body, dry_run=flags["dry_run"]
@@ -491,10 +533,12 @@ class KubeAPIServer:
         return self._respond(obj, warnings)
 
     async def _do_update(self, request: web.Request, target: _Target) -> web.StreamResponse:
-        return self._write(request, target, await self._body(request))
+        flags = self._flags(request, "update")
+        return self._write(target, await self._body(request), flags)
 
     async def _do_patch(self, request: web.Request, target: _Target) -> web.StreamResponse:
         assert target.name is not None
+        flags = self._flags(request, "patch")
         content_type = request.headers.get("Content-Type", "").split(";")[0].strip()
         apply = _PATCH_TYPES.get(content_type)
         if apply is None or (apply is strategic_merge_patch and target.kind.custom):
@@ -517,24 +561,32 @@ class KubeAPIServer:
             raise APIError(422, "Invalid", str(error)) from None
         if not isinstance(patched, dict):
             raise errors.bad_request("the patch does not produce an object")
-        return self._write(request, target, patched)
+        if target.subresource != "scale":
+            flags["patch"] = True  # its uid is not a precondition (changing it is 422)
+        return self._write(target, patched, flags)
 
-    async def _delete_options(self, request: web.Request) -> dict[str, Any]:
+    async def _delete_options(self, request: web.Request, verb: str) -> dict[str, Any]:
+        query_flags = self._flags(request, verb)
         body = await self._body(request)
         options = dict(body) if isinstance(body, dict) else {}
+        body_dry_run = options.get("dryRun") or []
+        if not isinstance(body_dry_run, list):
+            raise errors.bad_request("dryRun: expected a list of strings")
+        if any(value != "All" for value in body_dry_run):
+            raise errors.invalid_options("DeleteOptions", [_unsupported_dry_run(body_dry_run)])
         if "propagationPolicy" in request.query:
             options["propagationPolicy"] = request.query["propagationPolicy"]
         if "orphanDependents" in request.query or options.get("orphanDependents") is not None:
             orphan = options.get("orphanDependents", request.query.get("orphanDependents"))
             if orphan in (True, "true"):
                 options.setdefault("propagationPolicy", "Orphan")
-        if request.query.get("dryRun"):
+        if query_flags["dry_run"]:
             options["dryRun"] = ["All"]
         return options
 
     async def _do_delete(self, request: web.Request, target: _Target) -> web.StreamResponse:
         assert target.name is not None
-        options = await self._delete_options(request)
+        options = await self._delete_options(request, "delete")
         return self._respond(
             self.store.delete(
                 target.kind,
@@ -549,8 +601,8 @@ class KubeAPIServer:
     async def _do_deletecollection(
         self, request: web.Request, target: _Target
     ) -> web.StreamResponse:
-        labels, fields = self._selectors(request)
-        options = await self._delete_options(request)
+        labels, fields = self._selectors(request, target.kind)
+        options = await self._delete_options(request, "deletecollection")
         items = self.store.list_objects(
             target.kind, target.namespace, lambda o: labels(o) and fields(o)
         )
@@ -566,6 +618,20 @@ class KubeAPIServer:
         return self._respond(
             {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}
         )
+
+
+def _unsupported_dry_run(values: Sequence[Any]) -> dict[str, str]:
+    go_values = ", ".join(json.dumps(str(value)) for value in values)  # Go's %#v of a []string
+    return {
+        "reason": "FieldValueNotSupported",
+        "field": "dryRun",
+        "message": f'Unsupported value: []string{{{go_values}}}: supported values: "All"',
+    }
+
+
+def _quoted(text: str) -> str:
+    """An RFC 7230 quoted-string: quotes and backslashes escaped (``"unknown field \\"x\\""``)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 async def _write_event(response: web.StreamResponse, kind: str, obj: dict[str, Any]) -> None:

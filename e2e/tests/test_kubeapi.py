@@ -6,10 +6,12 @@ import itertools
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -688,7 +690,11 @@ def test_vlmservice_schema_validation_and_pruning(kube: client.ApiClient, namesp
         custom.create_namespaced_custom_object(
             GROUP, VERSION, namespace, PLURAL, unknown, field_validation="Strict"
         )
-    assert _status(strict.value)["details"]["causes"][0]["field"] == "spec.replicaz"
+    # Strict refuses unknown fields while decoding, before validation: 400, not 422.
+    assert (strict.value.status, _status(strict.value)["reason"]) == (400, "BadRequest")
+    assert (
+        _status(strict.value)["message"] == 'strict decoding error: unknown field "spec.replicaz"'
+    )
     pruned = custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, unknown)
     assert "replicaz" not in pruned["spec"]
 
@@ -798,7 +804,10 @@ def test_builtin_schemas_when_enabled() -> None:
         assert response.json()["details"]["causes"][0]["field"] == "spec.replicas"
         unknown = _deployment("web")
         unknown["spec"]["template"]["spec"]["containers"][0]["imag"] = "typo"
-        assert http.post(url, json=unknown, params={"fieldValidation": "Strict"}).status_code == 422
+        strict = http.post(url, json=unknown, params={"fieldValidation": "Strict"})
+        unknown_field = 'unknown field "spec.template.spec.containers[0].imag"'
+        assert strict.status_code == 400
+        assert strict.json()["message"] == f"strict decoding error: {unknown_field}"
         assert http.post(url, json=_deployment("web")).status_code == 201
 
 
@@ -872,3 +881,442 @@ def test_a_stricter_crd_ratchets_objects_stored_before_it(
         resized = patch("", {"spec": {"size": 15}})
         assert resized.status_code == 422
         assert [c["field"] for c in resized.json()["details"]["causes"]] == ["spec.size"]
+
+
+# -- fidelity to kube-apiserver -------------------------------------------------------------
+
+GAUGE_CRD: dict[str, Any] = yaml.safe_load("""
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: gauges.fidelity.example.com}
+spec:
+  group: fidelity.example.com
+  scope: Namespaced
+  names: {kind: Gauge, plural: gauges, singular: gauge}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      selectableFields: [{jsonPath: .spec.color}]
+      schema:
+        openAPIV3Schema:
+          type: object
+          properties:
+            metadata:
+              type: object
+              properties:
+                name: {type: string, maxLength: 12, pattern: '^[a-z][-a-z0-9]*$'}
+            spec:
+              type: object
+              properties:
+                color: {type: string, default: red}
+                note: {type: string}
+                label: {type: string, nullable: true}
+                parts:
+                  type: array
+                  items:
+                    type: object
+                    properties:
+                      name: {type: string}
+                      weight: {type: integer}
+""")
+
+
+def _create_gauge(custom: client.CustomObjectsApi, namespace: str, name: str, **spec: Any) -> Any:
+    body = {"apiVersion": "fidelity.example.com/v1", "kind": "Gauge",
+            "metadata": {"name": name}, "spec": spec}  # fmt: skip
+    return custom.create_namespaced_custom_object(
+        "fidelity.example.com", "v1", namespace, "gauges", body
+    )
+
+
+def _watch_config_maps(
+    core: client.CoreV1Api, namespace: str, since: str, done: Callable[[list[Any]], bool]
+) -> list[Any]:
+    """ConfigMap events after ``since``, watched until ``done(events)`` or until the server ends
+    the stream (5 s): the deadline of every wait for the background garbage collector."""
+    events: list[Any] = []
+    stream = watch.Watch()
+    for event in stream.stream(core.list_namespaced_config_map, namespace,
+                               resource_version=since, timeout_seconds=5):  # fmt: skip
+        events.append(event)
+        if done(events):
+            stream.stop()
+    return events
+
+
+def _deleted_names(
+    core: client.CoreV1Api, namespace: str, since: str, expected: set[str]
+) -> set[str]:
+    def deleted(events: list[Any]) -> set[str]:
+        return {e["object"].metadata.name for e in events if e["type"] == "DELETED"}
+
+    return deleted(_watch_config_maps(core, namespace, since, lambda e: expected <= deleted(e)))
+
+
+def test_garbage_collection_waits_for_every_owner(kube: client.ApiClient, namespace: str) -> None:
+    core = client.CoreV1Api(kube)
+    first = core.create_namespaced_config_map(namespace, {"metadata": {"name": "first"}})
+    second = core.create_namespaced_config_map(namespace, {"metadata": {"name": "second"}})
+    kept_ref = {**_owner(second, "ConfigMap", "v1"), "controller": False}
+    refs = [_owner(first, "ConfigMap", "v1"), kept_ref]
+    core.create_namespaced_config_map(
+        namespace, {"metadata": {"name": "dependent", "ownerReferences": refs}}
+    )
+    since = core.list_namespaced_config_map(namespace).metadata.resource_version
+    core.delete_namespaced_config_map("first", namespace)
+
+    # One owner left: the dependent stays, and the collector drops the reference to the other.
+    def owners(event: Any) -> list[str]:
+        return [ref.uid for ref in event["object"].metadata.owner_references or []]
+
+    events = _watch_config_maps(
+        core, namespace, since, lambda e: owners(e[-1]) == [second.metadata.uid]
+    )
+    assert owners(events[-1]) == [second.metadata.uid]
+    assert [(e["type"], e["object"].metadata.name) for e in events][-1] == ("MODIFIED", "dependent")
+    survivor = core.read_namespaced_config_map("dependent", namespace)
+    since = survivor.metadata.resource_version
+    core.delete_namespaced_config_map("second", namespace)
+    assert "dependent" in _deleted_names(core, namespace, since, {"dependent"})
+
+
+def test_garbage_collection_deletes_dependents_of_absent_owners(
+    kube: client.ApiClient, namespace: str
+) -> None:
+    core = client.CoreV1Api(kube)
+    owner = core.create_namespaced_config_map(namespace, {"metadata": {"name": "owner"}})
+    elsewhere = core.create_namespaced_config_map(
+        "default", {"metadata": {"generateName": "gc-owner-"}}
+    )
+    since = core.list_namespaced_config_map(namespace).metadata.resource_version
+
+    def dependent(name: str, ref: dict[str, Any]) -> None:
+        core.create_namespaced_config_map(
+            namespace, {"metadata": {"name": name, "ownerReferences": [ref]}}
+        )
+
+    dependent("owned", _owner(owner, "ConfigMap", "v1"))
+    dependent("cluster-owned", _owner(core.read_namespace(namespace), "Namespace", "v1"))
+    # Written after the valid ones, so their deletion proves the collector has looked at all.
+    dependent("wrong-uid", {**_owner(owner, "ConfigMap", "v1"), "uid": str(uuid.uuid4())})
+    dependent("other-namespace", _owner(elsewhere, "ConfigMap", "v1"))
+    never = {"name": "never-existed", "uid": str(uuid.uuid4())}
+    dependent("dangling", {**_owner(owner, "ConfigMap", "v1"), **never})
+    absent = {"wrong-uid", "other-namespace", "dangling"}
+    assert _deleted_names(core, namespace, since, absent) == absent
+    left = {cm.metadata.name for cm in core.list_namespaced_config_map(namespace).items}
+    assert left == {"owner", "owned", "cluster-owned"}
+
+
+def test_replace_needs_a_resource_version_where_kubernetes_does(
+    api: ThreadedKubeAPI, kube: client.ApiClient, namespace: str
+) -> None:
+    custom, core = client.CustomObjectsApi(kube), client.CoreV1Api(kube)
+    widget = custom.create_namespaced_custom_object("example.com", "v1", namespace, "widgets", {
+        "apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"},
+        "spec": {"size": 1}})  # fmt: skip
+    del widget["metadata"]["resourceVersion"]
+    with pytest.raises(ApiException) as unconditional:
+        custom.replace_namespaced_custom_object(
+            "example.com", "v1", namespace, "widgets", "w", widget
+        )
+    body = _status(unconditional.value)
+    assert (unconditional.value.status, body["reason"]) == (422, "Invalid")
+    assert body["message"] == ('widgets.example.com "w" is invalid: metadata.resourceVersion: '
+                               "Invalid value: 0x0: must be specified for an update")  # fmt: skip
+    service = core.create_namespaced_service(
+        namespace, {"metadata": {"name": "svc"}, "spec": {"ports": [{"port": 80}]}}
+    )
+    service.metadata.resource_version = None
+    with pytest.raises(ApiException) as service_update:
+        core.replace_namespaced_service("svc", namespace, service)
+    assert service_update.value.status == 422
+    extensions = client.ApiextensionsV1Api(kube)
+    crd = extensions.read_custom_resource_definition("widgets.example.com")
+    crd.metadata.resource_version = None
+    with pytest.raises(ApiException) as crd_update:
+        extensions.replace_custom_resource_definition("widgets.example.com", crd)
+    assert crd_update.value.status == 422
+    # ConfigMaps and Deployments allow an unconditional update.
+    core.create_namespaced_config_map(namespace, {"metadata": {"name": "cm"}})
+    replaced = core.replace_namespaced_config_map(
+        "cm", namespace, {"metadata": {"name": "cm"}, "data": {"k": "v"}}
+    )
+    assert replaced.data == {"k": "v"}
+    apps = client.AppsV1Api(kube)
+    apps.create_namespaced_deployment(namespace, _deployment("web"))
+    assert (
+        apps.replace_namespaced_deployment(
+            "web", namespace, _deployment("web", replicas=3)
+        ).spec.replicas
+        == 3
+    )
+
+
+def test_replace_with_another_uid_is_a_conflict(kube: client.ApiClient, namespace: str) -> None:
+    core = client.CoreV1Api(kube)
+    created = core.create_namespaced_config_map(namespace, {"metadata": {"name": "cm"}})
+    other_uid = "00000000-0000-0000-0000-000000000001"
+    body = {"metadata": {"name": "cm", "uid": other_uid,
+                         "resourceVersion": created.metadata.resource_version},
+            "data": {"k": "v"}}  # fmt: skip
+    with pytest.raises(ApiException) as conflict:
+        core.replace_namespaced_config_map("cm", namespace, body)
+    status = _status(conflict.value)
+    assert (conflict.value.status, status["reason"]) == (409, "Conflict")
+    assert (f"Precondition failed: UID in precondition: {other_uid}, "
+            f"UID in object meta: {created.metadata.uid}") in status["message"]  # fmt: skip
+    assert core.read_namespaced_config_map("cm", namespace).data is None
+
+
+def test_create_with_a_resource_version_is_refused(kube: client.ApiClient, namespace: str) -> None:
+    core = client.CoreV1Api(kube)
+    with pytest.raises(ApiException) as refused:
+        core.create_namespaced_config_map(
+            namespace, {"metadata": {"name": "cm", "resourceVersion": "5"}}
+        )
+    assert refused.value.status == 500
+    assert _status(refused.value)["message"] == (
+        "resourceVersion should not be set on objects to be created"
+    )
+    with pytest.raises(ApiException) as missing:
+        core.read_namespaced_config_map("cm", namespace)
+    assert missing.value.status == 404
+
+
+def test_custom_resource_names_follow_the_crds_metadata_schema(
+    api: ThreadedKubeAPI, kube: client.ApiClient, namespace: str
+) -> None:
+    api.register_crd(GAUGE_CRD)
+    custom = client.CustomObjectsApi(kube)
+    for bad in ("9lives", "much-too-long-name"):  # the pattern, then maxLength (12)
+        with pytest.raises(ApiException) as invalid:
+            _create_gauge(custom, namespace, bad)
+        assert invalid.value.status == 422
+        assert [c["field"] for c in _status(invalid.value)["details"]["causes"]] == [
+            "metadata.name"
+        ]
+    created = _create_gauge(custom, namespace, "fine-name")
+    assert created["metadata"]["name"] == "fine-name"
+
+
+@vlmservice_crd
+def test_vlmservice_names_follow_its_crd(kube: client.ApiClient, namespace: str) -> None:
+    custom = client.CustomObjectsApi(kube)
+    for bad in ("9starts-digit", "my.dotted"):  # valid object names, refused by the CRD's pattern
+        with pytest.raises(ApiException) as invalid:
+            custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL,
+                                                   _vlmservice(bad))  # fmt: skip
+        causes = _status(invalid.value)["details"]["causes"]
+        assert [c["field"] for c in causes] == ["metadata.name"]
+
+
+def test_null_fields_are_pruned_or_defaulted(api: ThreadedKubeAPI, namespace: str) -> None:
+    api.register_crd(GAUGE_CRD)
+    url = f"/apis/fidelity.example.com/v1/namespaces/{namespace}/gauges"
+    with httpx.Client(base_url=api.url) as http:
+        spec = {
+            "color": None,
+            "note": None,
+            "label": None,
+            "parts": [{"name": "a", "weight": None}],
+        }
+        created = http.post(url, json={"metadata": {"name": "g"}, "spec": spec})
+        assert created.status_code == 201, created.text
+        # A null with a default is defaulted, a nullable one kept, any other one dropped.
+        assert created.json()["spec"] == {"color": "red", "label": None, "parts": [{"name": "a"}]}
+        merged = http.patch(f"{url}/g", content=json.dumps(
+            {"spec": {"note": "n", "parts": [{"name": "b", "weight": None}]}}),
+            headers={"Content-Type": "application/merge-patch+json"})  # fmt: skip
+        assert merged.status_code == 200, merged.text
+        assert merged.json()["spec"]["parts"] == [{"name": "b"}]
+        patched = http.patch(f"{url}/g", content=json.dumps(
+            [{"op": "add", "path": "/spec/parts/0/weight", "value": None}]),
+            headers={"Content-Type": JSON_PATCH})  # fmt: skip
+        assert patched.status_code == 200, patched.text
+        assert patched.json()["spec"]["parts"] == [{"name": "b"}]
+
+
+def test_a_terminating_namespace_refuses_new_objects(kube: client.ApiClient) -> None:
+    core = client.CoreV1Api(kube)
+    name = f"terminating-{next(_NAMESPACES)}"
+    core.create_namespace({"metadata": {"name": name}})
+    core.create_namespaced_config_map(
+        name, {"metadata": {"name": "held", "finalizers": ["example.com/hold"]}}
+    )
+    core.delete_namespace(name)
+    assert core.read_namespace(name).status.phase == "Terminating"
+    with pytest.raises(ApiException) as refused:
+        core.create_namespaced_config_map(name, {"metadata": {"name": "late"}})
+    body = _status(refused.value)
+    assert (refused.value.status, body["reason"]) == (403, "Forbidden")
+    assert body["message"] == (f'configmaps "late" is forbidden: unable to create new content in '
+                               f"namespace {name} because it is being terminated")  # fmt: skip
+    assert body["details"]["causes"][0]["reason"] == "NamespaceTerminating"
+    # What is already there can still be written: releasing it lets the namespace go.
+    core.patch_namespaced_config_map("held", name, {"metadata": {"finalizers": None}})
+    assert name not in {n.metadata.name for n in core.list_namespace().items}
+
+
+def test_unknown_field_warnings_follow_field_validation(
+    api: ThreadedKubeAPI, namespace: str
+) -> None:
+    url = f"/apis/example.com/v1/namespaces/{namespace}/widgets"
+
+    def widget(name: str) -> dict[str, Any]:
+        return {"metadata": {"name": name}, "spec": {"size": 1, "bogus": 1}}
+
+    with httpx.Client(base_url=api.url) as http:
+        warned = http.post(url, json=widget("warned"))
+        assert warned.status_code == 201
+        assert warned.headers.get_list("warning") == ['299 - "unknown field \\"spec.bogus\\""']
+        strict = http.post(url, json=widget("strict"), params={"fieldValidation": "Strict"})
+        assert (strict.status_code, strict.json()["reason"]) == (400, "BadRequest")
+        assert strict.json()["message"] == 'strict decoding error: unknown field "spec.bogus"'
+        ignored = http.post(url, json=widget("ignored"), params={"fieldValidation": "Ignore"})
+        assert ignored.status_code == 201
+        assert "warning" not in ignored.headers
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_kubectl_prints_the_servers_warnings(
+    api: ThreadedKubeAPI, namespace: str, tmp_path: Path
+) -> None:
+    with httpx.Client(base_url=api.url) as http:
+        http.post(f"/apis/example.com/v1/namespaces/{namespace}/widgets",
+                  json={"metadata": {"name": "w"}, "spec": {"size": 1}})  # fmt: skip
+    result = subprocess.run(
+        ["kubectl", "--kubeconfig", str(api.kubeconfig), "--cache-dir", str(tmp_path),
+         "--namespace", namespace, "patch", "widgets.example.com", "w", "--type", "merge",
+         "--patch", '{"spec": {"bogus": 1}}'],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert 'Warning: unknown field "spec.bogus"' in result.stderr
+
+
+def test_crds_are_validated_before_they_serve(kube: client.ApiClient) -> None:
+    extensions = client.ApiextensionsV1Api(kube)
+    broken = yaml.safe_load(yaml.safe_dump(GAUGE_CRD).replace("gauge", "broken"))
+    spec_schema = broken["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    spec_schema["x-kubernetes-validations"] = [{"rule": "self.note >>> 1"}]
+    spec_schema["properties"]["untyped"] = {}
+    with pytest.raises(ApiException) as invalid:
+        extensions.create_custom_resource_definition(broken)
+    assert invalid.value.status == 422
+    root = "spec.versions[0].schema.openAPIV3Schema.properties[spec]"
+    assert sorted(c["field"] for c in _status(invalid.value)["details"]["causes"]) == [
+        f"{root}.properties[untyped].type", f"{root}.x-kubernetes-validations[0].rule"]  # fmt: skip
+    labelled = yaml.safe_load(yaml.safe_dump(GAUGE_CRD).replace("gauge", "labelled"))
+    metadata = labelled["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"][
+        "metadata"
+    ]
+    metadata["properties"]["labels"] = {"type": "object"}
+    with pytest.raises(ApiException) as forbidden:
+        extensions.create_custom_resource_definition(labelled)
+    cause = _status(forbidden.value)["details"]["causes"][0]
+    assert cause["field"] == "spec.versions[0].schema.openAPIV3Schema.properties[metadata]"
+    with pytest.raises(ApiException) as gone:
+        extensions.read_custom_resource_definition("brokens.fidelity.example.com")
+    assert gone.value.status == 404
+
+
+def _crd_documents() -> list[Any]:
+    found = []
+    for path in [*sorted((REPO / "crds").glob("*.yaml")), PODMONITOR_CRD,
+                 *sorted((REPO / "charts").glob("*/crds/*.yaml")),
+                 *sorted((REPO / "manifests").glob("*.yaml"))]:  # fmt: skip
+        for document in yaml.safe_load_all(path.read_text()):
+            if isinstance(document, dict) and document.get("kind") == "CustomResourceDefinition":
+                found.append(pytest.param(document, id=f"{path.relative_to(REPO)}"))
+    return found
+
+
+@pytest.mark.parametrize("crd", [*_crd_documents(), WIDGET_CRD, GAUGE_CRD])
+def test_the_projects_crds_pass_crd_validation(crd: dict[str, Any]) -> None:
+    with run_in_thread() as fresh, httpx.Client(base_url=fresh.url) as http:
+        response = http.post("/apis/apiextensions.k8s.io/v1/customresourcedefinitions", json=crd)
+        assert response.status_code == 201, response.text
+
+
+def test_dry_run_scale_answers_a_scale(kube: client.ApiClient, namespace: str) -> None:
+    apps = client.AppsV1Api(kube)
+    apps.create_namespaced_deployment(namespace, _deployment("web", replicas=2))
+    scale = apps.patch_namespaced_deployment_scale(
+        "web", namespace, {"spec": {"replicas": 5}}, dry_run="All"
+    )
+    assert (scale.kind, scale.api_version, scale.spec.replicas) == ("Scale", "autoscaling/v1", 5)
+    assert apps.read_namespaced_deployment("web", namespace).spec.replicas == 2
+    custom = client.CustomObjectsApi(kube)
+    custom.create_namespaced_custom_object("example.com", "v1", namespace, "widgets", {
+        "apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"},
+        "spec": {"size": 5, "replicas": 1}})  # fmt: skip
+    cr_scale = custom.patch_namespaced_custom_object_scale(
+        "example.com", "v1", namespace, "widgets", "w", {"spec": {"replicas": 3}}, dry_run="All"
+    )
+    assert (cr_scale["kind"], cr_scale["spec"]) == ("Scale", {"replicas": 3})
+
+
+def test_field_selectors_are_limited_to_selectable_fields(
+    api: ThreadedKubeAPI, kube: client.ApiClient, namespace: str
+) -> None:
+    api.register_crd(GAUGE_CRD)
+    core, custom = client.CoreV1Api(kube), client.CustomObjectsApi(kube)
+    core.create_namespaced_config_map(namespace, {"metadata": {"name": "cm"}, "data": {"k": "v"}})
+    with pytest.raises(ApiException) as unsupported:
+        core.list_namespaced_config_map(namespace, field_selector="data.k=v")
+    assert (unsupported.value.status, _status(unsupported.value)["message"]) == (
+        400, "field label not supported: data.k")  # fmt: skip
+    with httpx.Client(base_url=api.url) as http:
+        watched = http.get(f"/api/v1/namespaces/{namespace}/configmaps",
+                           params={"watch": "true", "fieldSelector": "data.k=v"})  # fmt: skip
+        assert watched.status_code == 400
+    core.create_namespaced_pod(namespace, {"metadata": {"name": "p"}, "spec": {
+        "nodeName": "node-1", "containers": [{"name": "c", "image": "i"}]}})  # fmt: skip
+    pods = core.list_namespaced_pod(
+        namespace, field_selector="spec.nodeName=node-1,status.phase!=Running"
+    )
+    assert [p.metadata.name for p in pods.items] == ["p"]
+    involved = {"kind": "Pod", "name": "p"}
+    core.create_namespaced_event(
+        namespace, {"metadata": {"name": "e"}, "reason": "Tested", "involvedObject": involved}
+    )
+    events = core.list_namespaced_event(
+        namespace, field_selector="involvedObject.name=p,reason=Tested"
+    )
+    assert [e.metadata.name for e in events.items] == ["e"]
+    with pytest.raises(ApiException) as custom_field:
+        custom.list_namespaced_custom_object("example.com", "v1", namespace, "widgets",
+                                             field_selector="spec.size=1")  # fmt: skip
+    assert custom_field.value.status == 400
+    _create_gauge(custom, namespace, "blue", color="blue")
+    _create_gauge(custom, namespace, "red")  # the default color
+    selected = custom.list_namespaced_custom_object(
+        "fidelity.example.com", "v1", namespace, "gauges", field_selector="spec.color=red"
+    )
+    assert [g["metadata"]["name"] for g in selected["items"]] == ["red"]
+
+
+def test_only_dry_run_all_is_accepted(api: ThreadedKubeAPI, namespace: str) -> None:
+    url = f"/api/v1/namespaces/{namespace}/configmaps"
+    with httpx.Client(base_url=api.url) as http:
+        refused = http.post(url, json={"metadata": {"name": "cm"}}, params={"dryRun": "true"})
+        assert (refused.status_code, refused.json()["reason"]) == (422, "Invalid")
+        assert refused.json()["message"] == (
+            'CreateOptions.meta.k8s.io "" is invalid: dryRun: Unsupported value: '
+            '[]string{"true"}: supported values: "All"')  # fmt: skip
+        assert http.get(f"{url}/cm").status_code == 404
+        assert http.post(url, json={"metadata": {"name": "cm"}},
+                         params={"dryRun": "All"}).status_code == 201  # fmt: skip
+        assert http.get(f"{url}/cm").status_code == 404
+        assert http.post(url, json={"metadata": {"name": "cm"}}).status_code == 201
+        patched = http.patch(f"{url}/cm", params={"dryRun": "yes"}, content=b"{}",
+                             headers={"Content-Type": "application/merge-patch+json"})  # fmt: skip
+        assert (patched.status_code, patched.json()["details"]["kind"]) == (422, "PatchOptions")
+        deleted = http.delete(f"{url}/cm", params={"dryRun": "1"})
+        assert (deleted.status_code, deleted.json()["details"]["kind"]) == (422, "DeleteOptions")
+        assert http.get(f"{url}/cm").status_code == 200
+        validation = http.post(url, json={"metadata": {"name": "x"}},
+                               params={"fieldValidation": "Loose"})  # fmt: skip
+        assert validation.status_code == 422

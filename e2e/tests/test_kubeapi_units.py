@@ -9,11 +9,12 @@ import pytest
 from e2e.kubeapi import RecordedRequest
 from e2e.kubeapi.patch import PatchError, json_patch, merge_patch, strategic_merge_patch
 from e2e.kubeapi.rbac import missing_permissions, unused_permissions, used_permissions
-from e2e.kubeapi.schema import apply_defaults, prune, validate
+from e2e.kubeapi.schema import apply_defaults, check_crd_schema, prune, prune_nulls, validate
 from e2e.kubeapi.selectors import (
     SelectorError,
     parse_field_selector,
     parse_label_selector,
+    selectable_fields,
     selector_to_string,
 )
 
@@ -23,6 +24,15 @@ def test_merge_patch_is_rfc7386() -> None:
     assert merge_patch(target, {"a": {"b": None, "d": 3}, "l": [3], "k": None}) == {
         "a": {"c": 2, "d": 3}, "l": [3]}  # fmt: skip
     assert target["a"] == {"b": 1, "c": 2}  # the input is never mutated
+
+
+def test_merge_patch_drops_nulls_inside_added_values() -> None:
+    # As evanphx/json-patch (the API server's library) does: nulls in objects of an added or
+    # replacing value are dropped at any depth, list items included.
+    target = {"spec": {"parts": [{"name": "a"}], "keep": {"x": 1}}}
+    patch = {"spec": {"parts": [{"name": "b", "weight": None}], "new": {"a": None, "b": 1}}}
+    assert merge_patch(target, patch) == {
+        "spec": {"parts": [{"name": "b"}], "keep": {"x": 1}, "new": {"b": 1}}}  # fmt: skip
 
 
 def test_json_patch_operations_and_failures() -> None:
@@ -97,6 +107,24 @@ def test_field_selectors() -> None:
         parse_field_selector("metadata.name")
 
 
+def test_field_selectors_only_know_a_kinds_selectable_fields() -> None:
+    pods = selectable_fields("", "pods")
+    pod = {"metadata": {"name": "p"}, "spec": {"nodeName": "n1"},
+           "status": {"phase": "Running", "podIPs": [{"ip": "10.0.0.1"}]}}  # fmt: skip
+    assert parse_field_selector("spec.nodeName=n1,status.podIP=10.0.0.1", pods)(pod)
+    assert parse_field_selector("spec.hostNetwork=false", pods)(pod)
+    with pytest.raises(SelectorError, match=r"field label not supported: spec\.containers"):
+        parse_field_selector("spec.containers=x", pods)
+    with pytest.raises(SelectorError, match=r"field label not supported: data\.k"):
+        parse_field_selector("data.k=v", selectable_fields("", "configmaps"))
+    event = {"metadata": {"name": "e"}, "reportingComponent": "kopf"}
+    assert parse_field_selector("source=kopf", selectable_fields("", "events"))(event)
+    crd_fields = selectable_fields("", "", ["spec.color"])
+    assert parse_field_selector("spec.color=red", crd_fields)({"spec": {"color": "red"}})
+    with pytest.raises(SelectorError):
+        parse_field_selector("spec.size=1", crd_fields)
+
+
 SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
@@ -154,6 +182,51 @@ def test_defaults_pruning_and_validation() -> None:
         ("spec.port", "FieldValueTypeInvalid"),
         ("spec.ratio", "FieldValueInvalid"),
     ]
+
+
+def test_nulls_are_pruned_or_defaulted_unless_nullable() -> None:
+    schema = {"type": "object", "properties": {
+        "color": {"type": "string", "default": "red"},
+        "note": {"type": "string"},
+        "label": {"type": "string", "nullable": True},
+        "parts": {"type": "array", "items": {"type": "object", "properties": {
+            "weight": {"type": "integer"}}}},
+    }}  # fmt: skip
+    obj: dict[str, Any] = {"color": None, "note": None, "label": None, "parts": [{"weight": None}]}
+    prune_nulls(schema, obj)
+    apply_defaults(schema, obj)
+    assert obj == {"color": "red", "label": None, "parts": [{}]}
+    assert validate(schema, obj) == []
+
+
+def test_metadata_name_follows_the_schema() -> None:
+    schema = {"type": "object", "properties": {"metadata": {"type": "object", "properties": {
+        "name": {"type": "string", "maxLength": 5, "pattern": "^[a-z]+$"}}}}}  # fmt: skip
+    assert validate(schema, {"metadata": {"name": "abc"}}) == []
+    causes = validate(schema, {"metadata": {"name": "abc123"}})
+    assert [(c.field, c.reason) for c in causes] == [
+        ("metadata.name", "FieldValueTooLong"), ("metadata.name", "FieldValueInvalid")]  # fmt: skip
+
+
+def test_crd_schemas_must_be_structural_and_compile() -> None:
+    root = "spec.versions[0].schema.openAPIV3Schema"
+    schema = {"type": "object", "properties": {
+        "metadata": {"type": "object", "properties": {"labels": {"type": "object"}}},
+        "spec": {"type": "object", "x-kubernetes-validations": [
+            {"rule": "self.a >>> 1"}, {"rule": "self.a > 1", "messageExpression": "'a' +"}],
+            "properties": {
+                "a": {"type": "integer"}, "untyped": {}, "list": {"type": "array"},
+                "port": {"x-kubernetes-int-or-string": True},
+                "free": {"x-kubernetes-preserve-unknown-fields": True}}},
+    }}  # fmt: skip
+    assert sorted(c.field for c in check_crd_schema(schema, root)) == [
+        f"{root}.properties[metadata]",
+        f"{root}.properties[spec].properties[list].items",
+        f"{root}.properties[spec].properties[untyped].type",
+        f"{root}.properties[spec].x-kubernetes-validations[0].rule",
+        f"{root}.properties[spec].x-kubernetes-validations[1].messageExpression",
+    ]
+    assert check_crd_schema(SCHEMA, root) == []
 
 
 def test_cel_rules_and_transition_rules() -> None:
