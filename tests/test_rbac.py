@@ -270,18 +270,51 @@ def _live(api: ThreadedKubeAPI, namespace: str, gate: Exporter) -> None:
     )
     assert _pods_with_cost(api, namespace) >= 1
 
-    def update_spec() -> None:
+    def update_spec(change: dict[str, Any]) -> None:
         store = api.server.store
         kind = _kinds(store)["vlmservices"]
         current = store.get(kind, namespace, SERVICE)
-        spec = {**current["spec"], "concurrency": {"queueSize": 12}}
-        store.update(kind, namespace, SERVICE, {**current, "spec": spec})
+        store.update(kind, namespace, SERVICE, {**current, "spec": {**current["spec"], **change}})
 
-    # A spec change patches every child in place.
-    api.call(update_spec)
+    def edit_by_hand() -> None:
+        # A rendered label changed on each child the spec change below leaves
+        # as it was: the re-apply must patch it back (an unchanged child is
+        # not written at all).
+        store = api.server.store
+        for group, version, plural in (
+            ("", "v1", "services"),
+            ("policy", "v1", "poddisruptionbudgets"),
+            ("monitoring.coreos.com", "v1", "podmonitors"),
+            ("networking.k8s.io", "v1", "networkpolicies"),
+        ):
+            kind = store.kind(group, version, plural)
+            child = store.get(kind, namespace, SERVICE)
+            labels = {**child["metadata"]["labels"], "app.kubernetes.io/part-of": "by-hand"}
+            store.update(
+                kind,
+                namespace,
+                SERVICE,
+                {**child, "metadata": {**child["metadata"], "labels": labels}},
+            )
+
+    # A spec change patches every child in place (reverting the hand edits)...
+    api.call(edit_by_hand)
+    api.call(lambda: update_spec({"concurrency": {"queueSize": 12}}))
     wait_for(
         "the spec change applied",
         lambda: _status(api, namespace).get("observedGeneration") == 2,
+        40,
+        describe=lambda: _status(api, namespace),
+    )
+    # ...and deletes the optional children the spec no longer asks for.
+    api.call(
+        lambda: update_spec(
+            {"monitoring": {"podMonitor": False}, "networkPolicy": {"enabled": False}}
+        )
+    )
+    wait_for(
+        "the PodMonitor and NetworkPolicy gone",
+        lambda: _status(api, namespace).get("observedGeneration") == 3,
         40,
         describe=lambda: _status(api, namespace),
     )
@@ -415,3 +448,5 @@ def test_scenario_exercised_every_child_kind(scenarios: dict[str, Scenario]) -> 
             ("podmonitors", ""),
             ("networkpolicies", ""),
         } <= patched, scenario.mode
+        deleted = {r.resource for r in scenario.recorded if r.verb == "delete"}
+        assert {"podmonitors", "networkpolicies"} <= deleted, scenario.mode

@@ -15,6 +15,7 @@ from vlm_operator.status import (
     differs,
     find_condition,
     invalid_spec_conditions,
+    merge_patched,
     rfc3339,
     set_condition,
     transition_events,
@@ -58,7 +59,6 @@ def cycle(
         scaled=scaled,
         unscraped=unscraped,
         pending_timeout_seconds=600,
-        spec_error=None,
         generation=3,
         now=now,
     )
@@ -105,7 +105,9 @@ def test_cycle_status_reports_signals_and_in_flight_per_pod() -> None:
 
 def test_missing_values_stay_absent_and_lost_signals_say_why() -> None:
     status = cycle({}, decision(2, signals_ok=False, reason="metrics error"), signals=LOST)
-    assert set(status["signals"]) == {"observedAt"}
+    # Explicit nulls: the status is a merge patch, and null deletes a stored value.
+    assert {k for k, v in status["signals"].items() if v is not None} == {"observedAt"}
+    assert status["signals"]["p95Seconds"] is None
     metrics = find_condition(status["conditions"], METRICS_AVAILABLE)
     assert metrics is not None
     assert (metrics["status"], metrics["reason"]) == ("False", "PrometheusUnavailable")
@@ -214,3 +216,27 @@ def test_late_loops_still_share_their_ticks_queries() -> None:
     # Never as old as the previous tick's answers (fetched just after tick - 5).
     for late in (0.0, 1.0, 2.0, 4.0, 4.9):
         assert signal_max_age(tick + late, 5.0) < late + 5.0 - 0.5
+
+
+def test_cleared_fields_are_deleted_by_the_merge_patch() -> None:
+    """A field the operator stops reporting is a null in the patch, so the store drops it."""
+    floor = PolicyState(guard_floor=(T0, 9, 30.0), queued_at=T0, demand_since_change=(1, 2, 3))
+    first = cycle({}, decision(9, state=floor))
+    stored = merge_patched({}, first)
+    assert stored["autoscalerState"]["guardFloor"] == [T0, 9, 30.0]
+    assert stored["signals"]["p95Seconds"] == 9.0
+
+    # Prometheus lost and the guard floor cleared: both must go from the stored status.
+    second = cycle(stored, decision(6, state=PolicyState(), signals_ok=False), signals=LOST)
+    assert second["autoscalerState"]["guardFloor"] is None
+    stored = merge_patched(stored, second)
+    for key in ("guardFloor", "queuedAt", "demandSinceChange"):
+        assert key not in stored["autoscalerState"]
+    assert "p95Seconds" not in stored["signals"]
+    assert "inFlightPerPod" not in stored["signals"]
+    # A restarted operator reads back the state the policy holds, not a stale floor.
+    assert PolicyState.from_dict(stored["autoscalerState"]) == PolicyState()
+    assert PolicyState.from_dict(second["autoscalerState"]) == PolicyState()
+    # And an idle cycle comparing against what is stored sees nothing new.
+    third = cycle(stored, decision(6, state=PolicyState(), signals_ok=False), signals=LOST)
+    assert not differs(stored, third)

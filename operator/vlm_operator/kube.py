@@ -12,6 +12,11 @@ than the request itself.
 
 Conflicts are not fatal: a create that finds the object existing turns into a
 patch, and a 409 on a write is retried a bounded number of times.
+
+Children are applied with a JSON merge patch (server-side apply is not
+available everywhere the operator runs, e.g. the emulated API of the tests).
+A merge patch cannot remove what it does not name, so each child records what
+was applied last, and the next patch nulls what is no longer rendered.
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ _PLURALS = {
     "ServiceAccount": "serviceaccounts",
 }
 _MERGE_PATCH = "application/merge-patch+json"
+#: What the operator applied last to a child (JSON): the keys it owns there.
+LAST_APPLIED_ANNOTATION = "vlm-operator.io/last-applied"
 _CONFLICT_RETRIES = 5
 
 
@@ -179,6 +186,28 @@ class KubeClient:
                 await asyncio.sleep(0.05 * (attempt + 1))
         raise AssertionError("unreachable")
 
+    async def get(self, path: str) -> dict[str, Any] | None:
+        """The object at ``path``, or None if there is none."""
+        try:
+            return await self.request("GET", path)
+        except ApiError as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def delete(self, path: str, *, uid: str | None = None) -> bool:
+        """Delete the object at ``path`` (only if it still has ``uid``); False if gone."""
+        options: dict[str, Any] = {"apiVersion": "v1", "kind": "DeleteOptions"}
+        if uid is not None:
+            options["preconditions"] = {"uid": uid}
+        try:
+            await self.request("DELETE", path, body=options, want_body=False)
+        except ApiError as exc:
+            if exc.status in (404, 409):  # gone, or another object of that name now
+                return False
+            raise
+        return True
+
     async def apply(
         self,
         obj: Mapping[str, Any],
@@ -186,23 +215,44 @@ class KubeClient:
         omit: tuple[tuple[str, ...], ...] = (),
         create_first: bool = False,
     ) -> str:
-        """Create ``obj``, or merge-patch it if it exists; returns "created" or "patched".
+        """Create ``obj``, or merge-patch it if it exists; "created", "patched" or "unchanged".
 
         ``omit`` lists field paths left out of the patch of an existing object
         (e.g. ``("spec", "replicas")``, which the autoscaler owns).
         ``create_first`` saves a request when the object is most likely new.
+
+        A merge patch only sets what it names: a key rendered last time and
+        not now would stay. So the object carries what was applied last (the
+        :data:`LAST_APPLIED_ANNOTATION`, as ``kubectl apply`` does), and the
+        patch sets to null every key of it that is no longer rendered. Keys
+        others added (a controller's defaults, a user's labels) are not in it
+        and stay.
         """
         path = object_path(obj)
-        patch = _without(obj, omit)
+        desired = _without(obj, omit)
+        record = json.dumps(desired, sort_keys=True, separators=(",", ":"))
+        for manifest in (desired, full := _without(obj, ())):
+            meta = manifest.setdefault("metadata", {})
+            meta["annotations"] = {
+                **(meta.get("annotations") or {}),
+                LAST_APPLIED_ANNOTATION: record,
+            }
         collection = path.rsplit("/", 1)[0]
         for attempt in range(_CONFLICT_RETRIES):
-            if create_first or attempt > 0:
+            current = None if create_first and attempt == 0 else await self.get(path)
+            if current is None:
                 try:
-                    await self.request("POST", collection, body=dict(obj), want_body=False)
+                    await self.request("POST", collection, body=full, want_body=False)
                     return "created"
                 except ApiError as exc:
                     if exc.status != 409:  # 409: it exists (or was created meanwhile)
                         raise
+                current = await self.get(path)
+                if current is None:
+                    continue
+            patch = with_removals(desired, _without(last_applied(current), omit))
+            if holds(current, patch):
+                return "unchanged"  # the periodic refresh of a child nobody touched: no write
             try:
                 await self.merge_patch(path, patch, want_body=False)
                 return "patched"
@@ -238,3 +288,51 @@ def _without(obj: Mapping[str, Any], omit: tuple[tuple[str, ...], ...]) -> dict[
         if isinstance(node, dict):
             node.pop(field[-1], None)
     return copy
+
+
+def last_applied(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The manifest recorded in ``obj``'s :data:`LAST_APPLIED_ANNOTATION` ({} if none)."""
+    raw = ((obj.get("metadata") or {}).get("annotations") or {}).get(LAST_APPLIED_ANNOTATION)
+    try:
+        parsed = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
+def holds(current: Any, patch: Any) -> bool:
+    """Whether merge-patching ``current`` with ``patch`` would change nothing.
+
+    The API server adds defaults to what it stores (a container's
+    ``terminationMessagePath``, ...): keys the patch does not name are not
+    compared, inside lists of objects too, element by element.
+    """
+    if isinstance(patch, Mapping):
+        if not isinstance(current, Mapping):
+            return False
+        return all(
+            key not in current if value is None else key in current and holds(current[key], value)
+            for key, value in patch.items()
+        )
+    if isinstance(patch, list):
+        return (
+            isinstance(current, list)
+            and len(current) == len(patch)
+            and all(holds(c, p) for c, p in zip(current, patch, strict=True))
+        )
+    return bool(current == patch)
+
+
+def with_removals(desired: Mapping[str, Any], last: Mapping[str, Any]) -> dict[str, Any]:
+    """``desired`` plus a null (merge-patch deletion) for each key of ``last`` it lacks.
+
+    Maps are compared key by key, at every depth; lists are replaced whole by
+    a merge patch anyway.
+    """
+    out = dict(desired)
+    for key, old in last.items():
+        if key not in desired:
+            out[key] = None
+        elif isinstance(old, Mapping) and isinstance(desired[key], Mapping):
+            out[key] = with_removals(desired[key], old)
+    return out

@@ -269,27 +269,37 @@ class PolicyState:
     fleet_p95: tuple[float, float, float, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """A small JSON-safe dict (times rounded to milliseconds)."""
+        """A small JSON-safe dict (times rounded to milliseconds).
+
+        Every optional field is present, as ``None`` when unset: the status is
+        written as a JSON merge patch, where a key left out keeps its stored
+        value and only an explicit null deletes it (:meth:`from_dict` reads
+        null as unset).
+        """
+
+        def rounded(value: float | None) -> float | None:
+            return None if value is None else round(value, 3)
+
         out: dict[str, Any] = {
             "version": _STATE_VERSION,
             "down": [[round(t, 3), n] for t, n in self.down],
             "up": [[round(t, 3), n] for t, n in self.up],
             "demand": [[round(t, 3), round(d, 3)] for t, d in self.demand],
             "p95": [[round(t, 3), round(p, 3)] for t, p in self.p95],
+            "settledAt": rounded(self.settled_at),
+            "changedAt": rounded(self.changed_at),
+            "queuedAt": rounded(self.queued_at),
+            "guardFloor": None,
+            "demandSinceChange": None,
+            "calmSince": rounded(self.calm_since),
+            "arrivalTrend": None,
+            "fleetP95": None,
         }
-        if self.settled_at is not None:
-            out["settledAt"] = round(self.settled_at, 3)
-        if self.changed_at is not None:
-            out["changedAt"] = round(self.changed_at, 3)
-        if self.queued_at is not None:
-            out["queuedAt"] = round(self.queued_at, 3)
         if self.guard_floor is not None:
             t, n, d = self.guard_floor
             out["guardFloor"] = [round(t, 3), n, round(d, 3)]
         if self.demand_since_change is not None:
             out["demandSinceChange"] = [round(x, 3) for x in self.demand_since_change]
-        if self.calm_since is not None:
-            out["calmSince"] = round(self.calm_since, 3)
         if self.arrival_trend is not None:
             first, last, fast, slow = self.arrival_trend
             # The means to 1e-6: their difference is what counts.

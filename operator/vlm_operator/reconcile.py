@@ -7,9 +7,10 @@ Two entry points, called by the thin kopf handlers in :mod:`handlers`:
   references, so deleting the VLMService garbage-collects them) and
   create-or-patch each one. An invalid spec becomes the ``InvalidSpec``
   condition and a Warning Event, and nothing else is touched: no exception,
-  so kopf does not retry it in a loop. When autoscaling is on, the
-  Deployment's ``replicas`` is left out of the patch: a spec change rolls the
-  pods (new template) but never resets the count the autoscaler chose.
+  so kopf does not retry it in a loop. Unless autoscaling is off and
+  ``spec.replicas`` is set, the Deployment's ``replicas`` is left out of the
+  patch: a spec change rolls the pods (new template) but never resets the
+  count the autoscaler (or a user, through the scale subresource) chose.
 
 * :func:`autoscale_forever` (one kopf daemon per VLMService): every
   ``autoscaling.syncPeriodSeconds`` read the signals, ask the policy, scale the
@@ -27,15 +28,37 @@ and share one batch of Prometheus queries (see :mod:`vlm_operator.signals`).
 
 Everything the policy remembers is in ``status.autoscalerState``: a restarted
 operator continues the stabilization windows where the previous one stopped.
+The loop also keeps its latest state in memory and continues from it: most
+cycles change nothing visible and are not written, and starting each cycle
+from the last *written* state would run another policy than the one the
+simulator tunes (which carries the state every tick).
+
+The loop owns the children between spec changes too: a missing Deployment
+(deleted by hand; the watch-fed index shows it at no cost) is re-applied at
+once, and every ``children_refresh_seconds`` (10 minutes) all children are
+read and re-applied, which recreates any missing one and reverts hand edits
+of the fields the operator sets. A child that already holds what is rendered
+is not written: the refresh costs one read per child (at a thousand services
+of four children, under seven reads a second). A child
+the API server rejects (400/422) is a problem of the spec: it becomes
+``InvalidSpec=True`` (reason ``ChildRejected``) and a Warning Event, and is
+retried with a doubling back-off rather than every few seconds. Optional
+children the spec no longer asks for (PodMonitor, NetworkPolicy) are deleted.
+
+A cycle never writes the spec's conditions (``InvalidSpec``,
+``SpecWarnings``): it did not evaluate the spec, and one that started before
+the spec changed would overwrite the handler's newer verdict. It carries them
+as the live object shows them, and skips its write when the generation moved.
 
 Pods and Deployments are read from kopf indices (watch-fed, in memory), not
 listed per cycle: a cycle of a steady service makes no API request at all
-unless its status changes.
+unless its status changes or its children's refresh is due.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -45,26 +68,32 @@ from typing import Any
 
 import kopf
 
-from vlm_operator.kube import ApiError, KubeClient
+from vlm_operator.kube import ApiError, KubeClient, object_path
 from vlm_operator.models import API_VERSION, PLURAL, SERVICE_LABEL, VLMServiceSpec
 from vlm_operator.operator_metrics import OperatorMetrics
 from vlm_operator.policy import Decision, PodCounts, PolicyState, recommend
 from vlm_operator.render import DEFAULT_OPERATOR_IMAGE, render_children, selector_string
 from vlm_operator.signals import SignalReader
 from vlm_operator.status import (
+    CHILD_REJECTED,
     INVALID_SPEC,
+    child_rejected_conditions,
     cycle_status,
     differs,
     find_condition,
     invalid_spec_conditions,
+    merge_patched,
     rfc3339,
+    spec_warning_conditions,
     transition_events,
+    with_spec_conditions,
 )
-from vlm_operator.validation import InvalidManifest, parse_spec
+from vlm_operator.validation import InvalidManifest, parse_spec, spec_warnings
 
 #: Pod annotation the ReplicaSet reads to pick which pods to delete first.
 DELETION_COST_ANNOTATION = "controller.kubernetes.io/pod-deletion-cost"
 _DEFAULT_SYNC_PERIOD = 5.0
+_LOG = logging.getLogger(__name__)
 
 
 @dataclass
@@ -77,6 +106,11 @@ class OperatorContext:
     operator_image: str = DEFAULT_OPERATOR_IMAGE
     #: Write the status at least this often even when nothing visible changed.
     status_refresh_seconds: float = 30.0
+    #: Re-apply the rendered children at least this often: a child deleted or
+    #: edited by hand is recreated or reverted without waiting for a spec change.
+    children_refresh_seconds: float = 600.0
+    #: First and last wait before re-applying children the API server rejected.
+    rejected_backoff_seconds: tuple[float, float] = (10.0, 600.0)
     #: Specs applied at once. At start-up kopf calls every service's handler at
     #: once; rendered children waiting for the API (~70 KB per service with
     #: their request copies) would all be alive together, a peak of heap that
@@ -93,6 +127,15 @@ class _Memory:
     written_at: float = 0.0
     scaled_to: int | None = None
     scaled_at: float = 0.0
+    #: The policy's state after this loop's last cycle, written to the status or
+    #: not: most cycles change nothing visible and are not written, but the
+    #: policy's windows and means advanced all the same (the simulator that
+    #: tunes the policy carries the state every tick).
+    state: PolicyState | None = None
+    #: When this loop last applied the children, and how long to wait after a
+    #: rejection (0 when the last apply went through).
+    applied_at: float | None = None
+    backoff: float = 0.0
 
 
 # ------------------------------------------------------------------- the spec
@@ -104,6 +147,17 @@ def validate_spec(raw: Any) -> tuple[VLMServiceSpec | None, str | None]:
         return parse_spec(raw), None
     except InvalidManifest as exc:
         return None, "; ".join(str(error) for error in exc.errors)
+
+
+def replicas_from_spec(spec: VLMServiceSpec) -> bool:
+    """Whether the spec sets the Deployment's replicas on every apply.
+
+    Only with autoscaling off and ``spec.replicas`` set. With autoscaling on the
+    autoscaler owns the count; with it off and no ``spec.replicas`` the count is
+    kept as it is (what the policy's "kept N" says), not reset to the rendered
+    count of a new Deployment.
+    """
+    return not spec.autoscaling.enabled and spec.replicas is not None
 
 
 def _generation(body: Mapping[str, Any]) -> int | None:
@@ -151,11 +205,66 @@ async def _apply_spec(
         logger.warning("invalid spec, children left alone: %s", error)
         return
 
+    rejected = await apply_children(context, body, spec, created=created, logger=logger)
+    conditions = previous.get("conditions") or []
+    if rejected is not None:
+        conditions = child_rejected_conditions(
+            conditions, rejected, now=stamp, generation=generation
+        )
+        kopf.event(body, type="Warning", reason=CHILD_REJECTED, message=rejected)
+        logger.warning("child rejected by the API server: %s", rejected)
+    else:
+        conditions = invalid_spec_conditions(conditions, None, now=stamp, generation=generation)
+    warnings = [str(w) for w in spec_warnings(spec)]
+    conditions = spec_warning_conditions(conditions, warnings, now=stamp, generation=generation)
+    if warnings:
+        kopf.event(body, type="Warning", reason="SpecWarning", message="; ".join(warnings))
+    status: dict[str, Any] = {"observedGeneration": generation, "selector": selector_string(name)}
+    if conditions != (previous.get("conditions") or []):
+        status["conditions"] = conditions
+    await context.kube.patch_status(API_VERSION, PLURAL, namespace, name, status)
+
+
+def _rejection(kind: str, name: str, exc: ApiError) -> str:
+    """``Kind name: field: message`` from the API server's Status answer."""
+    try:
+        answer = json.loads(exc.body)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        return f"{kind} {name}: HTTP {exc.status} {exc.reason}: {exc.body[:300]}"
+    causes = [
+        f"{c.get('field')}: {c.get('message')}" if c.get("field") else str(c.get("message"))
+        for c in (answer.get("details") or {}).get("causes") or []
+        if isinstance(c, dict)
+    ]
+    detail = "; ".join(causes) or str(answer.get("message") or exc.reason)
+    return f"{kind} {name} rejected (HTTP {exc.status}): {detail}"
+
+
+async def apply_children(
+    context: OperatorContext,
+    body: kopf.Body,
+    spec: VLMServiceSpec,
+    *,
+    created: bool,
+    logger: logging.Logger | logging.LoggerAdapter[Any],
+) -> str | None:
+    """Create-or-patch every rendered child; the API's rejection of one, or None.
+
+    A child the API server rejects (400/422: the spec renders something it
+    refuses) is a problem of the spec, not of the moment: it is returned for
+    the caller to report, and the other children are still applied. Other
+    errors (the API server unreachable, 5xx) are retried by kopf.
+    """
+    meta = body["metadata"]
+    name, namespace = str(meta["name"]), str(meta.get("namespace") or "default")
     children = render_children(name, namespace, spec, operator_image=context.operator_image)
     kopf.append_owner_reference(children, owner=body)
+    rejected: list[str] = []
     for child in children:
         omit: tuple[tuple[str, ...], ...] = ()
-        if child["kind"] == "Deployment" and spec.autoscaling.enabled:
+        if child["kind"] == "Deployment" and not replicas_from_spec(spec):
             omit = (("spec", "replicas"),)
         try:
             await context.kube.apply(child, omit=omit, create_first=created)
@@ -164,15 +273,55 @@ async def _apply_spec(
                 # The Prometheus Operator's CRD is not installed: nothing to attach to.
                 logger.warning("PodMonitor not created (is the Prometheus Operator installed?)")
                 continue
+            if exc.status in (400, 422):
+                rejected.append(_rejection(str(child["kind"]), name, exc))
+                continue
             raise kopf.TemporaryError(f"{child['kind']} {name}: {exc}", delay=5) from exc
+    rendered = {str(child["kind"]) for child in children}
+    uid = str(meta.get("uid") or "")
+    for api_version, kind in OPTIONAL_CHILDREN:
+        if kind not in rendered:
+            await _delete_owned(context, api_version, kind, namespace, name, owner_uid=uid)
+    return "; ".join(rejected) or None
 
-    status: dict[str, Any] = {"observedGeneration": generation, "selector": selector_string(name)}
-    invalid = find_condition(previous.get("conditions") or [], INVALID_SPEC)
-    if invalid is None or invalid.get("status") != "False":
-        status["conditions"] = invalid_spec_conditions(
-            previous.get("conditions") or [], None, now=stamp, generation=generation
-        )
-    await context.kube.patch_status(API_VERSION, PLURAL, namespace, name, status)
+
+#: Children rendered only when the spec asks for them: deleted when it stops asking.
+OPTIONAL_CHILDREN = (
+    ("monitoring.coreos.com/v1", "PodMonitor"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
+)
+
+
+async def _delete_owned(
+    context: OperatorContext,
+    api_version: str,
+    kind: str,
+    namespace: str,
+    name: str,
+    *,
+    owner_uid: str,
+) -> None:
+    """Delete the child ``kind``/``name`` if this VLMService owns it (a user's is left)."""
+    path = object_path(
+        {
+            "apiVersion": api_version,
+            "kind": kind,
+            "metadata": {"name": name, "namespace": namespace},
+        }
+    )
+    try:
+        found = await context.kube.get(path)
+    except ApiError as exc:
+        raise kopf.TemporaryError(f"{kind} {name}: {exc}", delay=5) from exc
+    if found is None:
+        return  # not there (or its CRD is not installed)
+    refs = (found.get("metadata") or {}).get("ownerReferences") or []
+    if not any(ref.get("uid") == owner_uid and ref.get("controller") for ref in refs):
+        return
+    try:
+        await context.kube.delete(path, uid=(found.get("metadata") or {}).get("uid"))
+    except ApiError as exc:
+        raise kopf.TemporaryError(f"{kind} {name}: {exc}", delay=5) from exc
 
 
 # ---------------------------------------------------------------- pod counts
@@ -343,8 +492,13 @@ async def autoscale_once(
     # Parsed every cycle (~20-70 µs) rather than kept between cycles: a parsed
     # spec weighs ~7 KB per service.
     spec, _ = validate_spec(body.get("spec"))
-    if spec is None or deployment is None:
-        # apply_spec reports an invalid spec; a missing Deployment is being created.
+    if spec is None:
+        # apply_spec reports an invalid spec.
+        memory.status = None
+        return None
+    await _refresh_children(context, body, spec, memory, missing=deployment is None, now=now)
+    if deployment is None:
+        # Recreated above (or being created): its pods are not there to count yet.
         memory.status = None
         return None
     period = spec.autoscaling.sync_period_seconds
@@ -365,18 +519,28 @@ async def autoscale_once(
         unscraped = await context.signals.unscraped_pods(namespace, name, spec, max_age=max_age)
 
     previous = _previous_status(body, memory, now=now, period=period)
-    state = PolicyState.from_dict(previous.get("autoscalerState") or {})
+    previous["conditions"] = with_spec_conditions(
+        previous.get("conditions") or [], (body.get("status") or {}).get("conditions") or []
+    )
+    state = _latest_state(memory.state, previous.get("autoscalerState"))
     decision = recommend(state, signals, counts, spec, now)
-    if decision.direction == "down" and unscraped:
+    if decision.direction == "down" and (unscraped or unscraped is None):
+        # Unknown (the ``up == 0`` query failed) is "maybe unscraped", not 0:
+        # a pod missing from the sums would read as less load.
+        why = (
+            "whether every pod is scraped is unknown"
+            if unscraped is None
+            else f"{unscraped} pod(s) not scraped, their load is unknown"
+        )
         decision = replace(
             decision,
             replicas=counts.current,
             direction="hold",
-            reason=f"{unscraped} pod(s) not scraped, their load is unknown: not scaling down "
-            f"(policy: {decision.reason})",
+            reason=f"{why}: not scaling down (policy: {decision.reason})",
             state=state,
         )
 
+    memory.state = decision.state
     scaled = False
     if decision.replicas != counts.current:
         if decision.direction == "down":
@@ -396,20 +560,119 @@ async def autoscale_once(
         scaled=scaled,
         unscraped=unscraped,
         pending_timeout_seconds=pending_timeout,
-        spec_error=None,
         generation=generation,
         now=now,
     )
+    if _generation(body) != generation:
+        # The spec changed while this cycle waited on Prometheus: its handler
+        # reports on the new spec, and the next cycle on its autoscaling.
+        return decision
+    # The spec's conditions as the spec's handler wrote them last, not as the
+    # cycle found them when it started.
+    live_conditions = (body.get("status") or {}).get("conditions") or []
+    new["conditions"] = with_spec_conditions(new["conditions"], live_conditions)
     events = transition_events(
         previous, new, decision=decision, before=counts.current, scaled=scaled
     )
     if differs(previous, new) or now - memory.written_at >= context.status_refresh_seconds:
         await context.kube.patch_status(API_VERSION, PLURAL, namespace, name, new)
-        memory.status = {**previous, **new}
+        # What the store now holds: the patch's nulls deleted their keys.
+        memory.status = merge_patched(previous, new)
         memory.written_at = now
     for event in events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
     return decision
+
+
+async def _refresh_children(
+    context: OperatorContext,
+    body: kopf.Body,
+    spec: VLMServiceSpec,
+    memory: _Memory,
+    *,
+    missing: bool,
+    now: float,
+) -> None:
+    """Re-apply the children when the Deployment is missing or the refresh is due.
+
+    kopf calls :func:`apply_spec` only on spec changes (and at start-up): a
+    child deleted by hand would never come back, and a hand edit would stay
+    until the next spec change. The merge patch of the rendering reverts
+    edits of every field the operator sets (``replicas`` left out unless the
+    spec sets it) and recreates a missing child. After the API server rejected
+    a child, the next attempt waits, doubling, instead of hammering it.
+    """
+    if memory.applied_at is not None:
+        wait = memory.backoff or (0.0 if missing else context.children_refresh_seconds)
+        if now - memory.applied_at < wait:
+            return
+    elif not missing:
+        # The loop just started, right after apply_spec ran: wait one interval.
+        memory.applied_at = now
+        return
+    memory.applied_at = now
+    generation = _generation(body)
+    try:
+        rejected = await apply_children(context, body, spec, created=missing, logger=_LOG)
+    except kopf.TemporaryError as exc:
+        _LOG.warning("re-applying the children failed: %s", exc)
+        return
+    first, longest = context.rejected_backoff_seconds
+    memory.backoff = min(longest, max(first, 2 * memory.backoff)) if rejected else 0.0
+    live = dict(body.get("status") or {})
+    conditions = live.get("conditions") or []
+    invalid = find_condition(conditions, INVALID_SPEC) or {}
+    if _generation(body) != generation:
+        return  # a newer spec: its handler reports on it
+    stamp = rfc3339(now)
+    if rejected is not None and (
+        invalid.get("status") != "True" or invalid.get("message") != rejected
+    ):
+        conditions = child_rejected_conditions(
+            conditions, rejected, now=stamp, generation=generation
+        )
+        kopf.event(body, type="Warning", reason=CHILD_REJECTED, message=rejected)
+    elif rejected is None and invalid.get("reason") == CHILD_REJECTED:
+        conditions = invalid_spec_conditions(conditions, None, now=stamp, generation=generation)
+    else:
+        return
+    meta = body["metadata"]
+    await context.kube.patch_status(
+        API_VERSION,
+        PLURAL,
+        str(meta.get("namespace") or "default"),
+        str(meta["name"]),
+        {"conditions": conditions},
+    )
+
+
+def _state_time(state: PolicyState) -> float:
+    """The latest instant a policy state holds (-inf for a fresh state)."""
+    times = [t for history in (state.down, state.up, state.demand, state.p95) for t, _ in history]
+    times += [
+        t
+        for t in (state.settled_at, state.changed_at, state.queued_at, state.calm_since)
+        if t is not None
+    ]
+    if state.guard_floor is not None:
+        times.append(state.guard_floor[0])
+    for span in (state.demand_since_change, state.arrival_trend, state.fleet_p95):
+        if span is not None:
+            times.append(span[1])
+    return max(times, default=float("-inf"))
+
+
+def _latest_state(kept: PolicyState | None, stored: Any) -> PolicyState:
+    """The policy state to continue from: this loop's own, unless the status holds a newer one.
+
+    The status is read back only when it is newer (another operator instance
+    wrote it) or when this loop has none (it just started: a restart continues
+    from the status). Times in the status are rounded to milliseconds.
+    """
+    from_status = PolicyState.from_dict(stored or {})
+    if kept is not None and _state_time(kept) >= _state_time(from_status) - 0.001:
+        return kept
+    return from_status
 
 
 def _previous_status(

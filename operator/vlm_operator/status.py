@@ -26,10 +26,16 @@ READY = "Ready"
 METRICS_AVAILABLE = "MetricsAvailable"
 SCALING_LIMITED = "ScalingLimited"
 INVALID_SPEC = "InvalidSpec"
+#: Problems the schema accepts but that leave pods that never become ready.
+SPEC_WARNINGS = "SpecWarnings"
+#: InvalidSpec's reason when the API server refused a rendered child.
+CHILD_REJECTED = "ChildRejected"
 #: Relative change of a signal worth a status write on its own.
 SIGNAL_TOLERANCE = 0.05
 #: The conditions the operator owns, in the order they are listed.
-CONDITION_TYPES = (READY, METRICS_AVAILABLE, SCALING_LIMITED, INVALID_SPEC)
+CONDITION_TYPES = (READY, METRICS_AVAILABLE, SCALING_LIMITED, INVALID_SPEC, SPEC_WARNINGS)
+#: The conditions the spec's handler evaluates; an autoscaling cycle leaves them alone.
+SPEC_CONDITION_TYPES = (INVALID_SPEC, SPEC_WARNINGS)
 
 
 @dataclass(frozen=True)
@@ -104,8 +110,48 @@ def invalid_spec_conditions(
     )
 
 
+def child_rejected_conditions(
+    conditions: Sequence[Mapping[str, Any]],
+    message: str,
+    *,
+    now: str,
+    generation: int | None,
+) -> list[dict[str, Any]]:
+    """InvalidSpec=True: the spec parsed, but the API server refused a child it renders."""
+    return set_condition(
+        conditions, INVALID_SPEC, "True", CHILD_REJECTED, message, now=now, generation=generation
+    )
+
+
+def spec_warning_conditions(
+    conditions: Sequence[Mapping[str, Any]],
+    warnings: Sequence[str],
+    *,
+    now: str,
+    generation: int | None,
+) -> list[dict[str, Any]]:
+    """SpecWarnings=True listing what would keep pods from becoming ready, else False."""
+    if warnings:
+        return set_condition(
+            conditions,
+            SPEC_WARNINGS,
+            "True",
+            "PodsMayNotStart",
+            "; ".join(warnings),
+            now=now,
+            generation=generation,
+        )
+    return set_condition(
+        conditions, SPEC_WARNINGS, "False", "NoWarnings", "", now=now, generation=generation
+    )
+
+
 def signals_status(signals: Signals, ready: int, observed_at: str) -> dict[str, Any]:
-    """``status.signals``: absent values stay absent (no signal is not zero)."""
+    """``status.signals``: an absent value is an explicit null (no signal is not zero).
+
+    The status is written as a JSON merge patch: a key left out would keep the
+    last value ever read (a stale P95 while Prometheus is down); null deletes it.
+    """
     out: dict[str, Any] = {"observedAt": observed_at}
     fields = {
         "inFlight": signals.running,
@@ -115,10 +161,28 @@ def signals_status(signals: Signals, ready: int, observed_at: str) -> dict[str, 
         "errorRate": signals.error_rate,
     }
     for key, value in fields.items():
-        if value is not None:
-            out[key] = round(value, 4)
-    if signals.running is not None and ready > 0:
-        out["inFlightPerPod"] = round(signals.running / ready, 4)
+        out[key] = None if value is None else round(value, 4)
+    out["inFlightPerPod"] = (
+        round(signals.running / ready, 4) if signals.running is not None and ready > 0 else None
+    )
+    return out
+
+
+def merge_patched(target: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[str, Any]:
+    """``target`` after the JSON merge patch ``patch`` (RFC 7386): null deletes a key.
+
+    What the API server will store for a status patch; the operator compares
+    its next cycle against this, so absent and null are the same thing.
+    """
+    out = dict(target)
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, Mapping):
+            old = out.get(key)
+            out[key] = merge_patched(old if isinstance(old, Mapping) else {}, value)
+        else:
+            out[key] = value
     return out
 
 
@@ -129,6 +193,13 @@ def _metrics_condition(
         return "False", "PrometheusUnavailable", signals.error
     if not decision.signals_ok:
         return "False", "NoSignal", decision.reason
+    if unscraped is None:
+        return (
+            "True",
+            "ScrapeStatusUnknown",
+            "whether every pod is scraped is unknown (the query of failed scrapes failed): "
+            "no scale-down",
+        )
     if unscraped:
         return (
             "True",
@@ -170,11 +241,14 @@ def cycle_status(
     scaled: bool,
     unscraped: int | None,
     pending_timeout_seconds: int,
-    spec_error: str | None,
     generation: int | None,
     now: float,
 ) -> dict[str, Any]:
     """The status after one cycle (the whole ``status`` minus fields others own).
+
+    The spec's conditions (:data:`SPEC_CONDITION_TYPES`) are carried over as
+    they are in ``previous``: a cycle does not evaluate the spec, and one that
+    started before the spec changed must not report on the new one.
 
     ``replicas`` is the Deployment's replica count after the cycle (the decision
     when it was applied); ``scaled`` says whether this cycle changed it.
@@ -189,7 +263,6 @@ def cycle_status(
         conditions = set_condition(
             conditions, type_, status, reason, message, now=stamp, generation=generation
         )
-    conditions = invalid_spec_conditions(conditions, spec_error, now=stamp, generation=generation)
     last_decision = previous.get("lastDecision")
     if scaled or not last_decision or last_decision.get("reason") != decision.reason:
         last_decision = {
@@ -208,6 +281,21 @@ def cycle_status(
         "conditions": conditions,
         "autoscalerState": decision.state.to_dict(),
     }
+
+
+def with_spec_conditions(
+    conditions: Sequence[Mapping[str, Any]], live: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """``conditions`` with the spec's conditions replaced by the ones in ``live``.
+
+    Conditions are a list, which a merge patch replaces whole: a cycle's write
+    must carry the spec handler's latest conditions, not the ones it started with.
+    """
+    order = {t: i for i, t in enumerate(CONDITION_TYPES)}
+    result = [dict(c) for c in conditions if c.get("type") not in SPEC_CONDITION_TYPES]
+    result += [dict(c) for c in live if c.get("type") in SPEC_CONDITION_TYPES]
+    result.sort(key=lambda c: order.get(str(c.get("type")), len(order)))
+    return result
 
 
 def _signals_moved(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:

@@ -59,9 +59,11 @@ app.kubernetes.io/component: operator
 {{/*
 RBAC rules on namespaced resources: exactly the requests the operator makes
 (tests/test_rbac.py records them against the emulated API and compares both ways).
-No get: children are created, or patched when they exist (a 404 turns the
-patch into a create); reads come from kopf's watches. Pods are patched only
-for their deletion-cost annotation before a scale-down.
+Children are read (get) before each patch, for what the operator applied last
+(the keys no longer rendered are removed), and the optional ones (PodMonitor,
+NetworkPolicy) are deleted when the spec stops asking for them; other reads
+come from kopf's watches. Pods are patched only for their deletion-cost
+annotation before a scale-down.
 */}}
 {{- define "vlm-operator.namespacedRules" -}}
 - apiGroups: ["vlm-operator.io"]
@@ -72,19 +74,19 @@ for their deletion-cost annotation before a scale-down.
   verbs: ["patch"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch"]
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["create", "patch"]
+  verbs: ["get", "create", "patch"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["create", "patch"]
+  verbs: ["get", "create", "patch"]
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
-  verbs: ["create", "patch"]
+  verbs: ["get", "create", "patch", "delete"]
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["podmonitors"]
-  verbs: ["create", "patch"]
+  verbs: ["get", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch", "patch"]

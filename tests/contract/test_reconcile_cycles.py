@@ -1,0 +1,608 @@
+"""The operator's cycles (:mod:`vlm_operator.reconcile`) in process, against stand-ins.
+
+The API stand-in stores the status with the semantics of a real API server's JSON
+merge patch (RFC 7386: a null deletes a key, a key left out keeps its value), records
+every write, and can reject a child the way an API server does (422). Prometheus is
+a stand-in returning chosen signals. Each test drives ``autoscale_once`` /
+``apply_spec`` cycle by cycle with explicit clocks: no sleeps, no servers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import logging
+import random
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import kopf
+import pytest
+from kopf._core.engines import posting
+from vlm_operator import reconcile
+from vlm_operator.kube import ApiError, KubeClient, object_path
+from vlm_operator.operator_metrics import OperatorMetrics
+from vlm_operator.policy import PodCounts, PolicyState, Signals, recommend
+from vlm_operator.validation import parse_spec
+
+LOG = logging.getLogger("test-reconcile")
+T0 = 1_000_000.0
+
+
+def merge(target: Any, patch: Any) -> Any:
+    """RFC 7386, as the API server applies a merge patch."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge(out.get(key), value)
+    return out
+
+
+class FakeKube:
+    """The writes the operator makes, on an in-memory store with merge-patch semantics."""
+
+    def __init__(self, body: dict[str, Any], replicas: int = 1) -> None:
+        self.body = body
+        self.replicas = replicas
+        self.status_writes: list[dict[str, Any]] = []
+        self.objects: dict[str, dict[str, Any]] = {}
+        self.applied: list[tuple[str, dict[str, Any], tuple[tuple[str, ...], ...]]] = []
+        self.deleted: list[str] = []
+        self.reject: dict[str, ApiError] = {}
+
+    async def patch_status(
+        self, api_version: str, plural: str, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> None:
+        self.status_writes.append(copy.deepcopy(dict(status)))
+        self.body["status"] = merge(self.body.get("status") or {}, copy.deepcopy(dict(status)))
+
+    async def scale(self, namespace: str, name: str, replicas: int) -> None:
+        self.replicas = replicas
+
+    async def annotate(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    async def apply(
+        self,
+        obj: Mapping[str, Any],
+        *,
+        omit: tuple[tuple[str, ...], ...] = (),
+        create_first: bool = False,
+    ) -> str:
+        kind = str(obj["kind"])
+        if kind in self.reject:
+            raise self.reject[kind]
+        path = object_path(obj)
+        self.applied.append((kind, copy.deepcopy(dict(obj)), omit))
+        if path in self.objects:
+            patch = copy.deepcopy(dict(obj))
+            for field in omit:
+                node: Any = patch
+                for key in field[:-1]:
+                    node = node.get(key) if isinstance(node, dict) else None
+                if isinstance(node, dict):
+                    node.pop(field[-1], None)
+            self.objects[path] = merge(self.objects[path], patch)
+            return "patched"
+        self.objects[path] = merge({}, copy.deepcopy(dict(obj)))
+        return "created"
+
+    async def get(self, path: str) -> dict[str, Any] | None:
+        return copy.deepcopy(self.objects.get(path))
+
+    async def delete(self, path: str, *, uid: str | None = None) -> bool:
+        self.deleted.append(path)
+        return self.objects.pop(path, None) is not None
+
+
+class FakeSignals:
+    def __init__(self) -> None:
+        self.current = Signals(
+            running=0.0, waiting=0.0, p95_seconds=None, arrival_rate=0.0, error_rate=None
+        )
+        self.unscraped: int | None = 0
+
+    async def read(self, *args: Any, **kwargs: Any) -> Signals:
+        return self.current
+
+    async def unscraped_pods(self, *args: Any, **kwargs: Any) -> int | None:
+        return self.unscraped
+
+    async def pod_load(self, *args: Any, **kwargs: Any) -> dict[str, float]:
+        return {}
+
+
+@pytest.fixture(autouse=True)
+async def kopf_posting() -> AsyncIterator[asyncio.Queue[Any]]:
+    """kopf.event needs kopf's posting context; the Events land in this queue."""
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    posting.settings_var.set(kopf.OperatorSettings())
+    posting.event_queue_var.set(queue)
+    posting.event_queue_loop_var.set(asyncio.get_running_loop())
+    return queue
+
+
+def events(queue: asyncio.Queue[Any]) -> list[Any]:
+    out = []
+    while not queue.empty():
+        out.append(queue.get_nowait())
+    return out
+
+
+def vlmservice(spec: dict[str, Any], generation: int = 1) -> dict[str, Any]:
+    return {
+        "apiVersion": "vlm-operator.io/v1alpha1",
+        "kind": "VLMService",
+        "metadata": {"name": "x", "namespace": "d", "uid": "u", "generation": generation},
+        "spec": spec,
+    }
+
+
+def context(kube: FakeKube, signals: FakeSignals) -> reconcile.OperatorContext:
+    return reconcile.OperatorContext(
+        kube=kube,  # type: ignore[arg-type]
+        signals=signals,  # type: ignore[arg-type]
+        metrics=OperatorMetrics(),
+    )
+
+
+async def run_cycle(
+    ctx: reconcile.OperatorContext,
+    kube: FakeKube,
+    memory: reconcile._Memory,
+    now: float,
+    *,
+    ready: int | None = None,
+) -> Any:
+    deployment = {
+        "replicas": kube.replicas,
+        "readyReplicas": kube.replicas if ready is None else ready,
+    }
+    decision = await reconcile.autoscale_once(
+        ctx,
+        kube.body,
+        memory,
+        pods=[],
+        deployment=deployment,
+        now=now,  # type: ignore[arg-type]
+    )
+    memory.scaled_to = None  # the watch shows the scale at once
+    return decision
+
+
+def signals(running: float, p95: float | None) -> Signals:
+    return Signals(
+        running=running, waiting=0.0, p95_seconds=p95, arrival_rate=running / 9, error_rate=0.0
+    )
+
+
+# ----------------------------------------------------------------- item 1
+
+
+async def test_signals_gone_from_prometheus_leave_the_stored_status() -> None:
+    """p95Seconds read once and then absent must not stay in the status (nor rewrite it)."""
+    body = vlmservice({"model": {"id": "m", "runtime": "fake"},
+                       "autoscaling": {"syncPeriodSeconds": 1}})  # fmt: skip
+    kube, sig = FakeKube(body), FakeSignals()
+    ctx, memory = context(kube, sig), reconcile._Memory()
+    sig.current = signals(0.0, 9.0)
+    await run_cycle(ctx, kube, memory, T0)
+    assert body["status"]["signals"]["p95Seconds"] == 9.0
+
+    sig.current = signals(0.0, None)  # idle: no request finished, no P95
+    writes = len(kube.status_writes)
+    for i in range(1, 21):
+        await run_cycle(ctx, kube, memory, T0 + i)
+        assert "p95Seconds" not in body["status"]["signals"]
+    # One write saying the P95 went away, none for the idle cycles after it.
+    assert len(kube.status_writes) - writes == 1
+
+
+# ----------------------------------------------------------------- item 2
+
+
+def falling_demand(
+    seed: int, high: float, low: float, sigma: float, ticks: int = 720
+) -> list[Signals]:
+    rnd = random.Random(seed)
+    out = []
+    for i in range(ticks):
+        level = high if i < ticks // 2 else low  # demand falls half way
+        running = max(0.0, rnd.gauss(level, sigma))
+        out.append(signals(round(running), 9.0 + rnd.gauss(0, 0.2)))
+    return out
+
+
+@pytest.mark.parametrize(
+    ("seed", "high", "low", "sigma", "start", "most"),
+    [(1, 140.0, 110.0, 4.0, 40, 60), (2, 140.0, 110.0, 4.0, 40, 60)],
+)
+async def test_the_operator_runs_the_policy_as_the_simulator_carries_it(
+    seed: int, high: float, low: float, sigma: float, start: int, most: int
+) -> None:
+    """Cycles whose status is not written still advance the policy's state."""
+    spec_raw = {"model": {"id": "m", "runtime": "fake"}, "autoscaling": {"maxReplicas": most}}
+    spec, trace = parse_spec(spec_raw), falling_demand(seed, high, low, sigma)
+    state, current, carried = PolicyState(), start, []
+    for i, sig in enumerate(trace):
+        d = recommend(state, sig, PodCounts(current=current, ready=current, starting=0), spec,
+                      T0 + 5 * i)  # fmt: skip
+        state, current = d.state, d.replicas
+        carried.append(current)
+
+    kube, fake = FakeKube(vlmservice(spec_raw), replicas=start), FakeSignals()
+    ctx, memory, operated = context(kube, fake), reconcile._Memory(), []
+    for i, sig in enumerate(trace):
+        fake.current = sig
+        await run_cycle(ctx, kube, memory, T0 + 5 * i)
+        operated.append(kube.replicas)
+    assert len(kube.status_writes) < len(trace)  # the case at hand: unwritten cycles
+    assert operated == carried
+    # The status still carries the state, for a restart.
+    stored = PolicyState.from_dict(kube.body["status"]["autoscalerState"])
+    assert stored.down[-1][0] >= T0 + 5 * (len(trace) - 1) - 30
+
+
+# ----------------------------------------------------------------- item 3
+
+
+@pytest.mark.parametrize("unscraped", [None, 0])
+async def test_an_unknown_unscraped_count_blocks_scale_down(unscraped: int | None) -> None:
+    spec_raw = {
+        "model": {"id": "m", "runtime": "fake"},
+        "autoscaling": {"syncPeriodSeconds": 1, "scaleDown": {"stabilizationWindowSeconds": 2}},
+    }
+    kube, fake = FakeKube(vlmservice(spec_raw), replicas=3), FakeSignals()
+    ctx, memory = context(kube, fake), reconcile._Memory()
+    fake.current, fake.unscraped = signals(1.0, 8.0), unscraped
+    for i in range(30):  # well past the 2 s stabilization
+        await run_cycle(ctx, kube, memory, T0 + i)
+    status = kube.body["status"]
+    metrics = next(c for c in status["conditions"] if c["type"] == "MetricsAvailable")
+    if unscraped is None:  # the `up == 0` query failed
+        assert kube.replicas == 3
+        assert "unknown" in status["lastDecision"]["reason"]
+        assert "not scaling down" in status["lastDecision"]["reason"]
+        assert metrics["reason"] == "ScrapeStatusUnknown"
+        assert "no scale-down" in metrics["message"]
+    else:  # the control: known to be all scraped, the same load scales down
+        assert kube.replicas < 3
+        assert metrics["reason"] == "SignalsRead"
+
+
+# ----------------------------------------------------------------- item 4
+
+DEPLOYMENT = "/apis/apps/v1/namespaces/d/deployments/x"
+
+
+async def test_autoscaling_off_without_replicas_keeps_the_fleet() -> None:
+    spec_raw: dict[str, Any] = {"model": {"id": "m", "runtime": "fake"}}
+    body = vlmservice(spec_raw)
+    kube = FakeKube(body)
+    ctx = context(kube, FakeSignals())
+    await reconcile.apply_spec(ctx, body, created=True, logger=LOG)
+    assert kube.objects[DEPLOYMENT]["spec"]["replicas"] == 1  # minReplicas
+    kube.objects[DEPLOYMENT]["spec"]["replicas"] = 7  # the autoscaler's choice
+
+    body["spec"] = {**spec_raw, "autoscaling": {"enabled": False}}
+    body["metadata"]["generation"] = 2
+    await reconcile.apply_spec(ctx, body, created=False, logger=LOG)
+    assert kube.objects[DEPLOYMENT]["spec"]["replicas"] == 7  # kept, not dropped to 1
+    decision = await reconcile.autoscale_once(
+        ctx, body, reconcile._Memory(), pods=[],
+        deployment={"replicas": 7, "readyReplicas": 7}, now=T0,
+    )  # fmt: skip
+    assert decision is not None
+    assert decision.replicas == 7
+    assert "kept 7" in decision.reason
+
+    # spec.replicas set: the spec rules.
+    body["spec"] = {**spec_raw, "replicas": 2, "autoscaling": {"enabled": False}}
+    body["metadata"]["generation"] = 3
+    await reconcile.apply_spec(ctx, body, created=False, logger=LOG)
+    assert kube.objects[DEPLOYMENT]["spec"]["replicas"] == 2
+
+
+# ----------------------------------------------------------------- item 5
+
+SERVICE = "/api/v1/namespaces/d/services/x"
+
+
+async def test_children_deleted_or_edited_by_hand_come_back() -> None:
+    spec_raw = {"model": {"id": "m", "runtime": "fake"}, "autoscaling": {"syncPeriodSeconds": 5}}
+    body = vlmservice(spec_raw)
+    kube = FakeKube(body, replicas=4)
+    ctx, memory = context(kube, FakeSignals()), reconcile._Memory()
+    await reconcile.apply_spec(ctx, body, created=True, logger=LOG)
+    rendered_ports = copy.deepcopy(kube.objects[SERVICE]["spec"]["ports"])
+    kube.objects[DEPLOYMENT]["spec"]["replicas"] = 4  # the autoscaler's count
+
+    # The Deployment deleted by hand (the index no longer has it): recreated next cycle.
+    del kube.objects[DEPLOYMENT]
+    del kube.objects[SERVICE]
+    assert (
+        await reconcile.autoscale_once(ctx, body, memory, pods=[], deployment=None, now=T0) is None
+    )
+    assert DEPLOYMENT in kube.objects
+    assert SERVICE in kube.objects
+
+    # A hand edit of a child is reverted by the periodic re-apply, replicas left alone.
+    kube.objects[SERVICE]["spec"]["ports"] = [{"name": "hacked", "port": 1}]
+    kube.objects[DEPLOYMENT]["spec"]["replicas"] = 4
+    kube.objects[DEPLOYMENT]["spec"]["minReadySeconds"] = 99  # not ours: left alone
+    reverted_at = None
+    for i in range(1, int(ctx.children_refresh_seconds // 5) + 3):  # 5 s cycles, bounded
+        await run_cycle(ctx, kube, memory, T0 + 5 * i)
+        if kube.objects[SERVICE]["spec"]["ports"] == rendered_ports:
+            reverted_at = 5 * i
+            break
+    assert reverted_at is not None
+    assert reverted_at <= ctx.children_refresh_seconds + 5
+    assert kube.objects[DEPLOYMENT]["spec"]["replicas"] == 4
+    assert ("spec", "replicas") in kube.applied[-3][2]  # omitted from the Deployment's patch
+
+
+# ----------------------------------------------------------------- item 6
+
+REJECTION = {
+    "kind": "Status",
+    "status": "Failure",
+    "reason": "Invalid",
+    "message": 'Deployment.apps "x" is invalid',
+    "details": {
+        "causes": [
+            {
+                "field": "spec.template.spec.containers[0].resources.limits",
+                "message": "Invalid value: must be less than or equal to cpu limit",
+            }
+        ]
+    },
+}
+
+
+async def test_a_child_the_api_rejects_is_reported_and_retried_with_backoff(
+    kopf_posting: asyncio.Queue[Any],
+) -> None:
+    spec_raw = {"model": {"id": "m", "runtime": "fake"}, "autoscaling": {"syncPeriodSeconds": 1}}
+    body = vlmservice(spec_raw)
+    kube = FakeKube(body)
+    kube.reject["Deployment"] = ApiError(422, "Unprocessable Entity", json.dumps(REJECTION))
+    ctx, memory = context(kube, FakeSignals()), reconcile._Memory()
+    await reconcile.apply_spec(ctx, body, created=True, logger=LOG)  # no TemporaryError
+    condition = next(c for c in body["status"]["conditions"] if c["type"] == "InvalidSpec")
+    assert (condition["status"], condition["reason"]) == ("True", "ChildRejected")
+    assert "Deployment x" in condition["message"]
+    assert "spec.template.spec.containers[0].resources.limits" in condition["message"]
+    assert "less than or equal to cpu limit" in condition["message"]
+    posted = events(kopf_posting)
+    assert [(e.type, e.reason) for e in posted] == [("Warning", "ChildRejected")]
+    assert SERVICE in kube.objects  # the other children still applied
+
+    # The loop retries (the Deployment is missing), backing off: not every 1 s cycle.
+    before = len(kube.applied)
+    for i in range(1, 121):
+        await reconcile.autoscale_once(ctx, body, memory, pods=[], deployment=None, now=T0 + i)
+    attempts = (len(kube.applied) - before) // 2  # Service and PDB go through each time
+    assert 1 <= attempts <= 5
+    assert len(events(kopf_posting)) <= 1  # the same rejection is not re-announced
+
+    # Accepted again: the condition clears on the next attempt.
+    del kube.reject["Deployment"]
+    for i in range(121, 800):
+        await reconcile.autoscale_once(ctx, body, memory, pods=[], deployment=None, now=T0 + i)
+        if DEPLOYMENT in kube.objects:
+            break
+    assert DEPLOYMENT in kube.objects
+    condition = next(c for c in body["status"]["conditions"] if c["type"] == "InvalidSpec")
+    assert condition["status"] == "False"
+
+
+async def test_spec_warnings_are_reported(kopf_posting: asyncio.Queue[Any]) -> None:
+    body = vlmservice({"model": {"id": "m", "runtime": "llamacpp"}})  # no storage for its files
+    kube = FakeKube(body)
+    await reconcile.apply_spec(context(kube, FakeSignals()), body, created=True, logger=LOG)
+    condition = next(c for c in body["status"]["conditions"] if c["type"] == "SpecWarnings")
+    assert condition["status"] == "True"
+    assert "spec.model.storage" in condition["message"]
+    posted = [(e.type, e.reason) for e in events(kopf_posting)]
+    assert ("Warning", "SpecWarning") in posted
+
+
+# ----------------------------------------------------------------- item 7
+
+
+class GatedSignals(FakeSignals):
+    """Prometheus answers only when the test lets it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+
+    async def read(self, *args: Any, **kwargs: Any) -> Signals:
+        await self.gate.wait()
+        return self.current
+
+
+def invalid_spec(body: Mapping[str, Any]) -> tuple[str, str]:
+    condition = next(c for c in body["status"]["conditions"] if c["type"] == "InvalidSpec")
+    return condition["status"], condition["reason"]
+
+
+async def test_a_cycle_does_not_overwrite_the_validity_of_a_newer_spec() -> None:
+    body = vlmservice({"model": {"id": "m", "runtime": "fake"}})
+    kube, sig = FakeKube(body), GatedSignals()
+    ctx, memory = context(kube, sig), reconcile._Memory()
+    await reconcile.apply_spec(ctx, body, created=True, logger=LOG)
+    assert invalid_spec(body) == ("False", "SpecValid")
+    deployment = {"replicas": 1, "readyReplicas": 1}
+    cycle = asyncio.create_task(
+        reconcile.autoscale_once(ctx, body, memory, pods=[], deployment=deployment, now=T0)
+    )
+    await asyncio.sleep(0.01)  # the cycle waits on Prometheus
+    body["spec"]["autoscaling"] = {"minReplicas": 6, "maxReplicas": 2}
+    body["metadata"]["generation"] = 2
+    await reconcile.apply_spec(ctx, body, created=False, logger=LOG)
+    assert invalid_spec(body) == ("True", "ValidationFailed")
+    sig.gate.set()
+    await asyncio.wait_for(cycle, timeout=10)
+    assert invalid_spec(body) == ("True", "ValidationFailed")
+
+    # Same generation, but the spec's handler wrote after the cycle started
+    # (a resume, or the watch showing the spec change late): its condition stays.
+    body["spec"]["autoscaling"] = {}
+    await reconcile.apply_spec(ctx, body, created=False, logger=LOG)
+    assert invalid_spec(body) == ("False", "SpecValid")
+    sig.gate.clear()
+    cycle = asyncio.create_task(
+        reconcile.autoscale_once(ctx, body, memory, pods=[], deployment=deployment, now=T0 + 5)
+    )
+    await asyncio.sleep(0.01)
+    kube.body["status"]["conditions"] = [
+        {**c, "status": "True", "reason": "ChildRejected"} if c["type"] == "InvalidSpec" else c
+        for c in kube.body["status"]["conditions"]
+    ]
+    sig.gate.set()
+    await asyncio.wait_for(cycle, timeout=10)
+    assert kube.status_writes[-1].get("conditions") is not None  # the cycle did write
+    assert invalid_spec(body) == ("True", "ChildRejected")
+
+
+# ----------------------------------------------------------------- item 8
+
+
+class _NoClient:
+    def close(self) -> None:
+        return None
+
+
+class StoreClient(KubeClient):
+    """The real :class:`KubeClient` (apply, get, delete) over an in-memory API server."""
+
+    def __init__(self) -> None:
+        super().__init__(_NoClient(), workers=1)
+        self.objects: dict[str, dict[str, Any]] = {}
+        self.status: dict[str, Any] = {}
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        query: Mapping[str, str] | None = None,
+        content_type: str = "application/json",
+        want_body: bool = True,
+    ) -> dict[str, Any]:
+        if path.endswith("/status"):
+            self.status = merge(self.status, body["status"])
+            return {}
+        if method == "POST":
+            path = f"{path}/{body['metadata']['name']}"
+            if path in self.objects:
+                raise ApiError(409, "Conflict", "exists")
+            self.objects[path] = merge({}, copy.deepcopy(body))
+            self.objects[path]["metadata"]["uid"] = f"uid-{len(self.objects)}"
+            return {}
+        if path not in self.objects:
+            raise ApiError(404, "Not Found", path)
+        if method == "GET":
+            return copy.deepcopy(self.objects[path])
+        if method == "PATCH":
+            self.objects[path] = merge(self.objects[path], copy.deepcopy(body))
+            return {}
+        if method == "DELETE":
+            del self.objects[path]
+            return {}
+        raise AssertionError(method)
+
+
+NETWORK_POLICY = "/apis/networking.k8s.io/v1/namespaces/d/networkpolicies/x"
+POD_MONITOR = "/apis/monitoring.coreos.com/v1/namespaces/d/podmonitors/x"
+
+
+async def test_what_the_spec_no_longer_asks_for_leaves_the_children() -> None:
+    spec_raw: dict[str, Any] = {
+        "model": {"id": "m", "runtime": "fake"},
+        "placement": {"nodeSelector": {"gpu": "a100"}},
+        "monitoring": {"podMonitor": True},
+        "networkPolicy": {"enabled": True},
+    }
+    body = vlmservice(spec_raw)
+    kube = StoreClient()
+    ctx = reconcile.OperatorContext(kube=kube, signals=FakeSignals(), metrics=OperatorMetrics())  # type: ignore[arg-type]
+    try:
+        await reconcile.apply_spec(ctx, body, created=True, logger=LOG)
+        pod_spec = kube.objects[DEPLOYMENT]["spec"]["template"]["spec"]
+        assert pod_spec["nodeSelector"] == {"gpu": "a100"}
+        assert NETWORK_POLICY in kube.objects
+        assert POD_MONITOR in kube.objects
+        # Others' keys: a label a user added, the count the autoscaler chose.
+        kube.objects[DEPLOYMENT]["metadata"]["labels"]["team"] = "vision"
+        kube.objects[DEPLOYMENT]["spec"]["replicas"] = 5
+        # Someone else's NetworkPolicy of another name is not the operator's business.
+        other = "/apis/networking.k8s.io/v1/namespaces/d/networkpolicies/other"
+        kube.objects[other] = {"metadata": {"name": "other"}}
+
+        body["spec"] = {"model": spec_raw["model"]}  # placement, PodMonitor, NetworkPolicy gone
+        body["metadata"]["generation"] = 2
+        await reconcile.apply_spec(ctx, body, created=False, logger=LOG)
+        deployment = kube.objects[DEPLOYMENT]
+        assert "nodeSelector" not in deployment["spec"]["template"]["spec"]
+        assert deployment["metadata"]["labels"]["team"] == "vision"
+        assert deployment["spec"]["replicas"] == 5
+        assert NETWORK_POLICY not in kube.objects
+        assert POD_MONITOR not in kube.objects
+        assert other in kube.objects
+
+        # Autoscaling off with spec.replicas, then on again: replicas is never nulled.
+        body["spec"] = {"model": spec_raw["model"], "replicas": 3,
+                        "autoscaling": {"enabled": False}}  # fmt: skip
+        await reconcile.apply_spec(ctx, body, created=False, logger=LOG)
+        assert kube.objects[DEPLOYMENT]["spec"]["replicas"] == 3
+        body["spec"] = {"model": spec_raw["model"]}
+        await reconcile.apply_spec(ctx, body, created=False, logger=LOG)
+        assert kube.objects[DEPLOYMENT]["spec"]["replicas"] == 3
+    finally:
+        kube.close()
+
+
+async def test_a_child_that_holds_what_is_rendered_is_not_written() -> None:
+    # The periodic refresh reads each child; one nobody touched (the API
+    # server's defaults added, the autoscaler's replicas) is left alone.
+    body = vlmservice({"model": {"id": "m", "runtime": "fake"}})
+    kube = StoreClient()
+    ctx = reconcile.OperatorContext(kube=kube, signals=FakeSignals(), metrics=OperatorMetrics())  # type: ignore[arg-type]
+    try:
+        await reconcile.apply_spec(ctx, body, created=True, logger=LOG)
+        containers = kube.objects[DEPLOYMENT]["spec"]["template"]["spec"]["containers"]
+        for container in containers:
+            container["terminationMessagePath"] = "/dev/termination-log"  # a server default
+        kube.objects[DEPLOYMENT]["spec"]["replicas"] = 5
+        methods: list[str] = []
+        original = kube.request
+
+        async def counted(method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+            if not path.endswith("/status"):  # the children's requests only
+                methods.append(method)
+            return await original(method, path, **kwargs)
+
+        kube.request = counted  # type: ignore[method-assign]
+        await reconcile.apply_spec(ctx, body, created=False, logger=LOG)
+        assert methods, "the children were read"
+        assert set(methods) == {"GET"}, methods
+        # A rendered field edited by hand is patched back.
+        containers[0]["image"] = "by-hand"
+        methods.clear()
+        await reconcile.apply_spec(ctx, body, created=False, logger=LOG)
+        assert methods.count("PATCH") >= 1
+        assert kube.objects[DEPLOYMENT]["spec"]["template"]["spec"]["containers"][0]["image"] != (
+            "by-hand"
+        )
+        assert kube.objects[DEPLOYMENT]["spec"]["replicas"] == 5
+    finally:
+        kube.close()
