@@ -33,14 +33,15 @@ cycles change nothing visible and are not written, and starting each cycle
 from the last *written* state would run another policy than the one the
 simulator tunes (which carries the state every tick).
 
-The loop owns the children between spec changes too: a missing Deployment
-(deleted by hand; the watch-fed index shows it at no cost) is re-applied at
-once, and every ``children_refresh_seconds`` (10 minutes) all children are
-read and re-applied, which recreates any missing one and reverts hand edits
-of the fields the operator sets. A child that already holds what is rendered
-is not written: the refresh costs one read per child (at a thousand services
-of four children, under seven reads a second). A child
-the API server rejects (400/422) is a problem of the spec: it becomes
+The loop owns the children between spec changes too: a Deployment missing from
+the watch-fed index for ``missing_grace_seconds`` (deleted by hand; a shorter
+absence is the watch lagging its creation) is re-applied, and every
+``children_refresh_seconds`` (10 minutes) all children are read and
+re-applied, which recreates any missing one and reverts hand edits of the
+fields the operator sets. A child that already holds what is rendered is not
+written: the refresh costs one read per child, and one per optional child not
+rendered (at a thousand services of four children, ten reads a second). A
+child the API server rejects (400/422) is a problem of the spec: it becomes
 ``InvalidSpec=True`` (reason ``ChildRejected``) and a Warning Event, and is
 retried with a doubling back-off rather than every few seconds. Optional
 children the spec no longer asks for (PodMonitor, NetworkPolicy) are deleted.
@@ -109,6 +110,8 @@ class OperatorContext:
     #: Re-apply the rendered children at least this often: a child deleted or
     #: edited by hand is recreated or reverted without waiting for a spec change.
     children_refresh_seconds: float = 600.0
+    #: How long the Deployment must be missing from the index to be re-applied.
+    missing_grace_seconds: float = 30.0
     #: First and last wait before re-applying children the API server rejected.
     rejected_backoff_seconds: tuple[float, float] = (10.0, 600.0)
     #: Specs applied at once. At start-up kopf calls every service's handler at
@@ -136,6 +139,8 @@ class _Memory:
     #: rejection (0 when the last apply went through).
     applied_at: float | None = None
     backoff: float = 0.0
+    #: Since when the Deployment has been missing from the index.
+    missing_since: float | None = None
 
 
 # ------------------------------------------------------------------- the spec
@@ -280,7 +285,7 @@ async def apply_children(
     rendered = {str(child["kind"]) for child in children}
     uid = str(meta.get("uid") or "")
     for api_version, kind in OPTIONAL_CHILDREN:
-        if kind not in rendered:
+        if kind not in rendered and not created:  # a new service has none to delete
             await _delete_owned(context, api_version, kind, namespace, name, owner_uid=uid)
     return "; ".join(rejected) or None
 
@@ -602,8 +607,20 @@ async def _refresh_children(
     spec sets it) and recreates a missing child. After the API server rejected
     a child, the next attempt waits, doubling, instead of hammering it.
     """
+    # A Deployment missing from the index may just not be shown yet: the
+    # watch lags its creation by seconds at a thousand services, and a
+    # re-apply on that lag only adds to it. Missing for the grace, it is gone.
+    if not missing:
+        memory.missing_since = None
+    else:
+        if memory.missing_since is None:
+            memory.missing_since = now
+        if now - memory.missing_since < context.missing_grace_seconds:
+            return
     if memory.applied_at is not None:
-        wait = memory.backoff or (0.0 if missing else context.children_refresh_seconds)
+        wait = memory.backoff or (
+            context.missing_grace_seconds if missing else context.children_refresh_seconds
+        )
         if now - memory.applied_at < wait:
             return
     elif not missing:
@@ -646,33 +663,18 @@ async def _refresh_children(
     )
 
 
-def _state_time(state: PolicyState) -> float:
-    """The latest instant a policy state holds (-inf for a fresh state)."""
-    times = [t for history in (state.down, state.up, state.demand, state.p95) for t, _ in history]
-    times += [
-        t
-        for t in (state.settled_at, state.changed_at, state.queued_at, state.calm_since)
-        if t is not None
-    ]
-    if state.guard_floor is not None:
-        times.append(state.guard_floor[0])
-    for span in (state.demand_since_change, state.arrival_trend, state.fleet_p95):
-        if span is not None:
-            times.append(span[1])
-    return max(times, default=float("-inf"))
-
-
 def _latest_state(kept: PolicyState | None, stored: Any) -> PolicyState:
-    """The policy state to continue from: this loop's own, unless the status holds a newer one.
+    """The policy state to continue from: this loop's own, else the status's.
 
-    The status is read back only when it is newer (another operator instance
-    wrote it) or when this loop has none (it just started: a restart continues
-    from the status). Times in the status are rounded to milliseconds.
+    The status is parsed only when the loop has no state yet (it just
+    started: a restart continues from the status). One operator instance
+    writes a service's status (the chart runs one replica, Recreate), so its
+    own state is never older than the stored one, and a thousand services
+    need not parse their stored states every cycle.
     """
-    from_status = PolicyState.from_dict(stored or {})
-    if kept is not None and _state_time(kept) >= _state_time(from_status) - 0.001:
+    if kept is not None:
         return kept
-    return from_status
+    return PolicyState.from_dict(stored or {})
 
 
 def _previous_status(

@@ -322,13 +322,22 @@ async def test_children_deleted_or_edited_by_hand_come_back() -> None:
     rendered_ports = copy.deepcopy(kube.objects[SERVICE]["spec"]["ports"])
     kube.objects[DEPLOYMENT]["spec"]["replicas"] = 4  # the autoscaler's count
 
-    # The Deployment deleted by hand (the index no longer has it): recreated next cycle.
+    # The Deployment deleted by hand (the index no longer has it): recreated once
+    # it has been missing for the grace (a shorter absence is the watch lagging).
     del kube.objects[DEPLOYMENT]
     del kube.objects[SERVICE]
-    assert (
-        await reconcile.autoscale_once(ctx, body, memory, pods=[], deployment=None, now=T0) is None
-    )
-    assert DEPLOYMENT in kube.objects
+    recreated_at = None
+    for i in range(int(ctx.missing_grace_seconds // 5) + 3):  # 5 s cycles, bounded
+        now = T0 + 5 * i
+        assert (
+            await reconcile.autoscale_once(ctx, body, memory, pods=[], deployment=None, now=now)
+            is None
+        )
+        if DEPLOYMENT in kube.objects:
+            recreated_at = 5 * i
+            break
+    assert recreated_at is not None
+    assert ctx.missing_grace_seconds <= recreated_at <= ctx.missing_grace_seconds + 5
     assert SERVICE in kube.objects
 
     # A hand edit of a child is reverted by the periodic re-apply, replicas left alone.
@@ -337,7 +346,7 @@ async def test_children_deleted_or_edited_by_hand_come_back() -> None:
     kube.objects[DEPLOYMENT]["spec"]["minReadySeconds"] = 99  # not ours: left alone
     reverted_at = None
     for i in range(1, int(ctx.children_refresh_seconds // 5) + 3):  # 5 s cycles, bounded
-        await run_cycle(ctx, kube, memory, T0 + 5 * i)
+        await run_cycle(ctx, kube, memory, T0 + recreated_at + 5 * i)
         if kube.objects[SERVICE]["spec"]["ports"] == rendered_ports:
             reverted_at = 5 * i
             break
