@@ -333,17 +333,17 @@ class PolicyState:
 
         def since_change() -> tuple[float, float, float]:
             first, last, mean = data["demandSinceChange"]
-            return (_finite(first), _finite(_ordered(first, last)), _amount(mean))
+            return (*_span(first, last), _amount(mean))
 
         def arrival_trend() -> tuple[float, float, float, float]:
             first, last, fast, slow = data["arrivalTrend"]
-            return (_finite(first), _finite(_ordered(first, last)), _amount(fast), _amount(slow))
+            return (*_span(first, last), _amount(fast), _amount(slow))
 
         def fleet_p95() -> tuple[float, float, float, int]:
             first, last, mean, pods = data["fleetP95"]
             if _pods(pods) < 1:
                 raise ValueError(pods)
-            return (_finite(first), _finite(_ordered(first, last)), _amount(mean), pods)
+            return (*_span(first, last), _amount(mean), pods)
 
         def optional(key: str, parse: Callable[[], V]) -> V | None:
             return None if data.get(key) is None else _field(parse, None)
@@ -389,11 +389,12 @@ def _amount(value: Any) -> float:
     return number
 
 
-def _ordered(first: Any, last: Any) -> Any:
-    """A moving mean's span must not end before it begins; ``last`` back."""
-    if _finite(first) > _finite(last):
+def _span(first: Any, last: Any) -> tuple[float, float]:
+    """A moving mean's span, which must not end before it begins."""
+    start, end = _finite(first), _finite(last)
+    if start > end:
         raise ValueError((first, last))
-    return last
+    return start, end
 
 
 def _pods(value: Any) -> int:

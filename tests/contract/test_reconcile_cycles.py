@@ -26,21 +26,10 @@ from vlm_operator.operator_metrics import OperatorMetrics
 from vlm_operator.policy import PodCounts, PolicyState, Signals, recommend
 from vlm_operator.validation import parse_spec
 
+from e2e.kubeapi.patch import merge_patch as merge
+
 LOG = logging.getLogger("test-reconcile")
 T0 = 1_000_000.0
-
-
-def merge(target: Any, patch: Any) -> Any:
-    """RFC 7386, as the API server applies a merge patch."""
-    if not isinstance(patch, dict):
-        return copy.deepcopy(patch)
-    out = dict(target) if isinstance(target, dict) else {}
-    for key, value in patch.items():
-        if value is None:
-            out.pop(key, None)
-        else:
-            out[key] = merge(out.get(key), value)
-    return out
 
 
 class FakeKube:

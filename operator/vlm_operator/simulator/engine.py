@@ -198,7 +198,7 @@ class SimResult:
     events_processed: int
     requests_issued: int
     #: Replica-seconds of each phase of the trace (they sum to ``replica_seconds``).
-    phase_replica_seconds: list[float] = field(default_factory=list)
+    phase_replica_seconds: list[float]
 
 
 # Fields of a gate answer (time, seconds or -1 for a rejection, ok).

@@ -172,8 +172,6 @@ def summarize(result: SimResult, *, wall_seconds: float | None = None) -> Report
     sent_sorted = [sent[i] for i in order]
     oracles = oracle_by_phase(trace, spec, result.config.latency, seed=result.seed)
     costs = result.phase_replica_seconds
-    if len(costs) != len(trace.phases):  # a result built by hand: the total, unsplit
-        costs = [result.replica_seconds if len(trace.phases) == 1 else math.nan] * len(trace.phases)
     violations = _slo_violation_seconds(result)
     phases: list[PhaseStats] = []
     for index, phase in enumerate(trace.phases):
