@@ -95,6 +95,28 @@ class Backend:
 
         return await self._tracked(request, work)
 
+    async def trickle(self, request: web.Request) -> web.StreamResponse:
+        """``n`` server-sent events, one every ``every`` seconds."""
+
+        async def work() -> web.StreamResponse:
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            for i in range(int(request.query["n"])):
+                await asyncio.sleep(float(request.query["every"]))
+                await response.write(b"data: %d\n\n" % i)
+            await response.write_eof()
+            return response
+
+        return await self._tracked(request, work)
+
+    async def big(self, request: web.Request) -> web.StreamResponse:
+        """A body of ``bytes`` bytes, all sent at once."""
+
+        async def work() -> web.Response:
+            return web.Response(body=b"x" * int(request.query["bytes"]))
+
+        return await self._tracked(request, work)
+
     async def die(self, request: web.Request) -> web.StreamResponse:
         async def work() -> web.StreamResponse:
             assert request.transport is not None
@@ -139,6 +161,8 @@ class Backend:
         app.router.add_route("*", "/sleep", self.sleep)
         app.router.add_route("*", "/hold", self.hold)
         app.router.add_route("*", "/stream", self.stream)
+        app.router.add_route("*", "/trickle", self.trickle)
+        app.router.add_route("*", "/big", self.big)
         app.router.add_route("*", "/die", self.die)
         app.router.add_route("*", "/die-mid-stream", self.die_mid_stream)
         app.router.add_route("*", "/{tail:.*}", self.echo)

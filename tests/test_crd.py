@@ -272,6 +272,12 @@ RULE_CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ),
     ("integer queue timeout", _spec(concurrency__queueTimeoutSeconds=5), None),
     (
+        "zero response timeout",
+        _spec(concurrency__responseTimeoutSeconds=0),
+        "responseTimeoutSeconds must be positive",
+    ),
+    ("fractional response timeout", _spec(concurrency__responseTimeoutSeconds=0.5), None),
+    (
         "two storage sources",
         _spec(model__storage={"pvc": {"claimName": "a"}, "hostPath": {"path": "/m"}}),
         "set at most one of pvc, hostPath, emptyDir",

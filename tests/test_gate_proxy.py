@@ -175,6 +175,70 @@ async def test_model_dying_or_unreachable_answers_502(backend: Backend) -> None:
         assert error_code(body) == "upstream_error"
 
 
+async def test_a_silent_model_is_given_up_on_after_the_response_timeout(
+    backend: Backend,
+) -> None:
+    timeout = 0.4
+    async with running_gate(backend, response_timeout=timeout) as gate:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        status, _, body = await gate.request("POST", "/hold")  # the model never answers
+        waited = loop.time() - started
+        assert status == 504
+        assert error_code(body) == "model_timeout"
+        assert b"sent nothing for 0.4 s" in body
+        # given up no earlier than the timeout, and within a quarter of it after
+        assert timeout <= waited < timeout * 1.25 + 0.5
+        await until(lambda: backend.cancelled == 1)  # the model's request is cancelled
+        assert await gate.metric("vlm_requests_running") == 0
+        assert await gate.metric("vlm_requests_total", code="504") == 1
+        # a stream whose model falls silent after its first event is cut
+        assert gate.client is not None
+        async with gate.client.post(gate.url + "/stream", json={"stream": True}) as response:
+            assert response.status == 200
+            assert await response.content.readuntil(b"\n\n") == b"data: first\n\n"
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await response.read()
+        assert await gate.metric("vlm_requests_total", code="504") == 2
+        backend.release.set()
+        status, _, _ = await gate.request("POST", "/hold")
+        assert status == 200  # the slots are free again
+
+
+async def test_the_response_timeout_spares_a_stream_that_keeps_coming(
+    backend: Backend,
+) -> None:
+    # 12 events 0.1 s apart: 1.2 s in all, three times the timeout, never 0.4 s of silence
+    async with running_gate(backend, response_timeout=0.4) as gate:
+        status, _, body = await gate.request("POST", "/trickle?n=12&every=0.1")
+        assert status == 200
+        assert body == b"".join(b"data: %d\n\n" % i for i in range(12))
+
+
+async def test_the_response_timeout_spares_a_model_held_back_by_a_slow_client(
+    backend: Backend,
+) -> None:
+    size = 32 * 1024 * 1024  # far past every socket buffer between the model and the client
+    async with running_gate(backend, response_timeout=0.3) as gate:
+        host, port = gate.server.address
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(b"GET /big?bytes=%d HTTP/1.1\r\nHost: x\r\n\r\n" % size)
+        await until(lambda: backend.finished == 1)
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200")
+        # The client reads nothing for three timeouts: the gate stops reading the model.
+        await asyncio.sleep(0.9)
+        received = 0
+        async with asyncio.timeout(DEADLINE_S):
+            while received < size:
+                chunk = await reader.read(1024 * 1024)
+                assert chunk, f"cut after {received} of {size} bytes"
+                received += len(chunk)
+        writer.close()
+        assert await gate.metric("vlm_requests_total", code="200") == 1
+        assert await gate.metric("vlm_requests_total", code="504") == 0
+
+
 async def test_streamed_chunks_are_relayed_as_they_arrive(backend: Backend) -> None:
     async with running_gate(backend) as gate:
         assert gate.client is not None
@@ -340,13 +404,12 @@ async def test_bucket_scale_divides_both_latency_histograms(backend: Backend) ->
         assert m[("vlm_request_queue_seconds_bucket", (("le", "0.05"),))] == 1
 
 
+@pytest.mark.parametrize("variable", ["VLM_GATE_BUCKET_SCALE", "VLM_GATE_RESPONSE_TIMEOUT"])
 @pytest.mark.parametrize("value", ["0", "-1", "inf", "fast"])
-def test_bad_bucket_scale_names_the_variable(
-    value: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+def test_bad_positive_durations_name_the_variable(
+    variable: str, value: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert "VLM_GATE_BUCKET_SCALE" in gate_usage_error(
-        monkeypatch, capsys, "VLM_GATE_BUCKET_SCALE", value
-    )
+    assert variable in gate_usage_error(monkeypatch, capsys, variable, value)
 
 
 async def test_model_not_ready_answers_503_and_readyz_follows_health(backend: Backend) -> None:
@@ -470,7 +533,7 @@ async def test_closing_the_gate_survives_a_background_task_that_failed(
     monkeypatch.setattr(_server, "_sweep", broken)
     gate = GateServer(GateConfig(upstream=backend.url, port=0, health_path=""))
     await gate.start()
-    await until(lambda: all(task.done() for task in gate._tasks))
+    await until(lambda: any(task.done() for task in gate._tasks))  # the sweeper's
     await gate.close()  # logs the failure; does not raise it
     failures = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(failures) == 1

@@ -327,6 +327,7 @@ def test_gate_is_the_only_way_in() -> None:
     assert env["VLM_GATE_MAX_IN_FLIGHT"] == "3"
     assert env["VLM_GATE_QUEUE_SIZE"] == "5"
     assert env["VLM_GATE_QUEUE_TIMEOUT"] == "20"
+    assert env["VLM_GATE_RESPONSE_TIMEOUT"] == "600"
     assert env["VLM_GATE_MAX_BODY_BYTES"] == str(20 * 1024 * 1024)
     assert env["VLM_GATE_HEALTH_PATH"] == "/health"
     service_port = _by_kind(children)["Service"]["spec"]["ports"][0]

@@ -54,6 +54,11 @@ def _errors(spec: Any) -> list[FieldError]:
             "queueTimeoutSeconds must be positive",
         ),
         (
+            {"model": {"id": "m"}, "concurrency": {"responseTimeoutSeconds": 0}},
+            "spec.concurrency",
+            "responseTimeoutSeconds must be positive",
+        ),
+        (
             {"model": {"id": "m", "runtime": "vllm"}},
             "spec.model.runtime",
             "must be one of 'llamacpp', 'transformers', 'fake' or 'custom', got 'vllm'",

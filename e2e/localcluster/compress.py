@@ -54,6 +54,7 @@ def _get(spec: dict[str, Any], path: str) -> Any:
 #: (camelCase path, CRD floor, integer field) of every duration the control loop uses.
 _DURATIONS: tuple[tuple[str, float, bool], ...] = (
     ("concurrency.queueTimeoutSeconds", 0.01, False),
+    ("concurrency.responseTimeoutSeconds", 0.01, False),
     ("autoscaling.syncPeriodSeconds", 1, False),
     ("autoscaling.p95LatencyTargetSeconds", 0.01, False),
     ("autoscaling.scaleUp.stabilizationWindowSeconds", 0, True),

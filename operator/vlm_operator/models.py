@@ -334,6 +334,11 @@ class ConcurrencySpec(APIModel):
                 "message": "queueTimeoutSeconds must be positive",
                 "fieldPath": ".queueTimeoutSeconds",
             },
+            {
+                "rule": "self.responseTimeoutSeconds > 0.0",
+                "message": "responseTimeoutSeconds must be positive",
+                "fieldPath": ".responseTimeoutSeconds",
+            },
         )
     )
 
@@ -357,6 +362,15 @@ class ConcurrencySpec(APIModel):
         le=3600,
         description="Longest wait in the queue before the request is answered 504.",
     )
+    response_timeout_seconds: float = Field(
+        default=600.0,
+        le=86400,
+        description=(
+            "Longest the model may send nothing on a request (before its answer starts, or "
+            "between two pieces of a streamed answer); past it the gate answers 504, or cuts "
+            "a stream, and frees the slot. 600 is openai-python's own default timeout."
+        ),
+    )
     max_request_bytes: int = Field(
         default=20 * 1024 * 1024,
         ge=1024,
@@ -368,6 +382,8 @@ class ConcurrencySpec(APIModel):
     def _positive_timeout(self) -> ConcurrencySpec:
         if not self.queue_timeout_seconds > 0:
             raise ValueError("queueTimeoutSeconds must be positive")
+        if not self.response_timeout_seconds > 0:
+            raise ValueError("responseTimeoutSeconds must be positive")
         return self
 
 

@@ -297,6 +297,7 @@ def _gate_container(
         "VLM_GATE_MAX_IN_FLIGHT": str(concurrency.max_in_flight),
         "VLM_GATE_QUEUE_SIZE": str(concurrency.queue_size),
         "VLM_GATE_QUEUE_TIMEOUT": plain_number(concurrency.queue_timeout_seconds),
+        "VLM_GATE_RESPONSE_TIMEOUT": plain_number(concurrency.response_timeout_seconds),
         "VLM_GATE_MAX_BODY_BYTES": str(concurrency.max_request_bytes),
         "VLM_GATE_HEALTH_PATH": container.health_path,
         "VLM_GATE_DRAIN_TIMEOUT": str(drain),

@@ -39,6 +39,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "requests that may wait; beyond: 429")  # fmt: skip
     add(parser, _PREFIX, "--queue-timeout", positive_float, d.queue_timeout,
         "seconds a request may wait; then 504")  # fmt: skip
+    add(parser, _PREFIX, "--response-timeout", positive_float, d.response_timeout,
+        "seconds the model may send nothing on a request; then 504")  # fmt: skip
     add(parser, _PREFIX, "--max-body-bytes", positive_int, d.max_body_bytes,
         "largest request body; beyond: 413")  # fmt: skip
     add(parser, _PREFIX, "--health-path", url_path, d.health_path,
@@ -68,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
             max_in_flight=args.max_in_flight,
             queue_size=args.queue_size,
             queue_timeout=args.queue_timeout,
+            response_timeout=args.response_timeout,
             max_body_bytes=args.max_body_bytes,
             health_path=args.health_path,
             drain_timeout=args.drain_timeout,

@@ -274,8 +274,11 @@ class Proxy:
             connection.close()
         self._complete(exchange, connection.status)
 
-    def upstream_failed(self, exchange: Exchange, message: str) -> None:
-        """The model failed: a 502 if nothing was sent yet, else a cut connection."""
+    def upstream_failed(
+        self, exchange: Exchange, message: str, reason: str = "upstream_error"
+    ) -> None:
+        """The model failed: a 502 (504 if it fell silent) if nothing was sent yet, else a
+        cut connection."""
         if exchange.finished:
             return
         exchange.upstream = None
@@ -287,13 +290,13 @@ class Proxy:
         else:
             exchange.conn.write(
                 error_response(
-                    "upstream_error",
+                    reason,
                     message,
                     keep_alive=self._keep_alive(exchange),
                     http11=exchange.http11,
                 )
             )
-        self._complete(exchange, ERROR_STATUS["upstream_error"])
+        self._complete(exchange, ERROR_STATUS[reason])
 
     def client_gone(self, exchange: Exchange) -> None:
         """The client hung up: free its slot, or take it out of the queue."""

@@ -8,7 +8,9 @@ check: the poller must outlive the model it watches.
 
 A client that stops reading its answer holds a slot while the gate waits to
 write to it; past the keep-alive timeout, the sweeper cuts it like a client
-that hung up (the slot is freed, the request counted as 499).
+that hung up (the slot is freed, the request counted as 499). A model that
+sends nothing on a request for the response timeout is given up on the same
+way from its side (the client gets a 504, the request is counted as 504).
 
 On SIGTERM the gate turns unready and refuses new work with 503, lets every
 running and queued request finish within the drain timeout, then exits 0.
@@ -61,6 +63,7 @@ class GateConfig:
     bucket_scale: float = 1.0  # latency buckets ÷ this: for time-compressed test models only
     health_interval: float = 1.0
     health_timeout: float = 2.0
+    response_timeout: float = _SPEC_DEFAULTS.response_timeout_seconds
 
     def __post_init__(self) -> None:
         if not self.upstream.startswith(("http://", "https://")):
@@ -74,11 +77,12 @@ class GateConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("queue_timeout", "cache_ttl", "bucket_scale", "health_interval",
-                     "health_timeout"):  # fmt: skip
+                     "health_timeout", "response_timeout"):  # fmt: skip
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.bucket_scale == float("inf"):
-            raise ValueError("bucket_scale must be finite, got inf")
+        for name in ("bucket_scale", "response_timeout"):
+            if getattr(self, name) == math.inf:
+                raise ValueError(f"{name} must be finite, got inf")
         if not self.drain_timeout >= 0:
             raise ValueError(f"drain_timeout must be >= 0, got {self.drain_timeout}")
 
@@ -163,6 +167,22 @@ async def _sweep(proxy: Proxy) -> None:
         proxy.pool.sweep()
 
 
+async def _watch_silence(proxy: Proxy, limit: float) -> None:
+    """Give up on requests the model has been silent on for ``limit`` seconds.
+
+    Checked a few times per timeout (at most every second), not by a timer per
+    request: the common path stays free of timers, and a request is given up on
+    within a quarter of the timeout (or a second) after it ran out.
+    """
+    period = min(1.0, limit / 4)
+    while True:
+        await asyncio.sleep(period)
+        dropped = proxy.pool.give_up_on_silent(limit)
+        if dropped:
+            log.warning("the model sent nothing for %g s on %d request(s): given up", limit,
+                        dropped)  # fmt: skip
+
+
 class GateServer:
     """The gate on a listening socket: :meth:`start`, :meth:`drain`, :meth:`close`."""
 
@@ -220,6 +240,7 @@ class GateServer:
         if config.health_path:
             self._tasks.append(loop.create_task(_poll_health(proxy, config)))
         self._tasks.append(loop.create_task(_sweep(proxy)))
+        self._tasks.append(loop.create_task(_watch_silence(proxy, config.response_timeout)))
 
     async def drain(self, seconds: float) -> bool:
         """Refuse new work and wait for running and queued requests; False on timeout."""

@@ -13,6 +13,14 @@ past that answer's end (a second answer, or garbage) are not relayed, and the
 connection they came on is not reused. An answer that switches protocols
 (101) is a bad answer: the gate relays HTTP only.
 
+A model that falls silent on a request (sends nothing for the response
+timeout: no answer's head, or no next piece of a streamed answer) is given
+up on: its connection is dropped, which cancels the request there, and the
+client gets a 504 ``model_timeout`` or, mid-answer, a cut connection. A hung
+model would otherwise hold its slots for as long as clients wait, and a
+client with no timeout of its own waits for ever. Silence the gate caused
+itself (reading paused while a slow client catches up) does not count.
+
 Idle connections are dropped after a few seconds, before the model server's
 own keep-alive timeout (uvicorn: 5 s) can close one under a new request: a
 POST on a connection closed that way cannot be retried safely.
@@ -21,6 +29,7 @@ POST on a connection closed that way cannot be retried safely.
 from __future__ import annotations
 
 import asyncio
+import math
 import ssl
 import urllib.parse
 from typing import TYPE_CHECKING, cast
@@ -53,6 +62,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = False
         self.exchange: Exchange | None = None
         self.idle_since = 0.0
+        #: Loop time the model last had to answer or last sent something, while busy.
+        self.heard_at = 0.0
         self.status = 0
         #: The answer's headers as relayed and its body (only when the cache wants it).
         self.headers: list[Header] = []
@@ -82,6 +93,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.exchange = exchange
         exchange.upstream = self
         self._reset()
+        self.heard_at = self.pool.proxy.clock()
         self.transport.write(request)
         if exchange.conn.writing_paused:
             self.pause_reading()
@@ -94,7 +106,14 @@ class UpstreamConnection(asyncio.Protocol):
     def resume_reading(self) -> None:
         if not self.closed and self._paused:
             self._paused = False
+            self.heard_at = self.pool.proxy.clock()  # the pause was the client's silence
             self.transport.resume_reading()
+
+    def awaited_since(self) -> float:
+        """Since when the gate has been waiting on the model here (inf: it is not)."""
+        if self.exchange is None or self._paused or self.closed:
+            return math.inf
+        return self.heard_at
 
     def abort(self) -> None:
         """Drop the connection now (its client is gone: the model request is cancelled)."""
@@ -110,12 +129,14 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's are not subclasses
+        self.pool.opened(self)
 
     def data_received(self, data: bytes) -> None:
         exchange = self.exchange
         if exchange is None:
             self.transport.close()  # a model that speaks unasked is not to be trusted
             return
+        self.heard_at = self.pool.proxy.clock()
         out = self._out = []
         failure: str | None = None
         try:
@@ -269,6 +290,7 @@ class UpstreamPool:
         #: A base path of the upstream URL, put before every request target.
         self.prefix = parts.path.rstrip("/").encode()
         self._idle: list[UpstreamConnection] = []
+        self._open: set[UpstreamConnection] = set()
 
     def take(self) -> UpstreamConnection | None:
         """The most recently used idle connection that is still fresh, if any."""
@@ -296,9 +318,30 @@ class UpstreamPool:
         connection.idle_since = self.proxy.clock()
         self._idle.append(connection)
 
+    def opened(self, connection: UpstreamConnection) -> None:
+        self._open.add(connection)
+
     def forget(self, connection: UpstreamConnection) -> None:
+        self._open.discard(connection)
         if connection in self._idle:
             self._idle.remove(connection)
+
+    def give_up_on_silent(self, timeout: float) -> int:
+        """Drop every busy connection the model has sent nothing on for ``timeout`` seconds.
+
+        Its request is answered 504 ``model_timeout`` (or, mid-answer, its client's
+        connection is cut) and its slot freed. Returns how many were dropped.
+        """
+        now = self.proxy.clock()
+        silent = [c for c in self._open if now - c.awaited_since() >= timeout]
+        for connection in silent:
+            exchange = connection.exchange
+            assert exchange is not None
+            connection.abort()
+            self.proxy.upstream_failed(
+                exchange, f"the model sent nothing for {timeout:g} s", "model_timeout"
+            )
+        return len(silent)
 
     def sweep(self) -> None:
         """Close idle connections that are too old to be reused."""
