@@ -10,6 +10,7 @@ What it measures (docs/benchmarks.md, "Operator at scale"):
   whatever the number of services);
 * API requests per cycle, from the emulated API's request log, in a steady cycle and in the
   scale-out cycle;
+* the CPU seconds the operator and this process (emulated API, exporter) use in that cycle;
 * the operator's resident memory (goal: under 200 MB).
 
 The signals come from ONE exporter publishing labelled series for every service (the labels
@@ -169,6 +170,12 @@ def rss_mb(pid: int) -> tuple[float, float]:
     return (int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def until_next_tick(period: float) -> float:
     return period - (time.time() % period)
 
@@ -254,6 +261,7 @@ def measure(
     # The step lands just after a tick, so Prometheus has scraped it before the next one.
     time.sleep(until_next_tick(PERIOD) + 0.2)
     before_q, before_api = prometheus_queries(prometheus), api_requests(kube)
+    cpu_before = cpu_seconds(pid), cpu_seconds(os.getpid())
     exporter.running, exporter.waiting = 4.0, 8.0
     first_patch: list[float] = []
 
@@ -278,6 +286,10 @@ def measure(
         timeout=120, interval=0.02,
     )  # fmt: skip
     results["scale_status_s"] = time.time() - tick
+    results["scale_cpu_s"] = (
+        cpu_seconds(pid) - cpu_before[0],
+        cpu_seconds(os.getpid()) - cpu_before[1],
+    )
     # Ticks (of every service at once) that fell into the counted interval: the one
     # before the scale-out tick may still have been reading when counting began.
     results["scale_ticks"] = math.floor((time.time() - tick) / PERIOD) + 2
@@ -310,6 +322,11 @@ def report(results: dict[str, Any], n: int, errors: list[str]) -> None:
     print(f"| API requests per steady cycle | {fmt(results['steady_api'])} |")
     print(
         f"| one scale-out cycle, tick → last status written | {results['scale_status_s']:.2f} s |"
+    )
+    operator_cpu, bench_cpu = results["scale_cpu_s"]
+    print(
+        f"| CPU in the scale-out cycle: operator / emulated API and exporter | "
+        f"{operator_cpu:.2f} s / {bench_cpu:.2f} s |"
     )
     print(f"| API requests in the scale-out cycle | {fmt(results['scale_api'])} |")
     print(f"| operator RSS after the run (peak) | {results['rss_mb']:.0f} MB "

@@ -41,6 +41,13 @@ def vlm_deployments(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str
     return reconcile.deployment_index_entry(body)
 
 
+@kopf.on.event("v1", "services", labels={SERVICE_LABEL: kopf.PRESENT})
+@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels={SERVICE_LABEL: kopf.PRESENT})
+def child_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    if event["type"] == "DELETED":
+        reconcile.child_deleted(memo.context, body)
+
+
 @kopf.on.create(GROUP, VERSION, PLURAL)
 async def create(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     await reconcile.apply_spec(memo.context, body, created=True, logger=logger)

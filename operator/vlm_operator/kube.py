@@ -15,8 +15,8 @@ patch, and a 409 on a write is retried a bounded number of times.
 
 Children are applied with a JSON merge patch (server-side apply is not
 available everywhere the operator runs, e.g. the emulated API of the tests).
-A merge patch cannot remove what it does not name, so each child records what
-was applied last, and the next patch nulls what is no longer rendered.
+A merge patch cannot remove what it does not name, so each child records the
+keys applied last, and the next patch nulls those no longer rendered.
 """
 
 from __future__ import annotations
@@ -43,8 +43,10 @@ _PLURALS = {
     "ServiceAccount": "serviceaccounts",
 }
 _MERGE_PATCH = "application/merge-patch+json"
-#: What the operator applied last to a child (JSON): the keys it owns there.
-LAST_APPLIED_ANNOTATION = "vlm-operator.io/last-applied"
+#: The keys the operator set when it last applied a child (JSON: that manifest's maps,
+#: every other value 0). Keys alone: the values are the rendering's to decide, and a
+#: whole manifest would double the size of every Deployment, in every watch event.
+APPLIED_KEYS_ANNOTATION = "vlm-operator.io/applied-keys"
 _CONFLICT_RETRIES = 5
 
 
@@ -222,20 +224,20 @@ class KubeClient:
         ``create_first`` saves a request when the object is most likely new.
 
         A merge patch only sets what it names: a key rendered last time and
-        not now would stay. So the object carries what was applied last (the
-        :data:`LAST_APPLIED_ANNOTATION`, as ``kubectl apply`` does), and the
-        patch sets to null every key of it that is no longer rendered. Keys
-        others added (a controller's defaults, a user's labels) are not in it
-        and stay.
+        not now would stay. So the object carries the keys applied last (the
+        :data:`APPLIED_KEYS_ANNOTATION`; ``kubectl apply`` keeps the whole
+        manifest), and the patch sets to null every one of them no longer
+        rendered. Keys others added (a controller's defaults, a user's labels)
+        are not in it and stay.
         """
         path = object_path(obj)
         desired = _without(obj, omit)
-        record = json.dumps(desired, sort_keys=True, separators=(",", ":"))
+        record = json.dumps(key_skeleton(desired), sort_keys=True, separators=(",", ":"))
         for manifest in (desired, full := _without(obj, ())):
             meta = manifest.setdefault("metadata", {})
             meta["annotations"] = {
                 **(meta.get("annotations") or {}),
-                LAST_APPLIED_ANNOTATION: record,
+                APPLIED_KEYS_ANNOTATION: record,
             }
         collection = path.rsplit("/", 1)[0]
         for attempt in range(_CONFLICT_RETRIES):
@@ -250,7 +252,7 @@ class KubeClient:
                 current = await self.get(path)
                 if current is None:
                     continue
-            patch = with_removals(desired, _without(last_applied(current), omit))
+            patch = with_removals(desired, _without(applied_keys(current), omit))
             if holds(current, patch):
                 return "unchanged"  # the periodic refresh of a child nobody touched: no write
             try:
@@ -290,9 +292,20 @@ def _without(obj: Mapping[str, Any], omit: tuple[tuple[str, ...], ...]) -> dict[
     return copy
 
 
-def last_applied(obj: Mapping[str, Any]) -> dict[str, Any]:
-    """The manifest recorded in ``obj``'s :data:`LAST_APPLIED_ANNOTATION` ({} if none)."""
-    raw = ((obj.get("metadata") or {}).get("annotations") or {}).get(LAST_APPLIED_ANNOTATION)
+def key_skeleton(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """``manifest``'s maps, at every depth, with every other value replaced by 0.
+
+    All :func:`with_removals` needs: lists are replaced whole by a merge patch.
+    """
+    return {
+        key: key_skeleton(value) if isinstance(value, Mapping) else 0
+        for key, value in manifest.items()
+    }
+
+
+def applied_keys(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys recorded in ``obj``'s :data:`APPLIED_KEYS_ANNOTATION` ({} if none)."""
+    raw = ((obj.get("metadata") or {}).get("annotations") or {}).get(APPLIED_KEYS_ANNOTATION)
     try:
         parsed = json.loads(raw) if raw else {}
     except ValueError:
@@ -324,7 +337,8 @@ def holds(current: Any, patch: Any) -> bool:
 
 
 def with_removals(desired: Mapping[str, Any], last: Mapping[str, Any]) -> dict[str, Any]:
-    """``desired`` plus a null (merge-patch deletion) for each key of ``last`` it lacks.
+    """``desired`` plus a null (merge-patch deletion) for each key of ``last`` it lacks
+    (``last``: a manifest or its :func:`key_skeleton`).
 
     Maps are compared key by key, at every depth; lists are replaced whole by
     a merge patch anyway.

@@ -72,6 +72,7 @@ import kopf
 from vlm_operator.kube import ApiError, KubeClient, object_path
 from vlm_operator.models import API_VERSION, PLURAL, SERVICE_LABEL, VLMServiceSpec
 from vlm_operator.operator_metrics import OperatorMetrics
+from vlm_operator.persistence import EssenceDiffBaseStorage, EssenceProgressStorage
 from vlm_operator.policy import Decision, PodCounts, PolicyState, recommend
 from vlm_operator.render import DEFAULT_OPERATOR_IMAGE, render_children, selector_string
 from vlm_operator.signals import SignalReader
@@ -120,6 +121,8 @@ class OperatorContext:
     #: Python keeps for the life of the process. A few at a time keep the API
     #: client's threads just as busy.
     applying: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(16))
+    #: The running control loops' memories, by (namespace, name) of their VLMService.
+    loops: dict[tuple[str, str], _Memory] = field(default_factory=dict)
 
 
 @dataclass
@@ -141,6 +144,8 @@ class _Memory:
     backoff: float = 0.0
     #: Since when the Deployment has been missing from the index.
     missing_since: float | None = None
+    #: A Service or PodDisruptionBudget of this VLMService was seen deleted.
+    child_lost: bool = False
 
 
 # ------------------------------------------------------------------- the spec
@@ -452,14 +457,15 @@ async def autoscale_forever(
     ``pods`` and ``deployments`` are the kopf indices.
     """
     memory = _Memory()
+    meta = body["metadata"]
+    key = (str(meta.get("namespace") or "default"), str(meta["name"]))
+    context.loops[key] = memory
     context.metrics.services.inc()
     try:
         while not stopped:
             await stopped.wait(until_next_tick(time.time(), _sync_period(body.get("spec"))))
             if stopped:
                 break
-            meta = body["metadata"]
-            key = (str(meta.get("namespace") or "default"), str(meta["name"]))
             started = time.perf_counter()
             try:
                 await autoscale_once(
@@ -478,7 +484,24 @@ async def autoscale_forever(
             finally:
                 context.metrics.cycle_seconds.observe(time.perf_counter() - started)
     finally:
+        if context.loops.get(key) is memory:
+            del context.loops[key]
         context.metrics.services.dec()
+
+
+def child_deleted(context: OperatorContext, body: Mapping[str, Any]) -> None:
+    """A Service or PodDisruptionBudget of a VLMService is gone: its loop re-applies the
+    children at its next cycle, not at the next refresh (10 minutes).
+
+    The Deployment needs no such word: the loop sees it in the index every cycle. The
+    NetworkPolicy and PodMonitor are left to the refresh: the operator deletes those
+    itself when the spec no longer asks for them.
+    """
+    meta = body.get("metadata") or {}
+    owner = (meta.get("labels") or {}).get(SERVICE_LABEL)
+    memory = context.loops.get((str(meta.get("namespace") or "default"), str(owner)))
+    if owner and memory is not None:
+        memory.child_lost = True
 
 
 async def autoscale_once(
@@ -598,7 +621,8 @@ async def _refresh_children(
     missing: bool,
     now: float,
 ) -> None:
-    """Re-apply the children when the Deployment is missing or the refresh is due.
+    """Re-apply the children when the Deployment is missing, a Service or PDB was seen
+    deleted (:func:`child_deleted`), or the refresh is due.
 
     kopf calls :func:`apply_spec` only on spec changes (and at start-up): a
     child deleted by hand would never come back, and a hand edit would stay
@@ -617,17 +641,20 @@ async def _refresh_children(
             memory.missing_since = now
         if now - memory.missing_since < context.missing_grace_seconds:
             return
+    lost = memory.child_lost
     if memory.applied_at is not None:
-        wait = memory.backoff or (
-            context.missing_grace_seconds if missing else context.children_refresh_seconds
-        )
-        if now - memory.applied_at < wait:
+        if missing:
+            wait = context.missing_grace_seconds
+        else:
+            wait = 0.0 if lost else context.children_refresh_seconds
+        if now - memory.applied_at < (memory.backoff or wait):
             return
-    elif not missing:
+    elif not missing and not lost:
         # The loop just started, right after apply_spec ran: wait one interval.
         memory.applied_at = now
         return
     memory.applied_at = now
+    memory.child_lost = False  # a deletion seen from here on asks again
     generation = _generation(body)
     try:
         rejected = await apply_children(context, body, spec, created=missing, logger=_LOG)
@@ -750,10 +777,9 @@ def connection_info(kube: KubeClient) -> kopf.ConnectionInfo:
 def configure_settings(settings: kopf.OperatorSettings) -> None:
     """kopf settings of the operator: own prefixes, explicit timeouts, quiet logs."""
     settings.persistence.finalizer = "vlm-operator.io/finalizer"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
-        prefix="vlm-operator.io"
-    )
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+    # kopf's annotation storages, minus the deep copies of each event's body.
+    settings.persistence.progress_storage = EssenceProgressStorage(prefix="vlm-operator.io")
+    settings.persistence.diffbase_storage = EssenceDiffBaseStorage(
         prefix="vlm-operator.io", key="last-handled-configuration"
     )
     # A watch the server ends every few minutes, a client that gives up a bit
@@ -766,9 +792,11 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
     settings.posting.reporting_component = "vlm-operator"
     # Only the operator's own Events (kopf.event) and warnings reach the API.
     settings.posting.level = logging.WARNING
-    # Server-side filtering: only pods and Deployments of VLMServices are watched.
+    # Server-side filtering: only the pods and children of VLMServices are watched.
     settings.watching.label_selectors["v1", "pods"] = SERVICE_LABEL
     settings.watching.label_selectors["apps", "v1", "deployments"] = SERVICE_LABEL
+    settings.watching.label_selectors["v1", "services"] = SERVICE_LABEL
+    settings.watching.label_selectors["policy", "v1", "poddisruptionbudgets"] = SERVICE_LABEL
     # kopf keeps a worker per object, holding the object's last raw body, for
     # this long after its last event. Every cycle that scales writes every
     # Deployment and VLMService: with kopf's 5 s (one sync period) a thousand

@@ -297,6 +297,18 @@ def test_create_adopts_children_and_delete_collects_them(cluster: Cluster) -> No
     assert status["observedGeneration"] == 1
     assert api.replicas("svc-create") == 1  # minReplicas
 
+    # A Service or PDB deleted by hand is back within a few 1 s cycles (watched), not at
+    # the 10-minute refresh of the children.
+    for path in children[1:]:
+        old_uid = api.get(path)["metadata"]["uid"]  # type: ignore[index]
+        api.delete(path)
+        back = wait_for(
+            f"{path} recreated",
+            lambda p=path, u=old_uid: (obj := api.get(p)) and obj["metadata"]["uid"] != u and obj,
+            timeout=10,
+        )
+        assert owned_by(back, uid)
+
     api.delete(f"{VLMS}/svc-create")
     for path in children:
         wait_for(f"{path} garbage-collected", lambda p=path: api.get(p) is None)

@@ -21,7 +21,7 @@ import kopf
 import pytest
 from kopf._core.engines import posting
 from vlm_operator import reconcile
-from vlm_operator.kube import ApiError, KubeClient, object_path
+from vlm_operator.kube import APPLIED_KEYS_ANNOTATION, ApiError, KubeClient, object_path
 from vlm_operator.operator_metrics import OperatorMetrics
 from vlm_operator.policy import PodCounts, PolicyState, Signals, recommend
 from vlm_operator.validation import parse_spec
@@ -345,6 +345,40 @@ async def test_children_deleted_or_edited_by_hand_come_back() -> None:
     assert ("spec", "replicas") in kube.applied[-3][2]  # omitted from the Deployment's patch
 
 
+PDB = "/apis/policy/v1/namespaces/d/poddisruptionbudgets/x"
+
+
+async def test_a_deleted_service_or_budget_comes_back_at_the_next_cycle() -> None:
+    spec_raw = {"model": {"id": "m", "runtime": "fake"}, "autoscaling": {"syncPeriodSeconds": 5}}
+    body = vlmservice(spec_raw)
+    kube = FakeKube(body)
+    ctx, memory = context(kube, FakeSignals()), reconcile._Memory()
+    await reconcile.apply_spec(ctx, body, created=True, logger=LOG)
+    await run_cycle(ctx, kube, memory, T0)  # the loop's first cycle
+    service = kube.objects.pop(SERVICE)
+    reconcile.child_deleted(ctx, service)  # no loop runs for "x" in this context: no one to tell
+    await run_cycle(ctx, kube, memory, T0 + 5)
+    assert SERVICE not in kube.objects
+
+    ctx.loops[("d", "x")] = memory
+    other = copy.deepcopy(service)
+    other["metadata"]["labels"] = {}  # not a VLMService's child
+    reconcile.child_deleted(ctx, other)
+    await run_cycle(ctx, kube, memory, T0 + 10)
+    assert SERVICE not in kube.objects
+    reconcile.child_deleted(ctx, service)
+    await run_cycle(ctx, kube, memory, T0 + 15)
+    assert SERVICE in kube.objects  # the next cycle, not the 10-minute refresh
+
+    budget = kube.objects.pop(PDB)
+    reconcile.child_deleted(ctx, budget)
+    await run_cycle(ctx, kube, memory, T0 + 20)
+    assert PDB in kube.objects
+    applied = len(kube.applied)
+    await run_cycle(ctx, kube, memory, T0 + 25)  # once per deletion seen
+    assert len(kube.applied) == applied
+
+
 # ----------------------------------------------------------------- item 6
 
 REJECTION = {
@@ -537,6 +571,12 @@ async def test_what_the_spec_no_longer_asks_for_leaves_the_children() -> None:
         await reconcile.apply_spec(ctx, body, created=True, logger=LOG)
         pod_spec = kube.objects[DEPLOYMENT]["spec"]["template"]["spec"]
         assert pod_spec["nodeSelector"] == {"gpu": "a100"}
+        # The child records the keys applied, not their values.
+        annotations = kube.objects[DEPLOYMENT]["metadata"]["annotations"]
+        applied = json.loads(annotations[APPLIED_KEYS_ANNOTATION])
+        assert applied["spec"]["template"]["spec"]["nodeSelector"] == {"gpu": 0}
+        assert applied["spec"]["template"]["spec"]["containers"] == 0  # lists go whole
+        assert "replicas" not in applied["spec"]  # the autoscaler's, never applied
         assert NETWORK_POLICY in kube.objects
         assert POD_MONITOR in kube.objects
         # Others' keys: a label a user added, the count the autoscaler chose.

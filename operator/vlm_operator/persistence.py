@@ -1,0 +1,62 @@
+"""Where kopf keeps what it handled last: its annotation storages, without needless copies.
+
+kopf compares every event's body with the spec it handled last to decide
+whether an update handler runs. For that it builds the body's *essence*
+(everything but the status and the system metadata) by deep-copying the
+whole body and then deleting the status and metadata, and it deep-copies
+each essence once more to clear its own annotations out of it. A VLMService
+event is mostly the operator's own status write, and at a thousand services
+a scale-out makes a thousand of them within a second or two: the copies were
+the largest part of the operator's CPU after the cycles themselves
+(``docs/benchmarks.md``, "Operator at scale"). Here the essence is built from
+what it keeps only, and cleared by copying just the maps on the way to the
+annotations. What kopf stores and compares is unchanged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, cast
+
+import kopf
+
+#: The parts of an object's metadata that belong to its essence (kopf's own choice).
+_KEPT_METADATA = ("labels", "annotations")
+
+
+class EssenceDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """kopf's annotation diff-base storage, building the essence from the parts it keeps."""
+
+    def build(
+        self,
+        *,
+        body: kopf.Body,
+        extra_fields: Iterable[Any] | None = None,
+    ) -> kopf.BodyEssence:
+        if extra_fields:  # fields picked back out of the status: kopf's own way
+            return super().build(body=body, extra_fields=extra_fields)
+        metadata = body.get("metadata") or {}
+        kept: dict[str, Any] = {k: v for k, v in body.items() if k not in ("metadata", "status")}
+        kept["metadata"] = {k: metadata[k] for k in _KEPT_METADATA if k in metadata}
+        return super().build(body=kopf.Body(cast(kopf.RawBody, kept)), extra_fields=None)
+
+
+class EssenceProgressStorage(kopf.AnnotationsProgressStorage):
+    """kopf's annotation progress storage, clearing an essence without deep-copying it.
+
+    Both essences kopf clears are its own fresh objects (one built for this
+    event, one parsed from the stored annotation) and are not used after, so
+    copying only the maps that clearing edits keeps them apart just as well.
+    """
+
+    def clear(self, *, essence: kopf.BodyEssence) -> kopf.BodyEssence:
+        cleared: dict[str, Any] = dict(essence)
+        metadata = cleared.get("metadata")
+        if isinstance(metadata, dict):
+            cleared["metadata"] = dict(metadata)
+        annotations = (cleared.get("metadata") or {}).get("annotations") or {}
+        prefix = self.prefix
+        keys = {key for key in annotations if prefix and key.startswith(f"{prefix}/")}
+        self.remove_annotations(cleared, keys)  # type: ignore[arg-type]
+        self.remove_empty_stanzas(cleared)  # type: ignore[arg-type]
+        return cleared  # type: ignore[return-value]
