@@ -12,7 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 from pydantic import ValidationError
-from vlm_operator.crd import crd, crd_yaml, openapi_schema
+from vlm_operator.crd import SchemaDrift, crd, crd_yaml, openapi_schema, schema_drift
 from vlm_operator.models import VLMServiceSpec, VLMServiceStatus
 from vlm_operator.validation import NAME_PATTERN
 
@@ -398,3 +398,63 @@ def test_name_rule_agrees_with_the_validation_module(name: str, valid: bool) -> 
     document["metadata"]["name"] = name
     assert (schema_errors(SCHEMA, apply_defaults(SCHEMA, document)) == []) is valid
     assert (NAME_PATTERN.match(name) is not None and len(name) <= 63) is valid
+
+
+# ------------------------------------------------------------ the installed CRD
+
+
+def _spec_properties(crd_obj: dict[str, Any]) -> dict[str, Any]:
+    schema = crd_obj["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+    properties: dict[str, Any] = schema["properties"]["spec"]["properties"]
+    return properties
+
+
+def test_the_operators_own_crd_has_no_drift() -> None:
+    assert schema_drift(crd()) == SchemaDrift((), ())
+    assert schema_drift(yaml.safe_load(CRD_FILE.read_text())) == SchemaDrift((), ())
+
+
+def test_an_older_crd_names_the_fields_it_lacks() -> None:
+    older = crd()
+    properties = _spec_properties(older)
+    del properties["concurrency"]["properties"]["responseTimeoutSeconds"]
+    del properties["placement"]  # with everything under it
+    drift = schema_drift(older)
+    assert "spec.concurrency.responseTimeoutSeconds" in drift.missing
+    assert "spec.placement" in drift.missing
+    assert any(path.startswith("spec.placement.") for path in drift.missing)
+    assert drift.unknown == ()
+
+
+def test_a_newer_crd_names_the_fields_this_operator_ignores() -> None:
+    newer = crd()
+    properties = _spec_properties(newer)
+    properties["concurrency"]["properties"]["priorityClasses"] = {
+        "type": "array",
+        "items": {"type": "object", "properties": {"name": {"type": "string"}}},
+    }
+    properties["gate"]["properties"]["headers"] = {
+        "type": "object",
+        "additionalProperties": {"type": "object", "properties": {"value": {"type": "string"}}},
+    }
+    assert schema_drift(newer) == SchemaDrift(
+        (),
+        (
+            "spec.concurrency.priorityClasses",
+            "spec.concurrency.priorityClasses[].name",
+            "spec.gate.headers",
+            "spec.gate.headers{}.value",
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    "installed",
+    [{}, {"spec": {"versions": [{"name": "v1beta9", "schema": {}}]}}, {"spec": None}],
+    ids=["empty", "another version only", "no spec"],
+)
+def test_a_crd_without_this_version_lacks_every_field(installed: dict[str, Any]) -> None:
+    drift = schema_drift(installed)
+    assert "spec.model.id" in drift.missing
+    assert "status.replicas" in drift.missing
+    assert drift.unknown == ()

@@ -30,7 +30,11 @@ from pydantic import BaseModel
 from vlm_operator import models
 from vlm_operator.yamlio import dump_documents
 
-__all__ = ["NAME_SCHEMA", "crd", "crd_yaml", "openapi_schema"]
+__all__ = ["CRD_NAME", "NAME_SCHEMA", "SchemaDrift", "crd", "crd_yaml", "openapi_schema",
+           "schema_drift"]  # fmt: skip
+
+#: The CRD's own name.
+CRD_NAME = f"{models.PLURAL}.{models.GROUP}"
 
 #: The VLMService's name becomes the name of its Deployment and Service, and
 #: the value of the pod label ``vlm-operator.io/service``: a DNS-1035 label.
@@ -109,7 +113,7 @@ def crd() -> dict[str, Any]:
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
-            "name": f"{models.PLURAL}.{models.GROUP}",
+            "name": CRD_NAME,
             "labels": {
                 "app.kubernetes.io/name": "vlm-operator",
                 "app.kubernetes.io/part-of": "vlm-operator",
@@ -296,3 +300,52 @@ def _factory_default(owner: type[BaseModel], alias: str) -> Any:
     if value in ({}, []):
         return None
     return value
+
+
+# ------------------------------------------------------------ the installed CRD
+
+
+@typing.final
+class SchemaDrift(typing.NamedTuple):
+    """How an installed CRD's schema differs from this operator's, field by field.
+
+    ``missing``: fields this operator knows and the installed CRD lacks (the API
+    server prunes them from every VLMService: set, they are silently lost).
+    ``unknown``: fields the installed CRD has and this operator does not know (a
+    newer CRD: they are accepted and ignored). Paths are dotted, ``[]`` for the
+    items of a list, ``{}`` for the values of a map.
+    """
+
+    missing: tuple[str, ...]
+    unknown: tuple[str, ...]
+
+
+def schema_drift(installed: typing.Mapping[str, Any]) -> SchemaDrift:
+    """Compare an installed VLMService CRD with :func:`crd`, version :data:`models.VERSION`.
+
+    ``helm upgrade`` leaves CRDs alone (Helm installs ``crds/`` once), so an
+    upgraded operator easily runs against the CRD of an older release.
+    """
+    ours = _fields(openapi_schema())
+    theirs: set[str] = set()
+    for version in (installed.get("spec") or {}).get("versions") or []:
+        if isinstance(version, dict) and version.get("name") == models.VERSION:
+            schema = (version.get("schema") or {}).get("openAPIV3Schema")
+            theirs = _fields(schema if isinstance(schema, dict) else {})
+    return SchemaDrift(tuple(sorted(ours - theirs)), tuple(sorted(theirs - ours)))
+
+
+def _fields(schema: typing.Mapping[str, Any], prefix: str = "") -> set[str]:
+    fields: set[str] = set()
+    properties = schema.get("properties")
+    if isinstance(properties, dict):
+        for name, sub in properties.items():
+            path = f"{prefix}.{name}" if prefix else str(name)
+            fields.add(path)
+            if isinstance(sub, dict):
+                fields |= _fields(sub, path)
+    for key, mark in (("items", "[]"), ("additionalProperties", "{}")):
+        sub = schema.get(key)
+        if isinstance(sub, dict):
+            fields |= _fields(sub, prefix + mark)
+    return fields

@@ -12,6 +12,7 @@ from typing import Any
 import kopf
 
 from vlm_operator import reconcile
+from vlm_operator.crd import CRD_NAME
 from vlm_operator.models import GROUP, PLURAL, SERVICE_LABEL, VERSION
 
 
@@ -39,6 +40,13 @@ def vlm_pods(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]
 @kopf.index("apps", "v1", "deployments", labels={SERVICE_LABEL: kopf.PRESENT})
 def vlm_deployments(body: kopf.Body, **_: Any) -> dict[tuple[str, str], dict[str, Any]]:
     return reconcile.deployment_index_entry(body)
+
+
+@kopf.on.event(
+    "apiextensions.k8s.io", "v1", "customresourcedefinitions", field="metadata.name", value=CRD_NAME
+)
+def crd_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    reconcile.crd_seen(memo.context, body)
 
 
 @kopf.on.event("v1", "services", labels={SERVICE_LABEL: kopf.PRESENT})

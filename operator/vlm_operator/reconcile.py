@@ -69,6 +69,7 @@ from typing import Any
 
 import kopf
 
+from vlm_operator.crd import SchemaDrift, schema_drift
 from vlm_operator.kube import ApiError, KubeClient, object_path
 from vlm_operator.models import API_VERSION, PLURAL, SERVICE_LABEL, VLMServiceSpec
 from vlm_operator.operator_metrics import OperatorMetrics
@@ -121,6 +122,8 @@ class OperatorContext:
     #: Python keeps for the life of the process. A few at a time keep the API
     #: client's threads just as busy.
     applying: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(16))
+    #: How the installed CRD differs from this operator's (None: not seen yet).
+    crd_drift: SchemaDrift | None = None
     #: The running control loops' memories, by (namespace, name) of their VLMService.
     loops: dict[tuple[str, str], _Memory] = field(default_factory=dict)
 
@@ -487,6 +490,46 @@ async def autoscale_forever(
         if context.loops.get(key) is memory:
             del context.loops[key]
         context.metrics.services.dec()
+
+
+def crd_seen(context: OperatorContext, body: Mapping[str, Any]) -> None:
+    """Say, once per change, how the installed VLMService CRD differs from this operator's.
+
+    ``helm upgrade`` never updates a chart's CRDs: an operator upgraded that way
+    runs against the old schema, and the API server silently drops every field
+    the old schema lacks from the VLMServices (and from the statuses the
+    operator writes). Logged as a warning naming the fields (the operator's
+    log, not an Event: the CRD has no namespace to post one in), and exported as
+    ``vlm_operator_crd_drift_fields``.
+    """
+    logger = _LOG
+    drift = schema_drift(body)
+    if drift == context.crd_drift:
+        return
+    context.crd_drift = drift
+    context.metrics.crd_drift.labels("missing").set(len(drift.missing))
+    context.metrics.crd_drift.labels("unknown").set(len(drift.unknown))
+    if drift.missing:
+        logger.warning(
+            "the installed VLMService CRD is older than this operator: it lacks %s, which the "
+            "API server drops from every VLMService and status; apply this release's "
+            "crds/vlmservice.yaml (kubectl apply --server-side -f ...; helm upgrade leaves "
+            "CRDs as they were)",
+            _some(drift.missing),
+        )
+    if drift.unknown:
+        logger.warning(
+            "the installed VLMService CRD is newer than this operator: %s are accepted by the "
+            "API server and ignored here; upgrade the operator",
+            _some(drift.unknown),
+        )
+    if not drift.missing and not drift.unknown:
+        logger.info("the installed VLMService CRD matches this operator's")
+
+
+def _some(fields: tuple[str, ...], shown: int = 5) -> str:
+    more = f" and {len(fields) - shown} more" if len(fields) > shown else ""
+    return ", ".join(fields[:shown]) + more
 
 
 def child_deleted(context: OperatorContext, body: Mapping[str, Any]) -> None:

@@ -9,6 +9,7 @@ owned children by the API server. Every wait polls with a deadline.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import subprocess
@@ -22,6 +23,7 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 import yaml
+from vlm_operator.crd import CRD_NAME
 
 from e2e.cluster.polling import terminate
 from e2e.exporters import Exporter
@@ -635,3 +637,48 @@ def test_pods_pending_too_long_show_as_scaling_limited(cluster: Cluster) -> None
     assert condition["reason"] == "PodsPending"
     assert "1 pod(s) Pending longer than 5s" in condition["message"]
     wait_for("a Warning Event", lambda: api.events("svc-stuck", "ScalingLimited"))
+
+
+CRD = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{CRD_NAME}"
+
+
+def test_an_outdated_crd_is_named_field_by_field(cluster: Cluster) -> None:
+    """An operator upgraded past its CRD (``helm upgrade`` leaves CRDs alone) says so."""
+    api = cluster.api
+    url = f"http://127.0.0.1:{cluster.operator.metrics_port}/metrics"
+
+    def drift(direction: str) -> float | None:
+        prefix = f'vlm_operator_crd_drift_fields{{direction="{direction}"}} '
+        for line in httpx.get(url, timeout=5).text.splitlines():
+            if line.startswith(prefix):
+                return float(line.removeprefix(prefix))
+        return None
+
+    wait_for("the CRD seen matching", lambda: drift("missing") == 0 and drift("unknown") == 0)
+    current = api.get(CRD)
+    assert current is not None
+    older = copy.deepcopy(current)
+    concurrency = older["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"][
+        "properties"
+    ]["concurrency"]
+    del concurrency["properties"]["responseTimeoutSeconds"]
+    concurrency["x-kubernetes-validations"] = [
+        rule
+        for rule in concurrency["x-kubernetes-validations"]
+        if "responseTimeoutSeconds" not in rule["rule"]
+    ]
+    api.http.put(CRD, json=older).raise_for_status()
+    try:
+        wait_for("the missing field counted", lambda: drift("missing") == 1, timeout=10)
+        assert drift("unknown") == 0
+        wait_for(
+            "the warning logged",
+            lambda: "it lacks spec.concurrency.responseTimeoutSeconds" in cluster.operator.tail(),
+            timeout=10,
+        )
+    finally:
+        latest = api.get(CRD)
+        assert latest is not None
+        current["metadata"]["resourceVersion"] = latest["metadata"]["resourceVersion"]
+        api.http.put(CRD, json=current).raise_for_status()
+    wait_for("the CRD matching again", lambda: drift("missing") == 0, timeout=10)
