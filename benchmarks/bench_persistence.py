@@ -87,7 +87,8 @@ def one_event(storages: Storages, body: dict[str, Any]) -> tuple[Any, Any]:
     diffbase, progress = storages
     wrapped = kopf.Body(body)
     old = diffbase.fetch(body=wrapped)
-    new = diffbase.build(body=wrapped, extra_fields=set())
+    # kopf asks for the spec: the operator's update handler watches spec changes.
+    new = diffbase.build(body=wrapped, extra_fields={("spec",)})
     assert old is not None
     return progress.clear(essence=old), progress.clear(essence=new)
 

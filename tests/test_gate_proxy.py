@@ -179,7 +179,8 @@ async def test_a_silent_model_is_given_up_on_after_the_response_timeout(
     backend: Backend,
 ) -> None:
     timeout = 0.4
-    async with running_gate(backend, response_timeout=timeout) as gate:
+    # One slot: each request below finds it free only if the one before gave it back.
+    async with running_gate(backend, response_timeout=timeout, max_in_flight=1) as gate:
         loop = asyncio.get_running_loop()
         started = loop.time()
         status, _, body = await gate.request("POST", "/hold")  # the model never answers
@@ -200,9 +201,10 @@ async def test_a_silent_model_is_given_up_on_after_the_response_timeout(
             with pytest.raises(aiohttp.ClientPayloadError):
                 await response.read()
         assert await gate.metric("vlm_requests_total", code="504") == 2
+        assert await gate.metric("vlm_requests_running") == 0
         backend.release.set()
         status, _, _ = await gate.request("POST", "/hold")
-        assert status == 200  # the slots are free again
+        assert status == 200
 
 
 async def test_the_response_timeout_spares_a_stream_that_keeps_coming(

@@ -53,37 +53,59 @@ BODIES = {
 
 
 def _essences(
-    diffbase: kopf.DiffBaseStorage, progress: kopf.ProgressStorage, body: dict[str, Any]
+    diffbase: kopf.DiffBaseStorage,
+    progress: kopf.ProgressStorage,
+    body: dict[str, Any],
+    extra_fields: Any,
 ) -> tuple[Any, Any]:
     """kopf's processing of one event: the stored essence and the new one, both cleared."""
     wrapped = kopf.Body(body)
     old = diffbase.fetch(body=wrapped)
-    new = diffbase.build(body=wrapped, extra_fields=set())
+    new = diffbase.build(body=wrapped, extra_fields=extra_fields)
     cleared_old = progress.clear(essence=old) if old is not None else None
     return cleared_old, progress.clear(essence=new)
 
 
+#: What kopf asks a storage to keep beyond the essence: nothing, the spec (what kopf
+#: asks for VLMServices, whose update handler watches the spec), fields of the kept
+#: stanzas, and fields of the status and metadata, which only kopf's own way keeps.
+EXTRA_FIELDS = {
+    "none": set(),
+    "spec": {("spec",)},
+    "a spec field, dotted": {"spec.model"},
+    "a status field": {("status", "replicas")},
+    "a metadata field": {("metadata", "uid")},
+    "spec and status, as a list": {("spec",), ("status", "conditions")},
+}
+
+
+@pytest.mark.parametrize("fields", list(EXTRA_FIELDS))
 @pytest.mark.parametrize("name", list(BODIES))
-def test_the_essences_are_kopfs_own(name: str) -> None:
+def test_the_essences_are_kopfs_own(name: str, fields: str) -> None:
     body = BODIES[name]
     untouched = copy.deepcopy(body)
     kopf_own = _essences(
         kopf.AnnotationsDiffBaseStorage(prefix=PREFIX, key=KEY),
         kopf.AnnotationsProgressStorage(prefix=PREFIX),
         body,
+        EXTRA_FIELDS[fields],
     )
     ours = _essences(
         EssenceDiffBaseStorage(prefix=PREFIX, key=KEY),
         EssenceProgressStorage(prefix=PREFIX),
         body,
+        EXTRA_FIELDS[fields],
     )
     assert ours == kopf_own
     assert body == untouched  # the event's body is never edited
 
 
-def test_the_essence_shares_nothing_with_the_body() -> None:
+@pytest.mark.parametrize("fields", [set(), {("spec",)}], ids=["none", "spec"])
+def test_the_essence_shares_nothing_with_the_body(fields: set[Any]) -> None:
     body = _body(labels={"team": "vision"}, annotations={"note": "kept"})
-    essence = EssenceDiffBaseStorage(prefix=PREFIX, key=KEY).build(body=kopf.Body(body))
+    essence = EssenceDiffBaseStorage(prefix=PREFIX, key=KEY).build(
+        body=kopf.Body(body), extra_fields=fields
+    )
     cleared = EssenceProgressStorage(prefix=PREFIX).clear(essence=essence)
     cleared["spec"]["model"]["id"] = "edited"  # type: ignore[index]
     cleared["metadata"]["labels"]["team"] = "edited"  # type: ignore[index]

@@ -47,6 +47,9 @@ _MERGE_PATCH = "application/merge-patch+json"
 #: every other value 0). Keys alone: the values are the rendering's to decide, and a
 #: whole manifest would double the size of every Deployment, in every watch event.
 APPLIED_KEYS_ANNOTATION = "vlm-operator.io/applied-keys"
+#: What children applied by 0.1.0 development builds carry instead: the whole manifest.
+#: Read when the keys are not there, and removed by the next apply.
+_WHOLE_MANIFEST_ANNOTATION = "vlm-operator.io/last-applied"
 _CONFLICT_RETRIES = 5
 
 
@@ -253,6 +256,9 @@ class KubeClient:
                 if current is None:
                     continue
             patch = with_removals(desired, _without(applied_keys(current), omit))
+            if _WHOLE_MANIFEST_ANNOTATION in _annotations(current):
+                meta = patch["metadata"] = dict(patch["metadata"])
+                meta["annotations"] = {**meta["annotations"], _WHOLE_MANIFEST_ANNOTATION: None}
             if holds(current, patch):
                 return "unchanged"  # the periodic refresh of a child nobody touched: no write
             try:
@@ -303,14 +309,19 @@ def key_skeleton(manifest: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _annotations(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    return (obj.get("metadata") or {}).get("annotations") or {}
+
+
 def applied_keys(obj: Mapping[str, Any]) -> dict[str, Any]:
     """The keys recorded in ``obj``'s :data:`APPLIED_KEYS_ANNOTATION` ({} if none)."""
-    raw = ((obj.get("metadata") or {}).get("annotations") or {}).get(APPLIED_KEYS_ANNOTATION)
+    annotations = _annotations(obj)
+    raw = annotations.get(APPLIED_KEYS_ANNOTATION) or annotations.get(_WHOLE_MANIFEST_ANNOTATION)
     try:
         parsed = json.loads(raw) if raw else {}
     except ValueError:
         return {}
-    return parsed if isinstance(parsed, dict) else {}
+    return key_skeleton(parsed) if isinstance(parsed, dict) else {}
 
 
 def holds(current: Any, patch: Any) -> bool:

@@ -51,12 +51,10 @@ class OperatorMetrics:
         self.crd_drift = Gauge(
             "vlm_operator_crd_drift_fields",
             "Fields the installed VLMService CRD lacks (missing) or has beyond this "
-            "operator's (unknown); both 0 when they match.",
+            "operator's (unknown); both 0 when they match, absent until the CRD is seen.",
             ["direction"],
             registry=self.registry,
         )
-        for direction in ("missing", "unknown"):
-            self.crd_drift.labels(direction).set(0)
         self.services = Gauge(
             "vlm_operator_services",
             "VLMServices the operator currently autoscales.",

@@ -22,6 +22,15 @@ import kopf
 
 #: The parts of an object's metadata that belong to its essence (kopf's own choice).
 _KEPT_METADATA = ("labels", "annotations")
+#: The stanzas kopf drops from the essence.
+_DROPPED = frozenset({"metadata", "status"})
+
+
+def _stanza(field: Any) -> str:
+    """The top-level key of a kopf field spec ("a.b", ("a", "b") or ["a", "b"])."""
+    if isinstance(field, str):
+        return field.split(".", 1)[0]
+    return str(next(iter(field), ""))
 
 
 class EssenceDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
@@ -33,10 +42,14 @@ class EssenceDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
         body: kopf.Body,
         extra_fields: Iterable[Any] | None = None,
     ) -> kopf.BodyEssence:
-        if extra_fields:  # fields picked back out of the status: kopf's own way
-            return super().build(body=body, extra_fields=extra_fields)
+        fields = list(extra_fields or ())
+        if any(_stanza(field) in _DROPPED for field in fields):
+            # A field picked back out of the status or metadata: kopf's own way.
+            return super().build(body=body, extra_fields=fields)
+        # Other extra fields (kopf asks for "spec" for an update handler on the spec)
+        # are in the essence already: picking them again would copy them twice.
         metadata = body.get("metadata") or {}
-        kept: dict[str, Any] = {k: v for k, v in body.items() if k not in ("metadata", "status")}
+        kept: dict[str, Any] = {k: v for k, v in body.items() if k not in _DROPPED}
         kept["metadata"] = {k: metadata[k] for k in _KEPT_METADATA if k in metadata}
         return super().build(body=kopf.Body(cast(kopf.RawBody, kept)), extra_fields=None)
 

@@ -69,7 +69,7 @@ from typing import Any
 
 import kopf
 
-from vlm_operator.crd import SchemaDrift, schema_drift
+from vlm_operator.crd import CRD_NAME, SchemaDrift, schema_drift
 from vlm_operator.kube import ApiError, KubeClient, object_path
 from vlm_operator.models import API_VERSION, PLURAL, SERVICE_LABEL, VLMServiceSpec
 from vlm_operator.operator_metrics import OperatorMetrics
@@ -701,7 +701,10 @@ async def _refresh_children(
     generation = _generation(body)
     try:
         rejected = await apply_children(context, body, spec, created=missing, logger=_LOG)
-    except kopf.TemporaryError as exc:
+    except BaseException as exc:
+        memory.child_lost |= lost  # not re-applied: the next cycle tries again
+        if not isinstance(exc, kopf.TemporaryError):
+            raise
         _LOG.warning("re-applying the children failed: %s", exc)
         return
     first, longest = context.rejected_backoff_seconds
@@ -840,6 +843,11 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
     settings.watching.label_selectors["apps", "v1", "deployments"] = SERVICE_LABEL
     settings.watching.label_selectors["v1", "services"] = SERVICE_LABEL
     settings.watching.label_selectors["policy", "v1", "poddisruptionbudgets"] = SERVICE_LABEL
+    # The VLMService CRD only (compared with the operator's own): not every CRD in the
+    # cluster, some of which weigh megabytes. kopf finds the VLMService resource through it.
+    settings.watching.field_selectors["apiextensions.k8s.io", "v1", "customresourcedefinitions"] = (
+        f"metadata.name={CRD_NAME}"
+    )
     # kopf keeps a worker per object, holding the object's last raw body, for
     # this long after its last event. Every cycle that scales writes every
     # Deployment and VLMService: with kopf's 5 s (one sync period) a thousand

@@ -372,10 +372,14 @@ async def test_a_deleted_service_or_budget_comes_back_at_the_next_cycle() -> Non
 
     budget = kube.objects.pop(PDB)
     reconcile.child_deleted(ctx, budget)
-    await run_cycle(ctx, kube, memory, T0 + 20)
+    kube.reject["Service"] = ApiError(500, "Internal Server Error", "etcd is slow")
+    await run_cycle(ctx, kube, memory, T0 + 20)  # the re-apply fails half-way
+    assert PDB not in kube.objects
+    del kube.reject["Service"]
+    await run_cycle(ctx, kube, memory, T0 + 25)  # the next cycle tries again
     assert PDB in kube.objects
     applied = len(kube.applied)
-    await run_cycle(ctx, kube, memory, T0 + 25)  # once per deletion seen
+    await run_cycle(ctx, kube, memory, T0 + 30)  # once per deletion seen
     assert len(kube.applied) == applied
 
 
@@ -555,6 +559,35 @@ class StoreClient(KubeClient):
 
 NETWORK_POLICY = "/apis/networking.k8s.io/v1/namespaces/d/networkpolicies/x"
 POD_MONITOR = "/apis/monitoring.coreos.com/v1/namespaces/d/podmonitors/x"
+
+
+async def test_a_child_recording_its_whole_manifest_moves_to_the_keys() -> None:
+    spec_raw: dict[str, Any] = {
+        "model": {"id": "m", "runtime": "fake"},
+        "placement": {"nodeSelector": {"gpu": "a100"}},
+    }
+    body = vlmservice(spec_raw)
+    kube = StoreClient()
+    ctx = reconcile.OperatorContext(kube=kube, signals=FakeSignals(), metrics=OperatorMetrics())  # type: ignore[arg-type]
+    await reconcile.apply_spec(ctx, body, created=True, logger=LOG)
+    deployment = kube.objects[DEPLOYMENT]
+    # As development builds left it: the whole manifest applied, under another key.
+    annotations = deployment["metadata"]["annotations"]
+    del annotations[APPLIED_KEYS_ANNOTATION]
+    whole = {"metadata": {"labels": deployment["metadata"]["labels"]}, "spec": deployment["spec"]}
+    annotations["vlm-operator.io/last-applied"] = json.dumps(whole)
+
+    body["spec"] = {"model": spec_raw["model"]}  # the placement gone
+    body["metadata"]["generation"] = 2
+    await reconcile.apply_spec(ctx, body, created=False, logger=LOG)
+    deployment = kube.objects[DEPLOYMENT]
+    assert "nodeSelector" not in deployment["spec"]["template"]["spec"]  # read from the old record
+    annotations = deployment["metadata"]["annotations"]
+    assert "vlm-operator.io/last-applied" not in annotations
+    assert (
+        "nodeSelector"
+        not in json.loads(annotations[APPLIED_KEYS_ANNOTATION])["spec"]["template"]["spec"]
+    )
 
 
 async def test_what_the_spec_no_longer_asks_for_leaves_the_children() -> None:

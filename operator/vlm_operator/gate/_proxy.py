@@ -286,6 +286,7 @@ class Proxy:
             # Headers are gone already: the only honest signal left is a cut connection.
             log.warning("model failed mid-answer on %s: %s", exchange.target.decode("latin-1"),
                         message)  # fmt: skip
+            exchange.keep_alive = False  # no pipelined request after it goes to the model
             exchange.conn.abort()
         else:
             exchange.conn.write(

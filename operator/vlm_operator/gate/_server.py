@@ -177,7 +177,11 @@ async def _watch_silence(proxy: Proxy, limit: float) -> None:
     period = min(1.0, limit / 4)
     while True:
         await asyncio.sleep(period)
-        dropped = proxy.pool.give_up_on_silent(limit)
+        try:
+            dropped = proxy.pool.give_up_on_silent(limit)
+        except Exception:  # a check that failed once must not end the checks for good
+            log.exception("checking for a silent model failed")
+            continue
         if dropped:
             log.warning("the model sent nothing for %g s on %d request(s): given up", limit,
                         dropped)  # fmt: skip
