@@ -59,12 +59,14 @@ class PrometheusServer:
         *,
         binary: str = PROMETHEUS_BINARY,
         job_name: str = "vlm",
+        rule_files: Iterable[str | Path] = (),
     ) -> None:
         self.workdir = Path(workdir)
         self.scrape_interval = scrape_interval
         self.evaluation_interval = evaluation_interval
         self.binary = binary
         self.job_name = job_name
+        self.rule_files = [str(Path(path).resolve()) for path in rule_files]
         self.port = 0
         self.url = ""
         self.targets_file = self.workdir / "targets.json"
@@ -86,6 +88,8 @@ class PrometheusServer:
                 "file_sd_configs": [{"files": [str(self.targets_file)], "refresh_interval": "1s"}],
             }],
         }  # fmt: skip
+        if self.rule_files:
+            config["rule_files"] = list(self.rule_files)
         path = self.workdir / "prometheus.yml"
         path.write_text(yaml.safe_dump(config))
         return path

@@ -1,0 +1,152 @@
+"""The alerting rules: valid for promtool, installed by the chart, and firing where they should.
+
+``charts/vlm-operator/alerts/vlm-operator.rules.yaml`` is loaded by a real Prometheus
+(every ``for:`` set to 0 s, so a test need not wait out the real durations) that
+scrapes two fake gates, one of a service in trouble and one of a calm service, and
+the operator's own metrics. Exactly the expected alerts must fire, with their
+templates rendered.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from vlm_operator.operator_metrics import OperatorMetrics
+
+from e2e.cluster import chart
+from e2e.exporters import Exporter
+from e2e.prometheus import PrometheusServer
+
+RULES = chart.CHART_DIR / "alerts" / "vlm-operator.rules.yaml"
+DEADLINE_S = 60.0
+
+
+def _rules() -> list[dict[str, Any]]:
+    loaded = yaml.safe_load(RULES.read_text())
+    return [rule for group in loaded["groups"] for rule in group["rules"]]
+
+
+def test_promtool_accepts_the_rules() -> None:
+    promtool = shutil.which("promtool") or "/usr/bin/promtool"
+    checked = subprocess.run(
+        [promtool, "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"SUCCESS: {len(_rules())} rules found" in checked.stdout
+
+
+def test_every_alert_says_what_and_how_bad() -> None:
+    rules = _rules()
+    assert {rule["alert"] for rule in rules} == {
+        "VLMServiceRefusingRequests",
+        "VLMServiceQueueNeverEmpty",
+        "VLMServiceErrors",
+        "VLMOperatorSignalsUnavailable",
+        "VLMOperatorCRDOutdated",
+    }
+    for rule in rules:
+        assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]
+        assert rule["annotations"]["summary"], rule["alert"]
+        assert rule["annotations"]["description"], rule["alert"]
+        assert rule["for"].endswith("m"), rule["alert"]  # no alert on a single evaluation
+
+
+def test_the_chart_installs_the_rules_only_when_asked() -> None:
+    assert not [o for o in chart.render() if o["kind"] == "PrometheusRule"]
+    values = {"prometheusRule": {"enabled": True, "labels": {"release": "kps"}}}
+    rules = [o for o in chart.render(values) if o["kind"] == "PrometheusRule"]
+    assert len(rules) == 1
+    assert rules[0]["metadata"]["labels"]["release"] == "kps"
+    assert rules[0]["metadata"]["namespace"] == chart.RELEASE_NAMESPACE
+    assert rules[0]["spec"] == yaml.safe_load(RULES.read_text())
+
+
+def test_a_misspelt_rule_value_is_refused() -> None:
+    with pytest.raises(Exception, match="enable"):
+        chart.render({"prometheusRule": {"enable": True}})
+
+
+@pytest.fixture(scope="module")
+def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
+    workdir = tmp_path_factory.mktemp("alerts")
+    loaded = yaml.safe_load(RULES.read_text())
+    for group in loaded["groups"]:
+        for rule in group["rules"]:
+            rule["for"] = "0s"
+    rules = Path(workdir) / "rules.yaml"
+    rules.write_text(yaml.safe_dump(loaded))
+    trouble = Exporter(max_in_flight=4, queue_capacity=8).start()
+    calm = Exporter(max_in_flight=4, queue_capacity=8).start()
+    operator_metrics = OperatorMetrics()
+    operator_server, operator_thread = operator_metrics.serve(0, "127.0.0.1")
+    server = PrometheusServer(workdir / "prometheus", rule_files=[rules]).start()
+    try:
+        # Every series the test raises exists before the first scrape (at 0): a rate
+        # counts no increase into a series' first sample.
+        trouble.set(running=4, waiting=3, codes={200: 1})
+        calm.set(running=2, waiting=0, codes={200: 1})
+        for exporter, code in ((trouble, "500"), (trouble, "502"), (calm, "503")):
+            exporter.metrics.total.labels(code)
+        operator_metrics.query_errors.labels("timeout")
+        server.set_targets(
+            [
+                (trouble.host_port, {"namespace": "team-a", "vlmservice": "trouble", "pod": "t-0"}),
+                (calm.host_port, {"namespace": "team-a", "vlmservice": "calm", "pod": "c-0"}),
+                (
+                    f"127.0.0.1:{operator_server.server_port}",
+                    {"namespace": "vlm-operator", "pod": "vlm-operator-0"},
+                ),
+            ]
+        )
+        server.wait_for_series("vlm_gate_max_in_flight", count=2)
+        server.wait_for_series("vlm_operator_services", count=1)
+        # After the first scrape, so that the rates over the window are above zero.
+        trouble.set(codes={200: 10, 500: 4, 502: 2}, rejected={"queue_full": 5, "deadline": 1})
+        calm.set(codes={200: 20, 503: 1}, rejected={"draining": 1})
+        operator_metrics.query_errors.labels("timeout").inc()
+        operator_metrics.crd_drift.labels("missing").set(2)
+        operator_metrics.crd_drift.labels("unknown").set(0)
+        yield server
+    finally:
+        server.stop()
+        trouble.stop()
+        calm.stop()
+        operator_server.shutdown()
+        operator_server.server_close()
+        operator_thread.join(timeout=5)
+
+
+def test_exactly_the_expected_alerts_fire(prometheus: PrometheusServer) -> None:
+    expected = {
+        ("VLMServiceRefusingRequests", "trouble"),
+        ("VLMServiceQueueNeverEmpty", "trouble"),
+        ("VLMServiceErrors", "trouble"),
+        ("VLMOperatorSignalsUnavailable", ""),
+        ("VLMOperatorCRDOutdated", ""),
+    }
+
+    def firing() -> set[tuple[str, str]]:
+        return {
+            (s["metric"]["alertname"], s["metric"].get("vlmservice", ""))
+            for s in prometheus.query('ALERTS{alertstate="firing"}')
+        }
+
+    prometheus.wait_for_series(
+        'ALERTS{alertstate="firing"}', timeout=DEADLINE_S, count=len(expected)
+    )
+    assert firing() == expected  # and nothing of the calm service
+    alerts = httpx.get(f"{prometheus.url}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
+    by_name = {a["labels"]["alertname"]: a for a in alerts if a["state"] == "firing"}
+    refusing = by_name["VLMServiceRefusingRequests"]
+    assert refusing["annotations"]["summary"].startswith("VLMService team-a/trouble ")
+    assert refusing["labels"]["severity"] == "warning"
+    errors = by_name["VLMServiceErrors"]
+    assert "%" in errors["annotations"]["description"]  # humanizePercentage rendered
+    assert "lacks 2 field(s)" in by_name["VLMOperatorCRDOutdated"]["annotations"]["description"]
