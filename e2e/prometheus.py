@@ -60,6 +60,7 @@ class PrometheusServer:
         binary: str = PROMETHEUS_BINARY,
         job_name: str = "vlm",
         rule_files: Iterable[str | Path] = (),
+        honor_labels: bool = False,
     ) -> None:
         self.workdir = Path(workdir)
         self.scrape_interval = scrape_interval
@@ -67,6 +68,9 @@ class PrometheusServer:
         self.binary = binary
         self.job_name = job_name
         self.rule_files = [str(Path(path).resolve()) for path in rule_files]
+        #: Keep a scraped series' own labels over the target's (as the chart's PodMonitor
+        #: of the operator does: its per-service series carry the service's namespace).
+        self.honor_labels = honor_labels
         self.port = 0
         self.url = ""
         self.targets_file = self.workdir / "targets.json"
@@ -85,6 +89,7 @@ class PrometheusServer:
             },
             "scrape_configs": [{
                 "job_name": self.job_name,
+                "honor_labels": self.honor_labels,
                 "file_sd_configs": [{"files": [str(self.targets_file)], "refresh_interval": "1s"}],
             }],
         }  # fmt: skip

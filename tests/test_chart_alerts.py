@@ -47,6 +47,7 @@ def test_every_alert_says_what_and_how_bad() -> None:
     assert {rule["alert"] for rule in rules} == {
         "VLMServiceRefusingRequests",
         "VLMServiceQueueNeverEmpty",
+        "VLMServiceLatencyAboveTarget",
         "VLMServiceErrors",
         "VLMOperatorSignalsUnavailable",
         "VLMOperatorCRDOutdated",
@@ -86,7 +87,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusS
     calm = Exporter(max_in_flight=4, queue_capacity=8).start()
     operator_metrics = OperatorMetrics()
     operator_server, operator_thread = operator_metrics.serve(0, "127.0.0.1")
-    server = PrometheusServer(workdir / "prometheus", rule_files=[rules]).start()
+    server = PrometheusServer(workdir / "prometheus", rule_files=[rules], honor_labels=True).start()
     try:
         # Every series the test raises exists before the first scrape (at 0): a rate
         # counts no increase into a series' first sample.
@@ -108,8 +109,16 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusS
         server.wait_for_series("vlm_gate_max_in_flight", count=2)
         server.wait_for_series("vlm_operator_services", count=1)
         # After the first scrape, so that the rates over the window are above zero.
-        trouble.set(codes={200: 10, 500: 4, 502: 2}, rejected={"queue_full": 5, "deadline": 1})
-        calm.set(codes={200: 20, 503: 1}, rejected={"draining": 1})
+        trouble.set(
+            codes={200: 10, 500: 4, 502: 2},
+            rejected={"queue_full": 5, "deadline": 1},
+            durations=[30.0] * 16,
+        )
+        calm.set(codes={200: 20, 503: 1}, rejected={"draining": 1}, durations=[8.0] * 20)
+        for service in ("trouble", "calm"):
+            operator_metrics.observe_service(
+                "team-a", service, desired=3, max_replicas=10, p95_target=12.0
+            )
         operator_metrics.query_errors.labels("timeout").inc()
         operator_metrics.crd_drift.labels("missing").set(2)
         operator_metrics.crd_drift.labels("unknown").set(0)
@@ -127,6 +136,7 @@ def test_exactly_the_expected_alerts_fire(prometheus: PrometheusServer) -> None:
     expected = {
         ("VLMServiceRefusingRequests", "trouble"),
         ("VLMServiceQueueNeverEmpty", "trouble"),
+        ("VLMServiceLatencyAboveTarget", "trouble"),
         ("VLMServiceErrors", "trouble"),
         ("VLMOperatorSignalsUnavailable", ""),
         ("VLMOperatorCRDOutdated", ""),
@@ -150,3 +160,5 @@ def test_exactly_the_expected_alerts_fire(prometheus: PrometheusServer) -> None:
     errors = by_name["VLMServiceErrors"]
     assert "%" in errors["annotations"]["description"]  # humanizePercentage rendered
     assert "lacks 2 field(s)" in by_name["VLMOperatorCRDOutdated"]["annotations"]["description"]
+    slow = by_name["VLMServiceLatencyAboveTarget"]["annotations"]["description"]
+    assert "P95 over the last 10 minutes is " in slow

@@ -27,7 +27,6 @@ DASHBOARD = chart.CHART_DIR / "dashboards" / "vlm-operator.json"
 VARIABLES = {
     "namespace": "team-a",
     "vlmservice": "demo",
-    "p95_target": "12",
     "__rate_interval": "30s",
     "__interval": "5s",
 }
@@ -104,7 +103,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusS
     gate = Exporter(max_in_flight=4, queue_capacity=8).start()
     operator_metrics = OperatorMetrics()
     operator_server, operator_thread = operator_metrics.serve(0, "127.0.0.1")
-    server = PrometheusServer(tmp_path_factory.mktemp("prometheus")).start()
+    server = PrometheusServer(tmp_path_factory.mktemp("prometheus"), honor_labels=True).start()
     try:
         labels = {"namespace": "team-a", "vlmservice": "demo", "pod": "demo-0"}
         gate.set(running=4, waiting=3, codes={200: 1, 503: 1}, rejected={"queue_full": 1})
@@ -125,6 +124,9 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusS
             queue_seconds=[1.5] * 20,
             codes={200: 18, 503: 1, 429: 1},
             rejected={"queue_full": 1},
+        )
+        operator_metrics.observe_service(
+            "team-a", "demo", desired=3, max_replicas=10, p95_target=12
         )
         operator_metrics.cycle_seconds.observe(0.02)
         operator_metrics.decisions.labels("up").inc()

@@ -10,6 +10,7 @@ numbers without cross-talk.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from wsgiref.simple_server import WSGIServer
 
@@ -60,6 +61,44 @@ class OperatorMetrics:
             "VLMServices the operator currently autoscales.",
             registry=self.registry,
         )
+        # Per service, labelled as the gates' series are (namespace, vlmservice), so a
+        # query can set them against each other: the P95 against its target, the pods
+        # against their ceiling. Scrape the operator with honor_labels (the chart's
+        # PodMonitor does), or these namespaces become exported_namespace.
+        service = ["namespace", "vlmservice"]
+        self.desired_replicas = Gauge(
+            "vlm_operator_desired_replicas",
+            "Replicas the last autoscaling decision asked for.",
+            service,
+            registry=self.registry,
+        )
+        self.max_replicas = Gauge(
+            "vlm_operator_max_replicas",
+            "The service's spec.autoscaling.maxReplicas.",
+            service,
+            registry=self.registry,
+        )
+        self.p95_target_seconds = Gauge(
+            "vlm_operator_p95_target_seconds",
+            "The service's spec.autoscaling.p95LatencyTargetSeconds.",
+            service,
+            registry=self.registry,
+        )
+
+    def observe_service(
+        self, namespace: str, name: str, *, desired: int, max_replicas: int, p95_target: float
+    ) -> None:
+        """One service's decision and bounds, after its cycle."""
+        self.desired_replicas.labels(namespace, name).set(desired)
+        self.max_replicas.labels(namespace, name).set(max_replicas)
+        self.p95_target_seconds.labels(namespace, name).set(p95_target)
+
+    def forget_service(self, namespace: str, name: str) -> None:
+        """Drop a service's series (its loop ended): no stale target outlives it."""
+        for gauge in (self.desired_replicas, self.max_replicas, self.p95_target_seconds):
+            # KeyError: never observed (its spec was invalid from the start).
+            with contextlib.suppress(KeyError):
+                gauge.remove(namespace, name)
 
     def serve(self, port: int, address: str = "0.0.0.0") -> tuple[WSGIServer, threading.Thread]:
         """Serve ``/metrics`` from a daemon thread; returns the server and its thread."""

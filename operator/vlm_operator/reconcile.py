@@ -489,6 +489,7 @@ async def autoscale_forever(
     finally:
         if context.loops.get(key) is memory:
             del context.loops[key]
+            context.metrics.forget_service(*key)
         context.metrics.services.dec()
 
 
@@ -621,6 +622,13 @@ async def autoscale_once(
         memory.scaled_to, memory.scaled_at = decision.replicas, now
         scaled = True
     context.metrics.decisions.labels(decision.direction).inc()
+    context.metrics.observe_service(
+        namespace,
+        name,
+        desired=decision.replicas,
+        max_replicas=spec.autoscaling.max_replicas,
+        p95_target=spec.autoscaling.p95_latency_target_seconds,
+    )
 
     new = cycle_status(
         previous,

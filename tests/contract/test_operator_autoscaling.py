@@ -554,14 +554,34 @@ def test_operator_metrics(cluster: Cluster) -> None:
             if line.startswith(name) and not line.startswith("#")
         )
 
+    def metrics() -> str:
+        try:
+            return httpx.get(url, timeout=5).text
+        except httpx.ConnectError:  # the operator has not opened its metrics port yet
+            return ""
+
     def scraped() -> str | None:
-        text = httpx.get(url, timeout=5).text
+        text = metrics()
         return text if sample(text, "vlm_operator_scaling_decisions_total") > 0 else None
 
     text = wait_for("decisions counted", scraped)
     assert sample(text, "vlm_operator_services") >= 1
     assert sample(text, "vlm_operator_cycle_duration_seconds_count") > 0
     assert sample(text, "vlm_operator_prometheus_query_duration_seconds_count") > 0
+    # Per service, labelled as its gates' series are.
+    mine = f'{{namespace="{NS}",vlmservice="svc-metrics"}}'
+    text = wait_for(
+        "the service's series",
+        lambda: (t := metrics()) and f"vlm_operator_max_replicas{mine}" in t and t,
+    )
+    assert sample(text, f"vlm_operator_max_replicas{mine}") == 5
+    assert sample(text, f"vlm_operator_p95_target_seconds{mine}") == 12
+    assert sample(text, f"vlm_operator_desired_replicas{mine}") == 1  # minReplicas, no load
+    api.delete(f"{VLMS}/svc-metrics")  # its loop ends: its series go with it
+    wait_for(
+        "the service's series dropped",
+        lambda: f"vlm_operator_max_replicas{mine}" not in metrics(),
+    )
 
 
 def test_one_unscraped_pod_blocks_scale_down_not_the_service(cluster: Cluster) -> None:
@@ -649,7 +669,11 @@ def test_an_outdated_crd_is_named_field_by_field(cluster: Cluster) -> None:
 
     def drift(direction: str) -> float | None:
         prefix = f'vlm_operator_crd_drift_fields{{direction="{direction}"}} '
-        for line in httpx.get(url, timeout=5).text.splitlines():
+        try:
+            text = httpx.get(url, timeout=5).text
+        except httpx.ConnectError:  # the operator has not opened its metrics port yet
+            return None
+        for line in text.splitlines():
             if line.startswith(prefix):
                 return float(line.removeprefix(prefix))
         return None
