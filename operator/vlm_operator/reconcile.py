@@ -503,7 +503,6 @@ def crd_seen(context: OperatorContext, body: Mapping[str, Any]) -> None:
     log, not an Event: the CRD has no namespace to post one in), and exported as
     ``vlm_operator_crd_drift_fields``.
     """
-    logger = _LOG
     drift = schema_drift(body)
     if drift == context.crd_drift:
         return
@@ -511,7 +510,7 @@ def crd_seen(context: OperatorContext, body: Mapping[str, Any]) -> None:
     context.metrics.crd_drift.labels("missing").set(len(drift.missing))
     context.metrics.crd_drift.labels("unknown").set(len(drift.unknown))
     if drift.missing:
-        logger.warning(
+        _LOG.warning(
             "the installed VLMService CRD is older than this operator: it lacks %s, which the "
             "API server drops from every VLMService and status; apply this release's "
             "crds/vlmservice.yaml (kubectl apply --server-side -f ...; helm upgrade leaves "
@@ -519,13 +518,13 @@ def crd_seen(context: OperatorContext, body: Mapping[str, Any]) -> None:
             _some(drift.missing),
         )
     if drift.unknown:
-        logger.warning(
+        _LOG.warning(
             "the installed VLMService CRD is newer than this operator: %s are accepted by the "
             "API server and ignored here; upgrade the operator",
             _some(drift.unknown),
         )
     if not drift.missing and not drift.unknown:
-        logger.info("the installed VLMService CRD matches this operator's")
+        _LOG.info("the installed VLMService CRD matches this operator's")
 
 
 def _some(fields: tuple[str, ...], shown: int = 5) -> str:
