@@ -210,11 +210,12 @@ async def test_a_silent_model_is_given_up_on_after_the_response_timeout(
 async def test_the_response_timeout_spares_a_stream_that_keeps_coming(
     backend: Backend,
 ) -> None:
-    # 12 events 0.1 s apart: 1.2 s in all, three times the timeout, never 0.4 s of silence
-    async with running_gate(backend, response_timeout=0.4) as gate:
-        status, _, body = await gate.request("POST", "/trickle?n=12&every=0.1")
+    # 30 events 0.05 s apart: 1.5 s in all, 2.5 times the timeout, never 0.6 s of silence
+    # (a twelfth of it between two events: room for a loaded machine's stalls)
+    async with running_gate(backend, response_timeout=0.6) as gate:
+        status, _, body = await gate.request("POST", "/trickle?n=30&every=0.05")
         assert status == 200
-        assert body == b"".join(b"data: %d\n\n" % i for i in range(12))
+        assert body == b"".join(b"data: %d\n\n" % i for i in range(30))
 
 
 async def test_the_response_timeout_spares_a_model_held_back_by_a_slow_client(
