@@ -302,6 +302,8 @@ class KubeAPIServer:
             }
         if len(parts) == 2 and parts[0] == "apis" and any(k.group == parts[1] for k in kinds):
             return {"kind": "APIGroup", "apiVersion": "v1", **self._group(parts[1], kinds)}
+        if parts[:2] == ["openapi", "v3"]:
+            return _openapi_v3(parts[2:], kinds)
         if parts == ["api", "v1"]:
             return self._resource_list("", "v1", kinds)
         if (
@@ -636,3 +638,80 @@ def _quoted(text: str) -> str:
 
 async def _write_event(response: web.StreamResponse, kind: str, obj: dict[str, Any]) -> None:
     await response.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
+
+
+# -- OpenAPI v3 -------------------------------------------------------------------------------
+
+
+def _group_version_path(group: str, version: str) -> str:
+    return f"apis/{group}/{version}" if group else f"api/{version}"
+
+
+def _openapi_v3(rest: list[str], kinds: Sequence[ResourceKind]) -> dict[str, Any] | None:
+    """``/openapi/v3`` and its per-group-version documents, as far as clients read them.
+
+    kubectl validates what it sends by asking the server to (``fieldValidation=Strict``,
+    which this API honours) once the group-version's document shows that parameter on
+    the resource's PATCH; without the documents it wants to download the whole schema
+    and refuses to apply. Each kind's schema is its CRD's (``kubectl explain``), or an
+    open object for the built-in kinds, whose schemas this API does not keep.
+    """
+    versions = sorted({(k.group, k.version) for k in kinds})
+    if not rest:
+        return {
+            "paths": {
+                _group_version_path(g, v): {
+                    "serverRelativeURL": f"/openapi/v3/{_group_version_path(g, v)}"
+                }
+                for g, v in versions
+            }
+        }
+    for group, version in versions:
+        if "/".join(rest) == _group_version_path(group, version):
+            return _openapi_document([k for k in kinds if (k.group, k.version) == (group, version)])
+    return None
+
+
+def _openapi_document(kinds: Sequence[ResourceKind]) -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    schemas: dict[str, Any] = {}
+    for kind in kinds:
+        gvk = {"group": kind.group, "version": kind.version, "kind": kind.kind}
+        name = ".".join(reversed(kind.group.split("."))) if kind.group else "io.k8s.api.core"
+        schema_name = f"{name}.{kind.version}.{kind.kind}"
+        schema = dict(
+            kind.schema or {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+        )
+        schemas[schema_name] = {**schema, "x-kubernetes-group-version-kind": [gvk]}
+        ok = {
+            "200": {
+                "description": "OK",
+                "content": {
+                    "application/json": {"schema": {"$ref": f"#/components/schemas/{schema_name}"}}
+                },
+            }
+        }
+        write = [
+            {"name": "dryRun", "in": "query", "schema": {"type": "string"}},
+            {"name": "fieldManager", "in": "query", "schema": {"type": "string"}},
+            {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}},
+        ]
+        scope = "/namespaces/{namespace}" if kind.namespaced else ""
+        base = "/" + _group_version_path(kind.group, kind.version) + scope + "/" + kind.plural
+        operation = {"x-kubernetes-group-version-kind": gvk, "responses": ok}
+        paths[base] = {
+            "get": {**operation, "x-kubernetes-action": "list"},
+            "post": {**operation, "x-kubernetes-action": "post", "parameters": write},
+        }
+        paths[base + "/{name}"] = {
+            "get": {**operation, "x-kubernetes-action": "get"},
+            "put": {**operation, "x-kubernetes-action": "put", "parameters": write},
+            "patch": {**operation, "x-kubernetes-action": "patch", "parameters": write},
+            "delete": {**operation, "x-kubernetes-action": "delete"},
+        }
+    return {
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes (emulated)", "version": "v1.30.0"},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }

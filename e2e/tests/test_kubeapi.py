@@ -1196,6 +1196,56 @@ def test_kubectl_prints_the_servers_warnings(
     assert 'Warning: unknown field "spec.bogus"' in result.stderr
 
 
+def test_openapi_v3_shows_field_validation_on_every_patch(api: ThreadedKubeAPI) -> None:
+    """What kubectl reads to validate on the server instead of downloading every schema."""
+    with httpx.Client(base_url=api.url) as http:
+        root = http.get("/openapi/v3").json()["paths"]
+        assert {"api/v1", "apis/apps/v1", "apis/example.com/v1"} <= set(root)
+        document = http.get(root["apis/example.com/v1"]["serverRelativeURL"]).json()
+        assert http.get("/openapi/v3/apis/nowhere.example.com/v1").status_code == 404
+    item = document["paths"]["/apis/example.com/v1/namespaces/{namespace}/widgets/{name}"]
+    patch = item["patch"]
+    assert patch["x-kubernetes-group-version-kind"] == {
+        "group": "example.com", "version": "v1", "kind": "Widget"}  # fmt: skip
+    assert {"name": "fieldValidation", "in": "query", "schema": {"type": "string"}} in patch[
+        "parameters"
+    ]
+    schema = document["components"]["schemas"]["com.example.v1.Widget"]
+    assert schema["properties"]["spec"]["properties"]["size"]["maximum"] == 10  # the CRD's own
+    assert schema["x-kubernetes-group-version-kind"] == [patch["x-kubernetes-group-version-kind"]]
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_kubectl_applies_validating_on_the_server(
+    api: ThreadedKubeAPI, namespace: str, tmp_path: Path
+) -> None:
+    def kubectl(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["kubectl", "--kubeconfig", str(api.kubeconfig), "--cache-dir", str(tmp_path),
+             "--namespace", namespace, *args],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text(yaml.safe_dump(
+        {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "k"},
+         "spec": {"size": 2}}))  # fmt: skip
+    bad.write_text(yaml.safe_dump(
+        {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "b"},
+         "spec": {"size": 2, "bogus": 1}}))  # fmt: skip
+    created = kubectl("apply", "-f", str(good))
+    assert created.returncode == 0, created.stderr
+    assert "widget.example.com/k created" in created.stdout
+    again = kubectl("apply", "-f", str(good))
+    assert "widget.example.com/k unchanged" in again.stdout, again.stderr
+    refused = kubectl("apply", "-f", str(bad))
+    assert refused.returncode != 0
+    assert 'strict decoding error: unknown field "spec.bogus"' in refused.stderr
+    explained = kubectl("explain", "widgets.spec")
+    assert explained.returncode == 0, explained.stderr
+    assert "size" in explained.stdout
+
+
 def test_crds_are_validated_before_they_serve(kube: client.ApiClient) -> None:
     extensions = client.ApiextensionsV1Api(kube)
     broken = yaml.safe_load(yaml.safe_dump(GAUGE_CRD).replace("gauge", "broken"))
