@@ -314,14 +314,15 @@ def _annotations(obj: Mapping[str, Any]) -> Mapping[str, Any]:
 
 
 def applied_keys(obj: Mapping[str, Any]) -> dict[str, Any]:
-    """The keys recorded in ``obj``'s :data:`APPLIED_KEYS_ANNOTATION` ({} if none)."""
+    """The keys recorded in ``obj``'s :data:`APPLIED_KEYS_ANNOTATION` ({} if none), or the
+    whole manifest of the older record: :func:`with_removals` reads either."""
     annotations = _annotations(obj)
     raw = annotations.get(APPLIED_KEYS_ANNOTATION) or annotations.get(_WHOLE_MANIFEST_ANNOTATION)
     try:
         parsed = json.loads(raw) if raw else {}
     except ValueError:
         return {}
-    return key_skeleton(parsed) if isinstance(parsed, dict) else {}
+    return parsed if isinstance(parsed, dict) else {}
 
 
 def holds(current: Any, patch: Any) -> bool:
