@@ -19,7 +19,7 @@ from vlm_operator.simulator.engine import (
     arrival_seed,
     arrival_times,
 )
-from vlm_operator.simulator.report import oracle_replica_seconds
+from vlm_operator.simulator.report import oracle_pods_at, oracle_replica_seconds
 from vlm_operator.traces import Trace, load_trace, parse_trace
 
 
@@ -318,6 +318,31 @@ def test_oracle_of_an_open_trace_follows_the_arrivals() -> None:
     oracle = oracle_replica_seconds(trace, spec, LatencyModel(), seed=1)
     # ~2 req/s × 9.7 s ≈ 19.4 in flight → about 5.4 pods on average.
     assert 4.5 * 3600 < oracle < 6.5 * 3600
+
+
+def test_oracle_pods_of_a_closed_trace_follow_its_phases() -> None:
+    trace = parse_trace(
+        {
+            "kind": "closed",
+            "phases": [{"duration": 100, "users": 1}, {"duration": 100, "users": 9}],
+        }
+    )
+    pods = oracle_pods_at(trace, spec_for(trace), LatencyModel(), [0.0, 99.9, 100.0, 199.0, 250.0])
+    assert pods == [1, 1, 3, 3, 3]  # ⌈9 / 4⌉ from the second phase on, and after the end
+
+
+def test_oracle_pods_of_an_open_trace_add_up_to_its_replica_seconds() -> None:
+    trace = _open(2.0, 600)
+    spec = spec_for(trace)
+    step = 0.25
+    times = [i * step for i in range(int(600 / step))]
+    pods = oracle_pods_at(trace, spec, LatencyModel(), times, seed=3)
+    total = oracle_replica_seconds(trace, spec, LatencyModel(), seed=3)
+    assert sum(pods) * step == pytest.approx(total, rel=0.02)
+    assert min(pods) >= 1
+    assert max(pods) > min(pods)  # it follows the arrivals, not a constant
+    other = oracle_pods_at(trace, spec, LatencyModel(), times, seed=4)
+    assert other != pods  # another seed's arrivals
 
 
 def test_every_policy_runs_on_a_shipped_trace() -> None:

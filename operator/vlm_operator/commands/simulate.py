@@ -17,7 +17,15 @@ from typing import Any
 
 from vlm_operator.baselines import AUTOSCALERS, make_autoscaler
 from vlm_operator.cli import UsageError
-from vlm_operator.simulator import ENGINE, Report, SimConfig, SimResult, run_policy, spec_for
+from vlm_operator.simulator import (
+    ENGINE,
+    Report,
+    SimConfig,
+    SimResult,
+    oracle_pods_at,
+    run_policy,
+    spec_for,
+)
 from vlm_operator.simulator._compiled import engine_choice_error
 from vlm_operator.traces import Trace, TraceError, list_traces, load_trace
 
@@ -220,6 +228,20 @@ def _plot(trace: Trace, results: list[SimResult], out: Path, file_format: str) -
         axes[0].step(t, s.replicas, where="post", label=result.policy, linewidth=1)
         axes[1].plot(t, s.demand, label=result.policy, linewidth=0.8)
         axes[2].plot(t, s.p95, label=result.policy, linewidth=0.8)
+    # The oracle's pods beside the policies' (the same arrivals: every run has the same seed).
+    first = results[0]
+    oracle = oracle_pods_at(
+        trace, first.spec, first.config.latency, first.series.t, seed=first.seed
+    )
+    axes[0].step(
+        [x / scale for x in first.series.t],
+        oracle,
+        where="post",
+        label="oracle",
+        color="black",
+        linestyle=":",
+        linewidth=1,
+    )
     target = results[0].spec.autoscaling.p95_latency_target_seconds
     axes[2].axhline(target, color="grey", linestyle="--", linewidth=0.8, label="P95 target")
     axes[0].set_ylabel("replicas")

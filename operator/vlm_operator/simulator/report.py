@@ -34,7 +34,14 @@ from vlm_operator.models import VLMServiceSpec
 from vlm_operator.simulator.engine import OK, SimResult, _quantile, arrival_seed, arrival_times
 from vlm_operator.traces import Trace
 
-__all__ = ["PhaseStats", "Report", "oracle_by_phase", "oracle_replica_seconds", "summarize"]
+__all__ = [
+    "PhaseStats",
+    "Report",
+    "oracle_by_phase",
+    "oracle_pods_at",
+    "oracle_replica_seconds",
+    "summarize",
+]
 
 #: A phase's first minute is the step response; "steady" figures skip it.
 SETTLE_SECONDS = 60.0
@@ -112,14 +119,10 @@ def oracle_by_phase(
     trace: Trace, spec: VLMServiceSpec, model: LatencyModel, *, seed: int = 0
 ) -> list[float]:
     """:func:`oracle_replica_seconds` of each phase of the trace."""
-    cap = spec.concurrency.max_in_flight
-    floor = spec.autoscaling.min_replicas if spec.autoscaling.enabled else 0
+    cap, floor = _oracle_bounds(spec)
     if trace.kind == "closed":
         return [max(floor, math.ceil((p.users or 0) / cap)) * p.duration_s for p in trace.phases]
-    work = model.base_seconds * math.exp(model.sigma**2 / 2) / model.time_scale
-    hold = work * model.slowdown(cap)
-    arrivals = list(arrival_times(trace, random.Random(arrival_seed(seed))))
-    departures = [at + hold for at in arrivals]  # in the same order
+    arrivals, departures = _oracle_requests(trace, spec, model, seed)
     ends = [p.end_s for p in trace.phases]
     ends[-1] = trace.duration_s
     ceil = math.ceil
@@ -158,6 +161,44 @@ def oracle_by_phase(
         last = ends[phase]
         phase += 1
     return totals
+
+
+def oracle_pods_at(
+    trace: Trace,
+    spec: VLMServiceSpec,
+    model: LatencyModel,
+    times: list[float],
+    *,
+    seed: int = 0,
+) -> list[int]:
+    """The pods the oracle pays at each of ``times`` (for plots beside a policy's)."""
+    cap, floor = _oracle_bounds(spec)
+    if trace.kind == "closed":
+        ends = [p.end_s for p in trace.phases]
+        users = [p.users or 0 for p in trace.phases]
+        last = len(ends) - 1
+        return [max(floor, math.ceil(users[min(bisect_right(ends, t), last)] / cap)) for t in times]
+    arrivals, departures = _oracle_requests(trace, spec, model, seed)
+    return [
+        max(floor, math.ceil((bisect_right(arrivals, t) - bisect_right(departures, t)) / cap))
+        for t in times
+    ]
+
+
+def _oracle_bounds(spec: VLMServiceSpec) -> tuple[int, int]:
+    """The oracle's requests per pod, and its fewest pods."""
+    floor = spec.autoscaling.min_replicas if spec.autoscaling.enabled else 0
+    return spec.concurrency.max_in_flight, floor
+
+
+def _oracle_requests(
+    trace: Trace, spec: VLMServiceSpec, model: LatencyModel, seed: int
+) -> tuple[list[float], list[float]]:
+    """An open trace's arrivals (the run's own, for ``seed``) and when the oracle ends each."""
+    work = model.base_seconds * math.exp(model.sigma**2 / 2) / model.time_scale
+    hold = work * model.slowdown(spec.concurrency.max_in_flight)
+    arrivals = list(arrival_times(trace, random.Random(arrival_seed(seed))))
+    return arrivals, [at + hold for at in arrivals]  # both in time order
 
 
 def summarize(result: SimResult, *, wall_seconds: float | None = None) -> Report:
