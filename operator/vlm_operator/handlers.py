@@ -51,6 +51,7 @@ def crd_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.event("v1", "services", labels={SERVICE_LABEL: kopf.PRESENT})
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels={SERVICE_LABEL: kopf.PRESENT})
+@kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels={SERVICE_LABEL: kopf.PRESENT})
 def child_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     if event["type"] == "DELETED":
         reconcile.child_deleted(memo.context, body)

@@ -533,12 +533,16 @@ def _some(fields: tuple[str, ...], shown: int = 5) -> str:
 
 
 def child_deleted(context: OperatorContext, body: Mapping[str, Any]) -> None:
-    """A Service or PodDisruptionBudget of a VLMService is gone: its loop re-applies the
-    children at its next cycle, not at the next refresh (10 minutes).
+    """A Service, PodDisruptionBudget or NetworkPolicy of a VLMService is gone: its loop
+    re-applies the children at its next cycle, not at the next refresh (10 minutes).
 
-    The Deployment needs no such word: the loop sees it in the index every cycle. The
-    NetworkPolicy and PodMonitor are left to the refresh: the operator deletes those
-    itself when the spec no longer asks for them.
+    The Deployment needs no such word: the loop sees it in the index every cycle. A
+    NetworkPolicy deleted by hand would leave the gates open to every namespace until
+    then. The operator's own deletion (the spec no longer asks for one) costs one
+    re-apply, which writes nothing. The PodMonitor is left to the refresh: watching
+    it needs the Prometheus Operator's CRD, which many clusters do not have (kopf
+    warns about a watched resource that does not exist), and a missing PodMonitor
+    only delays the dashboards, not the autoscaling.
     """
     meta = body.get("metadata") or {}
     owner = (meta.get("labels") or {}).get(SERVICE_LABEL)
