@@ -69,6 +69,69 @@ def test_the_chart_installs_the_rules_only_when_asked() -> None:
     assert rules[0]["spec"] == yaml.safe_load(RULES.read_text())
 
 
+def test_the_chart_adjusts_the_rules_by_value(tmp_path: Path) -> None:
+    values = {
+        "prometheusRule": {
+            "enabled": True,
+            "disabled": ["VLMServiceQueueNeverEmpty"],
+            "for": {"VLMServiceLatencyAboveTarget": "45m"},
+            "ruleLabels": {"team": "ml-platform", "severity": "page"},
+            "extraGroups": [{"name": "mine", "rules": [{"alert": "Mine", "expr": "up == 0"}]}],
+        }
+    }
+    spec = next(o for o in chart.render(values) if o["kind"] == "PrometheusRule")["spec"]
+    by_name = {r["alert"]: r for group in spec["groups"] for r in group["rules"]}
+    originals = {r["alert"]: r for r in _rules()}
+    assert set(by_name) == set(originals) - {"VLMServiceQueueNeverEmpty"} | {"Mine"}
+    assert by_name["VLMServiceLatencyAboveTarget"]["for"] == "45m"
+    assert by_name["Mine"] == {"alert": "Mine", "expr": "up == 0"}  # appended as it is
+    for name, rule in by_name.items():
+        if name == "Mine":
+            continue
+        assert rule["labels"] == {"severity": "page", "team": "ml-platform"}, name
+        # Everything else as in the file, Prometheus's own templates untouched.
+        unchanged = {k: v for k, v in rule.items() if k not in ("labels", "for")}
+        assert unchanged == {k: v for k, v in originals[name].items() if k not in ("labels", "for")}
+        if name != "VLMServiceLatencyAboveTarget":
+            assert rule["for"] == originals[name]["for"], name
+    assert [g["name"] for g in spec["groups"]] == [
+        "vlm-operator.services",
+        "vlm-operator.operator",
+        "mine",
+    ]
+    rendered = tmp_path / "rendered.rules.yaml"
+    rendered.write_text(yaml.safe_dump(spec))
+    promtool = shutil.which("promtool") or "/usr/bin/promtool"
+    checked = subprocess.run(
+        [promtool, "check", "rules", str(rendered)], capture_output=True, text=True, timeout=60
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    # A whole group turned off leaves no empty group behind.
+    operator_alerts = ["VLMOperatorSignalsUnavailable", "VLMOperatorCRDOutdated"]
+    values = {"prometheusRule": {"enabled": True, "disabled": operator_alerts}}
+    spec = next(o for o in chart.render(values) if o["kind"] == "PrometheusRule")["spec"]
+    assert [g["name"] for g in spec["groups"]] == ["vlm-operator.services"]
+
+
+@pytest.mark.parametrize(
+    ("rule_values", "message"),
+    [
+        ({"disabled": ["VLMServiceQueueNotEmpty"]}, 'prometheusRule.disabled: "VLMServiceQueue'),
+        ({"for": {"VLMErrors": "1h"}}, 'prometheusRule.for: "VLMErrors" is no alert of the chart'),
+        ({"for": {"VLMServiceErrors": "an hour"}}, "/prometheusRule/for/VLMServiceErrors"),
+        ({"ruleLabels": {"my-team": "x"}}, "my-team"),
+        ({"extraGroups": [{"rules": []}]}, "name"),
+    ],
+)
+def test_a_rule_value_naming_no_alert_or_badly_formed_is_refused(
+    rule_values: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(Exception, match=message) as refused:
+        chart.render({"prometheusRule": {"enabled": True, **rule_values}})
+    if "is no alert" in message:
+        assert "its alerts: VLMServiceRefusingRequests," in str(refused.value)
+
+
 def test_a_misspelt_rule_value_is_refused() -> None:
     with pytest.raises(Exception, match="enable"):
         chart.render({"prometheusRule": {"enable": True}})
