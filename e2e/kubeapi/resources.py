@@ -45,6 +45,8 @@ class ResourceKind:
     unconditional_update: bool = True
     # Field-selector labels besides metadata.name/namespace (a CRD's selectableFields).
     selectable_fields: tuple[str, ...] = ()
+    # A CRD version's additionalPrinterColumns, for the Tables kubectl get asks for.
+    printer_columns: tuple[dict[str, Any], ...] = ()
 
     @property
     def api_version(self) -> str:
@@ -201,6 +203,9 @@ def kinds_from_crd(crd: dict[str, Any]) -> list[ResourceKind]:
                 selectable_fields=tuple(
                     str(selectable.get("jsonPath", "")).lstrip(".")
                     for selectable in version.get("selectableFields") or []
+                ),
+                printer_columns=tuple(
+                    dict(column) for column in version.get("additionalPrinterColumns") or []
                 ),
             )
         )

@@ -33,6 +33,7 @@ from .selectors import (
     selectable_fields,
 )
 from .store import Store, Watch
+from .tables import table, wants_table
 
 _log = logging.getLogger(__name__)
 _PATCH_TYPES = {
@@ -404,7 +405,10 @@ class KubeAPIServer:
         assert target.name is not None
         if target.subresource == "scale":
             return self._respond(self.store.get_scale(target.kind, target.namespace, target.name))
-        return self._respond(self.store.get(target.kind, target.namespace, target.name))
+        obj = self.store.get(target.kind, target.namespace, target.name)
+        if not target.subresource and wants_table(request.headers.get("Accept", "")):
+            return self._respond(table(target.kind, [obj], obj["metadata"]["resourceVersion"]))
+        return self._respond(obj)
 
     @staticmethod
     def _selectors(request: web.Request, kind: ResourceKind) -> tuple[Predicate, Predicate]:
@@ -424,6 +428,9 @@ class KubeAPIServer:
         items = self.store.list_objects(
             target.kind, target.namespace, lambda o: labels(o) and fields(o)
         )
+        if wants_table(request.headers.get("Accept", "")):
+            version = str(self.store.resource_version)
+            return self._respond(table(target.kind, items, version))
         return self._respond(
             {
                 "kind": f"{target.kind.kind}List",

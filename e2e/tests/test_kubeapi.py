@@ -1370,3 +1370,89 @@ def test_only_dry_run_all_is_accepted(api: ThreadedKubeAPI, namespace: str) -> N
         validation = http.post(url, json={"metadata": {"name": "x"}},
                                params={"fieldValidation": "Loose"})  # fmt: skip
         assert validation.status_code == 422
+
+
+_TABLE = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
+
+
+def test_a_get_asked_for_a_table_answers_the_crds_printer_columns(
+    api: ThreadedKubeAPI, namespace: str
+) -> None:
+    """What kubectl get prints: the CRD's additionalPrinterColumns, typed as the real server
+    types them (a date as an age, a missing value as null)."""
+    base = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "VLMService",
+            "metadata": {"name": "shown"},
+            "spec": {"model": {"id": "Qwen/Qwen3-VL-2B-Instruct", "runtime": "fake"}}}  # fmt: skip
+    with httpx.Client(base_url=api.url) as http:
+        assert http.post(base, json=body).status_code == 201
+        status = {"status": {"replicas": 3, "readyReplicas": 2, "desiredReplicas": 4,
+                             "signals": {"waiting": 1.5, "p95Seconds": 9.25}}}  # fmt: skip
+        patched = http.patch(f"{base}/shown/status", json=status,
+                             headers={"Content-Type": "application/merge-patch+json"})  # fmt: skip
+        assert patched.status_code == 200, patched.text
+        listed = http.get(base, headers={"Accept": _TABLE}).json()
+        one = http.get(f"{base}/shown", headers={"Accept": _TABLE}).json()
+        plain = http.get(f"{base}/shown").json()
+    assert listed["kind"] == "Table"
+    assert listed["apiVersion"] == "meta.k8s.io/v1"
+    columns = [c["name"] for c in listed["columnDefinitions"]]
+    assert columns == ["Name", "Ready", "Replicas", "Desired", "In-Flight/Pod", "Queue", "P95",
+                       "Model", "Runtime", "Age"]  # fmt: skip
+    priorities = {c["name"]: c["priority"] for c in listed["columnDefinitions"]}
+    assert priorities["Model"] == 1  # kubectl shows it with -o wide only
+    assert priorities["Ready"] == 0
+    [row] = listed["rows"]
+    name, ready, replicas, desired, per_pod, queue, p95, model, runtime, age = row["cells"]
+    assert (name, ready, replicas, desired) == ("shown", 2, 3, 4)
+    assert per_pod is None  # not in the status: kubectl prints <none>
+    assert (queue, p95, model, runtime) == (1.5, 9.25, "Qwen/Qwen3-VL-2B-Instruct", "fake")
+    assert re.fullmatch(r"\d+s", age), age  # an age, not the timestamp
+    assert row["object"]["kind"] == "PartialObjectMetadata"
+    assert row["object"]["metadata"]["namespace"] == namespace  # for kubectl get -A
+    assert one["rows"][0]["cells"] == row["cells"]
+    assert plain["kind"] == "VLMService"  # a client that asks for JSON still gets the object
+
+
+def test_a_table_of_built_in_kinds_has_their_usual_columns(
+    api: ThreadedKubeAPI, namespace: str
+) -> None:
+    template = {"metadata": {"labels": {"a": "b"}},
+                "spec": {"containers": [{"name": "c", "image": "i"}]}}  # fmt: skip
+    deployment = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+                  "spec": {"replicas": 3, "selector": {"matchLabels": {"a": "b"}},
+                           "template": template}}  # fmt: skip
+    with httpx.Client(base_url=api.url) as http:
+        path = f"/apis/apps/v1/namespaces/{namespace}/deployments"
+        assert http.post(path, json=deployment).status_code == 201
+        table = http.get(path, headers={"Accept": _TABLE}).json()
+        services = http.get(f"/api/v1/namespaces/{namespace}/services",
+                            headers={"Accept": _TABLE}).json()  # fmt: skip
+    assert [c["name"] for c in table["columnDefinitions"]] == [
+        "Name", "Ready", "Up-to-date", "Available", "Age"]  # fmt: skip
+    assert table["rows"][0]["cells"][:4] == ["d", "0/3", 0, 0]
+    assert [c["name"] for c in services["columnDefinitions"]] == ["Name", "Age"]
+    assert services["rows"] == []
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_kubectl_get_prints_the_printer_columns(
+    api: ThreadedKubeAPI, namespace: str, tmp_path: Path
+) -> None:
+    manifest = tmp_path / "vlm.yaml"
+    manifest.write_text(yaml.safe_dump(
+        {"apiVersion": f"{GROUP}/{VERSION}", "kind": "VLMService", "metadata": {"name": "seen"},
+         "spec": {"model": {"id": "Qwen/Qwen3-VL-2B-Instruct", "runtime": "fake"}}}))  # fmt: skip
+    command = ["kubectl", "--kubeconfig", str(api.kubeconfig), "--cache-dir", str(tmp_path),
+               "--namespace", namespace]  # fmt: skip
+    run = subprocess.run([*command, "apply", "-f", str(manifest)], capture_output=True,
+                         text=True, timeout=60, check=False)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    got = subprocess.run([*command, "get", "vlms", "-o", "wide"], capture_output=True,
+                         text=True, timeout=60, check=False)  # fmt: skip
+    assert got.returncode == 0, got.stderr
+    header, row = got.stdout.splitlines()
+    assert header.split() == ["NAME", "READY", "REPLICAS", "DESIRED", "IN-FLIGHT/POD", "QUEUE",
+                              "P95", "MODEL", "RUNTIME", "AGE"]  # fmt: skip
+    assert row.split()[0] == "seen"
+    assert "Qwen/Qwen3-VL-2B-Instruct" in row.split()

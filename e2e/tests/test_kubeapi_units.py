@@ -17,6 +17,7 @@ from e2e.kubeapi.selectors import (
     selectable_fields,
     selector_to_string,
 )
+from e2e.kubeapi.tables import human_duration, json_path, wants_table
 
 
 def test_merge_patch_is_rfc7386() -> None:
@@ -294,3 +295,38 @@ def test_unchanged_subtrees_of_an_update_are_not_validated_again() -> None:
     assert validate(SCHEMA, {**stored, "status": {"ok": True}}, stored) == []
     changed = {"spec": {"min": 9, "max": 4, "port": 80}}
     assert [c.field for c in validate(SCHEMA, changed, stored)] == ["spec.min"]
+
+
+@pytest.mark.parametrize(
+    ("seconds", "shown"),
+    [(-5, "<invalid>"), (-0.5, "0s"), (59, "59s"), (119, "119s"), (120, "2m"), (150, "2m30s"),
+     (600, "10m"), (179 * 60, "179m"), (3 * 3600, "3h"), (3 * 3600 + 60, "3h1m"),
+     (47 * 3600, "47h"), (50 * 3600, "2d2h"), (8 * 86400, "8d"), (800 * 86400, "2y70d"),
+     (9 * 365 * 86400, "9y")],
+)  # fmt: skip
+def test_ages_are_shown_as_kubectl_shows_them(seconds: float, shown: str) -> None:
+    assert human_duration(seconds) == shown
+
+
+def test_printer_column_json_paths() -> None:
+    obj = {"status": {"conditions": [{"type": "A", "status": "False"},
+                                     {"type": "Ready", "status": "True"}],
+                      "n": 0}}  # fmt: skip
+    assert json_path(obj, '.status.conditions[?(@.type=="Ready")].status') == "True"
+    assert json_path(obj, ".status.conditions[0].type") == "A"
+    assert json_path(obj, ".status.conditions[5].type") is None
+    assert json_path(obj, ".status.n") == 0
+    assert json_path(obj, "{.status.missing.deeper}") is None
+    with pytest.raises(ValueError, match="unsupported JSONPath"):
+        json_path(obj, ".status[*]")
+
+
+def test_only_a_meta_v1_table_is_taken_for_one() -> None:
+    assert wants_table("application/json;as=Table;v=v1;g=meta.k8s.io,application/json")
+    assert wants_table("application/json; as=Table; g=meta.k8s.io; v=v1")
+    assert not wants_table("application/json")
+    assert not wants_table("application/json;as=Table;v=v1beta1;g=meta.k8s.io")
+    assert wants_table(
+        "application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json;as=Table;v=v1;g=meta.k8s.io"
+    )
+    assert not wants_table("")
