@@ -103,6 +103,100 @@ COLD_START_AFTER_SECONDS = 600.0
 COLD_START_DRAINED = 200.0
 
 
+#: The steady loads of the oscillation goal: (kind, requests/s or users), an hour each.
+STEADY_LOADS: tuple[tuple[str, float], ...] = (
+    ("open", 1.0),
+    ("open", 4.0),
+    ("open", 10.0),
+    ("open", 16.0),
+    ("closed", 8),
+    ("closed", 16),
+)
+#: Scale events from this time on count against the oscillation goal.
+SETTLE_AFTER_SECONDS = 600.0
+#: What tells the policy that a least-request balancer spreads the requests.
+LEAST_REQUEST = {"autoscaling": {"loadBalancing": "LeastRequest"}}
+
+
+def _steady_trace(kind: str, level: float) -> Trace:
+    """An hour of one steady load (room for 60 pods)."""
+    return parse_trace(
+        {
+            "name": f"steady-{kind}-{level}",
+            "kind": kind,
+            "service": {"autoscaling": {"maxReplicas": 60}},
+            "phases": [{"duration": 3600, "rate" if kind == "open" else "users": level}],
+        }
+    )
+
+
+def least_request(client: SimConfig) -> tuple[list[str], list[str]]:
+    """Ours behind a least-request balancer, told so (``loadBalancing: LeastRequest``) or not.
+
+    Returns the table's lines and the goal lines of the gradient (its every goal, in
+    that environment) and of the steady loads.
+    """
+    routed = dataclasses.replace(client, routing="least-loaded")
+    lines = [
+        f"{'trace':<19}{'seed':>5}{'told: failed':>18}{'x oracle':>10}"
+        f"{'not told: failed':>20}{'x oracle':>10}"
+    ]
+    goals: list[str] = []
+    for name in list_traces():
+        seeds = GRADIENT_SEEDS if name == "measured-gradient" else GRADIENT_SEEDS[:1]
+        for seed in seeds:
+            told, _ = run_policy(name, "ours", seed=seed, config=routed, overrides=LEAST_REQUEST)
+            untold, _ = run_policy(name, "ours", seed=seed, config=routed)
+            lines.append(
+                f"{name:<19}{seed:>5}{f'{told.errors:,} of {told.requests:,}':>18}"
+                f"{told.cost_ratio:>10.3f}{f'{untold.errors:,} of {untold.requests:,}':>20}"
+                f"{untold.cost_ratio:>10.3f}"
+            )
+    grad = [
+        run_policy("measured-gradient", "ours", seed=s, config=routed, overrides=LEAST_REQUEST)[0]
+        for s in GRADIENT_SEEDS
+    ]
+    worst_p95 = max(p.p95_after_first_minute or 0.0 for r in grad for p in r.phases)
+    goodput = [r.phases[-1].goodput for r in grad]
+    ratios = [r.cost_ratio for r in grad]
+    errors = sum(r.errors for r in grad)
+    goals.append(
+        _goal(
+            errors == 0 and worst_p95 <= 12.0 and min(goodput) >= 1.6 and max(ratios) <= 1.15,
+            f"least-request, measured gradient, seeds {GRADIENT_SEEDS}: {errors} errors, P95 "
+            f"after the first minute {worst_p95:.2f} s at worst (goal <= 12), goodput at 16 "
+            f"users {', '.join(f'{x:.2f}' for x in goodput)} req/s (goal >= 1.6), cost "
+            f"{', '.join(f'{x:.3f}' for x in ratios)} x oracle (goal <= 1.15)",
+        )
+    )
+    quiet = dataclasses.replace(routed, record_series=False)
+    over: dict[bool, list[str]] = {True: [], False: []}
+    runs = 0
+    for kind, level in STEADY_LOADS:
+        trace = _steady_trace(kind, level)
+        for seed in WIDE_STEADY_SEEDS if kind == "open" else WIDE_CLOSED_SEEDS:
+            runs += 1
+            for told in (True, False):
+                hint = LEAST_REQUEST if told else None
+                _, result = run_policy(trace, "ours", seed=seed, config=quiet, overrides=hint)
+                if _moves_after(result, SETTLE_AFTER_SECONDS)[0] > 1:
+                    over[told].append(f"{kind} {level} seed {seed}")
+    counted = {
+        told: f"{len(runs_over)} of {runs}" + (f" ({', '.join(runs_over)})" if runs_over else "")
+        for told, runs_over in over.items()
+    }
+    goals.append(
+        _goal(
+            not over[True],
+            f"least-request, steady loads, open on seeds {WIDE_STEADY_SEEDS[0]}-"
+            f"{WIDE_STEADY_SEEDS[-1]} and closed on {WIDE_CLOSED_SEEDS[0]}-"
+            f"{WIDE_CLOSED_SEEDS[-1]}, runs that make more than one scale-down after "
+            f"{SETTLE_AFTER_SECONDS:.0f} s: told {counted[True]}; not told {counted[False]}",
+        )
+    )
+    return lines, goals
+
+
 def _goal(ok: bool, text: str) -> str:
     return f"[{'met' if ok else 'NOT met'}] {text}"
 
@@ -398,28 +492,12 @@ def main() -> int:
                 )
 
     # Oscillation on steady loads: scale-downs after the settle time.
-    steady = (
-        ("open", 1.0),
-        ("open", 4.0),
-        ("open", 10.0),
-        ("open", 16.0),
-        ("closed", 8),
-        ("closed", 16),
-    )
-    settle = 600.0
+    settle = SETTLE_AFTER_SECONDS
     wide: list[str] = []
     wide_over = wide_runs = 0
     quiet = dataclasses.replace(client, record_series=False)
-    for kind, level in steady:
-        steady_phase = {"duration": 3600, "rate" if kind == "open" else "users": level}
-        trace = parse_trace(
-            {
-                "name": f"steady-{kind}-{level}",
-                "kind": kind,
-                "service": {"autoscaling": {"maxReplicas": 60}},
-                "phases": [steady_phase],
-            }
-        )
+    for kind, level in STEADY_LOADS:
+        trace = _steady_trace(kind, level)
         runs = [run_policy(trace, "ours", seed=s, config=client) for s in STEADY_SEEDS]
         moves = [_moves_after(result, settle) for _, result in runs]
         downs = [d for d, _ in moves]
@@ -462,6 +540,11 @@ def main() -> int:
             f"({'; '.join(wide)})",
         )
     )
+
+    # Behind a least-request balancer: the same policy told so. Not the default
+    # environment of the goals above (a Service is round-robin), reported beside it.
+    least_request_lines, least_request_goals = least_request(client)
+    goals += least_request_goals
 
     # Speed: the best of SPEED_RUNS runs, as timeit takes it (on a shared machine
     # noise only ever adds time); the whole run's time goal on the slowest. The
@@ -516,6 +599,14 @@ def main() -> int:
         "replica-seconds and cost of all)"
     )
     for line in cold_lines:
+        print("  " + line)
+    print()
+    print(
+        "Behind a least-request balancer (the simulator's least-loaded routing): ours told "
+        "so (autoscaling.loadBalancing: LeastRequest) and not told (failed requests of all "
+        "sent, cost)"
+    )
+    for line in least_request_lines:
         print("  " + line)
     print()
     print("Goals")

@@ -135,6 +135,31 @@ def test_a_queue_is_not_excused_by_the_tolerance() -> None:
     assert recommend(PolicyState(), _signals(5, 0), _pods(2), _spec(), now=0.0).replicas == 2
 
 
+def test_behind_a_least_request_balancer_a_short_queue_is_tolerated() -> None:
+    # The measured gradient's 8-user step, at the default 3.6 per pod: 4 users ran on
+    # one pod, now 4 run and 4 wait. Behind round-robin the queue stays with the pod
+    # that has it, and 2 pods would queue there again: 3. Behind a least-request
+    # balancer 2 pods take 4 each, none waiting: 2 (8 is within a quarter pod of 7.2).
+    round_robin = _spec(maxReplicas=20, targetUtilization=0.9)
+    least_request = _spec(maxReplicas=20, targetUtilization=0.9, loadBalancing="LeastRequest")
+    assert round_robin.autoscaling.load_balancing == "RoundRobin"  # the default
+    for spec, wanted in ((round_robin, 3), (least_request, 2)):
+        state = _history(spec, [4.0] * 60, pods=1)
+        d = recommend(state, _signals(4, 4), _pods(1), spec, now=300.0)
+        assert d.replicas == wanted, spec.autoscaling.load_balancing
+        # 16 users on 2 pods: 8 running, 8 waiting, past the tolerance under both.
+        state = _history(spec, [8.0] * 60, pods=2)
+        assert recommend(state, _signals(8, 8), _pods(2), spec, now=300.0).replicas == 5
+    # The tolerance is the quarter pod running requests get (one request at 4 per
+    # pod): a longer queue still buys a pod at once.
+    spec = _spec(maxReplicas=20, loadBalancing="LeastRequest")
+    state = _history(spec, [4.0] * 60, pods=1)
+    assert recommend(state, _signals(4, 1), _pods(1), spec, now=300.0).replicas == 1
+    assert recommend(state, _signals(4, 2), _pods(1), spec, now=300.0).replicas == 2
+    rr_state = _history(_spec(maxReplicas=20), [4.0] * 60, pods=1)
+    assert recommend(rr_state, _signals(4, 1), _pods(1), _spec(maxReplicas=20), 300.0).replicas == 2
+
+
 def test_requests_refused_while_queues_are_full_are_demand_too() -> None:
     # One pod, 4 running and its queue of 8 full, half the arrivals refused: the
     # admitted half holds the 4 slots, so the refused half needs 4 more.

@@ -301,6 +301,29 @@ def test_ours_on_the_measured_gradient_has_no_errors_and_scales() -> None:
     assert report.phases[-1].goodput > static.phases[-1].goodput
 
 
+def test_told_of_a_least_request_balancer_ours_runs_the_gradient_on_fewer_pods() -> None:
+    # Behind least-loaded routing, the 8-user step on 2 pods meets the P95 target, and
+    # the policy told so (loadBalancing: LeastRequest) holds 2 where it holds 3 behind
+    # round-robin; told wrongly, behind round-robin, it misses the target there.
+    routed = SimConfig(retries=2, routing="least-loaded")
+    hint = {"autoscaling": {"loadBalancing": "LeastRequest"}}
+    told, told_run = run_policy("measured-gradient", "ours", seed=1, config=routed, overrides=hint)
+    untold, untold_run = run_policy("measured-gradient", "ours", seed=1, config=routed)
+    assert told.errors == untold.errors == 0
+
+    def replicas_late_in_the_8_user_phase(result: SimResult) -> set[int]:
+        series = result.series
+        return {r for t, r in zip(series.t, series.replicas, strict=True) if 1000 <= t < 1200}
+
+    assert replicas_late_in_the_8_user_phase(told_run) == {2}
+    assert replicas_late_in_the_8_user_phase(untold_run) == {3}
+    assert told.replica_seconds < untold.replica_seconds
+    assert all((p.p95_after_first_minute or 0.0) <= 12.0 for p in told.phases)
+    wrong, _ = run_policy("measured-gradient", "ours", seed=1, config=SimConfig(retries=2),
+                          overrides=hint)  # fmt: skip
+    assert (wrong.phases[3].p95_after_first_minute or 0.0) > 12.0
+
+
 def test_oracle_of_a_closed_trace_is_pods_for_the_users() -> None:
     trace = parse_trace(
         {

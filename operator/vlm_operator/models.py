@@ -42,6 +42,7 @@ SERVICE_LABEL = f"{GROUP}/service"
 
 Runtime = Literal["llamacpp", "transformers", "fake", "custom"]
 MissingSignalsAction = Literal["Hold", "Fallback"]
+LoadBalancing = Literal["RoundRobin", "LeastRequest"]
 
 #: A Kubernetes resource quantity ("8", "500m", "12Gi"), as the API server's
 #: own ``resource.Quantity`` pattern spells it.
@@ -530,6 +531,19 @@ class AutoscalingSpec(APIModel):
         description=(
             "Pods Pending longer than this (no node delivered) stop counting as capacity "
             "on its way; the service shows ScalingLimited."
+        ),
+    )
+    load_balancing: LoadBalancing = Field(
+        default="RoundRobin",
+        description=(
+            "How requests reach the pods. RoundRobin: a Kubernetes Service (kube-proxy), "
+            "which keeps sending a pod with a queue its share, so a queue is demand a pod "
+            "must be added for. LeastRequest: a mesh or gateway that sends each request to "
+            "the pod with the fewest in flight (Envoy LEAST_REQUEST, an inference gateway's "
+            "endpoint picker), which drains a short queue into the next free slot, so a "
+            "queue within a quarter pod's worth of requests is tolerated like running "
+            "requests over the target: fewer pods. Wrong here, LeastRequest behind "
+            "round-robin misses the P95 target."
         ),
     )
 

@@ -32,8 +32,13 @@ The rules, and the failures of other autoscalers they answer:
   loop not at all); the spare a scale-down leaves is 1.6 σ, as its one-pod
   steps wait longer (below). A queue (waiting > 0) is excused by the noise
   band only: the quarter-pod tolerance is for running requests over the
-  target. But a queue of one request on a fleet counts only once a second
-  sample shows a queue too: Prometheus scrapes the gates at different
+  target, as behind a round-robin Service the pod with the queue keeps
+  getting its share of new requests. Behind a least-request balancer
+  (``autoscaling.loadBalancing: LeastRequest``) new requests go to the pod
+  with a free slot, a short queue drains into the next one, and the
+  tolerance excuses it too (8 users on one pod ask for 2 pods, not 3). But a
+  queue of one request on a fleet counts only once a second sample shows a
+  queue too: Prometheus scrapes the gates at different
   instants, so a request that finished on one pod, and whose client's next
   request waits on another, can be counted on both. A 10 % tolerance band
   means nothing at 1-4 replicas (kubernetes#116984), and a band narrower
@@ -784,8 +789,11 @@ def recommend(
     )
     # A queue is demand the running slots did not absorb: the quarter-pod
     # tolerance is for running requests over the target, not for a queue, which
-    # only the noise band may excuse.
-    up_band = noise if queued else max(UP_TOLERANCE * per_pod, noise)
+    # only the noise band may excuse. Behind round-robin, that is: the pod with
+    # the queue keeps getting its share. A least-request balancer sends new
+    # requests elsewhere, so a short queue is gone at the next free slot.
+    tolerant = not queued or auto.load_balancing == "LeastRequest"
+    up_band = max(UP_TOLERANCE * per_pod, noise) if tolerant else noise
     down_band = max(DOWN_SPARE * per_pod, DOWN_NOISE_WIDTH * sigma)
     # What the P95 guard learned holds while the load does: a scale-down to
     # the fleet that missed the target at this demand would only be bought

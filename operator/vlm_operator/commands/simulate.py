@@ -60,7 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--routing",
         choices=("round-robin", "least-loaded"),
         default="round-robin",
-        help="how the Service spreads requests (default: round-robin)",
+        help=(
+            "how the Service spreads requests (default: round-robin); tell ours of a "
+            "least-request balancer in the trace: service.autoscaling.loadBalancing: LeastRequest"
+        ),
     )
     parser.add_argument("--compare", action="store_true", help="run every policy; one table")
     parser.add_argument("--json", action="store_true", help="print the report(s) as JSON")
