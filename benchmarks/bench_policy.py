@@ -142,20 +142,19 @@ def least_request(client: SimConfig) -> tuple[list[str], list[str]]:
         f"{'not told: failed':>20}{'x oracle':>10}"
     ]
     goals: list[str] = []
+    grad: list[Report] = []
     for name in list_traces():
         seeds = GRADIENT_SEEDS if name == "measured-gradient" else GRADIENT_SEEDS[:1]
         for seed in seeds:
             told, _ = run_policy(name, "ours", seed=seed, config=routed, overrides=LEAST_REQUEST)
             untold, _ = run_policy(name, "ours", seed=seed, config=routed)
+            if name == "measured-gradient":
+                grad.append(told)
             lines.append(
                 f"{name:<19}{seed:>5}{f'{told.errors:,} of {told.requests:,}':>18}"
                 f"{told.cost_ratio:>10.3f}{f'{untold.errors:,} of {untold.requests:,}':>20}"
                 f"{untold.cost_ratio:>10.3f}"
             )
-    grad = [
-        run_policy("measured-gradient", "ours", seed=s, config=routed, overrides=LEAST_REQUEST)[0]
-        for s in GRADIENT_SEEDS
-    ]
     worst_p95 = max(p.p95_after_first_minute or 0.0 for r in grad for p in r.phases)
     goodput = [r.phases[-1].goodput for r in grad]
     ratios = [r.cost_ratio for r in grad]

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import helm_python as helm
 import httpx
 import pytest
 import yaml
@@ -106,11 +107,22 @@ def test_the_chart_adjusts_the_rules_by_value(tmp_path: Path) -> None:
         [promtool, "check", "rules", str(rendered)], capture_output=True, text=True, timeout=60
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    # A whole group turned off leaves no empty group behind.
+    # A whole group turned off leaves no empty group behind; every alert off, no group.
     operator_alerts = ["VLMOperatorSignalsUnavailable", "VLMOperatorCRDOutdated"]
     values = {"prometheusRule": {"enabled": True, "disabled": operator_alerts}}
     spec = next(o for o in chart.render(values) if o["kind"] == "PrometheusRule")["spec"]
     assert [g["name"] for g in spec["groups"]] == ["vlm-operator.services"]
+    values = {"prometheusRule": {"enabled": True, "disabled": sorted(originals)}}
+    spec = next(o for o in chart.render(values) if o["kind"] == "PrometheusRule")["spec"]
+    assert spec == {"groups": []}
+
+
+@pytest.mark.parametrize("key", ["disabled", "for", "ruleLabels", "extraGroups"])
+def test_a_rule_value_set_to_null_is_its_empty_self(key: str) -> None:
+    # `--set prometheusRule.for=null` (or null in a values file) removes the key.
+    values = {"prometheusRule": {"enabled": True, key: None}}
+    spec = next(o for o in chart.render(values) if o["kind"] == "PrometheusRule")["spec"]
+    assert spec == yaml.safe_load(RULES.read_text())
 
 
 @pytest.mark.parametrize(
@@ -119,21 +131,26 @@ def test_the_chart_adjusts_the_rules_by_value(tmp_path: Path) -> None:
         ({"disabled": ["VLMServiceQueueNotEmpty"]}, 'prometheusRule.disabled: "VLMServiceQueue'),
         ({"for": {"VLMErrors": "1h"}}, 'prometheusRule.for: "VLMErrors" is no alert of the chart'),
         ({"for": {"VLMServiceErrors": "an hour"}}, "/prometheusRule/for/VLMServiceErrors"),
+        # Prometheus reads units from the largest down, each once.
+        ({"for": {"VLMServiceErrors": "30m1h"}}, "/prometheusRule/for/VLMServiceErrors"),
+        ({"for": {"VLMServiceErrors": "1m1m"}}, "/prometheusRule/for/VLMServiceErrors"),
         ({"ruleLabels": {"my-team": "x"}}, "my-team"),
+        ({"ruleLabels": {"__name__": "x"}}, "__name__"),  # reserved by Prometheus
         ({"extraGroups": [{"rules": []}]}, "name"),
     ],
 )
 def test_a_rule_value_naming_no_alert_or_badly_formed_is_refused(
     rule_values: dict[str, Any], message: str
 ) -> None:
-    with pytest.raises(Exception, match=message) as refused:
+    refusals = (helm.HelmValuesError, helm.HelmRenderError)  # the schema's, the template's
+    with pytest.raises(refusals, match=message) as refused:
         chart.render({"prometheusRule": {"enabled": True, **rule_values}})
     if "is no alert" in message:
         assert "its alerts: VLMServiceRefusingRequests," in str(refused.value)
 
 
 def test_a_misspelt_rule_value_is_refused() -> None:
-    with pytest.raises(Exception, match="enable"):
+    with pytest.raises(helm.HelmValuesError, match="enable"):
         chart.render({"prometheusRule": {"enable": True}})
 
 

@@ -33,7 +33,7 @@ from .selectors import (
     selectable_fields,
 )
 from .store import Store, Watch
-from .tables import table, wants_table
+from .tables import include_object, table, wants_table
 
 _log = logging.getLogger(__name__)
 _PATCH_TYPES = {
@@ -406,9 +406,21 @@ class KubeAPIServer:
         if target.subresource == "scale":
             return self._respond(self.store.get_scale(target.kind, target.namespace, target.name))
         obj = self.store.get(target.kind, target.namespace, target.name)
-        if not target.subresource and wants_table(request.headers.get("Accept", "")):
-            return self._respond(table(target.kind, [obj], obj["metadata"]["resourceVersion"]))
+        include = self._table_include(request)
+        if not target.subresource and include is not None:
+            version = obj["metadata"]["resourceVersion"]
+            return self._respond(table(target.kind, [obj], version, include=include))
         return self._respond(obj)
+
+    @staticmethod
+    def _table_include(request: web.Request) -> str | None:
+        """``includeObject`` when the request asks for a Table (kubectl get does), else None."""
+        if not wants_table(request.headers.get("Accept", "")):
+            return None
+        try:
+            return include_object(request.query.get("includeObject"))
+        except ValueError as error:
+            raise errors.bad_request(str(error)) from None
 
     @staticmethod
     def _selectors(request: web.Request, kind: ResourceKind) -> tuple[Predicate, Predicate]:
@@ -428,9 +440,10 @@ class KubeAPIServer:
         items = self.store.list_objects(
             target.kind, target.namespace, lambda o: labels(o) and fields(o)
         )
-        if wants_table(request.headers.get("Accept", "")):
+        include = self._table_include(request)
+        if include is not None:
             version = str(self.store.resource_version)
-            return self._respond(table(target.kind, items, version))
+            return self._respond(table(target.kind, items, version, include=include))
         return self._respond(
             {
                 "kind": f"{target.kind.kind}List",
@@ -454,6 +467,7 @@ class KubeAPIServer:
             timeout = float(timeout_text) if timeout_text else None
         except ValueError:
             raise errors.bad_request(f"invalid timeoutSeconds {timeout_text!r}") from None
+        include = self._table_include(request)
         watch = Watch((target.kind.group, target.kind.plural), target.namespace, labels, fields)
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(request)
@@ -467,7 +481,7 @@ class KubeAPIServer:
         deadline = None if timeout is None else loop.time() + timeout
         try:
             if send_initial:
-                await self._drain(response, watch, target.kind)
+                await self._drain(response, watch, target.kind, include)
                 await _write_event(
                     response,
                     "BOOKMARK",
@@ -490,8 +504,8 @@ class KubeAPIServer:
                     continue
                 if item is None:
                     break
-                await _write_event(response, item[0], self.store.serve(target.kind, item[1]))
-                await self._drain(response, watch, target.kind)
+                await _write_event(response, item[0], self._shape(target.kind, item[1], include))
+                await self._drain(response, watch, target.kind, include)
         except ConnectionResetError:  # the client went away
             return response
         finally:
@@ -500,13 +514,24 @@ class KubeAPIServer:
             await response.write_eof()
         return response
 
-    async def _drain(self, response: web.StreamResponse, watch: Watch, kind: ResourceKind) -> None:
+    async def _drain(
+        self, response: web.StreamResponse, watch: Watch, kind: ResourceKind, include: str | None
+    ) -> None:
         while not watch.queue.empty():
             item = watch.queue.get_nowait()
             if item is None:
                 watch.queue.put_nowait(None)
                 return
-            await _write_event(response, item[0], self.store.serve(kind, item[1]))
+            await _write_event(response, item[0], self._shape(kind, item[1], include))
+
+    def _shape(
+        self, kind: ResourceKind, stored: dict[str, Any], include: str | None
+    ) -> dict[str, Any]:
+        """A watch event's object as served: the object, or a Table of its one row."""
+        obj = self.store.serve(kind, stored)
+        if include is None:
+            return obj
+        return table(kind, [obj], obj["metadata"]["resourceVersion"], include=include)
 
     def _bookmark(
         self, kind: ResourceKind, annotations: dict[str, str] | None = None

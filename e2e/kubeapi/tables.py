@@ -17,13 +17,14 @@ indices (``[0]``) and an equality filter (``[?(@.type=="Ready")]``).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from .resources import ResourceKind
 
-__all__ = ["human_duration", "json_path", "table", "wants_table"]
+__all__ = ["human_duration", "include_object", "json_path", "table", "wants_table"]
 
 _NAME_COLUMN = {
     "name": "Name",
@@ -40,6 +41,9 @@ _AGE_COLUMN = {
     "priority": 0,
     "jsonPath": ".metadata.creationTimestamp",
 }
+
+#: Values of ``includeObject``: no object, its metadata (the default), all of it.
+INCLUDE_OBJECT = ("None", "Metadata", "Object")
 
 _STEP = re.compile(r"\.([A-Za-z0-9_$-]+)|\[(\d+)\]|\[\?\(@\.([A-Za-z0-9_.-]+)==\"([^\"]*)\"\)\]")
 
@@ -79,7 +83,8 @@ def json_path(obj: Any, path: str) -> Any:
             matches = [
                 item
                 for item in (value if isinstance(value, list) else [])
-                if str(json_path(item, "." + filter_field)) == filter_value
+                if (found := json_path(item, "." + filter_field)) is not None
+                and _text(found) == filter_value
             ]
             value = matches[0] if matches else None
         if value is None:
@@ -89,11 +94,11 @@ def json_path(obj: Any, path: str) -> Any:
 
 def human_duration(seconds: float) -> str:
     """An age as kubectl shows it (k8s.io/apimachinery/pkg/util/duration.HumanDuration)."""
-    if seconds < -1:
+    whole = int(seconds)  # Go's int(d.Seconds()): toward zero, before any comparison
+    if whole < -1:
         return "<invalid>"
-    if seconds < 0:
+    if whole < 0:
         return "0s"
-    whole = int(seconds)
     if whole < 60 * 2:
         return f"{whole}s"
     minutes = whole // 60
@@ -116,28 +121,49 @@ def human_duration(seconds: float) -> str:
     return f"{hours // 24 // 365}y"
 
 
-def _age(obj: dict[str, Any], now: dt.datetime) -> str:
-    stamp = json_path(obj, ".metadata.creationTimestamp")
-    try:
-        created = dt.datetime.fromisoformat(str(stamp).replace("Z", "+00:00"))
-    except ValueError:
+def _age(stamp: str, now: dt.datetime) -> str:
+    """A timestamp as an age; ``<unknown>`` when empty, ``<invalid>`` when unreadable."""
+    if stamp in ("", "null"):
         return "<unknown>"
+    try:
+        created = dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return "<invalid>"
+    if created.tzinfo is None:
+        return "<invalid>"  # RFC 3339 has an offset, always
     return human_duration((now - created).total_seconds())
 
 
+def _text(value: Any) -> str:
+    """A value as a JSONPath template prints it (a string column of a CRD)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, dict | list):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
 def _cell(value: Any, column_type: str, now: dt.datetime) -> Any:
-    """A CRD column's cell as the real server types it (a wrong type: nil, as there)."""
+    """A CRD column's cell as the real server types it (apiextensions' tableconvertor:
+    a value of another type is nil, but an integer column truncates a float)."""
     if value is None:
         return None
-    if column_type == "date":
-        return _age({"metadata": {"creationTimestamp": value}}, now)
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if column_type == "string":
+        return _text(value)
     if column_type == "integer":
-        return value if isinstance(value, int) and not isinstance(value, bool) else None
+        return int(value) if number else None
     if column_type == "number":
-        return value if isinstance(value, int | float) and not isinstance(value, bool) else None
+        return float(value) if number else None
     if column_type == "boolean":
         return value if isinstance(value, bool) else None
-    return value if isinstance(value, str) else str(value)
+    if column_type == "date":
+        return _age(value, now) if isinstance(value, str) else None
+    return None
 
 
 def _deployment(obj: dict[str, Any]) -> list[Any]:
@@ -184,40 +210,70 @@ def _column(
     }
 
 
+def include_object(value: str | None) -> str:
+    """The ``includeObject`` query parameter: what each row carries of its object."""
+    if value in (None, ""):
+        return "Metadata"
+    if value not in INCLUDE_OBJECT:
+        raise ValueError(
+            f'includeObject: Unsupported value: "{value}": supported values: '
+            + ", ".join(f'"{v}"' for v in INCLUDE_OBJECT)
+        )
+    return value
+
+
+def _crd_column(declared: dict[str, Any]) -> dict[str, Any]:
+    """A Table's definition of one of a CRD's additionalPrinterColumns."""
+    path = declared["jsonPath"]
+    description = declared.get("description") or (
+        f"Custom resource definition column (in JSONPath format): {path}"
+    )
+    return {
+        "name": str(declared["name"]),
+        "type": str(declared.get("type", "string")),
+        "format": str(declared.get("format", "")),
+        "description": str(description),
+        "priority": int(declared.get("priority", 0)),
+    }
+
+
+def _lookup(obj: dict[str, Any], path: str) -> Any:
+    """A printer column's value; None where the path finds nothing or is beyond the subset."""
+    try:
+        return json_path(obj, path)
+    except ValueError:
+        return None
+
+
 def table(
     kind: ResourceKind,
     items: list[dict[str, Any]],
     resource_version: str,
     now: dt.datetime | None = None,
+    *,
+    include: str = "Metadata",
 ) -> dict[str, Any]:
-    """The Table of ``items`` (one object for a GET of a name, every match for a list)."""
+    """The Table of ``items`` (one object for a GET of a name or a watch event, every
+    match for a list); ``include`` is the request's :func:`include_object`."""
     now = now or dt.datetime.now(dt.UTC)
     rows: list[dict[str, Any]] = []
     if kind.custom:
         declared = list(kind.printer_columns) or [_AGE_COLUMN]
-        columns = [_NAME_COLUMN] + [
-            _column(
-                str(c["name"]),
-                str(c.get("type", "string")),
-                str(c.get("description", "")),
-                int(c.get("priority", 0)),
-            )
-            | {"format": str(c.get("format", ""))}
-            for c in declared
-        ]
+        columns = [_NAME_COLUMN] + [_crd_column(c) for c in declared]
         for obj in items:
             cells = [obj["metadata"]["name"]]
             cells += [
-                _cell(json_path(obj, str(c["jsonPath"])), str(c.get("type", "string")), now)
+                _cell(_lookup(obj, str(c["jsonPath"])), str(c.get("type", "string")), now)
                 for c in declared
             ]
-            rows.append(_row(obj, cells))
+            rows.append(_row(obj, cells, include))
     else:
         extra, cells_of = _PRINTERS.get((kind.group, kind.plural), ((), lambda _: []))
         columns = [_NAME_COLUMN, *(_column(name, t) for name, t in extra)]
         columns.append({k: v for k, v in _AGE_COLUMN.items() if k != "jsonPath"})
         for obj in items:
-            rows.append(_row(obj, [obj["metadata"]["name"], *cells_of(obj), _age(obj, now)]))
+            age = _age(str((obj.get("metadata") or {}).get("creationTimestamp") or ""), now)
+            rows.append(_row(obj, [obj["metadata"]["name"], *cells_of(obj), age], include))
     return {
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",
@@ -227,12 +283,10 @@ def table(
     }
 
 
-def _row(obj: dict[str, Any], cells: list[Any]) -> dict[str, Any]:
-    return {
-        "cells": cells,
-        "object": {
-            "kind": "PartialObjectMetadata",
-            "apiVersion": "meta.k8s.io/v1",
-            "metadata": obj["metadata"],
-        },
-    }
+def _row(obj: dict[str, Any], cells: list[Any], include: str) -> dict[str, Any]:
+    if include == "Object":
+        return {"cells": cells, "object": obj}
+    if include == "None":
+        return {"cells": cells}
+    partial = {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1"}
+    return {"cells": cells, "object": partial | {"metadata": obj["metadata"]}}

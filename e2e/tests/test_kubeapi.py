@@ -1431,8 +1431,45 @@ def test_a_table_of_built_in_kinds_has_their_usual_columns(
     assert [c["name"] for c in table["columnDefinitions"]] == [
         "Name", "Ready", "Up-to-date", "Available", "Age"]  # fmt: skip
     assert table["rows"][0]["cells"][:4] == ["d", "0/3", 0, 0]
+    assert re.fullmatch(r"\d+s", table["rows"][0]["cells"][4])
     assert [c["name"] for c in services["columnDefinitions"]] == ["Name", "Age"]
     assert services["rows"] == []
+    containers = [{"name": "a", "image": "i"}, {"name": "b", "image": "i"}]
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+           "spec": {"containers": containers}}  # fmt: skip
+    with httpx.Client(base_url=api.url) as http:
+        path = f"/api/v1/namespaces/{namespace}/pods"
+        assert http.post(path, json=pod).status_code == 201
+        status = {"status": {"phase": "Running", "containerStatuses": [
+            {"name": "a", "ready": True, "restartCount": 2},
+            {"name": "b", "ready": False, "restartCount": 1}]}}  # fmt: skip
+        patched = http.patch(f"{path}/p/status", json=status,
+                             headers={"Content-Type": "application/merge-patch+json"})  # fmt: skip
+        assert patched.status_code == 200, patched.text
+        pods = http.get(path, headers={"Accept": _TABLE}).json()
+    assert [c["name"] for c in pods["columnDefinitions"]] == [
+        "Name", "Ready", "Status", "Restarts", "Age"]  # fmt: skip
+    assert pods["rows"][0]["cells"][:4] == ["p", "1/2", "Running", 3]
+
+
+def test_a_watch_asked_for_a_table_sends_rows(api: ThreadedKubeAPI, namespace: str) -> None:
+    """kubectl get -w: each event's object is a Table of the one changed row."""
+    base = f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{PLURAL}"
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "VLMService",
+            "metadata": {"name": "watched"},
+            "spec": {"model": {"id": "Qwen/Qwen3-VL-2B-Instruct", "runtime": "fake"}}}  # fmt: skip
+    with httpx.Client(base_url=api.url, timeout=30) as http:
+        assert http.post(base, json=body).status_code == 201
+        params = {"watch": "true", "timeoutSeconds": "1", "resourceVersion": "0"}
+        with http.stream("GET", base, params=params, headers={"Accept": _TABLE}) as events:
+            first = json.loads(next(events.iter_lines()))
+        refused = http.get(base, params={"includeObject": "All"}, headers={"Accept": _TABLE})
+    assert first["type"] == "ADDED"
+    assert first["object"]["kind"] == "Table"
+    assert first["object"]["columnDefinitions"][1]["name"] == "Ready"
+    assert first["object"]["rows"][0]["cells"][0] == "watched"
+    assert refused.status_code == 400
+    assert "includeObject" in refused.json()["message"]
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
@@ -1456,3 +1493,8 @@ def test_kubectl_get_prints_the_printer_columns(
                               "P95", "MODEL", "RUNTIME", "AGE"]  # fmt: skip
     assert row.split()[0] == "seen"
     assert "Qwen/Qwen3-VL-2B-Instruct" in row.split()
+    # --sort-by asks the rows to carry whole objects (includeObject=Object).
+    sorted_by = subprocess.run([*command, "get", "vlms", "--sort-by=.spec.model.id"],
+                               capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert sorted_by.returncode == 0, sorted_by.stderr
+    assert sorted_by.stdout.splitlines()[1].split()[0] == "seen"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from e2e.kubeapi import RecordedRequest
 from e2e.kubeapi.patch import PatchError, json_patch, merge_patch, strategic_merge_patch
 from e2e.kubeapi.rbac import missing_permissions, unused_permissions, used_permissions
+from e2e.kubeapi.resources import ResourceKind
 from e2e.kubeapi.schema import apply_defaults, check_crd_schema, prune, prune_nulls, validate
 from e2e.kubeapi.selectors import (
     SelectorError,
@@ -17,7 +19,7 @@ from e2e.kubeapi.selectors import (
     selectable_fields,
     selector_to_string,
 )
-from e2e.kubeapi.tables import human_duration, json_path, wants_table
+from e2e.kubeapi.tables import human_duration, include_object, json_path, table, wants_table
 
 
 def test_merge_patch_is_rfc7386() -> None:
@@ -299,7 +301,8 @@ def test_unchanged_subtrees_of_an_update_are_not_validated_again() -> None:
 
 @pytest.mark.parametrize(
     ("seconds", "shown"),
-    [(-5, "<invalid>"), (-0.5, "0s"), (59, "59s"), (119, "119s"), (120, "2m"), (150, "2m30s"),
+    [(-5, "<invalid>"), (-1.5, "0s"), (-0.5, "0s"), (59, "59s"), (119, "119s"), (120, "2m"),
+     (150, "2m30s"),
      (600, "10m"), (179 * 60, "179m"), (3 * 3600, "3h"), (3 * 3600 + 60, "3h1m"),
      (47 * 3600, "47h"), (50 * 3600, "2d2h"), (8 * 86400, "8d"), (800 * 86400, "2y70d"),
      (9 * 365 * 86400, "9y")],
@@ -330,3 +333,50 @@ def test_only_a_meta_v1_table_is_taken_for_one() -> None:
         "application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json;as=Table;v=v1;g=meta.k8s.io"
     )
     assert not wants_table("")
+
+
+def test_crd_cells_are_typed_as_the_real_table_convertor_types_them() -> None:
+    columns = tuple(
+        {"name": n, "type": t, "jsonPath": f".spec.{n}"}
+        for n, t in (("i", "integer"), ("f", "number"), ("s", "string"), ("b", "boolean"),
+                     ("d", "date"), ("bad", "date"), ("odd", "date"), ("x", "integer"))
+    )  # fmt: skip
+    kind = ResourceKind("g", "v1", "things", "Thing", True, custom=True, printer_columns=columns)
+    obj = {"metadata": {"name": "t"},
+           "spec": {"i": 2.7, "f": 3, "s": True, "b": "yes", "d": "2026-12-05T10:00:00Z",
+                    "bad": "yesterday", "odd": 5, "x": [1]}}  # fmt: skip
+    now = dt.datetime(2026, 12, 5, 10, 5, tzinfo=dt.UTC)
+    [row] = table(kind, [obj], "7", now)["rows"]
+    # A float in an integer column truncates; an int in a number column is a float; any
+    # value in a string column prints as JSONPath prints it; a wrong type is null.
+    assert row["cells"] == ["t", 2, 3.0, "true", None, "5m", "<invalid>", None, None]
+    assert isinstance(row["cells"][2], float)
+    described = table(kind, [], "7", now)["columnDefinitions"][1]["description"]
+    assert described == "Custom resource definition column (in JSONPath format): .spec.i"
+
+
+def test_a_column_path_beyond_the_subset_is_a_null_cell_not_a_failed_list() -> None:
+    columns = ({"name": "All", "type": "string", "jsonPath": ".spec.items[*].name"},)
+    kind = ResourceKind("g", "v1", "things", "Thing", True, custom=True, printer_columns=columns)
+    [row] = table(kind, [{"metadata": {"name": "t"}, "spec": {}}], "1")["rows"]
+    assert row["cells"] == ["t", None]
+
+
+def test_rows_carry_what_include_object_asks_for() -> None:
+    kind = ResourceKind("g", "v1", "things", "Thing", True, custom=True)
+    obj = {"metadata": {"name": "t", "namespace": "n"}, "spec": {"a": 1}}
+    rows = {include: table(kind, [obj], "1", include=include)["rows"][0]
+            for include in ("None", "Metadata", "Object")}  # fmt: skip
+    assert "object" not in rows["None"]
+    assert rows["Metadata"]["object"] == {
+        "kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+        "metadata": obj["metadata"]}  # fmt: skip
+    assert rows["Object"]["object"] == obj  # kubectl --sort-by asks for it
+    assert include_object(None) == include_object("") == "Metadata"
+    with pytest.raises(ValueError, match='includeObject: Unsupported value: "All"'):
+        include_object("All")
+
+
+def test_a_filter_does_not_take_a_missing_field_for_the_text_none() -> None:
+    items = {"items": [{"name": "a"}, {"type": "None", "name": "b"}]}
+    assert json_path(items, '.items[?(@.type=="None")].name') == "b"

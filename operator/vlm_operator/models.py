@@ -537,13 +537,14 @@ class AutoscalingSpec(APIModel):
         default="RoundRobin",
         description=(
             "How requests reach the pods. RoundRobin: a Kubernetes Service (kube-proxy), "
-            "which keeps sending a pod with a queue its share, so a queue is demand a pod "
-            "must be added for. LeastRequest: a mesh or gateway that sends each request to "
-            "the pod with the fewest in flight (Envoy LEAST_REQUEST, an inference gateway's "
-            "endpoint picker), which drains a short queue into the next free slot, so a "
-            "queue within a quarter pod's worth of requests is tolerated like running "
-            "requests over the target: fewer pods. Wrong here, LeastRequest behind "
-            "round-robin misses the P95 target."
+            "which keeps sending a pod with a queue its share, so every waiting request is "
+            "demand a slot must be added for. LeastRequest: one routing tier that sees every "
+            "request and sends each to the pod with the fewest in flight (an inference "
+            "gateway's endpoint picker, a gateway Deployment; not per-client sidecars, each "
+            "counting only its own requests). It drains a queue into the next free slot, so "
+            "waiting requests get the quarter-pod band running requests over the target get, "
+            "and a step is sized without round-robin's extra pod (8 in flight on one pod: 2 "
+            "pods, not 3). Set where it is not so, it misses the P95 target."
         ),
     )
 

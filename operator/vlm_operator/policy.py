@@ -35,8 +35,9 @@ The rules, and the failures of other autoscalers they answer:
   target, as behind a round-robin Service the pod with the queue keeps
   getting its share of new requests. Behind a least-request balancer
   (``autoscaling.loadBalancing: LeastRequest``) new requests go to the pod
-  with a free slot, a short queue drains into the next one, and the
-  tolerance excuses it too (8 users on one pod ask for 2 pods, not 3). But a
+  with a free slot and a queue drains into the next one, so waiting requests
+  get the same band as running ones and a step is sized without that extra
+  pod (8 in flight on one pod ask for 2 pods, not 3). But a
   queue of one request on a fleet counts only once a second sample shows a
   queue too: Prometheus scrapes the gates at different
   instants, so a request that finished on one pod, and whose client's next
@@ -791,7 +792,7 @@ def recommend(
     # tolerance is for running requests over the target, not for a queue, which
     # only the noise band may excuse. Behind round-robin, that is: the pod with
     # the queue keeps getting its share. A least-request balancer sends new
-    # requests elsewhere, so a short queue is gone at the next free slot.
+    # requests to free slots, so a queue is demand like running requests.
     tolerant = not queued or auto.load_balancing == "LeastRequest"
     up_band = max(UP_TOLERANCE * per_pod, noise) if tolerant else noise
     down_band = max(DOWN_SPARE * per_pod, DOWN_NOISE_WIDTH * sigma)
