@@ -18,6 +18,8 @@ visible on its own.
 
     .venv/bin/python benchmarks/sim_vs_local.py [--time-scale 5] [--trace measured-gradient]
     .venv/bin/python benchmarks/sim_vs_local.py --quick          # 10x, 2-minute phases (~1 min)
+    .venv/bin/python benchmarks/sim_vs_local.py --least-request  # both behind a least-request
+                                                                 # balancer, the service told so
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import json
 import math
 import statistics
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +42,7 @@ from vlm_operator.baselines import make_autoscaler  # noqa: E402
 from vlm_operator.latency import LatencyModel  # noqa: E402
 from vlm_operator.models import VLMServiceSpec  # noqa: E402
 from vlm_operator.simulator import SimConfig, SimResult, simulate  # noqa: E402
-from vlm_operator.simulator.engine import OK  # noqa: E402
+from vlm_operator.simulator.engine import OK, Routing  # noqa: E402
 from vlm_operator.traces import Trace, load_trace  # noqa: E402
 
 from e2e.demo import DemoResult, demo_manifest, quick_trace, run_demo  # noqa: E402
@@ -113,10 +115,17 @@ def sim_side(label: str, result: SimResult) -> Side:
 
 
 def simulate_like(
-    trace: Trace, spec: VLMServiceSpec, *, startup_s: float, scrape_s: float, seed: int
+    trace: Trace,
+    spec: VLMServiceSpec,
+    *,
+    startup_s: float,
+    scrape_s: float,
+    seed: int,
+    routing: Routing = "round-robin",
 ) -> SimResult:
     fake = spec.model.fake
     config = SimConfig(
+        routing=routing,
         startup_seconds=startup_s,
         client_timeout_seconds=CLIENT_TIMEOUT_S,
         latency=LatencyModel(base_seconds=fake.base_seconds, alpha=fake.alpha),
@@ -182,9 +191,24 @@ def main(argv: list[str] | None = None) -> int:
         help="run the gates with latency buckets in real seconds (VLM_GATE_BUCKET_SCALE=1) "
         "instead of divided by the time scale: shows how coarse the P95 signal gets",
     )
+    parser.add_argument(
+        "--least-request",
+        action="store_true",
+        help="a least-request balancer on both sides (the local Service least-in-flight, the "
+        "simulator least-loaded) and the VLMService told so (autoscaling.loadBalancing: "
+        "LeastRequest)",
+    )
     args = parser.parse_args(argv)
     k = args.time_scale or (10.0 if args.quick else 5.0)
     trace = quick_trace() if args.quick else load_trace(args.trace)
+    routing: Routing = "round-robin"
+    options: dict[str, Any] = {}
+    if args.least_request:
+        autoscaling = {**trace.service.get("autoscaling", {}), "loadBalancing": "LeastRequest"}
+        trace = replace(trace, service={**trace.service, "autoscaling": autoscaling})
+        routing = "least-loaded"
+        options["service_strategy"] = "least-in-flight"
+        print("a least-request balancer in front of the pods, and the VLMService told so")
 
     manifest = demo_manifest(trace)
     local_spec, notes = compress_spec(manifest["spec"], k)
@@ -195,12 +219,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {note}")
 
     out = sys.stdout if args.verbose else io.StringIO()
-    options: dict[str, Any] = {}
     if args.unscaled_buckets:
         # The rendered pods set VLM_GATE_BUCKET_SCALE to the fake model's time scale;
         # the runner's extra environment overrides it.
         print("the gates' latency buckets in real seconds, not divided by the time scale")
-        options = {"extra_env": {"VLM_GATE_BUCKET_SCALE": "1"}}
+        options["extra_env"] = {"VLM_GATE_BUCKET_SCALE": "1"}
     result = asyncio.run(run_demo(time_scale=k, trace=trace, out=out, cluster_options=options))
     local = local_side(result)
     nominal = spec.model.fake.startup_seconds
@@ -208,11 +231,25 @@ def main(argv: list[str] | None = None) -> int:
     sims = [
         sim_side(
             f"simulator, start-up {nominal:g} s",
-            simulate_like(trace, spec, startup_s=nominal, scrape_s=scrape_real_s, seed=args.seed),
+            simulate_like(
+                trace,
+                spec,
+                startup_s=nominal,
+                scrape_s=scrape_real_s,
+                seed=args.seed,
+                routing=routing,
+            ),
         ),
         sim_side(
             f"simulator, start-up {measured:.0f} s",
-            simulate_like(trace, spec, startup_s=measured, scrape_s=scrape_real_s, seed=args.seed),
+            simulate_like(
+                trace,
+                spec,
+                startup_s=measured,
+                scrape_s=scrape_real_s,
+                seed=args.seed,
+                routing=routing,
+            ),
         ),
     ]
     print(
