@@ -324,6 +324,33 @@ def test_told_of_a_least_request_balancer_ours_runs_the_gradient_on_fewer_pods()
     assert (wrong.phases[3].p95_after_first_minute or 0.0) > 12.0
 
 
+def test_the_gate_gives_up_on_a_request_the_model_holds_past_the_response_timeout() -> None:
+    # One pod, 4 users: each request takes 6.2 s alone and ~10.5 s four at a time.
+    # A response timeout of 8 s cuts the slow ones at 8 s (504, slot freed); 20 s
+    # cuts none.
+    def run(timeout: float) -> tuple[list[float], list[int]]:
+        spec = spec_for(
+            _closed(4, 600),
+            {"autoscaling": {"enabled": False}, "concurrency": {"responseTimeoutSeconds": timeout}},
+        )
+        result = simulate(_closed(4, 600), Ours(spec), spec=spec, seed=1)
+        latencies = [e - s for s, e in zip(result.sent, result.ended, strict=True)]
+        return latencies, result.status
+
+    latencies, status = run(8.0)
+    cut = [t for t, c in zip(latencies, status, strict=True) if c == 504]
+    assert len(cut) > len(status) / 2  # four at a time mostly take longer than 8 s
+    assert all(t == pytest.approx(8.0) for t in cut)  # from admission: nobody queues here
+    assert all(t < 8.0 for t, c in zip(latencies, status, strict=True) if c == OK)
+    assert set(status) == {OK, 504}
+    latencies, status = run(20.0)
+    assert set(status) == {OK}
+    assert max(latencies) > 8.0
+    # Past the client's own timeout (30 s) it can never fire: the default 600 s.
+    default = spec_for(_closed(4, 60))
+    assert default.concurrency.response_timeout_seconds == 600
+
+
 def test_oracle_of_a_closed_trace_is_pods_for_the_users() -> None:
     trace = parse_trace(
         {

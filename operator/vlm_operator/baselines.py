@@ -104,6 +104,9 @@ class GateBehaviour:
     #: of the others (FIFO among last chances) and may take a place beyond the
     #: queue's bound, as our gate does.
     last_chance_first: bool = False
+    #: The gate gives up on a request the model has held this long without an
+    #: answer (504 ``model_timeout``), cancelling it there; None: never.
+    response_timeout_seconds: float | None = None
 
 
 class Autoscaler(Protocol):
@@ -130,6 +133,7 @@ def _our_gate(spec: VLMServiceSpec) -> GateBehaviour:
         1.0,
         retry_after_estimated=True,
         last_chance_first=True,
+        response_timeout_seconds=c.response_timeout_seconds,
     )
 
 

@@ -18,9 +18,12 @@ engine models, in the order a request meets it:
   A hard in-flight limit, a bounded FIFO queue answered 429 (or 503) when
   full, and a queue deadline answered 504. Our gate puts a request on its
   last chance (a client's last retry) ahead of the others, with a few
-  places beyond the bound for it. A client that times out leaves the
-  queue; a request already inside the model keeps running (the model server
-  does not cancel), which is how one overloaded pod spirals.
+  places beyond the bound for it, and gives up on a request the model has
+  held for its response timeout (504, the model's request cancelled). A
+  client that times out leaves the queue, and its request inside the model
+  is cancelled there (``SimConfig.cancel_on_disconnect``; the stock server
+  of the measured setup kept running it, which is how one overloaded pod
+  spirals).
 - **Pods.** :class:`~vlm_operator.latency.ProcessorSharing` under the
   calibrated latency model; new pods become ready after the start-up delay;
   removed pods leave the Service at once and finish what they hold.
@@ -35,9 +38,9 @@ engine models, in the order a request meets it:
   it stands, with no new decision, so that every request counts, the slowest
   and the queued included. Replica-seconds stop at the end.
 
-Client and queue deadlines are constant per run, so each is kept in one FIFO
-(deadline order = send order) instead of one heap event per request, and one
-wake-up event in the heap stands for the earlier live head of the two; that
+Client, queue and response deadlines are constant per run, so each is kept in one
+FIFO (deadline order = send or admission order) instead of one heap event per
+request, and one wake-up event in the heap stands for the earliest live head; that
 and the virtual-time pods keep the cost per request to a few heap operations.
 
 Speed. A day of traffic is some 700,000 requests, so the per-request path is
@@ -419,6 +422,14 @@ class _Engine:
             self.last_chance_bound = gate.queue_size + last_chance_places(gate.queue_size)
         self.client_timeouts: deque[tuple[float, _Request]] = deque()
         self.queue_deadlines: deque[tuple[float, _Request]] = deque()
+        # The gate's response timeout, from admission. A client waits at most its
+        # own timeout from the attempt's start (no later than its admission), so a
+        # response timeout at least as long never fires: then there is no FIFO.
+        timeout = gate.response_timeout_seconds
+        self.response_timeout = (
+            timeout if timeout is not None and timeout < self.client_timeout else None
+        )
+        self.response_deadlines: deque[tuple[float, _Request]] = deque()
         # Time of the earliest _DEADLINE wake-up in the heap (inf: none).
         self.wake_at = math.inf
         self.pods: list[_Pod] = []
@@ -623,21 +634,29 @@ class _Engine:
         self.wake_at = math.inf
         client_timeouts = self.client_timeouts
         queue_deadlines = self.queue_deadlines
+        response_deadlines = self.response_deadlines
         self._drop_met_heads()
         client = client_timeouts[0][0] if client_timeouts else math.inf
         queue = queue_deadlines[0][0] if queue_deadlines else math.inf
-        if client <= queue:
+        response = response_deadlines[0][0] if response_deadlines else math.inf
+        if client <= queue and client <= response:
             if client <= at:
                 self.now = client
                 self._client_timeout(client_timeouts.popleft()[1])
-        elif queue <= at:
-            self.now = queue
-            self._queue_deadline(queue_deadlines.popleft()[1])
+        elif queue <= response:
+            if queue <= at:
+                self.now = queue
+                self._queue_deadline(queue_deadlines.popleft()[1])
+        elif response <= at:
+            self.now = response
+            self._response_timeout(response_deadlines.popleft()[1])
         self._drop_met_heads()
         if client_timeouts:
             self._wake(client_timeouts[0][0])
         if queue_deadlines:
             self._wake(queue_deadlines[0][0])
+        if response_deadlines:
+            self._wake(response_deadlines[0][0])
 
     def _drop_met_heads(self) -> None:
         """Drop the FIFOs' leading entries whose attempt no longer waits for them."""
@@ -647,6 +666,9 @@ class _Engine:
         queue_deadlines = self.queue_deadlines
         while queue_deadlines and not queue_deadlines[0][1].queued:
             queue_deadlines.popleft()
+        response_deadlines = self.response_deadlines
+        while response_deadlines and response_deadlines[0][1].done:
+            response_deadlines.popleft()
 
     def _wake(self, deadline: float) -> None:
         """A deadline has entered a FIFO: wake the loop for it if it is the earliest."""
@@ -772,6 +794,18 @@ class _Engine:
             self._refill(pod)
         self._finish(req, TIMEOUT, None)
 
+    def _response_timeout(self, req: _Request) -> None:
+        """The model held ``req`` for the response timeout: the gate answers 504 and
+        drops the model's request (its connection closed), freeing the slot."""
+        pod = req.pod
+        assert pod is not None
+        if not self._cancel(pod, req):
+            return  # answered in the same instant
+        pod.service = moving_service_mean(pod.service, self.now - req.admitted)
+        self.gate_new.append((self.now, self.now - req.started, False))
+        self._refill(pod)
+        self._finish(req, 504, None)
+
     def _queue_deadline(self, req: _Request) -> None:
         pod = req.pod
         assert pod is not None
@@ -836,6 +870,10 @@ class _Engine:
         active[req] = seq
         heappush(jobs, (virtual + work, seq, req))
         req.admitted = now
+        if self.response_timeout is not None:
+            deadline = now + self.response_timeout
+            self.response_deadlines.append((deadline, req))
+            self._wake(deadline)
         # _reschedule, written out (``active`` is not empty).
         top = jobs[0]
         while active.get(top[2]) != top[1]:
