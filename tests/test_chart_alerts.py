@@ -137,6 +137,14 @@ def test_a_rule_value_set_to_null_is_its_empty_self(key: str) -> None:
         ({"ruleLabels": {"my-team": "x"}}, "my-team"),
         ({"ruleLabels": {"__name__": "x"}}, "__name__"),  # reserved by Prometheus
         ({"extraGroups": [{"rules": []}]}, "name"),
+        (
+            {"extraGroups": [{"name": "vlm-operator.services", "rules": []}]},
+            'prometheusRule.extraGroups: the group name "vlm-operator.services" is the chart',
+        ),
+        (
+            {"extraGroups": [{"name": "mine", "rules": []}, {"name": "mine", "rules": []}]},
+            'prometheusRule.extraGroups: the group name "mine" is given twice',
+        ),
     ],
 )
 def test_a_rule_value_naming_no_alert_or_badly_formed_is_refused(
