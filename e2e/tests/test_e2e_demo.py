@@ -5,6 +5,7 @@ users), the autoscaled service must have added pods and kept its clients answere
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -45,3 +46,27 @@ async def test_quick_demo_scales_with_the_gradient(tmp_path: Path) -> None:
     assert "single pod" in text
     assert final_table(result) in text
     assert png.stat().st_size > 10_000
+
+
+async def test_behind_a_least_request_balancer_the_gradient_runs_on_fewer_pods(
+    tmp_path: Path,
+) -> None:
+    """The same run with the local Service routing least-in-flight and the VLMService told so
+    (``autoscaling.loadBalancing: LeastRequest``): 8 users are 2 pods of 4, not the 3 a
+    round-robin Service needs (tests/test_policy.py, the simulator's tests)."""
+    base = quick_trace()
+    service = {**base.service, "autoscaling": {"loadBalancing": "LeastRequest"}}
+    result = await run_demo(
+        time_scale=10.0,
+        trace=replace(base, service=service),
+        workdir=tmp_path / "cluster",
+        out=io.StringIO(),
+        cluster_options={"service_strategy": "least-in-flight"},
+    )
+    phases = {p.users: p for p in result.run.trace.phases}
+    eight = [s.snapshot.desired for s in result.phase_samples(phases[8])]
+    assert max(d or 0 for d in eight) == 2, eight
+    sixteen = [s.snapshot.desired or 0 for s in result.phase_samples(phases[16])]
+    assert max(sixteen) >= 4, sixteen
+    reports = {r.users: r for r in result.reports}
+    assert all(r.error_rate == 0.0 for r in reports.values())
