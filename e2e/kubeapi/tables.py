@@ -7,8 +7,10 @@ server builds the Table from a CRD's ``additionalPrinterColumns`` (a JSONPath ea
 ``<none>``; Age alone when the CRD declares no columns), and from a printer of its own
 for each built-in kind. Here Deployments and Pods get the columns kubectl users know
 (READY, UP-TO-DATE, AVAILABLE; READY, STATUS, RESTARTS), every other built-in kind Name
-and Age. Each row carries the object's metadata (``PartialObjectMetadata``, the
-server's default), which kubectl reads for the NAMESPACE column of ``-A``.
+and Age. Each row carries what ``includeObject`` asks for: the object's metadata by
+default (``PartialObjectMetadata``, which kubectl reads for the NAMESPACE column of
+``-A``), the whole object (``--sort-by``) or nothing. A watch asked for a Table sends
+each event as a Table of its one row (``kubectl get -w``).
 
 The JSONPath subset is what printer columns use in practice: fields (``.a.b``), list
 indices (``[0]``) and an equality filter (``[?(@.type=="Ready")]``).
@@ -198,16 +200,9 @@ _PRINTERS: dict[tuple[str, str], tuple[Sequence[tuple[str, str]], Callable[..., 
 }
 
 
-def _column(
-    name: str, column_type: str, description: str = "", priority: int = 0
-) -> dict[str, Any]:
-    return {
-        "name": name,
-        "type": column_type,
-        "format": "",
-        "description": description,
-        "priority": priority,
-    }
+def _column(name: str, column_type: str) -> dict[str, Any]:
+    """A built-in printer's column between Name and Age."""
+    return {"name": name, "type": column_type, "format": "", "description": "", "priority": 0}
 
 
 def include_object(value: str | None) -> str:
