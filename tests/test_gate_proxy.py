@@ -283,6 +283,30 @@ async def test_disconnected_client_frees_its_slot_and_queued_one_leaves(
         assert await gate.metric("vlm_requests_total", code="499") == 2
 
 
+async def test_a_queued_client_that_hangs_up_is_timed_with_its_wait(backend: Backend) -> None:
+    async with running_gate(backend, max_in_flight=1, queue_size=4) as gate:
+        running, queued = await hold_one_and_queue_one(gate, backend, "a", "b")
+        queued.cancel()  # the waiting client hangs up
+
+        async def left() -> bool:
+            return await gate.metric("vlm_requests_total", code="499") == 1
+
+        await until(left)
+        # "a" was admitted at once (a queue time of 0) and is still running; "b" left the
+        # queue: both histograms have its wait, as they would have for a 504 deadline
+        assert await gate.metric("vlm_request_queue_seconds_count") == 2
+        assert await gate.metric("vlm_request_duration_seconds_count") == 1
+        waited = await gate.metric("vlm_request_queue_seconds_sum")
+        assert 0 < waited <= await gate.metric("vlm_request_duration_seconds_sum")
+        backend.release.set()
+        assert (await running)[0] == 200
+
+        async def timed() -> bool:
+            return await gate.metric("vlm_request_duration_seconds_count") == 2
+
+        await until(timed)
+
+
 async def test_everything_else_passes_through_untouched(backend: Backend) -> None:
     # by host name: cookie jars ignore cookies from bare IP addresses
     by_name = backend.url.replace("127.0.0.1", "localhost")

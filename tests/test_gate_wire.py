@@ -15,15 +15,23 @@ import hashlib
 import io
 import json
 import logging
+import os
 import random
 import socket
+import struct
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import aiohttp
 import httptools
 import pytest
 from aiohttp import web
+from vlm_operator.gate._admission import Admission
+from vlm_operator.gate._http import CONTINUE
+from vlm_operator.gate._metrics import GateMetrics
+from vlm_operator.gate._proxy import Proxy
+from vlm_operator.gate._upstream import UpstreamConnection, UpstreamPool
 
 from tests.gate_harness import DEADLINE_S, Backend, Gate, error_code, running_gate, until
 
@@ -127,6 +135,78 @@ async def test_pipelined_requests_are_answered_in_order(backend: Backend) -> Non
         assert messages[2].headers["connection"] == "close"
 
 
+def _held(n: int, first: int = 0, *, last: bytes = b"") -> bytes:
+    """``n`` numbered requests the model holds, pipelined, and optionally one more."""
+    return (
+        b"".join(
+            b"POST /hold HTTP/1.1\r\nHost: x\r\nx-id: %03d\r\nContent-Length: 0\r\n\r\n" % i
+            for i in range(first, first + n)
+        )
+        + last
+    )
+
+
+async def test_a_client_that_hangs_up_with_many_requests_sent_ahead_frees_its_slot(
+    backend: Backend,
+) -> None:
+    from vlm_operator.gate._client import MAX_PIPELINED
+
+    async with running_gate(backend) as gate:
+        async with raw_connection(gate.url) as (_, writer):
+            writer.write(_held(MAX_PIPELINED + 4))
+            await until(lambda: backend.current == 1)
+        # the client hung up with its first request in the model and the rest waiting
+        await until(lambda: backend.cancelled == 1)
+
+        async def freed() -> bool:
+            return await gate.metric("vlm_requests_running") == 0
+
+        await until(freed)
+        assert await gate.metric("vlm_requests_total", code="499") == 1
+        assert backend.arrivals == ["000"]
+
+
+async def test_requests_sent_far_ahead_are_answered_in_order_up_to_a_limit(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vlm_operator.gate import _client
+
+    size = len(_held(1))
+    monkeypatch.setattr(_client, "MAX_AHEAD_BYTES", 12 * size)
+    first = _client.MAX_PIPELINED + 2
+    async with running_gate(backend) as gate:
+        # Under the limit: the bytes that came while the first requests waited are
+        # parsed as those are answered, and every request is answered in order.
+        async with raw_connection(gate.url) as (reader, writer):
+            writer.write(_held(first))
+            await until(lambda: backend.current == 1)
+            writer.write(
+                _held(
+                    10, first, last=b"GET /v1/last HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                )
+            )
+            backend.release.set()
+            messages = parse(await asyncio.wait_for(reader.read(), DEADLINE_S))
+        assert [m.status for m in messages] == [200] * (first + 11)
+        ids = [json.loads(m.body).get("id") for m in messages[:-1]]
+        assert ids == [f"{i:03d}" for i in range(first + 10)]
+        assert json.loads(messages[-1].body)["path"] == "/v1/last"
+        # Over it: the requests already read are answered, then a 400, and the end.
+        backend.release.clear()
+        arrived = len(backend.arrivals)
+        async with raw_connection(gate.url) as (reader, writer):
+            writer.write(_held(first))
+            await until(lambda: backend.current == 1)
+            writer.write(_held(13, first))
+            backend.release.set()
+            messages = parse(await asyncio.wait_for(reader.read(), DEADLINE_S))
+        assert [m.status for m in messages] == [200] * first + [400]
+        assert error_code(messages[-1].body) == "bad_request"
+        assert messages[-1].headers["connection"] == "close"
+        assert len(backend.arrivals) == arrived + first
+        assert await gate.metric("vlm_requests_total", code="400") == 1
+
+
 async def test_http10_clients_get_length_or_close_framing(backend: Backend) -> None:
     backend.stream_gate.set()
     async with running_gate(backend) as gate:
@@ -176,6 +256,32 @@ async def test_expect_100_continue_is_answered_by_the_gate(backend: Backend) -> 
         assert message.status == 413
         assert error_code(message.body) == "too_large"
         assert b"100 Continue" not in raw
+
+
+async def test_100_continue_waits_for_the_answers_to_earlier_requests(backend: Backend) -> None:
+    async with running_gate(backend) as gate, raw_connection(gate.url) as (reader, writer):
+        # A stream, and pipelined behind it the head of an upload that waits to be asked.
+        writer.write(
+            b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"POST /v1/upload HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+            b"Content-Length: 5\r\nConnection: close\r\n\r\n"
+        )
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), DEADLINE_S)
+        assert head.startswith(b"HTTP/1.1 200 "), head  # the stream's own head comes first
+        backend.stream_gate.set()
+        received = head
+        async with asyncio.timeout(DEADLINE_S):
+            while not received.endswith(CONTINUE):  # nothing else comes before the body is sent
+                chunk = await reader.read(65536)
+                assert chunk, received
+                received += chunk
+        writer.write(b"hello")
+        received += await asyncio.wait_for(reader.read(), DEADLINE_S)
+    messages = parse(received)
+    assert [m.status for m in messages] == [200, 100, 200]
+    assert messages[0].complete
+    assert messages[0].body == b"data: first\n\ndata: second\n\ndata: [DONE]\n\n"
+    assert json.loads(messages[2].body)["body"] == "hello"
 
 
 async def test_unreadable_requests_get_an_error_and_the_gate_serves_on(
@@ -264,6 +370,48 @@ async def test_an_answer_without_length_is_relayed_to_its_end() -> None:
             assert (status, body) == (200, b"hello, world")
             assert headers["Transfer-Encoding"] == "chunked"
             assert await gate.metric("vlm_requests_total", code="200") == 1
+            assert await gate.metric("vlm_requests_running") == 0
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_an_answer_without_length_ended_by_a_reset_is_cut_and_not_cached() -> None:
+    part = b'{"partial": '
+    relayed = asyncio.Event()  # the client has the first part: the model may die now
+    answered = 0
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal answered
+        answered += 1
+        head = await reader.readuntil(b"\r\n\r\n")
+        await reader.readexactly(int(head.lower().split(b"content-length: ")[1].split(b"\r")[0]))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n" + part)
+        await writer.drain()
+        await relayed.wait()
+        # The model process crashes: its connection is reset, not closed.
+        writer.get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+        )
+        writer.transport.abort()
+
+    deterministic = b'{"temperature": 0}'
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with gate_in_front_of(f"http://127.0.0.1:{port}", cache_size=4) as gate:
+            assert gate.client is not None
+            for _ in range(2):  # the second is not answered from the cache: it reaches the model
+                async with gate.client.post(gate.url + "/v1/x", data=deterministic) as response:
+                    assert response.status == 200
+                    assert await response.content.readexactly(len(part)) == part
+                    relayed.set()
+                    with pytest.raises(aiohttp.ClientPayloadError):
+                        await response.read()
+            assert answered == 2
+            assert await gate.metric("vlm_cache_hits_total") == 0
+            assert await gate.metric("vlm_requests_total", code="502") == 2
+            assert await gate.metric("vlm_requests_total", code="200") == 0
             assert await gate.metric("vlm_requests_running") == 0
     finally:
         server.close()
@@ -373,12 +521,8 @@ class _RecordingTransport(asyncio.Transport):
         self.closed = True
 
 
-async def test_a_model_connection_paused_for_a_slow_client_reads_again_once_pooled() -> None:
-    from vlm_operator.gate._admission import Admission
-    from vlm_operator.gate._metrics import GateMetrics
-    from vlm_operator.gate._proxy import Proxy
-    from vlm_operator.gate._upstream import UpstreamConnection
-
+def _pooled_connection() -> tuple[UpstreamPool, UpstreamConnection, _RecordingTransport]:
+    """A pool with no model behind it, and one connection of it on a recording transport."""
     admission = Admission(1, 1, 1.0)
     metrics = GateMetrics(max_in_flight=1, queue_capacity=1, running=lambda: 0, waiting=lambda: 0)
     proxy = Proxy(
@@ -391,11 +535,48 @@ async def test_a_model_connection_paused_for_a_slow_client_reads_again_once_pool
     connection = UpstreamConnection(proxy.pool)
     transport = _RecordingTransport()
     connection.connection_made(transport)
+    return proxy.pool, connection, transport
+
+
+async def test_a_model_connection_paused_for_a_slow_client_reads_again_once_pooled() -> None:
+    pool, connection, transport = _pooled_connection()
     connection.pause_reading()  # the answer's last write filled the slow client's buffer
     assert not transport.reading
-    proxy.pool.put(connection)
+    pool.put(connection)
     assert transport.reading  # else the next answer on it would never be read
-    assert proxy.pool.take() is connection
+    assert pool.take() is connection
+
+
+async def test_the_pool_never_hands_out_a_connection_that_is_closing() -> None:
+    pool, connection, transport = _pooled_connection()
+    pool.put(connection)
+    transport.closed = True  # closed before its loss is reported
+    assert pool.take() is None
+
+
+@pytest.mark.parametrize("farewell", ["closes", "speaks unasked"])
+async def test_a_pooled_connection_the_model_let_go_is_not_reused(farewell: str) -> None:
+    async with raw_model(lambda _: _OK) as stand_in, gate_in_front_of(stand_in.url) as gate:
+        async with raw_connection(gate.url) as (reader, writer):
+            writer.write(b"GET /v1/a HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), DEADLINE_S)
+            assert head.startswith(b"HTTP/1.1 200 ")
+            await asyncio.wait_for(reader.readexactly(2), DEADLINE_S)
+            # The answer is out, so its model connection is idle in the pool. The model
+            # lets it go and the next request arrives with no await in between: the gate
+            # sees both in one turn of its loop, the model's side first.
+            # On the model's socket itself: its transport may send later (uvloop's FIN does).
+            (model_side,) = stand_in.writers
+            with socket.socket(fileno=os.dup(model_side.get_extra_info("socket").fileno())) as sock:
+                if farewell == "closes":
+                    sock.shutdown(socket.SHUT_WR)  # e.g. the model server's keep-alive timeout
+                else:
+                    sock.sendall(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
+            writer.write(b"GET /v1/b HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            (message,) = parse(await asyncio.wait_for(reader.read(), DEADLINE_S))
+        assert (message.status, message.body) == (200, b"ok")
+        assert stand_in.connections == 2  # a fresh connection served it
+        assert await gate.metric("vlm_requests_total", code="502") == 0
 
 
 async def test_idle_connections_are_closed_on_both_sides(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -496,12 +677,13 @@ class RawModel:
         self.answer = answer
         self.connections = 0
         self.url = ""
-        self._writers: list[asyncio.StreamWriter] = []
+        #: The model's side of each connection the gate opened, in order.
+        self.writers: list[asyncio.StreamWriter] = []
         self._handlers: set[asyncio.Task[Any]] = set()
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
-        self._writers.append(writer)
+        self.writers.append(writer)
         task = asyncio.current_task()
         assert task is not None
         self._handlers.add(task)
@@ -533,7 +715,7 @@ async def raw_model(answer: Callable[[bytes], bytes]) -> AsyncIterator[RawModel]
     finally:
         server.close()
         await server.wait_closed()
-        for writer in stand_in._writers:
+        for writer in stand_in.writers:
             writer.close()
         if stand_in._handlers:
             await asyncio.wait(set(stand_in._handlers), timeout=DEADLINE_S)

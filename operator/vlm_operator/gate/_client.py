@@ -6,6 +6,17 @@ client that pipelines gets its answers in the order it asked. It keeps
 reading while a request is being served: that is how a client that hangs up
 is noticed at once (its slot freed, or its place in the queue given up).
 
+So it reads on even when a client has sent many requests ahead: past
+MAX_PIPELINED parsed requests, what arrives is held unparsed (paused reading
+would hide a hang-up until every answer before it was out), and parsed as
+those requests are answered. Past MAX_AHEAD_BYTES held, the client is
+answered 400, after the requests already read, and the connection closes.
+
+``Expect: 100-continue`` is answered when the request's turn comes: at once
+on a connection with nothing else to answer, otherwise once the answers to
+the requests before it are out. Written earlier, the interim answer would
+land inside one of theirs.
+
 Bodies over the limit are refused as soon as that is known (from
 Content-Length, or while a chunked body arrives); the rest of such a body is
 read and thrown away before the connection is closed, so the client sees the
@@ -41,8 +52,10 @@ log = logging.getLogger("vlm_operator.gate")
 
 #: Request line plus headers; beyond: 431.
 MAX_HEAD_BYTES = 64 * 1024
-#: Requests a client may send ahead of its answers before the gate stops reading.
+#: Requests a client may send ahead of its answers before the gate stops parsing.
 MAX_PIPELINED = 8
+#: Bytes held unparsed past those requests; beyond, the client gets a 400 and the close.
+MAX_AHEAD_BYTES = 1024 * 1024
 #: Seconds the gate reads (and drops) the rest of a refused body before closing.
 LINGER_SECONDS = 5.0
 
@@ -70,7 +83,9 @@ class ClientConnection(asyncio.Protocol):
         self._parser = httptools.HttpRequestParser(self)
         self._closing = False
         self._dispatching = False
-        self._reading_paused = False
+        #: What arrived while MAX_PIPELINED requests waited, not parsed yet.
+        self._ahead: deque[bytes] = deque()
+        self._ahead_bytes = 0
         #: The client reads slower than answers arrive: the model's side waits.
         self.writing_paused = False
         self._linger: asyncio.TimerHandle | None = None
@@ -91,6 +106,8 @@ class ClientConnection(asyncio.Protocol):
         self._has_host = False
         self._options: set[bytes] | None = None
         self._expect_continue = False
+        #: "100 Continue" is owed once the answers before this request are out.
+        self._continue_due = False
         self._length = -1
         self._body: list[bytes] = []
         self._size = 0
@@ -111,6 +128,13 @@ class ClientConnection(asyncio.Protocol):
         self.idle_ticks = 0
         if self._closing and not self._refused:
             return  # answered with "Connection: close": anything after is ignored
+        if not self._closing and (self._ahead or len(self.pending) >= MAX_PIPELINED):
+            self._hold(data)
+        else:
+            self._parse(data)
+        self._dispatch()
+
+    def _parse(self, data: bytes) -> None:
         if self._in_head:
             self._head_bytes += len(data)  # all of it: judged only if the head is still open after
         try:
@@ -131,7 +155,35 @@ class ClientConnection(asyncio.Protocol):
         else:
             if self._in_head and self._head_bytes > MAX_HEAD_BYTES:
                 self._refuse_head()  # a head without end: refused before llhttp gathers more
-        self._dispatch()
+
+    def _hold(self, data: bytes) -> None:
+        """Keep bytes sent far ahead for later; reading goes on, so a hang-up is seen."""
+        self._ahead.append(data)
+        self._ahead_bytes += len(data)
+        if self._ahead_bytes > MAX_AHEAD_BYTES:
+            self._drop_ahead()
+            self._refuse_connection(
+                "bad_request",
+                f"more than {MAX_PIPELINED} requests and {MAX_AHEAD_BYTES} bytes "
+                "sent ahead of their answers",
+            )
+
+    def _parse_ahead(self) -> None:
+        """Parse held bytes while fewer than MAX_PIPELINED requests wait."""
+        ahead = self._ahead
+        while ahead and not self.closed:
+            if self._closing and not self._refused:
+                self._drop_ahead()  # the connection ends: nothing after is read
+                return
+            if not self._closing and len(self.pending) >= MAX_PIPELINED:
+                return
+            data = ahead.popleft()
+            self._ahead_bytes -= len(data)
+            self._parse(data)
+
+    def _drop_ahead(self) -> None:
+        self._ahead.clear()
+        self._ahead_bytes = 0
 
     def eof_received(self) -> bool | None:
         return None  # the client is gone (or half-closed): close, which frees its slot
@@ -142,6 +194,7 @@ class ClientConnection(asyncio.Protocol):
         if self._linger is not None:
             self._linger.cancel()
         self.pending.clear()
+        self._drop_ahead()
         active, self.active = self.active, None
         if active is not None:
             self.proxy.client_gone(active)
@@ -209,8 +262,8 @@ class ClientConnection(asyncio.Protocol):
             return
         if self._length > self.proxy.max_body_bytes:
             self._refuse_body(self._length)
-        elif self._expect_continue and self._http11 and not self._closing:
-            self.transport.write(CONTINUE)
+        elif self._expect_continue and self._http11:
+            self._continue_due = True  # written by _dispatch when this request's turn comes
 
     def on_chunk_header(self) -> None:
         # Body data follows, or (after the last chunk) the trailer section: a head.
@@ -230,6 +283,7 @@ class ClientConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         self._in_head = True  # the next request's head
         self._head_bytes = 0
+        self._continue_due = False  # the body came without it
         if self._refused:
             self._refused = False
             if self._closing and self.active is None and not self.pending:
@@ -260,22 +314,33 @@ class ClientConnection(asyncio.Protocol):
 
     def _enqueue(self, exchange: Exchange) -> None:
         self.pending.append(exchange)
-        if len(self.pending) >= MAX_PIPELINED and not self._reading_paused and not self.closed:
-            self._reading_paused = True
-            self.transport.pause_reading()
 
     def _dispatch(self) -> None:
-        """Start the next request if none is being answered (not re-entrant)."""
+        """Start the next request if none is being answered (not re-entrant).
+
+        Parses held bytes as room frees up, and writes an owed "100 Continue"
+        once no answer before it is still to come.
+        """
         if self._dispatching:
             return
         self._dispatching = True
         try:
-            while self.active is None and self.pending and not self.closed:
+            while not self.closed:
+                if self._ahead:
+                    self._parse_ahead()
+                if self.active is not None or not self.pending:
+                    break
                 exchange = self.active = self.pending.popleft()
-                if self._reading_paused and len(self.pending) < MAX_PIPELINED:
-                    self._reading_paused = False
-                    self.transport.resume_reading()
                 self.proxy.start(exchange)
+            if (
+                self._continue_due
+                and self.active is None
+                and not self.pending
+                and not self._closing
+                and not self.closed
+            ):
+                self._continue_due = False
+                self.transport.write(CONTINUE)
         finally:
             self._dispatching = False
 
@@ -288,6 +353,7 @@ class ClientConnection(asyncio.Protocol):
         if not exchange.keep_alive:
             self._closing = True
             self.pending.clear()
+            self._drop_ahead()
             if (self._refused or self._drop_rest) and self.transport.can_write_eof():
                 # More may be coming: say we are done, read and drop it, then close.
                 self.transport.write_eof()

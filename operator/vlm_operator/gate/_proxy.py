@@ -213,7 +213,10 @@ class Proxy:
             exchange.task = None
             if not exchange.aborted:
                 raise
-            exchange.finished = True  # the client left the queue
+            exchange.finished = True  # the client left the queue: timed with its wait
+            now = self.clock()
+            metrics.queue.observe(now - queued)
+            metrics.duration.observe(now - exchange.start)
             metrics.finished(CLIENT_CLOSED)
             return
         exchange.task = None

@@ -11,7 +11,16 @@ hop-by-hop headers are dropped, and a body of unknown length is sent chunked.
 The model gets one request at a time, so it owes exactly one answer: bytes
 past that answer's end (a second answer, or garbage) are not relayed, and the
 connection they came on is not reused. An answer that switches protocols
-(101) is a bad answer: the gate relays HTTP only.
+(101) is a bad answer: the gate relays HTTP only. An idle connection the
+model closes, or speaks on unasked, leaves the pool at once, not when the
+transport reports it lost a loop turn later: a request in between would be
+sent on it and fail.
+
+An answer without a length ends when the model closes its connection, but
+only a clean close (FIN) is its end: a reset means the model died mid-answer,
+and the client's connection is cut as for any answer broken after its head.
+Passing it on as complete would hand the client, and the cache, a truncated
+body as if it were whole.
 
 A model that falls silent on a request (sends nothing for the response
 timeout: no answer's head, or no next piece of a streamed answer) is given
@@ -134,7 +143,8 @@ class UpstreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         exchange = self.exchange
         if exchange is None:
-            self.transport.close()  # a model that speaks unasked is not to be trusted
+            self._leave_pool()  # a model that speaks unasked is not to be trusted
+            self.transport.close()
             return
         self.heard_at = self.pool.proxy.clock()
         out = self._out = []
@@ -157,7 +167,14 @@ class UpstreamConnection(asyncio.Protocol):
             self.pool.proxy.upstream_failed(exchange, failure)
 
     def eof_received(self) -> bool | None:
-        return None
+        if self.exchange is None:
+            self._leave_pool()  # e.g. the model's keep-alive timeout: never to be reused
+        return None  # the transport closes; a busy connection ends in connection_lost
+
+    def _leave_pool(self) -> None:
+        """Out of the pool now: the transport closes, but reports it only later."""
+        self.closed = True
+        self.pool.forget(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -165,7 +182,7 @@ class UpstreamConnection(asyncio.Protocol):
         exchange, self.exchange = self.exchange, None
         if exchange is None or exchange.finished:
             return
-        if self._until_close and exchange.head_sent:
+        if self._until_close and exchange.head_sent and exc is None:
             if self._chunked:
                 exchange.conn.write(b"0\r\n\r\n")
             self.pool.proxy.response_done(exchange, self)  # that was the answer's end
@@ -297,7 +314,7 @@ class UpstreamPool:
         idle = self._idle
         while idle:
             connection = idle.pop()
-            if connection.closed:
+            if connection.closed or connection.transport.is_closing():
                 continue
             if self.proxy.clock() - connection.idle_since > IDLE_SECONDS:
                 connection.close()
