@@ -101,6 +101,15 @@ def test_hpa_on_in_flight_cannot_see_the_queue() -> None:
     assert hpa.decide(_obs(0, current=2, running=8, waiting=40)) == 3
 
 
+def test_hpa_on_in_flight_measures_the_sum_against_the_current_replicas() -> None:
+    hpa = HPAInFlight(_spec())  # target 0.75 × 4 = 3 per pod
+    # 6.2 in flight on 4 pods, 2 still starting: ⌈6.2 / 3⌉ = 3 (6.2 is within 10 %
+    # of the target on the 2 ready pods, which would take both starting ones away).
+    assert hpa.recommendation(_obs(0, current=4, ready=2, starting=2, running=6.2)) == 3
+    # 55.2 on 20 pods is within 10 % of 20 × 3: the current 20 stay, not ⌈55.2 / 3⌉ = 19.
+    assert hpa.recommendation(_obs(0, current=20, ready=16, starting=4, running=55.2)) == 20
+
+
 def test_keda_reads_value_over_threshold_and_an_empty_result_as_zero() -> None:
     keda = KEDAPrometheus(_spec())  # threshold maxInFlight = 4
     assert keda.decide(_obs(0, current=1, running=8, waiting=12)) == 5
@@ -121,11 +130,38 @@ def test_kpa_panics_at_twice_the_ready_pods_and_only_goes_up() -> None:
     assert kpa.decide(_obs(2, current=4, ready=1, starting=3, running=2, waiting=0)) == 4
 
 
-def test_kpa_stable_mode_scales_down_at_most_by_half() -> None:
+@pytest.mark.parametrize(("ready", "expected"), [(8, 4), (7, 3), (5, 2), (3, 1), (1, 1)])
+def test_kpa_stable_mode_scales_down_at_most_by_half(ready: int, expected: int) -> None:
+    # ⌊ready / 2⌋ (Knative's maxScaleDown), though the stable window wants the
+    # minimum; minReplicas 1 below that.
     kpa = KnativeKPA(_spec())
     for t in range(0, 120, 2):
-        decided = kpa.decide(_obs(float(t), current=8, running=0, waiting=0))
-    assert decided == 4  # ⌈8 / 2⌉, though the stable window wants the minimum
+        decided = kpa.decide(_obs(float(t), current=ready, running=0, waiting=0))
+    assert decided == expected
+
+
+def test_kpa_panic_ends_a_stable_window_after_its_last_tick_over_the_threshold() -> None:
+    kpa = KnativeKPA(_spec())  # target 2.8 per pod, stable window 60 s
+    assert kpa.decide(_obs(0, current=1, running=4, waiting=7)) == 4  # ⌈11 / 2.8⌉ ≥ 2 × 1
+    # 6 in flight on 4 ready pods: ⌈6 / 2.8⌉ = 3, under the threshold, but the
+    # panic holds its 4 until a stable window has passed since t=0 (not at 60 s).
+    for t in range(2, 62, 2):
+        assert kpa.decide(_obs(float(t), current=4, running=6)) == 4
+    assert kpa.decide(_obs(62.0, current=4, running=6)) == 3
+
+
+def test_kpa_panic_takes_the_stable_count_when_higher_not_the_replicas_asked() -> None:
+    kpa = KnativeKPA(_spec())
+    # 56 in flight on 20 pods for 40 s (20 pods' worth: no panic), then 5.
+    for t in range(0, 42, 2):
+        assert kpa.decide(_obs(float(t), current=20, running=56)) == 20
+    for t in range(42, 52, 2):
+        kpa.decide(_obs(float(t), current=20, running=5))
+    # 19 pods go: 5 in flight on the panic window are ⌈5 / 2.8⌉ = 2 pods, twice
+    # the one ready: panic. The stable window still asks for 16 (its mean of
+    # 44.7 in flight), and the panic goes there: it never goes down from its
+    # own highest count, which starts at none, not from the 20 replicas asked.
+    assert kpa.decide(_obs(52.0, current=20, ready=1, starting=19, running=5)) == 16
 
 
 def test_ray_waits_its_upscale_and_downscale_delays() -> None:

@@ -8,8 +8,9 @@ import statistics
 from typing import Any
 
 import pytest
-from vlm_operator.baselines import Ours, Static, make_autoscaler
+from vlm_operator.baselines import Observation, Ours, Static, make_autoscaler
 from vlm_operator.latency import LatencyModel, ProcessorSharing
+from vlm_operator.models import VLMServiceSpec
 from vlm_operator.simulator import SimConfig, run_policy, simulate, spec_for, summarize
 from vlm_operator.simulator._compiled import load_interpreted_engine
 from vlm_operator.simulator.engine import (
@@ -263,6 +264,38 @@ def test_metrics_outage_holds_our_replicas() -> None:
     # to matter; after 60 s it is stale and the policy holds.
     assert all(after >= before for _, before, after in result.scale_events)
     assert "stale" in ours.last_reason
+
+
+class _CPUWatcher(Static):
+    """One pod, never scaled: notes the CPU each tick sees."""
+
+    def __init__(self, spec: VLMServiceSpec) -> None:
+        super().__init__(spec, replicas=1)
+        self.cpu: dict[float, float | None] = {}
+
+    def decide(self, obs: Observation) -> int:
+        self.cpu[obs.now] = obs.cpu_utilization
+        return super().decide(obs)
+
+
+def test_after_a_metrics_outage_the_cpu_is_the_busy_fraction_of_the_whole_outage() -> None:
+    # Scrapes every 60 s, at 58, 118, ...: the outage fails those at 358 and
+    # 418, and the one at 478 covers the 180 s since the one at 298. The pod
+    # was busy the same time as without the outage, over three intervals.
+    trace = _open(0.05, 900)
+    spec = spec_for(trace)
+    seen = []
+    for outage in ((), ((300.0, 420.0),)):
+        watcher = _CPUWatcher(spec)
+        simulate(trace, watcher, spec=spec, seed=3, config=SimConfig(metrics_outages=outage))
+        seen.append(watcher.cpu)
+    steady, after = seen
+    assert after[420.0] == steady[300.0]  # the last good scrape, stale
+    spans = [steady[t] for t in (360.0, 420.0, 480.0)]
+    assert all(c is not None for c in spans)
+    expected = statistics.mean(c for c in spans if c is not None)
+    assert 0.0 < expected < 1.0
+    assert after[480.0] == pytest.approx(expected)
 
 
 def test_the_p95_signal_is_what_prometheus_makes_of_the_gate_buckets() -> None:

@@ -310,16 +310,22 @@ class HPACPU(_HPA):
 
 
 class HPAInFlight(_HPA):
-    """HPA on an external metric: in-flight per ready pod, target 0.75 × maxInFlight."""
+    """HPA on an external metric: in flight per pod, target 0.75 × maxInFlight.
+
+    An ``AverageValue`` target, as the replica calculator takes it: the
+    fleet's sum against the target times the current replicas (pods starting
+    included), and within the tolerance the current replicas, not the ready
+    ones (which would take starting pods away).
+    """
 
     def __init__(self, spec: VLMServiceSpec, *, target: float | None = None) -> None:
         super().__init__(spec, name="hpa-inflight", gate=_our_gate(spec))
         self.target = target if target is not None else 0.75 * spec.concurrency.max_in_flight
 
     def recommendation(self, obs: Observation) -> int | None:
-        if obs.running is None or obs.ready == 0:
+        if obs.running is None or obs.ready == 0 or obs.current < 1:
             return None
-        return hpa_desired(obs.ready, obs.running / obs.ready / self.target)
+        return hpa_desired(obs.current, obs.running / (self.target * obs.current))
 
 
 class KEDAPrometheus(_HPA):
@@ -344,7 +350,15 @@ class KEDAPrometheus(_HPA):
 
 
 class KnativeKPA:
-    """Knative's KPA: stable and panic windows over observed concurrency."""
+    """Knative's KPA: stable and panic windows over observed concurrency.
+
+    As ``pkg/autoscaler/scaling/autoscaler.go`` decides: both desired counts
+    are kept within [⌊ready / maxScaleDownRate⌋, ⌈ready × maxScaleUpRate⌉]
+    (rates 2 and 1000, ready counted as one at least); a panic window's count
+    (before that bound) at twice the ready pods starts or extends the panic,
+    which ends a stable window after the last such tick; while it lasts the
+    higher of the two counts, never lower than the panic's highest so far.
+    """
 
     def __init__(
         self,
@@ -354,6 +368,9 @@ class KnativeKPA:
         panic_window: float = 6.0,
         target_fraction: float = 0.7,
         tick: float = 2.0,
+        max_scale_down_rate: float = 2.0,
+        max_scale_up_rate: float = 1000.0,
+        panic_threshold: float = 2.0,
     ) -> None:
         cc = spec.concurrency.max_in_flight
         self.name = "kpa"
@@ -365,8 +382,11 @@ class KnativeKPA:
         self.target = target_fraction * cc
         self.stable_window = stable_window
         self.panic_window = panic_window
+        self.max_scale_down_rate = max_scale_down_rate
+        self.max_scale_up_rate = max_scale_up_rate
+        self.panic_threshold = panic_threshold
         self._samples: deque[tuple[float, float]] = deque()
-        self._panic_until: float | None = None
+        self._panic_time: float | None = None  # the last tick over the panic threshold
         self._panic_max = 0
 
     def decide(self, obs: Observation) -> int:
@@ -378,20 +398,23 @@ class KnativeKPA:
             self._samples.popleft()
         stable = [c for _, c in self._samples]
         panic = [c for t, c in self._samples if t > now - self.panic_window]
-        desired_stable = math.ceil(sum(stable) / len(stable) / self.target - 1e-9)
-        desired_panic = math.ceil(sum(panic) / len(panic) / self.target - 1e-9)
+        observed_stable = math.ceil(sum(stable) / len(stable) / self.target - 1e-9)
+        observed_panic = math.ceil(sum(panic) / len(panic) / self.target - 1e-9)
         ready = max(obs.ready, 1)
-        if desired_panic / ready >= 2.0:
-            self._panic_until = now + self.stable_window
-        if self._panic_until is not None and now < self._panic_until:
-            # Panicking: only up, to the panic window's demand.
-            self._panic_max = max(self._panic_max, desired_panic, obs.current)
+        lowest = math.floor(ready / self.max_scale_down_rate)
+        highest = math.ceil(ready * self.max_scale_up_rate)
+        desired_stable = min(max(observed_stable, lowest), highest)
+        desired_panic = min(max(observed_panic, lowest), highest)
+        if observed_panic / ready >= self.panic_threshold:
+            self._panic_time = now  # panic starts, or goes on
+        elif self._panic_time is not None and self._panic_time + self.stable_window < now:
+            self._panic_time = None  # the surge has reached the stable window
+            self._panic_max = 0
+        if self._panic_time is not None:
+            # Panicking: never down from the panic's highest count.
+            self._panic_max = max(self._panic_max, desired_stable, desired_panic)
             return _clamp(self._panic_max, self.spec)
-        self._panic_until = None
-        self._panic_max = 0
-        # Scale-down at most halves per decision (max scale-down rate 2).
-        desired = max(desired_stable, math.ceil(obs.ready / 2))
-        return _clamp(desired, self.spec)
+        return _clamp(desired_stable, self.spec)
 
 
 # ------------------------------------------------------------------------------ Ray

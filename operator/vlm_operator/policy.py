@@ -109,9 +109,17 @@ The rules, and the failures of other autoscalers they answer:
   only on what it still reads now (a queue it can still see; never on the
   window's samples from before an outage), or, with
   ``missingSignals.action: Fallback``, raises to ``fallbackReplicas``.
-  A P95 or error rate that is NaN because nothing finished in the window
-  (arrival rate 0) is an idle service, not a missing signal. A stored state
-  field that does not parse is forgotten alone.
+  A demand with a part missing (running without waiting) is a lower bound:
+  it may scale up on its tick, but is never recorded, as it would read as a
+  fall (or as noise) once the part is back. When the signals come back (or
+  the loop does, after a gap longer than half the window: a restart's is
+  shorter, and the state kept in the status carries the window over it) the
+  scale-down window holds a fresh recommendation or two: no step down until
+  a whole window was seen again, nor a collapse until a rate window was. A
+  stale read seen again is no new sample. A P95 or error rate that is NaN
+  because nothing finished in the window (arrival rate 0) is an idle
+  service, not a missing signal. A stored state field that does not parse
+  is forgotten alone.
 
 This module is pure: it imports neither ``kubernetes``, ``kopf`` nor ``httpx``.
 """
@@ -203,6 +211,16 @@ LATENCY_FLOOR_LOAD = 0.7
 #: Rate windows: the time constant of the moving mean of the fleet's P95 that
 #: floor is taken from (one window's P95 wanders by a few tenths of a second).
 FLEET_P95_WINDOWS = 10.0
+#: Sync periods between two ticks beyond which the signals may count as having
+#: been gone (the loop was down): one missed tick, woken late, is no gap...
+TRUST_GAP_PERIODS = 2.5
+#: ...nor is a pause shorter than this fraction of the scale-down window (an
+#: operator's restart): most of the window was seen, and the state kept in the
+#: status carries its stabilization over the restart. Longer, too little was.
+TRUST_GAP_WINDOW = 0.5
+#: Reads whose times (tick time - age) differ by less than this are one read:
+#: the loop's clock and the reader's differ by the read's own duration.
+SAME_READ_SECONDS = 0.5
 _STATE_VERSION = 1
 #: A signal above this is no signal: no fleet holds a billion requests, nor
 #: waits a billion seconds, and arithmetic on such values overflows.
@@ -235,6 +253,7 @@ class PodCounts:
     ready: int  # ready pods
     starting: int  # exist but not ready (pending or loading the model)
     stuck: int = 0  # Pending longer than pendingTimeoutSeconds (part of ``starting``)
+    unready: int = 0  # on a node, not ready for as long (part of ``starting``)
 
 
 @dataclass(frozen=True)
@@ -244,7 +263,8 @@ class PolicyState:
     ``down`` and ``up`` are monotonic queues of (time, recommendation): the
     window maximum (scale-down) and minimum (scale-up) are their first entry,
     and an entry is dropped as soon as a later one dominates it, so they stay
-    short. ``demand`` holds the demand samples of the burst window;
+    short. ``demand`` holds the complete demand samples of the scale-down or
+    burst window and a rate window more (the recent ones one by one);
     ``settled_at`` is the last time capacity changed (a scale-up decided or a
     pod still starting), which the P95 guard waits out; ``queued_at`` the
     last tick that saw a queue, which confirms a one-request queue on a fleet.
@@ -273,6 +293,15 @@ class PolicyState:
     #: The P95 of the fleet as it is, taken once a change, a burst or refusals
     #: have left the P95 window: (first, last, moving mean, pods it ran on).
     fleet_p95: tuple[float, float, float, int] | None = None
+    #: Since when the signals have been trusted on every tick, and the last
+    #: such tick: (first, last). The scale-down window holds recommendations
+    #: of those ticks only, so a span shorter than the window is a window
+    #: not yet observed (after a start, an outage or a gap in the loop).
+    trusted: tuple[float, float] | None = None
+    #: When the last sample recorded was read (tick time - its age): a tick
+    #: that sees the same read again records nothing, as the same value twice
+    #: would read as a quieter demand.
+    read_at: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """A small JSON-safe dict (times rounded to milliseconds).
@@ -300,6 +329,8 @@ class PolicyState:
             "calmSince": rounded(self.calm_since),
             "arrivalTrend": None,
             "fleetP95": None,
+            "trusted": None,
+            "readAt": rounded(self.read_at),
         }
         if self.guard_floor is not None:
             t, n, d = self.guard_floor
@@ -313,6 +344,8 @@ class PolicyState:
         if self.fleet_p95 is not None:
             first, last, mean, pods = self.fleet_p95
             out["fleetP95"] = [round(first, 3), round(last, 3), round(mean, 3), pods]
+        if self.trusted is not None:
+            out["trusted"] = [round(t, 3) for t in self.trusted]
         return out
 
     @classmethod
@@ -351,6 +384,10 @@ class PolicyState:
                 raise ValueError(pods)
             return (*_span(first, last), _amount(mean), pods)
 
+        def trusted() -> tuple[float, float]:
+            first, last = data["trusted"]
+            return _span(first, last)
+
         def optional(key: str, parse: Callable[[], V]) -> V | None:
             return None if data.get(key) is None else _field(parse, None)
 
@@ -367,6 +404,8 @@ class PolicyState:
             calm_since=instant("calmSince"),
             arrival_trend=optional("arrivalTrend", arrival_trend),
             fleet_p95=optional("fleetP95", fleet_p95),
+            trusted=optional("trusted", trusted),
+            read_at=instant("readAt"),
         )
 
 
@@ -459,21 +498,41 @@ def _values(samples: tuple[tuple[float, float], ...], now: float, span: float) -
 
 
 def _record(
-    samples: tuple[tuple[float, float], ...], now: float, value: float, history: float
+    samples: tuple[tuple[float, float], ...],
+    now: float,
+    value: float,
+    history: float,
+    recent: float,
 ) -> tuple[tuple[float, float], ...]:
-    """Add a demand sample; keep ``history`` seconds in at most MAX_HISTORY entries.
+    """Add a sample; keep ``history`` seconds in at most MAX_HISTORY entries.
 
-    Samples closer together than history / MAX_HISTORY are merged (averaged),
-    so a fast loop still covers the whole window.
+    The decisions read the samples of the last ``recent`` seconds (the rate
+    windows, the burst window) one by one, and older ones only together (the
+    noise, the level, how long the window was seen): each part has half the
+    entries. Samples of a part closer together than its span / (half the
+    entries) merge, at the earlier time; the newest never does. Merged at one
+    spacing over the whole history, a long scale-down window left the rate
+    window without a sample for minutes (an hour's window merges samples a
+    minute and more apart), and the policy blind to a queue it could see.
     """
     kept = _recent(samples, now, history)
-    spacing = history / MAX_HISTORY
-    if kept and now - kept[-1][0] < spacing and len(kept) > 1:
-        t_last, d_last = kept[-1]
-        kept[-1] = (t_last, (d_last + value) / 2)
-    else:
-        kept.append((now, value))
-    return tuple(kept[-MAX_HISTORY:])
+    recent = min(recent, history)
+    # A part's entries: spaced at least its spacing apart, one more at its edge.
+    part = MAX_HISTORY // 2 - 2
+    fine, coarse = recent / part, (history - recent) / part
+    edge = now - recent
+    if len(kept) > 1:
+        (t_before, d_before), (t_last, d_last) = kept[-2], kept[-1]
+        if t_last - t_before < (fine if t_before > edge else coarse):
+            kept[-2:] = [(t_before, (d_before + d_last) / 2)]
+    kept.append((now, value))
+    merged: list[tuple[float, float]] = []
+    for sample in kept:
+        if merged and sample[0] <= edge and sample[0] - merged[-1][0] < coarse:
+            merged[-1] = (merged[-1][0], (merged[-1][1] + sample[1]) / 2)
+        else:
+            merged.append(sample)
+    return tuple(merged[-MAX_HISTORY:])
 
 
 def _noise(samples: tuple[tuple[float, float], ...], now: float, window: float) -> float:
@@ -695,7 +754,7 @@ def recommend(
         )
 
     per_pod = spec.concurrency.max_in_flight * auto.target_utilization
-    on_way = max(0, pods.starting - pods.stuck)
+    on_way = max(0, pods.starting - pods.stuck - pods.unready)
     capacity = max(0, pods.ready) + on_way
     up_window = float(auto.scale_up.stabilization_window_seconds)
     down_window = float(auto.scale_down.stabilization_window_seconds)
@@ -749,12 +808,38 @@ def recommend(
     demand_complete = running is not None and waiting is not None
 
     # --- state upkeep -------------------------------------------------------
-    history = max(down_window, burst_window) + window  # covers the down window
-    samples = (
-        _record(state.demand, now, demand, history)
-        if demand is not None
-        else tuple(_recent(state.demand, now, history))
+    # Since when the signals have been trusted on every tick: any tick without
+    # them, or a gap in the loop longer than a restart's, starts the span again.
+    trusted_span = state.trusted
+    longest_pause = max(
+        TRUST_GAP_PERIODS * auto.sync_period_seconds, TRUST_GAP_WINDOW * down_window
     )
+    if not signals_ok:
+        trusted_span = None
+    elif trusted_span is None or not (0.0 <= now - trusted_span[1] <= longest_pause):
+        trusted_span = (now, now)
+    else:
+        trusted_span = (trusted_span[0], now)
+    # A read seen again (signals stale, but not yet past staleAfterSeconds) is
+    # no new sample: recorded twice, it would read as a quieter demand.
+    read_at = now - signals.age_seconds if trusted else None
+    new_read = (
+        read_at is None
+        or state.read_at is None
+        or abs(read_at - state.read_at) >= SAME_READ_SECONDS
+    )
+    history = max(down_window, burst_window) + window  # covers the down window
+    # Read one by one: the rate window, the one before it (open loads), the burst window.
+    read_singly = max(2 * window, burst_window)
+    recorded = tuple(_recent(state.demand, now, history))
+    if demand is not None and demand_complete and new_read:
+        recorded = _record(state.demand, now, demand, history, read_singly)
+    # A demand with a part missing is a lower bound: never recorded (it would
+    # read as a fall once the part is back), it counts this tick alone, for a
+    # scale-up on what is still seen.
+    samples = recorded
+    if demand is not None and not demand_complete:
+        samples = (*recorded, (now, demand))
     settled_at = state.settled_at
     if settled_at is not None and settled_at > now:
         settled_at = None  # the clock moved back: forget
@@ -771,12 +856,14 @@ def recommend(
     notes: list[str] = []
     if pods.stuck > 0:
         limited = f"{pods.stuck} pods Pending > {auto.pending_timeout_seconds}s"
+    elif pods.unready > 0:
+        limited = f"{pods.unready} pods not ready > {auto.pending_timeout_seconds}s"
 
     # --- recommendations ----------------------------------------------------
     # The hysteresis band, in requests: at least a quarter of a pod, and wider
     # than the demand's own sample-to-sample noise (an open load of ~100 in
     # flight wanders by ~10 requests; a closed loop not at all).
-    sigma = _noise(samples, now, down_window)
+    sigma = _noise(recorded, now, down_window)
     noise = NOISE_WIDTH * sigma
     # A queue on the latest sample. On a fleet, one waiting request may be a
     # request counted on two pods (their gates are scraped at different
@@ -803,7 +890,7 @@ def recommend(
     # could never fall clearly below, and kept its fleet on an idle service).
     # In between it holds the pods that carry each what the guard's fleet did.
     floor = state.guard_floor
-    level = _mean(samples, now, history)
+    level = _mean(recorded, now, history)
     fell = (
         level is not None
         and floor is not None
@@ -866,8 +953,8 @@ def recommend(
     # on the fewest pods that meet it over the hour.
     p95_span = GUARD_P95_WINDOWS * window
     p95_samples = (
-        _record(state.p95, now, p95, p95_span)
-        if p95 is not None
+        _record(state.p95, now, p95, p95_span, window)
+        if p95 is not None and new_read
         else tuple(_recent(state.p95, now, p95_span))
     )
     # The P95 window shows new pods only once the requests that queued before
@@ -938,8 +1025,15 @@ def recommend(
     else:
         down_queue = tuple(_recent(state.down, now, down_span))
     in_window = [(t, n) for t, n in down_queue if t > now - down_window or t == now]
-    # The window must be fully observed (not just after a start or a gap).
-    covered = bool(samples) and now - samples[0][0] >= down_window - _EPS
+    # The window must be fully observed: it holds the recommendations of ticks
+    # with trusted signals only, and after a start, an outage or a gap in the
+    # loop a fresh one or two would stand for all of it. A step needs the whole
+    # stabilization window seen since; a collapse a rate window (all it reads),
+    # once the whole window was seen (not just after a start).
+    observed = now - trusted_span[0] if trusted_span is not None else -math.inf
+    seen_whole = observed >= down_window - _EPS or (
+        bool(recorded) and now - recorded[0][0] >= down_window - _EPS
+    )
 
     changed_at = state.changed_at if state.changed_at is None or state.changed_at <= now else None
     # After any change, let its effect reach the signals before stepping down:
@@ -990,7 +1084,7 @@ def recommend(
     little: int | None = None
     if arrival is not None and short_mean is not None and short_mean <= arrival * p95_target:
         little = arrivals_pods
-    if target <= current and may_go_down and in_window and covered and on_way == 0 and cooled:
+    if target <= current and may_go_down and in_window and on_way == 0 and cooled:
         highest = max(n for _, n in in_window)
         # A load that collapsed (all it asked for over the last COLLAPSE_WINDOWS
         # rate windows fits in half the pods, and in COLLAPSE_MIN_PODS fewer: a
@@ -1043,7 +1137,8 @@ def recommend(
         slowed = False
         if not collapsed and latency_floor is not None and highest < latency_floor:
             highest, slowed = min(latency_floor, current), True
-        if highest < current:
+        needed = min(window, down_window) if collapsed else down_window
+        if highest < current and observed >= needed - _EPS and (seen_whole or not collapsed):
             step = min(
                 auto.scale_down.max_pods_per_step,
                 max(1, math.floor(current * auto.scale_down.max_percent_per_step / 100)),
@@ -1107,7 +1202,10 @@ def recommend(
             if slowed and target == latency_floor:
                 why += f", no fewer: {latency_note}"
         elif keep is not None and keep < current:
-            if slowed:
+            if highest < current:
+                trusted_for = _fmt(round(observed))
+                why = f"stabilizing (signals trusted for {trusted_for}s of {int(needed)}s)"
+            elif slowed:
                 why = f"held: {latency_note}"
             elif held is not None:
                 why = (
@@ -1178,7 +1276,7 @@ def recommend(
     new_state = PolicyState(
         down=down_queue,
         up=up_queue,
-        demand=samples,
+        demand=recorded,
         p95=p95_samples,
         settled_at=now if target > current else settled_at,
         changed_at=now if target != current else changed_at,
@@ -1188,5 +1286,7 @@ def recommend(
         calm_since=calm_since,
         arrival_trend=arrival_trend,
         fleet_p95=fleet_p95,
+        trusted=trusted_span,
+        read_at=read_at if read_at is not None and new_read else state.read_at,
     )
     return _decision(target, current, reason, new_state, signals_ok=signals_ok, limited=limited)

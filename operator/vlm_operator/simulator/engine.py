@@ -470,6 +470,7 @@ class _Engine:
             None,
         )
         self.scraped_cpu: float | None = None
+        self.scrape_missed = False  # a scrape failed since the last one that did not
         self.scraped_rates: tuple[float | None, float | None] = (None, None)
         self.arrivals: Iterator[float] = iter(())
         self.users = 0  # closed loop: active users
@@ -1064,11 +1065,17 @@ class _Engine:
         now = self.now
         outages = self.cfg.metrics_outages
         if outages and any(a <= now < b for a, b in outages):
+            self.scrape_missed = True
             return  # the last good scrape ages; the autoscaler sees it as stale
-        # CPU: busy fraction of each ready pod since the previous scrape.
+        # CPU: busy fraction of each ready pod since the previous scrape that
+        # succeeded: after an outage, the busy time of the whole outage over
+        # the whole outage, not over one scrape interval.
         busy = 0.0
         n_ready = 0
         interval = self.scrape_interval
+        if self.scrape_missed and now > self.scraped[0]:
+            interval = now - self.scraped[0]
+        self.scrape_missed = False
         for pod in self.pods:
             total = pod.busy_total + (now - pod.busy_since if pod.busy_since >= 0 else 0.0)
             if pod.state == _READY:
