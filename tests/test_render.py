@@ -664,3 +664,14 @@ def test_model_server_accepts_the_rendered_command_line(monkeypatch: Any) -> Non
     args = _parse("model-server", model["args"], {}, monkeypatch)
     assert (args.model, args.host, args.port) == ("/models/Qwen3-VL-2B-Instruct", "127.0.0.1", 8080)
     assert (args.model_id, args.max_concurrent) == ("q", 2)
+
+
+def test_a_cpu_request_too_large_for_a_float_still_renders() -> None:
+    # The quantity pattern has no length limit: a request of 400 digits parses as infinity,
+    # which must not crash the render (the operator would retry it forever, saying nothing).
+    huge = "1" + "0" * 400
+    spec = VLMServiceSpec.model_validate(
+        {"model": {"id": "m", "runtime": "llamacpp"}, "resources": {"requests": {"cpu": huge}}}
+    )
+    deployment = render_children("x", "d", spec)[0]
+    assert deployment["kind"] == "Deployment"

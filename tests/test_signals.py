@@ -244,6 +244,24 @@ async def test_per_service_overrides_and_url(
     assert all("$window" not in q for q in prom.queries)
 
 
+async def test_an_override_answering_several_series_for_one_service_reads_as_missing(
+    prom: StubPrometheus, client: httpx.AsyncClient
+) -> None:
+    # An override without its `sum`: one series per pod. Any one of them read as the
+    # fleet's value would understate the load, so none is read.
+    fill(prom, [("ns", "a")])
+    prom.series["my_running"] = [sample(4), sample(4), sample(4)]
+    prom.series["my_waiting"] = [
+        sample(1, namespace="ns", vlmservice="a", pod="a-1"),
+        sample(2, namespace="ns", vlmservice="a", pod="a-2"),
+    ]
+    s = spec(metrics={"queries": {"running": "my_running", "waiting": "my_waiting"}})
+    signals = await SignalReader(client, default_url=prom.url).read("ns", "a", s, max_age=1.0)
+    assert signals.running is None
+    assert signals.waiting is None
+    assert signals.p95_seconds == 9.5  # the signals not overridden are read as ever
+
+
 async def test_unscraped_pods_and_pod_load(prom: StubPrometheus, client: httpx.AsyncClient) -> None:
     prom.series[UNSCRAPED_QUERY] = [sample(1, namespace="ns", vlmservice="a")]
     prom.series[POD_LOAD_QUERY] = [
@@ -262,7 +280,7 @@ async def test_bearer_token_is_read_from_its_file(prom: StubPrometheus, tmp_path
     token = tmp_path / "token"
     token.write_text("first\n")
     fill(prom, [("ns", "a")])
-    async with build_client(bearer_token_file=str(token)) as c:
+    async with build_client(bearer_token_file=str(token), token_url=prom.url) as c:
         reader = SignalReader(c, default_url=prom.url)
         await reader.read("ns", "a", spec(), max_age=0.0)
         token.write_text("rotated")
@@ -270,3 +288,20 @@ async def test_bearer_token_is_read_from_its_file(prom: StubPrometheus, tmp_path
     auth = [h.get("Authorization") for h in prom.headers]
     assert auth[:5] == ["Bearer first"] * 5
     assert auth[5:] == ["Bearer rotated"] * 5
+
+
+async def test_bearer_token_goes_to_the_operators_prometheus_only(
+    prom: StubPrometheus, tmp_path: Path
+) -> None:
+    # A service names its own Prometheus: the operator's credentials are not sent there.
+    token = tmp_path / "token"
+    token.write_text("operator-secret")
+    fill(prom, [("ns", "a")])
+    async with build_client(bearer_token_file=str(token), token_url="http://127.0.0.1:1") as c:
+        reader = SignalReader(c, default_url="http://127.0.0.1:1")
+        signals = await reader.read(
+            "ns", "a", spec(metrics={"prometheusUrl": prom.url}), max_age=0.0
+        )
+    assert signals.running is not None  # the service's Prometheus answered
+    assert prom.headers
+    assert all("Authorization" not in h for h in prom.headers)

@@ -149,6 +149,12 @@ def test_scaling_limited_by_stuck_pods_and_max_replicas() -> None:
     limited = find_condition(status["conditions"], SCALING_LIMITED)
     assert limited is not None
     assert limited["reason"] == "MaxReplicas"
+    unready = PodCounts(current=4, ready=3, starting=1, unready=1)
+    status = cycle({}, decision(4, limited="1 pods not ready > 600s"), pods=unready)
+    limited = find_condition(status["conditions"], SCALING_LIMITED)
+    assert limited is not None
+    assert (limited["status"], limited["reason"]) == ("True", "PodsNotReady")
+    assert "not ready" in limited["message"]
 
 
 def test_partial_scrape_keeps_metrics_available_with_reason() -> None:
@@ -202,7 +208,18 @@ def test_pod_counts_from_the_indices() -> None:
     early = pod_counts(deployment, entries, now=T0 + 10, pending_timeout_seconds=600)
     assert early == PodCounts(current=3, ready=1, starting=2, stuck=0)
     late = pod_counts(deployment, entries, now=T0 + 601, pending_timeout_seconds=600)
-    assert late == PodCounts(current=3, ready=1, starting=2, stuck=1)
+    # The pod without a node is stuck; the one on a node, never ready, no longer on its way.
+    assert late == PodCounts(current=3, ready=1, starting=2, stuck=1, unready=1)
+    # A pod that was ready until recently (a crash loop begins) counts from then.
+    relapsed = pod(
+        "e",
+        phase="Running",
+        conditions=[{"type": "Ready", "status": "False", "lastTransitionTime": rfc3339(T0 + 500)}],
+    )
+    relapsed["spec"]["nodeName"] = "n1"
+    entry = pod_index_entry(relapsed)[("ns", "svc")]
+    assert pod_counts(deployment, [entry], now=T0 + 601, pending_timeout_seconds=600).unready == 0
+    assert pod_counts(deployment, [entry], now=T0 + 1101, pending_timeout_seconds=600).unready == 1
     assert pod_index_entry({"metadata": {"name": "x", "labels": {}}}) == {}
 
 
@@ -210,12 +227,15 @@ def test_late_loops_still_share_their_ticks_queries() -> None:
     from vlm_operator.reconcile import signal_max_age
 
     tick = 1_800_000_000.0  # a multiple of 5
-    assert signal_max_age(tick + 0.01, 5.0) == 2.5  # on time: half a period
-    assert signal_max_age(tick + 3.0, 5.0) == 3.5  # 3 s late: still this tick's answers
-    assert signal_max_age(tick - 0.001, 5.0) == 2.5  # a hair early: this tick, not the last
+    assert signal_max_age(tick + 0.01, 5.0, 60) == 2.5  # on time: half a period
+    assert signal_max_age(tick + 3.0, 5.0, 60) == 3.5  # 3 s late: still this tick's answers
+    assert signal_max_age(tick - 0.001, 5.0, 60) == 2.5  # a hair early: this tick, not the last
     # Never as old as the previous tick's answers (fetched just after tick - 5).
     for late in (0.0, 1.0, 2.0, 4.0, 4.9):
-        assert signal_max_age(tick + late, 5.0) < late + 5.0 - 0.5
+        assert signal_max_age(tick + late, 5.0, 60) < late + 5.0 - 0.5
+    # A long period with a short staleAfterSeconds: another service's answer, shared through
+    # the cache, is reused only while it is far from stale.
+    assert signal_max_age(tick + 0.01, 300.0, 60) == 30.0
 
 
 def test_cleared_fields_are_deleted_by_the_merge_patch() -> None:

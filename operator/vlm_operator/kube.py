@@ -301,12 +301,22 @@ def _without(obj: Mapping[str, Any], omit: tuple[tuple[str, ...], ...]) -> dict[
 def key_skeleton(manifest: Mapping[str, Any]) -> dict[str, Any]:
     """``manifest``'s maps, at every depth, with every other value replaced by 0.
 
-    All :func:`with_removals` needs: lists are replaced whole by a merge patch.
+    A list of maps is kept as the list of its elements' skeletons. A merge
+    patch replaces a list whole, so :func:`with_removals` needs none of it;
+    but :func:`holds` compares list elements only on the keys a patch names,
+    and an element that lost a key (a container's limits no longer asked for)
+    would pass for unchanged: its skeleton changes the record, which forces
+    the write.
     """
-    return {
-        key: key_skeleton(value) if isinstance(value, Mapping) else 0
-        for key, value in manifest.items()
-    }
+    return {key: _skeleton_of(value) for key, value in manifest.items()}
+
+
+def _skeleton_of(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return key_skeleton(value)
+    if isinstance(value, list) and any(isinstance(item, Mapping) for item in value):
+        return [_skeleton_of(item) for item in value]
+    return 0
 
 
 def _annotations(obj: Mapping[str, Any]) -> Mapping[str, Any]:

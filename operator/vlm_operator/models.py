@@ -258,7 +258,7 @@ class ModelSpec(APIModel):
     health_path: str | None = Field(
         default=None,
         pattern=r"^/",
-        description="Health endpoint of the model server; empty: preset default.",
+        description="Health endpoint of the model server; unset: the runtime's default.",
     )
     files: ModelFiles = Field(
         default_factory=ModelFiles, description="Model files inside the storage."
@@ -529,8 +529,8 @@ class AutoscalingSpec(APIModel):
         ge=0,
         le=86400,
         description=(
-            "Pods Pending longer than this (no node delivered) stop counting as capacity "
-            "on its way; the service shows ScalingLimited."
+            "Pods not ready for longer than this (Pending with no node, or failing on one) "
+            "stop counting as capacity on its way; the service shows ScalingLimited."
         ),
     )
     load_balancing: LoadBalancing = Field(
@@ -582,7 +582,10 @@ class MetricsSpec(APIModel):
     prometheus_url: str | None = Field(
         default=None,
         pattern=r"^https?://",
-        description="Prometheus for this service; empty uses the operator's --prometheus-url.",
+        description=(
+            "Prometheus for this service; unset uses the operator's --prometheus-url. The "
+            "operator's bearer token is sent only to the origin of its --prometheus-url."
+        ),
     )
     window_seconds: int = Field(
         default=30,

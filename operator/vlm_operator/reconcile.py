@@ -49,7 +49,9 @@ children the spec no longer asks for (PodMonitor, NetworkPolicy) are deleted.
 A cycle never writes the spec's conditions (``InvalidSpec``,
 ``SpecWarnings``): it did not evaluate the spec, and one that started before
 the spec changed would overwrite the handler's newer verdict. It carries them
-as the live object shows them, and skips its write when the generation moved.
+as this operator wrote them last for the current generation (the watch may not
+show that write yet), else as the live object shows them, and skips its write
+when the generation moved.
 
 Pods and Deployments are read from kopf indices (watch-fed, in memory), not
 listed per cycle: a cycle of a steady service makes no API request at all
@@ -62,7 +64,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -80,6 +82,7 @@ from vlm_operator.signals import SignalReader
 from vlm_operator.status import (
     CHILD_REJECTED,
     INVALID_SPEC,
+    SPEC_CONDITION_TYPES,
     child_rejected_conditions,
     cycle_status,
     differs,
@@ -126,6 +129,12 @@ class OperatorContext:
     crd_drift: SchemaDrift | None = None
     #: The running control loops' memories, by (namespace, name) of their VLMService.
     loops: dict[tuple[str, str], _Memory] = field(default_factory=dict)
+    #: The spec's conditions as this operator wrote them last, with the generation they
+    #: judged, by (namespace, name): until the watch shows a write, a cycle that
+    #: carried the live object's would put the previous verdict back.
+    spec_verdicts: dict[tuple[str, str], tuple[int | None, list[dict[str, Any]]]] = field(
+        default_factory=dict
+    )
 
 
 @dataclass
@@ -214,6 +223,7 @@ async def _apply_spec(
             name,
             {"conditions": conditions, "observedGeneration": generation},
         )
+        _remember_verdict(context, (namespace, name), generation, conditions)
         kopf.event(body, type="Warning", reason="InvalidSpec", message=str(error))
         logger.warning("invalid spec, children left alone: %s", error)
         return
@@ -236,6 +246,32 @@ async def _apply_spec(
     if conditions != (previous.get("conditions") or []):
         status["conditions"] = conditions
     await context.kube.patch_status(API_VERSION, PLURAL, namespace, name, status)
+    _remember_verdict(context, (namespace, name), generation, conditions)
+
+
+def _remember_verdict(
+    context: OperatorContext,
+    key: tuple[str, str],
+    generation: int | None,
+    conditions: Sequence[Mapping[str, Any]],
+) -> None:
+    kept = [dict(c) for c in conditions if c.get("type") in SPEC_CONDITION_TYPES]
+    context.spec_verdicts[key] = (generation, kept)
+
+
+def _spec_verdict(
+    context: OperatorContext,
+    key: tuple[str, str],
+    body: Mapping[str, Any],
+    generation: int | None,
+) -> Sequence[Mapping[str, Any]]:
+    """The spec's conditions for a cycle to carry: this operator's last verdict on this
+    generation if it has one (the watch may not show it yet), else the live object's."""
+    remembered = context.spec_verdicts.get(key)
+    if remembered is not None and remembered[0] == generation:
+        return remembered[1]
+    conditions: Sequence[Mapping[str, Any]] = (body.get("status") or {}).get("conditions") or []
+    return conditions
 
 
 def _rejection(kind: str, name: str, exc: ApiError) -> str:
@@ -363,15 +399,18 @@ def pod_index_entry(body: Mapping[str, Any]) -> dict[tuple[str, str], dict[str, 
         (scheduled is not None and scheduled.get("status") == "False")
         or not (body.get("spec") or {}).get("nodeName")
     )
-    pending_since = _timestamp((scheduled or {}).get("lastTransitionTime")) or _timestamp(
-        meta.get("creationTimestamp")
-    )
+    created = _timestamp(meta.get("creationTimestamp"))
+    pending_since = _timestamp((scheduled or {}).get("lastTransitionTime")) or created
+    # Since when the pod has not been ready: its model still loading, or failing
+    # (a crash loop, an image that does not pull) after it was placed.
+    unready_since = _timestamp((conditions.get("Ready") or {}).get("lastTransitionTime")) or created
     entry = {
         "name": meta.get("name"),
         "ready": ready,
         "terminating": meta.get("deletionTimestamp") is not None,
         "unscheduled": unscheduled,
         "pendingSince": pending_since,
+        "unreadySince": unready_since,
         "deletionCost": (meta.get("annotations") or {}).get(DELETION_COST_ANNOTATION),
     }
     return {(str(meta.get("namespace") or "default"), str(service)): entry}
@@ -398,20 +437,32 @@ def pod_counts(
     now: float,
     pending_timeout_seconds: float,
 ) -> PodCounts:
-    """The policy's view of the pods: Deployment counts plus pods on their way."""
-    starting = stuck = 0
+    """The policy's view of the pods: Deployment counts plus pods on their way.
+
+    A pod not ready after ``pending_timeout_seconds`` is no longer on its way:
+    without a node it is stuck, on a node it is unready (a crash loop, an image
+    that does not pull, a model that never loads); counted as coming, either would hold back every
+    scale-up but a burst's for as long as it lasts.
+    """
+    starting = stuck = unready = 0
     for pod in pods:
         if pod.get("terminating") or pod.get("ready"):
             continue
         starting += 1
-        since = pod.get("pendingSince")
-        if pod.get("unscheduled") and since is not None and now - since > pending_timeout_seconds:
-            stuck += 1
+        if pod.get("unscheduled"):
+            since = pod.get("pendingSince")
+            if since is not None and now - since > pending_timeout_seconds:
+                stuck += 1
+            continue
+        since = pod.get("unreadySince")
+        if since is not None and now - since > pending_timeout_seconds:
+            unready += 1
     return PodCounts(
         current=int(deployment.get("replicas") or 0),
         ready=int(deployment.get("readyReplicas") or 0),
         starting=starting,
         stuck=stuck,
+        unready=unready,
     )
 
 
@@ -431,18 +482,20 @@ def until_next_tick(now: float, period: float) -> float:
     return period - (now % period)
 
 
-def signal_max_age(now: float, period: float) -> float:
+def signal_max_age(now: float, period: float, stale_after: float) -> float:
     """How old a cached answer may be for the cycle of the tick ``now`` belongs to.
 
     Half a period, or as late as this loop woke after its tick (plus a margin):
     when a thousand loops wake on the same tick, the last ones can start seconds
     late behind the others' work, and must still share the tick's one batch of
-    queries instead of sending their own.
+    queries instead of sending their own. Never more than half the service's
+    ``staleAfterSeconds``: the cache is shared by services of other periods,
+    and an answer reused past it would read as stale signals.
     """
     phase = now % period
     if phase > period - 0.05:  # woke a hair before the tick: it is this tick
         phase -= period
-    return max(period / 2, phase + 0.5)
+    return min(max(period / 2, phase + 0.5), stale_after / 2)
 
 
 async def autoscale_forever(
@@ -489,6 +542,7 @@ async def autoscale_forever(
     finally:
         if context.loops.get(key) is memory:
             del context.loops[key]
+            context.spec_verdicts.pop(key, None)
             context.metrics.forget_service(*key)
         context.metrics.services.dec()
 
@@ -587,7 +641,7 @@ async def autoscale_once(
         # Our own scale is not in the watch yet: do not decide it again.
         counts = replace(counts, current=memory.scaled_to)
 
-    max_age = signal_max_age(now, period)
+    max_age = signal_max_age(now, period, spec.autoscaling.missing_signals.stale_after_seconds)
     signals = await context.signals.read(namespace, name, spec, max_age=max_age)
     unscraped = None
     if signals.error is None:
@@ -595,24 +649,29 @@ async def autoscale_once(
 
     previous = _previous_status(body, memory, now=now, period=period)
     previous["conditions"] = with_spec_conditions(
-        previous.get("conditions") or [], (body.get("status") or {}).get("conditions") or []
+        previous.get("conditions") or [],
+        _spec_verdict(context, (namespace, name), body, generation),
     )
     state = _latest_state(memory.state, previous.get("autoscalerState"))
     decision = recommend(state, signals, counts, spec, now)
-    if decision.direction == "down" and (unscraped or unscraped is None):
+    if decision.direction != "up" and (unscraped or unscraped is None):
         # Unknown (the ``up == 0`` query failed) is "maybe unscraped", not 0:
-        # a pod missing from the sums would read as less load.
+        # a pod missing from the sums would read as less load. Such sums are
+        # signals in part, as the policy treats a missing part: no scale-down
+        # (the state of a hold, not of the step it wanted), and the window
+        # counts as seen only from when every pod is scraped again.
         why = (
             "whether every pod is scraped is unknown"
             if unscraped is None
             else f"{unscraped} pod(s) not scraped, their load is unknown"
         )
+        kept = state if decision.direction == "down" else decision.state
         decision = replace(
             decision,
             replicas=counts.current,
             direction="hold",
             reason=f"{why}: not scaling down (policy: {decision.reason})",
-            state=state,
+            state=replace(kept, trusted=None),
         )
 
     memory.state = decision.state
@@ -651,8 +710,9 @@ async def autoscale_once(
         return decision
     # The spec's conditions as the spec's handler wrote them last, not as the
     # cycle found them when it started.
-    live_conditions = (body.get("status") or {}).get("conditions") or []
-    new["conditions"] = with_spec_conditions(new["conditions"], live_conditions)
+    new["conditions"] = with_spec_conditions(
+        new["conditions"], _spec_verdict(context, (namespace, name), body, generation)
+    )
     events = transition_events(
         previous, new, decision=decision, before=counts.current, scaled=scaled
     )
@@ -738,13 +798,9 @@ async def _refresh_children(
     else:
         return
     meta = body["metadata"]
-    await context.kube.patch_status(
-        API_VERSION,
-        PLURAL,
-        str(meta.get("namespace") or "default"),
-        str(meta["name"]),
-        {"conditions": conditions},
-    )
+    key = (str(meta.get("namespace") or "default"), str(meta["name"]))
+    await context.kube.patch_status(API_VERSION, PLURAL, *key, {"conditions": conditions})
+    _remember_verdict(context, key, generation, conditions)
 
 
 def _latest_state(kept: PolicyState | None, stored: Any) -> PolicyState:
@@ -854,6 +910,7 @@ def configure_settings(settings: kopf.OperatorSettings) -> None:
     settings.watching.label_selectors["apps", "v1", "deployments"] = SERVICE_LABEL
     settings.watching.label_selectors["v1", "services"] = SERVICE_LABEL
     settings.watching.label_selectors["policy", "v1", "poddisruptionbudgets"] = SERVICE_LABEL
+    settings.watching.label_selectors["networking.k8s.io", "v1", "networkpolicies"] = SERVICE_LABEL
     # The VLMService CRD only (compared with the operator's own): not every CRD in the
     # cluster, some of which weigh megabytes. kopf finds the VLMService resource through it.
     settings.watching.field_selectors["apiextensions.k8s.io", "v1", "customresourcedefinitions"] = (

@@ -253,6 +253,8 @@ def _cpu_count(quantity: str | None) -> int | None:
     if match is None:
         return None
     cores = float(match["number"]) / (1000 if match["milli"] else 1)
+    if not math.isfinite(cores):  # hundreds of digits: no machine has them
+        return None
     return max(1, math.floor(cores))
 
 

@@ -117,26 +117,44 @@ def service_queries(spec: VLMServiceSpec) -> tuple[dict[str, str], set[str]]:
 
 
 class _BearerTokenFile(httpx.Auth):
-    """Reads the token file on every request: projected tokens rotate."""
+    """Reads the token file on every request: projected tokens rotate.
 
-    def __init__(self, path: str) -> None:
+    The token goes to the operator's own Prometheus only (scheme, host and
+    port of ``--prometheus-url``): whoever may write a VLMService names its
+    ``metrics.prometheusUrl``, and must not receive the operator's credentials
+    by pointing it at a server of their own.
+    """
+
+    def __init__(self, path: str, origin: str | None) -> None:
         self._path = Path(path)
+        self._origin = _origin(httpx.URL(origin)) if origin else None
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
-        token = self._path.read_text().strip()
-        request.headers["Authorization"] = f"Bearer {token}"
+        if self._origin is not None and _origin(request.url) == self._origin:
+            token = self._path.read_text().strip()
+            request.headers["Authorization"] = f"Bearer {token}"
         yield request
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    default_port = {"http": 80, "https": 443}.get(url.scheme)
+    return url.scheme, url.host, url.port or default_port
 
 
 def build_client(
     *,
     bearer_token_file: str | None = None,
+    token_url: str | None = None,
     ca_file: str | None = None,
     insecure: bool = False,
     timeout: httpx.Timeout = DEFAULT_TIMEOUT,
     event_hooks: Mapping[str, list[Callable[..., Any]]] | None = None,
 ) -> httpx.AsyncClient:
-    """The one HTTP client for every query of the operator."""
+    """The one HTTP client for every query of the operator.
+
+    The bearer token, if any, is sent only to ``token_url``'s origin (the
+    operator's ``--prometheus-url``), never to a URL a VLMService names.
+    """
     verify: ssl.SSLContext | bool = True
     if insecure:
         verify = False
@@ -145,7 +163,7 @@ def build_client(
     return httpx.AsyncClient(
         timeout=timeout,
         verify=verify,
-        auth=_BearerTokenFile(bearer_token_file) if bearer_token_file else None,
+        auth=_BearerTokenFile(bearer_token_file, token_url) if bearer_token_file else None,
         limits=httpx.Limits(max_connections=10, max_keepalive_connections=10),
         event_hooks=dict(event_hooks or {}),
     )
@@ -165,17 +183,23 @@ class _Entry:
     by_pod: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
     #: Whether any series carries the namespace/vlmservice labels.
     labelled: bool = False
+    #: Series in the answer (an override that lost our labels is read only if one).
+    series: int = 0
     error: PrometheusError | None = None
 
     @classmethod
     def parse(cls, fetched_at: float, result: list[dict[str, Any]]) -> _Entry:
-        entry = cls(fetched_at=fetched_at, labelled=_has_service_labels(result))
+        entry = cls(fetched_at=fetched_at, labelled=_has_service_labels(result), series=len(result))
+        seen: set[tuple[str, str]] = set()
         for sample in result:
             labels = sample.get("metric") or {}
             raw = sample.get("value") or [None, None]
             value = _number(raw[1] if len(raw) > 1 else None)
             key = (str(labels.get("namespace", "")), str(labels.get("vlmservice", "")))
-            entry.by_service[key] = value
+            # Two series for one service (an override without its `sum by`): neither is the
+            # service's value, and one pod's read as the fleet's would look like less load.
+            entry.by_service[key] = None if key in seen else value
+            seen.add(key)
             if value is not None and "pod" in labels:
                 entry.by_pod.setdefault(key, {})[str(labels["pod"])] = value
         return entry
@@ -232,7 +256,7 @@ class SignalReader:
                 oldest = min(oldest, entry.fetched_at)
                 series = entry.by_service
                 value = series.get((namespace, name))
-                if value is None and signal in overridden and len(series) == 1:
+                if value is None and signal in overridden and entry.series == 1:
                     # An override scoped to this service may drop our labels.
                     ((_, only),) = series.items()
                     value = only if not entry.labelled else None

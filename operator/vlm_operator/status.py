@@ -225,6 +225,12 @@ def _limited_condition(decision: Decision, pods: PodCounts, timeout: int) -> tup
         if decision.limited and "Pending" not in decision.limited:
             message += f"; {decision.limited}"
         return "True", "PodsPending", message
+    if pods.unready > 0:
+        message = (
+            f"{pods.unready} pod(s) on a node and not ready for longer than {timeout}s: "
+            "see their Events and logs"
+        )
+        return "True", "PodsNotReady", message
     if decision.limited:
         reason = "MaxReplicas" if "maxReplicas" in decision.limited else "PolicyLimit"
         return "True", reason, decision.limited

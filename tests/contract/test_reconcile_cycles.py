@@ -498,14 +498,53 @@ async def test_a_cycle_does_not_overwrite_the_validity_of_a_newer_spec() -> None
         reconcile.autoscale_once(ctx, body, memory, pods=[], deployment=deployment, now=T0 + 5)
     )
     await asyncio.sleep(0.01)
-    kube.body["status"]["conditions"] = [
-        {**c, "status": "True", "reason": "ChildRejected"} if c["type"] == "InvalidSpec" else c
-        for c in kube.body["status"]["conditions"]
-    ]
+    kube.reject["Deployment"] = ApiError(422, "Unprocessable Entity", json.dumps(REJECTION))
+    await reconcile.apply_spec(ctx, body, created=False, logger=LOG)
+    assert invalid_spec(body) == ("True", "ChildRejected")
     sig.gate.set()
     await asyncio.wait_for(cycle, timeout=10)
     assert kube.status_writes[-1].get("conditions") is not None  # the cycle did write
     assert invalid_spec(body) == ("True", "ChildRejected")
+
+
+class LaggingKube(FakeKube):
+    """Status writes reach the store at once, kopf's view of the object only on ``deliver``."""
+
+    def __init__(self, body: dict[str, Any]) -> None:
+        super().__init__(body)
+        self.stored: dict[str, Any] = {}
+
+    async def patch_status(
+        self, api_version: str, plural: str, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> None:
+        self.status_writes.append(copy.deepcopy(dict(status)))
+        self.stored = merge(self.stored, copy.deepcopy(dict(status)))
+
+    def deliver(self) -> None:
+        self.body["status"] = copy.deepcopy(self.stored)
+
+
+async def test_a_cycle_before_the_watch_shows_the_new_verdict_does_not_restore_the_old() -> None:
+    # The spec is fixed and its handler writes "valid"; a cycle runs before the watch shows
+    # that write, its object still showing the old "invalid": the old verdict must not return.
+    body = vlmservice(
+        {
+            "model": {"id": "m", "runtime": "fake"},
+            "autoscaling": {"minReplicas": 6, "maxReplicas": 2},
+        }
+    )
+    kube = LaggingKube(body)
+    ctx, memory = context(kube, FakeSignals()), reconcile._Memory()
+    await reconcile.apply_spec(ctx, body, created=True, logger=LOG)
+    kube.deliver()
+    assert invalid_spec(body) == ("True", "ValidationFailed")
+    body["spec"]["autoscaling"] = {}
+    body["metadata"]["generation"] = 2
+    await reconcile.apply_spec(ctx, body, created=False, logger=LOG)
+    deployment = {"replicas": 1, "readyReplicas": 1}
+    await reconcile.autoscale_once(ctx, body, memory, pods=[], deployment=deployment, now=T0)
+    kube.deliver()
+    assert invalid_spec(body) == ("False", "SpecValid")
 
 
 # ----------------------------------------------------------------- item 8
@@ -608,7 +647,10 @@ async def test_what_the_spec_no_longer_asks_for_leaves_the_children() -> None:
         annotations = kube.objects[DEPLOYMENT]["metadata"]["annotations"]
         applied = json.loads(annotations[APPLIED_KEYS_ANNOTATION])
         assert applied["spec"]["template"]["spec"]["nodeSelector"] == {"gpu": 0}
-        assert applied["spec"]["template"]["spec"]["containers"] == 0  # lists go whole
+        # A list of maps is kept element by element (the keys an element loses are seen).
+        containers = applied["spec"]["template"]["spec"]["containers"]
+        assert isinstance(containers, list)
+        assert containers[0]["name"] == 0
         assert "replicas" not in applied["spec"]  # the autoscaler's, never applied
         assert NETWORK_POLICY in kube.objects
         assert POD_MONITOR in kube.objects
@@ -638,6 +680,44 @@ async def test_what_the_spec_no_longer_asks_for_leaves_the_children() -> None:
         body["spec"] = {"model": spec_raw["model"]}
         await reconcile.apply_spec(ctx, body, created=False, logger=LOG)
         assert kube.objects[DEPLOYMENT]["spec"]["replicas"] == 3
+    finally:
+        kube.close()
+
+
+async def test_a_key_gone_from_a_container_is_removed_from_the_child() -> None:
+    # A merge patch replaces a list whole, and a child is compared only on the keys the patch
+    # names: a key that left a container (limits no longer asked for) must still be written.
+    spec_raw: dict[str, Any] = {
+        "model": {"id": "m", "runtime": "fake"},
+        "resources": {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "6Gi"}},
+    }
+    body = vlmservice(spec_raw)
+    kube = StoreClient()
+    ctx = reconcile.OperatorContext(kube=kube, signals=FakeSignals(), metrics=OperatorMetrics())  # type: ignore[arg-type]
+
+    def model_container() -> dict[str, Any]:
+        containers = kube.objects[DEPLOYMENT]["spec"]["template"]["spec"]["containers"]
+        return next(c for c in containers if c["resources"].get("requests", {}).get("cpu") == "2")
+
+    try:
+        await reconcile.apply_spec(ctx, body, created=True, logger=LOG)
+        assert model_container()["resources"]["limits"]["memory"] == "6Gi"
+        body["spec"] = {**spec_raw, "resources": {"requests": spec_raw["resources"]["requests"]}}
+        body["metadata"]["generation"] = 2
+        await reconcile.apply_spec(ctx, body, created=False, logger=LOG)
+        assert "memory" not in model_container()["resources"].get("limits", {})
+        # Written once: the next refresh finds the child as rendered.
+        methods: list[str] = []
+        original = kube.request
+
+        async def counted(method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+            if not path.endswith("/status"):
+                methods.append(method)
+            return await original(method, path, **kwargs)
+
+        kube.request = counted  # type: ignore[method-assign]
+        await reconcile.apply_spec(ctx, body, created=False, logger=LOG)
+        assert set(methods) == {"GET"}, methods
     finally:
         kube.close()
 

@@ -44,7 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Prometheus base URL; a VLMService may override it (spec.metrics.prometheusUrl) "
         "[env VLM_OPERATOR_PROMETHEUS_URL]",
     )
-    prom.add_argument("--prometheus-bearer-token-file", help="file with a bearer token")
+    prom.add_argument(
+        "--prometheus-bearer-token-file",
+        help="file with a bearer token, sent to --prometheus-url only (never to a service's URL)",
+    )
     prom.add_argument("--prometheus-ca-file", help="CA bundle to verify Prometheus's TLS")
     prom.add_argument(
         "--prometheus-insecure", action="store_true", help="do not verify Prometheus's TLS"
@@ -120,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
         _LOG.info("metrics on http://%s:%d/metrics", args.metrics_address, server.server_port)
     client = build_client(
         bearer_token_file=args.prometheus_bearer_token_file,
+        token_url=args.prometheus_url,
         ca_file=args.prometheus_ca_file,
         insecure=args.prometheus_insecure,
         timeout=httpx.Timeout(args.prometheus_timeout, connect=min(2.0, args.prometheus_timeout)),
