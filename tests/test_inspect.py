@@ -222,7 +222,7 @@ def test_missing_inspect_extra_exits_2_with_the_install_command(
 ) -> None:
     monkeypatch.setitem(sys.modules, "prometheus_api_client", None)
     assert main(["inspect", "a/b", "--prometheus-url", "http://127.0.0.1:9"]) == 2
-    assert "pip install 'vlm-operator[inspect]'" in capsys.readouterr().err
+    assert "pip install '.[inspect]'" in capsys.readouterr().err
 
 
 def test_missing_plot_extra_exits_2_with_the_install_command(

@@ -202,5 +202,5 @@ def test_model_server_without_the_extra_says_how_to_install_it(
     )  # fmt: skip
     assert result.returncode == 2
     assert "missing: torch, transformers, pillow" in result.stderr
-    assert "pip install 'vlm-operator[model-server]'" in result.stderr
+    assert "pip install '.[model-server]'" in result.stderr
     assert "Traceback" not in result.stderr

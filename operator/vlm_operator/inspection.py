@@ -228,8 +228,8 @@ def connect(
         from urllib3.util.retry import Retry
     except ImportError as exc:
         raise ExtraMissing(
-            "prometheus-api-client is not installed; install the extra: "
-            "pip install 'vlm-operator[inspect]'"
+            "prometheus-api-client is not installed; install the inspect extra: "
+            "pip install '.[inspect]' in a vlm-operator checkout"
         ) from exc
     headers = {"Authorization": f"Bearer {bearer_token}"} if bearer_token else None
     # Its default retries connection errors three times with back-off, which
@@ -434,7 +434,8 @@ def plot_png(inspection: Inspection, path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError as exc:
         raise ExtraMissing(
-            "matplotlib is not installed; install the extra: pip install 'vlm-operator[plot]'"
+            "matplotlib is not installed; install the plot extra: "
+            "pip install '.[plot]' in a vlm-operator checkout"
         ) from exc
 
     def minutes_ago(series: Series) -> list[float]:

@@ -84,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
         loop_factory = _loop_factory(args.loop)
     except ImportError:
         raise UsageError(
-            "--loop uvloop: uvloop is not installed (pip install 'vlm-operator[uvloop]')"
+            "--loop uvloop: uvloop is not installed "
+            "(the uvloop extra: pip install '.[uvloop]' in a vlm-operator checkout)"
         ) from None
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         raise UsageError(
             f"needs the model-server extra (missing: {', '.join(missing)}); install it with "
-            "pip install 'vlm-operator[model-server]'"
+            "pip install '.[model-server]' in a vlm-operator checkout"
         )
     from vlm_operator.model_server import ServerConfig, serve
 

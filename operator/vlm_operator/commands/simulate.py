@@ -199,7 +199,8 @@ def _plot_target(name: str) -> tuple[Path, str]:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
     except ImportError:
         raise UsageError(
-            "--plot: needs matplotlib; install the extra: pip install 'vlm-operator[plot]'"
+            "--plot: needs matplotlib; install the plot extra: "
+            "pip install '.[plot]' in a vlm-operator checkout"
         ) from None
     supported = FigureCanvasAgg.get_supported_filetypes()
     path = Path(name)
