@@ -10,7 +10,9 @@ must not drift from their sources.
 from __future__ import annotations
 
 import json
+import subprocess
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import helm_python as helm
@@ -19,6 +21,7 @@ import pytest
 import yaml
 from vlm_operator import __version__
 from vlm_operator.cli import build_parser
+from vlm_operator.models import VLMService
 from vlm_operator.render import DEFAULT_OPERATOR_IMAGE
 
 from e2e.cluster import chart
@@ -61,6 +64,12 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "imagePullSecrets": ["regcred", {"name": "other"}],
         "image": {"digest": "sha256:" + "a" * 64},
         "resources": {"requests": {"cpu": "200m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+    },
+    "resources": {
+        "resources": {
+            "requests": {"cpu": "1.5", "memory": "1e9"},
+            "limits": {"memory": "2Gi", "hugepages-2Mi": "128Mi", "example.com/gpu": 1},
+        }
     },
     "everything": {
         "watchNamespaces": ["ml"],
@@ -124,10 +133,14 @@ def test_every_rendered_object_passes_the_kubernetes_schema(case: str, kube_vers
         ({"image": {"tag": "has space"}}, "/image/tag", "does not match pattern"),
         ({"imagee": {}}, "''", "additional properties 'imagee' not allowed"),
         ({"podMonitor": {"interval": "5 seconds"}}, "/podMonitor/interval", "pattern"),
+        ({"podMonitor": {"interval": "30m1h"}}, "/podMonitor/interval", "pattern"),
         ({"podMonitor": {"enabled": "yes"}}, "/podMonitor/enabled", "want boolean"),
         ({"dashboard": {"enable": True}}, "/dashboard", "additional properties 'enable'"),
         ({"ports": {"metrics": 70000}}, "/ports/metrics", "maximum"),
         ({"resources": {"requests": {"cpu": "lots"}}}, "/resources/requests/cpu", "pattern"),
+        ({"resources": {"limits": {"memory": -1}}}, "/resources/limits/memory", "minimum"),
+        # Claims name the pod's resourceClaims, which the chart does not set.
+        ({"resources": {"claims": [{"name": "c"}]}}, "/resources", "additional properties"),
         ({"nodeSelector": {"pool": 3}}, "/nodeSelector/pool", "want string"),
         (
             {"prometheus": {"bearerTokenSecret": {"name": "Bad_Name", "key": "t"}}},
@@ -144,6 +157,25 @@ def test_bad_values_are_refused_naming_the_key(
     message = str(caught.value)
     assert f"at '{key}'" in message or f"at {key}" in message, message
     assert reason in message, message
+
+
+@pytest.mark.parametrize("interval", ["15s", "500ms", "1m30s", "1h", "2d"])
+def test_pod_monitor_interval_takes_any_prometheus_duration(interval: str) -> None:
+    objects = chart.render({"podMonitor": {"enabled": True, "interval": interval}})
+    (endpoint,) = _one(objects, "PodMonitor")["spec"]["podMetricsEndpoints"]
+    assert endpoint["interval"] == interval
+
+
+def test_resources_take_any_resource_name_and_quantity() -> None:
+    resources = VALUE_SETS["resources"]["resources"]
+    assert _container(chart.render(VALUE_SETS["resources"]))["resources"] == resources
+
+
+def test_one_port_for_both_listeners_is_refused_naming_both() -> None:
+    # The schema checks each port alone; the template compares them.
+    both = r"ports\.health and ports\.metrics are both 9090"
+    with pytest.raises(helm.HelmRenderError, match=both):
+        chart.render({"ports": {"health": 9090, "metrics": 9090}})
 
 
 def test_schema_describes_every_default_value() -> None:
@@ -340,19 +372,67 @@ def test_dashboard_configmap_is_sidecar_discoverable_and_carries_the_file() -> N
     assert not _by_kind(chart.render(), "ConfigMap")
 
 
-def test_notes_tell_what_to_apply_next() -> None:
-    notes = chart.render_texts(VALUE_SETS["namespaced"])["vlm-operator/templates/NOTES.txt"]
-    assert "kind: VLMService" in notes
-    assert "kubectl get vlms" in notes
-    assert "kubectl apply -n team-a" in notes
-    assert "team-a, team-b" in notes
-    # The example in the notes is a valid VLMService.
-    from vlm_operator.models import VLMService
+NOTES = "vlm-operator/templates/NOTES.txt"
 
-    example = notes.split("kubectl apply -n team-a -f -\n", 1)[1].split("YAML\n", 1)[0]
-    lines = [line for line in example.splitlines() if line.strip() != "YAML"]
-    indent = min(len(line) - len(line.lstrip()) for line in lines if line.strip())
-    VLMService.model_validate(yaml.safe_load("\n".join(line[indent:] for line in lines)))
+#: Stands in for kubectl when the notes' commands run: each call leaves its
+#: arguments (one a line) and its standard input in files numbered in order
+#: (counted in a file: a call in a pipeline runs in a subshell).
+KUBECTL_STUB = """
+kubectl() {
+    echo >> calls
+    n=$(($(wc -l < calls)))
+    printf '%s\\n' "$@" > "kubectl-$n.args"
+    cat > "kubectl-$n.stdin"
+}
+"""
+
+
+def _kubectl_commands(notes: str) -> str:
+    """The notes' command blocks (runs of lines indented five spaces) that call
+    kubectl, as rendered: indentation and all, as a reader pastes them."""
+    blocks: list[list[str]] = [[]]
+    for line in notes.splitlines():
+        if line.startswith("     "):
+            blocks[-1].append(line)
+        elif blocks[-1]:
+            blocks.append([])
+    return "\n".join(line for block in blocks if "kubectl " in "".join(block) for line in block)
+
+
+def test_notes_tell_what_to_apply_next() -> None:
+    notes = chart.render_texts(VALUE_SETS["namespaced"])[NOTES]
+    assert "team-a, team-b" in notes
+    assert "vlm-operator inspect team-a/demo" in notes
+
+
+@pytest.mark.parametrize("shell", ["bash", "sh"])
+@pytest.mark.parametrize(("case", "namespace"), [("namespaced", "team-a"), ("default", "default")])
+def test_notes_commands_work_pasted_as_rendered(
+    shell: str, case: str, namespace: str, tmp_path: Path
+) -> None:
+    script = _kubectl_commands(chart.render_texts(VALUE_SETS[case])[NOTES])
+    subprocess.run(
+        [shell, "-c", KUBECTL_STUB + script],
+        cwd=tmp_path,
+        stdin=subprocess.DEVNULL,
+        check=True,
+        timeout=30,
+    )
+    calls = [
+        (path.read_text().splitlines(), path.with_suffix(".stdin").read_text())
+        for path in sorted(tmp_path.glob("kubectl-*.args"), key=lambda p: int(p.stem[8:]))
+    ]
+    # Each line its own command, in the namespace the demo went to (an
+    # unterminated here-document would swallow the lines after it).
+    assert [args for args, _ in calls] == [
+        ["-n", chart.RELEASE_NAMESPACE, "rollout", "status", f"deployment/{chart.RELEASE_NAME}"],
+        ["apply", "-n", namespace, "-f", "-"],
+        ["get", "vlms", "-n", namespace, "-w"],
+        ["describe", "vlms", "demo", "-n", namespace],
+    ]
+    applied = yaml.safe_load(calls[1][1])
+    assert VLMService.model_validate(applied).name == "demo"
+    assert [stdin for _, stdin in calls if stdin] == [calls[1][1]]
 
 
 # ------------------------------------------------------------------ drift

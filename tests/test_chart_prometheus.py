@@ -1,12 +1,14 @@
 """The Prometheus integration examples in manifests/prometheus/.
 
 Debian's Prometheus is built without Kubernetes service discovery, so the
-plain ``prometheus.yml`` job runs here with its discovery swapped for a file
+plain ``prometheus.yml`` jobs run here with their discovery swapped for a file
 whose targets carry the ``__meta_kubernetes_*`` labels Kubernetes discovery
-would give: the job's own relabelling then keeps the gate port of VLMService
-pods only, and writes the ``namespace``, ``vlmservice`` and ``pod`` labels of
-the signals contract, in a real Prometheus. The PodMonitor is checked against
-the same relabelling and against the operator's own per-service PodMonitor.
+would give: the gates' job's own relabelling then keeps the gate port of
+VLMService pods only, and writes the ``namespace``, ``vlmservice`` and ``pod``
+labels of the signals contract, in a real Prometheus; the operator's job keeps
+the operator's metrics port, its per-service series keeping their namespace.
+The PodMonitor is checked against the same relabelling and against the
+operator's own per-service PodMonitor.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 import pytest
 import yaml
 from vlm_operator.models import SERVICE_LABEL, VLMServiceSpec
+from vlm_operator.operator_metrics import OperatorMetrics
 from vlm_operator.render import GATE_PORT_NAME, render_children
 
 from e2e.cluster import chart
@@ -32,11 +35,13 @@ SERVICE_META = "__meta_kubernetes_pod_label_" + SERVICE_LABEL.replace(".", "_").
 ).replace("-", "_")
 
 
-def _plain_job() -> dict[str, Any]:
+def _plain_jobs() -> dict[str, dict[str, Any]]:
     config = yaml.safe_load((EXAMPLES / "prometheus.yml").read_text())
-    (job,) = config["scrape_configs"]
-    assert isinstance(job, dict)
-    return job
+    return {str(job["job_name"]): job for job in config["scrape_configs"]}
+
+
+def _plain_job() -> dict[str, Any]:
+    return _plain_jobs()["vlm-gates"]
 
 
 def _pod_monitor() -> dict[str, Any]:
@@ -45,14 +50,17 @@ def _pod_monitor() -> dict[str, Any]:
 
 
 class _FileDiscoveryPrometheus(PrometheusServer):
-    """The example job with Kubernetes discovery replaced by the test's target file."""
+    """The example jobs with Kubernetes discovery replaced by the test's target file."""
 
     def _write_config(self) -> Path:
-        job = copy.deepcopy(_plain_job())
-        del job["kubernetes_sd_configs"]
-        job["file_sd_configs"] = [{"files": [str(self.targets_file)], "refresh_interval": "1s"}]
-        job["scrape_interval"] = job["scrape_timeout"] = "1s"
-        config = {"global": {"scrape_interval": "1s"}, "scrape_configs": [job]}
+        jobs = []
+        for example in _plain_jobs().values():
+            job = copy.deepcopy(example)
+            del job["kubernetes_sd_configs"]
+            job["file_sd_configs"] = [{"files": [str(self.targets_file)], "refresh_interval": "1s"}]
+            job["scrape_interval"] = job["scrape_timeout"] = "1s"
+            jobs.append(job)
+        config = {"global": {"scrape_interval": "1s"}, "scrape_configs": jobs}
         path = self.workdir / "prometheus.yml"
         path.write_text(yaml.safe_dump(config))
         checked = subprocess.run(
@@ -76,10 +84,25 @@ def _pod(
     return exporter.host_port, labels
 
 
+def _operator_pod(host_port: str, *, port: str = "metrics") -> tuple[str, dict[str, str]]:
+    labels = {
+        "__meta_kubernetes_namespace": "vlm-operator",
+        "__meta_kubernetes_pod_name": f"vlm-operator-{port}",
+        "__meta_kubernetes_pod_container_port_name": port,
+        "__meta_kubernetes_pod_phase": "Running",
+        "__meta_kubernetes_pod_label_app_kubernetes_io_name": "vlm-operator",
+    }
+    return host_port, labels
+
+
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
     gate = Exporter().start()
     other = Exporter().start()
+    operator = OperatorMetrics()
+    operator.observe_service("team-a", "demo", desired=3, max_replicas=8, p95_target=12.0)
+    operator_server, _ = operator.serve(0, "127.0.0.1")
+    operator_target = f"127.0.0.1:{operator_server.server_port}"
     server = _FileDiscoveryPrometheus(tmp_path_factory.mktemp("prometheus")).start()
     try:
         server.set_targets(
@@ -88,6 +111,8 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusS
                 _pod(gate, port="metrics"),  # another port of the pod
                 _pod(gate, phase="Succeeded"),  # a finished pod
                 _pod(other, service=None),  # not a VLMService pod
+                _operator_pod(operator_target),  # the operator's job keeps this one only
+                _operator_pod(operator_target, port="health"),
             ]
         )
         yield server
@@ -95,6 +120,8 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusS
         server.stop()
         gate.stop()
         other.stop()
+        operator_server.shutdown()
+        operator_server.server_close()
 
 
 def test_plain_job_keeps_only_gate_ports_with_the_contract_labels(
@@ -106,7 +133,23 @@ def test_plain_job_keeps_only_gate_ports_with_the_contract_labels(
     assert labels["namespace"] == "team-a"
     assert labels["vlmservice"] == "demo"
     assert labels["pod"] == "demo-http-running"
-    assert [t["labels"]["pod"] for t in prometheus.targets()] == ["demo-http-running"]
+    gates = [t for t in prometheus.targets() if t["labels"]["job"] == "vlm-gates"]
+    assert [t["labels"]["pod"] for t in gates] == ["demo-http-running"]
+
+
+def test_plain_operator_job_keeps_the_service_namespace_of_its_series(
+    prometheus: PrometheusServer,
+) -> None:
+    # The alerts set the operator's per-service series against the gates': their namespace
+    # must be the service's, not the operator pod's (honor_labels).
+    result = prometheus.wait_for_series("vlm_operator_desired_replicas", timeout=30)
+    assert len(result) == 1
+    labels = result[0]["metric"]
+    assert (labels["namespace"], labels["vlmservice"]) == ("team-a", "demo")
+    assert labels["job"] == "vlm-operator"
+    assert labels["pod"] == "vlm-operator-metrics"
+    operator = [t for t in prometheus.targets() if t["labels"]["job"] == "vlm-operator"]
+    assert [t["labels"]["pod"] for t in operator] == ["vlm-operator-metrics"]
 
 
 def test_plain_job_scrapes_every_5_seconds() -> None:

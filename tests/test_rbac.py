@@ -10,8 +10,15 @@ what the chart's rules grant, both ways, in both of the chart's modes: a Role
 per watched namespace (plus the cluster-scoped reads in a ClusterRole), and one
 ClusterRole when watching all namespaces.
 
-The test plays the kubelet and the Deployment controller by writing Pods and
-Deployment status straight into the emulated API's store, not over HTTP, so
+The recording includes the authorization checks of the
+OwnerReferencesPermissionEnforcement admission plugin (on by default on
+OpenShift): the children carry a blocking controller reference to their
+VLMService, and a user stripping those references by hand has the operator's
+next apply restore them, which that plugin allows only to who may delete the
+child.
+
+The test plays the kubelet and the Deployment controller, and the user's hand
+edits, by writing straight into the emulated API's store, not over HTTP, so
 that every recorded request is one the operator made.
 """
 
@@ -42,6 +49,14 @@ Permission = tuple[str, str, str]  # (verb, apiGroup, resource[/subresource])
 
 DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 SERVICE = "demo"
+#: (group, version, plural) of every child of a VLMService with a PodMonitor and a NetworkPolicy.
+CHILDREN = (
+    ("apps", "v1", "deployments"),
+    ("", "v1", "services"),
+    ("policy", "v1", "poddisruptionbudgets"),
+    ("monitoring.coreos.com", "v1", "podmonitors"),
+    ("networking.k8s.io", "v1", "networkpolicies"),
+)
 
 
 # ------------------------------------------------------------ the stand-ins
@@ -187,6 +202,23 @@ def _status(api: ThreadedKubeAPI, namespace: str) -> dict[str, Any]:
     return api.call(read)
 
 
+def _unowned_children(api: ThreadedKubeAPI, namespace: str) -> list[str]:
+    """The children without a controller reference to the VLMService."""
+
+    def read() -> list[str]:
+        store = api.server.store
+        owner = store.get(_kinds(store)["vlmservices"], namespace, SERVICE)["metadata"]["uid"]
+        unowned = []
+        for group, version, plural in CHILDREN:
+            child = store.get(store.kind(group, version, plural), namespace, SERVICE)
+            refs = child["metadata"].get("ownerReferences") or []
+            if not any(ref["uid"] == owner and ref.get("controller") for ref in refs):
+                unowned.append(plural)
+        return unowned
+
+    return api.call(read)
+
+
 def _vlmservice_exists(api: ThreadedKubeAPI, namespace: str) -> bool:
     def read() -> bool:
         store = api.server.store
@@ -277,25 +309,17 @@ def _live(api: ThreadedKubeAPI, namespace: str, gate: Exporter) -> None:
         store.update(kind, namespace, SERVICE, {**current, "spec": {**current["spec"], **change}})
 
     def edit_by_hand() -> None:
-        # A rendered label changed on each child the spec change below leaves
-        # as it was: the re-apply must patch it back (an unchanged child is
-        # not written at all).
+        # Every child's owner references stripped, and a rendered label
+        # changed on each child the spec change below leaves as it was: the
+        # re-apply must patch both back (an unchanged child is not written).
         store = api.server.store
-        for group, version, plural in (
-            ("", "v1", "services"),
-            ("policy", "v1", "poddisruptionbudgets"),
-            ("monitoring.coreos.com", "v1", "podmonitors"),
-            ("networking.k8s.io", "v1", "networkpolicies"),
-        ):
+        for group, version, plural in CHILDREN:
             kind = store.kind(group, version, plural)
             child = store.get(kind, namespace, SERVICE)
-            labels = {**child["metadata"]["labels"], "app.kubernetes.io/part-of": "by-hand"}
-            store.update(
-                kind,
-                namespace,
-                SERVICE,
-                {**child, "metadata": {**child["metadata"], "labels": labels}},
-            )
+            metadata = {k: v for k, v in child["metadata"].items() if k != "ownerReferences"}
+            if plural != "deployments":
+                metadata["labels"] = {**metadata["labels"], "app.kubernetes.io/part-of": "by-hand"}
+            store.update(kind, namespace, SERVICE, {**child, "metadata": metadata})
 
     # A spec change patches every child in place (reverting the hand edits)...
     api.call(edit_by_hand)
@@ -306,6 +330,7 @@ def _live(api: ThreadedKubeAPI, namespace: str, gate: Exporter) -> None:
         40,
         describe=lambda: _status(api, namespace),
     )
+    assert _unowned_children(api, namespace) == []
     # ...and deletes the optional children the spec no longer asks for.
     api.call(
         lambda: update_spec(
@@ -448,5 +473,10 @@ def test_scenario_exercised_every_child_kind(scenarios: dict[str, Scenario]) -> 
             ("podmonitors", ""),
             ("networkpolicies", ""),
         } <= patched, scenario.mode
-        deleted = {r.resource for r in scenario.recorded if r.verb == "delete"}
+        deleted = {r.resource for r in scenario.recorded if r.verb == "delete" and not r.admission}
         assert {"podmonitors", "networkpolicies"} <= deleted, scenario.mode
+        # Admission's checks: blocking references set on each create, and restored by a patch.
+        checked = {(r.verb, r.resource, r.subresource) for r in scenario.recorded if r.admission}
+        assert checked == {("update", PLURAL, "finalizers")} | {
+            ("delete", plural, "") for _, _, plural in CHILDREN
+        }, scenario.mode

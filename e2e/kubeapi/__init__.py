@@ -3,7 +3,8 @@
 kopf and the official ``kubernetes`` client run unchanged against it. It serves discovery, CRUD,
 list/watch with resume and 410 expiry, merge/JSON/strategic patches, status and scale
 subresources, finalizers, owner-reference garbage collection, CRDs with structural defaulting,
-pruning, OpenAPI and CEL validation, and records every request by RBAC verb.
+pruning, OpenAPI and CEL validation, and records every request by RBAC verb (with the checks the
+owner-reference admission plugin makes for it).
 
 Use it in-process (``KubeAPIServer`` on the current loop), from sync tests (``run_in_thread``), or
 as its own process (``python -m e2e.kubeapi --port P --crds DIR --kubeconfig FILE``).
@@ -22,7 +23,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import APIError
-from .server import KubeAPIServer, RecordedRequest
+from .recording import RecordedRequest
+from .server import KubeAPIServer
 
 __all__ = [
     "PODMONITOR_CRD",

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .server import RecordedRequest
+from .recording import RecordedRequest
 
 Permission = tuple[str, str, str]  # (apiGroup, resource[/subresource], verb)
 

@@ -2,8 +2,9 @@
 
 Routing is generic: ``/api/v1/...`` and ``/apis/<group>/<version>/...`` paths resolve to a kind
 from the store's kind table, so built-in kinds and CRDs registered at runtime are served by the
-same few handlers. Every resource request is recorded with its RBAC verb so tests can compare
-what a client really used against what its RBAC grants.
+same few handlers. Every resource request is recorded with its RBAC verb, and so is every
+authorization an admission plugin asks for on its behalf (the store reports those), so tests can
+compare what a client really used against what its RBAC grants.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from multidict import CIMultiDict
 from . import errors
 from .errors import APIError
 from .patch import PatchError, json_patch, merge_patch, strategic_merge_patch
+from .recording import RecordedRequest
 from .resources import ResourceKind
 from .selectors import (
     Predicate,
@@ -54,19 +56,6 @@ _OPTIONS_KINDS = {
     "deletecollection": "DeleteOptions",
 }
 _FIELD_VALIDATIONS = ("", "Ignore", "Strict", "Warn")
-
-
-@dataclass(frozen=True)
-class RecordedRequest:
-    """One resource request, named the way RBAC rules name it."""
-
-    verb: str
-    group: str
-    version: str
-    resource: str
-    subresource: str
-    namespace: str | None
-    name: str | None
 
 
 @dataclass(frozen=True)
@@ -544,7 +533,11 @@ class KubeAPIServer:
     async def _do_create(self, request: web.Request, target: _Target) -> web.StreamResponse:
         flags = self._flags(request, "create")
         obj, warnings = self.store.create(
-            target.kind, target.namespace, await self._body(request), **flags
+            target.kind,
+            target.namespace,
+            await self._body(request),
+            authorize=self.requests.append,
+            **flags,
         )
         return self._respond(obj, warnings, status=201)
 
@@ -562,6 +555,7 @@ class KubeAPIServer:
             target.name,
             body,
             subresource=target.subresource,
+            authorize=self.requests.append,
             **flags,
         )
         return self._respond(obj, warnings)

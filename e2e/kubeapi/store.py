@@ -21,6 +21,14 @@ reference to a kind the server does not serve, or from a cluster-scoped dependen
 owner, cannot be resolved and holds the dependent forever, as on a real cluster. ``Orphan``
 strips the references instead; ``Foreground`` is treated like background.
 
+Owner references are also an authorization matter: the OwnerReferencesPermissionEnforcement
+admission plugin (on by default on OpenShift) asks, for a write that changes them, whether the
+writer may delete the object (not on a create), and for each reference newly blocking its
+owner's deletion (``blockOwnerDeletion``), whether the writer may update the owner's
+``finalizers`` subresource. Nothing is enforced here (there is no authorizer), but ``create`` and
+``update`` report those checks, dry runs included, to an ``authorize`` callback, so a client's
+RBAC can be compared with what a cluster running the plugin would ask of it.
+
 All methods are synchronous and run on the server's event loop, so every write and the delivery of
 its watch event to every subscribed watch happen atomically: no event can be lost between a list
 and a watch, or between a watch's replay and its live stream.
@@ -42,6 +50,7 @@ from typing import Any
 
 from . import builtins, errors, schema
 from .errors import APIError
+from .recording import OWNER_REFERENCES_PLUGIN, RecordedRequest
 from .resources import BUILTIN_KINDS, ResourceKind, kinds_from_crd
 from .selectors import Predicate, selector_to_string
 
@@ -55,6 +64,7 @@ _SYSTEM_FIELDS = ("uid", "creationTimestamp", "deletionTimestamp", "deletionGrac
 
 StoreKey = tuple[str, str]  # (group, plural): every served version shares one storage
 ObjectKey = tuple[str, str]  # (namespace or "", name)
+Authorize = Callable[[RecordedRequest], None]  # told each check admission makes for a write
 
 
 def now_timestamp() -> str:
@@ -358,6 +368,48 @@ class Store:
             raise errors.invalid(kind, name, causes)
         return warnings
 
+    def _authorize_owner_references(
+        self,
+        kind: ResourceKind,
+        new: dict[str, Any],
+        old: dict[str, Any] | None,
+        authorize: Authorize | None,
+    ) -> None:
+        """Report the checks OwnerReferencesPermissionEnforcement makes for a validated write
+        (kubernetes plugin/pkg/admission/gc/gc_admission.go), in its order. Only writes of the
+        object itself can change its references: a status write keeps the stored metadata (and
+        the plugin exempts pods/status anyway)."""
+        if authorize is None:
+            return
+        refs = new["metadata"].get("ownerReferences") or []
+        old_refs = (old or {}).get("metadata", {}).get("ownerReferences") or []
+        if refs == old_refs:  # a create with none, or an update leaving them as they were
+            return
+        namespace, name = new["metadata"].get("namespace"), new["metadata"]["name"]
+        if old is not None:  # "cannot set an ownerRef on a resource you can't delete"
+            authorize(
+                RecordedRequest(
+                    "delete", kind.group, kind.version, kind.plural, "", namespace, name,
+                    admission=OWNER_REFERENCES_PLUGIN,
+                )
+            )  # fmt: skip
+        blocking_before = {
+            ref.get("uid") for ref in old_refs if ref.get("blockOwnerDeletion") is True
+        }
+        for ref in refs:
+            if ref.get("blockOwnerDeletion") is not True or ref.get("uid") in blocking_before:
+                continue
+            owner = self._referenced_kind(ref)
+            if owner is None:  # no REST mapping: a real server refuses; nothing to record
+                continue
+            authorize(
+                RecordedRequest(
+                    "update", owner.group, owner.version, owner.plural, "finalizers",
+                    namespace if owner.namespaced else None, str(ref.get("name", "")),
+                    admission=OWNER_REFERENCES_PLUGIN,
+                )
+            )  # fmt: skip
+
     # -- writing ----------------------------------------------------------------------------
 
     def _check_namespace(self, kind: ResourceKind, namespace: str | None, name: str) -> None:
@@ -379,6 +431,7 @@ class Store:
         *,
         dry_run: bool = False,
         field_validation: str = "Warn",
+        authorize: Authorize | None = None,
     ) -> tuple[dict[str, Any], list[str]]:
         if not isinstance(body, dict):
             raise errors.bad_request("the request body must be a JSON object")
@@ -428,6 +481,7 @@ class Store:
         if metadata.get("finalizers") == []:
             del metadata["finalizers"]
         warnings = self._admit(kind, obj, None, field_validation)
+        self._authorize_owner_references(kind, obj, None, authorize)
         if (kind.group, kind.plural) == _CRD_KEY:
             obj["status"] = _crd_status(obj)
         if not dry_run and _parses_as_version(requested_rv):
@@ -462,6 +516,7 @@ class Store:
         dry_run: bool = False,
         field_validation: str = "Warn",
         patch: bool = False,
+        authorize: Authorize | None = None,
     ) -> tuple[dict[str, Any], list[str]]:
         """PUT semantics (also the last step of every PATCH, with ``patch``)."""
         if not isinstance(body, dict) or not isinstance(body.get("metadata", {}), dict):
@@ -537,6 +592,7 @@ class Store:
                     ],
                 )
         warnings = self._admit(kind, new, old, field_validation)
+        self._authorize_owner_references(kind, new, old, authorize)
         if (kind.group, kind.plural) == _CRD_KEY:
             new["status"] = _crd_status(new)
         if _spec_view(kind, new) != _spec_view(kind, old):
@@ -735,12 +791,10 @@ class Store:
             if obj is not None and kind is not None:
                 self._collect(kind, obj)
 
-    def _owner_state(self, ref: dict[str, Any], namespace: str) -> str:
-        """``present``, ``absent`` or ``unresolvable``, as the real collector classifies an
-        owner reference: it reads the owner by kind and name (in the dependent's namespace for
-        a namespaced kind) and compares uids."""
+    def _referenced_kind(self, ref: dict[str, Any]) -> ResourceKind | None:
+        """The served kind an owner reference names (by apiVersion and kind), or None."""
         group, _, version = str(ref.get("apiVersion", "")).rpartition("/")
-        owner_kind = next(
+        return next(
             (
                 k
                 for k in self.kinds.values()
@@ -748,6 +802,12 @@ class Store:
             ),
             None,
         )
+
+    def _owner_state(self, ref: dict[str, Any], namespace: str) -> str:
+        """``present``, ``absent`` or ``unresolvable``, as the real collector classifies an
+        owner reference: it reads the owner by kind and name (in the dependent's namespace for
+        a namespaced kind) and compares uids."""
+        owner_kind = self._referenced_kind(ref)
         if owner_kind is None or (owner_kind.namespaced and not namespace):
             return "unresolvable"  # an unknown kind, or a namespaced owner of a cluster object
         owner = self._bucket(owner_kind).get(

@@ -22,6 +22,7 @@ from kubernetes import client, config, watch
 from kubernetes.client import ApiException
 
 from e2e.kubeapi import PODMONITOR_CRD, RecordedRequest, ThreadedKubeAPI, run_in_thread
+from e2e.kubeapi.recording import OWNER_REFERENCES_PLUGIN
 
 REPO = Path(__file__).resolve().parents[2]
 VLMSERVICE_CRD = REPO / "crds" / "vlmservice.yaml"
@@ -749,6 +750,95 @@ def test_requests_are_recorded_with_rbac_verbs(
     assert api.requests[before] == RecordedRequest(
         "create", "apps", "v1", "deployments", "", "default", None
     )
+
+
+def _gc_check(
+    verb: str, resource: str, namespace: str, name: str, *, group: str = "", subresource: str = ""
+) -> RecordedRequest:
+    """An authorization check of the OwnerReferencesPermissionEnforcement admission plugin."""
+    return RecordedRequest(verb, group, "v1", resource, subresource, namespace, name,
+                           admission=OWNER_REFERENCES_PLUGIN)  # fmt: skip
+
+
+def _config_map(name: str, refs: list[dict[str, Any]] | None = None, **metadata: Any) -> Any:
+    """A ConfigMap body with these owner references (the client sends plain dicts as they are)."""
+    return {"metadata": {"name": name, "ownerReferences": refs, **metadata}}
+
+
+def test_a_blocking_owner_reference_asks_for_the_owners_finalizers(
+    api: ThreadedKubeAPI, kube: client.ApiClient, namespace: str
+) -> None:
+    core = client.CoreV1Api(kube)
+    owner = core.create_namespaced_config_map(namespace, _config_map("owner"))
+    before = len(api.requests)
+    core.create_namespaced_config_map(
+        namespace, _config_map("child", [_owner(owner, "ConfigMap", "v1")])
+    )
+    # The request first, then the admission plugin's check; a create needs no delete right.
+    assert api.requests[before:] == [
+        RecordedRequest("create", "", "v1", "configmaps", "", namespace, None),
+        _gc_check("update", "configmaps", namespace, "owner", subresource="finalizers"),
+    ]
+    # A dry run goes through admission too, and a reference that does not block asks nothing.
+    widget = client.CustomObjectsApi(kube).create_namespaced_custom_object(
+        "example.com", "v1", namespace, "widgets",
+        {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"},
+         "spec": {"size": 1}},
+    )  # fmt: skip
+    refs = [_owner(widget, "Widget", "example.com/v1"),
+            {**_owner(owner, "ConfigMap", "v1"), "blockOwnerDeletion": False}]  # fmt: skip
+    before = len(api.requests)
+    core.create_namespaced_config_map(namespace, _config_map("dry", refs), dry_run="All")
+    assert [r for r in api.requests[before:] if r.admission] == [
+        _gc_check("update", "widgets", namespace, "w", group="example.com",
+                  subresource="finalizers"),
+    ]  # fmt: skip
+    stored = core.list_namespaced_config_map(namespace).to_dict()["items"]
+    assert "dry" not in {item["metadata"]["name"] for item in stored}
+
+
+def test_changing_owner_references_asks_for_delete_on_the_object(
+    api: ThreadedKubeAPI, kube: client.ApiClient, namespace: str
+) -> None:
+    core = client.CoreV1Api(kube)
+    first = core.create_namespaced_config_map(namespace, _config_map("first"))
+    second = core.create_namespaced_config_map(namespace, _config_map("second"))
+    first_ref = _owner(first, "ConfigMap", "v1")
+    core.create_namespaced_config_map(namespace, _config_map("child", [first_ref]))
+    edits = itertools.count()
+
+    def replace(refs: list[dict[str, Any]] | None) -> list[RecordedRequest]:
+        """PUT the child with these references (and a new label: a real write); the checks."""
+        stored = core.read_namespaced_config_map("child", namespace).to_dict()["metadata"]
+        body = _config_map("child", refs, resourceVersion=stored["resource_version"],
+                           labels={"edit": str(next(edits))})  # fmt: skip
+        before = len(api.requests)
+        core.replace_namespaced_config_map("child", namespace, body)
+        return [r for r in api.requests[before:] if r.admission]
+
+    # References left as they were (another label): no check.
+    assert replace([first_ref]) == []
+    # Two added: delete on the object, and the finalizers of the new owner the server serves
+    # (a kind it does not serve has no resource to check).
+    unknown = {"apiVersion": "example.com/v9", "kind": "Gadget", "name": "g",
+               "uid": str(uuid.uuid4()), "blockOwnerDeletion": True}  # fmt: skip
+    assert replace([first_ref, _owner(second, "ConfigMap", "v1"), unknown]) == [
+        _gc_check("delete", "configmaps", namespace, "child"),
+        _gc_check("update", "configmaps", namespace, "second", subresource="finalizers"),
+    ]
+    # Stripped by hand, then restored: a delete check, then the finalizers check again.
+    assert replace(None) == [_gc_check("delete", "configmaps", namespace, "child")]
+    assert replace([first_ref]) == [
+        _gc_check("delete", "configmaps", namespace, "child"),
+        _gc_check("update", "configmaps", namespace, "first", subresource="finalizers"),
+    ]
+    # A reference that starts blocking is checked as a new one.
+    loose = {**first_ref, "blockOwnerDeletion": False}
+    assert replace([loose]) == [_gc_check("delete", "configmaps", namespace, "child")]
+    assert replace([first_ref]) == [
+        _gc_check("delete", "configmaps", namespace, "child"),
+        _gc_check("update", "configmaps", namespace, "first", subresource="finalizers"),
+    ]
 
 
 def test_standalone_process_serves_and_stops_on_sigterm(tmp_path: Path) -> None:

@@ -64,6 +64,13 @@ Children are read (get) before each patch, for what the operator applied last
 NetworkPolicy) are deleted when the spec stops asking for them; other reads
 come from kopf's watches. Pods are patched only for their deletion-cost
 annotation before a scale-down.
+Owner references: every child carries a controller reference to its
+VLMService with blockOwnerDeletion, and the OwnerReferencesPermissionEnforcement
+admission plugin (on by default on OpenShift) lets a write set one only for
+who may update the owner's finalizers (vlmservices/finalizers: a check of that
+plugin, never a request of the operator), and change a child's references
+only for who may delete the child: hence "delete" on every child kind, needed
+when a user strips the references by hand and the next apply restores them.
 */}}
 {{- define "vlm-operator.namespacedRules" -}}
 - apiGroups: ["vlm-operator.io"]
@@ -72,15 +79,18 @@ annotation before a scale-down.
 - apiGroups: ["vlm-operator.io"]
   resources: ["vlmservices/status"]
   verbs: ["patch"]
+- apiGroups: ["vlm-operator.io"]
+  resources: ["vlmservices/finalizers"]
+  verbs: ["update"]
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: [""]
   resources: ["services"]
-  verbs: ["get", "list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["policy"]
   resources: ["poddisruptionbudgets"]
-  verbs: ["get", "list", "watch", "create", "patch"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["networking.k8s.io"]
   resources: ["networkpolicies"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
