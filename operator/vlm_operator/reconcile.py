@@ -654,12 +654,14 @@ async def autoscale_once(
     )
     state = _latest_state(memory.state, previous.get("autoscalerState"))
     decision = recommend(state, signals, counts, spec, now)
-    if decision.direction != "up" and (unscraped or unscraped is None):
+    partial = signals.error is None and (unscraped or unscraped is None)
+    if decision.direction != "up" and partial:
         # Unknown (the ``up == 0`` query failed) is "maybe unscraped", not 0:
         # a pod missing from the sums would read as less load. Such sums are
         # signals in part, as the policy treats a missing part: no scale-down
         # (the state of a hold, not of the step it wanted), and the window
-        # counts as seen only from when every pod is scraped again.
+        # counts as seen only from when every pod is scraped again. (Signals
+        # that failed outright are the policy's to report.)
         why = (
             "whether every pod is scraped is unknown"
             if unscraped is None

@@ -259,9 +259,38 @@ async def test_an_unknown_unscraped_count_blocks_scale_down(unscraped: int | Non
         assert "not scaling down" in status["lastDecision"]["reason"]
         assert metrics["reason"] == "ScrapeStatusUnknown"
         assert "no scale-down" in metrics["message"]
+        # Every pod known scraped again: the window is seen whole again before a step down.
+        fake.unscraped = 0
+        await run_cycle(ctx, kube, memory, T0 + 30)
+        assert kube.replicas == 3
+        for i in range(31, 40):
+            await run_cycle(ctx, kube, memory, T0 + i)
+        assert kube.replicas < 3
     else:  # the control: known to be all scraped, the same load scales down
         assert kube.replicas < 3
         assert metrics["reason"] == "SignalsRead"
+
+
+async def test_failed_signals_are_reported_as_the_policy_says_not_as_unscraped_pods() -> None:
+    # With the signals failed, the `up == 0` query is never sent: its unknown answer
+    # is no news, and the reason names the failure.
+    spec_raw = {"model": {"id": "m", "runtime": "fake"}, "autoscaling": {"syncPeriodSeconds": 1}}
+    kube, fake = FakeKube(vlmservice(spec_raw), replicas=3), FakeSignals()
+    ctx, memory = context(kube, fake), reconcile._Memory()
+    fake.current = Signals(
+        running=None,
+        waiting=None,
+        p95_seconds=None,
+        arrival_rate=None,
+        error_rate=None,
+        error="connection refused",
+    )
+    for i in range(5):
+        await run_cycle(ctx, kube, memory, T0 + i)
+    reason = kube.body["status"]["lastDecision"]["reason"]
+    assert kube.replicas == 3
+    assert "connection refused" in reason
+    assert "scraped" not in reason
 
 
 # ----------------------------------------------------------------- item 4
