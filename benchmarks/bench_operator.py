@@ -148,9 +148,11 @@ def count_objects(kube: ThreadedKubeAPI, group: str, version: str, plural: str,
 
 
 def api_requests(kube: ThreadedKubeAPI) -> Counter[str]:
+    """Requests the operator sent (not the checks admission made on their behalf)."""
     return Counter(
         f"{r.verb} {r.resource}{'/' + r.subresource if r.subresource else ''}"
         for r in kube.requests
+        if not r.admission
     )
 
 
