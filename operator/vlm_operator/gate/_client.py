@@ -9,8 +9,10 @@ is noticed at once (its slot freed, or its place in the queue given up).
 So it reads on even when a client has sent many requests ahead: past
 MAX_PIPELINED parsed requests, what arrives is held unparsed (paused reading
 would hide a hang-up until every answer before it was out), and parsed as
-those requests are answered. Past MAX_AHEAD_BYTES held, the client is
-answered 400, after the requests already read, and the connection closes.
+those requests are answered. Past MAX_AHEAD_BYTES held, reading pauses until
+they are parsed: TCP pushes back on the client, which loses nothing (a body
+up to the limit is a request like any other), and only a client that far
+ahead is noticed hanging up late.
 
 ``Expect: 100-continue`` is answered when the request's turn comes: at once
 on a connection with nothing else to answer, otherwise once the answers to
@@ -54,7 +56,7 @@ log = logging.getLogger("vlm_operator.gate")
 MAX_HEAD_BYTES = 64 * 1024
 #: Requests a client may send ahead of its answers before the gate stops parsing.
 MAX_PIPELINED = 8
-#: Bytes held unparsed past those requests; beyond, the client gets a 400 and the close.
+#: Bytes held unparsed past those requests; beyond, reading pauses until they are parsed.
 MAX_AHEAD_BYTES = 1024 * 1024
 #: Seconds the gate reads (and drops) the rest of a refused body before closing.
 LINGER_SECONDS = 5.0
@@ -86,6 +88,7 @@ class ClientConnection(asyncio.Protocol):
         #: What arrived while MAX_PIPELINED requests waited, not parsed yet.
         self._ahead: deque[bytes] = deque()
         self._ahead_bytes = 0
+        self._reading_paused = False
         #: The client reads slower than answers arrive: the model's side waits.
         self.writing_paused = False
         self._linger: asyncio.TimerHandle | None = None
@@ -157,16 +160,13 @@ class ClientConnection(asyncio.Protocol):
                 self._refuse_head()  # a head without end: refused before llhttp gathers more
 
     def _hold(self, data: bytes) -> None:
-        """Keep bytes sent far ahead for later; reading goes on, so a hang-up is seen."""
+        """Keep bytes sent far ahead for later; reading goes on, so a hang-up is seen,
+        up to MAX_AHEAD_BYTES (then TCP holds the rest)."""
         self._ahead.append(data)
         self._ahead_bytes += len(data)
-        if self._ahead_bytes > MAX_AHEAD_BYTES:
-            self._drop_ahead()
-            self._refuse_connection(
-                "bad_request",
-                f"more than {MAX_PIPELINED} requests and {MAX_AHEAD_BYTES} bytes "
-                "sent ahead of their answers",
-            )
+        if self._ahead_bytes > MAX_AHEAD_BYTES and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
 
     def _parse_ahead(self) -> None:
         """Parse held bytes while fewer than MAX_PIPELINED requests wait."""
@@ -176,14 +176,21 @@ class ClientConnection(asyncio.Protocol):
                 self._drop_ahead()  # the connection ends: nothing after is read
                 return
             if not self._closing and len(self.pending) >= MAX_PIPELINED:
-                return
+                break
             data = ahead.popleft()
             self._ahead_bytes -= len(data)
             self._parse(data)
+        self._resume_if_room()
 
     def _drop_ahead(self) -> None:
         self._ahead.clear()
         self._ahead_bytes = 0
+        self._resume_if_room()
+
+    def _resume_if_room(self) -> None:
+        if self._reading_paused and self._ahead_bytes <= MAX_AHEAD_BYTES and not self.closed:
+            self._reading_paused = False
+            self.transport.resume_reading()
 
     def eof_received(self) -> bool | None:
         return None  # the client is gone (or half-closed): close, which frees its slot
