@@ -1391,7 +1391,9 @@ def test_after_a_gap_in_the_signals_a_step_down_waits_a_whole_window_again(outag
     back = _back_after(spec, _signals(26, 0, rate=2.0), gone=115.0, outage=outage)
     first_down = next(i for i, d in enumerate(back) if d.direction == "down")
     assert first_down * 5.0 == window
-    assert "signals trusted for 0s" in back[0].reason
+    assert "not seen long enough since a gap" in back[0].reason
+    # Worded the same every tick it lasts (a reason that changes is a status write).
+    assert len({d.reason for d in back[:first_down]}) == 1
     assert back[first_down].replicas == 9
     # The span the window was seen survives a restart (it is kept in the status).
     before = back[first_down - 1].state
@@ -1404,18 +1406,45 @@ def test_after_a_gap_in_the_signals_a_step_down_waits_a_whole_window_again(outag
 def test_a_restarts_pause_is_no_gap_but_half_a_window_is() -> None:
     spec = _spec()  # syncPeriodSeconds 5, a 120 s scale-down window
     state = _steady(spec, _signals(8, 0), _pods(2), seconds=100)[-1].state
-    assert state.trusted == (0.0, 100.0)
+    assert state.trusted == (0.0, 100.0, 0.0)
     late = recommend(state, _signals(8, 0), _pods(2), spec, 111.0)  # 105 missed, woken late
-    assert late.state.trusted == (0.0, 111.0)
-    restarted = recommend(late.state, _signals(8, 0), _pods(2), spec, 171.0)  # 60 s down
-    assert restarted.state.trusted == (0.0, 171.0)
+    assert late.state.trusted == (0.0, 111.0, 0.0)
+    # 60 s down: the window goes on, but a collapse waits a rate window from here.
+    restarted = recommend(late.state, _signals(8, 0), _pods(2), spec, 171.0)
+    assert restarted.state.trusted == (0.0, 171.0, 171.0)
     gap = recommend(restarted.state, _signals(8, 0), _pods(2), spec, 232.0)  # 61 s down
-    assert gap.state.trusted == (232.0, 232.0)
+    assert gap.state.trusted == (232.0, 232.0, 232.0)
     # A short window: a couple of sync periods still are no gap.
     short = _spec(scaleDown={"stabilizationWindowSeconds": 10})
     state = _steady(short, _signals(8, 0), _pods(2), seconds=100)[-1].state
-    assert recommend(state, _signals(8, 0), _pods(2), short, 112.0).state.trusted == (0.0, 112.0)
-    assert recommend(state, _signals(8, 0), _pods(2), short, 113.0).state.trusted == (113.0, 113.0)
+    kept = recommend(state, _signals(8, 0), _pods(2), short, 112.0).state.trusted
+    assert kept == (0.0, 112.0, 0.0)
+    assert recommend(state, _signals(8, 0), _pods(2), short, 113.0).state.trusted == (
+        113.0,
+        113.0,
+        113.0,
+    )
+
+
+def test_a_failed_read_now_and_then_does_not_hold_the_fleet_for_good() -> None:
+    # The demand falls from what fits 10 pods to what fits 7, and one read in
+    # twenty fails: each failure is a tick of no signals, not a new window to
+    # observe, and the fleet steps down as it would without them.
+    spec = _spec()
+    window = spec.autoscaling.scale_down.stabilization_window_seconds
+    state = _steady(spec, _signals(38, 0, rate=3.0), _pods(10), seconds=300)[-1].state
+    failed = _signals(None, None, None, rate=None, error="timeout")
+    current, first_down = 10, None
+    for i in range(1, 121):
+        t = 300.0 + 5.0 * i
+        signals = failed if i % 20 == 0 else _signals(26, 0, rate=2.0)
+        d = recommend(state, signals, _pods(current), spec, t)
+        if d.replicas < current and first_down is None:
+            first_down = t
+        state, current = d.state, d.replicas
+    assert first_down is not None
+    assert first_down <= 300.0 + window + 10.0
+    assert current < 10
 
 
 def test_after_an_outage_a_collapse_waits_a_rate_window() -> None:

@@ -150,7 +150,9 @@ def test_scaling_limited_by_stuck_pods_and_max_replicas() -> None:
     assert limited is not None
     assert limited["reason"] == "MaxReplicas"
     unready = PodCounts(current=4, ready=3, starting=1, unready=1)
-    status = cycle({}, decision(4, limited="1 pods not ready > 600s"), pods=unready)
+    status = cycle(
+        {}, decision(4, limited="1 pods not ready past their start-up time"), pods=unready
+    )
     limited = find_condition(status["conditions"], SCALING_LIMITED)
     assert limited is not None
     assert (limited["status"], limited["reason"]) == ("True", "PodsNotReady")
@@ -220,6 +222,19 @@ def test_pod_counts_from_the_indices() -> None:
     entry = pod_index_entry(relapsed)[("ns", "svc")]
     assert pod_counts(deployment, [entry], now=T0 + 601, pending_timeout_seconds=600).unready == 0
     assert pod_counts(deployment, [entry], now=T0 + 1101, pending_timeout_seconds=600).unready == 1
+    # A model whose start-up probe allows 900 s is still loading at 601 s, not failing.
+    loading_long = pod_counts(
+        deployment,
+        entries,
+        now=T0 + 601,
+        pending_timeout_seconds=600,
+        startup_budget_seconds=900,
+    )
+    assert (loading_long.stuck, loading_long.unready) == (1, 0)
+    late = pod_counts(
+        deployment, entries, now=T0 + 901, pending_timeout_seconds=600, startup_budget_seconds=900
+    )
+    assert late.unready == 1
     assert pod_index_entry({"metadata": {"name": "x", "labels": {}}}) == {}
 
 

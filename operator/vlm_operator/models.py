@@ -529,8 +529,9 @@ class AutoscalingSpec(APIModel):
         ge=0,
         le=86400,
         description=(
-            "Pods not ready for longer than this (Pending with no node, or failing on one) "
-            "stop counting as capacity on its way; the service shows ScalingLimited."
+            "Pods Pending (no node) longer than this, or on a node and not ready longer than "
+            "this and the model's start-up budget, stop counting as capacity on its way; "
+            "the service shows ScalingLimited."
         ),
     )
     load_balancing: LoadBalancing = Field(

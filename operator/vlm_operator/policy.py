@@ -100,8 +100,10 @@ The rules, and the failures of other autoscalers they answer:
   on average is over it often enough to miss the P95).
 - **Start-up aware.** Pods that exist but are not ready are capacity on its
   way: while they load, the queue grows by itself and only a burst buys
-  more. Pods Pending longer than ``pendingTimeoutSeconds`` are not on their
-  way (and the decision says ScalingLimited).
+  more. Pods Pending longer than ``pendingTimeoutSeconds``, or on a node and
+  not ready for longer than that and the model's start-up budget (a crash
+  loop, an image that does not pull), are not on their way (and the decision
+  says ScalingLimited).
 - **Missing signals never scale down.** An empty, NaN, negative, absurd
   (over a billion), stale or failed signal is "no signal", never zero
   (keda#3065): any of the five, as the arrival rate gates the P95 guard and
@@ -111,12 +113,14 @@ The rules, and the failures of other autoscalers they answer:
   ``missingSignals.action: Fallback``, raises to ``fallbackReplicas``.
   A demand with a part missing (running without waiting) is a lower bound:
   it may scale up on its tick, but is never recorded, as it would read as a
-  fall (or as noise) once the part is back. When the signals come back (or
-  the loop does, after a gap longer than half the window: a restart's is
-  shorter, and the state kept in the status carries the window over it) the
-  scale-down window holds a fresh recommendation or two: no step down until
-  a whole window was seen again, nor a collapse until a rate window was. A
-  stale read seen again is no new sample. A P95 or error rate that is NaN
+  fall (or as noise) once the part is back. When the signals come back, or
+  the loop does, after a gap longer than half the scale-down window, the
+  window holds a fresh recommendation or two: no step down until a whole
+  window was seen again. A shorter gap (a few failed reads, a quick restart,
+  whose state the status carries; it is written at least every 30 s) leaves
+  most of the window seen, and only a collapse, which reads the last rate
+  windows, waits a rate window again. A stale read seen again is no new
+  sample. A P95 or error rate that is NaN
   because nothing finished in the window (arrival rate 0) is an idle
   service, not a missing signal. A stored state field that does not parse
   is forgotten alone.
@@ -211,12 +215,14 @@ LATENCY_FLOOR_LOAD = 0.7
 #: Rate windows: the time constant of the moving mean of the fleet's P95 that
 #: floor is taken from (one window's P95 wanders by a few tenths of a second).
 FLEET_P95_WINDOWS = 10.0
-#: Sync periods between two ticks beyond which the signals may count as having
-#: been gone (the loop was down): one missed tick, woken late, is no gap...
+#: Sync periods between two trusted ticks beyond which the signals were gone
+#: (untrusted ticks, or the loop down) for a while: one tick missed, woken
+#: late or failed, is no gap. A collapse then waits a rate window again...
 TRUST_GAP_PERIODS = 2.5
-#: ...nor is a pause shorter than this fraction of the scale-down window (an
-#: operator's restart): most of the window was seen, and the state kept in the
-#: status carries its stabilization over the restart. Longer, too little was.
+#: ...and a gap longer than this fraction of the scale-down window (and than
+#: those periods) starts the window's observation again: too little of it
+#: was seen. Shorter (an outage of a few ticks, an operator's quick restart,
+#: whose state the status carries) most of it was, and it goes on.
 TRUST_GAP_WINDOW = 0.5
 #: Reads whose times (tick time - age) differ by less than this are one read:
 #: the loop's clock and the reader's differ by the read's own duration.
@@ -293,11 +299,13 @@ class PolicyState:
     #: The P95 of the fleet as it is, taken once a change, a burst or refusals
     #: have left the P95 window: (first, last, moving mean, pods it ran on).
     fleet_p95: tuple[float, float, float, int] | None = None
-    #: Since when the signals have been trusted on every tick, and the last
-    #: such tick: (first, last). The scale-down window holds recommendations
-    #: of those ticks only, so a span shorter than the window is a window
-    #: not yet observed (after a start, an outage or a gap in the loop).
-    trusted: tuple[float, float] | None = None
+    #: Since when the signals have been trusted, with no gap longer than
+    #: TRUST_GAP_WINDOW of the scale-down window; the last trusted tick; and
+    #: the first after the last gap of more than TRUST_GAP_PERIODS: (first,
+    #: last, resumed). The scale-down window holds recommendations of trusted
+    #: ticks only, so a span shorter than the window is a window not yet
+    #: observed (after a start, a long outage or a long gap in the loop).
+    trusted: tuple[float, float, float] | None = None
     #: When the last sample recorded was read (tick time - its age): a tick
     #: that sees the same read again records nothing, as the same value twice
     #: would read as a quieter demand.
@@ -384,9 +392,13 @@ class PolicyState:
                 raise ValueError(pods)
             return (*_span(first, last), _amount(mean), pods)
 
-        def trusted() -> tuple[float, float]:
-            first, last = data["trusted"]
-            return _span(first, last)
+        def trusted() -> tuple[float, float, float]:
+            first, last, resumed = data["trusted"]
+            first, last = _span(first, last)
+            resumed = _finite(resumed)
+            if not first <= resumed <= last:
+                raise ValueError(resumed)
+            return first, last, resumed
 
         def optional(key: str, parse: Callable[[], V]) -> V | None:
             return None if data.get(key) is None else _field(parse, None)
@@ -808,18 +820,19 @@ def recommend(
     demand_complete = running is not None and waiting is not None
 
     # --- state upkeep -------------------------------------------------------
-    # Since when the signals have been trusted on every tick: any tick without
-    # them, or a gap in the loop longer than a restart's, starts the span again.
+    # Since when the signals have been trusted: a tick without them leaves the
+    # span as it was; the next trusted tick after a long gap (untrusted ticks
+    # or the loop down) starts it again, after a shorter one goes on with it.
     trusted_span = state.trusted
-    longest_pause = max(
-        TRUST_GAP_PERIODS * auto.sync_period_seconds, TRUST_GAP_WINDOW * down_window
-    )
-    if not signals_ok:
-        trusted_span = None
-    elif trusted_span is None or not (0.0 <= now - trusted_span[1] <= longest_pause):
-        trusted_span = (now, now)
-    else:
-        trusted_span = (trusted_span[0], now)
+    brief = TRUST_GAP_PERIODS * auto.sync_period_seconds
+    longest_pause = max(brief, TRUST_GAP_WINDOW * down_window)
+    if signals_ok:
+        gap = None if trusted_span is None else now - trusted_span[1]
+        if trusted_span is None or gap is None or not 0.0 <= gap <= longest_pause:
+            trusted_span = (now, now, now)
+        else:
+            first, _, resumed = trusted_span
+            trusted_span = (first, now, now if gap > brief else resumed)
     # A read seen again (signals stale, but not yet past staleAfterSeconds) is
     # no new sample: recorded twice, it would read as a quieter demand.
     read_at = now - signals.age_seconds if trusted else None
@@ -857,7 +870,7 @@ def recommend(
     if pods.stuck > 0:
         limited = f"{pods.stuck} pods Pending > {auto.pending_timeout_seconds}s"
     elif pods.unready > 0:
-        limited = f"{pods.unready} pods not ready > {auto.pending_timeout_seconds}s"
+        limited = f"{pods.unready} pods not ready past their start-up time"
 
     # --- recommendations ----------------------------------------------------
     # The hysteresis band, in requests: at least a quarter of a pod, and wider
@@ -1031,6 +1044,7 @@ def recommend(
     # stabilization window seen since; a collapse a rate window (all it reads),
     # once the whole window was seen (not just after a start).
     observed = now - trusted_span[0] if trusted_span is not None else -math.inf
+    resumed_for = now - trusted_span[2] if trusted_span is not None else -math.inf
     seen_whole = observed >= down_window - _EPS or (
         bool(recorded) and now - recorded[0][0] >= down_window - _EPS
     )
@@ -1137,8 +1151,11 @@ def recommend(
         slowed = False
         if not collapsed and latency_floor is not None and highest < latency_floor:
             highest, slowed = min(latency_floor, current), True
-        needed = min(window, down_window) if collapsed else down_window
-        if highest < current and observed >= needed - _EPS and (seen_whole or not collapsed):
+        if collapsed:  # a rate window seen since the last gap, once the whole window was
+            seen_enough = resumed_for >= min(window, down_window) - _EPS and seen_whole
+        else:
+            seen_enough = observed >= down_window - _EPS
+        if highest < current and seen_enough:
             step = min(
                 auto.scale_down.max_pods_per_step,
                 max(1, math.floor(current * auto.scale_down.max_percent_per_step / 100)),
@@ -1203,8 +1220,9 @@ def recommend(
                 why += f", no fewer: {latency_note}"
         elif keep is not None and keep < current:
             if highest < current:
-                trusted_for = _fmt(round(observed))
-                why = f"stabilizing (signals trusted for {trusted_for}s of {int(needed)}s)"
+                # Worded the same every tick it lasts: a reason that changed
+                # would be a status write every tick.
+                why = "stabilizing (the signals were not seen long enough since a gap)"
             elif slowed:
                 why = f"held: {latency_note}"
             elif held is not None:

@@ -78,6 +78,7 @@ from vlm_operator.operator_metrics import OperatorMetrics
 from vlm_operator.persistence import EssenceDiffBaseStorage, EssenceProgressStorage
 from vlm_operator.policy import Decision, PodCounts, PolicyState, recommend
 from vlm_operator.render import DEFAULT_OPERATOR_IMAGE, render_children, selector_string
+from vlm_operator.runtimes import model_container
 from vlm_operator.signals import SignalReader
 from vlm_operator.status import (
     CHILD_REJECTED,
@@ -436,14 +437,18 @@ def pod_counts(
     *,
     now: float,
     pending_timeout_seconds: float,
+    startup_budget_seconds: float = 0.0,
 ) -> PodCounts:
     """The policy's view of the pods: Deployment counts plus pods on their way.
 
     A pod not ready after ``pending_timeout_seconds`` is no longer on its way:
-    without a node it is stuck, on a node it is unready (a crash loop, an image
-    that does not pull, a model that never loads); counted as coming, either would hold back every
-    scale-up but a burst's for as long as it lasts.
+    without a node it is stuck; on a node, once the model's start-up budget
+    (its startup probe's, when longer) has passed too, it is unready (a crash
+    loop, an image that does not pull, a model that never loads). Counted as
+    coming, either would hold back every scale-up but a burst's for as long as
+    it lasts.
     """
+    unready_after = max(pending_timeout_seconds, startup_budget_seconds)
     starting = stuck = unready = 0
     for pod in pods:
         if pod.get("terminating") or pod.get("ready"):
@@ -455,7 +460,7 @@ def pod_counts(
                 stuck += 1
             continue
         since = pod.get("unreadySince")
-        if since is not None and now - since > pending_timeout_seconds:
+        if since is not None and now - since > unready_after:
             unready += 1
     return PodCounts(
         current=int(deployment.get("replicas") or 0),
@@ -632,7 +637,14 @@ async def autoscale_once(
         return None
     period = spec.autoscaling.sync_period_seconds
     pending_timeout = spec.autoscaling.pending_timeout_seconds
-    counts = pod_counts(deployment, pods, now=now, pending_timeout_seconds=pending_timeout)
+    budget = model_container(spec, operator_image=context.operator_image).startup_budget_seconds
+    counts = pod_counts(
+        deployment,
+        pods,
+        now=now,
+        pending_timeout_seconds=pending_timeout,
+        startup_budget_seconds=budget,
+    )
     if (
         memory.scaled_to is not None
         and counts.current != memory.scaled_to
@@ -659,9 +671,10 @@ async def autoscale_once(
         # Unknown (the ``up == 0`` query failed) is "maybe unscraped", not 0:
         # a pod missing from the sums would read as less load. Such sums are
         # signals in part, as the policy treats a missing part: no scale-down
-        # (the state of a hold, not of the step it wanted), and the window
-        # counts as seen only from when every pod is scraped again. (Signals
-        # that failed outright are the policy's to report.)
+        # (the state of a hold, not of the step it wanted), and a tick that
+        # does not count as a trusted one (a long stretch of them, like an
+        # outage, has the window seen again). (Signals that failed outright
+        # are the policy's to report.)
         why = (
             "whether every pod is scraped is unknown"
             if unscraped is None
@@ -673,7 +686,7 @@ async def autoscale_once(
             replicas=counts.current,
             direction="hold",
             reason=f"{why}: not scaling down (policy: {decision.reason})",
-            state=replace(kept, trusted=None),
+            state=replace(kept, trusted=state.trusted),
         )
 
     memory.state = decision.state

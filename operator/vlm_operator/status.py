@@ -227,8 +227,8 @@ def _limited_condition(decision: Decision, pods: PodCounts, timeout: int) -> tup
         return "True", "PodsPending", message
     if pods.unready > 0:
         message = (
-            f"{pods.unready} pod(s) on a node and not ready for longer than {timeout}s: "
-            "see their Events and logs"
+            f"{pods.unready} pod(s) on a node and not ready past their start-up time "
+            f"({timeout}s or the model's start-up budget, the longer): see their Events and logs"
         )
         return "True", "PodsNotReady", message
     if decision.limited:
