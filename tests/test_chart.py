@@ -142,6 +142,8 @@ def test_every_rendered_object_passes_the_kubernetes_schema(case: str, kube_vers
         # Claims name the pod's resourceClaims, which the chart does not set.
         ({"resources": {"claims": [{"name": "c"}]}}, "/resources", "additional properties"),
         ({"nodeSelector": {"pool": 3}}, "/nodeSelector/pool", "want string"),
+        ({"nameOverride": "Vision_Models"}, "/nameOverride", "pattern"),
+        ({"fullnameOverride": "vlm-"}, "/fullnameOverride", "pattern"),
         (
             {"prometheus": {"bearerTokenSecret": {"name": "Bad_Name", "key": "t"}}},
             "/prometheus/bearerTokenSecret/name",
