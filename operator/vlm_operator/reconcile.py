@@ -78,7 +78,7 @@ from vlm_operator.operator_metrics import OperatorMetrics
 from vlm_operator.persistence import EssenceDiffBaseStorage, EssenceProgressStorage
 from vlm_operator.policy import Decision, PodCounts, PolicyState, recommend
 from vlm_operator.render import DEFAULT_OPERATOR_IMAGE, render_children, selector_string
-from vlm_operator.runtimes import model_container
+from vlm_operator.runtimes import startup_budget_seconds
 from vlm_operator.signals import SignalReader
 from vlm_operator.status import (
     CHILD_REJECTED,
@@ -637,13 +637,12 @@ async def autoscale_once(
         return None
     period = spec.autoscaling.sync_period_seconds
     pending_timeout = spec.autoscaling.pending_timeout_seconds
-    budget = model_container(spec, operator_image=context.operator_image).startup_budget_seconds
     counts = pod_counts(
         deployment,
         pods,
         now=now,
         pending_timeout_seconds=pending_timeout,
-        startup_budget_seconds=budget,
+        startup_budget_seconds=startup_budget_seconds(spec),
     )
     if (
         memory.scaled_to is not None

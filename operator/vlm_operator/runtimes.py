@@ -130,12 +130,21 @@ class ModelContainer:
         return f"http://127.0.0.1:{self.port}"
 
 
+def startup_budget_seconds(spec: VLMServiceSpec) -> int:
+    """Seconds the model may take to become ready: its startup probe's budget."""
+    if spec.model.runtime == "fake":
+        fake = spec.model.fake
+        # Twice the simulated load, plus slack for the process itself to start.
+        return math.ceil(2 * fake.startup_seconds / fake.time_scale) + 30
+    return PRESETS[spec.model.runtime].startup_budget_seconds
+
+
 def model_container(spec: VLMServiceSpec, *, operator_image: str) -> ModelContainer:
     """The model container of a VLMService, its preset with the spec's overrides."""
     model = spec.model
     preset = PRESETS[model.runtime]
     port = model.port or preset.port
-    startup = preset.startup_budget_seconds
+    startup = startup_budget_seconds(spec)
     worst = preset.worst_request_seconds
     env: list[EnvVar] = [EnvVar(name="HOME", value="/tmp")]
 
@@ -178,8 +187,6 @@ def model_container(spec: VLMServiceSpec, *, operator_image: str) -> ModelContai
             EnvVar(name="VLM_FAKE_TIME_SCALE", value=plain_number(fake.time_scale)),
             EnvVar(name="VLM_FAKE_STARTUP_SECONDS", value=plain_number(fake.startup_seconds)),
         ]
-        # Twice the simulated load, plus slack for the process itself to start.
-        startup = math.ceil(2 * fake.startup_seconds / fake.time_scale) + 30
         # A request at the limit, with a generous lognormal tail (sigma 0.1: +50% is ~4 sigma).
         worst = 1.5 * latency.mean_latency(spec.concurrency.max_in_flight)
     else:  # custom
