@@ -127,6 +127,35 @@ async def test_retry_after_grows_with_a_sustained_overload_and_falls_after() -> 
     assert admission.retry_after(1) == math.ceil(3.0 * 1.5)
 
 
+async def test_a_refusal_ahead_takes_nothing_and_counts_as_a_refusal() -> None:
+    admission = Admission(max_in_flight=1, queue_size=1, queue_timeout=5)
+    assert admission.refusal_ahead() is None  # a free slot
+    assert admission.running == 0
+    await admission.acquire()
+    admission.release(3.0)
+    await admission.acquire()
+    assert admission.refusal_ahead() is None  # a place in the queue
+    assert admission.waiting == 0  # ... which it does not take
+    waiter = asyncio.create_task(admission.acquire())
+    await _until(lambda: admission.waiting == 1)
+    refused = admission.refusal_ahead()
+    assert refused is not None
+    assert refused.reason == "queue_full"
+    # A last chance may still take a reserved place.
+    assert admission.refusal_ahead(last_chance=True) is None
+    # Counted as acquire() counts a refusal: the next advice is stretched by it.
+    with pytest.raises(Rejected) as by_acquire:
+        await admission.acquire()
+    assert (by_acquire.value.retry_after or 0) > (refused.retry_after or 0) > 0
+    admission.draining = True
+    draining = admission.refusal_ahead()
+    assert draining is not None
+    assert draining.reason == "draining"
+    admission.release(3.0)
+    await waiter
+    admission.release(3.0)
+
+
 async def test_deadline_leaves_the_queue_and_never_holds_a_slot() -> None:
     admission = Admission(max_in_flight=1, queue_size=4, queue_timeout=0.05)
     await admission.acquire()
@@ -222,6 +251,35 @@ def test_cache_keys_only_deterministic_requests() -> None:
     assert key("POST", "/x", b'{"temperature": 0') is None  # garbage is simply not cached
     assert key("POST", "/x", b'["temperature"]') is None
     assert key("POST", "/x", b'{"temperature": false}') is None
+
+
+def test_cache_keys_keep_credentials_apart_and_honour_cache_control() -> None:
+    body = b'{"temperature": 0, "messages": []}'
+
+    def key(*headers: tuple[bytes, bytes]) -> str | None:
+        return ResponseCache.key_for("POST", "/x", body, headers)
+
+    alice = (b"Authorization", b"Bearer alice")
+    assert key(alice) == key((b"authorization", b"Bearer alice"))
+    assert key(alice) != key((b"Authorization", b"Bearer bob"))
+    assert key(alice) != key()
+    for name in (b"Cookie", b"api-key", b"X-Api-Key"):
+        assert key((name, b"a")) != key((name, b"b"))
+    # Other headers are not part of it; how the credentials' values split is.
+    assert key(alice, (b"User-Agent", b"y")) == key(alice)
+    assert key((b"Cookie", b"a=1"), (b"Cookie", b"b=2")) != key((b"Cookie", b"a=1b=2"))
+    for value in (b"no-store", b"No-Cache", b"max-age=0, no-cache"):
+        assert key((b"Cache-Control", value)) is None
+    assert key((b"Cache-Control", b"max-age=60")) is not None
+
+
+def test_answers_marked_no_store_or_private_are_not_kept() -> None:
+    cache = ResponseCache(size=4, ttl=10)
+    for value in ("no-store", "private", "Private, max-age=60"):
+        cache.put(value, CachedResponse(200, (("Cache-Control", value),), b"{}"))
+        assert cache.get(value) is None
+    cache.put("public", CachedResponse(200, (("cache-control", "max-age=60"),), b"{}"))
+    assert cache.get("public") is not None
 
 
 def test_json_nested_too_deep_to_parse_is_simply_not_cached() -> None:

@@ -498,6 +498,30 @@ async def test_deterministic_requests_are_answered_from_the_cache(backend: Backe
         assert await gate.metric("vlm_requests_total", code="200") == 4
 
 
+async def test_the_cache_never_answers_one_credential_with_anothers_answer(
+    backend: Backend,
+) -> None:
+    async with running_gate(backend, cache_size=8, cache_ttl=60) as gate:
+        body = json.dumps({"temperature": 0, "messages": [{"role": "user", "content": "hi"}]})
+
+        async def ask(**headers: str) -> dict[str, str]:
+            status, answer_headers, _ = await gate.request(
+                "POST", "/v1/chat/completions", data=body, headers=headers
+            )
+            assert status == 200
+            return answer_headers
+
+        assert "x-vlm-cache" not in await ask(Authorization="Bearer alice")
+        assert "x-vlm-cache" not in await ask(Authorization="Bearer bob")
+        assert "x-vlm-cache" not in await ask()
+        assert len(backend.bodies) == 3  # each asked the model
+        assert (await ask(Authorization="Bearer alice"))["x-vlm-cache"] == "hit"
+        assert "x-vlm-cache" not in await ask(**{"Authorization": "Bearer alice",
+                                                 "Cache-Control": "no-cache"})  # fmt: skip
+        assert len(backend.bodies) == 4
+        assert await gate.metric("vlm_cache_hits_total") == 1
+
+
 async def test_deeply_nested_json_passes_through_uncached(backend: Backend) -> None:
     deep = b'{"temperature": 0, "x": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
     async with running_gate(backend, cache_size=8) as gate:

@@ -248,6 +248,73 @@ async def test_expect_100_continue_is_answered_by_the_gate(backend: Backend) -> 
         assert b"100 Continue" not in raw
 
 
+_UPLOAD_HEAD = (
+    b"POST /v1/upload HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n"
+)
+
+
+async def test_a_request_refused_whatever_its_body_is_refused_before_the_body(
+    backend: Backend,
+) -> None:
+    async with running_gate(backend, max_in_flight=1, queue_size=0) as gate:
+        held = asyncio.create_task(gate.request("POST", "/hold"))
+        await until(lambda: backend.current == 1)
+        async with raw_connection(gate.url) as (reader, writer):
+            writer.write(_UPLOAD_HEAD)  # the body is not sent: the client waits to be asked
+            raw = await asyncio.wait_for(reader.read(), DEADLINE_S)  # answered, then closed
+        (message,) = parse(raw)
+        assert b"100 Continue" not in raw
+        assert message.status == 429
+        assert error_code(message.body) == "queue_full"
+        assert int(message.headers["retry-after"]) >= 1
+        assert message.headers["connection"] == "close"
+        assert await gate.metric("vlm_requests_rejected_total", reason="queue_full") == 1
+        # A client that sends the body anyway: it is read to its end and dropped, not
+        # taken for a request of its own.
+        async with raw_connection(gate.url) as (reader, writer):
+            writer.write(_UPLOAD_HEAD)
+            raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), DEADLINE_S)
+            writer.write(b"hello")
+            raw += await asyncio.wait_for(reader.read(), DEADLINE_S)
+        assert [m.status for m in parse(raw)] == [429]
+        backend.release.set()
+        assert (await held)[0] == 200
+        assert backend.bodies == [b""]  # neither upload reached the model
+        # With a free slot the client is asked for the body, and it is served.
+        async with raw_connection(gate.url) as (reader, writer):
+            writer.write(_UPLOAD_HEAD)
+            interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), DEADLINE_S)
+            assert interim == CONTINUE
+            writer.write(b"hello")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), DEADLINE_S)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        assert await gate.metric("vlm_requests_total", code="429") == 2
+        backend.healthy = False
+
+        async def unready() -> bool:
+            return (await gate.request("GET", "/readyz"))[0] == 503
+
+        await until(unready)
+        (message,) = parse(await send_raw(gate.url, _UPLOAD_HEAD))
+        assert message.status == 503
+        assert error_code(message.body) == "not_ready"
+
+
+async def test_with_a_cache_a_full_queue_still_asks_for_the_body(backend: Backend) -> None:
+    # Only the body tells whether the answer is cached (and needs no slot).
+    async with running_gate(backend, max_in_flight=1, queue_size=0, cache_size=4) as gate:
+        held = asyncio.create_task(gate.request("POST", "/hold"))
+        await until(lambda: backend.current == 1)
+        async with raw_connection(gate.url) as (reader, writer):
+            writer.write(_UPLOAD_HEAD)
+            assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), DEADLINE_S) == CONTINUE
+            writer.write(b"hello")  # not a cacheable request: refused once read
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), DEADLINE_S)
+        assert head.startswith(b"HTTP/1.1 429 ")
+        backend.release.set()
+        assert (await held)[0] == 200
+
+
 async def test_100_continue_waits_for_the_answers_to_earlier_requests(backend: Backend) -> None:
     async with running_gate(backend) as gate, raw_connection(gate.url) as (reader, writer):
         # A stream, and pipelined behind it the head of an upload that waits to be asked.

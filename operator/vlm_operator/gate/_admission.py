@@ -41,6 +41,9 @@ from vlm_operator.contract import (
     retry_after_seconds,
 )
 
+#: What a draining gate tells a client it refuses.
+DRAINING_MESSAGE = "the gate is draining; retry on another replica"
+
 
 class Rejected(Exception):
     """The gate refuses the request; ``reason`` is a rejection-metric label."""
@@ -109,6 +112,34 @@ class Admission:
             return True
         return False
 
+    def refusal_ahead(self, *, last_chance: bool = False) -> Rejected | None:
+        """The refusal a request arriving now would get, without taking anything.
+
+        For a client that waits for "100 Continue" before it sends the body:
+        refused now, it never sends it. A refusal counts as :meth:`acquire`'s
+        does; an answer of None promises nothing (the body may find the queue
+        full when it arrives).
+        """
+        if self.draining:
+            return Rejected("draining", DRAINING_MESSAGE, retry_after=1)
+        if self._running < self.max_in_flight and not self._queue and not self._first:
+            return None
+        return self._full(last_chance)
+
+    def _full(self, last_chance: bool) -> Rejected | None:
+        """The queue-full refusal (counted) if no place is left for a request that must wait."""
+        waiting = self.waiting
+        bound = self.queue_size + (last_chance_places(self.queue_size) if last_chance else 0)
+        if waiting < bound:
+            return None
+        self._refused = moving_refused_fraction(self._refused, True)
+        return Rejected(
+            "queue_full",
+            f"{self._running} requests in flight and {waiting} queued "
+            f"(queue size {self.queue_size})",
+            retry_after=self.retry_after(waiting + 1),
+        )
+
     async def acquire(self, *, last_chance: bool = False) -> None:
         """Take a slot, waiting in the queue if needed.
 
@@ -118,20 +149,12 @@ class Admission:
         place beyond the bound.
         """
         if self.draining:
-            raise Rejected("draining", "the gate is draining; retry on another replica",
-                           retry_after=1)  # fmt: skip
+            raise Rejected("draining", DRAINING_MESSAGE, retry_after=1)
         if self.try_acquire():
             return
-        waiting = self.waiting
-        bound = self.queue_size + (last_chance_places(self.queue_size) if last_chance else 0)
-        if waiting >= bound:
-            self._refused = moving_refused_fraction(self._refused, True)
-            raise Rejected(
-                "queue_full",
-                f"{self._running} requests in flight and {waiting} queued "
-                f"(queue size {self.queue_size})",
-                retry_after=self.retry_after(waiting + 1),
-            )
+        full = self._full(last_chance)
+        if full is not None:
+            raise full
         self._refused = moving_refused_fraction(self._refused, False)
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         (self._first if last_chance else self._queue).append(waiter)

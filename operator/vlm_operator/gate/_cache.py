@@ -7,6 +7,14 @@ bytes, so "identical" means byte for byte. Only 200 responses are kept, in a
 bounded LRU whose entries also expire after a TTL. The body is parsed only
 here, and garbage (or JSON nested too deep to parse) simply makes a request
 ineligible.
+
+The cache is shared by every client of the pod, so it keeps apart what
+different credentials asked (RFC 9111 §3.5 forbids a shared cache to answer
+a request carrying ``Authorization`` from another's answer): the values of
+``Authorization``, ``Cookie``, ``api-key`` and ``x-api-key`` (the headers
+OpenAI-compatible clients send their keys in) are part of the key. A request
+with ``Cache-Control: no-store`` or ``no-cache`` is neither answered from the
+cache nor kept, and neither is an answer marked ``no-store`` or ``private``.
 """
 
 from __future__ import annotations
@@ -15,11 +23,21 @@ import hashlib
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 #: Responses larger than this are passed on but not kept.
 MAX_ENTRY_BYTES = 1024 * 1024
+#: Request headers that say who asks: answers are never shared across their values.
+_CREDENTIALS = frozenset({b"authorization", b"cookie", b"api-key", b"x-api-key"})
+#: Cache-Control directives that keep a request, or an answer, out of the cache.
+_REQUEST_OPT_OUT = frozenset({"no-store", "no-cache"})
+_RESPONSE_OPT_OUT = frozenset({"no-store", "private"})
+
+
+def _directives(value: str) -> set[str]:
+    """Cache-Control directive names (arguments dropped), lower-cased."""
+    return {part.split("=", 1)[0].strip().lower() for part in value.split(",")}
 
 
 @dataclass(frozen=True)
@@ -46,8 +64,14 @@ class ResponseCache:
         return len(self._entries)
 
     @staticmethod
-    def key_for(method: str, path_qs: str, body: bytes) -> str | None:
-        """The cache key of a deterministic request, or None if it is not one."""
+    def key_for(
+        method: str, path_qs: str, body: bytes, headers: Iterable[tuple[bytes, bytes]] = ()
+    ) -> str | None:
+        """The cache key of a deterministic request, or None if it is not one.
+
+        ``headers`` are the request's: its credentials are part of the key, and
+        ``Cache-Control: no-store`` or ``no-cache`` makes it no cache request.
+        """
         if b'"temperature"' not in body:
             return None  # cheap pre-check: most traffic never pays for a parse
         try:
@@ -61,8 +85,19 @@ class ResponseCache:
             return None
         if temperature != 0 or payload.get("stream"):
             return None
-        digest = hashlib.sha256(body).hexdigest()
-        return f"{method} {path_qs} {digest}"
+        # Every part length-prefixed, so that no body or value can pass for another's.
+        digest = hashlib.sha256(b"%d\0" % len(body))
+        digest.update(body)
+        for name, value in headers:
+            lower = name.lower()
+            if lower in _CREDENTIALS:
+                digest.update(b"%s\0%d\0" % (lower, len(value)))
+                digest.update(value)
+            elif lower == b"cache-control" and (
+                _directives(value.decode("latin-1")) & _REQUEST_OPT_OUT
+            ):
+                return None
+        return f"{method} {path_qs} {digest.hexdigest()}"
 
     def get(self, key: str) -> CachedResponse | None:
         entry = self._entries.get(key)
@@ -78,6 +113,9 @@ class ResponseCache:
     def put(self, key: str, response: CachedResponse) -> None:
         if response.status != 200 or len(response.body) > MAX_ENTRY_BYTES:
             return
+        for name, value in response.headers:
+            if name.lower() == "cache-control" and _directives(value) & _RESPONSE_OPT_OUT:
+                return
         self._entries[key] = (self._clock() + self.ttl, response)
         self._entries.move_to_end(key)
         while len(self._entries) > self.size:

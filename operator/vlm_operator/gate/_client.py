@@ -17,7 +17,9 @@ ahead is noticed hanging up late.
 ``Expect: 100-continue`` is answered when the request's turn comes: at once
 on a connection with nothing else to answer, otherwise once the answers to
 the requests before it are out. Written earlier, the interim answer would
-land inside one of theirs.
+land inside one of theirs. At its turn, a request the gate would refuse
+whatever its body (draining, model not ready, queue full) is refused instead,
+so the client never sends a body that would be thrown away.
 
 Bodies over the limit are refused as soon as that is known (from
 Content-Length, or while a chunked body arrives); the rest of such a body is
@@ -347,7 +349,15 @@ class ClientConnection(asyncio.Protocol):
                 and not self.closed
             ):
                 self._continue_due = False
-                self.transport.write(CONTINUE)
+                rejected = self.proxy.refusal_before_body(
+                    self._method, origin_form(self._url), self._headers
+                )
+                if rejected is None:
+                    self.transport.write(CONTINUE)
+                else:
+                    self._refuse_rest().rejected = rejected  # the client need not send it
+                    exchange = self.active = self.pending.popleft()
+                    self.proxy.start(exchange)
         finally:
             self._dispatching = False
 
@@ -388,12 +398,16 @@ class ClientConnection(asyncio.Protocol):
     # Refusals that end the connection
 
     def _refuse_body(self, size: int) -> None:
+        self._refuse_rest().too_large = size
+
+    def _refuse_rest(self) -> Exchange:
+        """Answer the request being read without its body; read the rest, drop it, close."""
         self._refused = True
         self._body = []
         refusal = Exchange(self, self._method, b"", [], True, b"", self._http11, False, self._start)
-        refusal.too_large = size
         self._enqueue(refusal)
         self._closing = True  # nothing after this request is read
+        return refusal
 
     def _refuse_head(self) -> None:
         self._refuse_connection(

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from vlm_operator.contract import LAST_CHANCE_RETRIES, RETRY_COUNT_HEADER
-from vlm_operator.gate._admission import Admission, Rejected
+from vlm_operator.gate._admission import DRAINING_MESSAGE, Admission, Rejected
 from vlm_operator.gate._cache import CachedResponse, ResponseCache
 from vlm_operator.gate._http import (
     ERROR_STATUS,
@@ -49,6 +49,7 @@ _READ_METHODS = frozenset({b"GET", b"HEAD"})
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
 _METRICS_CONTENT_TYPE = CONTENT_TYPE_LATEST.encode()
 _RETRY_COUNT_HEADER = RETRY_COUNT_HEADER.encode()
+_NOT_READY_MESSAGE = "the model is not ready yet"
 
 
 def _on_last_chance(headers: list[Header]) -> bool:
@@ -81,6 +82,7 @@ class Exchange:
         "keep_alive",
         "method",
         "refusal",
+        "rejected",
         "start",
         "target",
         "task",
@@ -113,6 +115,8 @@ class Exchange:
         self.too_large = 0
         #: (reason, message) of a request that could not be parsed.
         self.refusal: tuple[str, str] | None = None
+        #: Refused before its body was sent (the client waited for "100 Continue").
+        self.rejected: Rejected | None = None
         self.admitted: float | None = None
         self.cache_key: str | None = None
         self.upstream: UpstreamConnection | None = None
@@ -157,6 +161,11 @@ class Proxy:
             exchange.keep_alive = False
             self._answer(exchange, reason, message)
             return
+        rejected = exchange.rejected
+        if rejected is not None:
+            exchange.keep_alive = False  # its body was never read
+            self._reject(exchange, rejected.reason, rejected.message, rejected.retry_after)
+            return
         if exchange.too_large:
             self._reject(
                 exchange,
@@ -172,10 +181,10 @@ class Proxy:
                 return
         admission = self.admission
         if admission.draining:
-            self._reject(exchange, "draining", "the gate is draining; retry on another replica", 1)
+            self._reject(exchange, "draining", DRAINING_MESSAGE, 1)
             return
         if not self.ready:
-            self._reject(exchange, "not_ready", "the model is not ready yet", 5)
+            self._reject(exchange, "not_ready", _NOT_READY_MESSAGE, 5)
             return
         cache = self.cache
         if cache is not None:
@@ -183,6 +192,7 @@ class Proxy:
                 exchange.method.decode("latin-1"),
                 exchange.target.decode("latin-1"),
                 exchange.body,
+                exchange.headers,
             )
             if key is not None:
                 hit = cache.get(key)
@@ -195,6 +205,25 @@ class Proxy:
             self._forward(exchange)
         else:
             exchange.task = self._loop.create_task(self._queue_then_forward(exchange))
+
+    def refusal_before_body(
+        self, method: bytes, target: bytes, headers: list[Header]
+    ) -> Rejected | None:
+        """How a request whose client waits for "100 Continue" is refused before it sends
+        the body, or None: the refusals :meth:`start` would give whatever the body.
+
+        With a response cache nothing is refused for a full queue: only the body
+        tells whether the answer is cached, and a cached answer needs no slot.
+        """
+        if method in _READ_METHODS and target.partition(b"?")[0] in _OWN_PATHS:
+            return None
+        if self.admission.draining:
+            return Rejected("draining", DRAINING_MESSAGE, retry_after=1)
+        if not self.ready:
+            return Rejected("not_ready", _NOT_READY_MESSAGE, retry_after=5)
+        if self.cache is not None:
+            return None
+        return self.admission.refusal_ahead(last_chance=_on_last_chance(headers))
 
     async def _queue_then_forward(self, exchange: Exchange) -> None:
         queued = self.clock()
