@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from vlm_operator.policy import Decision, PodCounts, PolicyState, Signals
+from vlm_operator.models import VLMServiceSpec
+from vlm_operator.policy import Decision, PodCounts, PolicyState, Signals, recommend
 from vlm_operator.reconcile import deployment_index_entry, pod_counts, pod_index_entry
 from vlm_operator.status import (
     INVALID_SPEC,
@@ -172,6 +173,33 @@ def test_a_cycle_that_only_refreshes_timestamps_is_not_a_change() -> None:
     assert not differs(first, later)
     moved = cycle(first, decision(2), signals=GOOD.__class__(**{**GOOD.__dict__, "waiting": 3.0}))
     assert differs(first, moved)
+
+
+def test_a_steady_fleet_with_jittering_signals_is_not_written_every_tick() -> None:
+    # The policy's reasons quote the tick's signals; they jitter within the
+    # signals' tolerance, so the status has nothing new to say.
+    spec = VLMServiceSpec.model_validate({"model": {"id": "m", "runtime": "fake"}})
+    pods = PodCounts(current=2, ready=2, starting=0)
+    state, previous, writes = PolicyState(), dict[str, Any](), 0
+    for tick in range(40):
+        jitter = tick % 2
+        signals = Signals(running=5.0 + 0.2 * jitter, waiting=0.0, p95_seconds=9.0 + 0.1 * jitter,
+                          arrival_rate=0.6, error_rate=0.0)  # fmt: skip
+        d = recommend(state, signals, pods, spec, T0 + 5 * tick)
+        state = d.state
+        assert d.replicas == 2
+        new = cycle(previous, d, signals=signals, pods=pods, now=T0 + 5 * tick)
+        if differs(previous, new):
+            writes += 1
+        previous = merge_patched(previous, new)
+    assert writes <= 2, writes  # the first, and the reason settling once
+    # A decision that changes what it says is written, with its own numbers.
+    busy = Signals(running=8.0, waiting=6.0, p95_seconds=9.0, arrival_rate=0.6, error_rate=0.0)
+    d = recommend(state, busy, pods, spec, T0 + 5 * 40)
+    assert d.replicas > 2
+    new = cycle(previous, d, signals=busy, pods=pods, now=T0 + 5 * 40, scaled=True)
+    assert differs(previous, new)
+    assert new["lastDecision"]["reason"] == d.reason
 
 
 def test_pod_counts_from_the_indices() -> None:

@@ -761,7 +761,11 @@ class VLMServiceStatus(APIModel):
     signals: ObservedSignals = Field(
         default_factory=ObservedSignals, description="Last observed signals."
     )
-    last_decision: Decision | None = Field(default=None, description="Last scaling decision.")
+    last_decision: Decision | None = Field(
+        default=None,
+        description="Last scaling decision that changed the replicas, the direction or its "
+        "reason's words (the numbers in it are those of that moment; signals has the current).",
+    )
     last_scale_time: str | None = Field(default=None, description="Last replica change.")
     conditions: list[Condition] = Field(default_factory=list, description="Conditions.")
     autoscaler_state: dict[str, Any] = Field(

@@ -15,6 +15,7 @@ This module is pure: it imports neither ``kubernetes``, ``kopf`` nor ``httpx``.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -237,6 +238,22 @@ def _limited_condition(decision: Decision, pods: PodCounts, timeout: int) -> tup
     return "False", "WithinLimits", ""
 
 
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def _decision_kind(reason: str) -> str:
+    """What a decision's reason says, without the numbers it quotes.
+
+    A reason opens with the signals of its tick (``waiting=0 running=5.2 … →``)
+    and may quote more (the p95, a rate); they move every tick. Replacing
+    ``lastDecision`` for them would write the status every tick of a steady
+    fleet, so it is replaced when the replicas, the direction or the words
+    change: it keeps the numbers of the tick that decided, and ``signals``
+    has the current ones.
+    """
+    return _NUMBER.sub("#", reason.partition(" → ")[2])
+
+
 def cycle_status(
     previous: Mapping[str, Any],
     *,
@@ -270,7 +287,13 @@ def cycle_status(
             conditions, type_, status, reason, message, now=stamp, generation=generation
         )
     last_decision = previous.get("lastDecision")
-    if scaled or not last_decision or last_decision.get("reason") != decision.reason:
+    if (
+        scaled
+        or not last_decision
+        or last_decision.get("replicas") != decision.replicas
+        or last_decision.get("direction") != decision.direction
+        or _decision_kind(str(last_decision.get("reason", ""))) != _decision_kind(decision.reason)
+    ):
         last_decision = {
             "time": stamp,
             "replicas": decision.replicas,
