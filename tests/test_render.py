@@ -360,11 +360,28 @@ def test_llamacpp_preset() -> None:
     assert value("--port") == "8080"
     assert value("--parallel") == "6"
     assert int(value("--ctx-size")) == 6 * 4096
+    # One large image leaves room in its slot's 4096 for the prompt and the answer.
+    assert int(value("--image-max-tokens")) == 2048
     assert value("--threads") == "7"
     assert value("--alias") == "Qwen/Qwen3-VL-2B-Instruct"
     assert "--metrics" in args
     assert args[-2:] == ["--temp", "0.7"]
     assert model["securityContext"]["readOnlyRootFilesystem"] is True
+
+
+def test_threads_follow_the_cpu_limit_when_no_request_is_set() -> None:
+    # Kubernetes makes the limit the request; left alone, llama.cpp and torch would
+    # size their pools to the node's cores.
+    for runtime in ("llamacpp", "transformers"):
+        spec = _spec(
+            model={"id": "m", "runtime": runtime, "storage": {"pvc": {"claimName": "w"}}},
+            resources={"requests": {"cpu": None}, "limits": {"cpu": "3", "memory": "16Gi"}},
+        )
+        model = _containers(render_children("s", "n", spec))["model"]
+        if runtime == "llamacpp":
+            assert model["args"][model["args"].index("--threads") + 1] == "3"
+        else:
+            assert _env(model)["OMP_NUM_THREADS"] == "3"
 
 
 def test_transformers_preset_waits_minutes_for_the_model() -> None:
@@ -388,6 +405,8 @@ def test_transformers_preset_waits_minutes_for_the_model() -> None:
         "Qwen/Qwen3-VL-2B-Instruct",
         "--max-concurrent",
         "4",
+        "--max-body-bytes",
+        str(20 * 1024 * 1024),  # the gate's limit: what it lets through is read whole
     ]
     assert _env(containers["model"])["OMP_NUM_THREADS"] == "8"
     startup = containers["gate"]["startupProbe"]

@@ -50,6 +50,11 @@ QWEN3_VL_2B_DIRECTORY = "Qwen3-VL-2B-Instruct"
 #: Context tokens per llama-server slot: one 800x600 image is ~500 tokens for
 #: Qwen3-VL (32 px per merged patch), plus the prompt and up to ~2k of answer.
 LLAMACPP_CONTEXT_PER_SLOT = 4096
+#: Tokens of one image at most (llama-server scales larger images down). Its own
+#: cap for Qwen-VL is 4096, a whole slot: a phone photo (12 MP, ~11,900 tokens
+#: at full size) would leave no room for the prompt and be refused. Half a slot
+#: is about 2 MP, and bounds the vision encoder's CPU time per image.
+LLAMACPP_IMAGE_MAX_TOKENS = LLAMACPP_CONTEXT_PER_SLOT // 2
 
 
 @dataclass(frozen=True)
@@ -166,9 +171,12 @@ def model_container(spec: VLMServiceSpec, *, operator_image: str) -> ModelContai
             # One generation per request the gate lets in.
             "--max-concurrent",
             str(spec.concurrency.max_in_flight),
+            # Every body the gate lets through, and no more.
+            "--max-body-bytes",
+            str(spec.concurrency.max_request_bytes),
         ]
         env += [EnvVar(name="HF_HOME", value="/tmp/huggingface")]
-        threads = _cpu_count(spec.resources.requests.cpu)
+        threads = _pod_cores(spec)
         if threads is not None:
             # torch sizes its pool to the node's cores, not the pod's request.
             env += [EnvVar(name="OMP_NUM_THREADS", value=str(threads))]
@@ -230,11 +238,13 @@ def _llamacpp_args(spec: VLMServiceSpec, port: int) -> list[str]:
         # llama-server splits the context between the slots.
         "--ctx-size",
         str(LLAMACPP_CONTEXT_PER_SLOT * parallel),
+        "--image-max-tokens",
+        str(LLAMACPP_IMAGE_MAX_TOKENS),
         "--alias",
         model.id,
         "--metrics",
     ]
-    threads = _cpu_count(spec.resources.requests.cpu)
+    threads = _pod_cores(spec)
     if threads is not None:
         args += ["--threads", str(threads)]
     return args
@@ -247,6 +257,14 @@ def _merged_env(preset: list[EnvVar], overrides: list[EnvVar]) -> list[dict[str,
         merged.pop(var.name, None)
         merged[var.name] = var.value
     return [{"name": name, "value": value} for name, value in merged.items()]
+
+
+def _pod_cores(spec: VLMServiceSpec) -> int | None:
+    """The model's cores: its CPU request, else its limit (which Kubernetes then
+    also makes the request). Left alone, llama.cpp and torch size their thread
+    pools to the node's cores, far more than a pod's share on a large node."""
+    resources = spec.resources
+    return _cpu_count(resources.requests.cpu or resources.limits.cpu)
 
 
 _CPU = re.compile(r"^(?P<number>[0-9]+(\.[0-9]*)?|\.[0-9]+)(?P<milli>m?)$")
