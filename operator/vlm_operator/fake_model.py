@@ -17,7 +17,8 @@ model load (``startup_seconds``) is over. ``time_scale`` divides every duration.
 
 Requests are checked by the real server's own code
 (:func:`vlm_operator.model_server.parse_chat_request`: roles, part types,
-sampling ranges, ``n``, reserved tokens, base64 ``data:`` URLs) and errors are
+sampling ranges, ``n``, reserved tokens, base64 ``data:`` URLs, a system
+message first, as Qwen3-VL's chat template needs it) and errors are
 the real server's OpenAI error objects, through its error middleware, so a
 client that works against the fake works against the real server. That code
 needs neither torch nor Pillow (this runs in the operator's image): images are

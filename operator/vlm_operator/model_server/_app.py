@@ -103,14 +103,17 @@ class _State:
     executor: ThreadPoolExecutor
     started: int = field(default_factory=lambda: int(time.time()))
     engine: Engine | None = None
-    #: The config's limits until the model loads, then with its context and special tokens.
+    #: The config's limits until the model loads (see __post_init__), then with its
+    #: context, its special tokens and whether its template renders a late system message.
     limits: Limits = field(init=False)
     error: str | None = None
     failed: asyncio.Event = field(default_factory=asyncio.Event)
     cancels: set[threading.Event] = field(default_factory=set)
 
     def __post_init__(self) -> None:
-        self.limits = self.config.limits
+        # Whether the template renders a late system message is not known yet:
+        # such a request gets the 503 of loading, not a 400 the model might not give.
+        self.limits = dataclasses.replace(self.config.limits, late_system=True)
 
 
 _STATE = web.AppKey("model_server_state", _State)
@@ -201,7 +204,10 @@ async def _start_loading(app: web.Application) -> None:
                     config.max_new_tokens,
                 )
             state.limits = dataclasses.replace(
-                config.limits, max_context_tokens=context, reserved_tokens=engine.reserved_tokens
+                config.limits,
+                max_context_tokens=context,
+                reserved_tokens=engine.reserved_tokens,
+                late_system=engine.renders_late_system,
             )
         state.engine = engine
         state.error = error

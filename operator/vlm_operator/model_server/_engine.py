@@ -17,11 +17,19 @@ around it), so the text is tokenized once and a prompt too long for the context
 is refused before its images are processed: prompt and completion tokens must
 fit the smaller of the model's ``max_position_embeddings`` and the server's
 bound, or prefill time (quadratic) and the KV cache (about 229 KB per token on
-the 2B model in float32) grow without limit.
+the 2B model in float32) grow without limit. Each image's tokens are counted
+from its size (read from its header) the way the processor will resize it
+(``smart_resize``: sides rounded to patch × merge pixels, the area clamped to
+the processor's min and max pixels), so that a request whose images overflow
+the context is refused before a pixel is decoded: processing three
+4096×4096 images takes over a GiB and seconds. A processor without those
+attributes is run first and counted after, as its grid says.
 
 What a client sent that still fails here is its fault, and a 400 naming the
 field: an image Pillow cannot decode past its header (any exception, Pillow
-raises a few kinds), messages the chat template refuses. A temperature below
+raises a few kinds), messages the chat template refuses, a prompt whose image
+tokens do not match its images (client text the parser let through that
+still formed an ``<|image_pad|>``). A temperature below
 :data:`GREEDY_BELOW` is greedy decoding: dividing the logits by 1e-300 gives
 infinities, and sampling from them fails.
 
@@ -58,6 +66,8 @@ from vlm_operator.model_server._requests import RESERVED_TOKENS, ChatRequest, Re
 log = logging.getLogger("vlm_operator.model_server")
 
 _IMAGE_TOKEN = "<|image_pad|>"
+#: Text of the system message that probes whether the template renders it.
+_LATE_SYSTEM_PROBE = "probe: a system message after the first"
 #: Temperatures below this decode greedily, as temperature 0 does.
 GREEDY_BELOW = 1e-5
 
@@ -143,6 +153,7 @@ class Engine:
         self._eos_ids = {int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None}
         self.max_position_embeddings = _max_position_embeddings(model)
         self.reserved_tokens = _reserved_tokens(tokenizer)
+        self.renders_late_system = _renders_late_system(tokenizer, chat_template)
 
     def context_limit(self, max_context_tokens: int | None = None) -> int | None:
         """Prompt and completion tokens allowed: the model's, or the server's if lower."""
@@ -189,15 +200,23 @@ class Engine:
         ids: list[int] = self.tokenizer(text)["input_ids"]
         pads = [k for k, token in enumerate(ids) if token == self._image_token_id]
         if len(pads) != len(request.images):
-            raise RuntimeError(
-                f"the chat template placed {len(pads)} image tokens "
-                f"for {len(request.images)} images"
+            # The parser refuses image tokens in text; should some still form,
+            # the client's text did it, and the pads no longer match the images.
+            raise RequestError(
+                f"the messages hold {len(pads)} {_IMAGE_TOKEN} tokens for "
+                f"{len(request.images)} images: their text must not form {_IMAGE_TOKEN}",
+                param="messages",
             )
         limit = self.context_limit(max_context_tokens)
         # Each image takes at least its one pad: too long already is refused now.
         self._check_context(len(ids), request.max_new_tokens, limit)
         tensors: dict[str, Any] = {}
         if request.images:
+            predicted = self._predicted_image_tokens(request)
+            if predicted is not None:
+                # Counted from the images' sizes: refused before any pixel is decoded.
+                prompt = len(ids) - len(pads) + sum(predicted)
+                self._check_context(prompt, request.max_new_tokens, limit)
             rgb = []
             for item in request.images:
                 try:
@@ -209,6 +228,9 @@ class Engine:
             processed = self.image_processor(images=rgb, return_tensors="pt")
             grid = processed["image_grid_thw"]
             counts = [int(grid[i].prod()) // self._merge**2 for i in range(len(rgb))]
+            if predicted is not None and counts != predicted:
+                # The check after the expansion still holds the bound.
+                log.warning("image tokens predicted %s, processed %s", predicted, counts)
             expanded: list[int] = []
             start = 0
             for position, count in zip(pads, counts, strict=True):
@@ -225,6 +247,49 @@ class Engine:
             mm_token_type_ids=(input_ids == self._image_token_id).to(torch.int32),
         )
         return PreparedInputs(tensors=tensors, prompt_tokens=len(ids))
+
+    def _predicted_image_tokens(self, request: ChatRequest) -> list[int] | None:
+        """Each image's tokens from its size (its header's: nothing is decoded);
+        None when the processor is not one whose resizing this knows."""
+        counts: list[int] = []
+        for item in request.images:
+            count = None if item.image is None else self.image_tokens(*item.image.size)
+            if count is None:
+                return None
+            counts.append(count)
+        return counts
+
+    def image_tokens(self, width: int, height: int) -> int | None:
+        """Tokens of an image of that size: Qwen-VL's ``smart_resize`` with the
+        processor's own patch size, merge size and pixel bounds (None: unknown)."""
+        processor = self.image_processor
+        patch = getattr(processor, "patch_size", None)
+        merge = getattr(processor, "merge_size", None)
+        size = getattr(processor, "size", None)  # a SizeDict, or a dict in older releases
+        min_pixels, max_pixels = (
+            size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+            for key in ("shortest_edge", "longest_edge")
+        )
+        if (
+            getattr(processor, "do_resize", None) is not True
+            or not isinstance(patch, int)
+            or not isinstance(merge, int)
+            or not isinstance(min_pixels, int)
+            or not isinstance(max_pixels, int)
+        ):
+            return None
+        try:
+            from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
+        except ImportError:
+            return None
+        factor = patch * merge
+        try:
+            resized_height, resized_width = smart_resize(
+                height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels
+            )
+        except ValueError:  # an aspect ratio it refuses; the parser refuses those first
+            return None
+        return int(resized_height // factor) * int(resized_width // factor)
 
     @staticmethod
     def _check_context(prompt_tokens: int, max_new_tokens: int, limit: int | None) -> None:
@@ -299,6 +364,23 @@ def _reserved_tokens(tokenizer: Any) -> tuple[str, ...]:
     added = getattr(tokenizer, "added_tokens_decoder", {})
     tokens.update(str(t.content) for t in added.values() if getattr(t, "special", False))
     return tuple(sorted(t for t in tokens if t))
+
+
+def _renders_late_system(tokenizer: Any, chat_template: str) -> bool:
+    """Whether the template renders a system message that is not the first:
+    Qwen3-VL's renders ``messages[0]``'s only and drops the others silently."""
+    probe = [
+        {"role": "user", "content": "hi"},
+        {"role": "system", "content": _LATE_SYSTEM_PROBE},
+        {"role": "user", "content": "hi"},
+    ]
+    try:
+        text = tokenizer.apply_chat_template(
+            probe, chat_template=chat_template, tokenize=False, add_generation_prompt=True
+        )
+    except Exception:  # refused (raise_exception, or worse): the parser refuses it, saying why
+        return False
+    return isinstance(text, str) and _LATE_SYSTEM_PROBE in text
 
 
 def _chat_template(model_dir: Path, tokenizer: Any) -> str:

@@ -11,9 +11,22 @@ takes memory. Only ``data:`` URLs are accepted: the server never fetches.
 Text is refused when it cannot be encoded as UTF-8 (a lone surrogate, legal in
 JSON, breaks the tokenizer) or when it contains a token the prompt builder
 places itself (``<|im_start|>``: a client must not open a system turn of its
-own). Text far longer than the context can hold is refused before it is
-tokenized, so tokenizing is bounded too; the exact count against the context
-is the engine's, after tokenizing.
+own). That check reads the text as the chat template renders it: a message's
+consecutive text parts back to back (``"<|im_"`` + ``"end|>"`` is ``<|im_end|>``
+to the tokenizer), while an image part between two texts is rendered as vision
+tokens, which the tokenizer splits at. Text far longer than the context can
+hold is refused before it is tokenized, so tokenizing is bounded too; the exact
+count against the context is the engine's, after tokenizing.
+
+A system (or developer) message is accepted only as the first message unless
+the model's chat template renders one elsewhere (:attr:`Limits.late_system`,
+which the engine finds out when it loads): Qwen3-VL's template renders only
+``messages[0]`` as a system turn and drops any other without a word, so the
+client would never learn that its instructions were ignored.
+
+Every value is type-checked before it is compared, hashed or converted: JSON
+gives lists and objects where strings were expected (unhashable) and integers
+of thousands of digits (``float()`` of them overflows).
 
 The fake model (:mod:`vlm_operator.fake_model`) checks requests with this same
 code, in the operator's image, which has neither torch nor Pillow: Pillow is
@@ -24,8 +37,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import bisect
 import functools
 import io
+import itertools
 import json
 import math
 import re
@@ -125,6 +140,9 @@ class Limits:
     #: Prompt and completion tokens together: the model's context, or less.
     max_context_tokens: int = 32768
     reserved_tokens: tuple[str, ...] = RESERVED_TOKENS
+    #: The chat template renders a system message that is not the first. False
+    #: (Qwen3-VL's template drops those) until the engine has checked its own.
+    late_system: bool = False
 
     @property
     def max_text_chars(self) -> int:
@@ -157,6 +175,7 @@ def parse_chat_request(body: Any, limits: Limits, *, open_images: bool = True) -
     if response_format not in (None, {"type": "text"}):
         raise RequestError("only response_format {'type': 'text'} is supported", "response_format")
     n = body.get("n", 1)
+    # Compared, never hashed or converted: n may be any JSON value.
     if n not in (None, 1) or isinstance(n, bool):
         raise RequestError("only n=1 is supported", param="n")
     model = body.get("model")
@@ -198,19 +217,23 @@ def _stream_options(options: Any, stream: bool) -> bool:
         return False
     if not isinstance(include_usage, bool):
         raise RequestError(
-            f"must be true or false, got {include_usage!r}", param="stream_options.include_usage"
+            f"must be true or false, got {_describe(include_usage)}",
+            param="stream_options.include_usage",
         )
     return include_usage
 
 
 class _TextBudget:
-    """Counts the characters of text across a request against the context."""
+    """Counts the characters of text across a request against the context, and
+    checks each run of text as the chat template will render it."""
 
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self.chars = 0
 
     def check(self, text: str, where: str) -> None:
+        """One string: its length against the context, then that it is UTF-8.
+        Reserved tokens are :meth:`check_run`'s, on the text as it is joined."""
         limits = self.limits
         # The length first: the two scans below are then bounded too.
         self.chars += len(text)
@@ -228,11 +251,26 @@ class _TextBudget:
                 f"position {exc.start} cannot be encoded as UTF-8",
                 param=where,
             ) from None
-        match = _reserved_pattern(limits.reserved_tokens).search(text)
-        if match is not None:
-            raise RequestError(
-                f"text must not contain the special token {match.group()}", param=where
+
+    def check_run(self, run: list[tuple[str, str]]) -> None:
+        """Reserved tokens in ``run``, (text, param) pairs that the chat template
+        renders back to back: a token split across two parts is still a token."""
+        if not run:
+            return
+        joined = "".join(text for text, _ in run)
+        match = _reserved_pattern(self.limits.reserved_tokens).search(joined)
+        if match is None:
+            return
+        ends = list(itertools.accumulate(len(text) for text, _ in run))
+        first = bisect.bisect_right(ends, match.start())
+        last = bisect.bisect_right(ends, match.end() - 1)
+        message = f"text must not contain the special token {match.group()}"
+        if last != first:
+            message += (
+                ": the chat template joins a message's consecutive text parts, and the end "
+                f"of this one with the start of {run[last][1]} forms it"
             )
+        raise RequestError(message, param=run[first][1])
 
 
 @functools.lru_cache(maxsize=8)
@@ -255,13 +293,22 @@ def _parse_messages(
         if not isinstance(message, dict):
             raise RequestError("must be an object with role and content", param=where)
         role = message.get("role")
-        if role not in _ROLES:
+        # A list or an object is unhashable: the type first, then the lookup.
+        if not isinstance(role, str) or role not in _ROLES:
             raise RequestError(
-                f"role must be one of {sorted(_ROLES)}, got {role!r}", param=f"{where}.role"
+                f"role must be one of {sorted(_ROLES)}, got {_describe(role)}",
+                param=f"{where}.role",
+            )
+        if _ROLES[role] == "system" and i > 0 and not limits.late_system:
+            raise RequestError(
+                f"a {role} message must be the first message: this model's chat template "
+                "leaves it out anywhere else; put its instructions in the first message",
+                param=f"{where}.role",
             )
         content = message.get("content")
         if isinstance(content, str):
             budget.check(content, f"{where}.content")
+            budget.check_run([(content, f"{where}.content")])
             messages.append({"role": _ROLES[role], "content": content})
             continue
         if not isinstance(content, list) or not content:
@@ -269,9 +316,18 @@ def _parse_messages(
                 "must be a string or a non-empty list of content parts", param=f"{where}.content"
             )
         parts: list[dict[str, Any]] = []
+        run: list[tuple[str, str]] = []  # consecutive text parts: rendered as one text
         for j, part in enumerate(content):
             where_part = f"{where}.content[{j}]"
-            parts.append(_parse_part(part, where_part, images, budget, open_images))
+            if not (isinstance(part, dict) and part.get("type") == "text"):
+                # An image is rendered as vision tokens: the run of text ends here.
+                budget.check_run(run)
+                run = []
+            parsed = _parse_part(part, where_part, images, budget, open_images)
+            if parsed["type"] == "text":
+                run.append((parsed["text"], f"{where_part}.text"))
+            parts.append(parsed)
+        budget.check_run(run)
         if role != "user" and any(p["type"] == "image" for p in parts):
             raise RequestError("images are accepted in user messages only", param=where)
         messages.append({"role": _ROLES[role], "content": parts})
@@ -305,7 +361,9 @@ def _parse_part(
         image = _open_image(data, param, limits) if open_images else None
         images.append(ImageInput(data, param, image))
         return {"type": "image"}
-    raise RequestError(f"type must be 'text' or 'image_url', got {kind!r}", param=f"{where}.type")
+    raise RequestError(
+        f"type must be 'text' or 'image_url', got {_describe(kind)}", param=f"{where}.type"
+    )
 
 
 def _image_bytes(url: str, param: str) -> bytes:
@@ -360,7 +418,7 @@ def _max_tokens(body: dict[str, Any], limits: Limits) -> int:
     if value is None:
         return limits.max_new_tokens
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise RequestError(f"must be an integer >= 1, got {value!r}", param=name)
+        raise RequestError(f"must be an integer >= 1, got {_describe(value)}", param=name)
     # Clients often send a large round number; the server's bound wins quietly,
     # as a context-length cap does elsewhere. finish_reason "length" tells.
     return min(value, limits.max_new_tokens)
@@ -370,8 +428,26 @@ def _number(body: dict[str, Any], name: str, *, low: float, high: float) -> floa
     value = body.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise RequestError(f"must be a number, got {value!r}", param=name)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise RequestError(f"must be a number, got {_describe(value)}", param=name)
+    # An int is compared as it is: math.isfinite or float() of a JSON integer of
+    # 400 digits raises OverflowError. Python compares int and float exactly.
+    if isinstance(value, float) and not math.isfinite(value):
+        raise RequestError(f"must be a finite number, got {_describe(value)}", param=name)
     if not low <= value <= high:
-        raise RequestError(f"must be between {low:g} and {high:g}, got {value!r}", param=name)
+        raise RequestError(
+            f"must be between {low:g} and {high:g}, got {_describe(value)}", param=name
+        )
     return float(value)
+
+
+def _describe(value: Any) -> str:
+    """A client's value for an error message: a scalar's repr, cut short (an
+    integer may have thousands of digits), else its JSON type; never the repr
+    of a list or object, which could be long or nested too deeply to print."""
+    if value is None or isinstance(value, str | int | float):
+        text = repr(value)
+        return text if len(text) <= 40 else f"{text[:30]}... ({len(text)} characters)"
+    if isinstance(value, list):
+        return "a list"
+    return "an object" if isinstance(value, dict) else type(value).__name__
