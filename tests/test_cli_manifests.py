@@ -219,3 +219,43 @@ def test_output_is_utf8_whatever_the_locale() -> None:
     )
     assert result.returncode == 0, result.stderr.decode()
     assert result.stdout == (REPO / "crds" / "vlmservice.yaml").read_bytes()
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["crd"],
+        ["render", "-f", str(REPO / "manifests" / "fake-demo.yaml")],
+        # print(), buffered: the write fails when main flushes, not at the interpreter's exit.
+        ["simulate", "--trace", "measured-gradient", "--policy", "static-1"],
+    ],
+)
+def test_output_that_cannot_be_written_is_one_line_and_exit_1(argv: list[str]) -> None:
+    with open("/dev/full", "wb") as full:
+        result = subprocess.run(
+            [sys.executable, "-m", "vlm_operator", *argv],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            timeout=120,
+        )
+    assert result.returncode == 1
+    assert result.stderr.decode() == (
+        f"vlm-operator {argv[0]}: error: cannot write the output: No space left on device\n"
+    )
+
+
+def test_an_error_that_is_not_the_outputs_keeps_its_traceback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Only a failed write of the output is said in one line; another OSError is a bug.
+    import errno
+
+    from vlm_operator.commands import crd
+
+    def refuse(args: object) -> int:
+        raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
+
+    monkeypatch.setattr(crd, "run", refuse)
+    with pytest.raises(ConnectionRefusedError):
+        main(["crd"])

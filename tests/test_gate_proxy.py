@@ -372,6 +372,39 @@ def test_bad_environment_value_names_the_variable(
     assert "must be >= 1" in err
 
 
+@pytest.mark.parametrize(
+    ("upstream", "reason"),
+    [
+        ("http://", "with a host"),
+        ("http://:8080", "with a host"),
+        ("http://127.0.0.1:99999", "Port out of range"),
+        ("http://host:abc", "Port could not be cast to integer"),
+    ],
+)
+@pytest.mark.parametrize("source", ["flag", "environment"])
+def test_an_upstream_without_a_usable_host_and_port_is_a_usage_error(
+    upstream: str,
+    reason: str,
+    source: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from vlm_operator.cli import main
+
+    if source == "flag":
+        argv = ["gate", "--upstream", upstream]
+    else:
+        monkeypatch.setenv("VLM_GATE_UPSTREAM", upstream)
+        argv = ["gate"]
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    error = capsys.readouterr().err.splitlines()[-1]  # after argparse's usage lines
+    assert error.startswith("vlm-operator gate: error: argument --upstream: must be an http(s) URL")
+    assert reason in error
+    assert error.endswith("(flag --upstream or $VLM_GATE_UPSTREAM)")
+
+
 async def test_metrics_follow_the_signals_contract(backend: Backend) -> None:
     async with running_gate(backend, max_in_flight=2, queue_size=3) as gate:
         tasks = [asyncio.create_task(gate.request("POST", "/hold")) for _ in range(4)]

@@ -8,22 +8,30 @@ table, the PNG and the exit statuses are checked through the real command line.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 from vlm_operator.cli import main
 from vlm_operator.inspection import (
+    Inspection,
     ServiceRef,
+    check_points,
     connect,
     default_step,
     format_table,
     inspect_service,
     parse_service_ref,
+    plot_png,
 )
 
 from e2e.exporters import Exporter
@@ -250,3 +258,188 @@ def test_empty_inspection_formats_a_hint() -> None:
     text = format_table(Inspection(SERVICE, 0, 60, 1, 12.0))
     assert "no gate series for team-a/demo" in text
     assert "manifests/prometheus/" in text
+
+
+class _RecordingClient:
+    """A RangeClient that answers nothing and keeps the ``step`` of every query."""
+
+    def __init__(self) -> None:
+        self.steps: list[str] = []
+
+    def custom_query_range(
+        self,
+        query: str,
+        start_time: datetime,
+        end_time: datetime,
+        step: str,
+        params: dict[str, Any] | None = None,
+        timeout: int | None = None,
+    ) -> Any:
+        self.steps.append(step)
+        return []
+
+
+@pytest.mark.parametrize(
+    ("step", "sent"), [(2.5, "2.5"), (1234567.0, "1234567.0"), (60.0, "60.0"), (0.25, "0.25")]
+)
+def test_the_step_is_sent_as_plain_seconds(step: float, sent: str) -> None:
+    # A duration must be whole units ("2.5s" is refused) and :g wrote "1.23457e+06s".
+    client = _RecordingClient()
+    inspect_service(client, SERVICE, minutes=30, step_seconds=step, now=lambda: 1_700_000_000.0)
+    assert set(client.steps) == {sent}
+
+
+def test_a_fractional_step_is_answered_by_prometheus(
+    prometheus: PrometheusServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["inspect", "team-a/demo", "--prometheus-url", prometheus.url, "--minutes", "1"]
+    assert main([*argv, "--step", "2.5"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("team-a/demo: last 1 min, step 2.5 s,")
+    assert captured.err == ""
+
+
+def test_more_points_than_prometheus_answers_are_refused_up_front(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Port 9 is never queried: the check comes first.
+    argv = ["inspect", "a/b", "--prometheus-url", "http://127.0.0.1:9"]
+    assert main([*argv, "--step", "1", "--minutes", "1440"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "vlm-operator inspect: error: --step/--minutes: 1440 minutes at a 1 s step are 86401 "
+        "points, and Prometheus answers at most 11000 per series: take a step of 8 s or more, "
+        "or fewer minutes\n"
+    )
+    check_points(1440, 8)  # the step it suggests is enough
+    with pytest.raises(ValueError, match="11000"):
+        inspect_service(_RecordingClient(), SERVICE, minutes=1440, step_seconds=1)
+
+
+@pytest.fixture
+def refusing_prometheus() -> Iterator[str]:
+    """A server on 127.0.0.1 answering every query as Prometheus answers a bad one: 400."""
+
+    class Refuse(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = json.dumps(
+                {"status": "error", "errorType": "bad_data", "error": "exceeded maximum"}
+            ).encode()
+            self.send_response(400)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def test_an_http_error_is_a_refusal_with_prometheus_error_text(
+    refusing_prometheus: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["inspect", "a/b", "--prometheus-url", refusing_prometheus]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"vlm-operator inspect: error: --prometheus-url: Prometheus at {refusing_prometheus} "
+        "refused the query: HTTP 400: bad_data: exceeded maximum (query: "
+    )
+    assert "no answer" not in err
+    assert err.count("\n") == 1
+
+
+def test_a_missing_ca_file_is_named(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "ca.pem"
+    argv = ["inspect", "a/b", "--prometheus-url", "https://127.0.0.1:9", "--ca-file", str(missing)]
+    assert main(argv) == 2
+    assert capsys.readouterr().err == (
+        f"vlm-operator inspect: error: --ca-file: no such file: {missing}\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--minutes", "inf"),
+        ("--minutes", "1e300"),
+        ("--minutes", "nan"),
+        ("--step", "inf"),
+        ("--step", "1e300"),
+        ("--step", "0.0001"),
+        ("--timeout", "inf"),
+        ("--timeout", "1e9"),
+        ("--p95-target", "inf"),
+        ("--minutes", "0"),
+        ("--step", "-1"),
+    ],
+)
+def test_numbers_must_be_finite_and_bounded(
+    flag: str, value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["inspect", "a/b", "--prometheus-url", "http://127.0.0.1:9", flag, value])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.splitlines()[-1]
+    assert error.startswith(f"vlm-operator inspect: error: argument {flag}: must be a number ")
+    assert f"got '{value}'" in error
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"\xff\xfe\x00binary", "not a token (bytes that are not ASCII text)"),
+        (b"  \n", "empty"),
+        (b"abc\x00def", "not a token (spaces or control characters inside)"),
+        (b"abc def\n", "not a token (spaces or control characters inside)"),
+    ],
+)
+def test_a_bearer_token_file_that_holds_no_token_is_named(
+    content: bytes, reason: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token = tmp_path / "token"
+    token.write_bytes(content)
+    argv = ["inspect", "a/b", "--prometheus-url", "http://127.0.0.1:9"]
+    assert main([*argv, "--bearer-token-file", str(token)]) == 2
+    assert capsys.readouterr().err == (
+        f"vlm-operator inspect: error: --bearer-token-file: {token}: {reason}\n"
+    )
+
+
+def test_the_png_file_is_checked_before_any_query(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("matplotlib")
+    # Port 9 refuses: a query would fail with "Connection refused" instead.
+    argv = ["inspect", "a/b", "--prometheus-url", "http://127.0.0.1:9", "--png"]
+    for target, message in (
+        (tmp_path / "noext", "the file name must end in .png"),
+        (tmp_path / "out.jpgx", "the file name must end in .png"),
+        (tmp_path / "out.pgf", "the file name must end in .png"),
+        (tmp_path, "is a directory, not a file name"),
+        (tmp_path / "missing" / "x.png", "no directory"),
+    ):
+        assert main([*argv, str(target)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("vlm-operator inspect: error: --png: "), target
+        assert message in err, target
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_png_is_png_whatever_its_name_and_empty_draws_without_warnings(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    # pytest turns warnings into errors here: matplotlib's "No artists with labels" would fail.
+    empty = Inspection(SERVICE, 0, 60, 1, 12.0)
+    target = tmp_path / "empty.jpg"
+    plot_png(empty, target)
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.jpg"]

@@ -631,3 +631,27 @@ def test_each_phase_has_its_cost_oracle_scale_events_and_slo_seconds() -> None:
     ups = [t for t, b, a in result.scale_events if a > b]
     assert sum(1 for t in ups if 600 <= t < 690) == spike.scale_ups > 0
     assert phases[0].replica_seconds > 600  # more than one pod for the first ten minutes
+
+
+def test_a_scale_event_at_the_end_of_the_trace_counts_in_the_last_phase() -> None:
+    # The engine ticks at t == end as well; KPA scales up then on this trace.
+    trace = parse_trace({"kind": "open", "phases": [{"duration": 10, "rate": 1}]})
+    report, result = run_policy(trace, "kpa", seed=1)
+    assert any(t == trace.duration_s for t, _, _ in result.scale_events)
+    assert report.scale_ups >= 1
+    assert sum(p.scale_ups for p in report.phases) == report.scale_ups
+    assert sum(p.scale_downs for p in report.phases) == report.scale_downs
+
+
+@pytest.mark.parametrize("policy", ["ours", "kpa", "hpa-inflight", "keda", "ray"])
+def test_per_phase_scale_events_add_up_to_the_totals(policy: str) -> None:
+    trace = parse_trace(
+        {
+            "kind": "open",
+            "phases": [{"duration": 60, "rate": 0.5}, {"duration": 30, "rate": 3}],
+        }
+    )
+    for seed in range(3):
+        report, _ = run_policy(trace, policy, seed=seed)
+        assert sum(p.scale_ups for p in report.phases) == report.scale_ups, seed
+        assert sum(p.scale_downs for p in report.phases) == report.scale_downs, seed

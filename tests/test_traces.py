@@ -98,6 +98,52 @@ def test_bad_traces_name_the_field(data: dict[str, object], field: str) -> None:
     assert f"bad.yaml: {field}" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    ("data", "field"),
+    [
+        ({"kind": "open", "phases": [{"duration": 10**400, "rate": 1}]}, "phases[0].duration"),
+        ({"kind": "open", "phases": [{"duration": 10, "rate": 10**400}]}, "phases[0].rate"),
+        (
+            {"kind": "open", "phases": [{"duration": 10, "rate": 1, "rateEnd": -(10**400)}]},
+            "phases[0].rateEnd",
+        ),
+    ],
+)
+def test_integers_beyond_any_float_are_too_large(data: dict[str, object], field: str) -> None:
+    with pytest.raises(TraceError) as info:
+        parse_trace(data, origin="big.yaml")
+    assert str(info.value) == f"big.yaml: {field}: too large (beyond any float)"
+
+
+def test_unknown_keys_of_mixed_types_are_named() -> None:
+    # YAML keys may be numbers and strings in one mapping: sorting them must not fail.
+    with pytest.raises(TraceError, match=r"^mixed\.yaml: 1: unknown field"):
+        parse_trace(
+            {"kind": "open", 1: 2, "foo": 3, "phases": [{"duration": 10, "rate": 1}]},
+            origin="mixed.yaml",
+        )
+    with pytest.raises(TraceError, match=r"^mixed\.yaml: phases\[0\]\.5: not allowed"):
+        parse_trace(
+            {"kind": "open", "phases": [{"duration": 10, "rate": 1, 5: 3, "x": 1}]},
+            origin="mixed.yaml",
+        )
+
+
+def test_a_trace_file_with_a_number_python_will_not_parse_is_not_yaml(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # PyYAML builds ints with int(), which refuses more than 4300 digits; a bad date likewise.
+    huge = tmp_path / "huge.yaml"
+    huge.write_text(f"kind: open\nphases: [{{duration: 1{'0' * 5000}, rate: 1}}]\n", "utf-8")
+    assert main(["simulate", "--trace", str(huge)]) == 2
+    err = capsys.readouterr().err
+    assert f"--trace: {huge}: not valid YAML: Exceeds the limit" in err
+    date = tmp_path / "date.yaml"
+    date.write_text("kind: open\nname: 2024-13-40\nphases: [{duration: 1, rate: 1}]\n", "utf-8")
+    assert main(["simulate", "--trace", str(date)]) == 2
+    assert f"--trace: {date}: not valid YAML: month must be in 1..12" in capsys.readouterr().err
+
+
 def test_unknown_name_lists_the_shipped_traces() -> None:
     with pytest.raises(TraceError, match="measured-gradient"):
         load_trace("no-such-trace")
@@ -236,6 +282,9 @@ def test_simulate_refuses_a_file_that_is_not_utf8_and_an_empty_name(
         (["--compare", "--policy", "kpa"], "--policy: not with --compare"),
         (["--policy", "static-0"], "static-N takes 1 to 10000 replicas"),
         (["--policy", "static-10001"], "static-N takes 1 to 10000 replicas"),
+        # Empty (an unset shell variable): not silently the default.
+        (["--policy", ""], "--policy: empty; one of ours"),
+        (["--policy", " "], "--policy: empty; one of ours"),
     ],
 )
 def test_simulate_refuses_bad_flags_before_running(
@@ -254,6 +303,8 @@ def test_simulate_checks_the_plot_file_before_running(
     for target, message in (
         (tmp_path / "plot.xyz", "the extension names the format, one of"),
         (tmp_path / "plot", "the extension names the format, one of"),
+        # LaTeX code, made by running xelatex: it failed only after the simulation.
+        (tmp_path / "plot.pgf", "the extension names the format, one of"),
         (tmp_path, "is no file name"),
         (tmp_path / "missing" / "plot.png", "no directory"),
     ):

@@ -10,6 +10,7 @@ never needs the heavy dependencies of one subcommand. Bad input raises
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -60,12 +61,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: What writing the output fails with when the output cannot take it (``> /dev/full``, a
+#: full disk or quota, a file too large, a dead terminal), unlike a socket's errors.
+_OUTPUT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     module = cast(_Command, importlib.import_module(args._module))
     try:
-        return int(module.run(args))
+        status = int(module.run(args))
+        # Printed output may still sit in the buffer: a failure to write it
+        # belongs here, not to the interpreter's exit.
+        if sys.stdout is not None:
+            sys.stdout.flush()
+        return status
     except UsageError as exc:
         print(f"vlm-operator {args.command}: error: {exc}", file=sys.stderr)
         return 2
@@ -74,5 +85,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         # The reader went away (``| head``): no traceback, and none at exit
         # either, when Python flushes stdout into the closed pipe.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        _discard_stdout()
         return 1
+    except OSError as exc:
+        # Only a failed write of the output (a file the command opened would
+        # carry its name); anything else is a bug and keeps its traceback.
+        if exc.filename is not None or exc.errno not in _OUTPUT_ERRNOS:
+            raise
+        print(
+            f"vlm-operator {args.command}: error: cannot write the output: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        _discard_stdout()
+        return 1
+
+
+def _discard_stdout() -> None:
+    """Point stdout at /dev/null, so that the exit's flush of what is left cannot fail again."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return  # not a real file (a test's capture): nothing is flushed at exit
+    os.dup2(os.open(os.devnull, os.O_WRONLY), fd)

@@ -17,6 +17,8 @@ imported only when needed, so a missing extra is reported, not a traceback.
 
 from __future__ import annotations
 
+import ast
+import json
 import math
 import re
 import time
@@ -30,12 +32,18 @@ from typing import Any, Protocol
 from vlm_operator.models import AutoscalingSpec, MetricsSpec
 
 __all__ = [
+    "MAX_POINTS",
     "ExtraMissing",
     "Inspection",
+    "PrometheusError",
+    "PrometheusRefused",
+    "PrometheusTLSFailed",
     "PrometheusUnreachable",
     "RangeClient",
     "Series",
     "ServiceRef",
+    "check_plot_extra",
+    "check_points",
     "connect",
     "default_step",
     "format_table",
@@ -55,6 +63,9 @@ DEFAULT_WINDOW_SECONDS: int = MetricsSpec.model_fields["window_seconds"].default
 #: About this many rows in the table when the step is not given.
 _TARGET_ROWS = 30
 
+#: Prometheus refuses a range query with more steps than this per series.
+MAX_POINTS = 11_000
+
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
@@ -63,8 +74,20 @@ class ExtraMissing(Exception):
     """An optional dependency (an extra of the distribution) is not installed."""
 
 
-class PrometheusUnreachable(Exception):
-    """Prometheus did not answer, or answered with an error, within the timeout."""
+class PrometheusError(Exception):
+    """A range query failed; the message says how and names the query."""
+
+
+class PrometheusUnreachable(PrometheusError):
+    """No answer: the connection failed or the timeout ran out."""
+
+
+class PrometheusRefused(PrometheusError):
+    """An answer, but an HTTP error (with Prometheus's error text) or not Prometheus's API."""
+
+
+class PrometheusTLSFailed(PrometheusError):
+    """The TLS handshake failed, typically: the server's certificate could not be verified."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +128,19 @@ def parse_service_ref(text: str) -> ServiceRef:
 def default_step(minutes: float) -> float:
     """A step giving about thirty rows, in whole seconds, at least one."""
     return float(max(1, round(minutes * 60 / _TARGET_ROWS)))
+
+
+def check_points(minutes: float, step: float) -> None:
+    """ValueError when Prometheus would refuse ``minutes`` at ``step``: too many points."""
+    # The client rounds both ends of the range to whole seconds: one more, at most.
+    seconds = minutes * 60 + 1
+    points = seconds / step
+    if points > MAX_POINTS:
+        raise ValueError(
+            f"{minutes:g} minutes at a {step:g} s step are {points:.0f} points, and Prometheus "
+            f"answers at most {MAX_POINTS} per series: take a step of "
+            f"{math.ceil(seconds / MAX_POINTS)} s or more, or fewer minutes"
+        )
 
 
 def queries(service: ServiceRef, window_seconds: int) -> dict[str, str]:
@@ -257,10 +293,12 @@ def inspect_service(
 ) -> Inspection:
     """Run the range queries over the last ``minutes`` and collect the series.
 
-    Raises :class:`PrometheusUnreachable` when a query fails (connection,
-    timeout, HTTP error or a PromQL error), naming the query.
+    Raises a :class:`PrometheusError` when a query fails (connection,
+    timeout, TLS, HTTP error or a PromQL error), naming the query, and
+    ValueError for a range of more than :data:`MAX_POINTS` steps.
     """
     step = step_seconds if step_seconds is not None else default_step(minutes)
+    check_points(minutes, step)
     end = float(math.floor(now()))
     # Align to the step so every query returns the same timestamps.
     end -= end % step
@@ -297,13 +335,35 @@ def _query_range(
             promql,
             start_time=datetime.fromtimestamp(start, UTC),
             end_time=datetime.fromtimestamp(end, UTC),
-            step=f"{step:g}s",
+            # Plain seconds, which Prometheus takes as a float: a duration
+            # ("2.5s") must be whole units, and ``:g`` writes 1e+06.
+            step=repr(step),
         )
     except Exception as exc:  # requests' and the client's exceptions alike
-        raise PrometheusUnreachable(f"{_reason(exc)} (query: {promql})") from exc
+        raise _classify(exc, promql) from exc
     if not isinstance(result, list):
-        raise PrometheusUnreachable(f"unexpected answer {result!r} (query: {promql})")
+        raise PrometheusRefused(f"not a Prometheus answer: {result!r:.300} (query: {promql})")
     return result
+
+
+def _classify(exc: Exception, promql: str) -> PrometheusError:
+    """The failure as what it means to the user: no answer, a refusal, or TLS."""
+    import requests
+    from prometheus_api_client.exceptions import PrometheusApiClientException
+
+    where = f" (query: {promql})"
+    # SSLError is a ConnectionError: test it first.
+    if isinstance(exc, requests.exceptions.SSLError):
+        return PrometheusTLSFailed(_tls_reason(exc) + where)
+    if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
+        return PrometheusUnreachable(_reason(exc) + where)
+    if isinstance(exc, PrometheusApiClientException):
+        return PrometheusRefused(_refusal(str(exc)) + where)
+    if isinstance(exc, ValueError | KeyError | TypeError):  # a 200 whose body is not the API's
+        return PrometheusRefused(
+            f"not a Prometheus answer: {type(exc).__name__}: {exc}"[:300] + where
+        )
+    return PrometheusError(f"{type(exc).__name__}: {str(exc)[:300]}{where}")
 
 
 def _reason(exc: BaseException) -> str:
@@ -313,6 +373,39 @@ def _reason(exc: BaseException) -> str:
     if errno:
         return errno.group(0).strip()
     return f"{type(exc).__name__}: {text[:300]}"
+
+
+def _tls_reason(exc: BaseException) -> str:
+    """OpenSSL's own words (``[SSL: ...]``, ``[X509: ...]``), without urllib3's wrappers."""
+    text = str(exc)
+    found = re.search(r"\[[A-Z0-9]+: [A-Z0-9_]+\] .*?(?= \(_ssl\.c:\d+\)|$)", text)
+    return found.group(0).strip() if found else f"{type(exc).__name__}: {text[:300]}"
+
+
+def _refusal(text: str) -> str:
+    """``HTTP 400: bad_data: <Prometheus's error>`` from the client's exception text.
+
+    prometheus-api-client says ``HTTP Status Code 400 (b'<the body>')``;
+    Prometheus's body is JSON with ``errorType`` and ``error``.
+    """
+    found = re.fullmatch(r"HTTP Status Code (\d+) \((b'.*'|b\".*\")\)", text, re.DOTALL)
+    if found is None:
+        return text[:300]
+    status = f"HTTP {found.group(1)}"
+    try:
+        body = ast.literal_eval(found.group(2)).decode("utf-8", "replace")
+    except (ValueError, SyntaxError):
+        return status
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        answer = None
+    if isinstance(answer, dict) and answer.get("error"):
+        kind = answer.get("errorType")
+        return f"{status}: {kind}: {answer['error']}" if kind else f"{status}: {answer['error']}"
+    # Not Prometheus's JSON (a proxy's page, say): its first line is the best clue.
+    first = body.strip().splitlines()[0][:200] if body.strip() else "(empty body)"
+    return f"{status}: {first}"
 
 
 def _points(raw: Sequence[Sequence[Any]]) -> tuple[tuple[float, float], ...]:
@@ -425,18 +518,10 @@ def _summary(inspection: Inspection) -> str:
 def plot_png(inspection: Inspection, path: Path) -> None:
     """Four stacked panels: pods, in flight per pod vs the limit, queue, P95 vs target.
 
-    Raises :class:`ExtraMissing` when matplotlib is not installed.
+    Raises :class:`ExtraMissing` when matplotlib is not installed. The file is
+    PNG whatever its name says.
     """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise ExtraMissing(
-            "matplotlib is not installed; install the plot extra: "
-            "pip install '.[plot]' in a vlm-operator checkout"
-        ) from exc
+    plt = _pyplot()
 
     def minutes_ago(series: Series) -> list[float]:
         return [(t - inspection.end) / 60 for t, _ in series.points]
@@ -457,7 +542,8 @@ def plot_png(inspection: Inspection, path: Path) -> None:
             label="limit",
         )
     flight_ax.set_ylabel("in flight per pod")
-    if len(inspection.in_flight) <= 10:
+    # No legend without lines: matplotlib would warn that it found no labels.
+    if (inspection.in_flight or inspection.limit is not None) and len(inspection.in_flight) <= 10:
         flight_ax.legend(loc="upper left", fontsize="small")
     if inspection.waiting is not None:
         queue_ax.plot(minutes_ago(inspection.waiting), inspection.waiting.values)
@@ -474,5 +560,27 @@ def plot_png(inspection: Inspection, path: Path) -> None:
     pods_ax.yaxis.get_major_locator().set_params(integer=True)
     figure.suptitle(f"{inspection.service}")
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    try:
+        # The format by name, not by the extension: it is PNG whatever the file is called.
+        figure.savefig(path, dpi=100, format="png")
+    finally:
+        plt.close(figure)
+
+
+def check_plot_extra() -> None:
+    """Raise :class:`ExtraMissing` now, before any query, when a PNG cannot be drawn."""
+    _pyplot()
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise ExtraMissing(
+            "matplotlib is not installed; install the plot extra: "
+            "pip install '.[plot]' in a vlm-operator checkout"
+        ) from exc
+    return plt

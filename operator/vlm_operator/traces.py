@@ -173,9 +173,10 @@ def parse_trace(
         return TraceError(f"{origin}: {where}: {why}")
 
     known = {"name", "kind", "description", "phases", "service"}
-    unknown = sorted(set(data) - known)
+    # YAML keys need not be strings (``1: x``), nor of one type: sort by text.
+    unknown = sorted(set(data) - known, key=str)
     if unknown:
-        raise fail(unknown[0], f"unknown field (expected {', '.join(sorted(known))})")
+        raise fail(str(unknown[0]), f"unknown field (expected {', '.join(sorted(known))})")
     kind = data.get("kind")
     if kind not in ("closed", "open"):
         raise fail("kind", f"must be 'closed' (users) or 'open' (rate), got {kind!r}")
@@ -208,7 +209,7 @@ def parse_trace(
                 "rateEnd",
             }
         )
-        extra = sorted(set(raw) - allowed)
+        extra = sorted(set(raw) - allowed, key=str)
         if extra:
             raise fail(
                 f"{where}.{extra[0]}",
@@ -258,7 +259,10 @@ def parse_trace(
 def _number(value: Any, where: str, fail: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise fail(where, f"must be a number, got {value!r}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer of hundreds of digits: no float holds it
+        raise fail(where, "too large (beyond any float)") from None
     if not math.isfinite(number):
         raise fail(where, f"must be finite, got {value!r}")
     return number

@@ -70,6 +70,10 @@ def load_documents(text: str) -> list[Any]:
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise YAMLError(f"not valid YAML{where}: {problem}") from None
+    except ValueError as exc:
+        # A scalar PyYAML cannot build: an integer of thousands of digits (Python's
+        # limit on int parsing), a date like 2024-13-40. It gives no position.
+        raise YAMLError(f"not valid YAML: {str(exc).split(':')[0]}") from None
 
 
 def write_utf8(text: str, stream: TextIO | None = None) -> None:

@@ -11,7 +11,10 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+T = TypeVar("T")
 
 
 def env_name(prefix: str, flag: str) -> str:
@@ -20,7 +23,7 @@ def env_name(prefix: str, flag: str) -> str:
 
 
 def add_env_argument(
-    parser: argparse.ArgumentParser,
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
     prefix: str,
     flag: str,
     convert: Callable[[str], Any],
@@ -48,6 +51,22 @@ def add_env_argument(
         required=required and from_env is None,
         help=f"{help_text} [env {variable}; default {default!r}]",
     )
+
+
+def flag_type(convert: Callable[[str], T]) -> Callable[[str], T]:
+    """``convert`` as a plain argparse ``type=`` whose error says why.
+
+    argparse reports a ValueError as "invalid <function name> value", hiding
+    the reason; an ArgumentTypeError's text is shown as it is.
+    """
+
+    def checked(text: str) -> T:
+        try:
+            return convert(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return checked
 
 
 def positive_int(text: str) -> int:
@@ -89,9 +108,34 @@ def listen_address(text: str) -> tuple[str, int]:
     return host.strip("[]"), port
 
 
+def port(text: str) -> int:
+    """A TCP port, 1-65535."""
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise ValueError(f"must be a port, 1-65535, got {value}")
+    return value
+
+
+def port_or_zero(text: str) -> int:
+    """A TCP port, or 0 for any free one."""
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise ValueError(f"must be a port, 0-65535 (0: any free port), got {value}")
+    return value
+
+
 def http_url(text: str) -> str:
+    """``http(s)://HOST[:PORT][/path]``, checked as far as a client will parse it."""
     if not text.startswith(("http://", "https://")):
         raise ValueError(f"must be an http(s) URL, got {text!r}")
+    try:
+        parts = urlsplit(text)
+        # ``.port`` parses lazily: a bad or out-of-range port raises only here.
+        _ = parts.port
+    except ValueError as exc:
+        raise ValueError(f"must be an http(s) URL, got {text!r}: {exc}") from None
+    if not parts.hostname:
+        raise ValueError(f"must be an http(s) URL with a host, got {text!r}")
     return text
 
 

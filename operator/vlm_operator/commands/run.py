@@ -12,8 +12,21 @@ import gc
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from vlm_operator.commands._env import http_url, non_negative_int, positive_float, positive_int
+from vlm_operator.commands._env import (
+    add_env_argument,
+    flag_type,
+    http_url,
+    port,
+    port_or_zero,
+    positive_float,
+    positive_int,
+)
+
+if TYPE_CHECKING:
+    from vlm_operator.kube import KubeClient
+    from vlm_operator.operator_metrics import OperatorMetrics
 
 _LOG = logging.getLogger("vlm_operator.run")
 
@@ -37,12 +50,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)"
     )
     prom = parser.add_argument_group("Prometheus (the signals)")
-    prom.add_argument(
+    # Through add_env_argument, so a bad $VLM_OPERATOR_PROMETHEUS_URL is named as such.
+    add_env_argument(
+        prom,
+        "VLM_OPERATOR_",
         "--prometheus-url",
-        type=http_url,
-        default=os.environ.get("VLM_OPERATOR_PROMETHEUS_URL"),
-        help="Prometheus base URL; a VLMService may override it (spec.metrics.prometheusUrl) "
-        "[env VLM_OPERATOR_PROMETHEUS_URL]",
+        http_url,
+        None,
+        "Prometheus base URL; a VLMService may override it (spec.metrics.prometheusUrl)",
     )
     prom.add_argument(
         "--prometheus-bearer-token-file",
@@ -54,21 +69,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     prom.add_argument(
         "--prometheus-timeout",
-        type=positive_float,
+        type=flag_type(positive_float),
         default=5.0,
         help="seconds before a query counts as failed (default 5)",
     )
     ops = parser.add_argument_group("the operator itself")
     liveness = ops.add_mutually_exclusive_group()
     liveness.add_argument(
-        "--liveness-port", type=positive_int, help="serve kopf's liveness probe on this port"
+        "--liveness-port", type=flag_type(port), help="serve kopf's liveness probe on this port"
     )
     liveness.add_argument(
         "--liveness", metavar="URL", help="liveness endpoint, e.g. http://0.0.0.0:8080/healthz"
     )
     ops.add_argument(
         "--metrics-port",
-        type=non_negative_int,
+        type=flag_type(port_or_zero),
         help="serve the operator's /metrics on this port (0: any free port)",
     )
     ops.add_argument(
@@ -81,7 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     ops.add_argument(
         "--kube-workers",
-        type=positive_int,
+        type=flag_type(positive_int),
         default=8,
         help="threads (and connections) for the operator's own API requests (default 8)",
     )
@@ -99,7 +114,6 @@ def run(args: argparse.Namespace) -> int:
     import httpx
     import kopf
 
-    from vlm_operator.kube import KubeClient
     from vlm_operator.operator_metrics import OperatorMetrics
     from vlm_operator.reconcile import OperatorContext
     from vlm_operator.signals import SignalReader, build_client
@@ -113,14 +127,23 @@ def run(args: argparse.Namespace) -> int:
     if args.liveness_port is not None:
         liveness = f"http://0.0.0.0:{args.liveness_port}/healthz"
 
+    # Credentials and the metrics port before kopf takes over logging: a
+    # mistake in either is a usage error, said in one line.
+    kube = _kube_client(args.kubeconfig, args.kube_workers)
+    metrics = OperatorMetrics()
+    metrics_port = None
+    if args.metrics_port is not None:
+        try:
+            metrics_port = _serve_metrics(metrics, args.metrics_port, args.metrics_address)
+        except BaseException:
+            kube.close()
+            raise
+
     kopf.configure(verbose=args.verbose, log_format=kopf.LogFormat.PLAIN)
     # One line per Prometheus query would drown everything else.
     logging.getLogger("httpx").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
-    kube = KubeClient.from_environment(args.kubeconfig, workers=args.kube_workers)
-    metrics = OperatorMetrics()
-    if args.metrics_port is not None:
-        server, _ = metrics.serve(args.metrics_port, args.metrics_address)
-        _LOG.info("metrics on http://%s:%d/metrics", args.metrics_address, server.server_port)
+    if metrics_port is not None:
+        _LOG.info("metrics on http://%s:%d/metrics", args.metrics_address, metrics_port)
     client = build_client(
         bearer_token_file=args.prometheus_bearer_token_file,
         token_url=args.prometheus_url,
@@ -159,3 +182,55 @@ def _check_url(flag: str, value: str) -> None:
         http_url(value)
     except ValueError as exc:
         raise UsageError(f"{flag}: {exc}") from None
+
+
+def _kube_client(kubeconfig: str | None, workers: int) -> KubeClient:
+    """The API client, or a usage error saying which credentials failed and why."""
+    import kubernetes
+    import yaml
+
+    from vlm_operator.cli import UsageError
+    from vlm_operator.kube import KubeClient
+
+    try:
+        return KubeClient.from_environment(kubeconfig, workers=workers)
+    except (
+        kubernetes.config.ConfigException,
+        yaml.YAMLError,
+        OSError,
+        # The loader indexes whatever YAML it got: a list or a number where
+        # it expects a mapping fails with these, and bytes that are no UTF-8
+        # with a ValueError.
+        ValueError,
+        TypeError,
+        KeyError,
+        AttributeError,
+    ) as exc:
+        reason = " ".join(str(exc).split())  # YAML errors span lines
+        variable = os.environ.get("KUBECONFIG")
+        if kubeconfig is not None:
+            message = f"--kubeconfig: {kubeconfig}: not a usable kubeconfig: {reason}"
+        elif os.environ.get("KUBERNETES_SERVICE_HOST"):
+            message = f"in-cluster credentials not usable (or give --kubeconfig): {reason}"
+        elif variable:
+            message = f"--kubeconfig: $KUBECONFIG={variable}: not a usable kubeconfig: {reason}"
+        else:
+            message = (
+                "--kubeconfig: not in a cluster ($KUBERNETES_SERVICE_HOST unset) and no "
+                f"kubeconfig found (~/.kube/config, $KUBECONFIG): {reason}"
+            )
+        raise UsageError(message) from None
+
+
+def _serve_metrics(metrics: OperatorMetrics, port_number: int, address: str) -> int:
+    """Serve /metrics; the port it listens on, or a usage error naming both flags."""
+    from vlm_operator.cli import UsageError
+
+    try:
+        server, _ = metrics.serve(port_number, address)
+    except OSError as exc:  # a name that does not resolve, an address not ours, a port in use
+        raise UsageError(
+            f"--metrics-address/--metrics-port: cannot listen on {address}:{port_number}: "
+            f"{exc.strerror or exc}"
+        ) from None
+    return int(server.server_port)

@@ -94,6 +94,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--retries: must be between 0 and 10, got {args.retries}")
     if args.compare and args.policy is not None:
         raise UsageError("--policy: not with --compare, which runs every policy")
+    if args.policy is not None and not args.policy.strip():
+        # ``--policy ""`` (an unset shell variable, say) is no choice: not the default either.
+        raise UsageError(f"--policy: empty; one of {', '.join(AUTOSCALERS)} or static-N")
     policies = list(COMPARED) if args.compare else [args.policy or "ours"]
     for name in policies:
         try:
@@ -202,7 +205,13 @@ def _plot_target(name: str) -> tuple[Path, str]:
             "--plot: needs matplotlib; install the plot extra: "
             "pip install '.[plot]' in a vlm-operator checkout"
         ) from None
-    supported = FigureCanvasAgg.get_supported_filetypes()
+    # pgf is LaTeX code, written by running xelatex: it fails without a TeX
+    # installation, and only after the whole simulation.
+    supported = {
+        name: text
+        for name, text in FigureCanvasAgg.get_supported_filetypes().items()
+        if name != "pgf"
+    }
     path = Path(name)
     file_format = path.suffix[1:].lower()
     if not name.strip() or path.is_dir():

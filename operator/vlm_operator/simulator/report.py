@@ -223,7 +223,14 @@ def summarize(result: SimResult, *, wall_seconds: float | None = None) -> Report
         settled = [latency[i] for i in order[settle:hi] if status[i] == OK]
         requests = hi - lo
         errors = requests - len(ok_lat)
-        events = [(t, b, a) for t, b, a in result.scale_events if phase.start_s <= t < phase.end_s]
+        # The engine ticks at the trace's end too: an event then (or later) is
+        # the last phase's, as in _slo_violation_seconds, or no phase would count it.
+        last = index == len(trace.phases) - 1
+        events = [
+            (t, b, a)
+            for t, b, a in result.scale_events
+            if phase.start_s <= t and (t < phase.end_s or last)
+        ]
         settled_downs = sum(
             1 for t, b, a in events if a < b and t >= phase.start_s + OSCILLATION_SETTLE_SECONDS
         )
