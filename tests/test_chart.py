@@ -73,6 +73,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     },
     "everything": {
         "watchNamespaces": ["ml"],
+        "watchPodMonitors": True,
         "podMonitor": {"enabled": True},
         "dashboard": {"enabled": True},
         "serviceAccount": {"create": True, "name": "vlm", "annotations": {"a": "b"}},
@@ -273,7 +274,28 @@ def test_prometheus_credentials_are_mounted_where_the_flags_point() -> None:
     assert not _flag(plain, "prometheus-ca-file")
 
 
-@pytest.mark.parametrize("case", ["default", "namespaced", "credentials", "placement"])
+def test_watching_pod_monitors_is_a_flag_and_its_permissions() -> None:
+    def podmonitor_verbs(objects: list[dict[str, Any]]) -> set[str]:
+        return {
+            verb
+            for obj in objects
+            if obj["kind"] in {"Role", "ClusterRole"}
+            for rule in obj.get("rules", [])
+            if "podmonitors" in rule["resources"]
+            for verb in rule["verbs"]
+        }
+
+    plain = chart.render()
+    assert "--watch-podmonitors" not in _operator_args(plain)
+    assert not {"list", "watch"} & podmonitor_verbs(plain)
+    watching = chart.render({"watchPodMonitors": True})
+    assert "--watch-podmonitors" in _operator_args(watching)
+    assert {"list", "watch"} <= podmonitor_verbs(watching)
+
+
+@pytest.mark.parametrize(
+    "case", ["default", "namespaced", "credentials", "placement", "everything"]
+)
 def test_operator_arguments_are_accepted_by_vlm_operator_run(case: str) -> None:
     objects = chart.render(VALUE_SETS[case])
     args = build_parser().parse_args(_operator_args(objects))

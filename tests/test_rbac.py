@@ -230,8 +230,13 @@ def _vlmservice_exists(api: ThreadedKubeAPI, namespace: str) -> bool:
 def _run_scenario(
     mode: str, namespace: str, prometheus: PrometheusServer, gate: Exporter, workdir: Path
 ) -> Scenario:
+    # The namespaced install runs with the chart's defaults; the other watches
+    # PodMonitors too, which takes list and watch on them.
     scope = ["--namespace", namespace] if mode == "namespaced" else ["--all-namespaces"]
-    values: dict[str, Any] = {"watchNamespaces": [namespace]} if mode == "namespaced" else {}
+    values: dict[str, Any] = (
+        {"watchNamespaces": [namespace]} if mode == "namespaced" else {"watchPodMonitors": True}
+    )
+    watch = [] if mode == "namespaced" else ["--watch-podmonitors"]
     log_path = workdir / f"operator-{mode}.log"
     with run_in_thread(crds=[chart.REPO_ROOT / "crds", PODMONITOR_CRD]) as api:
 
@@ -256,6 +261,7 @@ def _run_scenario(
             "0",
             "--metrics-address",
             "127.0.0.1",
+            *watch,
         ]
         with log_path.open("wb") as log:
             process = subprocess.Popen(

@@ -57,6 +57,14 @@ def child_event(event: kopf.RawEvent, body: kopf.Body, memo: kopf.Memo, **_: Any
         reconcile.child_deleted(memo.context, body)
 
 
+def watch_pod_monitors() -> None:
+    """Also watch PodMonitors, on request (``run --watch-podmonitors``): kopf
+    warns at every rescan about a watched resource whose CRD is missing, which
+    many clusters lack."""
+    kopf.on.event("monitoring.coreos.com", "v1", "podmonitors",
+                  labels={SERVICE_LABEL: kopf.PRESENT})(child_event)  # fmt: skip
+
+
 @kopf.on.create(GROUP, VERSION, PLURAL)
 async def create(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
     await reconcile.apply_spec(memo.context, body, created=True, logger=logger)

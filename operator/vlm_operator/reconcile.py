@@ -592,16 +592,18 @@ def _some(fields: tuple[str, ...], shown: int = 5) -> str:
 
 
 def child_deleted(context: OperatorContext, body: Mapping[str, Any]) -> None:
-    """A Service, PodDisruptionBudget or NetworkPolicy of a VLMService is gone: its loop
-    re-applies the children at its next cycle, not at the next refresh (10 minutes).
+    """A Service, PodDisruptionBudget, NetworkPolicy or (watched) PodMonitor of a
+    VLMService is gone: its loop re-applies the children at its next cycle, not at the
+    next refresh (10 minutes).
 
     The Deployment needs no such word: the loop sees it in the index every cycle. A
     NetworkPolicy deleted by hand would leave the gates open to every namespace until
-    then. The operator's own deletion (the spec no longer asks for one) costs one
-    re-apply, which writes nothing. The PodMonitor is left to the refresh: watching
-    it needs the Prometheus Operator's CRD, which many clusters do not have (kopf
-    warns about a watched resource that does not exist), and a missing PodMonitor
-    only delays the dashboards, not the autoscaling.
+    then; a PodMonitor, the gates unscraped, and the autoscaler holding replicas on
+    signals gone stale. The operator's own deletion (the spec no longer asks for one)
+    costs one re-apply, which writes nothing. PodMonitors are watched only with
+    ``run --watch-podmonitors`` (the chart's ``watchPodMonitors``): their CRD is the
+    Prometheus Operator's, which many clusters do not have, and kopf warns at every
+    rescan about a watched resource that does not exist.
     """
     meta = body.get("metadata") or {}
     owner = (meta.get("labels") or {}).get(SERVICE_LABEL)

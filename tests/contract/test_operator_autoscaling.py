@@ -172,6 +172,7 @@ class Operator:
             str(self.metrics_port),
             "--metrics-address",
             "127.0.0.1",
+            "--watch-podmonitors",  # the emulated API has the PodMonitor CRD
         ]
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None
@@ -283,7 +284,10 @@ def owned_by(obj: dict[str, Any] | None, uid: str) -> bool:
 
 def test_create_adopts_children_and_delete_collects_them(cluster: Cluster) -> None:
     api = cluster.api
-    created = api.post(VLMS, vlmservice("svc-create", networkPolicy={"enabled": True}))
+    created = api.post(
+        VLMS,
+        vlmservice("svc-create", networkPolicy={"enabled": True}, monitoring={"podMonitor": True}),
+    )
     assert created.status_code == 201, created.text
     uid = created.json()["metadata"]["uid"]
     children = [
@@ -291,6 +295,7 @@ def test_create_adopts_children_and_delete_collects_them(cluster: Cluster) -> No
         f"/api/v1/namespaces/{NS}/services/svc-create",
         f"/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets/svc-create",
         f"/apis/networking.k8s.io/v1/namespaces/{NS}/networkpolicies/svc-create",
+        f"/apis/monitoring.coreos.com/v1/namespaces/{NS}/podmonitors/svc-create",
     ]
     for path in children:
         wait_for(f"{path} owned by the VLMService", lambda p=path: owned_by(api.get(p), uid))
@@ -300,8 +305,8 @@ def test_create_adopts_children_and_delete_collects_them(cluster: Cluster) -> No
     assert status["observedGeneration"] == 1
     assert api.replicas("svc-create") == 1  # minReplicas
 
-    # A Service, PDB or NetworkPolicy deleted by hand is back within a few 1 s cycles
-    # (watched), not at the 10-minute refresh of the children.
+    # A Service, PDB, NetworkPolicy or PodMonitor deleted by hand is back within a few
+    # 1 s cycles (watched), not at the 10-minute refresh of the children.
     for path in children[1:]:
         old_uid = api.get(path)["metadata"]["uid"]  # type: ignore[index]
         api.delete(path)

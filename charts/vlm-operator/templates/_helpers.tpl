@@ -96,7 +96,11 @@ when a user strips the references by hand and the next apply restores them.
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
 - apiGroups: ["monitoring.coreos.com"]
   resources: ["podmonitors"]
+  {{- if .Values.watchPodMonitors }}
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+  {{- else }}
   verbs: ["get", "create", "patch", "delete"]
+  {{- end }}
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list", "watch", "patch"]

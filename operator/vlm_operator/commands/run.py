@@ -100,6 +100,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=8,
         help="threads (and connections) for the operator's own API requests (default 8)",
     )
+    ops.add_argument(
+        "--watch-podmonitors",
+        action="store_true",
+        help="watch PodMonitors (needs their CRD, and list/watch on them), so that one "
+        "deleted by hand is re-created at its service's next cycle, not at the refresh",
+    )
     ops.add_argument("--verbose", "-v", action="store_true", help="debug logging")
 
 
@@ -158,7 +164,10 @@ def run(args: argparse.Namespace) -> int:
     if args.prometheus_url is None:
         _LOG.warning("no --prometheus-url: only services with metrics.prometheusUrl autoscale")
 
-    import vlm_operator.handlers  # noqa: F401  (registers the handlers)
+    import vlm_operator.handlers  # (registers the handlers)
+
+    if args.watch_podmonitors:
+        vlm_operator.handlers.watch_pod_monitors()
 
     # Everything imported so far lives as long as the process: out of the
     # garbage collector's way, a full collection walks only what the loops
