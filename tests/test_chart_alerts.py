@@ -50,6 +50,7 @@ def test_every_alert_says_what_and_how_bad() -> None:
         "VLMServiceQueueNeverEmpty",
         "VLMServiceLatencyAboveTarget",
         "VLMServiceErrors",
+        "VLMServiceNotScraped",
         "VLMOperatorSignalsUnavailable",
         "VLMOperatorCRDOutdated",
     }
@@ -203,7 +204,8 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusS
             durations=[30.0] * 16,
         )
         calm.set(codes={200: 20, 503: 1}, rejected={"draining": 1}, durations=[8.0] * 20)
-        for service in ("trouble", "calm"):
+        # "unscraped" is managed by the operator, but no gate of it is scraped.
+        for service in ("trouble", "calm", "unscraped"):
             operator_metrics.observe_service(
                 "team-a", service, desired=3, max_replicas=10, p95_target=12.0
             )
@@ -226,6 +228,7 @@ def test_exactly_the_expected_alerts_fire(prometheus: PrometheusServer) -> None:
         ("VLMServiceQueueNeverEmpty", "trouble"),
         ("VLMServiceLatencyAboveTarget", "trouble"),
         ("VLMServiceErrors", "trouble"),
+        ("VLMServiceNotScraped", "unscraped"),
         ("VLMOperatorSignalsUnavailable", ""),
         ("VLMOperatorCRDOutdated", ""),
     }
@@ -248,5 +251,6 @@ def test_exactly_the_expected_alerts_fire(prometheus: PrometheusServer) -> None:
     errors = by_name["VLMServiceErrors"]
     assert "%" in errors["annotations"]["description"]  # humanizePercentage rendered
     assert "lacks 2 field(s)" in by_name["VLMOperatorCRDOutdated"]["annotations"]["description"]
+    assert "wants 3 pod(s)" in by_name["VLMServiceNotScraped"]["annotations"]["description"]
     slow = by_name["VLMServiceLatencyAboveTarget"]["annotations"]["description"]
     assert "P95 over the last 10 minutes is " in slow

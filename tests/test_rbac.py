@@ -167,7 +167,7 @@ def _vlmservice(namespace: str) -> dict[str, Any]:
                 "scaleDown": {"stabilizationWindowSeconds": 2},
             },
             "metrics": {"windowSeconds": 5},
-            "monitoring": {"podMonitor": True},
+            "monitoring": {"podMonitor": True, "interval": "1s"},  # 5 scrapes in the window
             "networkPolicy": {"enabled": True},
         },
     }

@@ -179,6 +179,21 @@ def _text(status: int, body: str) -> Answer:
             lambda _q: web.json_response({"status": "success", "data": {"resultType": "matrix"}}),
             "json",
         ),
+        # Prometheus's own time-out or overload, not a bad query.
+        (
+            lambda _q: web.json_response(
+                {"status": "error", "errorType": "timeout", "error": "query timed out"},
+                status=503,
+            ),
+            "timeout",
+        ),
+        (
+            lambda _q: web.json_response(
+                {"status": "error", "errorType": "unavailable", "error": "too many queries"},
+                status=503,
+            ),
+            "status",
+        ),
     ],
 )
 async def test_prometheus_errors_make_the_reading_unavailable(
@@ -274,6 +289,38 @@ async def test_unscraped_pods_and_pod_load(prom: StubPrometheus, client: httpx.A
     assert await reader.unscraped_pods("ns", "b", spec(), max_age=1.0) == 0
     assert await reader.pod_load("ns", "a", spec(), max_age=1.0) == {"a-1": 4.0, "a-2": 0.0}
     assert len(prom.queries) == 2
+
+
+async def test_an_answer_with_warnings_is_read_as_partial(
+    prom: StubPrometheus, client: httpx.AsyncClient
+) -> None:
+    # Thanos with partial responses: "success", fewer series, and a warning.
+    fill(prom, [("ns", "a")])
+    prom.series[UNSCRAPED_QUERY] = []
+    warned = {default_queries(30)["running"], UNSCRAPED_QUERY}
+
+    def answer(query: str) -> web.StreamResponse:
+        payload: dict[str, Any] = {
+            "status": "success",
+            "data": {"resultType": "vector", "result": prom.series.get(query, [])},
+        }
+        if query in warned:
+            payload["warnings"] = ["No StoreAPIs matched for this query: store eu-1 is down"]
+        return web.json_response(payload)
+
+    prom.answer = answer
+    reader = SignalReader(client, default_url=prom.url)
+    signals = await reader.read("ns", "a", spec(), max_age=1.0)
+    assert signals.error is None
+    assert signals.running == 3.0  # read as it is: a lower bound
+    assert signals.partial is not None
+    assert "store eu-1 is down" in signals.partial
+    # Failed targets may be among the missing series: unknown, not none.
+    assert await reader.unscraped_pods("ns", "a", spec(), max_age=1.0) is None
+    warned.clear()
+    again = await reader.read("ns", "a", spec(), max_age=0.0)
+    assert again.partial is None
+    assert await reader.unscraped_pods("ns", "a", spec(), max_age=0.0) == 0
 
 
 async def test_bearer_token_is_read_from_its_file(prom: StubPrometheus, tmp_path: Path) -> None:

@@ -217,3 +217,26 @@ def _spec(data: dict[str, Any]) -> VLMServiceSpec:
 )
 def test_warnings_for_pods_that_would_never_start(data: dict[str, Any], paths: list[str]) -> None:
     assert [w.path for w in spec_warnings(_spec(data))] == paths
+
+
+@pytest.mark.parametrize(
+    ("window", "monitoring", "warned"),
+    [
+        (30, {"podMonitor": True}, False),  # the defaults: six scrapes of 5 s
+        (20, {"podMonitor": True, "interval": "5s"}, False),
+        (19, {"podMonitor": True, "interval": "5s"}, True),
+        (30, {"podMonitor": True, "interval": "1m"}, True),
+        (5, {"podMonitor": True, "interval": "1000ms"}, False),
+        (5, {"podMonitor": True, "interval": "5s"}, True),
+        (5, {"podMonitor": False, "interval": "5s"}, False),  # scraped elsewhere: unknown
+    ],
+)
+def test_a_rate_window_of_too_few_scrapes_is_a_warning(
+    window: int, monitoring: dict[str, Any], warned: bool
+) -> None:
+    spec = _spec({"model": {"id": "m", "runtime": "fake"}, "metrics": {"windowSeconds": window},
+                  "monitoring": monitoring})  # fmt: skip
+    warnings = spec_warnings(spec)
+    assert [w.path for w in warnings] == (["spec.metrics.windowSeconds"] if warned else [])
+    if warned:
+        assert "at least" in warnings[0].reason

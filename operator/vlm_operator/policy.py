@@ -249,6 +249,10 @@ class Signals:
     error_rate: float | None
     age_seconds: float = 0.0
     error: str | None = None
+    #: Prometheus answered with a warning (a Thanos or Mimir store missing):
+    #: the sums may lack series. The operator holds scale-down on it, as on an
+    #: unscraped pod; the policy reads the values as they are.
+    partial: str | None = None
 
 
 @dataclass(frozen=True)

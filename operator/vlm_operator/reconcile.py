@@ -667,7 +667,9 @@ async def autoscale_once(
     )
     state = _latest_state(memory.state, previous.get("autoscalerState"))
     decision = recommend(state, signals, counts, spec, now)
-    partial = signals.error is None and (unscraped or unscraped is None)
+    partial = signals.error is None and (
+        unscraped or unscraped is None or signals.partial is not None
+    )
     if decision.direction != "up" and partial:
         # Unknown (the ``up == 0`` query failed) is "maybe unscraped", not 0:
         # a pod missing from the sums would read as less load. Such sums are
@@ -676,11 +678,12 @@ async def autoscale_once(
         # does not count as a trusted one (a long stretch of them, like an
         # outage, has the window seen again). (Signals that failed outright
         # are the policy's to report.)
-        why = (
-            "whether every pod is scraped is unknown"
-            if unscraped is None
-            else f"{unscraped} pod(s) not scraped, their load is unknown"
-        )
+        if signals.partial is not None:
+            why = f"Prometheus answered in part ({signals.partial})"
+        elif unscraped is None:
+            why = "whether every pod is scraped is unknown"
+        else:
+            why = f"{unscraped} pod(s) not scraped, their load is unknown"
         kept = state if decision.direction == "down" else decision.state
         decision = replace(
             decision,

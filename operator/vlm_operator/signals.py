@@ -23,7 +23,11 @@ Meaning of the answers (the signals contract in DESIGN.md):
 * a failure of any kind (connection refused, timeout, non-200, bad JSON,
   Prometheus ``"status": "error"``) makes the whole reading unavailable:
   :attr:`Signals.error` is set and every value is ``None``. The policy never
-  scales down on either.
+  scales down on either;
+* an answer with ``warnings`` (Thanos and Mimir answer "success" with a
+  warning when a store did not answer, and fewer series) is a lower bound:
+  :attr:`Signals.partial` says so, and the operator scales up on it but never
+  down, as with an unscraped pod.
 
 One pod's bad scrape (aibrix#1032): when a gate's scrape fails, its series go
 stale and drop out of the sums, so the fleet looks less loaded than it is.
@@ -86,6 +90,8 @@ UNSCRAPED_QUERY = f"count by ({_BY}) (up == 0)"
 POD_LOAD_QUERY = f"sum by (namespace, vlmservice, pod) ({contract.RUNNING} + {contract.WAITING})"
 
 DEFAULT_TIMEOUT = httpx.Timeout(5.0, connect=2.0)
+#: Prometheus's ``errorType`` of a failure that is its, not the query's.
+_ERROR_TYPE_REASONS = {"timeout": "timeout", "canceled": "timeout", "unavailable": "status"}
 
 
 class PrometheusError(Exception):
@@ -186,10 +192,19 @@ class _Entry:
     #: Series in the answer (an override that lost our labels is read only if one).
     series: int = 0
     error: PrometheusError | None = None
+    #: Prometheus's first warning: the answer may lack series.
+    warning: str | None = None
 
     @classmethod
-    def parse(cls, fetched_at: float, result: list[dict[str, Any]]) -> _Entry:
-        entry = cls(fetched_at=fetched_at, labelled=_has_service_labels(result), series=len(result))
+    def parse(
+        cls, fetched_at: float, result: list[dict[str, Any]], warning: str | None = None
+    ) -> _Entry:
+        entry = cls(
+            fetched_at=fetched_at,
+            labelled=_has_service_labels(result),
+            series=len(result),
+            warning=warning,
+        )
         seen: set[tuple[str, str]] = set()
         for sample in result:
             labels = sample.get("metric") or {}
@@ -250,10 +265,12 @@ class SignalReader:
         queries, overridden = service_queries(spec)
         values: dict[str, float | None] = {}
         oldest = self._clock()
+        warning: str | None = None
         try:
             for signal in SIGNAL_NAMES:
                 entry = await self._fetch(url, queries[signal], max_age=max_age)
                 oldest = min(oldest, entry.fetched_at)
+                warning = warning or entry.warning
                 series = entry.by_service
                 value = series.get((namespace, name))
                 if value is None and signal in overridden and entry.series == 1:
@@ -270,41 +287,37 @@ class SignalReader:
             arrival_rate=values["arrival_rate"],
             error_rate=values["error_rate"],
             age_seconds=max(0.0, self._clock() - oldest),
+            partial=warning,
         )
 
     async def unscraped_pods(
         self, namespace: str, name: str, spec: VLMServiceSpec, *, max_age: float
     ) -> int | None:
         """Targets of the service whose last scrape failed; None if unknown."""
-        values = await self._batched(spec, UNSCRAPED_QUERY, max_age=max_age)
-        if values is None:
-            return None
-        return int(values.get((namespace, name)) or 0)
+        entry = await self._batched_entry(spec, UNSCRAPED_QUERY, max_age=max_age)
+        if entry is None or entry.warning is not None:
+            return None  # a partial answer may lack the failed targets: unknown
+        return int(entry.by_service.get((namespace, name)) or 0)
 
     async def pod_load(
         self, namespace: str, name: str, spec: VLMServiceSpec, *, max_age: float
     ) -> dict[str, float] | None:
         """Requests running or waiting per pod of the service; None if unknown."""
-        url = self.prometheus_url(spec)
-        if url is None:
-            return None
-        try:
-            entry = await self._fetch(url, POD_LOAD_QUERY, max_age=max_age)
-        except PrometheusError:
+        entry = await self._batched_entry(spec, POD_LOAD_QUERY, max_age=max_age)
+        if entry is None:
             return None
         return dict(entry.by_pod.get((namespace, name), {}))
 
-    async def _batched(
+    async def _batched_entry(
         self, spec: VLMServiceSpec, promql: str, *, max_age: float
-    ) -> ServiceValues | None:
+    ) -> _Entry | None:
         url = self.prometheus_url(spec)
         if url is None:
             return None
         try:
-            entry = await self._fetch(url, promql, max_age=max_age)
+            return await self._fetch(url, promql, max_age=max_age)
         except PrometheusError:
             return None
-        return entry.by_service
 
     async def _fetch(self, url: str, promql: str, *, max_age: float) -> _Entry:
         key = (url, promql)
@@ -325,7 +338,7 @@ class SignalReader:
         started = self._clock()
         self.queries_sent += 1
         try:
-            result = await self._instant_query(url, promql)
+            result, warning = await self._instant_query(url, promql)
         except PrometheusError as exc:
             if self._metrics is not None:
                 self._metrics.query_errors.labels(exc.reason).inc()
@@ -333,9 +346,12 @@ class SignalReader:
         finally:
             if self._metrics is not None:
                 self._metrics.query_seconds.observe(self._clock() - started)
-        return _Entry.parse(started, result)
+        return _Entry.parse(started, result, warning)
 
-    async def _instant_query(self, url: str, promql: str) -> list[dict[str, Any]]:
+    async def _instant_query(
+        self, url: str, promql: str
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        """The answer's series, and its first warning (None without)."""
         try:
             response = await self._client.get(f"{url}/api/v1/query", params={"query": promql})
         except httpx.TimeoutException as exc:
@@ -352,7 +368,10 @@ class SignalReader:
             raise PrometheusError("json", "response is not a JSON object")
         if payload.get("status") != "success":
             detail = payload.get("error") or f"HTTP {response.status_code}"
-            raise PrometheusError("promql", f"{payload.get('errorType', 'error')}: {detail}")
+            kind = payload.get("errorType", "error")
+            # Prometheus's own time-outs and overload are not the query's fault.
+            reason = _ERROR_TYPE_REASONS.get(str(kind), "promql")
+            raise PrometheusError(reason, f"{kind}: {detail}")
         if response.status_code != 200:
             raise PrometheusError("status", f"HTTP {response.status_code}")
         data = payload.get("data")
@@ -361,7 +380,11 @@ class SignalReader:
         result = data.get("result")
         if not isinstance(result, list):
             raise PrometheusError("json", "data.result is not a list")
-        return result
+        warnings = payload.get("warnings")
+        warning = None
+        if isinstance(warnings, list) and warnings:
+            warning = str(warnings[0])[:200] or "a warning"  # bounded: it goes into the status
+        return result, warning
 
 
 def _unavailable(message: str) -> Signals:

@@ -194,6 +194,13 @@ def _metrics_condition(
         return "False", "PrometheusUnavailable", signals.error
     if not decision.signals_ok:
         return "False", "NoSignal", decision.reason
+    if signals.partial is not None:
+        return (
+            "True",
+            "PartialAnswer",
+            f"Prometheus answered in part ({signals.partial}): series may be missing, "
+            "so no scale-down",
+        )
     if unscraped is None:
         return (
             "True",

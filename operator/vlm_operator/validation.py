@@ -17,6 +17,7 @@ This module is pure.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -176,7 +177,35 @@ def spec_warnings(spec: VLMServiceSpec) -> list[FieldError]:
         )
     if storage.download is not None and not has_source:
         warnings.append(FieldError("spec.model.storage.download", "has no storage to write into"))
+    monitoring = spec.monitoring
+    interval = _duration_seconds(monitoring.interval)
+    window = spec.metrics.window_seconds
+    if monitoring.pod_monitor and window < RATE_WINDOW_SCRAPES * interval:
+        # rate() needs two samples inside its window; with fewer than four scrapes
+        # one late or failed scrape leaves it empty, and a rate that is missing
+        # holds the replicas (never a scale-down).
+        warnings.append(
+            FieldError(
+                "spec.metrics.windowSeconds",
+                f"{window}s holds fewer than {RATE_WINDOW_SCRAPES} scrapes at the PodMonitor's "
+                f"interval of {monitoring.interval}: the rates (P95, arrivals, errors) may read "
+                f"empty, which holds the replicas; make it at least "
+                f"{math.ceil(RATE_WINDOW_SCRAPES * interval)}s or scrape more often",
+            )
+        )
     return warnings
+
+
+#: Scrapes a rate window should hold (Prometheus's rate() needs two samples).
+RATE_WINDOW_SCRAPES = 4
+
+
+def _duration_seconds(duration: str) -> float:
+    """A PodMonitor interval (``500ms``, ``5s``, ``1m``, as the schema allows) in seconds."""
+    for unit, scale in (("ms", 0.001), ("s", 1.0), ("m", 60.0)):
+        if duration.endswith(unit):
+            return float(duration[: -len(unit)]) * scale
+    raise ValueError(f"not a duration: {duration!r}")
 
 
 # ---------------------------------------------------------------------- internals

@@ -286,7 +286,11 @@ def test_create_adopts_children_and_delete_collects_them(cluster: Cluster) -> No
     api = cluster.api
     created = api.post(
         VLMS,
-        vlmservice("svc-create", networkPolicy={"enabled": True}, monitoring={"podMonitor": True}),
+        vlmservice(
+            "svc-create",
+            networkPolicy={"enabled": True},
+            monitoring={"podMonitor": True, "interval": "1s"},
+        ),
     )
     assert created.status_code == 201, created.text
     uid = created.json()["metadata"]["uid"]

@@ -15,6 +15,7 @@ import json
 import logging
 import random
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
 from typing import Any
 
 import kopf
@@ -238,6 +239,28 @@ async def test_the_operator_runs_the_policy_as_the_simulator_carries_it(
 
 
 # ----------------------------------------------------------------- item 3
+
+
+async def test_a_partial_answer_blocks_scale_down() -> None:
+    spec_raw = {
+        "model": {"id": "m", "runtime": "fake"},
+        "autoscaling": {"syncPeriodSeconds": 1, "scaleDown": {"stabilizationWindowSeconds": 2}},
+    }
+    kube, fake = FakeKube(vlmservice(spec_raw), replicas=3), FakeSignals()
+    ctx, memory = context(kube, fake), reconcile._Memory()
+    fake.current = replace(signals(1.0, 8.0), partial="store eu-1 is down")
+    for i in range(30):  # well past the 2 s stabilization
+        await run_cycle(ctx, kube, memory, T0 + i)
+    assert kube.replicas == 3
+    status = kube.body["status"]
+    assert "answered in part (store eu-1 is down)" in status["lastDecision"]["reason"]
+    metrics = next(c for c in status["conditions"] if c["type"] == "MetricsAvailable")
+    assert (metrics["status"], metrics["reason"]) == ("True", "PartialAnswer")
+    # A rise still scales up on what was seen.
+    fake.current = replace(signals(12.0, 8.0), waiting=6.0, partial="store eu-1 is down")
+    for i in range(30, 33):
+        await run_cycle(ctx, kube, memory, T0 + i)
+    assert kube.replicas > 3
 
 
 @pytest.mark.parametrize("unscraped", [None, 0])

@@ -23,6 +23,11 @@ from vlm_operator.contract import REJECTION_REASONS
 CLIENT_CLOSED = 499
 
 
+#: Status codes exported at 0 from the start: success, and every failure the
+#: error rate (5xx and 429) sees from the gate or a model server.
+PRECREATED_CODES = (200, 429, 500, 502, 503, 504)
+
+
 class GateMetrics:
     """Every series the gate exports, in its own registry."""
 
@@ -80,8 +85,13 @@ class GateMetrics:
         )
         # The 200s are exported from start, at 0: a gate that has answered
         # nothing yet is an idle pod (arrival rate 0), not a missing signal,
-        # which would hold a fresh service at its replicas for ever.
-        self._codes: dict[int, Counter] = {200: self.total.labels("200")}
+        # which would hold a fresh service at its replicas for ever. So are the
+        # codes the error rate counts: a series born at its first increase
+        # loses that increase to rate(), and a burst of failures inside one
+        # scrape interval (a model that died) would never show.
+        self._codes: dict[int, Counter] = {
+            code: self.total.labels(str(code)) for code in PRECREATED_CODES
+        }
 
     def finished(self, code: int) -> None:
         """Count one answered request under its HTTP status."""
