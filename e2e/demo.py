@@ -1,6 +1,6 @@
 """``make demo``: the measured load test, replayed against an autoscaled service on this machine.
 
-One CPU pod of Qwen3-VL-2B was load-tested with 1, 2, 4, 8 and 16 closed-loop users (DESIGN.md):
+One CPU pod of Qwen3-VL-2B was load-tested with 1, 2, 4, 8 and 16 closed-loop users (docs/design.md):
 at 16 users a third of the requests failed. This demo replays that gradient against the local
 cluster (:mod:`e2e.localcluster`): the real operator scales a ``fake``-runtime VLMService
 (same latency curve as the measured model) whose pods are real gate + model processes, from the
@@ -39,7 +39,7 @@ from e2e.localcluster.load import PhaseReport, TraceRun, replay
 REPO = Path(__file__).resolve().parents[1]
 MANIFEST = REPO / "manifests" / "fake-demo.yaml"
 
-#: The measured single pod (DESIGN.md): users → (P95 s, error fraction, req/s).
+#: The measured single pod (docs/design.md): users → (P95 s, error fraction, req/s).
 MEASURED_SINGLE_POD: dict[int, tuple[float, float, float]] = {
     1: (6.8, 0.0, 0.16),
     2: (7.9, 0.0, 0.28),

@@ -8,7 +8,7 @@ Closed-loop users carry over from one phase to the next (the 8 users of one phas
 16 of the next), as the simulator's are; a request counts for the phase in which it was sent.
 
 Everything inside runs ``time_scale`` times faster than real time. Reports convert back: latency
-× scale, throughput ÷ scale, so that the numbers read like the measured table in DESIGN.md.
+× scale, throughput ÷ scale, so that the numbers read like the measured table in docs/design.md.
 """
 
 from __future__ import annotations

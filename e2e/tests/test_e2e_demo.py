@@ -1,5 +1,5 @@
 """``make demo --quick`` as a test: the measured gradient, 10x compressed with 2-minute phases,
-against the real operator. Where one pod failed (DESIGN.md: 34.8% errors, P95 28.1 s at 16
+against the real operator. Where one pod failed (docs/design.md: 34.8% errors, P95 28.1 s at 16
 users), the autoscaled service must have added pods and kept its clients answered."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Autoscalers to compare: ours and the anchors, behind one small protocol.
 
-Each anchor is modelled from its published formula and defaults (DESIGN.md,
+Each anchor is modelled from its published formula and defaults (docs/design.md,
 "Scaling facts from the anchors"), not from its code, and brings the request
 path its deployment implies:
 

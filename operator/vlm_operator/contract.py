@@ -3,7 +3,7 @@
 The gate exports these series; the operator's queries, the simulator and the
 test exporters read them. They live here, in a module that imports nothing
 but ``math``, so that pure modules (the simulator) can share them with the
-gate (which needs prometheus_client) and no copy can drift. DESIGN.md
+gate (which needs prometheus_client) and no copy can drift. docs/design.md
 describes the contract; this module is its single source in code. So is the
 gate's retry advice to clients, which the simulator models.
 """

@@ -4,7 +4,7 @@
 latency spike: how many pods were serving, how many requests each held against
 its in-flight limit, how long the queue was, and where P95 stood against its
 target, step by step over the last minutes. It reads the same gate series the
-operator decides from (the signals contract in DESIGN.md), through Prometheus
+operator decides from (the signals contract in docs/design.md), through Prometheus
 range queries, so what it shows is what the operator saw.
 
 It uses prometheus-api-client (the ``inspect`` extra). That client is

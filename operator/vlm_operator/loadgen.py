@@ -1,7 +1,7 @@
 """A small load generator: closed-loop users and open-loop Poisson arrivals.
 
 Closed loop models people who wait for an answer before asking again (the
-measured table in DESIGN.md was taken this way); open loop models traffic that
+measured table in docs/design.md was taken this way); open loop models traffic that
 arrives regardless of how the service is doing (bursts, diurnal load), which is
 what exposes queueing. Both are bounded in time and in count, share one aiohttp
 session sized to the load, serialise the payload once, and record every

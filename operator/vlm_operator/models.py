@@ -186,7 +186,7 @@ class ModelStorage(APIModel):
 
 
 class FakeModelSpec(APIModel):
-    """Parameters of the `fake` runtime's latency model (see DESIGN: processor sharing)."""
+    """Parameters of the `fake` runtime's latency model (docs/design.md: processor sharing)."""
 
     base_seconds: float = Field(
         default=6.2, gt=0, le=3600, description="Solo service time of one request."

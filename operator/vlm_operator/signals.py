@@ -15,7 +15,7 @@ services. Every autoscaling cycle of every service goes through one
   their own. Failures are cached the same way, so an outage costs one failed
   query per signal per cycle, not one per service.
 
-Meaning of the answers (the signals contract in DESIGN.md):
+Meaning of the answers (the signals contract in docs/design.md):
 
 * an empty result or NaN for a service is "no signal" (``None``), never zero
   (KEDA read empty as 0 and scaled fleets to the minimum during an outage,

@@ -1,6 +1,6 @@
 """The gate's Prometheus metrics: the signals contract the operator reads.
 
-Names, labels and buckets are fixed by the signals contract (DESIGN.md) and
+Names, labels and buckets are fixed by the signals contract (docs/design.md) and
 come from :mod:`vlm_operator.contract`, which the operator's queries, the
 simulator and the test exporters share. The registry is the gate's own
 (never the process-global default), and ``_created`` series are disabled:
