@@ -948,6 +948,39 @@ def test_image_tokens_are_counted_from_the_size_as_the_processor_counts_them(
         assert engine.image_tokens(width, height) == processed, (width, height)
 
 
+def test_large_images_are_scaled_down_to_the_token_cap(tiny_engine: Any) -> None:
+    import copy
+
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
+    from vlm_operator.model_server._engine import cap_image_tokens
+
+    engine = copy.copy(tiny_engine)
+    engine.image_processor = Qwen2VLImageProcessorPil(  # Qwen3-VL-2B's settings
+        patch_size=16,
+        temporal_patch_size=2,
+        merge_size=2,
+        size={"shortest_edge": 65536, "longest_edge": 16777216},
+    )
+    photo = (4000, 3000)  # a 12 MP phone photo
+
+    def processed() -> int:
+        grid = engine.image_processor(images=[Image.new("RGB", photo)])["image_grid_thw"][0]
+        return int(grid.prod()) // 4
+
+    assert processed() > 10_000  # the model's own cap lets it through nearly whole
+    assert cap_image_tokens(engine.image_processor, 2048)
+    assert 1900 < processed() <= 2048
+    assert engine.image_tokens(*photo) == processed()  # the context check counts the same
+    small = Image.new("RGB", (800, 600))  # the measured requests' size: untouched
+    grid = engine.image_processor(images=[small])["image_grid_thw"][0]
+    assert int(grid.prod()) // 4 == 475
+    # A cap above the model's own changes nothing; nor does an unknown processor.
+    assert not cap_image_tokens(engine.image_processor, 100_000)
+    assert not cap_image_tokens(object(), 2048)
+
+
 class _SpyProcessor:
     """The real image processor, attributes and all, recording its calls."""
 

@@ -245,8 +245,8 @@ async def test_per_service_overrides_and_url(
     prom: StubPrometheus, client: httpx.AsyncClient
 ) -> None:
     fill(prom, [("ns", "a")], window=60)
-    custom = "sum(my_running{job='x'}[$window])"
-    prom.series["sum(my_running{job='x'}[60s])"] = [sample(7)]
+    custom = "sum(avg_over_time(my_running{job='x'}[$window]))"  # valid PromQL
+    prom.series["sum(avg_over_time(my_running{job='x'}[60s]))"] = [sample(7)]
     s = spec(
         metrics={"prometheusUrl": prom.url, "windowSeconds": 60, "queries": {"running": custom}}
     )
@@ -255,7 +255,7 @@ async def test_per_service_overrides_and_url(
     assert signals.error is None
     assert signals.running == 7.0  # one unlabelled series from a service-scoped override
     assert signals.waiting == 2.0
-    assert "sum(my_running{job='x'}[60s])" in prom.queries
+    assert "sum(avg_over_time(my_running{job='x'}[60s]))" in prom.queries
     assert all("$window" not in q for q in prom.queries)
 
 

@@ -50,6 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "generations at once (keep equal to the gate's maxInFlight)")  # fmt: skip
     add(parser, _PREFIX, "--max-image-pixels", positive_int, 4096 * 4096,
         "largest image (width x height) accepted; beyond: 400")  # fmt: skip
+    add(parser, _PREFIX, "--max-image-tokens", positive_int, 2048,
+        "larger images are scaled down to this many tokens each (the model's cap if "
+        "lower)")  # fmt: skip
     add(parser, _PREFIX, "--max-new-tokens", positive_int, 512,
         "most tokens generated per request (max_tokens is capped to it)")  # fmt: skip
     add(parser, _PREFIX, "--max-body-bytes", positive_int, 32 * 1024 * 1024,
@@ -88,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
             max_concurrent=args.max_concurrent,
             max_new_tokens=args.max_new_tokens,
             max_image_pixels=args.max_image_pixels,
+            max_image_tokens=args.max_image_tokens,
             max_body_bytes=args.max_body_bytes,
             max_context_tokens=args.max_context_tokens,
         )

@@ -67,13 +67,21 @@ class ServerConfig:
     max_concurrent: int = 4
     max_new_tokens: int = 512
     max_image_pixels: int = 4096 * 4096
+    #: Larger images are scaled down to this many tokens each (Qwen-VL processors).
+    max_image_tokens: int = 2048
     max_images: int = 8
     max_body_bytes: int = MAX_BODY_BYTES
     #: Prompt plus completion tokens; the model's max_position_embeddings if lower.
     max_context_tokens: int = 32768
 
     def __post_init__(self) -> None:
-        for name in ("max_concurrent", "max_new_tokens", "max_image_pixels", "max_images"):
+        for name in (
+            "max_concurrent",
+            "max_new_tokens",
+            "max_image_pixels",
+            "max_image_tokens",
+            "max_images",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_context_tokens <= self.max_new_tokens:
@@ -185,7 +193,11 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> int:
 def _load_engine(config: ServerConfig) -> Engine:
     from vlm_operator.model_server._engine import Engine, default_threads
 
-    return Engine.load(config.model_dir, threads=config.threads or default_threads())
+    return Engine.load(
+        config.model_dir,
+        threads=config.threads or default_threads(),
+        max_image_tokens=config.max_image_tokens,
+    )
 
 
 async def _start_loading(app: web.Application) -> None:

@@ -161,14 +161,19 @@ class Engine:
         return min(bounds) if bounds else None
 
     @classmethod
-    def load(cls, model_dir: Path, *, threads: int) -> Engine:
-        """Read everything from ``model_dir`` (offline) and put the model in eval mode."""
+    def load(cls, model_dir: Path, *, threads: int, max_image_tokens: int | None = None) -> Engine:
+        """Read everything from ``model_dir`` (offline) and put the model in eval mode.
+
+        ``max_image_tokens`` caps each image's tokens (see :func:`cap_image_tokens`).
+        """
         torch.set_num_threads(threads)
         common: dict[str, Any] = {"local_files_only": True}
         tokenizer = AutoTokenizer.from_pretrained(model_dir, **common)
         # backend="pil": the torchvision backend is not installable on CPU here.
         auto_image_processor: Any = AutoImageProcessor  # untyped in transformers
         image_processor = auto_image_processor.from_pretrained(model_dir, backend="pil", **common)
+        if max_image_tokens is not None:
+            cap_image_tokens(image_processor, max_image_tokens)
         model: Any = AutoModelForImageTextToText.from_pretrained(
             model_dir, dtype=torch.float32, **common
         )
@@ -364,6 +369,34 @@ def _reserved_tokens(tokenizer: Any) -> tuple[str, ...]:
     added = getattr(tokenizer, "added_tokens_decoder", {})
     tokens.update(str(t.content) for t in added.values() if getattr(t, "special", False))
     return tuple(sorted(t for t in tokens if t))
+
+
+def cap_image_tokens(processor: Any, tokens: int) -> bool:
+    """Scale larger images down to ``tokens`` each: the processor's max pixels.
+
+    Qwen3-VL's own cap is 16,384 tokens (16.7 MP), minutes of vision encoder
+    and prefill on a CPU for one photo, which a client cancelling cannot stop
+    (cancellation is seen between generated tokens). A phone photo at 2,048
+    tokens (about 2 MP, as the llama.cpp preset's ``--image-max-tokens``) still
+    shows what it shows. False when the processor is not a Qwen-VL one (its
+    own bounds stand) or its cap is lower already.
+    """
+    patch = getattr(processor, "patch_size", None)
+    merge = getattr(processor, "merge_size", None)
+    size = getattr(processor, "size", None)
+    if not isinstance(patch, int) or not isinstance(merge, int) or size is None:
+        return False
+    current = (
+        size.get("longest_edge") if isinstance(size, dict) else getattr(size, "longest_edge", None)
+    )
+    cap = tokens * (patch * merge) ** 2
+    if not isinstance(current, int) or current <= cap:
+        return False
+    if isinstance(size, dict):
+        size["longest_edge"] = cap
+    else:
+        size.longest_edge = cap
+    return True
 
 
 def _renders_late_system(tokenizer: Any, chat_template: str) -> bool:
