@@ -1,8 +1,9 @@
 """``make demo``: the measured load test, replayed against an autoscaled service on this machine.
 
-One CPU pod of Qwen3-VL-2B was load-tested with 1, 2, 4, 8 and 16 closed-loop users (docs/design.md):
-at 16 users a third of the requests failed. This demo replays that gradient against the local
-cluster (:mod:`e2e.localcluster`): the real operator scales a ``fake``-runtime VLMService
+One CPU pod of Qwen3-VL-2B was load-tested with 1, 2, 4, 8 and 16 closed-loop users
+(docs/design.md): at 16 users a third of the requests failed. This demo replays that
+gradient against the local cluster (:mod:`e2e.localcluster`): the real operator scales a
+``fake``-runtime VLMService
 (same latency curve as the measured model) whose pods are real gate + model processes, from the
 signals a real Prometheus scrapes off the gates. Time is compressed (5x by default: 25 minutes of
 load in 5), and every number printed is converted back to real time.
