@@ -147,7 +147,12 @@ class Backend:
                     "body": self.bodies[-1].decode("utf-8", "replace"),
                 },
                 status=int(request.headers.get("x-status", "200")),
-                headers={"x-backend": "yes", "Set-Cookie": "a=1"},
+                headers={"x-backend": "yes"}
+                | (
+                    {"Set-Cookie": cookie}
+                    if (cookie := request.headers.get("x-set-cookie"))
+                    else {}
+                ),
             )
 
         return await self._tracked(request, work)

@@ -270,14 +270,17 @@ def test_cache_keys_keep_credentials_apart_and_honour_cache_control() -> None:
     assert key((b"Cookie", b"a=1"), (b"Cookie", b"b=2")) != key((b"Cookie", b"a=1b=2"))
     for value in (b"no-store", b"No-Cache", b"max-age=0, no-cache"):
         assert key((b"Cache-Control", value)) is None
+    assert key((b"Pragma", b"no-cache")) is None
     assert key((b"Cache-Control", b"max-age=60")) is not None
 
 
-def test_answers_marked_no_store_or_private_are_not_kept() -> None:
+def test_answers_marked_not_for_a_shared_cache_are_not_kept() -> None:
     cache = ResponseCache(size=4, ttl=10)
-    for value in ("no-store", "private", "Private, max-age=60"):
+    for value in ("no-store", "no-cache", "private", "Private, max-age=60"):
         cache.put(value, CachedResponse(200, (("Cache-Control", value),), b"{}"))
         assert cache.get(value) is None
+    cache.put("cookie", CachedResponse(200, (("Set-Cookie", "session=alice"),), b"{}"))
+    assert cache.get("cookie") is None
     cache.put("public", CachedResponse(200, (("cache-control", "max-age=60"),), b"{}"))
     assert cache.get("public") is not None
 

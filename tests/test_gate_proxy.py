@@ -316,7 +316,12 @@ async def test_everything_else_passes_through_untouched(backend: Backend) -> Non
             "PUT",
             "/v1/anything?x=1&y=2",
             data=garbage,
-            headers={"x-status": "418", "Authorization": "Bearer t", "Connection": "keep-alive"},
+            headers={
+                "x-status": "418",
+                "Authorization": "Bearer t",
+                "Connection": "keep-alive",
+                "x-set-cookie": "a=1",
+            },
         )
         assert status == 418
         assert headers["x-backend"] == "yes"
@@ -554,6 +559,11 @@ async def test_the_cache_never_answers_one_credential_with_anothers_answer(
                                                  "Cache-Control": "no-cache"})  # fmt: skip
         assert len(backend.bodies) == 4
         assert await gate.metric("vlm_cache_hits_total") == 1
+        # An answer that sets a cookie is not kept: replayed, it would hand it on.
+        for _ in range(2):
+            answer = await ask(Authorization="Bearer carol", **{"x-set-cookie": "session=carol"})
+            assert "x-vlm-cache" not in answer
+        assert len(backend.bodies) == 6
 
 
 async def test_deeply_nested_json_passes_through_uncached(backend: Backend) -> None:

@@ -308,10 +308,15 @@ def test_more_points_than_prometheus_answers_are_refused_up_front(
     err = capsys.readouterr().err
     assert err == (
         "vlm-operator inspect: error: --step/--minutes: 1440 minutes at a 1 s step are 86401 "
-        "points, and Prometheus answers at most 11000 per series: take a step of 8 s or more, "
+        "steps, and Prometheus answers at most 11000 per series: take a step of 8 s or more, "
         "or fewer minutes\n"
     )
     check_points(1440, 8)  # the step it suggests is enough
+    # At the edge, as Prometheus counts (whole steps of the range): 66,001 s at 6 s is
+    # 11,000 steps, which it answers.
+    check_points(1100, 6)
+    with pytest.raises(ValueError, match="11001 steps"):
+        check_points(1100.1, 6)
     with pytest.raises(ValueError, match="11000"):
         inspect_service(_RecordingClient(), SERVICE, minutes=1440, step_seconds=1)
 

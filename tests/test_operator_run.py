@@ -41,6 +41,12 @@ def test_liveness_url_must_be_http(tmp_path: Path, capsys: pytest.CaptureFixture
     config.write_text("apiVersion: v1\nkind: Config\n")
     assert main(["run", "--kubeconfig", str(config), "--liveness", "healthz"]) == 2
     assert "--liveness" in capsys.readouterr().err
+    # A URL to listen on may leave the host out (kopf binds the local host): the
+    # check passes it, and the next one (the kubeconfig, empty) is what fails.
+    assert main(["run", "--kubeconfig", str(config), "--liveness", "http://:8080/healthz"]) == 2
+    err = capsys.readouterr().err
+    assert "--liveness" not in err
+    assert "--kubeconfig" in err
 
 
 def test_every_labelled_watch_is_filtered_by_the_api_server() -> None:

@@ -323,6 +323,32 @@ async def test_an_answer_with_warnings_is_read_as_partial(
     assert await reader.unscraped_pods("ns", "a", spec(), max_age=0.0) == 0
 
 
+async def test_prometheus_annotations_of_a_complete_answer_are_not_partial(
+    prom: StubPrometheus, client: httpx.AsyncClient
+) -> None:
+    # Prometheus 2.46-2.55 puts its PromQL annotations in warnings too.
+    fill(prom, [("ns", "a")])
+    prom.series[UNSCRAPED_QUERY] = []
+
+    def answer(query: str) -> web.StreamResponse:
+        return web.json_response(
+            {
+                "status": "success",
+                "data": {"resultType": "vector", "result": prom.series.get(query, [])},
+                "warnings": [
+                    "PromQL info: input to histogram_quantile needed to be fixed for monotonicity",
+                    'PromQL warning: bucket label "le" is missing or has a malformed value',
+                ],
+            }
+        )
+
+    prom.answer = answer
+    reader = SignalReader(client, default_url=prom.url)
+    signals = await reader.read("ns", "a", spec(), max_age=1.0)
+    assert signals.partial is None
+    assert await reader.unscraped_pods("ns", "a", spec(), max_age=1.0) == 0
+
+
 async def test_bearer_token_is_read_from_its_file(prom: StubPrometheus, tmp_path: Path) -> None:
     token = tmp_path / "token"
     token.write_text("first\n")

@@ -202,6 +202,18 @@ def test_a_steady_fleet_with_jittering_signals_is_not_written_every_tick() -> No
     assert new["lastDecision"]["reason"] == d.reason
 
 
+def test_a_new_cause_of_a_hold_is_written_though_the_policy_says_the_same() -> None:
+    policy = "waiting=0 running=5.2 ready=2 starting=0 → 1 pods (demand fell)"
+    first = cycle({}, decision(2, reason=f"2 pod(s) not scraped: not scaling down ({policy})"))
+    later = cycle(first, decision(2, reason=f"3 pod(s) not scraped: not scaling down ({policy})"))
+    assert not differs(first, later)  # the same words: only a count moved
+    other = cycle(
+        first, decision(2, reason=f"Prometheus answered in part: not scaling down ({policy})")
+    )
+    assert differs(first, other)
+    assert other["lastDecision"]["reason"].startswith("Prometheus answered in part")
+
+
 def test_pod_counts_from_the_indices() -> None:
     def pod(name: str, **status: Any) -> dict[str, Any]:
         body: dict[str, Any] = {

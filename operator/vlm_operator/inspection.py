@@ -131,15 +131,19 @@ def default_step(minutes: float) -> float:
 
 
 def check_points(minutes: float, step: float) -> None:
-    """ValueError when Prometheus would refuse ``minutes`` at ``step``: too many points."""
+    """ValueError when Prometheus would refuse ``minutes`` at ``step``: too many steps.
+
+    Prometheus refuses when the range holds more than :data:`MAX_POINTS` whole
+    steps (``(end - start) / step`` in Go's integer division of durations).
+    """
     # The client rounds both ends of the range to whole seconds: one more, at most.
     seconds = minutes * 60 + 1
-    points = seconds / step
-    if points > MAX_POINTS:
+    steps = math.floor(seconds / step)
+    if steps > MAX_POINTS:
         raise ValueError(
-            f"{minutes:g} minutes at a {step:g} s step are {points:.0f} points, and Prometheus "
+            f"{minutes:g} minutes at a {step:g} s step are {steps} steps, and Prometheus "
             f"answers at most {MAX_POINTS} per series: take a step of "
-            f"{math.ceil(seconds / MAX_POINTS)} s or more, or fewer minutes"
+            f"{math.floor(seconds / (MAX_POINTS + 1)) + 1} s or more, or fewer minutes"
         )
 
 

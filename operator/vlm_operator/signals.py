@@ -90,6 +90,8 @@ UNSCRAPED_QUERY = f"count by ({_BY}) (up == 0)"
 POD_LOAD_QUERY = f"sum by (namespace, vlmservice, pod) ({contract.RUNNING} + {contract.WAITING})"
 
 DEFAULT_TIMEOUT = httpx.Timeout(5.0, connect=2.0)
+#: How Prometheus's annotations of a complete answer begin.
+_PROMQL_ANNOTATIONS = ("PromQL info:", "PromQL warning:")
 #: Prometheus's ``errorType`` of a failure that is its, not the query's.
 _ERROR_TYPE_REASONS = {"timeout": "timeout", "canceled": "timeout", "unavailable": "status"}
 
@@ -380,11 +382,25 @@ class SignalReader:
         result = data.get("result")
         if not isinstance(result, list):
             raise PrometheusError("json", "data.result is not a list")
-        warnings = payload.get("warnings")
-        warning = None
-        if isinstance(warnings, list) and warnings:
-            warning = str(warnings[0])[:200] or "a warning"  # bounded: it goes into the status
-        return result, warning
+        return result, _missing_data_warning(payload.get("warnings"))
+
+
+def _missing_data_warning(warnings: Any) -> str | None:
+    """The first warning that says series may be missing (bounded: it goes into the
+    status), or None.
+
+    Prometheus's own annotations on a complete answer (``PromQL info: input to
+    histogram_quantile needed to be fixed for monotonicity``, ``PromQL warning:
+    ...``, in ``warnings`` before 3.0) are no such thing; what a Thanos or Mimir
+    querier says of a store that did not answer is.
+    """
+    if not isinstance(warnings, list):
+        return None
+    for warning in warnings:
+        text = str(warning)
+        if text and not text.startswith(_PROMQL_ANNOTATIONS):
+            return text[:200]
+    return None
 
 
 def _unavailable(message: str) -> Signals:

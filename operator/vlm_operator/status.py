@@ -205,8 +205,8 @@ def _metrics_condition(
         return (
             "True",
             "ScrapeStatusUnknown",
-            "whether every pod is scraped is unknown (the query of failed scrapes failed): "
-            "no scale-down",
+            "whether every pod is scraped is unknown (the query of failed scrapes failed, "
+            "or Prometheus answered it in part): no scale-down",
         )
     if unscraped:
         return (
@@ -251,14 +251,15 @@ _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 def _decision_kind(reason: str) -> str:
     """What a decision's reason says, without the numbers it quotes.
 
-    A reason opens with the signals of its tick (``waiting=0 running=5.2 … →``)
+    A reason quotes the signals of its tick (``waiting=0 running=5.2 … →``)
     and may quote more (the p95, a rate); they move every tick. Replacing
     ``lastDecision`` for them would write the status every tick of a steady
     fleet, so it is replaced when the replicas, the direction or the words
-    change: it keeps the numbers of the tick that decided, and ``signals``
-    has the current ones.
+    change (all of them: a hold's cause comes before the policy's arrow): it
+    keeps the numbers of the tick that decided, and ``signals`` has the
+    current ones.
     """
-    return _NUMBER.sub("#", reason.partition(" → ")[2])
+    return _NUMBER.sub("#", reason)
 
 
 def cycle_status(

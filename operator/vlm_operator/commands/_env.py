@@ -124,8 +124,12 @@ def port_or_zero(text: str) -> int:
     return value
 
 
-def http_url(text: str) -> str:
-    """``http(s)://HOST[:PORT][/path]``, checked as far as a client will parse it."""
+def http_url(text: str, *, host_required: bool = True) -> str:
+    """``http(s)://HOST[:PORT][/path]``, checked as far as a client will parse it.
+
+    A URL to listen on may leave the host out (kopf's liveness endpoint binds
+    the local host then): ``host_required=False``.
+    """
     if not text.startswith(("http://", "https://")):
         raise ValueError(f"must be an http(s) URL, got {text!r}")
     try:
@@ -134,7 +138,7 @@ def http_url(text: str) -> str:
         _ = parts.port
     except ValueError as exc:
         raise ValueError(f"must be an http(s) URL, got {text!r}: {exc}") from None
-    if not parts.hostname:
+    if host_required and not parts.hostname:
         raise ValueError(f"must be an http(s) URL with a host, got {text!r}")
     return text
 

@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     _check_file("--prometheus-bearer-token-file", args.prometheus_bearer_token_file)
     _check_file("--prometheus-ca-file", args.prometheus_ca_file)
     if args.liveness is not None:
-        _check_url("--liveness", args.liveness)
+        _check_url("--liveness", args.liveness, host_required=False)
     liveness = args.liveness
     if args.liveness_port is not None:
         liveness = f"http://0.0.0.0:{args.liveness_port}/healthz"
@@ -184,11 +184,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_url(flag: str, value: str) -> None:
+def _check_url(flag: str, value: str, *, host_required: bool = True) -> None:
     from vlm_operator.cli import UsageError
 
     try:
-        http_url(value)
+        http_url(value, host_required=host_required)
     except ValueError as exc:
         raise UsageError(f"{flag}: {exc}") from None
 

@@ -13,8 +13,9 @@ different credentials asked (RFC 9111 §3.5 forbids a shared cache to answer
 a request carrying ``Authorization`` from another's answer): the values of
 ``Authorization``, ``Cookie``, ``api-key`` and ``x-api-key`` (the headers
 OpenAI-compatible clients send their keys in) are part of the key. A request
-with ``Cache-Control: no-store`` or ``no-cache`` is neither answered from the
-cache nor kept, and neither is an answer marked ``no-store`` or ``private``.
+with ``Cache-Control: no-store`` or ``no-cache`` (or ``Pragma: no-cache``) is
+neither answered from the cache nor kept, and neither is an answer marked
+``no-store``, ``no-cache`` or ``private``, or one that sets a cookie.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ MAX_ENTRY_BYTES = 1024 * 1024
 _CREDENTIALS = frozenset({b"authorization", b"cookie", b"api-key", b"x-api-key"})
 #: Cache-Control directives that keep a request, or an answer, out of the cache.
 _REQUEST_OPT_OUT = frozenset({"no-store", "no-cache"})
-_RESPONSE_OPT_OUT = frozenset({"no-store", "private"})
+#: (An answer's no-cache allows reuse only after revalidation, which the gate cannot do.)
+_RESPONSE_OPT_OUT = frozenset({"no-store", "no-cache", "private"})
 
 
 def _directives(value: str) -> set[str]:
@@ -70,7 +72,8 @@ class ResponseCache:
         """The cache key of a deterministic request, or None if it is not one.
 
         ``headers`` are the request's: its credentials are part of the key, and
-        ``Cache-Control: no-store`` or ``no-cache`` makes it no cache request.
+        ``Cache-Control: no-store`` or ``no-cache`` (or ``Pragma: no-cache``) makes it
+        no cache request.
         """
         if b'"temperature"' not in body:
             return None  # cheap pre-check: most traffic never pays for a parse
@@ -97,6 +100,8 @@ class ResponseCache:
                 _directives(value.decode("latin-1")) & _REQUEST_OPT_OUT
             ):
                 return None
+            elif lower == b"pragma" and b"no-cache" in value.lower():
+                return None  # HTTP/1.0's no-cache (RFC 9111 §5.4)
         return f"{method} {path_qs} {digest.hexdigest()}"
 
     def get(self, key: str) -> CachedResponse | None:
@@ -114,8 +119,11 @@ class ResponseCache:
         if response.status != 200 or len(response.body) > MAX_ENTRY_BYTES:
             return
         for name, value in response.headers:
-            if name.lower() == "cache-control" and _directives(value) & _RESPONSE_OPT_OUT:
+            lower = name.lower()
+            if lower == "cache-control" and _directives(value) & _RESPONSE_OPT_OUT:
                 return
+            if lower == "set-cookie":
+                return  # replayed, it would hand one client's cookie to the next
         self._entries[key] = (self._clock() + self.ttl, response)
         self._entries.move_to_end(key)
         while len(self._entries) > self.size:
