@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -375,6 +376,25 @@ def test_bad_environment_value_names_the_variable(
     err = gate_usage_error(monkeypatch, capsys, "VLM_GATE_MAX_IN_FLIGHT", "0")
     assert "VLM_GATE_MAX_IN_FLIGHT" in err
     assert "must be >= 1" in err
+
+
+@pytest.mark.parametrize("command", ["gate", "fake-model"])
+def test_a_listen_address_taken_is_a_usage_error(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vlm_operator.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = [command, "--listen", f"127.0.0.1:{port}"]
+        if command == "gate":
+            argv += ["--upstream", "http://127.0.0.1:9"]
+        assert main(argv) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith(f"vlm-operator {command}: error: --listen: cannot listen on ")
+    assert f"127.0.0.1:{port}" in error
 
 
 @pytest.mark.parametrize(

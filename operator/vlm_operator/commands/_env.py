@@ -9,7 +9,9 @@ status 2 with a message naming the flag, its variable and the reason.
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import socket
 from collections.abc import Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -122,6 +124,18 @@ def port_or_zero(text: str) -> int:
     if not 0 <= value <= 65535:
         raise ValueError(f"must be a port, 0-65535 (0: any free port), got {value}")
     return value
+
+
+def cannot_listen(exc: OSError, flag: str, host: str, port: int) -> str | None:
+    """The usage error of a server that could not listen where its flag says (the
+    port taken, an address not of this host, a name that does not resolve), or
+    None for any other OSError."""
+    if isinstance(exc, socket.gaierror) or exc.errno in _BIND_ERRNOS:
+        return f"{flag}: cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return None
+
+
+_BIND_ERRNOS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})
 
 
 def http_url(text: str, *, host_required: bool = True) -> str:

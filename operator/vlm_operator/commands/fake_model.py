@@ -11,6 +11,7 @@ import asyncio
 
 from vlm_operator.commands._env import (
     add_env_argument,
+    cannot_listen,
     listen_address,
     non_negative_float,
     positive_float,
@@ -69,4 +70,10 @@ def run(args: argparse.Namespace) -> int:
         config.latency_model()
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    return asyncio.run(serve(config))
+    try:
+        return asyncio.run(serve(config))
+    except OSError as exc:
+        message = cannot_listen(exc, "--listen", host, port)
+        if message is None:
+            raise
+        raise UsageError(message) from None

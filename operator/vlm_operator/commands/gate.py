@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 from vlm_operator.commands._env import (
     add_env_argument,
+    cannot_listen,
     http_url,
     listen_address,
     non_negative_float,
@@ -90,8 +91,14 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(serve(config))
+    try:
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(serve(config))
+    except OSError as exc:
+        message = cannot_listen(exc, "--listen", host, port)
+        if message is None:
+            raise
+        raise UsageError(message) from None
 
 
 _LOOPS = ("auto", "asyncio", "uvloop")

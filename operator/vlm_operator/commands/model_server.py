@@ -29,7 +29,12 @@ import logging
 import os
 from pathlib import Path
 
-from vlm_operator.commands._env import add_env_argument, non_negative_int, positive_int
+from vlm_operator.commands._env import (
+    add_env_argument,
+    cannot_listen,
+    non_negative_int,
+    positive_int,
+)
 
 _PREFIX = "VLM_MODEL_SERVER_"
 #: module → distribution of the model-server extra.
@@ -105,7 +110,13 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    return asyncio.run(serve(config))
+    try:
+        return asyncio.run(serve(config))
+    except OSError as exc:
+        message = cannot_listen(exc, "--host/--port", args.host, args.port)
+        if message is None:
+            raise
+        raise UsageError(message) from None
 
 
 def _port(text: str) -> int:
