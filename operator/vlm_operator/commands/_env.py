@@ -126,13 +126,20 @@ def port_or_zero(text: str) -> int:
     return value
 
 
-def cannot_listen(exc: OSError, flag: str, host: str, port: int) -> str | None:
-    """The usage error of a server that could not listen where its flag says (the
-    port taken, an address not of this host, a name that does not resolve), or
-    None for any other OSError."""
-    if isinstance(exc, socket.gaierror) or exc.errno in _BIND_ERRNOS:
-        return f"{flag}: cannot listen on {host}:{port}: {exc.strerror or exc}"
-    return None
+def serving(run: Callable[[], int], flag: str, host: str, port: int) -> int:
+    """``run()``, a server's whole life, with its failing to listen where ``flag``
+    says (the port taken, an address not of this host, a name that does not
+    resolve) made a usage error naming the flag; any other OSError goes on."""
+    from vlm_operator.cli import UsageError
+
+    try:
+        return run()
+    except OSError as exc:
+        if isinstance(exc, socket.gaierror) or exc.errno in _BIND_ERRNOS:
+            raise UsageError(
+                f"{flag}: cannot listen on {host}:{port}: {exc.strerror or exc}"
+            ) from None
+        raise
 
 
 _BIND_ERRNOS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES})

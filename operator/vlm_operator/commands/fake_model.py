@@ -11,10 +11,10 @@ import asyncio
 
 from vlm_operator.commands._env import (
     add_env_argument,
-    cannot_listen,
     listen_address,
     non_negative_float,
     positive_float,
+    serving,
 )
 
 _PREFIX = "VLM_FAKE_"
@@ -70,10 +70,4 @@ def run(args: argparse.Namespace) -> int:
         config.latency_model()
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    try:
-        return asyncio.run(serve(config))
-    except OSError as exc:
-        message = cannot_listen(exc, "--listen", host, port)
-        if message is None:
-            raise
-        raise UsageError(message) from None
+    return serving(lambda: asyncio.run(serve(config)), "--listen", host, port)

@@ -14,13 +14,13 @@ from collections.abc import Callable
 
 from vlm_operator.commands._env import (
     add_env_argument,
-    cannot_listen,
     http_url,
     listen_address,
     non_negative_float,
     non_negative_int,
     positive_float,
     positive_int,
+    serving,
     url_path,
 )
 
@@ -91,14 +91,12 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    try:
+
+    def serve_gate() -> int:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
             return runner.run(serve(config))
-    except OSError as exc:
-        message = cannot_listen(exc, "--listen", host, port)
-        if message is None:
-            raise
-        raise UsageError(message) from None
+
+    return serving(serve_gate, "--listen", host, port)
 
 
 _LOOPS = ("auto", "asyncio", "uvloop")

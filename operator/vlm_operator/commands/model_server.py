@@ -31,9 +31,9 @@ from pathlib import Path
 
 from vlm_operator.commands._env import (
     add_env_argument,
-    cannot_listen,
     non_negative_int,
     positive_int,
+    serving,
 )
 
 _PREFIX = "VLM_MODEL_SERVER_"
@@ -110,13 +110,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    try:
-        return asyncio.run(serve(config))
-    except OSError as exc:
-        message = cannot_listen(exc, "--host/--port", args.host, args.port)
-        if message is None:
-            raise
-        raise UsageError(message) from None
+    return serving(lambda: asyncio.run(serve(config)), "--host/--port", args.host, args.port)
 
 
 def _port(text: str) -> int:
