@@ -179,12 +179,9 @@ class Proxy:
             if path in _OWN_PATHS:
                 self._own_endpoint(exchange, path)
                 return
-        admission = self.admission
-        if admission.draining:
-            self._reject(exchange, "draining", DRAINING_MESSAGE, 1)
-            return
-        if not self.ready:
-            self._reject(exchange, "not_ready", _NOT_READY_MESSAGE, 5)
+        unavailable = self._unavailable()
+        if unavailable is not None:
+            self._reject(exchange, unavailable.reason, unavailable.message, unavailable.retry_after)
             return
         cache = self.cache
         if cache is not None:
@@ -199,7 +196,7 @@ class Proxy:
                 if hit is not None:
                     self._answer_from_cache(exchange, hit)
                     return
-        if admission.try_acquire():
+        if self.admission.try_acquire():
             exchange.admitted = self.clock()
             self.metrics.queue.observe(0.0)
             self._forward(exchange)
@@ -217,13 +214,20 @@ class Proxy:
         """
         if method in _READ_METHODS and target.partition(b"?")[0] in _OWN_PATHS:
             return None
+        unavailable = self._unavailable()
+        if unavailable is not None:
+            return unavailable
+        if self.cache is not None:
+            return None  # only the body tells a cache hit, which needs no slot
+        return self.admission.refusal_ahead(last_chance=_on_last_chance(headers))
+
+    def _unavailable(self) -> Rejected | None:
+        """The refusal of any request now: the gate draining, or the model not ready."""
         if self.admission.draining:
             return Rejected("draining", DRAINING_MESSAGE, retry_after=1)
         if not self.ready:
             return Rejected("not_ready", _NOT_READY_MESSAGE, retry_after=5)
-        if self.cache is not None:
-            return None
-        return self.admission.refusal_ahead(last_chance=_on_last_chance(headers))
+        return None
 
     async def _queue_then_forward(self, exchange: Exchange) -> None:
         queued = self.clock()

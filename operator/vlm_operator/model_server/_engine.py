@@ -268,26 +268,14 @@ class Engine:
         """Tokens of an image of that size: Qwen-VL's ``smart_resize`` with the
         processor's own patch size, merge size and pixel bounds (None: unknown)."""
         processor = self.image_processor
-        patch = getattr(processor, "patch_size", None)
-        merge = getattr(processor, "merge_size", None)
-        size = getattr(processor, "size", None)  # a SizeDict, or a dict in older releases
-        min_pixels, max_pixels = (
-            size.get(key) if isinstance(size, dict) else getattr(size, key, None)
-            for key in ("shortest_edge", "longest_edge")
-        )
-        if (
-            getattr(processor, "do_resize", None) is not True
-            or not isinstance(patch, int)
-            or not isinstance(merge, int)
-            or not isinstance(min_pixels, int)
-            or not isinstance(max_pixels, int)
-        ):
+        resize = _qwen_resize(processor)
+        if resize is None or getattr(processor, "do_resize", None) is not True:
             return None
         try:
             from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
         except ImportError:
             return None
-        factor = patch * merge
+        factor, min_pixels, max_pixels = resize
         try:
             resized_height, resized_width = smart_resize(
                 height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels
@@ -381,22 +369,39 @@ def cap_image_tokens(processor: Any, tokens: int) -> bool:
     shows what it shows. False when the processor is not a Qwen-VL one (its
     own bounds stand) or its cap is lower already.
     """
-    patch = getattr(processor, "patch_size", None)
-    merge = getattr(processor, "merge_size", None)
-    size = getattr(processor, "size", None)
-    if not isinstance(patch, int) or not isinstance(merge, int) or size is None:
+    resize = _qwen_resize(processor)
+    if resize is None:
         return False
-    current = (
-        size.get("longest_edge") if isinstance(size, dict) else getattr(size, "longest_edge", None)
-    )
-    cap = tokens * (patch * merge) ** 2
-    if not isinstance(current, int) or current <= cap:
+    factor, _, max_pixels = resize
+    cap = tokens * factor**2
+    if max_pixels <= cap:
         return False
+    size = processor.size
     if isinstance(size, dict):
         size["longest_edge"] = cap
     else:
         size.longest_edge = cap
     return True
+
+
+def _qwen_resize(processor: Any) -> tuple[int, int, int] | None:
+    """How a Qwen-VL image processor sizes images: (pixels per token side, least
+    and most pixels of an image); None for a processor that is not one."""
+    patch = getattr(processor, "patch_size", None)
+    merge = getattr(processor, "merge_size", None)
+    size = getattr(processor, "size", None)  # a SizeDict, or a dict in older releases
+    min_pixels, max_pixels = (
+        size.get(key) if isinstance(size, dict) else getattr(size, key, None)
+        for key in ("shortest_edge", "longest_edge")
+    )
+    if (
+        isinstance(patch, int)
+        and isinstance(merge, int)
+        and isinstance(min_pixels, int)
+        and isinstance(max_pixels, int)
+    ):
+        return patch * merge, min_pixels, max_pixels
+    return None
 
 
 def _renders_late_system(tokenizer: Any, chat_template: str) -> bool:
