@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,14 @@ from aiohttp import web
 from vlm_operator.models import VLMServiceSpec
 from vlm_operator.operator_metrics import OperatorMetrics
 from vlm_operator.signals import (
-    POD_LOAD_QUERY,
     UNSCRAPED_QUERY,
     SignalReader,
     build_client,
     default_queries,
 )
+
+from e2e.exporters import Exporter
+from e2e.prometheus import PROMETHEUS_BINARY, PrometheusServer
 
 Answer = Callable[[str], web.StreamResponse]
 
@@ -278,17 +281,70 @@ async def test_an_override_answering_several_series_for_one_service_reads_as_mis
 
 
 async def test_unscraped_pods_and_pod_load(prom: StubPrometheus, client: httpx.AsyncClient) -> None:
-    prom.series[UNSCRAPED_QUERY] = [sample(1, namespace="ns", vlmservice="a")]
-    prom.series[POD_LOAD_QUERY] = [
+    q = default_queries(30)
+    prom.series[UNSCRAPED_QUERY] = [sample(1, namespace="ns", vlmservice="a", pod="a-2")]
+    prom.series[q["running"]] = [
         sample(4, namespace="ns", vlmservice="a", pod="a-1"),
         sample(0, namespace="ns", vlmservice="a", pod="a-2"),
         sample(9, namespace="ns", vlmservice="b", pod="b-1"),
     ]
+    prom.series[q["waiting"]] = [
+        sample(3, namespace="ns", vlmservice="a", pod="a-1"),
+        sample(1, namespace="ns", vlmservice="b", pod="b-1"),
+    ]
     reader = SignalReader(client, default_url=prom.url)
     assert await reader.unscraped_pods("ns", "a", spec(), max_age=1.0) == 1
     assert await reader.unscraped_pods("ns", "b", spec(), max_age=1.0) == 0
-    assert await reader.pod_load("ns", "a", spec(), max_age=1.0) == {"a-1": 4.0, "a-2": 0.0}
-    assert len(prom.queries) == 2
+    assert await reader.pod_load("ns", "a", spec(), max_age=1.0) == {"a-1": 7.0, "a-2": 0.0}
+    assert len(prom.queries) == 3
+    # The cycle read the gauges already: the pod load costs no query of its own.
+    await reader.read("ns", "b", spec(), max_age=1.0)
+    await reader.pod_load("ns", "b", spec(), max_age=1.0)
+    assert len(prom.queries) == 6  # p95, arrival and error rate
+
+
+async def test_the_gauges_of_pods_that_are_gone_are_not_load(
+    prom: StubPrometheus, client: httpx.AsyncClient
+) -> None:
+    # After a Prometheus restart the last samples of pods deleted while it was down are
+    # answered for five minutes: read per pod, they are left out of the sums.
+    fill(prom, [("ns", "a")])
+    q = default_queries(30)
+    prom.series[q["running"]] = [
+        sample(4, namespace="ns", vlmservice="a", pod="a-1"),
+        sample(2, namespace="ns", vlmservice="a", pod="a-2"),
+        sample(4, namespace="ns", vlmservice="a", pod="a-gone"),
+    ]
+    prom.series[q["waiting"]] = [
+        sample(1, namespace="ns", vlmservice="a", pod="a-1"),
+        sample(8, namespace="ns", vlmservice="a", pod="a-gone"),
+    ]
+    prom.series[UNSCRAPED_QUERY] = [sample(1, namespace="ns", vlmservice="a", pod="a-gone")]
+    reader = SignalReader(client, default_url=prom.url)
+    live = {"a-1", "a-2"}
+    signals = await reader.read("ns", "a", spec(), max_age=1.0, pods=live)
+    assert (signals.running, signals.waiting) == (6.0, 1.0)
+    assert await reader.unscraped_pods("ns", "a", spec(), max_age=1.0, pods=live) == 0
+    # Without the pods, every series counts.
+    signals = await reader.read("ns", "a", spec(), max_age=1.0)
+    assert (signals.running, signals.waiting) == (10.0, 9.0)
+    assert await reader.unscraped_pods("ns", "a", spec(), max_age=1.0) == 1
+    # A pod label that names none of the pods is no pod name: nothing is dropped.
+    signals = await reader.read("ns", "a", spec(), max_age=1.0, pods={"10.0.0.7"})
+    assert (signals.running, signals.waiting) == (10.0, 9.0)
+    # A gauge with only gone pods' series: no signal, not zero.
+    prom.series[q["running"]] = [sample(4, namespace="ns", vlmservice="a", pod="a-gone")]
+    prom.series[q["waiting"]] = [
+        sample(0, namespace="ns", vlmservice="a", pod="a-1"),
+        sample(8, namespace="ns", vlmservice="a", pod="a-gone"),
+    ]
+    signals = await reader.read("ns", "a", spec(), max_age=0.0, pods=live)
+    assert signals.running is None
+    assert signals.waiting == 0.0
+    # Nothing names a pod that exists (the new pods not scraped yet): every series counts.
+    prom.series[q["waiting"]] = [sample(8, namespace="ns", vlmservice="a", pod="a-gone")]
+    signals = await reader.read("ns", "a", spec(), max_age=0.0, pods=live)
+    assert (signals.running, signals.waiting) == (4.0, 8.0)
 
 
 async def test_an_answer_with_warnings_is_read_as_partial(
@@ -378,3 +434,35 @@ async def test_bearer_token_goes_to_the_operators_prometheus_only(
     assert signals.running is not None  # the service's Prometheus answered
     assert prom.headers
     assert all("Authorization" not in h for h in prom.headers)
+
+
+@pytest.mark.skipif(not Path(PROMETHEUS_BINARY).exists(), reason="needs Debian's prometheus")
+async def test_after_a_prometheus_restart_pods_deleted_meanwhile_are_not_load(
+    tmp_path: Path,
+) -> None:
+    # A real Prometheus, stopped as a rollout or an eviction deletes a pod, then started
+    # again: it wrote no staleness marker for the pod, whose last gauges are answered again.
+    def labels(pod: str) -> dict[str, str]:
+        return {"namespace": "ns", "vlmservice": "a", "pod": pod}
+
+    server = PrometheusServer(tmp_path / "prometheus", scrape_interval="200ms")
+    with Exporter() as live, Exporter() as gone:
+        live.set(running=2, waiting=1)
+        gone.set(running=4, waiting=8)
+        with server:
+            server.set_targets([(live.host_port, labels("a-1")), (gone.host_port, labels("a-2"))])
+            server.wait_for_series('vlm_requests_waiting{vlmservice="a"} > 0', count=2)
+        gone.stop()
+        server.set_targets([(live.host_port, labels("a-1"))])
+        restarted = time.time()
+        with server:
+            server.wait_for_series(f'timestamp(up{{pod="a-1"}}) > {restarted}')
+            async with build_client() as client:
+                reader = SignalReader(client, default_url=server.url)
+                summed = await reader.read("ns", "a", spec(), max_age=0.0)
+                assert (summed.running, summed.waiting) == (6.0, 9.0)  # a-2's last samples
+                signals = await reader.read("ns", "a", spec(), max_age=0.0, pods={"a-1"})
+                assert (signals.running, signals.waiting) == (2.0, 1.0)
+                load = await reader.pod_load("ns", "a", spec(), max_age=0.0)
+                assert load is not None
+                assert load["a-1"] == 3.0

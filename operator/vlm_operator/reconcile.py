@@ -655,10 +655,14 @@ async def autoscale_once(
         counts = replace(counts, current=memory.scaled_to)
 
     max_age = signal_max_age(now, period, spec.autoscaling.missing_signals.stale_after_seconds)
-    signals = await context.signals.read(namespace, name, spec, max_age=max_age)
+    # The pods that exist: series of others (deleted while Prometheus was down) are not load.
+    names = {str(pod["name"]) for pod in pods if pod.get("name")}
+    signals = await context.signals.read(namespace, name, spec, max_age=max_age, pods=names)
     unscraped = None
     if signals.error is None:
-        unscraped = await context.signals.unscraped_pods(namespace, name, spec, max_age=max_age)
+        unscraped = await context.signals.unscraped_pods(
+            namespace, name, spec, max_age=max_age, pods=names
+        )
 
     previous = _previous_status(body, memory, now=now, period=period)
     previous["conditions"] = with_spec_conditions(

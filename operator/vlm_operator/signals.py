@@ -36,6 +36,17 @@ from ``up == 0`` (one batched query too); the operator keeps the readings for
 scaling up (they are a lower bound of the demand) and refuses to scale down
 while any target is unscraped.
 
+Pods gone from the cluster: the two gauges (running, waiting) are read per pod
+and summed here over the pods of the service that exist (the operator's pod
+index; terminating pods included, they still serve). Prometheus writes no
+staleness marker for a target that vanished while it was down, so after a
+restart the last samples of pods deleted meanwhile stay in every instant query
+for the 5-minute lookback, and a PromQL sum would count their load as the
+fleet's: a phantom queue that buys pods. Rates need two samples inside their
+window and let such series go by themselves. A ``pod`` label that names none
+of the service's pods is not the pod's name (a scrape config of one's own):
+then nothing is dropped.
+
 Per-service query overrides (``spec.metrics.queries``, with ``$window``
 replaced) are the documented exception to batching: they run once per service
 (still cached and shared by key), because nothing says two services'
@@ -48,7 +59,7 @@ import asyncio
 import math
 import ssl
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Collection, Generator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,9 +78,12 @@ SIGNAL_NAMES = ("running", "waiting", "p95", "arrival_rate", "error_rate")
 ServiceValues = dict[tuple[str, str], float | None]
 
 _BY = "namespace, vlmservice"
+_BY_POD = "namespace, vlmservice, pod"
+#: Signals read per pod and summed over the pods that exist (see the module docstring).
+PER_POD_SIGNALS = ("running", "waiting")
 _DEFAULT_QUERIES: dict[str, str] = {
-    "running": f"sum by ({_BY}) ({contract.RUNNING})",
-    "waiting": f"sum by ({_BY}) ({contract.WAITING})",
+    "running": f"sum by ({_BY_POD}) ({contract.RUNNING})",
+    "waiting": f"sum by ({_BY_POD}) ({contract.WAITING})",
     "p95": (
         f"histogram_quantile(0.95, sum by ({_BY}, le) (rate({contract.DURATION}_bucket[$window])))"
     ),
@@ -84,10 +98,12 @@ _DEFAULT_QUERIES: dict[str, str] = {
         f"/ sum by ({_BY}) (rate({contract.REQUESTS}_total[$window]))"
     ),
 }
-#: Targets whose last scrape failed, per service (empty when all are up).
-UNSCRAPED_QUERY = f"count by ({_BY}) (up == 0)"
-#: Requests in flight or queued, per pod: the cheapest pods to remove.
-POD_LOAD_QUERY = f"sum by (namespace, vlmservice, pod) ({contract.RUNNING} + {contract.WAITING})"
+#: Targets whose last scrape failed, per pod (empty when all are up).
+UNSCRAPED_QUERY = f"count by ({_BY_POD}) (up == 0)"
+#: The answers read per pod (the others keep only their per-service values).
+_PER_POD_QUERIES = frozenset(
+    [*(_DEFAULT_QUERIES[signal] for signal in PER_POD_SIGNALS), UNSCRAPED_QUERY]
+)
 
 DEFAULT_TIMEOUT = httpx.Timeout(5.0, connect=2.0)
 #: How Prometheus's annotations of a complete answer begin.
@@ -188,7 +204,8 @@ class _Entry:
 
     fetched_at: float
     by_service: ServiceValues = field(default_factory=dict)
-    by_pod: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
+    #: Per service, each series' value by its ``pod`` label ("" without one).
+    by_pod: dict[tuple[str, str], dict[str, float | None]] = field(default_factory=dict)
     #: Whether any series carries the namespace/vlmservice labels.
     labelled: bool = False
     #: Series in the answer (an override that lost our labels is read only if one).
@@ -199,7 +216,12 @@ class _Entry:
 
     @classmethod
     def parse(
-        cls, fetched_at: float, result: list[dict[str, Any]], warning: str | None = None
+        cls,
+        fetched_at: float,
+        result: list[dict[str, Any]],
+        warning: str | None = None,
+        *,
+        per_pod: bool = True,
     ) -> _Entry:
         entry = cls(
             fetched_at=fetched_at,
@@ -217,9 +239,24 @@ class _Entry:
             # service's value, and one pod's read as the fleet's would look like less load.
             entry.by_service[key] = None if key in seen else value
             seen.add(key)
-            if value is not None and "pod" in labels:
-                entry.by_pod.setdefault(key, {})[str(labels["pod"])] = value
+            if not per_pod:
+                continue
+            pods = entry.by_pod.setdefault(key, {})
+            pod = str(labels.get("pod", ""))
+            # Two series of one pod (an override's shape): the pod's value is unknown.
+            pods[pod] = None if pod in pods else value
         return entry
+
+    def names_pods(self, key: tuple[str, str], pods: Collection[str] | None) -> bool:
+        """Whether a series of the service carries the name of one of ``pods`` as
+        its pod label (else the label is something else: a scrape config of one's own)."""
+        return pods is not None and any(pod in pods for pod in self.by_pod.get(key, ()))
+
+    def pods_of(self, key: tuple[str, str], pods: Collection[str] | None) -> list[float | None]:
+        """The values of a service's series but those of pods not in ``pods`` (None:
+        every series). Series without a pod label stay."""
+        series = self.by_pod.get(key, {})
+        return [value for pod, value in series.items() if pods is None or not pod or pod in pods]
 
 
 def _number(raw: Any) -> float | None:
@@ -258,9 +295,19 @@ class SignalReader:
         return url.rstrip("/") if url else None
 
     async def read(
-        self, namespace: str, name: str, spec: VLMServiceSpec, *, max_age: float
+        self,
+        namespace: str,
+        name: str,
+        spec: VLMServiceSpec,
+        *,
+        max_age: float,
+        pods: Collection[str] | None = None,
     ) -> Signals:
-        """The signals of one service; never raises for Prometheus trouble."""
+        """The signals of one service; never raises for Prometheus trouble.
+
+        ``pods`` names the service's pods that exist: the gauges of others are
+        not load (see the module docstring). None counts every series.
+        """
         url = self.prometheus_url(spec)
         if url is None:
             return _unavailable("no Prometheus URL: set --prometheus-url or metrics.prometheusUrl")
@@ -268,20 +315,28 @@ class SignalReader:
         values: dict[str, float | None] = {}
         oldest = self._clock()
         warning: str | None = None
+        key = (namespace, name)
         try:
-            for signal in SIGNAL_NAMES:
-                entry = await self._fetch(url, queries[signal], max_age=max_age)
-                oldest = min(oldest, entry.fetched_at)
-                warning = warning or entry.warning
-                series = entry.by_service
-                value = series.get((namespace, name))
-                if value is None and signal in overridden and entry.series == 1:
-                    # An override scoped to this service may drop our labels.
-                    ((_, only),) = series.items()
-                    value = only if not entry.labelled else None
-                values[signal] = value
+            entries = {
+                signal: await self._fetch(url, queries[signal], max_age=max_age)
+                for signal in SIGNAL_NAMES
+            }
         except PrometheusError as exc:
             return _unavailable(f"{url}: {exc}")
+        per_pod = [entries[s] for s in PER_POD_SIGNALS if s not in overridden]
+        live = pods if any(entry.names_pods(key, pods) for entry in per_pod) else None
+        for signal, entry in entries.items():
+            oldest = min(oldest, entry.fetched_at)
+            warning = warning or entry.warning
+            series = entry.by_service
+            value = series.get(key)
+            if signal in PER_POD_SIGNALS and signal not in overridden:
+                value = _total(entry.pods_of(key, live))
+            elif value is None and signal in overridden and entry.series == 1:
+                # An override scoped to this service may drop our labels.
+                ((_, only),) = series.items()
+                value = only if not entry.labelled else None
+            values[signal] = value
         return Signals(
             running=values["running"],
             waiting=values["waiting"],
@@ -293,22 +348,52 @@ class SignalReader:
         )
 
     async def unscraped_pods(
-        self, namespace: str, name: str, spec: VLMServiceSpec, *, max_age: float
+        self,
+        namespace: str,
+        name: str,
+        spec: VLMServiceSpec,
+        *,
+        max_age: float,
+        pods: Collection[str] | None = None,
     ) -> int | None:
-        """Targets of the service whose last scrape failed; None if unknown."""
+        """Targets of the service whose last scrape failed; None if unknown.
+
+        ``pods`` as for :meth:`read`: a pod deleted while Prometheus was down is
+        not unscraped, it is gone.
+        """
         entry = await self._batched_entry(spec, UNSCRAPED_QUERY, max_age=max_age)
         if entry is None or entry.warning is not None:
             return None  # a partial answer may lack the failed targets: unknown
-        return int(entry.by_service.get((namespace, name)) or 0)
+        key = (namespace, name)
+        if pods is not None:
+            # The failed targets alone cannot tell a pod label from something else; the
+            # gauges of the scraped pods can (their answers are usually cached).
+            queries = default_queries(spec.metrics.window_seconds)
+            named = False
+            for signal in PER_POD_SIGNALS:
+                gauges = await self._batched_entry(spec, queries[signal], max_age=max_age)
+                named = named or (gauges is not None and gauges.names_pods(key, pods))
+            pods = pods if named else None
+        return int(sum(count or 0 for count in entry.pods_of(key, pods)))
 
     async def pod_load(
         self, namespace: str, name: str, spec: VLMServiceSpec, *, max_age: float
     ) -> dict[str, float] | None:
-        """Requests running or waiting per pod of the service; None if unknown."""
-        entry = await self._batched_entry(spec, POD_LOAD_QUERY, max_age=max_age)
-        if entry is None:
-            return None
-        return dict(entry.by_pod.get((namespace, name), {}))
+        """Requests running or waiting per pod of the service; None if unknown.
+
+        From the gate's own gauges (the queries :meth:`read` sends unless
+        overridden, so usually the answers it cached), whatever the overrides.
+        """
+        queries = default_queries(spec.metrics.window_seconds)
+        load: dict[str, float] = {}
+        for signal in PER_POD_SIGNALS:
+            entry = await self._batched_entry(spec, queries[signal], max_age=max_age)
+            if entry is None:
+                return None
+            for pod, value in entry.by_pod.get((namespace, name), {}).items():
+                if pod and value is not None:
+                    load[pod] = load.get(pod, 0.0) + value
+        return load
 
     async def _batched_entry(
         self, spec: VLMServiceSpec, promql: str, *, max_age: float
@@ -348,7 +433,7 @@ class SignalReader:
         finally:
             if self._metrics is not None:
                 self._metrics.query_seconds.observe(self._clock() - started)
-        return _Entry.parse(started, result, warning)
+        return _Entry.parse(started, result, warning, per_pod=promql in _PER_POD_QUERIES)
 
     async def _instant_query(
         self, url: str, promql: str
@@ -401,6 +486,14 @@ def _missing_data_warning(warnings: Any) -> str | None:
         if text and not text.startswith(_PROMQL_ANNOTATIONS):
             return text[:200]
     return None
+
+
+def _total(values: list[float | None]) -> float | None:
+    """The sum, or None (no signal) for no series or one without a value, as PromQL's
+    ``sum`` of them would be empty or NaN."""
+    if not values or any(value is None for value in values):
+        return None
+    return float(sum(value for value in values if value is not None))
 
 
 def _unavailable(message: str) -> Signals:

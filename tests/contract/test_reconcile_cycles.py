@@ -96,11 +96,15 @@ class FakeSignals:
             running=0.0, waiting=0.0, p95_seconds=None, arrival_rate=0.0, error_rate=None
         )
         self.unscraped: int | None = 0
+        #: The pods each read was told exist.
+        self.pods: list[Any] = []
 
     async def read(self, *args: Any, **kwargs: Any) -> Signals:
+        self.pods.append(kwargs.get("pods"))
         return self.current
 
     async def unscraped_pods(self, *args: Any, **kwargs: Any) -> int | None:
+        self.pods.append(kwargs.get("pods"))
         return self.unscraped
 
     async def pod_load(self, *args: Any, **kwargs: Any) -> dict[str, float]:
@@ -261,6 +265,22 @@ async def test_a_partial_answer_blocks_scale_down() -> None:
     for i in range(30, 33):
         await run_cycle(ctx, kube, memory, T0 + i)
     assert kube.replicas > 3
+
+
+async def test_the_signals_are_read_for_the_pods_that_exist() -> None:
+    # Series of pods gone (deleted while Prometheus was down) are not load: the reader
+    # is told which pods exist, a terminating one included (it still serves).
+    spec_raw = {"model": {"id": "m", "runtime": "fake"}, "autoscaling": {"syncPeriodSeconds": 1}}
+    kube, fake = FakeKube(vlmservice(spec_raw), replicas=2), FakeSignals()
+    ctx, memory = context(kube, fake), reconcile._Memory()
+    pods = [
+        {"name": "x-1", "ready": True},
+        {"name": "x-2", "ready": True, "terminating": True},
+        {"name": "x-3", "ready": False, "unreadySince": T0},
+    ]
+    deployment = {"replicas": 2, "readyReplicas": 2}
+    await reconcile.autoscale_once(ctx, kube.body, memory, pods=pods, deployment=deployment, now=T0)
+    assert fake.pods == [{"x-1", "x-2", "x-3"}] * 2  # the signals, the failed scrapes
 
 
 @pytest.mark.parametrize("unscraped", [None, 0])
