@@ -1062,6 +1062,23 @@ def test_starting_pods_count_as_capacity_on_its_way() -> None:
         state = d.state
 
 
+def test_a_rolling_updates_surge_pod_is_no_capacity_on_its_way() -> None:
+    # The Deployment wants 4 and has 4 ready; the fifth pod, not ready, is a new
+    # template's replacing an old one (maxSurge 1): 24 requests need 6 pods now, not
+    # once the rollout, a model load per pod, is over.
+    spec = _spec()
+    surge = PodCounts(current=4, ready=4, starting=1)
+    d = recommend(PolicyState(), _signals(16, 8), surge, spec, now=0.0)
+    assert d.replicas == 6, d.reason
+    # Pods the Deployment asked for are on their way, replacements beside them or not.
+    coming = PodCounts(current=6, ready=4, starting=3)
+    state = d.state
+    for t in range(5, 60, 5):
+        d = recommend(state, _signals(16, 8), coming, spec, now=float(t))
+        assert d.replicas == 6, d.reason
+        state = d.state
+
+
 def test_stuck_pods_are_not_capacity_and_mark_scaling_limited() -> None:
     spec = _spec()
     d = recommend(
@@ -1150,6 +1167,19 @@ def test_idle_service_p95_nan_is_not_missing() -> None:
     ds = _steady(spec, _signals(0, 0, p95=None, rate=0.0), _pods(3), seconds=200)
     assert ds[-1].replicas == 1
     assert ds[-1].signals_ok
+
+
+def test_the_first_requests_after_idling_are_no_lost_signal() -> None:
+    # They run, none has finished yet: P95 NaN, arrival rate 0, as when idle. Read as
+    # missing, every first request after a quiet spell warned of lost signals.
+    spec = _spec()
+    d = recommend(PolicyState(), _signals(1, 0, p95=None, rate=0.0), _pods(1), spec, 0.0)
+    assert d.signals_ok, d.reason
+    assert "no signal" not in d.reason
+    # Requests finishing while the P95 is missing: that is a missing signal.
+    d = recommend(PolicyState(), _signals(1, 0, p95=None, rate=0.5), _pods(1), spec, 0.0)
+    assert not d.signals_ok
+    assert "no signal: p95" in d.reason
 
 
 # ----------------------------------------------------------------- bounds

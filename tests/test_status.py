@@ -202,6 +202,29 @@ def test_a_steady_fleet_with_jittering_signals_is_not_written_every_tick() -> No
     assert new["lastDecision"]["reason"] == d.reason
 
 
+def test_a_lost_signal_is_not_written_every_tick_its_values_move() -> None:
+    # The P95 missing while requests finish: the values the reason quotes move
+    # every tick, the condition's message does not.
+    spec = VLMServiceSpec.model_validate({"model": {"id": "m", "runtime": "fake"}})
+    pods = PodCounts(current=2, ready=2, starting=0)
+    state, previous, writes = PolicyState(), dict[str, Any](), 0
+    for tick in range(12):
+        signals = Signals(running=5.0 + 0.2 * (tick % 2), waiting=0.0, p95_seconds=None,
+                          arrival_rate=0.5, error_rate=0.0)  # fmt: skip
+        d = recommend(state, signals, pods, spec, T0 + 5 * tick)
+        state = d.state
+        assert not d.signals_ok
+        new = cycle(previous, d, signals=signals, pods=pods, now=T0 + 5 * tick)
+        if differs(previous, new):
+            writes += 1
+        previous = merge_patched(previous, new)
+    assert writes <= 2, writes
+    metrics = find_condition(previous["conditions"], METRICS_AVAILABLE)
+    assert metrics is not None
+    assert (metrics["status"], metrics["reason"]) == ("False", "NoSignal")
+    assert metrics["message"].startswith("no signal: p95: never scaling down")
+
+
 def test_a_new_cause_of_a_hold_is_written_though_the_policy_says_the_same() -> None:
     policy = "waiting=0 running=5.2 ready=2 starting=0 → 1 pods (demand fell)"
     first = cycle({}, decision(2, reason=f"2 pod(s) not scraped: not scaling down ({policy})"))

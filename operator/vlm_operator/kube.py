@@ -281,8 +281,14 @@ class KubeClient:
         await self.merge_patch(path, {"status": dict(status)}, want_body=False)
 
     async def annotate(
-        self, api_version: str, plural: str, namespace: str, name: str, annotations: dict[str, str]
+        self,
+        api_version: str,
+        plural: str,
+        namespace: str,
+        name: str,
+        annotations: Mapping[str, str | None],
     ) -> None:
+        """Set annotations (a None value removes the annotation: a merge patch's null)."""
         path = _collection_path(api_version, plural, namespace) + f"/{name}"
         await self.merge_patch(path, {"metadata": {"annotations": annotations}}, want_body=False)
 

@@ -120,10 +120,10 @@ The rules, and the failures of other autoscalers they answer:
   whose state the status carries; it is written at least every 30 s) leaves
   most of the window seen, and only a collapse, which reads the last rate
   windows, waits a rate window again. A stale read seen again is no new
-  sample. A P95 or error rate that is NaN
-  because nothing finished in the window (arrival rate 0) is an idle
-  service, not a missing signal. A stored state field that does not parse
-  is forgotten alone.
+  sample. A P95 or error rate that is NaN because nothing finished in the
+  window (arrival rate 0: an idle service, or the first requests after
+  idling still running) is no missing signal. A stored state field that does
+  not parse is forgotten alone.
 
 This module is pure: it imports neither ``kubernetes``, ``kopf`` nor ``httpx``.
 """
@@ -474,6 +474,8 @@ class Decision:
     state: PolicyState
     signals_ok: bool
     limited: str | None = None
+    #: Why the signals are not trusted (None when they are), without the tick's values.
+    signal_problems: str | None = None
 
 
 # ------------------------------------------------------------------------ helpers
@@ -730,6 +732,7 @@ def _decision(
     *,
     signals_ok: bool,
     limited: str | None,
+    signal_problems: str | None = None,
 ) -> Decision:
     direction: Direction = "up" if replicas > current else "down" if replicas < current else "hold"
     return Decision(
@@ -739,6 +742,7 @@ def _decision(
         state=state,
         signals_ok=signals_ok,
         limited=limited,
+        signal_problems=signal_problems,
     )
 
 
@@ -770,7 +774,10 @@ def recommend(
         )
 
     per_pod = spec.concurrency.max_in_flight * auto.target_utilization
-    on_way = max(0, pods.starting - pods.stuck - pods.unready)
+    # Only pods the Deployment still wants are on their way: during a rolling
+    # update the surge pods replace old ones (ready + starting exceeds current),
+    # and counted as capacity coming they held every scale-up for the rollout.
+    on_way = max(0, min(pods.starting - pods.stuck - pods.unready, pods.current - pods.ready))
     capacity = max(0, pods.ready) + on_way
     up_window = float(auto.scale_up.stabilization_window_seconds)
     down_window = float(auto.scale_down.stabilization_window_seconds)
@@ -794,9 +801,9 @@ def recommend(
     failing = _value(signals.error_rate) if trusted else None
     if trusted:
         missing = [name for name, v in (("running", running), ("waiting", waiting)) if v is None]
-        # No requests finished in the window: P95 is NaN by construction, not missing.
-        idle = arrival == 0.0 and (running or 0.0) + (waiting or 0.0) == 0.0
-        if p95 is None and not idle:
+        # No request finished in the window (none came, or those that came still
+        # run): P95 is NaN by construction, not missing.
+        if p95 is None and arrival != 0.0:
             missing.append("p95")
         # The arrival rate gates the P95 guard and the collapse, the error rate
         # counts refused demand: read as 0, a broken one would let a scale-down
@@ -1311,4 +1318,12 @@ def recommend(
         trusted=trusted_span,
         read_at=read_at if read_at is not None and new_read else state.read_at,
     )
-    return _decision(target, current, reason, new_state, signals_ok=signals_ok, limited=limited)
+    return _decision(
+        target,
+        current,
+        reason,
+        new_state,
+        signals_ok=signals_ok,
+        limited=limited,
+        signal_problems="; ".join(problems) or None,
+    )

@@ -674,26 +674,34 @@ async def autoscale_once(
     partial = signals.error is None and (
         unscraped or unscraped is None or signals.partial is not None
     )
-    if decision.direction != "up" and partial:
+    if decision.direction != "up" and partial and spec.autoscaling.enabled:
         # Unknown (the ``up == 0`` query failed) is "maybe unscraped", not 0:
         # a pod missing from the sums would read as less load. Such sums are
         # signals in part, as the policy treats a missing part: no scale-down
         # (the state of a hold, not of the step it wanted), and a tick that
         # does not count as a trusted one (a long stretch of them, like an
         # outage, has the window seen again). (Signals that failed outright
-        # are the policy's to report.)
+        # are the policy's to report.) maxReplicas still bounds the fleet: a
+        # lowered cap is the user's, not the load's. (With autoscaling off the
+        # replicas are the user's too, whatever the signals.)
         if signals.partial is not None:
             why = f"Prometheus answered in part ({signals.partial})"
         elif unscraped is None:
             why = "whether every pod is scraped is unknown"
         else:
             why = f"{unscraped} pod(s) not scraped, their load is unknown"
+        bound = spec.autoscaling.max_replicas
+        replicas = min(counts.current, max(decision.replicas, bound))
         kept = state if decision.direction == "down" else decision.state
         decision = replace(
             decision,
-            replicas=counts.current,
-            direction="hold",
-            reason=f"{why}: not scaling down (policy: {decision.reason})",
+            replicas=replicas,
+            direction="down" if replicas < counts.current else "hold",
+            reason=(
+                f"{why}: not scaling down"
+                + (f" but to maxReplicas={bound}" if replicas < counts.current else "")
+                + f" (policy: {decision.reason})"
+            ),
             state=replace(kept, trusted=state.trusted),
         )
 
@@ -863,15 +871,18 @@ async def _set_deletion_costs(
     pods: list[Mapping[str, Any]],
     load: dict[str, float] | None,
 ) -> None:
-    """Mark idle pods cheap to delete, so the ReplicaSet removes them first."""
-    if load is None:
-        return
+    """Mark idle pods cheap to delete, so the ReplicaSet removes them first.
+
+    With the load unknown the costs an earlier scale-down left are removed: they
+    rank the pods by a load long gone, and the busiest pod now may be the one
+    marked cheapest then.
+    """
     patches = []
     for pod in pods:
         if pod.get("terminating") or not pod.get("name"):
             continue
         # Requests in flight or queued: deleting a busy pod makes them wait for a drain.
-        cost = str(round(load.get(str(pod["name"]), 0.0) * 100))
+        cost = None if load is None else str(round(load.get(str(pod["name"]), 0.0) * 100))
         if pod.get("deletionCost") != cost:
             patches.append(
                 context.kube.annotate(

@@ -193,7 +193,10 @@ def _metrics_condition(
     if signals.error is not None:
         return "False", "PrometheusUnavailable", signals.error
     if not decision.signals_ok:
-        return "False", "NoSignal", decision.reason
+        # Not the reason, which quotes the tick's values: the condition, and so the
+        # status, would change every tick the signals stay lost.
+        problems = decision.signal_problems or "signals not trusted"
+        return "False", "NoSignal", f"{problems}: never scaling down (lastDecision has the values)"
     if signals.partial is not None:
         return (
             "True",

@@ -30,6 +30,7 @@ from vlm_operator.validation import parse_spec
 from e2e.kubeapi.patch import merge_patch as merge
 
 LOG = logging.getLogger("test-reconcile")
+DELETION_COST = reconcile.DELETION_COST_ANNOTATION
 T0 = 1_000_000.0
 
 
@@ -44,6 +45,8 @@ class FakeKube:
         self.applied: list[tuple[str, dict[str, Any], tuple[tuple[str, ...], ...]]] = []
         self.deleted: list[str] = []
         self.reject: dict[str, ApiError] = {}
+        #: (pod, annotations) of every annotate call.
+        self.annotated: list[tuple[str, dict[str, Any]]] = []
 
     async def patch_status(
         self, api_version: str, plural: str, namespace: str, name: str, status: Mapping[str, Any]
@@ -54,8 +57,10 @@ class FakeKube:
     async def scale(self, namespace: str, name: str, replicas: int) -> None:
         self.replicas = replicas
 
-    async def annotate(self, *args: Any, **kwargs: Any) -> None:
-        return None
+    async def annotate(
+        self, api_version: str, plural: str, namespace: str, name: str, annotations: Any
+    ) -> None:
+        self.annotated.append((name, dict(annotations)))
 
     async def apply(
         self,
@@ -96,6 +101,7 @@ class FakeSignals:
             running=0.0, waiting=0.0, p95_seconds=None, arrival_rate=0.0, error_rate=None
         )
         self.unscraped: int | None = 0
+        self.load: dict[str, float] | None = {}
         #: The pods each read was told exist.
         self.pods: list[Any] = []
 
@@ -107,8 +113,8 @@ class FakeSignals:
         self.pods.append(kwargs.get("pods"))
         return self.unscraped
 
-    async def pod_load(self, *args: Any, **kwargs: Any) -> dict[str, float]:
-        return {}
+    async def pod_load(self, *args: Any, **kwargs: Any) -> dict[str, float] | None:
+        return self.load
 
 
 @pytest.fixture(autouse=True)
@@ -312,6 +318,83 @@ async def test_an_unknown_unscraped_count_blocks_scale_down(unscraped: int | Non
     else:  # the control: known to be all scraped, the same load scales down
         assert kube.replicas < 3
         assert metrics["reason"] == "SignalsRead"
+
+
+async def test_a_scale_down_ranks_pods_by_their_load_or_by_none() -> None:
+    spec_raw = {
+        "model": {"id": "m", "runtime": "fake"},
+        "autoscaling": {"syncPeriodSeconds": 1, "scaleDown": {"stabilizationWindowSeconds": 2}},
+    }
+    kube, fake = FakeKube(vlmservice(spec_raw), replicas=3), FakeSignals()
+    ctx = context(kube, fake)
+    pods = [
+        {"name": "x-1", "ready": True, "deletionCost": "0"},
+        {"name": "x-2", "ready": True, "deletionCost": "400"},
+        {"name": "x-3", "ready": True},
+    ]
+    fake.current = signals(1.0, 8.0)
+
+    async def scale_down() -> None:
+        memory = reconcile._Memory()
+        kube.replicas = 3
+        for i in range(30):  # well past the window
+            deployment = {"replicas": kube.replicas, "readyReplicas": kube.replicas}
+            await reconcile.autoscale_once(
+                ctx, kube.body, memory, pods=pods, deployment=deployment, now=T0 + i
+            )
+            memory.scaled_to = None
+            if kube.replicas < 3:
+                return
+        raise AssertionError("no scale-down")
+
+    fake.load = {"x-1": 4.0}
+    await scale_down()
+    assert sorted(kube.annotated) == [
+        ("x-1", {DELETION_COST: "400"}),
+        ("x-2", {DELETION_COST: "0"}),
+        ("x-3", {DELETION_COST: "0"}),
+    ]
+    # The load unknown: what an earlier scale-down marked is taken off, not trusted.
+    kube.annotated.clear()
+    fake.load = None
+    await scale_down()
+    cleared = {DELETION_COST: None}
+    assert sorted(kube.annotated) == [("x-1", cleared), ("x-2", cleared)]
+
+
+@pytest.mark.parametrize("unscraped", [None, 1])
+async def test_a_hold_on_partial_signals_still_obeys_a_lowered_max_replicas(
+    unscraped: int | None,
+) -> None:
+    spec_raw = {
+        "model": {"id": "m", "runtime": "fake"},
+        "autoscaling": {"syncPeriodSeconds": 1, "maxReplicas": 3},
+    }
+    kube, fake = FakeKube(vlmservice(spec_raw), replicas=6), FakeSignals()
+    ctx, memory = context(kube, fake), reconcile._Memory()
+    fake.current, fake.unscraped = signals(20.0, 8.0), unscraped
+    await run_cycle(ctx, kube, memory, T0)
+    assert kube.replicas == 3
+    reason = kube.body["status"]["lastDecision"]["reason"]
+    assert "not scaling down but to maxReplicas=3" in reason
+    # Below the cap the hold holds.
+    fake.current = signals(1.0, 8.0)
+    for i in range(1, 30):
+        await run_cycle(ctx, kube, memory, T0 + i)
+    assert kube.replicas == 3
+
+
+async def test_with_autoscaling_off_partial_signals_hold_nothing() -> None:
+    spec_raw = {
+        "model": {"id": "m", "runtime": "fake"},
+        "replicas": 2,
+        "autoscaling": {"enabled": False, "syncPeriodSeconds": 1},
+    }
+    kube, fake = FakeKube(vlmservice(spec_raw), replicas=5), FakeSignals()
+    ctx, memory = context(kube, fake), reconcile._Memory()
+    fake.current, fake.unscraped = signals(1.0, 8.0), 1
+    await run_cycle(ctx, kube, memory, T0)
+    assert kube.replicas == 2
 
 
 async def test_failed_signals_are_reported_as_the_policy_says_not_as_unscraped_pods() -> None:
