@@ -130,6 +130,11 @@ def test_every_rendered_object_passes_the_kubernetes_schema(case: str, kube_vers
         ({"watchNamespaces": "team-a"}, "/watchNamespaces", "got string, want array"),
         ({"watchNamespaces": ["a", "a"]}, "/watchNamespaces", "are equal"),
         ({"prometheus": {"url": "prometheus:9090"}}, "/prometheus/url", "does not match pattern"),
+        # Each of these the operator refuses at start (a crash loop, not a failed install).
+        ({"prometheus": {"url": "http://:9090"}}, "/prometheus/url", "does not match pattern"),
+        ({"prometheus": {"url": "http://prom:99999"}}, "/prometheus/url", "does not match"),
+        ({"prometheus": {"url": "http://prom:abc"}}, "/prometheus/url", "does not match pattern"),
+        ({"prometheus": {"url": "http://[::1"}}, "/prometheus/url", "does not match pattern"),
         ({"image": {"pullPolicy": "Sometimes"}}, "/image/pullPolicy", "must be one of"),
         ({"image": {"tag": "has space"}}, "/image/tag", "does not match pattern"),
         ({"imagee": {}}, "''", "additional properties 'imagee' not allowed"),
@@ -304,6 +309,20 @@ def test_operator_arguments_are_accepted_by_vlm_operator_run(case: str) -> None:
     container = _container(objects)
     env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["VLM_OPERATOR_IMAGE"] == container["image"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://prometheus-operated.monitoring:9090",
+        "https://u:p@thanos.example.com:443/prefix",
+        "http://[fd00::1]:9090",
+        "http://10.0.0.7",
+    ],
+)
+def test_a_prometheus_url_the_chart_takes_the_operator_takes(url: str) -> None:
+    args = build_parser().parse_args(_operator_args(chart.render({"prometheus": {"url": url}})))
+    assert args.prometheus_url == url
 
 
 # ------------------------------------------------------------------ RBAC shape

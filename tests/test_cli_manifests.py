@@ -120,7 +120,7 @@ MALFORMED: list[tuple[str, str, str]] = [
     (
         "bad prometheus url",
         "spec:\n  model: {id: m}\n  metrics: {prometheusUrl: prometheus:9090}\n",
-        "spec.metrics.prometheusUrl: must match ^https?://",
+        "spec.metrics.prometheusUrl: must be an http(s) URL with a host",
     ),
     ("spec not a mapping", "spec: [model]\n", "spec: must be a mapping, got a list"),
 ]

@@ -300,6 +300,12 @@ RULE_CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ),
     ("custom with image", _spec(model__runtime="custom", model__image="vllm/vllm"), None),
     ("integer quantity", _spec(resources={"requests": {"cpu": 8}}), None),
+    (
+        "URL with credentials and a path",
+        _spec(metrics__prometheusUrl="https://u:p@thanos.example.com/prefix"),
+        None,
+    ),
+    ("URL of an IPv6 host", _spec(metrics__prometheusUrl="http://[fd00::1]:9090/"), None),
 ]
 
 
@@ -338,6 +344,10 @@ BOUND_CASES: list[tuple[str, dict[str, Any]]] = [
     ("relative mount", _spec(model__storage={"mountPath": "models"})),
     ("bad quantity", _spec(resources={"requests": {"cpu": "8 cores"}})),
     ("bad interval", _spec(monitoring__interval="5 seconds")),
+    ("URL without a host", _spec(metrics__prometheusUrl="http://:9090")),
+    ("URL with a port not a number", _spec(metrics__prometheusUrl="http://prom:9O90")),
+    ("URL with junk after an IPv6 host", _spec(metrics__prometheusUrl="http://[::1]x")),
+    ("URL with a port over 65535", _spec(metrics__prometheusUrl="http://prom:65536")),
     ("string replicas", _spec(replicas="three")),
     ("zero time scale", _spec(model__fake={"timeScale": 0})),
 ]

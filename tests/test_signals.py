@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -24,6 +25,7 @@ from vlm_operator.signals import (
     SignalReader,
     build_client,
     default_queries,
+    tls_verification,
 )
 
 from e2e.exporters import Exporter
@@ -237,6 +239,18 @@ async def test_timeout_and_connection_refused(
     assert "cannot reach" in signals.error
 
 
+async def test_a_url_no_client_can_parse_is_a_failed_read_not_a_crash(
+    client: httpx.AsyncClient,
+) -> None:
+    # The schema refuses it; a service stored before it did may still hold one.
+    reader = SignalReader(client, default_url="http://prometheus:9O90")
+    signals = await reader.read("ns", "a", spec(), max_age=1.0)
+    assert signals.error is not None
+    assert "cannot reach" in signals.error
+    assert await reader.unscraped_pods("ns", "a", spec(), max_age=1.0) is None
+    assert await reader.pod_load("ns", "a", spec(), max_age=1.0) is None
+
+
 async def test_no_prometheus_url_is_an_error_not_zero(client: httpx.AsyncClient) -> None:
     reader = SignalReader(client, default_url=None)
     signals = await reader.read("ns", "a", spec(), max_age=1.0)
@@ -403,6 +417,22 @@ async def test_prometheus_annotations_of_a_complete_answer_are_not_partial(
     signals = await reader.read("ns", "a", spec(), max_age=1.0)
     assert signals.partial is None
     assert await reader.unscraped_pods("ns", "a", spec(), max_age=1.0) == 0
+
+
+def test_a_ca_file_is_trusted_besides_the_systems_cas(tmp_path: Path) -> None:
+    # One client reads every service's Prometheus: a private CA for the operator's
+    # must not make a service's https Prometheus under a public CA fail.
+    system = ssl.create_default_context()
+    certificates = system.get_ca_certs(binary_form=True)
+    if len(certificates) < 2:
+        pytest.skip("this machine has no CA store to keep")
+    ca_file = tmp_path / "ca.crt"
+    ca_file.write_text(ssl.DER_cert_to_PEM_cert(certificates[0]))
+    context = tls_verification(ca_file=str(ca_file), insecure=False)
+    assert isinstance(context, ssl.SSLContext)
+    assert context.cert_store_stats()["x509_ca"] == system.cert_store_stats()["x509_ca"]
+    assert tls_verification(ca_file=str(ca_file), insecure=True) is False
+    assert tls_verification(ca_file=None, insecure=False) is True
 
 
 async def test_bearer_token_is_read_from_its_file(prom: StubPrometheus, tmp_path: Path) -> None:

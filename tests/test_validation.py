@@ -85,6 +85,18 @@ def _errors(spec: Any) -> list[FieldError]:
             "spec.autoscaling.targetUtilization",
             "must be > 0, got 0",
         ),
+        (
+            {"model": {"id": "m"}, "metrics": {"prometheusUrl": "http://prometheus:9O90"}},
+            "spec.metrics.prometheusUrl",
+            "must be an http(s) URL with a host and a numeric port if any, "
+            "got 'http://prometheus:9O90'",
+        ),
+        (
+            {"model": {"id": "m"}, "metrics": {"prometheusUrl": "http://prometheus:99999"}},
+            "spec.metrics.prometheusUrl",
+            "must be an http(s) URL with a host and a numeric port if any, "
+            "got 'http://prometheus:99999'",
+        ),
         ({"model": "qwen"}, "spec.model", "must be a mapping, got the string 'qwen'"),
         (
             {"model": {"id": "m", "args": "--x"}},

@@ -17,8 +17,10 @@ This module is pure: it imports neither ``kubernetes``, ``kopf`` nor ``httpx``.
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -68,6 +70,31 @@ Quantity = Annotated[
     StringConstraints(pattern=QUANTITY_PATTERN),
     # The pattern is repeated for the schema: pydantic drops it from a union branch.
     Field(json_schema_extra={INT_OR_STRING_KEY: True, "pattern": QUANTITY_PATTERN}),
+]
+
+#: ``http(s)://[user@]host[:port][/path]``: a host (a name or a bracketed IPv6
+#: address) and, if any, a port of 0-65535; the API server refuses the rest.
+HTTP_URL_PATTERN = (
+    r"^https?://([^\s/?#@]+@)?([^\s/?#@:\[\]]+|\[[0-9A-Fa-f:.]+\])"
+    r"(:(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4}))?"
+    r"([/?#]\S*)?$"
+)
+
+
+def _parses(url: str) -> str:
+    # What the pattern lets through a client may still refuse (a bracketed host
+    # that is no IPv6 address).
+    try:
+        urlsplit(url).port  # noqa: B018 - parsing is the check
+    except ValueError as exc:
+        raise ValueError(f"not a usable URL: {exc}") from None
+    return url
+
+
+HttpURL = Annotated[
+    str,
+    StringConstraints(pattern=HTTP_URL_PATTERN),
+    AfterValidator(_parses),
 ]
 
 #: ``x-kubernetes-validations`` rules attached to a model class, read by the
@@ -580,9 +607,8 @@ class SignalQueries(APIModel):
 class MetricsSpec(APIModel):
     """Where the signals come from."""
 
-    prometheus_url: str | None = Field(
+    prometheus_url: HttpURL | None = Field(
         default=None,
-        pattern=r"^https?://",
         description=(
             "Prometheus for this service; unset uses the operator's --prometheus-url. The "
             "operator's bearer token is sent only to the origin of its --prometheus-url."

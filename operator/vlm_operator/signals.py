@@ -165,6 +165,20 @@ def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
     return url.scheme, url.host, url.port or default_port
 
 
+def tls_verification(*, ca_file: str | None, insecure: bool) -> ssl.SSLContext | bool:
+    """How the client checks certificates: ``ca_file`` is trusted besides the
+    system's CAs, not instead of them. The file is for the operator's own
+    Prometheus; a service that names another, under a public CA, must still
+    be read (one client serves them all)."""
+    if insecure:
+        return False
+    if not ca_file:
+        return True
+    context = ssl.create_default_context(cafile=ca_file)
+    context.load_default_certs()
+    return context
+
+
 def build_client(
     *,
     bearer_token_file: str | None = None,
@@ -179,14 +193,9 @@ def build_client(
     The bearer token, if any, is sent only to ``token_url``'s origin (the
     operator's ``--prometheus-url``), never to a URL a VLMService names.
     """
-    verify: ssl.SSLContext | bool = True
-    if insecure:
-        verify = False
-    elif ca_file:
-        verify = ssl.create_default_context(cafile=ca_file)
     return httpx.AsyncClient(
         timeout=timeout,
-        verify=verify,
+        verify=tls_verification(ca_file=ca_file, insecure=insecure),
         auth=_BearerTokenFile(bearer_token_file, token_url) if bearer_token_file else None,
         limits=httpx.Limits(max_connections=10, max_keepalive_connections=10),
         event_hooks=dict(event_hooks or {}),
@@ -443,7 +452,9 @@ class SignalReader:
             response = await self._client.get(f"{url}/api/v1/query", params={"query": promql})
         except httpx.TimeoutException as exc:
             raise PrometheusError("timeout", f"query timed out ({type(exc).__name__})") from exc
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            # InvalidURL is no HTTPError: a URL the schema let through (a stored
+            # object older than its pattern) must fail as a read, not as the loop.
             raise PrometheusError("connect", f"cannot reach Prometheus: {exc!s}") from exc
         try:
             payload = response.json()

@@ -27,6 +27,7 @@ from pydantic import ValidationError
 
 from vlm_operator.models import (
     API_VERSION,
+    HTTP_URL_PATTERN,
     KIND,
     QUANTITY_PATTERN,
     VLMService,
@@ -264,6 +265,8 @@ def _reason(error: Mapping[str, Any]) -> str:
         return f"must be a list, got {_kind(value)}"
     if kind == "string_pattern_mismatch" and context.get("pattern") == QUANTITY_PATTERN:
         return f"must be a Kubernetes quantity such as 8, 500m or 12Gi, got {value!r}"
+    if kind == "string_pattern_mismatch" and context.get("pattern") == HTTP_URL_PATTERN:
+        return f"must be an http(s) URL with a host and a numeric port if any, got {value!r}"
     if kind == "literal_error":
         return f"must be one of {context.get('expected', '')}, got {value!r}"
     if kind in _BOUNDS:

@@ -63,7 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--prometheus-bearer-token-file",
         help="file with a bearer token, sent to --prometheus-url only (never to a service's URL)",
     )
-    prom.add_argument("--prometheus-ca-file", help="CA bundle to verify Prometheus's TLS")
+    prom.add_argument(
+        "--prometheus-ca-file", help="CA bundle to verify Prometheus's TLS (besides the system's)"
+    )
     prom.add_argument(
         "--prometheus-insecure", action="store_true", help="do not verify Prometheus's TLS"
     )
