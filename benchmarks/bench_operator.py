@@ -336,7 +336,7 @@ def report(results: dict[str, Any], n: int, errors: list[str]) -> None:
     print()
     print(
         f"{SIGNALS} signals + 1 scrape-health query per cycle is the floor; "
-        "a scale-down adds one per-pod load query."
+        "a scale-down's per-pod load comes from the gauges' answers."
     )
     if errors:
         print(f"operator log lines mentioning failures: {len(errors)}; first: {errors[0]}")

@@ -225,6 +225,16 @@ def _spec(data: dict[str, Any]) -> VLMServiceSpec:
             {"model": {"id": "m", "runtime": "fake", "storage": {"download": {"image": "d"}}}},
             ["spec.model.storage.download"],
         ),
+        # `kubectl scale` with the autoscaler on: moot, and said so.
+        ({"model": {"id": "m", "runtime": "fake"}, "replicas": 3}, ["spec.replicas"]),
+        (
+            {
+                "model": {"id": "m", "runtime": "fake"},
+                "replicas": 3,
+                "autoscaling": {"enabled": False},
+            },
+            [],
+        ),
     ],
 )
 def test_warnings_for_pods_that_would_never_start(data: dict[str, Any], paths: list[str]) -> None:

@@ -148,7 +148,8 @@ def load_services(text: str) -> list[VLMService]:
 
 
 def spec_warnings(spec: VLMServiceSpec) -> list[FieldError]:
-    """Problems the schema accepts but that leave pods that never become ready."""
+    """Problems the schema accepts but that leave pods that never become ready, or a
+    setting that does nothing."""
     warnings: list[FieldError] = []
     model, storage = spec.model, spec.model.storage
     preset = PRESETS[model.runtime]
@@ -192,6 +193,16 @@ def spec_warnings(spec: VLMServiceSpec) -> list[FieldError]:
                 f"interval of {monitoring.interval}: the rates (P95, arrivals, errors) may read "
                 f"empty, which holds the replicas; make it at least "
                 f"{math.ceil(RATE_WINDOW_SCRAPES * interval)}s or scrape more often",
+            )
+        )
+    if spec.replicas is not None and spec.autoscaling.enabled:
+        # `kubectl scale` (or an HPA) on the VLMService writes spec.replicas through
+        # the scale subresource; with the autoscaler on, nothing would say it is moot.
+        warnings.append(
+            FieldError(
+                "spec.replicas",
+                f"{spec.replicas} is ignored while autoscaling is enabled (minReplicas and "
+                "maxReplicas bound the fleet); set autoscaling.enabled: false to fix the count",
             )
         )
     return warnings
