@@ -378,6 +378,28 @@ def test_bad_environment_value_names_the_variable(
     assert "must be >= 1" in err
 
 
+def test_the_bound_on_held_bodies_is_every_place_at_the_largest_body_within_a_cap(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vlm_operator.cli import main
+    from vlm_operator.gate import HELD_BODY_BYTES_CAP
+
+    mib = 1024 * 1024
+    upstream = "http://127.0.0.1:9"
+    # 4 slots and 8 queue places at 20 MiB would be 240 MiB: capped
+    assert GateConfig(upstream=upstream).held_body_limit == HELD_BODY_BYTES_CAP == 96 * mib
+    assert GateConfig(upstream=upstream, max_body_bytes=mib).held_body_limit == 12 * mib
+    assert GateConfig(upstream=upstream, max_body_bytes=200 * mib).held_body_limit == 200 * mib
+    assert GateConfig(upstream=upstream, max_held_body_bytes=50 * mib).held_body_limit == 50 * mib
+    with pytest.raises(ValueError, match="max_held_body_bytes must be 0 or >= max_body_bytes"):
+        GateConfig(upstream=upstream, max_held_body_bytes=mib)  # not even one largest body
+    err = gate_usage_error(monkeypatch, capsys, "VLM_GATE_MAX_HELD_BODY_BYTES", "-1")
+    assert "VLM_GATE_MAX_HELD_BODY_BYTES" in err
+    monkeypatch.delenv("VLM_GATE_MAX_HELD_BODY_BYTES")
+    assert main(["gate", "--upstream", upstream, "--max-held-body-bytes", "1000"]) == 2
+    assert "max_held_body_bytes must be 0 or >=" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("command", ["gate", "fake-model"])
 def test_a_listen_address_taken_is_a_usage_error(
     command: str, capsys: pytest.CaptureFixture[str]
@@ -455,7 +477,8 @@ async def test_metrics_follow_the_signals_contract(backend: Backend) -> None:
         )
         assert buckets == [*map(float, DURATION_BUCKETS), float("inf")]
         assert m[("vlm_requests_total", (("code", "200"),))] == 4
-        for reason in ("queue_full", "deadline", "draining", "too_large", "not_ready"):
+        reasons = ("queue_full", "deadline", "draining", "too_large", "not_ready", "malformed")
+        for reason in reasons:
             assert m[("vlm_requests_rejected_total", (("reason", reason),))] == 0
         assert m[("vlm_cache_hits_total", ())] == 0
 
@@ -727,6 +750,41 @@ async def test_drain_timeout_bounds_the_exit(backend: Backend) -> None:
         assert await asyncio.wait_for(process.wait(), DEADLINE_S) == 0
         with pytest.raises(aiohttp.ClientError):
             await stuck
+
+
+async def test_sigterm_lets_a_slow_reader_have_its_whole_answer(backend: Backend) -> None:
+    """The real command: the end of an answer still in the gate is not cut off by its exit."""
+    size = 4 * 1000 * 1000
+    async with gate_process(backend, "--drain-timeout=30") as (process, gate):
+        host, port = gate.url.split("//")[1].split(":")
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # set before connecting
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+        reader, writer = await asyncio.open_connection(sock=sock, limit=16384)
+        request = b"GET /big?bytes=%d HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        writer.write(request % size)
+        received = bytearray()
+
+        async def read_slowly() -> None:
+            while chunk := await reader.read(16384):
+                received.extend(chunk)
+                await asyncio.sleep(0.002)  # slower than the gate writes: its buffers fill
+
+        try:
+            slow_reader = asyncio.create_task(read_slowly())
+            # The model has answered; the gate relays it as fast as the client reads, and
+            # frees the slot with the answer's end still in its buffers: the drain, over
+            # once nothing runs, must not let the process exit before that end is out.
+            await until(lambda: backend.finished == 1)
+            process.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(slow_reader, DEADLINE_S)
+        finally:
+            writer.close()
+        head, _, body = bytes(received).partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ")
+        assert len(body) == size
+        assert await asyncio.wait_for(process.wait(), DEADLINE_S) == 0
 
 
 def test_the_gate_runs_on_uvloop_only_when_it_is_installed(monkeypatch: pytest.MonkeyPatch) -> None:

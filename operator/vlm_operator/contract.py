@@ -32,6 +32,12 @@ CODE_LABEL = "code"
 #: Label of :data:`REJECTED`.
 REASON_LABEL = "reason"
 
+#: The rejection reason of what the gate could not read as a request at all (malformed
+#: framing, a head too large, a protocol upgrade or transfer coding it does not speak).
+#: Counted only there, never in :data:`REQUESTS`: a WebSocket attempt or TLS sent to the
+#: plain port is neither traffic nor a server error.
+MALFORMED = "malformed"
+
 #: Why the gate answered a request itself instead of passing it on.
 REJECTION_REASONS: tuple[str, ...] = (
     "queue_full",
@@ -39,6 +45,7 @@ REJECTION_REASONS: tuple[str, ...] = (
     "draining",
     "too_large",
     "not_ready",
+    MALFORMED,
 )
 
 #: Buckets of :data:`DURATION` and :data:`QUEUE_TIME`, in seconds. Dense around

@@ -28,7 +28,7 @@ _PREFIX = "VLM_GATE_"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from vlm_operator.gate import GateConfig
+    from vlm_operator.gate import HELD_BODY_BYTES_CAP, GateConfig
 
     d = GateConfig(upstream="http://127.0.0.1:8080")
     add = add_env_argument
@@ -44,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "seconds the model may send nothing on a request; then 504")  # fmt: skip
     add(parser, _PREFIX, "--max-body-bytes", positive_int, d.max_body_bytes,
         "largest request body; beyond: 413")  # fmt: skip
+    add(parser, _PREFIX, "--max-held-body-bytes", non_negative_int, d.max_held_body_bytes,
+        "most request-body bytes held at once; beyond: 429 (0: a largest body for "
+        f"every slot and queue place, at most {HELD_BODY_BYTES_CAP >> 20} MiB)")  # fmt: skip
     add(parser, _PREFIX, "--health-path", url_path, d.health_path,
         "model health endpoint polled for readiness (empty: always ready)")  # fmt: skip
     add(parser, _PREFIX, "--drain-timeout", non_negative_float, d.drain_timeout,
@@ -73,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
             queue_timeout=args.queue_timeout,
             response_timeout=args.response_timeout,
             max_body_bytes=args.max_body_bytes,
+            max_held_body_bytes=args.max_held_body_bytes,
             health_path=args.health_path,
             drain_timeout=args.drain_timeout,
             cache_size=args.cache_size,

@@ -21,10 +21,11 @@ Public API::
 """
 
 from vlm_operator.contract import DURATION_BUCKETS, REJECTION_REASONS
-from vlm_operator.gate._server import GateConfig, GateServer, serve
+from vlm_operator.gate._server import HELD_BODY_BYTES_CAP, GateConfig, GateServer, serve
 
 __all__ = [
     "DURATION_BUCKETS",
+    "HELD_BODY_BYTES_CAP",
     "REJECTION_REASONS",
     "GateConfig",
     "GateServer",

@@ -26,6 +26,14 @@ of the queue, and so does one that waited its deadline: it has lost its
 place, and the pods the autoscaler starts for the queue it was part of are
 usually still loading, so "come back then" serves the client better than
 "give up".
+
+The gate reads every body whole before it passes it on, so the bodies it
+holds at once (being read, queued, or not yet sent on to the model) are
+bounded too: by :class:`BodyBudget`. A request whose body would take the gate
+past that bound is refused as soon as its size is known, as for a full queue
+(429 with the same advice): the pod is overloaded, in memory rather than in
+slots, and the bound keeps the gate inside its container's memory limit where
+a full queue of bodies at the largest size would not.
 """
 
 from __future__ import annotations
@@ -140,6 +148,12 @@ class Admission:
             retry_after=self.retry_after(waiting + 1),
         )
 
+    def refused_for_memory(self, message: str) -> Rejected:
+        """The queue-full refusal of a request whose body the gate cannot hold (counted
+        as :meth:`acquire`'s refusals are, in the moving fraction of refused arrivals)."""
+        self._refused = moving_refused_fraction(self._refused, True)
+        return Rejected("queue_full", message, retry_after=self.retry_after(self.waiting + 1))
+
     async def acquire(self, *, last_chance: bool = False) -> None:
         """Take a slot, waiting in the queue if needed.
 
@@ -206,3 +220,28 @@ class Admission:
         except TimeoutError:
             return False
         return True
+
+
+class BodyBudget:
+    """The request-body bytes the gate holds at once, kept under ``limit``.
+
+    A body is counted from the moment its size is known (its Content-Length,
+    or each piece of a chunked body as it arrives) until the model's
+    connection has sent it on or its request ends otherwise.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if limit < 1:
+            raise ValueError(f"the body budget must be >= 1 byte, got {limit}")
+        self.limit = limit
+        self.held = 0
+
+    def take(self, size: int) -> bool:
+        """Count ``size`` more bytes held, if that stays within the limit."""
+        if self.held + size > self.limit:
+            return False
+        self.held += size
+        return True
+
+    def give_back(self, size: int) -> None:
+        self.held -= size

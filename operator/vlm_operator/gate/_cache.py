@@ -67,7 +67,10 @@ class ResponseCache:
 
     @staticmethod
     def key_for(
-        method: str, path_qs: str, body: bytes, headers: Iterable[tuple[bytes, bytes]] = ()
+        method: str,
+        path_qs: str,
+        body: bytes | bytearray,
+        headers: Iterable[tuple[bytes, bytes]] = (),
     ) -> str | None:
         """The cache key of a deterministic request, or None if it is not one.
 

@@ -35,6 +35,13 @@ at every read, so one endless line would cost time quadratic in its length.
 
 Trailers are read and dropped: they arrive after the request was judged on
 its head, and the model is sent a body with Content-Length (RFC 9110 §6.5.1).
+
+A body counts in the gate's budget of body bytes from when its size is known:
+its Content-Length, in full, as soon as the head is read (a request that would
+take the gate past the budget is refused then, before its body is read), or a
+chunked body piece by piece. A small body is kept in the pieces it came in and
+joined once whole; a large one is read into one buffer (of its announced size,
+or growing with a chunked body). Either way the gate keeps one copy of it.
 """
 
 from __future__ import annotations
@@ -62,6 +69,10 @@ MAX_PIPELINED = 8
 MAX_AHEAD_BYTES = 1024 * 1024
 #: Seconds the gate reads (and drops) the rest of a refused body before closing.
 LINGER_SECONDS = 5.0
+#: A body larger than this is read into one buffer (of its announced size, or growing
+#: with a chunked body), not kept in pieces: many pieces, freed at once when joined,
+#: leave the heap fragmented, and joining holds the body twice for a moment.
+_PIECES_BYTES = 256 * 1024
 
 
 class _HeadTooLarge(Exception):
@@ -70,6 +81,10 @@ class _HeadTooLarge(Exception):
 
 class _BadHead(Exception):
     """A header llhttp accepts but the gate cannot use; the message says which."""
+
+
+class _UnsupportedCoding(Exception):
+    """A transfer coding besides chunked: the gate could only pass the body on decoded."""
 
 
 class ClientConnection(asyncio.Protocol):
@@ -93,6 +108,8 @@ class ClientConnection(asyncio.Protocol):
         self._reading_paused = False
         #: The client reads slower than answers arrive: the model's side waits.
         self.writing_paused = False
+        #: Done once everything written has left the gate (see :meth:`sent_on`).
+        self._sent_on: asyncio.Future[None] | None = None
         self._linger: asyncio.TimerHandle | None = None
         #: Whether llhttp is reading a head or a trailer section, and its bytes so far.
         self._in_head = True
@@ -101,20 +118,27 @@ class ClientConnection(asyncio.Protocol):
         self._drop_rest = False
         #: Sweeps seen while the client did not read its answer (cut past the idle limit).
         self.stalled_ticks = 0
+        #: The body being read: pieces, or one buffer of its announced size (a large
+        #: one); and the bytes of the body budget it holds.
+        self._body: list[bytes] = []
+        self._buffer: bytearray | None = None
+        self._reserved = 0
         self._new_request()
 
     def _new_request(self) -> None:
+        self._drop_body()
         self._url = b""
         self._headers: list[Header] = []
         self._head_done = False  # header callbacks after this are trailers
         self._head_size = 0
         self._has_host = False
         self._options: set[bytes] | None = None
+        #: Transfer codings, in order, from every Transfer-Encoding header.
+        self._codings: list[bytes] = []
         self._expect_continue = False
         #: "100 Continue" is owed once the answers before this request are out.
         self._continue_due = False
         self._length = -1
-        self._body: list[bytes] = []
         self._size = 0
         self._refused = False  # body over the limit: the rest is read and dropped
         self._start = 0.0
@@ -145,13 +169,17 @@ class ClientConnection(asyncio.Protocol):
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._refuse_connection("unsupported", "protocol upgrades are not supported")
+            self._refuse_connection(
+                "unsupported", "protocol upgrades and CONNECT are not supported"
+            )
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, _HeadTooLarge):
                 self._refuse_head()
             elif isinstance(cause, _BadHead):
                 self._refuse_connection("bad_request", str(cause))
+            elif isinstance(cause, _UnsupportedCoding):
+                self._refuse_connection("unsupported", str(cause))
             else:
                 log.error("request parsing failed", exc_info=cause or exc)
                 self._refuse_connection("bad_request", "the gate could not parse the request")
@@ -202,11 +230,13 @@ class ClientConnection(asyncio.Protocol):
         self.proxy.connections.discard(self)
         if self._linger is not None:
             self._linger.cancel()
-        self.pending.clear()
+        self._drop_body()
+        self._drop_pending()
         self._drop_ahead()
         active, self.active = self.active, None
         if active is not None:
             self.proxy.client_gone(active)
+        self._settle_sent_on()
 
     def pause_writing(self) -> None:
         # The client reads slower than the model answers: stop reading the model.
@@ -222,6 +252,33 @@ class ClientConnection(asyncio.Protocol):
         active = self.active
         if active is not None and active.upstream is not None:
             active.upstream.resume_reading()
+        self._settle_sent_on()
+
+    @property
+    def unsent(self) -> bool:
+        """Whether part of what was written to the client is still in the gate."""
+        return not self.closed and self.transport.get_write_buffer_size() > 0
+
+    def sent_on(self) -> asyncio.Future[None] | None:
+        """None when everything written to the client has left the gate; else a future
+        done once it has, or once the connection is gone.
+
+        For a drain: a slot is freed when the answer's last byte is handed to the
+        transport, and a client that reads slowly has not had it all yet. From the
+        first call, the transport reports an empty buffer (a low-water mark of 0),
+        not merely one under the usual mark.
+        """
+        if not self.unsent:
+            return None
+        if self._sent_on is None:
+            self._sent_on = asyncio.get_running_loop().create_future()
+            self.transport.set_write_buffer_limits(high=0, low=0)
+        return self._sent_on
+
+    def _settle_sent_on(self) -> None:
+        sent_on, self._sent_on = self._sent_on, None
+        if sent_on is not None and not sent_on.done():
+            sent_on.set_result(None)
 
     # llhttp callbacks
 
@@ -249,6 +306,8 @@ class ClientConnection(asyncio.Protocol):
                     raise _BadHead(f"Content-Length {value!r} is not a number") from None
             elif lower == b"connection":
                 self._options = connection_options(value) | (self._options or set())
+            elif lower == b"transfer-encoding":
+                self._codings += (c.strip().lower() for c in value.split(b",") if c.strip())
             elif lower == b"expect":
                 self._expect_continue = value.lower() == b"100-continue"
             return
@@ -262,16 +321,32 @@ class ClientConnection(asyncio.Protocol):
         if self._closing:
             return
         parser = self._parser
-        self._start = self.proxy.clock()
         self._method = parser.get_method()
         self._http11 = parser.get_http_version() == "1.1"
         self._keep_alive = parser.should_keep_alive()
         if parser.should_upgrade():
             self._upgrade = True  # refused once llhttp stops at the upgrade
             return
-        if self._length > self.proxy.max_body_bytes:
-            self._refuse_body(self._length)
-        elif self._expect_continue and self._http11:
+        codings = self._codings
+        if codings and codings != [b"chunked"]:
+            named = b", ".join(codings).decode("latin-1")
+            if codings[-1] != b"chunked":  # the body's length cannot be known
+                raise _BadHead(f"transfer coding {named!r} does not end with chunked")
+            # llhttp frames any codings that end with chunked as chunked: the body would
+            # reach the model un-chunked yet still gzipped, and nothing would say so.
+            raise _UnsupportedCoding(
+                f"transfer coding {named!r} is not supported; only chunked is (RFC 9112 §6.1)"
+            )
+        length = self._length
+        if length > self.proxy.max_body_bytes:
+            self._refuse_body(length)
+            return
+        if length > 0:
+            if not self.proxy.body_budget.take(length):
+                self._refuse_rest().rejected = self.proxy.refusal_for_body(length, more=False)
+                return
+            self._reserved = length
+        if self._expect_continue and self._http11:
             self._continue_due = True  # written by _dispatch when this request's turn comes
 
     def on_chunk_header(self) -> None:
@@ -283,11 +358,30 @@ class ClientConnection(asyncio.Protocol):
         self._in_head = False
         if self._refused or self._closing:
             return
-        self._size += len(body)
-        if self._size > self.proxy.max_body_bytes:
-            self._refuse_body(self._size)  # a chunked body: enforced while reading
+        size = self._size = self._size + len(body)
+        if size > self.proxy.max_body_bytes:
+            self._refuse_body(size)  # a chunked body: enforced while reading
             return
-        self._body.append(body)
+        if size > self._reserved:  # a chunked body: counted as it arrives
+            if not self.proxy.body_budget.take(size - self._reserved):
+                self._refuse_rest().rejected = self.proxy.refusal_for_body(size, more=True)
+                return
+            self._reserved = size
+        buffer = self._buffer
+        if buffer is None:
+            if self._length <= _PIECES_BYTES:
+                self._body.append(body)
+                if size > _PIECES_BYTES:  # a chunked body grown large: one buffer from now on
+                    self._buffer = bytearray().join(self._body)
+                    self._body = []
+                return
+            # A large body of known size, once it starts to come (not while its client
+            # waits for "100 Continue"): one buffer of that size.
+            buffer = self._buffer = bytearray(self._length)
+        if self._length < 0:
+            buffer += body  # grown in place, mostly: no second copy
+        else:
+            buffer[size - len(body) : size] = body  # in place: the sizes are equal
 
     def on_message_complete(self) -> None:
         self._in_head = True  # the next request's head
@@ -300,24 +394,33 @@ class ClientConnection(asyncio.Protocol):
             return
         if self._closing or self._upgrade:
             return
+        # The request's time starts with its last byte: the upload before it is the
+        # client's network, which no replica shortens, and a P95 that held it would
+        # buy pods for slow uplinks.
+        self._start = self.proxy.clock()
         headers = self._headers
         if self._options:
             options = self._options
             headers = [(name, value) for name, value in headers if name.lower() not in options]
-        body = self._body
-        self._enqueue(
-            Exchange(
-                self,
-                self._method,
-                origin_form(self._url),
-                headers,
-                self._has_host,
-                body[0] if len(body) == 1 else b"".join(body),
-                self._http11,
-                self._keep_alive,
-                self._start,
-            )
+        pieces, buffer = self._body, self._buffer
+        if buffer is not None:
+            body: bytes | bytearray = buffer
+        else:
+            body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        exchange = Exchange(
+            self,
+            self._method,
+            origin_form(self._url),
+            headers,
+            self._has_host,
+            body,
+            self._http11,
+            self._keep_alive,
+            self._start,
         )
+        self._body, self._buffer = [], None  # the joined copy is the only one kept
+        exchange.held, self._reserved = self._reserved, 0
+        self._enqueue(exchange)
 
     # Exchanges
 
@@ -369,7 +472,7 @@ class ClientConnection(asyncio.Protocol):
             return
         if not exchange.keep_alive:
             self._closing = True
-            self.pending.clear()
+            self._drop_pending()
             self._drop_ahead()
             if (self._refused or self._drop_rest) and self.transport.can_write_eof():
                 # More may be coming: say we are done, read and drop it, then close.
@@ -395,6 +498,19 @@ class ClientConnection(asyncio.Protocol):
         if self.active is None and not self.pending and not self.closed:
             self.transport.close()
 
+    def _drop_body(self) -> None:
+        """Let the body being read go, and give back what it held of the body budget."""
+        self._body, self._buffer = [], None
+        if self._reserved:
+            self.proxy.body_budget.give_back(self._reserved)
+            self._reserved = 0
+
+    def _drop_pending(self) -> None:
+        """Requests read but not started will never be: their bodies go."""
+        for exchange in self.pending:
+            exchange.drop_body()
+        self.pending.clear()
+
     # Refusals that end the connection
 
     def _refuse_body(self, size: int) -> None:
@@ -403,8 +519,10 @@ class ClientConnection(asyncio.Protocol):
     def _refuse_rest(self) -> Exchange:
         """Answer the request being read without its body; read the rest, drop it, close."""
         self._refused = True
-        self._body = []
-        refusal = Exchange(self, self._method, b"", [], True, b"", self._http11, False, self._start)
+        self._drop_body()
+        refusal = Exchange(
+            self, self._method, b"", [], True, b"", self._http11, False, self.proxy.clock()
+        )
         self._enqueue(refusal)
         self._closing = True  # nothing after this request is read
         return refusal
@@ -417,10 +535,15 @@ class ClientConnection(asyncio.Protocol):
     def _refuse_connection(self, reason: str, message: str) -> None:
         """The byte stream cannot be parsed further: answer (in turn), drop the rest, close."""
         self._refused = False
+        self._drop_body()
         if self._closing:
             return
         self._closing = True
         self._drop_rest = True
-        refusal = Exchange(self, b"", b"", [], True, b"", self._http11, False, self.proxy.clock())
+        # The method is known once the head was read (an upgrade): a HEAD gets no body.
+        method = self._method if self._head_done else b""
+        refusal = Exchange(
+            self, method, b"", [], True, b"", self._http11, False, self.proxy.clock()
+        )
         refusal.refusal = (reason, message)
         self._enqueue(refusal)

@@ -164,12 +164,23 @@ def error_response(
     keep_alive: bool,
     http11: bool,
     retry_after: int | None = None,
+    head_only: bool = False,
 ) -> bytes:
-    """An OpenAI-style JSON error: ``{"error": {"message", "type", "code"}}``."""
+    """An OpenAI-style JSON error: ``{"error": {"message", "type", "code"}}``.
+
+    ``head_only`` for the answer to a HEAD request: the head alone, with the
+    Content-Length a GET would get (RFC 9110 §9.3.2); a body after it would be
+    read as the start of the next answer on a kept-alive connection.
+    """
     extra: list[Header] = []
     if retry_after is not None:
         extra.append((b"Retry-After", b"%d" % retry_after))
     payload = {"error": {"message": message, "type": _ERROR_TYPES[reason], "code": reason}}
     return json_response(
-        ERROR_STATUS[reason], payload, keep_alive=keep_alive, http11=http11, extra=extra
+        ERROR_STATUS[reason],
+        payload,
+        keep_alive=keep_alive,
+        http11=http11,
+        head_only=head_only,
+        extra=extra,
     )

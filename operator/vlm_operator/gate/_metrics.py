@@ -50,7 +50,8 @@ class GateMetrics:
         self.waiting.set_function(waiting)
         self.duration = Histogram(
             contract.DURATION,
-            "End-to-end time of requests the gate admitted or queued, queue included.",
+            "Time of requests the gate admitted or queued, from the request read whole to "
+            "the answer's last byte, queue included.",
             buckets=buckets,
             registry=r,
         )

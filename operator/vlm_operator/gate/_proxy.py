@@ -12,6 +12,13 @@ A slot is held until the model's answer has been relayed to the client in
 full, so "in flight" means what the model and the client both see. A client
 that hangs up frees its slot at once (the connection to the model is dropped,
 which cancels the request there) or leaves the queue at once.
+
+A request's body is the one copy the client side joined; it goes to the model
+after the request's head, in a write of its own, and the exchange lets it go
+as soon as it has been handed to the model's connection (or the request ends
+otherwise): nothing sends it twice, and the cache keeps only its hash. It
+counts in the gate's :class:`~vlm_operator.gate._admission.BodyBudget` until
+the model's connection has sent it on.
 """
 
 from __future__ import annotations
@@ -23,8 +30,8 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from vlm_operator.contract import LAST_CHANCE_RETRIES, RETRY_COUNT_HEADER
-from vlm_operator.gate._admission import DRAINING_MESSAGE, Admission, Rejected
+from vlm_operator.contract import LAST_CHANCE_RETRIES, MALFORMED, RETRY_COUNT_HEADER
+from vlm_operator.gate._admission import DRAINING_MESSAGE, Admission, BodyBudget, Rejected
 from vlm_operator.gate._cache import CachedResponse, ResponseCache
 from vlm_operator.gate._http import (
     ERROR_STATUS,
@@ -78,6 +85,7 @@ class Exchange:
         "has_host",
         "head_sent",
         "headers",
+        "held",
         "http11",
         "keep_alive",
         "method",
@@ -97,7 +105,7 @@ class Exchange:
         target: bytes,
         headers: list[Header],
         has_host: bool,
-        body: bytes,
+        body: bytes | bytearray,
         http11: bool,
         keep_alive: bool,
         start: float,
@@ -108,6 +116,8 @@ class Exchange:
         self.headers = headers
         self.has_host = has_host
         self.body = body
+        #: Bytes of the gate's body budget this request holds (given back with its body).
+        self.held = 0
         self.http11 = http11
         self.keep_alive = keep_alive
         self.start = start
@@ -125,6 +135,14 @@ class Exchange:
         self.aborted = False  # the client hung up
         self.finished = False  # counted, slot released
 
+    def drop_body(self) -> None:
+        """Let the body go (sent, or no longer wanted) and give its bytes back."""
+        self.body = b""
+        held = self.held
+        if held:
+            self.held = 0
+            self.conn.proxy.body_budget.give_back(held)
+
 
 class Proxy:
     """The gate's request path and the state it needs."""
@@ -136,6 +154,7 @@ class Proxy:
         admission: Admission,
         metrics: GateMetrics,
         max_body_bytes: int,
+        max_held_body_bytes: int,
         cache: ResponseCache | None,
     ) -> None:
         loop = asyncio.get_running_loop()
@@ -144,6 +163,7 @@ class Proxy:
         self.admission = admission
         self.metrics = metrics
         self.max_body_bytes = max_body_bytes
+        self.body_budget = BodyBudget(max_held_body_bytes)
         self.cache = cache
         self.pool = UpstreamPool(self, upstream)
         self.ready = False
@@ -221,6 +241,21 @@ class Proxy:
             return None  # only the body tells a cache hit, which needs no slot
         return self.admission.refusal_ahead(last_chance=_on_last_chance(headers))
 
+    def refusal_for_body(self, size: int, *, more: bool) -> Rejected:
+        """How a request whose body the gate cannot hold now is refused: as when the queue is
+        full (unless the gate is draining or the model not ready, which refuse it anyway).
+
+        ``more``: ``size`` is what a chunked body has brought so far, not its whole size.
+        """
+        unavailable = self._unavailable()
+        if unavailable is not None:
+            return unavailable
+        budget = self.body_budget
+        return self.admission.refused_for_memory(
+            f"the gate holds {budget.held} bytes of request bodies; this one's "
+            f"{size}{'+' if more else ''} would pass its limit of {budget.limit} bytes"
+        )
+
     def _unavailable(self) -> Rejected | None:
         """The refusal of any request now: the gate draining, or the model not ready."""
         if self.admission.draining:
@@ -247,6 +282,7 @@ class Proxy:
             if not exchange.aborted:
                 raise
             exchange.finished = True  # the client left the queue: timed with its wait
+            exchange.drop_body()
             now = self.clock()
             metrics.queue.observe(now - queued)
             metrics.duration.observe(now - exchange.start)
@@ -262,7 +298,7 @@ class Proxy:
         if connection is None:
             exchange.task = self._loop.create_task(self._connect_then_send(exchange))
         else:
-            connection.send(exchange, self._request_bytes(exchange))
+            self._send(exchange, connection)
 
     async def _connect_then_send(self, exchange: Exchange) -> None:
         try:
@@ -276,9 +312,16 @@ class Proxy:
         if exchange.aborted:
             self.pool.put(connection)  # the client left meanwhile; the connection is fine
             return
-        connection.send(exchange, self._request_bytes(exchange))
+        self._send(exchange, connection)
 
-    def _request_bytes(self, exchange: Exchange) -> bytes:
+    def _send(self, exchange: Exchange, connection: UpstreamConnection) -> None:
+        """Hand the request to the model's connection, with its body and what that holds of
+        the body budget: the exchange needs neither after."""
+        body, held = exchange.body, exchange.held
+        exchange.body, exchange.held = b"", 0
+        connection.send(exchange, self._request_head(exchange, len(body)), body, held)
+
+    def _request_head(self, exchange: Exchange, body_size: int) -> bytes:
         pool = self.pool
         method = exchange.method
         parts = [method, b" ", pool.prefix, exchange.target, b" HTTP/1.1\r\n"]
@@ -286,11 +329,10 @@ class Proxy:
             parts += (name, b": ", value, b"\r\n")
         if not exchange.has_host:
             parts += (b"Host: ", pool.authority, b"\r\n")
-        body = exchange.body
-        if body or method in _BODY_METHODS:
-            parts.append(b"Content-Length: %d\r\n" % len(body))
-        parts += (b"\r\n", body)
-        return b"".join(parts)
+        if body_size or method in _BODY_METHODS:
+            parts.append(b"Content-Length: %d\r\n" % body_size)
+        parts.append(b"\r\n")
+        return b"".join(parts)  # without the body: joined, it would be copied once more
 
     # How exchanges end
 
@@ -331,6 +373,7 @@ class Proxy:
                     message,
                     keep_alive=self._keep_alive(exchange),
                     http11=exchange.http11,
+                    head_only=exchange.method == b"HEAD",
                 )
             )
         self._complete(exchange, ERROR_STATUS[reason])
@@ -354,6 +397,7 @@ class Proxy:
         if exchange.finished:
             return
         exchange.finished = True
+        exchange.drop_body()
         if exchange.admitted is not None or observe:
             now = self.clock()
             if exchange.admitted is not None:
@@ -382,16 +426,30 @@ class Proxy:
                 keep_alive=self._keep_alive(exchange),
                 http11=exchange.http11,
                 retry_after=retry_after,
+                head_only=exchange.method == b"HEAD",
             )
         )
         self._complete(exchange, ERROR_STATUS[reason], observe=False)
 
     def _answer(self, exchange: Exchange, reason: str, message: str) -> None:
-        """A request the gate could not read: an error, counted, and the connection ends."""
+        """A request the gate could not read: an error, and the connection ends.
+
+        Counted as a malformed rejection, not under its status in the requests
+        total: it was never a request the model could serve, and a WebSocket
+        attempt or TLS sent to the plain port is no server error, nor traffic.
+        """
+        self.metrics.rejected.labels(MALFORMED).inc()
         exchange.conn.write(
-            error_response(reason, message, keep_alive=False, http11=exchange.http11)
+            error_response(
+                reason,
+                message,
+                keep_alive=False,
+                http11=exchange.http11,
+                head_only=exchange.method == b"HEAD",
+            )
         )
-        self._complete(exchange, ERROR_STATUS[reason], observe=False)
+        exchange.finished = True
+        exchange.conn.exchange_done(exchange)
 
     def _answer_from_cache(self, exchange: Exchange, hit: CachedResponse) -> None:
         self.metrics.cache_hits.inc()
@@ -439,4 +497,5 @@ class Proxy:
             )
         exchange.conn.write(data)
         exchange.finished = True
+        exchange.drop_body()
         exchange.conn.exchange_done(exchange)

@@ -14,6 +14,10 @@ way from its side (the client gets a 504, the request is counted as 504).
 
 On SIGTERM the gate turns unready and refuses new work with 503, lets every
 running and queued request finish within the drain timeout, then exits 0.
+Finished means delivered: a slot is freed once the answer's last byte is
+handed to the client's transport, and the drain also waits until every
+transport has sent what it holds on (or lost its client), else the process
+would exit with the end of a slow reader's answer still in its buffers.
 """
 
 from __future__ import annotations
@@ -43,6 +47,11 @@ _HEALTH_FAILURES = 2
 _SWEEP_SECONDS = 5.0
 #: Seconds a client's keep-alive connection may stay idle.
 _CLIENT_IDLE_SECONDS = 75.0
+#: The most request-body bytes the gate holds at once unless told otherwise. Room for
+#: every slot and queue place at the largest body is 240 MiB by default, past the gate
+#: container's 256Mi once the process itself (about 56 MiB) and the allocator's slack
+#: are added; bodies past this are an overload the model could not take in sooner.
+HELD_BODY_BYTES_CAP = 96 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,8 @@ class GateConfig:
     queue_size: int = _SPEC_DEFAULTS.queue_size
     queue_timeout: float = _SPEC_DEFAULTS.queue_timeout_seconds
     max_body_bytes: int = _SPEC_DEFAULTS.max_request_bytes
+    #: Request-body bytes held at once (0: derived, see :attr:`held_body_limit`).
+    max_held_body_bytes: int = 0
     health_path: str = "/health"  # empty: the model counts as always ready
     drain_timeout: float = 30.0
     cache_size: int = 0  # 0: no response cache
@@ -73,7 +84,12 @@ class GateConfig:
         for name in ("max_in_flight", "max_body_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("queue_size", "cache_size"):
+        if 0 < self.max_held_body_bytes < self.max_body_bytes:
+            raise ValueError(
+                f"max_held_body_bytes must be 0 or >= max_body_bytes ({self.max_body_bytes}), "
+                f"got {self.max_held_body_bytes}"
+            )
+        for name in ("queue_size", "cache_size", "max_held_body_bytes"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("queue_timeout", "cache_ttl", "bucket_scale", "health_interval",
@@ -85,6 +101,18 @@ class GateConfig:
                 raise ValueError(f"{name} must be finite, got inf")
         if not self.drain_timeout >= 0:
             raise ValueError(f"drain_timeout must be >= 0, got {self.drain_timeout}")
+
+    @property
+    def held_body_limit(self) -> int:
+        """The most request-body bytes the gate holds at once.
+
+        Unless set: a body of the largest size for every slot and queue place,
+        at most :data:`HELD_BODY_BYTES_CAP`, and at least one body of the largest size.
+        """
+        if self.max_held_body_bytes:
+            return self.max_held_body_bytes
+        every_place = (self.max_in_flight + self.queue_size) * self.max_body_bytes
+        return max(self.max_body_bytes, min(every_place, HELD_BODY_BYTES_CAP))
 
 
 async def _probe(proxy: Proxy, path: bytes, seconds: float) -> bool:
@@ -187,6 +215,25 @@ async def _watch_silence(proxy: Proxy, limit: float) -> None:
                         dropped)  # fmt: skip
 
 
+async def _answers_sent_on(proxy: Proxy, seconds: float) -> bool:
+    """Wait until every client connection has sent on what was written to it (or is
+    gone); False if ``seconds`` passed first."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    logged = False
+    while True:
+        unsent = [f for c in list(proxy.connections) if (f := c.sent_on()) is not None]
+        if not unsent:
+            return True
+        if not logged:
+            logged = True
+            log.info("draining: %d answers still being sent to their clients", len(unsent))
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return False
+        await asyncio.wait(unsent, timeout=remaining)
+
+
 class GateServer:
     """The gate on a listening socket: :meth:`start`, :meth:`drain`, :meth:`close`."""
 
@@ -230,6 +277,7 @@ class GateServer:
             admission=admission,
             metrics=metrics,
             max_body_bytes=config.max_body_bytes,
+            max_held_body_bytes=config.held_body_limit,
             cache=cache,
         )
         proxy.ready = not config.health_path
@@ -247,10 +295,15 @@ class GateServer:
         self._tasks.append(loop.create_task(_watch_silence(proxy, config.response_timeout)))
 
     async def drain(self, seconds: float) -> bool:
-        """Refuse new work and wait for running and queued requests; False on timeout."""
-        admission = self.proxy.admission
-        admission.draining = True
-        return await admission.wait_idle(seconds)
+        """Refuse new work, wait for running and queued requests and then for their
+        answers to leave the gate; False on timeout."""
+        proxy = self.proxy
+        proxy.admission.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        if not await proxy.admission.wait_idle(seconds):
+            return False
+        return await _answers_sent_on(proxy, deadline - loop.time())
 
     async def close(self) -> None:
         """Stop listening and close every connection; requests still running are cut."""
@@ -303,9 +356,11 @@ async def serve(config: GateConfig, stop: asyncio.Event | None = None) -> int:
         )
         if not await gate.drain(config.drain_timeout):
             log.warning(
-                "drain timeout: %d running and %d queued requests cut",
+                "drain timeout: %d running and %d queued requests, and %d answers not yet "
+                "sent in full, cut",
                 admission.running,
                 admission.waiting,
+                sum(1 for c in gate.proxy.connections if c.unsent),
             )
     finally:
         await gate.close()

@@ -30,6 +30,11 @@ model would otherwise hold its slots for as long as clients wait, and a
 client with no timeout of its own waits for ever. Silence the gate caused
 itself (reading paused while a slow client catches up) does not count.
 
+A request body handed to the connection still counts in the gate's budget of
+body bytes until the transport has sent it on (its write buffer back under
+the low-water mark): a model slow to read its requests leaves them in the
+gate's memory.
+
 Idle connections are dropped after a few seconds, before the model server's
 own keep-alive timeout (uvicorn: 5 s) can close one under a new request: a
 POST on a connection closed that way cannot be retried safely.
@@ -55,6 +60,9 @@ if TYPE_CHECKING:
 IDLE_SECONDS = 4.0
 #: Seconds to open a connection to the model.
 CONNECT_SECONDS = 5.0
+#: Bodies up to this size go out in one write with their head: one system call, and a
+#: copy that costs less than it; a larger one is written as it is, never copied.
+_JOINED_BODY_BYTES = 64 * 1024
 
 
 class _PastTheAnswer(Exception):
@@ -79,6 +87,10 @@ class UpstreamConnection(asyncio.Protocol):
         self.captured: list[bytes] | None = None
         self.reusable = False
         self._paused = False  # reading paused while the client catches up
+        #: The model reads slower than the request is written: its body is still here.
+        self._writing_paused = False
+        #: Body-budget bytes of requests written but not yet sent on.
+        self._unsent = 0
         self._parser = httptools.HttpResponseParser(self)
         self._out: list[bytes] = []
         self._reset()
@@ -98,12 +110,24 @@ class UpstreamConnection(asyncio.Protocol):
         self._complete = False
         self._captured_bytes = 0
 
-    def send(self, exchange: Exchange, request: bytes) -> None:
+    def send(self, exchange: Exchange, head: bytes, body: bytes | bytearray, held: int) -> None:
+        """Send a request: a small one in one write, a large body in a write of its own.
+
+        ``held``: the body-budget bytes of its body, given back once it is sent on.
+        """
         self.exchange = exchange
         exchange.upstream = self
         self._reset()
         self.heard_at = self.pool.proxy.clock()
-        self.transport.write(request)
+        if len(body) <= _JOINED_BODY_BYTES:
+            self.transport.write(head + body if body else head)
+        else:
+            self.transport.write(head)
+            self.transport.write(body)
+        if self._writing_paused and not self.closed:
+            self._unsent += held  # pause_writing came within the write: not sent on yet
+        elif held:
+            self.pool.proxy.body_budget.give_back(held)
         if exchange.conn.writing_paused:
             self.pause_reading()
 
@@ -176,8 +200,21 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = True
         self.pool.forget(self)
 
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        self._give_back_unsent()
+
+    def _give_back_unsent(self) -> None:
+        if self._unsent:
+            self.pool.proxy.body_budget.give_back(self._unsent)
+            self._unsent = 0
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._give_back_unsent()
         self.pool.forget(self)
         exchange, self.exchange = self.exchange, None
         if exchange is None or exchange.finished:
