@@ -64,8 +64,12 @@ async def test_behind_a_least_request_balancer_the_gradient_runs_on_fewer_pods(
         cluster_options={"service_strategy": "least-in-flight"},
     )
     phases = {p.users: p for p in result.run.trace.phases}
-    eight = [s.snapshot.desired for s in result.phase_samples(phases[8])]
-    assert max(d or 0 for d in eight) == 2, eight
+    samples = result.phase_samples(phases[8])
+    # Sized on demand: 2 pods (round-robin: 3 at once). Once the new pod serves, the P95
+    # guard may answer the backlog of its model load (60 s, not compressed, against a
+    # compressed P95 target): that is not the sizing this checks.
+    loading = [s.snapshot.desired or 0 for s in samples if s.snapshot.ready < 2]
+    assert max(loading) == 2, loading
     sixteen = [s.snapshot.desired or 0 for s in result.phase_samples(phases[16])]
     assert max(sixteen) >= 4, sixteen
     reports = {r.users: r for r in result.reports}
