@@ -25,9 +25,14 @@ async def test_quick_demo_scales_with_the_gradient(tmp_path: Path) -> None:
     assert set(reports) == {1, 2, 4, 8, 16}
 
     # One user on one pod: the model's own latency (6.2 s, lognormal), converted to real time.
+    # The median says so; the P95 of a phase's 18 requests is its second slowest, and a
+    # time-compressed run turns a 0.5 s stall of the shared cores into 5 s: it is bounded
+    # by twice the measured single pod's, which a queue at one user would exceed.
     solo = reports[1]
+    assert solo.p50_s is not None
     assert solo.p95_s is not None
-    assert 6.0 < solo.p95_s < 9.5
+    assert 6.0 < solo.p50_s < 7.5
+    assert solo.p95_s < 2 * MEASURED_SINGLE_POD[1][0]
     assert solo.error_rate == 0.0
 
     # At 16 users the operator has added pods: more than the one pod that failed a third.
