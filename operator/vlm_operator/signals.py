@@ -332,8 +332,7 @@ class SignalReader:
             }
         except PrometheusError as exc:
             return _unavailable(f"{url}: {exc}")
-        per_pod = [entries[s] for s in PER_POD_SIGNALS if s not in overridden]
-        live = pods if any(entry.names_pods(key, pods) for entry in per_pod) else None
+        live = _existing([entries[s] for s in PER_POD_SIGNALS if s not in overridden], key, pods)
         for signal, entry in entries.items():
             oldest = min(oldest, entry.fetched_at)
             warning = warning or entry.warning
@@ -374,16 +373,20 @@ class SignalReader:
         if entry is None or entry.warning is not None:
             return None  # a partial answer may lack the failed targets: unknown
         key = (namespace, name)
-        if pods is not None:
-            # The failed targets alone cannot tell a pod label from something else; the
-            # gauges of the scraped pods can (their answers are usually cached).
-            queries = default_queries(spec.metrics.window_seconds)
-            named = False
-            for signal in PER_POD_SIGNALS:
-                gauges = await self._batched_entry(spec, queries[signal], max_age=max_age)
-                named = named or (gauges is not None and gauges.names_pods(key, pods))
-            pods = pods if named else None
-        return int(sum(count or 0 for count in entry.pods_of(key, pods)))
+        # The failed targets alone cannot tell a pod label from something else; the
+        # gauges :meth:`read` fetched (cached) can.
+        queries, overridden = service_queries(spec)
+        gauges = (
+            []
+            if pods is None
+            else [
+                await self._batched_entry(spec, queries[s], max_age=max_age)
+                for s in PER_POD_SIGNALS
+                if s not in overridden
+            ]
+        )
+        live = _existing([g for g in gauges if g is not None], key, pods)
+        return int(sum(count or 0 for count in entry.pods_of(key, live)))
 
     async def pod_load(
         self, namespace: str, name: str, spec: VLMServiceSpec, *, max_age: float
@@ -497,6 +500,14 @@ def _missing_data_warning(warnings: Any) -> str | None:
         if text and not text.startswith(_PROMQL_ANNOTATIONS):
             return text[:200]
     return None
+
+
+def _existing(
+    gauges: list[_Entry], key: tuple[str, str], pods: Collection[str] | None
+) -> Collection[str] | None:
+    """``pods`` if a gauge read per pod names one of them, else None: the pod label is
+    something else (or the gauges are overridden), and no series is dropped."""
+    return pods if any(gauge.names_pods(key, pods) for gauge in gauges) else None
 
 
 def _total(values: list[float | None]) -> float | None:
