@@ -9,6 +9,7 @@ templates rendered.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -51,6 +52,7 @@ def test_every_alert_says_what_and_how_bad() -> None:
         "VLMServiceLatencyAboveTarget",
         "VLMServiceErrors",
         "VLMServiceNotScraped",
+        "VLMServiceSignalsUnavailable",
         "VLMOperatorSignalsUnavailable",
         "VLMOperatorCRDOutdated",
     }
@@ -163,14 +165,15 @@ def test_a_misspelt_rule_value_is_refused() -> None:
         chart.render({"prometheusRule": {"enable": True}})
 
 
-@pytest.fixture(scope="module")
-def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
-    workdir = tmp_path_factory.mktemp("alerts")
+@contextlib.contextmanager
+def _alerting(workdir: Path, *, failing_queries: str) -> Iterator[PrometheusServer]:
+    """A real Prometheus with the rules, scraping a gate in trouble, a calm one and the
+    operator, whose failed queries are ``failing_queries``' ("operator" or "service")."""
     loaded = yaml.safe_load(RULES.read_text())
     for group in loaded["groups"]:
         for rule in group["rules"]:
             rule["for"] = "0s"
-    rules = Path(workdir) / "rules.yaml"
+    rules = workdir / "rules.yaml"
     rules.write_text(yaml.safe_dump(loaded))
     trouble = Exporter(max_in_flight=4, queue_capacity=8).start()
     calm = Exporter(max_in_flight=4, queue_capacity=8).start()
@@ -184,7 +187,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusS
         calm.set(running=2, waiting=0, codes={200: 1})
         for exporter, code in ((trouble, "500"), (trouble, "502"), (calm, "503")):
             exporter.metrics.total.labels(code)
-        operator_metrics.query_errors.labels("timeout")
+        operator_metrics.query_errors.labels("timeout", failing_queries)
         server.set_targets(
             [
                 (trouble.host_port, {"namespace": "team-a", "vlmservice": "trouble", "pod": "t-0"}),
@@ -204,12 +207,21 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusS
             durations=[30.0] * 16,
         )
         calm.set(codes={200: 20, 503: 1}, rejected={"draining": 1}, durations=[8.0] * 20)
-        # "unscraped" is managed by the operator, but no gate of it is scraped.
+        operator_metrics.query_errors.labels("timeout", failing_queries).inc()
+        # The failures' rate before any signal is lost, as in a cluster: no evaluation
+        # sees a service without signals and no failed query yet.
+        server.wait_for_series("rate(vlm_operator_prometheus_query_errors_total[5m]) > 0")
+        # "unscraped" is managed by the operator, but no gate of it is scraped; the
+        # operator could not read the signals of "trouble" nor of "unscraped".
         for service in ("trouble", "calm", "unscraped"):
             operator_metrics.observe_service(
-                "team-a", service, desired=3, max_replicas=10, p95_target=12.0
+                "team-a",
+                service,
+                desired=3,
+                max_replicas=10,
+                p95_target=12.0,
+                signals_available=service == "calm",
             )
-        operator_metrics.query_errors.labels("timeout").inc()
         operator_metrics.crd_drift.labels("missing").set(2)
         operator_metrics.crd_drift.labels("unknown").set(0)
         yield server
@@ -222,6 +234,19 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusS
         operator_thread.join(timeout=5)
 
 
+def _firing(prometheus: PrometheusServer) -> set[tuple[str, str]]:
+    return {
+        (s["metric"]["alertname"], s["metric"].get("vlmservice", ""))
+        for s in prometheus.query('ALERTS{alertstate="firing"}')
+    }
+
+
+@pytest.fixture(scope="module")
+def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
+    with _alerting(tmp_path_factory.mktemp("alerts"), failing_queries="operator") as server:
+        yield server
+
+
 def test_exactly_the_expected_alerts_fire(prometheus: PrometheusServer) -> None:
     expected = {
         ("VLMServiceRefusingRequests", "trouble"),
@@ -229,20 +254,15 @@ def test_exactly_the_expected_alerts_fire(prometheus: PrometheusServer) -> None:
         ("VLMServiceLatencyAboveTarget", "trouble"),
         ("VLMServiceErrors", "trouble"),
         ("VLMServiceNotScraped", "unscraped"),
+        # Not VLMServiceSignalsUnavailable of "trouble": the operator's own queries
+        # fail, which this alert says for every service at once.
         ("VLMOperatorSignalsUnavailable", ""),
         ("VLMOperatorCRDOutdated", ""),
     }
-
-    def firing() -> set[tuple[str, str]]:
-        return {
-            (s["metric"]["alertname"], s["metric"].get("vlmservice", ""))
-            for s in prometheus.query('ALERTS{alertstate="firing"}')
-        }
-
     prometheus.wait_for_series(
         'ALERTS{alertstate="firing"}', timeout=DEADLINE_S, count=len(expected)
     )
-    assert firing() == expected  # and nothing of the calm service
+    assert _firing(prometheus) == expected  # and nothing of the calm service
     alerts = httpx.get(f"{prometheus.url}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
     by_name = {a["labels"]["alertname"]: a for a in alerts if a["state"] == "firing"}
     refusing = by_name["VLMServiceRefusingRequests"]
@@ -254,3 +274,24 @@ def test_exactly_the_expected_alerts_fire(prometheus: PrometheusServer) -> None:
     assert "wants 3 pod(s)" in by_name["VLMServiceNotScraped"]["annotations"]["description"]
     slow = by_name["VLMServiceLatencyAboveTarget"]["annotations"]["description"]
     assert "P95 over the last 10 minutes is " in slow
+
+
+def test_a_service_whose_own_queries_fail_alerts_for_that_service_alone(tmp_path: Path) -> None:
+    # The operator's Prometheus answers; the queries "trouble" chose fail (a bad
+    # metrics.queries override): its own alert, not the operator's. "unscraped" has
+    # no signals either, for want of scraped gates: VLMServiceNotScraped says so.
+    signals = {"VLMServiceSignalsUnavailable", "VLMOperatorSignalsUnavailable"}
+    with _alerting(tmp_path, failing_queries="service") as prometheus:
+        prometheus.wait_for_series(
+            'ALERTS{alertstate="firing", alertname="VLMServiceSignalsUnavailable"}',
+            timeout=DEADLINE_S,
+        )
+        prometheus.wait_for_series(
+            'ALERTS{alertstate="firing", alertname="VLMServiceNotScraped"}', timeout=DEADLINE_S
+        )
+        firing = {alert for alert in _firing(prometheus) if alert[0] in signals}
+        assert firing == {("VLMServiceSignalsUnavailable", "trouble")}
+        alerts = httpx.get(f"{prometheus.url}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
+        (alert,) = [a for a in alerts if a["labels"]["alertname"] == "VLMServiceSignalsUnavailable"]
+        assert alert["annotations"]["summary"].endswith("VLMService team-a/trouble")
+        assert "MetricsAvailable" in alert["annotations"]["description"]

@@ -126,11 +126,11 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusS
             rejected={"queue_full": 1},
         )
         operator_metrics.observe_service(
-            "team-a", "demo", desired=3, max_replicas=10, p95_target=12
+            "team-a", "demo", desired=3, max_replicas=10, p95_target=12, signals_available=True
         )
         operator_metrics.cycle_seconds.observe(0.02)
         operator_metrics.decisions.labels("up").inc()
-        operator_metrics.query_errors.labels("timeout").inc()
+        operator_metrics.query_errors.labels("timeout", "operator").inc()
         operator_metrics.query_seconds.observe(0.002)
         yield server
     finally:

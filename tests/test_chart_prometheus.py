@@ -100,7 +100,9 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusS
     gate = Exporter().start()
     other = Exporter().start()
     operator = OperatorMetrics()
-    operator.observe_service("team-a", "demo", desired=3, max_replicas=8, p95_target=12.0)
+    operator.observe_service(
+        "team-a", "demo", desired=3, max_replicas=8, p95_target=12.0, signals_available=True
+    )
     operator_server, _ = operator.serve(0, "127.0.0.1")
     operator_target = f"127.0.0.1:{operator_server.server_port}"
     server = _FileDiscoveryPrometheus(tmp_path_factory.mktemp("prometheus")).start()

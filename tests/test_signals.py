@@ -217,10 +217,59 @@ async def test_prometheus_errors_make_the_reading_unavailable(
     assert len(prom.queries) == 1
     assert (
         metrics.registry.get_sample_value(
-            "vlm_operator_prometheus_query_errors_total", {"reason": reason}
+            "vlm_operator_prometheus_query_errors_total", {"reason": reason, "source": "operator"}
         )
         == 1.0
     )
+
+
+async def test_failed_queries_a_service_chose_are_counted_as_the_services(
+    prom: StubPrometheus, client: httpx.AsyncClient
+) -> None:
+    # The alert on the operator's Prometheus must not fire for one service's bad
+    # override: its failures are counted apart from the operator's own.
+    fill(prom, [("ns", "a"), ("ns", "b")])
+    bad = "sum(rate(nope[5m])"  # unbalanced: Prometheus answers 400 bad_data
+
+    def answer(query: str) -> web.StreamResponse:
+        if query == bad:
+            body = {"status": "error", "errorType": "bad_data", "error": "unclosed paren"}
+            return web.json_response(body, status=400)
+        return web.json_response(
+            {
+                "status": "success",
+                "data": {"resultType": "vector", "result": prom.series.get(query, [])},
+            }
+        )
+
+    prom.answer = answer
+    metrics = OperatorMetrics()
+    reader = SignalReader(client, default_url=prom.url, metrics=metrics)
+
+    def errors(source: str) -> float | None:
+        return metrics.registry.get_sample_value(
+            "vlm_operator_prometheus_query_errors_total", {"reason": reason, "source": source}
+        )
+
+    reason = "promql"
+    broken = await reader.read("ns", "a", spec(metrics={"queries": {"waiting": bad}}), max_age=1.0)
+    assert broken.error is not None
+    assert "unclosed paren" in broken.error
+    fine = await reader.read("ns", "b", spec(), max_age=1.0)
+    assert fine.error is None
+    assert fine.waiting == 2.0
+    assert (errors("service"), errors("operator")) == (1.0, None)
+
+    # A Prometheus of the service's own that cannot be reached: the service's too.
+    reason = "connect"
+    own = spec(metrics={"prometheusUrl": "http://127.0.0.1:9"})  # discard: nothing listens
+    assert (await reader.read("ns", "c", own, max_age=1.0)).error is not None
+    assert (errors("service"), errors("operator")) == (1.0, None)
+
+    # The operator's own Prometheus failing is the operator's.
+    await prom.stop()
+    assert (await reader.read("ns", "b", spec(), max_age=0.0)).error is not None
+    assert errors("operator") == 1.0
 
 
 async def test_timeout_and_connection_refused(

@@ -37,10 +37,15 @@ class OperatorMetrics:
             ["direction"],
             registry=self.registry,
         )
+        # `source`: "operator" for the queries of the operator's own --prometheus-url,
+        # "service" for those a VLMService chose (metrics.prometheusUrl or
+        # metrics.queries), so one service's broken override is not read as the
+        # operator losing its Prometheus.
         self.query_errors = Counter(
             "vlm_operator_prometheus_query_errors",
-            "Failed Prometheus queries by reason (connect, timeout, status, json, promql).",
-            ["reason"],
+            "Failed Prometheus queries by reason (connect, timeout, status, json, promql) "
+            "and by whose the query was (operator, service).",
+            ["reason", "source"],
             registry=self.registry,
         )
         self.query_seconds = Histogram(
@@ -84,18 +89,39 @@ class OperatorMetrics:
             service,
             registry=self.registry,
         )
+        self.signals_available = Gauge(
+            "vlm_operator_signals_available",
+            "1 if the last cycle read the service's signals (its MetricsAvailable "
+            "condition True), 0 if they were missing or unreadable (replicas held).",
+            service,
+            registry=self.registry,
+        )
 
     def observe_service(
-        self, namespace: str, name: str, *, desired: int, max_replicas: int, p95_target: float
+        self,
+        namespace: str,
+        name: str,
+        *,
+        desired: int,
+        max_replicas: int,
+        p95_target: float,
+        signals_available: bool,
     ) -> None:
-        """One service's decision and bounds, after its cycle."""
+        """One service's decision, bounds and whether its signals were read, after its cycle."""
         self.desired_replicas.labels(namespace, name).set(desired)
         self.max_replicas.labels(namespace, name).set(max_replicas)
         self.p95_target_seconds.labels(namespace, name).set(p95_target)
+        self.signals_available.labels(namespace, name).set(1 if signals_available else 0)
 
     def forget_service(self, namespace: str, name: str) -> None:
         """Drop a service's series (its loop ended): no stale target outlives it."""
-        for gauge in (self.desired_replicas, self.max_replicas, self.p95_target_seconds):
+        gauges = (
+            self.desired_replicas,
+            self.max_replicas,
+            self.p95_target_seconds,
+            self.signals_available,
+        )
+        for gauge in gauges:
             # KeyError: never observed (its spec was invalid from the start).
             with contextlib.suppress(KeyError):
                 gauge.remove(namespace, name)

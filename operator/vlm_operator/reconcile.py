@@ -51,7 +51,10 @@ A cycle never writes the spec's conditions (``InvalidSpec``,
 the spec changed would overwrite the handler's newer verdict. It carries them
 as this operator wrote them last for the current generation (the watch may not
 show that write yet), else as the live object shows them, and skips its write
-when the generation moved.
+when the generation moved. The other way round, the spec's handler carries the
+cycles' conditions (``MetricsAvailable``, ``Ready``, ...) as the loop wrote them
+last, not as its event showed them before it applied the children: the list is
+replaced whole by every status patch.
 
 Pods and Deployments are read from kopf indices (watch-fed, in memory), not
 listed per cycle: a cycle of a steady service makes no API request at all
@@ -91,6 +94,7 @@ from vlm_operator.status import (
     invalid_spec_conditions,
     merge_patched,
     rfc3339,
+    signals_available,
     spec_warning_conditions,
     transition_events,
     with_spec_conditions,
@@ -159,6 +163,9 @@ class _Memory:
     missing_since: float | None = None
     #: A Service or PodDisruptionBudget of this VLMService was seen deleted.
     child_lost: bool = False
+    #: kopf's live view of the object, which the loop's daemon is given (a spec
+    #: handler's body is the snapshot of one event).
+    live: Mapping[str, Any] | None = None
 
 
 # ------------------------------------------------------------------- the spec
@@ -217,6 +224,9 @@ async def _apply_spec(
         conditions = invalid_spec_conditions(
             previous.get("conditions") or [], error, now=stamp, generation=generation
         )
+        conditions = with_spec_conditions(
+            _cycle_conditions(context, (namespace, name), previous), conditions
+        )
         await context.kube.patch_status(
             API_VERSION,
             PLURAL,
@@ -245,9 +255,33 @@ async def _apply_spec(
         kopf.event(body, type="Warning", reason="SpecWarning", message="; ".join(warnings))
     status: dict[str, Any] = {"observedGeneration": generation, "selector": selector_string(name)}
     if conditions != (previous.get("conditions") or []):
-        status["conditions"] = conditions
+        # The list is replaced whole: with the cycles' conditions as they are now,
+        # not as this handler's event showed them before the children were applied.
+        status["conditions"] = conditions = with_spec_conditions(
+            _cycle_conditions(context, (namespace, name), previous), conditions
+        )
     await context.kube.patch_status(API_VERSION, PLURAL, namespace, name, status)
     _remember_verdict(context, (namespace, name), generation, conditions)
+
+
+def _cycle_conditions(
+    context: OperatorContext, key: tuple[str, str], seen: Mapping[str, Any]
+) -> Sequence[Mapping[str, Any]]:
+    """The latest conditions the service's cycles wrote (those the spec's are set into).
+
+    Only the loop writes them (one operator instance writes a service's status):
+    what it wrote last while the watch has not shown it yet, else its live view of
+    the object, else the status ``seen`` (no loop runs).
+    """
+    memory = context.loops.get(key)
+    if memory is not None:
+        if memory.status is not None and "conditions" in memory.status:
+            written: Sequence[Mapping[str, Any]] = memory.status["conditions"]
+            return written
+        if memory.live is not None:
+            seen = memory.live.get("status") or {}
+    conditions: Sequence[Mapping[str, Any]] = seen.get("conditions") or []
+    return conditions
 
 
 def _remember_verdict(
@@ -517,7 +551,7 @@ async def autoscale_forever(
     ``body`` is kopf's live view of the object (updated by every watch event);
     ``pods`` and ``deployments`` are the kopf indices.
     """
-    memory = _Memory()
+    memory = _Memory(live=body)
     meta = body["metadata"]
     key = (str(meta.get("namespace") or "default"), str(meta["name"]))
     context.loops[key] = memory
@@ -721,6 +755,7 @@ async def autoscale_once(
         desired=decision.replicas,
         max_replicas=spec.autoscaling.max_replicas,
         p95_target=spec.autoscaling.p95_latency_target_seconds,
+        signals_available=signals_available(signals, decision),
     )
 
     new = cycle_status(
@@ -830,6 +865,9 @@ async def _refresh_children(
         return
     meta = body["metadata"]
     key = (str(meta.get("namespace") or "default"), str(meta["name"]))
+    if memory.status is not None and "conditions" in memory.status:
+        # The last cycle's conditions, which the watch may not show yet.
+        conditions = with_spec_conditions(memory.status["conditions"], conditions)
     await context.kube.patch_status(API_VERSION, PLURAL, *key, {"conditions": conditions})
     _remember_verdict(context, key, generation, conditions)
 

@@ -327,7 +327,12 @@ class SignalReader:
         key = (namespace, name)
         try:
             entries = {
-                signal: await self._fetch(url, queries[signal], max_age=max_age)
+                signal: await self._fetch(
+                    url,
+                    queries[signal],
+                    max_age=max_age,
+                    source=self._source(url, overridden=signal in overridden),
+                )
                 for signal in SIGNAL_NAMES
             }
         except PrometheusError as exc:
@@ -414,11 +419,18 @@ class SignalReader:
         if url is None:
             return None
         try:
-            return await self._fetch(url, promql, max_age=max_age)
+            return await self._fetch(
+                url, promql, max_age=max_age, source=self._source(url, overridden=False)
+            )
         except PrometheusError:
             return None
 
-    async def _fetch(self, url: str, promql: str, *, max_age: float) -> _Entry:
+    def _source(self, url: str, *, overridden: bool) -> str:
+        """Whose a query is, for the error counter: the operator's own (its
+        ``--prometheus-url``, its queries) or one a service chose."""
+        return "operator" if url == self._default_url and not overridden else "service"
+
+    async def _fetch(self, url: str, promql: str, *, max_age: float, source: str) -> _Entry:
         key = (url, promql)
         entry = self._cache.get(key)
         if entry is None or self._clock() - entry.fetched_at > max_age:
@@ -427,20 +439,20 @@ class SignalReader:
                 # Whoever held the lock before us may have refreshed it already.
                 entry = self._cache.get(key)
                 if entry is None or self._clock() - entry.fetched_at > max_age:
-                    entry = await self._send(url, promql)
+                    entry = await self._send(url, promql, source)
                     self._cache[key] = entry
         if entry.error is not None:
             raise entry.error
         return entry
 
-    async def _send(self, url: str, promql: str) -> _Entry:
+    async def _send(self, url: str, promql: str, source: str) -> _Entry:
         started = self._clock()
         self.queries_sent += 1
         try:
             result, warning = await self._instant_query(url, promql)
         except PrometheusError as exc:
             if self._metrics is not None:
-                self._metrics.query_errors.labels(exc.reason).inc()
+                self._metrics.query_errors.labels(exc.reason, source).inc()
             return _Entry(fetched_at=started, error=exc)
         finally:
             if self._metrics is not None:

@@ -25,6 +25,7 @@ from vlm_operator import reconcile
 from vlm_operator.kube import APPLIED_KEYS_ANNOTATION, ApiError, KubeClient, object_path
 from vlm_operator.operator_metrics import OperatorMetrics
 from vlm_operator.policy import PodCounts, PolicyState, Signals, recommend
+from vlm_operator.status import find_condition
 from vlm_operator.validation import parse_spec
 
 from e2e.kubeapi.patch import merge_patch as merge
@@ -418,6 +419,20 @@ async def test_failed_signals_are_reported_as_the_policy_says_not_as_unscraped_p
     assert "connection refused" in reason
     assert "scraped" not in reason
 
+    def available() -> tuple[str, float | None]:
+        condition = find_condition(kube.body["status"]["conditions"], "MetricsAvailable")
+        assert condition is not None
+        gauge = ctx.metrics.registry.get_sample_value(
+            "vlm_operator_signals_available", {"namespace": "d", "vlmservice": "x"}
+        )
+        return condition["status"], gauge
+
+    # The operator's gauge says what the condition says, for the service's alert.
+    assert available() == ("False", 0.0)
+    fake.current = signals(4.0, 9.0)
+    await run_cycle(ctx, kube, memory, T0 + 5)
+    assert available() == ("True", 1.0)
+
 
 # ----------------------------------------------------------------- item 4
 
@@ -700,6 +715,73 @@ async def test_a_cycle_before_the_watch_shows_the_new_verdict_does_not_restore_t
     await reconcile.autoscale_once(ctx, body, memory, pods=[], deployment=deployment, now=T0)
     kube.deliver()
     assert invalid_spec(body) == ("False", "SpecValid")
+
+
+def condition_of(status: Mapping[str, Any], type_: str) -> tuple[str, str] | None:
+    found = find_condition(status.get("conditions") or [], type_)
+    return None if found is None else (found["status"], found["reason"])
+
+
+class LostSignals:
+    """A service whose loop runs over a lagging watch: its last cycle found Prometheus
+    gone and wrote MetricsAvailable=False, which the watch does not show yet."""
+
+    def __init__(self) -> None:
+        body = vlmservice(
+            {"model": {"id": "m", "runtime": "fake"}, "autoscaling": {"syncPeriodSeconds": 1}}
+        )
+        self.body, self.kube, self.fake = body, LaggingKube(body), FakeSignals()
+        self.ctx = context(self.kube, self.fake)
+        self.memory = self.ctx.loops[("d", "x")] = reconcile._Memory(live=body)
+
+    async def cycle(self, now: float) -> None:
+        deployment = {"replicas": 1, "readyReplicas": 1}
+        await reconcile.autoscale_once(
+            self.ctx, self.body, self.memory, pods=[], deployment=deployment, now=now
+        )
+
+    async def start(self) -> dict[str, Any]:
+        """Run up to the lost signals; returns the object as the watch showed it before."""
+        await reconcile.apply_spec(self.ctx, self.body, created=True, logger=LOG)
+        self.fake.current = signals(2.0, 9.0)
+        await self.cycle(T0)
+        self.kube.deliver()
+        assert condition_of(self.body["status"], "MetricsAvailable") == ("True", "SignalsRead")
+        seen = copy.deepcopy(self.body)
+        self.fake.current = replace(self.fake.current, error="connection refused")
+        await self.cycle(T0 + 1)
+        assert self.lost()
+        return seen
+
+    def lost(self) -> bool:
+        found = condition_of(self.kube.stored, "MetricsAvailable")
+        return found == ("False", "PrometheusUnavailable")
+
+
+async def test_a_spec_handler_keeps_the_conditions_a_cycle_wrote_meanwhile() -> None:
+    # A cycle writes MetricsAvailable=False while a spec change's handler applies the
+    # children; the handler's event showed the status before that write. Its patch
+    # replaces the list whole, and must carry the cycle's condition, not the old one.
+    service = LostSignals()
+    event = await service.start()  # the spec change's event, from before the cycle
+    event["spec"]["model"]["runtime"] = "llamacpp"  # no storage for its files: a warning
+    event["metadata"]["generation"] = service.body["metadata"]["generation"] = 2
+    await reconcile.apply_spec(service.ctx, event, created=False, logger=LOG)
+    assert condition_of(service.kube.stored, "SpecWarnings") == ("True", "PodsMayNotStart")
+    assert service.lost()
+
+
+async def test_a_child_rejected_at_a_refresh_keeps_the_conditions_of_the_last_cycle() -> None:
+    # The last cycle's write is not in the watch yet when the next cycle's refresh of the
+    # children reports a rejection: that patch must carry the last cycle's conditions.
+    service = LostSignals()
+    await service.start()
+    service.memory.child_lost = True  # a Service seen deleted: re-applied at the next cycle
+    rejection = ApiError(422, "Unprocessable Entity", json.dumps(REJECTION))
+    service.kube.reject["Deployment"] = rejection
+    await service.cycle(T0 + 2)
+    assert condition_of(service.kube.stored, "InvalidSpec") == ("True", "ChildRejected")
+    assert service.lost()
 
 
 # ----------------------------------------------------------------- item 8
