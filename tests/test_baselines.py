@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -113,11 +114,18 @@ def test_hpa_on_in_flight_measures_the_sum_against_the_current_replicas() -> Non
 def test_keda_reads_value_over_threshold_and_an_empty_result_as_zero() -> None:
     keda = KEDAPrometheus(_spec())  # threshold maxInFlight = 4
     assert keda.decide(_obs(0, current=1, running=8, waiting=12)) == 5
-    # Prometheus down: value None read as 0 → the minimum (keda#3065), after the window.
+    # As fresh as the gates' scrapes: the metrics server queries at each HPA sync.
+    assert keda.scrape_interval_seconds == 5.0
+    # Targets gone: an empty result read as 0 → the minimum (keda#3065), after the window.
     keda2 = KEDAPrometheus(_spec())
     assert keda2.decide(_obs(0, current=6, running=20, waiting=4)) == 6
     assert keda2.decide(_obs(100, current=6, running=None, waiting=None)) == 6
     assert keda2.decide(_obs(301, current=6, running=None, waiting=None)) == 1
+    # Prometheus down: the query fails, the scaler errs and the HPA keeps the scale.
+    keda3 = KEDAPrometheus(_spec())
+    assert keda3.decide(_obs(0, current=6, running=20, waiting=4)) == 6
+    down = replace(_obs(301, current=6, running=None, waiting=None), error="connect")
+    assert keda3.decide(down) == 6
 
 
 def test_kpa_panics_at_twice_the_ready_pods_and_only_goes_up() -> None:

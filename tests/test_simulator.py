@@ -8,13 +8,21 @@ import statistics
 from typing import Any
 
 import pytest
-from vlm_operator.baselines import Observation, Ours, Static, make_autoscaler
+from vlm_operator.baselines import (
+    GateBehaviour,
+    Observation,
+    Ours,
+    Scheduled,
+    Static,
+    make_autoscaler,
+)
 from vlm_operator.latency import LatencyModel, ProcessorSharing
 from vlm_operator.models import VLMServiceSpec
 from vlm_operator.simulator import SimConfig, run_policy, simulate, spec_for, summarize
 from vlm_operator.simulator._compiled import load_interpreted_engine
 from vlm_operator.simulator.engine import (
     OK,
+    TIMEOUT,
     SimResult,
     _bucket_quantile,
     arrival_seed,
@@ -635,7 +643,7 @@ def test_each_phase_has_its_cost_oracle_scale_events_and_slo_seconds() -> None:
 
 def test_a_scale_event_at_the_end_of_the_trace_counts_in_the_last_phase() -> None:
     # The engine ticks at t == end as well; KPA scales up then on this trace.
-    trace = parse_trace({"kind": "open", "phases": [{"duration": 10, "rate": 1}]})
+    trace = parse_trace({"kind": "open", "phases": [{"duration": 10, "rate": 2}]})
     report, result = run_policy(trace, "kpa", seed=1)
     assert any(t == trace.duration_s for t, _, _ in result.scale_events)
     assert report.scale_ups >= 1
@@ -655,3 +663,83 @@ def test_per_phase_scale_events_add_up_to_the_totals(policy: str) -> None:
         report, _ = run_policy(trace, policy, seed=seed)
         assert sum(p.scale_ups for p in report.phases) == report.scale_ups, seed
         assert sum(p.scale_downs for p in report.phases) == report.scale_downs, seed
+
+
+class _Probe(Static):
+    """One pod behind a gate of one slot and a long queue without deadline, never
+    scaled, on its own tick and scrape: notes what each tick sees."""
+
+    def __init__(self, spec: VLMServiceSpec, *, period: float, scrape: float) -> None:
+        super().__init__(spec, replicas=1)
+        self.period_seconds = period
+        self.scrape_interval_seconds = scrape
+        self.gate = GateBehaviour(1, 100, None, 429, 1.0)
+        self.seen: list[Observation] = []
+
+    def decide(self, obs: Observation) -> int:
+        self.seen.append(obs)
+        return super().decide(obs)
+
+
+@pytest.mark.parametrize(
+    ("period", "scrape", "age", "seen_age"),
+    [(2.0, 1.0, 2.0, 0.0), (5.0, 5.0, 0.0, 0.0), (5.0, 5.0, 2.0, 2.0), (15.0, 5.0, 2.0, 2.0)],
+)
+def test_a_tick_reads_the_scrape_of_its_own_instant(
+    period: float, scrape: float, age: float, seen_age: float
+) -> None:
+    # Scrapes run ``age`` before the ticks, modulo the interval: a whole number of
+    # intervals puts a scrape on each tick, which the tick reads (age 0), not the one
+    # an interval before.
+    trace = _open(0.1, 120)
+    spec = spec_for(trace)
+    probe = _Probe(spec, period=period, scrape=scrape)
+    simulate(trace, probe, spec=spec, seed=1, config=SimConfig(signal_age_seconds=age))
+    assert len(probe.seen) >= 8
+    assert all(obs.age_seconds == pytest.approx(seen_age) for obs in probe.seen)
+
+
+def test_a_client_that_gives_up_is_an_answer_of_the_gate() -> None:
+    # Six users on one slot with no queue deadline: most give up after 30 s in the
+    # queue. The gate answers them 499 and counts them as it counts every answer,
+    # in the arrival rate the autoscalers read (not as errors).
+    trace = _closed(6, 300)
+    spec = spec_for(trace)
+    probe = _Probe(spec, period=5.0, scrape=5.0)
+    result = simulate(trace, probe, spec=spec, seed=1, config=SimConfig(retries=0))
+    assert result.status.count(TIMEOUT) >= 20
+    window = spec.metrics.window_seconds
+    checked = 0
+    for obs in probe.seen:
+        scraped = obs.now - obs.age_seconds
+        if scraped < window:
+            continue
+        answered = [
+            status
+            for status, ended in zip(result.status, result.ended, strict=True)
+            # An answer at the scrape's very instant comes after it (the scrape
+            # runs first among events at its instant, for the tick on its grid).
+            if scraped - window < ended < scraped
+        ]
+        assert obs.arrival_rate == pytest.approx(len(answered) / window), obs.now
+        assert obs.error_rate == 0.0  # a 499 is the client's, no server error
+        checked += TIMEOUT in answered
+    assert checked >= 10
+
+
+def test_our_scale_down_deletes_the_idlest_pod_first() -> None:
+    # One user on two pods; at 5 s the plan asks for one. Marked with their load
+    # (pod-deletion-cost), the idle pod goes at once; unmarked, the ReplicaSet takes
+    # the newest, here the busy one, which drains its request first.
+    trace = _closed(1, 60)
+    spec = spec_for(trace)
+    config = SimConfig(latency=_EXACT)
+    costs = []
+    for marked in (True, False):
+        plan = Scheduled(spec, [(5.0, 1)], initial=2)
+        plan.marks_pod_load = marked
+        result = simulate(trace, plan, spec=spec, seed=1, config=config)
+        assert set(result.status) == {OK}
+        costs.append(result.replica_seconds)
+    assert costs[0] == pytest.approx(2 * 5.0 + 55.0)
+    assert costs[1] == pytest.approx(2 * 6.2 + 53.8)  # the busy pod drained at 6.2 s

@@ -18,14 +18,14 @@ hpa-inflight  HPA on in-flight per pod (the gate's        our gate
               running gauge), target 0.75 × maxInFlight
 keda          KEDA Prometheus scaler: ⌈value / threshold⌉ our gate
               via the HPA, value = running + waiting,
-              threshold = maxInFlight, 30 s polling,
-              an empty result read as 0
+              threshold = maxInFlight, queried at each
+              15 s sync, an empty result read as 0
 kpa           Knative KPA: target 0.7 × CC, 60 s stable   queue-proxy: CC in flight, queue of
               / 6 s panic windows, panic at desired /     10 × CC, 503 when full, no queue
-              ready ≥ 2, down at most halves, 2 s tick    deadline
+              ready ≥ 2, down at most halves, 2 s tick    deadline (serve mode: no activator)
 ray           Ray Serve: ⌈ongoing / target_ongoing⌉       max_ongoing_requests = maxInFlight,
-              (target 2, Ray's default), 30 s look-back,  unbounded queue at the proxy
-              30 s upscale / 600 s downscale delays
+              (target 2, Ray's default), 30 s look-back,  unbounded queue per replica (Ray
+              30 s upscale / 600 s downscale delays       holds one FIFO at its router)
 ============  ==========================================  =====================================
 
 :class:`Scheduled` is not an autoscaler but a replica plan fixed in advance
@@ -117,6 +117,10 @@ class Autoscaler(Protocol):
     scrape_interval_seconds: float  # how fresh its signals are
     gate: GateBehaviour
     initial_replicas: int
+    #: Before a scale-down, each pod is marked with its load at the last scrape
+    #: (the operator's ``pod-deletion-cost``), so the ReplicaSet deletes the
+    #: idlest ready pods first; without, the newest ready go first.
+    marks_pod_load: bool
 
     def decide(self, obs: Observation) -> int:
         """Replicas wanted now."""
@@ -168,6 +172,7 @@ class Ours:
         self.scrape_interval_seconds = scrape_interval_seconds or _seconds(spec.monitoring.interval)
         self.gate = _our_gate(spec)
         self.initial_replicas = max(spec.autoscaling.min_replicas, 1)
+        self.marks_pod_load = True
         self.state = PolicyState()
         self.last_reason = ""
 
@@ -201,6 +206,7 @@ class Static:
         self.scrape_interval_seconds = 60.0
         self.gate = _NO_GATE
         self.initial_replicas = n
+        self.marks_pod_load = False
 
     def decide(self, obs: Observation) -> int:
         return self.initial_replicas
@@ -229,6 +235,7 @@ class Scheduled:
         self.scrape_interval_seconds = period
         self.gate = _our_gate(spec)
         self.initial_replicas = initial
+        self.marks_pod_load = True  # the plan run by our operator
         self.plan = sorted(plan)
 
     def decide(self, obs: Observation) -> int:
@@ -268,6 +275,7 @@ class _HPA:
         self.scrape_interval_seconds = scrape
         self.gate = gate
         self.initial_replicas = max(spec.autoscaling.min_replicas, 1)
+        self.marks_pod_load = False
         self.down_window = down_window
         self._recent: deque[tuple[float, int]] = deque()
 
@@ -329,14 +337,25 @@ class HPAInFlight(_HPA):
 
 
 class KEDAPrometheus(_HPA):
-    """KEDA's Prometheus scaler feeding an HPA: ⌈value / threshold⌉, empty read as 0."""
+    """KEDA's Prometheus scaler feeding an HPA: ⌈value / threshold⌉, empty read as 0.
+
+    The HPA asks KEDA's metrics server at each 15 s sync, which queries
+    Prometheus then (``pollingInterval`` paces only the activation from zero;
+    caching is opt-in, ``useCachedMetrics``: kedacore/keda#2282), so the value
+    is as fresh as the gates' scrapes. An empty or NaN result is 0
+    (``ignoreNullValues``, default true: keda#3065); a failed query is an
+    error, on which the HPA keeps the current scale.
+    """
 
     def __init__(self, spec: VLMServiceSpec, *, threshold: float | None = None) -> None:
-        super().__init__(spec, name="keda", gate=_our_gate(spec), period=15.0, scrape=30.0)
+        scrape = _seconds(spec.monitoring.interval)
+        super().__init__(spec, name="keda", gate=_our_gate(spec), period=15.0, scrape=scrape)
         self.threshold = threshold if threshold is not None else spec.concurrency.max_in_flight
 
     def recommendation(self, obs: Observation) -> int | None:
-        # keda#3065: an empty or failed query is read as 0, not as "no signal".
+        if obs.error is not None:
+            return None  # the query failed: the HPA keeps the scale
+        # keda#3065: an empty result is read as 0, not as "no signal".
         value = (obs.running or 0.0) + (obs.waiting or 0.0)
         current = max(obs.current, 1)
         # The HPA's tolerance on an AverageValue target: skip changes within 10 %.
@@ -379,6 +398,7 @@ class KnativeKPA:
         self.scrape_interval_seconds = 1.0
         self.gate = GateBehaviour(cc, 10 * cc, None, 503, None)
         self.initial_replicas = max(spec.autoscaling.min_replicas, 1)
+        self.marks_pod_load = False
         self.target = target_fraction * cc
         self.stable_window = stable_window
         self.panic_window = panic_window
@@ -439,6 +459,7 @@ class RayServe:
         self.scrape_interval_seconds = 5.0
         self.gate = GateBehaviour(spec.concurrency.max_in_flight, None, None, 503, None)
         self.initial_replicas = max(spec.autoscaling.min_replicas, 1)
+        self.marks_pod_load = False
         self.target = target_ongoing_requests
         self.look_back = look_back
         self.upscale_delay = upscale_delay

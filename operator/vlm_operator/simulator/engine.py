@@ -121,6 +121,9 @@ Routing = Literal["round-robin", "least-loaded"]
 # Open-loop arrivals wait outside the heap (see ``_Engine._loop``); _DEADLINE
 # is the deadline FIFOs' wake-up (see ``_Engine._deadline``), not an event.
 _POD_DONE, _USER, _POD_READY, _SCRAPE, _TICK, _PHASE, _RETRY, _DEADLINE = range(8)
+#: Sequence number of the scrape's event: below every other (deadlines use 0), so a
+#: scrape runs first among events at its instant. One scrape is pending at a time.
+_SCRAPE_FIRST = -1
 
 # Pod states.
 _STARTING, _READY, _DRAINING, _GONE = range(4)
@@ -206,6 +209,10 @@ class SimResult:
 
 # Fields of a gate answer (time, seconds or -1 for a rejection, ok).
 _TIME, _SECONDS, _OK = itemgetter(0), itemgetter(1), itemgetter(2)
+
+
+def _scraped_load(pod: _Pod) -> int:
+    return pod.scraped_load
 
 
 class _Batch:
@@ -327,6 +334,7 @@ class _Pod:
         "pending",
         "queue",
         "refused",
+        "scraped_load",
         "seq",
         "service",
         "state",
@@ -338,6 +346,9 @@ class _Pod:
         self.idx = idx
         self.created = created
         self.state = _STARTING
+        #: Requests inside and queued at the last scrape: the load the operator
+        #: marks the pod with before a scale-down (0 for a pod no scrape saw).
+        self.scraped_load = 0
         self.virtual = 0.0  # service attained by every request inside since empty
         self.last = 0.0  # wall time up to which ``virtual`` is exact
         self.seq = 0
@@ -482,6 +493,11 @@ class _Engine:
         self.seq += 1
         heappush(self.heap, (at, self.seq, kind, payload))
 
+    def _push_scrape(self, at: float) -> None:
+        """Schedule the next scrape ahead of any event at the same instant (a tick
+        on the same grid reads it: a signal age of whole scrape intervals is 0 s)."""
+        heappush(self.heap, (at, _SCRAPE_FIRST, _SCRAPE, None))
+
     def run(self) -> SimResult:
         end = self.trace.duration_s
         for _ in range(self.scaler.initial_replicas):
@@ -490,7 +506,7 @@ class _Engine:
         self.replicas = self.scaler.initial_replicas
         self._scrape()
         first = (self.scaler.period_seconds - self.cfg.signal_age_seconds) % self.scrape_interval
-        self.push(first, _SCRAPE)
+        self._push_scrape(first)
         self.push(self.scaler.period_seconds, _TICK)
         if self.trace.kind == "closed":
             for phase in self.trace.phases:
@@ -610,7 +626,7 @@ class _Engine:
                 self._scrape()
                 if len(heap) > self.heap_sweep_at:
                     self._sweep_stale(end)
-                self.push(at + self.scrape_interval, _SCRAPE)
+                self._push_scrape(at + self.scrape_interval)
             elif kind == _TICK:
                 self._tick()
                 self.push(at + self.scaler.period_seconds, _TICK)
@@ -785,6 +801,10 @@ class _Engine:
 
     def _client_timeout(self, req: _Request) -> None:
         pod = req.pod
+        if pod is not None:
+            # The gate answers 499 (client closed) and times it, as any answer:
+            # in the duration histogram and the request count, not an error.
+            self.gate_new.append((self.now, self.now - req.started, True))
         if req.queued and pod is not None:
             req.queued = False
             pod.waiting -= 1
@@ -1077,6 +1097,7 @@ class _Engine:
             interval = now - self.scraped[0]
         self.scrape_missed = False
         for pod in self.pods:
+            pod.scraped_load = len(pod.active) + pod.waiting
             total = pod.busy_total + (now - pod.busy_since if pod.busy_since >= 0 else 0.0)
             if pod.state == _READY:
                 fraction = (total - pod.busy_mark) / interval
@@ -1150,9 +1171,15 @@ class _Engine:
                 self.push(now + self.cfg.startup_seconds, _POD_READY, pod)
         else:
             self.scale_downs += 1
-            # Like a ReplicaSet: pods not ready go first, then the newest ready.
+            # Like a ReplicaSet: pods not ready go first, then the newest ready;
+            # with the pods marked with their load (pod-deletion-cost, which ranks
+            # before age), the idlest ready first. A failed last scrape leaves
+            # the load unknown: the operator then removes the marks.
             victims = [p for p in self.pods if p.state == _STARTING][::-1]
-            victims += [p for p in self.ready][::-1]
+            ready = [p for p in self.ready][::-1]
+            if self.scaler.marks_pod_load and not self.scrape_missed:
+                ready.sort(key=_scraped_load)  # stable: the newest first among equals
+            victims += ready
             for pod in victims[: before - wanted]:
                 self._account_cost()
                 if pod.state == _STARTING:
