@@ -179,8 +179,18 @@ def _deployment(obj: dict[str, Any]) -> list[Any]:
 
 
 def _pod(obj: dict[str, Any]) -> list[Any]:
-    statuses = (obj.get("status") or {}).get("containerStatuses") or []
-    containers = (obj.get("spec") or {}).get("containers") or []
+    # Native sidecars (init containers that keep running) count as kubectl counts them.
+    status_of = obj.get("status") or {}
+    spec = obj.get("spec") or {}
+    sidecars = {
+        c.get("name")
+        for c in spec.get("initContainers") or []
+        if c.get("restartPolicy") == "Always"
+    }
+    statuses = (status_of.get("containerStatuses") or []) + [
+        s for s in status_of.get("initContainerStatuses") or [] if s.get("name") in sidecars
+    ]
+    containers = [*(spec.get("containers") or []), *sidecars]
     ready = sum(1 for s in statuses if s.get("ready"))
     status = (obj.get("metadata") or {}).get("deletionTimestamp") and "Terminating"
     return [

@@ -17,8 +17,10 @@ availableReplicas, updatedReplicas, observedGeneration). A pod is ready when its
 Scale-down picks pods the way the ReplicaSet controller does for the cases that matter here:
 lowest ``controller.kubernetes.io/pod-deletion-cost`` first, then not-ready before ready, then
 newest first. A pod leaves the Service's endpoints first, then its gate gets SIGTERM and the
-pod's grace period to drain (so the gate's drain is exercised for real); the model container is
-stopped after the gate has exited, as a preStop hook waiting for the gate would do. Then SIGKILL.
+pod's grace period to drain (so the gate's drain is exercised for real); the model container, a
+native sidecar (an init container with ``restartPolicy: Always``), is stopped after the gate has
+exited, as the kubelet stops sidecars after the main containers. Then SIGKILL. Other init
+containers (a model download) are not run.
 A pod whose process dies is replaced by a new pod.
 """
 
@@ -177,6 +179,11 @@ def _env_value(entry: Mapping[str, Any], pod_name: str, namespace: str) -> str |
         "status.podIP": "127.0.0.1",
         "spec.nodeName": "localhost",
     }.get(str(field_path))
+
+
+def _is_sidecar(container: Mapping[str, Any]) -> bool:
+    """A native sidecar: an init container that runs beside the main containers."""
+    return container.get("restartPolicy") == "Always"
 
 
 def _is_gate(container: Mapping[str, Any]) -> bool:
@@ -419,7 +426,9 @@ class ProcessRunner:
         labels = {**(tmeta.get("labels") or {}), "pod-template-hash": thash}
         pod_name = f"{dname}-{thash[:8]}-{secrets.token_hex(3)}"
         pod_spec = dict(template.get("spec") or {})
-        containers = [dict(c) for c in pod_spec.get("containers") or []]
+        sidecars = [dict(c) for c in pod_spec.get("initContainers") or [] if _is_sidecar(c)]
+        # Sidecars first, as the kubelet starts them before the main containers.
+        containers = sidecars + [dict(c) for c in pod_spec.get("containers") or []]
         gate = next((c for c in containers if _is_gate(c)), containers[0] if containers else {})
         ports = _PortMap(_internal_ports(containers))
         probe = (gate.get("readinessProbe") or {}).get("httpGet") or {}
@@ -509,7 +518,7 @@ class ProcessRunner:
             {"type": "ContainersReady", "status": ready, "lastTransitionTime": now},
             {"type": "Ready", "status": ready, "lastTransitionTime": now},
         ]
-        statuses = []
+        statuses, sidecar_statuses = [], []
         for c in containers:
             cname = str(c.get("name"))
             proc = pod.processes.get(cname)
@@ -520,7 +529,8 @@ class ProcessRunner:
                 state = {"waiting": {"reason": "ErrImageNotRunnable", "message": pod.failed_reason}}
             else:
                 state = {"waiting": {"reason": "ContainerCreating"}}
-            statuses.append(
+            # A sidecar's status is among the init containers', as the kubelet writes it.
+            (sidecar_statuses if _is_sidecar(c) else statuses).append(
                 {
                     "name": cname,
                     "image": c.get("image", ""),
@@ -533,6 +543,7 @@ class ProcessRunner:
         status: dict[str, Any] = {
             "phase": phase,
             "conditions": conditions,
+            "initContainerStatuses": sidecar_statuses,
             "containerStatuses": statuses,
             "hostIP": "127.0.0.1",
             "podIP": "127.0.0.1",

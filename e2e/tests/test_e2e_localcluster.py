@@ -245,7 +245,10 @@ async def test_runner_runs_replicas_as_processes_and_reports_them(tmp_path) -> N
             ready = {c["type"]: c["status"] for c in pod["status"]["conditions"]}
             assert ready["Ready"] == "True"
             assert ready["PodScheduled"] == "True"
-            assert {c["name"] for c in pod["status"]["containerStatuses"]} == {"gate", "model"}
+            # The model is a native sidecar: its status is among the init containers'.
+            assert [c["name"] for c in pod["status"]["containerStatuses"]] == ["gate"]
+            assert [c["name"] for c in pod["status"]["initContainerStatuses"]] == ["model"]
+            assert all(c["ready"] for c in pod["status"]["initContainerStatuses"])
 
         # Prometheus scrapes every pod's gate, labelled for the signals contract.
         assert cluster.prometheus is not None

@@ -8,10 +8,12 @@ are not set here: the operator adopts the children (it knows the owner's uid).
 Every model pod has two containers:
 
 * the **model** server, from the runtime preset (:mod:`vlm_operator.runtimes`),
-  listening on 127.0.0.1 only;
-* the **gate** sidecar (``vlm-operator gate``), the pod's only port, which
-  enforces ``maxInFlight``, queues up to ``queueSize`` requests and exports the
-  signals the autoscaler reads.
+  listening on 127.0.0.1 only, rendered as a native sidecar (an init
+  container with ``restartPolicy: Always``, Kubernetes 1.29+): started before
+  the gate and stopped after it;
+* the **gate** (``vlm-operator gate``), the pod's main container and only
+  port, which enforces ``maxInFlight``, queues up to ``queueSize`` requests
+  and exports the signals the autoscaler reads.
 
 Choices worth knowing:
 
@@ -20,9 +22,13 @@ Choices worth knowing:
   on the gate's own ``/healthz``, so a slow load is never mistaken for a hang.
 * Shutdown drains: the gate waits a few seconds for the endpoints to forget
   the pod, then finishes its queue (``queueTimeout``) and the requests inside
-  the model (the runtime's worst service time). The model container's
-  ``preStop`` sleeps as long, so the model outlives the gate's drain, and
-  ``terminationGracePeriodSeconds`` covers both with a margin.
+  the model, which the gate itself lets run for ``responseTimeoutSeconds`` at
+  most; ``terminationGracePeriodSeconds`` covers both with a margin. The
+  kubelet stops a sidecar only once the main containers have exited, so the
+  model outlives the gate's drain however long it is, and an idle pod stops
+  as soon as its gate has (a fixed ``preStop`` sleep on the model held every
+  pod for the whole bound, and a bound short enough for that cut long
+  requests).
 * Pods run as non-root with a read-only root filesystem where the runtime
   allows it (``/tmp`` is an emptyDir), no privilege escalation, no
   capabilities, the runtime's default seccomp profile.
@@ -102,10 +108,12 @@ def initial_replicas(spec: VLMServiceSpec) -> int:
     return spec.replicas if spec.replicas is not None else 1
 
 
-def drain_seconds(spec: VLMServiceSpec, *, operator_image: str = DEFAULT_OPERATOR_IMAGE) -> int:
-    """How long the gate may take to finish its queue and the requests inside the model."""
-    container = model_container(spec, operator_image=operator_image)
-    return _drain_seconds(spec, container)
+def drain_seconds(spec: VLMServiceSpec) -> int:
+    """How long the gate may take to finish its queue and the requests inside the model:
+    a request waits ``queueTimeoutSeconds`` at most, and the gate answers 504 for one
+    the model holds longer than ``responseTimeoutSeconds``."""
+    concurrency = spec.concurrency
+    return math.ceil(concurrency.queue_timeout_seconds + concurrency.response_timeout_seconds)
 
 
 def render_children(
@@ -136,10 +144,6 @@ def _metadata(name: str, namespace: str, component: str = "model-server") -> dic
     return {"name": name, "namespace": namespace, "labels": common_labels(name, component)}
 
 
-def _drain_seconds(spec: VLMServiceSpec, container: ModelContainer) -> int:
-    return math.ceil(spec.concurrency.queue_timeout_seconds + container.worst_request_seconds)
-
-
 def _deployment(
     name: str,
     namespace: str,
@@ -147,7 +151,7 @@ def _deployment(
     container: ModelContainer,
     operator_image: str,
 ) -> dict[str, Any]:
-    drain = _drain_seconds(spec, container)
+    drain = drain_seconds(spec)
     pod_labels = {**common_labels(name), RUNTIME_LABEL: container.runtime}
     metadata = _metadata(name, namespace)
     metadata["annotations"] = {MODEL_ANNOTATION: spec.model.id}
@@ -195,11 +199,16 @@ def _pod_spec(
     model_volume = _model_volume(spec)
     if model_volume is not None:
         volumes.append(model_volume)
+    model = _model_container(spec, container, with_storage=model_volume is not None)
+    init = (
+        []
+        if spec.model.storage.download is None or model_volume is None
+        else [_download_container(spec)]
+    )
     pod: dict[str, Any] = {
-        "containers": [
-            _model_container(spec, container, drain, with_storage=model_volume is not None),
-            _gate_container(spec, container, operator_image, drain),
-        ],
+        # The download (if any) runs to its end, then the model starts, then the gate.
+        "initContainers": [*init, model],
+        "containers": [_gate_container(spec, container, operator_image, drain)],
         "volumes": volumes,
         "securityContext": {
             "runAsNonRoot": True,
@@ -226,8 +235,6 @@ def _pod_spec(
             }
         ],
     }
-    if spec.model.storage.download is not None and model_volume is not None:
-        pod["initContainers"] = [_download_container(spec)]
     if placement.node_selector:
         pod["nodeSelector"] = dict(placement.node_selector)
     if placement.tolerations:
@@ -257,7 +264,7 @@ def _resources(resources: ResourceRequirements) -> dict[str, Any]:
 
 
 def _model_container(
-    spec: VLMServiceSpec, container: ModelContainer, drain: int, *, with_storage: bool
+    spec: VLMServiceSpec, container: ModelContainer, *, with_storage: bool
 ) -> dict[str, Any]:
     mounts: list[dict[str, Any]] = [{"name": _TMP_VOLUME, "mountPath": "/tmp"}]
     if with_storage:
@@ -276,8 +283,8 @@ def _model_container(
         "resources": _resources(spec.resources),
         "securityContext": _security_context(read_only_root=container.read_only_root),
         "volumeMounts": mounts,
-        # Keep serving while the gate drains; the gate exits first.
-        "lifecycle": {"preStop": {"sleep": {"seconds": _ENDPOINTS_GRACE_SECONDS + drain}}},
+        # A sidecar: restarted if it exits, stopped after the gate has drained.
+        "restartPolicy": "Always",
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if container.command:

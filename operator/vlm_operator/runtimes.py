@@ -11,8 +11,7 @@ single way in, so that no request can bypass the in-flight limit.
 
 Timing budgets matter more than they look. The start-up budget bounds the
 gate's startup probe (a float32 Transformers load from a network volume takes
-minutes; a probe that gives up earlier restarts the pod forever), and the
-worst service time of one request sizes the drain on shutdown.
+minutes; a probe that gives up earlier restarts the pod forever).
 
 This module is pure.
 """
@@ -24,7 +23,6 @@ import re
 from dataclasses import dataclass
 
 from vlm_operator import __version__
-from vlm_operator.latency import LatencyModel
 from vlm_operator.models import EnvVar, VLMServiceSpec
 
 __all__ = [
@@ -66,8 +64,6 @@ class RuntimePreset:
     image: str | None
     #: Longest model load the startup probe waits for.
     startup_budget_seconds: int
-    #: Slowest single request, at the full in-flight limit, with some tail.
-    worst_request_seconds: float
     #: Whether the server reads model files from spec.model.storage.
     needs_model_files: bool
     #: Whether the server runs with a read-only root filesystem (/tmp is writable).
@@ -81,7 +77,6 @@ PRESETS: dict[str, RuntimePreset] = {
         name="llamacpp",
         image=LLAMACPP_IMAGE,
         startup_budget_seconds=300,
-        worst_request_seconds=60.0,
         needs_model_files=True,
     ),
     "transformers": RuntimePreset(
@@ -89,23 +84,19 @@ PRESETS: dict[str, RuntimePreset] = {
         image=MODEL_SERVER_IMAGE,
         # float32 weights (~9 GB in memory) read from a network volume.
         startup_budget_seconds=900,
-        # Measured: P95 28 s at 16 in flight; at the limit of 4, 10.5 s.
-        worst_request_seconds=60.0,
         needs_model_files=True,
     ),
-    # Both budgets of the fake runtime are computed from spec.model.fake.
+    # The fake runtime's start-up budget is computed from spec.model.fake.
     "fake": RuntimePreset(
         name="fake",
         image=None,
         startup_budget_seconds=0,
-        worst_request_seconds=0.0,
         needs_model_files=False,
     ),
     "custom": RuntimePreset(
         name="custom",
         image=None,
         startup_budget_seconds=600,
-        worst_request_seconds=60.0,
         needs_model_files=False,
         # An unknown image may write anywhere.
         read_only_root=False,
@@ -125,7 +116,6 @@ class ModelContainer:
     port: int
     health_path: str
     startup_budget_seconds: int
-    worst_request_seconds: float
     read_only_root: bool
     needs_model_files: bool
 
@@ -150,7 +140,6 @@ def model_container(spec: VLMServiceSpec, *, operator_image: str) -> ModelContai
     preset = PRESETS[model.runtime]
     port = model.port or preset.port
     startup = startup_budget_seconds(spec)
-    worst = preset.worst_request_seconds
     env: list[EnvVar] = [EnvVar(name="HOME", value="/tmp")]
 
     if model.runtime == "llamacpp":
@@ -184,9 +173,6 @@ def model_container(spec: VLMServiceSpec, *, operator_image: str) -> ModelContai
         command = ["vlm-operator", "fake-model"]
         args = []
         fake = model.fake
-        latency = LatencyModel(
-            base_seconds=fake.base_seconds, alpha=fake.alpha, time_scale=fake.time_scale
-        )
         env += [
             EnvVar(name="VLM_FAKE_LISTEN", value=f"127.0.0.1:{port}"),
             EnvVar(name="VLM_FAKE_MODEL_ID", value=model.id),
@@ -195,8 +181,6 @@ def model_container(spec: VLMServiceSpec, *, operator_image: str) -> ModelContai
             EnvVar(name="VLM_FAKE_TIME_SCALE", value=plain_number(fake.time_scale)),
             EnvVar(name="VLM_FAKE_STARTUP_SECONDS", value=plain_number(fake.startup_seconds)),
         ]
-        # A request at the limit, with a generous lognormal tail (sigma 0.1: +50% is ~4 sigma).
-        worst = 1.5 * latency.mean_latency(spec.concurrency.max_in_flight)
     else:  # custom
         command = []
         args = []
@@ -213,7 +197,6 @@ def model_container(spec: VLMServiceSpec, *, operator_image: str) -> ModelContai
         port=port,
         health_path=model.health_path or preset.health_path,
         startup_budget_seconds=startup,
-        worst_request_seconds=worst,
         read_only_root=preset.read_only_root,
         needs_model_files=preset.needs_model_files,
     )

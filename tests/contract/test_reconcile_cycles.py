@@ -933,7 +933,8 @@ async def test_a_key_gone_from_a_container_is_removed_from_the_child() -> None:
     ctx = reconcile.OperatorContext(kube=kube, signals=FakeSignals(), metrics=OperatorMetrics())  # type: ignore[arg-type]
 
     def model_container() -> dict[str, Any]:
-        containers = kube.objects[DEPLOYMENT]["spec"]["template"]["spec"]["containers"]
+        pod = kube.objects[DEPLOYMENT]["spec"]["template"]["spec"]
+        containers = pod["initContainers"] + pod["containers"]  # the model is a sidecar
         return next(c for c in containers if c["resources"].get("requests", {}).get("cpu") == "2")
 
     try:
