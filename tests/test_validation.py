@@ -12,6 +12,7 @@ from vlm_operator.validation import (
     load_services,
     parse_service,
     parse_spec,
+    quantity_bytes,
     spec_warnings,
 )
 
@@ -262,3 +263,38 @@ def test_a_rate_window_of_too_few_scrapes_is_a_warning(
     assert [w.path for w in warnings] == (["spec.metrics.windowSeconds"] if warned else [])
     if warned:
         assert "at least" in warnings[0].reason
+
+
+@pytest.mark.parametrize(
+    ("concurrency", "gate", "warned"),
+    [
+        ({}, {}, False),  # the defaults: 96 MiB of bodies held, 256Mi
+        ({"maxRequestBytes": 120 * 2**20}, {}, False),  # 120 + 128 MiB: it fits
+        ({"maxRequestBytes": 200 * 2**20}, {}, True),  # one body alone is 200 MiB
+        ({"maxRequestBytes": 200 * 2**20}, {"resources": {"limits": {"memory": "1Gi"}}}, False),
+        ({"maxRequestBytes": 200 * 2**20}, {"resources": {"limits": {"memory": "300M"}}}, True),
+        ({"maxRequestBytes": 200 * 2**20}, {"resources": {"limits": {}}}, False),  # no limit
+        ({}, {"resources": {"limits": {"memory": "128Mi"}}}, True),
+    ],
+)
+def test_a_gate_memory_limit_below_the_bodies_it_holds_is_a_warning(
+    concurrency: dict[str, Any], gate: dict[str, Any], warned: bool
+) -> None:
+    spec = _spec({"model": {"id": "m", "runtime": "fake"}, "concurrency": concurrency,
+                  "gate": gate})  # fmt: skip
+    warnings = [w for w in spec_warnings(spec) if w.path.startswith("spec.gate")]
+    assert [w.path for w in warnings] == (["spec.gate.resources.limits.memory"] if warned else [])
+    if warned:
+        assert "maxRequestBytes" in warnings[0].reason
+        assert "raise it to" in warnings[0].reason
+
+
+@pytest.mark.parametrize(
+    ("quantity", "expected"),
+    [("256Mi", 256 * 2**20), ("1Gi", 2**30), ("300M", 300e6), ("1e9", 1e9), ("512", 512.0),
+     ("1.5Gi", 1.5 * 2**30), ("100m", 0.1), ("lots", None)],
+)  # fmt: skip
+def test_memory_quantities_are_read_as_kubernetes_reads_them(
+    quantity: str, expected: float | None
+) -> None:
+    assert quantity_bytes(quantity) == expected

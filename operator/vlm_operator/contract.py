@@ -150,3 +150,18 @@ def retry_after_seconds(
     busy = 1.0 - min(max(refused_fraction, 0.0), _MAX_REFUSED_FRACTION)
     seconds = math.ceil(service * position / slots / busy * RETRY_AFTER_MARGIN)
     return min(RETRY_AFTER_MAX_SECONDS, max(1, seconds))
+
+
+#: The most request-body bytes the gate holds at once unless told otherwise. Room for
+#: every slot and queue place at the largest body is 240 MiB by default, past the gate
+#: container's 256Mi once the process itself (about 56 MiB) and the allocator's slack
+#: are added; bodies past this are an overload the model could not take in sooner.
+HELD_BODY_BYTES_CAP = 96 * 1024 * 1024
+
+
+def held_body_bytes(max_in_flight: int, queue_size: int, max_body_bytes: int) -> int:
+    """The request-body bytes a gate holds at once by default: a body of the largest size
+    for every slot and queue place, at most :data:`HELD_BODY_BYTES_CAP`, and at least one
+    body of the largest size (the gate and the operator's sizing of its memory agree)."""
+    every_place = (max_in_flight + queue_size) * max_body_bytes
+    return max(max_body_bytes, min(every_place, HELD_BODY_BYTES_CAP))

@@ -646,12 +646,22 @@ class NetworkPolicySpec(APIModel):
     """Optional NetworkPolicy restricting who may reach the gate."""
 
     enabled: bool = Field(default=False, description="Create a NetworkPolicy.")
+    # Two allow-lists, not one selector: a NetworkPolicy's peers are ORed, so "the
+    # gateway pods of the web namespaces" is not expressible with both set.
     allow_from_namespaces: dict[str, str] = Field(
         default_factory=dict,
-        description="Namespace labels allowed to reach the gate (empty: this namespace only).",
+        description=(
+            "Labels of namespaces every pod of which may reach the gate. With "
+            "allowFromPods, either list admits (they are not combined into one "
+            "selector). Both empty: every pod of this namespace."
+        ),
     )
     allow_from_pods: dict[str, str] = Field(
-        default_factory=dict, description="Pod labels allowed to reach the gate."
+        default_factory=dict,
+        description=(
+            "Labels of pods of this namespace that may reach the gate (pods of other "
+            "namespaces: allowFromNamespaces admits them all)."
+        ),
     )
     prometheus_namespace_labels: dict[str, str] = Field(
         default_factory=lambda: {"kubernetes.io/metadata.name": "monitoring"},

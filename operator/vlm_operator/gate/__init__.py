@@ -20,8 +20,8 @@ Public API::
     exit_code = await serve(config)   # all of it: run until SIGTERM, drain, return 0
 """
 
-from vlm_operator.contract import DURATION_BUCKETS, REJECTION_REASONS
-from vlm_operator.gate._server import HELD_BODY_BYTES_CAP, GateConfig, GateServer, serve
+from vlm_operator.contract import DURATION_BUCKETS, HELD_BODY_BYTES_CAP, REJECTION_REASONS
+from vlm_operator.gate._server import GateConfig, GateServer, serve
 
 __all__ = [
     "DURATION_BUCKETS",

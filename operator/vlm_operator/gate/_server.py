@@ -30,6 +30,7 @@ import signal
 import sys
 from dataclasses import dataclass
 
+from vlm_operator.contract import held_body_bytes
 from vlm_operator.gate._admission import Admission
 from vlm_operator.gate._cache import ResponseCache
 from vlm_operator.gate._client import ClientConnection
@@ -47,11 +48,6 @@ _HEALTH_FAILURES = 2
 _SWEEP_SECONDS = 5.0
 #: Seconds a client's keep-alive connection may stay idle.
 _CLIENT_IDLE_SECONDS = 75.0
-#: The most request-body bytes the gate holds at once unless told otherwise. Room for
-#: every slot and queue place at the largest body is 240 MiB by default, past the gate
-#: container's 256Mi once the process itself (about 56 MiB) and the allocator's slack
-#: are added; bodies past this are an overload the model could not take in sooner.
-HELD_BODY_BYTES_CAP = 96 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -106,13 +102,12 @@ class GateConfig:
     def held_body_limit(self) -> int:
         """The most request-body bytes the gate holds at once.
 
-        Unless set: a body of the largest size for every slot and queue place,
-        at most :data:`HELD_BODY_BYTES_CAP`, and at least one body of the largest size.
+        Unless set: :func:`vlm_operator.contract.held_body_bytes` (a body of the largest
+        size for every slot and queue place, within bounds).
         """
         if self.max_held_body_bytes:
             return self.max_held_body_bytes
-        every_place = (self.max_in_flight + self.queue_size) * self.max_body_bytes
-        return max(self.max_body_bytes, min(every_place, HELD_BODY_BYTES_CAP))
+        return held_body_bytes(self.max_in_flight, self.queue_size, self.max_body_bytes)
 
 
 async def _probe(proxy: Proxy, path: bytes, seconds: float) -> bool:
