@@ -543,6 +543,31 @@ async def test_model_not_ready_answers_503_and_readyz_follows_health(backend: Ba
         assert (await gate.request("POST", "/sleep"))[0] == 200
 
 
+async def test_modelz_follows_the_models_health_draining_or_not(backend: Backend) -> None:
+    # The model container's liveness probe: a hung model is restarted, a draining gate's
+    # healthy model is not (its readiness, /readyz, says draining instead).
+    async with running_gate(backend) as gate:
+
+        async def modelz(status: int) -> bool:
+            return (await gate.request("GET", "/modelz"))[0] == status
+
+        await until(lambda: modelz(200))
+        backend.healthy = False
+        await until(lambda: modelz(503))
+        backend.healthy = True
+        await until(lambda: modelz(200))
+        drain = asyncio.create_task(gate.server.drain(5.0))
+        try:
+            await until(lambda: readyz_is(gate, 503))
+            assert await modelz(200)
+        finally:
+            await drain
+
+
+async def readyz_is(gate: Gate, status: int) -> bool:
+    return (await gate.request("GET", "/readyz"))[0] == status
+
+
 async def test_a_model_answering_requests_stays_ready_despite_failed_health_checks(
     backend: Backend,
 ) -> None:

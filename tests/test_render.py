@@ -411,9 +411,7 @@ def test_transformers_preset_waits_minutes_for_the_model() -> None:
         str(20 * 1024 * 1024),  # the gate's limit: what it lets through is read whole
     ]
     assert _env(containers["model"])["OMP_NUM_THREADS"] == "8"
-    startup = containers["gate"]["startupProbe"]
-    assert startup["httpGet"]["path"] == "/readyz"
-    assert startup["periodSeconds"] * startup["failureThreshold"] >= 600
+    assert containers["model"]["livenessProbe"]["initialDelaySeconds"] >= 600
 
 
 def test_fake_preset_is_configured_by_environment() -> None:
@@ -439,8 +437,7 @@ def test_fake_preset_is_configured_by_environment() -> None:
     volumes = _by_kind(render_children("s", "n", spec))["Deployment"]["spec"]["template"]["spec"]
     assert [v["name"] for v in volumes["volumes"]] == ["tmp"]
     # Start-up budget follows the scaled load time, with slack.
-    startup = containers["gate"]["startupProbe"]
-    assert startup["periodSeconds"] * startup["failureThreshold"] >= 60 / 20
+    assert model["livenessProbe"]["initialDelaySeconds"] >= 60 / 20
 
 
 def test_custom_runtime_takes_everything_from_the_spec() -> None:
@@ -518,11 +515,17 @@ def test_pods_are_locked_down() -> None:
 
 
 def test_probes() -> None:
-    gate = _containers(render_children("s", "n", _spec()))["gate"]
+    containers = _containers(render_children("s", "n", _spec()))
+    gate, model = containers["gate"], containers["model"]
     assert gate["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert gate["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    startup = gate["startupProbe"]
-    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
+    # A model that never loads, or hangs, restarts the model, not the gate: the probe is
+    # the model's, asked of the gate (the model listens on 127.0.0.1), after the budget.
+    assert "startupProbe" not in gate
+    liveness = model["livenessProbe"]
+    assert liveness["httpGet"] == {"path": "/modelz", "port": 8000}
+    assert liveness["initialDelaySeconds"] >= 300  # llama.cpp's budget
+    assert liveness["periodSeconds"] * liveness["failureThreshold"] >= 30  # a busy spell
 
 
 @pytest.mark.parametrize(

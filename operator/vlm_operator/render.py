@@ -17,9 +17,12 @@ Every model pod has two containers:
 
 Choices worth knowing:
 
-* The gate's startup probe waits on ``/readyz`` (model loaded) for the
-  runtime's whole start-up budget; readiness stays on ``/readyz`` and liveness
-  on the gate's own ``/healthz``, so a slow load is never mistaken for a hang.
+* The model's liveness probe asks the gate's ``/modelz`` (the model's own
+  health check, draining or not) once the runtime's whole start-up budget has
+  passed since each start of the model: a model that hangs, or never loads,
+  is restarted, and the gate is not (a startup probe on the gate restarted
+  the wrong container). Readiness is the gate's ``/readyz``, the gate's own
+  liveness its ``/healthz``, so a slow load is never mistaken for a hang.
 * Shutdown drains: the gate waits a few seconds for the endpoints to forget
   the pod, then finishes its queue (``queueTimeout``) and the requests inside
   the model, which the gate itself lets run for ``responseTimeoutSeconds`` at
@@ -285,6 +288,16 @@ def _model_container(
         "volumeMounts": mounts,
         # A sidecar: restarted if it exits, stopped after the gate has drained.
         "restartPolicy": "Always",
+        "livenessProbe": {
+            # The gate's port (the model listens on 127.0.0.1 only); a number, as a
+            # named port resolves among this container's own.
+            "httpGet": {"path": "/modelz", "port": spec.gate.port},
+            # From each start of the model: a load gets the runtime's whole budget.
+            "initialDelaySeconds": container.startup_budget_seconds,
+            "periodSeconds": 10,
+            "timeoutSeconds": 5,
+            "failureThreshold": 6,
+        },
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if container.command:
@@ -324,14 +337,6 @@ def _gate_container(
         "resources": _resources(spec.gate.resources),
         "securityContext": _security_context(read_only_root=True),
         "volumeMounts": [{"name": _TMP_VOLUME, "mountPath": "/tmp"}],
-        "startupProbe": {
-            "httpGet": {"path": "/readyz", "port": port},
-            "periodSeconds": _PROBE_PERIOD_SECONDS,
-            "timeoutSeconds": 3,
-            "failureThreshold": max(
-                1, math.ceil(container.startup_budget_seconds / _PROBE_PERIOD_SECONDS)
-            ),
-        },
         "readinessProbe": {
             "httpGet": {"path": "/readyz", "port": port},
             "periodSeconds": _PROBE_PERIOD_SECONDS,

@@ -9,9 +9,10 @@ it may take to load the model. :mod:`vlm_operator.render` wraps it in a pod.
 Every model server listens on 127.0.0.1 only: the gate sidecar is the pod's
 single way in, so that no request can bypass the in-flight limit.
 
-Timing budgets matter more than they look. The start-up budget bounds the
-gate's startup probe (a float32 Transformers load from a network volume takes
-minutes; a probe that gives up earlier restarts the pod forever).
+Timing budgets matter more than they look. The start-up budget is how long
+after each start of the model its liveness probe waits (a float32 Transformers
+load from a network volume takes minutes; a probe that starts earlier restarts
+the load forever).
 
 This module is pure.
 """

@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("vlm_operator.gate")
 
-_OWN_PATHS = frozenset({b"/metrics", b"/healthz", b"/readyz"})
+_OWN_PATHS = frozenset({b"/metrics", b"/healthz", b"/readyz", b"/modelz"})
 _READ_METHODS = frozenset({b"GET", b"HEAD"})
 #: Methods whose empty body is still announced with "Content-Length: 0".
 _BODY_METHODS = frozenset({b"POST", b"PUT", b"PATCH"})
@@ -467,7 +467,7 @@ class Proxy:
         self._complete(exchange, hit.status)
 
     def _own_endpoint(self, exchange: Exchange, path: bytes) -> None:
-        """/metrics, /healthz, /readyz: neither queued nor counted."""
+        """/metrics, /healthz, /readyz, /modelz: neither queued nor counted."""
         keep_alive = self._keep_alive(exchange)
         head_only = exchange.method == b"HEAD"
         if path == b"/metrics":
@@ -488,6 +488,10 @@ class Proxy:
                     status, state = 503, "model not ready"
                 else:
                     state = "ready"
+            elif path == b"/modelz":
+                # The model's own liveness, for the model container's probe: draining
+                # or not, only whether the model's health check passes.
+                status, state = (200, "ready") if self.ready else (503, "model not ready")
             data = json_response(
                 status,
                 {"status": state},
