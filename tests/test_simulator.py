@@ -743,3 +743,57 @@ def test_our_scale_down_deletes_the_idlest_pod_first() -> None:
         costs.append(result.replica_seconds)
     assert costs[0] == pytest.approx(2 * 5.0 + 55.0)
     assert costs[1] == pytest.approx(2 * 6.2 + 53.8)  # the busy pod drained at 6.2 s
+
+
+class _GateAnswers(_interpreted._Engine):  # type: ignore[misc]
+    """The engine, noting every answer its gates record (each one as it is recorded)."""
+
+    recorded: list[tuple[float, float]]  # (time, seconds; -1 for a refusal)
+
+    @property  # type: ignore[override]
+    def gate_new(self) -> list[tuple[float, float, bool]]:
+        return self._gate_new
+
+    @gate_new.setter
+    def gate_new(self, value: list[tuple[float, float, bool]]) -> None:
+        if not hasattr(self, "recorded"):
+            self.recorded = []  # set by the engine's __init__, before ours could run
+        self._gate_new = _Recording(value, self.recorded)
+
+
+class _Recording(list):  # type: ignore[type-arg]
+    def __init__(
+        self, items: list[tuple[float, float, bool]], log: list[tuple[float, float]]
+    ) -> None:
+        super().__init__(items)
+        self.log = log
+
+    def append(self, item: tuple[float, float, bool]) -> None:
+        self.log.append((item[0], item[1]))
+        super().append(item)
+
+
+@pytest.mark.parametrize("cancel", [True, False])
+def test_a_request_leaves_the_gate_once_whether_or_not_the_model_cancels_it(
+    cancel: bool,
+) -> None:
+    # One user, answers slower than the client's 30 s: each attempt is given up. A model
+    # that cancels ends it there (the gate's 499); one that does not ends it later, and
+    # the gate answers it then, once: never at both instants.
+    slow = LatencyModel(base_seconds=40.0, alpha=0.0, sigma=0.0)
+    trace = _closed(1, 200)
+    spec = spec_for(trace)
+    config = _interpreted.SimConfig(latency=slow, cancel_on_disconnect=cancel)
+    probe = _Probe(spec, period=5.0, scrape=5.0)
+    probe.gate = GateBehaviour(1, 0, None, 429, 1.0)  # one slot, no queue: refused, not queued
+    run = _GateAnswers(trace, probe, spec, 1, config)
+    result = run.run()
+    timed_out = [s + 30.0 for s, c in zip(result.sent, result.status, strict=True) if c == TIMEOUT]
+    assert len(timed_out) >= 4
+    answered = [at for at, seconds in run.recorded if seconds >= 0]
+    if cancel:
+        assert answered == pytest.approx(timed_out)
+    else:
+        # Answered once, when the model ends it (40 s after it began, 10 s after its
+        # client gave up); the last one ends after the run has every outcome.
+        assert answered == pytest.approx([t + 10.0 for t in timed_out[:-1]])

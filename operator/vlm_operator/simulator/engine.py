@@ -801,17 +801,18 @@ class _Engine:
 
     def _client_timeout(self, req: _Request) -> None:
         pod = req.pod
-        if pod is not None:
-            # The gate answers 499 (client closed) and times it, as any answer:
-            # in the duration histogram and the request count, not an error.
-            self.gate_new.append((self.now, self.now - req.started, True))
+        # A request that leaves the gate here is its 499 (client closed), timed and
+        # counted as any answer, no error; one a model does not cancel is answered
+        # (and counted) when the model ends it.
         if req.queued and pod is not None:
             req.queued = False
             pod.waiting -= 1
             self.waiting_total -= 1
+            self.gate_new.append((self.now, self.now - req.started, True))
             self._maybe_gone(pod)
         elif pod is not None and self.cancel_on_disconnect and self._cancel(pod, req):
             pod.service = moving_service_mean(pod.service, self.now - req.admitted)
+            self.gate_new.append((self.now, self.now - req.started, True))
             self._refill(pod)
         self._finish(req, TIMEOUT, None)
 
