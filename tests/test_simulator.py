@@ -746,31 +746,15 @@ def test_our_scale_down_deletes_the_idlest_pod_first() -> None:
 
 
 class _GateAnswers(_interpreted._Engine):  # type: ignore[misc]
-    """The engine, noting every answer its gates record (each one as it is recorded)."""
+    """The engine, noting the answers its gates record as each scrape takes them in."""
 
-    recorded: list[tuple[float, float]]  # (time, seconds; -1 for a refusal)
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.recorded: list[tuple[float, float]] = []  # (time, seconds; -1 for a refusal)
 
-    @property  # type: ignore[override]
-    def gate_new(self) -> list[tuple[float, float, bool]]:
-        return self._gate_new
-
-    @gate_new.setter
-    def gate_new(self, value: list[tuple[float, float, bool]]) -> None:
-        if not hasattr(self, "recorded"):
-            self.recorded = []  # set by the engine's __init__, before ours could run
-        self._gate_new = _Recording(value, self.recorded)
-
-
-class _Recording(list):  # type: ignore[type-arg]
-    def __init__(
-        self, items: list[tuple[float, float, bool]], log: list[tuple[float, float]]
-    ) -> None:
-        super().__init__(items)
-        self.log = log
-
-    def append(self, item: tuple[float, float, bool]) -> None:
-        self.log.append((item[0], item[1]))
-        super().append(item)
+    def _scrape(self) -> None:
+        self.recorded += [(at, seconds) for at, seconds, _ in self.gate_new]
+        super()._scrape()
 
 
 @pytest.mark.parametrize("cancel", [True, False])
@@ -788,6 +772,7 @@ def test_a_request_leaves_the_gate_once_whether_or_not_the_model_cancels_it(
     probe.gate = GateBehaviour(1, 0, None, 429, 1.0)  # one slot, no queue: refused, not queued
     run = _GateAnswers(trace, probe, spec, 1, config)
     result = run.run()
+    run.recorded += [(at, seconds) for at, seconds, _ in run.gate_new]  # since the last scrape
     timed_out = [s + 30.0 for s, c in zip(result.sent, result.status, strict=True) if c == TIMEOUT]
     assert len(timed_out) >= 4
     answered = [at for at, seconds in run.recorded if seconds >= 0]

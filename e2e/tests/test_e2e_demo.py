@@ -25,13 +25,15 @@ async def test_quick_demo_scales_with_the_gradient(tmp_path: Path) -> None:
     assert set(reports) == {1, 2, 4, 8, 16}
 
     # One user on one pod: the model's own latency (6.2 s, lognormal), converted to real time.
-    # The median says so; the P95 of a phase's 18 requests is its second slowest, and a
+    # The median says so, within what 20 draws of sigma 0.1 allow (the median of 20 is below
+    # 6.2 x exp(-3.1 x 0.1 x 1.2533 / sqrt(20)) = 5.68 s once in a thousand runs; 5.84 s has
+    # been read); the P95 of a phase's 18 requests is its second slowest, and a
     # time-compressed run turns a 0.5 s stall of the shared cores into 5 s: it is bounded
     # by twice the measured single pod's, which a queue at one user would exceed.
     solo = reports[1]
     assert solo.p50_s is not None
     assert solo.p95_s is not None
-    assert 6.0 < solo.p50_s < 7.5
+    assert 5.6 < solo.p50_s < 7.5
     assert solo.p95_s < 2 * MEASURED_SINGLE_POD[1][0]
     assert solo.error_rate == 0.0
 

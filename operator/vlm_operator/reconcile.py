@@ -86,6 +86,7 @@ from vlm_operator.signals import SignalReader
 from vlm_operator.status import (
     CHILD_REJECTED,
     INVALID_SPEC,
+    METRICS_AVAILABLE,
     SPEC_CONDITION_TYPES,
     child_rejected_conditions,
     cycle_status,
@@ -94,7 +95,6 @@ from vlm_operator.status import (
     invalid_spec_conditions,
     merge_patched,
     rfc3339,
-    signals_available,
     spec_warning_conditions,
     transition_events,
     with_spec_conditions,
@@ -225,7 +225,7 @@ async def _apply_spec(
             previous.get("conditions") or [], error, now=stamp, generation=generation
         )
         conditions = with_spec_conditions(
-            _cycle_conditions(context, (namespace, name), previous), conditions
+            _cycle_conditions(context.loops.get((namespace, name)), previous), conditions
         )
         await context.kube.patch_status(
             API_VERSION,
@@ -258,14 +258,14 @@ async def _apply_spec(
         # The list is replaced whole: with the cycles' conditions as they are now,
         # not as this handler's event showed them before the children were applied.
         status["conditions"] = conditions = with_spec_conditions(
-            _cycle_conditions(context, (namespace, name), previous), conditions
+            _cycle_conditions(context.loops.get((namespace, name)), previous), conditions
         )
     await context.kube.patch_status(API_VERSION, PLURAL, namespace, name, status)
     _remember_verdict(context, (namespace, name), generation, conditions)
 
 
 def _cycle_conditions(
-    context: OperatorContext, key: tuple[str, str], seen: Mapping[str, Any]
+    memory: _Memory | None, seen: Mapping[str, Any]
 ) -> Sequence[Mapping[str, Any]]:
     """The latest conditions the service's cycles wrote (those the spec's are set into).
 
@@ -273,7 +273,6 @@ def _cycle_conditions(
     what it wrote last while the watch has not shown it yet, else its live view of
     the object, else the status ``seen`` (no loop runs).
     """
-    memory = context.loops.get(key)
     if memory is not None:
         if memory.status is not None and "conditions" in memory.status:
             written: Sequence[Mapping[str, Any]] = memory.status["conditions"]
@@ -749,14 +748,6 @@ async def autoscale_once(
         memory.scaled_to, memory.scaled_at = decision.replicas, now
         scaled = True
     context.metrics.decisions.labels(decision.direction).inc()
-    context.metrics.observe_service(
-        namespace,
-        name,
-        desired=decision.replicas,
-        max_replicas=spec.autoscaling.max_replicas,
-        p95_target=spec.autoscaling.p95_latency_target_seconds,
-        signals_available=signals_available(signals, decision),
-    )
 
     new = cycle_status(
         previous,
@@ -769,6 +760,15 @@ async def autoscale_once(
         pending_timeout_seconds=pending_timeout,
         generation=generation,
         now=now,
+    )
+    metrics_available = find_condition(new["conditions"], METRICS_AVAILABLE) or {}
+    context.metrics.observe_service(
+        namespace,
+        name,
+        desired=decision.replicas,
+        max_replicas=spec.autoscaling.max_replicas,
+        p95_target=spec.autoscaling.p95_latency_target_seconds,
+        signals_available=metrics_available.get("status") == "True",
     )
     if _generation(body) != generation:
         # The spec changed while this cycle waited on Prometheus: its handler
@@ -865,9 +865,8 @@ async def _refresh_children(
         return
     meta = body["metadata"]
     key = (str(meta.get("namespace") or "default"), str(meta["name"]))
-    if memory.status is not None and "conditions" in memory.status:
-        # The last cycle's conditions, which the watch may not show yet.
-        conditions = with_spec_conditions(memory.status["conditions"], conditions)
+    # The last cycle's conditions, which the watch may not show yet.
+    conditions = with_spec_conditions(_cycle_conditions(memory, live), conditions)
     await context.kube.patch_status(API_VERSION, PLURAL, *key, {"conditions": conditions})
     _remember_verdict(context, key, generation, conditions)
 

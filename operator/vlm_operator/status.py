@@ -187,11 +187,6 @@ def merge_patched(target: Mapping[str, Any], patch: Mapping[str, Any]) -> dict[s
     return out
 
 
-def signals_available(signals: Signals, decision: Decision) -> bool:
-    """Whether a cycle read the signals it decides on: its MetricsAvailable condition."""
-    return signals.error is None and decision.signals_ok
-
-
 def _metrics_condition(
     signals: Signals, decision: Decision, unscraped: int | None
 ) -> tuple[str, str, str]:

@@ -217,9 +217,9 @@ def spec_warnings(spec: VLMServiceSpec) -> list[FieldError]:
 RATE_WINDOW_SCRAPES = 4
 
 
-#: What the gate's process takes besides the request bodies it holds, at its peak: about
-#: 56 MiB under uvloop, up to about 110 MiB under asyncio's own loop (the real gate, peak
-#: RSS with bodies of 8-280 MiB held).
+#: An allowance for the gate's process besides the request bodies it holds (interpreter,
+#: event loop, allocator slack): generous, so that the defaults (96 MiB of bodies, 256Mi)
+#: raise no warning and a limit that can only be an OOM kill does.
 GATE_BASE_MEMORY_BYTES = 128 * 1024 * 1024
 _QUANTITY = re.compile(r"^([0-9.]+(?:[eE][-+]?[0-9]+)?)([KMGTPE]i?|[kmun])?$")
 _QUANTITY_FACTORS = {
