@@ -78,6 +78,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "dashboard": {"enabled": True},
         "serviceAccount": {"create": True, "name": "vlm", "annotations": {"a": "b"}},
     },
+    "ipv6": {"ipFamily": "IPv6"},
 }
 
 
@@ -149,6 +150,7 @@ def test_every_rendered_object_passes_the_kubernetes_schema(case: str, kube_vers
         ({"resources": {"claims": [{"name": "c"}]}}, "/resources", "additional properties"),
         ({"nodeSelector": {"pool": 3}}, "/nodeSelector/pool", "want string"),
         ({"nameOverride": "Vision_Models"}, "/nameOverride", "pattern"),
+        ({"ipFamily": "ipv6"}, "/ipFamily", "must be one of"),
         ({"fullnameOverride": "vlm-"}, "/fullnameOverride", "pattern"),
         (
             {"prometheus": {"bearerTokenSecret": {"name": "Bad_Name", "key": "t"}}},
@@ -248,6 +250,16 @@ def test_liveness_probe_targets_the_operators_liveness_endpoint() -> None:
     assert (probe["path"], ports[probe["port"]]) == ("/healthz", 8181)
 
 
+def test_an_ipv6_only_cluster_reaches_the_operator_on_ipv6() -> None:
+    # The kubelet probes, and Prometheus scrapes, the pod's one address.
+    args = _operator_args(chart.render(VALUE_SETS["ipv6"]))
+    assert _flag(args, "liveness") == ["http://[::]:8080/healthz"]
+    assert _flag(args, "metrics-address") == ["::"]
+    parsed = build_parser().parse_args(args)
+    assert (parsed.liveness, parsed.metrics_address) == ("http://[::]:8080/healthz", "::")
+    assert not _flag(_operator_args(chart.render()), "metrics-address")  # the default 0.0.0.0
+
+
 def test_watched_namespaces_become_flags() -> None:
     assert "--all-namespaces" in _operator_args(chart.render())
     args = _operator_args(chart.render(VALUE_SETS["namespaced"]))
@@ -299,7 +311,7 @@ def test_watching_pod_monitors_is_a_flag_and_its_permissions() -> None:
 
 
 @pytest.mark.parametrize(
-    "case", ["default", "namespaced", "credentials", "placement", "everything"]
+    "case", ["default", "namespaced", "credentials", "placement", "everything", "ipv6"]
 )
 def test_operator_arguments_are_accepted_by_vlm_operator_run(case: str) -> None:
     objects = chart.render(VALUE_SETS[case])

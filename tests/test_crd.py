@@ -350,6 +350,7 @@ BOUND_CASES: list[tuple[str, dict[str, Any]]] = [
     ("URL with a port over 65535", _spec(metrics__prometheusUrl="http://prom:65536")),
     ("string replicas", _spec(replicas="three")),
     ("zero time scale", _spec(model__fake={"timeScale": 0})),
+    ("zero pending timeout", _spec(autoscaling__pendingTimeoutSeconds=0)),
 ]
 
 

@@ -324,7 +324,7 @@ def test_gate_is_the_only_way_in() -> None:
     assert containers["gate"]["image"] == OPERATOR_IMAGE
     assert containers["gate"]["command"] == ["vlm-operator", "gate"]
     env = _env(containers["gate"])
-    assert env["VLM_GATE_LISTEN"] == "0.0.0.0:9000"
+    assert env["VLM_GATE_LISTEN"] == "[::]:9000"
     assert env["VLM_GATE_UPSTREAM"] == "http://127.0.0.1:8080"
     assert env["VLM_GATE_MAX_IN_FLIGHT"] == "3"
     assert env["VLM_GATE_QUEUE_SIZE"] == "5"
@@ -561,8 +561,37 @@ def test_model_storage(storage: dict[str, Any], volume: dict[str, Any]) -> None:
         assert "restartPolicy" not in init
         assert {"name": "model-storage", "mountPath": "/w"} in init["volumeMounts"]
         assert model_sidecar is model
+        # Bounded, and below the model's request, so it adds nothing to the pod's.
+        assert init["resources"] == {
+            "requests": {"cpu": "1", "memory": "512Mi"},
+            "limits": {"memory": "2Gi"},
+        }
     else:
         assert [c["name"] for c in pod["initContainers"]] == ["model"]
+    # The disk a per-pod copy fills is asked of the scheduler, by the model, which lives
+    # as long as the volume; other storage is not the pod's to ask for.
+    expected = {"cpu": "8", "memory": "12Gi"}
+    if "emptyDir" in storage:
+        expected["ephemeral-storage"] = storage["emptyDir"]["sizeLimit"]
+    assert model["resources"]["requests"] == expected
+
+
+def test_model_storage_request_keeps_the_users_resources() -> None:
+    spec = _spec(
+        model={
+            "id": "m",
+            "storage": {
+                "emptyDir": {"sizeLimit": None},
+                "download": {"image": "d", "resources": {"requests": {"cpu": "2"}}},
+            },
+        },
+        resources={"requests": {"cpu": "4"}, "limits": {"cpu": "6", "memory": "9Gi"}},
+    )
+    pod = _by_kind(render_children("s", "n", spec))["Deployment"]["spec"]["template"]["spec"]
+    download, model = pod["initContainers"]
+    # No size limit: nothing to reserve; the user's resources are rendered as written.
+    assert model["resources"] == {"requests": {"cpu": "4"}, "limits": {"cpu": "6", "memory": "9Gi"}}
+    assert download["resources"] == {"requests": {"cpu": "2"}}
 
 
 def test_network_policy_peers() -> None:
@@ -672,7 +701,7 @@ def test_gate_and_fake_model_accept_the_rendered_configuration(monkeypatch: Any)
     containers = _containers(render_children("s", "n", spec))
     gate = _parse("gate", containers["gate"]["command"][2:], _env(containers["gate"]), monkeypatch)
     assert gate.upstream == "http://127.0.0.1:8080"
-    assert gate.listen == ("0.0.0.0", 8100)
+    assert gate.listen == ("::", 8100)  # every address, IPv6 and IPv4
     assert (gate.max_in_flight, gate.queue_size, gate.queue_timeout) == (3, 7, 2.5)
     assert gate.health_path == "/health"
     assert gate.drain_timeout == drain_seconds(spec)

@@ -61,7 +61,7 @@ _DURATIONS: tuple[tuple[str, float, bool], ...] = (
     ("autoscaling.scaleUp.burstWindowSeconds", 1, True),
     ("autoscaling.scaleDown.stabilizationWindowSeconds", 0, True),
     ("autoscaling.missingSignals.staleAfterSeconds", 1, True),
-    ("autoscaling.pendingTimeoutSeconds", 0, True),
+    ("autoscaling.pendingTimeoutSeconds", 1, True),
     ("metrics.windowSeconds", 5, True),
 )
 

@@ -69,6 +69,7 @@ def test_pod_ports_are_mapped_consistently_across_containers() -> None:
     gate, model = ports.ports[8000], ports.ports[8080]
     assert gate != model
     assert ports.env("VLM_GATE_LISTEN", "0.0.0.0:8000") == f"127.0.0.1:{gate}"
+    assert ports.env("VLM_GATE_LISTEN", "[::]:8000") == f"127.0.0.1:{gate}"  # as rendered
     assert ports.env("VLM_GATE_UPSTREAM", "http://127.0.0.1:8080") == f"http://127.0.0.1:{model}"
     assert ports.env("VLM_FAKE_LISTEN", "127.0.0.1:8080") == f"127.0.0.1:{model}"
     assert ports.env("VLM_GATE_MAX_BODY_BYTES", "8000") == "8000"  # not an address

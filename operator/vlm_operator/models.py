@@ -122,6 +122,52 @@ class APIModel(BaseModel):
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
+# ----------------------------------------------------------------------- resources
+
+
+class ResourceList(APIModel):
+    """CPU and memory quantities."""
+
+    cpu: Quantity | None = Field(default=None, description="CPU quantity, e.g. '8' or '500m'.")
+    memory: Quantity | None = Field(default=None, description="Memory quantity, e.g. '12Gi'.")
+
+
+class ResourceRequirements(APIModel):
+    """Requests and limits of a container."""
+
+    requests: ResourceList = Field(default_factory=ResourceList, description="Requests.")
+    limits: ResourceList = Field(default_factory=ResourceList, description="Limits.")
+
+
+def _model_resources() -> ResourceRequirements:
+    # Measured: 10.2 GB idle, +0.28 GB per request in flight (14.7 GB at 16).
+    # At the default limit of 4 in flight that is ~11.3 GB: request 12Gi, and
+    # keep the limit well above the 16-in-flight peak so a burst never OOMs.
+    # No CPU limit: CFS throttling of a compute-bound model only adds latency.
+    return ResourceRequirements(
+        requests=ResourceList(cpu="8", memory="12Gi"),
+        limits=ResourceList(memory="16Gi"),
+    )
+
+
+def _download_resources() -> ResourceRequirements:
+    # A download streams files to disk: a core and little memory, with room for a
+    # client that buffers a shard (a limit, so a runaway one does not starve the node).
+    return ResourceRequirements(
+        requests=ResourceList(cpu="1", memory="512Mi"),
+        limits=ResourceList(memory="2Gi"),
+    )
+
+
+def _gate_resources() -> ResourceRequirements:
+    # Measured: ~0.08 ms CPU per proxied request (~0.5 ms when idle between
+    # requests) and ~55 MB RSS (docs/benchmarks.md, "Gate proxy overhead").
+    return ResourceRequirements(
+        requests=ResourceList(cpu="50m", memory="64Mi"),
+        limits=ResourceList(memory="256Mi"),
+    )
+
+
 # --------------------------------------------------------------------------- model
 
 
@@ -142,6 +188,13 @@ class DownloadSpec(APIModel):
     args: list[str] = Field(default_factory=list, description="Arguments of the download step.")
     env: list[EnvVar] = Field(
         default_factory=list, description="Environment of the download step (e.g. tokens)."
+    )
+    resources: ResourceRequirements = Field(
+        default_factory=_download_resources,
+        description=(
+            "Resources of the download container. It runs before the model starts, so "
+            "the pod's request is the larger of these and the model's and gate's together."
+        ),
     )
 
 
@@ -165,7 +218,11 @@ class EmptyDirSource(APIModel):
     """Scratch space per pod; needs a download step to be useful."""
 
     size_limit: Quantity | None = Field(
-        default="20Gi", description="Size limit of the scratch volume."
+        default="20Gi",
+        description=(
+            "Size limit of the scratch volume, also requested as the model container's "
+            "ephemeral-storage so that the scheduler places the pod where the disk is free."
+        ),
     )
 
 
@@ -295,43 +352,6 @@ class ModelSpec(APIModel):
     )
     fake: FakeModelSpec = Field(
         default_factory=FakeModelSpec, description="Latency model of the fake runtime."
-    )
-
-
-# ----------------------------------------------------------------------- resources
-
-
-class ResourceList(APIModel):
-    """CPU and memory quantities."""
-
-    cpu: Quantity | None = Field(default=None, description="CPU quantity, e.g. '8' or '500m'.")
-    memory: Quantity | None = Field(default=None, description="Memory quantity, e.g. '12Gi'.")
-
-
-class ResourceRequirements(APIModel):
-    """Requests and limits of a container."""
-
-    requests: ResourceList = Field(default_factory=ResourceList, description="Requests.")
-    limits: ResourceList = Field(default_factory=ResourceList, description="Limits.")
-
-
-def _model_resources() -> ResourceRequirements:
-    # Measured: 10.2 GB idle, +0.28 GB per request in flight (14.7 GB at 16).
-    # At the default limit of 4 in flight that is ~11.3 GB: request 12Gi, and
-    # keep the limit well above the 16-in-flight peak so a burst never OOMs.
-    # No CPU limit: CFS throttling of a compute-bound model only adds latency.
-    return ResourceRequirements(
-        requests=ResourceList(cpu="8", memory="12Gi"),
-        limits=ResourceList(memory="16Gi"),
-    )
-
-
-def _gate_resources() -> ResourceRequirements:
-    # Measured: ~0.08 ms CPU per proxied request (~0.5 ms when idle between
-    # requests) and ~55 MB RSS (docs/benchmarks.md, "Gate proxy overhead").
-    return ResourceRequirements(
-        requests=ResourceList(cpu="50m", memory="64Mi"),
-        limits=ResourceList(memory="256Mi"),
     )
 
 
@@ -553,7 +573,8 @@ class AutoscalingSpec(APIModel):
     )
     pending_timeout_seconds: int = Field(
         default=600,
-        ge=0,
+        # 0 would count a pod as stuck the instant it is created, and buy another each tick.
+        ge=1,
         le=86400,
         description=(
             "Pods Pending (no node) longer than this, or on a node and not ready longer than "

@@ -278,12 +278,22 @@ def _model_container(
                 "readOnly": True,
             }
         )
+    resources = _resources(spec.resources)
+    empty_dir = spec.model.storage.empty_dir
+    if with_storage and empty_dir is not None and empty_dir.size_limit is not None:
+        # The scheduler places a pod by its requests: without this one a node's disk is
+        # promised to more model copies than it holds, and the kubelet evicts pods once
+        # their downloads fill it. Asked by the model, which lives as long as the volume.
+        resources["requests"] = {
+            **resources.get("requests", {}),
+            "ephemeral-storage": empty_dir.size_limit,
+        }
     rendered: dict[str, Any] = {
         "name": "model",
         "image": container.image,
         "imagePullPolicy": "IfNotPresent",
         "env": container.env,
-        "resources": _resources(spec.resources),
+        "resources": resources,
         "securityContext": _security_context(read_only_root=container.read_only_root),
         "volumeMounts": mounts,
         # A sidecar: restarted if it exits, stopped after the gate has drained.
@@ -313,7 +323,8 @@ def _gate_container(
     concurrency = spec.concurrency
     env = {
         "VLM_GATE_UPSTREAM": container.upstream,
-        "VLM_GATE_LISTEN": f"0.0.0.0:{spec.gate.port}",
+        # Every address of the pod, IPv6 and IPv4 (the gate's reading of "::").
+        "VLM_GATE_LISTEN": f"[::]:{spec.gate.port}",
         "VLM_GATE_MAX_IN_FLIGHT": str(concurrency.max_in_flight),
         "VLM_GATE_QUEUE_SIZE": str(concurrency.queue_size),
         "VLM_GATE_QUEUE_TIMEOUT": plain_number(concurrency.queue_timeout_seconds),
@@ -387,6 +398,7 @@ def _download_container(spec: VLMServiceSpec) -> dict[str, Any]:
         "image": download.image,
         "imagePullPolicy": "IfNotPresent",
         "env": [{"name": "HOME", "value": "/tmp"}] + [var.to_api() for var in download.env],
+        "resources": _resources(download.resources),
         # The download image is not ours: it may need to write outside /tmp.
         "securityContext": _security_context(read_only_root=False),
         "volumeMounts": [

@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     d = GateConfig(upstream="http://127.0.0.1:8080")
     add = add_env_argument
     add(parser, _PREFIX, "--upstream", http_url, None, "model server URL", required=True)
-    add(parser, _PREFIX, "--listen", listen_address, f"{d.host}:{d.port}", "HOST:PORT to serve")
+    add(parser, _PREFIX, "--listen", listen_address, f"{d.host}:{d.port}",
+        "HOST:PORT to serve ([::]:PORT: every address, IPv6 and IPv4)")  # fmt: skip
     add(parser, _PREFIX, "--max-in-flight", positive_int, d.max_in_flight,
         "most requests inside the model at once")  # fmt: skip
     add(parser, _PREFIX, "--queue-size", non_negative_int, d.queue_size,

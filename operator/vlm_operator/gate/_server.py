@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import math
 import signal
+import socket
 import sys
 from dataclasses import dataclass
 
@@ -253,7 +255,7 @@ class GateServer:
     @property
     def url(self) -> str:
         host, port = self.address
-        return f"http://{host}:{port}"
+        return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
     async def start(self) -> None:
         """Listen, and start polling the model's health."""
@@ -277,13 +279,18 @@ class GateServer:
         )
         proxy.ready = not config.health_path
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: ClientConnection(proxy),
-            config.host,
-            config.port,
-            backlog=1024,
-            reuse_address=True,
-        )
+        if config.host == "::":
+            self._server = await loop.create_server(
+                lambda: ClientConnection(proxy), sock=_every_address(config.port)
+            )
+        else:
+            self._server = await loop.create_server(
+                lambda: ClientConnection(proxy),
+                config.host,
+                config.port,
+                backlog=1024,
+                reuse_address=True,
+            )
         if config.health_path:
             self._tasks.append(loop.create_task(_poll_health(proxy, config)))
         self._tasks.append(loop.create_task(_sweep(proxy)))
@@ -325,6 +332,26 @@ class GateServer:
             await self._server.wait_closed()
             self._server = None
         await asyncio.sleep(0)  # let the closed transports report connection_lost
+
+
+def _every_address(port: int) -> socket.socket:
+    """A socket on every address of the pod, IPv6 and IPv4 both where the kernel can.
+
+    "::" as Go and most servers read it: an IPv6-only cluster reaches the gate on
+    the pod's IPv6 address, an IPv4 one on its IPv4 address (as ::ffff:a.b.c.d).
+    asyncio would make "::" IPv6 only, and a pod whose kernel has no IPv6 could not
+    bind it at all: there the gate listens on 0.0.0.0. A port in use is no such case.
+    """
+    if socket.has_dualstack_ipv6():
+        try:
+            return socket.create_server(
+                ("::", port), family=socket.AF_INET6, backlog=1024, dualstack_ipv6=True
+            )
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise
+            log.warning("no IPv6 on this host (%s): listening on IPv4 only", exc)
+    return socket.create_server(("0.0.0.0", port), backlog=1024)
 
 
 async def serve(config: GateConfig, stop: asyncio.Event | None = None) -> int:
