@@ -38,7 +38,11 @@ __all__ = [
 ]
 
 DEFAULT_MODEL_PORT = 8080
-LLAMACPP_IMAGE = "ghcr.io/ggml-org/llama.cpp:server"
+#: A fixed llama.cpp build, so that every pod of a fleet runs the same server (the
+#: moving ``:server`` tag would mix builds as nodes pull it at different times). It
+#: serves Qwen3-VL (b6887 on) and has ``--image-max-tokens`` (ggml-org/llama.cpp#16921);
+#: ``model.image`` picks another.
+LLAMACPP_IMAGE = "ghcr.io/ggml-org/llama.cpp:server-b8589"
 MODEL_SERVER_IMAGE = f"ghcr.io/vlm-operator/model-server:{__version__}"
 
 #: Default files of Qwen3-VL-2B-Instruct for each runtime, relative to the mount.
