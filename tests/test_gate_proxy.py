@@ -308,6 +308,40 @@ async def test_a_queued_client_that_hangs_up_is_timed_with_its_wait(backend: Bac
         await until(timed)
 
 
+async def test_a_queued_client_gone_before_its_wait_began_gives_its_body_back(
+    backend: Backend,
+) -> None:
+    # The request is read and must queue, and its client's hang-up is noticed in the
+    # same turn of the loop (a pipelined request started by the answer before it): its
+    # task is cancelled before it first runs, so the coroutine's own clean-up never does.
+    async with running_gate(backend, max_in_flight=1, queue_size=4) as gate:
+        running = asyncio.create_task(gate.request("POST", "/hold", headers={"x-id": "a"}))
+        await until(lambda: backend.current == 1)
+        proxy = gate.server.proxy
+        before = set(proxy.connections)
+        host, port = gate.server.address
+        _, writer = await asyncio.open_connection(host, port)
+        await until(lambda: len(proxy.connections) > len(before))
+        (client,) = proxy.connections - before
+        body = b"x" * 1000
+        client.data_received(
+            b"POST /hold HTTP/1.1\r\nHost: g\r\nContent-Length: 1000\r\n\r\n" + body
+        )
+        assert proxy.body_budget.held == 1000
+        client.connection_lost(None)  # before the queue task's first step
+
+        async def counted() -> bool:
+            return await gate.metric("vlm_requests_total", code="499") == 1
+
+        await until(counted)
+        assert proxy.body_budget.held == 0
+        assert await gate.metric("vlm_requests_waiting") == 0
+        writer.close()
+        backend.release.set()
+        assert (await running)[0] == 200
+        assert backend.arrivals == ["a"]
+
+
 async def test_everything_else_passes_through_untouched(backend: Backend) -> None:
     # by host name: cookie jars ignore cookies from bare IP addresses
     by_name = backend.url.replace("127.0.0.1", "localhost")

@@ -30,7 +30,7 @@ import httptools
 import pytest
 from aiohttp import web
 from vlm_operator.gate._admission import Admission
-from vlm_operator.gate._http import CONTINUE, ERROR_STATUS
+from vlm_operator.gate._http import _ERROR_TYPES, CONTINUE, ERROR_STATUS
 from vlm_operator.gate._metrics import GateMetrics
 from vlm_operator.gate._proxy import Proxy
 from vlm_operator.gate._upstream import UpstreamConnection, UpstreamPool
@@ -112,6 +112,19 @@ async def model(app: web.Application) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
+
+
+@asynccontextmanager
+async def speaking(
+    answer: Callable[[asyncio.StreamReader, asyncio.StreamWriter], Any],
+) -> AsyncIterator[str]:
+    """A model that speaks raw bytes (``answer`` serves each connection); yields its URL."""
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+        await server.wait_closed()
 
 
 @asynccontextmanager
@@ -535,18 +548,46 @@ async def test_an_answer_without_length_is_relayed_to_its_end() -> None:
         writer.write(b"world")
         writer.close()
 
-    server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
-        async with gate_in_front_of(f"http://127.0.0.1:{port}") as gate:
-            status, headers, body = await gate.request("GET", "/v1/old")
-            assert (status, body) == (200, b"hello, world")
-            assert headers["Transfer-Encoding"] == "chunked"
-            assert await gate.metric("vlm_requests_total", code="200") == 1
-            assert await gate.metric("vlm_requests_running") == 0
-    finally:
-        server.close()
-        await server.wait_closed()
+    async with speaking(answer) as url, gate_in_front_of(url) as gate:
+        status, headers, body = await gate.request("GET", "/v1/old")
+        assert (status, body) == (200, b"hello, world")
+        assert headers["Transfer-Encoding"] == "chunked"
+        assert await gate.metric("vlm_requests_total", code="200") == 1
+        assert await gate.metric("vlm_requests_running") == 0
+
+
+@pytest.mark.parametrize("coding", [b"xchunked", b"chunked, gzip"])
+async def test_an_answer_whose_last_coding_is_not_chunked_runs_to_the_close(
+    coding: bytes,
+) -> None:
+    # Only a final "chunked" frames a body in chunks (RFC 9112 §6.3); llhttp reads any
+    # other body to the close, which is then its proper end, relayed whole.
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: " + coding + b"\r\n\r\nwhole body")
+        writer.close()
+
+    async with speaking(answer) as url, gate_in_front_of(url) as gate:
+        status, _, body = await gate.request("GET", "/v1/old")
+        assert (status, body) == (200, b"whole body")
+        assert await gate.metric("vlm_requests_total", code="200") == 1
+
+
+@pytest.mark.parametrize("status_line", [b"HTTP/1.1 099 Odd", b"HTTP/1.1 000 Zero"])
+async def test_a_status_below_100_is_a_bad_answer_not_an_interim_one(status_line: bytes) -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(status_line + b"\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        await reader.read()  # keeps the connection until the gate drops it
+        writer.close()
+
+    async with speaking(answer) as url, gate_in_front_of(url) as gate:
+        # At once, not after the response timeout (600 s) as a 1xx would wait.
+        status, _, body = await asyncio.wait_for(gate.request("GET", "/v1/x"), DEADLINE_S)
+        assert status == 502
+        assert "which HTTP has not" in json.loads(body)["error"]["message"]
+        assert await gate.metric("vlm_requests_total", code="502") == 1
 
 
 async def test_an_answer_without_length_ended_by_a_reset_is_cut_and_not_cached() -> None:
@@ -1202,3 +1243,129 @@ async def test_a_client_that_stops_reading_is_cut_and_its_slot_freed(
         await until(cut)
         assert await gate.metric("vlm_requests_running") == 0
         assert (await gate.request("GET", "/small"))[0] == 200  # the slot is free again
+
+
+async def test_a_closing_connection_whose_client_reads_nothing_is_cut(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The whole answer is handed over (the slot is free) and the gate closes after it,
+    # but the client reads nothing. With less left in the gate than the transport's
+    # high-water mark (raised here, so that the kernel's buffers do not decide it),
+    # writing never pauses, and a graceful close would wait for ever.
+    from vlm_operator.gate import _server
+
+    monkeypatch.setattr(_server, "_SWEEP_SECONDS", 0.05)
+    monkeypatch.setattr(_server, "_CLIENT_IDLE_SECONDS", 0.3)
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(body=b"x" * 1024 * 1024)
+
+    app = web.Application()
+    app.router.add_get("/v1/x", answer)
+    async with model(app) as url, gate_in_front_of(url) as gate:
+        proxy = gate.server.proxy
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before the handshake
+        sock.connect(address(gate.url))
+        sock.setblocking(False)
+        _, writer = await asyncio.open_connection(sock=sock, limit=1024)
+        try:
+            await until(lambda: len(proxy.connections) == 1)
+            (client,) = proxy.connections
+            client.transport.set_write_buffer_limits(high=8 * 1024 * 1024)
+            client.transport.get_extra_info("socket").setsockopt(
+                socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
+            )
+            writer.write(b"GET /v1/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+
+            async def answered() -> bool:
+                return await gate.metric("vlm_requests_total", code="200") == 1
+
+            await until(answered)
+            assert client.transport.is_closing()
+            assert client.transport.get_write_buffer_size() > 0
+            assert not client.writing_paused
+            await until(lambda: not proxy.connections)  # cut, not left open
+        finally:
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+
+def _fast_read_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sweeps every 50 ms; a request has 0.3 s and a second more per 1,000 bytes."""
+    from vlm_operator.gate import _client, _server
+
+    monkeypatch.setattr(_server, "_SWEEP_SECONDS", 0.05)
+    monkeypatch.setattr(_client, "READ_GRACE_SECONDS", 0.3)
+    monkeypatch.setattr(_client, "READ_MIN_RATE", 1000.0)
+    monkeypatch.setattr(_client, "HEAD_MAX_SECONDS", 0.6)
+
+
+@pytest.mark.parametrize(
+    "start",
+    [
+        # A large body announced, a trickle sent: it held the body budget for as long
+        # as the client liked, and five such clients refused everyone else's bodies.
+        b"POST /v1/x HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n{",
+        b"GET /v1/x HTTP/1.1\r\nHost: x\r\nX-Slow: ",  # a head that never ends (slowloris)
+    ],
+)
+async def test_a_request_that_arrives_too_slowly_is_answered_408_and_frees_the_budget(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch, start: bytes
+) -> None:
+    _fast_read_deadline(monkeypatch)
+    async with running_gate(backend) as gate:
+        proxy = gate.server.proxy
+        async with raw_connection(gate.url) as (reader, writer):
+            writer.write(start)
+            answer = asyncio.create_task(reader.read())
+            for _ in range(200):  # a byte every 20 ms (50 bytes/s), until the gate answers
+                done, _ = await asyncio.wait({answer}, timeout=0.02)
+                if done:
+                    break
+                writer.write(b"a")
+            (message,) = parse(await asyncio.wait_for(answer, DEADLINE_S))
+        assert message.status == 408
+        assert error_code(message.body) == "request_timeout"
+        assert "arrived too slowly" in json.loads(message.body)["error"]["message"]
+        assert message.headers["connection"] == "close"
+        assert proxy.body_budget.held == 0
+        assert backend.arrivals == []
+        assert await gate.metric("vlm_requests_rejected_total", reason="malformed") == 1
+
+
+async def test_a_steady_upload_and_a_wait_for_100_continue_are_not_too_slow(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fast_read_deadline(monkeypatch)
+    async with running_gate(backend, max_in_flight=1) as gate:
+        # 4,000 bytes over ~1 s: 0.3 s + 4 s allowed.
+        async with raw_connection(gate.url) as (reader, writer):
+            writer.write(b"POST /v1/x HTTP/1.1\r\nHost: x\r\nContent-Length: 4000\r\n\r\n")
+            for _ in range(40):
+                writer.write(b"a" * 100)
+                await asyncio.sleep(0.025)
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), DEADLINE_S)
+            assert head.startswith(b"HTTP/1.1 200 ")
+        # A request held behind an answer the backend takes 1 s to give; the next one,
+        # pipelined, waits for its "100 Continue" as long: the gate's wait, not its own.
+        async with raw_connection(gate.url) as (reader, writer):
+            writer.write(
+                b"POST /sleep?s=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+                b"POST /v1/y HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                b"Expect: 100-continue\r\n\r\n"
+            )
+            first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), DEADLINE_S)
+            assert first.startswith(b"HTTP/1.1 200 ")
+            length = int(first.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+            await reader.readexactly(length)
+            assert await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 2) == CONTINUE
+            writer.write(b"{}")
+            second = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), DEADLINE_S)
+            assert second.startswith(b"HTTP/1.1 200 ")
+        assert await gate.metric("vlm_requests_rejected_total", reason="malformed") == 0
+
+
+def test_every_refusal_has_a_status_and_an_error_type() -> None:
+    assert set(_ERROR_TYPES) == set(ERROR_STATUS)

@@ -28,6 +28,14 @@ read and thrown away before the connection is closed, so the client sees the
 the same way: after the error, whatever the client still sends is dropped
 unparsed for a few seconds.
 
+A request must keep arriving: from its first byte it has READ_GRACE_SECONDS
+plus a second per READ_MIN_RATE bytes received (its head at most
+HEAD_MAX_SECONDS), as Apache's mod_reqtimeout allows, else it is answered 408
+and the connection closed. A body counts in the gate's budget from its head
+on, so a client that announces a large body and trickles it would hold that
+budget for as long as it liked. Time the gate makes the client wait does not
+count: a body held back until "100 Continue", or reading paused.
+
 A head (or a chunked body's trailer section) is limited by the bytes that
 arrive while it is being read, not by the header lines llhttp hands over:
 llhttp (through httptools) gathers a header line until its end, re-copying it
@@ -69,6 +77,11 @@ MAX_PIPELINED = 8
 MAX_AHEAD_BYTES = 1024 * 1024
 #: Seconds the gate reads (and drops) the rest of a refused body before closing.
 LINGER_SECONDS = 5.0
+#: A request being read has this long, and a second more per READ_MIN_RATE bytes
+#: received; its head this long at most (mod_reqtimeout's defaults: 20-40 s, 500 B/s).
+READ_GRACE_SECONDS = 20.0
+READ_MIN_RATE = 500.0
+HEAD_MAX_SECONDS = 40.0
 #: A body larger than this is read into one buffer (of its announced size, or growing
 #: with a chunked body), not kept in pieces: many pieces, freed at once when joined,
 #: leave the heap fragmented, and joining holds the body twice for a moment.
@@ -118,6 +131,8 @@ class ClientConnection(asyncio.Protocol):
         self._drop_rest = False
         #: Sweeps seen while the client did not read its answer (cut past the idle limit).
         self.stalled_ticks = 0
+        #: Bytes waiting to go to the client at the last sweep.
+        self._unsent_seen = 0
         #: The body being read: pieces, or one buffer of its announced size (a large
         #: one); and the bytes of the body budget it holds.
         self._body: list[bytes] = []
@@ -142,6 +157,8 @@ class ClientConnection(asyncio.Protocol):
         self._size = 0
         self._refused = False  # body over the limit: the rest is read and dropped
         self._start = 0.0
+        #: Loop time this request's first byte was parsed (None: not being read).
+        self._reading_since: float | None = None
         self._method = b""
         self._http11 = True
         self._keep_alive = True
@@ -254,6 +271,14 @@ class ClientConnection(asyncio.Protocol):
             active.upstream.resume_reading()
         self._settle_sent_on()
 
+    def unsent_stalled(self) -> bool:
+        """Whether bytes wait to go to the client and none left since the last call
+        (called once per sweep)."""
+        size = 0 if self.closed else self.transport.get_write_buffer_size()
+        stalled = size > 0 and size == self._unsent_seen
+        self._unsent_seen = size
+        return stalled
+
     @property
     def unsent(self) -> bool:
         """Whether part of what was written to the client is still in the gate."""
@@ -284,6 +309,7 @@ class ClientConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         self._new_request()
+        self._reading_since = self.proxy.clock()
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -384,6 +410,7 @@ class ClientConnection(asyncio.Protocol):
             buffer[size - len(body) : size] = body  # in place: the sizes are equal
 
     def on_message_complete(self) -> None:
+        self._reading_since = None
         self._in_head = True  # the next request's head
         self._head_bytes = 0
         self._continue_due = False  # the body came without it
@@ -457,6 +484,7 @@ class ClientConnection(asyncio.Protocol):
                 )
                 if rejected is None:
                     self.transport.write(CONTINUE)
+                    self._reading_since = self.proxy.clock()  # the body's time starts now
                 else:
                     self._refuse_rest().rejected = rejected  # the client need not send it
                     exchange = self.active = self.pending.popleft()
@@ -493,6 +521,35 @@ class ClientConnection(asyncio.Protocol):
         """Cut the connection (a stream broken after its headers were sent)."""
         if not self.closed:
             self.transport.abort()
+
+    def read_overdue(self, now: float) -> bool:
+        """Whether the request being read arrives too slowly (see the module doc)."""
+        since = self._reading_since
+        if since is None or self._closing or self.closed:
+            return False
+        if self._continue_due or self._reading_paused:
+            return False  # the gate holds the client back
+        received = self._received()
+        allowed = READ_GRACE_SECONDS + received / READ_MIN_RATE
+        if not self._head_done:
+            allowed = min(allowed, HEAD_MAX_SECONDS)
+        return now - since > allowed
+
+    def _received(self) -> int:
+        # A header line counts once llhttp has it whole; the head's raw bytes before.
+        return max(self._head_size, self._head_bytes if not self._head_done else 0) + self._size
+
+    def refuse_slow_request(self) -> None:
+        """Answer 408 in turn for the request arriving too slowly, and close."""
+        elapsed = self.proxy.clock() - (self._reading_since or 0.0)
+        part = "body" if self._head_done else "head"
+        self._refuse_connection(
+            "request_timeout",
+            f"the request's {part} arrived too slowly: {self._received()} bytes "
+            f"in {elapsed:.0f} s (at least {READ_MIN_RATE:g} bytes/s after "
+            f"{READ_GRACE_SECONDS:g} s)",
+        )
+        self._dispatch()
 
     def close_if_idle(self) -> None:
         if self.active is None and not self.pending and not self.closed:

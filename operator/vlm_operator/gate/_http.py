@@ -48,6 +48,7 @@ _ERROR_TYPES = {
     "upstream_error": "upstream_error",
     "model_timeout": "timeout_error",
     "bad_request": "invalid_request_error",
+    "request_timeout": "timeout_error",
     "head_too_large": "invalid_request_error",
     "unsupported": "invalid_request_error",
 }
@@ -62,6 +63,7 @@ ERROR_STATUS = {
     "upstream_error": 502,
     "model_timeout": 504,
     "bad_request": 400,
+    "request_timeout": 408,
     "head_too_large": 431,
     "unsupported": 501,
 }

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+from functools import partial
 from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -221,7 +222,8 @@ class Proxy:
             self.metrics.queue.observe(0.0)
             self._forward(exchange)
         else:
-            exchange.task = self._loop.create_task(self._queue_then_forward(exchange))
+            task = exchange.task = self._loop.create_task(self._queue_then_forward(exchange))
+            task.add_done_callback(partial(self._left_before_its_turn, exchange))
 
     def refusal_before_body(
         self, method: bytes, target: bytes, headers: list[Header]
@@ -263,6 +265,19 @@ class Proxy:
         if not self.ready:
             return Rejected("not_ready", _NOT_READY_MESSAGE, retry_after=5)
         return None
+
+    def _left_before_its_turn(self, exchange: Exchange, task: asyncio.Task[None]) -> None:
+        """A queued request whose client hung up before its task first ran: cancelled
+        then, the task never enters its coroutine, whose clean-up would not run."""
+        if not task.cancelled() or not exchange.aborted or exchange.finished:
+            return
+        exchange.task = None
+        exchange.finished = True
+        exchange.drop_body()
+        now = self.clock()
+        self.metrics.queue.observe(now - exchange.start)
+        self.metrics.duration.observe(now - exchange.start)
+        self.metrics.finished(CLIENT_CLOSED)
 
     async def _queue_then_forward(self, exchange: Exchange) -> None:
         queued = self.clock()

@@ -174,22 +174,39 @@ async def _poll_health(proxy: Proxy, config: GateConfig) -> None:
 
 
 async def _sweep(proxy: Proxy) -> None:
-    """Close client connections idle past the keep-alive timeout, and stale model ones."""
+    """Close client connections idle past the keep-alive timeout, and stale model ones;
+    refuse requests that arrive too slowly."""
     limit = math.ceil(_CLIENT_IDLE_SECONDS / _SWEEP_SECONDS)
     while True:
         await asyncio.sleep(_SWEEP_SECONDS)
+        now = proxy.clock()
         for connection in list(proxy.connections):
-            if connection.writing_paused:
-                # The client has not read what it was sent: nothing moves either way.
-                connection.stalled_ticks += 1
-                if connection.stalled_ticks >= limit:
-                    log.info("cutting a client that stopped reading its answer")
-                    connection.abort()
-            elif connection.active is None and not connection.pending:
-                connection.idle_ticks += 1
-                if connection.idle_ticks >= limit:
-                    connection.close_if_idle()
+            try:
+                _sweep_client(connection, now, limit)
+            except Exception:  # one connection's trouble must not stop the sweeps
+                log.exception("sweeping a client connection failed; cutting it")
+                connection.abort()
         proxy.pool.sweep()
+
+
+def _sweep_client(connection: ClientConnection, now: float, limit: int) -> None:
+    if connection.read_overdue(now):
+        log.info("refusing a request that arrives too slowly")
+        connection.refuse_slow_request()
+    # The client has not read what it was sent: nothing moves either way. Below the
+    # transport's high-water mark writing is not paused, yet a closing connection
+    # would wait for ever on bytes nobody reads.
+    if connection.unsent_stalled() or connection.writing_paused:
+        connection.stalled_ticks += 1
+        if connection.stalled_ticks >= limit:
+            log.info("cutting a client that stopped reading its answer")
+            connection.abort()
+        return
+    connection.stalled_ticks = 0
+    if connection.active is None and not connection.pending:
+        connection.idle_ticks += 1
+        if connection.idle_ticks >= limit:
+            connection.close_if_idle()
 
 
 async def _watch_silence(proxy: Proxy, limit: float) -> None:

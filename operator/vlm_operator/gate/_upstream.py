@@ -69,6 +69,10 @@ class _PastTheAnswer(Exception):
     """The model sent more after the answer to the one request it was given."""
 
 
+class _NotAnAnswer(Exception):
+    """The model's answer cannot be relayed (``_failure`` says why)."""
+
+
 class UpstreamConnection(asyncio.Protocol):
     """One connection to the model, relaying its answers to the exchange it serves."""
 
@@ -109,6 +113,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._until_close = False  # the model's answer ends when its connection does
         self._complete = False
         self._captured_bytes = 0
+        self._failure: str | None = None
 
     def send(self, exchange: Exchange, head: bytes, body: bytes | bytearray, held: int) -> None:
         """Send a request: a small one in one write, a large body in a write of its own.
@@ -178,7 +183,7 @@ class UpstreamConnection(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             failure = "the model switched protocols (101); the gate relays HTTP only"
         except httptools.HttpParserError as exc:
-            failure = f"malformed answer from the model: {exc}"
+            failure = self._failure or f"malformed answer from the model: {exc}"
         if out:
             exchange.conn.write(out[0] if len(out) == 1 else b"".join(out))
         if self._complete:
@@ -245,7 +250,10 @@ class UpstreamConnection(asyncio.Protocol):
             if lower == b"content-length":
                 self._length = value
             elif lower == b"transfer-encoding":
-                self._upstream_chunked = b"chunked" in value.lower()
+                # Chunked framing only when it is the last coding (RFC 9112 §6.3); else
+                # the body runs to the close, as llhttp reads it.
+                last = value.rpartition(b",")[2].strip().lower()
+                self._upstream_chunked = last == b"chunked"
             elif lower == b"connection":
                 self._options = connection_options(value) | (self._options or set())
             return
@@ -254,6 +262,9 @@ class UpstreamConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         self._head_done = True
         status = self._parser.get_status_code()
+        if status < 100:
+            self._failure = f"the model answered with status {status:03d}, which HTTP has not"
+            raise _NotAnAnswer
         if status < 200:
             self._interim = True  # 1xx: the real answer follows
             return
