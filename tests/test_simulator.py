@@ -782,3 +782,105 @@ def test_a_request_leaves_the_gate_once_whether_or_not_the_model_cancels_it(
         # Answered once, when the model ends it (40 s after it began, 10 s after its
         # client gave up); the last one ends after the run has every outcome.
         assert answered == pytest.approx([t + 10.0 for t in timed_out[:-1]])
+
+
+class _SharedProbe(_Probe):
+    """``pods`` pods of ``slots`` slots each, behind a shared queue when ``proxied``."""
+
+    def __init__(self, spec: VLMServiceSpec, *, pods: int, slots: int, proxied: bool) -> None:
+        super().__init__(spec, period=5.0, scrape=5.0)
+        self.initial_replicas = pods
+        self.gate = GateBehaviour(slots, 100, None, 503, None, shared_queue_size=50)
+        self.proxied = proxied
+
+
+@pytest.mark.parametrize("proxied", [True, False])
+def test_a_shared_queue_waits_only_when_every_slot_is_taken(proxied: bool) -> None:
+    # Three pods of two slots, at about 60 % of them, with works that vary (σ 0.3).
+    # Behind the activator (or Ray's router) a request waits only when no pod has a
+    # free slot; behind a round-robin Service it queues at its pod while another pod
+    # has room, which scrapes catch.
+    trace = _open(0.5, 1800)
+    spec = spec_for(trace)
+    probe = _SharedProbe(spec, pods=3, slots=2, proxied=proxied)
+    config = SimConfig(latency=LatencyModel(sigma=0.3))
+    result = simulate(trace, probe, spec=spec, seed=3, config=config)
+    assert set(result.status) == {OK}
+    queued = [obs for obs in probe.seen if obs.waiting]
+    assert len(queued) >= 5
+    room_left = [obs for obs in queued if obs.running is not None and obs.running < 6]
+    if proxied:
+        assert room_left == []
+    else:
+        assert len(room_left) >= 5
+
+
+def test_a_shared_queue_serves_in_order() -> None:
+    # One slot, answers in 10 s, three users at once and none after 9 s: they are
+    # served in turn, and the third, admitted at 20 s, is given up at 30 s.
+    slow = LatencyModel(base_seconds=10.0, alpha=0.0, sigma=0.0)
+    trace = _closed(3, 9)
+    spec = spec_for(trace)
+    probe = _SharedProbe(spec, pods=1, slots=1, proxied=True)
+    result = simulate(trace, probe, spec=spec, seed=1, config=SimConfig(latency=slow))
+    outcomes = sorted(zip(result.ended, result.status, strict=True))
+    assert outcomes == [(10.0, OK), (20.0, OK), (30.0, TIMEOUT)]
+    assert [obs.waiting for obs in probe.seen if obs.now < 9] == [2.0]  # at 5 s
+
+
+def test_a_shared_queue_lets_go_of_a_request_whose_client_gave_up() -> None:
+    # One slot held for 100 s by a request the model does not cancel; a second user
+    # comes at 5 s, waits in the shared queue and gives up at 35 s. When the slot
+    # frees, nobody is waiting: the model saw one request.
+    slow = LatencyModel(base_seconds=100.0, alpha=0.0, sigma=0.0)
+    trace = parse_trace(
+        {"kind": "closed", "phases": [{"duration": 5, "users": 1}, {"duration": 5, "users": 2}]},
+        origin="t",
+    )
+    spec = spec_for(trace)
+    probe = _SharedProbe(spec, pods=1, slots=1, proxied=True)
+    config = _interpreted.SimConfig(latency=slow, cancel_on_disconnect=False)
+    run = _interpreted._Engine(trace, probe, spec, 1, config)
+    result = run.run()
+    assert sorted(zip(result.ended, result.status, strict=True)) == [
+        (30.0, TIMEOUT),
+        (35.0, TIMEOUT),
+    ]
+    (pod,) = run.pods
+    assert pod.seq == 1  # admissions
+    assert (run.shared_waiting, run.waiting_total) == (0, 0)
+
+
+def test_a_full_shared_queue_refuses_with_the_gates_status() -> None:
+    trace = _closed(5, 15)
+    spec = spec_for(trace)
+    probe = _SharedProbe(spec, pods=1, slots=1, proxied=True)
+    probe.gate = GateBehaviour(1, 100, None, 503, None, shared_queue_size=2)
+    result = simulate(trace, probe, spec=spec, seed=1, config=SimConfig(latency=_EXACT))
+    assert result.status.count(503) >= 2  # 1 running, 2 waiting, the rest refused
+
+
+@pytest.mark.parametrize(
+    ("ready", "in_flight", "burst_capacity", "proxied"),
+    [
+        (10, 30.0, 211.0, True),  # 40 slots: the activator stays
+        (60, 20.0, 211.0, False),  # 240 - 211 - 20 >= 0: serve mode
+        (60, 40.0, 211.0, True),  # a burst eats the spare capacity: back in the path
+        (60, 20.0, 0.0, False),  # 0: only to scale from zero
+        (60, 20.0, -1.0, True),  # -1: always
+    ],
+)
+def test_kpa_puts_the_activator_in_the_path_while_the_burst_capacity_is_short(
+    ready: int, in_flight: float, burst_capacity: float, proxied: bool
+) -> None:
+    from vlm_operator.baselines import KnativeKPA
+
+    spec = spec_for(_open(1.0, 60), {"autoscaling": {"maxReplicas": 100}})
+    kpa = KnativeKPA(spec, target_burst_capacity=burst_capacity)
+    obs = Observation(
+        now=2.0, running=in_flight, waiting=0.0, p95_seconds=None, arrival_rate=None,
+        error_rate=None, cpu_utilization=None, age_seconds=0.0, current=ready, ready=ready,
+        starting=0,
+    )  # fmt: skip
+    kpa.decide(obs)
+    assert kpa.proxied is proxied

@@ -20,12 +20,17 @@ keda          KEDA Prometheus scaler: ⌈value / threshold⌉ our gate
               via the HPA, value = running + waiting,
               threshold = maxInFlight, queried at each
               15 s sync, an empty result read as 0
-kpa           Knative KPA: target 0.7 × CC, 60 s stable   queue-proxy: CC in flight, queue of
-              / 6 s panic windows, panic at desired /     10 × CC, 503 when full, no queue
-              ready ≥ 2, down at most halves, 2 s tick    deadline (serve mode: no activator)
-ray           Ray Serve: ⌈ongoing / target_ongoing⌉       max_ongoing_requests = maxInFlight,
-              (target 2, Ray's default), 30 s look-back,  unbounded queue per replica (Ray
-              30 s upscale / 600 s downscale delays       holds one FIFO at its router)
+kpa           Knative KPA: target 0.7 × CC, 60 s stable   the activator while the excess burst
+              / 6 s panic windows, panic at desired /     capacity is negative (ready × CC <
+              ready ≥ 2, down at most halves, 2 s tick    211 + panic concurrency): one queue
+                                                          of 10,000 in front of the fleet, CC
+                                                          per pod, round-robin over the pods
+                                                          with a free slot; else queue-proxies
+                                                          alone: CC in flight, queue of 10 ×
+                                                          CC; 503 when full, no queue deadline
+ray           Ray Serve: ⌈ongoing / target_ongoing⌉       max_ongoing_requests = maxInFlight;
+              (target 2, Ray's default), 30 s look-back,  the rest wait at the router in one
+              30 s upscale / 600 s downscale delays       unbounded FIFO for a free replica
 ============  ==========================================  =====================================
 
 :class:`Scheduled` is not an autoscaler but a replica plan fixed in advance
@@ -107,6 +112,13 @@ class GateBehaviour:
     #: The gate gives up on a request the model has held this long without an
     #: answer (504 ``model_timeout``), cancelling it there; None: never.
     response_timeout_seconds: float | None = None
+    #: Requests the shared queue in front of the fleet holds (Knative's activator,
+    #: Ray Serve's router) while the autoscaler puts it in the path (its
+    #: ``proxied``); None: unbounded. There a request goes to a ready pod with a
+    #: free slot and no queue of its own (round-robin among them), or waits, with
+    #: no deadline, for the first slot to free; a full shared queue answers
+    #: ``full_status``.
+    shared_queue_size: int | None = None
 
 
 class Autoscaler(Protocol):
@@ -121,6 +133,9 @@ class Autoscaler(Protocol):
     #: (the operator's ``pod-deletion-cost``), so the ReplicaSet deletes the
     #: idlest ready pods first; without, the newest ready go first.
     marks_pod_load: bool
+    #: Requests pass the shared queue now (see ``GateBehaviour.shared_queue_size``),
+    #: read after each decision; else they go to the pods through the Service.
+    proxied: bool
 
     def decide(self, obs: Observation) -> int:
         """Replicas wanted now."""
@@ -173,6 +188,7 @@ class Ours:
         self.gate = _our_gate(spec)
         self.initial_replicas = max(spec.autoscaling.min_replicas, 1)
         self.marks_pod_load = True
+        self.proxied = False
         self.state = PolicyState()
         self.last_reason = ""
 
@@ -207,6 +223,7 @@ class Static:
         self.gate = _NO_GATE
         self.initial_replicas = n
         self.marks_pod_load = False
+        self.proxied = False
 
     def decide(self, obs: Observation) -> int:
         return self.initial_replicas
@@ -236,6 +253,7 @@ class Scheduled:
         self.gate = _our_gate(spec)
         self.initial_replicas = initial
         self.marks_pod_load = True  # the plan run by our operator
+        self.proxied = False
         self.plan = sorted(plan)
 
     def decide(self, obs: Observation) -> int:
@@ -276,6 +294,7 @@ class _HPA:
         self.gate = gate
         self.initial_replicas = max(spec.autoscaling.min_replicas, 1)
         self.marks_pod_load = False
+        self.proxied = False
         self.down_window = down_window
         self._recent: deque[tuple[float, int]] = deque()
 
@@ -377,6 +396,15 @@ class KnativeKPA:
     (before that bound) at twice the ready pods starts or extends the panic,
     which ends a stable window after the last such tick; while it lasts the
     higher of the two counts, never lower than the panic's highest so far.
+
+    The activator is in the request path while the excess burst capacity,
+    ⌊ready × CC − targetBurstCapacity − panic concurrency⌋, is negative (the
+    same file; ``target-burst-capacity`` 211 in ``pkg/autoscaler/config``, the
+    docs say 200): below some 53 ready pods of CC 4 always. It holds one queue
+    for the revision (``breakerQueueDepth`` 10,000 in
+    ``pkg/activator/net/throttler.go``) and sends each pod at most CC, round-robin
+    over the pods with a free slot (its default for CC > 3). Otherwise requests
+    reach the queue-proxies through the Service.
     """
 
     def __init__(
@@ -390,15 +418,21 @@ class KnativeKPA:
         max_scale_down_rate: float = 2.0,
         max_scale_up_rate: float = 1000.0,
         panic_threshold: float = 2.0,
+        target_burst_capacity: float = 211.0,
+        activator_queue: int = 10_000,
     ) -> None:
         cc = spec.concurrency.max_in_flight
         self.name = "kpa"
         self.spec = spec
         self.period_seconds = tick
         self.scrape_interval_seconds = 1.0
-        self.gate = GateBehaviour(cc, 10 * cc, None, 503, None)
+        self.gate = GateBehaviour(cc, 10 * cc, None, 503, None, shared_queue_size=activator_queue)
         self.initial_replicas = max(spec.autoscaling.min_replicas, 1)
         self.marks_pod_load = False
+        self.cc = cc
+        self.target_burst_capacity = target_burst_capacity
+        # A revision starts behind the activator (it scales from zero through it).
+        self.proxied = target_burst_capacity != 0
         self.target = target_fraction * cc
         self.stable_window = stable_window
         self.panic_window = panic_window
@@ -418,8 +452,14 @@ class KnativeKPA:
             self._samples.popleft()
         stable = [c for _, c in self._samples]
         panic = [c for t, c in self._samples if t > now - self.panic_window]
+        panic_concurrency = sum(panic) / len(panic)
         observed_stable = math.ceil(sum(stable) / len(stable) / self.target - 1e-9)
-        observed_panic = math.ceil(sum(panic) / len(panic) / self.target - 1e-9)
+        observed_panic = math.ceil(panic_concurrency / self.target - 1e-9)
+        if self.target_burst_capacity > 0:
+            excess = obs.ready * self.cc - self.target_burst_capacity - panic_concurrency
+            self.proxied = math.floor(excess) < 0
+        else:  # 0: the activator only scales from zero; -1: always in the path
+            self.proxied = self.target_burst_capacity < 0
         ready = max(obs.ready, 1)
         lowest = math.floor(ready / self.max_scale_down_rate)
         highest = math.ceil(ready * self.max_scale_up_rate)
@@ -441,7 +481,14 @@ class KnativeKPA:
 
 
 class RayServe:
-    """Ray Serve's autoscaler: ongoing requests per replica with delays."""
+    """Ray Serve's autoscaler: ongoing requests per replica with delays.
+
+    A replica takes ``max_ongoing_requests`` at most; the rest wait at the router
+    (a deployment handle's queue, ``max_queued_requests`` -1 by default: no bound)
+    until a replica has room, and the ongoing requests Ray scales on count them.
+    The router picks the less loaded of two random replicas with room; the
+    simulated one takes them round-robin, which differs only when several have room.
+    """
 
     def __init__(
         self,
@@ -457,9 +504,11 @@ class RayServe:
         self.spec = spec
         self.period_seconds = period
         self.scrape_interval_seconds = 5.0
+        # The router holds what no replica has room for (max_queued_requests -1: no bound).
         self.gate = GateBehaviour(spec.concurrency.max_in_flight, None, None, 503, None)
         self.initial_replicas = max(spec.autoscaling.min_replicas, 1)
         self.marks_pod_load = False
+        self.proxied = True
         self.target = target_ongoing_requests
         self.look_back = look_back
         self.upscale_delay = upscale_delay

@@ -13,7 +13,11 @@ engine models, in the order a request meets it:
   carry its Retry-After for a place at the back of the queue.
   The latency of a retried request runs from its first send.
 - **Service.** Round-robin over ready pods (or least-loaded); no ready pod
-  means 503 at once.
+  means 503 at once. While an anchor's autoscaler says so (``proxied``), a
+  shared queue stands in front instead (Knative's activator, Ray Serve's
+  router): a request goes to a ready pod with a free slot and no queue of its
+  own, round-robin among them, or waits there, with no deadline, for the
+  first slot to free (on a pod that is not draining).
 - **Gate** (per autoscaler: :class:`~vlm_operator.baselines.GateBehaviour`).
   A hard in-flight limit, a bounded FIFO queue answered 429 (or 503) when
   full, and a queue deadline answered 504. Our gate puts a request on its
@@ -427,6 +431,13 @@ class _Engine:
         self.full_status = gate.full_status
         self.retry_after = gate.retry_after_seconds
         self.retry_after_estimated = gate.retry_after_estimated
+        # The shared queue (see the module doc): in the path while ``shared``.
+        self.shared = autoscaler.proxied
+        self.shared_size = gate.shared_queue_size
+        self.shared_queue: deque[_Request] = deque()
+        self.shared_waiting = 0  # its live entries (those that gave up leave lazily)
+        if self.shared and self.limit is None:
+            raise ValueError("a shared queue needs a per-pod limit (max_in_flight)")
         # Queue places a request on its last chance may take (the bound plus the reserve).
         self.last_chance_bound = -1
         if gate.last_chance_first and gate.queue_size is not None:
@@ -751,6 +762,9 @@ class _Engine:
     def _attempt(self, req: _Request) -> None:
         now = self.now
         req.started = now
+        if self.shared:
+            self._attempt_shared(req)
+            return
         ready = self.ready
         if not ready:
             self._finish(req, 503, None)
@@ -793,6 +807,51 @@ class _Engine:
             pod.refused = moving_refused_fraction(pod.refused, True)
             self._finish(req, self.full_status, self._retry_after(pod))
 
+    def _attempt_shared(self, req: _Request) -> None:
+        """Through the shared queue: a ready pod with room, or a wait for one."""
+        now = self.now
+        deadline = now + self.client_timeout
+        self.client_timeouts.append((deadline, req))
+        if deadline < self.wake_at:
+            self._wake(deadline)
+        ready = self.ready
+        limit = self.limit
+        assert limit is not None
+        n = len(ready)
+        for step in range(1, n + 1):
+            i = (self.rr + step) % n
+            pod = ready[i]
+            if len(pod.active) < limit and not pod.waiting:
+                self.rr = i
+                req.pod = pod
+                self._admit(pod, req)
+                return
+        if self.shared_size is None or self.shared_waiting < self.shared_size:
+            req.pod = None
+            req.queued = True
+            self.shared_queue.append(req)
+            self.shared_waiting += 1
+            self.waiting_total += 1
+        else:
+            self.gate_new.append((now, -1.0, False))
+            self._finish(req, self.full_status, None)
+
+    def _take_shared(self, pod: _Pod) -> None:
+        """Fill the free slots of ``pod`` (ready, no queue of its own) from the shared queue."""
+        shared = self.shared_queue
+        active = pod.active
+        limit = self.limit
+        assert limit is not None
+        while shared and len(active) < limit:
+            req = shared.popleft()
+            if not req.queued:
+                continue  # its client gave up
+            req.queued = False
+            self.shared_waiting -= 1
+            self.waiting_total -= 1
+            req.pod = pod
+            self._admit(pod, req)
+
     def _retry_after(self, pod: _Pod) -> float | None:
         """The gate's advice to a request turned away: a place at the back of ``pod``'s queue."""
         if self.retry_after_estimated and self.limit is not None:
@@ -810,6 +869,11 @@ class _Engine:
             self.waiting_total -= 1
             self.gate_new.append((self.now, self.now - req.started, True))
             self._maybe_gone(pod)
+        elif req.queued:  # in the shared queue, which lets it go lazily
+            req.queued = False
+            self.shared_waiting -= 1
+            self.waiting_total -= 1
+            self.gate_new.append((self.now, self.now - req.started, True))
         elif pod is not None and self.cancel_on_disconnect and self._cancel(pod, req):
             pod.service = moving_service_mean(pod.service, self.now - req.admitted)
             self.gate_new.append((self.now, self.now - req.started, True))
@@ -969,7 +1033,7 @@ class _Engine:
 
         # Fill freed slots from the queue first (FIFO), then answer: a client's
         # next request must queue behind the ones already waiting.
-        if pod.queue or pod.first:
+        if pod.queue or pod.first or (self.shared_waiting and pod.state == _READY):
             self._refill(pod)
         else:
             # _refill with nothing queued, written out.
@@ -1031,6 +1095,8 @@ class _Engine:
             pod.waiting -= 1
             self.waiting_total -= 1
             self._admit(pod, req)
+        if self.shared_waiting and pod.state == _READY and not pod.waiting:
+            self._take_shared(pod)
         if not active and pod.busy_since >= 0:
             pod.busy_total += self.now - pod.busy_since
             pod.busy_since = -1.0
@@ -1055,6 +1121,8 @@ class _Engine:
             return
         pod.state = _READY
         self.ready.append(pod)
+        if self.shared_waiting:
+            self._refill(pod)  # its slots go to the shared queue's heads
 
     def _maybe_gone(self, pod: _Pod) -> None:
         if pod.state == _DRAINING and not pod.active and pod.waiting == 0:
@@ -1151,6 +1219,7 @@ class _Engine:
             error=error,
         )
         wanted = max(0, int(self.scaler.decide(obs)))
+        self.shared = self.scaler.proxied
         if wanted != self.replicas:
             self._scale(wanted)
         if self.cfg.record_series:
