@@ -17,10 +17,11 @@ import pytest
 
 _UNSHARE = shutil.which("unshare")
 _IP = shutil.which("ip")
+_SS = shutil.which("ss")
 
 #: Starts the gate on "::" (port 0) and asks /healthz over both loopbacks.
 _GATE_ON_EVERY_ADDRESS = """
-import asyncio, socket
+import asyncio, socket, subprocess
 from vlm_operator.gate import GateConfig, GateServer
 
 {prelude}
@@ -44,6 +45,9 @@ async def main() -> None:
     print(gate.url.replace(str(port), "PORT"))
     print(await ask("127.0.0.1", port))
     print(await ask("::1", port))
+    # The listen backlog (ss's Send-Q of a listening socket), as on any other address.
+    listening = subprocess.run(["ss", "-ltnH"], capture_output=True, text=True).stdout
+    print("backlog", listening.split()[2])
     await gate.close()
 
 asyncio.run(main())
@@ -51,8 +55,8 @@ asyncio.run(main())
 
 
 def _in_own_network(script: str) -> list[str]:
-    if _UNSHARE is None or _IP is None:
-        pytest.skip("needs unshare and ip (util-linux, iproute2) for a network namespace")
+    if _UNSHARE is None or _IP is None or _SS is None:
+        pytest.skip("needs unshare, ip and ss (util-linux, iproute2) for a network namespace")
     probe = subprocess.run([_UNSHARE, "--net", "true"], capture_output=True, timeout=30)
     if probe.returncode != 0:
         pytest.skip(f"cannot make a network namespace here: {probe.stderr.decode().strip()}")
@@ -70,7 +74,7 @@ def _in_own_network(script: str) -> list[str]:
 
 def test_the_gate_on_every_address_answers_over_ipv6_and_ipv4() -> None:
     lines = _in_own_network(textwrap.dedent(_GATE_ON_EVERY_ADDRESS.format(prelude="")))
-    assert lines == ["http://[::]:PORT", "HTTP/1.1 200 OK", "HTTP/1.1 200 OK"]
+    assert lines == ["http://[::]:PORT", "HTTP/1.1 200 OK", "HTTP/1.1 200 OK", "backlog 1024"]
 
 
 def test_without_ipv6_the_gate_on_every_address_listens_on_ipv4() -> None:
@@ -79,6 +83,7 @@ def test_without_ipv6_the_gate_on_every_address_listens_on_ipv4() -> None:
     lines = _in_own_network(textwrap.dedent(_GATE_ON_EVERY_ADDRESS.format(prelude=prelude)))
     assert lines[:2] == ["http://0.0.0.0:PORT", "HTTP/1.1 200 OK"]
     assert lines[2].startswith("unreachable")
+    assert lines[3] == "backlog 1024"
 
 
 def test_a_port_in_use_is_an_error_not_a_fallback_to_ipv4() -> None:

@@ -556,21 +556,22 @@ async def test_an_answer_without_length_is_relayed_to_its_end() -> None:
         assert await gate.metric("vlm_requests_running") == 0
 
 
-@pytest.mark.parametrize("coding", [b"xchunked", b"chunked, gzip"])
-async def test_an_answer_whose_last_coding_is_not_chunked_runs_to_the_close(
-    coding: bytes,
-) -> None:
-    # Only a final "chunked" frames a body in chunks (RFC 9112 §6.3); llhttp reads any
-    # other body to the close, which is then its proper end, relayed whole.
+@pytest.mark.parametrize("coding", [b"gzip, chunked", b"chunked, gzip", b"xchunked"])
+async def test_an_answer_in_a_transfer_coding_besides_chunked_is_a_502(coding: bytes) -> None:
+    # llhttp takes a body off its chunks, or reads it to the close, and would leave it
+    # gzipped, say, for a client told nothing of it: refused as the request side does.
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readuntil(b"\r\n\r\n")
-        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: " + coding + b"\r\n\r\nwhole body")
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: " + coding + b"\r\n\r\n")
+        writer.write(b"5\r\nhello\r\n0\r\n\r\n" if coding.endswith(b" chunked") else b"body")
         writer.close()
 
     async with speaking(answer) as url, gate_in_front_of(url) as gate:
         status, _, body = await gate.request("GET", "/v1/old")
-        assert (status, body) == (200, b"whole body")
-        assert await gate.metric("vlm_requests_total", code="200") == 1
+        assert status == 502
+        message = json.loads(body)["error"]["message"]
+        assert f"transfer coding {coding.decode()!r} is not supported" in message
+        assert await gate.metric("vlm_requests_total", code="502") == 1
 
 
 @pytest.mark.parametrize("status_line", [b"HTTP/1.1 099 Odd", b"HTTP/1.1 000 Zero"])
@@ -1335,6 +1336,24 @@ async def test_a_request_that_arrives_too_slowly_is_answered_408_and_frees_the_b
         assert await gate.metric("vlm_requests_rejected_total", reason="malformed") == 1
 
 
+async def test_a_request_held_behind_requests_sent_ahead_is_not_too_slow(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Nine requests of a second each and the head of a tenth in one write, its body
+    # 0.1 s later: past the eight requests parsed ahead, the gate holds the body
+    # unparsed for some eight seconds, its own wait and not the client's.
+    _fast_read_deadline(monkeypatch)
+    async with running_gate(backend, max_in_flight=1) as gate:
+        one = b"POST /sleep?s=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+        last = b"POST /v1/x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n"
+        async with raw_connection(gate.url) as (reader, writer):
+            writer.write(one * 9 + last)
+            await asyncio.sleep(0.1)
+            writer.write(b"{}")
+            data = await asyncio.wait_for(reader.read(), 3 * DEADLINE_S)
+        assert [message.status for message in parse(data)] == [200] * 10
+
+
 async def test_a_steady_upload_and_a_wait_for_100_continue_are_not_too_slow(
     backend: Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1369,3 +1388,27 @@ async def test_a_steady_upload_and_a_wait_for_100_continue_are_not_too_slow(
 
 def test_every_refusal_has_a_status_and_an_error_type() -> None:
     assert set(_ERROR_TYPES) == set(ERROR_STATUS)
+
+
+async def test_one_connection_failing_its_sweep_does_not_stop_the_sweeps(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from vlm_operator.gate import _server
+
+    monkeypatch.setattr(_server, "_SWEEP_SECONDS", 0.05)
+    monkeypatch.setattr(_server, "_CLIENT_IDLE_SECONDS", 0.3)
+    async with gate_in_front_of("http://127.0.0.1:9") as gate:
+        proxy = gate.server.proxy
+        async with raw_connection(gate.url) as (broken_reader, _):
+            await until(lambda: len(proxy.connections) == 1)
+            (broken,) = proxy.connections
+
+            def fails(now: float) -> bool:
+                raise RuntimeError("a bug in one connection's state")
+
+            monkeypatch.setattr(broken, "read_overdue", fails)
+            async with raw_connection(gate.url) as (idle_reader, _):
+                # The broken one is cut; the idle one is still closed at its time.
+                assert await asyncio.wait_for(broken_reader.read(), DEADLINE_S) == b""
+                assert await asyncio.wait_for(idle_reader.read(), DEADLINE_S) == b""
+    assert "sweeping a client connection failed" in caplog.text

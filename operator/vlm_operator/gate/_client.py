@@ -34,7 +34,8 @@ HEAD_MAX_SECONDS), as Apache's mod_reqtimeout allows, else it is answered 408
 and the connection closed. A body counts in the gate's budget from its head
 on, so a client that announces a large body and trickles it would hold that
 budget for as long as it liked. Time the gate makes the client wait does not
-count: a body held back until "100 Continue", or reading paused.
+count: a body held back until "100 Continue", bytes held unparsed behind
+requests sent ahead, or reading paused.
 
 A head (or a chunked body's trailer section) is limited by the bytes that
 arrive while it is being read, not by the header lines llhttp hands over:
@@ -527,8 +528,11 @@ class ClientConnection(asyncio.Protocol):
         since = self._reading_since
         if since is None or self._closing or self.closed:
             return False
-        if self._continue_due or self._reading_paused:
-            return False  # the gate holds the client back
+        if self._continue_due or self._reading_paused or self._ahead:
+            # The gate holds the client back (or its bytes, unparsed): that time is
+            # not the client's, and the request's clock starts again.
+            self._reading_since = now
+            return False
         received = self._received()
         allowed = READ_GRACE_SECONDS + received / READ_MIN_RATE
         if not self._head_done:

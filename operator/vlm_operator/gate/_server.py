@@ -193,9 +193,10 @@ def _sweep_client(connection: ClientConnection, now: float, limit: int) -> None:
     if connection.read_overdue(now):
         log.info("refusing a request that arrives too slowly")
         connection.refuse_slow_request()
-    # The client has not read what it was sent: nothing moves either way. Below the
-    # transport's high-water mark writing is not paused, yet a closing connection
-    # would wait for ever on bytes nobody reads.
+    # Cut: a client that has not read enough of its answer to resume writing for the
+    # idle limit (slow readers hold a slot), or that reads nothing of what is left
+    # (below the high-water mark writing is not paused, and a closing connection
+    # would wait for ever on bytes nobody reads).
     if connection.unsent_stalled() or connection.writing_paused:
         connection.stalled_ticks += 1
         if connection.stalled_ticks >= limit:
@@ -298,7 +299,7 @@ class GateServer:
         loop = asyncio.get_running_loop()
         if config.host == "::":
             self._server = await loop.create_server(
-                lambda: ClientConnection(proxy), sock=_every_address(config.port)
+                lambda: ClientConnection(proxy), sock=_every_address(config.port), backlog=1024
             )
         else:
             self._server = await loop.create_server(
@@ -351,6 +352,10 @@ class GateServer:
         await asyncio.sleep(0)  # let the closed transports report connection_lost
 
 
+#: What binding "::" fails with where the kernel has IPv6 off or half there.
+_NO_IPV6 = frozenset({errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL, errno.EPROTONOSUPPORT})
+
+
 def _every_address(port: int) -> socket.socket:
     """A socket on every address of the pod, IPv6 and IPv4 both where the kernel can.
 
@@ -365,8 +370,8 @@ def _every_address(port: int) -> socket.socket:
                 ("::", port), family=socket.AF_INET6, backlog=1024, dualstack_ipv6=True
             )
         except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                raise
+            if exc.errno not in _NO_IPV6:
+                raise  # the port taken, a privileged port: the same on IPv4
             log.warning("no IPv6 on this host (%s): listening on IPv4 only", exc)
     return socket.create_server(("0.0.0.0", port), backlog=1024)
 

@@ -106,6 +106,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._reason = b""
         self._length: bytes | None = None
         self._upstream_chunked = False
+        #: Transfer codings of the answer, in order, from every Transfer-Encoding header.
+        self._codings: list[bytes] = []
         self._options: set[bytes] | None = None
         self._interim = False
         self._head_done = False  # header callbacks after this are trailers
@@ -250,10 +252,7 @@ class UpstreamConnection(asyncio.Protocol):
             if lower == b"content-length":
                 self._length = value
             elif lower == b"transfer-encoding":
-                # Chunked framing only when it is the last coding (RFC 9112 §6.3); else
-                # the body runs to the close, as llhttp reads it.
-                last = value.rpartition(b",")[2].strip().lower()
-                self._upstream_chunked = last == b"chunked"
+                self._codings += (c.strip().lower() for c in value.split(b",") if c.strip())
             elif lower == b"connection":
                 self._options = connection_options(value) | (self._options or set())
             return
@@ -265,6 +264,15 @@ class UpstreamConnection(asyncio.Protocol):
         if status < 100:
             self._failure = f"the model answered with status {status:03d}, which HTTP has not"
             raise _NotAnAnswer
+        codings = self._codings
+        if codings and codings != [b"chunked"]:
+            # llhttp takes the body off its chunks (or reads it to the close), and the
+            # client would get it still gzipped, say, with nothing to tell it so: the
+            # request side refuses the same codings (501).
+            named = b", ".join(codings).decode("latin-1")
+            self._failure = f"the model's transfer coding {named!r} is not supported (chunked is)"
+            raise _NotAnAnswer
+        self._upstream_chunked = bool(codings)
         if status < 200:
             self._interim = True  # 1xx: the real answer follows
             return
