@@ -811,6 +811,22 @@ async def test_drain_timeout_bounds_the_exit(backend: Backend) -> None:
             await stuck
 
 
+async def test_a_drain_out_of_time_refuses_the_queued_requests_with_503(
+    backend: Backend,
+) -> None:
+    async with running_gate(backend, max_in_flight=1, queue_size=4) as gate:
+        running, queued = await hold_one_and_queue_one(gate, backend, "a", "b")
+        assert await gate.server.drain(0.2) is False
+        # Told to retry elsewhere, not cut with the connection as the running one is.
+        status, headers, body = await asyncio.wait_for(queued, DEADLINE_S)
+        assert (status, error_code(body), headers["Retry-After"]) == (503, "draining", "1")
+        assert await gate.metric("vlm_requests_rejected_total", reason="draining") == 1
+        assert await gate.metric("vlm_requests_waiting") == 0
+        backend.release.set()
+        assert (await running)[0] == 200
+        assert backend.arrivals == ["a"]
+
+
 async def test_sigterm_lets_a_slow_reader_have_its_whole_answer(backend: Backend) -> None:
     """The real command: the end of an answer still in the gate is not cut off by its exit."""
     size = 4 * 1000 * 1000

@@ -176,7 +176,7 @@ class Admission:
             async with asyncio.timeout(self.queue_timeout):
                 await waiter
         except TimeoutError:
-            if waiter.done() and not waiter.cancelled():
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 return  # the slot arrived in the same instant as the deadline: keep it
             self._discard(waiter)
             raise Rejected(
@@ -185,7 +185,7 @@ class Admission:
                 retry_after=self.retry_after(self.waiting + 1),
             ) from None
         except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 self.release(None)  # handed over while the client left: pass it on
             else:
                 self._discard(waiter)
@@ -204,6 +204,18 @@ class Admission:
         self._running -= 1
         if self._running == 0:
             self._idle.set()
+
+    def refuse_waiting(self) -> int:
+        """Refuse every request still waiting, as a draining gate refuses new ones (the
+        drain ran out of time: told so, they retry elsewhere, rather than being cut)."""
+        refused = 0
+        for queue in (self._first, self._queue):
+            while queue:
+                waiter = queue.popleft()
+                if not waiter.done():
+                    waiter.set_exception(Rejected("draining", DRAINING_MESSAGE, retry_after=1))
+                    refused += 1
+        return refused
 
     def _discard(self, waiter: asyncio.Future[None]) -> None:
         waiter.cancel()

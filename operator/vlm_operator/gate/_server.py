@@ -17,7 +17,9 @@ running and queued request finish within the drain timeout, then exits 0.
 Finished means delivered: a slot is freed once the answer's last byte is
 handed to the client's transport, and the drain also waits until every
 transport has sent what it holds on (or lost its client), else the process
-would exit with the end of a slow reader's answer still in its buffers.
+would exit with the end of a slow reader's answer still in its buffers. Past
+the drain timeout, requests still queued are refused 503 like new ones, and
+those still running are cut.
 """
 
 from __future__ import annotations
@@ -322,6 +324,8 @@ class GateServer:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
         if not await proxy.admission.wait_idle(seconds):
+            if proxy.admission.refuse_waiting():
+                await asyncio.sleep(0)  # their 503s are written before the connections close
             return False
         return await _answers_sent_on(proxy, deadline - loop.time())
 
