@@ -269,13 +269,16 @@ class Proxy:
     def _left_before_its_turn(self, exchange: Exchange, task: asyncio.Task[None]) -> None:
         """A queued request whose client hung up before its task first ran: cancelled
         then, the task never enters its coroutine, whose clean-up would not run."""
-        if not task.cancelled() or not exchange.aborted or exchange.finished:
-            return
-        exchange.task = None
+        if task.cancelled() and exchange.aborted and not exchange.finished:
+            exchange.task = None
+            self._left_the_queue(exchange, exchange.start)
+
+    def _left_the_queue(self, exchange: Exchange, queued: float) -> None:
+        """The client of a queued request hung up: a 499, timed with its wait."""
         exchange.finished = True
         exchange.drop_body()
         now = self.clock()
-        self.metrics.queue.observe(now - exchange.start)
+        self.metrics.queue.observe(now - queued)
         self.metrics.duration.observe(now - exchange.start)
         self.metrics.finished(CLIENT_CLOSED)
 
@@ -296,12 +299,7 @@ class Proxy:
             exchange.task = None
             if not exchange.aborted:
                 raise
-            exchange.finished = True  # the client left the queue: timed with its wait
-            exchange.drop_body()
-            now = self.clock()
-            metrics.queue.observe(now - queued)
-            metrics.duration.observe(now - exchange.start)
-            metrics.finished(CLIENT_CLOSED)
+            self._left_the_queue(exchange, queued)
             return
         exchange.task = None
         exchange.admitted = self.clock()
