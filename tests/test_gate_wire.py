@@ -1134,6 +1134,7 @@ async def raw_model(answer: Callable[[bytes], bytes]) -> AsyncIterator[RawModel]
 
 
 _OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+_NOT_FOUND = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
 
 
 def _odd_answers(target: bytes) -> bytes:
@@ -1147,6 +1148,25 @@ def _odd_answers(target: bytes) -> bytes:
         b"/trailer": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"2\r\nok\r\n0\r\nX-Late: 1\r\n\r\n",
     }.get(target, _OK)
+
+
+async def test_an_options_request_for_the_whole_server_reaches_the_model_as_sent() -> None:
+    # "OPTIONS *" asks about the server, not about "/"; "*" names nothing for any other
+    # method (RFC 9112 §3.2.4): a 400 that says so, and the model never sees it.
+    async with (
+        raw_model(lambda target: _OK if target == b"*" else _NOT_FOUND) as model,
+        gate_in_front_of(model.url) as gate,
+    ):
+        async with raw_connection(gate.url) as (reader, writer):
+            writer.write(b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            (message,) = parse(await asyncio.wait_for(reader.read(), DEADLINE_S))
+        assert (message.status, message.body) == (200, b"ok")
+        async with raw_connection(gate.url) as (reader, writer):
+            writer.write(b"GET * HTTP/1.1\r\nHost: x\r\n\r\n")
+            (message,) = parse(await asyncio.wait_for(reader.read(), DEADLINE_S))
+        assert message.status == 400
+        assert "only for OPTIONS" in json.loads(message.body)["error"]["message"]
+        assert model.connections == 1
 
 
 async def test_a_model_that_switches_protocols_gives_a_502(

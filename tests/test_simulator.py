@@ -851,6 +851,66 @@ def test_a_shared_queue_lets_go_of_a_request_whose_client_gave_up() -> None:
     assert (run.shared_waiting, run.waiting_total) == (0, 0)
 
 
+class _Choices(_interpreted._Engine):  # type: ignore[misc]
+    """The engine, noting for each request the shared queue sends on at once the
+    in-flight counts of the pod it chose and of the others with a free slot."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.choices: list[tuple[int, list[int]]] = []
+
+    def _attempt_shared(self, req: Any) -> None:
+        limit = self.limit
+        loads = {id(pod): len(pod.active) for pod in self.ready if len(pod.active) < limit}
+        super()._attempt_shared(req)
+        if req.pod is not None and len(loads) >= 2:
+            chosen = loads.pop(id(req.pod))
+            self.choices.append((chosen, list(loads.values())))
+
+
+@pytest.mark.parametrize("two_choices", [True, False])
+def test_rays_router_sends_to_the_less_loaded_of_two_pods(two_choices: bool) -> None:
+    # Two pods of four slots, works that vary (σ 0.6), at about half their slots:
+    # Ray's router, drawing both pods every time, always takes the less loaded one;
+    # round-robin among the pods with room often takes the busier.
+    trace = _open(0.35, 3600)
+    spec = spec_for(trace)
+    probe = _SharedProbe(spec, pods=2, slots=4, proxied=True)
+    probe.gate = GateBehaviour(4, 100, None, 503, None, shared_two_choices=two_choices)
+    config = _interpreted.SimConfig(latency=LatencyModel(sigma=0.6))
+    run = _Choices(trace, probe, spec, 2, config)
+    run.run()
+    assert len(run.choices) >= 500
+    busier = [(chosen, others) for chosen, others in run.choices if chosen > min(others)]
+    if two_choices:
+        assert busier == []
+    else:
+        assert len(busier) >= 50
+
+
+def test_rays_router_picks_as_two_random_draws_would() -> None:
+    # Five ready pods, three with a free slot (loads 0, 1, 1): every ordered pair of
+    # distinct pods with room in at least one, alike, its less loaded member with room
+    # (the first on a tie). The direct draw gives each pod its share of 20,000 draws.
+    pods = [_interpreted._Pod(0, 0.0) for _ in range(3)]
+    for pod, load in zip(pods, (0, 1, 1), strict=True):
+        pod.active.update((object(), seq) for seq in range(load))  # type: ignore[misc]
+    full = [3, 4]  # the pods without a free slot, by index among the five
+    expected = [0.0, 0.0, 0.0]
+    pairs = [(a, b) for a in range(5) for b in range(5) if a != b and not {a, b} <= set(full)]
+    for a, b in pairs:
+        if a in full or b in full:
+            expected[b if a in full else a] += 1 / len(pairs)
+        else:
+            expected[b if len(pods[b].active) < len(pods[a].active) else a] += 1 / len(pairs)
+    uniform = random.Random(7).random
+    counts = [0, 0, 0]
+    for _ in range(20_000):
+        counts[pods.index(_interpreted.pick_of_two(pods, 5, uniform))] += 1
+    assert expected == pytest.approx([8 / 18, 5 / 18, 5 / 18])
+    assert [c / 20_000 for c in counts] == pytest.approx(expected, abs=0.01)
+
+
 def test_a_full_shared_queue_refuses_with_the_gates_status() -> None:
     trace = _closed(5, 15)
     spec = spec_for(trace)

@@ -119,6 +119,10 @@ class GateBehaviour:
     #: no deadline, for the first slot to free; a full shared queue answers
     #: ``full_status``.
     shared_queue_size: int | None = None
+    #: The shared queue sends a request to the less loaded of two replicas drawn
+    #: at random, drawing again while neither has a free slot (Ray Serve's
+    #: power-of-two-choices router), instead of round-robin among those with one.
+    shared_two_choices: bool = False
 
 
 class Autoscaler(Protocol):
@@ -486,8 +490,8 @@ class RayServe:
     A replica takes ``max_ongoing_requests`` at most; the rest wait at the router
     (a deployment handle's queue, ``max_queued_requests`` -1 by default: no bound)
     until a replica has room, and the ongoing requests Ray scales on count them.
-    The router picks the less loaded of two random replicas with room; the
-    simulated one takes them round-robin, which differs only when several have room.
+    The router sends each request to the less loaded of two random replicas,
+    drawing again while neither has room (``PowerOfTwoChoicesReplicaScheduler``).
     """
 
     def __init__(
@@ -505,7 +509,9 @@ class RayServe:
         self.period_seconds = period
         self.scrape_interval_seconds = 5.0
         # The router holds what no replica has room for (max_queued_requests -1: no bound).
-        self.gate = GateBehaviour(spec.concurrency.max_in_flight, None, None, 503, None)
+        self.gate = GateBehaviour(
+            spec.concurrency.max_in_flight, None, None, 503, None, shared_two_choices=True
+        )
         self.initial_replicas = max(spec.autoscaling.min_replicas, 1)
         self.marks_pod_load = False
         self.proxied = True

@@ -354,6 +354,9 @@ class ClientConnection(asyncio.Protocol):
         if parser.should_upgrade():
             self._upgrade = True  # refused once llhttp stops at the upgrade
             return
+        if self._url == b"*" and self._method != b"OPTIONS":
+            # llhttp takes "*" for any method; it names no resource but for OPTIONS.
+            raise _BadHead("the request target '*' is only for OPTIONS (RFC 9112 §3.2.4)")
         codings = self._codings
         if codings and codings != [b"chunked"]:
             named = b", ".join(codings).decode("latin-1")

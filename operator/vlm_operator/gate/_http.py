@@ -89,8 +89,11 @@ def http_date() -> bytes:
 
 
 def origin_form(target: bytes) -> bytes:
-    """Path and query as the client wrote them (absolute-form targets lose scheme and host)."""
-    if target.startswith(b"/"):
+    """Path and query as the client wrote them (absolute-form targets lose scheme and host).
+
+    ``*`` (an ``OPTIONS`` for the server as a whole, RFC 9112 §3.2.4) goes on as it is.
+    """
+    if target.startswith(b"/") or target == b"*":
         return target
     # scheme://authority[/path][?query], cut by hand: URL parsing would re-encode the path
     rest = target.partition(b"://")[2]

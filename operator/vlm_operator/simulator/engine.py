@@ -16,8 +16,10 @@ engine models, in the order a request meets it:
   means 503 at once. While an anchor's autoscaler says so (``proxied``), a
   shared queue stands in front instead (Knative's activator, Ray Serve's
   router): a request goes to a ready pod with a free slot and no queue of its
-  own, round-robin among them, or waits there, with no deadline, for the
-  first slot to free (on a pod that is not draining).
+  own (round-robin among them for the activator; for Ray's router the less
+  loaded of two drawn at random, drawn again while neither has a free slot),
+  or waits there, with no deadline, for the first slot to free (on a pod that
+  is not draining).
 - **Gate** (per autoscaler: :class:`~vlm_operator.baselines.GateBehaviour`).
   A hard in-flight limit, a bounded FIFO queue answered 429 (or 503) when
   full, and a queue deadline answered 504. Our gate puts a request on its
@@ -96,7 +98,7 @@ import math
 import random
 from bisect import bisect_left, bisect_right
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from heapq import heapify, heappop, heappush
 from itertools import repeat
@@ -436,6 +438,9 @@ class _Engine:
         self.shared_size = gate.shared_queue_size
         self.shared_queue: deque[_Request] = deque()
         self.shared_waiting = 0  # its live entries (those that gave up leave lazily)
+        self.two_choices = gate.shared_two_choices
+        # Its own stream, so that the draws leave the others' (work, back-off) as they are.
+        self.choice_random = random.Random(f"{seed}:two-choices").random
         if self.shared and self.limit is None:
             raise ValueError("a shared queue needs a per-pod limit (max_in_flight)")
         # Queue places a request on its last chance may take (the bound plus the reserve).
@@ -817,15 +822,23 @@ class _Engine:
         ready = self.ready
         limit = self.limit
         assert limit is not None
-        n = len(ready)
-        for step in range(1, n + 1):
-            i = (self.rr + step) % n
-            pod = ready[i]
-            if len(pod.active) < limit and not pod.waiting:
-                self.rr = i
+        if self.two_choices:
+            roomy = [pod for pod in ready if len(pod.active) < limit and not pod.waiting]
+            if roomy:
+                pod = pick_of_two(roomy, len(ready), self.choice_random)
                 req.pod = pod
                 self._admit(pod, req)
                 return
+        else:
+            n = len(ready)
+            for step in range(1, n + 1):
+                i = (self.rr + step) % n
+                pod = ready[i]
+                if len(pod.active) < limit and not pod.waiting:
+                    self.rr = i
+                    req.pod = pod
+                    self._admit(pod, req)
+                    return
         if self.shared_size is None or self.shared_waiting < self.shared_size:
             req.pod = None
             req.queued = True
@@ -1261,6 +1274,30 @@ class _Engine:
                     self.ready.remove(pod)
                     self._maybe_gone(pod)
         self.replicas = wanted
+
+
+def pick_of_two(roomy: list[_Pod], ready: int, uniform: Callable[[], float]) -> _Pod:
+    """The pod Ray Serve's router sends a request to, of ``roomy`` (those of the
+    ``ready`` with a free slot; at least one).
+
+    The router draws two distinct replicas, again while neither has room, and
+    takes the one with fewer ongoing requests (the first drawn on a tie). Drawn
+    directly: an ordered pair with room in both comes with probability
+    k(k−1) / (n(n−1) − (n−k)(n−k−1)), and a pair with room in one only brings
+    any of the k with room alike.
+    """
+    k = len(roomy)
+    if k == 1:
+        return roomy[0]
+    first = int(uniform() * k)
+    both = k * (k - 1) / (ready * (ready - 1) - (ready - k) * (ready - k - 1))
+    if uniform() >= both:
+        return roomy[first]
+    second = int(uniform() * (k - 1))
+    if second >= first:
+        second += 1
+    a, b = roomy[first], roomy[second]
+    return b if len(b.active) < len(a.active) else a
 
 
 def arrival_seed(seed: int) -> int:
