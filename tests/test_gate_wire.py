@@ -1406,6 +1406,59 @@ async def test_a_steady_upload_and_a_wait_for_100_continue_are_not_too_slow(
         assert await gate.metric("vlm_requests_rejected_total", reason="malformed") == 0
 
 
+async def test_a_body_sent_without_waiting_for_100_continue_is_timed(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Pipelined behind a request the model holds for 5 s, a request that asked for
+    # "100 Continue" trickles its body at once: it is timed from its first byte (the
+    # gate's wait ends there, and no "100 Continue" is owed any more), so it is refused
+    # and its body budget given back while the first is still running.
+    _fast_read_deadline(monkeypatch)
+    async with running_gate(backend, max_in_flight=1) as gate:
+        proxy = gate.server.proxy
+        async with raw_connection(gate.url) as (reader, writer):
+            writer.write(
+                b"POST /sleep?s=5 HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}"
+                b"POST /v1/y HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n"
+                b"Expect: 100-continue\r\n\r\n"
+            )
+            await until(lambda: proxy.body_budget.held == 100000)
+            for _ in range(150):  # a byte every 20 ms (50 bytes/s) for up to 3 s
+                writer.write(b"a")
+                await asyncio.sleep(0.02)
+                if proxy.body_budget.held == 0:
+                    break
+            assert proxy.body_budget.held == 0
+            assert backend.current == 1  # the first request is still running
+            data = await asyncio.wait_for(reader.read(), 3 * DEADLINE_S)
+        assert CONTINUE not in data
+        assert [message.status for message in parse(data)] == [200, 408]
+        assert await gate.metric("vlm_requests_rejected_total", reason="malformed") == 1
+
+
+async def test_chunk_extensions_buy_a_request_no_time(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # llhttp skips chunk extensions and the gate keeps none of them, so they cost only
+    # parsing; they count for nothing in the read deadline either: a body of one byte
+    # per chunk, behind 8,000 bytes of extension each, arrives too slowly all the same.
+    _fast_read_deadline(monkeypatch)
+    async with running_gate(backend) as gate:
+        async with raw_connection(gate.url) as (reader, writer):
+            writer.write(b"POST /v1/x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+            answer = asyncio.create_task(reader.read())
+            chunk = b"1;" + b"x" * 8000 + b"\r\na\r\n"
+            for _ in range(300):  # a chunk every 10 ms: 800 KB/s on the wire, 100 B/s of body
+                done, _ = await asyncio.wait({answer}, timeout=0.01)
+                if done:
+                    break
+                writer.write(chunk)
+            (message,) = parse(await asyncio.wait_for(answer, DEADLINE_S))
+        assert message.status == 408
+        assert "arrived too slowly" in json.loads(message.body)["error"]["message"]
+        assert backend.arrivals == []
+
+
 def test_every_refusal_has_a_status_and_an_error_type() -> None:
     assert set(_ERROR_TYPES) == set(ERROR_STATUS)
 

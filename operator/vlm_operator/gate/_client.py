@@ -388,6 +388,11 @@ class ClientConnection(asyncio.Protocol):
         self._in_head = False
         if self._refused or self._closing:
             return
+        if self._continue_due:
+            # The client did not wait for "100 Continue": none is owed any more (RFC 9110
+            # §10.1.1), and its body is timed from now like any other.
+            self._continue_due = False
+            self._reading_since = self.proxy.clock()
         size = self._size = self._size + len(body)
         if size > self.proxy.max_body_bytes:
             self._refuse_body(size)  # a chunked body: enforced while reading
