@@ -1134,7 +1134,6 @@ async def raw_model(answer: Callable[[bytes], bytes]) -> AsyncIterator[RawModel]
 
 
 _OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-_NOT_FOUND = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
 
 
 def _odd_answers(target: bytes) -> bytes:
@@ -1150,23 +1149,44 @@ def _odd_answers(target: bytes) -> bytes:
     }.get(target, _OK)
 
 
-async def test_an_options_request_for_the_whole_server_reaches_the_model_as_sent() -> None:
-    # "OPTIONS *" asks about the server, not about "/"; "*" names nothing for any other
-    # method (RFC 9112 §3.2.4): a 400 that says so, and the model never sees it.
-    async with (
-        raw_model(lambda target: _OK if target == b"*" else _NOT_FOUND) as model,
-        gate_in_front_of(model.url) as gate,
-    ):
+async def test_a_request_target_reaches_the_model_as_it_must_see_it() -> None:
+    # Behind an upstream with a base path: "*" (OPTIONS for the server as a whole) goes
+    # on alone, as does an OPTIONS for an absolute URI with no path (the last proxy
+    # must send "*", RFC 9112 §3.2.4); other targets get the base path. A "*" with
+    # another method or anything after it is a 400 that says so: llhttp takes it,
+    # and it was sent on as "/".
+    seen: list[bytes] = []
+
+    def answer(target: bytes) -> bytes:
+        seen.append(target)
+        return _OK
+
+    async def send(request_line: bytes) -> _Message:
         async with raw_connection(gate.url) as (reader, writer):
-            writer.write(b"OPTIONS * HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            writer.write(request_line + b"\r\nHost: x\r\nConnection: close\r\n\r\n")
             (message,) = parse(await asyncio.wait_for(reader.read(), DEADLINE_S))
-        assert (message.status, message.body) == (200, b"ok")
-        async with raw_connection(gate.url) as (reader, writer):
-            writer.write(b"GET * HTTP/1.1\r\nHost: x\r\n\r\n")
-            (message,) = parse(await asyncio.wait_for(reader.read(), DEADLINE_S))
-        assert message.status == 400
-        assert "only for OPTIONS" in json.loads(message.body)["error"]["message"]
-        assert model.connections == 1
+        return message
+
+    async with raw_model(answer) as model, gate_in_front_of(model.url + "/base") as gate:
+        for request_line, target in [
+            (b"OPTIONS * HTTP/1.1", b"*"),
+            (b"OPTIONS http://x HTTP/1.1", b"*"),
+            (b"OPTIONS http://x/ HTTP/1.1", b"/base/"),
+            (b"GET http://x/v1?q=%41 HTTP/1.1", b"/base/v1?q=%41"),
+            (b"GET /v1 HTTP/1.1", b"/base/v1"),
+        ]:
+            message = await send(request_line)
+            assert (message.status, seen[-1]) == (200, target), request_line
+        for request_line in [
+            b"GET * HTTP/1.1",
+            b"GET *?a=1 HTTP/1.1",
+            b"OPTIONS *?a=1 HTTP/1.1",
+            b"GET ** HTTP/1.1",
+        ]:
+            message = await send(request_line)
+            assert message.status == 400, request_line
+            assert "request target" in json.loads(message.body)["error"]["message"]
+        assert len(seen) == 5
 
 
 async def test_a_model_that_switches_protocols_gives_a_502(

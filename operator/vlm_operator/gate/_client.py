@@ -62,7 +62,14 @@ from typing import TYPE_CHECKING, cast
 
 import httptools
 
-from vlm_operator.gate._http import CONTINUE, HOP_BY_HOP, Header, connection_options, origin_form
+from vlm_operator.gate._http import (
+    CONTINUE,
+    HOP_BY_HOP,
+    Header,
+    connection_options,
+    origin_form,
+    target_problem,
+)
 from vlm_operator.gate._proxy import Exchange
 
 if TYPE_CHECKING:
@@ -354,9 +361,10 @@ class ClientConnection(asyncio.Protocol):
         if parser.should_upgrade():
             self._upgrade = True  # refused once llhttp stops at the upgrade
             return
-        if self._url == b"*" and self._method != b"OPTIONS":
-            # llhttp takes "*" for any method; it names no resource but for OPTIONS.
-            raise _BadHead("the request target '*' is only for OPTIONS (RFC 9112 §3.2.4)")
+        problem = target_problem(self._method, self._url)
+        if problem is not None:
+            # llhttp takes "*" for any method, and any token as a target.
+            raise _BadHead(problem)
         codings = self._codings
         if codings and codings != [b"chunked"]:
             named = b", ".join(codings).decode("latin-1")
@@ -446,7 +454,7 @@ class ClientConnection(asyncio.Protocol):
         exchange = Exchange(
             self,
             self._method,
-            origin_form(self._url),
+            origin_form(self._method, self._url),
             headers,
             self._has_host,
             body,
@@ -489,7 +497,7 @@ class ClientConnection(asyncio.Protocol):
             ):
                 self._continue_due = False
                 rejected = self.proxy.refusal_before_body(
-                    self._method, origin_form(self._url), self._headers
+                    self._method, origin_form(self._method, self._url), self._headers
                 )
                 if rejected is None:
                     self.transport.write(CONTINUE)

@@ -88,10 +88,23 @@ def http_date() -> bytes:
     return _date_value
 
 
-def origin_form(target: bytes) -> bytes:
+def target_problem(method: bytes, target: bytes) -> str | None:
+    """Why a request target cannot be forwarded, or None.
+
+    llhttp passes a path, an absolute URI, or anything that starts with ``*``;
+    the asterisk-form is ``*`` alone, and for ``OPTIONS`` only (RFC 9112 §3.2.4).
+    """
+    if target.startswith(b"*") and (target != b"*" or method != b"OPTIONS"):
+        return "the request target '*' is only for OPTIONS, and stands alone (RFC 9112 §3.2.4)"
+    return None
+
+
+def origin_form(method: bytes, target: bytes) -> bytes:
     """Path and query as the client wrote them (absolute-form targets lose scheme and host).
 
-    ``*`` (an ``OPTIONS`` for the server as a whole, RFC 9112 §3.2.4) goes on as it is.
+    ``*`` (an ``OPTIONS`` for the server as a whole, RFC 9112 §3.2.4) goes on as it
+    is, and so does an ``OPTIONS`` for an absolute URI with neither path nor query,
+    as the last proxy must send it.
     """
     if target.startswith(b"/") or target == b"*":
         return target
@@ -99,6 +112,8 @@ def origin_form(target: bytes) -> bytes:
     rest = target.partition(b"://")[2]
     cuts = [i for i in (rest.find(b"/"), rest.find(b"?")) if i >= 0]
     tail = rest[min(cuts) :] if cuts else b""
+    if not tail and method == b"OPTIONS":
+        return b"*"
     return tail if tail.startswith(b"/") else b"/" + tail
 
 

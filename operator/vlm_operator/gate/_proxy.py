@@ -337,7 +337,9 @@ class Proxy:
     def _request_head(self, exchange: Exchange, body_size: int) -> bytes:
         pool = self.pool
         method = exchange.method
-        parts = [method, b" ", pool.prefix, exchange.target, b" HTTP/1.1\r\n"]
+        target = exchange.target
+        prefix = pool.prefix if target != b"*" else b""  # "*" is the server, not a path
+        parts = [method, b" ", prefix, target, b" HTTP/1.1\r\n"]
         for name, value in exchange.headers:
             parts += (name, b": ", value, b"\r\n")
         if not exchange.has_host:
