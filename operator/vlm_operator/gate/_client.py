@@ -363,7 +363,7 @@ class ClientConnection(asyncio.Protocol):
             return
         problem = target_problem(self._method, self._url)
         if problem is not None:
-            # llhttp takes "*" for any method, and any token as a target.
+            # llhttp passes "*" with any method, and with anything after it.
             raise _BadHead(problem)
         codings = self._codings
         if codings and codings != [b"chunked"]:
