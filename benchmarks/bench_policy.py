@@ -316,12 +316,18 @@ def burst_plans(client: SimConfig) -> tuple[list[str], dict[str, tuple[str, floa
     for name, plans in BURST_PLANS.items():
         trace = load_trace(name)
         spec = spec_for(trace)
-        ours = [run_policy(trace, "ours", seed=s, config=client)[1] for s in GRADIENT_SEEDS]
-        rows = [("ours", ours)]
-        rows += [(label, _planned_runs(trace, spec, plan, client)) for label, plan in plans]
-        ours_worst = max(summarize(r).error_rate for r in ours)
-        for label, results in rows:
-            runs = [summarize(r) for r in results]
+        # (report, result) per seed: the report's figures and the result's requests
+        rows = [
+            ("ours", [run_policy(trace, "ours", seed=s, config=client) for s in GRADIENT_SEEDS])
+        ]
+        for label, plan in plans:
+            rows.append(
+                (label, [(summarize(r), r) for r in _planned_runs(trace, spec, plan, client)])
+            )
+        ours_worst = max(report.error_rate for report, _ in rows[0][1])
+        for label, pairs in rows:
+            runs = [report for report, _ in pairs]
+            results = [result for _, result in pairs]
             errors = [r.error_rate for r in runs]
             spread = f"{min(errors):.2%}-{max(errors):.2%}"
             cost = max(r.cost_ratio for r in runs)
