@@ -306,6 +306,47 @@ RULE_CASES: list[tuple[str, dict[str, Any], str | None]] = [
         None,
     ),
     ("URL of an IPv6 host", _spec(metrics__prometheusUrl="http://[fd00::1]:9090/"), None),
+    (
+        "model mounted on the scratch volume",
+        _spec(model__storage={"pvc": {"claimName": "a"}, "mountPath": "/tmp/"}),
+        "/tmp is the model container's scratch volume; mount the model elsewhere",
+    ),
+    ("model mounted under /tmp", _spec(model__storage={"mountPath": "/tmp/models"}), None),
+    (
+        "toleration of every taint",
+        _spec(placement__tolerations=[{"operator": "Exists"}]),
+        None,
+    ),
+    (
+        "toleration of a key and effect for a while",
+        _spec(
+            placement__tolerations=[
+                {"key": "example.com/spot", "value": "yes", "effect": "NoExecute"},
+                {
+                    "key": "cpu",
+                    "operator": "Exists",
+                    "effect": "NoExecute",
+                    "tolerationSeconds": 60,
+                },
+            ]
+        ),
+        None,
+    ),
+    (
+        "toleration without a key",
+        _spec(placement__tolerations=[{"operator": "Equal", "value": "a"}]),
+        "an empty key needs operator Exists (it then tolerates every taint)",
+    ),
+    (
+        "toleration Exists with a value",
+        _spec(placement__tolerations=[{"key": "k", "operator": "Exists", "value": "v"}]),
+        "operator Exists takes no value",
+    ),
+    (
+        "toleration seconds without NoExecute",
+        _spec(placement__tolerations=[{"key": "k", "tolerationSeconds": 5}]),
+        "needs effect NoExecute",
+    ),
 ]
 
 
@@ -350,6 +391,18 @@ BOUND_CASES: list[tuple[str, dict[str, Any]]] = [
     ("URL with a port over 65535", _spec(metrics__prometheusUrl="http://prom:65536")),
     ("string replicas", _spec(replicas="three")),
     ("zero time scale", _spec(model__fake={"timeScale": 0})),
+    ("time scale too slow for the probes", _spec(model__fake={"timeScale": 1e-307})),
+    ("blank id", _spec(model__id=" ")),
+    ("id with a trailing blank", _spec(model__id="qwen ")),
+    ("id of two lines", _spec(model__id="qwen\nvl")),
+    ("negative quantity", _spec(resources={"requests": {"cpu": "-8"}})),
+    ("interval of 400 digits", _spec(monitoring__interval="9" * 400 + "s")),
+    ("misspelt toleration field", _spec(placement__tolerations=[{"operater": "Exists"}])),
+    ("unknown toleration effect", _spec(placement__tolerations=[{"key": "k", "effect": "No"}])),
+    (
+        "toleration value not a label value",
+        _spec(placement__tolerations=[{"key": "k", "value": "a b"}]),
+    ),
     ("zero pending timeout", _spec(autoscaling__pendingTimeoutSeconds=0)),
 ]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import subprocess
@@ -13,6 +14,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from vlm_operator.commands import model_server
 from vlm_operator.models import SERVICE_LABEL, VLMServiceSpec
 from vlm_operator.render import (
     DEFAULT_OPERATOR_IMAGE,
@@ -403,8 +405,7 @@ def test_transformers_preset_waits_minutes_for_the_model() -> None:
         "127.0.0.1",
         "--port",
         "8080",
-        "--model-id",
-        "Qwen/Qwen3-VL-2B-Instruct",
+        "--model-id=Qwen/Qwen3-VL-2B-Instruct",
         "--max-concurrent",
         "4",
         "--max-body-bytes",
@@ -412,6 +413,20 @@ def test_transformers_preset_waits_minutes_for_the_model() -> None:
     ]
     assert _env(containers["model"])["OMP_NUM_THREADS"] == "8"
     assert containers["model"]["livenessProbe"]["initialDelaySeconds"] >= 600
+
+
+def test_transformers_server_reads_an_id_that_starts_with_a_dash_as_the_id() -> None:
+    spec = _spec(
+        model={
+            "id": "-my-model",
+            "runtime": "transformers",
+            "storage": {"pvc": {"claimName": "hf"}},
+        }
+    )
+    model = _containers(render_children("s", "n", spec))["model"]
+    parser = argparse.ArgumentParser()
+    model_server.add_arguments(parser)
+    assert parser.parse_args(model["args"]).model_id == "-my-model"
 
 
 def test_fake_preset_is_configured_by_environment() -> None:

@@ -16,6 +16,8 @@ This module is pure: it imports neither ``kubernetes``, ``kopf`` nor ``httpx``.
 
 from __future__ import annotations
 
+import re
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -47,9 +49,11 @@ MissingSignalsAction = Literal["Hold", "Fallback"]
 LoadBalancing = Literal["RoundRobin", "LeastRequest"]
 
 #: A Kubernetes resource quantity ("8", "500m", "12Gi"), as the API server's
-#: own ``resource.Quantity`` pattern spells it.
+#: own ``resource.Quantity`` pattern spells it, less the minus sign: the
+#: quantities here are requests, limits and sizes, which a pod must not make
+#: negative.
 QUANTITY_PATTERN = (
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
+    r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
     r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
 )
 
@@ -62,6 +66,24 @@ def _integer_to_string(value: object) -> object:
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     return value
+
+
+_QUANTITY_SUFFIXES = {
+    **{s: Decimal(1024) ** (i + 1) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
+    **{s: Decimal(10) ** e for s, e in (("n", -9), ("u", -6), ("m", -3), ("k", 3), ("M", 6))},
+    **{s: Decimal(10) ** e for s, e in (("G", 9), ("T", 12), ("P", 15), ("E", 18))},
+}
+
+
+def quantity_value(quantity: str) -> Decimal:
+    """The amount a quantity stands for ("1Gi" -> 1073741824); ValueError if it is none."""
+    quantity = quantity.strip()
+    if re.match(QUANTITY_PATTERN, quantity) is None:
+        raise ValueError(f"not a quantity: {quantity!r}")
+    for suffix in (quantity[-2:], quantity[-1:]):
+        if suffix in _QUANTITY_SUFFIXES:
+            return Decimal(quantity[: -len(suffix)]) * _QUANTITY_SUFFIXES[suffix]
+    return Decimal(quantity)  # a plain number or one with an exponent ("1e3")
 
 
 Quantity = Annotated[
@@ -133,10 +155,27 @@ class ResourceList(APIModel):
 
 
 class ResourceRequirements(APIModel):
-    """Requests and limits of a container."""
+    """Requests and limits of a container.
+
+    A request over its limit is refused here, not in the schema (its CEL would
+    need the API server's quantity extension): the API server refuses such a
+    Deployment, naming the container, not this field.
+    """
 
     requests: ResourceList = Field(default_factory=ResourceList, description="Requests.")
     limits: ResourceList = Field(default_factory=ResourceList, description="Limits.")
+
+    @model_validator(mode="after")
+    def _request_within_limit(self) -> ResourceRequirements:
+        for name in ("cpu", "memory"):
+            request, limit = getattr(self.requests, name), getattr(self.limits, name)
+            over = request is not None and limit is not None
+            if over and quantity_value(request) > quantity_value(limit):
+                raise ValueError(
+                    f"requests.{name} ({request}) is more than limits.{name} ({limit}): "
+                    "a container may not request more than its limit"
+                )
+        return self
 
 
 def _model_resources() -> ResourceRequirements:
@@ -226,6 +265,9 @@ class EmptyDirSource(APIModel):
     )
 
 
+_TMP_MOUNT_MESSAGE = "/tmp is the model container's scratch volume; mount the model elsewhere"
+
+
 class ModelStorage(APIModel):
     """Where the model files live. Exactly one of pvc, hostPath, emptyDir."""
 
@@ -239,6 +281,11 @@ class ModelStorage(APIModel):
             {
                 "rule": "!has(self.emptyDir) || has(self.download)",
                 "message": "emptyDir storage needs a download step to fill it",
+            },
+            {
+                "rule": "!self.mountPath.matches('^/tmp/*$')",
+                "message": _TMP_MOUNT_MESSAGE,
+                "fieldPath": ".mountPath",
             },
         )
     )
@@ -266,6 +313,8 @@ class ModelStorage(APIModel):
             raise ValueError("set at most one of pvc, hostPath, emptyDir")
         if self.empty_dir is not None and self.download is None:
             raise ValueError("emptyDir storage needs a download step to fill it")
+        if self.mount_path.rstrip("/") == "/tmp":
+            raise ValueError(f"mountPath: {_TMP_MOUNT_MESSAGE}")
         return self
 
 
@@ -283,7 +332,8 @@ class FakeModelSpec(APIModel):
     )
     time_scale: float = Field(
         default=1.0,
-        gt=0,
+        # A slower clock than a thousandth stretches the probes' delays past int32.
+        ge=0.001,
         le=1000,
         description="Divides every duration (tests and demos run 10-50x faster).",
     )
@@ -311,7 +361,12 @@ class ModelSpec(APIModel):
     id: str = Field(
         min_length=1,
         max_length=253,
-        description="Model id as clients name it in requests (e.g. Qwen/Qwen3-VL-2B-Instruct).",
+        # Servers strip or refuse blanks at the ends, and clients would not send them.
+        pattern=r"^\S(.*\S)?$",
+        description=(
+            "Model id as clients name it in requests (e.g. Qwen/Qwen3-VL-2B-Instruct); "
+            "one line, no blanks at either end."
+        ),
     )
     runtime: Runtime = Field(
         default="llamacpp",
@@ -652,6 +707,8 @@ class MonitoringSpec(APIModel):
     pod_monitor: bool = Field(default=False, description="Create a PodMonitor for the gates.")
     interval: str = Field(
         default="5s",
+        # Bounded: a number of hundreds of digits is no interval (and no float).
+        max_length=16,
         pattern=r"^0*[1-9][0-9]*(ms|s|m)$",
         description=(
             "Scrape interval, more than zero (short: reaction time decides latency after a step)."
@@ -690,16 +747,85 @@ class NetworkPolicySpec(APIModel):
     )
 
 
+_EMPTY_KEY_MESSAGE = "an empty key needs operator Exists (it then tolerates every taint)"
+_EXISTS_VALUE_MESSAGE = "operator Exists takes no value"
+_SECONDS_EFFECT_MESSAGE = "needs effect NoExecute"
+
+
+class Toleration(APIModel):
+    """A toleration, as in a pod spec, checked as the API server checks it there.
+
+    Typed, not passed through: the API server drops an unknown field of a pod
+    spec with a mere warning (``operater: Exists`` becomes ``Equal ""``), and
+    the pods would stay Pending with nothing naming the typo.
+    """
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(
+            {
+                "rule": "(has(self.operator) && self.operator == 'Exists') || "
+                "(has(self.key) && self.key != '')",
+                "message": _EMPTY_KEY_MESSAGE,
+            },
+            {
+                "rule": "!has(self.operator) || self.operator != 'Exists' || "
+                "!has(self.value) || self.value == ''",
+                "message": _EXISTS_VALUE_MESSAGE,
+                "fieldPath": ".value",
+            },
+            {
+                "rule": "!has(self.tolerationSeconds) || "
+                "(has(self.effect) && self.effect == 'NoExecute')",
+                "message": _SECONDS_EFFECT_MESSAGE,
+                "fieldPath": ".tolerationSeconds",
+            },
+        )
+    )
+
+    key: str | None = Field(
+        default=None,
+        max_length=316,
+        pattern=r"^(([a-z0-9]([-a-z0-9]*[a-z0-9])?)(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+        r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$",
+        description="Taint key (a label key); empty with operator Exists tolerates every taint.",
+    )
+    operator: Literal["Exists", "Equal"] | None = Field(
+        default=None, description="Exists or Equal (the default)."
+    )
+    value: str | None = Field(
+        default=None,
+        max_length=63,
+        pattern=r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$",
+        description="Taint value (a label value) for operator Equal.",
+    )
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute", ""] | None = Field(
+        default=None, description="Taint effect to tolerate; empty tolerates every effect."
+    )
+    toleration_seconds: int | None = Field(
+        default=None,
+        description="With effect NoExecute: how long the pod stays once the taint appears.",
+    )
+
+    @model_validator(mode="after")
+    def _as_a_pod_spec_allows(self) -> Toleration:
+        if self.operator != "Exists" and not self.key:
+            raise ValueError(_EMPTY_KEY_MESSAGE)
+        if self.operator == "Exists" and self.value:
+            raise ValueError(f"value: {_EXISTS_VALUE_MESSAGE}")
+        if self.toleration_seconds is not None and self.effect != "NoExecute":
+            raise ValueError(f"tolerationSeconds: {_SECONDS_EFFECT_MESSAGE}")
+        return self
+
+
 class PlacementSpec(APIModel):
     """Where pods may run."""
 
     node_selector: dict[str, str] = Field(default_factory=dict, description="Node selector.")
-    tolerations: list[dict[str, Any]] = Field(
+    tolerations: list[Toleration] = Field(
         default_factory=list,
+        # Bounded, as the API server prices each item's CEL rules by the list's length.
+        max_length=100,
         description="Tolerations, as in a pod spec.",
-        json_schema_extra={
-            "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
-        },
     )
     priority_class_name: str | None = Field(default=None, description="Priority class.")
     service_account_name: str | None = Field(

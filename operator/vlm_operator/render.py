@@ -241,7 +241,7 @@ def _pod_spec(
     if placement.node_selector:
         pod["nodeSelector"] = dict(placement.node_selector)
     if placement.tolerations:
-        pod["tolerations"] = [dict(t) for t in placement.tolerations]
+        pod["tolerations"] = [t.to_api() for t in placement.tolerations]
     if placement.priority_class_name:
         pod["priorityClassName"] = placement.priority_class_name
     if placement.service_account_name:

@@ -160,8 +160,8 @@ def model_container(spec: VLMServiceSpec, *, operator_image: str) -> ModelContai
             "127.0.0.1",
             "--port",
             str(port),
-            "--model-id",
-            model.id,
+            # One argument: an id that starts with "-" would read as an option.
+            f"--model-id={model.id}",
             # One generation per request the gate lets in.
             "--max-concurrent",
             str(spec.concurrency.max_in_flight),

@@ -33,6 +33,7 @@ from vlm_operator.models import (
     QUANTITY_PATTERN,
     VLMService,
     VLMServiceSpec,
+    quantity_value,
 )
 from vlm_operator.runtimes import PRESETS, plain_number
 from vlm_operator.yamlio import YAMLError, load_documents
@@ -221,30 +222,12 @@ RATE_WINDOW_SCRAPES = 4
 #: event loop, allocator slack): generous, so that the defaults (96 MiB of bodies, 256Mi)
 #: raise no warning and a limit that can only be an OOM kill does.
 GATE_BASE_MEMORY_BYTES = 128 * 1024 * 1024
-_QUANTITY = re.compile(r"^([0-9.]+(?:[eE][-+]?[0-9]+)?)([KMGTPE]i?|[kmun])?$")
-_QUANTITY_FACTORS = {
-    "": 1.0,
-    "n": 1e-9,
-    "u": 1e-6,
-    "m": 1e-3,
-    "k": 1e3,
-    "M": 1e6,
-    "G": 1e9,
-    "T": 1e12,
-    "P": 1e15,
-    "E": 1e18,
-    **{f"{p}i": float(1024 ** (i + 1)) for i, p in enumerate("KMGTPE")},
-}
 
 
 def quantity_bytes(quantity: str) -> float | None:
     """A Kubernetes memory quantity (``256Mi``, ``1G``, ``1e9``) in bytes; None if unreadable."""
-    match = _QUANTITY.match(quantity.strip())
-    if match is None:
-        return None
-    number, suffix = match.groups()
     try:
-        return float(number) * _QUANTITY_FACTORS[suffix or ""]
+        return float(quantity_value(quantity))
     except ValueError:
         return None
 
