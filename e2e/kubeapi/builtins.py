@@ -1,4 +1,5 @@
-"""Validation of built-in kinds, the part of it that catches real mistakes in rendered manifests.
+"""Validation of built-in kinds, the part of it that catches real mistakes in rendered manifests,
+and the canonical form of their resource quantities.
 
 Always on (cheap, and the classic apps/v1 errors a real server rejects with 422): a Deployment or
 ReplicaSet needs ``spec.selector`` and its ``matchLabels`` must match the pod template's labels.
@@ -6,11 +7,16 @@ Opt-in (``validate_builtins=True``; ~20 ms per object): the full OpenAPI schema 
 kubernetes-validate (the test extra), strict about unknown fields under
 ``fieldValidation=Strict`` (400 ``strict decoding error``, as a real server's decoder answers).
 Only the first schema error is reported, as kubernetes-validate raises one at a time.
+
+A real server stores a quantity in its canonical form (``0.5`` as ``500m``, ``2048Mi`` as
+``2Gi``): a client that compares what it wrote with what it reads back must compare
+amounts, not strings, and :func:`canonicalize_quantities` makes that visible here.
 """
 
 from __future__ import annotations
 
 import re
+from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 from . import errors
@@ -76,3 +82,79 @@ def check_schema(kind: ResourceKind, obj: dict[str, Any], strict: bool) -> list[
     except Exception:  # unknown kind or version: a real server would know, we cannot tell
         return []
     return []
+
+
+_QUANTITY = re.compile(
+    r"^(?P<number>[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))"
+    r"(?:(?P<binary>[KMGTPE]i)|(?P<decimal>[numkMGTPE])|[eE](?P<exponent>[+-]?[0-9]+))?$"
+)
+_DECIMAL_SUFFIXES = {-9: "n", -6: "u", -3: "m", 0: "", 3: "k", 6: "M", 9: "G", 12: "T",
+                     15: "P", 18: "E"}  # fmt: skip
+_DECIMAL_EXPONENTS = {suffix: exponent for exponent, suffix in _DECIMAL_SUFFIXES.items()}
+_BINARY_SUFFIXES = ("", "Ki", "Mi", "Gi", "Ti", "Pi", "Ei")
+#: The kinds whose pod specs carry quantities, and where their pod spec is.
+_POD_SPECS = {
+    ("", "pods"): ("spec",),
+    **{
+        ("apps", plural): ("spec", "template", "spec")
+        for plural in ("deployments", "replicasets", "statefulsets", "daemonsets")
+    },
+    ("batch", "jobs"): ("spec", "template", "spec"),
+}
+
+
+def canonical_quantity(text: str) -> str:
+    """A quantity as the API server stores it (``resource.Quantity.String()``): in the
+    format it was written in (binary suffix, decimal suffix or exponent), the largest
+    suffix that keeps the number whole, nano-units rounded up; unchanged if unreadable."""
+    match = _QUANTITY.match(text.strip())
+    if match is None:
+        return text
+    number = Decimal(match["number"])
+    if match["binary"]:
+        amount = number * 1024 ** (_BINARY_SUFFIXES.index(match["binary"]))
+    elif match["exponent"]:
+        amount = number.scaleb(int(match["exponent"]))
+    else:
+        amount = number.scaleb(_DECIMAL_EXPONENTS[match["decimal"] or ""])
+    # Nothing finer than a nano-unit is kept: it rounds up.
+    amount = amount.quantize(Decimal("1e-9"), rounding=ROUND_CEILING)
+    if amount == 0:
+        return "0"
+    if match["binary"] and abs(amount) >= 1024 and amount == amount.to_integral_value():
+        whole, power = int(amount), 0
+        while whole % 1024 == 0 and power < len(_BINARY_SUFFIXES) - 1:
+            whole, power = whole // 1024, power + 1
+        return f"{whole}{_BINARY_SUFFIXES[power]}"
+    # Decimal: the mantissa whole, the exponent a multiple of three, as large as it goes.
+    exponent = -9
+    mantissa = int(amount.scaleb(9))
+    while mantissa % 1000 == 0 and exponent < 18:
+        mantissa, exponent = mantissa // 1000, exponent + 3
+    if match["exponent"]:
+        return f"{mantissa}e{exponent}" if exponent else str(mantissa)
+    return f"{mantissa}{_DECIMAL_SUFFIXES[exponent]}"
+
+
+def canonicalize_quantities(kind: ResourceKind, obj: dict[str, Any]) -> None:
+    """The containers' requests and limits and the emptyDir size limits of a pod or a
+    workload's pod template, in canonical form (in place)."""
+    path = _POD_SPECS.get((kind.group, kind.plural))
+    pod: Any = obj
+    for key in path or ():
+        pod = pod.get(key) if isinstance(pod, dict) else None
+    if not isinstance(pod, dict):
+        return
+    for field in ("initContainers", "containers", "ephemeralContainers"):
+        for container in pod.get(field) or []:
+            resources = container.get("resources") if isinstance(container, dict) else None
+            for section in ("requests", "limits"):
+                amounts = resources.get(section) if isinstance(resources, dict) else None
+                if isinstance(amounts, dict):
+                    for name, value in amounts.items():
+                        if isinstance(value, str):
+                            amounts[name] = canonical_quantity(value)
+    for volume in pod.get("volumes") or []:
+        empty_dir = volume.get("emptyDir") if isinstance(volume, dict) else None
+        if isinstance(empty_dir, dict) and isinstance(empty_dir.get("sizeLimit"), str):
+            empty_dir["sizeLimit"] = canonical_quantity(empty_dir["sizeLimit"])

@@ -357,7 +357,7 @@ class KubeAPIServer:
         content_type = request.headers.get("Content-Type", "application/json")
         if "yaml" in content_type:
             return yaml.safe_load(raw)
-        return json.loads(raw)
+        return json.loads(raw, parse_constant=_no_json_constant)
 
     @staticmethod
     def _respond(
@@ -655,6 +655,11 @@ def _unsupported_dry_run(values: Sequence[Any]) -> dict[str, str]:
         "field": "dryRun",
         "message": f'Unsupported value: []string{{{go_values}}}: supported values: "All"',
     }
+
+
+def _no_json_constant(name: str) -> Any:
+    # Python's json reads NaN and Infinity; JSON has no such tokens, and Go's decoder refuses them.
+    raise json.JSONDecodeError(f"{name} is not valid JSON", name, 0)
 
 
 def _quoted(text: str) -> str:

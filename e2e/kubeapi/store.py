@@ -58,6 +58,32 @@ _CRD_KEY = ("apiextensions.k8s.io", "customresourcedefinitions")
 _NAMESPACE_KEY = ("", "namespaces")
 _SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+#: A Service's name: a DNS label that starts with a letter (RFC 1035), as it names a DNS record.
+_DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+#: Names by kind (apimachinery's validation messages): a Namespace's is a DNS label, a
+#: Service's one that starts with a letter, every other kind's a DNS subdomain.
+_NAME_RULES = {
+    "namespaces": (
+        _DNS_LABEL,
+        63,
+        "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or "
+        "'-', and must start and end with an alphanumeric character",
+    ),
+    "services": (
+        _DNS_1035_LABEL,
+        63,
+        "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start "
+        "with an alphabetic character, and end with an alphanumeric character",
+    ),
+    "": (
+        _SUBDOMAIN,
+        253,
+        "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, "
+        "'-' or '.', and must start and end with an alphanumeric character",
+    ),
+}
+#: Metadata a real server does not keep empty (Go's omitempty drops them when it stores).
+_OMITTED_WHEN_EMPTY = ("finalizers", "labels", "annotations", "ownerReferences")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
 _LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 _SYSTEM_FIELDS = ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds")
@@ -155,9 +181,19 @@ def _dig(obj: dict[str, Any], path: str) -> Any:
 
 
 def _spec_view(kind: ResourceKind, obj: dict[str, Any]) -> dict[str, Any]:
-    """The part of an object whose changes bump ``generation``."""
+    """The part of an object whose changes bump ``generation`` (a Deployment's
+    annotations too, as the apps strategy's PrepareForUpdate compares them)."""
     skipped = {"metadata", "apiVersion", "kind"} | ({"status"} if kind.status else set())
-    return {k: v for k, v in obj.items() if k not in skipped}
+    view = {k: v for k, v in obj.items() if k not in skipped}
+    if (kind.group, kind.plural) == ("apps", "deployments"):
+        view["metadata.annotations"] = (obj.get("metadata") or {}).get("annotations") or {}
+    return view
+
+
+def _drop_empty(metadata: dict[str, Any]) -> None:
+    for key in _OMITTED_WHEN_EMPTY:
+        if metadata.get(key) in ([], {}):
+            del metadata[key]
 
 
 def _without_rv(obj: dict[str, Any]) -> dict[str, Any]:
@@ -294,17 +330,13 @@ class Store:
     def _check_metadata(self, kind: ResourceKind, obj: dict[str, Any]) -> list[dict[str, str]]:
         metadata, causes = obj["metadata"], []
         name = metadata.get("name", "")
-        strict_name = kind.plural in ("namespaces", "services")
-        pattern, limit = (_DNS_LABEL, 63) if strict_name else (_SUBDOMAIN, 253)
+        pattern, limit, rule = _NAME_RULES.get(kind.plural, _NAME_RULES[""])
         if not pattern.match(name) or len(name) > limit:
             causes.append(
                 {
                     "reason": "FieldValueInvalid",
                     "field": "metadata.name",
-                    "message": f'Invalid value: "{name}": a lowercase RFC 1123 '
-                    f"{'label' if strict_name else 'subdomain'} must consist of lower case "
-                    "alphanumeric characters, '-' or '.', and must start and end with an "
-                    "alphanumeric character",
+                    "message": f'Invalid value: "{name}": {rule}',
                 }
             )
         for key, value in (metadata.get("labels") or {}).items():
@@ -355,6 +387,8 @@ class Store:
             schema.prune_nulls(kind.schema, obj)
             schema.apply_defaults(kind.schema, obj)
             schema.prune(kind.schema, obj)  # what a default brought in that the schema lacks
+        if not kind.custom:
+            builtins.canonicalize_quantities(kind, obj)
         causes = self._check_metadata(kind, obj)
         if kind.schema is not None:
             causes += [cause.to_dict() for cause in schema.validate(kind.schema, obj, old)]
@@ -478,8 +512,7 @@ class Store:
         requested_rv = metadata.get("resourceVersion")
         for system_field in (*_SYSTEM_FIELDS, "resourceVersion", "generation"):
             metadata.pop(system_field, None)
-        if metadata.get("finalizers") == []:
-            del metadata["finalizers"]
+        _drop_empty(metadata)
         warnings = self._admit(kind, obj, None, field_validation)
         self._authorize_owner_references(kind, obj, None, authorize)
         if (kind.group, kind.plural) == _CRD_KEY:
@@ -528,6 +561,15 @@ class Store:
             raise errors.bad_request(
                 f"the name of the object ({body_name}) does not match the name on the URL ({name})"
             )
+        if kind.namespaced and body.get("metadata", {}).get("namespace") not in (
+            None,
+            "",
+            namespace,
+        ):
+            raise errors.bad_request(
+                "the namespace of the provided object does not match the namespace sent on the "
+                "request"
+            )
         body_uid, old_uid = body.get("metadata", {}).get("uid"), old["metadata"]["uid"]
         if body_uid not in (None, "") and body_uid != old_uid:
             if not patch:  # a PUT's uid is a precondition, checked by the storage layer first
@@ -570,8 +612,7 @@ class Store:
             metadata.pop(system_field, None)
             if system_field in old["metadata"]:
                 metadata[system_field] = old["metadata"][system_field]
-        if metadata.get("finalizers") == []:
-            del metadata["finalizers"]
+        _drop_empty(metadata)
         metadata["generation"] = old["metadata"].get("generation", 1)
         metadata["resourceVersion"] = old["metadata"]["resourceVersion"]
         if "deletionTimestamp" in old["metadata"]:

@@ -22,6 +22,7 @@ from kubernetes import client, config, watch
 from kubernetes.client import ApiException
 
 from e2e.kubeapi import PODMONITOR_CRD, RecordedRequest, ThreadedKubeAPI, run_in_thread
+from e2e.kubeapi.builtins import canonical_quantity
 from e2e.kubeapi.recording import OWNER_REFERENCES_PLUGIN
 
 REPO = Path(__file__).resolve().parents[2]
@@ -1603,3 +1604,120 @@ def test_kubectl_get_prints_the_printer_columns(
                                capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     assert sorted_by.returncode == 0, sorted_by.stderr
     assert sorted_by.stdout.splitlines()[1].split()[0] == "seen"
+
+
+# -- what a real server refuses or rewrites ---------------------------------------------------
+
+
+@pytest.mark.parametrize("token", ["NaN", "Infinity", "-Infinity"])
+def test_json_without_numbers_is_a_bad_request(
+    api: ThreadedKubeAPI, namespace: str, token: str
+) -> None:
+    # Python's json reads these tokens (and the kubernetes client writes a float('nan')
+    # as one); JSON has none of them, and a real server answers 400.
+    body = '{"metadata": {"name": "w"}, "spec": {"size": 1, "ratio": ' + token + "}}"
+    with httpx.Client(base_url=api.url) as http:
+        answer = http.post(
+            f"/apis/example.com/v1/namespaces/{namespace}/widgets",
+            content=body,
+            headers={"Content-Type": "application/json"},
+        )
+        assert answer.status_code == 400, answer.text
+        assert token.lstrip("-") in answer.json()["message"]
+        assert http.get(f"/apis/example.com/v1/namespaces/{namespace}/widgets/w").status_code == 404
+
+
+def test_quantities_are_stored_in_canonical_form(kube: client.ApiClient, namespace: str) -> None:
+    manifest = _deployment("quantities")
+    pod = manifest["spec"]["template"]["spec"]
+    pod["containers"][0]["resources"] = {
+        "requests": {"cpu": "0.5", "memory": "2048Mi", "ephemeral-storage": "1.5Gi"},
+        "limits": {"cpu": "1000m", "memory": "3Gi"},
+    }
+    pod["volumes"] = [{"name": "scratch", "emptyDir": {"sizeLimit": "1024Ki"}}]
+    apps = client.AppsV1Api(kube)
+    apps.create_namespaced_deployment(namespace, manifest)
+    stored = apps.read_namespaced_deployment("quantities", namespace).to_dict()
+    resources = stored["spec"]["template"]["spec"]["containers"][0]["resources"]
+    assert resources["requests"] == {"cpu": "500m", "memory": "2Gi", "ephemeral-storage": "1536Mi"}
+    assert resources["limits"] == {"cpu": "1", "memory": "3Gi"}
+    assert stored["spec"]["template"]["spec"]["volumes"][0]["empty_dir"]["size_limit"] == "1Mi"
+
+
+@pytest.mark.parametrize(
+    ("written", "stored"),
+    [("0.5", "500m"), ("2048Mi", "2Gi"), ("1000m", "1"), ("1536Mi", "1536Mi"), ("0.5Ki", "512"),
+     ("2000", "2k"), ("1500", "1500"), ("1e3", "1e3"), ("12e9", "12e9"), ("0.1n", "1n"),
+     ("0", "0"), ("8", "8"), ("12Gi", "12Gi")],
+)  # fmt: skip
+def test_a_quantity_keeps_its_format_with_the_largest_whole_suffix(
+    written: str, stored: str
+) -> None:
+    assert canonical_quantity(written) == stored
+
+
+def test_a_service_name_must_start_with_a_letter(kube: client.ApiClient, namespace: str) -> None:
+    core = client.CoreV1Api(kube)
+    service = {"metadata": {"name": "1abc"}, "spec": {"ports": [{"port": 80}]}}
+    with pytest.raises(ApiException) as refused:
+        core.create_namespaced_service(namespace, service)
+    assert refused.value.status == 422
+    assert "DNS-1035 label" in _status(refused.value)["message"]
+    # Other kinds take a DNS subdomain, digits first included.
+    core.create_namespaced_config_map(namespace, {"metadata": {"name": "1abc"}})
+
+
+def test_a_deployments_annotations_are_part_of_its_generation(
+    kube: client.ApiClient, namespace: str
+) -> None:
+    apps = client.AppsV1Api(kube)
+    apps.create_namespaced_deployment(namespace, _deployment("annotated"))
+    patched = apps.patch_namespaced_deployment(
+        "annotated", namespace, {"metadata": {"annotations": {"team": "vision"}}}
+    )
+    assert patched.metadata.generation == 2
+    relabelled = apps.patch_namespaced_deployment(
+        "annotated", namespace, {"metadata": {"labels": {"team": "vision"}}}
+    )
+    assert relabelled.metadata.generation == 2  # labels are not
+    # Other kinds count the spec alone.
+    core = client.CoreV1Api(kube)
+    core.create_namespaced_config_map(namespace, {"metadata": {"name": "c"}, "data": {"a": "1"}})
+    annotated = core.patch_namespaced_config_map(
+        "c", namespace, {"metadata": {"annotations": {"team": "vision"}}}
+    )
+    assert annotated.metadata.generation in (None, 1)
+
+
+def test_metadata_emptied_by_a_patch_is_not_kept_and_changes_nothing(
+    kube: client.ApiClient, namespace: str
+) -> None:
+    core = client.CoreV1Api(kube)
+    created = core.create_namespaced_config_map(namespace, {"metadata": {"name": "bare"}})
+    again = core.patch_namespaced_config_map(
+        "bare", namespace, {"metadata": {"annotations": {"gone": None}, "labels": {}}}
+    )
+    assert again.metadata.resource_version == created.metadata.resource_version
+    assert again.metadata.annotations is None
+    assert again.metadata.labels is None
+    labelled = core.patch_namespaced_config_map(
+        "bare", namespace, {"metadata": {"labels": {"a": "b"}}}
+    )
+    unlabelled = core.patch_namespaced_config_map(
+        "bare", namespace, {"metadata": {"labels": {"a": None}}}
+    )
+    assert unlabelled.metadata.resource_version != labelled.metadata.resource_version
+    assert unlabelled.metadata.labels is None
+
+
+def test_a_put_into_another_namespace_is_a_bad_request(
+    kube: client.ApiClient, namespace: str
+) -> None:
+    core = client.CoreV1Api(kube)
+    core.create_namespaced_config_map(namespace, {"metadata": {"name": "here"}})
+    stored = core.read_namespaced_config_map("here", namespace).to_dict()
+    stored["metadata"]["namespace"] = "elsewhere"
+    with pytest.raises(ApiException) as refused:
+        core.replace_namespaced_config_map("here", namespace, stored)
+    assert refused.value.status == 400
+    assert "does not match the namespace" in _status(refused.value)["message"]
