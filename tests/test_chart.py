@@ -23,6 +23,7 @@ from vlm_operator import __version__
 from vlm_operator.cli import build_parser
 from vlm_operator.models import VLMService
 from vlm_operator.render import DEFAULT_OPERATOR_IMAGE
+from vlm_operator.yamlio import load_documents
 
 from e2e.cluster import chart
 
@@ -79,6 +80,22 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "serviceAccount": {"create": True, "name": "vlm", "annotations": {"a": "b"}},
     },
     "ipv6": {"ipFamily": "IPv6"},
+    # Strings of the schema's that read as another type when written bare in YAML.
+    "yaml-lookalikes": {
+        "nameOverride": "true",
+        "watchNamespaces": ["null", "123"],
+        "serviceAccount": {"name": "null"},
+        "priorityClassName": "123",
+        "imagePullSecrets": ["true", {"name": "null"}],
+        "prometheus": {
+            "url": "http://prom:9090/x:",
+            "bearerTokenSecret": {"name": "123", "key": "true"},
+            "caSecret": {"name": "null", "key": "null"},
+        },
+        "podLabels": {"app.kubernetes.io/component": "controller", "canary": "true"},
+        "podMonitor": {"enabled": True, "labels": {"app.kubernetes.io/name": "x"}},
+        "dashboard": {"enabled": True, "namespace": "true"},
+    },
 }
 
 
@@ -152,6 +169,9 @@ def test_every_rendered_object_passes_the_kubernetes_schema(case: str, kube_vers
         ({"nameOverride": "Vision_Models"}, "/nameOverride", "pattern"),
         ({"ipFamily": "ipv6"}, "/ipFamily", "must be one of"),
         ({"fullnameOverride": "vlm-"}, "/fullnameOverride", "pattern"),
+        ({"priorityClassName": "a: b"}, "/priorityClassName", "does not match pattern"),
+        ({"priorityClassName": "System"}, "/priorityClassName", "does not match pattern"),
+        ({"priorityClassName": "p" * 254}, "/priorityClassName", "maxLength"),
         (
             {"prometheus": {"bearerTokenSecret": {"name": "Bad_Name", "key": "t"}}},
             "/prometheus/bearerTokenSecret/name",
@@ -330,6 +350,7 @@ def test_operator_arguments_are_accepted_by_vlm_operator_run(case: str) -> None:
         "https://u:p@thanos.example.com:443/prefix",
         "http://[fd00::1]:9090",
         "http://10.0.0.7",
+        "http://prom:9090/x:",
     ],
 )
 def test_a_prometheus_url_the_chart_takes_the_operator_takes(url: str) -> None:
@@ -488,6 +509,207 @@ def test_notes_commands_work_pasted_as_rendered(
     applied = yaml.safe_load(calls[1][1])
     assert VLMService.model_validate(applied).name == "demo"
     assert [stdin for _, stdin in calls if stdin] == [calls[1][1]]
+
+
+# ------------------------------------------- values that read as other YAML types
+#
+# Names, namespaces, keys and labels such as "true", "null" or "123" pass the
+# schema's patterns; written bare into the YAML they would become a boolean, a
+# null or an integer (an object in the wrong namespace, a binding to no one, a
+# manifest the API server refuses), and some strings break the YAML itself.
+
+
+def _strict_render(
+    values: Mapping[str, Any], *, name: str = chart.RELEASE_NAME, namespace: str | None = None
+) -> list[dict[str, Any]]:
+    """The chart's objects, each template's text read as kubectl reads it (a key
+    given twice is an error, not the last one kept)."""
+    texts = chart.render_texts(values, name=name, namespace=namespace or chart.RELEASE_NAMESPACE)
+    return [
+        obj
+        for path, text in texts.items()
+        if not path.endswith("NOTES.txt")
+        for obj in load_documents(text)
+    ]
+
+
+def _pod(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    template: dict[str, Any] = _one(objects, "Deployment")["spec"]["template"]
+    return template
+
+
+def _secret_volume(objects: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    (volume,) = [v for v in _pod(objects)["spec"]["volumes"] if v["name"] == name]
+    source: dict[str, Any] = volume["secret"]
+    return source
+
+
+@pytest.mark.parametrize(
+    ("secret", "volume", "flag", "directory"),
+    [
+        (
+            "bearerTokenSecret",
+            "prometheus-token",
+            "prometheus-bearer-token-file",
+            "prometheus-token",
+        ),
+        ("caSecret", "prometheus-ca", "prometheus-ca-file", "prometheus-ca"),
+    ],
+)
+@pytest.mark.parametrize(("name", "key"), [("tok", "true"), ("ca", "null"), ("123", "ca.crt")])
+def test_secret_names_and_keys_stay_strings(
+    secret: str, volume: str, flag: str, directory: str, name: str, key: str
+) -> None:
+    objects = _strict_render({"prometheus": {secret: {"name": name, "key": key}}})
+    source = _secret_volume(objects, volume)
+    assert source["secretName"] == name
+    assert source["items"] == [{"key": key, "path": key}]
+    path = f"/var/run/secrets/vlm-operator/{directory}/{key}"
+    assert f"--{flag}={path}" in _operator_args(objects)
+
+
+@pytest.mark.parametrize("watch", [[], ["team-a"]])
+def test_a_service_account_named_null_is_the_one_bound_and_run_as(watch: list[str]) -> None:
+    objects = _strict_render({"serviceAccount": {"name": "null"}, "watchNamespaces": watch})
+    assert _one(objects, "ServiceAccount")["metadata"]["name"] == "null"
+    assert _pod(objects)["spec"]["serviceAccountName"] == "null"
+    bindings = _by_kind(objects, "ClusterRoleBinding") + _by_kind(objects, "RoleBinding")
+    assert len(bindings) == (2 if watch else 1)
+    for binding in bindings:
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": "null", "namespace": chart.RELEASE_NAMESPACE}
+        ]
+    # Not created by the chart: the pod still runs as the account named.
+    borrowed = _strict_render({"serviceAccount": {"create": False, "name": "null"}})
+    assert not _by_kind(borrowed, "ServiceAccount")
+    assert _pod(borrowed)["spec"]["serviceAccountName"] == "null"
+
+
+def test_a_name_override_of_true_is_the_name_label_of_every_object() -> None:
+    objects = _strict_render(
+        {"nameOverride": "true", "podMonitor": {"enabled": True}, "dashboard": {"enabled": True}}
+    )
+    labelled = [obj["metadata"]["labels"] for obj in objects]
+    labelled.append(_pod(objects)["metadata"]["labels"])
+    assert len(labelled) >= 7
+    for labels in labelled:
+        assert labels["app.kubernetes.io/name"] == "true"
+        assert labels["app.kubernetes.io/instance"] == chart.RELEASE_NAME
+        assert labels["app.kubernetes.io/managed-by"] == "Helm"
+    deployment = _one(objects, "Deployment")
+    assert deployment["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] == "true"
+    assert deployment["metadata"]["name"] == f"{chart.RELEASE_NAME}-true"
+
+
+def test_a_full_name_of_null_names_every_object() -> None:
+    values = {
+        "fullnameOverride": "null",
+        "watchNamespaces": ["team-a"],
+        "podMonitor": {"enabled": True},
+        "dashboard": {"enabled": True},
+        "prometheusRule": {"enabled": True},
+    }
+    objects = _strict_render(values)
+    names = {(obj["kind"], obj["metadata"]["name"]) for obj in objects}
+    assert names == {
+        ("ServiceAccount", "null"),
+        ("Role", "null"),
+        ("RoleBinding", "null"),
+        ("ClusterRole", "null-discovery"),
+        ("ClusterRoleBinding", "null-discovery"),
+        ("Deployment", "null"),
+        ("PodMonitor", "null"),
+        ("ConfigMap", "null-dashboard"),
+        ("PrometheusRule", "null"),
+    }
+    for binding in _by_kind(objects, "RoleBinding") + _by_kind(objects, "ClusterRoleBinding"):
+        assert binding["roleRef"]["name"] == binding["metadata"]["name"]
+        assert [s["name"] for s in binding["subjects"]] == ["null"]
+
+
+def test_a_release_named_true_in_namespace_null_keeps_both() -> None:
+    objects = _strict_render(
+        {"watchNamespaces": ["team-a"], "podMonitor": {"enabled": True}},
+        name="true",
+        namespace="null",
+    )
+    for obj in objects:
+        assert obj["metadata"]["labels"]["app.kubernetes.io/instance"] == "true"
+        if obj["kind"] in {"ServiceAccount", "Deployment", "PodMonitor"}:
+            assert obj["metadata"]["namespace"] == "null"
+    for binding in _by_kind(objects, "RoleBinding") + _by_kind(objects, "ClusterRoleBinding"):
+        assert [s["namespace"] for s in binding["subjects"]] == ["null"]
+    assert _one(objects, "PodMonitor")["spec"]["namespaceSelector"] == {"matchNames": ["null"]}
+    selector = _one(objects, "Deployment")["spec"]["selector"]["matchLabels"]
+    assert selector["app.kubernetes.io/instance"] == "true"
+
+
+def test_watched_namespaces_like_null_get_their_own_role() -> None:
+    watch = ["null", "123", "true"]
+    objects = _strict_render({"watchNamespaces": watch})
+    for kind in ("Role", "RoleBinding"):
+        assert [obj["metadata"]["namespace"] for obj in _by_kind(objects, kind)] == watch
+    args = _operator_args(objects)
+    assert _flag(args, "namespace") == watch
+    assert build_parser().parse_args(args).namespace == watch
+
+
+def test_a_prometheus_url_ending_in_a_colon_is_one_argument() -> None:
+    args = _operator_args(_strict_render({"prometheus": {"url": "http://prom:9090/x:"}}))
+    assert "--prometheus-url=http://prom:9090/x:" in args
+    assert all(isinstance(arg, str) for arg in args)
+
+
+def test_a_priority_class_and_pull_secrets_named_like_scalars_stay_strings() -> None:
+    objects = _strict_render(
+        {"priorityClassName": "123", "imagePullSecrets": ["true", {"name": "null"}]}
+    )
+    pod = _pod(objects)["spec"]
+    assert pod["priorityClassName"] == "123"
+    assert pod["imagePullSecrets"] == [{"name": "true"}, {"name": "null"}]
+
+
+def test_pod_labels_add_to_the_charts_own_which_win() -> None:
+    pod_labels = {
+        "app.kubernetes.io/component": "controller",
+        "app.kubernetes.io/name": "other",
+        "team": "ml",
+        "canary": "true",
+    }
+    objects = _strict_render({"podLabels": pod_labels})
+    deployment = _one(objects, "Deployment")
+    own = deployment["metadata"]["labels"]
+    assert own["app.kubernetes.io/component"] == "operator"
+    labels = _pod(objects)["metadata"]["labels"]
+    assert labels == {**own, "team": "ml", "canary": "true"}
+    assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
+
+
+@pytest.mark.parametrize(
+    ("key", "kind", "defaults"),
+    [
+        ("podMonitor", "PodMonitor", {}),
+        ("dashboard", "ConfigMap", {"grafana_dashboard": "1"}),
+        ("prometheusRule", "PrometheusRule", {}),
+    ],
+)
+def test_monitoring_labels_add_to_the_charts_own_which_win(
+    key: str, kind: str, defaults: dict[str, str]
+) -> None:
+    labels = {"app.kubernetes.io/component": "monitoring", "release": "true"}
+    objects = _strict_render({key: {"enabled": True, "labels": labels}})
+    own = _one(objects, "Deployment")["metadata"]["labels"]
+    assert own["app.kubernetes.io/component"] == "operator"
+    assert _one(objects, kind)["metadata"]["labels"] == {**own, **defaults, "release": "true"}
+
+
+@pytest.mark.parametrize(
+    ("key", "kind"), [("dashboard", "ConfigMap"), ("prometheusRule", "PrometheusRule")]
+)
+@pytest.mark.parametrize("namespace", ["null", "true", "123"])
+def test_monitoring_namespaces_like_null_are_kept(key: str, kind: str, namespace: str) -> None:
+    objects = _strict_render({key: {"enabled": True, "namespace": namespace}})
+    assert _one(objects, kind)["metadata"]["namespace"] == namespace
 
 
 # ------------------------------------------------------------------ drift

@@ -27,17 +27,40 @@ chart name (helm install vlm-operator ...), so objects are not vlm-operator-vlm-
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/*
+Every value interpolated into YAML is quoted: a name, namespace or key such as
+"true", "null" or "123" is a string of the schema's and must stay one.
+*/}}
 {{- define "vlm-operator.selectorLabels" -}}
-app.kubernetes.io/name: {{ include "vlm-operator.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/name: {{ include "vlm-operator.name" . | quote }}
+app.kubernetes.io/instance: {{ .Release.Name | quote }}
 {{- end }}
 
 {{- define "vlm-operator.labels" -}}
-helm.sh/chart: {{ include "vlm-operator.chart" . }}
+helm.sh/chart: {{ include "vlm-operator.chart" . | quote }}
 {{ include "vlm-operator.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
-app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/managed-by: {{ .Release.Service | quote }}
 app.kubernetes.io/component: operator
+{{- end }}
+
+{{/*
+Labels from the values (list $ $labels) less the keys the chart sets itself,
+as YAML, to follow vlm-operator.labels: the chart's own win (a selector label
+overridden would leave the Deployment's pods unselected, and a key given twice
+is invalid YAML).
+*/}}
+{{- define "vlm-operator.extraLabels" -}}
+{{- $own := include "vlm-operator.labels" (index . 0) | fromYaml }}
+{{- $extra := dict }}
+{{- range $key, $value := index . 1 }}
+{{- if not (hasKey $own $key) }}
+{{- $_ := set $extra $key $value }}
+{{- end }}
+{{- end }}
+{{- with $extra }}
+{{- toYaml . }}
+{{- end }}
 {{- end }}
 
 {{- define "vlm-operator.serviceAccountName" -}}
