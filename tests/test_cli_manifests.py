@@ -144,6 +144,7 @@ def test_malformed_services_exit_2_naming_the_field(
     ("stdin", "message"),
     [
         ("kind: [", "not valid YAML at line 1"),
+        ("spec: " + "[" * 2000 + "]" * 2000 + "\n", "not valid YAML: nested too deeply"),
         ("", "no VLMService in the input"),
         ("just a string\n", "a VLMService must be a mapping, got the string"),
         ("apiVersion: v1\nkind: ConfigMap\n", "got apiVersion: 'v1' and kind: 'ConfigMap'"),

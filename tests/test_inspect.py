@@ -191,9 +191,20 @@ def test_bad_name_exits_2_naming_the_part(
     assert message in err
 
 
-def test_bad_url_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["inspect", "a/b", "--prometheus-url", "prometheus:9090"]) == 2
-    assert "--prometheus-url: expected an http:// or https:// URL" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("prometheus:9090", "must be an http(s) URL, got 'prometheus:9090'"),
+        ("http://[::1", "Invalid IPv6 URL"),
+        ("http://prometheus:99999", "Port out of range"),
+        ("http://:9090", "must be an http(s) URL with a host"),
+    ],
+)
+def test_bad_url_exits_2(url: str, message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["inspect", "a/b", "--prometheus-url", url]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vlm-operator inspect: error: --prometheus-url: ")
+    assert message in err
 
 
 def test_unreachable_prometheus_exits_2_after_the_timeout(

@@ -74,6 +74,9 @@ def load_documents(text: str) -> list[Any]:
         # A scalar PyYAML cannot build: an integer of thousands of digits (Python's
         # limit on int parsing), a date like 2024-13-40. It gives no position.
         raise YAMLError(f"not valid YAML: {str(exc).split(':')[0]}") from None
+    except RecursionError:
+        # PyYAML builds nested collections recursively: ~1,000 levels exhaust the stack.
+        raise YAMLError("not valid YAML: nested too deeply") from None
 
 
 def write_utf8(text: str, stream: TextIO | None = None) -> None:

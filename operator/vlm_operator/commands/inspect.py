@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vlm_operator.cli import UsageError
+from vlm_operator.commands._env import http_url
 from vlm_operator.inspection import (
     DEFAULT_P95_TARGET_SECONDS,
     ExtraMissing,
@@ -114,8 +115,10 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(f"NAMESPACE/NAME: {exc}") from None
     url: str = args.prometheus_url
-    if not url.startswith(("http://", "https://")):
-        raise UsageError(f"--prometheus-url: expected an http:// or https:// URL, got {url!r}")
+    try:
+        http_url(url)
+    except ValueError as exc:
+        raise UsageError(f"--prometheus-url: {exc}") from None
     # Every flag is checked before the first query: a mistake costs no wait.
     step = args.step if args.step is not None else default_step(args.minutes)
     try:
