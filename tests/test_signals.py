@@ -131,6 +131,38 @@ async def test_one_query_per_signal_for_all_services(
     assert reader.queries_sent == 5
 
 
+async def test_callers_waiting_on_a_slow_query_take_its_answer(
+    prom: StubPrometheus, client: httpx.AsyncClient
+) -> None:
+    # An answer that takes longer than max_age is "old" by the time it comes (it is
+    # timed from the query's start); the callers that waited for it must not each
+    # send the query again, one after another.
+    services = [("team-a", f"svc-{i}") for i in range(8)]
+    fill(prom, services)
+    prom.delay = 0.3
+    reader = SignalReader(client, default_url=prom.url)
+    readings = await asyncio.gather(
+        *(reader.read(ns, name, spec(), max_age=0.1) for ns, name in services)
+    )
+    assert [r.error for r in readings] == [None] * 8
+    assert len(prom.queries) == 5, prom.queries
+
+
+async def test_callers_waiting_on_a_query_that_times_out_share_its_failure(
+    prom: StubPrometheus, client: httpx.AsyncClient
+) -> None:
+    services = [("team-a", f"svc-{i}") for i in range(4)]
+    fill(prom, services)
+    prom.delay = 1.5  # past the client's 1 s timeout, itself past max_age
+    reader = SignalReader(client, default_url=prom.url)
+    readings = await asyncio.gather(
+        *(reader.read(ns, name, spec(), max_age=0.5) for ns, name in services)
+    )
+    assert all(r.error is not None and "timed out" in r.error for r in readings)
+    # One service's read stops at its first failed query; the others share it.
+    assert len(prom.queries) == 1, prom.queries
+
+
 async def test_results_older_than_max_age_are_queried_again(
     prom: StubPrometheus, client: httpx.AsyncClient
 ) -> None:

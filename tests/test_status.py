@@ -258,7 +258,13 @@ def test_pod_counts_from_the_indices() -> None:
     pending = pod("c", phase="Pending", conditions=[{"type": "PodScheduled", "status": "False"}])
     leaving = pod("d", phase="Running")
     leaving["metadata"]["deletionTimestamp"] = rfc3339(T0)
-    entries = [pod_index_entry(p)[("ns", "svc")] for p in (ready, loading, pending, leaving)]
+    # Evicted under memory pressure: Failed, kept as an object until pod GC.
+    evicted = pod("f", phase="Failed", reason="Evicted",
+                  conditions=[{"type": "Ready", "status": "False"}])  # fmt: skip
+    evicted["spec"]["nodeName"] = "n1"
+    entries = [
+        pod_index_entry(p)[("ns", "svc")] for p in (ready, loading, pending, leaving, evicted)
+    ]
     deployment = deployment_index_entry(
         {
             "metadata": {

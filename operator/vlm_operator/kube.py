@@ -31,6 +31,8 @@ from typing import Any
 
 import kubernetes
 
+from vlm_operator.models import quantity_value
+
 _PLURALS = {
     "Deployment": "deployments",
     "Service": "services",
@@ -61,6 +63,37 @@ class ApiError(Exception):
         self.status = status
         self.reason = reason
         self.body = body
+
+
+class NotOurs(Exception):
+    """An object of a child's name that is another's: the operator leaves it alone.
+
+    A merge patch would take it over (its ownerReferences list replaced whole,
+    its selector rewritten), and deleting the VLMService would then delete it.
+    """
+
+
+def foreign_holder(current: Mapping[str, Any], desired: Mapping[str, Any]) -> str | None:
+    """Whose ``current`` is, if not the owner's that ``desired`` names; None if it is its.
+
+    The owner's: an object it controls, or one it no longer does that the
+    operator applied (its applied-keys annotation: a child orphaned by
+    ``kubectl delete --cascade=orphan``, adopted again). Without an owner in
+    ``desired`` there is nothing to compare, and nothing is refused.
+    """
+    ours = {ref.get("uid") for ref in (desired.get("metadata") or {}).get("ownerReferences") or []}
+    if not ours:
+        return None
+    refs = [r for r in (current.get("metadata") or {}).get("ownerReferences") or [] if r]
+    for ref in refs:
+        if ref.get("controller") and ref.get("uid") not in ours:
+            return f"is controlled by {ref.get('kind')} {ref.get('name')} (uid {ref.get('uid')})"
+    annotations = _annotations(current)
+    if any(ref.get("uid") in ours for ref in refs) or any(
+        key in annotations for key in (APPLIED_KEYS_ANNOTATION, _WHOLE_MANIFEST_ANNOTATION)
+    ):
+        return None
+    return "was not made by vlm-operator"
 
 
 def _collection_path(api_version: str, plural: str, namespace: str | None) -> str:
@@ -232,6 +265,9 @@ class KubeClient:
         manifest), and the patch sets to null every one of them no longer
         rendered. Keys others added (a controller's defaults, a user's labels)
         are not in it and stay.
+
+        An object of the name that is another's (:func:`foreign_holder`) is
+        not patched: :class:`NotOurs` says whose it is.
         """
         path = object_path(obj)
         desired = _without(obj, omit)
@@ -255,6 +291,12 @@ class KubeClient:
                 current = await self.get(path)
                 if current is None:
                     continue
+            holder = foreign_holder(current, obj)
+            if holder is not None:
+                raise NotOurs(
+                    f"{obj['kind']} {(obj.get('metadata') or {}).get('name')} exists and {holder}: "
+                    "left alone (delete it, or give the VLMService another name)"
+                )
             patch = with_removals(desired, _without(applied_keys(current), omit))
             if _WHOLE_MANIFEST_ANNOTATION in _annotations(current):
                 meta = patch["metadata"] = dict(patch["metadata"])
@@ -341,18 +383,27 @@ def applied_keys(obj: Mapping[str, Any]) -> dict[str, Any]:
     return parsed if isinstance(parsed, dict) else {}
 
 
-def holds(current: Any, patch: Any) -> bool:
+#: Keys whose values (or, for maps, whose entries' values) are resource quantities.
+_QUANTITY_KEYS = frozenset({"requests", "limits", "sizeLimit"})
+
+
+def holds(current: Any, patch: Any, *, quantities: bool = False) -> bool:
     """Whether merge-patching ``current`` with ``patch`` would change nothing.
 
     The API server adds defaults to what it stores (a container's
     ``terminationMessagePath``, ...): keys the patch does not name are not
-    compared, inside lists of objects too, element by element.
+    compared, inside lists of objects too, element by element. And it stores
+    a quantity in its canonical form (``0.5`` as ``500m``, ``2048Mi`` as
+    ``2Gi``): requests, limits and size limits are compared as amounts.
     """
     if isinstance(patch, Mapping):
         if not isinstance(current, Mapping):
             return False
         return all(
-            key not in current if value is None else key in current and holds(current[key], value)
+            key not in current
+            if value is None
+            else key in current
+            and holds(current[key], value, quantities=quantities or key in _QUANTITY_KEYS)
             for key, value in patch.items()
         )
     if isinstance(patch, list):
@@ -361,6 +412,11 @@ def holds(current: Any, patch: Any) -> bool:
             and len(current) == len(patch)
             and all(holds(c, p) for c, p in zip(current, patch, strict=True))
         )
+    if quantities and isinstance(current, str) and isinstance(patch, str) and current != patch:
+        try:
+            return quantity_value(current) == quantity_value(patch)
+        except ValueError:
+            return False
     return bool(current == patch)
 
 

@@ -75,7 +75,7 @@ from typing import Any
 import kopf
 
 from vlm_operator.crd import CRD_NAME, SchemaDrift, schema_drift
-from vlm_operator.kube import ApiError, KubeClient, object_path
+from vlm_operator.kube import ApiError, KubeClient, NotOurs, object_path
 from vlm_operator.models import API_VERSION, PLURAL, SERVICE_LABEL, VLMServiceSpec
 from vlm_operator.operator_metrics import OperatorMetrics
 from vlm_operator.persistence import EssenceDiffBaseStorage, EssenceProgressStorage
@@ -337,8 +337,10 @@ async def apply_children(
 
     A child the API server rejects (400/422: the spec renders something it
     refuses) is a problem of the spec, not of the moment: it is returned for
-    the caller to report, and the other children are still applied. Other
-    errors (the API server unreachable, 5xx) are retried by kopf.
+    the caller to report, and the other children are still applied. So is
+    an object of a child's name that is another's (:class:`NotOurs`: another
+    app's Service, say), which is left as it is. Other errors (the API server
+    unreachable, 5xx) are retried by kopf.
     """
     meta = body["metadata"]
     name, namespace = str(meta["name"]), str(meta.get("namespace") or "default")
@@ -351,6 +353,9 @@ async def apply_children(
             omit = (("spec", "replicas"),)
         try:
             await context.kube.apply(child, omit=omit, create_first=created)
+        except NotOurs as exc:
+            rejected.append(str(exc))
+            continue
         except ApiError as exc:
             if child["kind"] == "PodMonitor" and exc.status == 404:
                 # The Prometheus Operator's CRD is not installed: nothing to attach to.
@@ -442,6 +447,8 @@ def pod_index_entry(body: Mapping[str, Any]) -> dict[tuple[str, str], dict[str, 
         "name": meta.get("name"),
         "ready": ready,
         "terminating": meta.get("deletionTimestamp") is not None,
+        # Failed (evicted, say) or Succeeded: an object until pod GC, no pod of the fleet.
+        "finished": status.get("phase") in ("Failed", "Succeeded"),
         "unscheduled": unscheduled,
         "pendingSince": pending_since,
         "unreadySince": unready_since,
@@ -479,12 +486,12 @@ def pod_counts(
     (its startup probe's, when longer) has passed too, it is unready (a crash
     loop, an image that does not pull, a model that never loads). Counted as
     coming, either would hold back every scale-up but a burst's for as long as
-    it lasts.
+    it lasts. A pod that has finished (an evicted one, Failed) is none of these.
     """
     unready_after = max(pending_timeout_seconds, startup_budget_seconds)
     starting = stuck = unready = 0
     for pod in pods:
-        if pod.get("terminating") or pod.get("ready"):
+        if pod.get("terminating") or pod.get("finished") or pod.get("ready"):
             continue
         starting += 1
         if pod.get("unscheduled"):
@@ -738,6 +745,11 @@ async def autoscale_once(
             state=replace(kept, trusted=state.trusted),
         )
 
+    if _generation(body) != generation:
+        # The spec changed while this cycle waited on Prometheus: the decision is the
+        # old spec's (a maxReplicas since lowered, autoscaling since turned off, whose
+        # replicas the spec's handler has set). The next cycle decides on the new one.
+        return None
     memory.state = decision.state
     scaled = False
     if decision.replicas != counts.current:
@@ -770,17 +782,21 @@ async def autoscale_once(
         p95_target=spec.autoscaling.p95_latency_target_seconds,
         signals_available=metrics_available.get("status") == "True",
     )
+    # (The spec's conditions, set below, raise no Events: their handler's do.)
+    events = transition_events(
+        previous, new, decision=decision, before=counts.current, scaled=scaled
+    )
     if _generation(body) != generation:
-        # The spec changed while this cycle waited on Prometheus: its handler
-        # reports on the new spec, and the next cycle on its autoscaling.
+        # The spec changed while this cycle scaled: its handler reports on the new
+        # spec, and the next cycle on its autoscaling; the scale made is still told.
+        for event in events:
+            if event.reason in ("ScaledUp", "ScaledDown"):
+                kopf.event(body, type=event.type, reason=event.reason, message=event.message)
         return decision
     # The spec's conditions as the spec's handler wrote them last, not as the
     # cycle found them when it started.
     new["conditions"] = with_spec_conditions(
         new["conditions"], _spec_verdict(context, (namespace, name), body, generation)
-    )
-    events = transition_events(
-        previous, new, decision=decision, before=counts.current, scaled=scaled
     )
     if differs(previous, new) or now - memory.written_at >= context.status_refresh_seconds:
         await context.kube.patch_status(API_VERSION, PLURAL, namespace, name, new)
@@ -916,7 +932,7 @@ async def _set_deletion_costs(
     """
     patches = []
     for pod in pods:
-        if pod.get("terminating") or not pod.get("name"):
+        if pod.get("terminating") or pod.get("finished") or not pod.get("name"):
             continue
         # Requests in flight or queued: deleting a busy pod makes them wait for a drain.
         cost = None if load is None else str(round(load.get(str(pod["name"]), 0.0) * 100))

@@ -436,11 +436,14 @@ class SignalReader:
         if entry is None or self._clock() - entry.fetched_at > max_age:
             lock = self._locks.setdefault(key, asyncio.Lock())
             async with lock:
-                # Whoever held the lock before us may have refreshed it already.
-                entry = self._cache.get(key)
-                if entry is None or self._clock() - entry.fetched_at > max_age:
-                    entry = await self._send(url, promql, source)
-                    self._cache[key] = entry
+                # Whoever held the lock before us refreshed it if the entry changed
+                # meanwhile: that is the answer we waited for, however long the query
+                # took (timed from its start, a slow answer is already "old").
+                latest = self._cache.get(key)
+                if latest is None or latest is entry:
+                    latest = await self._send(url, promql, source)
+                    self._cache[key] = latest
+                entry = latest
         if entry.error is not None:
             raise entry.error
         return entry

@@ -327,6 +327,57 @@ def test_create_adopts_children_and_delete_collects_them(cluster: Cluster) -> No
     wait_for("the VLMService gone", lambda: api.get(f"{VLMS}/svc-create") is None)
 
 
+def test_an_object_of_a_childs_name_that_is_anothers_is_left_alone(cluster: Cluster) -> None:
+    api = cluster.api
+    services = f"/api/v1/namespaces/{NS}/services"
+    # Another app's Service, controlled by its own object (which exists: the garbage
+    # collector deletes what an absent owner controlled).
+    owner = api.post(
+        f"/api/v1/namespaces/{NS}/configmaps",
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "web-frontend"}},
+    )
+    assert owner.status_code == 201, owner.text
+    owner_uid = owner.json()["metadata"]["uid"]
+    theirs = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": "svc-taken",
+            "ownerReferences": [
+                {"apiVersion": "v1", "kind": "ConfigMap", "name": "web-frontend",
+                 "uid": owner_uid, "controller": True},
+            ],
+        },
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]},
+    }  # fmt: skip
+    assert api.post(services, theirs).status_code == 201
+    created = api.post(VLMS, vlmservice("svc-taken"))
+    assert created.status_code == 201, created.text
+    uid = created.json()["metadata"]["uid"]
+    condition = wait_for(
+        "ChildRejected",
+        lambda: (c := api.condition("svc-taken", "InvalidSpec")) and c["status"] == "True" and c,
+    )
+    assert condition["reason"] == "ChildRejected"
+    assert (
+        "Service svc-taken exists and is controlled by ConfigMap web-frontend"
+        in (condition["message"])
+    )
+    wait_for("the other children", lambda: owned_by(api.get(f"{DEPLOYMENTS}/svc-taken"), uid))
+    service = api.get(f"{services}/svc-taken")
+    assert service is not None
+    assert service["spec"]["selector"] == {"app": "web"}
+    assert [r["uid"] for r in service["metadata"]["ownerReferences"]] == [owner_uid]
+
+    api.delete(f"{VLMS}/svc-taken")
+    wait_for("the Deployment collected", lambda: api.get(f"{DEPLOYMENTS}/svc-taken") is None)
+    assert api.get(f"{services}/svc-taken") is not None  # not the VLMService's to collect
+    api.delete(f"/api/v1/namespaces/{NS}/configmaps/web-frontend")
+    wait_for(
+        "their Service collected with its owner", lambda: api.get(f"{services}/svc-taken") is None
+    )
+
+
 def test_invalid_specs_are_rejected_or_reported(cluster: Cluster) -> None:
     api = cluster.api
     bad = vlmservice("svc-bad", autoscaling={"minReplicas": 6, "maxReplicas": 2})

@@ -28,7 +28,9 @@ from vlm_operator.policy import PodCounts, PolicyState, Signals, recommend
 from vlm_operator.status import find_condition
 from vlm_operator.validation import parse_spec
 
+from e2e.kubeapi.builtins import canonicalize_quantities
 from e2e.kubeapi.patch import merge_patch as merge
+from e2e.kubeapi.resources import ResourceKind
 
 LOG = logging.getLogger("test-reconcile")
 DELETION_COST = reconcile.DELETION_COST_ANNOTATION
@@ -628,10 +630,17 @@ class GatedSignals(FakeSignals):
     def __init__(self) -> None:
         super().__init__()
         self.gate = asyncio.Event()
+        #: Set once a read waits at the gate.
+        self.waiting = asyncio.Event()
 
     async def read(self, *args: Any, **kwargs: Any) -> Signals:
+        self.waiting.set()
         await self.gate.wait()
         return self.current
+
+    async def wait_for_a_read(self) -> None:
+        await asyncio.wait_for(self.waiting.wait(), timeout=10)
+        self.waiting.clear()
 
 
 def invalid_spec(body: Mapping[str, Any]) -> tuple[str, str]:
@@ -649,7 +658,7 @@ async def test_a_cycle_does_not_overwrite_the_validity_of_a_newer_spec() -> None
     cycle = asyncio.create_task(
         reconcile.autoscale_once(ctx, body, memory, pods=[], deployment=deployment, now=T0)
     )
-    await asyncio.sleep(0.01)  # the cycle waits on Prometheus
+    await sig.wait_for_a_read()  # the cycle waits on Prometheus
     body["spec"]["autoscaling"] = {"minReplicas": 6, "maxReplicas": 2}
     body["metadata"]["generation"] = 2
     await reconcile.apply_spec(ctx, body, created=False, logger=LOG)
@@ -667,7 +676,7 @@ async def test_a_cycle_does_not_overwrite_the_validity_of_a_newer_spec() -> None
     cycle = asyncio.create_task(
         reconcile.autoscale_once(ctx, body, memory, pods=[], deployment=deployment, now=T0 + 5)
     )
-    await asyncio.sleep(0.01)
+    await sig.wait_for_a_read()
     kube.reject["Deployment"] = ApiError(422, "Unprocessable Entity", json.dumps(REJECTION))
     await reconcile.apply_spec(ctx, body, created=False, logger=LOG)
     assert invalid_spec(body) == ("True", "ChildRejected")
@@ -675,6 +684,66 @@ async def test_a_cycle_does_not_overwrite_the_validity_of_a_newer_spec() -> None
     await asyncio.wait_for(cycle, timeout=10)
     assert kube.status_writes[-1].get("conditions") is not None  # the cycle did write
     assert invalid_spec(body) == ("True", "ChildRejected")
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [{"autoscaling": {"enabled": False}, "replicas": 2}, {"autoscaling": {"maxReplicas": 3}}],
+    ids=["autoscaling turned off", "maxReplicas lowered"],
+)
+async def test_a_cycle_does_not_scale_on_the_spec_it_started_with_once_it_changed(
+    changed: dict[str, Any],
+) -> None:
+    body = vlmservice({"model": {"id": "m", "runtime": "fake"}, "autoscaling": {"maxReplicas": 10}})
+    kube, sig = FakeKube(body, replicas=2), GatedSignals()
+    ctx, memory = context(kube, sig), reconcile._Memory()
+    await reconcile.apply_spec(ctx, body, created=True, logger=LOG)
+    sig.current = replace(signals(30.0, 8.0), waiting=10.0)  # asks for about ten pods
+    deployment = {"replicas": 2, "readyReplicas": 2}
+    cycle = asyncio.create_task(
+        reconcile.autoscale_once(ctx, body, memory, pods=[], deployment=deployment, now=T0)
+    )
+    await sig.wait_for_a_read()
+    body["spec"] = {"model": {"id": "m", "runtime": "fake"}, **changed}
+    body["metadata"]["generation"] = 2
+    await reconcile.apply_spec(ctx, body, created=False, logger=LOG)
+    sig.gate.set()
+    assert await asyncio.wait_for(cycle, timeout=10) is None
+    assert kube.replicas == 2  # not scaled on the old spec's maxReplicas
+    # The next cycle decides on the new spec.
+    decision = await reconcile.autoscale_once(
+        ctx, body, memory, pods=[], deployment=deployment, now=T0 + 5
+    )
+    assert decision is not None
+    assert kube.replicas == decision.replicas == (2 if "replicas" in changed else 3)
+
+
+class SpecChangingKube(FakeKube):
+    """The spec changes while the Deployment's scale is being written."""
+
+    async def scale(self, namespace: str, name: str, replicas: int) -> None:
+        self.body["metadata"]["generation"] += 1
+        await super().scale(namespace, name, replicas)
+
+
+async def test_a_scale_made_as_the_spec_changed_is_still_told(
+    kopf_posting: asyncio.Queue[Any],
+) -> None:
+    body = vlmservice({"model": {"id": "m", "runtime": "fake"}, "autoscaling": {"maxReplicas": 10}})
+    kube = SpecChangingKube(body, replicas=2)
+    fake = FakeSignals()
+    ctx = context(kube, fake)
+    await reconcile.apply_spec(ctx, body, created=True, logger=LOG)
+    events(kopf_posting)
+    writes = len(kube.status_writes)
+    fake.current = replace(signals(30.0, 8.0), waiting=10.0)
+    decision = await reconcile.autoscale_once(
+        ctx, body, reconcile._Memory(), pods=[], deployment={"replicas": 2}, now=T0
+    )
+    assert decision is not None
+    assert kube.replicas == decision.replicas > 2
+    assert [(e.type, e.reason) for e in events(kopf_posting)] == [("Normal", "ScaledUp")]
+    assert len(kube.status_writes) == writes  # the new spec's handler reports
 
 
 class LaggingKube(FakeKube):
@@ -799,6 +868,8 @@ class StoreClient(KubeClient):
         super().__init__(_NoClient(), workers=1)
         self.objects: dict[str, dict[str, Any]] = {}
         self.status: dict[str, Any] = {}
+        #: The methods of the requests for the children (not the status).
+        self.methods: list[str] = []
 
     async def request(
         self,
@@ -813,6 +884,7 @@ class StoreClient(KubeClient):
         if path.endswith("/status"):
             self.status = merge(self.status, body["status"])
             return {}
+        self.methods.append(method)
         if method == "POST":
             path = f"{path}/{body['metadata']['name']}"
             if path in self.objects:
@@ -831,6 +903,43 @@ class StoreClient(KubeClient):
             del self.objects[path]
             return {}
         raise AssertionError(method)
+
+
+async def test_an_object_of_a_childs_name_made_by_another_is_not_patched() -> None:
+    body = vlmservice({"model": {"id": "m", "runtime": "fake"}})
+    kube = StoreClient()
+    ctx = reconcile.OperatorContext(kube=kube, signals=FakeSignals(), metrics=OperatorMetrics())  # type: ignore[arg-type]
+    # Another app's Service of the same name, made by hand (no owner, no record of ours).
+    theirs = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x", "namespace": "d"},
+              "spec": {"selector": {"app": "web"}}}  # fmt: skip
+    kube.objects[SERVICE] = copy.deepcopy(theirs)
+    try:
+        await reconcile.apply_spec(ctx, body, created=True, logger=LOG)
+        assert kube.objects[SERVICE] == theirs
+        assert DEPLOYMENT in kube.objects  # the other children are applied
+        condition = next(c for c in kube.status["conditions"] if c["type"] == "InvalidSpec")
+        assert (condition["status"], condition["reason"]) == ("True", "ChildRejected")
+        assert "Service x exists and was not made by vlm-operator" in condition["message"]
+
+        # Once it is gone, the Service is the VLMService's; orphaned (kubectl delete
+        # --cascade=orphan: no owner left, the record of what was applied kept), it is
+        # adopted again by the next VLMService of the name.
+        del kube.objects[SERVICE]
+        await reconcile.apply_spec(ctx, body, created=False, logger=LOG)
+        assert kube.objects[SERVICE]["spec"]["selector"] != {"app": "web"}
+        del kube.objects[SERVICE]["metadata"]["ownerReferences"]
+        reborn = vlmservice({"model": {"id": "m", "runtime": "fake"}})
+        reborn["metadata"]["uid"] = "u2"
+        await reconcile.apply_spec(ctx, reborn, created=True, logger=LOG)
+        refs = kube.objects[SERVICE]["metadata"]["ownerReferences"]
+        assert [r["uid"] for r in refs] == ["u2"]
+        # A child still controlled by the old VLMService (its deletion pending) is not taken.
+        kube.objects[SERVICE]["metadata"]["ownerReferences"][0]["uid"] = "u"
+        await reconcile.apply_spec(ctx, reborn, created=False, logger=LOG)
+        assert [r["uid"] for r in kube.objects[SERVICE]["metadata"]["ownerReferences"]] == ["u"]
+        assert "is controlled by VLMService x (uid u)" in str(kube.status["conditions"])
+    finally:
+        kube.close()
 
 
 NETWORK_POLICY = "/apis/networking.k8s.io/v1/namespaces/d/networkpolicies/x"
@@ -945,17 +1054,41 @@ async def test_a_key_gone_from_a_container_is_removed_from_the_child() -> None:
         await reconcile.apply_spec(ctx, body, created=False, logger=LOG)
         assert "memory" not in model_container()["resources"].get("limits", {})
         # Written once: the next refresh finds the child as rendered.
-        methods: list[str] = []
-        original = kube.request
-
-        async def counted(method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-            if not path.endswith("/status"):
-                methods.append(method)
-            return await original(method, path, **kwargs)
-
-        kube.request = counted  # type: ignore[method-assign]
+        kube.methods.clear()
         await reconcile.apply_spec(ctx, body, created=False, logger=LOG)
-        assert set(methods) == {"GET"}, methods
+        assert set(kube.methods) == {"GET"}, kube.methods
+    finally:
+        kube.close()
+
+
+async def test_quantities_the_api_server_rewrote_are_not_written_again() -> None:
+    # The API server stores 0.5 as 500m and 2048Mi as 2Gi: the refresh that reads them
+    # back must not take them for a change (and write every child on every refresh).
+    spec_raw: dict[str, Any] = {
+        "model": {"id": "m", "runtime": "fake"},
+        "resources": {"requests": {"cpu": "0.5", "memory": "2048Mi"}, "limits": {"cpu": "1000m"}},
+    }
+    body = vlmservice(spec_raw)
+    kube = StoreClient()
+    ctx = reconcile.OperatorContext(kube=kube, signals=FakeSignals(), metrics=OperatorMetrics())  # type: ignore[arg-type]
+    try:
+        await reconcile.apply_spec(ctx, body, created=True, logger=LOG)
+        deployment = kube.objects[DEPLOYMENT]
+        apps = ResourceKind("apps", "v1", "deployments", "Deployment", namespaced=True)
+        canonicalize_quantities(apps, deployment)  # as the API server stores it
+        model = deployment["spec"]["template"]["spec"]["initContainers"][0]
+        assert model["resources"] == {
+            "requests": {"cpu": "500m", "memory": "2Gi"},
+            "limits": {"cpu": "1"},
+        }
+        kube.methods.clear()
+        await reconcile.apply_spec(ctx, body, created=False, logger=LOG)
+        assert set(kube.methods) == {"GET"}, kube.methods
+        # A quantity changed in the spec is still a change.
+        body["spec"] = {**spec_raw, "resources": {"requests": {"cpu": "0.6"}}}
+        kube.methods.clear()
+        await reconcile.apply_spec(ctx, body, created=False, logger=LOG)
+        assert "PATCH" in kube.methods
     finally:
         kube.close()
 
@@ -972,23 +1105,15 @@ async def test_a_child_that_holds_what_is_rendered_is_not_written() -> None:
         for container in containers:
             container["terminationMessagePath"] = "/dev/termination-log"  # a server default
         kube.objects[DEPLOYMENT]["spec"]["replicas"] = 5
-        methods: list[str] = []
-        original = kube.request
-
-        async def counted(method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-            if not path.endswith("/status"):  # the children's requests only
-                methods.append(method)
-            return await original(method, path, **kwargs)
-
-        kube.request = counted  # type: ignore[method-assign]
+        kube.methods.clear()
         await reconcile.apply_spec(ctx, body, created=False, logger=LOG)
-        assert methods, "the children were read"
-        assert set(methods) == {"GET"}, methods
+        assert kube.methods, "the children were read"
+        assert set(kube.methods) == {"GET"}, kube.methods
         # A rendered field edited by hand is patched back.
         containers[0]["image"] = "by-hand"
-        methods.clear()
+        kube.methods.clear()
         await reconcile.apply_spec(ctx, body, created=False, logger=LOG)
-        assert methods.count("PATCH") >= 1
+        assert kube.methods.count("PATCH") >= 1
         assert kube.objects[DEPLOYMENT]["spec"]["template"]["spec"]["containers"][0]["image"] != (
             "by-hand"
         )
