@@ -237,6 +237,9 @@ def _spec(**changes: Any) -> dict[str, Any]:
     return spec
 
 
+#: A DNS subdomain of 253 characters, "/", a name of 63.
+LONGEST_LABEL_KEY = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 61]) + "/" + "e" * 63
+
 RULE_CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ("minimal", _spec(), None),
     ("min equals max", _spec(autoscaling__minReplicas=3, autoscaling__maxReplicas=3), None),
@@ -333,6 +336,11 @@ RULE_CASES: list[tuple[str, dict[str, Any], str | None]] = [
         None,
     ),
     (
+        "toleration of the longest key",
+        _spec(placement__tolerations=[{"key": LONGEST_LABEL_KEY, "operator": "Exists"}]),
+        None,
+    ),
+    (
         "toleration without a key",
         _spec(placement__tolerations=[{"operator": "Equal", "value": "a"}]),
         "an empty key needs operator Exists (it then tolerates every taint)",
@@ -398,6 +406,10 @@ BOUND_CASES: list[tuple[str, dict[str, Any]]] = [
     ("negative quantity", _spec(resources={"requests": {"cpu": "-8"}})),
     ("interval of 400 digits", _spec(monitoring__interval="9" * 400 + "s")),
     ("misspelt toleration field", _spec(placement__tolerations=[{"operater": "Exists"}])),
+    (
+        "toleration key past a label key's length",
+        _spec(placement__tolerations=[{"key": "f" + LONGEST_LABEL_KEY, "operator": "Exists"}]),
+    ),
     ("unknown toleration effect", _spec(placement__tolerations=[{"key": "k", "effect": "No"}])),
     (
         "toleration value not a label value",

@@ -784,7 +784,7 @@ class Toleration(APIModel):
 
     key: str | None = Field(
         default=None,
-        max_length=316,
+        max_length=317,  # a prefix of 253, "/", a name of 63
         pattern=r"^(([a-z0-9]([-a-z0-9]*[a-z0-9])?)(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
         r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$",
         description="Taint key (a label key); empty with operator Exists tolerates every taint.",
