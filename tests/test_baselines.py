@@ -36,6 +36,7 @@ def _obs(
     running: float | None = 0.0,
     waiting: float | None = 0.0,
     cpu: float | None = None,
+    cpu_pods: int | None = None,
     p95: float | None = None,
     rate: float | None = None,
 ) -> Observation:
@@ -47,6 +48,7 @@ def _obs(
         arrival_rate=rate,
         error_rate=0.0 if rate else None,  # 0/0 with no answers, as Prometheus has it
         cpu_utilization=cpu,
+        cpu_pods=cpu_pods,
         age_seconds=1.0,
         current=current,
         ready=current - starting if ready is None else ready,
@@ -79,6 +81,33 @@ def test_hpa_cpu_climbs_on_a_busy_cpu_model_and_limits_its_steps() -> None:
     hpa2 = HPACPU(_spec(), target=0.1)
     assert hpa2.decide(_obs(0, current=2, cpu=1.0)) == 6
     assert hpa2.decide(_obs(15, current=10, cpu=1.0)) == 20
+
+
+@pytest.mark.parametrize(
+    ("ready", "starting", "cpu_pods", "cpu", "expected"),
+    [
+        # A pod ready for less than a metric window counts as 0 % on a scale-up:
+        # 1 pod at 125 % of target and one at 0 % is 62.5 %, under 1: the scale holds.
+        (2, 0, 1, 1.0, 2),
+        # 8 pods at 125 % and one new at 0 %: 111 %, past the tolerance: ⌈1.11 × 9⌉.
+        (9, 0, 8, 1.0, 10),
+        # The same with the ninth pod still starting.
+        (8, 1, 8, 1.0, 10),
+        # 4 at 125 % and one at 0 %: 100 %, within the tolerance: the scale holds.
+        (5, 0, 4, 1.0, 5),
+        # A scale-down reads the pods with a sample alone: ⌈3 × 0.25⌉.
+        (4, 0, 3, 0.2, 1),
+        # No pod with a sample yet: no recommendation, the scale holds.
+        (2, 0, 0, None, 2),
+    ],
+)
+def test_hpa_cpu_counts_pods_without_a_whole_window_as_the_replica_calculator_does(
+    ready: int, starting: int, cpu_pods: int, cpu: float | None, expected: int
+) -> None:
+    hpa = HPACPU(_spec())
+    obs = _obs(0, current=ready + starting, ready=ready, starting=starting, cpu=cpu,
+               cpu_pods=cpu_pods)  # fmt: skip
+    assert hpa.decide(obs) == expected
 
 
 def test_hpa_scale_down_stabilization_keeps_the_window_high() -> None:

@@ -306,6 +306,34 @@ def test_after_a_metrics_outage_the_cpu_is_the_busy_fraction_of_the_whole_outage
     assert after[480.0] == pytest.approx(expected)
 
 
+class _SecondPodWatcher(Static):
+    """One pod, a second asked for at 100 s: notes what the CPU sample covers."""
+
+    def __init__(self, spec: VLMServiceSpec) -> None:
+        super().__init__(spec, replicas=1)
+        self.period_seconds = self.scrape_interval_seconds = 15.0
+        self.seen: list[tuple[float, int, int | None]] = []
+
+    def decide(self, obs: Observation) -> int:
+        self.seen.append((obs.now, obs.ready, obs.cpu_pods))
+        return 2 if obs.now >= 100 else 1
+
+
+def test_a_pod_counts_for_cpu_once_a_metric_window_follows_its_readiness() -> None:
+    # The HPA's groupPods: a pod in its first five minutes whose sample does not
+    # cover a whole window since it turned ready is unready for CPU. The second
+    # pod, asked for at 105 s, is ready at 165 s: the scrape at 178 s (every 15 s
+    # from 13 s) is 13 s after, the one at 193 s a whole 15 s window.
+    trace = _open(0.3, 300)
+    spec = spec_for(trace)
+    watcher = _SecondPodWatcher(spec)
+    simulate(trace, watcher, spec=spec, seed=1)
+    by_time = {now: (ready, counted) for now, ready, counted in watcher.seen}
+    assert by_time[165.0] == (2, 1)
+    assert by_time[180.0] == (2, 1)
+    assert by_time[195.0] == (2, 2)
+
+
 def test_the_p95_signal_is_what_prometheus_makes_of_the_gate_buckets() -> None:
     # Nineteen answers in (5, 6] and one in (12, 14]: the rank 19 of 20 ends
     # the (5, 6] bucket, so histogram_quantile answers its upper bound.

@@ -133,6 +133,9 @@ _SCRAPE_FIRST = -1
 
 # Pod states.
 _STARTING, _READY, _DRAINING, _GONE = range(4)
+#: The HPA's --horizontal-pod-autoscaler-cpu-initialization-period (its default):
+#: a pod this young counts for CPU only once a metric window follows its readiness.
+CPU_INITIALIZATION_SECONDS = 300.0
 
 # Outcome codes recorded per request (HTTP status; 0 = client timeout).
 OK = 200
@@ -339,6 +342,7 @@ class _Pod:
         "last",
         "pending",
         "queue",
+        "ready_at",
         "refused",
         "scraped_load",
         "seq",
@@ -352,6 +356,7 @@ class _Pod:
         self.idx = idx
         self.created = created
         self.state = _STARTING
+        self.ready_at = -1.0  # when it turned ready (-1: not yet)
         #: Requests inside and queued at the last scrape: the load the operator
         #: marks the pod with before a scale-down (0 for a pod no scrape saw).
         self.scraped_load = 0
@@ -497,6 +502,7 @@ class _Engine:
             None,
         )
         self.scraped_cpu: float | None = None
+        self.scraped_cpu_pods = 0
         self.scrape_missed = False  # a scrape failed since the last one that did not
         self.scraped_rates: tuple[float | None, float | None] = (None, None)
         self.arrivals: Iterator[float] = iter(())
@@ -1133,6 +1139,7 @@ class _Engine:
         if pod.state != _STARTING:
             return
         pod.state = _READY
+        pod.ready_at = self.now
         self.ready.append(pod)
         if self.shared_waiting:
             self._refill(pod)  # its slots go to the shared queue's heads
@@ -1171,7 +1178,10 @@ class _Engine:
             return  # the last good scrape ages; the autoscaler sees it as stale
         # CPU: busy fraction of each ready pod since the previous scrape that
         # succeeded: after an outage, the busy time of the whole outage over
-        # the whole outage, not over one scrape interval.
+        # the whole outage, not over one scrape interval. As the HPA counts it
+        # (replica_calculator's groupPods): within its first CPU_INITIALIZATION_SECONDS
+        # a pod's sample counts only once a whole metric window (a scrape
+        # interval) was measured since it turned ready.
         busy = 0.0
         n_ready = 0
         interval = self.scrape_interval
@@ -1181,12 +1191,16 @@ class _Engine:
         for pod in self.pods:
             pod.scraped_load = len(pod.active) + pod.waiting
             total = pod.busy_total + (now - pod.busy_since if pod.busy_since >= 0 else 0.0)
-            if pod.state == _READY:
+            if pod.state == _READY and (
+                pod.ready_at + self.scrape_interval <= now
+                or now - pod.created >= CPU_INITIALIZATION_SECONDS
+            ):
                 fraction = (total - pod.busy_mark) / interval
                 busy += 1.0 if fraction > 1.0 else fraction  # min(fraction, 1.0)
                 n_ready += 1
             pod.busy_mark = total
         self.scraped_cpu = busy / n_ready if n_ready else None
+        self.scraped_cpu_pods = n_ready
         # Rate-window signals over (now - window, now]. Rejections (duration
         # -1) count in the rates, not in the latency.
         done = self.gate_window
@@ -1225,6 +1239,7 @@ class _Engine:
             arrival_rate=arrival,
             error_rate=error_rate,
             cpu_utilization=self.scraped_cpu,
+            cpu_pods=self.scraped_cpu_pods,
             age_seconds=now - scraped_at,
             current=self.replicas,
             ready=len(self.ready),
