@@ -336,6 +336,21 @@ RULE_CASES: list[tuple[str, dict[str, Any], str | None]] = [
         None,
     ),
     (
+        "toleration of every taint, its key empty",
+        _spec(placement__tolerations=[{"key": "", "operator": "Exists", "effect": "NoSchedule"}]),
+        None,
+    ),
+    (
+        "toleration with an empty operator (Equal)",
+        _spec(placement__tolerations=[{"key": "k", "operator": "", "value": "v"}]),
+        None,
+    ),
+    (
+        "toleration with an empty key and an empty operator",
+        _spec(placement__tolerations=[{"key": "", "operator": ""}]),
+        "an empty key needs operator Exists (it then tolerates every taint)",
+    ),
+    (
         "toleration of the longest key",
         _spec(placement__tolerations=[{"key": LONGEST_LABEL_KEY, "operator": "Exists"}]),
         None,
@@ -404,6 +419,7 @@ BOUND_CASES: list[tuple[str, dict[str, Any]]] = [
     ("id with a trailing blank", _spec(model__id="qwen ")),
     ("id of two lines", _spec(model__id="qwen\nvl")),
     ("negative quantity", _spec(resources={"requests": {"cpu": "-8"}})),
+    ("quantity with a fractional exponent", _spec(resources={"requests": {"cpu": "1e1.5"}})),
     ("interval of 400 digits", _spec(monitoring__interval="9" * 400 + "s")),
     ("misspelt toleration field", _spec(placement__tolerations=[{"operater": "Exists"}])),
     (

@@ -91,7 +91,7 @@ def test_quantities_stand_for_what_kubernetes_reads(quantity: str, value: Decima
     assert quantity_value(quantity) == value
 
 
-@pytest.mark.parametrize("quantity", ["-1", "NaN", "Infinity", "1e", "lots", ""])
+@pytest.mark.parametrize("quantity", ["-1", "NaN", "Infinity", "1e", "1e1.5", "lots", ""])
 def test_what_is_no_quantity_has_no_value(quantity: str) -> None:
     with pytest.raises(ValueError, match="not a quantity"):
         quantity_value(quantity)

@@ -17,7 +17,7 @@ This module is pure: it imports neither ``kubernetes``, ``kopf`` nor ``httpx``.
 from __future__ import annotations
 
 import re
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -54,7 +54,10 @@ LoadBalancing = Literal["RoundRobin", "LeastRequest"]
 #: negative.
 QUANTITY_PATTERN = (
     r"^\+?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))"
-    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+    # The exponent a whole number, as the API server's parser reads it (the
+    # pattern documented with resource.Quantity lets "1e1.5" through, which the
+    # parser then refuses).
+    r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?[0-9]+))?$"
 )
 
 #: Marks a string field that also takes an integer, like Kubernetes quantities.
@@ -83,7 +86,10 @@ def quantity_value(quantity: str) -> Decimal:
     for suffix in (quantity[-2:], quantity[-1:]):
         if suffix in _QUANTITY_SUFFIXES:
             return Decimal(quantity[: -len(suffix)]) * _QUANTITY_SUFFIXES[suffix]
-    return Decimal(quantity)  # a plain number or one with an exponent ("1e3")
+    try:
+        return Decimal(quantity)  # a plain number or one with an exponent ("1e3")
+    except InvalidOperation:  # what the pattern passes Decimal reads; kept a ValueError anyway
+        raise ValueError(f"not a quantity: {quantity!r}") from None
 
 
 Quantity = Annotated[
@@ -785,12 +791,13 @@ class Toleration(APIModel):
     key: str | None = Field(
         default=None,
         max_length=317,  # a prefix of 253, "/", a name of 63
-        pattern=r"^(([a-z0-9]([-a-z0-9]*[a-z0-9])?)(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
-        r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$",
+        # A label key, or empty (with operator Exists: every taint).
+        pattern=r"^((([a-z0-9]([-a-z0-9]*[a-z0-9])?)(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+        r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$",
         description="Taint key (a label key); empty with operator Exists tolerates every taint.",
     )
-    operator: Literal["Exists", "Equal"] | None = Field(
-        default=None, description="Exists or Equal (the default)."
+    operator: Literal["Exists", "Equal", ""] | None = Field(
+        default=None, description="Exists or Equal (the default, also when empty)."
     )
     value: str | None = Field(
         default=None,
