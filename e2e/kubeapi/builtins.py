@@ -16,7 +16,7 @@ amounts, not strings, and :func:`canonicalize_quantities` makes that visible her
 from __future__ import annotations
 
 import re
-from decimal import ROUND_CEILING, Decimal
+from decimal import ROUND_CEILING, Decimal, localcontext
 from typing import Any
 
 from . import errors
@@ -85,7 +85,7 @@ def check_schema(kind: ResourceKind, obj: dict[str, Any], strict: bool) -> list[
 
 
 _QUANTITY = re.compile(
-    r"^(?P<number>[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))"
+    r"^(?P<sign>[+-]?)(?P<whole>[0-9]*)(?:\.(?P<fraction>[0-9]*))?"
     r"(?:(?P<binary>[KMGTPE]i)|(?P<decimal>[numkMGTPE])|[eE](?P<exponent>[+-]?[0-9]+))?$"
 )
 _DECIMAL_SUFFIXES = {-9: "n", -6: "u", -3: "m", 0: "", 3: "k", 6: "M", 9: "G", 12: "T",
@@ -104,36 +104,60 @@ _POD_SPECS = {
 
 
 def canonical_quantity(text: str) -> str:
-    """A quantity as the API server stores it (``resource.Quantity.String()``): in the
-    format it was written in (binary suffix, decimal suffix or exponent), the largest
-    suffix that keeps the number whole, nano-units rounded up; unchanged if unreadable."""
-    match = _QUANTITY.match(text.strip())
-    if match is None:
+    """A quantity as the API server stores it (``resource.Quantity``): as written if its
+    parser's fast path finds it canonical already, else in the format it was written in
+    (binary suffix, decimal suffix or exponent) with the largest suffix that keeps the
+    number whole, nano-units rounded up; unchanged if unreadable."""
+    match = _QUANTITY.match(text)
+    if match is None or not (match["whole"] or match["fraction"]):
         return text
-    number = Decimal(match["number"])
+    whole, fraction = match["whole"], match["fraction"] or ""
     if match["binary"]:
-        amount = number * 1024 ** (_BINARY_SUFFIXES.index(match["binary"]))
+        exponent = 10 * _BINARY_SUFFIXES.index(match["binary"])
     elif match["exponent"]:
-        amount = number.scaleb(int(match["exponent"]))
+        exponent = int(match["exponent"])
     else:
-        amount = number.scaleb(_DECIMAL_EXPONENTS[match["decimal"] or ""])
-    # Nothing finer than a nano-unit is kept: it rounds up.
-    amount = amount.quantize(Decimal("1e-9"), rounding=ROUND_CEILING)
-    if amount == 0:
-        return "0"
-    if match["binary"] and abs(amount) >= 1024 and amount == amount.to_integral_value():
-        whole, power = int(amount), 0
-        while whole % 1024 == 0 and power < len(_BINARY_SUFFIXES) - 1:
-            whole, power = whole // 1024, power + 1
-        return f"{whole}{_BINARY_SUFFIXES[power]}"
-    # Decimal: the mantissa whole, the exponent a multiple of three, as large as it goes.
-    exponent = -9
-    mantissa = int(amount.scaleb(9))
-    while mantissa % 1000 == 0 and exponent < 18:
-        mantissa, exponent = mantissa // 1000, exponent + 3
+        exponent = _DECIMAL_EXPONENTS[match["decimal"] or ""]
+    if _kept_as_written(whole, fraction, exponent, binary=bool(match["binary"])):
+        return text
+    with localcontext() as context:
+        context.prec = 100  # a quantity of exa-units in nano-units is 28 digits and more
+        number = Decimal(f"{match['sign']}{whole or '0'}.{fraction or '0'}")
+        amount = number * 2**exponent if match["binary"] else number.scaleb(exponent)
+        # Nothing finer than a nano-unit is kept: it rounds up.
+        amount = amount.quantize(Decimal("1e-9"), rounding=ROUND_CEILING)
+        if amount == 0:
+            return "0"
+        if match["binary"] and abs(amount) >= 1024 and amount == amount.to_integral_value():
+            units, power = int(amount), 0
+            while units % 1024 == 0 and power < len(_BINARY_SUFFIXES) - 1:
+                units, power = units // 1024, power + 1
+            return f"{units}{_BINARY_SUFFIXES[power]}"
+        # Decimal: the mantissa whole, the exponent a multiple of three, as large as it
+        # goes (with a suffix, up to E).
+        power, mantissa = -9, int(amount.scaleb(9))
+        while mantissa % 1000 == 0 and (match["exponent"] or power < 18):
+            mantissa, power = mantissa // 1000, power + 3
     if match["exponent"]:
-        return f"{mantissa}e{exponent}" if exponent else str(mantissa)
-    return f"{mantissa}{_DECIMAL_SUFFIXES[exponent]}"
+        return f"{mantissa}e{power}" if power else str(mantissa)
+    return f"{mantissa}{_DECIMAL_SUFFIXES[power]}"
+
+
+def _kept_as_written(whole: str, fraction: str, exponent: int, *, binary: bool) -> bool:
+    """Whether apimachinery's ``ParseQuantity`` keeps the string (its int64 fast path,
+    for a number already canonical): decimal, a scale that is a multiple of three and
+    digits that neither start with 0 nor end in 000; binary, a whole number of its unit
+    that is not a multiple of eight."""
+    if binary:
+        precision = 15 - len(whole) - int(exponent * 3 / 10) - 1
+        if fraction or precision < 0:
+            return False
+        value = int(whole)
+        return value << exponent < 2**63 and value & 7 != 0
+    digits, scale = whole + fraction, exponent - len(fraction)
+    if 18 - len(digits) < 0 or scale < -9 or int(digits) >= 2**63:
+        return False
+    return scale % 3 == 0 and not digits.endswith("000") and digits[0] != "0"
 
 
 def canonicalize_quantities(kind: ResourceKind, obj: dict[str, Any]) -> None:

@@ -1648,7 +1648,10 @@ def test_quantities_are_stored_in_canonical_form(kube: client.ApiClient, namespa
     ("written", "stored"),
     [("0.5", "500m"), ("2048Mi", "2Gi"), ("1000m", "1"), ("1536Mi", "1536Mi"), ("0.5Ki", "512"),
      ("2000", "2k"), ("1500", "1500"), ("1e3", "1e3"), ("12e9", "12e9"), ("0.1n", "1n"),
-     ("0", "0"), ("8", "8"), ("12Gi", "12Gi")],
+     ("0", "0"), ("8", "8"), ("12Gi", "12Gi"),
+     # Kept as written where the parser finds the number canonical already.
+     ("1.250", "1.250"), ("1.500k", "1.500k"), ("+1", "+1"), ("0100Mi", "0100Mi"),
+     ("100E", "100E"), ("1e21", "1e21"), ("1e20", "100e18"), ("1e30", "1e30")],
 )  # fmt: skip
 def test_a_quantity_keeps_its_format_with_the_largest_whole_suffix(
     written: str, stored: str
