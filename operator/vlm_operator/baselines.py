@@ -353,11 +353,11 @@ class HPACPU(_HPA):
             return obs.current
         unready = obs.ready + obs.starting - counted
         if unready <= 0 or ratio < 1.0:
-            return math.ceil(counted * ratio - 1e-9)
+            return hpa_desired(counted, ratio)
         new_ratio = ratio * counted / (counted + unready)
         if abs(new_ratio - 1.0) <= 0.1 or new_ratio < 1.0:
             return obs.current
-        return max(obs.current, math.ceil(new_ratio * (counted + unready) - 1e-9))
+        return max(obs.current, hpa_desired(counted + unready, new_ratio))
 
 
 class HPAInFlight(_HPA):

@@ -146,7 +146,7 @@ def vlmservice(spec: dict[str, Any], generation: int = 1) -> dict[str, Any]:
     }
 
 
-def context(kube: FakeKube, signals: FakeSignals) -> reconcile.OperatorContext:
+def context(kube: FakeKube | KubeClient, signals: FakeSignals) -> reconcile.OperatorContext:
     return reconcile.OperatorContext(
         kube=kube,  # type: ignore[arg-type]
         signals=signals,  # type: ignore[arg-type]
@@ -908,7 +908,7 @@ class StoreClient(KubeClient):
 async def test_an_object_of_a_childs_name_made_by_another_is_not_patched() -> None:
     body = vlmservice({"model": {"id": "m", "runtime": "fake"}})
     kube = StoreClient()
-    ctx = reconcile.OperatorContext(kube=kube, signals=FakeSignals(), metrics=OperatorMetrics())  # type: ignore[arg-type]
+    ctx = context(kube, FakeSignals())
     # Another app's Service of the same name, made by hand (no owner, no record of ours).
     theirs = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x", "namespace": "d"},
               "spec": {"selector": {"app": "web"}}}  # fmt: skip
@@ -953,7 +953,7 @@ async def test_a_child_recording_its_whole_manifest_moves_to_the_keys() -> None:
     }
     body = vlmservice(spec_raw)
     kube = StoreClient()
-    ctx = reconcile.OperatorContext(kube=kube, signals=FakeSignals(), metrics=OperatorMetrics())  # type: ignore[arg-type]
+    ctx = context(kube, FakeSignals())
     await reconcile.apply_spec(ctx, body, created=True, logger=LOG)
     deployment = kube.objects[DEPLOYMENT]
     # As development builds left it: the whole manifest applied, under another key.
@@ -984,7 +984,7 @@ async def test_what_the_spec_no_longer_asks_for_leaves_the_children() -> None:
     }
     body = vlmservice(spec_raw)
     kube = StoreClient()
-    ctx = reconcile.OperatorContext(kube=kube, signals=FakeSignals(), metrics=OperatorMetrics())  # type: ignore[arg-type]
+    ctx = context(kube, FakeSignals())
     try:
         await reconcile.apply_spec(ctx, body, created=True, logger=LOG)
         pod_spec = kube.objects[DEPLOYMENT]["spec"]["template"]["spec"]
@@ -1039,7 +1039,7 @@ async def test_a_key_gone_from_a_container_is_removed_from_the_child() -> None:
     }
     body = vlmservice(spec_raw)
     kube = StoreClient()
-    ctx = reconcile.OperatorContext(kube=kube, signals=FakeSignals(), metrics=OperatorMetrics())  # type: ignore[arg-type]
+    ctx = context(kube, FakeSignals())
 
     def model_container() -> dict[str, Any]:
         pod = kube.objects[DEPLOYMENT]["spec"]["template"]["spec"]
@@ -1070,7 +1070,7 @@ async def test_quantities_the_api_server_rewrote_are_not_written_again() -> None
     }
     body = vlmservice(spec_raw)
     kube = StoreClient()
-    ctx = reconcile.OperatorContext(kube=kube, signals=FakeSignals(), metrics=OperatorMetrics())  # type: ignore[arg-type]
+    ctx = context(kube, FakeSignals())
     try:
         await reconcile.apply_spec(ctx, body, created=True, logger=LOG)
         deployment = kube.objects[DEPLOYMENT]
@@ -1098,7 +1098,7 @@ async def test_a_child_that_holds_what_is_rendered_is_not_written() -> None:
     # server's defaults added, the autoscaler's replicas) is left alone.
     body = vlmservice({"model": {"id": "m", "runtime": "fake"}})
     kube = StoreClient()
-    ctx = reconcile.OperatorContext(kube=kube, signals=FakeSignals(), metrics=OperatorMetrics())  # type: ignore[arg-type]
+    ctx = context(kube, FakeSignals())
     try:
         await reconcile.apply_spec(ctx, body, created=True, logger=LOG)
         containers = kube.objects[DEPLOYMENT]["spec"]["template"]["spec"]["containers"]
