@@ -212,6 +212,16 @@ def test_ray_waits_its_upscale_and_downscale_delays() -> None:
     assert ray2.decide(_obs(600, current=4, running=0, waiting=0)) == 1
 
 
+def test_ray_scales_on_what_the_handles_last_pushed() -> None:
+    # Handles push their look-back mean every 10 s; the controller decides on
+    # that, not on the recordings made since.
+    ray = RayServe(_spec(), upscale_delay=0.0)
+    assert ray.decide(_obs(0, current=1, running=0, waiting=0)) == 1  # pushed: 0
+    assert ray.decide(_obs(5, current=1, running=4, waiting=4)) == 1  # recorded, not pushed
+    # Pushed at 10 s: the mean of 0, 8 and 8 in flight, 2 per replica.
+    assert ray.decide(_obs(10, current=1, running=4, waiting=4)) == 3
+
+
 def test_static_never_moves_and_has_no_gate() -> None:
     static = Static(_spec(), replicas=2)
     assert static.name == "static-2"

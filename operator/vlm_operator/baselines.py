@@ -512,6 +512,12 @@ class RayServe:
     until a replica has room, and the ongoing requests Ray scales on count them.
     The router sends each request to the less loaded of two random replicas,
     drawing again while neither has room (``PowerOfTwoChoicesReplicaScheduler``).
+
+    The controller decides on what the handles last pushed: each records its
+    ongoing requests (every 0.5 s in Ray; here every scrape) and pushes their
+    mean over ``look_back_period_s`` every ``push_interval`` seconds
+    (``RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S``, 10 s), so the
+    value it scales on is up to one push interval older than the recordings.
     """
 
     def __init__(
@@ -523,6 +529,7 @@ class RayServe:
         upscale_delay: float = 30.0,
         downscale_delay: float = 600.0,
         period: float = 5.0,
+        push_interval: float = 10.0,
     ) -> None:
         self.name = "ray"
         self.spec = spec
@@ -539,7 +546,9 @@ class RayServe:
         self.look_back = look_back
         self.upscale_delay = upscale_delay
         self.downscale_delay = downscale_delay
+        self.push_interval = push_interval
         self._samples: deque[tuple[float, float]] = deque()
+        self._pushed: tuple[float, float] | None = None  # (time, mean ongoing) last pushed
         self._up_since: float | None = None
         self._down_since: float | None = None
 
@@ -550,7 +559,9 @@ class RayServe:
         self._samples.append((now, obs.running + obs.waiting))
         while self._samples and self._samples[0][0] <= now - self.look_back:
             self._samples.popleft()
-        ongoing = sum(c for _, c in self._samples) / len(self._samples)
+        if self._pushed is None or now - self._pushed[0] >= self.push_interval - 1e-9:
+            self._pushed = (now, sum(c for _, c in self._samples) / len(self._samples))
+        ongoing = self._pushed[1]
         desired = _clamp(math.ceil(ongoing / self.target - 1e-9), self.spec)
         current = obs.current
         if desired > current:
