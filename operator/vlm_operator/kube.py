@@ -72,6 +72,13 @@ class NotOurs(Exception):
     its selector rewritten), and deleting the VLMService would then delete it.
     """
 
+    def __init__(self, message: str, *, predecessor: bool = False) -> None:
+        super().__init__(message)
+        #: The object is still controlled by an owner of the same kind and name
+        #: that is gone or going (a VLMService deleted and created again at
+        #: once): the garbage collector is about to delete it.
+        self.predecessor = predecessor
+
 
 def foreign_holder(current: Mapping[str, Any], desired: Mapping[str, Any]) -> str | None:
     """Whose ``current`` is, if not the owner's that ``desired`` names; None if it is its.
@@ -87,13 +94,40 @@ def foreign_holder(current: Mapping[str, Any], desired: Mapping[str, Any]) -> st
     refs = [r for r in (current.get("metadata") or {}).get("ownerReferences") or [] if r]
     for ref in refs:
         if ref.get("controller") and ref.get("uid") not in ours:
-            return f"is controlled by {ref.get('kind')} {ref.get('name')} (uid {ref.get('uid')})"
+            whose = f"{ref.get('kind')} {ref.get('name')} (uid {ref.get('uid')})"
+            if predecessor_of(current, desired):
+                return f"is still controlled by the previous {whose}"
+            return f"is controlled by {whose}"
     annotations = _annotations(current)
     if any(ref.get("uid") in ours for ref in refs) or any(
         key in annotations for key in (APPLIED_KEYS_ANNOTATION, _WHOLE_MANIFEST_ANNOTATION)
     ):
         return None
     return "was not made by vlm-operator"
+
+
+def predecessor_of(current: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+    """Whether ``current`` is controlled by an earlier owner of the name ``desired``'s has.
+
+    Two owners of one kind, name and namespace with different uids are the same
+    object deleted and created again: the earlier one is gone or going, and the
+    garbage collector deletes what it controlled (within seconds, usually).
+    """
+
+    def owner(ref: Mapping[str, Any]) -> tuple[str, Any, Any]:
+        group = str(ref.get("apiVersion") or "").rpartition("/")[0]  # any version of it
+        return group, ref.get("kind"), ref.get("name")
+
+    owners = {
+        owner(ref): ref.get("uid")
+        for ref in (desired.get("metadata") or {}).get("ownerReferences") or []
+        if ref and ref.get("controller")
+    }
+    for ref in (current.get("metadata") or {}).get("ownerReferences") or []:
+        if ref and ref.get("controller"):
+            uid = owners.get(owner(ref))
+            return uid is not None and uid != ref.get("uid")
+    return False
 
 
 def _collection_path(api_version: str, plural: str, namespace: str | None) -> str:
@@ -293,8 +327,15 @@ class KubeClient:
                     continue
             holder = foreign_holder(current, obj)
             if holder is not None:
+                child = f"{obj['kind']} {(obj.get('metadata') or {}).get('name')}"
+                if predecessor_of(current, obj):
+                    raise NotOurs(
+                        f"{child} exists and {holder}: left alone until the garbage "
+                        "collector deletes it",
+                        predecessor=True,
+                    )
                 raise NotOurs(
-                    f"{obj['kind']} {(obj.get('metadata') or {}).get('name')} exists and {holder}: "
+                    f"{child} exists and {holder}: "
                     "left alone (delete it, or give the VLMService another name)"
                 )
             patch = with_removals(desired, _without(applied_keys(current), omit))

@@ -43,7 +43,9 @@ written: the refresh costs one read per child, and one per optional child not
 rendered (at a thousand services of four children, ten reads a second). A
 child the API server rejects (400/422) is a problem of the spec: it becomes
 ``InvalidSpec=True`` (reason ``ChildRejected``) and a Warning Event, and is
-retried with a doubling back-off rather than every few seconds. Optional
+retried with a doubling back-off rather than every few seconds; a child still
+the VLMService's predecessor's (deleted and created again at once) is first
+waited for, while the garbage collector deletes it. Optional
 children the spec no longer asks for (PodMonitor, NetworkPolicy) are deleted.
 
 A cycle never writes the spec's conditions (``InvalidSpec``,
@@ -124,6 +126,10 @@ class OperatorContext:
     missing_grace_seconds: float = 30.0
     #: First and last wait before re-applying children the API server rejected.
     rejected_backoff_seconds: tuple[float, float] = (10.0, 600.0)
+    #: How long to wait for the garbage collector to delete a child still controlled by
+    #: the VLMService's predecessor of the same name (deleted and created again at
+    #: once) before reporting it as ChildRejected (the back-off then tries again).
+    predecessor_wait_seconds: float = 15.0
     #: Specs applied at once. At start-up kopf calls every service's handler at
     #: once; rendered children waiting for the API (~70 KB per service with
     #: their request copies) would all be alive together, a peak of heap that
@@ -347,12 +353,14 @@ async def apply_children(
     children = render_children(name, namespace, spec, operator_image=context.operator_image)
     kopf.append_owner_reference(children, owner=body)
     rejected: list[str] = []
+    # One wait for the predecessor's children, all of which its deletion collects.
+    until = asyncio.get_running_loop().time() + context.predecessor_wait_seconds
     for child in children:
         omit: tuple[tuple[str, ...], ...] = ()
         if child["kind"] == "Deployment" and not replicas_from_spec(spec):
             omit = (("spec", "replicas"),)
         try:
-            await context.kube.apply(child, omit=omit, create_first=created)
+            await _apply_child(context, child, omit=omit, created=created, until=until)
         except NotOurs as exc:
             rejected.append(str(exc))
             continue
@@ -371,6 +379,41 @@ async def apply_children(
         if kind not in rendered and not created:  # a new service has none to delete
             await _delete_owned(context, api_version, kind, namespace, name, owner_uid=uid)
     return "; ".join(rejected) or None
+
+
+#: How often a child still the predecessor's is looked at again.
+_PREDECESSOR_POLL_SECONDS = 0.5
+
+
+async def _apply_child(
+    context: OperatorContext,
+    child: dict[str, Any],
+    *,
+    omit: tuple[tuple[str, ...], ...],
+    created: bool,
+    until: float,
+) -> None:
+    """Apply one child, waiting until ``until`` (loop time) for the predecessor's to go.
+
+    ``kubectl delete`` and ``kubectl apply`` in a row make a VLMService of the
+    same name while the garbage collector has yet to delete the old one's
+    children: a wait of seconds, not a conflict to report (its Warning would
+    tell the user to delete what is being deleted). Past ``until``
+    (``predecessor_wait_seconds`` after the first child was applied) it is
+    reported as any other's object.
+    """
+    loop = asyncio.get_running_loop()
+    create_first = created
+    while True:
+        try:
+            await context.kube.apply(child, omit=omit, create_first=create_first)
+            return
+        except NotOurs as exc:
+            left = until - loop.time()
+            if not exc.predecessor or left <= 0:
+                raise
+            await asyncio.sleep(min(_PREDECESSOR_POLL_SECONDS, left))
+        create_first = False  # it exists: read it first
 
 
 #: Children rendered only when the spec asks for them: deleted when it stops asking.

@@ -22,7 +22,13 @@ import kopf
 import pytest
 from kopf._core.engines import posting
 from vlm_operator import reconcile
-from vlm_operator.kube import APPLIED_KEYS_ANNOTATION, ApiError, KubeClient, object_path
+from vlm_operator.kube import (
+    APPLIED_KEYS_ANNOTATION,
+    ApiError,
+    KubeClient,
+    object_path,
+    predecessor_of,
+)
 from vlm_operator.operator_metrics import OperatorMetrics
 from vlm_operator.policy import PodCounts, PolicyState, Signals, recommend
 from vlm_operator.status import find_condition
@@ -928,16 +934,103 @@ async def test_an_object_of_a_childs_name_made_by_another_is_not_patched() -> No
         await reconcile.apply_spec(ctx, body, created=False, logger=LOG)
         assert kube.objects[SERVICE]["spec"]["selector"] != {"app": "web"}
         del kube.objects[SERVICE]["metadata"]["ownerReferences"]
+        # The other children stay the first VLMService's: no collector runs here.
+        ctx.predecessor_wait_seconds = 0.0
         reborn = vlmservice({"model": {"id": "m", "runtime": "fake"}})
         reborn["metadata"]["uid"] = "u2"
         await reconcile.apply_spec(ctx, reborn, created=True, logger=LOG)
         refs = kube.objects[SERVICE]["metadata"]["ownerReferences"]
         assert [r["uid"] for r in refs] == ["u2"]
-        # A child still controlled by the old VLMService (its deletion pending) is not taken.
+        # A child still controlled by the old VLMService (its deletion pending) is not
+        # taken: past the wait for the garbage collector, it is reported.
         kube.objects[SERVICE]["metadata"]["ownerReferences"][0]["uid"] = "u"
         await reconcile.apply_spec(ctx, reborn, created=False, logger=LOG)
         assert [r["uid"] for r in kube.objects[SERVICE]["metadata"]["ownerReferences"]] == ["u"]
-        assert "is controlled by VLMService x (uid u)" in str(kube.status["conditions"])
+        assert (
+            "Service x exists and is still controlled by the previous VLMService x (uid u): "
+            "left alone until the garbage collector deletes it"
+        ) in str(kube.status["conditions"])
+    finally:
+        kube.close()
+
+
+class CollectingStoreClient(StoreClient):
+    """A store whose garbage collector deletes each child of the VLMService of uid
+    ``u`` once its successor has read it and found it another's ``refusals`` times."""
+
+    def __init__(self, refusals: int) -> None:
+        super().__init__()
+        self.refusals = refusals
+        self.reads: dict[str, int] = {}
+
+    async def request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        found = self.objects.get(path)
+        refs = (found or {}).get("metadata", {}).get("ownerReferences") or []
+        if method == "GET" and refs and refs[0]["uid"] == "u":
+            self.reads[path] = self.reads.get(path, 0) + 1
+            if self.reads[path] > self.refusals:
+                del self.objects[path]  # collected: its owner is gone
+        return await super().request(method, path, **kwargs)
+
+
+async def test_a_vlmservice_made_again_at_once_waits_for_its_predecessors_children(
+    kopf_posting: asyncio.Queue[Any],
+) -> None:
+    # kubectl delete, then kubectl apply: the new VLMService (uid u2) finds the old
+    # one's Service, which the garbage collector deletes a moment later.
+    old = vlmservice({"model": {"id": "m", "runtime": "fake"}})
+    kube = CollectingStoreClient(refusals=2)
+    ctx = context(kube, FakeSignals())
+    try:
+        await reconcile.apply_spec(ctx, old, created=True, logger=LOG)
+        reborn = vlmservice({"model": {"id": "m", "runtime": "fake"}})
+        reborn["metadata"]["uid"] = "u2"
+        kube.status = {}
+        await asyncio.wait_for(reconcile.apply_spec(ctx, reborn, created=True, logger=LOG), 10)
+        children = [DEPLOYMENT, SERVICE, PDB]
+        assert sorted(kube.reads) == sorted(children)
+        assert set(kube.reads.values()) == {3}  # each refused twice, then gone
+        for path in children:
+            refs = kube.objects[path]["metadata"]["ownerReferences"]
+            assert [r["uid"] for r in refs] == ["u2"]
+        invalid = next(c for c in kube.status["conditions"] if c["type"] == "InvalidSpec")
+        assert invalid["status"] == "False"
+        assert events(kopf_posting) == []  # no ChildRejected Warning for a wait of a second
+    finally:
+        kube.close()
+
+
+def test_a_predecessor_is_an_owner_of_the_same_group_kind_and_name() -> None:
+    def owned(api_version: str, kind: str, name: str, uid: str) -> dict[str, Any]:
+        ref = {"apiVersion": api_version, "kind": kind, "name": name, "uid": uid}
+        return {"metadata": {"ownerReferences": [{**ref, "controller": True}]}}
+
+    ours = owned("vlm-operator.io/v1alpha1", "VLMService", "x", "u2")
+    assert predecessor_of(owned("vlm-operator.io/v1alpha1", "VLMService", "x", "u"), ours)
+    assert predecessor_of(owned("vlm-operator.io/v1", "VLMService", "x", "u"), ours)  # any version
+    assert not predecessor_of(owned("vlm-operator.io/v1alpha1", "VLMService", "x", "u2"), ours)
+    assert not predecessor_of(owned("vlm-operator.io/v1alpha1", "VLMService", "y", "u"), ours)
+    assert not predecessor_of(owned("other.io/v1alpha1", "VLMService", "x", "u"), ours)
+    assert not predecessor_of(owned("v1", "ConfigMap", "x", "u"), ours)
+    assert not predecessor_of({"metadata": {}}, ours)  # no owner: not a predecessor's
+
+
+async def test_another_owners_child_is_reported_at_once() -> None:
+    # Controlled by another kind's object (or another name's): no wait for a collector.
+    kube = StoreClient()
+    ctx = context(kube, FakeSignals())
+    ctx.predecessor_wait_seconds = 3600.0
+    theirs = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x", "namespace": "d",
+              "ownerReferences": [{"apiVersion": "vlm-operator.io/v1alpha1", "kind": "VLMService",
+                                   "name": "y", "uid": "u9", "controller": True}]}}  # fmt: skip
+    kube.objects[SERVICE] = copy.deepcopy(theirs)
+    try:
+        body = vlmservice({"model": {"id": "m", "runtime": "fake"}})
+        await asyncio.wait_for(reconcile.apply_spec(ctx, body, created=True, logger=LOG), 10)
+        assert kube.objects[SERVICE] == theirs
+        assert "is controlled by VLMService y (uid u9): left alone (delete it" in str(
+            kube.status["conditions"]
+        )
     finally:
         kube.close()
 
