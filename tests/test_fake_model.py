@@ -309,6 +309,20 @@ def test_numbers_of_any_size_are_checked_without_overflow() -> None:
     assert (chat.temperature, chat.top_p) == (2.0, 1.0)
 
 
+def test_null_optional_fields_are_their_defaults() -> None:
+    # OpenAI's schema makes them nullable: null is the field left out.
+    from vlm_operator.model_server import Limits, RequestError, parse_chat_request
+
+    limits = Limits(max_new_tokens=7)
+    nulls = ("stream", "stream_options", "n", "temperature", "top_p", "max_tokens", "model")
+    chat = parse_chat_request(_text("hi", **dict.fromkeys(nulls)), limits)
+    assert (chat.stream, chat.include_usage, chat.max_new_tokens) == (False, False, 7)
+    assert (chat.temperature, chat.top_p, chat.model) == (None, None, None)
+    with pytest.raises(RequestError) as raised:
+        parse_chat_request(_text("hi", stream="yes"), limits)
+    assert (raised.value.param, raised.value.message) == ("stream", "must be true or false")
+
+
 @pytest.mark.parametrize("limit", ["max_tokens", "max_completion_tokens"])
 async def test_an_answer_cut_by_max_tokens_finishes_with_length(limit: str) -> None:
     async with served() as fake:

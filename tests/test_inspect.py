@@ -7,6 +7,7 @@ table, the PNG and the exit statuses are checked through the real command line.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import math
@@ -24,6 +25,7 @@ import pytest
 from vlm_operator.cli import main
 from vlm_operator.inspection import (
     Inspection,
+    PrometheusRefused,
     ServiceRef,
     check_points,
     connect,
@@ -290,6 +292,33 @@ class _RecordingClient:
         return []
 
 
+class _AnsweringClient(_RecordingClient):
+    """A RangeClient that answers every query with ``result``."""
+
+    def __init__(self, result: Any) -> None:
+        super().__init__()
+        self.result = result
+
+    def custom_query_range(self, *args: Any, **kwargs: Any) -> Any:
+        return self.result
+
+
+@pytest.mark.parametrize(
+    "result",
+    [
+        [{"metric": {}, "values": [[1_700_000_000, "oops"]]}],
+        [{"metric": {}, "values": [[1_700_000_000]]}],
+        [{"metric": {}, "values": 5}],
+        [{"metric": "a", "values": []}],
+        ["a"],
+    ],
+)
+def test_series_of_another_shape_are_no_prometheus_answer(result: Any) -> None:
+    # A proxy's or a broken store's 200: named as such with its query, no traceback.
+    with pytest.raises(PrometheusRefused, match=r"^not a Prometheus answer: .*\(query: "):
+        inspect_service(_AnsweringClient(result), SERVICE, minutes=30, step_seconds=15)
+
+
 @pytest.mark.parametrize(
     ("step", "sent"), [(2.5, "2.5"), (1234567.0, "1234567.0"), (60.0, "60.0"), (0.25, "0.25")]
 )
@@ -332,16 +361,14 @@ def test_more_points_than_prometheus_answers_are_refused_up_front(
         inspect_service(_RecordingClient(), SERVICE, minutes=1440, step_seconds=1)
 
 
-@pytest.fixture
-def refusing_prometheus() -> Iterator[str]:
-    """A server on 127.0.0.1 answering every query as Prometheus answers a bad one: 400."""
+@contextlib.contextmanager
+def _answering(status: int, answer: dict[str, Any]) -> Iterator[str]:
+    """A server on 127.0.0.1 answering every GET with ``status`` and ``answer`` as JSON."""
+    body = json.dumps(answer).encode()
 
-    class Refuse(BaseHTTPRequestHandler):
+    class Answer(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            body = json.dumps(
-                {"status": "error", "errorType": "bad_data", "error": "exceeded maximum"}
-            ).encode()
-            self.send_response(400)
+            self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -350,7 +377,7 @@ def refusing_prometheus() -> Iterator[str]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -359,6 +386,39 @@ def refusing_prometheus() -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+@pytest.fixture
+def refusing_prometheus() -> Iterator[str]:
+    """A server answering every query as Prometheus answers a bad one: 400."""
+    refusal = {"status": "error", "errorType": "bad_data", "error": "exceeded maximum"}
+    with _answering(400, refusal) as url:
+        yield url
+
+
+def test_warnings_that_series_may_be_missing_are_shown(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A Thanos or Mimir querier whose store did not answer: the operator reads such an
+    # answer as partial; inspect says so above the table (once, not once per query).
+    # Prometheus's own annotations of a complete answer are no such warning.
+    series = {"metric": {"pod": "demo-a"}, "values": [[1_700_000_000, "2"]]}
+    answer = {
+        "status": "success",
+        "data": {"resultType": "matrix", "result": [series]},
+        "warnings": [
+            "store 10.0.0.1:10901 unavailable",
+            "PromQL info: input to histogram_quantile needed to be fixed for monotonicity",
+        ],
+    }
+    with _answering(200, answer) as url:
+        assert main(["inspect", "team-a/demo", "--prometheus-url", url]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert (
+        out[1] == "warning: Prometheus says series may be missing: store 10.0.0.1:10901 unavailable"
+    )
+    assert sum("warning" in line for line in out) == 1
+    assert not any("PromQL info" in line for line in out)
 
 
 def test_an_http_error_is_a_refusal_with_prometheus_error_text(

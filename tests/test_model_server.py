@@ -706,9 +706,11 @@ async def test_the_context_flag_bounds_prompts_before_any_model_work(tiny_model_
     from vlm_operator.model_server._engine import Engine, PreparedInputs
 
     prepared: list[int] = []
+    entered: list[None] = []  # every call, those refused inside too
 
     class CountingEngine(Engine):
         def prepare(self, *args: Any, **kwargs: Any) -> PreparedInputs:
+            entered.append(None)
             inputs = super().prepare(*args, **kwargs)
             prepared.append(inputs.prompt_tokens)
             return inputs
@@ -732,12 +734,34 @@ async def test_the_context_flag_bounds_prompts_before_any_model_work(tiny_model_
         assert "maximum context length is 64 tokens" in error["message"]
 
         # 200,000 characters are refused in the event loop: never tokenized.
-        calls = len(prepared)
+        calls = len(entered)
         huge = _chat(None, question="Describe this image. " * 10_000)
         response = await client.post("/v1/chat/completions", json=huge)
         assert response.status == 400
         assert (await response.json())["error"]["code"] == "context_length_exceeded"
-        assert len(prepared) == calls
+        assert len(entered) == calls
+
+        # So are more messages or content parts than the context has tokens, though
+        # empty: each renders template tokens that no character count sees.
+        empty_messages = {
+            **_chat(None, max_tokens=4),
+            "messages": [{"role": "user", "content": ""}] * 65,
+        }
+        one_message = [{"role": "user", "content": [{"type": "text", "text": ""}] * 64}]
+        empty_parts = {**_chat(None, max_tokens=4), "messages": one_message}
+        for body in (empty_messages, empty_parts):
+            response = await client.post("/v1/chat/completions", json=body)
+            assert response.status == 400
+            error = (await response.json())["error"]
+            assert (error["code"], error["param"]) == ("context_length_exceeded", "messages")
+            assert "more than 64 messages and content parts" in error["message"]
+        assert len(entered) == calls
+        # As many as it has tokens are tokenized, and refused on the exact count.
+        fits = {**_chat(None, max_tokens=4), "messages": [{"role": "user", "content": ""}] * 64}
+        response = await client.post("/v1/chat/completions", json=fits)
+        assert response.status == 400
+        assert "maximum context length is 64 tokens" in (await response.json())["error"]["message"]
+        assert len(entered) == calls + 1
 
 
 async def test_messages_the_chat_template_refuses_are_400(

@@ -201,6 +201,12 @@ def _text(status: int, body: str) -> Answer:
     return lambda _q: web.Response(status=status, text=body)
 
 
+def _vector(result: list[Any]) -> Answer:
+    return lambda _q: web.json_response(
+        {"status": "success", "data": {"resultType": "vector", "result": result}}
+    )
+
+
 @pytest.mark.parametrize(
     ("answer", "reason"),
     [
@@ -216,6 +222,10 @@ def _text(status: int, body: str) -> Answer:
             lambda _q: web.json_response({"status": "success", "data": {"resultType": "matrix"}}),
             "json",
         ),
+        # Samples of another shape than {metric, value: [time, "value"]}.
+        (_vector([{"metric": {}, "value": 1}]), "json"),
+        (_vector(["a"]), "json"),
+        (_vector([{"metric": "a", "value": [1, "1"]}]), "json"),
         # Prometheus's own time-out or overload, not a bad query.
         (
             lambda _q: web.json_response(

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from vlm_operator.models import AutoscalingSpec, MetricsSpec
+from vlm_operator.signals import missing_data_warnings
 
 __all__ = [
     "MAX_POINTS",
@@ -207,6 +208,8 @@ class Inspection:
     request_rate: Series | None = None
     rejected_rate: Series | None = None
     queries: Mapping[str, str] = field(default_factory=dict)
+    #: What Prometheus warned of in its answers: series may be missing.
+    warnings: tuple[str, ...] = ()
 
     @property
     def empty(self) -> bool:
@@ -282,7 +285,31 @@ def connect(
     )
     if ca_file:
         client._session.verify = ca_file
-    return client  # type: ignore[no-any-return]
+    connection = _Connection(client)
+    # The client returns an answer's series only: its warnings are read on the way.
+    client._session.hooks["response"].append(connection.note_warnings)
+    return connection
+
+
+class _Connection:
+    """A ``PrometheusConnect``, and the warnings its answers carried that say series
+    may be missing (a Thanos or Mimir querier whose store did not answer), which the
+    operator reads as a partial answer and the client drops."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.warnings: list[str] = []
+
+    def custom_query_range(self, *args: Any, **kwargs: Any) -> Any:
+        return self.client.custom_query_range(*args, **kwargs)
+
+    def note_warnings(self, response: Any, *args: Any, **kwargs: Any) -> None:
+        try:
+            answer = response.json()
+        except ValueError:
+            return
+        if isinstance(answer, dict):
+            self.warnings += missing_data_warnings(answer.get("warnings"))
 
 
 def inspect_service(
@@ -310,6 +337,8 @@ def inspect_service(
     # A rate window shorter than the step would skip samples between steps.
     window = max(window_seconds, math.ceil(step))
     named = queries(service, window)
+    noted: list[str] = getattr(client, "warnings", [])  # what connect() returns notes them
+    first = len(noted)
     results = {
         key: _query_range(client, promql, start=start, end=end, step=step)
         for key, promql in named.items()
@@ -328,6 +357,7 @@ def inspect_service(
         request_rate=_single(results["request_rate"], "request rate"),
         rejected_rate=_single(results["rejected_rate"], "rejected rate"),
         queries=named,
+        warnings=tuple(dict.fromkeys(noted[first:])),
     )
 
 
@@ -347,7 +377,29 @@ def _query_range(
         raise _classify(exc, promql) from exc
     if not isinstance(result, list):
         raise PrometheusRefused(f"not a Prometheus answer: {result!r:.300} (query: {promql})")
+    for item in result:
+        if not _is_range_series(item):
+            raise PrometheusRefused(
+                f"not a Prometheus answer: a series {item!r:.200} (query: {promql})"
+            )
     return result
+
+
+def _is_range_series(item: Any) -> bool:
+    """Whether ``item`` is a range vector's series: {metric: {labels}, values: [[t, "v"], ...]}."""
+    if not isinstance(item, dict) or not isinstance(item.get("metric") or {}, dict):
+        return False
+    values = item.get("values") or []
+    if not isinstance(values, list):
+        return False
+    for point in values:
+        if not isinstance(point, list | tuple) or len(point) != 2:
+            return False
+        try:
+            float(point[0]), float(point[1])
+        except (TypeError, ValueError):
+            return False
+    return True
 
 
 def _classify(exc: Exception, promql: str) -> PrometheusError:
@@ -453,6 +505,11 @@ def _value(series: Series | None, timestamp: float) -> float | None:
 def format_table(inspection: Inspection) -> str:
     """A terminal table, one row per step, with a summary line on top."""
     lines = [_summary(inspection)]
+    # The operator reads such an answer as partial (and holds every scale-down on it).
+    lines += [
+        f"warning: Prometheus says series may be missing: {warning}"
+        for warning in inspection.warnings
+    ]
     if inspection.empty:
         lines.append(
             f"no gate series for {inspection.service} in this range: is Prometheus scraping "

@@ -496,12 +496,22 @@ class SignalReader:
         result = data.get("result")
         if not isinstance(result, list):
             raise PrometheusError("json", "data.result is not a list")
+        for item in result:
+            # A sample is {metric: {labels}, value: [time, "value"]}; one of another
+            # shape (a proxy's, a broken store's) is a failed read, cached and counted
+            # as any other, not an exception out of the reading.
+            if not (
+                isinstance(item, dict)
+                and isinstance(item.get("metric") or {}, dict)
+                and isinstance(item.get("value") or [], list)
+            ):
+                raise PrometheusError("json", f"not a sample of an instant vector: {item!r:.100}")
         return result, _missing_data_warning(payload.get("warnings"))
 
 
-def _missing_data_warning(warnings: Any) -> str | None:
-    """The first warning that says series may be missing (bounded: it goes into the
-    status), or None.
+def missing_data_warnings(warnings: Any) -> list[str]:
+    """The warnings of an answer (its ``warnings``) that say series may be missing,
+    each bounded (the first goes into the status).
 
     Prometheus's own annotations on a complete answer (``PromQL info: input to
     histogram_quantile needed to be fixed for monotonicity``, ``PromQL warning:
@@ -509,12 +519,14 @@ def _missing_data_warning(warnings: Any) -> str | None:
     querier says of a store that did not answer is.
     """
     if not isinstance(warnings, list):
-        return None
-    for warning in warnings:
-        text = str(warning)
-        if text and not text.startswith(_PROMQL_ANNOTATIONS):
-            return text[:200]
-    return None
+        return []
+    texts = (str(warning) for warning in warnings)
+    return [text[:200] for text in texts if text and not text.startswith(_PROMQL_ANNOTATIONS)]
+
+
+def _missing_data_warning(warnings: Any) -> str | None:
+    """The first of :func:`missing_data_warnings`, or None."""
+    return next(iter(missing_data_warnings(warnings)), None)
 
 
 def _existing(

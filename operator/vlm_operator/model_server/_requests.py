@@ -15,7 +15,8 @@ own). That check reads the text as the chat template renders it: a message's
 consecutive text parts back to back (``"<|im_"`` + ``"end|>"`` is ``<|im_end|>``
 to the tokenizer), while an image part between two texts is rendered as vision
 tokens, which the tokenizer splits at. Text far longer than the context can
-hold is refused before it is tokenized, so tokenizing is bounded too; the exact
+hold, or more messages and parts than it has tokens, is refused before it is
+tokenized, so tokenizing is bounded too; the exact
 count against the context is the engine's, after tokenizing.
 
 A system (or developer) message is accepted only as the first message unless
@@ -188,7 +189,9 @@ def parse_chat_request(body: Any, limits: Limits, *, open_images: bool = True) -
     top_p = _number(body, "top_p", low=0.0, high=1.0)
     if top_p is not None and top_p == 0.0:
         raise RequestError("must be greater than 0", param="top_p")
-    stream = body.get("stream", False)
+    stream = body.get("stream")
+    if stream is None:  # OpenAI's default, as for the other optional fields
+        stream = False
     if not isinstance(stream, bool):
         raise RequestError("must be true or false", param="stream")
     include_usage = _stream_options(body.get("stream_options"), stream)
@@ -230,6 +233,20 @@ class _TextBudget:
     def __init__(self, limits: Limits) -> None:
         self.limits = limits
         self.chars = 0
+        self.items = 0
+
+    def count(self) -> None:
+        """One more message or content part. Each renders tokens of the chat template
+        (a role, its delimiters) or of an image that no character count sees: a million
+        empty messages would pass the characters' bound and cost the tokenizer minutes
+        and gigabytes before the exact count refused them."""
+        self.items += 1
+        if self.items > self.limits.max_context_tokens:
+            raise RequestError.context_exceeded(
+                f"the request holds more than {self.limits.max_context_tokens} messages and "
+                f"content parts, more than this server's context of "
+                f"{self.limits.max_context_tokens} tokens can take"
+            )
 
     def check(self, text: str, where: str) -> None:
         """One string: its length against the context, then that it is UTF-8.
@@ -290,6 +307,7 @@ def _parse_messages(
     budget = _TextBudget(limits)
     for i, message in enumerate(raw):
         where = f"messages[{i}]"
+        budget.count()
         if not isinstance(message, dict):
             raise RequestError("must be an object with role and content", param=where)
         role = message.get("role")
@@ -319,6 +337,7 @@ def _parse_messages(
         run: list[tuple[str, str]] = []  # consecutive text parts: rendered as one text
         for j, part in enumerate(content):
             where_part = f"{where}.content[{j}]"
+            budget.count()
             if not (isinstance(part, dict) and part.get("type") == "text"):
                 # An image is rendered as vision tokens: the run of text ends here.
                 budget.check_run(run)
