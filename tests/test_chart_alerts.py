@@ -187,7 +187,8 @@ def _alerting(workdir: Path, *, failing_queries: str) -> Iterator[PrometheusServ
         calm.set(running=2, waiting=0, codes={200: 1})
         for exporter, code in ((trouble, "500"), (trouble, "502"), (calm, "503")):
             exporter.metrics.total.labels(code)
-        operator_metrics.query_errors.labels("timeout", failing_queries)
+        for source in ("operator", "service"):
+            operator_metrics.query_errors.labels("timeout", source)
         server.set_targets(
             [
                 (trouble.host_port, {"namespace": "team-a", "vlmservice": "trouble", "pod": "t-0"}),
@@ -202,12 +203,34 @@ def _alerting(workdir: Path, *, failing_queries: str) -> Iterator[PrometheusServ
         server.wait_for_series("vlm_operator_services", count=1)
         # After the first scrape, so that the rates over the window are above zero.
         trouble.set(
-            codes={200: 10, 500: 4, 502: 2},
+            codes={200: 10, 500: 4, 502: 2, 429: 5, 504: 1},  # the refusals are answers too
             rejected={"queue_full": 5, "deadline": 1},
             durations=[30.0] * 16,
         )
-        calm.set(codes={200: 20, 503: 1}, rejected={"draining": 1}, durations=[8.0] * 20)
+        # One refusal among 2,000 answers: a share no alert is for.
+        calm.set(
+            codes={200: 1999, 429: 1, 503: 1},
+            rejected={"draining": 1, "queue_full": 1},
+            durations=[8.0] * 20,
+        )
         operator_metrics.query_errors.labels("timeout", failing_queries).inc()
+
+        # Queries sent. Every one of the operator's own fails, among a hundred of the
+        # services' that answer (one per service: they may far outnumber its own); or
+        # a hundred of its own answer but for one stray time-out, besides the failure
+        # of the service's own.
+        def send(source: str, count: int) -> None:  # as SignalReader counts a query
+            operator_metrics.queries.labels(source).inc(count)
+            for _ in range(count):
+                operator_metrics.query_seconds.observe(0.01)
+
+        if failing_queries == "operator":
+            send("operator", 1)
+            send("service", 100)
+        else:
+            send("operator", 100)
+            send("service", 1)
+            operator_metrics.query_errors.labels("timeout", "operator").inc()
         # The failures' rate before any signal is lost, as in a cluster: no evaluation
         # sees a service without signals and no failed query yet.
         server.wait_for_series("rate(vlm_operator_prometheus_query_errors_total[5m]) > 0")
@@ -268,6 +291,9 @@ def test_exactly_the_expected_alerts_fire(prometheus: PrometheusServer) -> None:
     refusing = by_name["VLMServiceRefusingRequests"]
     assert refusing["annotations"]["summary"].startswith("VLMService team-a/trouble ")
     assert refusing["labels"]["severity"] == "warning"
+    assert "% of its requests" in refusing["annotations"]["description"]
+    failing = by_name["VLMOperatorSignalsUnavailable"]["annotations"]["description"]
+    assert failing.startswith("100% of its queries fail")
     errors = by_name["VLMServiceErrors"]
     assert "%" in errors["annotations"]["description"]  # humanizePercentage rendered
     assert "lacks 2 field(s)" in by_name["VLMOperatorCRDOutdated"]["annotations"]["description"]

@@ -313,6 +313,16 @@ async def test_failed_queries_a_service_chose_are_counted_as_the_services(
     assert (await reader.read("ns", "b", spec(), max_age=0.0)).error is not None
     assert errors("operator") == 1.0
 
+    # Every query sent is counted by whose it is: the share that fails is an alert's.
+    def sent(source: str) -> float:
+        value = metrics.registry.get_sample_value(
+            "vlm_operator_prometheus_queries_total", {"source": source}
+        )
+        return value or 0.0
+
+    assert sent("service") >= 2  # the override and the own URL's
+    assert sent("operator") + sent("service") == reader.queries_sent
+
 
 async def test_timeout_and_connection_refused(
     prom: StubPrometheus, client: httpx.AsyncClient

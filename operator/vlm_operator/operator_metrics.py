@@ -48,6 +48,17 @@ class OperatorMetrics:
             ["reason", "source"],
             registry=self.registry,
         )
+        # The queries sent, by the same `source`: the share of the operator's own that
+        # fail is what tells its Prometheus gone (the services' may be many more).
+        self.queries = Counter(
+            "vlm_operator_prometheus_queries",
+            "PromQL instant queries sent to Prometheus, by whose the query was "
+            "(operator, service).",
+            ["source"],
+            registry=self.registry,
+        )
+        for source in ("operator", "service"):
+            self.queries.labels(source)  # from 0: a rate counts no series' first sample
         self.query_seconds = Histogram(
             "vlm_operator_prometheus_query_duration_seconds",
             "Latency of the PromQL instant queries sent to Prometheus.",

@@ -400,7 +400,10 @@ async def _apply_child(
     children: a wait of seconds, not a conflict to report (its Warning would
     tell the user to delete what is being deleted). Past ``until``
     (``predecessor_wait_seconds`` after the first child was applied) it is
-    reported as any other's object.
+    reported as any other's object. A handler waits in its slot of
+    ``applying``, as its rendered children are alive meanwhile: with a
+    collector that takes a second, services made again by the dozen hold the
+    others back that long.
     """
     loop = asyncio.get_running_loop()
     create_first = created

@@ -451,6 +451,8 @@ class SignalReader:
     async def _send(self, url: str, promql: str, source: str) -> _Entry:
         started = self._clock()
         self.queries_sent += 1
+        if self._metrics is not None:
+            self._metrics.queries.labels(source).inc()
         try:
             result, warning = await self._instant_query(url, promql)
         except PrometheusError as exc:

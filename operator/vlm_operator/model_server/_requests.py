@@ -236,16 +236,19 @@ class _TextBudget:
         self.items = 0
 
     def count(self) -> None:
-        """One more message or content part. Each renders tokens of the chat template
-        (a role, its delimiters) or of an image that no character count sees: a million
-        empty messages would pass the characters' bound and cost the tokenizer minutes
-        and gigabytes before the exact count refused them."""
+        """One more message or content part, at most as many as the context has tokens.
+
+        A message renders tokens of the chat template (its role, its delimiters) that
+        no character count sees, and a million empty ones would pass the characters'
+        bound and cost the template and the tokenizer a minute and gigabytes before
+        the exact count refused them. Text parts render back to back, adding none, but
+        are bounded with them: the template's work grows with every part."""
         self.items += 1
-        if self.items > self.limits.max_context_tokens:
+        limit = self.limits.max_context_tokens
+        if self.items > limit:
             raise RequestError.context_exceeded(
-                f"the request holds more than {self.limits.max_context_tokens} messages and "
-                f"content parts, more than this server's context of "
-                f"{self.limits.max_context_tokens} tokens can take"
+                f"the request holds more than {limit} messages and content parts; this "
+                f"server takes at most as many as its context has tokens ({limit})"
             )
 
     def check(self, text: str, where: str) -> None:
