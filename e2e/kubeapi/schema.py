@@ -96,6 +96,35 @@ def prune(schema: dict[str, Any], value: Any, path: str = "", *, root: bool = Tr
     return dropped
 
 
+#: The largest whole float the real server takes for an integer (go-openapi's
+#: ``IsFloat64AJSONInteger``: within ±2^53, where a float64 still holds every integer).
+_WHOLE_FLOAT_BOUND = 2.0**53
+
+
+def whole_numbers(schema: dict[str, Any], value: Any) -> Any:
+    """``value`` with each whole float of an ``integer`` (or int-or-string) field as an int.
+
+    The real server decodes ``2.0`` as a float64, takes it for an integer (it holds a
+    whole number within ±2^53), and writes it back as ``2``: a client reads an integer.
+    Fractional ones and those beyond the bound stay floats, for validation to refuse.
+    """
+    integral = schema.get("type") == "integer" or schema.get("x-kubernetes-int-or-string")
+    if integral and isinstance(value, float):
+        if value.is_integer() and abs(value) <= _WHOLE_FLOAT_BOUND:
+            return int(value)
+        return value
+    if isinstance(value, dict):
+        properties = schema.get("properties") or {}
+        extra = schema.get("additionalProperties")
+        for name in list(value):
+            sub = properties.get(name, extra if isinstance(extra, dict) else None)
+            if sub is not None:
+                value[name] = whole_numbers(sub, value[name])
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        value[:] = [whole_numbers(schema["items"], item) for item in value]
+    return value
+
+
 def prune_nulls(schema: dict[str, Any], value: Any, *, root: bool = True) -> None:
     """Drop ``null`` values of properties that are neither ``nullable`` nor defaulted, in place.
 

@@ -387,6 +387,7 @@ class Store:
             schema.prune_nulls(kind.schema, obj)
             schema.apply_defaults(kind.schema, obj)
             schema.prune(kind.schema, obj)  # what a default brought in that the schema lacks
+            schema.whole_numbers(kind.schema, obj)
         if not kind.custom:
             builtins.canonicalize_quantities(kind, obj)
         causes = self._check_metadata(kind, obj)

@@ -1229,6 +1229,23 @@ def test_null_fields_are_pruned_or_defaulted(api: ThreadedKubeAPI, namespace: st
         assert patched.json()["spec"]["parts"] == [{"name": "b"}]
 
 
+def test_a_whole_float_in_an_integer_field_is_read_back_as_an_integer(
+    api: ThreadedKubeAPI, namespace: str
+) -> None:
+    api.register_crd(GAUGE_CRD)
+    url = f"/apis/fidelity.example.com/v1/namespaces/{namespace}/gauges"
+    with httpx.Client(base_url=api.url) as http:
+        spec = {"parts": [{"name": "a", "weight": 2.0}]}
+        created = http.post(url, content=json.dumps({"metadata": {"name": "g"}, "spec": spec}))
+        assert created.status_code == 201, created.text
+        assert '"weight":2}' in created.text.replace(" ", "")
+        assert http.get(f"{url}/g").json()["spec"]["parts"] == [{"name": "a", "weight": 2}]
+        spec = {"parts": [{"name": "a", "weight": 2.5}]}
+        refused = http.post(url, json={"metadata": {"name": "h"}, "spec": spec})
+        assert refused.status_code == 422, refused.text
+        assert "must be of type integer" in refused.text
+
+
 def test_a_terminating_namespace_refuses_new_objects(kube: client.ApiClient) -> None:
     core = client.CoreV1Api(kube)
     name = f"terminating-{next(_NAMESPACES)}"

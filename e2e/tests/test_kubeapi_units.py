@@ -11,7 +11,14 @@ from e2e.kubeapi import RecordedRequest
 from e2e.kubeapi.patch import PatchError, json_patch, merge_patch, strategic_merge_patch
 from e2e.kubeapi.rbac import missing_permissions, unused_permissions, used_permissions
 from e2e.kubeapi.resources import ResourceKind
-from e2e.kubeapi.schema import apply_defaults, check_crd_schema, prune, prune_nulls, validate
+from e2e.kubeapi.schema import (
+    apply_defaults,
+    check_crd_schema,
+    prune,
+    prune_nulls,
+    validate,
+    whole_numbers,
+)
 from e2e.kubeapi.selectors import (
     SelectorError,
     parse_field_selector,
@@ -184,6 +191,30 @@ def test_defaults_pruning_and_validation() -> None:
         ("spec.labels.a", "FieldValueTypeInvalid"),
         ("spec.port", "FieldValueTypeInvalid"),
         ("spec.ratio", "FieldValueInvalid"),
+    ]
+
+
+def test_whole_floats_are_integers_as_the_real_server_reads_them() -> None:
+    # 3.0 is decoded as a float and taken for an integer, and read back as 3; 2.5, or a
+    # whole float past 2^53, stays a float the integer field refuses.
+    spec = {"min": 3.0, "max": 2.0**53, "port": 80.0, "ratio": 1.0}
+    obj: dict[str, Any] = {
+        "apiVersion": "x/v1",
+        "kind": "X",
+        "metadata": {"name": "n"},
+        "spec": spec,
+    }
+    whole_numbers(SCHEMA, obj)
+    assert obj["spec"] == {"min": 3, "max": 2**53, "port": 80, "ratio": 1.0}
+    assert [type(obj["spec"][k]) for k in ("min", "max", "port")] == [int, int, int]
+    assert isinstance(obj["spec"]["ratio"], float)  # a number stays one
+    assert _causes(obj) == []
+    obj["spec"].update(min=2.5, max=2.0**54, port=1e300)
+    whole_numbers(SCHEMA, obj)
+    assert sorted(_causes(obj)) == [
+        ("spec.max", "FieldValueTypeInvalid"),
+        ("spec.min", "FieldValueTypeInvalid"),
+        ("spec.port", "FieldValueTypeInvalid"),
     ]
 
 
