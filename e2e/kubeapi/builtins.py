@@ -2,7 +2,8 @@
 and the canonical form of their resource quantities.
 
 Always on (cheap, and the classic apps/v1 errors a real server rejects with 422): a Deployment or
-ReplicaSet needs ``spec.selector`` and its ``matchLabels`` must match the pod template's labels.
+ReplicaSet needs ``spec.selector`` and its ``matchLabels`` must match the pod template's labels,
+and an update may not change a workload's selector.
 Opt-in (``validate_builtins=True``; ~20 ms per object): the full OpenAPI schema of the kind via
 kubernetes-validate (the test extra), strict about unknown fields under
 ``fieldValidation=Strict`` (400 ``strict decoding error``, as a real server's decoder answers).
@@ -51,6 +52,42 @@ def check_workload(kind: ResourceKind, obj: dict[str, Any]) -> list[dict[str, st
         message = f"Invalid value: {labels!r}: `selector` does not match template `labels`"
         return [_cause("spec.template.metadata.labels", message)]
     return []
+
+
+#: Workloads whose ``spec.selector`` a real server never lets change (apps/v1 validation).
+_FIXED_SELECTORS = {
+    ("apps", "deployments"),
+    ("apps", "replicasets"),
+    ("apps", "statefulsets"),
+    ("apps", "daemonsets"),
+}
+
+
+def _selector_view(selector: Any) -> Any:
+    """A selector as apimachinery's semantic equality sees it: empty parts are absent."""
+    if not isinstance(selector, dict):
+        return selector
+    return {key: value for key, value in selector.items() if value not in (None, {}, [])}
+
+
+def check_immutable(
+    kind: ResourceKind, obj: dict[str, Any], old: dict[str, Any]
+) -> list[dict[str, str]]:
+    """Fields an update may not change: a workload's ``spec.selector``.
+
+    A real server refuses the change with 422 "field is immutable", so a controller that
+    renders a different selector for an existing workload (a new label scheme on upgrade)
+    breaks there, and must break here too.
+    """
+    if (kind.group, kind.plural) not in _FIXED_SELECTORS:
+        return []
+    new_spec, old_spec = obj.get("spec"), old.get("spec")
+    if not isinstance(new_spec, dict) or not isinstance(old_spec, dict):
+        return []
+    selector = new_spec.get("selector")
+    if _selector_view(selector) == _selector_view(old_spec.get("selector")):
+        return []
+    return [_cause("spec.selector", f"Invalid value: {selector!r}: field is immutable")]
 
 
 def _field_path(parts: Any) -> str:

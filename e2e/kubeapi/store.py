@@ -395,6 +395,8 @@ class Store:
             causes += [cause.to_dict() for cause in schema.validate(kind.schema, obj, old)]
         if not kind.custom:
             causes += builtins.check_workload(kind, obj)
+            if old is not None:
+                causes += builtins.check_immutable(kind, obj, old)
             if self._validate_builtins and not causes:
                 causes += builtins.check_schema(kind, obj, field_validation == "Strict")
         if (kind.group, kind.plural) == _CRD_KEY:

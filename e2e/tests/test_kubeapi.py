@@ -882,6 +882,36 @@ def test_workload_selectors_must_match_their_templates(
     assert "`selector` does not match template `labels`" in cause["message"]
 
 
+def test_a_workload_selector_cannot_change(kube: client.ApiClient, namespace: str) -> None:
+    apps = client.AppsV1Api(kube)
+    apps.create_namespaced_deployment(namespace, _deployment("web"))
+    relabelled = {
+        "spec": {
+            "selector": {"matchLabels": {"app": "web", "tier": "model"}},
+            "template": {"metadata": {"labels": {"app": "web", "tier": "model"}}},
+        }
+    }
+    with pytest.raises(ApiException) as invalid:
+        apps.patch_namespaced_deployment("web", namespace, relabelled)
+    assert invalid.value.status == 422
+    cause = _status(invalid.value)["details"]["causes"][0]
+    assert cause["field"] == "spec.selector"
+    assert cause["message"].endswith("field is immutable")
+    stored = apps.read_namespaced_deployment("web", namespace)
+    assert stored.spec.selector.match_labels == {"app": "web"}
+    assert stored.spec.template.metadata.labels == {"app": "web"}
+    # The same selector with an empty part spelled out is no change; a label the selector
+    # does not name may come and go.
+    same = {
+        "spec": {
+            "selector": {"matchLabels": {"app": "web"}, "matchExpressions": []},
+            "template": {"metadata": {"labels": {"app": "web", "tier": "model"}}},
+        }
+    }
+    patched = apps.patch_namespaced_deployment("web", namespace, same)
+    assert patched.spec.template.metadata.labels == {"app": "web", "tier": "model"}
+
+
 def test_builtin_schemas_when_enabled() -> None:
     with (
         run_in_thread(validate_builtins=True) as strict_api,
