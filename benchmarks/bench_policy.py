@@ -3,7 +3,8 @@
 Run: ``make bench-policy`` or ``.venv/bin/python benchmarks/bench_policy.py [--seed N]``.
 Prints one comparison table per trace, what fixed replica plans give on the
 measured gradient and on the open traces' rises, ours from one pod under
-open loads beside fleets asked at the first tick, then each goal with the
+open loads beside fleets asked at the first tick, ours behind a least-request
+balancer and behind one queue shared by the fleet, then each goal with the
 measured numbers and whether it holds, then the simulator's speed (the
 compiled engine and the interpreted one side by side, when built). Clients
 are openai-python's defaults: two retries on 429, 5xx and timeouts,
@@ -403,6 +404,43 @@ def cold_starts(client: SimConfig) -> list[str]:
     return lines
 
 
+#: The open traces, where a rise outruns the pods' start-up.
+SHARED_QUEUE_TRACES = ("step-burst", "flash-spike", "diurnal-24h")
+
+
+def shared_queue(seed: int) -> list[str]:
+    """Ours with its per-pod gates, and ours behind one queue shared by the fleet.
+
+    Knative's activator and Ray Serve's router hold what finds no free slot in
+    one unbounded FIFO in front of the pods, with no deadline but the
+    client's; our gates hold a bounded queue each and refuse the rest with a
+    Retry-After. Both kinds of client run, whatever ``--retries`` says: the
+    one queue is what clients that never retry would want, and what retrying
+    ones suffer from.
+    """
+    lines = [f"{'trace':<13}{'retries':>8}  {'path':<18}{'failed':<34}{'x oracle':>8}"]
+    for retries in (0, 2):
+        config = SimConfig(retries=retries, record_series=False)
+        for name in SHARED_QUEUE_TRACES:
+            trace = load_trace(name)
+            spec = spec_for(trace)
+            for shared in (False, True):
+                ours = make_autoscaler("ours", spec)
+                if shared:
+                    ours.gate = dataclasses.replace(ours.gate, shared_queue_size=None)
+                    ours.proxied = True
+                report = summarize(simulate(trace, ours, spec=spec, seed=seed, config=config))
+                by_status = ", ".join(
+                    f"{n:,} {status}" for status, n in sorted(report.errors_by_status.items())
+                )
+                failed = f"{report.errors:,}" + (f" ({by_status})" if by_status else "")
+                path = "one shared queue" if shared else "per-pod gates"
+                lines.append(
+                    f"{name:<13}{retries:>8}  {path:<18}{failed:<34}{report.cost_ratio:>8.3f}"
+                )
+    return lines
+
+
 def _failed(report: Report) -> str:
     """Error rate with the count: 0.00 % can be a few failed of many."""
     return f"{report.error_rate:.2%} errors ({report.errors:,} of {report.requests:,})"
@@ -611,6 +649,7 @@ def main() -> int:
     # environment of the goals above (a Service is round-robin), reported beside it.
     least_request_lines, least_request_goals = least_request(client)
     goals += least_request_goals
+    shared_lines = shared_queue(args.seed)
 
     # Speed: the best of SPEED_RUNS runs, as timeit takes it (on a shared machine
     # noise only ever adds time); the whole run's time goal on the slowest. The
@@ -673,6 +712,13 @@ def main() -> int:
         "sent, cost)"
     )
     for line in least_request_lines:
+        print("  " + line)
+    print()
+    print(
+        f"Ours behind one queue shared by the fleet, as an activator or router holds it (seed "
+        f"{args.seed}; failed requests of all sent, by answer, and cost)"
+    )
+    for line in shared_lines:
         print("  " + line)
     print()
     print("Goals")
