@@ -281,6 +281,11 @@ def test_answers_marked_not_for_a_shared_cache_are_not_kept() -> None:
         assert cache.get(value) is None
     cache.put("cookie", CachedResponse(200, (("Set-Cookie", "session=alice"),), b"{}"))
     assert cache.get("cookie") is None
+    # An answer that varies with request headers the key leaves out (here one gzipped for
+    # a client that accepts gzip) would be replayed to clients that sent other ones.
+    gzipped = (("Content-Encoding", "gzip"), ("Vary", "Accept-Encoding"))
+    cache.put("vary", CachedResponse(200, gzipped, b"\x1f\x8b"))
+    assert cache.get("vary") is None
     cache.put("public", CachedResponse(200, (("cache-control", "max-age=60"),), b"{}"))
     assert cache.get("public") is not None
 

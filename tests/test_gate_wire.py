@@ -434,6 +434,59 @@ async def test_unreadable_requests_get_an_error_and_the_gate_serves_on(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+#: The head Java's java.net.http.HttpClient sends on a plain http:// URL by default.
+JAVA_H2C_OFFER = (
+    b"Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+    b"HTTP2-Settings: AAEAAEAAAAIAAAABAAMAAABkAAQBAAAAAAUAAEAA\r\n"
+)
+
+
+async def test_an_offer_to_upgrade_to_http2_is_ignored_and_answered(backend: Backend) -> None:
+    # A server may ignore an Upgrade it does not want (RFC 9110 §7.8); refusing it failed
+    # every request of Java's HttpClient and of curl --http2 on plain http://.
+    body = b'{"model": "m"}'
+    post = (
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + JAVA_H2C_OFFER
+        + b"Content-Length: %d\r\n\r\n" % len(body)
+    )
+    get = b"GET /v1/models HTTP/1.1\r\nHost: x\r\n" + JAVA_H2C_OFFER + b"\r\n"
+    async with running_gate(backend) as gate:
+        raw = await send_raw(gate.url, post + body)
+        (message,) = parse(raw)
+        assert message.status == 200, raw[:300]
+        echoed = json.loads(message.body)
+        assert echoed["body"] == body.decode()
+        # Hop-by-hop: the offer is the gate's to take or leave, not the model's.
+        assert {"Upgrade", "HTTP2-Settings"}.isdisjoint(echoed["headers"])
+        # llhttp reads nothing after an upgrade: the answer closes the connection, and
+        # a request pipelined after it gets no answer rather than a wrong one.
+        assert message.headers["connection"] == "close"
+        (message,) = parse(await send_raw(gate.url, get + b"GET /v1/again HTTP/1.1\r\n\r\n"))
+        assert (message.status, json.loads(message.body)["path"]) == (200, "/v1/models")
+        # The body in pieces after the head.
+        async with raw_connection(gate.url) as (reader, writer):
+            writer.write(post)
+            await writer.drain()
+            for i in range(len(body)):
+                writer.write(body[i : i + 1])
+                await writer.drain()
+            (message,) = parse(await asyncio.wait_for(reader.read(), DEADLINE_S))
+        assert (message.status, json.loads(message.body)["body"]) == (200, body.decode())
+        m = await gate.metrics()
+        codes = {dict(labels)["code"]: value for (name, labels), value in m.items()
+                 if name == "vlm_requests_total" and value}  # fmt: skip
+        assert codes == {"200": 3}
+        assert m.get(("vlm_requests_rejected_total", (("reason", "malformed"),)), 0) == 0
+        assert await gate.metric("vlm_requests_running") == 0
+        # A WebSocket handshake is still refused: the gate cannot carry one.
+        websocket = (
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+        )
+        (message,) = parse(await send_raw(gate.url, websocket))
+        assert (message.status, error_code(message.body)) == (501, "unsupported")
+
+
 async def test_random_bytes_never_crash_the_gate(
     backend: Backend, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -869,6 +922,45 @@ async def test_answers_while_draining_close_the_connection(backend: Backend) -> 
         assert message.headers["connection"] == "close"
         assert error_code(message.body) == "draining"
         assert await asyncio.wait_for(drained, DEADLINE_S)
+
+
+async def test_a_drain_answers_a_request_still_being_received(backend: Backend) -> None:
+    # SIGTERM with nothing running but an upload under way: the upload is read to its end
+    # and answered 503 draining, not cut with no answer.
+    body = b"x" * 200_000
+    head = b"POST /v1/x HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+    async with running_gate(backend) as gate, raw_connection(gate.url) as (reader, writer):
+        writer.write(head + body[:1000])
+        await writer.drain()
+        proxy = gate.server.proxy
+        for _ in range(200):  # until the gate has begun to read it
+            if any(c.reading for c in proxy.connections):
+                break
+            await asyncio.sleep(0.01)
+        else:
+            pytest.fail("the gate never began to read the request")
+        drained = asyncio.create_task(gate.server.drain(DEADLINE_S))
+        done, _ = await asyncio.wait({drained}, timeout=0.2)
+        assert not done  # the request is still arriving
+        writer.write(body[1000:])
+        await writer.drain()
+        (message,) = parse(await asyncio.wait_for(reader.read(), DEADLINE_S))
+        assert (message.status, error_code(message.body)) == (503, "draining")
+        assert message.headers["connection"] == "close"
+        assert await asyncio.wait_for(drained, DEADLINE_S)
+        assert backend.arrivals == []
+
+
+async def test_a_drain_gives_up_on_an_upload_that_never_ends(backend: Backend) -> None:
+    async with running_gate(backend) as gate, raw_connection(gate.url) as (_, writer):
+        writer.write(b"POST /v1/x HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nab")
+        await writer.drain()
+        proxy = gate.server.proxy
+        for _ in range(200):
+            if any(c.reading for c in proxy.connections):
+                break
+            await asyncio.sleep(0.01)
+        assert await asyncio.wait_for(gate.server.drain(0.3), DEADLINE_S) is False
 
 
 async def test_a_drain_waits_until_every_answer_has_left_the_gate(backend: Backend) -> None:

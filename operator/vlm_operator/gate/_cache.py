@@ -15,7 +15,9 @@ a request carrying ``Authorization`` from another's answer): the values of
 OpenAI-compatible clients send their keys in) are part of the key. A request
 with ``Cache-Control: no-store`` or ``no-cache`` (or ``Pragma: no-cache``) is
 neither answered from the cache nor kept, and neither is an answer marked
-``no-store``, ``no-cache`` or ``private``, or one that sets a cookie.
+``no-store``, ``no-cache`` or ``private``, one that sets a cookie, or one that
+varies with request headers (``Vary``: an answer gzipped for one client would
+reach another that accepts no encoding).
 """
 
 from __future__ import annotations
@@ -127,6 +129,11 @@ class ResponseCache:
                 return
             if lower == "set-cookie":
                 return  # replayed, it would hand one client's cookie to the next
+            if lower == "vary":
+                # The answer depends on request headers the key leaves out (a gzip body
+                # for a client that accepts gzip): RFC 9111 §4.1 allows reuse only when
+                # they match, which the gate does not check.
+                return
         self._entries[key] = (self._clock() + self.ttl, response)
         self._entries.move_to_end(key)
         while len(self._entries) > self.size:

@@ -171,6 +171,14 @@ class ClientConnection(asyncio.Protocol):
         self._http11 = True
         self._keep_alive = True
         self._upgrade = False
+        #: The protocols an Upgrade header offers, lowercased.
+        self._upgrade_to = b""
+        #: An upgrade offered and ignored: the request is answered in HTTP/1.1.
+        self._upgrade_ignored = False
+        #: llhttp stopped at that upgrade: the gate reads the body past it itself.
+        self._past_upgrade = False
+        #: Bytes of that body still to come.
+        self._body_past_upgrade = 0
 
     # asyncio.Protocol
 
@@ -189,13 +197,22 @@ class ClientConnection(asyncio.Protocol):
         self._dispatch()
 
     def _parse(self, data: bytes) -> None:
+        if self._past_upgrade:
+            self._read_past_upgrade(data)
+            return
         if self._in_head:
             self._head_bytes += len(data)  # all of it: judged only if the head is still open after
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
+        except httptools.HttpParserUpgrade as upgrade:
+            if self._upgrade_ignored:
+                # llhttp reads nothing past the head of a request that offers an
+                # upgrade: its body, if any, the gate reads; what follows it, nothing.
+                self._past_upgrade = True
+                self._read_past_upgrade(data[upgrade.args[0] :])
+                return
             self._refuse_connection(
-                "unsupported", "protocol upgrades and CONNECT are not supported"
+                "unsupported", "WebSocket upgrades and CONNECT are not supported"
             )
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
@@ -344,6 +361,8 @@ class ClientConnection(asyncio.Protocol):
                 self._codings += (c.strip().lower() for c in value.split(b",") if c.strip())
             elif lower == b"expect":
                 self._expect_continue = value.lower() == b"100-continue"
+            elif lower == b"upgrade":
+                self._upgrade_to += b"," + value.lower()
             return
         if lower == b"host":
             self._has_host = True
@@ -359,8 +378,18 @@ class ClientConnection(asyncio.Protocol):
         self._http11 = parser.get_http_version() == "1.1"
         self._keep_alive = parser.should_keep_alive()
         if parser.should_upgrade():
-            self._upgrade = True  # refused once llhttp stops at the upgrade
-            return
+            if self._method == b"CONNECT" or b"websocket" in self._upgrade_to:
+                self._upgrade = True  # refused once llhttp stops at the upgrade
+                return
+            if self._codings:
+                self._upgrade = True  # a chunked body past an upgrade: not read, refused
+                return
+            # An offer of another protocol (h2c, sent by Java's HttpClient and by curl
+            # --http2 on plain http://), which a server may ignore (RFC 9110 §7.8): the
+            # request is answered in HTTP/1.1, and the connection closes after it, as
+            # llhttp reads nothing past an upgrade.
+            self._upgrade_ignored = True
+            self._keep_alive = False
         problem = target_problem(self._method, self._url)
         if problem is not None:
             # llhttp passes "*" with any method, and with anything after it.
@@ -426,7 +455,29 @@ class ClientConnection(asyncio.Protocol):
         else:
             buffer[size - len(body) : size] = body  # in place: the sizes are equal
 
+    def _read_past_upgrade(self, data: bytes) -> None:
+        """The body of a request whose upgrade offer was ignored; then nothing more."""
+        left = self._body_past_upgrade
+        if left:
+            piece = data[:left]
+            self._body_past_upgrade = left - len(piece)
+            self.on_body(piece)
+            if self._body_past_upgrade:
+                return
+            self.on_message_complete()
+        self._closing = True  # the answer closes the connection; what follows is dropped
+
     def on_message_complete(self) -> None:
+        if (
+            self._upgrade_ignored
+            and not self._past_upgrade
+            and self._size < self._length
+            and not (self._refused or self._closing)
+        ):
+            # Called by llhttp at the head: the body comes past the upgrade, read by
+            # _read_past_upgrade, which completes the request.
+            self._body_past_upgrade = self._length - self._size
+            return
         self._reading_since = None
         self._in_head = True  # the next request's head
         self._head_bytes = 0
@@ -570,6 +621,11 @@ class ClientConnection(asyncio.Protocol):
             f"{READ_GRACE_SECONDS:g} s)",
         )
         self._dispatch()
+
+    @property
+    def reading(self) -> bool:
+        """A request is part-way in: its head or its body is still arriving."""
+        return self._reading_since is not None and not self.closed
 
     def close_if_idle(self) -> None:
         if self.active is None and not self.pending and not self.closed:

@@ -232,6 +232,26 @@ async def _watch_silence(proxy: Proxy, limit: float) -> None:
                         dropped)  # fmt: skip
 
 
+#: How often a drain looks again for requests still being received.
+_READ_POLL_SECONDS = 0.05
+
+
+async def _requests_read(proxy: Proxy, seconds: float) -> bool:
+    """Wait until no client is part-way through sending a request (each is then read,
+    and answered 503 ``draining``); False if ``seconds`` passed first.
+
+    A body of a 20 MiB image takes seconds to arrive, and closing the connection under
+    it would leave its client with no answer. The slow-request bound cuts the slowest.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while any(c.reading for c in list(proxy.connections)):
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(_READ_POLL_SECONDS)
+    return True
+
+
 async def _answers_sent_on(proxy: Proxy, seconds: float) -> bool:
     """Wait until every client connection has sent on what was written to it (or is
     gone); False if ``seconds`` passed first."""
@@ -317,13 +337,15 @@ class GateServer:
         self._tasks.append(loop.create_task(_watch_silence(proxy, config.response_timeout)))
 
     async def drain(self, seconds: float) -> bool:
-        """Refuse new work, wait for running and queued requests and then for their
-        answers to leave the gate; False on timeout."""
+        """Refuse new work, wait for the requests being received (refused once read),
+        running and queued, and then for their answers to leave the gate; False on
+        timeout."""
         proxy = self.proxy
         proxy.admission.draining = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + seconds
-        if not await proxy.admission.wait_idle(seconds):
+        read = await _requests_read(proxy, seconds)
+        if not read or not await proxy.admission.wait_idle(deadline - loop.time()):
             if proxy.admission.refuse_waiting():
                 await asyncio.sleep(0)  # their 503s are written before the connections close
             return False
@@ -345,7 +367,10 @@ class GateServer:
             self._server.close()
         if self._proxy is not None:
             for connection in list(self._proxy.connections):
-                if connection.active is None and not connection.pending:
+                # An answer still in the gate is cut, not flushed: from Python 3.12 on,
+                # the server's wait_closed waits for a closing transport to flush, and a
+                # client that reads nothing would hold the exit until the kubelet kills.
+                if connection.active is None and not connection.pending and not connection.unsent:
                     connection.close_if_idle()
                 else:
                     connection.abort()
