@@ -242,6 +242,20 @@ LONGEST_LABEL_KEY = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 61]) + "/" + "
 
 RULE_CASES: list[tuple[str, dict[str, Any], str | None]] = [
     ("minimal", _spec(), None),
+    (
+        "names, labels and paths of every allowed shape",
+        _spec(
+            model__files={"model": "qwen/..m.gguf", "mmproj": "./.p/mmproj.gguf"},
+            model__env=[{"name": "_my.VAR-1", "value": "x y"}],
+            model__image="ghcr.io/o/m:1@sha256:" + "a" * 64,
+            placement__nodeSelector={"node.kubernetes.io/pool": "cpu_pool-1.a", "empty": ""},
+            placement__priorityClassName="system-node-critical",
+            placement__serviceAccountName="models.runner",
+            placement__imagePullSecrets=["regcred"],
+            monitoring__labels={"release": "kube-prometheus-stack"},
+        ),
+        None,
+    ),
     ("min equals max", _spec(autoscaling__minReplicas=3, autoscaling__maxReplicas=3), None),
     (
         "min above max",
@@ -432,6 +446,26 @@ BOUND_CASES: list[tuple[str, dict[str, Any]]] = [
         _spec(placement__tolerations=[{"key": "k", "value": "a b"}]),
     ),
     ("zero pending timeout", _spec(autoscaling__pendingTimeoutSeconds=0)),
+    ("negative quantity as a number", _spec(resources={"requests": {"cpu": -1}})),
+    ("negative size limit as a number", _spec(model__storage={"emptyDir": {"sizeLimit": -1}})),
+    ("model file as an absolute path", _spec(model__files={"model": "/models/m.gguf"})),
+    ("model file out of the mount", _spec(model__files={"model": "../etc/passwd"})),
+    ("projector through a '..' segment", _spec(model__files={"mmproj": "a/../../b.gguf"})),
+    ("host path with a '..' segment", _spec(model__storage={"hostPath": {"path": "/srv/../m"}})),
+    ("node selector value with a blank", _spec(placement__nodeSelector={"pool": "cpu pool"})),
+    ("pod monitor label value with a blank", _spec(monitoring__labels={"release": "kube prom"})),
+    ("pod label value with a slash", _spec(networkPolicy__allowFromPods={"app": "web/front"})),
+    ("env name with '='", _spec(model__env=[{"name": "A=B", "value": "1"}])),
+    ("env name starting with a digit", _spec(model__env=[{"name": "1A"}])),
+    ("priority class in capitals", _spec(placement__priorityClassName="High")),
+    ("service account with '_'", _spec(placement__serviceAccountName="model_runner")),
+    ("pull secret in capitals", _spec(placement__imagePullSecrets=["Regcred"])),
+    ("image with a blank", _spec(model__image=" vllm:latest")),
+    ("gate image with a blank", _spec(gate__image="gate :1")),
+    (
+        "download image with a blank",
+        _spec(model__storage={"pvc": {"claimName": "c"}, "download": {"image": "d 1"}}),
+    ),
 ]
 
 

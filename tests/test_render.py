@@ -334,8 +334,14 @@ def test_gate_is_the_only_way_in() -> None:
     assert env["VLM_GATE_RESPONSE_TIMEOUT"] == "600"
     assert env["VLM_GATE_MAX_BODY_BYTES"] == str(20 * 1024 * 1024)
     assert env["VLM_GATE_HEALTH_PATH"] == "/health"
+    # The Service targets the port by name: while a changed gate.port rolls out, each pod
+    # is reached on its own port, the old pods' 8000 as the new pods' 9000.
     service_port = _by_kind(children)["Service"]["spec"]["ports"][0]
-    assert (service_port["port"], service_port["targetPort"]) == (80, 9000)
+    assert (service_port["port"], service_port["targetPort"]) == (80, "http")
+    assert containers["gate"]["readinessProbe"]["httpGet"]["port"] == "http"
+    # Ports of 1024 and above need no sysctl.
+    pod = _by_kind(children)["Deployment"]["spec"]["template"]["spec"]
+    assert "sysctls" not in pod["securityContext"]
     # The model server is bound to loopback: nothing bypasses the in-flight limit.
     assert "127.0.0.1" in containers["model"]["args"]
 
@@ -609,6 +615,21 @@ def test_model_storage_request_keeps_the_users_resources() -> None:
     assert download["resources"] == {"requests": {"cpu": "2"}}
 
 
+@pytest.mark.parametrize(("gate_port", "model_port"), [(80, None), (8000, 443), (1023, 8080)])
+def test_a_port_below_1024_gets_the_sysctl_that_lets_non_root_bind_it(
+    gate_port: int, model_port: int | None
+) -> None:
+    # Every container runs as a non-root user with no capabilities: without the sysctl
+    # (a safe one), binding a port below 1024 fails on runtimes that do not lower it.
+    model: dict[str, Any] = {"id": "m", "runtime": "custom", "image": "srv:1"}
+    model["port"] = model_port or 8080
+    spec = _spec(model=model, gate={"port": gate_port})
+    pod = _by_kind(render_children("s", "n", spec))["Deployment"]["spec"]["template"]["spec"]
+    assert pod["securityContext"]["sysctls"] == [
+        {"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}
+    ]
+
+
 def test_network_policy_peers() -> None:
     spec = _spec(networkPolicy={"enabled": True})
     policy = _by_kind(render_children("s", "n", spec))["NetworkPolicy"]
@@ -617,7 +638,9 @@ def test_network_policy_peers() -> None:
     assert prometheus["from"] == [
         {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
     ]
-    assert clients["ports"] == [{"protocol": "TCP", "port": 8000}]
+    # Named, as the Service's target: old and new pods of a changed gate.port alike.
+    assert clients["ports"] == [{"protocol": "TCP", "port": "http"}]
+    assert prometheus["ports"] == clients["ports"]
     spec = _spec(
         networkPolicy={
             "enabled": True,

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 from vlm_operator.models import VLMServiceSpec
+from vlm_operator.runtimes import QWEN3_VL_2B_ID as QWEN
 from vlm_operator.validation import (
     FieldError,
     InvalidManifest,
@@ -208,15 +209,15 @@ def _spec(data: dict[str, Any]) -> VLMServiceSpec:
     ("data", "paths"),
     [
         ({"model": {"id": "m", "runtime": "fake"}}, []),
-        ({"model": {"id": "m", "storage": {"pvc": {"claimName": "c"}}}}, []),
-        ({"model": {"id": "m"}}, ["spec.model.storage"]),
-        ({"model": {"id": "m", "runtime": "transformers"}}, ["spec.model.storage"]),
+        ({"model": {"id": QWEN, "storage": {"pvc": {"claimName": "c"}}}}, []),
+        ({"model": {"id": QWEN}}, ["spec.model.storage"]),
+        ({"model": {"id": QWEN, "runtime": "transformers"}}, ["spec.model.storage"]),
         ({"model": {"id": "m", "runtime": "fake"}, "gate": {"port": 8080}}, ["spec.model.port"]),
         ({"model": {"id": "m", "runtime": "fake", "port": 8000}}, ["spec.model.port"]),
         (
             {
                 "model": {
-                    "id": "m",
+                    "id": QWEN,
                     "storage": {"pvc": {"claimName": "c"}, "download": {"image": "d"}},
                 }
             },
@@ -225,6 +226,63 @@ def _spec(data: dict[str, Any]) -> VLMServiceSpec:
         (
             {"model": {"id": "m", "runtime": "fake", "storage": {"download": {"image": "d"}}}},
             ["spec.model.storage.download"],
+        ),
+        # Empty file names are Qwen3-VL-2B-Instruct's, whatever the id says.
+        (
+            {"model": {"id": "m", "storage": {"pvc": {"claimName": "c"}}}},
+            ["spec.model.files.model", "spec.model.files.mmproj"],
+        ),
+        (
+            {
+                "model": {
+                    "id": "m",
+                    "storage": {"pvc": {"claimName": "c"}},
+                    "files": {"model": "m.gguf"},
+                }
+            },
+            ["spec.model.files.mmproj"],
+        ),
+        (
+            {
+                "model": {
+                    "id": "m",
+                    "runtime": "transformers",
+                    "storage": {"pvc": {"claimName": "c"}},
+                }
+            },
+            ["spec.model.files.model"],
+        ),
+        (
+            {
+                "model": {
+                    "id": "m",
+                    "runtime": "transformers",
+                    "storage": {"pvc": {"claimName": "c"}},
+                    "files": {"model": "m"},
+                }
+            },
+            [],
+        ),
+        # A fallback above maxReplicas is capped there: said so.
+        (
+            {
+                "model": {"id": "m", "runtime": "fake"},
+                "autoscaling": {
+                    "maxReplicas": 5,
+                    "missingSignals": {"action": "Fallback", "fallbackReplicas": 9},
+                },
+            },
+            ["spec.autoscaling.missingSignals.fallbackReplicas"],
+        ),
+        (
+            {
+                "model": {"id": "m", "runtime": "fake"},
+                "autoscaling": {
+                    "maxReplicas": 5,
+                    "missingSignals": {"action": "Fallback", "fallbackReplicas": 5},
+                },
+            },
+            [],
         ),
         # `kubectl scale` with the autoscaler on: moot, and said so.
         ({"model": {"id": "m", "runtime": "fake"}, "replicas": 3}, ["spec.replicas"]),
@@ -298,3 +356,35 @@ def test_memory_quantities_are_read_as_kubernetes_reads_them(
     quantity: str, expected: float | None
 ) -> None:
     assert quantity_bytes(quantity) == expected
+
+
+@pytest.mark.parametrize(
+    ("field", "labels"),
+    [
+        ("placement.nodeSelector", {"my pool": "cpu"}),
+        ("monitoring.labels", {"-release": "x"}),
+        ("networkPolicy.allowFromPods", {"a/b/c": "web"}),
+        ("networkPolicy.allowFromNamespaces", {"Team.Example/name": "a"}),
+        ("placement.nodeSelector", {"n" * 64: "x"}),
+    ],
+)
+def test_a_label_key_is_checked_by_the_operator(field: str, labels: dict[str, str]) -> None:
+    # The schema checks label values; keys only the operator does (a rule over a map's
+    # keys is priced at the request's size), naming the field and the key.
+    section, name = field.split(".")
+    spec = {"model": {"id": "m", "runtime": "fake"}, section: {name: labels}}
+    with pytest.raises(InvalidManifest) as info:
+        parse_spec(spec)
+    (error,) = info.value.errors
+    key = next(iter(labels))
+    assert error.path == f"spec.{field}"
+    assert error.reason.startswith(f"key {key!r} must be a label key")
+
+
+def test_label_keys_of_every_allowed_shape_pass() -> None:
+    longest = ".".join(["a" * 63, "b" * 63, "c" * 63, "d" * 61]) + "/" + "e" * 63
+    labels = {longest: "", "app.kubernetes.io/name": "web", "A_b-c.1": "v"}
+    spec = parse_spec(
+        {"model": {"id": "m", "runtime": "fake"}, "placement": {"nodeSelector": labels}}
+    )
+    assert spec.placement.node_selector == labels

@@ -208,7 +208,9 @@ def _convert(
             "anyOf": [{"type": "integer"}, {"type": "string"}],
             models.INT_OR_STRING_KEY: True,
         }
-        for key in ("description", "pattern", "nullable", "default"):
+        # Beside the anyOf, not in its integer branch: a real server takes only that exact
+        # anyOf with int-or-string, and a bound there applies to numbers alone.
+        for key in ("description", "pattern", "minimum", "nullable", "default"):
             if node.get(key) is not None:
                 out[key] = node[key]
         return out

@@ -60,6 +60,48 @@ QUANTITY_PATTERN = (
     r"(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?[0-9]+))?$"
 )
 
+#: A label key: an optional DNS-subdomain prefix and "/", then a name of at most 63
+#: characters (the API server's ValidateLabels).
+LABEL_KEY_PATTERN = (
+    r"^(([a-z0-9]([-a-z0-9]*[a-z0-9])?)(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
+    r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+)
+#: A label value: empty, or at most 63 characters of these, alphanumeric at both ends.
+LABEL_VALUE_PATTERN = r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$"
+#: A DNS subdomain (RFC 1123), as the names of priority classes and service accounts.
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+#: One path segment that is not "..": what a path may hold without escaping its root.
+_SEGMENT = r"([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+|\.)"
+#: A path relative to a mount that stays inside it (no leading "/", no ".." segment).
+INSIDE_PATH_PATTERN = rf"^({_SEGMENT}(/{_SEGMENT})*/?)?$"
+#: An absolute path with no ".." segment (the API server's validatePathNoBacksteps).
+ABSOLUTE_PATH_PATTERN = rf"^/({_SEGMENT}(/{_SEGMENT})*/?)?$"
+#: An environment variable's name as the API server takes it before 1.34
+#: (validateEnvVarName): letters, digits, "-", "_" and ".", not starting with a digit.
+ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+#: An image reference with no blank anywhere (the API server refuses them at the ends);
+#: empty where the field means "the default image".
+IMAGE_PATTERN = r"^\S*$"
+
+LabelValue = Annotated[str, StringConstraints(max_length=63, pattern=LABEL_VALUE_PATTERN)]
+
+
+def _label_keys(labels: dict[str, str]) -> dict[str, str]:
+    for key in labels:
+        # A prefix of 253, "/", a name of 63.
+        if len(key) > 317 or re.match(LABEL_KEY_PATTERN, key) is None:
+            raise ValueError(
+                f"key {key!r} must be a label key: an optional DNS-subdomain prefix and '/', "
+                "then at most 63 letters, digits, '-', '_' or '.', alphanumeric at both ends"
+            )
+    return labels
+
+
+#: Labels as a selector or an object's metadata takes them. The schema checks the
+#: values; the keys the operator checks (a rule over a map's keys is priced by the API
+#: server at the request's size), and reports in the status and Events.
+LabelMap = Annotated[dict[str, LabelValue], AfterValidator(_label_keys)]
+
 #: Marks a string field that also takes an integer, like Kubernetes quantities.
 INT_OR_STRING_KEY = "x-kubernetes-int-or-string"
 
@@ -97,7 +139,8 @@ Quantity = Annotated[
     BeforeValidator(_integer_to_string),
     StringConstraints(pattern=QUANTITY_PATTERN),
     # The pattern is repeated for the schema: pydantic drops it from a union branch.
-    Field(json_schema_extra={INT_OR_STRING_KEY: True, "pattern": QUANTITY_PATTERN}),
+    # A quantity written as a number: the pattern refuses a negative string, this a number.
+    Field(json_schema_extra={INT_OR_STRING_KEY: True, "pattern": QUANTITY_PATTERN, "minimum": 0}),
 ]
 
 #: ``http(s)://[user@]host[:port][/path]``: a host (a name or a bracketed IPv6
@@ -219,14 +262,21 @@ def _gate_resources() -> ResourceRequirements:
 class EnvVar(APIModel):
     """An environment variable for the model container."""
 
-    name: str = Field(min_length=1, max_length=253, description="Variable name.")
+    name: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=ENV_NAME_PATTERN,
+        description="Variable name (letters, digits, -, _ and ., not starting with a digit).",
+    )
     value: str = Field(default="", description="Variable value.")
 
 
 class DownloadSpec(APIModel):
     """An init container that fills the model storage before the server starts."""
 
-    image: str = Field(min_length=1, description="Image that downloads the model files.")
+    image: str = Field(
+        min_length=1, pattern=IMAGE_PATTERN, description="Image that downloads the model files."
+    )
     command: list[str] = Field(
         default_factory=list, description="Command of the download container."
     )
@@ -256,7 +306,10 @@ class PersistentVolumeClaimSource(APIModel):
 class HostPathSource(APIModel):
     """A directory on the node holding the model files (single-node clusters, labs)."""
 
-    path: str = Field(pattern=r"^/", description="Absolute path on the node.")
+    path: str = Field(
+        pattern=ABSOLUTE_PATH_PATTERN,
+        description="Absolute path on the node, with no '..' segment.",
+    )
 
 
 class EmptyDirSource(APIModel):
@@ -350,14 +403,22 @@ class ModelFiles(APIModel):
 
     model: str = Field(
         default="",
+        max_length=1024,
+        pattern=INSIDE_PATH_PATTERN,
         description=(
-            "GGUF weights for llamacpp, or the model directory for transformers. "
-            "Empty selects the runtime preset's default for the model id."
+            "GGUF weights for llamacpp, or the model directory for transformers, relative "
+            "to mountPath (no leading '/', no '..'). Empty selects the preset's files, "
+            "which are Qwen3-VL-2B-Instruct's whatever model.id says."
         ),
     )
     mmproj: str = Field(
         default="",
-        description="Multimodal projector GGUF (llamacpp only); empty selects the default.",
+        max_length=1024,
+        pattern=INSIDE_PATH_PATTERN,
+        description=(
+            "Multimodal projector GGUF (llamacpp only), relative to mountPath; empty "
+            "selects Qwen3-VL-2B-Instruct's."
+        ),
     )
 
 
@@ -383,7 +444,9 @@ class ModelSpec(APIModel):
         ),
     )
     image: str | None = Field(
-        default=None, description="Container image; empty selects the runtime preset's image."
+        default=None,
+        pattern=IMAGE_PATTERN,
+        description="Container image; empty selects the runtime preset's image.",
     )
     command: list[str] = Field(
         default_factory=list, description="Overrides the preset's entrypoint."
@@ -420,7 +483,9 @@ class GateSpec(APIModel):
     """The gate sidecar in front of the model server."""
 
     image: str | None = Field(
-        default=None, description="Gate image; empty uses the operator's own image."
+        default=None,
+        pattern=IMAGE_PATTERN,
+        description="Gate image; empty uses the operator's own image.",
     )
     port: int = Field(
         default=8000, ge=1, le=65535, description="Port the gate listens on (the pod's only port)."
@@ -720,7 +785,7 @@ class MonitoringSpec(APIModel):
             "Scrape interval, more than zero (short: reaction time decides latency after a step)."
         ),
     )
-    labels: dict[str, str] = Field(
+    labels: LabelMap = Field(
         default_factory=dict,
         description="Extra labels on the PodMonitor (e.g. release for kube-prometheus-stack).",
     )
@@ -732,7 +797,7 @@ class NetworkPolicySpec(APIModel):
     enabled: bool = Field(default=False, description="Create a NetworkPolicy.")
     # Two allow-lists, not one selector: a NetworkPolicy's peers are ORed, so "the
     # gateway pods of the web namespaces" is not expressible with both set.
-    allow_from_namespaces: dict[str, str] = Field(
+    allow_from_namespaces: LabelMap = Field(
         default_factory=dict,
         description=(
             "Labels of namespaces every pod of which may reach the gate. With "
@@ -740,14 +805,14 @@ class NetworkPolicySpec(APIModel):
             "selector). Both empty: every pod of this namespace."
         ),
     )
-    allow_from_pods: dict[str, str] = Field(
+    allow_from_pods: LabelMap = Field(
         default_factory=dict,
         description=(
             "Labels of pods of this namespace that may reach the gate (pods of other "
             "namespaces: allowFromNamespaces admits them all)."
         ),
     )
-    prometheus_namespace_labels: dict[str, str] = Field(
+    prometheus_namespace_labels: LabelMap = Field(
         default_factory=lambda: {"kubernetes.io/metadata.name": "monitoring"},
         description="Namespace labels of Prometheus, allowed to scrape /metrics.",
     )
@@ -802,7 +867,7 @@ class Toleration(APIModel):
     value: str | None = Field(
         default=None,
         max_length=63,
-        pattern=r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$",
+        pattern=LABEL_VALUE_PATTERN,
         description="Taint value (a label value) for operator Equal.",
     )
     effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute", ""] | None = Field(
@@ -827,20 +892,30 @@ class Toleration(APIModel):
 class PlacementSpec(APIModel):
     """Where pods may run."""
 
-    node_selector: dict[str, str] = Field(default_factory=dict, description="Node selector.")
+    node_selector: LabelMap = Field(
+        default_factory=dict, description="Node selector: node labels, keys and values."
+    )
     tolerations: list[Toleration] = Field(
         default_factory=list,
         # Bounded, as the API server prices each item's CEL rules by the list's length.
         max_length=100,
         description="Tolerations, as in a pod spec.",
     )
-    priority_class_name: str | None = Field(default=None, description="Priority class.")
+    priority_class_name: str | None = Field(
+        default=None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="Priority class (a DNS subdomain name).",
+    )
     service_account_name: str | None = Field(
-        default=None, description="Service account of the model pods."
+        default=None,
+        max_length=253,
+        pattern=DNS_SUBDOMAIN_PATTERN,
+        description="Service account of the model pods (a DNS subdomain name).",
     )
-    image_pull_secrets: list[str] = Field(
-        default_factory=list, description="Names of image pull secrets."
-    )
+    image_pull_secrets: list[
+        Annotated[str, StringConstraints(max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)]
+    ] = Field(default_factory=list, description="Names of image pull secrets.")
 
 
 # ---------------------------------------------------------------------------- spec

@@ -34,7 +34,12 @@ Choices worth knowing:
   requests).
 * Pods run as non-root with a read-only root filesystem where the runtime
   allows it (``/tmp`` is an emptyDir), no privilege escalation, no
-  capabilities, the runtime's default seccomp profile.
+  capabilities, the runtime's default seccomp profile. A gate or model port
+  below 1024 brings the safe sysctl ``net.ipv4.ip_unprivileged_port_start=0``,
+  without which such a server cannot bind it.
+* The Service and the NetworkPolicy name the gate's port (``http``) rather
+  than number it: while a changed ``gate.port`` rolls out, old and new pods
+  are each reached on their own.
 * Rolling updates surge one pod and never remove a ready one first: a model
   takes minutes to load, and capacity lost during a rollout is latency.
 
@@ -220,6 +225,7 @@ def _pod_spec(
             "runAsGroup": _NON_ROOT_UID,
             "fsGroup": _NON_ROOT_UID,
             "seccompProfile": {"type": "RuntimeDefault"},
+            **_low_port_sysctls(spec.gate.port, container.port),
         },
         "terminationGracePeriodSeconds": _ENDPOINTS_GRACE_SECONDS
         + drain
@@ -249,6 +255,17 @@ def _pod_spec(
     if placement.image_pull_secrets:
         pod["imagePullSecrets"] = [{"name": secret} for secret in placement.image_pull_secrets]
     return pod
+
+
+def _low_port_sysctls(*ports: int) -> dict[str, Any]:
+    """Lets the pod's non-root, capability-less servers listen below 1024.
+
+    A safe sysctl (allowed by every kubelet and the baseline Pod Security level), set
+    only when a port needs it: runtimes differ in whether they lower it themselves.
+    """
+    if min(ports) >= 1024:
+        return {}
+    return {"sysctls": [{"name": "net.ipv4.ip_unprivileged_port_start", "value": "0"}]}
 
 
 def _security_context(*, read_only_root: bool) -> dict[str, Any]:
@@ -429,7 +446,9 @@ def _service(name: str, namespace: str, spec: VLMServiceSpec) -> dict[str, Any]:
                 {
                     "name": GATE_PORT_NAME,
                     "port": _SERVICE_PORT,
-                    "targetPort": spec.gate.port,
+                    # The name, not the number: while a changed gate.port rolls out,
+                    # old pods still take traffic on their old port.
+                    "targetPort": GATE_PORT_NAME,
                     "protocol": "TCP",
                     "appProtocol": "http",
                 }
@@ -503,7 +522,8 @@ def _network_policy(name: str, namespace: str, spec: VLMServiceSpec) -> dict[str
         clients.append({"podSelector": {"matchLabels": dict(policy.allow_from_pods)}})
     if not clients:
         clients.append({"podSelector": {}})  # every pod of this namespace
-    gate_port = [{"protocol": "TCP", "port": spec.gate.port}]
+    # Named, as the Service's target: each pod's own port, old and new alike in a rollout.
+    gate_port = [{"protocol": "TCP", "port": GATE_PORT_NAME}]
     ingress = [{"from": clients, "ports": gate_port}]
     if policy.prometheus_namespace_labels:
         prometheus = {

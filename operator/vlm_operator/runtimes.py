@@ -45,6 +45,8 @@ DEFAULT_MODEL_PORT = 8080
 LLAMACPP_IMAGE = "ghcr.io/ggml-org/llama.cpp:server-b8589"
 MODEL_SERVER_IMAGE = f"ghcr.io/vlm-operator/model-server:{__version__}"
 
+#: The model whose files the presets name when ``model.files`` leaves them empty.
+QWEN3_VL_2B_ID = "Qwen/Qwen3-VL-2B-Instruct"
 #: Default files of Qwen3-VL-2B-Instruct for each runtime, relative to the mount.
 QWEN3_VL_2B_GGUF = "Qwen3VL-2B-Instruct-Q4_K_M.gguf"
 QWEN3_VL_2B_MMPROJ = "mmproj-Qwen3VL-2B-Instruct-F16.gguf"

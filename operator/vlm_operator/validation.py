@@ -27,15 +27,21 @@ from pydantic import ValidationError
 
 from vlm_operator.contract import HELD_BODY_BYTES_CAP, held_body_bytes
 from vlm_operator.models import (
+    ABSOLUTE_PATH_PATTERN,
     API_VERSION,
+    DNS_SUBDOMAIN_PATTERN,
+    ENV_NAME_PATTERN,
     HTTP_URL_PATTERN,
+    IMAGE_PATTERN,
+    INSIDE_PATH_PATTERN,
     KIND,
+    LABEL_VALUE_PATTERN,
     QUANTITY_PATTERN,
     VLMService,
     VLMServiceSpec,
     quantity_value,
 )
-from vlm_operator.runtimes import PRESETS, plain_number
+from vlm_operator.runtimes import PRESETS, QWEN3_VL_2B_ID, plain_number
 from vlm_operator.yamlio import YAMLError, load_documents
 
 __all__ = [
@@ -201,6 +207,20 @@ def spec_warnings(spec: VLMServiceSpec) -> list[FieldError]:
     gate_memory = _gate_memory_warning(spec)
     if gate_memory is not None:
         warnings.append(gate_memory)
+    warnings += _model_files_warnings(spec)
+    fallback = spec.autoscaling.missing_signals.fallback_replicas
+    if (
+        spec.autoscaling.missing_signals.action == "Fallback"
+        and fallback is not None
+        and fallback > spec.autoscaling.max_replicas
+    ):
+        warnings.append(
+            FieldError(
+                "spec.autoscaling.missingSignals.fallbackReplicas",
+                f"{fallback} is above maxReplicas ({spec.autoscaling.max_replicas}): without "
+                f"signals the fleet is raised to {spec.autoscaling.max_replicas} only",
+            )
+        )
     if spec.replicas is not None and spec.autoscaling.enabled:
         # `kubectl scale` (or an HPA) on the VLMService writes spec.replicas through
         # the scale subresource; with the autoscaler on, nothing would say it is moot.
@@ -212,6 +232,25 @@ def spec_warnings(spec: VLMServiceSpec) -> list[FieldError]:
             )
         )
     return warnings
+
+
+def _model_files_warnings(spec: VLMServiceSpec) -> list[FieldError]:
+    """Empty file names stand for Qwen3-VL-2B-Instruct's files, whatever the model id says:
+    another model's id then names those weights, or a pod that finds no such file."""
+    model = spec.model
+    if model.runtime not in ("llamacpp", "transformers") or model.id == QWEN3_VL_2B_ID:
+        return []
+    empty = ["model"] if not model.files.model else []
+    if model.runtime == "llamacpp" and not model.files.mmproj:
+        empty.append("mmproj")
+    return [
+        FieldError(
+            f"spec.model.files.{name}",
+            f"empty selects Qwen3-VL-2B-Instruct's {'projector' if name == 'mmproj' else 'files'}"
+            f", not {model.id}'s; name the file inside {model.storage.mount_path}",
+        )
+        for name in empty
+    ]
 
 
 #: Scrapes a rate window should hold (Prometheus's rate() needs two samples).
@@ -292,6 +331,21 @@ def _path(prefix: str, loc: Sequence[int | str]) -> str:
     return path
 
 
+#: What a pattern means, in words: a regular expression is no explanation.
+_PATTERN_WORDS = {
+    QUANTITY_PATTERN: "must be a Kubernetes quantity such as 8, 500m or 12Gi",
+    HTTP_URL_PATTERN: "must be an http(s) URL with a host and a numeric port if any",
+    LABEL_VALUE_PATTERN: "must be a label value: empty, or at most 63 letters, digits, '-', "
+    "'_' or '.', alphanumeric at both ends",
+    DNS_SUBDOMAIN_PATTERN: "must be a DNS subdomain name: lowercase letters, digits, '-' and "
+    "'.', alphanumeric at both ends",
+    INSIDE_PATH_PATTERN: "must be a path inside the storage's mountPath: relative (no leading "
+    "'/'), with no '..' segment",
+    ABSOLUTE_PATH_PATTERN: "must be an absolute path with no '..' segment",
+    IMAGE_PATTERN: "must be an image reference, with no blanks",
+    ENV_NAME_PATTERN: "must be letters, digits, '-', '_' or '.', not starting with a digit",
+}
+
 _BOUNDS = {
     "greater_than": "must be > {gt}",
     "greater_than_equal": "must be >= {ge}",
@@ -317,10 +371,8 @@ def _reason(error: Mapping[str, Any]) -> str:
         return f"must be a mapping, got {_kind(value)}"
     if kind == "list_type":
         return f"must be a list, got {_kind(value)}"
-    if kind == "string_pattern_mismatch" and context.get("pattern") == QUANTITY_PATTERN:
-        return f"must be a Kubernetes quantity such as 8, 500m or 12Gi, got {value!r}"
-    if kind == "string_pattern_mismatch" and context.get("pattern") == HTTP_URL_PATTERN:
-        return f"must be an http(s) URL with a host and a numeric port if any, got {value!r}"
+    if kind == "string_pattern_mismatch" and context.get("pattern") in _PATTERN_WORDS:
+        return f"{_PATTERN_WORDS[context['pattern']]}, got {value!r}"
     if kind == "literal_error":
         return f"must be one of {context.get('expected', '')}, got {value!r}"
     if kind in _BOUNDS:
