@@ -99,8 +99,15 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
 }
 
 
+def _for_users(obj: dict[str, Any]) -> bool:
+    """A ClusterRole the cluster's admin, edit or view roles aggregate: not the operator's."""
+    labels = obj["metadata"].get("labels") or {}
+    return any(key.startswith(AGGREGATE_TO) for key in labels)
+
+
 def _by_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [obj for obj in objects if obj["kind"] == kind]
+    """The objects of ``kind`` the operator runs with (the users' roles apart)."""
+    return [obj for obj in objects if obj["kind"] == kind and not _for_users(obj)]
 
 
 def _one(objects: list[dict[str, Any]], kind: str) -> dict[str, Any]:
@@ -166,6 +173,18 @@ def test_every_rendered_object_passes_the_kubernetes_schema(case: str, kube_vers
         # Claims name the pod's resourceClaims, which the chart does not set.
         ({"resources": {"claims": [{"name": "c"}]}}, "/resources", "additional properties"),
         ({"nodeSelector": {"pool": 3}}, "/nodeSelector/pool", "want string"),
+        # Labels and annotations a real server refuses (ValidateLabels): refused at install,
+        # not half-way through it.
+        ({"nodeSelector": {"pool": "cpu pool"}}, "/nodeSelector/pool", "pattern"),
+        ({"podLabels": {"team": "x" * 64}}, "/podLabels/team", "maxLength"),
+        # A bad key Helm's validator names by itself, not by its path.
+        ({"podLabels": {"bad key!": "x"}}, "''", "invalid propertyName 'bad key!'"),
+        ({"podAnnotations": {"not a key": "text"}}, "''", "invalid propertyName 'not a key'"),
+        ({"podMonitor": {"labels": {"release": "kube prom"}}}, "/podMonitor/labels/release", ""),
+        ({"prometheusRule": {"labels": {"-x": "y"}}}, "''", "invalid propertyName '-x'"),
+        ({"dashboard": {"labels": {"grafana": "1 2"}}}, "/dashboard/labels/grafana", ""),
+        # The operator runs without capabilities: it could not listen below 1024.
+        ({"ports": {"metrics": 80}}, "/ports/metrics", "minimum"),
         ({"nameOverride": "Vision_Models"}, "/nameOverride", "pattern"),
         ({"ipFamily": "ipv6"}, "/ipFamily", "must be one of"),
         ({"fullnameOverride": "vlm-"}, "/fullnameOverride", "pattern"),
@@ -403,6 +422,56 @@ def test_all_namespaces_uses_one_cluster_role() -> None:
     assert pod["serviceAccountName"] == account["name"]
 
 
+AGGREGATE_TO = "rbac.authorization.k8s.io/aggregate-to-"
+
+
+@pytest.mark.parametrize("values", [{}, {"watchNamespaces": ["team-a"]}])
+def test_users_bound_to_admin_edit_or_view_may_use_vlmservices(values: dict[str, Any]) -> None:
+    # Namespace users hold the cluster's aggregated roles, not the operator's: without
+    # these, `kubectl apply` of a VLMService in their namespace is 403.
+    roles = [o for o in chart.render(values) if o["kind"] == "ClusterRole" and _for_users(o)]
+    granted: dict[str, dict[str, set[str]]] = {}  # aggregated into -> resource -> verbs
+    for role in roles:
+        into = [k.removeprefix(AGGREGATE_TO) for k in role["metadata"]["labels"]
+                if k.startswith(AGGREGATE_TO)]  # fmt: skip
+        for rule in role["rules"]:
+            assert rule["apiGroups"] == ["vlm-operator.io"]
+            for resource in rule["resources"]:
+                for user_role in into:
+                    granted.setdefault(user_role, {})[resource] = set(rule["verbs"])
+    assert set(granted) == {"admin", "edit", "view"}
+    assert granted["admin"] == granted["edit"]
+    assert granted["edit"]["vlmservices"] >= {"get", "list", "watch", "create", "patch", "delete"}
+    assert granted["edit"]["vlmservices/scale"] == {"get", "update", "patch"}
+    read = {"get", "list", "watch"}
+    assert granted["view"] == {
+        "vlmservices": read,
+        "vlmservices/status": read,
+        "vlmservices/scale": read,
+    }
+    off = chart.render({**values, "rbac": {"aggregateToUserRoles": False}})
+    assert not [o for o in off if o["kind"] == "ClusterRole" and _for_users(o)]
+
+
+def test_cluster_scoped_objects_of_two_namespaces_do_not_collide() -> None:
+    # One release name in two namespaces (one per team): their ClusterRoles and bindings
+    # would be one object, rebound by whichever applied last.
+    values = {"watchNamespaces": ["team-a"]}
+    names = []
+    for namespace in ("team-a-ops", "team-b-ops"):
+        objects = chart.render(values, namespace=namespace)
+        cluster_scoped = [o for o in objects if "namespace" not in o["metadata"]]
+        names.append({(o["kind"], o["metadata"]["name"]) for o in cluster_scoped})
+    assert names[0]
+    assert not names[0] & names[1]
+
+
+def test_a_borrowed_service_account_must_be_named() -> None:
+    # Not the namespace's "default", which every pod there runs as.
+    with pytest.raises(Exception, match=r"serviceAccount\.name"):
+        chart.render({"serviceAccount": {"create": False}})
+
+
 def test_watched_namespaces_get_a_role_each_and_no_cluster_wide_write() -> None:
     objects = chart.render(VALUE_SETS["namespaced"])
     roles = _by_kind(objects, "Role")
@@ -615,8 +684,10 @@ def test_a_full_name_of_null_names_every_object() -> None:
         ("ServiceAccount", "null"),
         ("Role", "null"),
         ("RoleBinding", "null"),
-        ("ClusterRole", "null-discovery"),
-        ("ClusterRoleBinding", "null-discovery"),
+        ("ClusterRole", f"{chart.RELEASE_NAMESPACE}-null-discovery"),
+        ("ClusterRoleBinding", f"{chart.RELEASE_NAMESPACE}-null-discovery"),
+        ("ClusterRole", f"{chart.RELEASE_NAMESPACE}-null-edit"),
+        ("ClusterRole", f"{chart.RELEASE_NAMESPACE}-null-view"),
         ("Deployment", "null"),
         ("PodMonitor", "null"),
         ("ConfigMap", "null-dashboard"),

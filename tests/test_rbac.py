@@ -414,7 +414,13 @@ def _rules(
     rules = [
         rule
         for obj in objects
-        if obj["kind"] == kind and obj["metadata"].get("namespace") == namespace
+        if obj["kind"] == kind
+        and obj["metadata"].get("namespace") == namespace
+        # The roles the cluster's admin, edit and view aggregate are the users', not ours.
+        and not any(
+            key.startswith("rbac.authorization.k8s.io/aggregate-to-")
+            for key in obj["metadata"].get("labels", {})
+        )
         for rule in obj["rules"]
     ]
     return _granted(rules)

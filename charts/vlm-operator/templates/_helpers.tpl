@@ -67,8 +67,17 @@ is invalid YAML).
 {{- if .Values.serviceAccount.create }}
 {{- default (include "vlm-operator.fullname" .) .Values.serviceAccount.name }}
 {{- else }}
-{{- default "default" .Values.serviceAccount.name }}
+{{- /* Not the namespace's "default": every pod running as it would get the operator's roles. */ -}}
+{{- required "serviceAccount.name: with serviceAccount.create false, name the existing account the operator runs as" .Values.serviceAccount.name }}
 {{- end }}
+{{- end }}
+
+{{/*
+Name of a cluster-scoped object of this release: the release's namespace is part
+of it, so that releases of the same name in two namespaces do not share one.
+*/}}
+{{- define "vlm-operator.clusterName" -}}
+{{- printf "%s-%s" .Release.Namespace (include "vlm-operator.fullname" .) }}
 {{- end }}
 
 {{- define "vlm-operator.image" -}}
