@@ -90,12 +90,31 @@ def test_scaled_trace_runs_faster() -> None:
             "phases[0].rateEnd",
         ),
         ({"kind": "closed", "phases": [{"duration": 10, "users": 10**6}]}, "phases[0].users"),
+        # Each bound kept, but together past the requests a run can hold (gigabytes, hours).
+        ({"kind": "open", "phases": [{"duration": 3600, "rate": 5000}]}, "phases"),
+        (
+            {"kind": "open", "phases": [{"duration": 86400, "rate": 0, "rateEnd": 300}]},
+            "phases",
+        ),
+        ({"kind": "closed", "phases": [{"duration": 3600, "users": 10_000}]}, "phases"),
+        # YAML 1.1 reads 3.6e3 as text: said so, not "a number is no number".
+        ({"kind": "open", "phases": [{"duration": "3.6e3", "rate": 1}]}, "phases[0].duration"),
     ],
 )
 def test_bad_traces_name_the_field(data: dict[str, object], field: str) -> None:
     with pytest.raises(TraceError) as info:
         parse_trace(data, origin="bad.yaml")
     assert f"bad.yaml: {field}" in str(info.value)
+
+
+def test_a_trace_just_within_the_requests_a_run_holds_is_taken() -> None:
+    # A ramp counts at the mean of its rates: 86,400 s from 0 to 231 req/s is 9.98 million.
+    ramp = {"kind": "open", "phases": [{"duration": 86400, "rate": 0, "rateEnd": 231}]}
+    assert parse_trace(ramp).phases[0].rate_end == 231
+    with pytest.raises(TraceError, match=r"some 10,800,000 requests in all, past the 10,000,000"):
+        parse_trace({**ramp, "phases": [{"duration": 3600, "rate": 3000}]})
+    with pytest.raises(TraceError, match=r"got the text '3\.6e3' .*3\.6e\+3"):
+        parse_trace({"kind": "open", "phases": [{"duration": "3.6e3", "rate": 1}]})
 
 
 @pytest.mark.parametrize(
@@ -307,6 +326,8 @@ def test_simulate_checks_the_plot_file_before_running(
         (tmp_path / "plot.pgf", "the extension names the format, one of"),
         (tmp_path, "is no file name"),
         (tmp_path / "missing" / "plot.png", "no directory"),
+        # Not writable (root may write anywhere but here): found before a run of minutes.
+        (Path("/proc/plot.png"), "--plot: cannot write /proc/plot.png"),
     ):
         assert main(["simulate", "--trace", "measured-gradient", "--plot", str(target)]) == 2
         captured = capsys.readouterr()
@@ -319,6 +340,46 @@ def test_simulate_checks_the_plot_file_before_running(
     assert f"plot written to {svg}" in capsys.readouterr().out
     assert svg.read_text(encoding="utf-8").lstrip().startswith("<?xml")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plot.svg", "tiny.yaml"]
+
+
+def test_simulate_runs_the_latency_model_and_start_up_of_the_trace(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A trace for a faster model says so in its service's fake runtime: the simulator
+    # ran the calibrated CPU pod whatever it said.
+    body = "kind: closed\nphases:\n  - {duration: 300, users: 1}\n"
+    calibrated, fast = tmp_path / "calibrated.yaml", tmp_path / "fast.yaml"
+    calibrated.write_text(body, encoding="utf-8")
+    fast.write_text(
+        "service: {model: {fake: {baseSeconds: 1.0, alpha: 0, startupSeconds: 5}}}\n" + body,
+        encoding="utf-8",
+    )
+    reports = []
+    for trace in (calibrated, fast):
+        assert main(["simulate", "--trace", str(trace), "--json", "--seed", "1"]) == 0
+        reports.append(json.loads(capsys.readouterr().out))
+    # One user, one pod: the mean latency is the solo time (6.2 s, then 1 s).
+    assert reports[0]["p50"] == pytest.approx(6.2, rel=0.1)
+    assert reports[1]["p50"] == pytest.approx(1.0, rel=0.1)
+    assert reports[1]["requests"] > 5 * reports[0]["requests"]
+
+
+def test_simulate_says_when_the_oracle_needs_more_than_max_replicas(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = tmp_path / "six.yaml"
+    trace.write_text("kind: open\nphases:\n  - {duration: 600, rate: 6}\n", encoding="utf-8")
+    assert main(["simulate", "--trace", str(trace), "--seed", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "the oracle needs" in err
+    assert "more than maxReplicas (10)" in err
+    trace.write_text(
+        "kind: open\nservice: {autoscaling: {maxReplicas: 40}}\n"
+        "phases:\n  - {duration: 600, rate: 6}\n",
+        encoding="utf-8",
+    )
+    assert main(["simulate", "--trace", str(trace), "--seed", "1"]) == 0
+    assert capsys.readouterr().err == ""
 
 
 def test_simulate_into_a_closed_pipe_exits_without_a_traceback(tmp_path: Path) -> None:

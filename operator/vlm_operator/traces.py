@@ -162,6 +162,11 @@ def _read(path_or_name: str | Path) -> tuple[str, str]:
 MAX_TRACE_SECONDS = 30 * 86400.0
 MAX_RATE = 10_000.0
 MAX_USERS = 100_000
+#: Requests a trace may send in all: the simulator keeps each (some 300-500 bytes)
+#: until the end, so ten million hold a few GB and run a minute or two. A closed
+#: loop's users count a request per second each (a failed one is sent again after
+#: a second), an open trace its arrivals.
+MAX_REQUESTS = 10_000_000
 
 
 def parse_trace(
@@ -247,6 +252,20 @@ def parse_trace(
                     )
             phases.append(Phase(phase_name, start, duration, rate=rate, rate_end=end))
         start += duration
+    # A ramp's arrivals: its duration at the mean of its two rates.
+    requests = math.fsum(
+        (p.users or 0) * p.duration_s
+        if kind == "closed"
+        else p.duration_s * (p.rate_at(p.start_s) + p.rate_at(p.end_s)) / 2
+        for p in phases
+    )
+    if requests > MAX_REQUESTS:
+        unit = "requests" if kind == "open" else "user-seconds (a request a second each, at most)"
+        raise fail(
+            "phases",
+            f"some {requests:,.0f} {unit} in all, past the {MAX_REQUESTS:,} the simulator "
+            "holds (a rate per minute written as per second?)",
+        )
     return Trace(
         name=name,
         kind=kind,
@@ -257,6 +276,14 @@ def parse_trace(
 
 
 def _number(value: Any, where: str, fail: Any) -> float:
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            pass
+        else:  # YAML 1.1 reads 3.6e3 (no dot in the mantissa's place, no sign) as text
+            raise fail(where, f"must be a number, got the text {value!r} (YAML reads "
+                       "an exponent as a number only with a dot and a sign: 3.6e+3)")  # fmt: skip
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise fail(where, f"must be a number, got {value!r}")
     try:

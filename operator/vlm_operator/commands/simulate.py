@@ -12,16 +12,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
 from vlm_operator.baselines import AUTOSCALERS, make_autoscaler
 from vlm_operator.cli import UsageError
+from vlm_operator.latency import LatencyModel
 from vlm_operator.simulator import (
     ENGINE,
     Report,
     SimConfig,
     SimResult,
+    oracle_peak_pods,
     oracle_pods_at,
     run_policy,
     spec_for,
@@ -47,8 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--startup-seconds",
         type=float,
-        default=60.0,
-        help="pod start-up (model load) time (default: 60)",
+        default=None,
+        help="pod start-up (model load) time (default: the trace's "
+        "service.model.fake.startupSeconds, 60)",
     )
     parser.add_argument(
         "--retries",
@@ -88,7 +92,9 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--trace: {exc}") from None
     if args.seed < 0:
         raise UsageError(f"--seed: must be >= 0, got {args.seed}")
-    if not args.startup_seconds >= 0 or not math.isfinite(args.startup_seconds):
+    if args.startup_seconds is not None and not (
+        args.startup_seconds >= 0 and math.isfinite(args.startup_seconds)
+    ):
         raise UsageError(f"--startup-seconds: must be >= 0, got {args.startup_seconds}")
     if not 0 <= args.retries <= 10:
         raise UsageError(f"--retries: must be between 0 and 10, got {args.retries}")
@@ -104,8 +110,16 @@ def run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise UsageError(f"--policy: {exc}") from None
     plot = None if args.plot is None else _plot_target(args.plot)
+    # The trace's latency model, as the fake runtime has it (its time scale is for
+    # real time; simulated time needs none): the calibrated CPU pod by default.
+    fake = spec.model.fake
     config = SimConfig(
-        startup_seconds=args.startup_seconds, retries=args.retries, routing=args.routing
+        startup_seconds=fake.startup_seconds
+        if args.startup_seconds is None
+        else args.startup_seconds,
+        retries=args.retries,
+        routing=args.routing,
+        latency=LatencyModel(base_seconds=fake.base_seconds, alpha=fake.alpha),
     )
     runs = [run_policy(trace, name, seed=args.seed, config=config) for name in policies]
     reports = [report for report, _ in runs]
@@ -116,6 +130,15 @@ def run(args: argparse.Namespace) -> int:
         print(comparison_table(trace, reports, args.seed))
     else:
         print(_single_report(trace, reports[0]))
+    peak = oracle_peak_pods(trace, spec, config.latency, seed=args.seed)
+    if peak > spec.autoscaling.max_replicas:
+        print(
+            f"note: the oracle needs {peak} pods at its peak, more than maxReplicas "
+            f"({spec.autoscaling.max_replicas}): no policy can serve the load it serves, and "
+            "a cost under its own is no saving (raise service.autoscaling.maxReplicas in the "
+            "trace)",
+            file=sys.stderr,
+        )
     if plot is not None:
         path, file_format = plot
         _plot(trace, [result for _, result in runs], path, file_format)
@@ -223,6 +246,16 @@ def _plot_target(name: str) -> tuple[Path, str]:
         )
     if not path.parent.is_dir():
         raise UsageError(f"--plot: {name}: no directory {str(path.parent)!r}")
+    # Written to now, before a run of minutes: permissions alone do not tell (root may
+    # write anywhere but in /proc).
+    existed = path.exists()
+    try:
+        with path.open("ab"):
+            pass
+    except OSError as exc:
+        raise UsageError(f"--plot: cannot write {name}: {exc.strerror or exc}") from None
+    if not existed:
+        path.unlink(missing_ok=True)
     return path, file_format
 
 

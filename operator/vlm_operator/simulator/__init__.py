@@ -34,6 +34,7 @@ from vlm_operator.simulator.engine import Series, SimConfig, SimResult, simulate
 from vlm_operator.simulator.report import (  # noqa: E402
     PhaseStats,
     Report,
+    oracle_peak_pods,
     oracle_pods_at,
     oracle_replica_seconds,
     summarize,
@@ -51,6 +52,7 @@ __all__ = [
     "Series",
     "SimConfig",
     "SimResult",
+    "oracle_peak_pods",
     "oracle_pods_at",
     "oracle_replica_seconds",
     "run_policy",

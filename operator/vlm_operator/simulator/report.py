@@ -13,7 +13,11 @@ less than minReplicas. Demand is the users of a closed trace; for an open
 trace it is the requests that would be in flight if each were served from
 its arrival at the pace of a full pod (E[work] × slowdown(maxInFlight)),
 over the very arrivals of the run (same seed). It scales instantly, request
-by request, and never queues, so no real autoscaler reaches it.
+by request, and never queues: a reference of no queueing, not a floor. A
+policy that lets requests queue (fewer pods running them slower) can cost
+less, and a ratio under 1 says its savings were paid in latency (see its
+P95). Nor is it held to maxReplicas: a load that needs more pods than the
+spec allows makes every policy look cheap (:func:`oracle_peak_pods` says so).
 
 A ten-second bucket (by answer time) is in SLO violation when the P95 of the
 answers in it, failures counting as infinitely slow, exceeds
@@ -161,6 +165,21 @@ def oracle_by_phase(
         last = ends[phase]
         phase += 1
     return totals
+
+
+def oracle_peak_pods(
+    trace: Trace, spec: VLMServiceSpec, model: LatencyModel, *, seed: int = 0
+) -> int:
+    """The most pods the oracle pays at any instant (to compare with maxReplicas)."""
+    cap, floor = _oracle_bounds(spec)
+    if trace.kind == "closed":
+        return max(floor, *(math.ceil((p.users or 0) / cap) for p in trace.phases))
+    arrivals, departures = _oracle_requests(trace, spec, model, seed)
+    # The most in flight: just after an arrival, before the next departure.
+    peak = 0
+    for i, t in enumerate(arrivals):
+        peak = max(peak, i + 1 - bisect_right(departures, t))
+    return max(floor, math.ceil(peak / cap))
 
 
 def oracle_pods_at(
