@@ -215,6 +215,15 @@ def test_pod_monitor_interval_takes_any_prometheus_duration(interval: str) -> No
     assert endpoint["interval"] == interval
 
 
+def test_annotation_keys_are_checked_lower_cased_as_the_api_server_does() -> None:
+    # ValidateAnnotations lower-cases a key before it checks it; labels are taken as written.
+    annotations = {"Example.com/Note": "any text at all", "team": ""}
+    pod = _one(chart.render({"podAnnotations": annotations}), "Deployment")["spec"]["template"]
+    assert annotations.items() <= pod["metadata"]["annotations"].items()
+    with pytest.raises(helm.HelmValuesError, match=r"invalid propertyName 'Example\.com/team'"):
+        chart.render({"podLabels": {"Example.com/team": "a"}})
+
+
 def test_resources_take_any_resource_name_and_quantity() -> None:
     resources = VALUE_SETS["resources"]["resources"]
     assert _container(chart.render(VALUE_SETS["resources"]))["resources"] == resources

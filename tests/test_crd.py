@@ -245,7 +245,8 @@ RULE_CASES: list[tuple[str, dict[str, Any], str | None]] = [
     (
         "names, labels and paths of every allowed shape",
         _spec(
-            model__files={"model": "qwen/..m.gguf", "mmproj": "./.p/mmproj.gguf"},
+            model__files={"model": "qwen//..m.gguf", "mmproj": "./.p/mmproj.gguf"},
+            model__storage={"hostPath": {"path": "/data//models/"}},
             model__env=[{"name": "_my.VAR-1", "value": "x y"}],
             model__image="ghcr.io/o/m:1@sha256:" + "a" * 64,
             placement__nodeSelector={"node.kubernetes.io/pool": "cpu_pool-1.a", "empty": ""},

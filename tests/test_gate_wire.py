@@ -478,7 +478,28 @@ async def test_an_offer_to_upgrade_to_http2_is_ignored_and_answered(backend: Bac
                  if name == "vlm_requests_total" and value}  # fmt: skip
         assert codes == {"200": 3}
         assert m.get(("vlm_requests_rejected_total", (("reason", "malformed"),)), 0) == 0
+    # A body over the limit with an offer: the client, still sending it, reads the 413
+    # rather than a reset (the gate reads and drops the body past the upgrade).
+    async with running_gate(backend, max_body_bytes=1000) as gate:
+        size = 4_000_000
+        big = b"POST /v1/x HTTP/1.1\r\nHost: x\r\n" + JAVA_H2C_OFFER
+        big += b"Content-Length: %d\r\n\r\n" % size
+        loop = asyncio.get_running_loop()
+        with socket.create_connection(address(gate.url)) as sock:
+            sock.settimeout(DEADLINE_S)
+            # A blocking client that sends everything before it reads, as many do.
+            await loop.run_in_executor(None, sock.sendall, big + b"a" * size)
+            answer = await loop.run_in_executor(None, sock.recv, 64)
+        assert answer.startswith(b"HTTP/1.1 413 ")
         assert await gate.metric("vlm_requests_running") == 0
+        # Expect: 100-continue with an offer: the interim answer comes before the body.
+        async with raw_connection(gate.url) as (reader, writer):
+            writer.write(post.replace(b"Host: x\r\n", b"Host: x\r\nExpect: 100-continue\r\n"))
+            interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), DEADLINE_S)
+            assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+            writer.write(body)
+            (message,) = parse(await asyncio.wait_for(reader.read(), DEADLINE_S))
+        assert (message.status, json.loads(message.body)["body"]) == (200, body.decode())
         # A WebSocket handshake is still refused: the gate cannot carry one.
         websocket = (
             b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
@@ -949,6 +970,18 @@ async def test_a_drain_answers_a_request_still_being_received(backend: Backend) 
         assert message.headers["connection"] == "close"
         assert await asyncio.wait_for(drained, DEADLINE_S)
         assert backend.arrivals == []
+
+
+async def test_a_drain_does_not_wait_for_a_refused_connection(backend: Backend) -> None:
+    # A request already answered (a 400, the connection lingering to drop what follows)
+    # is no request still arriving: the drain is done at once, not after the linger.
+    async with running_gate(backend) as gate, raw_connection(gate.url) as (reader, writer):
+        writer.write(b"GET /v1/x HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n")
+        (message,) = parse(await asyncio.wait_for(reader.read(), DEADLINE_S))
+        assert message.status == 400
+        started = asyncio.get_running_loop().time()
+        assert await asyncio.wait_for(gate.server.drain(DEADLINE_S), DEADLINE_S)
+        assert asyncio.get_running_loop().time() - started < 1.0
 
 
 async def test_a_drain_gives_up_on_an_upload_that_never_ends(backend: Backend) -> None:

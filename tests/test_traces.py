@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from vlm_operator.cli import main
@@ -97,6 +98,15 @@ def test_scaled_trace_runs_faster() -> None:
             "phases",
         ),
         ({"kind": "closed", "phases": [{"duration": 3600, "users": 10_000}]}, "phases"),
+        # A fast model of the trace's own answers its users far more often than once a second.
+        (
+            {
+                "kind": "closed",
+                "service": {"model": {"fake": {"baseSeconds": 0.001}}},
+                "phases": [{"duration": 3600, "users": 100}],
+            },
+            "phases",
+        ),
         # YAML 1.1 reads 3.6e3 as text: said so, not "a number is no number".
         ({"kind": "open", "phases": [{"duration": "3.6e3", "rate": 1}]}, "phases[0].duration"),
     ],
@@ -111,7 +121,7 @@ def test_a_trace_just_within_the_requests_a_run_holds_is_taken() -> None:
     # A ramp counts at the mean of its rates: 86,400 s from 0 to 231 req/s is 9.98 million.
     ramp = {"kind": "open", "phases": [{"duration": 86400, "rate": 0, "rateEnd": 231}]}
     assert parse_trace(ramp).phases[0].rate_end == 231
-    with pytest.raises(TraceError, match=r"some 10,800,000 requests in all, past the 10,000,000"):
+    with pytest.raises(TraceError, match=r"some 10,800,000 requests in all \(a rate .*10,000,000"):
         parse_trace({**ramp, "phases": [{"duration": 3600, "rate": 3000}]})
     with pytest.raises(TraceError, match=r"got the text '3\.6e3' .*3\.6e\+3"):
         parse_trace({"kind": "open", "phases": [{"duration": "3.6e3", "rate": 1}]})
@@ -347,21 +357,28 @@ def test_simulate_runs_the_latency_model_and_start_up_of_the_trace(
 ) -> None:
     # A trace for a faster model says so in its service's fake runtime: the simulator
     # ran the calibrated CPU pod whatever it said.
-    body = "kind: closed\nphases:\n  - {duration: 300, users: 1}\n"
-    calibrated, fast = tmp_path / "calibrated.yaml", tmp_path / "fast.yaml"
-    calibrated.write_text(body, encoding="utf-8")
-    fast.write_text(
-        "service: {model: {fake: {baseSeconds: 1.0, alpha: 0, startupSeconds: 5}}}\n" + body,
-        encoding="utf-8",
-    )
-    reports = []
-    for trace in (calibrated, fast):
-        assert main(["simulate", "--trace", str(trace), "--json", "--seed", "1"]) == 0
-        reports.append(json.loads(capsys.readouterr().out))
+    def run(fake: str, phases: str, *flags: str) -> dict[str, Any]:
+        trace = tmp_path / "trace.yaml"
+        trace.write_text(f"service: {{model: {{fake: {fake}}}}}\n{phases}", encoding="utf-8")
+        assert main(["simulate", "--trace", str(trace), "--json", "--seed", "1", *flags]) == 0
+        report: dict[str, Any] = json.loads(capsys.readouterr().out)
+        return report
+
+    one_user = "kind: closed\nphases:\n  - {duration: 300, users: 1}\n"
+    calibrated = run("{}", one_user)
+    fast = run("{baseSeconds: 1.0, alpha: 0}", one_user)
     # One user, one pod: the mean latency is the solo time (6.2 s, then 1 s).
-    assert reports[0]["p50"] == pytest.approx(6.2, rel=0.1)
-    assert reports[1]["p50"] == pytest.approx(1.0, rel=0.1)
-    assert reports[1]["requests"] > 5 * reports[0]["requests"]
+    assert calibrated["p50"] == pytest.approx(6.2, rel=0.1)
+    assert fast["p50"] == pytest.approx(1.0, rel=0.1)
+    assert fast["requests"] > 5 * calibrated["requests"]
+    # A step that needs new pods: how long they take to load is the trace's too.
+    step = (
+        "kind: open\nphases:\n  - {name: quiet, duration: 120, rate: 0.2}\n"
+        "  - {name: step, duration: 300, rate: 2}\n"
+    )
+    slow_start = run("{startupSeconds: 60}", step, "--retries", "2")
+    quick_start = run("{startupSeconds: 5}", step, "--retries", "2")
+    assert quick_start["phases"][1]["p95"] < slow_start["phases"][1]["p95"] / 2
 
 
 def test_simulate_says_when_the_oracle_needs_more_than_max_replicas(

@@ -366,6 +366,9 @@ def test_memory_quantities_are_read_as_kubernetes_reads_them(
         ("networkPolicy.allowFromPods", {"a/b/c": "web"}),
         ("networkPolicy.allowFromNamespaces", {"Team.Example/name": "a"}),
         ("placement.nodeSelector", {"n" * 64: "x"}),
+        # Go's regexp has no "$ before a final newline"; nor a prefix past 253 characters.
+        ("placement.nodeSelector", {"pool\n": "x"}),
+        ("monitoring.labels", {"p" * 254 + "/name": "x"}),
     ],
 )
 def test_a_label_key_is_checked_by_the_operator(field: str, labels: dict[str, str]) -> None:

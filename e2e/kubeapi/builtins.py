@@ -64,10 +64,14 @@ _FIXED_SELECTORS = {
 
 
 def _selector_view(selector: Any) -> Any:
-    """A selector as apimachinery's semantic equality sees it: empty parts are absent."""
+    """A selector as apimachinery's semantic equality sees it: empty parts are absent, at
+    any depth (``values: []`` of a requirement is no ``values``)."""
+    if isinstance(selector, list):
+        return [_selector_view(item) for item in selector]
     if not isinstance(selector, dict):
         return selector
-    return {key: value for key, value in selector.items() if value not in (None, {}, [])}
+    views = {key: _selector_view(value) for key, value in selector.items()}
+    return {key: value for key, value in views.items() if value not in (None, {}, [])}
 
 
 def check_immutable(

@@ -910,6 +910,15 @@ def test_a_workload_selector_cannot_change(kube: client.ApiClient, namespace: st
     }
     patched = apps.patch_namespaced_deployment("web", namespace, same)
     assert patched.spec.template.metadata.labels == {"app": "web", "tier": "model"}
+    # Empty and absent are one at any depth: a requirement's `values: []` is no change.
+    expressions = {"matchExpressions": [{"key": "tier", "operator": "Exists"}]}
+    labelled = _deployment("api")
+    labelled["spec"]["selector"].update(expressions)
+    labelled["spec"]["template"]["metadata"]["labels"]["tier"] = "model"
+    apps.create_namespaced_deployment(namespace, labelled)
+    empty_values = {"matchExpressions": [{"key": "tier", "operator": "Exists", "values": []}]}
+    body = {"spec": {"selector": {"matchLabels": {"app": "api"}, **empty_values}}}
+    assert apps.patch_namespaced_deployment("api", namespace, body).metadata.name == "api"
 
 
 def test_builtin_schemas_when_enabled() -> None:

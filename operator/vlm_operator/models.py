@@ -72,24 +72,26 @@ LABEL_VALUE_PATTERN = r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 #: One path segment that is not "..": what a path may hold without escaping its root.
 _SEGMENT = r"([^/.][^/]*|\.[^/.][^/]*|\.\.[^/]+|\.)"
-#: A path relative to a mount that stays inside it (no leading "/", no ".." segment).
-INSIDE_PATH_PATTERN = rf"^({_SEGMENT}(/{_SEGMENT})*/?)?$"
+#: A path relative to a mount that stays inside it (no leading "/", no ".." segment;
+#: "a//b" is "a/b").
+INSIDE_PATH_PATTERN = rf"^({_SEGMENT}(/+{_SEGMENT})*/*)?$"
 #: An absolute path with no ".." segment (the API server's validatePathNoBacksteps).
-ABSOLUTE_PATH_PATTERN = rf"^/({_SEGMENT}(/{_SEGMENT})*/?)?$"
+ABSOLUTE_PATH_PATTERN = rf"^/+({_SEGMENT}(/+{_SEGMENT})*/*)?$"
 #: An environment variable's name as the API server takes it before 1.34
 #: (validateEnvVarName): letters, digits, "-", "_" and ".", not starting with a digit.
 ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 #: An image reference with no blank anywhere (the API server refuses them at the ends);
 #: empty where the field means "the default image".
-IMAGE_PATTERN = r"^\S*$"
+IMAGE_PATTERN = r"^[^ \t\n\r\f\v]*$"  # the ASCII blanks: Go's RE2 and pydantic agree on them
 
 LabelValue = Annotated[str, StringConstraints(max_length=63, pattern=LABEL_VALUE_PATTERN)]
 
 
 def _label_keys(labels: dict[str, str]) -> dict[str, str]:
     for key in labels:
-        # A prefix of 253, "/", a name of 63.
-        if len(key) > 317 or re.match(LABEL_KEY_PATTERN, key) is None:
+        # A prefix of 253 at most, "/", a name of 63 (the pattern bounds the name).
+        prefix = key.rpartition("/")[0]
+        if len(prefix) > 253 or re.fullmatch(LABEL_KEY_PATTERN.strip("^$"), key) is None:
             raise ValueError(
                 f"key {key!r} must be a label key: an optional DNS-subdomain prefix and '/', "
                 "then at most 63 letters, digits, '-', '_' or '.', alphanumeric at both ends"

@@ -24,6 +24,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
+from vlm_operator.latency import LatencyModel
 from vlm_operator.yamlio import YAMLError, load_documents
 
 __all__ = ["Phase", "Trace", "TraceError", "list_traces", "load_trace"]
@@ -252,19 +253,23 @@ def parse_trace(
                     )
             phases.append(Phase(phase_name, start, duration, rate=rate, rate_end=end))
         start += duration
-    # A ramp's arrivals: its duration at the mean of its two rates.
+    # A ramp's arrivals: its duration at the mean of its two rates. A closed loop's
+    # user sends its next request on an answer, or a second after a failure: at most
+    # one a second, or one per half a request's solo time if that is shorter (a fast
+    # model of the trace's own, service.model.fake.baseSeconds).
+    per_user = 1.0 / min(1.0, _base_seconds(service) / 2)
     requests = math.fsum(
-        (p.users or 0) * p.duration_s
+        (p.users or 0) * p.duration_s * per_user
         if kind == "closed"
         else p.duration_s * (p.rate_at(p.start_s) + p.rate_at(p.end_s)) / 2
         for p in phases
     )
     if requests > MAX_REQUESTS:
-        unit = "requests" if kind == "open" else "user-seconds (a request a second each, at most)"
+        hint = "a rate per minute written as per second?" if kind == "open" else "at most"
         raise fail(
             "phases",
-            f"some {requests:,.0f} {unit} in all, past the {MAX_REQUESTS:,} the simulator "
-            "holds (a rate per minute written as per second?)",
+            f"some {requests:,.0f} requests in all ({hint}), past the {MAX_REQUESTS:,} the "
+            "simulator holds",
         )
     return Trace(
         name=name,
@@ -275,13 +280,23 @@ def parse_trace(
     )
 
 
+def _base_seconds(service: Mapping[str, Any]) -> float:
+    """The solo time of the trace's own model, if it names one; else the calibrated."""
+    model = service.get("model")
+    fake = model.get("fake") if isinstance(model, Mapping) else None
+    base = fake.get("baseSeconds") if isinstance(fake, Mapping) else None
+    if isinstance(base, int | float) and not isinstance(base, bool) and base > 0:
+        return float(base)
+    return LatencyModel().base_seconds
+
+
 def _number(value: Any, where: str, fail: Any) -> float:
-    if isinstance(value, str):
+    if isinstance(value, str) and "e" in value.lower():
         try:
             float(value)
         except ValueError:
             pass
-        else:  # YAML 1.1 reads 3.6e3 (no dot in the mantissa's place, no sign) as text
+        else:  # YAML 1.1 takes an exponent only after a dot and with a sign (3.6e+3)
             raise fail(where, f"must be a number, got the text {value!r} (YAML reads "
                        "an exponent as a number only with a dot and a sign: 3.6e+3)")  # fmt: skip
     if isinstance(value, bool) or not isinstance(value, int | float):

@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -246,16 +248,16 @@ def _plot_target(name: str) -> tuple[Path, str]:
         )
     if not path.parent.is_dir():
         raise UsageError(f"--plot: {name}: no directory {str(path.parent)!r}")
-    # Written to now, before a run of minutes: permissions alone do not tell (root may
-    # write anywhere but in /proc).
-    existed = path.exists()
+    # Tried now, before a run of minutes (permissions alone do not tell: root may write
+    # anywhere but in /proc), with a file of its own beside the target: the target, a
+    # file or a link, is left as it is.
     try:
-        with path.open("ab"):
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".plot-check-"):
             pass
     except OSError as exc:
         raise UsageError(f"--plot: cannot write {name}: {exc.strerror or exc}") from None
-    if not existed:
-        path.unlink(missing_ok=True)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UsageError(f"--plot: cannot write {name}: permission denied")
     return path, file_format
 
 

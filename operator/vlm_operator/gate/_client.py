@@ -461,7 +461,8 @@ class ClientConnection(asyncio.Protocol):
         if left:
             piece = data[:left]
             self._body_past_upgrade = left - len(piece)
-            self.on_body(piece)
+            if piece:  # none yet: a client may wait for "100 Continue" before sending it
+                self.on_body(piece)
             if self._body_past_upgrade:
                 return
             self.on_message_complete()
@@ -472,10 +473,11 @@ class ClientConnection(asyncio.Protocol):
             self._upgrade_ignored
             and not self._past_upgrade
             and self._size < self._length
-            and not (self._refused or self._closing)
+            and (self._refused or not self._closing)
         ):
             # Called by llhttp at the head: the body comes past the upgrade, read by
-            # _read_past_upgrade, which completes the request.
+            # _read_past_upgrade, which completes the request (or, refused, drops it:
+            # closing now would reset a client still sending it, before it reads the 413).
             self._body_past_upgrade = self._length - self._size
             return
         self._reading_since = None
@@ -624,8 +626,8 @@ class ClientConnection(asyncio.Protocol):
 
     @property
     def reading(self) -> bool:
-        """A request is part-way in: its head or its body is still arriving."""
-        return self._reading_since is not None and not self.closed
+        """A request is part-way in (its head or body still arriving), not yet refused."""
+        return self._reading_since is not None and not self.closed and not self._closing
 
     def close_if_idle(self) -> None:
         if self.active is None and not self.pending and not self.closed:
