@@ -21,6 +21,7 @@ from aiohttp import web
 from vlm_operator.models import VLMServiceSpec
 from vlm_operator.operator_metrics import OperatorMetrics
 from vlm_operator.signals import (
+    EVICT_AFTER_SECONDS,
     UNSCRAPED_QUERY,
     SignalReader,
     build_client,
@@ -177,6 +178,28 @@ async def test_results_older_than_max_age_are_queried_again(
     now[0] += 1.0
     await reader.read("ns", "a", spec(), max_age=1.0)
     assert len(prom.queries) == 10
+
+
+async def test_answers_no_service_asks_for_any_more_leave_the_cache(
+    prom: StubPrometheus, client: httpx.AsyncClient
+) -> None:
+    # A service's own queries (an override) stay cached after it is deleted, unless swept.
+    now = [100.0]
+    fill(prom, [("ns", "a"), ("ns", "b")])
+    reader = SignalReader(client, default_url=prom.url, clock=lambda: now[0])
+    gone = spec(metrics={"queries": {"running": 'sum by (namespace, vlmservice) (up{x="gone"})'}})
+    await reader.read("ns", "b", gone, max_age=1.0)
+    keys = set(reader._cache)
+    assert any("gone" in query for _, query in keys)
+    now[0] += EVICT_AFTER_SECONDS / 2
+    await reader.read("ns", "a", spec(), max_age=1.0)
+    assert keys <= set(reader._cache)  # not yet: a service may ask again
+    now[0] += EVICT_AFTER_SECONDS / 2 + 61
+    await reader.read("ns", "a", spec(), max_age=1.0)
+    kept = set(reader._cache)
+    assert not any("gone" in query for _, query in kept)
+    assert len(kept) == 5  # the five default queries, just asked
+    assert set(reader._locks) == kept
 
 
 async def test_empty_and_nan_are_no_signal_not_zero(

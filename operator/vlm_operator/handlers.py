@@ -72,8 +72,15 @@ async def create(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any
 
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 @kopf.on.resume(GROUP, VERSION, PLURAL)
-async def update(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    await reconcile.apply_spec(memo.context, body, created=False, logger=logger)
+async def update(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any) -> None:
+    await reconcile.apply_spec(
+        memo.context,
+        body,
+        created=False,
+        logger=logger,
+        pods=kwargs["vlm_pods"],
+        deployments=kwargs["vlm_deployments"],
+    )
 
 
 @kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10)

@@ -201,16 +201,29 @@ def _generation(body: Mapping[str, Any]) -> int | None:
     return int(value) if value is not None else None
 
 
+#: kopf's indices of the pods and Deployments of every VLMService, by (namespace, name).
+Index = Mapping[tuple[str, str], Iterable[Mapping[str, Any]]]
+
+
 async def apply_spec(
     context: OperatorContext,
     body: kopf.Body,
     *,
     created: bool,
     logger: logging.Logger | logging.LoggerAdapter[Any],
+    pods: Index | None = None,
+    deployments: Index | None = None,
 ) -> None:
-    """Create or patch the children of a VLMService to match its spec."""
+    """Create or patch the children of a VLMService to match its spec.
+
+    With the indices, a scale-down the spec makes (autoscaling off, ``replicas``
+    lowered) marks the pods by their load first, as the autoscaler's own do: the
+    ReplicaSet would otherwise rank them by the marks of an earlier scale-down.
+    """
     async with context.applying:
-        await _apply_spec(context, body, created=created, logger=logger)
+        await _apply_spec(
+            context, body, created=created, logger=logger, pods=pods, deployments=deployments
+        )
 
 
 async def _apply_spec(
@@ -219,6 +232,8 @@ async def _apply_spec(
     *,
     created: bool,
     logger: logging.Logger | logging.LoggerAdapter[Any],
+    pods: Index | None,
+    deployments: Index | None,
 ) -> None:
     meta = body["metadata"]
     name, namespace = str(meta["name"]), str(meta.get("namespace") or "default")
@@ -245,6 +260,14 @@ async def _apply_spec(
         logger.warning("invalid spec, children left alone: %s", error)
         return
 
+    if pods is not None and deployments is not None and replicas_from_spec(spec):
+        key = (namespace, name)
+        current = next(iter(deployments.get(key, ())), None)
+        if current is not None and (spec.replicas or 0) < int(current.get("replicas") or 0):
+            stale_after = spec.autoscaling.missing_signals.stale_after_seconds
+            max_age = signal_max_age(time.time(), spec.autoscaling.sync_period_seconds, stale_after)
+            load = await context.signals.pod_load(namespace, name, spec, max_age=max_age)
+            await _set_deletion_costs(context, namespace, list(pods.get(key, ())), load)
     rejected = await apply_children(context, body, spec, created=created, logger=logger)
     conditions = previous.get("conditions") or []
     if rejected is not None:
@@ -796,15 +819,19 @@ async def autoscale_once(
         # old spec's (a maxReplicas since lowered, autoscaling since turned off, whose
         # replicas the spec's handler has set). The next cycle decides on the new one.
         return None
-    memory.state = decision.state
     scaled = False
     if decision.replicas != counts.current:
         if decision.direction == "down":
             load = await context.signals.pod_load(namespace, name, spec, max_age=max_age)
             await _set_deletion_costs(context, namespace, pods, load)
+            if _generation(body) != generation:
+                return None  # the spec changed while the pods were marked: as above
         await context.kube.scale(namespace, name, decision.replicas)
         memory.scaled_to, memory.scaled_at = decision.replicas, now
         scaled = True
+    # Kept once the scale is made: a cycle that failed before it decides again from
+    # where it stood, rather than from a change that never happened.
+    memory.state = decision.state
     context.metrics.decisions.labels(decision.direction).inc()
 
     new = cycle_status(
@@ -845,7 +872,15 @@ async def autoscale_once(
         new["conditions"], _spec_verdict(context, (namespace, name), body, generation)
     )
     if differs(previous, new) or now - memory.written_at >= context.status_refresh_seconds:
-        await context.kube.patch_status(API_VERSION, PLURAL, namespace, name, new)
+        try:
+            await context.kube.patch_status(API_VERSION, PLURAL, namespace, name, new)
+        except BaseException:
+            # The scale is made whatever the status: it is told now, as no later cycle
+            # knows of it (the others come again with the next cycle's status).
+            for event in events:
+                if event.reason in ("ScaledUp", "ScaledDown"):
+                    kopf.event(body, type=event.type, reason=event.reason, message=event.message)
+            raise
         # What the store now holds: the patch's nulls deleted their keys.
         memory.status = merge_patched(previous, new)
         memory.written_at = now
@@ -974,7 +1009,9 @@ async def _set_deletion_costs(
 
     With the load unknown the costs an earlier scale-down left are removed: they
     rank the pods by a load long gone, and the busiest pod now may be the one
-    marked cheapest then.
+    marked cheapest then. Best effort: a pod whose mark is refused (a webhook, a
+    transient 5xx) is logged and the scale-down goes on, as a lowered
+    maxReplicas must, ranked by what the other marks say.
     """
     patches = []
     for pod in pods:
@@ -991,6 +1028,8 @@ async def _set_deletion_costs(
     results = await asyncio.gather(*patches, return_exceptions=True)
     for result in results:
         if isinstance(result, ApiError) and result.status != 404:
+            _LOG.warning("a pod's deletion cost was not written: %s", result)
+        elif isinstance(result, BaseException) and not isinstance(result, ApiError):
             raise result
 
 

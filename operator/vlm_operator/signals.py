@@ -276,6 +276,14 @@ def _number(raw: Any) -> float | None:
     return None if math.isnan(value) or math.isinf(value) else value
 
 
+#: Answers older than this are dropped at the next sweep: the longest staleAfterSeconds
+#: is an hour, and the queries of services since deleted (or whose overrides changed)
+#: would otherwise stay for the operator's life.
+EVICT_AFTER_SECONDS = 3600.0
+#: How often the cache is swept (at a fetch).
+_SWEEP_EVERY_SECONDS = 60.0
+
+
 class SignalReader:
     """Reads the signals of any VLMService, sharing queries across services."""
 
@@ -293,6 +301,7 @@ class SignalReader:
         self._clock = clock
         self._cache: dict[tuple[str, str], _Entry] = {}
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
+        self._swept_at = clock()
         #: Queries actually sent to Prometheus (the benchmark reads it).
         self.queries_sent = 0
 
@@ -444,9 +453,22 @@ class SignalReader:
                     latest = await self._send(url, promql, source)
                     self._cache[key] = latest
                 entry = latest
+            self._sweep()
         if entry.error is not None:
             raise entry.error
         return entry
+
+    def _sweep(self) -> None:
+        """Drop answers no service has asked for within EVICT_AFTER_SECONDS."""
+        now = self._clock()
+        if now - self._swept_at < _SWEEP_EVERY_SECONDS:
+            return
+        self._swept_at = now
+        for key, entry in list(self._cache.items()):
+            lock = self._locks.get(key)
+            if now - entry.fetched_at > EVICT_AFTER_SECONDS and not (lock and lock.locked()):
+                del self._cache[key]
+                self._locks.pop(key, None)
 
     async def _send(self, url: str, promql: str, source: str) -> _Entry:
         started = self._clock()

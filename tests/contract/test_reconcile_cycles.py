@@ -1213,3 +1213,116 @@ async def test_a_child_that_holds_what_is_rendered_is_not_written() -> None:
         assert kube.objects[DEPLOYMENT]["spec"]["replicas"] == 5
     finally:
         kube.close()
+
+
+class RefusingMarksKube(FakeKube):
+    """Every pod's deletion-cost write is refused (a webhook, an etcd time-out)."""
+
+    async def annotate(
+        self, api_version: str, plural: str, namespace: str, name: str, annotations: Any
+    ) -> None:
+        raise ApiError(500, "Internal Server Error", "etcdserver: request timed out")
+
+
+async def test_a_pod_mark_refused_does_not_stop_a_scale_down() -> None:
+    # The marks rank the pods; without them the scale-down still goes (a lowered
+    # maxReplicas must), and its status is written.
+    spec_raw = {"model": {"id": "m", "runtime": "fake"},
+                "autoscaling": {"syncPeriodSeconds": 1, "maxReplicas": 1}}  # fmt: skip
+    kube, fake = RefusingMarksKube(vlmservice(spec_raw), replicas=3), FakeSignals()
+    ctx, memory = context(kube, fake), reconcile._Memory()
+    fake.current, fake.load = signals(1.0, 8.0), {"x-1": 1.0}
+    pods = [{"name": f"x-{i}", "ready": True} for i in range(1, 4)]
+    deployment = {"replicas": 3, "readyReplicas": 3}
+    await reconcile.autoscale_once(ctx, kube.body, memory, pods=pods, deployment=deployment, now=T0)
+    assert kube.replicas == 1
+    assert kube.body["status"]["lastDecision"]["replicas"] == 1
+
+
+class FailingStatusKube(FakeKube):
+    """The status write after a scale fails once (an API server's 503)."""
+
+    fail = False
+
+    async def patch_status(
+        self, api_version: str, plural: str, namespace: str, name: str, status: Mapping[str, Any]
+    ) -> None:
+        if self.fail:
+            self.fail = False
+            raise ApiError(503, "Service Unavailable", "etcd leader changed")
+        await super().patch_status(api_version, plural, namespace, name, status)
+
+
+async def test_a_scale_is_told_when_the_status_write_after_it_fails(
+    kopf_posting: asyncio.Queue[Any],
+) -> None:
+    body = vlmservice({"model": {"id": "m", "runtime": "fake"}, "autoscaling": {"maxReplicas": 10}})
+    kube, fake = FailingStatusKube(body, replicas=2), FakeSignals()
+    ctx, memory = context(kube, fake), reconcile._Memory()
+    fake.current = signals(2.0, 1.0)
+    await run_cycle(ctx, kube, memory, T0)
+    events(kopf_posting)
+    fake.current = replace(signals(30.0, 8.0), waiting=10.0)
+    kube.fail = True
+    with pytest.raises(ApiError):
+        await run_cycle(ctx, kube, memory, T0 + 5)
+    assert kube.replicas > 2
+    # No later cycle would know of it: told now, once.
+    assert [(e.type, e.reason) for e in events(kopf_posting)] == [("Normal", "ScaledUp")]
+
+
+class SpecChangingMarksKube(FakeKube):
+    """The spec changes while the pods are marked for a scale-down."""
+
+    async def annotate(
+        self, api_version: str, plural: str, namespace: str, name: str, annotations: Any
+    ) -> None:
+        self.body["metadata"]["generation"] += 1
+        await super().annotate(api_version, plural, namespace, name, annotations)
+
+
+async def test_a_cycle_does_not_scale_down_on_a_spec_changed_while_it_marked_the_pods() -> None:
+    spec_raw = {"model": {"id": "m", "runtime": "fake"},
+                "autoscaling": {"syncPeriodSeconds": 1, "maxReplicas": 4}}  # fmt: skip
+    kube, fake = SpecChangingMarksKube(vlmservice(spec_raw), replicas=6), FakeSignals()
+    ctx = context(kube, fake)
+    fake.current, fake.load = signals(1.0, 8.0), {"x-1": 1.0}
+    pods = [{"name": f"x-{i}", "ready": True} for i in range(1, 7)]
+    deployment = {"replicas": 6, "readyReplicas": 6}
+    decision = await reconcile.autoscale_once(
+        ctx, kube.body, reconcile._Memory(), pods=pods, deployment=deployment, now=T0
+    )
+    assert decision is None  # the next cycle decides on the new spec
+    assert kube.annotated  # it had begun
+    assert kube.replicas == 6
+
+
+async def test_a_scale_down_the_spec_makes_marks_the_pods_by_their_load_first() -> None:
+    # Autoscaling off, replicas lowered: the ReplicaSet ranks the pods by their marks, which
+    # an earlier scale-down left by a load long gone (x-3 the busiest now, marked cheapest).
+    spec_raw = {"model": {"id": "m", "runtime": "fake"}, "replicas": 2,
+                "autoscaling": {"enabled": False}}  # fmt: skip
+    body = vlmservice(spec_raw)
+    kube, fake = FakeKube(body, replicas=3), FakeSignals()
+    ctx = context(kube, fake)
+    pods = {("d", "x"): [{"name": "x-1", "ready": True, "deletionCost": "900"},
+                         {"name": "x-2", "ready": True, "deletionCost": "900"},
+                         {"name": "x-3", "ready": True, "deletionCost": "0"}]}  # fmt: skip
+    fake.load = {"x-1": 0.0, "x-2": 1.0, "x-3": 4.0}
+    await reconcile.apply_spec(
+        ctx, body, created=False, logger=LOG, pods=pods, deployments={("d", "x"): [{"replicas": 3}]}
+    )
+    assert sorted(kube.annotated) == [
+        ("x-1", {DELETION_COST: "0"}),
+        ("x-2", {DELETION_COST: "100"}),
+        ("x-3", {DELETION_COST: "400"}),
+    ]
+    assert kube.objects[DEPLOYMENT]["spec"]["replicas"] == 2
+    # No scale-down (the same count, or more): no marks.
+    kube.annotated.clear()
+    for replicas in (2, 1):
+        await reconcile.apply_spec(
+            ctx, body, created=False, logger=LOG, pods=pods,
+            deployments={("d", "x"): [{"replicas": replicas}]},
+        )  # fmt: skip
+    assert kube.annotated == []
