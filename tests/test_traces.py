@@ -399,6 +399,23 @@ def test_simulate_says_when_the_oracle_needs_more_than_max_replicas(
     assert capsys.readouterr().err == ""
 
 
+def test_simulate_with_autoscaling_off_runs_the_spec_replicas_from_the_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = tmp_path / "off.yaml"
+    trace.write_text(
+        "kind: open\nservice: {replicas: 3, autoscaling: {enabled: false}}\n"
+        "phases:\n  - {name: idle, duration: 300, rate: 0}\n  - {duration: 300, rate: 1}\n",
+        encoding="utf-8",
+    )
+    assert main(["simulate", "--trace", str(trace), "--json", "--seed", "1"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["scale_ups"], report["scale_downs"]) == (0, 0)
+    assert report["replica_seconds"] == pytest.approx(3 * 600)
+    assert main(["simulate", "--trace", str(trace), "--compare", "--seed", "1"]) == 0
+    assert "the trace turns autoscaling off" in capsys.readouterr().err
+
+
 def test_simulate_into_a_closed_pipe_exits_without_a_traceback(tmp_path: Path) -> None:
     trace = tmp_path / "tiny.yaml"
     trace.write_text("kind: closed\nphases:\n  - {duration: 60, users: 1}\n", encoding="utf-8")

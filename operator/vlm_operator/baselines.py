@@ -193,7 +193,12 @@ class Ours:
         self.period_seconds = spec.autoscaling.sync_period_seconds
         self.scrape_interval_seconds = scrape_interval_seconds or _seconds(spec.monitoring.interval)
         self.gate = _our_gate(spec)
-        self.initial_replicas = max(spec.autoscaling.min_replicas, 1)
+        a = spec.autoscaling
+        # With autoscaling off the fleet is spec.replicas from the start, as the operator
+        # renders it (not a pod that the first tick scales to it).
+        self.initial_replicas = (
+            max(a.min_replicas, 1) if a.enabled or spec.replicas is None else spec.replicas
+        )
         self.marks_pod_load = True
         self.proxied = False
         self.state = PolicyState()

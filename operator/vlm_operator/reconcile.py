@@ -89,6 +89,7 @@ from vlm_operator.status import (
     CHILD_REJECTED,
     INVALID_SPEC,
     METRICS_AVAILABLE,
+    READY,
     SPEC_CONDITION_TYPES,
     child_rejected_conditions,
     cycle_status,
@@ -97,12 +98,16 @@ from vlm_operator.status import (
     invalid_spec_conditions,
     merge_patched,
     rfc3339,
+    set_condition,
     spec_warning_conditions,
     transition_events,
     with_spec_conditions,
 )
 from vlm_operator.validation import InvalidManifest, parse_spec, spec_warnings
 
+#: Reason of the Warning Event and Ready condition of a Deployment applied again after
+#: it was gone.
+DEPLOYMENT_MISSING = "DeploymentMissing"
 #: Pod annotation the ReplicaSet reads to pick which pods to delete first.
 DELETION_COST_ANNOTATION = "controller.kubernetes.io/pod-deletion-cost"
 _DEFAULT_SYNC_PERIOD = 5.0
@@ -949,6 +954,17 @@ async def _refresh_children(
     if _generation(body) != generation:
         return  # a newer spec: its handler reports on it
     stamp = rfc3339(now)
+    # The Deployment gone (deleted by hand): applied again, and said so. Until its pods
+    # are counted, the status must not go on saying the last cycle's pods are ready.
+    recreated = missing and rejected is None
+    if recreated:
+        gone = now - (memory.missing_since if memory.missing_since is not None else now)
+        kopf.event(
+            body,
+            type="Warning",
+            reason=DEPLOYMENT_MISSING,
+            message=f"the Deployment was not seen for {gone:.0f} s: applied again",
+        )
     if rejected is not None and (
         invalid.get("status") != "True" or invalid.get("message") != rejected
     ):
@@ -958,12 +974,22 @@ async def _refresh_children(
         kopf.event(body, type="Warning", reason=CHILD_REJECTED, message=rejected)
     elif rejected is None and invalid.get("reason") == CHILD_REJECTED:
         conditions = invalid_spec_conditions(conditions, None, now=stamp, generation=generation)
-    else:
+    elif not recreated:
         return
     meta = body["metadata"]
     key = (str(meta.get("namespace") or "default"), str(meta["name"]))
     # The last cycle's conditions, which the watch may not show yet.
     conditions = with_spec_conditions(_cycle_conditions(memory, live), conditions)
+    if recreated:
+        conditions = set_condition(
+            conditions,
+            READY,
+            "False",
+            DEPLOYMENT_MISSING,
+            "the Deployment was gone and is applied again; its pods start",
+            now=stamp,
+            generation=generation,
+        )
     await context.kube.patch_status(API_VERSION, PLURAL, *key, {"conditions": conditions})
     _remember_verdict(context, key, generation, conditions)
 

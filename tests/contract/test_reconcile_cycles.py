@@ -480,12 +480,18 @@ async def test_autoscaling_off_without_replicas_keeps_the_fleet() -> None:
 SERVICE = "/api/v1/namespaces/d/services/x"
 
 
-async def test_children_deleted_or_edited_by_hand_come_back() -> None:
+async def test_children_deleted_or_edited_by_hand_come_back(
+    kopf_posting: asyncio.Queue[Any],
+) -> None:
     spec_raw = {"model": {"id": "m", "runtime": "fake"}, "autoscaling": {"syncPeriodSeconds": 5}}
     body = vlmservice(spec_raw)
-    kube = FakeKube(body, replicas=4)
-    ctx, memory = context(kube, FakeSignals()), reconcile._Memory()
+    kube, fake = FakeKube(body, replicas=4), FakeSignals()
+    ctx, memory = context(kube, fake), reconcile._Memory()
     await reconcile.apply_spec(ctx, body, created=True, logger=LOG)
+    fake.current = signals(8.0, 8.0)
+    await run_cycle(ctx, kube, memory, T0 - 5)  # four pods, all ready
+    assert condition_of(body["status"], "Ready") == ("True", "AllPodsReady")
+    events(kopf_posting)
     rendered_ports = copy.deepcopy(kube.objects[SERVICE]["spec"]["ports"])
     kube.objects[DEPLOYMENT]["spec"]["replicas"] = 4  # the autoscaler's count
 
@@ -506,6 +512,10 @@ async def test_children_deleted_or_edited_by_hand_come_back() -> None:
     assert recreated_at is not None
     assert ctx.missing_grace_seconds <= recreated_at <= ctx.missing_grace_seconds + 5
     assert SERVICE in kube.objects
+    # Said so, once; and the status no longer claims the gone pods ready.
+    told = [(e.type, e.reason) for e in events(kopf_posting)]
+    assert told == [("Warning", "DeploymentMissing")]
+    assert condition_of(body["status"], "Ready") == ("False", "DeploymentMissing")
 
     # A hand edit of a child is reverted by the periodic re-apply, replicas left alone.
     kube.objects[SERVICE]["spec"]["ports"] = [{"name": "hacked", "port": 1}]

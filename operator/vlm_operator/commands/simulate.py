@@ -132,6 +132,12 @@ def run(args: argparse.Namespace) -> int:
         print(comparison_table(trace, reports, args.seed))
     else:
         print(_single_report(trace, reports[0]))
+    if not spec.autoscaling.enabled and len(policies) > 1:
+        print(
+            "note: the trace turns autoscaling off: ours holds spec.replicas, and the anchors "
+            "scale as they would (they have no such switch)",
+            file=sys.stderr,
+        )
     peak = oracle_peak_pods(trace, spec, config.latency, seed=args.seed)
     if peak > spec.autoscaling.max_replicas:
         print(
