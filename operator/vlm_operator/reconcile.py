@@ -622,8 +622,8 @@ async def autoscale_forever(
     body: kopf.Body,
     *,
     stopped: kopf.DaemonStopped,
-    pods: Mapping[tuple[str, str], Iterable[Mapping[str, Any]]],
-    deployments: Mapping[tuple[str, str], Iterable[Mapping[str, Any]]],
+    pods: Index,
+    deployments: Index,
     logger: logging.Logger | logging.LoggerAdapter[Any],
 ) -> None:
     """The control loop of one VLMService, until kopf stops it (deletion or exit).
