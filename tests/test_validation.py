@@ -180,6 +180,38 @@ def test_several_documents_say_which_one_is_wrong() -> None:
     assert str(info.value).startswith("document 2: spec.model.runtime: must be one of")
 
 
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        # The CRD's schema refuses these; read leniently they rendered as 8000 and True.
+        ("{model: {id: m}, gate: {port: '8000'}}", "spec.gate.port: must be a valid integer"),
+        (
+            "{model: {id: m}, autoscaling: {enabled: 'true'}}",
+            "spec.autoscaling.enabled: must be a valid boolean, got 'true'",
+        ),
+        (
+            "{model: {id: m}, autoscaling: {targetUtilization: '0.5'}}",
+            "spec.autoscaling.targetUtilization: must be a valid number",
+        ),
+        ("{model: {id: m}, replicas: 2.5}", "spec.replicas: must be a valid integer, got 2.5"),
+    ],
+)
+def test_a_manifest_is_typed_as_the_api_server_types_it(spec: str, message: str) -> None:
+    with pytest.raises(InvalidManifest) as info:
+        load_services(HEADER + f"spec: {spec}\n")
+    assert message in str(info.value)
+
+
+def test_what_the_api_server_accepts_is_read() -> None:
+    # A whole float is an integer to the API server; kubectl sends a date as a string.
+    text = HEADER.replace("{name: demo}", "{name: demo, annotations: {since: 2024-01-01}}")
+    (service,) = load_services(
+        text + "spec: {model: {id: m}, replicas: 3.0, autoscaling: {targetUtilization: 1}}\n"
+    )
+    assert service.spec.replicas == 3
+    assert service.spec.autoscaling.target_utilization == 1.0
+
+
 def test_a_key_may_be_overridden_after_a_merge() -> None:
     # ``<<`` merges keys that the mapping may then set again: no duplicate.
     text = HEADER + "spec:\n  <<: {model: {id: m}, replicas: 1}\n  replicas: 3\n"

@@ -17,6 +17,8 @@ This module is pure.
 
 from __future__ import annotations
 
+import datetime
+import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -99,8 +101,12 @@ def parse_spec(spec: Any, prefix: str = "spec") -> VLMServiceSpec:
         raise InvalidManifest(field_errors(exc, prefix)) from None
 
 
-def parse_service(document: Any) -> VLMService:
-    """A whole VLMService from a mapping; raises :class:`InvalidManifest`."""
+def parse_service(document: Any, *, strict: bool = False) -> VLMService:
+    """A whole VLMService from a mapping; raises :class:`InvalidManifest`.
+
+    ``strict`` types the fields as the CRD's schema does (``port: "8000"`` is
+    refused, not read as 8000): for manifests not yet through an API server.
+    """
     if not isinstance(document, Mapping):
         raise InvalidManifest(
             [FieldError("", f"a VLMService must be a mapping, got {_kind(document)}")]
@@ -123,7 +129,10 @@ def parse_service(document: Any) -> VLMService:
     else:
         problems += _name_errors(metadata.get("name"))
     try:
-        service = VLMService.model_validate(dict(document))
+        if strict:
+            service = VLMService.model_validate_json(_as_sent(document), strict=True)
+        else:
+            service = VLMService.model_validate(dict(document))
     except ValidationError as exc:
         problems += [e for e in field_errors(exc) if not e.path.startswith("metadata")]
     if problems:
@@ -132,7 +141,8 @@ def parse_service(document: Any) -> VLMService:
 
 
 def load_services(text: str) -> list[VLMService]:
-    """Every VLMService of a YAML stream; raises :class:`InvalidManifest`."""
+    """Every VLMService of a YAML stream, typed as the API server would type it;
+    raises :class:`InvalidManifest`."""
     try:
         documents = load_documents(text)
     except YAMLError as exc:
@@ -142,7 +152,7 @@ def load_services(text: str) -> list[VLMService]:
     services: list[VLMService] = []
     for index, document in enumerate(documents):
         try:
-            services.append(parse_service(document))
+            services.append(parse_service(document, strict=True))
         except InvalidManifest as exc:
             if len(documents) == 1:
                 raise
@@ -154,6 +164,28 @@ def load_services(text: str) -> list[VLMService]:
                 ]
             ) from None
     return services
+
+
+def _as_sent(document: Mapping[Any, Any]) -> str:
+    """The manifest as kubectl sends it to the API server: JSON, with YAML's dates as
+    the strings they were written as, and whole floats (``4.0``) as the integers the
+    API server's schema accepts them as. JSON cannot carry NaN or infinities, so
+    they stay floats pydantic refuses in strict mode."""
+
+    def sent(value: Any) -> Any:
+        if isinstance(value, Mapping):
+            return {str(k): sent(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [sent(v) for v in value]
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, datetime.date):
+            return value.isoformat()
+        if isinstance(value, bytes):
+            return value.decode("utf-8", "replace")
+        return value
+
+    return json.dumps(sent(document))
 
 
 def spec_warnings(spec: VLMServiceSpec) -> list[FieldError]:

@@ -1,10 +1,11 @@
 """``vlm-operator render``: the objects the operator would create for a VLMService.
 
-Reads VLMService manifests (a file or stdin), validates them exactly as the
-operator does, and prints the child objects (Deployment, Service,
-PodDisruptionBudget, and the optional PodMonitor and NetworkPolicy) as one
-YAML stream. Useful to review a spec before applying it, to diff two specs, or
-to run the model without the operator (``| kubectl apply -f -``).
+Reads VLMService manifests (a file or stdin), validates them as the API server
+(the CRD's types: ``port: "8000"`` is no port) and the operator do, and prints
+the child objects (Deployment, Service, PodDisruptionBudget, and the optional
+PodMonitor and NetworkPolicy) as one YAML stream. Useful to review a spec
+before applying it, to diff two specs, or to run the model without the
+operator (``| kubectl apply -f -``).
 """
 
 from __future__ import annotations
