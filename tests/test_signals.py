@@ -8,16 +8,18 @@ see what crosses the wire: how many queries, which ones, with which headers.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from aiohttp import web
+from vlm_operator import signals as signals_module
 from vlm_operator.models import VLMServiceSpec
 from vlm_operator.operator_metrics import OperatorMetrics
 from vlm_operator.signals import (
@@ -26,6 +28,7 @@ from vlm_operator.signals import (
     SignalReader,
     build_client,
     default_queries,
+    redacted,
     tls_verification,
 )
 
@@ -41,6 +44,10 @@ class StubPrometheus:
         self.headers: list[dict[str, str]] = []
         self.series: dict[str, list[dict[str, Any]]] = {}
         self.answer: Answer | None = None  # overrides every reply when set
+        #: Answers every request itself when set (a reply written piece by piece).
+        self.handler: Callable[[web.Request], Awaitable[web.StreamResponse]] | None = None
+        #: Replies sent chunked, with no Content-Length.
+        self.chunked = False
         self.delay = 0.0
         self.url = ""
         self._runner: web.AppRunner | None = None
@@ -65,14 +72,22 @@ class StubPrometheus:
         self.headers.append(dict(request.headers))
         if self.delay:
             await asyncio.sleep(self.delay)
+        if self.handler is not None:
+            return await self.handler(request)
         if self.answer is not None:
             return self.answer(query)
-        return web.json_response(
-            {
-                "status": "success",
-                "data": {"resultType": "vector", "result": self.series.get(query, [])},
-            }
-        )
+        payload = {
+            "status": "success",
+            "data": {"resultType": "vector", "result": self.series.get(query, [])},
+        }
+        if self.chunked:
+            response = web.StreamResponse()
+            response.enable_chunked_encoding()
+            await response.prepare(request)
+            await response.write(json.dumps(payload).encode())
+            await response.write_eof()
+            return response
+        return web.json_response(payload)
 
 
 def sample(value: float | str, **labels: str) -> dict[str, Any]:
@@ -363,6 +378,92 @@ async def test_timeout_and_connection_refused(
     assert "cannot reach" in signals.error
 
 
+async def test_an_answer_that_trickles_in_fails_at_the_deadline(
+    prom: StubPrometheus, client: httpx.AsyncClient
+) -> None:
+    # A byte every 0.3 s never trips the client's 1 s read timeout.
+    async def trickle(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for _ in range(100):  # 30 s at most
+            await response.write(b" ")
+            await asyncio.sleep(0.3)
+        return response
+
+    started = asyncio.get_running_loop().time()
+    reader = SignalReader(client, default_url=prom.url, deadline_seconds=1.5)
+    prom.handler = trickle
+    signals = await reader.read("ns", "a", spec(), max_age=1.0)
+    took = asyncio.get_running_loop().time() - started
+    assert signals.error is not None
+    assert "timed out" in signals.error
+    assert took < 10.0  # the deadline, not the trickle's 30 s
+
+
+async def test_an_answer_too_large_is_a_failed_read(
+    prom: StubPrometheus, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(signals_module, "MAX_ANSWER_BYTES", 1000)
+    fill(prom, [("ns", f"s{i}") for i in range(40)])  # ~2.5 KB per answer
+    reader = SignalReader(client, default_url=prom.url)
+    signals = await reader.read("ns", "s1", spec(), max_age=1.0)
+    assert signals.error is not None
+    assert "larger than 1000 bytes" in signals.error
+    # Chunked, with no Content-Length to refuse it by: read up to the cap only.
+    prom.chunked = True
+    signals = await SignalReader(client, default_url=prom.url).read("ns", "s1", spec(), max_age=1.0)
+    assert signals.error is not None
+    assert "larger than 1000 bytes" in signals.error
+
+
+async def test_credentials_in_the_url_stay_out_of_the_error(client: httpx.AsyncClient) -> None:
+    reader = SignalReader(client, default_url="http://opuser:S3cret@127.0.0.1:9")
+    signals = await reader.read("ns", "a", spec(), max_age=1.0)
+    assert signals.error is not None
+    assert "S3cret" not in signals.error
+    assert "opuser" not in signals.error
+    assert signals.error.startswith("http://127.0.0.1:9: cannot reach")
+    assert redacted("http://u:p@h:1/x") == "http://h:1/x"
+    assert redacted("http://h:1") == "http://h:1"
+
+
+async def test_a_host_that_is_no_idna_name_is_a_failed_read(client: httpx.AsyncClient) -> None:
+    # ``xn--a`` passes the URL pattern; httpx refuses it with a ValueError of idna's.
+    reader = SignalReader(client, default_url="http://xn--a:9090")
+    signals = await reader.read("ns", "a", spec(), max_age=1.0)
+    assert signals.error is not None
+    assert "cannot reach" in signals.error
+
+
+async def test_prometheus_error_text_is_bounded(
+    prom: StubPrometheus, client: httpx.AsyncClient
+) -> None:
+    prom.answer = lambda query: web.json_response(
+        {"status": "error", "errorType": "bad_data", "error": "x" * 100_000}, status=400
+    )
+    signals = await SignalReader(client, default_url=prom.url).read("ns", "a", spec(), max_age=1.0)
+    assert signals.error is not None
+    assert len(signals.error) < 400
+
+
+async def test_urls_services_name_use_their_own_client(prom: StubPrometheus) -> None:
+    fill(prom, [("ns", "a")])
+    async with build_client() as own, build_client() as theirs:
+        sent: list[str] = []
+
+        async def count(request: httpx.Request) -> None:
+            sent.append(str(request.url.host))
+
+        theirs.event_hooks["request"] = [count]
+        reader = SignalReader(own, default_url=prom.url, service_client=theirs)
+        assert (await reader.read("ns", "a", spec(), max_age=1.0)).error is None
+        assert sent == []
+        named = spec(metrics={"prometheusUrl": prom.url.replace("127.0.0.1", "localhost")})
+        await reader.read("ns", "a", named, max_age=1.0)
+        assert sent
+        assert set(sent) == {"localhost"}
+
+
 async def test_a_url_no_client_can_parse_is_a_failed_read_not_a_crash(
     client: httpx.AsyncClient,
 ) -> None:
@@ -439,6 +540,30 @@ async def test_unscraped_pods_and_pod_load(prom: StubPrometheus, client: httpx.A
     await reader.read("ns", "b", spec(), max_age=1.0)
     await reader.pod_load("ns", "b", spec(), max_age=1.0)
     assert len(prom.queries) == 6  # p95, arrival and error rate
+
+
+async def test_a_ready_pod_without_series_counts_as_unscraped(
+    prom: StubPrometheus, client: httpx.AsyncClient
+) -> None:
+    # Prometheus never found a-3 (not discovered, another shard, dropped by a
+    # relabelling): no ``up == 0`` for it, and its load is missing from the sums.
+    q = default_queries(30)
+    prom.series[UNSCRAPED_QUERY] = [sample(1, namespace="ns", vlmservice="a", pod="a-2")]
+    prom.series[q["running"]] = [
+        sample(4, namespace="ns", vlmservice="a", pod="a-1"),
+        sample(0, namespace="ns", vlmservice="a", pod="a-2"),
+    ]
+    prom.series[q["waiting"]] = [sample(3, namespace="ns", vlmservice="a", pod="a-1")]
+    reader = SignalReader(client, default_url=prom.url)
+    live = {"a-1", "a-2", "a-3"}
+
+    async def unscraped(ready: set[str]) -> int | None:
+        return await reader.unscraped_pods("ns", "a", spec(), max_age=1.0, pods=live, ready=ready)
+
+    assert await unscraped({"a-1"}) == 1  # a-2's failed scrape
+    assert await unscraped({"a-1", "a-2", "a-3"}) == 2  # a-2 once, and a-3
+    # A pod label that is no pod name: which pod has series cannot be told.
+    assert await reader.unscraped_pods("ns", "a", spec(), max_age=1.0, pods={"x"}, ready={"x"}) == 1
 
 
 async def test_the_gauges_of_pods_that_are_gone_are_not_load(
@@ -620,3 +745,31 @@ async def test_after_a_prometheus_restart_pods_deleted_meanwhile_are_not_load(
                 load = await reader.pod_load("ns", "a", spec(), max_age=0.0)
                 assert load is not None
                 assert load["a-1"] == 3.0
+
+
+@pytest.mark.skipif(not Path(PROMETHEUS_BINARY).exists(), reason="needs Debian's prometheus")
+async def test_a_gate_scraped_twice_counts_once(tmp_path: Path) -> None:
+    # Two scrapes of one gate (both PodMonitors, or one and a scrape config of one's own):
+    # two series of each gauge, one target. Summed, the pod's load read double.
+    labels = {"namespace": "ns", "vlmservice": "a", "pod": "a-1"}
+    server = PrometheusServer(tmp_path / "prometheus", scrape_interval="200ms")
+    with Exporter() as gate, Exporter() as other:
+        gate.set(running=3, waiting=1)
+        other.set(running=2, waiting=0)
+        with server:
+            server.set_targets(
+                [
+                    (gate.host_port, {**labels, "scraper": "first"}),
+                    (gate.host_port, {**labels, "scraper": "second"}),
+                    (other.host_port, {**labels, "pod": "a-2"}),
+                ]
+            )
+            server.wait_for_series('vlm_requests_running{vlmservice="a"}', count=3)
+            async with build_client() as client:
+                reader = SignalReader(client, default_url=server.url)
+                signals = await reader.read("ns", "a", spec(), max_age=0.0, pods={"a-1", "a-2"})
+                assert (signals.running, signals.waiting) == (5.0, 1.0)
+                assert await reader.pod_load("ns", "a", spec(), max_age=0.0) == {
+                    "a-1": 4.0,
+                    "a-2": 2.0,
+                }

@@ -35,7 +35,8 @@ simulator tunes (which carries the state every tick).
 
 The loop owns the children between spec changes too: a Deployment missing from
 the watch-fed index for ``missing_grace_seconds`` (deleted by hand; a shorter
-absence is the watch lagging its creation) is re-applied, and every
+absence is the watch lagging its creation) is re-applied with the replicas the
+loop last counted (or the status's, after a restart), and every
 ``children_refresh_seconds`` (10 minutes) all children are read and
 re-applied, which recreates any missing one and reverts hand edits of the
 fields the operator sets. A child that already holds what is rendered is not
@@ -161,6 +162,11 @@ class _Memory:
     written_at: float = 0.0
     scaled_to: int | None = None
     scaled_at: float = 0.0
+    #: The Deployment's replicas as the last cycle counted or set them: a
+    #: Deployment deleted by hand is created again with as many, not at
+    #: minReplicas, which would leave the load on a fleet too small until its
+    #: new pods report it.
+    replicas: int | None = None
     #: The policy's state after this loop's last cycle, written to the status or
     #: not: most cycles change nothing visible and are not written, but the
     #: policy's windows and means advanced all the same (the simulator that
@@ -366,8 +372,13 @@ async def apply_children(
     *,
     created: bool,
     logger: logging.Logger | logging.LoggerAdapter[Any],
+    replicas: int | None = None,
 ) -> str | None:
     """Create-or-patch every rendered child; the API's rejection of one, or None.
+
+    ``replicas``, if given, is the count a Deployment that is created starts
+    with (the rendering's is ``minReplicas``); an existing one's count is the
+    autoscaler's and never patched, unless the spec sets it.
 
     A child the API server rejects (400/422: the spec renders something it
     refuses) is a problem of the spec, not of the moment: it is returned for
@@ -380,6 +391,10 @@ async def apply_children(
     name, namespace = str(meta["name"]), str(meta.get("namespace") or "default")
     children = render_children(name, namespace, spec, operator_image=context.operator_image)
     kopf.append_owner_reference(children, owner=body)
+    if replicas is not None and not replicas_from_spec(spec):
+        for child in children:
+            if child["kind"] == "Deployment":
+                child["spec"]["replicas"] = replicas
     rejected: list[str] = []
     # One wait for the predecessor's children, all of which its deletion collects.
     until = asyncio.get_running_loop().time() + context.predecessor_wait_seconds
@@ -529,6 +544,19 @@ def pod_index_entry(body: Mapping[str, Any]) -> dict[tuple[str, str], dict[str, 
         "deletionCost": (meta.get("annotations") or {}).get(DELETION_COST_ANNOTATION),
     }
     return {(str(meta.get("namespace") or "default"), str(service)): entry}
+
+
+def scraped_by_now(pods: Iterable[Mapping[str, Any]], *, now: float, within: float) -> list[str]:
+    """The pods that serve (ready, not terminating) and have for ``within`` seconds:
+    Prometheus has had time to scrape them, so their gauges must have series."""
+    return [
+        str(pod["name"])
+        for pod in pods
+        if pod.get("name")
+        and pod.get("ready")
+        and not pod.get("terminating")
+        and now - float(pod.get("unreadySince") or now) >= within
+    ]
 
 
 def deployment_index_entry(body: Mapping[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
@@ -768,15 +796,32 @@ async def autoscale_once(
         # Our own scale is not in the watch yet: do not decide it again.
         counts = replace(counts, current=memory.scaled_to)
 
-    max_age = signal_max_age(now, period, spec.autoscaling.missing_signals.stale_after_seconds)
+    stale_after = spec.autoscaling.missing_signals.stale_after_seconds
+    max_age = signal_max_age(now, period, stale_after)
     # The pods that exist: series of others (deleted while Prometheus was down) are not load.
     names = {str(pod["name"]) for pod in pods if pod.get("name")}
     signals = await context.signals.read(namespace, name, spec, max_age=max_age, pods=names)
     unscraped = None
     if signals.error is None:
         unscraped = await context.signals.unscraped_pods(
-            namespace, name, spec, max_age=max_age, pods=names
+            namespace,
+            name,
+            spec,
+            max_age=max_age,
+            pods=names,
+            ready=scraped_by_now(pods, now=now, within=stale_after),
         )
+        # The series of pods the index does not show are dropped as deleted pods'; with
+        # the index behind the Deployment's count (its watch lagging), some were live.
+        unseen = int(deployment.get("readyReplicas") or 0) - sum(
+            1 for pod in pods if pod.get("ready")
+        )
+        if unscraped is not None and unseen > 0:
+            load = await context.signals.pod_load(namespace, name, spec, max_age=max_age)
+            if load is None:
+                unscraped = None
+            elif names & load.keys() and any(pod not in names for pod in load):
+                unscraped += unseen
 
     previous = _previous_status(body, memory, now=now, period=period)
     previous["conditions"] = with_spec_conditions(
@@ -803,7 +848,7 @@ async def autoscale_once(
         elif unscraped is None:
             why = "whether every pod is scraped is unknown"
         else:
-            why = f"{unscraped} pod(s) not scraped, their load is unknown"
+            why = f"{unscraped} pod(s) not scraped or not yet seen, their load is unknown"
         bound = spec.autoscaling.max_replicas
         replicas = min(counts.current, max(decision.replicas, bound))
         kept = state if decision.direction == "down" else decision.state
@@ -837,6 +882,7 @@ async def autoscale_once(
     # Kept once the scale is made: a cycle that failed before it decides again from
     # where it stood, rather than from a change that never happened.
     memory.state = decision.state
+    memory.replicas = decision.replicas if scaled else counts.current
     context.metrics.decisions.labels(decision.direction).inc()
 
     new = cycle_status(
@@ -939,7 +985,14 @@ async def _refresh_children(
     memory.child_lost = False  # a deletion seen from here on asks again
     generation = _generation(body)
     try:
-        rejected = await apply_children(context, body, spec, created=missing, logger=_LOG)
+        rejected = await apply_children(
+            context,
+            body,
+            spec,
+            created=missing,
+            logger=_LOG,
+            replicas=_replicas_to_restore(body, spec, memory) if missing else None,
+        )
     except BaseException as exc:
         memory.child_lost |= lost  # not re-applied: the next cycle tries again
         if not isinstance(exc, kopf.TemporaryError):
@@ -992,6 +1045,20 @@ async def _refresh_children(
         )
     await context.kube.patch_status(API_VERSION, PLURAL, *key, {"conditions": conditions})
     _remember_verdict(context, key, generation, conditions)
+
+
+def _replicas_to_restore(body: kopf.Body, spec: VLMServiceSpec, memory: _Memory) -> int | None:
+    """The count a Deployment deleted by hand comes back with: the last one this loop
+    counted or set, else the status's (a restarted operator), within the bounds;
+    None (the rendering's) when autoscaling is off or no count is known."""
+    if not spec.autoscaling.enabled:
+        return None
+    count: Any = memory.replicas
+    if count is None:
+        count = (body.get("status") or {}).get("replicas")
+    if not isinstance(count, int) or isinstance(count, bool):
+        return None
+    return max(spec.autoscaling.min_replicas, min(count, spec.autoscaling.max_replicas))
 
 
 def _latest_state(kept: PolicyState | None, stored: Any) -> PolicyState:

@@ -6,9 +6,12 @@ series, so the number of queries per cycle does not grow with the number of
 services. Every autoscaling cycle of every service goes through one
 :class:`SignalReader`, which holds
 
-* ONE shared ``httpx.AsyncClient`` with explicit timeouts (a dead Prometheus
-  must fail fast, not stall a thousand control loops), bearer-token and TLS
-  options;
+* ONE shared ``httpx.AsyncClient`` with explicit timeouts and a deadline on
+  each whole answer (a dead or trickling Prometheus must fail fast, not stall
+  a thousand control loops), a cap on the answer's size, bearer-token and TLS
+  options; URLs that services name (``metrics.prometheusUrl``) go through a
+  second client, so that a server of theirs cannot take the connections the
+  operator's own Prometheus needs;
 * a cache keyed by ``(prometheus_url, query)``: a result younger than the
   caller's ``max_age`` (half its sync period) is reused, and a lock per key
   makes concurrent callers await the one query in flight instead of sending
@@ -56,6 +59,7 @@ overrides have the same shape.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import ssl
 import time
@@ -81,9 +85,13 @@ _BY = "namespace, vlmservice"
 _BY_POD = "namespace, vlmservice, pod"
 #: Signals read per pod and summed over the pods that exist (see the module docstring).
 PER_POD_SIGNALS = ("running", "waiting")
+# A gate scraped by two jobs (both PodMonitors, or one of them and a scrape config of
+# one's own) has a series per job: the gauges are taken once per target (its
+# ``instance``), so such a pod does not count twice.
+_BY_TARGET = "namespace, vlmservice, pod, instance"
 _DEFAULT_QUERIES: dict[str, str] = {
-    "running": f"sum by ({_BY_POD}) ({contract.RUNNING})",
-    "waiting": f"sum by ({_BY_POD}) ({contract.WAITING})",
+    "running": f"sum by ({_BY_POD}) (max by ({_BY_TARGET}) ({contract.RUNNING}))",
+    "waiting": f"sum by ({_BY_POD}) (max by ({_BY_TARGET}) ({contract.WAITING}))",
     "p95": (
         f"histogram_quantile(0.95, sum by ({_BY}, le) (rate({contract.DURATION}_bucket[$window])))"
     ),
@@ -106,6 +114,16 @@ _PER_POD_QUERIES = frozenset(
 )
 
 DEFAULT_TIMEOUT = httpx.Timeout(5.0, connect=2.0)
+#: The most one answer may take, whole. httpx's timeouts are per socket read: a
+#: server that sends a byte a second never trips them, and would hold a
+#: connection of the pool, and the loops waiting on its answer, for ever.
+DEFAULT_DEADLINE_SECONDS = 10.0
+#: The largest answer read. A thousand services' per-pod gauges are a few MB;
+#: parsed, JSON takes about eight times its size, and an answer the size of
+#: the operator's memory limit would have it killed, again at every restart.
+MAX_ANSWER_BYTES = 32 * 1024 * 1024
+#: How much of Prometheus's error text goes into the status and Events.
+_DETAIL_CHARS = 200
 #: How Prometheus's annotations of a complete answer begin.
 _PROMQL_ANNOTATIONS = ("PromQL info:", "PromQL warning:")
 #: Prometheus's ``errorType`` of a failure that is its, not the query's.
@@ -294,8 +312,14 @@ class SignalReader:
         default_url: str | None,
         metrics: OperatorMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        service_client: httpx.AsyncClient | None = None,
+        deadline_seconds: float = DEFAULT_DEADLINE_SECONDS,
     ) -> None:
         self._client = client
+        #: For the URLs services name: a server of theirs that is slow, or holds its
+        #: connections open, exhausts this client's pool, not the operator's own.
+        self._service_client = service_client
+        self._deadline = deadline_seconds
         self._default_url = default_url.rstrip("/") if default_url else None
         self._metrics = metrics
         self._clock = clock
@@ -307,6 +331,8 @@ class SignalReader:
 
     async def aclose(self) -> None:
         await self._client.aclose()
+        if self._service_client is not None:
+            await self._service_client.aclose()
 
     def prometheus_url(self, spec: VLMServiceSpec) -> str | None:
         url = spec.metrics.prometheus_url or self._default_url
@@ -345,7 +371,7 @@ class SignalReader:
                 for signal in SIGNAL_NAMES
             }
         except PrometheusError as exc:
-            return _unavailable(f"{url}: {exc}")
+            return _unavailable(f"{redacted(url)}: {exc}")
         live = _existing([entries[s] for s in PER_POD_SIGNALS if s not in overridden], key, pods)
         for signal, entry in entries.items():
             oldest = min(oldest, entry.fetched_at)
@@ -377,8 +403,15 @@ class SignalReader:
         *,
         max_age: float,
         pods: Collection[str] | None = None,
+        ready: Collection[str] = (),
     ) -> int | None:
-        """Targets of the service whose last scrape failed; None if unknown.
+        """Pods of the service whose load is not in the sums; None if unknown.
+
+        Those are the targets whose last scrape failed, and the ``ready`` pods
+        (ready long enough to have been scraped) of which the gauges have no
+        series at all: a target Prometheus has not discovered, another
+        shard's, one a relabelling dropped. ``up == 0`` sees none of those,
+        and their load, missing from the sums, would read as a fall.
 
         ``pods`` as for :meth:`read`: a pod deleted while Prometheus was down is
         not unscraped, it is gone.
@@ -400,7 +433,15 @@ class SignalReader:
             ]
         )
         live = _existing([g for g in gauges if g is not None], key, pods)
-        return int(sum(count or 0 for count in entry.pods_of(key, live)))
+        failed = int(sum(count or 0 for count in entry.pods_of(key, live)))
+        if live is None or not gauges:
+            return failed  # the pod label is something else: pods cannot be matched
+        seen = {pod for gauge in gauges if gauge is not None for pod in gauge.by_pod.get(key, {})}
+        if any(gauge is None for gauge in gauges):
+            return None  # a gauge's answer failed: which pods have series is unknown
+        failing = {pod for pod, count in entry.by_pod.get(key, {}).items() if count}
+        silent = [pod for pod in ready if pod not in seen and pod not in failing]
+        return failed + len(silent)
 
     async def pod_load(
         self, namespace: str, name: str, spec: VLMServiceSpec, *, max_age: float
@@ -490,30 +531,37 @@ class SignalReader:
         self, url: str, promql: str
     ) -> tuple[list[dict[str, Any]], str | None]:
         """The answer's series, and its first warning (None without)."""
+        client = self._client
+        if self._service_client is not None and url != self._default_url:
+            client = self._service_client
         try:
-            response = await self._client.get(f"{url}/api/v1/query", params={"query": promql})
-        except httpx.TimeoutException as exc:
+            async with asyncio.timeout(self._deadline):
+                status, body = await _get(client, f"{url}/api/v1/query", {"query": promql})
+        except (httpx.TimeoutException, TimeoutError) as exc:
             raise PrometheusError("timeout", f"query timed out ({type(exc).__name__})") from exc
-        except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            # InvalidURL is no HTTPError: a URL the schema let through (a stored
-            # object older than its pattern) must fail as a read, not as the loop.
-            raise PrometheusError("connect", f"cannot reach Prometheus: {exc!s}") from exc
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
+            # InvalidURL is no HTTPError, and a host that is no valid IDNA name
+            # (``xn--a``) a ValueError: a URL the schema let through must fail as a
+            # read, not as the loop.
+            raise PrometheusError("connect", f"cannot reach Prometheus: {exc!s:.200}") from exc
+        if body is None:
+            raise PrometheusError("json", f"answer larger than {MAX_ANSWER_BYTES} bytes")
         try:
-            payload = response.json()
+            payload = json.loads(body)
         except ValueError as exc:
-            if response.status_code != 200:
-                raise PrometheusError("status", f"HTTP {response.status_code}") from exc
+            if status != 200:
+                raise PrometheusError("status", f"HTTP {status}") from exc
             raise PrometheusError("json", "response is not JSON") from exc
         if not isinstance(payload, dict):
             raise PrometheusError("json", "response is not a JSON object")
         if payload.get("status") != "success":
-            detail = payload.get("error") or f"HTTP {response.status_code}"
-            kind = payload.get("errorType", "error")
+            detail = str(payload.get("error") or f"HTTP {status}")[:_DETAIL_CHARS]
+            kind = str(payload.get("errorType", "error"))[:_DETAIL_CHARS]
             # Prometheus's own time-outs and overload are not the query's fault.
-            reason = _ERROR_TYPE_REASONS.get(str(kind), "promql")
+            reason = _ERROR_TYPE_REASONS.get(kind, "promql")
             raise PrometheusError(reason, f"{kind}: {detail}")
-        if response.status_code != 200:
-            raise PrometheusError("status", f"HTTP {response.status_code}")
+        if status != 200:
+            raise PrometheusError("status", f"HTTP {status}")
         data = payload.get("data")
         if not isinstance(data, dict) or data.get("resultType") != "vector":
             raise PrometheusError("json", "expected an instant vector")
@@ -531,6 +579,36 @@ class SignalReader:
             ):
                 raise PrometheusError("json", f"not a sample of an instant vector: {item!r:.100}")
         return result, _missing_data_warning(payload.get("warnings"))
+
+
+async def _get(
+    client: httpx.AsyncClient, url: str, params: Mapping[str, str]
+) -> tuple[int, bytes | None]:
+    """The status and body of a GET; the body None past MAX_ANSWER_BYTES (not read)."""
+    async with client.stream("GET", url, params=params) as response:
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MAX_ANSWER_BYTES:
+            return response.status_code, None
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > MAX_ANSWER_BYTES:
+                return response.status_code, None
+            chunks.append(chunk)
+        return response.status_code, b"".join(chunks)
+
+
+def redacted(url: str) -> str:
+    """``url`` without the user and password it may carry: it goes into statuses and
+    Events that whoever may read a VLMService reads."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError):
+        return url.rpartition("@")[2] if "@" in url else url
+    if not parsed.userinfo:
+        return url
+    return str(parsed.copy_with(username=None, password=None))
 
 
 def missing_data_warnings(warnings: Any) -> list[str]:

@@ -215,7 +215,8 @@ def _metrics_condition(
         return (
             "True",
             "PartialScrape",
-            f"{unscraped} pod(s) not scraped: their load is missing, so no scale-down",
+            f"{unscraped} pod(s) not scraped or not yet seen by the operator: their load "
+            "is missing, so no scale-down",
         )
     return "True", "SignalsRead", "signals read from Prometheus"
 

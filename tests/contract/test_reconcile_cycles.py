@@ -393,6 +393,49 @@ async def test_a_hold_on_partial_signals_still_obeys_a_lowered_max_replicas(
     assert kube.replicas == 3
 
 
+async def test_pods_ready_long_enough_must_have_series_and_a_lagging_index_holds() -> None:
+    # Idle load on 6 pods: the policy wants fewer.
+    spec_raw = {"model": {"id": "m", "runtime": "fake"}, "autoscaling": {"syncPeriodSeconds": 5}}
+    kube, fake = FakeKube(vlmservice(spec_raw), replicas=6), FakeSignals()
+    ctx, memory = context(kube, fake), reconcile._Memory()
+    fake.current = signals(1.0, 8.0)
+    ready_for = {"x-0": 3600.0, "x-1": 3600.0, "x-2": 59.0}  # staleAfterSeconds: 60
+    told: list[Any] = []
+    unscraped_pods = fake.unscraped_pods
+
+    async def recorded(*args: Any, **kwargs: Any) -> int | None:
+        told.append(sorted(kwargs["ready"]))
+        return await unscraped_pods(*args, **kwargs)
+
+    fake.unscraped_pods = recorded  # type: ignore[method-assign]
+
+    async def cycle(now: float, ready_replicas: int) -> None:
+        pods = [
+            {"name": pod, "ready": True, "unreadySince": now - age}
+            for pod, age in ready_for.items()
+        ]
+        deployment = {"replicas": kube.replicas, "readyReplicas": ready_replicas}
+        await reconcile.autoscale_once(ctx, kube.body, memory, pods=pods, deployment=deployment,
+                                       now=now)  # fmt: skip
+
+    await cycle(T0, 3)
+    # The pods whose series the signals must show: ready for staleAfterSeconds.
+    assert told == [["x-0", "x-1"]]
+    # The Deployment counts 6 ready pods, the index 3, and the gauges hold series of
+    # pods the index does not show: dropped as gone, they may be live. No scale-down.
+    fake.load = {"x-0": 1.0, "x-3": 2.0}
+    for i in range(1, 80):  # 400 s of 5 s cycles: past any stabilization window
+        await cycle(T0 + 5 * i, 6)
+    assert kube.replicas == 6
+    condition = find_condition(kube.body["status"]["conditions"], "MetricsAvailable")
+    assert condition is not None
+    assert condition["reason"] == "PartialScrape"
+    # Caught up (or no series of an unseen pod): the scale-down goes ahead.
+    for i in range(80, 160):
+        await cycle(T0 + 5 * i, 3)
+    assert kube.replicas < 6
+
+
 async def test_with_autoscaling_off_partial_signals_hold_nothing() -> None:
     spec_raw = {
         "model": {"id": "m", "runtime": "fake"},
@@ -512,6 +555,8 @@ async def test_children_deleted_or_edited_by_hand_come_back(
     assert recreated_at is not None
     assert ctx.missing_grace_seconds <= recreated_at <= ctx.missing_grace_seconds + 5
     assert SERVICE in kube.objects
+    # With as many pods as the autoscaler had, not minReplicas' one.
+    assert kube.objects[DEPLOYMENT]["spec"]["replicas"] == memory.replicas == 4
     # Said so, once; and the status no longer claims the gone pods ready.
     told = [(e.type, e.reason) for e in events(kopf_posting)]
     assert told == [("Warning", "DeploymentMissing")]
@@ -531,6 +576,30 @@ async def test_children_deleted_or_edited_by_hand_come_back(
     assert reverted_at <= ctx.children_refresh_seconds + 5
     assert kube.objects[DEPLOYMENT]["spec"]["replicas"] == 4
     assert ("spec", "replicas") in kube.applied[-3][2]  # omitted from the Deployment's patch
+
+
+@pytest.mark.parametrize(("status_replicas", "restored"), [(7, 5), (0, 2), (None, 2)])
+async def test_a_restarted_operator_restores_a_deleted_deployment_at_the_status_count(
+    status_replicas: int | None, restored: int
+) -> None:
+    # No cycle of this operator counted the pods: the status's count, within the bounds
+    # (minReplicas 2, maxReplicas 5); none known, the rendering's minReplicas.
+    spec_raw = {
+        "model": {"id": "m", "runtime": "fake"},
+        "autoscaling": {"syncPeriodSeconds": 5, "minReplicas": 2, "maxReplicas": 5},
+    }
+    body = vlmservice(spec_raw)
+    kube = FakeKube(body)
+    ctx, memory = context(kube, FakeSignals()), reconcile._Memory()
+    await reconcile.apply_spec(ctx, body, created=True, logger=LOG)
+    if status_replicas is not None:
+        body["status"] = {"replicas": status_replicas}
+    del kube.objects[DEPLOYMENT]
+    for i in range(int(ctx.missing_grace_seconds // 5) + 3):  # 5 s cycles, bounded
+        await reconcile.autoscale_once(ctx, body, memory, pods=[], deployment=None, now=T0 + 5 * i)
+        if DEPLOYMENT in kube.objects:
+            break
+    assert kube.objects[DEPLOYMENT]["spec"]["replicas"] == restored
 
 
 PDB = "/apis/policy/v1/namespaces/d/poddisruptionbudgets/x"

@@ -73,7 +73,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--prometheus-timeout",
         type=flag_type(positive_float),
         default=5.0,
-        help="seconds before a query counts as failed (default 5)",
+        help=(
+            "seconds a query may wait for each piece of its answer, twice that for the "
+            "whole, before it counts as failed (default 5)"
+        ),
     )
     ops = parser.add_argument_group("the operator itself")
     liveness = ops.add_mutually_exclusive_group()
@@ -152,14 +155,25 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("httpx").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     if metrics_port is not None:
         _LOG.info("metrics on http://%s:%d/metrics", args.metrics_address, metrics_port)
+    timeout = httpx.Timeout(args.prometheus_timeout, connect=min(2.0, args.prometheus_timeout))
     client = build_client(
         bearer_token_file=args.prometheus_bearer_token_file,
         token_url=args.prometheus_url,
         ca_file=args.prometheus_ca_file,
         insecure=args.prometheus_insecure,
-        timeout=httpx.Timeout(args.prometheus_timeout, connect=min(2.0, args.prometheus_timeout)),
+        timeout=timeout,
     )
-    signals = SignalReader(client, default_url=args.prometheus_url, metrics=metrics)
+    # The URLs services name get their own connections (and never the token).
+    service_client = build_client(
+        ca_file=args.prometheus_ca_file, insecure=args.prometheus_insecure, timeout=timeout
+    )
+    signals = SignalReader(
+        client,
+        default_url=args.prometheus_url,
+        metrics=metrics,
+        service_client=service_client,
+        deadline_seconds=2 * args.prometheus_timeout,
+    )
     context = OperatorContext(
         kube=kube, signals=signals, metrics=metrics, operator_image=args.operator_image
     )
