@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from vlm_operator.loadgen import RequestRecord, chat_payload, closed_loop
+from vlm_operator.loadgen import ERROR_PAUSE_S, RequestRecord, chat_payload, closed_loop
 
 from e2e.localcluster import LocalCluster
 
@@ -62,7 +62,12 @@ def start_load(url: str, users: int, seconds: float) -> asyncio.Task[list[Reques
     """``users`` closed-loop users against ``url`` for ``seconds``, in the background."""
     return asyncio.create_task(
         closed_loop(
-            url, users, duration_s=seconds, timeout_s=E2E_CLIENT_TIMEOUT_S, payload=E2E_PAYLOAD
+            url,
+            users,
+            duration_s=seconds,
+            timeout_s=E2E_CLIENT_TIMEOUT_S,
+            payload=E2E_PAYLOAD,
+            error_pause_s=ERROR_PAUSE_S / E2E_TIME_SCALE,
         )
     )
 

@@ -493,3 +493,30 @@ def test_bad_environment_value_names_the_variable(
         main(["fake-model"])
     assert exited.value.code == 2
     assert "VLM_FAKE_TIME_SCALE" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        # Within each flag's own check, but the scaled durations would overflow: every
+        # request and health check answered 500.
+        (["--base-seconds", "1e308", "--time-scale", "0.01"], "--base-seconds: must be <= 3600"),
+        (["--startup-seconds", "1e308"], "--startup-seconds: must be <= 3600"),
+        (["--time-scale", "0.0001"], "--time-scale: must be >= 0.001"),
+        (["--sigma", "1000"], "sigma must be from 0 to 5"),
+    ],
+)
+def test_flags_past_the_runtime_bounds_are_refused(
+    flags: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from vlm_operator.commands import fake_model as command
+
+    def served(*args: object) -> int:
+        raise AssertionError("served with flags past the bounds")
+
+    monkeypatch.setattr(command, "serving", served)
+    assert main(["fake-model", "--listen", "127.0.0.1:0", *flags]) == 2
+    assert message in capsys.readouterr().err

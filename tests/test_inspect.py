@@ -471,6 +471,38 @@ def test_numbers_must_be_finite_and_bounded(
 
 
 @pytest.mark.parametrize(
+    ("value", "message"),
+    [("4", "must be from 5 to 3600 seconds"), ("3601", "must be from 5 to 3600"),
+     ("1.5", "expected whole seconds")],
+)  # fmt: skip
+def test_the_window_is_a_window_the_spec_takes(
+    value: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["inspect", "a/b", "--prometheus-url", "http://127.0.0.1:9", "--window", value])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_window_reaches_the_queries(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A service whose spec.metrics.windowSeconds is 120 is shown over the window its
+    # operator read, not the default 30 s.
+    from vlm_operator.commands import inspect as command
+
+    seen: dict[str, Any] = {}
+
+    def inspected(client: Any, service: Any, **kwargs: Any) -> Any:
+        seen.update(kwargs)
+        raise command.PrometheusUnreachable("stop here")
+
+    monkeypatch.setattr(command, "inspect_service", inspected)
+    main(["inspect", "a/b", "--prometheus-url", "http://127.0.0.1:9", "--window", "120"])
+    assert seen["window_seconds"] == 120
+
+
+@pytest.mark.parametrize(
     ("content", "reason"),
     [
         (b"\xff\xfe\x00binary", "not a token (bytes that are not ASCII text)"),

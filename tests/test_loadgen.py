@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -108,12 +109,79 @@ async def test_errors_and_timeouts_are_recorded_as_status_zero(target: Target) -
     assert late[0].status == 0
     assert late[0].error == "timeout"
     failed = await closed_loop(
-        target.url + "?status=503", 1, duration_s=5, timeout_s=1, payload={}, max_requests=3
+        target.url + "?status=503",
+        1,
+        duration_s=5,
+        timeout_s=1,
+        payload={},
+        max_requests=3,
+        error_pause_s=0.01,
     )
     summary = summarize(failed)
     assert summary.statuses == {503: 3}
     assert summary.error_rate == 1.0
     assert summary.p50 is None
+
+
+async def test_a_user_pauses_after_a_failure_instead_of_flooding(target: Target) -> None:
+    # A refusal comes back in ~10 ms: sent again at once, 2 users would send ~100 in 0.5 s.
+    records = await closed_loop(
+        target.url + "?status=429", 2, duration_s=0.5, timeout_s=1, payload={}, error_pause_s=0.2
+    )
+    assert 4 <= len(records) <= 8  # 2 users x (0.5 s / ~0.21 s), and one each at least
+    assert {r.status for r in records} == {429}
+    ok = await closed_loop(target.url, 1, duration_s=0.3, timeout_s=1, payload={}, error_pause_s=5)
+    assert len(ok) >= 10  # no pause after a success
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"duration_s": float("nan")}, "duration_s must be a finite number >= 0, got nan"),
+        ({"duration_s": -1.0}, "duration_s must be a finite number >= 0"),
+        ({"timeout_s": 0.0}, "timeout_s must be a finite number > 0, got 0.0"),
+        ({"timeout_s": float("nan")}, "timeout_s must be a finite number > 0"),
+        ({"rate": float("inf")}, "rate must be a number from 0 to 10000, got inf"),
+        ({"rate": -5.0}, "rate must be a number from 0 to 10000"),
+        ({"rate": 1e7}, "rate must be a number from 0 to 10000"),
+        ({"rate": lambda t: float("nan")}, "rate must be a number from 0 to 10000 at 0.000 s"),
+    ],
+)
+async def test_arguments_that_would_run_for_ever_or_unbounded_are_refused(
+    kwargs: dict[str, Any], message: str
+) -> None:
+    # The URL is never reached: refused before a request.
+    args: dict[str, Any] = {"duration_s": 1.0, "timeout_s": 1.0, "payload": {}, "rate": 1.0}
+    args.update(kwargs)
+    rate = args.pop("rate")
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        await open_loop("http://127.0.0.1:9/", rate, **args)
+    if "rate" not in kwargs:
+        with pytest.raises(ValueError, match=message):
+            await closed_loop("http://127.0.0.1:9/", 1, **args)
+
+
+def test_a_late_failure_does_not_stretch_the_throughput() -> None:
+    records = [RequestRecord(float(i) / 10, float(i) / 10 + 0.1, 200) for i in range(10)]
+    records.append(RequestRecord(0.95, 30.95, 0, "timeout"))  # sent last, timed out 30 s on
+    assert summarize(records).throughput == pytest.approx(10 / 1.0)
+
+
+async def test_a_steep_rise_gets_its_arrivals_by_thinning(target: Target) -> None:
+    # 1 req/s, then 200 from 0.5 s: ~100.5 arrivals a run. A gap drawn at 1 req/s
+    # (mean 1 s) steps over the rise; candidates at the peak rate do not.
+    def rate(t: float) -> float:
+        return 1.0 if t < 0.5 else 200.0
+
+    counts = []
+    for seed in range(5):
+        records = await open_loop(
+            target.url, rate, duration_s=1.0, timeout_s=5, payload={}, seed=seed, peak_rate=200.0
+        )
+        counts.append(len(records))
+    assert 400 <= sum(counts) <= 610, counts  # 502 expected, sigma ~22
+    with pytest.raises(ValueError, match=r"rate 200 at .* is above peak_rate 100"):
+        await open_loop(target.url, rate, duration_s=1.0, timeout_s=5, payload={}, peak_rate=100)
 
 
 def test_summary_percentiles_use_nearest_rank() -> None:

@@ -394,6 +394,18 @@ def test_threads_follow_the_cpu_limit_when_no_request_is_set() -> None:
             assert _env(model)["OMP_NUM_THREADS"] == "3"
 
 
+@pytest.mark.parametrize(
+    ("cpu", "threads"), [("+2", "2"), ("2e0", "2"), ("0.002k", "2"), ("2500m", "2"), ("100m", "1")]
+)
+def test_threads_follow_any_spelling_of_the_cpu_quantity(cpu: str, threads: str) -> None:
+    spec = _spec(
+        model={"id": "m", "runtime": "llamacpp", "storage": {"pvc": {"claimName": "w"}}},
+        resources={"requests": {"cpu": cpu}},
+    )
+    model = _containers(render_children("s", "n", spec))["model"]
+    assert model["args"][model["args"].index("--threads") + 1] == threads
+
+
 def test_transformers_preset_waits_minutes_for_the_model() -> None:
     spec = _spec(
         model={

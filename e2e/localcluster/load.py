@@ -20,7 +20,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from vlm_operator.loadgen import RequestRecord, Summary, closed_loop, open_loop, summarize
+from vlm_operator.loadgen import (
+    ERROR_PAUSE_S,
+    RequestRecord,
+    Summary,
+    closed_loop,
+    open_loop,
+    summarize,
+)
 from vlm_operator.traces import Phase, Trace
 
 __all__ = ["PhaseReport", "TraceRun", "replay"]
@@ -133,7 +140,7 @@ async def replay(
         records.extend(
             await closed_loop(
                 url, 1, duration_s=stretch[1] - stretch[0], timeout_s=client_timeout,
-                payload=payload,
+                payload=payload, error_pause_s=ERROR_PAUSE_S / time_scale,
             )
         )  # fmt: skip
 
@@ -147,6 +154,7 @@ async def replay(
                 timeout_s=client_timeout,
                 payload=payload,
                 seed=seed + index,
+                peak_rate=phase.peak_rate(),
             )
         )
 

@@ -39,6 +39,9 @@ K = TypeVar("K", bound=Hashable)
 # Completions computed from floating-point virtual time can land a few ulps
 # after the instant the caller asks about; they count as finished.
 _EPSILON = 1e-9
+#: The widest spread of the work: exp(5 x 8 sigma-draws) is still a finite number of
+#: seconds, where a spread of hundreds draws infinite work now and then.
+MAX_SIGMA = 5.0
 
 
 @dataclass(frozen=True)
@@ -59,10 +62,15 @@ class LatencyModel:
             raise ValueError(f"base_seconds must be positive, got {self.base_seconds}")
         if not self.alpha >= 0:
             raise ValueError(f"alpha must be >= 0, got {self.alpha}")
-        if not self.sigma >= 0:
-            raise ValueError(f"sigma must be >= 0, got {self.sigma}")
+        if not 0 <= self.sigma <= MAX_SIGMA:
+            raise ValueError(f"sigma must be from 0 to {MAX_SIGMA}, got {self.sigma}")
         if not self.time_scale > 0:
             raise ValueError(f"time_scale must be positive, got {self.time_scale}")
+        if not math.isfinite(self.base_seconds / self.time_scale):
+            raise ValueError(
+                f"base_seconds / time_scale must be finite, got {self.base_seconds} / "
+                f"{self.time_scale}"
+            )
 
     def slowdown(self, n: int) -> float:
         """How much slower each of ``n`` concurrent requests runs than one alone."""

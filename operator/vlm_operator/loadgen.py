@@ -68,7 +68,7 @@ class Summary:
     p50: float | None
     p95: float | None
     p99: float | None
-    throughput: float  # successful requests per second over the run's span
+    throughput: float  # successful requests per second, first send to last success
     statuses: dict[int, int] = field(default_factory=dict)
 
     def line(self) -> str:
@@ -100,7 +100,11 @@ def summarize(records: list[RequestRecord]) -> Summary:
         statuses[r.status] = statuses.get(r.status, 0) + 1
     count = len(records)
     ok = len(latencies)
-    span = (max(r.end for r in records) - min(r.start for r in records)) if records else 0.0
+    # Over the span of the answers: from the first request sent to the last success,
+    # so that a request that failed late (a timeout sent just before the end) does
+    # not stretch the time the successes are divided by.
+    ends = [r.end for r in records if r.ok]
+    span = (max(ends) - min(r.start for r in records)) if ends else 0.0
     return Summary(
         count=count,
         ok=ok,
@@ -157,6 +161,29 @@ class _Client:
             return RequestRecord(start, time.monotonic(), 0, f"{type(exc).__name__}: {exc}")
 
 
+#: The highest arrival rate an open loop takes: one client process sends no more.
+MAX_RATE = 10_000.0
+#: How long a closed-loop user waits after a failed request before the next, as the
+#: simulator's users do (``SimConfig.error_pause_seconds``).
+ERROR_PAUSE_S = 1.0
+
+
+def _check_times(duration_s: float, timeout_s: float) -> None:
+    """Refuse what would run for ever or without a client timeout (aiohttp reads a
+    total of 0 or less as none, and NaN never expires)."""
+    if not (math.isfinite(duration_s) and duration_s >= 0):
+        raise ValueError(f"duration_s must be a finite number >= 0, got {duration_s}")
+    if not (math.isfinite(timeout_s) and timeout_s > 0):
+        raise ValueError(f"timeout_s must be a finite number > 0, got {timeout_s}")
+
+
+def _check_rate(rate: float, at: float | None = None) -> float:
+    if not (math.isfinite(rate) and 0 <= rate <= MAX_RATE):
+        where = "" if at is None else f" at {at:.3f} s"
+        raise ValueError(f"rate must be a number from 0 to {MAX_RATE:g}{where}, got {rate}")
+    return rate
+
+
 async def closed_loop(
     url: str,
     users: int,
@@ -165,14 +192,21 @@ async def closed_loop(
     timeout_s: float,
     payload: Any,
     max_requests: int | None = None,
+    error_pause_s: float = ERROR_PAUSE_S,
 ) -> list[RequestRecord]:
     """``users`` users each send a request, wait for its answer, and send again.
 
+    After a failed request (an answer other than 2xx, or none) a user waits
+    ``error_pause_s`` first: a refusal comes back in a millisecond, and users
+    who sent again at once would turn an overload into a flood of requests.
     No request starts after ``duration_s`` or beyond ``max_requests``; the ones
     in flight then are waited for (each bounded by ``timeout_s``).
     """
     if users < 1:
         raise ValueError(f"users must be >= 1, got {users}")
+    _check_times(duration_s, timeout_s)
+    if not (math.isfinite(error_pause_s) and error_pause_s >= 0):
+        raise ValueError(f"error_pause_s must be a finite number >= 0, got {error_pause_s}")
     records: list[RequestRecord] = []
     deadline = time.monotonic() + duration_s
     budget = [max_requests if max_requests is not None else math.inf]
@@ -182,7 +216,10 @@ async def closed_loop(
         async def user() -> None:
             while time.monotonic() < deadline and budget[0] > 0:
                 budget[0] -= 1
-                records.append(await client.one())
+                record = await client.one()
+                records.append(record)
+                if not 200 <= record.status < 300 and error_pause_s > 0:
+                    await asyncio.sleep(min(error_pause_s, max(0.0, deadline - time.monotonic())))
 
         await asyncio.gather(*(user() for _ in range(users)))
     return records
@@ -197,20 +234,29 @@ async def open_loop(
     payload: Any,
     max_requests: int | None = None,
     seed: int = 0,
+    peak_rate: float | None = None,
 ) -> list[RequestRecord]:
     """Poisson arrivals at ``rate`` per second (a number, or a function of elapsed seconds).
 
+    A function with its ``peak_rate`` (the highest it reaches) gets arrivals by
+    thinning, as the simulator draws them: candidates at the peak rate, each kept
+    with probability rate / peak. Without one, each gap is drawn at the rate where
+    it starts, which is exact for a constant rate and close for a gentle ramp, but a
+    long gap drawn at a low rate steps over a sudden rise.
     Requests start whether or not earlier ones have been answered; arrivals stop
     after ``duration_s`` or ``max_requests``, and the outstanding ones are waited
     for (each bounded by ``timeout_s``).
     """
-    if callable(rate):
-        rate_of = rate
-    else:
-        constant = float(rate)
+    _check_times(duration_s, timeout_s)
+    if peak_rate is not None:
+        _check_rate(peak_rate)
+    given: Callable[[float], float] | None = rate if callable(rate) else None
+    constant = 0.0 if callable(rate) else _check_rate(float(rate))
 
-        def rate_of(_elapsed: float) -> float:
+    def rate_of(elapsed: float) -> float:
+        if given is None:
             return constant
+        return _check_rate(float(given(elapsed)), elapsed)
 
     rng = random.Random(seed)
     records: list[RequestRecord] = []
@@ -226,14 +272,32 @@ async def open_loop(
     async with _Client(url, payload, timeout_s, 0) as client:
         begin = time.monotonic()
         next_at = 0.0
+        rejected = 0
         while started < limit:
-            current = rate_of(next_at)
-            if not current > 0:
-                next_at += _IDLE_STEP_S
+            if given is not None and peak_rate is not None:
+                if not peak_rate > 0:
+                    break  # never an arrival
+                next_at += rng.expovariate(peak_rate)
+                if next_at >= duration_s:
+                    break
+                current = rate_of(next_at)
+                if current > peak_rate * (1 + 1e-9):
+                    raise ValueError(
+                        f"rate {current:g} at {next_at:.3f} s is above peak_rate {peak_rate:g}"
+                    )
+                if rng.random() * peak_rate >= current:
+                    rejected += 1
+                    if rejected % 256 == 0:
+                        await asyncio.sleep(0)  # a long quiet stretch: let the answers in
+                    continue
             else:
-                next_at += rng.expovariate(current)
-            if next_at >= duration_s:
-                break
+                current = rate_of(next_at)
+                if not current > 0:
+                    next_at += _IDLE_STEP_S
+                else:
+                    next_at += rng.expovariate(current)
+                if next_at >= duration_s:
+                    break
             delay = begin + next_at - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)

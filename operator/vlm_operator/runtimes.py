@@ -20,11 +20,10 @@ This module is pure.
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 from vlm_operator import __version__
-from vlm_operator.models import EnvVar, VLMServiceSpec
+from vlm_operator.models import EnvVar, VLMServiceSpec, quantity_value
 
 __all__ = [
     "DEFAULT_MODEL_PORT",
@@ -257,17 +256,15 @@ def _pod_cores(spec: VLMServiceSpec) -> int | None:
     return _cpu_count(resources.requests.cpu or resources.limits.cpu)
 
 
-_CPU = re.compile(r"^(?P<number>[0-9]+(\.[0-9]*)?|\.[0-9]+)(?P<milli>m?)$")
-
-
 def _cpu_count(quantity: str | None) -> int | None:
-    """Whole cores of a CPU quantity, at least 1; None when unset or unusual."""
+    """Whole cores of a CPU quantity (any the API server takes: ``2``, ``+2``, ``2e0``,
+    ``2000m``, ``0.002k``), at least 1; None when unset or not a quantity."""
     if quantity is None:
         return None
-    match = _CPU.match(quantity)
-    if match is None:
+    try:
+        cores = float(quantity_value(quantity))
+    except (ValueError, ArithmeticError):
         return None
-    cores = float(match["number"]) / (1000 if match["milli"] else 1)
     if not math.isfinite(cores):  # hundreds of digits: no machine has them
         return None
     return max(1, math.floor(cores))

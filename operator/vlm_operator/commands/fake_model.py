@@ -55,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from vlm_operator.fake_model import FakeModelConfig, serve
 
     host, port = args.listen
+    _check_bounds(args)
     try:
         config = FakeModelConfig(
             model_id=args.model_id,
@@ -71,3 +72,33 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     return serving(lambda: asyncio.run(serve(config)), "--listen", host, port)
+
+
+#: The flags a VLMService's ``model.fake`` sets, by the field whose bounds they keep.
+_SPEC_FLAGS = {
+    "base_seconds": "--base-seconds",
+    "alpha": "--alpha",
+    "startup_seconds": "--startup-seconds",
+    "time_scale": "--time-scale",
+}
+
+
+def _check_bounds(args: argparse.Namespace) -> None:
+    """The bounds of the ``fake`` runtime's spec: beyond them the scaled durations
+    overflow, and every request and health check would fail with a 500."""
+    from pydantic import ValidationError
+
+    from vlm_operator.cli import UsageError
+    from vlm_operator.models import FakeModelSpec
+    from vlm_operator.validation import field_errors
+
+    values = {field: getattr(args, field.replace("-", "_")) for field in _SPEC_FLAGS}
+    try:
+        FakeModelSpec.model_validate(values)
+    except ValidationError as exc:
+        fields = FakeModelSpec.model_fields
+        flags = {**_SPEC_FLAGS, **{fields[f].alias or f: x for f, x in _SPEC_FLAGS.items()}}
+        problems = [
+            f"{flags.get(error.path, error.path)}: {error.reason}" for error in field_errors(exc)
+        ]
+        raise UsageError("; ".join(problems)) from None

@@ -17,6 +17,7 @@ from vlm_operator.cli import UsageError
 from vlm_operator.commands._env import http_url
 from vlm_operator.inspection import (
     DEFAULT_P95_TARGET_SECONDS,
+    DEFAULT_WINDOW_SECONDS,
     ExtraMissing,
     PrometheusError,
     PrometheusRefused,
@@ -39,6 +40,8 @@ _DAY = 86400.0
 _MAX_MINUTES = 366 * 24 * 60.0
 _MAX_STEP = 366 * _DAY
 _MAX_TIMEOUT = 3600.0
+#: The bounds of spec.metrics.windowSeconds.
+_MIN_WINDOW, _MAX_WINDOW = 5, 3600
 #: Prometheus keeps time in milliseconds: a smaller step would be zero to it.
 _MIN_STEP = 0.001
 
@@ -59,6 +62,23 @@ def _number(
             low = f"at least {at_least:g}" if at_least is not None else f"above {above:g}"
             raise argparse.ArgumentTypeError(
                 f"must be a number {low} and at most {at_most:.0f}, got {text!r}"
+            )
+        return value
+
+    return convert
+
+
+def _whole_seconds(least: int, most: int) -> Callable[[str], int]:
+    """A whole number of seconds in ``[least, most]``, as the spec's field takes."""
+
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected whole seconds, got {text!r}") from None
+        if not least <= value <= most:
+            raise argparse.ArgumentTypeError(
+                f"must be from {least} to {most} seconds, got {text!r}"
             )
         return value
 
@@ -93,6 +113,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=(
             "The service's spec.autoscaling.p95LatencyTargetSeconds "
             f"(default {DEFAULT_P95_TARGET_SECONDS:g})."
+        ),
+    )
+    parser.add_argument(
+        "--window",
+        type=_whole_seconds(_MIN_WINDOW, _MAX_WINDOW),
+        default=DEFAULT_WINDOW_SECONDS,
+        metavar="SECONDS",
+        help=(
+            "The service's spec.metrics.windowSeconds, the rate window of the P95 and the "
+            f"rates (default {DEFAULT_WINDOW_SECONDS}; a step longer than it widens it)."
         ),
     )
     parser.add_argument("--png", type=Path, default=None, help="Also draw the series into a PNG.")
@@ -139,6 +169,7 @@ def run(args: argparse.Namespace) -> int:
             minutes=args.minutes,
             step_seconds=step,
             p95_target_seconds=args.p95_target,
+            window_seconds=args.window,
         )
     except ExtraMissing as exc:
         raise UsageError(str(exc)) from None
