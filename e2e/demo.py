@@ -21,22 +21,26 @@ import asyncio
 import contextlib
 import copy
 import itertools
+import logging
 import math
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import yaml
 from vlm_operator.loadgen import chat_payload
 from vlm_operator.traces import Phase, Trace, load_trace
 
 from e2e.localcluster import procs
-from e2e.localcluster.cluster import LocalCluster, Snapshot
+from e2e.localcluster.cluster import LocalCluster, OperatorExited, Snapshot
+from e2e.localcluster.kubeclient import KubeError
 from e2e.localcluster.load import PhaseReport, TraceRun, replay
+from e2e.prometheus import PROMETHEUS_BINARY
 
+log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
 MANIFEST = REPO / "manifests" / "fake-demo.yaml"
 
@@ -267,8 +271,15 @@ async def run_demo(
         async def monitor() -> None:
             every = max(1, round(interval_s / sample_period_s))
             for i in range(10**9):
+                # A dead operator ends the demo at once: what follows would show no autoscaling.
+                cluster.check_operator()
                 snap = await cluster.snapshot(name)
-                status = ((await cluster.vlmservice(name)) or {}).get("status") or {}
+                try:
+                    status = ((await cluster.vlmservice(name)) or {}).get("status") or {}
+                except (KubeError, aiohttp.ClientError, TimeoutError) as exc:
+                    # One failed read of the API costs this sample's signals, not the run.
+                    log.warning("reading the VLMService failed: %s", exc)
+                    status = {}
                 signals = status.get("signals") or {}
                 elapsed = (snap.at - started) * k
                 sample = Sample(
@@ -289,15 +300,24 @@ async def run_demo(
             say(f"--- phase {phase.name}: {load} for {phase.duration_s:g} s")
 
         watcher = asyncio.create_task(monitor())
-        try:
-            run = await replay(
+        loading = asyncio.create_task(
+            replay(
                 trace, url, time_scale=k, timeout_s=CLIENT_TIMEOUT_S, payload=payload,
                 on_phase=on_phase,
-            )  # fmt: skip
+            )
+        )  # fmt: skip
+        try:
+            # The monitor ends only by failing (the operator gone): the run ends with it.
+            await asyncio.wait({watcher, loading}, return_when=asyncio.FIRST_COMPLETED)
+            if watcher.done():
+                watcher.result()  # raises what ended it
+            run = await loading
         finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+            for task in (watcher, loading):
+                task.cancel()
+            for task in (watcher, loading):
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task  # (its failure, if any, was raised above)
         result = DemoResult(
             time_scale=k,
             run=run,
@@ -340,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--time-scale: must be positive")
     if not args.interval > 0:
         parser.error("--interval: must be positive")
-    if shutil.which("prometheus") is None and not Path("/usr/bin/prometheus").exists():
+    if not Path(PROMETHEUS_BINARY).exists():
         print("demo: Prometheus is not installed (make system-deps installs it)", file=sys.stderr)
         return 2
     try:
@@ -360,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     except KeyboardInterrupt:
         return 130
+    except OperatorExited as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

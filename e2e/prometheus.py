@@ -15,6 +15,7 @@ import contextlib
 import ctypes
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,7 +29,9 @@ from typing import Any
 import httpx
 import yaml
 
-PROMETHEUS_BINARY = "/usr/bin/prometheus"
+#: The Prometheus on PATH, which is what the Makefile and the demo check for; Debian's
+#: path when there is none (the error then names it).
+PROMETHEUS_BINARY = shutil.which("prometheus") or "/usr/bin/prometheus"
 _LIVE: weakref.WeakSet[PrometheusServer] = weakref.WeakSet()
 
 

@@ -7,7 +7,7 @@ real operator, in a closed loop, on one machine. See :class:`LocalCluster`; the 
 starts one to poke at.
 """
 
-from e2e.localcluster.cluster import LocalCluster, PodSample, Snapshot
+from e2e.localcluster.cluster import LocalCluster, OperatorExited, PodSample, Snapshot
 from e2e.localcluster.compress import compress_manifest, compress_spec, expand_spec, scrape_interval
 from e2e.localcluster.load import PhaseReport, TraceRun, replay
 from e2e.localcluster.runner import PodRun, ProcessRunner
@@ -15,6 +15,7 @@ from e2e.localcluster.service import ServiceProxy
 
 __all__ = [
     "LocalCluster",
+    "OperatorExited",
     "PhaseReport",
     "PodRun",
     "PodSample",

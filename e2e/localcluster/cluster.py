@@ -104,6 +104,10 @@ def _documents(path: Path) -> list[dict[str, Any]]:
     return [dict(d) for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
 
 
+class OperatorExited(RuntimeError):
+    """The operator the cluster started exited by itself: waiting on it is pointless."""
+
+
 class LocalCluster:
     """API server + Prometheus + process runner + operator + Services, on 127.0.0.1.
 
@@ -159,8 +163,13 @@ class LocalCluster:
             raise
         return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+    async def __aexit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        # A run that failed keeps its temporary directory: the logs it printed the path of
+        # are what tells why.
+        failed = exc_type is not None and not issubclass(
+            exc_type, KeyboardInterrupt | asyncio.CancelledError
+        )
+        await self.stop(keep_workdir=failed)
 
     async def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -186,8 +195,12 @@ class LocalCluster:
         if self.with_operator:
             await self.start_operator()
 
-    async def stop(self) -> None:
-        """Stop everything this cluster started (safe to call twice, or after a failed start)."""
+    async def stop(self, *, keep_workdir: bool = False) -> None:
+        """Stop everything this cluster started (safe to call twice, or after a failed start).
+
+        A temporary working directory is removed unless ``keep_workdir`` (the logs of a
+        failed run), which says where it is on stderr.
+        """
         with contextlib.suppress(Exception):
             await self.stop_operator()
         for proxy in list(self._services.values()):
@@ -213,7 +226,9 @@ class LocalCluster:
                     await client.close()
         self._kube = None
         self._http = None
-        if self._own_workdir:  # a temporary directory of ours; pass workdir to keep the logs
+        if self._own_workdir and keep_workdir and self.workdir.exists():
+            sys.stderr.write(f"local cluster: the logs of the failed run are kept in {self.logs}\n")
+        elif self._own_workdir:  # a temporary directory of ours; pass workdir to keep the logs
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     # ------------------------------------------------------------------ parts
@@ -318,6 +333,16 @@ class LocalCluster:
     def operator_running(self) -> bool:
         return self._operator is not None and self._operator.returncode is None
 
+    def check_operator(self) -> None:
+        """Raise :class:`OperatorExited` if the operator exited by itself (one stopped
+        through :meth:`stop_operator` did not)."""
+        proc = self._operator
+        if proc is not None and proc.returncode is not None:
+            raise OperatorExited(
+                f"the operator exited with code {proc.returncode}; its log: "
+                f"{self.logs / 'operator.log'}"
+            )
+
     def _pods_changed(self) -> None:
         if self._prometheus is not None and self._runner is not None:
             self._prometheus.set_targets(self._runner.scrape_targets())
@@ -412,10 +437,12 @@ class LocalCluster:
         what: str,
         period_s: float = 0.1,
     ) -> T:
-        """Poll ``check`` until it returns something truthy; TimeoutError naming ``what``."""
+        """Poll ``check`` until it returns something truthy; TimeoutError naming ``what``,
+        or :class:`OperatorExited` as soon as the operator has exited by itself."""
         end = time.monotonic() + deadline_s
         last: T | None = None
         while True:
+            self.check_operator()
             last = await check()
             if last:
                 return last

@@ -15,8 +15,10 @@ availableReplicas, updatedReplicas, observedGeneration). A pod is ready when its
 (the gate's ``/readyz``) answers 200, so the fake model's start-up delay is honoured for real.
 
 Scale-down picks pods the way the ReplicaSet controller does for the cases that matter here:
-lowest ``controller.kubernetes.io/pod-deletion-cost`` first, then not-ready before ready, then
-newest first. A pod leaves the Service's endpoints first, then its gate gets SIGTERM and the
+pods not yet running first, then not-ready before ready, then the lowest
+``controller.kubernetes.io/pod-deletion-cost``, then newest first. A ready pod leaves its
+Service after its readiness probe's ``failureThreshold`` failures in a row. A pod scaled away
+leaves the Service's endpoints first, then its gate gets SIGTERM and the
 pod's grace period to drain (so the gate's drain is exercised for real); the model container, a
 native sidecar (an init container with ``restartPolicy: Always``), is stopped after the gate has
 exited, as the kubelet stops sidecars after the main containers. Then SIGKILL. Other init
@@ -90,6 +92,10 @@ class PodRun:
     gate_port: int
     readiness_path: str
     grace_s: float
+    #: Failed probes in a row that take a ready pod out of its Service (the probe's
+    #: ``failureThreshold``, 3 by Kubernetes' default): one slow answer of a gate
+    #: on a busy machine does not.
+    readiness_failures: int = 3
     created: float = field(default_factory=time.monotonic)
     processes: dict[str, asyncio.subprocess.Process] = field(default_factory=dict)
     gate_container: str = ""
@@ -385,7 +391,10 @@ class ProcessRunner:
             except (TypeError, ValueError):
                 return 0
 
-        return sorted(pods, key=lambda p: (cost(p), p.ready, -p.created))
+        # The ReplicaSet controller's order: pods not yet running (never started
+        # their processes), then not ready, then the lowest deletion cost, then the
+        # newest.
+        return sorted(pods, key=lambda p: (p.running, p.ready, cost(p), -p.created))
 
     async def _write_deployment_status(self, deploy: dict[str, Any], current_hash: str) -> None:
         name = str(deploy["metadata"]["name"])
@@ -446,6 +455,9 @@ class ProcessRunner:
             template_hash=thash,
             gate_port=ports.ports[gate_internal],
             readiness_path=str(probe.get("path") or "/readyz"),
+            readiness_failures=max(
+                1, int((gate.get("readinessProbe") or {}).get("failureThreshold") or 3)
+            ),
             grace_s=float(pod_spec.get("terminationGracePeriodSeconds", 30)) / self.grace_divisor,
             gate_container=str(gate.get("name", "")),
         )
@@ -558,6 +570,7 @@ class ProcessRunner:
     async def _probe(self, pod: PodRun, containers: list[dict[str, Any]]) -> None:
         assert self._http is not None
         url = f"http://{pod.address}{pod.readiness_path}"
+        failed = 0
         while not pod.terminating:
             try:
                 async with self._http.get(url) as resp:
@@ -566,6 +579,9 @@ class ProcessRunner:
                 ok = False
             if pod.terminating:
                 return
+            failed = 0 if ok else failed + 1
+            if pod.ready and not ok and failed < pod.readiness_failures:
+                ok = True  # not yet: failureThreshold failures in a row
             if ok != pod.ready:
                 pod.ready = ok
                 if ok and pod.ready_at is None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import shutil
+import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,10 +19,10 @@ from vlm_operator.models import VLMServiceSpec
 from vlm_operator.render import render_children
 
 from e2e.conftest import E2E_TIME_SCALE, e2e_service
-from e2e.localcluster import LocalCluster, ServiceProxy, compress_spec
+from e2e.localcluster import LocalCluster, OperatorExited, ServiceProxy, compress_spec
 from e2e.localcluster.cluster import REPO_ROOT
 from e2e.localcluster.kubeclient import DEPLOYMENTS, PODS
-from e2e.localcluster.runner import DELETION_COST, ProcessRunner, _PortMap, free_port
+from e2e.localcluster.runner import DELETION_COST, PodRun, ProcessRunner, _PortMap, free_port
 
 # ----------------------------------------------------------------------------- compression
 
@@ -276,6 +279,100 @@ async def test_runner_runs_replicas_as_processes_and_reports_them(tmp_path) -> N
 
         left = await cluster.wait_for(two_left, deadline_s=20, what="2 pods left")
         assert left == names - {cheap}
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+async def test_an_operator_that_exits_ends_the_waits_and_a_failed_run_keeps_its_logs(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # An operator that cannot start (a flag it refuses): a wait says so at once, not after
+    # its deadline, and names the log; the temporary directory with that log stays.
+    cluster = LocalCluster(time_scale=E2E_TIME_SCALE, operator_args=("--no-such-flag",))
+    loop = asyncio.get_running_loop()
+    waited: list[float] = []
+
+    async def never() -> bool:
+        return False
+
+    async def wait_in_cluster() -> None:
+        async with cluster:
+            started = loop.time()
+            try:
+                await cluster.wait_for(never, deadline_s=60, what="nothing")
+            finally:
+                waited.append(loop.time() - started)
+
+    with pytest.raises(OperatorExited, match=r"exited with code 2; its log: .*operator\.log"):
+        await wait_in_cluster()
+    assert waited[0] < 30  # not the wait's 60 s
+    try:
+        assert (cluster.logs / "operator.log").exists()
+        assert f"kept in {cluster.logs}" in capsys.readouterr().err
+    finally:
+        shutil.rmtree(cluster.workdir, ignore_errors=True)
+    # A run that ends well leaves nothing behind.
+    async with LocalCluster(time_scale=E2E_TIME_SCALE, operator=False) as fine:
+        pass
+    assert not fine.workdir.exists()
+
+
+def test_scale_down_picks_pods_as_the_replicaset_controller_does() -> None:
+    # Not running, then not ready, then the lowest deletion cost, then the newest.
+    def pod(name: str, *, running: bool, ready: bool, created: float) -> PodRun:
+        return PodRun("ns", name, "vlm", "vlm", "h", 1, "/readyz", 1.0, created=created,
+                      running=running, ready=ready)  # fmt: skip
+
+    pods = [
+        pod("ready-idle", running=True, ready=True, created=1.0),
+        pod("ready-busy", running=True, ready=True, created=2.0),
+        pod("starting", running=True, ready=False, created=0.5),
+        pod("unplaced", running=False, ready=False, created=0.1),
+        pod("ready-idle-newer", running=True, ready=True, created=3.0),
+    ]
+    costs = {"ready-idle": "0", "ready-idle-newer": "0", "ready-busy": "300", "starting": "900"}
+    objects = {
+        name: {"metadata": {"annotations": {DELETION_COST: cost}}} for name, cost in costs.items()
+    }
+    order = [p.name for p in ProcessRunner._victims(pods, objects)]
+    assert order == ["unplaced", "starting", "ready-idle-newer", "ready-idle", "ready-busy"]
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
+async def test_a_ready_pod_leaves_its_service_after_failure_threshold_failed_probes(
+    tmp_path: Path,
+) -> None:
+    # A gate that stalls past one probe's 1 s timeout (a busy machine) stays in its Service;
+    # one that stays stalled leaves it, and comes back once it answers.
+    async with _runner_only(tmp_path, replicas=1) as cluster:
+        (run,) = cluster.runner.pods("vlm")
+        assert run.readiness_failures == 2  # the rendered gate's failureThreshold
+        gate = run.processes["gate"]
+        loop = asyncio.get_running_loop()
+        try:
+            os.kill(gate.pid, signal.SIGSTOP)
+            seen_unready = False
+            until = loop.time() + 1.3  # one probe times out (1 s), the next one is answered
+            while loop.time() < until:
+                seen_unready |= not run.ready
+                await asyncio.sleep(0.02)
+            os.kill(gate.pid, signal.SIGCONT)
+            assert not seen_unready, "one failed probe took the pod out of its Service"
+            await asyncio.sleep(0.3)
+            os.kill(gate.pid, signal.SIGSTOP)
+
+            async def unready() -> bool:
+                return not run.ready
+
+            await cluster.wait_for(unready, deadline_s=10, what="out of the Service")
+        finally:
+            os.kill(gate.pid, signal.SIGCONT)
+
+        async def ready() -> bool:
+            return run.ready
+
+        await cluster.wait_for(ready, deadline_s=10, what="back in the Service")
 
 
 @pytest.mark.e2e
