@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import statistics
@@ -725,6 +726,27 @@ def test_a_tick_reads_the_scrape_of_its_own_instant(
     simulate(trace, probe, spec=spec, seed=1, config=SimConfig(signal_age_seconds=age))
     assert len(probe.seen) >= 8
     assert all(obs.age_seconds == pytest.approx(seen_age) for obs in probe.seen)
+
+
+@pytest.mark.parametrize("phase", [0.0, 0.3, 0.999])
+def test_a_loop_phase_moves_the_ticks_and_keeps_the_signal_age(phase: float) -> None:
+    trace = _open(0.1, 120)
+    spec = spec_for(trace)
+    probe = _Probe(spec, period=15.0, scrape=5.0)
+    config = SimConfig(signal_age_seconds=2.0, loop_phase=phase)
+    simulate(trace, probe, spec=spec, seed=1, config=config)
+    ticks = [obs.now for obs in probe.seen]
+    assert ticks[0] == pytest.approx(15.0 * (1 + phase))
+    assert all(b - a == pytest.approx(15.0) for a, b in itertools.pairwise(ticks))
+    assert all(obs.age_seconds == pytest.approx(2.0) for obs in probe.seen)
+
+
+def test_a_loop_phase_outside_its_period_is_refused() -> None:
+    trace = _open(0.1, 10)
+    spec = spec_for(trace)
+    with pytest.raises(ValueError, match=r"loop_phase must be in \[0, 1\), got 1.0"):
+        simulate(trace, _Probe(spec, period=5, scrape=5), spec=spec, seed=1,
+                 config=SimConfig(loop_phase=1.0))  # fmt: skip
 
 
 def test_a_client_that_gives_up_is_an_answer_of_the_gate() -> None:

@@ -40,7 +40,12 @@ give?", which bounds what any policy can reach on a trace.
 CPU utilization of a CPU model pod is ~100 % at any nonzero load (the model
 takes every core for one request as for four), so the simulator reports a
 pod's busy fraction as its CPU: HPA-on-CPU sees 100 % whenever there is any
-traffic and climbs towards maxReplicas.
+traffic and climbs towards maxReplicas. That is a pod whose threads match its
+CPU request, as the rendered runtimes set them (``--threads``,
+``OMP_NUM_THREADS``). The HPA divides usage by the request with no cap
+(``pkg/controller/podautoscaler/metrics/utilization.go``): a server that
+spreads over more cores than it requests reads above 100 % and scales out
+faster and dearer than modelled here.
 
 This module is pure: it imports neither ``kubernetes``, ``kopf`` nor ``httpx``.
 """
@@ -523,6 +528,11 @@ class RayServe:
     mean over ``look_back_period_s`` every ``push_interval`` seconds
     (``RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S``, 10 s), so the
     value it scales on is up to one push interval older than the recordings.
+    The mean covers the router's queue as well as the running requests, as the
+    controller's time-series aggregation does on Ray's master; Ray 2.x routers
+    push the queue as it is at the push instead (``router.py``,
+    ``_get_aggregated_requests``), which reacts faster to a queue's first
+    seconds.
     """
 
     def __init__(

@@ -167,6 +167,12 @@ class SimConfig:
     #: Scrapes run this long before the control loop's ticks (mod the interval):
     #: the age of the freshest signal a tick sees.
     signal_age_seconds: float = 2.0
+    #: Where in its period the control loop first ticks, as a fraction of the
+    #: period (0: at the period itself). A real loop starts when its process
+    #: does, at no particular phase of the traffic; a grid locked to the trace's
+    #: start makes one phase of a rise stand for all of them (scrapes keep
+    #: ``signal_age_seconds`` before the ticks either way).
+    loop_phase: float = 0.0
     #: Half-open intervals during which every scrape fails.
     metrics_outages: tuple[tuple[float, float], ...] = ()
     #: Width of the buckets in which SLO violation is judged.
@@ -402,6 +408,8 @@ class _Engine:
         seed: int,
         config: SimConfig,
     ) -> None:
+        if not 0.0 <= config.loop_phase < 1.0:
+            raise ValueError(f"loop_phase must be in [0, 1), got {config.loop_phase}")
         self.trace = trace
         self.scaler = autoscaler
         self.spec = spec
@@ -527,9 +535,10 @@ class _Engine:
             self._pod_ready(pod)
         self.replicas = self.scaler.initial_replicas
         self._scrape()
-        first = (self.scaler.period_seconds - self.cfg.signal_age_seconds) % self.scrape_interval
+        first_tick = self.scaler.period_seconds * (1.0 + self.cfg.loop_phase)
+        first = (first_tick - self.cfg.signal_age_seconds) % self.scrape_interval
         self._push_scrape(first)
-        self.push(self.scaler.period_seconds, _TICK)
+        self.push(first_tick, _TICK)
         if self.trace.kind == "closed":
             for phase in self.trace.phases:
                 self.push(phase.start_s, _PHASE, phase.users or 0)
