@@ -1208,6 +1208,20 @@ def test_autoscaling_disabled_uses_spec_replicas() -> None:
     assert recommend(PolicyState(), _signals(100, 100), _pods(2), off, 0.0).replicas == 2
 
 
+def test_autoscaling_disabled_still_reports_missing_signals() -> None:
+    # The replicas are the spec's whatever the signals; the status must not call
+    # signals read that are not.
+    data = {"model": {"id": "m"}, "replicas": 3, "autoscaling": {"enabled": False}}
+    spec = VLMServiceSpec.model_validate(data)
+    empty = Signals(running=None, waiting=None, p95_seconds=None, arrival_rate=None,
+                    error_rate=None)  # fmt: skip
+    d = recommend(PolicyState(), empty, _pods(3), spec, 0.0)
+    assert (d.replicas, d.signals_ok, d.autoscaling) == (3, False, False)
+    assert d.signal_problems == "no signal: running, waiting, p95, arrival_rate"
+    d = recommend(PolicyState(), _signals(1, 0), _pods(3), spec, 0.0)
+    assert (d.replicas, d.signals_ok, d.signal_problems) == (3, True, None)
+
+
 # ------------------------------------------------------------------ state
 
 

@@ -65,6 +65,21 @@ def cycle(
     )
 
 
+def test_missing_signals_with_autoscaling_disabled_say_so_without_a_hold() -> None:
+    spec = VLMServiceSpec.model_validate(
+        {"model": {"id": "m"}, "replicas": 2, "autoscaling": {"enabled": False}}
+    )
+    empty = Signals(running=None, waiting=None, p95_seconds=None, arrival_rate=None,
+                    error_rate=None)  # fmt: skip
+    d = recommend(PolicyState(), empty, PodCounts(current=2, ready=2, starting=0), spec, T0)
+    status = cycle({}, d, signals=empty)
+    condition = find_condition(status["conditions"], METRICS_AVAILABLE)
+    assert condition is not None
+    assert (condition["status"], condition["reason"]) == ("False", "NoSignal")
+    assert "autoscaling is disabled" in condition["message"]
+    assert "never scaling down" not in condition["message"]
+
+
 def test_transition_time_moves_only_when_the_status_flips() -> None:
     first = set_condition([], READY, "True", "AllPodsReady", "2/2", now="t1")
     same = set_condition(first, READY, "True", "PartiallyReady", "1/2", now="t2")

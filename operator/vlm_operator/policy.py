@@ -136,7 +136,7 @@ from dataclasses import dataclass
 from operator import sub
 from typing import Any, Literal, TypeVar
 
-from vlm_operator.models import VLMServiceSpec
+from vlm_operator.models import AutoscalingSpec, VLMServiceSpec
 
 __all__ = ["Decision", "PodCounts", "PolicyState", "Signals", "recommend"]
 
@@ -476,6 +476,8 @@ class Decision:
     limited: str | None = None
     #: Why the signals are not trusted (None when they are), without the tick's values.
     signal_problems: str | None = None
+    #: False when autoscaling is disabled: the replicas are the spec's, whatever the signals.
+    autoscaling: bool = True
 
 
 # ------------------------------------------------------------------------ helpers
@@ -724,6 +726,38 @@ def _fmt(x: float | None) -> str:
     return f"{x:.1f}" if x != int(x) else str(int(x))
 
 
+def _signal_problems(signals: Signals, auto: AutoscalingSpec) -> tuple[list[str], bool]:
+    """Why the signals cannot be trusted, each without the tick's values, and whether
+    their values may be read at all (not failed, not stale)."""
+    problems: list[str] = []
+    if signals.error is not None:
+        problems.append(f"metrics error: {signals.error}")
+    elif not signals.age_seconds <= auto.missing_signals.stale_after_seconds:
+        problems.append(
+            f"signals stale ({_fmt(signals.age_seconds)}s > "
+            f"{auto.missing_signals.stale_after_seconds}s)"
+        )
+    trusted = not problems
+    if trusted:
+        running, waiting = _value(signals.running), _value(signals.waiting)
+        p95, arrival = _value(signals.p95_seconds), _value(signals.arrival_rate)
+        missing = [name for name, v in (("running", running), ("waiting", waiting)) if v is None]
+        # No request finished in the window (none came, or those that came still
+        # run): P95 is NaN by construction, not missing.
+        if p95 is None and arrival != 0.0:
+            missing.append("p95")
+        # The arrival rate gates the P95 guard and the collapse, the error rate
+        # counts refused demand: read as 0, a broken one would let a scale-down
+        # through. With no answers in the window the error rate is 0/0 (NaN).
+        if arrival is None:
+            missing.append("arrival_rate")
+        elif _value(signals.error_rate) is None and arrival > 0:
+            missing.append("error_rate")
+        if missing:
+            problems.append("no signal: " + ", ".join(missing))
+    return problems, trusted
+
+
 def _decision(
     replicas: int,
     current: int,
@@ -733,6 +767,7 @@ def _decision(
     signals_ok: bool,
     limited: str | None,
     signal_problems: str | None = None,
+    autoscaling: bool = True,
 ) -> Decision:
     direction: Direction = "up" if replicas > current else "down" if replicas < current else "hold"
     return Decision(
@@ -743,6 +778,7 @@ def _decision(
         signals_ok=signals_ok,
         limited=limited,
         signal_problems=signal_problems,
+        autoscaling=autoscaling,
     )
 
 
@@ -764,13 +800,17 @@ def recommend(
     if not auto.enabled:
         wanted = spec.replicas if spec.replicas is not None else current
         source = f"spec.replicas={wanted}" if spec.replicas is not None else f"kept {wanted}"
+        # The signals decide nothing here, but are still reported as they are.
+        problems, _ = _signal_problems(signals, auto)
         return _decision(
             wanted,
             current,
             f"autoscaling disabled: {source}",
             state,
-            signals_ok=True,
+            signals_ok=not problems,
             limited=None,
+            signal_problems="; ".join(problems) or None,
+            autoscaling=False,
         )
 
     per_pod = spec.concurrency.max_in_flight * auto.target_utilization
@@ -785,35 +825,12 @@ def recommend(
     window = float(spec.metrics.window_seconds)
 
     # --- which signals can be trusted --------------------------------------
-    problems: list[str] = []
-    if signals.error is not None:
-        problems.append(f"metrics error: {signals.error}")
-    elif not signals.age_seconds <= auto.missing_signals.stale_after_seconds:
-        problems.append(
-            f"signals stale ({_fmt(signals.age_seconds)}s > "
-            f"{auto.missing_signals.stale_after_seconds}s)"
-        )
-    trusted = not problems
+    problems, trusted = _signal_problems(signals, auto)
     running = _value(signals.running) if trusted else None
     waiting = _value(signals.waiting) if trusted else None
     p95 = _value(signals.p95_seconds) if trusted else None
     arrival = _value(signals.arrival_rate) if trusted else None
     failing = _value(signals.error_rate) if trusted else None
-    if trusted:
-        missing = [name for name, v in (("running", running), ("waiting", waiting)) if v is None]
-        # No request finished in the window (none came, or those that came still
-        # run): P95 is NaN by construction, not missing.
-        if p95 is None and arrival != 0.0:
-            missing.append("p95")
-        # The arrival rate gates the P95 guard and the collapse, the error rate
-        # counts refused demand: read as 0, a broken one would let a scale-down
-        # through. With no answers in the window the error rate is 0/0 (NaN).
-        if arrival is None:
-            missing.append("arrival_rate")
-        elif failing is None and arrival > 0:
-            missing.append("error_rate")
-        if missing:
-            problems.append("no signal: " + ", ".join(missing))
     signals_ok = not problems
 
     # Demand: complete when both parts are present, a lower bound otherwise.

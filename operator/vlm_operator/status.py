@@ -196,6 +196,8 @@ def _metrics_condition(
         # Not the reason, which quotes the tick's values: the condition, and so the
         # status, would change every tick the signals stay lost.
         problems = decision.signal_problems or "signals not trusted"
+        if not decision.autoscaling:
+            return "False", "NoSignal", f"{problems} (autoscaling is disabled: nothing waits on it)"
         return "False", "NoSignal", f"{problems}: never scaling down (lastDecision has the values)"
     if signals.partial is not None:
         return (
