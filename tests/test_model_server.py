@@ -194,6 +194,12 @@ def _broken_png() -> bytes:
     return bytes(data)
 
 
+def _ico() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (20, 40, 200)).save(buffer, "ICO")
+    return buffer.getvalue()
+
+
 def _data_url(data: bytes, mime: str = "image/png") -> str:
     return f"data:{mime};base64," + base64.b64encode(data).decode()
 
@@ -532,6 +538,24 @@ BAD_REQUESTS = {
     ),
     "stream not bool": ({**_chat(None), "stream": "yes"}, "stream", "true or false"),
     "tools": ({**_chat(None), "tools": [{"type": "function"}]}, "tools", "not supported"),
+    # Sampling the server cannot honour: refused, not ignored (defaults are accepted).
+    "presence_penalty": (
+        {**_chat(None), "presence_penalty": 1.5},
+        "presence_penalty",
+        "not supported",
+    ),
+    "frequency_penalty": (
+        {**_chat(None), "frequency_penalty": -1},
+        "frequency_penalty",
+        "not supported",
+    ),
+    "logit_bias": ({**_chat(None), "logit_bias": {"42": 100}}, "logit_bias", "not supported"),
+    # Pillow's ICO plugin decodes in Image.open: a 16x16 header over a PNG of any size.
+    "ico image": (
+        _with_content(_image_part(_data_url(_ico(), "image/x-icon"))),
+        f"{_PART}.image_url",
+        "PNG, JPEG, WEBP, GIF, BMP, TIFF",
+    ),
 }
 
 
@@ -942,6 +966,38 @@ def test_image_tokens_formed_by_text_are_a_400_not_a_500(tiny_engine: Any) -> No
     error = raised.value
     assert (error.status, error.type, error.param) == (400, "invalid_request_error", "messages")
     assert "1 <|image_pad|> tokens for 0 images" in error.message
+
+
+def test_defaults_of_unsupported_sampling_are_accepted() -> None:
+    from vlm_operator.model_server import Limits, parse_chat_request
+
+    body = {**_chat(None), "presence_penalty": 0, "frequency_penalty": 0.0, "logit_bias": {}}
+    assert parse_chat_request(body, Limits()).messages
+
+
+def _image_request(count: int) -> Any:
+    from vlm_operator.model_server import Limits, parse_chat_request
+
+    parts = [_image_part(_data_url(_png(64, 48))) for _ in range(count)]
+    body = {"messages": [{"role": "user", "content": [*parts, {"type": "text", "text": "?"}]}]}
+    return parse_chat_request(body, Limits())
+
+
+def test_a_request_cancelled_while_prepared_stops_and_frees_its_images(tiny_engine: Any) -> None:
+    # Its client left: the worker stops before the next image, not after every one.
+    from vlm_operator.model_server import ClientGone
+
+    request = _image_request(2)
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(ClientGone):
+        tiny_engine.prepare(request, cancel=cancel)
+    # Prepared in full, the decoded originals are let go (their RGB copies were processed).
+    request = _image_request(2)
+    tiny_engine.prepare(request, cancel=threading.Event())
+    for item in request.images:
+        with pytest.raises(ValueError, match="closed image"):
+            item.image.load()
 
 
 @pytest.mark.parametrize("settings", ["tiny", "qwen3-vl-2b"])

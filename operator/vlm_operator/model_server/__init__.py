@@ -21,6 +21,7 @@ Public API::
 from vlm_operator.model_server._app import ServerConfig, create_app, serve
 from vlm_operator.model_server._requests import (
     ChatRequest,
+    ClientGone,
     Limits,
     RequestError,
     parse_chat_request,
@@ -28,6 +29,7 @@ from vlm_operator.model_server._requests import (
 
 __all__ = [
     "ChatRequest",
+    "ClientGone",
     "Limits",
     "RequestError",
     "ServerConfig",

@@ -40,6 +40,7 @@ from aiohttp import web
 from vlm_operator.model_server._requests import (
     MAX_BODY_BYTES,
     ChatRequest,
+    ClientGone,
     Limits,
     RequestError,
     parse_chat_request,
@@ -350,9 +351,21 @@ async def _chat(request: web.Request) -> web.StreamResponse:
     state.cancels.add(cancel)
     limit = state.limits.max_context_tokens
     try:
-        prepared = await loop.run_in_executor(
-            state.executor, functools.partial(engine.prepare, chat, max_context_tokens=limit)
-        )
+        try:
+            prepared = await loop.run_in_executor(
+                state.executor,
+                functools.partial(engine.prepare, chat, max_context_tokens=limit, cancel=cancel),
+            )
+        except ClientGone:
+            # Its client left (then no one reads this) or the server stops.
+            return error_response(
+                RequestError(
+                    "the request was cancelled: the server is stopping",
+                    status=503,
+                    type_="server_error",
+                    code="cancelled",
+                )
+            )
         if chat.stream:
             return await _stream(request, state, engine, chat, prepared, cancel)
         completion = await loop.run_in_executor(

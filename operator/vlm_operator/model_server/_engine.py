@@ -61,7 +61,12 @@ from transformers import (
     TextStreamer,
 )
 
-from vlm_operator.model_server._requests import RESERVED_TOKENS, ChatRequest, RequestError
+from vlm_operator.model_server._requests import (
+    RESERVED_TOKENS,
+    ChatRequest,
+    ClientGone,
+    RequestError,
+)
 
 log = logging.getLogger("vlm_operator.model_server")
 
@@ -111,6 +116,11 @@ def usable_cpus() -> int:
     except (OSError, ValueError):
         pass
     return count
+
+
+def _check_cancel(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise ClientGone
 
 
 class _Cancelled(StoppingCriteria):
@@ -182,10 +192,16 @@ class Engine:
         return cls(model, tokenizer, image_processor, template)
 
     def prepare(
-        self, request: ChatRequest, *, max_context_tokens: int | None = None
+        self,
+        request: ChatRequest,
+        *,
+        max_context_tokens: int | None = None,
+        cancel: threading.Event | None = None,
     ) -> PreparedInputs:
         """Render and tokenize the prompt, process the images; raise RequestError
-        for what the client got wrong (an undecodable image, a prompt too long)."""
+        for what the client got wrong (an undecodable image, a prompt too long),
+        :class:`Cancelled` once ``cancel`` is set (the client left: the worker is
+        the next request's)."""
         try:
             text = cast(
                 str,
@@ -224,15 +240,24 @@ class Engine:
                 self._check_context(prompt, request.max_new_tokens, limit)
             rgb = []
             for item in request.images:
+                _check_cancel(cancel)
                 try:
                     if item.image is None:
                         raise ValueError("the request was parsed without opening its images")
                     rgb.append(item.image.convert("RGB"))
                 except Exception as exc:  # Pillow raises OSError, SyntaxError, ...
                     raise RequestError(f"the image cannot be decoded: {exc}", item.param) from None
+                finally:
+                    if item.image is not None:
+                        # The decoded original is not needed past its RGB copy: eight
+                        # of 16 megapixels would otherwise stay for the whole answer.
+                        item.image.close()
+            _check_cancel(cancel)
             processed = self.image_processor(images=rgb, return_tensors="pt")
+            images = len(rgb)
+            del rgb  # the full-size copies: the processor's tensors are what is kept
             grid = processed["image_grid_thw"]
-            counts = [int(grid[i].prod()) // self._merge**2 for i in range(len(rgb))]
+            counts = [int(grid[i].prod()) // self._merge**2 for i in range(images)]
             if predicted is not None and counts != predicted:
                 # The check after the expansion still holds the bound.
                 log.warning("image tokens predicted %s, processed %s", predicted, counts)

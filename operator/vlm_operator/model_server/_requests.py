@@ -68,9 +68,29 @@ MAX_BODY_BYTES = 32 * 1024 * 1024
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 #: Request fields this server cannot honour: refusing them is honest, ignoring
 #: them would silently change what the client asked for.
-_UNSUPPORTED = ("tools", "tool_choice", "functions", "function_call", "stop", "logprobs")
+_UNSUPPORTED = (
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "stop",
+    "logprobs",
+    "top_logprobs",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+)
+#: The image formats read. Others are refused before any pixel is decoded: some
+#: of Pillow's plugins decode in ``Image.open`` (ICO holds a PNG of any size behind
+#: a 16x16 header), on the event loop and before the pixel limit is checked.
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 #: The processor's own limit (smart_resize): wider images cannot be patched.
 _MAX_ASPECT_RATIO = 200
+
+
+class ClientGone(Exception):
+    """A request cancelled while it was being prepared (its client left, or the server
+    stops): nothing to answer."""
 
 
 class RequestError(Exception):
@@ -170,7 +190,8 @@ def parse_chat_request(body: Any, limits: Limits, *, open_images: bool = True) -
     if not isinstance(body, dict):
         raise RequestError("the request body must be a JSON object")
     for name in _UNSUPPORTED:
-        if body.get(name) not in (None, False, [], ""):
+        # Their defaults (0, an empty bias) ask for nothing this server does not do.
+        if body.get(name) not in (None, False, [], "", {}):
             raise RequestError(f"{name!r} is not supported by this server", param=name)
     response_format = body.get("response_format")
     if response_format not in (None, {"type": "text"}):
@@ -411,9 +432,12 @@ def _open_image(data: bytes, param: str, limits: Limits) -> Image.Image:
     from PIL import Image, UnidentifiedImageError
 
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
     except UnidentifiedImageError:
-        raise RequestError("the data is not an image in a format the server reads", param) from None
+        raise RequestError(
+            f"the data is not an image in a format the server reads ({', '.join(IMAGE_FORMATS)})",
+            param,
+        ) from None
     except Exception as exc:  # Pillow raises OSError, ValueError, SyntaxError, bomb errors...
         raise RequestError(f"the image cannot be read: {exc}", param=param) from None
     width, height = image.size
