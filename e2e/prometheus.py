@@ -173,8 +173,10 @@ class PrometheusServer:
             return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
         return ""
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM, then SIGKILL after ``timeout``; idempotent."""
+    def stop(self, timeout: float = 30.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout``; idempotent. A graceful stop flushes
+        the write-ahead log (a restart then answers the last samples, as a cluster's
+        Prometheus would), which a busy machine can take seconds over."""
         process, self._process = self._process, None
         _LIVE.discard(self)
         if process is not None and process.poll() is None:

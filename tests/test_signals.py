@@ -736,6 +736,8 @@ async def test_after_a_prometheus_restart_pods_deleted_meanwhile_are_not_load(
         restarted = time.time()
         with server:
             server.wait_for_series(f'timestamp(up{{pod="a-1"}}) > {restarted}')
+            # The premise: a-2's last samples came back with the write-ahead log.
+            server.wait_for_series('vlm_requests_waiting{pod="a-2"}', 5.0)
             async with build_client() as client:
                 reader = SignalReader(client, default_url=server.url)
                 summed = await reader.read("ns", "a", spec(), max_age=0.0)

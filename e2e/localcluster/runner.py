@@ -23,7 +23,9 @@ pod's grace period to drain (so the gate's drain is exercised for real); the mod
 native sidecar (an init container with ``restartPolicy: Always``), is stopped after the gate has
 exited, as the kubelet stops sidecars after the main containers. Then SIGKILL. Other init
 containers (a model download) are not run.
-A pod whose process dies is replaced by a new pod.
+A pod whose process dies is replaced by a new pod. A new pod template rolls out as the
+Deployment's strategy says: ``maxSurge`` pods above the count at most, and no fewer ready than
+the count less ``maxUnavailable`` (``Recreate``: the old pods go first).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import math
 import re
 import secrets
 import signal
@@ -73,6 +76,28 @@ def free_port() -> int:
 
 def _now_rfc3339() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _rollout_bounds(strategy: Mapping[str, Any], desired: int) -> tuple[int, int]:
+    """``maxSurge`` and ``maxUnavailable`` in pods, as the Deployment controller resolves
+    them: a percentage of the count, the surge rounded up and the unavailable down (25 %
+    each by default), and one unavailable if both come to 0. ``Recreate``: all go first."""
+    if strategy.get("type") == "Recreate":
+        return 0, desired
+    rolling = strategy.get("rollingUpdate") or {}
+
+    def resolve(value: Any, *, up: bool) -> int:
+        text = str(value).strip()
+        if text.endswith("%"):
+            share = desired * float(text[:-1]) / 100
+            return math.ceil(share) if up else math.floor(share)
+        return int(text)
+
+    surge = resolve(rolling.get("maxSurge", "25%"), up=True)
+    unavailable = resolve(rolling.get("maxUnavailable", "25%"), up=False)
+    if surge == 0 and unavailable == 0:
+        unavailable = 1
+    return surge, unavailable
 
 
 def _template_hash(template: Mapping[str, Any]) -> str:
@@ -370,15 +395,25 @@ class ProcessRunner:
         new = [p for p in mine if p.template_hash == current_hash]
         old = [p for p in mine if p.template_hash != current_hash]
 
-        for _ in range(desired - len(new)):
+        strategy = spec.get("strategy") or {}
+        surge, unavailable = _rollout_bounds(strategy, desired)
+        # A rollout: at most ``surge`` pods above the count, and never fewer ready than
+        # the count less ``unavailable`` (the rendered 1 and 0: one model load at a time).
+        room = desired - len(new)
+        if old:
+            room = min(room, desired + surge - len(mine))
+            if strategy.get("type") == "Recreate":
+                room = 0  # the old pods go first
+        for _ in range(max(0, room)):
             await self._create_pod(deploy, template, current_hash)
         if len(new) > desired:
             for pod in self._victims(new, objects)[: len(new) - desired]:
                 self._background(self._terminate(pod))
-        # Rolling update: keep old pods only while new ones are not ready yet.
-        ready_new = sum(p.ready for p in new)
-        keep_old = max(0, desired - ready_new)
-        for pod in self._victims(old, objects)[: max(0, len(old) - keep_old)]:
+        ready = sum(p.ready for p in new if not p.terminating) + sum(p.ready for p in old)
+        for pod in self._victims(old, objects):
+            if pod.ready and ready - 1 < desired - unavailable:
+                continue  # the last ready pods stay until new ones are ready
+            ready -= pod.ready
             self._background(self._terminate(pod))
         await self._write_deployment_status(deploy, current_hash)
 

@@ -377,6 +377,34 @@ async def test_a_ready_pod_leaves_its_service_after_failure_threshold_failed_pro
 
 @pytest.mark.e2e
 @pytest.mark.timeout(120)
+async def test_a_rollout_surges_one_pod_and_keeps_the_count_ready(tmp_path: Path) -> None:
+    # The rendered strategy, maxSurge 1 and maxUnavailable 0: a new template replaces
+    # the pods one model load at a time, never fewer than 3 ready, never more than 4.
+    async with _runner_only(tmp_path, replicas=3) as cluster:
+        before = {p.name for p in cluster.pods("vlm")}
+        await cluster.kube.patch(
+            DEPLOYMENTS, cluster.namespace, "vlm",
+            {"spec": {"template": {"metadata": {"annotations": {"rolled": "1"}}}}},
+        )  # fmt: skip
+        most = fewest_ready = None
+        loop = asyncio.get_running_loop()
+        until = loop.time() + 60
+        while loop.time() < until:
+            pods = cluster.runner.pods("vlm")
+            serving = sum(p.ready for p in pods)
+            most = len(pods) if most is None else max(most, len(pods))
+            fewest_ready = serving if fewest_ready is None else min(fewest_ready, serving)
+            if serving == 3 and len(pods) == 3 and not {p.name for p in pods} & before:
+                break
+            await asyncio.sleep(0.02)
+        else:
+            raise AssertionError(f"the rollout did not finish: {cluster.runner.pods('vlm')}")
+        assert most == 4
+        assert fewest_ready == 3
+
+
+@pytest.mark.e2e
+@pytest.mark.timeout(120)
 async def test_runner_replaces_a_pod_whose_process_died(tmp_path) -> None:  # type: ignore[no-untyped-def]
     async with _runner_only(tmp_path, replicas=2) as cluster:
         before = {p.name for p in cluster.pods("vlm")}
