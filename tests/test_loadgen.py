@@ -165,6 +165,9 @@ def test_a_late_failure_does_not_stretch_the_throughput() -> None:
     records = [RequestRecord(float(i) / 10, float(i) / 10 + 0.1, 200) for i in range(10)]
     records.append(RequestRecord(0.95, 30.95, 0, "timeout"))  # sent last, timed out 30 s on
     assert summarize(records).throughput == pytest.approx(10 / 1.0)
+    # Requests that kept failing after the last success still count their stretch.
+    failing = [RequestRecord(1.0 + i, 1.0 + i + 0.01, 503) for i in range(59)]
+    assert summarize(records[:10] + failing).throughput == pytest.approx(10 / 59.0)
 
 
 async def test_a_steep_rise_gets_its_arrivals_by_thinning(target: Target) -> None:

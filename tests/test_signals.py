@@ -7,6 +7,7 @@ see what crosses the wire: how many queries, which ones, with which headers.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import math
@@ -55,6 +56,7 @@ class StubPrometheus:
     async def start(self) -> None:
         app = web.Application()
         app.router.add_get("/api/v1/query", self._query)
+        app.router.add_get("/prom/api/v1/query", self._query)  # another path, same origin
         self._runner = web.AppRunner(app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
@@ -713,6 +715,41 @@ async def test_bearer_token_goes_to_the_operators_prometheus_only(
     assert signals.running is not None  # the service's Prometheus answered
     assert prom.headers
     assert all("Authorization" not in h for h in prom.headers)
+
+
+async def test_the_operators_reader_sends_its_token_to_its_prometheus_origin_only(
+    prom: StubPrometheus, tmp_path: Path
+) -> None:
+    # A service naming another path of the operator's Prometheus goes through the
+    # services' client, and still gets the token; one naming another origin does not.
+    from vlm_operator.commands.run import signal_reader
+
+    token = tmp_path / "token"
+    token.write_text("operator-secret")
+    fill(prom, [("ns", "a")])
+    args = argparse.Namespace(
+        prometheus_url=prom.url,
+        prometheus_timeout=2.0,
+        prometheus_bearer_token_file=str(token),
+        prometheus_ca_file=None,
+        prometheus_insecure=False,
+    )
+    reader = signal_reader(args, OperatorMetrics())
+    try:
+        for url, sent in (
+            (prom.url + "/prom", True),
+            (prom.url.replace("127.0.0.1", "localhost"), False),
+        ):
+            prom.headers.clear()
+            signals = await reader.read(
+                "ns", "a", spec(metrics={"prometheusUrl": url}), max_age=0.0
+            )
+            assert signals.error is None
+            assert prom.headers
+            auth = {h.get("Authorization") for h in prom.headers}
+            assert auth == ({"Bearer operator-secret"} if sent else {None}), url
+    finally:
+        await reader.aclose()
 
 
 @pytest.mark.skipif(not Path(PROMETHEUS_BINARY).exists(), reason="needs Debian's prometheus")

@@ -78,6 +78,10 @@ def test_missing_signals_with_autoscaling_disabled_say_so_without_a_hold() -> No
     assert (condition["status"], condition["reason"]) == ("False", "NoSignal")
     assert "autoscaling is disabled" in condition["message"]
     assert "never scaling down" not in condition["message"]
+    # Its Event holds nothing either.
+    (lost,) = transition_events({}, status, decision=d, before=2, scaled=False)
+    assert (lost.type, lost.reason) == ("Warning", "SignalsLost")
+    assert "holding" not in lost.message
 
 
 def test_transition_time_moves_only_when_the_status_flips() -> None:

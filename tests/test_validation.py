@@ -210,6 +210,15 @@ def test_what_the_api_server_accepts_is_read() -> None:
     )
     assert service.spec.replicas == 3
     assert service.spec.autoscaling.target_utilization == 1.0
+    # kubectl reads exponents YAML 1.1 takes for text (no dot, no sign) as numbers.
+    (service,) = load_services(
+        HEADER + "spec: {model: {id: m}, autoscaling: {targetUtilization: 5e-1, maxReplicas: 1e2}}"
+    )
+    assert service.spec.autoscaling.target_utilization == 0.5
+    assert service.spec.autoscaling.max_replicas == 100
+    # Quoted, it is the text it says.
+    with pytest.raises(InvalidManifest, match="targetUtilization: must be a valid number"):
+        load_services(HEADER + "spec: {model: {id: m}, autoscaling: {targetUtilization: '5e-1'}}")
 
 
 def test_a_key_may_be_overridden_after_a_merge() -> None:

@@ -29,6 +29,7 @@ import shutil
 import sys
 import tempfile
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +105,13 @@ def _documents(path: Path) -> list[dict[str, Any]]:
     return [dict(d) for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d]
 
 
+def _failed(exc_type: type[BaseException] | None) -> bool:
+    """Whether an exception ends a run as a failure (not an interrupt or a cancellation)."""
+    return exc_type is not None and not issubclass(
+        exc_type, KeyboardInterrupt | asyncio.CancelledError
+    )
+
+
 class OperatorExited(RuntimeError):
     """The operator the cluster started exited by itself: waiting on it is pointless."""
 
@@ -135,6 +143,12 @@ class LocalCluster:
         self.namespace = namespace
         self._own_workdir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="vlm-localcluster-"))
+        # A temporary directory goes at exit too: a second Ctrl-C can cut stop() short.
+        self._remove_workdir = weakref.finalize(
+            self, shutil.rmtree, str(self.workdir), ignore_errors=True
+        )
+        if not self._own_workdir:
+            self._remove_workdir.detach()
         self.scrape_interval = scrape_interval or compressed_scrape_interval(time_scale)
         self.with_operator = operator
         self.operator_args = operator_args
@@ -158,18 +172,16 @@ class LocalCluster:
     async def __aenter__(self) -> LocalCluster:
         try:
             await self.start()
-        except BaseException:
-            await self.stop()
+        except BaseException as exc:
+            # A start that failed keeps its logs, which say why (an interrupt does not).
+            await self.stop(keep_workdir=_failed(type(exc)))
             raise
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         # A run that failed keeps its temporary directory: the logs it printed the path of
         # are what tells why.
-        failed = exc_type is not None and not issubclass(
-            exc_type, KeyboardInterrupt | asyncio.CancelledError
-        )
-        await self.stop(keep_workdir=failed)
+        await self.stop(keep_workdir=_failed(exc_type))
 
     async def start(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -227,9 +239,10 @@ class LocalCluster:
         self._kube = None
         self._http = None
         if self._own_workdir and keep_workdir and self.workdir.exists():
+            self._remove_workdir.detach()
             sys.stderr.write(f"local cluster: the logs of the failed run are kept in {self.logs}\n")
         elif self._own_workdir:  # a temporary directory of ours; pass workdir to keep the logs
-            shutil.rmtree(self.workdir, ignore_errors=True)
+            self._remove_workdir()
 
     # ------------------------------------------------------------------ parts
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import shutil
 import signal
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -315,6 +317,44 @@ async def test_an_operator_that_exits_ends_the_waits_and_a_failed_run_keeps_its_
     async with LocalCluster(time_scale=E2E_TIME_SCALE, operator=False) as fine:
         pass
     assert not fine.workdir.exists()
+
+
+@pytest.mark.timeout(60)
+async def test_a_cluster_that_fails_to_start_keeps_its_logs(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(self: LocalCluster) -> None:
+        raise RuntimeError("no Prometheus today")
+
+    monkeypatch.setattr(LocalCluster, "start_prometheus", broken)
+    cluster = LocalCluster(time_scale=E2E_TIME_SCALE, operator=False)
+    try:
+        with pytest.raises(RuntimeError, match="no Prometheus today"):
+            async with cluster:
+                pass
+        assert (cluster.logs / "kubeapi.log").exists()  # the API server had started
+        assert f"kept in {cluster.logs}" in capsys.readouterr().err
+    finally:
+        shutil.rmtree(cluster.workdir, ignore_errors=True)
+
+
+def test_a_temporary_workdir_goes_even_when_stop_is_cut_short() -> None:
+    # A second Ctrl-C interrupts stop() before its removal: the directory still goes,
+    # with the object or at exit. One passed by the caller stays.
+    cluster = LocalCluster(time_scale=E2E_TIME_SCALE)
+    path = cluster.workdir
+    assert path.exists()
+    del cluster
+    gc.collect()
+    assert not path.exists()
+    kept = Path(tempfile.mkdtemp(prefix="vlm-test-kept-"))
+    try:
+        theirs = LocalCluster(time_scale=E2E_TIME_SCALE, workdir=kept)
+        del theirs
+        gc.collect()
+        assert kept.exists()
+    finally:
+        shutil.rmtree(kept, ignore_errors=True)
 
 
 def test_scale_down_picks_pods_as_the_replicaset_controller_does() -> None:

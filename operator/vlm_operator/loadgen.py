@@ -100,11 +100,16 @@ def summarize(records: list[RequestRecord]) -> Summary:
         statuses[r.status] = statuses.get(r.status, 0) + 1
     count = len(records)
     ok = len(latencies)
-    # Over the span of the answers: from the first request sent to the last success,
-    # so that a request that failed late (a timeout sent just before the end) does
-    # not stretch the time the successes are divided by.
+    # From the first request sent to the last success or the last request sent,
+    # whichever is later: a request that failed late (a timeout sent just before
+    # the end) does not stretch the time the successes are divided by, and a run
+    # whose requests fail after some point still counts that stretch.
     ends = [r.end for r in records if r.ok]
-    span = (max(ends) - min(r.start for r in records)) if ends else 0.0
+    span = (
+        max(max(ends), max(r.start for r in records)) - min(r.start for r in records)
+        if ends
+        else 0.0
+    )
     return Summary(
         count=count,
         ok=ok,

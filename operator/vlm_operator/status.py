@@ -396,12 +396,10 @@ def transition_events(
     cur = find_condition(new.get("conditions") or [], METRICS_AVAILABLE)
     if cur is not None and (old is None or old.get("status") != cur.get("status")):
         if cur.get("status") == "False":
+            # With autoscaling off nothing is held: the replicas are the spec's anyway.
+            hold = "; holding replicas" if decision.autoscaling else ""
             events.append(
-                Event(
-                    "Warning",
-                    "SignalsLost",
-                    f"{cur.get('reason')}: {cur.get('message')}; holding replicas",
-                )
+                Event("Warning", "SignalsLost", f"{cur.get('reason')}: {cur.get('message')}{hold}")
             )
         elif old is not None and old.get("status") == "False":
             events.append(Event("Normal", "SignalsRestored", str(cur.get("message", ""))))

@@ -144,7 +144,7 @@ def load_services(text: str) -> list[VLMService]:
     """Every VLMService of a YAML stream, typed as the API server would type it;
     raises :class:`InvalidManifest`."""
     try:
-        documents = load_documents(text)
+        documents = load_documents(text, kubectl_numbers=True)
     except YAMLError as exc:
         raise InvalidManifest([FieldError("", str(exc))]) from None
     if not documents:

@@ -12,6 +12,7 @@ This module is pure: it imports PyYAML and nothing from Kubernetes.
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterable
 from typing import Any, TextIO
@@ -61,10 +62,24 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_documents(text: str) -> list[Any]:
-    """Every non-empty document of a YAML stream."""
+class _KubectlLoader(_StrictLoader):
+    """The strict loader reading numbers as kubectl does (go-yaml's rule): YAML 1.1 wants
+    a dot and a signed exponent (``1.0e+3``), and reads ``5e-1`` and ``1.0e3`` as text."""
+
+
+_KubectlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$"),
+    list("-+0123456789."),
+)
+
+
+def load_documents(text: str, *, kubectl_numbers: bool = False) -> list[Any]:
+    """Every non-empty document of a YAML stream; with ``kubectl_numbers``, exponents
+    without a dot or a sign (``5e-1``) are numbers, as kubectl reads a manifest."""
+    loader = _KubectlLoader if kubectl_numbers else _StrictLoader
     try:
-        return [doc for doc in yaml.load_all(text, Loader=_StrictLoader) if doc is not None]
+        return [doc for doc in yaml.load_all(text, Loader=loader) if doc is not None]
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

@@ -27,6 +27,7 @@ from vlm_operator.commands._env import (
 if TYPE_CHECKING:
     from vlm_operator.kube import KubeClient
     from vlm_operator.operator_metrics import OperatorMetrics
+    from vlm_operator.signals import SignalReader
 
 _LOG = logging.getLogger("vlm_operator.run")
 
@@ -122,12 +123,10 @@ def _check_file(flag: str, path: str | None) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import httpx
     import kopf
 
     from vlm_operator.operator_metrics import OperatorMetrics
     from vlm_operator.reconcile import OperatorContext
-    from vlm_operator.signals import SignalReader, build_client
 
     _check_file("--kubeconfig", args.kubeconfig)
     _check_file("--prometheus-bearer-token-file", args.prometheus_bearer_token_file)
@@ -155,25 +154,7 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("httpx").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     if metrics_port is not None:
         _LOG.info("metrics on http://%s:%d/metrics", args.metrics_address, metrics_port)
-    timeout = httpx.Timeout(args.prometheus_timeout, connect=min(2.0, args.prometheus_timeout))
-    client = build_client(
-        bearer_token_file=args.prometheus_bearer_token_file,
-        token_url=args.prometheus_url,
-        ca_file=args.prometheus_ca_file,
-        insecure=args.prometheus_insecure,
-        timeout=timeout,
-    )
-    # The URLs services name get their own connections (and never the token).
-    service_client = build_client(
-        ca_file=args.prometheus_ca_file, insecure=args.prometheus_insecure, timeout=timeout
-    )
-    signals = SignalReader(
-        client,
-        default_url=args.prometheus_url,
-        metrics=metrics,
-        service_client=service_client,
-        deadline_seconds=2 * args.prometheus_timeout,
-    )
+    signals = signal_reader(args, metrics)
     context = OperatorContext(
         kube=kube, signals=signals, metrics=metrics, operator_image=args.operator_image
     )
@@ -259,3 +240,32 @@ def _serve_metrics(metrics: OperatorMetrics, port_number: int, address: str) -> 
             f"{exc.strerror or exc}"
         ) from None
     return int(server.server_port)
+
+
+def signal_reader(args: argparse.Namespace, metrics: OperatorMetrics) -> SignalReader:
+    """The operator's Prometheus reader: its own client for ``--prometheus-url``, and one
+    for the URLs services name, so that a slow server of theirs cannot take its
+    connections. The token goes, through either, only to ``--prometheus-url``'s origin
+    (a service may name another path of it)."""
+    import httpx
+
+    from vlm_operator.signals import SignalReader, build_client
+
+    timeout = httpx.Timeout(args.prometheus_timeout, connect=min(2.0, args.prometheus_timeout))
+
+    def client() -> httpx.AsyncClient:
+        return build_client(
+            bearer_token_file=args.prometheus_bearer_token_file,
+            token_url=args.prometheus_url,
+            ca_file=args.prometheus_ca_file,
+            insecure=args.prometheus_insecure,
+            timeout=timeout,
+        )
+
+    return SignalReader(
+        client(),
+        default_url=args.prometheus_url,
+        metrics=metrics,
+        service_client=client(),
+        deadline_seconds=2 * args.prometheus_timeout,
+    )
