@@ -700,12 +700,18 @@ async def test_bearer_token_is_read_from_its_file(prom: StubPrometheus, tmp_path
     assert auth[5:] == ["Bearer rotated"] * 5
 
 
+@pytest.fixture
+def token(tmp_path: Path) -> Path:
+    """The operator's bearer token file."""
+    path = tmp_path / "token"
+    path.write_text("operator-secret")
+    return path
+
+
 async def test_bearer_token_goes_to_the_operators_prometheus_only(
-    prom: StubPrometheus, tmp_path: Path
+    prom: StubPrometheus, token: Path
 ) -> None:
     # A service names its own Prometheus: the operator's credentials are not sent there.
-    token = tmp_path / "token"
-    token.write_text("operator-secret")
     fill(prom, [("ns", "a")])
     async with build_client(bearer_token_file=str(token), token_url="http://127.0.0.1:1") as c:
         reader = SignalReader(c, default_url="http://127.0.0.1:1")
@@ -718,14 +724,12 @@ async def test_bearer_token_goes_to_the_operators_prometheus_only(
 
 
 async def test_the_operators_reader_sends_its_token_to_its_prometheus_origin_only(
-    prom: StubPrometheus, tmp_path: Path
+    prom: StubPrometheus, token: Path
 ) -> None:
     # A service naming another path of the operator's Prometheus goes through the
     # services' client, and still gets the token; one naming another origin does not.
     from vlm_operator.commands.run import signal_reader
 
-    token = tmp_path / "token"
-    token.write_text("operator-secret")
     fill(prom, [("ns", "a")])
     args = argparse.Namespace(
         prometheus_url=prom.url,

@@ -409,7 +409,7 @@ class ProcessRunner:
         if len(new) > desired:
             for pod in self._victims(new, objects)[: len(new) - desired]:
                 self._background(self._terminate(pod))
-        ready = sum(p.ready for p in new if not p.terminating) + sum(p.ready for p in old)
+        ready = sum(p.ready for p in mine)
         for pod in self._victims(old, objects):
             if pod.ready and ready - 1 < desired - unavailable:
                 continue  # the last ready pods stay until new ones are ready

@@ -726,9 +726,14 @@ def _fmt(x: float | None) -> str:
     return f"{x:.1f}" if x != int(x) else str(int(x))
 
 
-def _signal_problems(signals: Signals, auto: AutoscalingSpec) -> tuple[list[str], bool]:
-    """Why the signals cannot be trusted, each without the tick's values, and whether
-    their values may be read at all (not failed, not stale)."""
+#: The values of :class:`Signals` a tick may read: running, waiting, P95, arrivals, errors.
+_Readings = tuple[float | None, float | None, float | None, float | None, float | None]
+
+
+def _read_signals(signals: Signals, auto: AutoscalingSpec) -> tuple[list[str], bool, _Readings]:
+    """Why the signals cannot be trusted, each without the tick's values; whether they
+    may be read at all (not failed, not stale); and their usable values (all None when
+    they may not)."""
     problems: list[str] = []
     if signals.error is not None:
         problems.append(f"metrics error: {signals.error}")
@@ -737,25 +742,31 @@ def _signal_problems(signals: Signals, auto: AutoscalingSpec) -> tuple[list[str]
             f"signals stale ({_fmt(signals.age_seconds)}s > "
             f"{auto.missing_signals.stale_after_seconds}s)"
         )
-    trusted = not problems
-    if trusted:
-        running, waiting = _value(signals.running), _value(signals.waiting)
-        p95, arrival = _value(signals.p95_seconds), _value(signals.arrival_rate)
-        missing = [name for name, v in (("running", running), ("waiting", waiting)) if v is None]
-        # No request finished in the window (none came, or those that came still
-        # run): P95 is NaN by construction, not missing.
-        if p95 is None and arrival != 0.0:
-            missing.append("p95")
-        # The arrival rate gates the P95 guard and the collapse, the error rate
-        # counts refused demand: read as 0, a broken one would let a scale-down
-        # through. With no answers in the window the error rate is 0/0 (NaN).
-        if arrival is None:
-            missing.append("arrival_rate")
-        elif _value(signals.error_rate) is None and arrival > 0:
-            missing.append("error_rate")
-        if missing:
-            problems.append("no signal: " + ", ".join(missing))
-    return problems, trusted
+    if problems:
+        return problems, False, (None, None, None, None, None)
+    readings = (
+        _value(signals.running),
+        _value(signals.waiting),
+        _value(signals.p95_seconds),
+        _value(signals.arrival_rate),
+        _value(signals.error_rate),
+    )
+    running, waiting, p95, arrival, failing = readings
+    missing = [name for name, v in (("running", running), ("waiting", waiting)) if v is None]
+    # No request finished in the window (none came, or those that came still
+    # run): P95 is NaN by construction, not missing.
+    if p95 is None and arrival != 0.0:
+        missing.append("p95")
+    # The arrival rate gates the P95 guard and the collapse, the error rate
+    # counts refused demand: read as 0, a broken one would let a scale-down
+    # through. With no answers in the window the error rate is 0/0 (NaN).
+    if arrival is None:
+        missing.append("arrival_rate")
+    elif failing is None and arrival > 0:
+        missing.append("error_rate")
+    if missing:
+        problems.append("no signal: " + ", ".join(missing))
+    return problems, True, readings
 
 
 def _decision(
@@ -801,7 +812,7 @@ def recommend(
         wanted = spec.replicas if spec.replicas is not None else current
         source = f"spec.replicas={wanted}" if spec.replicas is not None else f"kept {wanted}"
         # The signals decide nothing here, but are still reported as they are.
-        problems, _ = _signal_problems(signals, auto)
+        problems, _, _ = _read_signals(signals, auto)
         return _decision(
             wanted,
             current,
@@ -825,12 +836,7 @@ def recommend(
     window = float(spec.metrics.window_seconds)
 
     # --- which signals can be trusted --------------------------------------
-    problems, trusted = _signal_problems(signals, auto)
-    running = _value(signals.running) if trusted else None
-    waiting = _value(signals.waiting) if trusted else None
-    p95 = _value(signals.p95_seconds) if trusted else None
-    arrival = _value(signals.arrival_rate) if trusted else None
-    failing = _value(signals.error_rate) if trusted else None
+    problems, trusted, (running, waiting, p95, arrival, failing) = _read_signals(signals, auto)
     signals_ok = not problems
 
     # Demand: complete when both parts are present, a lower bound otherwise.

@@ -432,13 +432,14 @@ class SignalReader:
                 if s not in overridden
             ]
         )
-        live = _existing([g for g in gauges if g is not None], key, pods)
+        answered = [g for g in gauges if g is not None]
+        live = _existing(answered, key, pods)
         failed = int(sum(count or 0 for count in entry.pods_of(key, live)))
-        if live is None or not gauges:
+        if live is None:
             return failed  # the pod label is something else: pods cannot be matched
-        seen = {pod for gauge in gauges if gauge is not None for pod in gauge.by_pod.get(key, {})}
-        if any(gauge is None for gauge in gauges):
+        if len(answered) < len(gauges):
             return None  # a gauge's answer failed: which pods have series is unknown
+        seen = {pod for gauge in answered for pod in gauge.by_pod.get(key, {})}
         failing = {pod for pod, count in entry.by_pod.get(key, {}).items() if count}
         silent = [pod for pod in ready if pod not in seen and pod not in failing]
         return failed + len(silent)
