@@ -1,14 +1,19 @@
 # Two commands do all the set-up: `make demo` and `make test`.
-# The virtualenv is created on first use; Debian's Prometheus, nginx (the gate
-# benchmark's reference proxy), chromium (the upload page's browser test), gcc
-# and Python's headers (mypyc compiles the simulator's engine with them) are
-# installed when missing.
+# The virtualenv is created on first use. `make test` installs every extra and,
+# when missing, Debian's Prometheus, nginx (the gate benchmark's reference
+# proxy), chromium (the upload page's browser test), gcc and Python's headers
+# (mypyc compiles the simulator's engine with them). `make demo` needs less: the
+# extras the local cluster and its plot use, and Prometheus; a virtualenv that
+# `make test` installed serves it as it is.
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-EXTRAS ?= test,plot,inspect,model-server,uvloop
+EXTRAS ?= test,local-cluster,plot,inspect,model-server,uvloop
+# No torch, transformers or test tools: the demo's pods run the fake model.
+DEMO_EXTRAS ?= local-cluster,plot,uvloop
+DEMO_STAMP  := $(VENV)/.installed-demo
 # Pinned and installed first: an unpinned torch resolves to the newest build
 # with gigabytes of CUDA packages; this one is the CPU build.
 TORCH_SPEC ?= torch==2.13.0
@@ -16,7 +21,7 @@ VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 OPERATOR_IMAGE     ?= ghcr.io/vlm-operator/vlm-operator:$(VERSION)
 MODEL_SERVER_IMAGE ?= ghcr.io/vlm-operator/model-server:$(VERSION)
 
-.PHONY: help venv system-deps test lint typecheck unit demo crd install-manifest golden engine bench-gate bench-policy bench-operator image-operator image-model-server clean
+.PHONY: help venv demo-venv system-deps demo-system-deps debian-packages test lint typecheck unit demo crd install-manifest golden engine bench-gate bench-policy bench-operator image-operator image-model-server clean
 
 help:
 	@echo "make demo   - run the closed loop on the embedded local cluster"
@@ -31,15 +36,34 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Debian packages the tests and the demo run for real.
+# The demo's subset. A full install newer than pyproject.toml already holds it.
+$(DEMO_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	if [ -f $(STAMP) ] && [ $(STAMP) -nt pyproject.toml ]; then :; else \
+		$(BIN)/pip install --quiet --upgrade pip && \
+		$(BIN)/pip install --quiet -e '.[$(DEMO_EXTRAS)]'; fi
+	touch $(DEMO_STAMP)
+
+demo-venv: $(DEMO_STAMP)
+
+# Debian packages the tests run for real...
 system-deps:
+	@$(MAKE) --no-print-directory debian-packages DEBIAN_PACKAGES="prometheus nginx chromium gcc python3-dev"
+
+# ...and those the demo does.
+demo-system-deps:
+	@$(MAKE) --no-print-directory debian-packages DEBIAN_PACKAGES="prometheus"
+
+# Each package is checked by the command it installs (python3-dev: Python.h).
+debian-packages:
 	@missing=""; \
-	command -v prometheus >/dev/null 2>&1 || missing="$$missing prometheus"; \
-	command -v nginx >/dev/null 2>&1 || missing="$$missing nginx"; \
-	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
-	command -v gcc >/dev/null 2>&1 || missing="$$missing gcc"; \
-	$(PYTHON) -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
-		|| missing="$$missing python3-dev"; \
+	for package in $(DEBIAN_PACKAGES); do \
+		case $$package in \
+		python3-dev) $(PYTHON) -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+			|| missing="$$missing $$package";; \
+		*) command -v $$package >/dev/null 2>&1 || missing="$$missing $$package";; \
+		esac; \
+	done; \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:$$missing"; \
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
@@ -67,7 +91,7 @@ unit: venv system-deps engine
 test: lint typecheck unit
 
 # The measured load test replayed on the embedded local cluster (about five minutes).
-demo: venv system-deps
+demo: demo-venv demo-system-deps
 	$(BIN)/python -m e2e.demo $(DEMO_ARGS)
 
 crd: venv

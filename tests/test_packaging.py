@@ -5,10 +5,14 @@ and every command it runs must start without torch or transformers. The wheel
 is built once and installed into a clean virtualenv with its declared base
 dependencies. The Dockerfiles are read: every file they copy must exist, and
 they must run as a numeric non-root user (the pods' runAsNonRoot checks it).
+`make demo` installs a subset of the extras (no torch); everything the demo
+runs must import from it.
 """
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import re
 import shutil
 import subprocess
@@ -17,6 +21,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILES = sorted((REPO / "docker").glob("*.Dockerfile"))
@@ -204,3 +210,94 @@ def test_model_server_without_the_extra_says_how_to_install_it(
     assert "missing: torch, transformers, pillow" in result.stderr
     assert "pip install '.[model-server]'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# ------------------------------------------------------------- the demo's subset
+
+#: What `make demo` runs: the local cluster, its API server and Prometheus, and
+#: the package's processes but the model server (the demo's pods run the fake
+#: model) and `inspect`.
+_DEMO_SOURCES = (
+    "e2e/demo.py",
+    "e2e/prometheus.py",
+    "e2e/localcluster",
+    "e2e/kubeapi",
+    "operator/vlm_operator",
+)
+_NOT_IN_THE_DEMO = (
+    "operator/vlm_operator/model_server",
+    "operator/vlm_operator/inspection.py",
+    "operator/vlm_operator/commands/inspect.py",
+)
+
+
+def _third_party_imports(paths: list[Path]) -> dict[str, str]:
+    """Top-level module -> one file importing it, eagerly or lazily."""
+    found: dict[str, str] = {}
+    for path in paths:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                top = name.partition(".")[0]
+                if top not in sys.stdlib_module_names and top not in ("e2e", "vlm_operator"):
+                    found.setdefault(top, str(path.relative_to(REPO)))
+    return found
+
+
+def _requirement_closure(requirements: list[str]) -> set[str]:
+    """The installed distributions these requirements pull in, transitively."""
+    seen: set[str] = set()
+    pending = list(requirements)
+    while pending:
+        requirement = Requirement(pending.pop())
+        name = canonicalize_name(requirement.name)
+        if name in seen:
+            continue
+        seen.add(name)
+        for line in importlib.metadata.requires(name) or []:
+            # Only a requirement's unconditional dependencies: its extras are not asked for.
+            if "extra ==" not in line and (
+                Requirement(line).marker is None or Requirement(line).marker.evaluate()
+            ):
+                pending.append(line)
+    return seen
+
+
+def test_the_demo_installs_what_it_imports_and_no_torch() -> None:
+    makefile = (REPO / "Makefile").read_text()
+    match = re.search(r"^DEMO_EXTRAS \?= (\S+)$", makefile, re.MULTILINE)
+    assert match is not None
+    extras = set(match[1].split(","))
+    declared = importlib.metadata.metadata("vlm-operator").get_all("Provides-Extra") or []
+    assert extras <= set(declared), extras - set(declared)
+    assert not extras & {"test", "model-server"}
+    requirements = []
+    for line in importlib.metadata.requires("vlm-operator") or []:
+        requirement = Requirement(line)
+        if requirement.marker is None or any(
+            requirement.marker.evaluate({"extra": e}) for e in extras
+        ):
+            requirements.append(f"{requirement.name}{requirement.specifier}")
+    installed = _requirement_closure(requirements)
+    assert "torch" not in installed
+    assert "pytest" not in installed
+    sources = [
+        path
+        for source in _DEMO_SOURCES
+        for path in (
+            [REPO / source] if source.endswith(".py") else sorted((REPO / source).rglob("*.py"))
+        )
+        if not str(path.relative_to(REPO)).startswith(_NOT_IN_THE_DEMO)
+        and "tests" not in path.parts
+    ]
+    distributions = importlib.metadata.packages_distributions()
+    for module, importer in _third_party_imports(sources).items():
+        providers = {canonicalize_name(d) for d in distributions.get(module, [])}
+        assert providers & installed, (
+            f"{importer} imports {module}, which the demo's extras {sorted(extras)} do not install"
+        )

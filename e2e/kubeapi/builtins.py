@@ -5,7 +5,7 @@ Always on (cheap, and the classic apps/v1 errors a real server rejects with 422)
 ReplicaSet needs ``spec.selector`` and its ``matchLabels`` must match the pod template's labels,
 and an update may not change a workload's selector.
 Opt-in (``validate_builtins=True``; ~20 ms per object): the full OpenAPI schema of the kind via
-kubernetes-validate (the test extra), strict about unknown fields under
+kubernetes-validate (the local-cluster extra), strict about unknown fields under
 ``fieldValidation=Strict`` (400 ``strict decoding error``, as a real server's decoder answers).
 Only the first schema error is reported, as kubernetes-validate raises one at a time.
 

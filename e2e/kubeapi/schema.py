@@ -429,7 +429,7 @@ def _cel(schema: dict[str, Any], value: Any, old: Any, path: str) -> list[Cause]
     rules = schema.get("x-kubernetes-validations") or []
     if not rules:
         return []
-    from celpy.adapter import json_to_cel  # the test extra; only needed for CEL rules
+    from celpy.adapter import json_to_cel  # the local-cluster extra; only needed for CEL rules
 
     causes = []
     for rule in rules:
