@@ -12,6 +12,7 @@ import asyncio
 import json
 import math
 import ssl
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -816,3 +817,57 @@ async def test_a_gate_scraped_twice_counts_once(tmp_path: Path) -> None:
                     "a-1": 4.0,
                     "a-2": 2.0,
                 }
+
+
+async def test_the_rates_and_the_p95_of_a_gate_scraped_twice_count_it_once(tmp_path: Path) -> None:
+    # The gate scraped twice answers 14 requests in 1 s for each failed one of 20 s on
+    # the other pod. Once per target: 1 in 15 failed (6.7 %), over the P95's 5 %, so
+    # the P95 is the slow bucket's. Summed per series, the gate's answers weigh twice:
+    # 1 in 29 (3.4 %), the P95 a fast answer's, and the arrival rate 29/15 of itself.
+    labels = {"namespace": "ns", "vlmservice": "a", "pod": "a-1"}
+    server = PrometheusServer(tmp_path / "prometheus", scrape_interval="200ms")
+    stop = threading.Event()
+    ticks = 0
+
+    def answer() -> None:
+        nonlocal ticks
+        deadline = time.monotonic() + 60.0
+        while not stop.wait(0.05) and time.monotonic() < deadline:
+            gate.set(durations=[1.0] * 14, codes={200: 14})
+            other.set(durations=[20.0], codes={500: 1})
+            ticks += 1
+
+    with Exporter() as gate, Exporter() as other, server:
+        server.set_targets(
+            [
+                (gate.host_port, {**labels, "scraper": "first"}),
+                (gate.host_port, {**labels, "scraper": "second"}),
+                (other.host_port, {**labels, "pod": "a-2"}),
+            ]
+        )
+        server.wait_for_series('vlm_requests_running{vlmservice="a"}', count=3)
+        answering = threading.Thread(target=answer, daemon=True)
+        started = time.monotonic()
+        answering.start()
+        try:
+            # Enough scrapes of the rising counters for a rate of 5 s.
+            server.wait_for_series('vlm_requests_total{vlmservice="a",code="500"}', count=1)
+            window = spec(metrics={"windowSeconds": 5})
+            async with build_client() as client:
+                reader = SignalReader(client, default_url=server.url)
+                deadline = time.monotonic() + 20.0
+                signals = await reader.read("ns", "a", window, max_age=0.0, pods={"a-1", "a-2"})
+                while time.monotonic() - started < 6.0 and time.monotonic() < deadline:
+                    await asyncio.sleep(0.2)
+                    signals = await reader.read("ns", "a", window, max_age=0.0, pods={"a-1", "a-2"})
+                per_second = ticks / (time.monotonic() - started)
+        finally:
+            stop.set()
+            answering.join(timeout=5.0)
+    assert signals.arrival_rate is not None
+    assert signals.error_rate is not None
+    assert signals.p95_seconds is not None
+    # 15 answers a tick counted once; 29 when the gate's series are summed.
+    assert 10 * per_second < signals.arrival_rate < 20 * per_second
+    assert 0.05 < signals.error_rate < 0.085
+    assert signals.p95_seconds > 10.0

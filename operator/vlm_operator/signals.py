@@ -86,24 +86,37 @@ _BY_POD = "namespace, vlmservice, pod"
 #: Signals read per pod and summed over the pods that exist (see the module docstring).
 PER_POD_SIGNALS = ("running", "waiting")
 # A gate scraped by two jobs (both PodMonitors, or one of them and a scrape config of
-# one's own) has a series per job: the gauges are taken once per target (its
-# ``instance``), so such a pod does not count twice.
+# one's own) has a series per job: every series is taken once per target (its
+# ``instance``) before the sums, so such a pod does not count twice. The gauges by
+# target; the counters by target and by what tells a target's series apart (the
+# status code; the bucket's bound), so a rate or a P95 does not double or lean
+# towards the pod scraped twice either.
 _BY_TARGET = "namespace, vlmservice, pod, instance"
+
+
+def _requests_rate(selector: str = "") -> str:
+    """The rate of answered requests per target and status code."""
+    rate = f"rate({contract.REQUESTS}_total{selector}[$window])"
+    return f"max by ({_BY_TARGET}, {contract.CODE_LABEL}) ({rate})"
+
+
+_FAILED = "{" + contract.CODE_LABEL + '=~"5..|429"}'
 _DEFAULT_QUERIES: dict[str, str] = {
     "running": f"sum by ({_BY_POD}) (max by ({_BY_TARGET}) ({contract.RUNNING}))",
     "waiting": f"sum by ({_BY_POD}) (max by ({_BY_TARGET}) ({contract.WAITING}))",
     "p95": (
-        f"histogram_quantile(0.95, sum by ({_BY}, le) (rate({contract.DURATION}_bucket[$window])))"
+        f"histogram_quantile(0.95, sum by ({_BY}, le) "
+        f"(max by ({_BY_TARGET}, le) (rate({contract.DURATION}_bucket[$window]))))"
     ),
-    "arrival_rate": f"sum by ({_BY}) (rate({contract.REQUESTS}_total[$window]))",
+    "arrival_rate": f"sum by ({_BY}) ({_requests_rate()})",
     # 5xx and 429 (queue full) over everything answered. The ``or ... * 0``
     # turns "no failed request" into 0 instead of an empty result, while no
     # traffic at all stays 0/0 = NaN = no signal.
     "error_rate": (
         f"(sum by ({_BY}) "
-        f'(rate({contract.REQUESTS}_total{{{contract.CODE_LABEL}=~"5..|429"}}[$window])) '
-        f"or sum by ({_BY}) (rate({contract.REQUESTS}_total[$window])) * 0) "
-        f"/ sum by ({_BY}) (rate({contract.REQUESTS}_total[$window]))"
+        f"({_requests_rate(_FAILED)}) "
+        f"or sum by ({_BY}) ({_requests_rate()}) * 0) "
+        f"/ sum by ({_BY}) ({_requests_rate()})"
     ),
 }
 #: Targets whose last scrape failed, per pod (empty when all are up).
