@@ -30,6 +30,7 @@ from functools import partial
 from typing import Any
 
 import kubernetes
+import urllib3
 
 from vlm_operator.models import quantity_value
 
@@ -56,7 +57,8 @@ _CONFLICT_RETRIES = 5
 
 
 class ApiError(Exception):
-    """A non-2xx answer of the API server."""
+    """A non-2xx answer of the API server, or none at all (status 0: a timeout, a
+    connection refused or reset)."""
 
     def __init__(self, status: int, reason: str, body: str) -> None:
         super().__init__(f"HTTP {status} {reason}: {body[:300]}")
@@ -233,6 +235,11 @@ class KubeClient:
             reason = str(response.reason or "")
         except kubernetes.client.ApiException as exc:
             status, reason, data = int(exc.status or 0), str(exc.reason or ""), exc.body or b""
+        except urllib3.exceptions.HTTPError as exc:
+            # No answer at all (a timeout, a connection refused or reset): status 0, as
+            # the client's own ApiException has for a TLS failure. Callers then treat it
+            # as any failed request (retried, best effort), not as a crash.
+            raise ApiError(0, type(exc).__name__, str(exc)) from exc
         text = data.decode() if isinstance(data, bytes | bytearray) else str(data or "")
         if not 200 <= status < 300:
             raise ApiError(status, reason, text)

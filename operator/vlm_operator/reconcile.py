@@ -69,6 +69,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -156,12 +157,24 @@ class OperatorContext:
 
 @dataclass
 class _Memory:
-    """What one service's loop wrote last, until the watch shows it back."""
+    """What one service's loop wrote last, until the watch shows it back.
+
+    Its times (``written_at``, ``scaled_at``, ``applied_at``, ``missing_since``) are
+    on the monotonic clock: a wall clock stepped back an hour would otherwise keep
+    a scale the watch has long shown, and hold the refreshes, for that hour. What is
+    stored (the policy's state, the status's stamps) is on the wall clock.
+    """
 
     status: dict[str, Any] | None = None
-    written_at: float = 0.0
+    written_at: float = -math.inf
     scaled_to: int | None = None
-    scaled_at: float = 0.0
+    scaled_at: float = -math.inf
+    #: The spec's generation when this loop scaled: a scale the spec's handler
+    #: made since (autoscaling turned off, ``replicas`` set) is not this loop's.
+    scaled_generation: int | None = None
+    #: When this loop last scaled, while no status write has told it
+    #: (``lastScaleTime``): a write that failed after the scale would lose it.
+    unwritten_scale_time: str | None = None
     #: The Deployment's replicas as the last cycle counted or set them: a
     #: Deployment deleted by hand is created again with as many, not at
     #: minReplicas, which would leave the load on a fleet too small until its
@@ -678,6 +691,7 @@ async def autoscale_forever(
                     pods=list(pods.get(key, ())),
                     deployment=next(iter(deployments.get(key, ())), None),
                     now=time.time(),
+                    clock=time.monotonic(),
                 )
             except (ApiError, OSError) as exc:
                 # The API server hiccupped; the next tick retries from the live state.
@@ -762,8 +776,15 @@ async def autoscale_once(
     pods: list[Mapping[str, Any]],
     deployment: Mapping[str, Any] | None,
     now: float,
+    clock: float | None = None,
 ) -> Decision | None:
-    """One cycle: signals → policy → replicas, status, Events. Returns the decision."""
+    """One cycle: signals → policy → replicas, status, Events. Returns the decision.
+
+    ``now`` is the wall clock (the policy's state and the status's stamps are
+    stored, and compared with the pods' timestamps); ``clock`` the monotonic one
+    the loop's own timers run on (``now`` when not given).
+    """
+    clock = now if clock is None else clock
     meta = body["metadata"]
     name, namespace = str(meta["name"]), str(meta.get("namespace") or "default")
     generation = _generation(body)
@@ -774,7 +795,16 @@ async def autoscale_once(
         # apply_spec reports an invalid spec.
         memory.status = None
         return None
-    await _refresh_children(context, body, spec, memory, missing=deployment is None, now=now)
+    await _refresh_children(
+        context,
+        body,
+        spec,
+        memory,
+        generation=generation,
+        missing=deployment is None,
+        now=now,
+        clock=clock,
+    )
     if deployment is None:
         # Recreated above (or being created): its pods are not there to count yet.
         memory.status = None
@@ -791,9 +821,11 @@ async def autoscale_once(
     if (
         memory.scaled_to is not None
         and counts.current != memory.scaled_to
-        and now - memory.scaled_at < 3 * period
+        and clock - memory.scaled_at < 3 * period
+        and memory.scaled_generation == generation
     ):
-        # Our own scale is not in the watch yet: do not decide it again.
+        # Our own scale is not in the watch yet: do not decide it again. (Not after a
+        # spec change: the spec's handler may have set the count since.)
         counts = replace(counts, current=memory.scaled_to)
 
     stale_after = spec.autoscaling.missing_signals.stale_after_seconds
@@ -823,7 +855,9 @@ async def autoscale_once(
             elif names & load.keys() and any(pod not in names for pod in load):
                 unscraped += unseen
 
-    previous = _previous_status(body, memory, now=now, period=period)
+    previous = _previous_status(body, memory, now=clock, period=period)
+    if memory.unwritten_scale_time is not None:
+        previous["lastScaleTime"] = memory.unwritten_scale_time
     previous["conditions"] = with_spec_conditions(
         previous.get("conditions") or [],
         _spec_verdict(context, (namespace, name), body, generation),
@@ -870,15 +904,27 @@ async def autoscale_once(
         # replicas the spec's handler has set). The next cycle decides on the new one.
         return None
     scaled = False
+    scale_error: str | None = None
     if decision.replicas != counts.current:
         if decision.direction == "down":
             load = await context.signals.pod_load(namespace, name, spec, max_age=max_age)
             await _set_deletion_costs(context, namespace, pods, load)
             if _generation(body) != generation:
                 return None  # the spec changed while the pods were marked: as above
-        await context.kube.scale(namespace, name, decision.replicas)
-        memory.scaled_to, memory.scaled_at = decision.replicas, now
-        scaled = True
+        try:
+            await context.kube.scale(namespace, name, decision.replicas)
+        except ApiError as exc:
+            # Refused (a webhook, a quota, RBAC) or unanswered: the status says so and
+            # the next cycle tries again. Left to the loop, the cycle would be lost
+            # whole, and the status would go on showing the last good one.
+            scale_error = f"scaling {counts.current} → {decision.replicas} failed: " + _rejection(
+                "Deployment", name, exc
+            )
+            decision = replace(decision, state=state)
+        else:
+            memory.scaled_to, memory.scaled_at = decision.replicas, clock
+            memory.scaled_generation = generation
+            scaled = True
     # Kept once the scale is made: a cycle that failed before it decides again from
     # where it stood, rather than from a change that never happened.
     memory.state = decision.state
@@ -896,7 +942,10 @@ async def autoscale_once(
         pending_timeout_seconds=pending_timeout,
         generation=generation,
         now=now,
+        scale_error=scale_error,
     )
+    if scaled:
+        memory.unwritten_scale_time = new["lastScaleTime"]
     metrics_available = find_condition(new["conditions"], METRICS_AVAILABLE) or {}
     context.metrics.observe_service(
         namespace,
@@ -922,7 +971,11 @@ async def autoscale_once(
     new["conditions"] = with_spec_conditions(
         new["conditions"], _spec_verdict(context, (namespace, name), body, generation)
     )
-    if differs(previous, new) or now - memory.written_at >= context.status_refresh_seconds:
+    if (
+        differs(previous, new)
+        or memory.unwritten_scale_time is not None
+        or clock - memory.written_at >= context.status_refresh_seconds
+    ):
         try:
             await context.kube.patch_status(API_VERSION, PLURAL, namespace, name, new)
         except BaseException:
@@ -934,7 +987,8 @@ async def autoscale_once(
             raise
         # What the store now holds: the patch's nulls deleted their keys.
         memory.status = merge_patched(previous, new)
-        memory.written_at = now
+        memory.written_at = clock
+        memory.unwritten_scale_time = None
     for event in events:
         kopf.event(body, type=event.type, reason=event.reason, message=event.message)
     return decision
@@ -946,11 +1000,17 @@ async def _refresh_children(
     spec: VLMServiceSpec,
     memory: _Memory,
     *,
+    generation: int | None,
     missing: bool,
     now: float,
+    clock: float,
 ) -> None:
     """Re-apply the children when the Deployment is missing, a Service or PDB was seen
     deleted (:func:`child_deleted`), or the refresh is due.
+
+    ``spec`` is that of ``generation``. A refresh that a spec change overtook (its
+    handler applied the new spec while this applied the old one, whose writes may
+    have landed last) is made again at the next cycle, with the new spec.
 
     kopf calls :func:`apply_spec` only on spec changes (and at start-up): a
     child deleted by hand would never come back, and a hand edit would stay
@@ -966,8 +1026,8 @@ async def _refresh_children(
         memory.missing_since = None
     else:
         if memory.missing_since is None:
-            memory.missing_since = now
-        if now - memory.missing_since < context.missing_grace_seconds:
+            memory.missing_since = clock
+        if clock - memory.missing_since < context.missing_grace_seconds:
             return
     lost = memory.child_lost
     if memory.applied_at is not None:
@@ -975,15 +1035,14 @@ async def _refresh_children(
             wait = context.missing_grace_seconds
         else:
             wait = 0.0 if lost else context.children_refresh_seconds
-        if now - memory.applied_at < (memory.backoff or wait):
+        if clock - memory.applied_at < (memory.backoff or wait):
             return
     elif not missing and not lost:
         # The loop just started, right after apply_spec ran: wait one interval.
-        memory.applied_at = now
+        memory.applied_at = clock
         return
-    memory.applied_at = now
+    memory.applied_at = clock
     memory.child_lost = False  # a deletion seen from here on asks again
-    generation = _generation(body)
     try:
         rejected = await apply_children(
             context,
@@ -1005,13 +1064,16 @@ async def _refresh_children(
     conditions = live.get("conditions") or []
     invalid = find_condition(conditions, INVALID_SPEC) or {}
     if _generation(body) != generation:
-        return  # a newer spec: its handler reports on it
+        # A newer spec: its handler reports on it, and the next cycle applies it again
+        # in case this one's writes of the old landed after the handler's.
+        memory.child_lost = True
+        return
     stamp = rfc3339(now)
     # The Deployment gone (deleted by hand): applied again, and said so. Until its pods
     # are counted, the status must not go on saying the last cycle's pods are ready.
     recreated = missing and rejected is None
     if recreated:
-        gone = now - (memory.missing_since if memory.missing_since is not None else now)
+        gone = clock - (memory.missing_since if memory.missing_since is not None else clock)
         kopf.event(
             body,
             type="Warning",

@@ -31,6 +31,8 @@ INVALID_SPEC = "InvalidSpec"
 SPEC_WARNINGS = "SpecWarnings"
 #: InvalidSpec's reason when the API server refused a rendered child.
 CHILD_REJECTED = "ChildRejected"
+#: ScalingLimited's reason when the API server refused the scale (or did not answer).
+SCALE_FAILED = "ScaleFailed"
 #: Relative change of a signal worth a status write on its own.
 SIGNAL_TOLERANCE = 0.05
 #: The conditions the operator owns, in the order they are listed.
@@ -233,7 +235,11 @@ def _ready_condition(pods: PodCounts, desired: int) -> tuple[str, str, str]:
     return "True", "AllPodsReady", f"{pods.ready}/{pods.current} pods ready"
 
 
-def _limited_condition(decision: Decision, pods: PodCounts, timeout: int) -> tuple[str, str, str]:
+def _limited_condition(
+    decision: Decision, pods: PodCounts, timeout: int, scale_error: str | None
+) -> tuple[str, str, str]:
+    if scale_error is not None:
+        return "True", SCALE_FAILED, scale_error
     if pods.stuck > 0:
         message = f"{pods.stuck} pod(s) Pending longer than {timeout}s: no node for them"
         if decision.limited and "Pending" not in decision.limited:
@@ -280,6 +286,7 @@ def cycle_status(
     pending_timeout_seconds: int,
     generation: int | None,
     now: float,
+    scale_error: str | None = None,
 ) -> dict[str, Any]:
     """The status after one cycle (the whole ``status`` minus fields others own).
 
@@ -288,14 +295,18 @@ def cycle_status(
     started before the spec changed must not report on the new one.
 
     ``replicas`` is the Deployment's replica count after the cycle (the decision
-    when it was applied); ``scaled`` says whether this cycle changed it.
+    when it was applied); ``scaled`` says whether this cycle changed it, and
+    ``scale_error`` why the scale it tried failed (``ScalingLimited`` says it).
     """
     stamp = rfc3339(now)
     conditions: list[dict[str, Any]] = [dict(c) for c in previous.get("conditions") or []]
     for type_, (status, reason, message) in (
         (READY, _ready_condition(pods, decision.replicas)),
         (METRICS_AVAILABLE, _metrics_condition(signals, decision, unscraped)),
-        (SCALING_LIMITED, _limited_condition(decision, pods, pending_timeout_seconds)),
+        (
+            SCALING_LIMITED,
+            _limited_condition(decision, pods, pending_timeout_seconds, scale_error),
+        ),
     ):
         conditions = set_condition(
             conditions, type_, status, reason, message, now=stamp, generation=generation
@@ -405,10 +416,18 @@ def transition_events(
             events.append(Event("Normal", "SignalsRestored", str(cur.get("message", ""))))
     old_limited = find_condition(previous.get("conditions") or [], SCALING_LIMITED)
     cur_limited = find_condition(new.get("conditions") or [], SCALING_LIMITED)
+    # Told when it starts, and when a scale fails while it was limited otherwise.
     if (
         cur_limited is not None
         and cur_limited.get("status") == "True"
-        and (old_limited is None or old_limited.get("status") != "True")
+        and (
+            old_limited is None
+            or old_limited.get("status") != "True"
+            or (
+                cur_limited.get("reason") == SCALE_FAILED
+                and old_limited.get("reason") != SCALE_FAILED
+            )
+        )
     ):
         events.append(
             Event(

@@ -10,13 +10,14 @@ a stand-in returning chosen signals. Each test drives ``autoscale_once`` /
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import logging
 import random
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 import kopf
 import pytest
@@ -1332,22 +1333,37 @@ class FailingStatusKube(FakeKube):
         await super().patch_status(api_version, plural, namespace, name, status)
 
 
-async def test_a_scale_is_told_when_the_status_write_after_it_fails(
-    kopf_posting: asyncio.Queue[Any],
-) -> None:
+KubeT = TypeVar("KubeT", bound=FakeKube)
+
+
+async def rising_on_two_pods(
+    kube_class: type[KubeT], queue: asyncio.Queue[Any]
+) -> tuple[KubeT, FakeSignals, reconcile.OperatorContext, reconcile._Memory]:
+    """Two pods after a quiet cycle at T0 (its Events drained), and a load asking for more."""
     body = vlmservice({"model": {"id": "m", "runtime": "fake"}, "autoscaling": {"maxReplicas": 10}})
-    kube, fake = FailingStatusKube(body, replicas=2), FakeSignals()
+    kube, fake = kube_class(body, replicas=2), FakeSignals()
     ctx, memory = context(kube, fake), reconcile._Memory()
     fake.current = signals(2.0, 1.0)
     await run_cycle(ctx, kube, memory, T0)
-    events(kopf_posting)
+    events(queue)
     fake.current = replace(signals(30.0, 8.0), waiting=10.0)
+    return kube, fake, ctx, memory
+
+
+async def test_a_scale_is_told_when_the_status_write_after_it_fails(
+    kopf_posting: asyncio.Queue[Any],
+) -> None:
+    kube, _, ctx, memory = await rising_on_two_pods(FailingStatusKube, kopf_posting)
     kube.fail = True
     with pytest.raises(ApiError):
         await run_cycle(ctx, kube, memory, T0 + 5)
     assert kube.replicas > 2
     # No later cycle would know of it: told now, once.
     assert [(e.type, e.reason) for e in events(kopf_posting)] == [("Normal", "ScaledUp")]
+    # Nor would the status: the next write carries its time.
+    await run_cycle(ctx, kube, memory, T0 + 10)
+    assert kube.body["status"].get("lastScaleTime") == reconcile.rfc3339(T0 + 5)
+    assert kube.body["status"]["replicas"] == kube.replicas
 
 
 class SpecChangingMarksKube(FakeKube):
@@ -1405,3 +1421,185 @@ async def test_a_scale_down_the_spec_makes_marks_the_pods_by_their_load_first() 
             deployments={("d", "x"): [{"replicas": replicas}]},
         )  # fmt: skip
     assert kube.annotated == []
+
+
+# ------------------------------------------------- failures around the scale
+
+
+class _RefusingScale(FakeKube):
+    """A scale the API server refuses (a webhook) while ``refuse`` is set."""
+
+    refuse = False
+
+    async def scale(self, namespace: str, name: str, replicas: int) -> None:
+        if self.refuse:
+            message = 'admission webhook "cap" denied: replicas > 4'
+            raise ApiError(403, "Forbidden", json.dumps({"kind": "Status", "message": message}))
+        await super().scale(namespace, name, replicas)
+
+
+async def test_a_refused_scale_is_told_and_the_status_goes_on(
+    kopf_posting: asyncio.Queue[Any],
+) -> None:
+    kube, _, ctx, memory = await rising_on_two_pods(_RefusingScale, kopf_posting)
+    body = kube.body
+    kube.refuse = True
+    for tick in range(1, 4):
+        decision = await run_cycle(ctx, kube, memory, T0 + 5 * tick)
+        assert decision is not None
+        assert decision.replicas > 2
+    status = body["status"]
+    assert kube.replicas == status["replicas"] == 2
+    assert status["signals"]["waiting"] == 10.0  # this cycle's signals, not the last good one's
+    limited = find_condition(status["conditions"], "ScalingLimited") or {}
+    assert (limited.get("status"), limited.get("reason")) == ("True", "ScaleFailed")
+    assert "replicas > 4" in limited["message"]
+    assert status.get("lastScaleTime") is None
+    told = [e for e in events(kopf_posting) if e.reason == "ScalingLimited"]
+    assert len(told) == 1  # once, when it started
+    assert "ScaleFailed" in told[0].message
+    # The policy did not move as if the scale had been made: let through, it is made.
+    kube.refuse = False
+    await run_cycle(ctx, kube, memory, T0 + 20)
+    assert kube.replicas > 2
+    assert body["status"]["lastScaleTime"] is not None
+    limited = find_condition(body["status"]["conditions"], "ScalingLimited") or {}
+    assert limited.get("reason") != "ScaleFailed"
+
+
+async def test_a_timed_out_request_is_an_api_error() -> None:
+    # A listener that never answers: urllib3's ReadTimeoutError, which the loop's
+    # handlers (and the best-effort pod marks) would not have taken for an API error.
+    import socket
+    import threading
+
+    import kubernetes
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while len(accepted) < 4:
+                accepted.append(listener.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    configuration = kubernetes.client.Configuration()
+    configuration.host = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    configuration.retries = False
+    client = KubeClient(kubernetes.client.ApiClient(configuration), request_timeout=(1.0, 0.5))
+    try:
+        with pytest.raises(ApiError) as raised:
+            await client.scale("d", "x", 3)
+        assert raised.value.status == 0
+        assert "Timeout" in raised.value.reason
+    finally:
+        client.close()
+        listener.close()
+        for conn in accepted:
+            conn.close()
+
+
+# ------------------------------------------------------------- the loop's clocks
+
+
+async def test_the_loops_timers_run_on_the_monotonic_clock() -> None:
+    # The wall clock steps back an hour after a scale to 10; then the Deployment shows 3
+    # (scaled by hand). The scale of a moment ago on the monotonic clock is long past.
+    body = vlmservice({"model": {"id": "m", "runtime": "fake"},
+                       "autoscaling": {"maxReplicas": 10, "syncPeriodSeconds": 5}})  # fmt: skip
+    kube, fake = FakeKube(body, replicas=2), FakeSignals()
+    ctx, memory = context(kube, fake), reconcile._Memory()
+    fake.current = replace(signals(30.0, 8.0), waiting=10.0)
+    deployment = lambda: {"replicas": kube.replicas, "readyReplicas": kube.replicas}  # noqa: E731
+    for tick in range(2):
+        await reconcile.autoscale_once(
+            ctx, body, memory, pods=[], deployment=deployment(),
+            now=T0 + 5 * tick, clock=100.0 + 5 * tick,
+        )  # fmt: skip
+    assert memory.scaled_to == kube.replicas > 3
+    kube.replicas = 3
+    fake.current = signals(10.0, 1.0)
+    await reconcile.autoscale_once(
+        ctx, body, memory, pods=[], deployment=deployment(), now=T0 - 3600 + 20, clock=120.0
+    )
+    assert body["status"]["replicas"] == 3
+
+
+async def test_a_scale_the_spec_handler_made_since_is_not_the_loops() -> None:
+    spec = {"model": {"id": "m", "runtime": "fake"},
+            "autoscaling": {"maxReplicas": 8, "syncPeriodSeconds": 5}}  # fmt: skip
+    body = vlmservice(spec)
+    kube, fake = FakeKube(body, replicas=2), FakeSignals()
+    ctx, memory = context(kube, fake), reconcile._Memory()
+    fake.current = replace(signals(30.0, 8.0), waiting=10.0)
+    for tick in range(2):
+        deployment = {"replicas": kube.replicas, "readyReplicas": kube.replicas}
+        await reconcile.autoscale_once(
+            ctx, body, memory, pods=[], deployment=deployment, now=T0 + 5 * tick
+        )
+    assert memory.scaled_to == kube.replicas > 2
+    # Autoscaling turned off with 2 replicas; the spec's handler sets them before the
+    # watch shows the autoscaler's scale.
+    body["spec"] = {**spec, "replicas": 2, "autoscaling": {**spec["autoscaling"], "enabled": False}}
+    body["metadata"]["generation"] = 2
+    kube.replicas = 2
+    scales: list[int] = []
+    scale = kube.scale
+
+    async def counted(namespace: str, name: str, replicas: int) -> None:
+        scales.append(replicas)
+        await scale(namespace, name, replicas)
+
+    kube.scale = counted  # type: ignore[method-assign]
+    await reconcile.autoscale_once(
+        ctx, body, memory, pods=[], deployment={"replicas": 2, "readyReplicas": 2}, now=T0 + 10
+    )
+    assert scales == []
+    assert body["status"]["replicas"] == 2
+
+
+async def test_a_refresh_a_spec_change_overtook_is_made_again_with_the_new_spec() -> None:
+    spec = {"model": {"id": "m", "runtime": "fake"}, "autoscaling": {"syncPeriodSeconds": 5}}
+    body = vlmservice(spec)
+
+    class HandlerMeanwhile(FakeKube):
+        """The spec's handler runs while the refresh's Deployment is on its way."""
+
+        during: Any = None
+
+        async def apply(self, obj: Mapping[str, Any], **kwargs: Any) -> str:
+            if self.during is not None and obj["kind"] == "Deployment":
+                during, self.during = self.during, None
+                await during()
+            return await super().apply(obj, **kwargs)
+
+    kube, fake = HandlerMeanwhile(body, replicas=2), FakeSignals()
+    ctx, memory = context(kube, fake), reconcile._Memory()
+    await reconcile.apply_spec(ctx, body, created=True, logger=LOG)
+    fake.current = signals(2.0, 1.0)
+    ready = {"replicas": 2, "readyReplicas": 2}
+    await reconcile.autoscale_once(ctx, body, memory, pods=[], deployment=ready, now=T0)
+
+    def model_id() -> str:
+        template = kube.objects[DEPLOYMENT]["spec"]["template"]
+        return json.dumps(template["spec"], sort_keys=True)
+
+    old = model_id()
+
+    async def spec_changed() -> None:
+        body["spec"] = {**spec, "model": {"id": "m-v2", "runtime": "fake"}}
+        body["metadata"]["generation"] = 2
+        await reconcile.apply_spec(ctx, body, created=False, logger=LOG)
+
+    kube.during = spec_changed
+    refresh = ctx.children_refresh_seconds
+    await reconcile.autoscale_once(ctx, body, memory, pods=[], deployment=ready, now=T0 + refresh)
+    assert model_id() == old  # the refresh's old spec landed after the handler's new one
+    await reconcile.autoscale_once(
+        ctx, body, memory, pods=[], deployment=ready, now=T0 + refresh + 5
+    )
+    assert model_id() != old
+    assert "m-v2" in model_id()
