@@ -90,7 +90,7 @@ unit: venv system-deps engine
 
 test: lint typecheck unit
 
-# The measured load test replayed on the embedded local cluster (about five minutes).
+# The measured load test replayed on the embedded local cluster (about six minutes).
 demo: demo-venv demo-system-deps
 	$(BIN)/python -m e2e.demo $(DEMO_ARGS)
 
@@ -109,7 +109,7 @@ golden: venv
 bench-gate: venv system-deps
 	$(BIN)/python benchmarks/bench_gate.py
 
-# Ours versus the anchors on every shipped trace, in the simulator (~1.5 min).
+# Ours versus the anchors on every shipped trace, in the simulator (about four minutes).
 bench-policy: venv engine
 	$(BIN)/python benchmarks/bench_policy.py
 

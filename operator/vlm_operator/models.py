@@ -749,7 +749,7 @@ class SignalQueries(APIModel):
     p95: str | None = Field(default=None, description="Fleet P95 latency in seconds.")
     arrival_rate: str | None = Field(default=None, description="Finished requests per second.")
     error_rate: str | None = Field(
-        default=None, description="Fraction of requests answered 5xx or rejected."
+        default=None, description="Fraction of requests answered 5xx or 429 (queue full)."
     )
 
 
