@@ -3,7 +3,8 @@ and the canonical form of their resource quantities.
 
 Always on (cheap, and the classic apps/v1 errors a real server rejects with 422): a Deployment or
 ReplicaSet needs ``spec.selector`` and its ``matchLabels`` must match the pod template's labels,
-and an update may not change a workload's selector.
+and an update may not change a workload's selector. A selector or template labels of the wrong
+JSON type is a 400, as the real server's decoder answers, never a crash.
 Opt-in (``validate_builtins=True``; ~20 ms per object): the full OpenAPI schema of the kind via
 kubernetes-validate (the local-cluster extra), strict about unknown fields under
 ``fieldValidation=Strict`` (400 ``strict decoding error``, as a real server's decoder answers).
@@ -36,6 +37,7 @@ def check_workload(kind: ResourceKind, obj: dict[str, Any]) -> list[dict[str, st
     """The selector rules of apps/v1 Deployments and ReplicaSets."""
     if (kind.group, kind.plural) not in (("apps", "deployments"), ("apps", "replicasets")):
         return []
+    _check_selector_types(kind, obj)
     spec = obj.get("spec")
     if not isinstance(spec, dict):
         return [_cause("spec", "Required value", "FieldValueRequired")]
@@ -52,6 +54,66 @@ def check_workload(kind: ResourceKind, obj: dict[str, Any]) -> list[dict[str, st
         message = f"Invalid value: {labels!r}: `selector` does not match template `labels`"
         return [_cause("spec.template.metadata.labels", message)]
     return []
+
+
+def _check_selector_types(kind: ResourceKind, obj: dict[str, Any]) -> None:
+    """A selector or template labels of the wrong JSON type is a 400, as the real server's
+    decoder answers (``matchLabels: "x"``), before validation could see it."""
+    spec = obj.get("spec")
+    selector = spec.get("selector") if isinstance(spec, dict) else None
+    template = spec.get("template") if isinstance(spec, dict) else None
+    metadata = template.get("metadata") if isinstance(template, dict) else None
+    fields: list[tuple[str, Any, type, str]] = [
+        ("spec", spec, dict, f"v1.{kind.kind}Spec"),
+        ("spec.selector", selector, dict, "v1.LabelSelector"),
+        ("spec.template", template, dict, "v1.PodTemplateSpec"),
+        ("spec.template.metadata", metadata, dict, "v1.ObjectMeta"),
+    ]
+    if isinstance(selector, dict):
+        fields += [("spec.selector.matchLabels", selector.get("matchLabels"), dict,
+                    "map[string]string"),
+                   ("spec.selector.matchExpressions", selector.get("matchExpressions"), list,
+                    "[]v1.LabelSelectorRequirement")]  # fmt: skip
+    if isinstance(metadata, dict):
+        fields.append(
+            ("spec.template.metadata.labels", metadata.get("labels"), dict, "map[string]string")
+        )
+    for path, value, expected, go_type in fields:
+        if go_type == "map[string]string" and isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(item, str):
+                    raise _undecodable(kind, f"{path}.{key}", item, "string")
+        elif value is not None and not isinstance(value, expected):
+            raise _undecodable(kind, path, value, go_type)
+    expressions = selector.get("matchExpressions") if isinstance(selector, dict) else None
+    for expression in expressions or []:
+        path = "spec.selector.matchExpressions"
+        if not isinstance(expression, dict):
+            raise _undecodable(kind, path, expression, "v1.LabelSelectorRequirement")
+        for name in ("key", "operator"):
+            if not isinstance(expression.get(name, ""), str):
+                raise _undecodable(kind, f"{path}.{name}", expression[name], "string")
+        values = expression.get("values")
+        if values is not None and not (
+            isinstance(values, list) and all(isinstance(value, str) for value in values)
+        ):
+            raise _undecodable(kind, f"{path}.values", values, "[]string")
+
+
+def _undecodable(kind: ResourceKind, path: str, value: Any, go_type: str) -> errors.APIError:
+    return errors.bad_request(
+        f'{kind.kind} in version "{kind.version}" cannot be handled as a {kind.kind}: json: '
+        f"cannot unmarshal {json_type(value)} into Go struct field {path} of type {go_type}"
+    )
+
+
+def json_type(value: Any) -> str:
+    """How Go's encoding/json names a decoded value's JSON type in its errors."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    return {str: "string", list: "array", dict: "object"}.get(type(value), "null")
 
 
 #: Workloads whose ``spec.selector`` a real server never lets change (apps/v1 validation).
@@ -126,9 +188,9 @@ def check_schema(kind: ResourceKind, obj: dict[str, Any], strict: bool) -> list[
 
 
 _QUANTITY = re.compile(
-    r"^(?P<sign>[+-]?)(?P<whole>[0-9]*)(?:\.(?P<fraction>[0-9]*))?"
-    r"(?:(?P<binary>[KMGTPE]i)|(?P<decimal>[numkMGTPE])|[eE](?P<exponent>[+-]?[0-9]+))?$"
-)
+    r"(?P<sign>[+-]?)(?P<whole>[0-9]*)(?:\.(?P<fraction>[0-9]*))?"
+    r"(?:(?P<binary>[KMGTPE]i)|(?P<decimal>[numkMGTPE])|[eE](?P<exponent>[+-]?[0-9]+))?"
+)  # fullmatch: "1\n" is unreadable, not 1
 _DECIMAL_SUFFIXES = {-9: "n", -6: "u", -3: "m", 0: "", 3: "k", 6: "M", 9: "G", 12: "T",
                      15: "P", 18: "E"}  # fmt: skip
 _DECIMAL_EXPONENTS = {suffix: exponent for exponent, suffix in _DECIMAL_SUFFIXES.items()}
@@ -149,7 +211,7 @@ def canonical_quantity(text: str) -> str:
     parser's fast path finds it canonical already, else in the format it was written in
     (binary suffix, decimal suffix or exponent) with the largest suffix that keeps the
     number whole, nano-units rounded up; unchanged if unreadable."""
-    match = _QUANTITY.match(text)
+    match = _QUANTITY.fullmatch(text)
     if match is None or not (match["whole"] or match["fraction"]):
         return text
     whole, fraction = match["whole"], match["fraction"] or ""

@@ -2,7 +2,8 @@
 
 - ``application/merge-patch+json``: RFC 7386.
 - ``application/json-patch+json``: RFC 6902 (add, remove, replace, move, copy, test); a failed
-  ``test`` or a missing path raises PatchError, which the server answers with 422.
+  ``test`` or a missing path raises PatchError, which the server answers with 422. ``test``
+  compares JSON values, as evanphx/json-patch does, not Python ones (``true`` is not ``1``).
 - ``application/strategic-merge-patch+json`` (built-in kinds only, as in Kubernetes): a merge
   patch in which lists of named things are merged by their key instead of replaced — containers,
   initContainers, volumes, env, envFrom-free named lists, imagePullSecrets (``name``),
@@ -116,6 +117,30 @@ def _add(doc: Any, path: str, value: Any, *, replace: bool = False) -> Any:
     return doc
 
 
+def _json_equal(current: Any, expected: Any) -> bool:
+    """The ``test`` op's equality in evanphx/json-patch: structural for objects and arrays,
+    the JSON text for scalars. So ``true`` is not ``1``, and ``4.0`` (a float here, so written
+    with a point or an exponent) is not the ``4`` a whole number of the stored object is
+    serialized as, whatever its Python type."""
+    if isinstance(current, dict) or isinstance(expected, dict):
+        return (
+            isinstance(current, dict)
+            and isinstance(expected, dict)
+            and current.keys() == expected.keys()
+            and all(_json_equal(current[key], expected[key]) for key in current)
+        )
+    if isinstance(current, list) or isinstance(expected, list):
+        return (
+            isinstance(current, list)
+            and isinstance(expected, list)
+            and len(current) == len(expected)
+            and all(map(_json_equal, current, expected))
+        )
+    if isinstance(current, float) and current.is_integer():
+        current = int(current)  # Go writes a whole float64 without a point
+    return type(current) is type(expected) and current == expected
+
+
 def json_patch(target: Any, operations: Any) -> Any:
     """RFC 6902 JSON patch; returns a new document."""
     if not isinstance(operations, list):
@@ -134,7 +159,7 @@ def json_patch(target: Any, operations: Any) -> Any:
         elif op == "remove":
             _remove(doc, path)
         elif op == "test":
-            if _get(doc, path) != operation["value"]:
+            if not _json_equal(_get(doc, path), operation["value"]):
                 raise PatchError(f"testing value {path} failed: test failed")
         elif op in ("move", "copy"):
             source = operation.get("from", "")

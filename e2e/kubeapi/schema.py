@@ -4,8 +4,9 @@ Order on every write, as in the real API server: pruning of unknown fields (or r
 ``fieldValidation=Strict``, which happens while decoding), pruning of ``null`` values of fields
 that are not ``nullable`` and have no default, defaults (``default`` of absent properties, and of
 non-nullable nulls, recursively), OpenAPI validation (type, enum, required, minimum/maximum,
-exclusive bounds, minLength/maxLength, pattern, minItems/maxItems, minProperties/maxProperties,
-nullable, int-or-string; ``metadata.name`` and ``metadata.generateName`` against the schema's
+exclusive bounds, minLength/maxLength, pattern (with Go's regexp semantics, see
+``pattern_matcher``), minItems/maxItems, minProperties/maxProperties, nullable, int-or-string;
+``metadata.name`` and ``metadata.generateName`` against the schema's
 ``metadata`` properties, the only ones a CRD may constrain), then ``x-kubernetes-validations`` CEL
 rules (cel-python) on the subtrees that passed schema validation. ``oldSelf`` transition rules are
 only evaluated on updates, and subtrees an update leaves unchanged are not validated again
@@ -13,8 +14,9 @@ only evaluated on updates, and subtrees an update leaves unchanged are not valid
 
 ``check_crd_schema`` is the part of CRD validation that catches broken CRDs before they serve: a
 structural schema (every node typed, except int-or-string and preserve-unknown-fields ones; arrays
-with ``items``; ``metadata`` constraining only ``name``/``generateName``) and CEL rules that
-compile (parsing only: cel-python does not type-check against the schema as the real server does).
+with ``items``; ``metadata`` constraining only ``name``/``generateName``), patterns that compile
+as Go regexps, and CEL rules that compile (parsing only: cel-python does not type-check against
+the schema as the real server does).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import copy
 import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,6 +181,95 @@ def _type_ok(schema: dict[str, Any], value: Any) -> str | None:
     return None
 
 
+class PatternError(ValueError):
+    """A schema ``pattern`` that is no valid (Go, RE2 syntax) regular expression."""
+
+
+#: POSIX classes (inside brackets) as ASCII ranges, as RE2 defines them.
+_POSIX_CLASSES = {
+    "alnum": "0-9A-Za-z", "alpha": "A-Za-z", "ascii": "\\x00-\\x7f", "blank": "\\t ",
+    "cntrl": "\\x00-\\x1f\\x7f", "digit": "0-9", "graph": "!-~", "lower": "a-z",
+    "print": " -~", "punct": "!-/:-@\\[-`{-~", "space": "\\t\\n\\v\\f\\r ", "upper": "A-Z",
+    "word": "0-9A-Za-z_", "xdigit": "0-9A-Fa-f",
+}  # fmt: skip
+_POSIX_CLASS = re.compile(r"\[:(\^?)([a-z]+):\]")
+
+
+def _python_regex(pattern: str) -> str:
+    """An RE2 pattern in Python's syntax: ``$`` and ``\\z`` (outside brackets, without the
+    ``m`` flag) are the end of the text, ``\\Z`` in Python, where ``$`` also matches before
+    a final newline; POSIX classes become ranges. What Python would read otherwise (``\\p``
+    classes, look-arounds, back-references) is refused rather than misread."""
+    multiline = re.search(r"\(\?[a-zA-Z]*m", pattern) is not None
+    out, index, in_class = [], 0, False
+    while index < len(pattern):
+        char = pattern[index]
+        if char == "\\" and index + 1 < len(pattern):
+            escaped = pattern[index + 1]
+            if escaped in "pPZ123456789":  # classes, back-references; no \\Z in RE2
+                raise PatternError(f"invalid escape \\{escaped} (unsupported without google-re2)")
+            out.append("\\Z" if escaped == "z" and not in_class else char + escaped)
+            index += 2
+            continue
+        if in_class and (posix := _POSIX_CLASS.match(pattern, index)):
+            if posix[1] or posix[2] not in _POSIX_CLASSES:
+                raise PatternError(f"invalid character class range: {posix[0]}")
+            out.append(_POSIX_CLASSES[posix[2]])
+            index = posix.end()
+            continue
+        if not in_class and pattern.startswith(("(?=", "(?!", "(?<=", "(?<!"), index):
+            raise PatternError("invalid or unsupported Perl syntax: look-around")
+        if char == "[" and not in_class:
+            in_class = True
+            out.append(char)
+            index += 1
+            # A "]" (after an optional "^") right at the start is a literal member.
+            for literal in ("^", "]"):
+                if pattern.startswith(literal, index):
+                    out.append("\\]" if literal == "]" else literal)
+                    index += 1
+            continue
+        if char == "]" and in_class:
+            in_class = False
+        elif char == "[" and in_class:  # a literal in RE2, a FutureWarning in Python
+            char = "\\["
+        out.append("\\Z" if char == "$" and not in_class and not multiline else char)
+        index += 1
+    return "".join(out)
+
+
+def pattern_matcher(pattern: Any) -> Callable[[str], bool]:
+    """A predicate telling whether a text matches a schema ``pattern`` anywhere, with the real
+    server's (Go) semantics: RE2 through google-re2 (cel-python's dependency) when installed,
+    else Python's ``re`` on a translation. Raises PatternError where Go's regexp would not
+    compile the pattern."""
+    if not isinstance(pattern, str):
+        raise PatternError(f"must be a string, not {_describe(pattern)}")
+    return _compiled_pattern(pattern)
+
+
+@functools.lru_cache(maxsize=1024)
+def _compiled_pattern(pattern: str) -> Callable[[str], bool]:
+    try:
+        import re2
+    except ImportError:
+        try:
+            compiled = re.compile(_python_regex(pattern), re.ASCII)  # \d, \w, \s as RE2 reads them
+        except re.error as error:
+            raise PatternError(f"error parsing regexp: {error}") from None
+        return lambda text: compiled.search(text) is not None
+    options = re2.Options()
+    options.log_errors = False
+    try:
+        compiled_re2 = re2.compile(pattern, options)
+    except re2.error as error:
+        reason = error.args[0] if error.args else error
+        if isinstance(reason, bytes):
+            reason = reason.decode()
+        raise PatternError(f"error parsing regexp: {reason}") from None
+    return lambda text: compiled_re2.search(text) is not None
+
+
 def _bounds(schema: dict[str, Any], value: Any, field: str) -> list[Cause]:
     causes: list[Cause] = []
 
@@ -209,8 +301,13 @@ def _bounds(schema: dict[str, Any], value: Any, field: str) -> list[Cause]:
             bad(f"should be at least {schema['minLength']} chars long")
         if "maxLength" in schema and len(value) > schema["maxLength"]:
             add("FieldValueTooLong", f"Too long: may not be longer than {schema['maxLength']}")
-        if "pattern" in schema and re.search(schema["pattern"], value) is None:
-            bad(f"should match '{schema['pattern']}'")
+        if "pattern" in schema:
+            pattern = schema["pattern"]
+            try:
+                if not pattern_matcher(pattern)(value):
+                    bad(f"should match '{pattern}'")
+            except PatternError as error:  # a CRD stored before it was checked: never a 500
+                bad(f"should match '{pattern}': {error}")
     if isinstance(value, list):
         if "minItems" in schema and len(value) < schema["minItems"]:
             bad(f"should have at least {schema['minItems']} items")
@@ -384,6 +481,18 @@ def _check_node(schema: dict[str, Any], path: str, level: str) -> list[Cause]:
         causes += _check_node(
             schema["additionalProperties"], f"{path}.additionalProperties", "field"
         )
+    if "pattern" in schema:
+        try:
+            pattern_matcher(schema["pattern"])
+        except PatternError as error:
+            causes.append(
+                Cause(
+                    f"{path}.pattern",
+                    "FieldValueInvalid",
+                    f"Invalid value: {_describe(schema['pattern'])}: must be a valid regular "
+                    f"expression, but isn't: {error}",
+                )
+            )
     for index, rule in enumerate(schema.get("x-kubernetes-validations") or []):
         rule_path = f"{path}.x-kubernetes-validations[{index}]"
         for key, what in _CEL_EXPRESSIONS:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -452,10 +453,10 @@ class KubeAPIServer:
             raise errors.bad_request(f"invalid resourceVersion {since_text!r}") from None
         bookmarks = request.query.get("allowWatchBookmarks") in ("true", "1")
         timeout_text = request.query.get("timeoutSeconds")
-        try:
-            timeout = float(timeout_text) if timeout_text else None
-        except ValueError:
-            raise errors.bad_request(f"invalid timeoutSeconds {timeout_text!r}") from None
+        # An int64, as Go's strconv.ParseInt reads it: no "nan", "inf" nor "1.5".
+        if timeout_text and not re.fullmatch(r"[+-]?[0-9]+", timeout_text):
+            raise errors.bad_request(f'strconv.ParseInt: parsing "{timeout_text}": invalid syntax')
+        timeout = int(timeout_text) if timeout_text else None
         include = self._table_include(request)
         watch = Watch((target.kind.group, target.kind.plural), target.namespace, labels, fields)
         response = web.StreamResponse(headers={"Content-Type": "application/json"})

@@ -52,14 +52,16 @@ from . import builtins, errors, schema
 from .errors import APIError
 from .recording import OWNER_REFERENCES_PLUGIN, RecordedRequest
 from .resources import BUILTIN_KINDS, ResourceKind, kinds_from_crd
-from .selectors import Predicate, selector_to_string
+from .selectors import Predicate, is_label_key, is_label_value, selector_to_string
 
 _CRD_KEY = ("apiextensions.k8s.io", "customresourcedefinitions")
 _NAMESPACE_KEY = ("", "namespaces")
-_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# Used with fullmatch: Go's ``$`` is the end of the text, Python's also matches before a final
+# newline, and "abc\n" is no valid name.
+_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 #: A Service's name: a DNS label that starts with a letter (RFC 1035), as it names a DNS record.
-_DNS_1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_DNS_1035_LABEL = re.compile(r"[a-z]([-a-z0-9]*[a-z0-9])?")
 #: Names by kind (apimachinery's validation messages): a Namespace's is a DNS label, a
 #: Service's one that starts with a letter, every other kind's a DNS subdomain.
 _NAME_RULES = {
@@ -84,8 +86,6 @@ _NAME_RULES = {
 }
 #: Metadata a real server does not keep empty (Go's omitempty drops them when it stores).
 _OMITTED_WHEN_EMPTY = ("finalizers", "labels", "annotations", "ownerReferences")
-_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
-_LABEL_NAME = re.compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$")
 _SYSTEM_FIELDS = ("uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds")
 
 StoreKey = tuple[str, str]  # (group, plural): every served version shares one storage
@@ -129,13 +129,17 @@ class Watch:
         if event.key != self.key:
             return
         new_ok, old_ok = self._matches(event.obj), self._matches(event.old)
-        kind = event.type
+        kind, obj = event.type, event.obj
         if kind == "MODIFIED" and new_ok != old_ok:
-            # Selector semantics: entering the selection is ADDED, leaving it is DELETED.
+            # Selector semantics: entering the selection is ADDED, leaving it is DELETED, and
+            # (as the watch cache sends it) of the object as it was, at the new resourceVersion.
             kind = "ADDED" if new_ok else "DELETED"
+            if not new_ok and event.old is not None:
+                rv = event.obj["metadata"]["resourceVersion"]
+                obj = {**event.old, "metadata": {**event.old["metadata"], "resourceVersion": rv}}
         elif not new_ok:
             return
-        self.queue.put_nowait((kind, event.obj))
+        self.queue.put_nowait((kind, obj))
 
 
 _METADATA_TYPES: dict[str, type] = {
@@ -238,8 +242,14 @@ class Store:
         return found
 
     def _register_crd(self, crd: dict[str, Any]) -> None:
-        for kind in kinds_from_crd(crd):
-            self.kinds[(kind.group, kind.version, kind.plural)] = kind
+        """Serve the CRD's served versions, and no longer those an update dropped."""
+        served = {(kind.group, kind.version, kind.plural): kind for kind in kinds_from_crd(crd)}
+        spec = crd["spec"]
+        group, plural = spec["group"], spec["names"]["plural"]
+        for key in [key for key in self.kinds if (key[0], key[2]) == (group, plural)]:
+            if key not in served:
+                del self.kinds[key]
+        self.kinds.update(served)
 
     def _unregister_crd(self, crd: dict[str, Any]) -> None:
         spec = crd.get("spec") or {}
@@ -331,7 +341,7 @@ class Store:
         metadata, causes = obj["metadata"], []
         name = metadata.get("name", "")
         pattern, limit, rule = _NAME_RULES.get(kind.plural, _NAME_RULES[""])
-        if not pattern.match(name) or len(name) > limit:
+        if not pattern.fullmatch(name) or len(name) > limit:
             causes.append(
                 {
                     "reason": "FieldValueInvalid",
@@ -340,16 +350,16 @@ class Store:
                 }
             )
         for key, value in (metadata.get("labels") or {}).items():
-            label_name = key.rsplit("/", 1)[-1]
-            if not _LABEL_NAME.match(label_name) or len(label_name) > 63:
+            if not is_label_key(key):
                 causes.append(
                     {
                         "reason": "FieldValueInvalid",
                         "field": "metadata.labels",
-                        "message": f'Invalid value: "{key}": name part must be a valid label name',
+                        "message": f'Invalid value: "{key}": a label key must be a valid label '
+                        "name with an optional DNS subdomain prefix and '/'",
                     }
                 )
-            if not isinstance(value, str) or not _LABEL_VALUE.match(value) or len(value) > 63:
+            if not isinstance(value, str) or not is_label_value(value):
                 causes.append(
                     {
                         "reason": "FieldValueInvalid",
@@ -664,8 +674,9 @@ class Store:
     def update_scale(
         self, kind: ResourceKind, namespace: str | None, name: str, scale: Any, *, dry_run: bool
     ) -> dict[str, Any]:
-        replicas = scale.get("spec", {}).get("replicas") if isinstance(scale, dict) else None
-        if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+        _check_scale_types(scale)
+        replicas = (scale.get("spec") or {}).get("replicas")
+        if not isinstance(replicas, int) or replicas < 0:
             raise errors.invalid(
                 kind,
                 name,
@@ -938,16 +949,38 @@ def _parses_as_version(value: Any) -> bool:
     )
 
 
+def _check_scale_types(scale: Any) -> None:
+    """What a real server cannot decode into an autoscaling/v1 Scale is a 400, as its decoder
+    answers (``{"spec": 5}``; ``replicas`` that is no int32)."""
+    fields = [("", scale, dict, "v1.Scale")]
+    if isinstance(scale, dict):
+        spec = scale.get("spec")
+        fields += [("metadata", scale.get("metadata"), dict, "v1.ObjectMeta"),
+                   ("spec", spec, dict, "v1.ScaleSpec")]  # fmt: skip
+        if isinstance(spec, dict):
+            fields.append(("spec.replicas", spec.get("replicas"), int, "int32"))
+    for path, value, expected, go_type in fields:
+        if (value is not None or not path) and (
+            isinstance(value, bool) or not isinstance(value, expected)
+        ):
+            where = f" into Go struct field Scale.{path}" if path else ""
+            raise errors.bad_request(
+                'Scale in version "v1" cannot be handled as a Scale: json: cannot unmarshal '
+                f"{builtins.json_type(value)}{where} of type {go_type}"
+            )
+
+
 def _check_crd(crd: dict[str, Any]) -> list[dict[str, str]]:
     """A CRD's own validation: its name, and per version a structural schema whose CEL rules
     compile (a broken CRD is refused, never served)."""
     name = crd["metadata"].get("name", "")
     try:
-        served = kinds_from_crd(crd)
+        kinds_from_crd(crd)  # raises without a group, plural or kind
     except (ValueError, KeyError, TypeError, AttributeError) as error:
         return [{"reason": "FieldValueInvalid", "field": "spec", "message": str(error)}]
     causes: list[dict[str, str]] = []
-    expected = f"{served[0].plural}.{served[0].group}"
+    names = crd["spec"]["names"]
+    expected = f"{names['plural']}.{crd['spec']['group']}"  # also with no version served
     if name != expected:
         causes.append({"reason": "FieldValueInvalid", "field": "metadata.name",
                        "message": f'Invalid value: "{name}": must be spec.names.plural'

@@ -1780,3 +1780,96 @@ def test_a_put_into_another_namespace_is_a_bad_request(
         core.replace_namespaced_config_map("here", namespace, stored)
     assert refused.value.status == 400
     assert "does not match the namespace" in _status(refused.value)["message"]
+
+
+def test_a_trailing_newline_makes_names_labels_and_patterns_invalid(
+    api: ThreadedKubeAPI, namespace: str
+) -> None:
+    # Go's `$` is the end of the text; Python's also matches before a final "\n".
+    configmaps = f"/api/v1/namespaces/{namespace}/configmaps"
+    with httpx.Client(base_url=api.url) as http:
+        invalid = [({"name": "abc\n"}, "metadata.name"),
+                   ({"name": "a", "labels": {"k\n": "v"}}, "metadata.labels"),
+                   ({"name": "a", "labels": {"k": "v\n"}}, "metadata.labels")]  # fmt: skip
+        for metadata, field in invalid:
+            response = http.post(configmaps, json={"metadata": metadata})
+            assert response.status_code == 422, response.text
+            assert [c["field"] for c in response.json()["details"]["causes"]] == [field]
+        widget = {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"},
+                  "spec": {"size": 1, "name": "abc\n"}}  # fmt: skip
+        response = http.post(f"/apis/example.com/v1/namespaces/{namespace}/widgets", json=widget)
+        assert response.status_code == 422, response.text
+        assert [c["field"] for c in response.json()["details"]["causes"]] == ["spec.name"]
+
+
+def test_a_crd_pattern_must_compile_as_a_go_regexp(api: ThreadedKubeAPI) -> None:
+    crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+    with httpx.Client(base_url=api.url) as http:
+        for pattern in ("(", "^(?=a)"):  # a syntax error; a look-ahead, which RE2 lacks
+            crd = yaml.safe_load(yaml.safe_dump(GAUGE_CRD).replace("gauge", "patterned"))
+            spec = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            spec["properties"]["note"]["pattern"] = pattern
+            response = http.post(crds, json=crd)
+            assert response.status_code == 422, response.text
+            (cause,) = response.json()["details"]["causes"]
+            assert cause["field"] == (
+                "spec.versions[0].schema.openAPIV3Schema.properties[spec].properties[note].pattern"
+            )
+            assert "must be a valid regular expression" in cause["message"]
+
+
+def test_an_object_leaving_a_watched_selection_is_deleted_as_it_was(
+    kube: client.ApiClient, namespace: str
+) -> None:
+    # The watch cache sends DELETED with the previous object at the new resourceVersion.
+    core = client.CoreV1Api(kube)
+    start = core.create_namespaced_config_map(
+        namespace, {"metadata": {"name": "x", "labels": {"sel": "1"}}}
+    ).metadata.resource_version
+    moved = core.patch_namespaced_config_map("x", namespace, {"metadata": {"labels": {"sel": "0"}}})
+    events = list(watch.Watch().stream(core.list_namespaced_config_map, namespace,
+                                       label_selector="sel=1", resource_version=start,
+                                       timeout_seconds=1))  # fmt: skip
+    assert [e["type"] for e in events] == ["DELETED"]
+    assert events[0]["object"].metadata.labels == {"sel": "1"}
+    assert events[0]["object"].metadata.resource_version == moved.metadata.resource_version
+
+
+def test_undecodable_bodies_and_parameters_are_bad_requests(
+    api: ThreadedKubeAPI, kube: client.ApiClient, namespace: str
+) -> None:
+    client.AppsV1Api(kube).create_namespaced_deployment(namespace, _deployment("d"))
+    deployments = f"/apis/apps/v1/namespaces/{namespace}/deployments"
+    merge = {"Content-Type": "application/merge-patch+json"}
+    with httpx.Client(base_url=api.url) as http:
+        for response in (http.put(f"{deployments}/d/scale", json={"spec": 5}),
+                         http.patch(f"{deployments}/d/scale", content=b'{"spec": 5}',
+                                    headers=merge)):  # fmt: skip
+            assert response.status_code == 400, response.text
+            assert "Scale.spec" in response.json()["message"]
+        broken = _deployment("e")
+        broken["spec"]["selector"]["matchLabels"] = "x"
+        response = http.post(deployments, json=broken)
+        assert response.status_code == 400, response.text
+        assert "spec.selector.matchLabels" in response.json()["message"]
+        for timeout in ("nan", "inf", "1.5"):
+            params = {"watch": "1", "timeoutSeconds": timeout}
+            response = http.get(f"/api/v1/namespaces/{namespace}/configmaps", params=params)
+            assert response.status_code == 400, timeout
+
+
+def test_a_version_dropped_from_a_crd_is_no_longer_served(api: ThreadedKubeAPI) -> None:
+    crd = yaml.safe_load(yaml.safe_dump(GAUGE_CRD).replace("gauge", "versioned"))
+    crd["spec"]["versions"].append({**crd["spec"]["versions"][0], "name": "v2", "storage": False})
+    crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+    listing = "/apis/fidelity.example.com/v2/versioneds"
+    with httpx.Client(base_url=api.url) as http:
+        created = http.post(crds, json=crd).json()
+        assert http.get(listing).status_code == 200
+        created["spec"]["versions"][1]["served"] = False
+        response = http.put(f"{crds}/{crd['metadata']['name']}", json=created)
+        assert response.status_code == 200, response.text
+        assert http.get(listing).status_code == 404
+        group = http.get("/apis/fidelity.example.com").json()
+        assert [v["version"] for v in group["versions"]] == ["v1"]
+        assert http.get("/apis/fidelity.example.com/v1/versioneds").status_code == 200

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import datetime as dt
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from e2e.kubeapi import RecordedRequest
+from e2e.kubeapi import schema as schema_module
 from e2e.kubeapi.patch import PatchError, json_patch, merge_patch, strategic_merge_patch
 from e2e.kubeapi.rbac import missing_permissions, unused_permissions, used_permissions
 from e2e.kubeapi.resources import ResourceKind
 from e2e.kubeapi.schema import (
+    PatternError,
     apply_defaults,
     check_crd_schema,
+    pattern_matcher,
     prune,
     prune_nulls,
     validate,
@@ -67,6 +72,19 @@ def test_json_patch_operations_and_failures() -> None:
             json_patch(doc, bad)
 
 
+def test_json_patch_test_compares_json_values_not_python_ones() -> None:
+    # evanphx/json-patch compares scalars as JSON text: true is not 1, and 4.0 is not the
+    # 4 a whole number of the stored object is written as (even one kept as a float here).
+    doc = {"flag": True, "count": 4, "ratio": 4.0, "nested": {"list": [1, False]}}
+    for path, value in (("/flag", 1), ("/count", 4.0), ("/count", True),
+                        ("/nested", {"list": [True, 0]}), ("/nested/list", [1, 0])):  # fmt: skip
+        with pytest.raises(PatchError):
+            json_patch(doc, [{"op": "test", "path": path, "value": value}])
+    for path, value in (("/flag", True), ("/count", 4), ("/ratio", 4),
+                        ("/nested", {"list": [1, False]})):  # fmt: skip
+        assert json_patch(doc, [{"op": "test", "path": path, "value": value}]) == doc
+
+
 def test_strategic_merge_patch_merges_named_lists() -> None:
     pod = {"containers": [{"name": "a", "image": "a:1", "ports": [{"containerPort": 80}],
                            "env": [{"name": "X", "value": "1"}]}],
@@ -107,6 +125,28 @@ def test_label_selectors() -> None:
     assert selector_to_string({"matchLabels": {"b": "2", "a": "1"}, "matchExpressions": [
         {"key": "c", "operator": "In", "values": ["y", "x"]},
         {"key": "d", "operator": "DoesNotExist"}]}) == "a=1,b=2,c in (x,y),!d"  # fmt: skip
+
+
+def test_label_selectors_parse_as_apimachinery_does() -> None:
+    def matches(selector: str, labels: dict[str, str]) -> bool:
+        return parse_label_selector(selector)({"metadata": {"labels": labels}})
+
+    # > and < compare integers; a label that is none matches neither.
+    assert matches("x>1", {"x": "2"})
+    assert not matches("x>1", {"x": "1"})
+    assert matches("x<1", {"x": "-3"})
+    assert not matches("x<1", {"x": "zero"})
+    assert not matches("x>1", {})
+    # Whitespace is free between tokens; "()" is the set of the empty value.
+    assert matches("env in(prod)", {"env": "prod"})
+    assert matches("! env", {})
+    assert not matches("! env", {"env": "prod"})
+    assert matches("env in ()", {"env": ""})
+    assert not matches("env in ()", {"env": "prod"})
+    assert matches("in in (in,notin)", {"in": "notin"})
+    for bad in ("x>a", "x>", "a,", "a in (b c)", "!a=b", "a=b c", "-a", "a=-b", "a/b/c"):
+        with pytest.raises(SelectorError):
+            parse_label_selector(bad)
 
 
 def test_field_selectors() -> None:
@@ -240,6 +280,45 @@ def test_metadata_name_follows_the_schema() -> None:
     causes = validate(schema, {"metadata": {"name": "abc123"}})
     assert [(c.field, c.reason) for c in causes] == [
         ("metadata.name", "FieldValueTooLong"), ("metadata.name", "FieldValueInvalid")]  # fmt: skip
+
+
+@pytest.fixture(params=["re2", "python"])
+def regex_engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Schema patterns through google-re2, or through the translation to Python's ``re``
+    used when it is not installed."""
+    if request.param == "re2":
+        pytest.importorskip("re2")
+    else:
+        monkeypatch.setitem(sys.modules, "re2", None)  # makes `import re2` fail
+    schema_module._compiled_pattern.cache_clear()
+    yield request.param
+    schema_module._compiled_pattern.cache_clear()
+
+
+def test_schema_patterns_have_go_semantics(regex_engine: str) -> None:
+    def valid(pattern: str, text: str) -> bool:
+        return validate({"type": "string", "pattern": pattern}, text) == []
+
+    # `$` is the end of the text, not also the place before a final newline.
+    assert valid("^[a-z]+$", "abc")
+    assert not valid("^[a-z]+$", "abc\n")
+    assert not valid(r"^a\z", "a\n")
+    assert valid("(?m)^a$", "a\nb")
+    assert valid("^[$]+$", "$$")
+    assert valid(r"^\$[a-z]+$", "$x")
+    # POSIX classes, and \d as ASCII digits only.
+    assert valid("^[[:alpha:]_]+$", "ab_c")
+    assert not valid("^[[:alpha:]]+$", "ab1")
+    assert not valid(r"^\d+$", "\u0661\u0662")
+    # What Go's regexp does not compile is an invalid value, never an exception.
+    for pattern in ("(", "(?=a)", r"(a)\1"):
+        with pytest.raises(PatternError):
+            pattern_matcher(pattern)
+        assert [c.reason for c in validate({"type": "string", "pattern": pattern}, "a")] == [
+            "FieldValueInvalid"]  # fmt: skip
+        causes = check_crd_schema({"type": "object", "properties": {"a": {
+            "type": "string", "pattern": pattern}}}, "root")  # fmt: skip
+        assert [c.field for c in causes] == ["root.properties[a].pattern"]
 
 
 def test_crd_schemas_must_be_structural_and_compile() -> None:
