@@ -1061,6 +1061,59 @@ def test_large_images_are_scaled_down_to_the_token_cap(tiny_engine: Any) -> None
     assert not cap_image_tokens(object(), 2048)
 
 
+@pytest.mark.parametrize("mode", ["RGB", "P", "RGBA"])
+def test_images_reach_the_processor_at_its_size_with_its_pixels(
+    tiny_engine: Any, mode: str
+) -> None:
+    # A photo over the token cap, and one under it: scaled before the processor (no
+    # full-size copy held meanwhile), with its filter, so the tensors are the same.
+    import copy
+    import random
+
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import (
+        Qwen2VLImageProcessorPil,
+    )
+    from vlm_operator.model_server import Limits, parse_chat_request
+    from vlm_operator.model_server._engine import cap_image_tokens
+
+    engine = copy.copy(tiny_engine)
+    real = Qwen2VLImageProcessorPil(
+        patch_size=16, temporal_patch_size=2, merge_size=2,
+        size={"shortest_edge": 65536, "longest_edge": 16777216},
+    )  # fmt: skip
+    cap_image_tokens(real, 256)
+    calls: list[list[tuple[int, int]]] = []
+
+    def processor(**kwargs: Any) -> Any:
+        calls.append([image.size for image in kwargs["images"]])
+        return real(**kwargs)
+
+    engine.image_processor = processor
+    engine.image_processor.__dict__.update(  # the attributes the engine reads
+        {k: getattr(real, k) for k in ("patch_size", "merge_size", "size", "do_resize", "resample")}
+    )
+    noise = random.Random(7)
+    originals = []
+    for width, height in ((1500, 1100), (300, 200)):
+        image = Image.frombytes(
+            "RGB", (width, height), bytes(noise.getrandbits(8) for _ in range(width * height * 3))
+        )
+        originals.append(image.convert(mode) if mode != "RGB" else image)
+    parts = []
+    for image in originals:
+        buffer = io.BytesIO()
+        image.save(buffer, "PNG")
+        parts.append(_image_part(_data_url(buffer.getvalue())))
+    body = {"messages": [{"role": "user", "content": [*parts, {"type": "text", "text": "?"}]}]}
+    prepared = engine.prepare(parse_chat_request(body, Limits()), cancel=threading.Event())
+    expected = real(images=[image.convert("RGB") for image in originals], return_tensors="pt")
+    sizes = [engine.processed_size(*image.size) for image in originals]
+    assert calls == [sizes]
+    assert sizes[0] != originals[0].size  # the photo was over the cap
+    assert prepared.tensors["pixel_values"].equal(expected["pixel_values"])
+    assert prepared.tensors["image_grid_thw"].equal(expected["image_grid_thw"])
+
+
 class _SpyProcessor:
     """The real image processor, attributes and all, recording its calls."""
 

@@ -244,18 +244,18 @@ class Engine:
                 try:
                     if item.image is None:
                         raise ValueError("the request was parsed without opening its images")
-                    rgb.append(item.image.convert("RGB"))
+                    rgb.append(self._as_processed(item.image))
                 except Exception as exc:  # Pillow raises OSError, SyntaxError, ...
                     raise RequestError(f"the image cannot be decoded: {exc}", item.param) from None
                 finally:
                     if item.image is not None:
-                        # The decoded original is not needed past its RGB copy: eight
-                        # of 16 megapixels would otherwise stay for the whole answer.
+                        # The decoded original is not needed past its scaled RGB copy:
+                        # eight of 16 megapixels would otherwise stay for the whole answer.
                         item.image.close()
             _check_cancel(cancel)
             processed = self.image_processor(images=rgb, return_tensors="pt")
             images = len(rgb)
-            del rgb  # the full-size copies: the processor's tensors are what is kept
+            del rgb  # the scaled copies: the processor's tensors are what is kept
             grid = processed["image_grid_thw"]
             counts = [int(grid[i].prod()) // self._merge**2 for i in range(images)]
             if predicted is not None and counts != predicted:
@@ -292,6 +292,15 @@ class Engine:
     def image_tokens(self, width: int, height: int) -> int | None:
         """Tokens of an image of that size: Qwen-VL's ``smart_resize`` with the
         processor's own patch size, merge size and pixel bounds (None: unknown)."""
+        resized = self.processed_size(width, height)
+        resize = _qwen_resize(self.image_processor)
+        if resized is None or resize is None:
+            return None
+        factor = resize[0]
+        return (resized[0] // factor) * (resized[1] // factor)
+
+    def processed_size(self, width: int, height: int) -> tuple[int, int] | None:
+        """(width, height) the processor scales an image of that size to (None: unknown)."""
         processor = self.image_processor
         resize = _qwen_resize(processor)
         if resize is None or getattr(processor, "do_resize", None) is not True:
@@ -307,7 +316,21 @@ class Engine:
             )
         except ValueError:  # an aspect ratio it refuses; the parser refuses those first
             return None
-        return int(resized_height // factor) * int(resized_width // factor)
+        return int(resized_width), int(resized_height)
+
+    def _as_processed(self, image: Any) -> Any:
+        """The image in RGB, already at the size the processor scales it to.
+
+        Scaled here with the processor's own filter, as it would scale it, so its
+        pixels are the same and the processor's resize is a copy; but each image is
+        kept until the processor runs at that size, not at full size (eight
+        16-megapixel photos held 400 MB). The original is the caller's to close."""
+        rgb = image if image.mode == "RGB" else image.convert("RGB")
+        size = self.processed_size(*image.size)
+        resample = getattr(self.image_processor, "resample", None)
+        if size is not None and size != rgb.size and isinstance(resample, int):
+            return rgb.resize(size, resample=int(resample))
+        return rgb.copy() if rgb is image else rgb
 
     @staticmethod
     def _check_context(prompt_tokens: int, max_new_tokens: int, limit: int | None) -> None:
