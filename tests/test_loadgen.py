@@ -197,3 +197,18 @@ def test_summary_percentiles_use_nearest_rank() -> None:
     assert summary.p99 == 99.0
     assert summary.throughput == pytest.approx(100 / 100.0)
     assert summarize([]).count == 0
+
+
+async def test_a_steep_rise_is_seen_without_a_peak_rate(target: Target) -> None:
+    # The same rise, no peak given: the rate is read again every step, so a gap drawn
+    # at 1 req/s (mean 1 s, from t = 0) no longer steps over the 200 req/s from 0.5 s.
+    def rate(t: float) -> float:
+        return 1.0 if t < 0.5 else 200.0
+
+    counts = []
+    for seed in range(5):
+        records = await open_loop(
+            target.url, rate, duration_s=1.0, timeout_s=5, payload={}, seed=seed
+        )
+        counts.append(len(records))
+    assert 400 <= sum(counts) <= 610, counts  # 502 expected, sigma ~22

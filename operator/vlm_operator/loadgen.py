@@ -35,7 +35,8 @@ __all__ = [
 
 Rate = float | Callable[[float], float]
 
-#: While the offered rate is 0, how often to look again.
+#: While the offered rate is 0, how often to look again; and, for a rate that
+#: changes (a function given no peak), the longest a gap is drawn at one rate.
 _IDLE_STEP_S = 0.05
 
 
@@ -245,9 +246,10 @@ async def open_loop(
 
     A function with its ``peak_rate`` (the highest it reaches) gets arrivals by
     thinning, as the simulator draws them: candidates at the peak rate, each kept
-    with probability rate / peak. Without one, each gap is drawn at the rate where
-    it starts, which is exact for a constant rate and close for a gentle ramp, but a
-    long gap drawn at a low rate steps over a sudden rise.
+    with probability rate / peak. Without one, the rate is read again every 50 ms
+    (a gap drawn longer is a step with no arrival: the arrivals are memoryless),
+    which is exact for a rate that holds over each step: a gap drawn at a low rate
+    no longer steps over a sudden rise.
     Requests start whether or not earlier ones have been answered; arrivals stop
     after ``duration_s`` or ``max_requests``, and the outstanding ones are waited
     for (each bounded by ``timeout_s``).
@@ -297,10 +299,13 @@ async def open_loop(
                     continue
             else:
                 current = rate_of(next_at)
-                if not current > 0:
+                gap = rng.expovariate(current) if current > 0 else math.inf
+                if gap > _IDLE_STEP_S and (given is not None or not current > 0):
+                    # No arrival in this step; the rate is read again after it.
                     next_at += _IDLE_STEP_S
+                    current = 0.0
                 else:
-                    next_at += rng.expovariate(current)
+                    next_at += gap
                 if next_at >= duration_s:
                     break
             delay = begin + next_at - time.monotonic()
