@@ -186,6 +186,27 @@ def test_help_explains_the_command(capsys: pytest.CaptureFixture[str]) -> None:
     assert "kubectl apply" in out
 
 
+def test_a_command_loads_no_other_commands_modules() -> None:
+    # The gate runs in every model pod: the operator's, the simulator's and the fake
+    # model's imports (about 20 MB of RSS) have no place there.
+    code = (
+        "import sys\n"
+        "from vlm_operator.cli import COMMANDS, main\n"
+        "try:\n"
+        "    main(['gate', '--help'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print(sorted(m for _, (m, _) in COMMANDS.items() if m in sys.modules))\n"
+        "print(sorted(m for m in ('aiohttp', 'httpx', 'kopf', 'kubernetes') if m in sys.modules))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    commands, heavy = result.stdout.splitlines()[-2:]
+    assert commands == "['vlm_operator.commands.gate']"
+    assert heavy == "[]"
+
+
 def _console(stdin: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "vlm_operator", "render", "-f", "-"],
