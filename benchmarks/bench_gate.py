@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import os
 import shutil
 import signal
@@ -166,7 +167,15 @@ async def _measure(
         url, users, duration_s=duration, timeout_s=10, payload=payload, max_requests=100_000
     )
     cpu = _cpu_seconds(pids) - before if pids else None
-    return records, cpu
+    # Each user's first request opens its connection (a round's client is new, and the
+    # warm-up's connections are not kept): 64 of ~2,300 at 64 users, slower by tens of
+    # ms, and to the direct backend only (the proxies keep theirs to it warm). Left
+    # out, with their share of the CPU.
+    records.sort(key=lambda record: record.start)
+    kept = records[users:]
+    if cpu is not None and records:
+        cpu *= len(kept) / len(records)
+    return kept, cpu
 
 
 def _ms(value: float | None) -> str:
@@ -274,6 +283,7 @@ def _run(duration: float, users_list: list[int], rounds: int, delay: float, loop
             ("gate", gate_url, [gate.pid]),
             ("nginx", f"http://127.0.0.1:{nginx_port}", _family(nginx.pid)),
         ]
+        gate_idle = _rss_mb(gate.pid)
         load_before = os.getloadavg()[0]
         results = asyncio.run(_measure_all(targets, users_list, duration, rounds))
         load_after = os.getloadavg()[0]
@@ -328,18 +338,23 @@ def _run(duration: float, users_list: list[int], rounds: int, delay: float, loop
     gate_run, nginx_run = by[("gate", top)], by[("nginx", top)]
     gate_cpu = (gate_run.cpu_s or 0.0) / max(gate_run.summary.ok, 1)
     nginx_cpu = (nginx_run.cpu_s or 0.0) / max(nginx_run.summary.ok, 1)
-    added_p50 = (g1.p50 or 0) - (d1.p50 or 0)
+    # A goal on a run that failed requests, or answered none, is not met.
+    failed = any(r.summary.errors or r.summary.p50 is None for r in results)
+    added_p50 = math.inf if g1.p50 is None or d1.p50 is None else g1.p50 - d1.p50
     ratio = gt.throughput / dt.throughput if dt.throughput else 0.0
     cpu_ratio = gate_cpu / nginx_cpu if nginx_cpu > 0 else float("nan")
     print()
-    print("goals:")
+    print("goals:" + (" (requests failed or went unanswered: none is met)" if failed else ""))
     print(f"  added p50 at {low} user(s) < 1 ms: {added_p50 * 1000:.2f} ms "
-          f"-> {'met' if added_p50 < 0.001 else 'NOT met'}")  # fmt: skip
-    print(f"  gate throughput at {top} >= 90% of direct: {ratio:.1%} "
-          f"-> {'met' if ratio >= 0.9 else 'NOT met'}")  # fmt: skip
+          f"-> {'met' if added_p50 < 0.001 and not failed else 'NOT met'}")  # fmt: skip
+    # A closed loop's throughput is its users over its latency: at 64 users on a
+    # 50 ms backend this compares latencies under load, not the gate's capacity
+    # (--delay 0 puts the proxies' own cost first).
+    print(f"  gate throughput at {top} users >= 90% of direct: {ratio:.1%} "
+          f"-> {'met' if ratio >= 0.9 and not failed else 'NOT met'}")  # fmt: skip
     print(f"  gate CPU per request at {top} <= 3x nginx: {cpu_ratio:.2f}x "
-          f"-> {'met' if cpu_ratio <= 3 else 'NOT met'}")  # fmt: skip
-    print(f"  gate RSS < 60 MB: {gate_hwm:.1f} MB peak "
+          f"-> {'met' if cpu_ratio <= 3 and not failed else 'NOT met'}")  # fmt: skip
+    print(f"  gate RSS < 60 MB: {gate_hwm:.1f} MB peak (idle before the runs: {gate_idle:.1f} MB) "
           f"-> {'met' if gate_hwm < 60 else 'NOT met'}")  # fmt: skip
     return 0
 

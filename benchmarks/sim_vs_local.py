@@ -6,10 +6,10 @@ models the same thing as discrete events in real time. If the simulator is to be
 traces no machine can replay for real, the two must agree on the short ones that can be. This
 runs the trace on the local cluster first, then simulates it with matching parameters: the
 spec the local run applied (durations expanded back to real time), the same latency model, the
-client timeout, users that ask again at once after an error (like the load generator), the
-local cluster's scrape interval, and the pods' start-up delay. Reported per phase: P95 (linear
-interpolation, the same function for both), errors, the replicas the autoscaler asked for; and
-the replica-seconds of the whole run.
+client timeout, users that pause 1 s after an error (as the load generator's do, the local
+cluster scaling the pause with its time scale), the local cluster's scrape interval, and the
+pods' start-up delay. Reported per phase: P95 (linear interpolation, the same function for
+both), errors, the replicas the autoscaler asked for; and the replica-seconds of the trace.
 
 The simulator runs twice: with the nominal start-up (``startupSeconds`` of the spec), and with
 the start-up the local pods really took (the model load plus the time a Python process needs to
@@ -129,7 +129,6 @@ def simulate_like(
         startup_seconds=startup_s,
         client_timeout_seconds=CLIENT_TIMEOUT_S,
         latency=LatencyModel(base_seconds=fake.base_seconds, alpha=fake.alpha),
-        error_pause_seconds=0.0,  # the load generator's users ask again at once
         scrape_interval_seconds=scrape_s,
         signal_age_seconds=scrape_s / 2,  # the operator reads the last scrape, on average half old
     )

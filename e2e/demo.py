@@ -90,8 +90,15 @@ class DemoResult:
         return sum(known) / len(known) if known else None
 
     def replica_seconds(self, phase: Phase | None = None) -> float:
-        """Real-time pod-seconds (starting, ready and draining pods, as a cluster bills them)."""
-        samples = self.phase_samples(phase) if phase is not None else self.samples
+        """Real-time pod-seconds (starting, ready and draining pods, as a cluster bills them),
+        of ``phase`` or of the whole trace: not of the wait for the last answers after it,
+        which the simulator, whose figures these are compared with, does not count."""
+        if phase is None:
+            begin = self.run.started_at
+            end = begin + self.run.trace.duration_s / self.time_scale
+            samples = [s for s in self.samples if begin <= s.at < end]
+        else:
+            samples = self.phase_samples(phase)
         total = 0.0
         for prev, cur in itertools.pairwise(samples):
             total += prev.snapshot.alive * (cur.at - prev.at)

@@ -9,8 +9,18 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from vlm_operator.traces import parse_trace
 
-from e2e.demo import MEASURED_SINGLE_POD, final_table, quick_trace, run_demo
+from e2e.demo import (
+    MEASURED_SINGLE_POD,
+    DemoResult,
+    Sample,
+    final_table,
+    quick_trace,
+    run_demo,
+)
+from e2e.localcluster.cluster import Snapshot
+from e2e.localcluster.load import TraceRun
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -81,3 +91,18 @@ async def test_behind_a_least_request_balancer_the_gradient_runs_on_fewer_pods(
     assert max(sixteen) >= 4, sixteen
     reports = {r.users: r for r in result.reports}
     assert all(r.error_rate == 0.0 for r in reports.values())
+
+
+def test_replica_seconds_stop_at_the_end_of_the_trace() -> None:
+    # Two pods sampled every 0.1 s over a 2 s trace at 10x, and on for 30 s while the
+    # last answers come in: only the trace's 20 real seconds count, as in the simulator.
+    trace = parse_trace({"name": "t", "kind": "closed", "phases": [{"duration": 20, "users": 1}]})
+    run = TraceRun(trace=trace, time_scale=10.0, started_at=100.0, records={})
+    samples = [
+        Sample(at=100.0 + 0.1 * i, users=1, rate=None, p95_s=None, error_rate=None,
+               snapshot=Snapshot(at=100.0 + 0.1 * i, desired=2, ready=2, pods=[], alive=2))
+        for i in range(0, 320)
+    ]  # fmt: skip
+    result = DemoResult(time_scale=10.0, run=run, samples=samples)
+    assert result.replica_seconds() == pytest.approx(2 * 19.0)  # 20 samples, 19 gaps of 1 s
+    assert result.replica_seconds(trace.phases[0]) == pytest.approx(2 * 19.0)
