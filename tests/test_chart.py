@@ -249,6 +249,21 @@ def test_schema_describes_every_default_value() -> None:
 # ------------------------------------------------------------ the Deployment
 
 
+def test_the_pod_has_the_time_a_stopped_control_loop_is_given() -> None:
+    # A loop finishes its cycle on SIGTERM (a scale it made is written), and is
+    # cancelled only after that: the kubelet must not kill the pod first.
+    import kopf
+    import vlm_operator.handlers as handlers
+
+    daemons = kopf.get_default_registry()._spawning.get_all_handlers()
+    (autoscale,) = [d for d in daemons if d.id == "autoscale"]
+    assert autoscale.cancellation_backoff == handlers.CYCLE_GRACE_SECONDS
+    assert autoscale.cancellation_timeout == handlers.CANCELLED_GRACE_SECONDS
+    pod = _one(chart.render(), "Deployment")["spec"]["template"]["spec"]
+    grace = handlers.CYCLE_GRACE_SECONDS + handlers.CANCELLED_GRACE_SECONDS
+    assert pod["terminationGracePeriodSeconds"] > grace
+
+
 def test_operator_deployment_is_one_locked_down_replica() -> None:
     objects = chart.render()
     deployment = _one(objects, "Deployment")

@@ -296,7 +296,8 @@ def test_exactly_the_expected_alerts_fire(prometheus: PrometheusServer) -> None:
     assert failing.startswith("100% of its queries fail")
     errors = by_name["VLMServiceErrors"]
     assert "%" in errors["annotations"]["description"]  # humanizePercentage rendered
-    assert "lacks 2 field(s)" in by_name["VLMOperatorCRDOutdated"]["annotations"]["description"]
+    outdated = by_name["VLMOperatorCRDOutdated"]["annotations"]["description"]
+    assert "(2 at least)" in outdated
     assert "wants 3 pod(s)" in by_name["VLMServiceNotScraped"]["annotations"]["description"]
     slow = by_name["VLMServiceLatencyAboveTarget"]["annotations"]["description"]
     assert "P95 over the last 10 minutes is " in slow

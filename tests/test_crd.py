@@ -585,3 +585,31 @@ def test_a_crd_without_this_version_lacks_every_field(installed: dict[str, Any])
     assert "spec.model.id" in drift.missing
     assert "status.replicas" in drift.missing
     assert drift.unknown == ()
+
+
+def test_a_crd_that_types_defaults_or_bounds_otherwise_is_named() -> None:
+    # An older release's CRD: the API server fills in its defaults and holds its bounds.
+    older = crd()
+    properties = _spec_properties(older)
+    autoscaling = properties["autoscaling"]["properties"]
+    autoscaling["maxReplicas"]["maximum"] = 100
+    autoscaling["syncPeriodSeconds"]["default"] = 30
+    properties["model"]["properties"]["runtime"]["enum"] = ["custom"]
+    del properties["concurrency"]["x-kubernetes-validations"]
+    version = older["spec"]["versions"][0]
+    version["served"] = False
+    del version["subresources"]
+    drift = schema_drift(older)
+    assert (drift.missing, drift.unknown) == ((), ())
+    assert drift.changed == (
+        "versions[v1alpha1].served",
+        "versions[v1alpha1].subresources.status",
+        "spec.autoscaling.maxReplicas (maximum)",
+        "spec.autoscaling.syncPeriodSeconds (default)",
+        "spec.concurrency (x-kubernetes-validations)",
+        "spec.model.runtime (enum)",
+    )
+    # Numbers as a real API server gives them back (5.0 stored, 5 read) are the same.
+    same = crd()
+    _spec_properties(same)["autoscaling"]["properties"]["syncPeriodSeconds"]["default"] = 5
+    assert schema_drift(same).changed == ()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -154,21 +156,50 @@ def test_a_bad_prometheus_url_variable_is_named(
     assert "$VLM_OPERATOR_PROMETHEUS_URL" in err
 
 
-def test_metrics_that_cannot_listen_are_a_usage_error(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+@pytest.fixture
+def run_argv(tmp_path: Path) -> list[str]:
+    """``vlm-operator run`` with a kubeconfig that loads."""
     config = tmp_path / "kubeconfig"
     config.write_text(KUBECONFIG)
-    argv = ["run", "--kubeconfig", str(config)]
+    return ["run", "--kubeconfig", str(config)]
+
+
+@contextlib.contextmanager
+def port_in_use() -> Iterator[int]:
+    """A port of 127.0.0.1 that something listens on."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        yield int(taken.getsockname()[1])
+
+
+def test_metrics_that_cannot_listen_are_a_usage_error(
+    run_argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = run_argv
     # TEST-NET-1 is no address of this host.
     assert main([*argv, "--metrics-address", "192.0.2.1", "--metrics-port", "0"]) == 2
     err = capsys.readouterr().err
     assert err.startswith(
         "vlm-operator run: error: --metrics-address/--metrics-port: cannot listen on 192.0.2.1:0: "
     )
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen(1)
-        port = taken.getsockname()[1]
+    with port_in_use() as port:
         assert main([*argv, "--metrics-address", "127.0.0.1", "--metrics-port", str(port)]) == 2
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in capsys.readouterr().err
+
+
+def test_a_liveness_kopf_cannot_serve_is_a_usage_error(
+    run_argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = run_argv
+    # kopf serves http only: an https URL used to end in its traceback.
+    assert main([*argv, "--liveness", "https://127.0.0.1:18083/healthz"]) == 2
+    assert "--liveness: kopf serves its liveness probe over http only" in capsys.readouterr().err
+    with port_in_use() as port:
+        assert main([*argv, "--liveness", f"http://127.0.0.1:{port}/healthz"]) == 2
+    assert f"--liveness: cannot listen on 127.0.0.1:{port}: Address already in use" in (
+        capsys.readouterr().err
+    )
+    # An address for a /metrics that nothing serves.
+    assert main([*argv, "--metrics-address", "127.0.0.1"]) == 2
+    assert "--metrics-address: given without --metrics-port" in capsys.readouterr().err

@@ -701,6 +701,22 @@ async def test_bearer_token_is_read_from_its_file(prom: StubPrometheus, tmp_path
     assert auth[5:] == ["Bearer rotated"] * 5
 
 
+async def test_a_token_file_that_cannot_be_read_is_a_failed_read(
+    prom: StubPrometheus, tmp_path: Path
+) -> None:
+    # A Secret unmounted, a projected token not there yet: the signals are missing
+    # (the status says so, and nothing scales down), not a cycle lost to the exception.
+    token = tmp_path / "token"
+    fill(prom, [("ns", "a")])
+    async with build_client(bearer_token_file=str(token), token_url=prom.url) as c:
+        reader = SignalReader(c, default_url=prom.url)
+        signals = await reader.read("ns", "a", spec(), max_age=0.0)
+    assert signals.running is None
+    assert signals.error is not None
+    assert "cannot read the bearer token file" in signals.error
+    assert prom.headers == []
+
+
 @pytest.fixture
 def token(tmp_path: Path) -> Path:
     """The operator's bearer token file."""

@@ -314,12 +314,17 @@ class SchemaDrift(typing.NamedTuple):
     ``missing``: fields this operator knows and the installed CRD lacks (the API
     server prunes them from every VLMService: set, they are silently lost).
     ``unknown``: fields the installed CRD has and this operator does not know (a
-    newer CRD: they are accepted and ignored). Paths are dotted, ``[]`` for the
+    newer CRD: they are accepted and ignored). ``changed``: fields both have but
+    typed, defaulted or bounded otherwise, each with the keywords that differ (an
+    older default is filled in by the API server, an older bound refuses what this
+    operator accepts), and the version's ``served`` or status subresource when
+    they are not as this operator needs them. Paths are dotted, ``[]`` for the
     items of a list, ``{}`` for the values of a map.
     """
 
     missing: tuple[str, ...]
     unknown: tuple[str, ...]
+    changed: tuple[str, ...] = ()
 
 
 def schema_drift(installed: typing.Mapping[str, Any]) -> SchemaDrift:
@@ -329,25 +334,84 @@ def schema_drift(installed: typing.Mapping[str, Any]) -> SchemaDrift:
     upgraded operator easily runs against the CRD of an older release.
     """
     ours = _fields(openapi_schema())
-    theirs: set[str] = set()
-    for version in (installed.get("spec") or {}).get("versions") or []:
-        if isinstance(version, dict) and version.get("name") == models.VERSION:
+    theirs: dict[str, typing.Mapping[str, Any]] = {}
+    changed: list[str] = []
+    # (kopf's body is a Mapping, not a dict.)
+    spec = installed.get("spec") if isinstance(installed, typing.Mapping) else None
+    versions = spec.get("versions") if isinstance(spec, typing.Mapping) else None
+    for version in versions if isinstance(versions, list) else []:
+        if isinstance(version, typing.Mapping) and version.get("name") == models.VERSION:
             schema = (version.get("schema") or {}).get("openAPIV3Schema")
-            theirs = _fields(schema if isinstance(schema, dict) else {})
-    return SchemaDrift(tuple(sorted(ours - theirs)), tuple(sorted(theirs - ours)))
+            theirs = _fields(schema if isinstance(schema, typing.Mapping) else {})
+            if version.get("served") is not True:
+                changed.append(f"versions[{models.VERSION}].served")
+            if not isinstance((version.get("subresources") or {}).get("status"), typing.Mapping):
+                changed.append(f"versions[{models.VERSION}].subresources.status")
+    for path in sorted(ours.keys() & theirs.keys()):
+        keywords = [
+            keyword
+            for keyword in _CONSTRAINTS
+            if _as_json(ours[path].get(keyword)) != _as_json(theirs[path].get(keyword))
+        ]
+        if keywords:
+            changed.append(f"{path} ({', '.join(keywords)})")
+    return SchemaDrift(
+        tuple(sorted(ours.keys() - theirs.keys())),
+        tuple(sorted(theirs.keys() - ours.keys())),
+        tuple(changed),
+    )
 
 
-def _fields(schema: typing.Mapping[str, Any], prefix: str = "") -> set[str]:
-    fields: set[str] = set()
+#: The keywords of a field's schema that decide what the API server stores: its
+#: type, its default and its bounds (its description and its sub-fields aside).
+_CONSTRAINTS = (
+    "type",
+    "default",
+    "enum",
+    "nullable",
+    "x-kubernetes-int-or-string",
+    "minimum",
+    "maximum",
+    "exclusiveMinimum",
+    "exclusiveMaximum",
+    "minLength",
+    "maxLength",
+    "pattern",
+    "minItems",
+    "maxItems",
+    "minProperties",
+    "maxProperties",
+    "x-kubernetes-validations",
+)
+
+
+def _as_json(value: Any) -> Any:
+    """``value`` with every number a float: a stored 5 is the 5.0 written."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, typing.Mapping):
+        return {key: _as_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_as_json(item) for item in value]
+    return value
+
+
+def _fields(
+    schema: typing.Mapping[str, Any], prefix: str = ""
+) -> dict[str, typing.Mapping[str, Any]]:
+    """Every field's path, with its schema."""
+    fields: dict[str, typing.Mapping[str, Any]] = {}
     properties = schema.get("properties")
-    if isinstance(properties, dict):
+    if isinstance(properties, typing.Mapping):
         for name, sub in properties.items():
             path = f"{prefix}.{name}" if prefix else str(name)
-            fields.add(path)
-            if isinstance(sub, dict):
+            fields[path] = sub if isinstance(sub, typing.Mapping) else {}
+            if isinstance(sub, typing.Mapping):
                 fields |= _fields(sub, path)
     for key, mark in (("items", "[]"), ("additionalProperties", "{}")):
         sub = schema.get(key)
-        if isinstance(sub, dict):
+        if isinstance(sub, typing.Mapping):
             fields |= _fields(sub, prefix + mark)
     return fields

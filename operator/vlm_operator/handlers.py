@@ -83,7 +83,24 @@ async def update(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **kwargs
     )
 
 
-@kopf.daemon(GROUP, VERSION, PLURAL, cancellation_timeout=10)
+#: Seconds a stopped control loop (the operator's SIGTERM, the service deleted) has to
+#: finish the cycle it is in before it is cancelled: a cycle that scaled and was then
+#: cancelled would leave no status nor Event of the scale. The longest cycle reads a
+#: Prometheus answer to its deadline (2 x ``--prometheus-timeout``, 10 s by default),
+#: then scales and writes the status. The chart's terminationGracePeriodSeconds (30 s)
+#: covers both waits.
+CYCLE_GRACE_SECONDS = 20.0
+#: And then, cancelled, to be gone.
+CANCELLED_GRACE_SECONDS = 5.0
+
+
+@kopf.daemon(
+    GROUP,
+    VERSION,
+    PLURAL,
+    cancellation_backoff=CYCLE_GRACE_SECONDS,
+    cancellation_timeout=CANCELLED_GRACE_SECONDS,
+)
 async def autoscale(
     body: kopf.Body,
     memo: kopf.Memo,

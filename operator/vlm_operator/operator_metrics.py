@@ -67,8 +67,9 @@ class OperatorMetrics:
         )
         self.crd_drift = Gauge(
             "vlm_operator_crd_drift_fields",
-            "Fields the installed VLMService CRD lacks (missing) or has beyond this "
-            "operator's (unknown); both 0 when they match, absent until the CRD is seen.",
+            "Fields the installed VLMService CRD lacks (missing), has beyond this "
+            "operator's (unknown), or types, defaults or bounds otherwise (changed); all 0 "
+            "when they match, absent until the CRD is seen.",
             ["direction"],
             registry=self.registry,
         )

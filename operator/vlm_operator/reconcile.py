@@ -724,6 +724,7 @@ def crd_seen(context: OperatorContext, body: Mapping[str, Any]) -> None:
     context.crd_drift = drift
     context.metrics.crd_drift.labels("missing").set(len(drift.missing))
     context.metrics.crd_drift.labels("unknown").set(len(drift.unknown))
+    context.metrics.crd_drift.labels("changed").set(len(drift.changed))
     if drift.missing:
         _LOG.warning(
             "the installed VLMService CRD is older than this operator: it lacks %s, which the "
@@ -738,7 +739,14 @@ def crd_seen(context: OperatorContext, body: Mapping[str, Any]) -> None:
             "API server and ignored here; upgrade the operator",
             _some(drift.unknown),
         )
-    if not drift.missing and not drift.unknown:
+    if drift.changed:
+        _LOG.warning(
+            "the installed VLMService CRD differs from this operator's in %s: the API server "
+            "types, defaults and bounds VLMServices by it, not as this operator expects; apply "
+            "this release's crds/vlmservice.yaml (kubectl apply --server-side -f ...)",
+            _some(drift.changed),
+        )
+    if not drift.missing and not drift.unknown and not drift.changed:
         _LOG.info("the installed VLMService CRD matches this operator's")
 
 

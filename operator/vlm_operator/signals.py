@@ -186,7 +186,15 @@ class _BearerTokenFile(httpx.Auth):
 
     def auth_flow(self, request: httpx.Request) -> Generator[httpx.Request, httpx.Response, None]:
         if self._origin is not None and _origin(request.url) == self._origin:
-            token = self._path.read_text().strip()
+            try:
+                token = self._path.read_text().strip()
+            except (OSError, UnicodeDecodeError) as exc:
+                # A read that failed, not the loop's: the status says so, and the
+                # query-error metric and its alert see it (a Secret unmounted, a
+                # projected token not yet rotated in).
+                raise PrometheusError(
+                    "connect", f"cannot read the bearer token file {self._path}: {exc}"
+                ) from exc
             request.headers["Authorization"] = f"Bearer {token}"
         yield request
 

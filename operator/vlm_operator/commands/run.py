@@ -93,7 +93,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="serve the operator's /metrics on this port (0: any free port)",
     )
     ops.add_argument(
-        "--metrics-address", default="0.0.0.0", help="address of /metrics (default 0.0.0.0)"
+        "--metrics-address",
+        help="address of /metrics (default 0.0.0.0; only with --metrics-port)",
     )
     ops.add_argument(
         "--operator-image",
@@ -125,6 +126,7 @@ def _check_file(flag: str, path: str | None) -> None:
 def run(args: argparse.Namespace) -> int:
     import kopf
 
+    from vlm_operator.cli import UsageError
     from vlm_operator.operator_metrics import OperatorMetrics
     from vlm_operator.reconcile import OperatorContext
 
@@ -136,6 +138,11 @@ def run(args: argparse.Namespace) -> int:
     liveness = args.liveness
     if args.liveness_port is not None:
         liveness = f"http://0.0.0.0:{args.liveness_port}/healthz"
+    if liveness is not None:
+        _check_liveness(liveness, "--liveness-port" if args.liveness is None else "--liveness")
+    if args.metrics_address is not None and args.metrics_port is None:
+        raise UsageError("--metrics-address: given without --metrics-port, nothing would listen")
+    metrics_address = args.metrics_address or "0.0.0.0"
 
     # Credentials and the metrics port before kopf takes over logging: a
     # mistake in either is a usage error, said in one line.
@@ -144,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
     metrics_port = None
     if args.metrics_port is not None:
         try:
-            metrics_port = _serve_metrics(metrics, args.metrics_port, args.metrics_address)
+            metrics_port = _serve_metrics(metrics, args.metrics_port, metrics_address)
         except BaseException:
             kube.close()
             raise
@@ -153,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
     # One line per Prometheus query would drown everything else.
     logging.getLogger("httpx").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     if metrics_port is not None:
-        _LOG.info("metrics on http://%s:%d/metrics", args.metrics_address, metrics_port)
+        _LOG.info("metrics on http://%s:%d/metrics", metrics_address, metrics_port)
     signals = signal_reader(args, metrics)
     context = OperatorContext(
         kube=kube, signals=signals, metrics=metrics, operator_image=args.operator_image
@@ -188,6 +195,31 @@ def _check_url(flag: str, value: str, *, host_required: bool = True) -> None:
         http_url(value, host_required=host_required)
     except ValueError as exc:
         raise UsageError(f"{flag}: {exc}") from None
+
+
+def _check_liveness(url: str, flag: str) -> None:
+    """What kopf would fail on later, with a traceback: a scheme other than http (it
+    serves none other), or an address it cannot listen on (a port in use)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    from vlm_operator.cli import UsageError
+
+    parts = urlsplit(url)
+    if parts.scheme != "http":
+        raise UsageError(f"{flag}: kopf serves its liveness probe over http only, got {url!r}")
+    host, port = parts.hostname or None, parts.port or 80
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        raise UsageError(
+            f"{flag}: cannot listen on {host or '*'}:{port}: {exc.strerror or exc}"
+        ) from None
 
 
 def _kube_client(kubeconfig: str | None, workers: int) -> KubeClient:
