@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import contextlib
 import copy
-import itertools
 import logging
 import math
 import sys
@@ -92,17 +91,20 @@ class DemoResult:
     def replica_seconds(self, phase: Phase | None = None) -> float:
         """Real-time pod-seconds (starting, ready and draining pods, as a cluster bills them),
         of ``phase`` or of the whole trace: not of the wait for the last answers after it,
-        which the simulator, whose figures these are compared with, does not count."""
-        if phase is None:
-            begin = self.run.started_at
-            end = begin + self.run.trace.duration_s / self.time_scale
-            samples = [s for s in self.samples if begin <= s.at < end]
-        else:
-            samples = self.phase_samples(phase)
+        which the simulator, whose figures these are compared with, does not count. Each
+        sample's pods count until the next sample, clipped to the span (the last one's to
+        its end)."""
+        k = self.time_scale
+        begin = self.run.started_at + (phase.start_s / k if phase is not None else 0.0)
+        span = phase.duration_s if phase is not None else self.run.trace.duration_s
+        end = begin + span / k
         total = 0.0
-        for prev, cur in itertools.pairwise(samples):
-            total += prev.snapshot.alive * (cur.at - prev.at)
-        return total * self.time_scale
+        for index, sample in enumerate(self.samples):
+            following = self.samples[index + 1].at if index + 1 < len(self.samples) else end
+            overlap = min(following, end) - max(sample.at, begin)
+            if overlap > 0:
+                total += sample.snapshot.alive * overlap
+        return total * k
 
 
 def quick_trace() -> Trace:

@@ -40,6 +40,7 @@ from e2e.exporters import Exporter
 from e2e.prometheus import PrometheusServer
 
 SERVICE = ServiceRef("team-a", "demo")
+DEMO_B = {"namespace": "team-a", "vlmservice": "demo", "pod": "demo-b"}
 P95_QUERY = (
     "histogram_quantile(0.95, sum by (le) "
     '(rate(vlm_request_duration_seconds_bucket{namespace="team-a",vlmservice="demo"}[30s])))'
@@ -49,7 +50,8 @@ P95_QUERY = (
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
     """Prometheus scraping gates demo-a (3 in flight), demo-b (4 in flight, 2 queued)
-    of team-a/demo, and one gate of another service, every second."""
+    of team-a/demo, and one gate of another service, every second. demo-b is scraped
+    twice (two jobs would): it must count once in every figure."""
     pod_a = Exporter(max_in_flight=4, queue_capacity=8).start()
     pod_b = Exporter(max_in_flight=4, queue_capacity=8).start()
     other = Exporter(max_in_flight=2).start()
@@ -61,11 +63,12 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusS
         server.set_targets(
             [
                 (pod_a.host_port, {"namespace": "team-a", "vlmservice": "demo", "pod": "demo-a"}),
-                (pod_b.host_port, {"namespace": "team-a", "vlmservice": "demo", "pod": "demo-b"}),
+                (pod_b.host_port, DEMO_B),
+                (pod_b.host_port, {**DEMO_B, "scraper": "second"}),
                 (other.host_port, {"namespace": "team-a", "vlmservice": "other", "pod": "other"}),
             ]
         )
-        server.wait_for_series("vlm_gate_max_in_flight", count=3)
+        server.wait_for_series("vlm_gate_max_in_flight", count=4)
         # Traffic after the first scrape, so that rates over the window are positive.
         pod_a.set(durations=[9.5] * 40, codes={200: 40})
         pod_b.set(durations=[9.5] * 40, codes={200: 38, 429: 2}, rejected={"queue_full": 2})

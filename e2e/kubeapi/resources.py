@@ -173,7 +173,8 @@ def kinds_from_crd(crd: dict[str, Any]) -> list[ResourceKind]:
         raise ValueError("spec.group, spec.names.plural and spec.names.kind are required")
     kinds = []
     for version in spec.get("versions") or []:
-        if not version.get("served", True):
+        # A bool the real server decodes without omitempty: absent is false, not served.
+        if version.get("served") is not True:
             continue
         subresources = version.get("subresources") or {}
         scale = subresources.get("scale")

@@ -200,7 +200,8 @@ def _python_regex(pattern: str) -> str:
     ``m`` flag) are the end of the text, ``\\Z`` in Python, where ``$`` also matches before
     a final newline; POSIX classes become ranges. What Python would read otherwise (``\\p``
     classes, look-arounds, back-references) is refused rather than misread."""
-    multiline = re.search(r"\(\?[a-zA-Z]*m", pattern) is not None
+    # A flag group sets m, "(?m)" or "(?im:": not one whose "(" is escaped ("\\(?m").
+    multiline = re.search(r"(?<!\\)(?:\\\\)*\(\?[a-zA-Z]*m", pattern) is not None
     out, index, in_class = [], 0, False
     while index < len(pattern):
         char = pattern[index]

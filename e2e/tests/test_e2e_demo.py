@@ -104,5 +104,8 @@ def test_replica_seconds_stop_at_the_end_of_the_trace() -> None:
         for i in range(0, 320)
     ]  # fmt: skip
     result = DemoResult(time_scale=10.0, run=run, samples=samples)
-    assert result.replica_seconds() == pytest.approx(2 * 19.0)  # 20 samples, 19 gaps of 1 s
-    assert result.replica_seconds(trace.phases[0]) == pytest.approx(2 * 19.0)
+    assert result.replica_seconds() == pytest.approx(2 * 20.0)
+    assert result.replica_seconds(trace.phases[0]) == pytest.approx(2 * 20.0)
+    # Sampled from 0.3 s on, the first 3 real seconds are unknown: not counted.
+    late = DemoResult(time_scale=10.0, run=run, samples=samples[3:])
+    assert late.replica_seconds() == pytest.approx(2 * 17.0)

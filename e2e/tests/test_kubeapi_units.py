@@ -304,6 +304,7 @@ def test_schema_patterns_have_go_semantics(regex_engine: str) -> None:
     assert not valid("^[a-z]+$", "abc\n")
     assert not valid(r"^a\z", "a\n")
     assert valid("(?m)^a$", "a\nb")
+    assert not valid(r"^\(?model$", "model\n")  # an escaped "(" is no flag group
     assert valid("^[$]+$", "$$")
     assert valid(r"^\$[a-z]+$", "$x")
     # POSIX classes, and \d as ASCII digits only.
@@ -490,3 +491,19 @@ def test_rows_carry_what_include_object_asks_for() -> None:
 def test_a_filter_does_not_take_a_missing_field_for_the_text_none() -> None:
     items = {"items": [{"name": "a"}, {"type": "None", "name": "b"}]}
     assert json_path(items, '.items[?(@.type=="None")].name') == "b"
+
+
+def test_a_crd_version_is_served_only_when_it_says_so() -> None:
+    # apiextensions/v1 decodes a missing ``served`` as false, as a Go bool.
+    from e2e.kubeapi.resources import kinds_from_crd
+
+    version = {"name": "v1", "storage": True, "schema": {"openAPIV3Schema": {"type": "object"}}}
+    crd = {
+        "spec": {
+            "group": "example.com",
+            "names": {"plural": "widgets", "kind": "Widget"},
+            "scope": "Namespaced",
+            "versions": [version, {**version, "name": "v2", "storage": False, "served": True}],
+        }
+    }
+    assert [kind.version for kind in kinds_from_crd(crd)] == ["v2"]

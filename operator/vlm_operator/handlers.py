@@ -85,10 +85,10 @@ async def update(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **kwargs
 
 #: Seconds a stopped control loop (the operator's SIGTERM, the service deleted) has to
 #: finish the cycle it is in before it is cancelled: a cycle that scaled and was then
-#: cancelled would leave no status nor Event of the scale. The longest cycle reads a
-#: Prometheus answer to its deadline (2 x ``--prometheus-timeout``, 10 s by default),
-#: then scales and writes the status. The chart's terminationGracePeriodSeconds (30 s)
-#: covers both waits.
+#: cancelled would leave no status nor Event of the scale. A stopped loop begins no
+#: scale (its reads before one may take far longer: a query's deadline each), so this
+#: is for a scale begun and the status write after it, a few API requests. The chart's
+#: terminationGracePeriodSeconds (30 s) covers both waits.
 CYCLE_GRACE_SECONDS = 20.0
 #: And then, cancelled, to be gone.
 CANCELLED_GRACE_SECONDS = 5.0

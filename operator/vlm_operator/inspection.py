@@ -153,21 +153,29 @@ def queries(service: ServiceRef, window_seconds: int) -> dict[str, str]:
 
     ``pods`` counts the gates Prometheus scrapes successfully (their config
     gauge exists only while the target is up), which is the replicas that
-    actually serve, kube-state-metrics or not.
+    actually serve, kube-state-metrics or not. Every series is taken once per
+    target (``pod``, ``instance``) first, as the operator takes its signals: a
+    gate scraped by two jobs counts once.
     """
     sel = service.selector
     window = f"{window_seconds}s"
+    target = "pod, instance"
     return {
-        "pods": f"count(vlm_gate_max_in_flight{{{sel}}})",
+        "pods": f"count(count by ({target}) (vlm_gate_max_in_flight{{{sel}}}))",
         "limit": f"max(vlm_gate_max_in_flight{{{sel}}})",
-        "in_flight": f"sum by (pod) (vlm_requests_running{{{sel}}})",
-        "waiting": f"sum(vlm_requests_waiting{{{sel}}})",
+        "in_flight": f"sum by (pod) (max by ({target}) (vlm_requests_running{{{sel}}}))",
+        "waiting": f"sum(max by ({target}) (vlm_requests_waiting{{{sel}}}))",
         "p95": (
-            "histogram_quantile(0.95, sum by (le) "
-            f"(rate(vlm_request_duration_seconds_bucket{{{sel}}}[{window}])))"
+            f"histogram_quantile(0.95, sum by (le) (max by ({target}, le) "
+            f"(rate(vlm_request_duration_seconds_bucket{{{sel}}}[{window}]))))"
         ),
-        "request_rate": f"sum(rate(vlm_requests_total{{{sel}}}[{window}]))",
-        "rejected_rate": f"sum(rate(vlm_requests_rejected_total{{{sel}}}[{window}]))",
+        "request_rate": (
+            f"sum(max by ({target}, code) (rate(vlm_requests_total{{{sel}}}[{window}])))"
+        ),
+        "rejected_rate": (
+            f"sum(max by ({target}, reason) "
+            f"(rate(vlm_requests_rejected_total{{{sel}}}[{window}])))"
+        ),
     }
 
 

@@ -33,7 +33,8 @@ class OperatorMetrics:
         )
         self.decisions = Counter(
             "vlm_operator_scaling_decisions",
-            "Autoscaling decisions by direction (up, down, hold).",
+            "Autoscaling decisions by direction (up, down, hold; failed: a scale the API "
+            "server refused or left unanswered).",
             ["direction"],
             registry=self.registry,
         )

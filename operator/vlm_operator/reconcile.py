@@ -71,7 +71,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
@@ -692,6 +692,7 @@ async def autoscale_forever(
                     deployment=next(iter(deployments.get(key, ())), None),
                     now=time.time(),
                     clock=time.monotonic(),
+                    stopping=lambda: bool(stopped),
                 )
             except (ApiError, OSError) as exc:
                 # The API server hiccupped; the next tick retries from the live state.
@@ -740,11 +741,17 @@ def crd_seen(context: OperatorContext, body: Mapping[str, Any]) -> None:
             _some(drift.unknown),
         )
     if drift.changed:
+        # With fields unknown here too, the CRD is newer: the operator is what is old.
+        remedy = (
+            "upgrade the operator"
+            if drift.unknown
+            else "apply this release's crds/vlmservice.yaml (kubectl apply --server-side -f ...)"
+        )
         _LOG.warning(
             "the installed VLMService CRD differs from this operator's in %s: the API server "
-            "types, defaults and bounds VLMServices by it, not as this operator expects; apply "
-            "this release's crds/vlmservice.yaml (kubectl apply --server-side -f ...)",
+            "types, defaults and bounds VLMServices by it, not as this operator expects; %s",
             _some(drift.changed),
+            remedy,
         )
     if not drift.missing and not drift.unknown and not drift.changed:
         _LOG.info("the installed VLMService CRD matches this operator's")
@@ -785,12 +792,16 @@ async def autoscale_once(
     deployment: Mapping[str, Any] | None,
     now: float,
     clock: float | None = None,
+    stopping: Callable[[], bool] | None = None,
 ) -> Decision | None:
     """One cycle: signals → policy → replicas, status, Events. Returns the decision.
 
     ``now`` is the wall clock (the policy's state and the status's stamps are
     stored, and compared with the pods' timestamps); ``clock`` the monotonic one
-    the loop's own timers run on (``now`` when not given).
+    the loop's own timers run on (``now`` when not given). Once ``stopping()``
+    (the operator stops, or the service goes), no scale is begun: the reads
+    before it may take long, and the loop is cancelled after a grace that a
+    scale begun must have to be written to the status.
     """
     clock = now if clock is None else clock
     meta = body["metadata"]
@@ -914,6 +925,8 @@ async def autoscale_once(
     scaled = False
     scale_error: str | None = None
     if decision.replicas != counts.current:
+        if stopping is not None and stopping():
+            return None  # the next operator decides, from where things stand then
         if decision.direction == "down":
             load = await context.signals.pod_load(namespace, name, spec, max_age=max_age)
             await _set_deletion_costs(context, namespace, pods, load)
@@ -937,7 +950,8 @@ async def autoscale_once(
     # where it stood, rather than from a change that never happened.
     memory.state = decision.state
     memory.replicas = decision.replicas if scaled else counts.current
-    context.metrics.decisions.labels(decision.direction).inc()
+    # A scale the API server refused is no move made.
+    context.metrics.decisions.labels("failed" if scale_error else decision.direction).inc()
 
     new = cycle_status(
         previous,

@@ -1458,6 +1458,9 @@ async def test_a_refused_scale_is_told_and_the_status_goes_on(
     told = [e for e in events(kopf_posting) if e.reason == "ScalingLimited"]
     assert len(told) == 1  # once, when it started
     assert "ScaleFailed" in told[0].message
+    counted = ctx.metrics.decisions
+    assert counted.labels("failed")._value.get() == 3
+    assert counted.labels("up")._value.get() == 0
     # The policy did not move as if the scale had been made: let through, it is made.
     kube.refuse = False
     await run_cycle(ctx, kube, memory, T0 + 20)
@@ -1603,3 +1606,23 @@ async def test_a_refresh_a_spec_change_overtook_is_made_again_with_the_new_spec(
     )
     assert model_id() != old
     assert "m-v2" in model_id()
+
+
+async def test_a_stopping_loop_begins_no_scale() -> None:
+    # The operator stops (or the service goes) while the cycle read its signals: the
+    # scale is left to the next operator, not begun and then cut by the cancellation.
+    body = vlmservice({"model": {"id": "m", "runtime": "fake"}, "autoscaling": {"maxReplicas": 10}})
+    kube, fake = FakeKube(body, replicas=2), FakeSignals()
+    ctx, memory = context(kube, fake), reconcile._Memory()
+    fake.current = replace(signals(30.0, 8.0), waiting=10.0)
+    ready = {"replicas": 2, "readyReplicas": 2}
+    decision = await reconcile.autoscale_once(
+        ctx, body, memory, pods=[], deployment=ready, now=T0, stopping=lambda: True
+    )
+    assert decision is None
+    assert kube.replicas == 2
+    assert memory.state is None  # as if the cycle had not run
+    await reconcile.autoscale_once(
+        ctx, body, memory, pods=[], deployment=ready, now=T0 + 5, stopping=lambda: False
+    )
+    assert kube.replicas > 2
