@@ -173,8 +173,7 @@ def queries(service: ServiceRef, window_seconds: int) -> dict[str, str]:
             f"sum(max by ({target}, code) (rate(vlm_requests_total{{{sel}}}[{window}])))"
         ),
         "rejected_rate": (
-            f"sum(max by ({target}, reason) "
-            f"(rate(vlm_requests_rejected_total{{{sel}}}[{window}])))"
+            f"sum(max by ({target}, reason) (rate(vlm_requests_rejected_total{{{sel}}}[{window}])))"
         ),
     }
 
