@@ -448,7 +448,7 @@ PHASE_TRACES = ("step-burst", "flash-spike", "measured-gradient")
 PHASE_SEEDS = tuple(range(1, 9))
 
 
-def loop_phases(client: SimConfig) -> tuple[list[str], str]:
+def loop_phases(client: SimConfig, traces: tuple[str, ...] = PHASE_TRACES) -> tuple[list[str], str]:
     """Every compared policy over PHASE_SEEDS, each seed with its own loop phase.
 
     The tables above tick every loop on a grid from the trace's start: one phase
@@ -463,7 +463,7 @@ def loop_phases(client: SimConfig) -> tuple[list[str], str]:
         f"{'trace':<19}{'policy':<14}{'runs failing':>13}  {'errors, min-max':<17}"
         f"{'mean':>7}  {'x oracle, mean (min-max)':<24}"
     ]
-    for name in PHASE_TRACES:
+    for name in traces:
         trace = load_trace(name)
         failed: dict[str, list[int]] = {}
         for policy in policies:
@@ -485,10 +485,10 @@ def loop_phases(client: SimConfig) -> tuple[list[str], str]:
             fewest = min(failed[p][i] for p in policies if p != "ours")
             if failed["ours"][i] > fewest:
                 worse.append(f"{name} seed {seed}: {failed['ours'][i]} against {fewest}")
-    runs = len(PHASE_TRACES) * len(PHASE_SEEDS)
+    runs = len(traces) * len(PHASE_SEEDS)
     goal = _goal(
         not worse,
-        f"{', '.join(PHASE_TRACES)} on seeds {PHASE_SEEDS[0]}-{PHASE_SEEDS[-1]}, each with its "
+        f"{', '.join(traces)} on seeds {PHASE_SEEDS[0]}-{PHASE_SEEDS[-1]}, each with its "
         f"loops' phase: ours fails more requests than the best anchor of the run in "
         f"{len(worse)} of {runs} runs" + (f" ({'; '.join(worse)})" if worse else ""),
     )
@@ -522,6 +522,11 @@ def main() -> int:
     parser.add_argument("--skip-diurnal", action="store_true", help="leave out the 24 h trace")
     parser.add_argument(
         "--retries", type=int, default=2, help="client retries, openai-style (default: 2)"
+    )
+    parser.add_argument(
+        "--phase-day",
+        action="store_true",
+        help="the loop-phase table on the 24 h day too (about four minutes more)",
     )
     args = parser.parse_args()
     engine_error = engine_choice_error()
@@ -704,7 +709,8 @@ def main() -> int:
     least_request_lines, least_request_goals = least_request(client)
     goals += least_request_goals
     shared_lines = shared_queue(args.seed)
-    phase_lines, phase_goal = loop_phases(client)
+    phase_traces = PHASE_TRACES + (("diurnal-24h",) if args.phase_day else ())
+    phase_lines, phase_goal = loop_phases(client, phase_traces)
     goals.append(phase_goal)
 
     # Speed: the best of SPEED_RUNS runs, as timeit takes it (on a shared machine
