@@ -120,6 +120,60 @@ def test_the_chart_adjusts_the_rules_by_value(tmp_path: Path) -> None:
     assert spec == {"groups": []}
 
 
+def test_a_crd_differing_alerts_unless_it_is_newer(tmp_path: Path) -> None:
+    # Three operators: one whose CRD bounds fields otherwise (older: alert), one whose
+    # CRD also has fields it does not know (newer: the operator is what is old, no
+    # alert to apply its CRD), one that matches. promtool's offline rule test.
+    rule = next(
+        r
+        for g in yaml.safe_load(RULES.read_text())["groups"]
+        for r in g["rules"]
+        if r.get("alert") == "VLMOperatorCRDOutdated"
+    )
+
+    def drift(pod: str, unknown: int, changed: int) -> list[dict[str, str]]:
+        counts = {"missing": 0, "unknown": unknown, "changed": changed}
+        return [
+            {
+                "series": f'vlm_operator_crd_drift_fields{{direction="{direction}",'
+                f'namespace="ops",pod="{pod}"}}',
+                "values": f"{count}x15",
+            }
+            for direction, count in counts.items()
+        ]
+
+    expected = {
+        "exp_labels": {"severity": "warning", "namespace": "ops", "pod": "older"},
+        "exp_annotations": {
+            key: text.replace("{{ $value }}", "3") for key, text in rule["annotations"].items()
+        },
+    }
+    test = {
+        "rule_files": [str(RULES)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": drift("older", 0, 3) + drift("newer", 2, 3) + drift("same", 0, 0),
+                "alert_rule_test": [
+                    {
+                        "eval_time": "10m",
+                        "alertname": "VLMOperatorCRDOutdated",
+                        "exp_alerts": [expected],
+                    }
+                ],
+            }
+        ],
+    }
+    tests = tmp_path / "crd-drift.test.yaml"
+    tests.write_text(yaml.safe_dump(test))
+    promtool = shutil.which("promtool") or "/usr/bin/promtool"
+    result = subprocess.run(
+        [promtool, "test", "rules", str(tests)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 @pytest.mark.parametrize("key", ["disabled", "for", "ruleLabels", "extraGroups"])
 def test_a_rule_value_set_to_null_is_its_empty_self(key: str) -> None:
     # `--set prometheusRule.for=null` (or null in a values file) removes the key.
