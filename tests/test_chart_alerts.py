@@ -35,12 +35,16 @@ def _rules() -> list[dict[str, Any]]:
     return [rule for group in loaded["groups"] for rule in group["rules"]]
 
 
-def test_promtool_accepts_the_rules() -> None:
+def _promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    """promtool's answer, asserted a success."""
     promtool = shutil.which("promtool") or "/usr/bin/promtool"
-    checked = subprocess.run(
-        [promtool, "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60
-    )
-    assert checked.returncode == 0, checked.stdout + checked.stderr
+    done = subprocess.run([promtool, *args], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def test_promtool_accepts_the_rules() -> None:
+    checked = _promtool("check", "rules", str(RULES))
     assert f"SUCCESS: {len(_rules())} rules found" in checked.stdout
 
 
@@ -105,11 +109,7 @@ def test_the_chart_adjusts_the_rules_by_value(tmp_path: Path) -> None:
     ]
     rendered = tmp_path / "rendered.rules.yaml"
     rendered.write_text(yaml.safe_dump(spec))
-    promtool = shutil.which("promtool") or "/usr/bin/promtool"
-    checked = subprocess.run(
-        [promtool, "check", "rules", str(rendered)], capture_output=True, text=True, timeout=60
-    )
-    assert checked.returncode == 0, checked.stdout + checked.stderr
+    _promtool("check", "rules", str(rendered))
     # A whole group turned off leaves no empty group behind; every alert off, no group.
     operator_alerts = ["VLMOperatorSignalsUnavailable", "VLMOperatorCRDOutdated"]
     values = {"prometheusRule": {"enabled": True, "disabled": operator_alerts}}
@@ -167,11 +167,7 @@ def test_a_crd_differing_alerts_unless_it_is_newer(tmp_path: Path) -> None:
     }
     tests = tmp_path / "crd-drift.test.yaml"
     tests.write_text(yaml.safe_dump(test))
-    promtool = shutil.which("promtool") or "/usr/bin/promtool"
-    result = subprocess.run(
-        [promtool, "test", "rules", str(tests)], capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    _promtool("test", "rules", str(tests))
 
 
 @pytest.mark.parametrize("key", ["disabled", "for", "ruleLabels", "extraGroups"])
