@@ -4,7 +4,11 @@ and the canonical form of their resource quantities.
 Always on (cheap, and the classic apps/v1 errors a real server rejects with 422): a Deployment or
 ReplicaSet needs ``spec.selector`` and its ``matchLabels`` must match the pod template's labels,
 and an update may not change a workload's selector. A selector or template labels of the wrong
-JSON type is a 400, as the real server's decoder answers, never a crash.
+JSON type is a 400, as the real server's decoder answers, never a crash. In every pod spec
+(:func:`check_pod_spec`): container names are unique DNS labels, container ports are 1-65535,
+environment variable names are valid, and no request exceeds its limit; a PodDisruptionBudget
+sets ``minAvailable`` or ``maxUnavailable``, not both; a Service's ports are unique, and named
+when there are several.
 Opt-in (``validate_builtins=True``; ~20 ms per object): the full OpenAPI schema of the kind via
 kubernetes-validate (the local-cluster extra), strict about unknown fields under
 ``fieldValidation=Strict`` (400 ``strict decoding error``, as a real server's decoder answers).
@@ -54,6 +58,145 @@ def check_workload(kind: ResourceKind, obj: dict[str, Any]) -> list[dict[str, st
         message = f"Invalid value: {labels!r}: `selector` does not match template `labels`"
         return [_cause("spec.template.metadata.labels", message)]
     return []
+
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+#: apimachinery's IsEnvVarName (since 1.30 any printable ASCII but "=" is allowed only
+#: behind a feature gate; the default rule is this one).
+_ENV_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
+
+
+def check_pod_spec(kind: ResourceKind, obj: dict[str, Any]) -> list[dict[str, str]]:
+    """What the real server's pod, PodDisruptionBudget and Service validation refuses and the
+    operator could render: see the module docstring."""
+    if (kind.group, kind.plural) == ("policy", "poddisruptionbudgets"):
+        spec = obj.get("spec")
+        if isinstance(spec, dict) and "minAvailable" in spec and "maxUnavailable" in spec:
+            return [
+                _cause("spec", "Invalid value: minAvailable and maxUnavailable cannot be both set")
+            ]
+        return []
+    if (kind.group, kind.plural) == ("", "services"):
+        return _check_service_ports(obj)
+    path = _POD_SPECS.get((kind.group, kind.plural))
+    pod: Any = obj
+    for key in path or ():
+        pod = pod.get(key) if isinstance(pod, dict) else None
+    if not isinstance(pod, dict):
+        return []
+    causes: list[dict[str, str]] = []
+    seen: set[str] = set()
+    for group in ("initContainers", "containers"):
+        containers = pod.get(group)
+        for index, container in enumerate(containers if isinstance(containers, list) else []):
+            if not isinstance(container, dict):
+                continue
+            where = ".".join([*(path or ()), f"{group}[{index}]"])
+            causes += _check_container(container, where, seen)
+    return causes
+
+
+def _check_container(container: dict[str, Any], where: str, seen: set[str]) -> list[dict[str, str]]:
+    causes: list[dict[str, str]] = []
+    name = container.get("name")
+    if isinstance(name, str):
+        if not _DNS_LABEL.fullmatch(name) or len(name) > 63:
+            causes.append(
+                _cause(
+                    f"{where}.name",
+                    f'Invalid value: "{name}": a lowercase RFC 1123 '
+                    "label must consist of lower case alphanumeric characters or "
+                    "'-', and must start and end with an alphanumeric character",
+                )
+            )
+        elif name in seen:
+            causes.append(
+                _cause(f"{where}.name", f'Duplicate value: "{name}"', "FieldValueDuplicate")
+            )
+        seen.add(name)
+    ports = container.get("ports")
+    for index, port in enumerate(ports if isinstance(ports, list) else []):
+        number = port.get("containerPort") if isinstance(port, dict) else None
+        if isinstance(number, int) and not isinstance(number, bool) and not 1 <= number <= 65535:
+            causes.append(
+                _cause(
+                    f"{where}.ports[{index}].containerPort",
+                    f"Invalid value: {number}: must be between 1 and 65535, inclusive",
+                )
+            )
+    env = container.get("env")
+    for index, variable in enumerate(env if isinstance(env, list) else []):
+        name = variable.get("name") if isinstance(variable, dict) else None
+        if isinstance(name, str) and not _ENV_NAME.fullmatch(name):
+            causes.append(
+                _cause(
+                    f"{where}.env[{index}].name",
+                    f'Invalid value: "{name}": a valid '
+                    "environment variable name must consist of alphabetic "
+                    "characters, digits, '_', '-', or '.', and must not start with "
+                    "a digit",
+                )
+            )
+    resources = container.get("resources")
+    if isinstance(resources, dict):
+        requests, limits = resources.get("requests"), resources.get("limits")
+        for resource, request in (requests if isinstance(requests, dict) else {}).items():
+            limit = limits.get(resource) if isinstance(limits, dict) else None
+            wanted, bound = _amount(request), _amount(limit)
+            if wanted is not None and bound is not None and wanted > bound:
+                causes.append(
+                    _cause(
+                        f"{where}.resources.requests",
+                        f'Invalid value: "{request}": '
+                        f"must be less than or equal to {resource} limit of "
+                        f"{limit}",
+                    )
+                )
+    return causes
+
+
+def _check_service_ports(obj: dict[str, Any]) -> list[dict[str, str]]:
+    spec = obj.get("spec")
+    ports = spec.get("ports") if isinstance(spec, dict) else None
+    if not isinstance(ports, list):
+        return []
+    causes: list[dict[str, str]] = []
+    seen: set[tuple[Any, Any]] = set()
+    for index, port in enumerate(ports):
+        if not isinstance(port, dict):
+            continue
+        key = (port.get("port"), port.get("protocol") or "TCP")
+        if key in seen:
+            causes.append(
+                _cause(
+                    f"spec.ports[{index}]",
+                    f"Duplicate value: {key[0]}/{key[1]}",
+                    "FieldValueDuplicate",
+                )
+            )
+        seen.add(key)
+        if len(ports) > 1 and not port.get("name"):
+            causes.append(
+                _cause(f"spec.ports[{index}].name", "Required value", "FieldValueRequired")
+            )
+    return causes
+
+
+def _amount(value: Any) -> Decimal | None:
+    """A quantity's amount (a number, or a string in resource.Quantity's format), or None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int | float):
+        return Decimal(str(value))
+    match = _QUANTITY.fullmatch(value) if isinstance(value, str) else None
+    if match is None or not (match["whole"] or match["fraction"]):
+        return None
+    number = Decimal(f"{match['sign']}{match['whole'] or '0'}.{match['fraction'] or '0'}")
+    if match["binary"]:
+        return number * 2 ** (10 * _BINARY_SUFFIXES.index(match["binary"]))
+    if match["exponent"]:
+        return number.scaleb(int(match["exponent"]))
+    return number.scaleb(_DECIMAL_EXPONENTS[match["decimal"] or ""])
 
 
 def _check_selector_types(kind: ResourceKind, obj: dict[str, Any]) -> None:

@@ -405,6 +405,7 @@ class Store:
             causes += [cause.to_dict() for cause in schema.validate(kind.schema, obj, old)]
         if not kind.custom:
             causes += builtins.check_workload(kind, obj)
+            causes += builtins.check_pod_spec(kind, obj)
             if old is not None:
                 causes += builtins.check_immutable(kind, obj, old)
             if self._validate_builtins and not causes:

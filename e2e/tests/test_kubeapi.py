@@ -1873,3 +1873,53 @@ def test_a_version_dropped_from_a_crd_is_no_longer_served(api: ThreadedKubeAPI) 
         group = http.get("/apis/fidelity.example.com").json()
         assert [v["version"] for v in group["versions"]] == ["v1"]
         assert http.get("/apis/fidelity.example.com/v1/versioneds").status_code == 200
+
+
+def test_pod_specs_pdbs_and_service_ports_are_validated(
+    api: ThreadedKubeAPI, namespace: str
+) -> None:
+    # What a real server's validation refuses and a rendering could get wrong.
+    bad = _deployment("bad")
+    pod = bad["spec"]["template"]["spec"]
+    pod["containers"][0].update(
+        ports=[{"containerPort": 70000}],
+        env=[{"name": "1BAD", "value": "x"}],
+        resources={"requests": {"memory": "2Gi"}, "limits": {"memory": "1024Mi"}},
+    )
+    pod["containers"].append({"name": "Bad_Name", "image": "x"})
+    pod["initContainers"] = [{"name": "gate", "image": "x"}]  # the same name as a container
+    base = f"/apis/apps/v1/namespaces/{namespace}"
+    with httpx.Client(base_url=api.url) as http:
+        response = http.post(f"{base}/deployments", json=bad)
+        assert response.status_code == 422, response.text
+        fields = sorted(c["field"] for c in response.json()["details"]["causes"])
+        containers = "spec.template.spec.containers"
+        assert fields == [
+            f"{containers}[0].env[0].name",
+            f"{containers}[0].name",
+            f"{containers}[0].ports[0].containerPort",
+            f"{containers}[0].resources.requests",
+            f"{containers}[1].name",
+        ]
+        # Requests equal to their limits, written otherwise, are fine.
+        good = _deployment("good")
+        good["spec"]["template"]["spec"]["containers"][0]["resources"] = {
+            "requests": {"memory": "1Gi", "cpu": "1"},
+            "limits": {"memory": "1024Mi", "cpu": "1000m"},
+        }
+        assert http.post(f"{base}/deployments", json=good).status_code == 201
+        pdb = {"metadata": {"name": "b"},
+               "spec": {"minAvailable": 1, "maxUnavailable": 1,
+                        "selector": {"matchLabels": {"app": "good"}}}}  # fmt: skip
+        response = http.post(
+            f"/apis/policy/v1/namespaces/{namespace}/poddisruptionbudgets", json=pdb
+        )
+        assert response.status_code == 422, response.text
+        assert [c["field"] for c in response.json()["details"]["causes"]] == ["spec"]
+        service = {"metadata": {"name": "s"},
+                   "spec": {"selector": {"app": "good"},
+                            "ports": [{"port": 80}, {"port": 80, "name": "again"}]}}  # fmt: skip
+        response = http.post(f"/api/v1/namespaces/{namespace}/services", json=service)
+        assert response.status_code == 422, response.text
+        fields = sorted(c["field"] for c in response.json()["details"]["causes"])
+        assert fields == ["spec.ports[0].name", "spec.ports[1]"]
