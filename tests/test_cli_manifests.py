@@ -39,6 +39,33 @@ def test_crd_prints_the_generated_file(capsys: pytest.CaptureFixture[str]) -> No
     assert out == crd_yaml() == (REPO / "crds" / "vlmservice.yaml").read_text()
 
 
+def _example_scrape_intervals() -> set[str]:
+    """The gates' scrape intervals of the Prometheus examples the README points to."""
+    prometheus = REPO / "manifests" / "prometheus"
+    config = yaml.safe_load((prometheus / "prometheus.yml").read_text())
+    jobs = [c["scrape_interval"] for c in config["scrape_configs"] if c["job_name"] == "vlm-gates"]
+    monitor = yaml.safe_load((prometheus / "podmonitor.yaml").read_text())
+    endpoints = [e["interval"] for e in monitor["spec"]["podMetricsEndpoints"]]
+    return {*jobs, *endpoints}
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
+def test_examples_rate_windows_hold_enough_scrapes_of_the_examples_prometheus(
+    example: Path,
+) -> None:
+    # A rate needs two samples in its window: under four scrapes, one late scrape reads
+    # it empty, which holds the replicas (fake-demo's 5 s window, under 5 s scrapes,
+    # never let it scale down on a real cluster).
+    from vlm_operator.validation import RATE_WINDOW_SCRAPES, _duration_seconds, parse_spec
+
+    intervals = _example_scrape_intervals()
+    assert intervals == {"5s"}  # the README's advice
+    for document in yaml.safe_load_all(example.read_text()):
+        window = parse_spec(document["spec"]).metrics.window_seconds
+        for interval in intervals:
+            assert window >= RATE_WINDOW_SCRAPES * _duration_seconds(interval), (example, window)
+
+
 @pytest.mark.parametrize("example", EXAMPLES, ids=[p.stem for p in EXAMPLES])
 def test_render_prints_the_golden_stream(example: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = _run(["render", "-f", str(example)], capsys)
