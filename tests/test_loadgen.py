@@ -170,21 +170,30 @@ def test_a_late_failure_does_not_stretch_the_throughput() -> None:
     assert summarize(records[:10] + failing).throughput == pytest.approx(10 / 59.0)
 
 
-async def test_a_steep_rise_gets_its_arrivals_by_thinning(target: Target) -> None:
-    # 1 req/s, then 200 from 0.5 s: ~100.5 arrivals a run. A gap drawn at 1 req/s
-    # (mean 1 s) steps over the rise; candidates at the peak rate do not.
-    def rate(t: float) -> float:
-        return 1.0 if t < 0.5 else 200.0
+def _steep_rise(t: float) -> float:
+    return 1.0 if t < 0.5 else 200.0
 
+
+@pytest.mark.parametrize("peak_rate", [200.0, None], ids=["thinned", "rate-read-each-step"])
+async def test_a_steep_rise_gets_its_arrivals(target: Target, peak_rate: float | None) -> None:
+    # 1 req/s, then 200 from 0.5 s: ~100.5 arrivals a run. A gap drawn at 1 req/s
+    # (mean 1 s) steps over the rise; candidates at the peak rate do not, nor do gaps
+    # drawn a step at a time when no peak is given.
     counts = []
     for seed in range(5):
         records = await open_loop(
-            target.url, rate, duration_s=1.0, timeout_s=5, payload={}, seed=seed, peak_rate=200.0
-        )
+            target.url, _steep_rise, duration_s=1.0, timeout_s=5, payload={}, seed=seed,
+            peak_rate=peak_rate,
+        )  # fmt: skip
         counts.append(len(records))
     assert 400 <= sum(counts) <= 610, counts  # 502 expected, sigma ~22
+
+
+async def test_a_rate_above_its_peak_is_refused(target: Target) -> None:
     with pytest.raises(ValueError, match=r"rate 200 at .* is above peak_rate 100"):
-        await open_loop(target.url, rate, duration_s=1.0, timeout_s=5, payload={}, peak_rate=100)
+        await open_loop(
+            target.url, _steep_rise, duration_s=1.0, timeout_s=5, payload={}, peak_rate=100
+        )
 
 
 def test_summary_percentiles_use_nearest_rank() -> None:
@@ -197,18 +206,3 @@ def test_summary_percentiles_use_nearest_rank() -> None:
     assert summary.p99 == 99.0
     assert summary.throughput == pytest.approx(100 / 100.0)
     assert summarize([]).count == 0
-
-
-async def test_a_steep_rise_is_seen_without_a_peak_rate(target: Target) -> None:
-    # The same rise, no peak given: the rate is read again every step, so a gap drawn
-    # at 1 req/s (mean 1 s, from t = 0) no longer steps over the 200 req/s from 0.5 s.
-    def rate(t: float) -> float:
-        return 1.0 if t < 0.5 else 200.0
-
-    counts = []
-    for seed in range(5):
-        records = await open_loop(
-            target.url, rate, duration_s=1.0, timeout_s=5, payload={}, seed=seed
-        )
-        counts.append(len(records))
-    assert 400 <= sum(counts) <= 610, counts  # 502 expected, sigma ~22

@@ -261,9 +261,8 @@ def _requirement_closure(requirements: list[str]) -> set[str]:
         seen.add(name)
         for line in importlib.metadata.requires(name) or []:
             # Only a requirement's unconditional dependencies: its extras are not asked for.
-            if "extra ==" not in line and (
-                Requirement(line).marker is None or Requirement(line).marker.evaluate()
-            ):
+            marker = Requirement(line).marker
+            if marker is None or marker.evaluate({"extra": ""}):
                 pending.append(line)
     return seen
 
