@@ -5,10 +5,13 @@ Always on (cheap, and the classic apps/v1 errors a real server rejects with 422)
 ReplicaSet needs ``spec.selector`` and its ``matchLabels`` must match the pod template's labels,
 and an update may not change a workload's selector. A selector or template labels of the wrong
 JSON type is a 400, as the real server's decoder answers, never a crash. In every pod spec
-(:func:`check_pod_spec`): container names are unique DNS labels, container ports are 1-65535,
-environment variable names are valid, and no request exceeds its limit; a PodDisruptionBudget
-sets ``minAvailable`` or ``maxUnavailable``, not both; a Service's ports are unique, and named
-when there are several.
+(:func:`check_pod_spec`): container and volume names are unique DNS labels, container ports
+are 1-65535, environment variable names are valid, no request exceeds its limit, each volume
+mount names a volume at a path of its own, only init containers set ``restartPolicy``
+(``Always``), probes sit on regular or sidecar containers with one handler, counts that are not
+negative, a valid port and, for liveness and startup, a ``successThreshold`` of 1; a
+PodDisruptionBudget sets ``minAvailable`` or ``maxUnavailable``, not both; a Service's ports are
+unique, and named when there are several.
 Opt-in (``validate_builtins=True``; ~20 ms per object): the full OpenAPI schema of the kind via
 kubernetes-validate (the local-cluster extra), strict about unknown fields under
 ``fieldValidation=Strict`` (400 ``strict decoding error``, as a real server's decoder answers).
@@ -61,6 +64,10 @@ def check_workload(kind: ResourceKind, obj: dict[str, Any]) -> list[dict[str, st
 
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+_LABEL_RULE = (
+    "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', "
+    "and must start and end with an alphanumeric character"
+)
 #: apimachinery's IsEnvVarName (since 1.30 any printable ASCII but "=" is allowed only
 #: behind a feature gate; the default rule is this one).
 _ENV_NAME = re.compile(r"[-._a-zA-Z][-._a-zA-Z0-9]*")
@@ -79,21 +86,146 @@ def check_pod_spec(kind: ResourceKind, obj: dict[str, Any]) -> list[dict[str, st
     if (kind.group, kind.plural) == ("", "services"):
         return _check_service_ports(obj)
     path = _POD_SPECS.get((kind.group, kind.plural))
+    if path is None:
+        return []
     pod: Any = obj
-    for key in path or ():
+    for key in path:
         pod = pod.get(key) if isinstance(pod, dict) else None
     if not isinstance(pod, dict):
         return []
     causes: list[dict[str, str]] = []
     seen: set[str] = set()
+    prefix = ".".join(path)
+    volumes = _check_volumes(pod.get("volumes"), f"{prefix}.volumes")
+    causes += volumes[1]
     for group in ("initContainers", "containers"):
         containers = pod.get(group)
         for index, container in enumerate(containers if isinstance(containers, list) else []):
             if not isinstance(container, dict):
                 continue
-            where = ".".join([*(path or ()), f"{group}[{index}]"])
+            where = f"{prefix}.{group}[{index}]"
             causes += _check_container(container, where, seen)
+            causes += _check_mounts(
+                container.get("volumeMounts"), f"{where}.volumeMounts", volumes[0]
+            )
+            causes += _check_lifecycle(container, where, init=group == "initContainers")
     return causes
+
+
+def _check_volumes(volumes: Any, where: str) -> tuple[set[str], list[dict[str, str]]]:
+    """The pod's volume names (unique DNS labels), and what is wrong with them."""
+    names: set[str] = set()
+    causes: list[dict[str, str]] = []
+    for index, volume in enumerate(volumes if isinstance(volumes, list) else []):
+        name = volume.get("name") if isinstance(volume, dict) else None
+        if not isinstance(name, str):
+            continue
+        if not _DNS_LABEL.fullmatch(name) or len(name) > 63:
+            causes.append(
+                _cause(f"{where}[{index}].name", f'Invalid value: "{name}": {_LABEL_RULE}')
+            )
+        elif name in names:
+            causes.append(
+                _cause(
+                    f"{where}[{index}].name", f'Duplicate value: "{name}"', "FieldValueDuplicate"
+                )
+            )
+        names.add(name)
+    return names, causes
+
+
+def _check_mounts(mounts: Any, where: str, volumes: set[str]) -> list[dict[str, str]]:
+    """Each mount names one of the pod's volumes, at a path of its own."""
+    causes: list[dict[str, str]] = []
+    paths: set[str] = set()
+    for index, mount in enumerate(mounts if isinstance(mounts, list) else []):
+        if not isinstance(mount, dict):
+            continue
+        name, path = mount.get("name"), mount.get("mountPath")
+        if not name:
+            causes.append(_cause(f"{where}[{index}].name", "Required value", "FieldValueRequired"))
+        elif isinstance(name, str) and name not in volumes:
+            causes.append(
+                _cause(f"{where}[{index}].name", f'Not found: "{name}"', "FieldValueNotFound")
+            )
+        if not path:
+            message = "Required value"
+            causes.append(_cause(f"{where}[{index}].mountPath", message, "FieldValueRequired"))
+        elif isinstance(path, str):
+            if path in paths:
+                message = f'Invalid value: "{path}": must be unique'
+                causes.append(_cause(f"{where}[{index}].mountPath", message))
+            paths.add(path)
+    return causes
+
+
+_HANDLERS = ("exec", "httpGet", "tcpSocket", "grpc")
+_PROBE_FIELDS = (
+    "initialDelaySeconds", "timeoutSeconds", "periodSeconds", "successThreshold",
+    "failureThreshold", "terminationGracePeriodSeconds",
+)  # fmt: skip
+#: apimachinery's IsValidPortName: an IANA service name.
+_PORT_NAME = re.compile(r"(?=.*[a-z])[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+
+
+def _check_lifecycle(container: dict[str, Any], where: str, *, init: bool) -> list[dict[str, str]]:
+    """A container's restartPolicy and probes, as pod validation reads them: only an init
+    container may set restartPolicy (Always: a sidecar), only a sidecar among init containers
+    may have probes, and a probe has one handler, non-negative counts, and a liveness or
+    startup probe a successThreshold of 1."""
+    causes: list[dict[str, str]] = []
+    policy = container.get("restartPolicy")
+    if policy is not None and not init:
+        message = "Forbidden: may not be set for non-init containers"
+        causes.append(_cause(f"{where}.restartPolicy", message, "FieldValueForbidden"))
+    elif policy is not None and policy != "Always":
+        message = f'Unsupported value: "{policy}": supported values: "Always"'
+        causes.append(_cause(f"{where}.restartPolicy", message, "FieldValueNotSupported"))
+    for probe_name in ("livenessProbe", "readinessProbe", "startupProbe"):
+        probe = container.get(probe_name)
+        if not isinstance(probe, dict):
+            continue
+        at = f"{where}.{probe_name}"
+        if init and policy != "Always":
+            message = "Forbidden: may not be set for init containers without restartPolicy=Always"
+            causes.append(_cause(at, message, "FieldValueForbidden"))
+            continue
+        handlers = [h for h in _HANDLERS if probe.get(h) is not None]
+        if not handlers:
+            message = "Required value: must specify a handler type"
+            causes.append(_cause(at, message, "FieldValueRequired"))
+        for handler in handlers[1:]:
+            message = "Forbidden: may not specify more than 1 handler type"
+            causes.append(_cause(f"{at}.{handler}", message, "FieldValueForbidden"))
+        for field in _PROBE_FIELDS:
+            value = probe.get(field)
+            if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+                message = f"Invalid value: {value}: must be greater than or equal to 0"
+                causes.append(_cause(f"{at}.{field}", message))
+        threshold = probe.get("successThreshold")
+        if probe_name != "readinessProbe" and threshold not in (None, 1):
+            message = f"Invalid value: {threshold}: must be 1"
+            causes.append(_cause(f"{at}.successThreshold", message))
+        # Only the first handler is read; the others are refused unread.
+        action = probe.get(handlers[0]) if handlers else None
+        if isinstance(action, dict) and "port" in action:
+            causes += _check_probe_port(action["port"], f"{at}.{handlers[0]}.port")
+    return causes
+
+
+def _check_probe_port(port: Any, where: str) -> list[dict[str, str]]:
+    if isinstance(port, int) and not isinstance(port, bool) and not 1 <= port <= 65535:
+        return [_cause(where, f"Invalid value: {port}: must be between 1 and 65535, inclusive")]
+    if isinstance(port, str) and (len(port) > 15 or not _PORT_NAME.fullmatch(port)):
+        return [
+            _cause(
+                where,
+                f'Invalid value: "{port}": a port name must be no more than 15 characters, '
+                "contain only lowercase alphanumeric characters and '-', at least one letter, "
+                "and start and end with an alphanumeric character",
+            )
+        ]
+    return []
 
 
 def _check_container(container: dict[str, Any], where: str, seen: set[str]) -> list[dict[str, str]]:
@@ -101,14 +233,7 @@ def _check_container(container: dict[str, Any], where: str, seen: set[str]) -> l
     name = container.get("name")
     if isinstance(name, str):
         if not _DNS_LABEL.fullmatch(name) or len(name) > 63:
-            causes.append(
-                _cause(
-                    f"{where}.name",
-                    f'Invalid value: "{name}": a lowercase RFC 1123 '
-                    "label must consist of lower case alphanumeric characters or "
-                    "'-', and must start and end with an alphanumeric character",
-                )
-            )
+            causes.append(_cause(f"{where}.name", f'Invalid value: "{name}": {_LABEL_RULE}'))
         elif name in seen:
             causes.append(
                 _cause(f"{where}.name", f'Duplicate value: "{name}"', "FieldValueDuplicate")

@@ -124,5 +124,16 @@ def namespace_terminating(kind: ResourceKind, name: str, namespace: str) -> APIE
     )
 
 
+def crd_terminating(kind: ResourceKind) -> APIError:
+    """405 for a new custom resource while its CRD is being deleted."""
+    details = {k: v for k, v in _details(kind, "").items() if k != "name"}
+    return APIError(
+        405,
+        "MethodNotAllowed",
+        "create not allowed while custom resource definition is terminating",
+        details,
+    )
+
+
 def bad_request(message: str) -> APIError:
     return APIError(400, "BadRequest", message)

@@ -193,16 +193,24 @@ _POSIX_CLASSES = {
     "word": "0-9A-Za-z_", "xdigit": "0-9A-Fa-f",
 }  # fmt: skip
 _POSIX_CLASS = re.compile(r"\[:(\^?)([a-z]+):\]")
+#: A group that sets flags for the rest of the group it is in: "(?i)", "(?s-m)".
+_FLAG_GROUP = re.compile(r"\(\?([imsU]+(?:-[imsU]+)?|-[imsU]+)\)")
 
 
 def _python_regex(pattern: str) -> str:
     """An RE2 pattern in Python's syntax: ``$`` and ``\\z`` (outside brackets, without the
     ``m`` flag) are the end of the text, ``\\Z`` in Python, where ``$`` also matches before
-    a final newline; POSIX classes become ranges. What Python would read otherwise (``\\p``
-    classes, look-arounds, back-references) is refused rather than misread."""
+    a final newline; POSIX classes become ranges, and flag groups scoped ones. What
+    Python would read otherwise (``\\p`` classes, look-arounds, back-references, the
+    ungreedy flag) is refused rather than misread."""
     # A flag group sets m, "(?m)" or "(?im:": not one whose "(" is escaped ("\\(?m").
     multiline = re.search(r"(?<!\\)(?:\\\\)*\(\?[a-zA-Z]*m", pattern) is not None
     out, index, in_class = [], 0, False
+    # RE2 lets "(?i)" stand anywhere, for the rest of its group; Python only at the
+    # start of the pattern. Each becomes "(?i:", closed where its group ends and
+    # around each "|" of it: the flags set so far in each open group (the pattern's
+    # own first).
+    flag_sets: list[list[str]] = [[]]
     while index < len(pattern):
         char = pattern[index]
         if char == "\\" and index + 1 < len(pattern):
@@ -220,6 +228,21 @@ def _python_regex(pattern: str) -> str:
             continue
         if not in_class and pattern.startswith(("(?=", "(?!", "(?<=", "(?<!"), index):
             raise PatternError("invalid or unsupported Perl syntax: look-around")
+        if not in_class and (flags := _FLAG_GROUP.match(pattern, index)):
+            if "U" in flags[1]:
+                raise PatternError("invalid or unsupported Perl syntax: (?U)")
+            out.append(f"(?{flags[1]}:")
+            flag_sets[-1].append(flags[1])
+            index = flags.end()
+            continue
+        if char == "(" and not in_class:
+            flag_sets.append([])
+        elif char == ")" and not in_class and len(flag_sets) > 1:
+            out.append(")" * len(flag_sets.pop()))
+        elif char == "|" and not in_class and flag_sets[-1]:
+            out.append(")" * len(flag_sets[-1]) + "|" + "".join(f"(?{f}:" for f in flag_sets[-1]))
+            index += 1
+            continue
         if char == "[" and not in_class:
             in_class = True
             out.append(char)
@@ -236,7 +259,7 @@ def _python_regex(pattern: str) -> str:
             char = "\\["
         out.append("\\Z" if char == "$" and not in_class and not multiline else char)
         index += 1
-    return "".join(out)
+    return "".join(out) + ")" * len(flag_sets[0])
 
 
 def pattern_matcher(pattern: Any) -> Callable[[str], bool]:

@@ -8,7 +8,8 @@ do not bump the resourceVersion nor emit events; ``generation`` bumped only by c
 metadata (and outside status for kinds with a status subresource); status/scale subresource
 isolation; finalizers with ``deletionTimestamp``; garbage collection by owner reference as the
 real collector does it (below); namespace deletion deleting the namespace's content, and 403 for
-new objects in a namespace being terminated; an event history from which watches resume at any
+new objects in a namespace being terminated; CRD deletion likewise (Terminating, its resources
+deleted first, 405 for new ones); an event history from which watches resume at any
 resourceVersion still in it (older ones get 410 Expired); CRD objects registering their kinds live.
 
 Garbage collection: an owner reference names its owner by apiVersion, kind, name and uid; the
@@ -55,6 +56,8 @@ from .resources import BUILTIN_KINDS, ResourceKind, kinds_from_crd
 from .selectors import Predicate, is_label_key, is_label_value, selector_to_string
 
 _CRD_KEY = ("apiextensions.k8s.io", "customresourcedefinitions")
+#: The finalizer a CRD's deletion adds: its resources go first, then it does.
+CRD_CLEANUP_FINALIZER = "customresourcecleanup.apiextensions.k8s.io"
 _NAMESPACE_KEY = ("", "namespaces")
 # Used with fullmatch: Go's ``$`` is the end of the text, Python's also matches before a final
 # newline, and "abc\n" is no valid name.
@@ -483,6 +486,8 @@ class Store:
     ) -> tuple[dict[str, Any], list[str]]:
         if not isinstance(body, dict):
             raise errors.bad_request("the request body must be a JSON object")
+        if self._terminating_crd((kind.group, kind.plural)) is not None:
+            raise errors.crd_terminating(kind)
         obj = copy.deepcopy(body)
         metadata = _check_metadata_types(obj.setdefault("metadata", {}))
         if obj.get("kind") not in (None, kind.kind) or obj.get("apiVersion") not in (
@@ -734,6 +739,8 @@ class Store:
             self._orphan_dependents(metadata["uid"])
         if kind.plural == "namespaces":
             return self._delete_namespace(kind, obj)
+        if (kind.group, kind.plural) == _CRD_KEY:
+            return self._delete_crd(kind, obj)
         if metadata.get("finalizers"):
             if "deletionTimestamp" not in metadata:
                 new = copy.deepcopy(obj)
@@ -774,6 +781,59 @@ class Store:
                         self.delete(resource, namespace, item_name)
         self._finish_namespace(name)
         return self.serve(kind, obj)
+
+    def _delete_crd(self, kind: ResourceKind, obj: dict[str, Any]) -> dict[str, Any]:
+        """A CRD's deletion as the real server makes it: marked Terminating with its cleanup
+        finalizer, which goes once every resource of the CRD is gone (each deleted, so those
+        with finalizers of their own hold it until those are removed). No resource of it may
+        be created meanwhile."""
+        metadata = obj["metadata"]
+        if "deletionTimestamp" not in metadata:
+            new = copy.deepcopy(obj)
+            finalizers = new["metadata"].setdefault("finalizers", [])
+            if CRD_CLEANUP_FINALIZER not in finalizers:
+                finalizers.append(CRD_CLEANUP_FINALIZER)
+            new["metadata"].update(
+                deletionTimestamp=now_timestamp(),
+                deletionGracePeriodSeconds=0,
+                resourceVersion=self._next_rv(),
+            )
+            new["status"] = _crd_status(new)
+            self._put(_CRD_KEY, ("", metadata["name"]), new)
+            self._emit(_CRD_KEY, "MODIFIED", new, obj)
+            obj = new
+            key = _crd_resources(obj)
+            resource = self._kind_for(key)
+            for (namespace, name), _ in list(self._objects.get(key, {}).items()):
+                if resource is not None and (namespace, name) in self._objects.get(key, {}):
+                    self.delete(resource, namespace or None, name)
+            self._finish_crd(key)
+        return self.serve(kind, self._bucket_by_key(_CRD_KEY).get(("", metadata["name"]), obj))
+
+    def _terminating_crd(self, key: StoreKey) -> dict[str, Any] | None:
+        """The CRD serving ``key`` if it is being deleted."""
+        crds = self._objects.get(_CRD_KEY, {})
+        crd = crds.get(("", f"{key[1]}.{key[0]}")) if key[0] else None
+        return crd if crd is not None and "deletionTimestamp" in crd["metadata"] else None
+
+    def _finish_crd(self, key: StoreKey) -> None:
+        """Drop a terminating CRD's cleanup finalizer once the last of its resources is gone."""
+        crd = self._terminating_crd(key)
+        if crd is None or self._objects.get(key):
+            return
+        finalizers = crd["metadata"].get("finalizers") or []
+        if CRD_CLEANUP_FINALIZER not in finalizers:
+            return
+        new = copy.deepcopy(crd)
+        new["metadata"]["finalizers"] = [f for f in finalizers if f != CRD_CLEANUP_FINALIZER]
+        if new["metadata"]["finalizers"]:
+            new["metadata"]["resourceVersion"] = self._next_rv()
+            self._put(_CRD_KEY, ("", crd["metadata"]["name"]), new)
+            self._emit(_CRD_KEY, "MODIFIED", new, crd)
+            return
+        del new["metadata"]["finalizers"]
+        self._put(_CRD_KEY, ("", crd["metadata"]["name"]), new)
+        self._remove(_CRD_KEY, new, cascade=True)
 
     def _finish_namespace(self, name: str) -> None:
         namespaces = self._bucket_by_key(_NAMESPACE_KEY)
@@ -915,6 +975,14 @@ class Store:
                     self._collect(kind, dependent)
         if metadata.get("namespace"):
             self._finish_namespace(metadata["namespace"])
+        if key != _CRD_KEY:
+            self._finish_crd(key)
+
+
+def _crd_resources(crd: dict[str, Any]) -> StoreKey:
+    """The store key of a CRD's resources: (group, plural)."""
+    spec = crd.get("spec") or {}
+    return spec.get("group", ""), (spec.get("names") or {}).get("plural", "")
 
 
 def _scale(kind: ResourceKind, obj: dict[str, Any]) -> dict[str, Any]:
@@ -1017,6 +1085,14 @@ def _success(kind: ResourceKind, obj: dict[str, Any]) -> dict[str, Any]:
 def _crd_status(crd: dict[str, Any]) -> dict[str, Any]:
     spec = crd.get("spec") or {}
     stamp = now_timestamp()
+    conditions = [
+        ("NamesAccepted", "NoConflicts", "no conflicts found"),
+        ("Established", "InitialNamesAccepted", "the initial names have been accepted"),
+    ]
+    if "deletionTimestamp" in crd.get("metadata", {}):
+        conditions.append(
+            ("Terminating", "InstanceDeletionInProgress", "CustomResource deletion is in progress")
+        )
     return {
         "acceptedNames": spec.get("names") or {},
         "storedVersions": [v["name"] for v in spec.get("versions") or [] if v.get("storage")],
@@ -1028,9 +1104,6 @@ def _crd_status(crd: dict[str, Any]) -> dict[str, Any]:
                 "message": message,
                 "lastTransitionTime": stamp,
             }
-            for kind, reason, message in (
-                ("NamesAccepted", "NoConflicts", "no conflicts found"),
-                ("Established", "InitialNamesAccepted", "the initial names have been accepted"),
-            )
+            for kind, reason, message in conditions
         ],
     }

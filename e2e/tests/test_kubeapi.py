@@ -24,6 +24,7 @@ from kubernetes.client import ApiException
 from e2e.kubeapi import PODMONITOR_CRD, RecordedRequest, ThreadedKubeAPI, run_in_thread
 from e2e.kubeapi.builtins import canonical_quantity
 from e2e.kubeapi.recording import OWNER_REFERENCES_PLUGIN
+from e2e.kubeapi.store import CRD_CLEANUP_FINALIZER
 
 REPO = Path(__file__).resolve().parents[2]
 VLMSERVICE_CRD = REPO / "crds" / "vlmservice.yaml"
@@ -1923,3 +1924,94 @@ def test_pod_specs_pdbs_and_service_ports_are_validated(
         assert response.status_code == 422, response.text
         fields = sorted(c["field"] for c in response.json()["details"]["causes"])
         assert fields == ["spec.ports[0].name", "spec.ports[1]"]
+
+
+def test_volumes_mounts_restart_policies_and_probes_are_validated(
+    api: ThreadedKubeAPI, namespace: str
+) -> None:
+    bad = _deployment("bad")
+    pod = bad["spec"]["template"]["spec"]
+    pod["volumes"] = [{"name": "tmp", "emptyDir": {}}, {"name": "tmp", "emptyDir": {}}]
+    pod["containers"][0].update(
+        volumeMounts=[{"name": "cache", "mountPath": "/c"}, {"name": "tmp", "mountPath": "/c"}],
+        restartPolicy="Always",
+        livenessProbe={"httpGet": {"path": "/", "port": 0}, "tcpSocket": {"port": 1},
+                       "successThreshold": 2, "periodSeconds": -1},
+        readinessProbe={"periodSeconds": 5},
+    )  # fmt: skip
+    pod["initContainers"] = [
+        {"name": "setup", "image": "x", "livenessProbe": {"tcpSocket": {"port": "http"}}},
+        {"name": "side", "image": "x", "restartPolicy": "OnFailure"},
+    ]
+    base = f"/apis/apps/v1/namespaces/{namespace}"
+    with httpx.Client(base_url=api.url) as http:
+        response = http.post(f"{base}/deployments", json=bad)
+        assert response.status_code == 422, response.text
+        causes = sorted((c["field"], c["reason"]) for c in response.json()["details"]["causes"])
+        at = "spec.template.spec"
+        probe = f"{at}.containers[0].livenessProbe"
+        assert causes == sorted(
+            [
+                (f"{at}.containers[0].readinessProbe", "FieldValueRequired"),
+                (f"{at}.containers[0].restartPolicy", "FieldValueForbidden"),
+                (f"{at}.containers[0].volumeMounts[0].name", "FieldValueNotFound"),
+                (f"{at}.containers[0].volumeMounts[1].mountPath", "FieldValueInvalid"),
+                (f"{probe}.tcpSocket", "FieldValueForbidden"),
+                (f"{probe}.httpGet.port", "FieldValueInvalid"),
+                (f"{probe}.periodSeconds", "FieldValueInvalid"),
+                (f"{probe}.successThreshold", "FieldValueInvalid"),
+                (f"{at}.initContainers[0].livenessProbe", "FieldValueForbidden"),
+                (f"{at}.initContainers[1].restartPolicy", "FieldValueNotSupported"),
+                (f"{at}.volumes[1].name", "FieldValueDuplicate"),
+            ]
+        )
+        # A sidecar (an init container that restarts) may have probes; a named port is fine.
+        good = _deployment("good")
+        pod = good["spec"]["template"]["spec"]
+        pod["volumes"] = [{"name": "tmp", "emptyDir": {}}]
+        pod["containers"][0]["volumeMounts"] = [{"name": "tmp", "mountPath": "/tmp"}]
+        pod["initContainers"] = [
+            {"name": "model", "image": "x", "restartPolicy": "Always",
+             "livenessProbe": {"httpGet": {"path": "/", "port": "http"}, "successThreshold": 1},
+             "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}]},
+        ]  # fmt: skip
+        response = http.post(f"{base}/deployments", json=good)
+        assert response.status_code == 201, response.text
+
+
+def test_a_crd_deletion_waits_for_its_resources_finalizers(
+    api: ThreadedKubeAPI, namespace: str
+) -> None:
+    # As a real server: Terminating with the cleanup finalizer, each resource deleted, the
+    # CRD gone with the last of them; no new resource meanwhile.
+    crd = yaml.safe_load(yaml.safe_dump(GAUGE_CRD).replace("gauge", "doom"))
+    crds = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+    name = crd["metadata"]["name"]
+    resources = f"/apis/fidelity.example.com/v1/namespaces/{namespace}/dooms"
+    with httpx.Client(base_url=api.url) as http:
+        assert http.post(crds, json=crd).status_code == 201
+        held = {"metadata": {"name": "held", "finalizers": ["example.com/hold"]}}
+        assert http.post(resources, json=held).status_code == 201
+        assert http.post(resources, json={"metadata": {"name": "free"}}).status_code == 201
+        response = http.delete(f"{crds}/{name}")
+        assert response.status_code == 200, response.text
+        terminating = http.get(f"{crds}/{name}").json()
+        assert "deletionTimestamp" in terminating["metadata"]
+        assert terminating["metadata"]["finalizers"] == [CRD_CLEANUP_FINALIZER]
+        conditions = {c["type"]: c for c in terminating["status"]["conditions"]}
+        assert conditions["Terminating"]["status"] == "True"
+        assert http.get(f"{resources}/free").status_code == 404
+        assert "deletionTimestamp" in http.get(f"{resources}/held").json()["metadata"]
+        refused = http.post(resources, json={"metadata": {"name": "late"}})
+        assert refused.status_code == 405, refused.text
+        assert refused.json()["message"] == (
+            "create not allowed while custom resource definition is terminating"
+        )
+        released = http.patch(
+            f"{resources}/held",
+            json={"metadata": {"finalizers": None}},
+            headers={"Content-Type": "application/merge-patch+json"},
+        )
+        assert released.status_code == 200, released.text
+        assert http.get(f"{crds}/{name}").status_code == 404
+        assert http.get(resources).status_code == 404

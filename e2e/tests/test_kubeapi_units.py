@@ -305,6 +305,13 @@ def test_schema_patterns_have_go_semantics(regex_engine: str) -> None:
     assert not valid(r"^a\z", "a\n")
     assert valid("(?m)^a$", "a\nb")
     assert not valid(r"^\(?model$", "model\n")  # an escaped "(" is no flag group
+    # A flag group anywhere holds for the rest of its group, across its alternatives.
+    assert valid("^a(?i)b$", "aB")
+    assert not valid("^a(?i)b$", "AB")
+    assert valid("^x(a(?i)b|c)y$", "xCy")
+    assert not valid("^(a(?i)b)c$", "aBC")
+    assert valid("^(?i)a(?-i)b$", "Ab")
+    assert not valid("^(?i)a(?-i)b$", "AB")
     assert valid("^[$]+$", "$$")
     assert valid(r"^\$[a-z]+$", "$x")
     # POSIX classes, and \d as ASCII digits only.
