@@ -43,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.epilog = (
         "Example: vlm-operator render -f manifests/fake-demo.yaml | kubectl apply -f -\n"
-        "Exit status 2 and one line per problem when the manifest is not a valid VLMService."
+        "Exit status 2 and one line per problem when the manifest is not a valid VLMService\n"
+        "(rules across fields, such as minReplicas <= maxReplicas, once each field is valid)."
     )
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
 
