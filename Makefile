@@ -109,7 +109,7 @@ golden: venv
 bench-gate: venv system-deps
 	$(BIN)/python benchmarks/bench_gate.py
 
-# Ours versus the anchors on every shipped trace, in the simulator (about four minutes).
+# Ours versus the anchors on every shipped trace, in the simulator (six to ten minutes).
 bench-policy: venv engine
 	$(BIN)/python benchmarks/bench_policy.py
 
