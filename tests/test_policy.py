@@ -1568,3 +1568,108 @@ def test_a_fast_loop_on_a_long_window_keeps_its_state_small_and_the_window_cover
     assert now - state.demand[0][0] >= 7200.0 - 7200.0 / 20  # the history, to a merge's spacing
     assert state.demand[-1] == (now, 8.0 + 7299 % 3)  # the newest, never merged
     assert len(json.dumps(state.to_dict())) < 4000
+
+
+def _through_status(state: PolicyState) -> PolicyState:
+    return PolicyState.from_dict(json.loads(json.dumps(state.to_dict(), allow_nan=False)))
+
+
+def test_a_restart_on_a_jittery_clock_decides_as_the_running_loop_would() -> None:
+    # A loop on a 5 s timer ticks a few milliseconds late; stored rounded to the
+    # millisecond, a window's entry read back expired up to half a millisecond
+    # early, and the restarted loop stepped down a tick before the running one.
+    spec = _spec(maxReplicas=20)
+    state, current = PolicyState(), 10
+    for k in range(60):
+        now = 1_700_000_000.0 + 5 * k + (0.0014 if k <= 30 else 0.0012)
+        signals = _signals(38.0 if k <= 20 else 26.0)  # 10 pods' worth, then 7
+        running = recommend(state, signals, _pods(current), spec, now)
+        restarted = recommend(_through_status(state), signals, _pods(current), spec, now)
+        assert (restarted.replicas, restarted.reason) == (running.replicas, running.reason), k
+        state, current = running.state, running.replicas
+    assert current < 10  # the load did fall, and both followed it
+    assert _through_status(state) == state
+
+
+def test_a_stored_field_that_does_not_parse_makes_the_window_be_seen_again() -> None:
+    # The window's highest recommendation (or the wait after a change) may be
+    # what was lost: no step down until a whole window has been seen again.
+    spec = _spec(maxReplicas=20)
+    busy = _steady(spec, _signals(38.0), _pods(10), seconds=300)
+    stored = busy[-1].state.to_dict()
+    intact = recommend(PolicyState.from_dict(stored), _signals(12.0), _pods(10), spec, 305.0)
+    assert intact.replicas == 10
+    assert "highest in 120s: 10" in intact.reason
+    for key, bad in (("down", [[295.0]]), ("down", [[295.0, 10.0]]), ("changedAt", "300")):
+        state = PolicyState.from_dict({**stored, key: bad})
+        assert state.trusted is None, key
+        d = recommend(state, _signals(12.0), _pods(10), spec, 305.0)
+        assert d.replicas == 10, (key, d.reason)
+    # A state with nothing wrong keeps its span; one without a field at all is no loss.
+    assert PolicyState.from_dict(stored).trusted is not None
+    assert PolicyState.from_dict({**stored, "guardFloor": None}).trusted is not None
+
+
+def test_window_queues_longer_than_kept_merge_their_oldest_entries() -> None:
+    # A queue's oldest entry is its window's extreme: cut to the newest entries
+    # (read back from a longer one, or grown a step every tick), the maximum
+    # the scale-down holds to, or the minimum a scale-up waits for, was lost.
+    spec = _spec(maxReplicas=1000, scaleDown={"stabilizationWindowSeconds": 600})
+    falling = [[float(i * 5), 120 - i] for i in range(60)]
+    state = PolicyState.from_dict({**PolicyState().to_dict(), "down": falling})
+    assert len(state.down) == MAX_HISTORY
+    assert state.down[0][1] == 120
+    held = recommend(state, _signals(240.0), _pods(120), spec, 300.0)
+    assert held.replicas == 120, held.reason
+    # Up: a demand rising a pod's worth a tick, under a 600 s scale-up window,
+    # waits for the window's lowest recommendation to leave it.
+    rising = _spec(maxReplicas=1000, scaleUp={"stabilizationWindowSeconds": 600})
+    state, current = PolicyState(), 100
+    for i in range(60):
+        demand = 396.0 + 4 * i
+        running = min(demand, 400.0)
+        d = recommend(state, _signals(running, demand - running), _pods(current), rising, 5.0 * i)
+        assert d.replicas == 100, (i, d.reason)
+        state = d.state
+    assert len(state.up) == MAX_HISTORY
+    assert state.up[0][1] < 100
+
+
+def test_a_restored_trend_a_float_step_before_now_is_no_division_by_zero() -> None:
+    state = PolicyState.from_dict(
+        {**PolicyState().to_dict(), "calmSince": 200.0, "arrivalTrend": [287.4, 287.4, 2.0, 2.0]}
+    )
+    d = recommend(state, _signals(4.0, rate=2.0), _pods(2), _spec(), 287.40000000000003)
+    assert d.replicas == 2
+    assert d.state.arrival_trend is not None
+    assert d.state.arrival_trend[2] == 2.0
+
+
+def test_with_a_signal_missing_it_scales_up_only_as_far_as_this_ticks_readings_ask() -> None:
+    # The window's samples of 60 in flight were read while two pods loaded; now
+    # all are ready, the queue's signal is missing and 6 run: no pod is bought
+    # on what the window read before.
+    spec = _spec(maxReplicas=50)
+    state = PolicyState()
+    for now in (0.0, 5.0):
+        state = recommend(state, _signals(24.0, 36.0), _pods(10, starting=2), spec, now).state
+    d = recommend(state, _signals(6.0, None), _pods(10), spec, 10.0)
+    assert d.replicas == 10, d.reason
+    assert "never scaling down" in d.reason
+    assert "still seen" not in d.reason
+    # A queue still seen, and more than the fleet holds, is still a scale-up.
+    d = recommend(state, _signals(None, 48.0), _pods(10), spec, 10.0)
+    assert d.replicas == 12, d.reason
+    assert "up on the waiting+p95 still seen" in d.reason
+
+
+def test_a_move_made_by_the_bounds_alone_says_so() -> None:
+    # Signals failing on a fleet above a lowered maxReplicas: the one scale-down
+    # made is the bound's.
+    down = recommend(PolicyState(), _signals(error="refused"), _pods(8), _spec(maxReplicas=5), 0.0)
+    assert down.replicas == 5
+    assert "never scaling down but to maxReplicas=5" in down.reason
+    # A raised minReplicas moves a fleet the window holds: not "stabilizing" alone.
+    up = recommend(PolicyState(), _signals(2.0), _pods(2), _spec(minReplicas=4), 0.0)
+    assert up.replicas == 4
+    assert "(up to minReplicas=4; stabilizing" in up.reason

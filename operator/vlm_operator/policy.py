@@ -132,7 +132,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from operator import sub
 from typing import Any, Literal, TypeVar
 
@@ -316,48 +316,36 @@ class PolicyState:
     read_at: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """A small JSON-safe dict (times rounded to milliseconds).
+        """A small JSON-safe dict, every number as it is.
 
         Every optional field is present, as ``None`` when unset: the status is
         written as a JSON merge patch, where a key left out keeps its stored
         value and only an explicit null deletes it (:meth:`from_dict` reads
-        null as unset).
+        null as unset). Nothing is rounded: a float's shortest repr reads back
+        as the same float (in Go's JSON as in Python's), and a time rounded to
+        the millisecond expired a window's entry, or ended a wait, up to half
+        a millisecond early, so a restarted operator could step down a tick
+        before the running one would have.
         """
-
-        def rounded(value: float | None) -> float | None:
-            return None if value is None else round(value, 3)
-
         out: dict[str, Any] = {
             "version": _STATE_VERSION,
-            "down": [[round(t, 3), n] for t, n in self.down],
-            "up": [[round(t, 3), n] for t, n in self.up],
-            "demand": [[round(t, 3), round(d, 3)] for t, d in self.demand],
-            "p95": [[round(t, 3), round(p, 3)] for t, p in self.p95],
-            "settledAt": rounded(self.settled_at),
-            "changedAt": rounded(self.changed_at),
-            "queuedAt": rounded(self.queued_at),
-            "guardFloor": None,
-            "demandSinceChange": None,
-            "calmSince": rounded(self.calm_since),
-            "arrivalTrend": None,
-            "fleetP95": None,
-            "trusted": None,
-            "readAt": rounded(self.read_at),
+            "down": [[t, n] for t, n in self.down],
+            "up": [[t, n] for t, n in self.up],
+            "demand": [[t, d] for t, d in self.demand],
+            "p95": [[t, p] for t, p in self.p95],
+            "settledAt": self.settled_at,
+            "changedAt": self.changed_at,
+            "queuedAt": self.queued_at,
+            "guardFloor": None if self.guard_floor is None else list(self.guard_floor),
+            "demandSinceChange": (
+                None if self.demand_since_change is None else list(self.demand_since_change)
+            ),
+            "calmSince": self.calm_since,
+            "arrivalTrend": None if self.arrival_trend is None else list(self.arrival_trend),
+            "fleetP95": None if self.fleet_p95 is None else list(self.fleet_p95),
+            "trusted": None if self.trusted is None else list(self.trusted),
+            "readAt": self.read_at,
         }
-        if self.guard_floor is not None:
-            t, n, d = self.guard_floor
-            out["guardFloor"] = [round(t, 3), n, round(d, 3)]
-        if self.demand_since_change is not None:
-            out["demandSinceChange"] = [round(x, 3) for x in self.demand_since_change]
-        if self.arrival_trend is not None:
-            first, last, fast, slow = self.arrival_trend
-            # The means to 1e-6: their difference is what counts.
-            out["arrivalTrend"] = [round(first, 3), round(last, 3), round(fast, 6), round(slow, 6)]
-        if self.fleet_p95 is not None:
-            first, last, mean, pods = self.fleet_p95
-            out["fleetP95"] = [round(first, 3), round(last, 3), round(mean, 3), pods]
-        if self.trusted is not None:
-            out["trusted"] = [round(t, 3) for t in self.trusted]
         return out
 
     @classmethod
@@ -365,18 +353,36 @@ class PolicyState:
         """Parse :meth:`to_dict`'s output; anything else gives a fresh state.
 
         A field that does not parse (a status edited by hand, or written by a
-        version with other bounds) is forgotten alone: the others still hold
-        their windows.
+        version with other bounds) is forgotten, and with it how long the
+        signals were trusted: the scale-down window's highest recommendation,
+        or the wait after a change, may be what was lost, so no step down
+        comes before a whole window has been seen again. The other fields
+        still hold what they held (a guard's floor, a burst's window).
         """
         if not isinstance(data, Mapping) or data.get("version") != _STATE_VERSION:
             return cls()
+        lost: list[str] = []
+
+        def field(key: str, parse: Callable[[], V], default: V) -> V:
+            try:
+                return parse()
+            except (TypeError, ValueError, OverflowError, KeyError):
+                lost.append(key)
+                return default
 
         def times(key: str, value: Any) -> tuple[tuple[float, Any], ...]:
-            return _field(lambda: tuple((_finite(t), value(v)) for t, v in data.get(key, ())), ())
+            return field(
+                key, lambda: tuple((_finite(t), value(v)) for t, v in data.get(key, ())), ()
+            )
+
+        def queue(key: str) -> tuple[tuple[float, int], ...]:
+            # A window's extreme is its oldest entry: a longer queue than this
+            # version keeps merges its oldest entries, as the ticks do.
+            return tuple(_capped(list(times(key, _pods))))
 
         def instant(key: str) -> float | None:
             raw = data.get(key)
-            return None if raw is None else _field(lambda: _finite(raw), None)
+            return None if raw is None else field(key, lambda: _finite(raw), None)
 
         def guard_floor() -> tuple[float, int, float]:
             t, n, d = data["guardFloor"]
@@ -405,11 +411,11 @@ class PolicyState:
             return first, last, resumed
 
         def optional(key: str, parse: Callable[[], V]) -> V | None:
-            return None if data.get(key) is None else _field(parse, None)
+            return None if data.get(key) is None else field(key, parse, None)
 
-        return cls(
-            down=times("down", _pods)[-MAX_HISTORY:],
-            up=times("up", _pods)[-MAX_HISTORY:],
+        state = cls(
+            down=queue("down"),
+            up=queue("up"),
             demand=times("demand", _amount)[-MAX_HISTORY:],
             p95=times("p95", _amount)[-MAX_HISTORY:],
             settled_at=instant("settledAt"),
@@ -423,14 +429,7 @@ class PolicyState:
             trusted=optional("trusted", trusted),
             read_at=instant("readAt"),
         )
-
-
-def _field(parse: Callable[[], V], default: V) -> V:
-    """One stored field, or ``default`` if it does not parse."""
-    try:
-        return parse()
-    except (TypeError, ValueError, OverflowError, KeyError):
-        return default
+        return replace(state, trusted=None) if lost else state
 
 
 def _finite(value: Any) -> float:
@@ -590,18 +589,26 @@ def _push_max(
     start = now - window
     kept = [(t, v) for t, v in queue if start < t <= now and v > value]
     kept.append((now, value))
-    while len(kept) > MAX_HISTORY:
-        kept[0:2] = [(kept[1][0], kept[0][1])]
-    return tuple(kept)
+    return tuple(_capped(kept))
 
 
 def _push_min(
     queue: tuple[tuple[float, int], ...], now: float, value: int, window: float
 ) -> tuple[tuple[float, int], ...]:
+    """Append to a window-minimum queue, as :func:`_push_max` does to a maximum's:
+    past MAX_HISTORY entries the minimum of a span reads low, never high."""
     start = now - window
     kept = [(t, v) for t, v in queue if start < t <= now and v < value]
     kept.append((now, value))
-    return tuple(kept[-MAX_HISTORY:])
+    return tuple(_capped(kept))
+
+
+def _capped(kept: list[tuple[float, int]]) -> list[tuple[float, int]]:
+    """A window-extreme queue in MAX_HISTORY entries: the two oldest merge into the
+    oldest's value (the extreme) at the later time, until it fits."""
+    while len(kept) > MAX_HISTORY:
+        kept[0:2] = [(kept[1][0], kept[0][1])]
+    return kept
 
 
 def _moving_mean(
@@ -617,6 +624,8 @@ def _moving_mean(
     decay = math.exp(-(now - last) / tau)
     held = 1.0 - math.exp(-(last - first) / tau)
     total = 1.0 - math.exp(-(now - first) / tau)
+    if total <= 0.0:  # a span too short to weigh (times a float's step apart)
+        return value
     return (mean * held * decay + value * (1.0 - decay)) / total
 
 
@@ -1281,10 +1290,12 @@ def recommend(
         if target > current:
             read = (("running", running), ("waiting", waiting), ("p95", p95))
             seen = "+".join(k for k, v in read if v is not None)
-            if seen:
+            # Up only as far as this tick's readings ask: the window's samples
+            # may be from before the outage (or from pods since become ready).
+            asked = _pods_for(demand, per_pod) if demand is not None else 0
+            target = min(target, max(current, asked, current + 1 if guarded else 0))
+            if seen and target > current:
                 why += f"; up on the {seen} still seen"
-            else:  # nothing read now: the window's samples are from before the outage
-                target = current
         if auto.missing_signals.action == "Fallback":
             fallback = auto.missing_signals.fallback_replicas or 0
             if fallback > target:
@@ -1299,12 +1310,15 @@ def recommend(
         limited = f"maxReplicas={hi} reached"
         if target > hi:
             why += f"; capped at maxReplicas={hi}"
+    elif target > hi and not signals_ok and current > hi:
+        why = why.replace("never scaling down", f"never scaling down but to maxReplicas={hi}")
     elif target > hi:
         why += f"; maxReplicas={hi}"
     target = min(target, hi)
     if target < lo:
         target = lo
-        why += f"; minReplicas={lo}"
+        # A floor raised over the fleet is what moves it: said first.
+        why = f"up to minReplicas={lo}; {why}" if lo > current else f"{why}; minReplicas={lo}"
 
     reason = f"{label} → {target} pods ({why})"
     if notes:
