@@ -994,3 +994,16 @@ def test_kpa_puts_the_activator_in_the_path_while_the_burst_capacity_is_short(
     )  # fmt: skip
     kpa.decide(obs)
     assert kpa.proxied is proxied
+
+
+def test_no_closed_loop_request_leaves_at_the_traces_end() -> None:
+    # Users refused by a fleet of no ready pod come back every second on the
+    # dot: one lands on the trace's end, and it used to be sent, counted in the
+    # totals and in no phase.
+    trace = parse_trace({"kind": "closed", "name": "t", "phases": [
+        {"duration": 20, "users": 2}, {"duration": 20, "users": 2}]})  # fmt: skip
+    spec = spec_for(trace)
+    result = simulate(trace, Scheduled(spec, [(0, 0)], initial=0), spec=spec, seed=1)
+    assert max(result.sent) < trace.duration_s
+    report = summarize(result)
+    assert report.requests == sum(phase.requests for phase in report.phases) == 80

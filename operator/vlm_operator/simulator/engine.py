@@ -748,7 +748,9 @@ class _Engine:
                 self._user_send(u)
 
     def _user_send(self, user: int) -> None:
-        if user >= self.users:
+        # No request leaves after the trace's end, as no open-loop arrival does
+        # (an answer or a pause can end at the very instant).
+        if user >= self.users or self.now >= self.trace.duration_s:
             self.user_busy[user] = False
             return
         self._send(_Request(self.now, user))
