@@ -35,6 +35,12 @@ def _errors(spec: Any) -> list[FieldError]:
             "must be >= 1, got -1",
         ),
         (
+            # No bound holds NaN: the reason is that, not the bound.
+            {"model": {"id": "m"}, "autoscaling": {"targetUtilization": float("nan")}},
+            "spec.autoscaling.targetUtilization",
+            "must be a finite number, got nan",
+        ),
+        (
             # No pod, no gate to count requests: nothing would scale it up again.
             {"model": {"id": "m"}, "autoscaling": {"minReplicas": 0}},
             "spec.autoscaling.minReplicas",

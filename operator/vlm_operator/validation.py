@@ -407,6 +407,8 @@ def _reason(error: Mapping[str, Any]) -> str:
         return f"{_PATTERN_WORDS[context['pattern']]}, got {value!r}"
     if kind == "literal_error":
         return f"must be one of {context.get('expected', '')}, got {value!r}"
+    if kind in _BOUNDS and isinstance(value, float) and not math.isfinite(value):
+        return f"must be a finite number, got {value!r}"  # no bound holds NaN or infinity
     if kind in _BOUNDS:
         bounds = {k: plain_number(v) if isinstance(v, float) else v for k, v in context.items()}
         return f"{_BOUNDS[kind].format(**bounds)}, got {value!r}"
