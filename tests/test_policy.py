@@ -1669,6 +1669,10 @@ def test_a_move_made_by_the_bounds_alone_says_so() -> None:
     down = recommend(PolicyState(), _signals(error="refused"), _pods(8), _spec(maxReplicas=5), 0.0)
     assert down.replicas == 5
     assert "never scaling down but to maxReplicas=5" in down.reason
+    # The same with the demand over the bound, read in part: no "up" in the reason.
+    high = recommend(PolicyState(), _signals(40.0, None), _pods(8), _spec(maxReplicas=5), 0.0)
+    assert high.replicas == 5
+    assert "never scaling down but to maxReplicas=5)" in high.reason
     # A raised minReplicas moves a fleet the window holds: not "stabilizing" alone.
     up = recommend(PolicyState(), _signals(2.0), _pods(2), _spec(minReplicas=4), 0.0)
     assert up.replicas == 4

@@ -123,7 +123,9 @@ The rules, and the failures of other autoscalers they answer:
   sample. A P95 or error rate that is NaN because nothing finished in the
   window (arrival rate 0: an idle service, or the first requests after
   idling still running) is no missing signal. A stored state field that does
-  not parse is forgotten alone.
+  not parse is forgotten, and no step down comes before a whole scale-down
+  window has been seen again (what was lost may be the window's highest
+  recommendation).
 
 This module is pure: it imports neither ``kubernetes``, ``kopf`` nor ``httpx``.
 """
@@ -1294,7 +1296,7 @@ def recommend(
             # may be from before the outage (or from pods since become ready).
             asked = _pods_for(demand, per_pod) if demand is not None else 0
             target = min(target, max(current, asked, current + 1 if guarded else 0))
-            if seen and target > current:
+            if seen and target > current and current < hi:
                 why += f"; up on the {seen} still seen"
         if auto.missing_signals.action == "Fallback":
             fallback = auto.missing_signals.fallback_replicas or 0
@@ -1306,13 +1308,15 @@ def recommend(
         notes.append("p95 over target: no scale-down")
 
     # --- bounds -------------------------------------------------------------
+    # The one scale-down made without signals is the bound's: said so.
+    outage_cap = not signals_ok and current > hi
+    if outage_cap:
+        why = why.replace("never scaling down", f"never scaling down but to maxReplicas={hi}")
     if demanded > hi and target >= hi:
         limited = f"maxReplicas={hi} reached"
-        if target > hi:
+        if target > hi and not outage_cap:
             why += f"; capped at maxReplicas={hi}"
-    elif target > hi and not signals_ok and current > hi:
-        why = why.replace("never scaling down", f"never scaling down but to maxReplicas={hi}")
-    elif target > hi:
+    elif target > hi and not outage_cap:
         why += f"; maxReplicas={hi}"
     target = min(target, hi)
     if target < lo:
