@@ -162,7 +162,7 @@ def _check_mounts(mounts: Any, where: str, volumes: set[str]) -> list[dict[str, 
 _HANDLERS = ("exec", "httpGet", "tcpSocket", "grpc")
 _PROBE_FIELDS = (
     "initialDelaySeconds", "timeoutSeconds", "periodSeconds", "successThreshold",
-    "failureThreshold", "terminationGracePeriodSeconds",
+    "failureThreshold",
 )  # fmt: skip
 #: apimachinery's IsValidPortName: an IANA service name.
 _PORT_NAME = re.compile(r"(?=.*[a-z])[a-z0-9]([-a-z0-9]*[a-z0-9])?")
@@ -202,8 +202,16 @@ def _check_lifecycle(container: dict[str, Any], where: str, *, init: bool) -> li
             if isinstance(value, int) and not isinstance(value, bool) and value < 0:
                 message = f"Invalid value: {value}: must be greater than or equal to 0"
                 causes.append(_cause(f"{at}.{field}", message))
+        grace = probe.get("terminationGracePeriodSeconds")
+        if grace is not None and probe_name == "readinessProbe":
+            message = "Invalid value: must not be set for readinessProbes"
+            causes.append(_cause(f"{at}.terminationGracePeriodSeconds", message))
+        elif isinstance(grace, int) and not isinstance(grace, bool) and grace <= 0:
+            message = f"Invalid value: {grace}: must be greater than 0"
+            causes.append(_cause(f"{at}.terminationGracePeriodSeconds", message))
+        # 0 is defaulted to 1 before validation, as the counts above are.
         threshold = probe.get("successThreshold")
-        if probe_name != "readinessProbe" and threshold not in (None, 1):
+        if probe_name != "readinessProbe" and threshold not in (None, 0, 1):
             message = f"Invalid value: {threshold}: must be 1"
             causes.append(_cause(f"{at}.successThreshold", message))
         # Only the first handler is read; the others are refused unread.

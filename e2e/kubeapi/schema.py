@@ -195,6 +195,14 @@ _POSIX_CLASSES = {
 _POSIX_CLASS = re.compile(r"\[:(\^?)([a-z]+):\]")
 #: A group that sets flags for the rest of the group it is in: "(?i)", "(?s-m)".
 _FLAG_GROUP = re.compile(r"\(\?([imsU]+(?:-[imsU]+)?|-[imsU]+)\)")
+#: A group with flags of its own: "(?m:", "(?-m:", "(?:".
+_SCOPED_FLAGS = re.compile(r"\(\?([imsU]*(?:-[imsU]*)?):")
+
+
+def _with_m(on: bool, flags: str) -> bool:
+    """Whether m is on after ``flags`` ("im", "-m", "s-m") where it was ``on``."""
+    added, _, removed = flags.partition("-")
+    return (on or "m" in added) and "m" not in removed
 
 
 def _python_regex(pattern: str) -> str:
@@ -203,9 +211,10 @@ def _python_regex(pattern: str) -> str:
     a final newline; POSIX classes become ranges, and flag groups scoped ones. What
     Python would read otherwise (``\\p`` classes, look-arounds, back-references, the
     ungreedy flag) is refused rather than misread."""
-    # A flag group sets m, "(?m)" or "(?im:": not one whose "(" is escaped ("\\(?m").
-    multiline = re.search(r"(?<!\\)(?:\\\\)*\(\?[a-zA-Z]*m", pattern) is not None
     out, index, in_class = [], 0, False
+    # Whether m is on, in each open group (the pattern's own first): RE2 scopes it
+    # as any flag, so a "$" is the end of the text wherever it is off.
+    multiline = [False]
     # RE2 lets "(?i)" stand anywhere, for the rest of its group; Python only at the
     # start of the pattern. Each becomes "(?i:", closed where its group ends and
     # around each "|" of it: the flags set so far in each open group (the pattern's
@@ -233,12 +242,16 @@ def _python_regex(pattern: str) -> str:
                 raise PatternError("invalid or unsupported Perl syntax: (?U)")
             out.append(f"(?{flags[1]}:")
             flag_sets[-1].append(flags[1])
+            multiline[-1] = _with_m(multiline[-1], flags[1])
             index = flags.end()
             continue
         if char == "(" and not in_class:
             flag_sets.append([])
+            scoped = _SCOPED_FLAGS.match(pattern, index)
+            multiline.append(_with_m(multiline[-1], scoped[1]) if scoped else multiline[-1])
         elif char == ")" and not in_class and len(flag_sets) > 1:
             out.append(")" * len(flag_sets.pop()))
+            multiline.pop()
         elif char == "|" and not in_class and flag_sets[-1]:
             out.append(")" * len(flag_sets[-1]) + "|" + "".join(f"(?{f}:" for f in flag_sets[-1]))
             index += 1
@@ -257,7 +270,7 @@ def _python_regex(pattern: str) -> str:
             in_class = False
         elif char == "[" and in_class:  # a literal in RE2, a FutureWarning in Python
             char = "\\["
-        out.append("\\Z" if char == "$" and not in_class and not multiline else char)
+        out.append("\\Z" if char == "$" and not in_class and not multiline[-1] else char)
         index += 1
     return "".join(out) + ")" * len(flag_sets[0])
 

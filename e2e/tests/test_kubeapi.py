@@ -1937,7 +1937,7 @@ def test_volumes_mounts_restart_policies_and_probes_are_validated(
         restartPolicy="Always",
         livenessProbe={"httpGet": {"path": "/", "port": 0}, "tcpSocket": {"port": 1},
                        "successThreshold": 2, "periodSeconds": -1},
-        readinessProbe={"periodSeconds": 5},
+        readinessProbe={"periodSeconds": 5, "terminationGracePeriodSeconds": 5},
     )  # fmt: skip
     pod["initContainers"] = [
         {"name": "setup", "image": "x", "livenessProbe": {"tcpSocket": {"port": "http"}}},
@@ -1953,6 +1953,10 @@ def test_volumes_mounts_restart_policies_and_probes_are_validated(
         assert causes == sorted(
             [
                 (f"{at}.containers[0].readinessProbe", "FieldValueRequired"),
+                (
+                    f"{at}.containers[0].readinessProbe.terminationGracePeriodSeconds",
+                    "FieldValueInvalid",
+                ),
                 (f"{at}.containers[0].restartPolicy", "FieldValueForbidden"),
                 (f"{at}.containers[0].volumeMounts[0].name", "FieldValueNotFound"),
                 (f"{at}.containers[0].volumeMounts[1].mountPath", "FieldValueInvalid"),
@@ -1972,7 +1976,8 @@ def test_volumes_mounts_restart_policies_and_probes_are_validated(
         pod["containers"][0]["volumeMounts"] = [{"name": "tmp", "mountPath": "/tmp"}]
         pod["initContainers"] = [
             {"name": "model", "image": "x", "restartPolicy": "Always",
-             "livenessProbe": {"httpGet": {"path": "/", "port": "http"}, "successThreshold": 1},
+             "livenessProbe": {"httpGet": {"path": "/", "port": "http"}, "successThreshold": 0,
+                               "terminationGracePeriodSeconds": 5},
              "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}]},
         ]  # fmt: skip
         response = http.post(f"{base}/deployments", json=good)

@@ -312,6 +312,10 @@ def test_schema_patterns_have_go_semantics(regex_engine: str) -> None:
     assert not valid("^(a(?i)b)c$", "aBC")
     assert valid("^(?i)a(?-i)b$", "Ab")
     assert not valid("^(?i)a(?-i)b$", "AB")
+    # m too: a "$" outside its scope is the end of the text.
+    assert not valid("^(a(?m)b)c$", "abc\n")
+    assert not valid("^(?m)a$|(?-m)b$", "b\n")
+    assert valid("^(?m)a$|(?-m)b$", "a\n")
     assert valid("^[$]+$", "$$")
     assert valid(r"^\$[a-z]+$", "$x")
     # POSIX classes, and \d as ASCII digits only.
