@@ -93,11 +93,9 @@ def check_pod_spec(kind: ResourceKind, obj: dict[str, Any]) -> list[dict[str, st
         pod = pod.get(key) if isinstance(pod, dict) else None
     if not isinstance(pod, dict):
         return []
-    causes: list[dict[str, str]] = []
     seen: set[str] = set()
     prefix = ".".join(path)
-    volumes = _check_volumes(pod.get("volumes"), f"{prefix}.volumes")
-    causes += volumes[1]
+    volume_names, causes = _check_volumes(pod.get("volumes"), f"{prefix}.volumes")
     for group in ("initContainers", "containers"):
         containers = pod.get(group)
         for index, container in enumerate(containers if isinstance(containers, list) else []):
@@ -106,7 +104,7 @@ def check_pod_spec(kind: ResourceKind, obj: dict[str, Any]) -> list[dict[str, st
             where = f"{prefix}.{group}[{index}]"
             causes += _check_container(container, where, seen)
             causes += _check_mounts(
-                container.get("volumeMounts"), f"{where}.volumeMounts", volumes[0]
+                container.get("volumeMounts"), f"{where}.volumeMounts", volume_names
             )
             causes += _check_lifecycle(container, where, init=group == "initContainers")
     return causes

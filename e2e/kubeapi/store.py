@@ -255,8 +255,7 @@ class Store:
         self.kinds.update(served)
 
     def _unregister_crd(self, crd: dict[str, Any]) -> None:
-        spec = crd.get("spec") or {}
-        group, plural = spec.get("group", ""), (spec.get("names") or {}).get("plural", "")
+        group, plural = _crd_resources(crd)
         for key in [key for key in self.kinds if key[0] == group and key[2] == plural]:
             del self.kinds[key]
         for _, obj in list(self._objects.get((group, plural), {}).items()):
@@ -803,9 +802,10 @@ class Store:
             self._emit(_CRD_KEY, "MODIFIED", new, obj)
             obj = new
             key = _crd_resources(obj)
-            resource = self._kind_for(key)
-            for (namespace, name), _ in list(self._objects.get(key, {}).items()):
-                if resource is not None and (namespace, name) in self._objects.get(key, {}):
+            resource, bucket = self._kind_for(key), self._bucket_by_key(key)
+            # Each deletion may cascade to others of the bucket: those gone are skipped.
+            for namespace, name in list(bucket) if resource is not None else []:
+                if (namespace, name) in bucket:
                     self.delete(resource, namespace or None, name)
             self._finish_crd(key)
         return self.serve(kind, self._bucket_by_key(_CRD_KEY).get(("", metadata["name"]), obj))

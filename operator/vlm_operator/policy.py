@@ -1287,8 +1287,12 @@ def recommend(
             else:
                 why = f"stabilizing (highest in {int(down_window)}s: {highest})"
 
+    # The one scale-down made without signals is the bound's: said so.
+    outage_cap = not signals_ok and current > hi
     if not signals_ok:
         why = "; ".join(problems) + "; never scaling down"
+        if outage_cap:
+            why += f" but to maxReplicas={hi}"
         if target > current:
             read = (("running", running), ("waiting", waiting), ("p95", p95))
             seen = "+".join(k for k, v in read if v is not None)
@@ -1308,10 +1312,6 @@ def recommend(
         notes.append("p95 over target: no scale-down")
 
     # --- bounds -------------------------------------------------------------
-    # The one scale-down made without signals is the bound's: said so.
-    outage_cap = not signals_ok and current > hi
-    if outage_cap:
-        why = why.replace("never scaling down", f"never scaling down but to maxReplicas={hi}")
     if demanded > hi and target >= hi:
         limited = f"maxReplicas={hi} reached"
         if target > hi and not outage_cap:
