@@ -341,13 +341,13 @@ async def test_failed_queries_a_service_chose_are_counted_as_the_services(
     fine = await reader.read("ns", "b", spec(), max_age=1.0)
     assert fine.error is None
     assert fine.waiting == 2.0
-    assert (errors("service"), errors("operator")) == (1.0, None)
+    assert (errors("service"), errors("operator")) == (1.0, 0.0)
 
     # A Prometheus of the service's own that cannot be reached: the service's too.
     reason = "connect"
     own = spec(metrics={"prometheusUrl": "http://127.0.0.1:9"})  # discard: nothing listens
     assert (await reader.read("ns", "c", own, max_age=1.0)).error is not None
-    assert (errors("service"), errors("operator")) == (1.0, None)
+    assert (errors("service"), errors("operator")) == (1.0, 0.0)
 
     # The operator's own Prometheus failing is the operator's.
     await prom.stop()

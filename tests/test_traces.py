@@ -178,6 +178,19 @@ def test_unknown_name_lists_the_shipped_traces() -> None:
         load_trace("no-such-trace")
 
 
+def test_a_folder_named_after_a_shipped_trace_does_not_hide_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "step-burst").mkdir()  # results of a run, say
+    assert load_trace("step-burst").name == "step-burst"
+    # A file of that name is a file given on purpose: it is read.
+    (tmp_path / "flash-spike").write_text(
+        "kind: open\nname: mine\nphases: [{duration: 10, rate: 1}]\n", "utf-8"
+    )
+    assert load_trace("flash-spike").name == "mine"
+
+
 def test_simulate_exits_2_on_a_bad_trace_file(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

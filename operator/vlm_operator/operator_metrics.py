@@ -17,7 +17,17 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 _CYCLE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
-_QUERY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# A query's whole answer may take twice --prometheus-timeout (5 s by default): the
+# slow ones get buckets of their own, not the +Inf that histogram_quantile reads
+# as the highest finite bound.
+_QUERY_BUCKETS = (
+    *(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+    *(7.5, 10.0, 20.0, 30.0, 60.0),
+)
+#: The ``direction`` of a scaling decision, and the ``reason`` of a failed query.
+DECISION_DIRECTIONS = ("up", "down", "hold", "failed")
+QUERY_ERROR_REASONS = ("connect", "timeout", "status", "json", "promql")
+QUERY_SOURCES = ("operator", "service")
 
 
 class OperatorMetrics:
@@ -58,8 +68,14 @@ class OperatorMetrics:
             ["source"],
             registry=self.registry,
         )
-        for source in ("operator", "service"):
-            self.queries.labels(source)  # from 0: a rate counts no series' first sample
+        # Every series from 0: a rate counts no series' first sample, so the first
+        # failed scale or burst of query errors would not show.
+        for direction in DECISION_DIRECTIONS:
+            self.decisions.labels(direction)
+        for source in QUERY_SOURCES:
+            self.queries.labels(source)
+            for reason in QUERY_ERROR_REASONS:
+                self.query_errors.labels(reason, source)
         self.query_seconds = Histogram(
             "vlm_operator_prometheus_query_duration_seconds",
             "Latency of the PromQL instant queries sent to Prometheus.",

@@ -138,7 +138,9 @@ def _read(path_or_name: str | Path) -> tuple[str, str]:
             f"trace: empty; give a file or a shipped trace ({', '.join(list_traces())})"
         )
     candidate = Path(path_or_name)
-    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
+    # A folder named after a shipped trace (a results folder, say) does not hide it.
+    shipped = str(path_or_name) in list_traces() and not candidate.is_file()
+    if not shipped and (candidate.suffix in (".yaml", ".yml") or candidate.exists()):
         try:
             return candidate.read_text(encoding="utf-8"), str(candidate)
         except OSError as exc:
