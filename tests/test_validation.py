@@ -394,6 +394,135 @@ def test_a_gate_memory_limit_below_the_bodies_it_holds_is_a_warning(
         assert "raise it to" in warnings[0].reason
 
 
+_QWEN = "Qwen/Qwen3-VL-2B-Instruct"
+_PVC = {"pvc": {"claimName": "c"}}
+
+
+@pytest.mark.parametrize(
+    ("data", "paths"),
+    [
+        # llama-server runs at most 256 slots, and allocates each one's KV cache at start:
+        # 448 MiB of Qwen3-VL-2B's each (4096 tokens of 112 KiB), plus ~2 GiB.
+        ({"model": {"id": _QWEN, "storage": _PVC}}, []),
+        (
+            {"model": {"id": _QWEN, "storage": _PVC}, "concurrency": {"maxInFlight": 31}},
+            [],  # 13.6 + 2 GiB < 16Gi
+        ),
+        (
+            {"model": {"id": _QWEN, "storage": _PVC}, "concurrency": {"maxInFlight": 33}},
+            ["spec.resources.limits.memory"],  # 14.4 + 2 GiB > 16Gi
+        ),
+        (
+            {
+                "model": {"id": _QWEN, "storage": _PVC},
+                "concurrency": {"maxInFlight": 300},
+                "resources": {"limits": {"memory": "200Gi"}},
+            },
+            ["spec.concurrency.maxInFlight"],
+        ),
+        (  # another model's weights: its cache is its own, not estimated
+            {
+                "model": {"id": _QWEN, "storage": _PVC, "files": {"model": "big.gguf"}},
+                "concurrency": {"maxInFlight": 64},
+            },
+            [],
+        ),
+        # --alias is split at commas.
+        (
+            {
+                "model": {
+                    "id": "acme/vlm,v2",
+                    "storage": _PVC,
+                    "files": {"model": "m.gguf", "mmproj": "p.gguf"},
+                }
+            },
+            ["spec.model.id"],
+        ),
+        ({"model": {"id": "acme/vlm,v2", "runtime": "fake"}}, []),
+        # Files a runtime does not read.
+        (
+            {
+                "model": {
+                    "id": _QWEN,
+                    "runtime": "transformers",
+                    "storage": _PVC,
+                    "files": {"mmproj": "p.gguf"},
+                }
+            },
+            ["spec.model.files.mmproj"],
+        ),
+        (
+            {"model": {"id": "m", "runtime": "fake", "files": {"model": "m"}}},
+            ["spec.model.files.model"],
+        ),
+        # Variables the preset's flags override; others pass.
+        (
+            {
+                "model": {
+                    "id": _QWEN,
+                    "storage": _PVC,
+                    "env": [
+                        {"name": "LLAMA_ARG_N_PARALLEL", "value": "1"},
+                        {"name": "LLAMA_ARG_N_PREDICT", "value": "64"},
+                        {"name": "LLAMA_ARG_CTX_SIZE", "value": "512"},
+                    ],
+                }
+            },
+            ["spec.model.env[0]", "spec.model.env[2]"],
+        ),
+        (  # --threads only when a CPU quantity is set
+            {
+                "model": {
+                    "id": _QWEN,
+                    "storage": _PVC,
+                    "env": [{"name": "LLAMA_ARG_THREADS", "value": "2"}],
+                },
+                "resources": {"requests": {"cpu": None}},
+            },
+            [],
+        ),
+        (
+            {
+                "model": {
+                    "id": _QWEN,
+                    "runtime": "transformers",
+                    "storage": _PVC,
+                    "env": [
+                        {"name": "VLM_MODEL_SERVER_MAX_CONCURRENT", "value": "1"},
+                        {"name": "VLM_MODEL_SERVER_MAX_NEW_TOKENS", "value": "64"},
+                        {"name": "VLM_MODEL_SERVER_MODEL_ID", "value": "x"},
+                    ],
+                }
+            },
+            ["spec.model.env[0]", "spec.model.env[2]"],
+        ),
+        # A mount over the image's own directories.
+        (
+            {"model": {"id": _QWEN, "storage": {**_PVC, "mountPath": "/"}}},
+            ["spec.model.storage.mountPath"],
+        ),
+        (
+            {"model": {"id": _QWEN, "storage": {**_PVC, "mountPath": "/usr/"}}},
+            ["spec.model.storage.mountPath"],
+        ),
+        (
+            {"model": {"id": _QWEN, "storage": {**_PVC, "mountPath": "/app"}}},
+            ["spec.model.storage.mountPath"],
+        ),
+        ({"model": {"id": _QWEN, "storage": {**_PVC, "mountPath": "/usr/share/models"}}}, []),
+        ({"model": {"id": _QWEN, "storage": {**_PVC, "mountPath": "/application"}}}, []),
+    ],
+)
+def test_warnings_for_what_the_runtime_ignores_refuses_or_cannot_hold(
+    data: dict[str, Any], paths: list[str]
+) -> None:
+    warnings = spec_warnings(_spec(data))
+    assert [w.path for w in warnings] == paths
+    for warning in warnings:
+        if warning.path.startswith("spec.model.env"):
+            assert "overridden by the preset's" in warning.reason
+
+
 @pytest.mark.parametrize(
     ("quantity", "expected"),
     [("256Mi", 256 * 2**20), ("1Gi", 2**30), ("300M", 300e6), ("1e9", 1e9), ("512", 512.0),

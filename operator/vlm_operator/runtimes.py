@@ -33,6 +33,7 @@ __all__ = [
     "ModelContainer",
     "RuntimePreset",
     "model_container",
+    "overridden_env",
     "plain_number",
 ]
 
@@ -59,6 +60,26 @@ LLAMACPP_CONTEXT_PER_SLOT = 4096
 #: at full size) would leave no room for the prompt and be refused. Half a slot
 #: is about 2 MP, and bounds the vision encoder's CPU time per image.
 LLAMACPP_IMAGE_MAX_TOKENS = LLAMACPP_CONTEXT_PER_SLOT // 2
+#: The most slots llama-server runs (``LLAMA_MAX_SEQ``): more, and it exits at start.
+LLAMACPP_MAX_SLOTS = 256
+#: Bytes of llama-server's f16 KV cache per context token for Qwen3-VL-2B (28 layers,
+#: 8 KV heads of 128, K and V at 2 bytes), all allocated when the server starts.
+QWEN3_VL_2B_KV_BYTES_PER_TOKEN = 28 * 8 * 128 * 2 * 2
+#: Its Q4_K_M weights, F16 projector and compute buffers, about.
+QWEN3_VL_2B_GGUF_BASE_BYTES = 2 * 1024**3
+#: Where the model server (``vlm-operator model-server``) reads each flag's default.
+MODEL_SERVER_ENV_PREFIX = "VLM_MODEL_SERVER_"
+#: llama-server's variable for each flag the preset passes (a flag wins over its variable).
+_LLAMACPP_FLAG_ENV = {
+    "-m": "LLAMA_ARG_MODEL",
+    "--mmproj": "LLAMA_ARG_MMPROJ",
+    "--host": "LLAMA_ARG_HOST",
+    "--port": "LLAMA_ARG_PORT",
+    "--parallel": "LLAMA_ARG_N_PARALLEL",
+    "--ctx-size": "LLAMA_ARG_CTX_SIZE",
+    "--alias": "LLAMA_ARG_ALIAS",
+    "--threads": "LLAMA_ARG_THREADS",
+}
 
 
 @dataclass(frozen=True)
@@ -229,14 +250,31 @@ def _llamacpp_args(spec: VLMServiceSpec, port: int) -> list[str]:
         str(LLAMACPP_CONTEXT_PER_SLOT * parallel),
         "--image-max-tokens",
         str(LLAMACPP_IMAGE_MAX_TOKENS),
+        # No --metrics: the server listens on 127.0.0.1 and the gate answers /metrics
+        # itself, so nothing could scrape it.
         "--alias",
         model.id,
-        "--metrics",
     ]
     threads = _pod_cores(spec)
     if threads is not None:
         args += ["--threads", str(threads)]
     return args
+
+
+def overridden_env(spec: VLMServiceSpec) -> dict[str, str]:
+    """The variables of ``spec.model.env`` that a flag of the preset's command line
+    overrides (the servers take a flag over its variable), each with that flag."""
+    model = spec.model
+    if model.runtime not in ("llamacpp", "transformers"):
+        return {}
+    rendered = model_container(spec, operator_image="")
+    preset_args = rendered.args[: len(rendered.args) - len(model.args)]
+    flags = {arg.split("=", 1)[0] for arg in preset_args if arg.startswith("-")}
+    if model.runtime == "llamacpp":
+        by_env = {_LLAMACPP_FLAG_ENV[f]: f for f in flags if f in _LLAMACPP_FLAG_ENV}
+    else:
+        by_env = {MODEL_SERVER_ENV_PREFIX + f[2:].upper().replace("-", "_"): f for f in flags}
+    return {var.name: by_env[var.name] for var in model.env if var.name in by_env}
 
 
 def _merged_env(preset: list[EnvVar], overrides: list[EnvVar]) -> list[dict[str, str]]:

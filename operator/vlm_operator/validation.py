@@ -43,7 +43,16 @@ from vlm_operator.models import (
     VLMServiceSpec,
     quantity_value,
 )
-from vlm_operator.runtimes import PRESETS, QWEN3_VL_2B_ID, plain_number
+from vlm_operator.runtimes import (
+    LLAMACPP_CONTEXT_PER_SLOT,
+    LLAMACPP_MAX_SLOTS,
+    PRESETS,
+    QWEN3_VL_2B_GGUF_BASE_BYTES,
+    QWEN3_VL_2B_ID,
+    QWEN3_VL_2B_KV_BYTES_PER_TOKEN,
+    overridden_env,
+    plain_number,
+)
 from vlm_operator.yamlio import YAMLError, load_documents
 
 __all__ = [
@@ -240,6 +249,7 @@ def spec_warnings(spec: VLMServiceSpec) -> list[FieldError]:
     if gate_memory is not None:
         warnings.append(gate_memory)
     warnings += _model_files_warnings(spec)
+    warnings += _runtime_warnings(spec)
     fallback = spec.autoscaling.missing_signals.fallback_replicas
     if (
         spec.autoscaling.missing_signals.action == "Fallback"
@@ -282,6 +292,119 @@ def _model_files_warnings(spec: VLMServiceSpec) -> list[FieldError]:
             f", not {model.id}'s; name the file inside {model.storage.mount_path}",
         )
         for name in empty
+    ]
+
+
+#: Directories of the model images (and of any Linux image) that a volume mounted over
+#: them would hide: the server's binary, its interpreter or its libraries.
+_IMAGE_DIRECTORIES = ("/app", "/bin", "/etc", "/lib", "/lib64", "/sbin", "/usr/lib", "/usr/local")
+
+
+#: The field behind each flag of a preset's command line.
+_FLAG_FIELDS = {
+    "--parallel": "spec.concurrency.maxInFlight",
+    "--ctx-size": "spec.concurrency.maxInFlight (4096 tokens a slot)",
+    "--max-concurrent": "spec.concurrency.maxInFlight",
+    "--max-body-bytes": "spec.concurrency.maxRequestBytes",
+    "--alias": "spec.model.id",
+    "--model-id": "spec.model.id",
+    "-m": "spec.model.files.model",
+    "--model": "spec.model.files.model",
+    "--mmproj": "spec.model.files.mmproj",
+    "--port": "spec.model.port",
+}
+
+
+def _runtime_warnings(spec: VLMServiceSpec) -> list[FieldError]:
+    """Settings the runtime's server ignores, refuses at start, or cannot hold in memory."""
+    model, warnings = spec.model, []
+    slots = spec.concurrency.max_in_flight
+    if model.runtime == "llamacpp":
+        if slots > LLAMACPP_MAX_SLOTS:
+            warnings.append(
+                FieldError(
+                    "spec.concurrency.maxInFlight",
+                    f"{slots} slots (llama-server's --parallel): it runs at most "
+                    f"{LLAMACPP_MAX_SLOTS} and exits at start, so no pod would become ready",
+                )
+            )
+        if "," in model.id:
+            warnings.append(
+                FieldError(
+                    "spec.model.id",
+                    f"{model.id!r} is llama-server's --alias, which it splits at commas: "
+                    "its answers would name another model than clients ask for",
+                )
+            )
+        warnings += _llamacpp_memory_warning(spec)
+    if model.files.mmproj and model.runtime != "llamacpp":
+        warnings.append(
+            FieldError(
+                "spec.model.files.mmproj",
+                f"only the llamacpp runtime reads a projector file; {model.runtime} ignores it",
+            )
+        )
+    if model.files.model and not PRESETS[model.runtime].needs_model_files:
+        warnings.append(
+            FieldError(
+                "spec.model.files.model",
+                f"the {model.runtime} runtime reads no model file; it is ignored"
+                + (" (name the files in args)" if model.runtime == "custom" else ""),
+            )
+        )
+    for name, flag in overridden_env(spec).items():
+        index = next(i for i, var in enumerate(model.env) if var.name == name)
+        if flag == "--threads":
+            how = "the model's CPU request; append --threads to spec.model.args instead"
+        elif flag in _FLAG_FIELDS:
+            how = f"set {_FLAG_FIELDS[flag]} instead"
+        else:
+            how = "the gate reaches the server there"
+        warnings.append(
+            FieldError(
+                f"spec.model.env[{index}]",
+                f"{name} is overridden by the preset's {flag} on the command line: {how}",
+            )
+        )
+    storage = model.storage
+    if any(s is not None for s in (storage.pvc, storage.host_path, storage.empty_dir)):
+        mount = storage.mount_path.rstrip("/") + "/"
+        hidden = [d for d in _IMAGE_DIRECTORIES if (d + "/").startswith(mount)]
+        if hidden:
+            warnings.append(
+                FieldError(
+                    "spec.model.storage.mountPath",
+                    f"{storage.mount_path} hides the image's {', '.join(hidden)} (its server, "
+                    "interpreter or libraries): the model container cannot start; mount the "
+                    "files elsewhere, e.g. /models",
+                )
+            )
+    return warnings
+
+
+def _llamacpp_memory_warning(spec: VLMServiceSpec) -> list[FieldError]:
+    """llama-server allocates every slot's KV cache when it starts: over the memory limit,
+    the pod is OOM-killed before it serves anything. Estimated for the default weights
+    (Qwen3-VL-2B) only; another model's cache is its own."""
+    limit = spec.resources.limits.memory
+    if spec.model.files.model or limit is None:
+        return []
+    limit_bytes = quantity_bytes(limit)
+    slots = spec.concurrency.max_in_flight
+    kv = slots * LLAMACPP_CONTEXT_PER_SLOT * QWEN3_VL_2B_KV_BYTES_PER_TOKEN
+    needed = kv + QWEN3_VL_2B_GGUF_BASE_BYTES
+    if limit_bytes is None or limit_bytes >= needed:
+        return []
+    gib = 1024**3
+    return [
+        FieldError(
+            "spec.resources.limits.memory",
+            f"{limit} is less than llama-server allocates at start for {slots} slots of "
+            f"Qwen3-VL-2B: {kv / gib:.1f} GiB of KV cache ({LLAMACPP_CONTEXT_PER_SLOT} tokens "
+            f"a slot) and about {QWEN3_VL_2B_GGUF_BASE_BYTES // gib} GiB of weights and "
+            f"buffers; raise it to {math.ceil(needed / gib)}Gi or lower "
+            "concurrency.maxInFlight",
+        )
     ]
 
 

@@ -35,8 +35,9 @@ from vlm_operator.commands._env import (
     positive_int,
     serving,
 )
+from vlm_operator.runtimes import MODEL_SERVER_ENV_PREFIX
 
-_PREFIX = "VLM_MODEL_SERVER_"
+_PREFIX = MODEL_SERVER_ENV_PREFIX
 #: module → distribution of the model-server extra.
 _EXTRA = {"torch": "torch", "transformers": "transformers", "PIL": "pillow", "jinja2": "jinja2"}
 
