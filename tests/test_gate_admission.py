@@ -71,6 +71,35 @@ async def test_full_queue_is_refused_with_a_retry_estimate_from_service_times() 
     assert Admission(4, 1, 1).retry_after(1) == 1  # nothing observed yet: at least 1 s
 
 
+async def test_before_the_first_answer_the_time_held_stands_for_the_service_time() -> None:
+    # A new pod: its slots fill at once and nothing is answered for seconds. Advised
+    # 1 s, a client would spend its retries before the first answer.
+    now = [100.0]
+    admission = Admission(max_in_flight=2, queue_size=2, queue_timeout=30, clock=lambda: now[0])
+    await admission.acquire()
+    now[0] += 2.0
+    await admission.acquire()
+    waiters = [asyncio.create_task(admission.acquire()) for _ in range(2)]
+    await _until(lambda: admission.waiting == 2)
+    now[0] += 6.0  # the first slot held for 8 s, unanswered
+    with pytest.raises(Rejected) as refused:
+        await admission.acquire()
+    # Position 3 behind 2 slots of at least 8 s, stretched by the refusal (1 / 0.8), by half.
+    assert refused.value.retry_after == math.ceil(8.0 * 3 / 2 / 0.8 * 1.5)
+    # Once something is answered, its time is the mean; the time held no longer counts.
+    admission.release(9.0)
+    admission.release(9.0)
+    await asyncio.gather(*waiters)
+    now[0] += 50.0
+    assert admission.retry_after(1) == math.ceil(9.0 / 2 / 0.8 * 1.5)
+    # All slots free, nothing answered ever: the floor again.
+    idle = Admission(1, 1, 1, clock=lambda: now[0])
+    await idle.acquire()
+    idle.release(None)  # the client left: no service time
+    now[0] += 30.0
+    assert idle.retry_after(1) == 1
+
+
 async def test_a_last_chance_waits_at_the_head_and_may_take_a_reserved_place() -> None:
     # Queue of 4: a quarter (1 place) is kept beyond it for last chances.
     admission = Admission(max_in_flight=1, queue_size=4, queue_timeout=5)

@@ -124,7 +124,8 @@ async def test_queue_deadline_answers_504_with_when_to_come_back(backend: Backen
         status, headers, body = await gate.request("POST", "/hold")
         assert status == 504
         # Retryable (openai-python retries a 5xx unless told not to), after the
-        # gate's estimate: nothing served yet, so its floor of 1 s.
+        # gate's estimate: nothing served yet, the ~0.1 s the slot has been held
+        # stands for the service time, under the floor of 1 s.
         assert "x-should-retry" not in headers
         assert headers["Retry-After"] == "1"
         assert error_code(body) == "deadline"

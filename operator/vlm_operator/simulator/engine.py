@@ -885,7 +885,12 @@ class _Engine:
     def _retry_after(self, pod: _Pod) -> float | None:
         """The gate's advice to a request turned away: a place at the back of ``pod``'s queue."""
         if self.retry_after_estimated and self.limit is not None:
-            return retry_after_seconds(pod.service, pod.waiting + 1, self.limit, pod.refused)
+            # Before its first answer the gate goes by how long its slots have been held
+            # (the model's busy period, which is the gate's when the model cancels).
+            busy = self.now - pod.busy_since if pod.busy_since >= 0 else 0.0
+            return retry_after_seconds(
+                pod.service, pod.waiting + 1, self.limit, pod.refused, busy_seconds=busy
+            )
         return self.retry_after
 
     def _client_timeout(self, req: _Request) -> None:
