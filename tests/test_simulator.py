@@ -620,6 +620,11 @@ def test_retry_after_stretches_with_the_fraction_refused() -> None:
     # Nothing answered yet, the slots held 8 s: at least that long each.
     assert retry_after_seconds(None, 9, 4, busy_seconds=8.0) == 27
     assert retry_after_seconds(9.7, 9, 4, busy_seconds=8.0) == 33  # a mean wins
+    # What no gate should pass still gets advice, never an exception.
+    assert retry_after_seconds(math.nan, 9, 4) == RETRY_AFTER_MAX_SECONDS
+    assert retry_after_seconds(math.inf, 9, 4) == RETRY_AFTER_MAX_SECONDS
+    assert retry_after_seconds(9.7, 9, 0) == RETRY_AFTER_MAX_SECONDS
+    assert retry_after_seconds(-3.0, 9, 4) == 1
     # A full queue of 8 behind 4 slots of 9.7 s: 21.8 s, erring long by half.
     assert retry_after_seconds(9.7, 9, 4) == 33
     assert retry_after_seconds(9.7, 9, 4, 0.2) == 41

@@ -157,9 +157,11 @@ def retry_after_seconds(
     same advice.
     """
     service = service_mean if service_mean is not None else busy_seconds
-    busy = 1.0 - min(max(refused_fraction, 0.0), _MAX_REFUSED_FRACTION)
-    seconds = math.ceil(service * position / slots / busy * RETRY_AFTER_MARGIN)
-    return min(RETRY_AFTER_MAX_SECONDS, max(1, seconds))
+    admitted = 1.0 - min(max(refused_fraction, 0.0), _MAX_REFUSED_FRACTION)
+    estimate = service * position / max(slots, 1) / admitted * RETRY_AFTER_MARGIN
+    if not estimate < RETRY_AFTER_MAX_SECONDS:  # NaN and infinity too: advise the longest
+        return RETRY_AFTER_MAX_SECONDS
+    return max(1, math.ceil(estimate))
 
 
 #: The most request-body bytes the gate holds at once unless told otherwise. Room for
