@@ -59,6 +59,7 @@ def test_every_alert_says_what_and_how_bad() -> None:
         "VLMServiceSignalsUnavailable",
         "VLMOperatorSignalsUnavailable",
         "VLMOperatorCRDOutdated",
+        "VLMOperatorAbsent",
     }
     for rule in rules:
         assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]
@@ -111,7 +112,11 @@ def test_the_chart_adjusts_the_rules_by_value(tmp_path: Path) -> None:
     rendered.write_text(yaml.safe_dump(spec))
     _promtool("check", "rules", str(rendered))
     # A whole group turned off leaves no empty group behind; every alert off, no group.
-    operator_alerts = ["VLMOperatorSignalsUnavailable", "VLMOperatorCRDOutdated"]
+    operator_alerts = [
+        "VLMOperatorSignalsUnavailable",
+        "VLMOperatorCRDOutdated",
+        "VLMOperatorAbsent",
+    ]
     values = {"prometheusRule": {"enabled": True, "disabled": operator_alerts}}
     spec = next(o for o in chart.render(values) if o["kind"] == "PrometheusRule")["spec"]
     assert [g["name"] for g in spec["groups"]] == ["vlm-operator.services"]
@@ -170,6 +175,39 @@ def test_a_crd_differing_alerts_unless_it_is_newer(tmp_path: Path) -> None:
     _promtool("test", "rules", str(tests))
 
 
+def test_an_operator_not_scraped_alerts(tmp_path: Path) -> None:
+    # No operator series at all (down, or nothing scrapes it): the alerts on its series
+    # cannot fire, and VLMOperatorAbsent says so once its `for` has passed; with the
+    # series there, it stays silent. promtool's offline rule test.
+    rule = next(r for r in _rules() if r["alert"] == "VLMOperatorAbsent")
+    gate = {"series": 'vlm_requests_running{namespace="a",vlmservice="s"}', "values": "1x30"}
+    operator = {"series": 'vlm_operator_services{namespace="ops",pod="op"}', "values": "1x30"}
+
+    def case(series: list[dict[str, str]], firing: bool) -> dict[str, Any]:
+        expected = {"exp_labels": {"severity": "critical"}, "exp_annotations": rule["annotations"]}
+        return {
+            "interval": "1m",
+            "input_series": series,
+            "alert_rule_test": [
+                {"eval_time": "5m", "alertname": "VLMOperatorAbsent", "exp_alerts": []},
+                {
+                    "eval_time": "15m",
+                    "alertname": "VLMOperatorAbsent",
+                    "exp_alerts": [expected] if firing else [],
+                },
+            ],
+        }
+
+    test = {
+        "rule_files": [str(RULES)],
+        "evaluation_interval": "1m",
+        "tests": [case([gate], firing=True), case([gate, operator], firing=False)],
+    }
+    tests = tmp_path / "absent.test.yaml"
+    tests.write_text(yaml.safe_dump(test))
+    _promtool("test", "rules", str(tests))
+
+
 @pytest.mark.parametrize("key", ["disabled", "for", "ruleLabels", "extraGroups"])
 def test_a_rule_value_set_to_null_is_its_empty_self(key: str) -> None:
     # `--set prometheusRule.for=null` (or null in a values file) removes the key.
@@ -217,8 +255,11 @@ def test_a_misspelt_rule_value_is_refused() -> None:
 
 @contextlib.contextmanager
 def _alerting(workdir: Path, *, failing_queries: str) -> Iterator[PrometheusServer]:
-    """A real Prometheus with the rules, scraping a gate in trouble, a calm one and the
-    operator, whose failed queries are ``failing_queries``' ("operator" or "service")."""
+    """A real Prometheus with the rules, scraping a gate in trouble, a calm one, the two
+    gates of an unevenly loaded service and the operator, whose failed queries are
+    ``failing_queries``' ("operator" or "service"). The gate in trouble is scraped
+    twice, the second time without its vlmservice label, as a job that scrapes pods
+    by their annotations does."""
     loaded = yaml.safe_load(RULES.read_text())
     for group in loaded["groups"]:
         for rule in group["rules"]:
@@ -227,6 +268,7 @@ def _alerting(workdir: Path, *, failing_queries: str) -> Iterator[PrometheusServ
     rules.write_text(yaml.safe_dump(loaded))
     trouble = Exporter(max_in_flight=4, queue_capacity=8).start()
     calm = Exporter(max_in_flight=4, queue_capacity=8).start()
+    uneven = [Exporter(max_in_flight=4, queue_capacity=8).start() for _ in range(2)]
     operator_metrics = OperatorMetrics()
     operator_server, operator_thread = operator_metrics.serve(0, "127.0.0.1")
     server = PrometheusServer(workdir / "prometheus", rule_files=[rules], honor_labels=True).start()
@@ -235,6 +277,10 @@ def _alerting(workdir: Path, *, failing_queries: str) -> Iterator[PrometheusServ
         # counts no increase into a series' first sample.
         trouble.set(running=4, waiting=3, codes={200: 1})
         calm.set(running=2, waiting=0, codes={200: 1})
+        # One gate of "uneven" queues, the other idles: a fleet of the right size behind
+        # a Service that spreads requests at random.
+        uneven[0].set(running=4, waiting=2, codes={200: 1})
+        uneven[1].set(running=0, waiting=0, codes={200: 1})
         for exporter, code in ((trouble, "500"), (trouble, "502"), (calm, "503")):
             exporter.metrics.total.labels(code)
         for source in ("operator", "service"):
@@ -243,13 +289,21 @@ def _alerting(workdir: Path, *, failing_queries: str) -> Iterator[PrometheusServ
             [
                 (trouble.host_port, {"namespace": "team-a", "vlmservice": "trouble", "pod": "t-0"}),
                 (calm.host_port, {"namespace": "team-a", "vlmservice": "calm", "pod": "c-0"}),
+                (trouble.host_port, {"namespace": "team-a", "pod": "t-0", "scrape": "annotations"}),
+                *(
+                    (
+                        gate.host_port,
+                        {"namespace": "team-a", "vlmservice": "uneven", "pod": f"u-{i}"},
+                    )
+                    for i, gate in enumerate(uneven)
+                ),
                 (
                     f"127.0.0.1:{operator_server.server_port}",
                     {"namespace": "vlm-operator", "pod": "vlm-operator-0"},
                 ),
             ]
         )
-        server.wait_for_series("vlm_gate_max_in_flight", count=2)
+        server.wait_for_series("vlm_gate_max_in_flight", count=5)
         server.wait_for_series("vlm_operator_services", count=1)
         # After the first scrape, so that the rates over the window are above zero.
         trouble.set(
@@ -263,6 +317,10 @@ def _alerting(workdir: Path, *, failing_queries: str) -> Iterator[PrometheusServ
             rejected={"draining": 1, "queue_full": 1},
             durations=[8.0] * 20,
         )
+        # An overload of "uneven": its queue timeouts are refusals (a 504 each), not the
+        # model failing.
+        uneven[0].set(codes={200: 90, 504: 10}, rejected={"deadline": 10}, durations=[8.0] * 20)
+        uneven[1].set(codes={200: 100}, durations=[8.0] * 20)
         operator_metrics.query_errors.labels("timeout", failing_queries).inc()
 
         # Queries sent. Every one of the operator's own fails, among a hundred of the
@@ -300,8 +358,8 @@ def _alerting(workdir: Path, *, failing_queries: str) -> Iterator[PrometheusServ
         yield server
     finally:
         server.stop()
-        trouble.stop()
-        calm.stop()
+        for gate in (trouble, calm, *uneven):
+            gate.stop()
         operator_server.shutdown()
         operator_server.server_close()
         operator_thread.join(timeout=5)
@@ -327,6 +385,10 @@ def test_exactly_the_expected_alerts_fire(prometheus: PrometheusServer) -> None:
         ("VLMServiceLatencyAboveTarget", "trouble"),
         ("VLMServiceErrors", "trouble"),
         ("VLMServiceNotScraped", "unscraped"),
+        # Its queue timeouts, refusals: not VLMServiceErrors; one queue of two: not
+        # VLMServiceQueueNeverEmpty. And no alert of a service without a name, from the
+        # gate scraped a second time without its label.
+        ("VLMServiceRefusingRequests", "uneven"),
         # Not VLMServiceSignalsUnavailable of "trouble": the operator's own queries
         # fail, which this alert says for every service at once.
         ("VLMOperatorSignalsUnavailable", ""),
@@ -337,7 +399,11 @@ def test_exactly_the_expected_alerts_fire(prometheus: PrometheusServer) -> None:
     )
     assert _firing(prometheus) == expected  # and nothing of the calm service
     alerts = httpx.get(f"{prometheus.url}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
-    by_name = {a["labels"]["alertname"]: a for a in alerts if a["state"] == "firing"}
+    by_name = {
+        a["labels"]["alertname"]: a
+        for a in alerts
+        if a["state"] == "firing" and a["labels"].get("vlmservice") != "uneven"
+    }
     refusing = by_name["VLMServiceRefusingRequests"]
     assert refusing["annotations"]["summary"].startswith("VLMService team-a/trouble ")
     assert refusing["labels"]["severity"] == "warning"
