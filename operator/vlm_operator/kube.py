@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
@@ -54,17 +55,47 @@ APPLIED_KEYS_ANNOTATION = "vlm-operator.io/applied-keys"
 #: Read when the keys are not there, and removed by the next apply.
 _WHOLE_MANIFEST_ANNOTATION = "vlm-operator.io/last-applied"
 _CONFLICT_RETRIES = 5
+#: The longest wait before a write the API server throttled (429) is sent again: a
+#: cycle's writes must fit its grace at shutdown (handlers.CYCLE_GRACE_SECONDS).
+_THROTTLE_WAIT_SECONDS = 2.0
+#: Seconds to connect, then to read an answer: a cycle's scale and status write fit
+#: its grace at shutdown.
+_REQUEST_TIMEOUT = (5.0, 15.0)
 
 
 class ApiError(Exception):
     """A non-2xx answer of the API server, or none at all (status 0: a timeout, a
     connection refused or reset)."""
 
-    def __init__(self, status: int, reason: str, body: str) -> None:
+    def __init__(
+        self, status: int, reason: str, body: str, *, retry_after: float | None = None
+    ) -> None:
         super().__init__(f"HTTP {status} {reason}: {body[:300]}")
         self.status = status
         self.reason = reason
         self.body = body
+        #: The answer's Retry-After in seconds (a 429 of API Priority and Fairness).
+        self.retry_after = retry_after
+
+    @property
+    def refused_by_policy(self) -> bool:
+        """A 403 of admission (a webhook, a ValidatingAdmissionPolicy, a quota or a
+        LimitRange): the object's, as a 400 or 422 is. RBAC's 403 ("cannot create
+        resource") is the operator's permissions, not the object's."""
+        return self.status == 403 and _RBAC_DENIAL.search(self.body) is None
+
+
+#: How RBAC words its refusal (k8s.io/apiserver's authorization/authorizer).
+_RBAC_DENIAL = re.compile(r'cannot [a-z]+ resource \\?"')
+
+
+def _seconds(value: str | None) -> float | None:
+    """A Retry-After in seconds (the API server sends whole seconds), or None."""
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and 0 <= seconds < 3600 else None
 
 
 class NotOurs(Exception):
@@ -154,14 +185,20 @@ class KubeClient:
         api_client: Any,
         *,
         workers: int = 8,
-        request_timeout: tuple[float, float] = (5.0, 30.0),
+        request_timeout: tuple[float, float] = _REQUEST_TIMEOUT,
     ) -> None:
         self._api = api_client
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="kube")
         self._timeout = request_timeout
 
     @classmethod
-    def from_environment(cls, kubeconfig: str | None = None, *, workers: int = 8) -> KubeClient:
+    def from_environment(
+        cls,
+        kubeconfig: str | None = None,
+        *,
+        workers: int = 8,
+        request_timeout: tuple[float, float] = _REQUEST_TIMEOUT,
+    ) -> KubeClient:
         """In-cluster credentials when present, else the kubeconfig (or $KUBECONFIG)."""
         configuration = kubernetes.client.Configuration()
         if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
@@ -175,7 +212,15 @@ class KubeClient:
         # One pooled connection per worker thread; urllib3's default of 4
         # would make the extra workers wait for a socket.
         configuration.connection_pool_maxsize = workers
-        return cls(kubernetes.client.ApiClient(configuration), workers=workers)
+        # urllib3's default sends a request again three times after a read time-out:
+        # 4 × 35 s for one GET of an API server that accepts and never answers, past
+        # a cycle's grace at shutdown. A connection that failed is tried once more.
+        configuration.retries = urllib3.Retry(total=1, connect=1, read=0, status=0, other=0)
+        return cls(
+            kubernetes.client.ApiClient(configuration),
+            workers=workers,
+            request_timeout=request_timeout,
+        )
 
     @property
     def configuration(self) -> Any:
@@ -233,8 +278,10 @@ class KubeClient:
             data = response.read()
             status = int(response.status)
             reason = str(response.reason or "")
+            retry_after = response.getheader("Retry-After")
         except kubernetes.client.ApiException as exc:
             status, reason, data = int(exc.status or 0), str(exc.reason or ""), exc.body or b""
+            retry_after = (exc.headers or {}).get("Retry-After")
         except urllib3.exceptions.HTTPError as exc:
             # No answer at all (a timeout, a connection refused or reset): status 0, as
             # the client's own ApiException has for a TLS failure. Callers then treat it
@@ -242,7 +289,7 @@ class KubeClient:
             raise ApiError(0, type(exc).__name__, str(exc)) from exc
         text = data.decode() if isinstance(data, bytes | bytearray) else str(data or "")
         if not 200 <= status < 300:
-            raise ApiError(status, reason, text)
+            raise ApiError(status, reason, text, retry_after=_seconds(retry_after))
         if not text or not want_body:
             return {}
         parsed = json.loads(text)
@@ -253,16 +300,22 @@ class KubeClient:
     async def merge_patch(
         self, path: str, patch: Mapping[str, Any], *, want_body: bool = True
     ) -> dict[str, Any]:
-        """A JSON merge patch, retried on 409 (the API server was busy with a write)."""
+        """A JSON merge patch, retried on 409 (the API server was busy with a write) and
+        on 429 (API Priority and Fairness throttled it: nothing was done), at most
+        :data:`_THROTTLE_WAIT_SECONDS` after a 429 whatever its Retry-After says."""
         for attempt in range(_CONFLICT_RETRIES):
             try:
                 return await self.request(
                     "PATCH", path, body=patch, content_type=_MERGE_PATCH, want_body=want_body
                 )
             except ApiError as exc:
-                if exc.status != 409 or attempt == _CONFLICT_RETRIES - 1:
+                if exc.status not in (409, 429) or attempt == _CONFLICT_RETRIES - 1:
                     raise
-                await asyncio.sleep(0.05 * (attempt + 1))
+                if exc.status == 429:
+                    wait = exc.retry_after if exc.retry_after is not None else 1.0
+                    await asyncio.sleep(min(wait, _THROTTLE_WAIT_SECONDS))
+                else:
+                    await asyncio.sleep(0.05 * (attempt + 1))
         raise AssertionError("unreachable")
 
     async def get(self, path: str) -> dict[str, Any] | None:

@@ -394,7 +394,8 @@ async def apply_children(
     autoscaler's and never patched, unless the spec sets it.
 
     A child the API server rejects (400/422: the spec renders something it
-    refuses) is a problem of the spec, not of the moment: it is returned for
+    refuses; or 403 from admission: a webhook, a policy, a quota) is a problem of
+    the spec, not of the moment: it is returned for
     the caller to report, and the other children are still applied. So is
     an object of a child's name that is another's (:class:`NotOurs`: another
     app's Service, say), which is left as it is. Other errors (the API server
@@ -425,7 +426,7 @@ async def apply_children(
                 # The Prometheus Operator's CRD is not installed: nothing to attach to.
                 logger.warning("PodMonitor not created (is the Prometheus Operator installed?)")
                 continue
-            if exc.status in (400, 422):
+            if exc.status in (400, 422) or exc.refused_by_policy:
                 rejected.append(_rejection(str(child["kind"]), name, exc))
                 continue
             raise kopf.TemporaryError(f"{child['kind']} {name}: {exc}", delay=5) from exc

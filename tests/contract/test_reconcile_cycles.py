@@ -696,6 +696,35 @@ async def test_a_child_the_api_rejects_is_reported_and_retried_with_backoff(
     assert condition["status"] == "False"
 
 
+@pytest.mark.parametrize(
+    ("message", "rejected"),
+    [
+        # An admission webhook (Kyverno, Gatekeeper) denies with 403 unless it sets a code.
+        ('admission webhook "policy.example.com" denied the request: no hostPath', True),
+        # RBAC's 403 is the operator's permissions: retried, the spec is not blamed.
+        ('deployments.apps "x" is forbidden: User "system:serviceaccount:vlm:op" cannot '
+         'create resource "deployments" in API group "apps" in the namespace "ns"', False),
+    ],
+)  # fmt: skip
+async def test_a_child_an_admission_webhook_refuses_is_the_specs(
+    kopf_posting: asyncio.Queue[Any], message: str, rejected: bool
+) -> None:
+    body = vlmservice({"model": {"id": "m", "runtime": "fake"}})
+    kube = FakeKube(body)
+    denial = {"kind": "Status", "status": "Failure", "reason": "Forbidden", "message": message}
+    kube.reject["Deployment"] = ApiError(403, "Forbidden", json.dumps(denial))
+    ctx = context(kube, FakeSignals())
+    if not rejected:
+        with pytest.raises(kopf.TemporaryError):
+            await reconcile.apply_spec(ctx, body, created=True, logger=LOG)
+        return
+    await reconcile.apply_spec(ctx, body, created=True, logger=LOG)  # no TemporaryError
+    condition = next(c for c in body["status"]["conditions"] if c["type"] == "InvalidSpec")
+    assert (condition["status"], condition["reason"]) == ("True", "ChildRejected")
+    assert "denied the request: no hostPath" in condition["message"]
+    assert SERVICE in kube.objects  # the children after it still applied
+
+
 async def test_spec_warnings_are_reported(kopf_posting: asyncio.Queue[Any]) -> None:
     body = vlmservice({"model": {"id": "m", "runtime": "llamacpp"}})  # no storage for its files
     kube = FakeKube(body)
