@@ -8,32 +8,37 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 from vlm_operator.kube import ApiError, KubeClient
 
 
 class _Server:
-    """Answers each request with the next of ``answers`` (status, headers), or never
-    (None), and notes the method of every request it saw."""
+    """Answers each request with the next of ``answers`` (status, headers, and a body
+    or a Status), or never (None), and notes the method of every request it saw."""
 
     def __init__(self) -> None:
-        self.answers: list[tuple[int, dict[str, str]] | None] = []
+        self.answers: list[tuple[int, dict[str, str]] | tuple[int, dict[str, str], Any] | None]
+        self.answers = []
         self.seen: list[str] = []
+        self.bodies: list[Any] = []
         self.release = threading.Event()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
             def _answer(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                self.rfile.read(length)
+                sent = self.rfile.read(length)
                 server.seen.append(self.command)
+                server.bodies.append(json.loads(sent) if sent else None)
                 answer = server.answers.pop(0) if server.answers else (200, {})
                 if answer is None:  # accepted, never answered
                     server.release.wait(10)
                     return
-                status, headers = answer
-                body = json.dumps({"kind": "Status", "code": status}).encode()
+                status, headers = answer[0], answer[1]
+                data = answer[2] if len(answer) > 2 else {"kind": "Status", "code": status}
+                body = json.dumps(data).encode()
                 self.send_response(status)
                 for key, value in {**headers, "Content-Type": "application/json"}.items():
                     self.send_header(key, value)
@@ -143,3 +148,46 @@ def test_a_403_of_admission_is_the_objects_and_one_of_rbac_the_operators(
     body = json.dumps({"kind": "Status", "code": 403, "reason": "Forbidden", "message": message})
     assert ApiError(403, "Forbidden", body).refused_by_policy is by_policy
     assert not ApiError(422, "Unprocessable Entity", body).refused_by_policy
+
+
+@pytest.mark.parametrize(("landed", "failed"), [(7, False), (3, True)])
+async def test_a_scale_whose_answer_is_lost_is_read_back(
+    server: _Server, tmp_path: Path, landed: int, failed: bool
+) -> None:
+    # The PATCH times out after the API server applied it (or did not): the Deployment
+    # read back says which.
+    server.answers = [None, (200, {}, {"kind": "Deployment", "spec": {"replicas": landed}})]
+    client = _client(server, tmp_path, read_timeout=0.5)
+    try:
+        if failed:
+            with pytest.raises(ApiError) as lost:
+                await client.scale("a", "d", 7)
+            assert lost.value.status == 0
+        else:
+            await client.scale("a", "d", 7)
+    finally:
+        client.close()
+    assert server.seen == ["PATCH", "GET"]
+
+
+async def test_an_owner_reference_another_added_is_kept(server: _Server, tmp_path: Path) -> None:
+    # A merge patch replaces a list whole: the rendered references alone would drop
+    # the one a tool added (not a controller), at every refresh.
+    ours = {"apiVersion": "vlm-operator.io/v1alpha1", "kind": "VLMService", "name": "x",
+            "uid": "u-ours", "controller": True, "blockOwnerDeletion": True}  # fmt: skip
+    theirs = {"apiVersion": "v1", "kind": "ConfigMap", "name": "t", "uid": "u-theirs"}
+    rendered = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "x", "namespace": "a", "ownerReferences": [ours]},
+        "spec": {"ports": [{"port": 80}]},
+    }
+    current = {**rendered, "metadata": {**rendered["metadata"], "ownerReferences": [theirs, ours]}}
+    server.answers = [(200, {}, current), (200, {})]
+    client = _client(server, tmp_path)
+    try:
+        assert await client.apply(rendered) == "patched"  # the applied-keys record is new
+    finally:
+        client.close()
+    assert server.seen == ["GET", "PATCH"]
+    assert server.bodies[1]["metadata"]["ownerReferences"] == [theirs, ours]

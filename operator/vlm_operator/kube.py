@@ -399,6 +399,7 @@ class KubeClient:
                     "left alone (delete it, or give the VLMService another name)"
                 )
             patch = with_removals(desired, _without(applied_keys(current), omit))
+            _keep_other_owners(patch, current)
             if _WHOLE_MANIFEST_ANNOTATION in _annotations(current):
                 meta = patch["metadata"] = dict(patch["metadata"])
                 meta["annotations"] = {**meta["annotations"], _WHOLE_MANIFEST_ANNOTATION: None}
@@ -413,9 +414,24 @@ class KubeClient:
         raise ApiError(409, "Conflict", f"{path}: could not create or patch")
 
     async def scale(self, namespace: str, name: str, replicas: int) -> None:
-        """Set a Deployment's replicas (its pod template is left alone)."""
+        """Set a Deployment's replicas (its pod template is left alone).
+
+        A write whose answer is lost (a time-out, a reset, a 5xx of a proxy) may have
+        landed: the Deployment is read back, and one at ``replicas`` is scaled, not a
+        failure whose cool-down, Event and status would then be missing.
+        """
         path = _collection_path("apps/v1", "deployments", namespace) + f"/{name}"
-        await self.merge_patch(path, {"spec": {"replicas": replicas}}, want_body=False)
+        try:
+            await self.merge_patch(path, {"spec": {"replicas": replicas}}, want_body=False)
+        except ApiError as exc:
+            if exc.status != 0 and exc.status < 500:
+                raise
+            try:
+                found = await self.get(path)
+            except ApiError:
+                raise exc from None
+            if ((found or {}).get("spec") or {}).get("replicas") != replicas:
+                raise
 
     async def patch_status(
         self, api_version: str, plural: str, namespace: str, name: str, status: Mapping[str, Any]
@@ -434,6 +450,33 @@ class KubeClient:
         """Set annotations (a None value removes the annotation: a merge patch's null)."""
         path = _collection_path(api_version, plural, namespace) + f"/{name}"
         await self.merge_patch(path, {"metadata": {"annotations": annotations}}, want_body=False)
+
+
+def _keep_other_owners(patch: dict[str, Any], current: Mapping[str, Any]) -> None:
+    """Keep in ``patch`` the owner references others added to ``current``.
+
+    A merge patch replaces a list whole: the rendered references alone would drop
+    another's (a non-controller owner that a tool adds), at every refresh, against a
+    tool that adds it back. Theirs are kept where they are, ours set as rendered.
+    """
+    meta = patch.get("metadata")
+    if not isinstance(meta, dict):
+        return
+    ours = meta.get("ownerReferences")
+    theirs = (current.get("metadata") or {}).get("ownerReferences")
+    if not isinstance(ours, list) or not isinstance(theirs, list):
+        return
+    by_uid = {ref.get("uid"): ref for ref in ours if isinstance(ref, dict)}
+    merged: list[Any] = []
+    for ref in theirs:
+        uid = ref.get("uid") if isinstance(ref, dict) else None
+        if uid in by_uid:
+            merged.append(by_uid.pop(uid))
+        elif isinstance(ref, dict) and not ref.get("controller"):
+            merged.append(ref)
+    merged += by_uid.values()
+    if merged != ours:
+        patch["metadata"] = {**meta, "ownerReferences": merged}
 
 
 def _without(obj: Mapping[str, Any], omit: tuple[tuple[str, ...], ...]) -> dict[str, Any]:
