@@ -269,6 +269,8 @@ def _alerting(workdir: Path, *, failing_queries: str) -> Iterator[PrometheusServ
     trouble = Exporter(max_in_flight=4, queue_capacity=8).start()
     calm = Exporter(max_in_flight=4, queue_capacity=8).start()
     uneven = [Exporter(max_in_flight=4, queue_capacity=8).start() for _ in range(2)]
+    # A pod of "trouble" loading its model: no request inside, its queue empty.
+    loading = Exporter(max_in_flight=4, queue_capacity=8).start()
     operator_metrics = OperatorMetrics()
     operator_server, operator_thread = operator_metrics.serve(0, "127.0.0.1")
     server = PrometheusServer(workdir / "prometheus", rule_files=[rules], honor_labels=True).start()
@@ -277,10 +279,11 @@ def _alerting(workdir: Path, *, failing_queries: str) -> Iterator[PrometheusServ
         # counts no increase into a series' first sample.
         trouble.set(running=4, waiting=3, codes={200: 1})
         calm.set(running=2, waiting=0, codes={200: 1})
-        # One gate of "uneven" queues, the other idles: a fleet of the right size behind
-        # a Service that spreads requests at random.
+        # One gate of "uneven" queues, the other has free slots: a fleet of the right
+        # size behind a Service that spreads requests at random.
         uneven[0].set(running=4, waiting=2, codes={200: 1})
-        uneven[1].set(running=0, waiting=0, codes={200: 1})
+        uneven[1].set(running=2, waiting=0, codes={200: 1})
+        loading.set(running=0, waiting=0)
         for exporter, code in ((trouble, "500"), (trouble, "502"), (calm, "503")):
             exporter.metrics.total.labels(code)
         for source in ("operator", "service"):
@@ -290,6 +293,7 @@ def _alerting(workdir: Path, *, failing_queries: str) -> Iterator[PrometheusServ
                 (trouble.host_port, {"namespace": "team-a", "vlmservice": "trouble", "pod": "t-0"}),
                 (calm.host_port, {"namespace": "team-a", "vlmservice": "calm", "pod": "c-0"}),
                 (trouble.host_port, {"namespace": "team-a", "pod": "t-0", "scrape": "annotations"}),
+                (loading.host_port, {"namespace": "team-a", "vlmservice": "trouble", "pod": "t-1"}),
                 *(
                     (
                         gate.host_port,
@@ -303,7 +307,7 @@ def _alerting(workdir: Path, *, failing_queries: str) -> Iterator[PrometheusServ
                 ),
             ]
         )
-        server.wait_for_series("vlm_gate_max_in_flight", count=5)
+        server.wait_for_series("vlm_gate_max_in_flight", count=6)
         server.wait_for_series("vlm_operator_services", count=1)
         # After the first scrape, so that the rates over the window are above zero.
         trouble.set(
@@ -358,7 +362,7 @@ def _alerting(workdir: Path, *, failing_queries: str) -> Iterator[PrometheusServ
         yield server
     finally:
         server.stop()
-        for gate in (trouble, calm, *uneven):
+        for gate in (trouble, calm, *uneven, loading):
             gate.stop()
         operator_server.shutdown()
         operator_server.server_close()

@@ -16,10 +16,13 @@ from vlm_operator.kube import ApiError, KubeClient
 
 class _Server:
     """Answers each request with the next of ``answers`` (status, headers, and a body
-    or a Status), or never (None), and notes the method of every request it saw."""
+    or a Status), never (None), or by closing the connection ("drop"), on kept-alive
+    connections, and notes the method of every request it saw."""
 
     def __init__(self) -> None:
-        self.answers: list[tuple[int, dict[str, str]] | tuple[int, dict[str, str], Any] | None]
+        self.answers: list[
+            tuple[int, dict[str, str]] | tuple[int, dict[str, str], Any] | str | None
+        ]
         self.answers = []
         self.seen: list[str] = []
         self.bodies: list[Any] = []
@@ -27,6 +30,8 @@ class _Server:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
             def _answer(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 sent = self.rfile.read(length)
@@ -36,6 +41,10 @@ class _Server:
                 if answer is None:  # accepted, never answered
                     server.release.wait(10)
                     return
+                if answer == "drop":  # a kept-alive connection the server closed
+                    self.close_connection = True
+                    return
+                assert not isinstance(answer, str)
                 status, headers = answer[0], answer[1]
                 data = answer[2] if len(answer) > 2 else {"kind": "Status", "code": status}
                 body = json.dumps(data).encode()
@@ -191,3 +200,16 @@ async def test_an_owner_reference_another_added_is_kept(server: _Server, tmp_pat
         client.close()
     assert server.seen == ["GET", "PATCH"]
     assert server.bodies[1]["metadata"]["ownerReferences"] == [theirs, ours]
+
+
+async def test_a_kept_alive_connection_the_server_closed_is_tried_again(
+    server: _Server, tmp_path: Path
+) -> None:
+    server.answers = [(200, {}), "drop", (200, {})]
+    client = _client(server, tmp_path)
+    try:
+        await client.get("/api/v1/namespaces/a/configmaps/b")
+        await client.get("/api/v1/namespaces/a/configmaps/b")  # on the closed connection
+    finally:
+        client.close()
+    assert server.seen == ["GET", "GET", "GET"]

@@ -623,7 +623,7 @@ def test_retry_after_stretches_with_the_fraction_refused() -> None:
     # What no gate should pass still gets advice, never an exception.
     assert retry_after_seconds(math.nan, 9, 4) == RETRY_AFTER_MAX_SECONDS
     assert retry_after_seconds(math.inf, 9, 4) == RETRY_AFTER_MAX_SECONDS
-    assert retry_after_seconds(9.7, 9, 0) == RETRY_AFTER_MAX_SECONDS
+    assert retry_after_seconds(1.0, 1, 0) == RETRY_AFTER_MAX_SECONDS
     assert retry_after_seconds(-3.0, 9, 4) == 1
     # A full queue of 8 behind 4 slots of 9.7 s: 21.8 s, erring long by half.
     assert retry_after_seconds(9.7, 9, 4) == 33

@@ -227,6 +227,14 @@ def test_what_the_api_server_accepts_is_read() -> None:
         load_services(HEADER + "spec: {model: {id: m}, autoscaling: {targetUtilization: '5e-1'}}")
 
 
+def test_a_key_kubectl_reads_as_a_bool_is_sent_as_json_spells_it() -> None:
+    # kubectl reads the key `on` as true, and JSON's key is "true", not Python's "True".
+    (service,) = load_services(
+        HEADER + "spec: {model: {id: m, runtime: fake}, monitoring: {labels: {on: a, 'y': b}}}"
+    )
+    assert service.spec.monitoring.labels == {"true": "a", "y": "b"}
+
+
 def test_a_key_may_be_overridden_after_a_merge() -> None:
     # ``<<`` merges keys that the mapping may then set again: no duplicate.
     text = HEADER + "spec:\n  <<: {model: {id: m}, replicas: 1}\n  replicas: 3\n"
@@ -419,6 +427,20 @@ _PVC = {"pvc": {"claimName": "c"}}
                 "resources": {"limits": {"memory": "200Gi"}},
             },
             ["spec.concurrency.maxInFlight"],
+        ),
+        (  # a context of the user's: the server's is the last --ctx-size
+            {
+                "model": {
+                    "id": _QWEN,
+                    "storage": _PVC,
+                    "args": ["--ctx-size", "4096", "--ctx-size", "262144"],
+                },
+            },
+            ["spec.resources.limits.memory"],  # 28 + 2 GiB > 16Gi
+        ),
+        (
+            {"model": {"id": _QWEN, "storage": _PVC, "args": ["--ctx-size=8192"]}},
+            [],
         ),
         (  # another model's weights: its cache is its own, not estimated
             {

@@ -69,3 +69,9 @@ def test_numbers_and_plain_text_stay_unquoted() -> None:
 def test_a_key_given_twice_is_an_error() -> None:
     with pytest.raises(YAMLError, match="found the key 'a' twice"):
         load_documents("a: 1\na: 2\n", kubectl_numbers=True)
+
+
+@pytest.mark.parametrize("text", ["a: !!int ''\n", "a: !!int '-'\n"])
+def test_an_integer_without_digits_is_a_yaml_error(text: str) -> None:
+    with pytest.raises(YAMLError, match="integer without digits"):
+        load_documents(text, kubectl_numbers=True)

@@ -158,7 +158,9 @@ def retry_after_seconds(
     """
     service = service_mean if service_mean is not None else busy_seconds
     admitted = 1.0 - min(max(refused_fraction, 0.0), _MAX_REFUSED_FRACTION)
-    estimate = service * position / max(slots, 1) / admitted * RETRY_AFTER_MARGIN
+    if slots < 1:  # no slot will free: the longest
+        return RETRY_AFTER_MAX_SECONDS
+    estimate = service * position / slots / admitted * RETRY_AFTER_MARGIN
     if not estimate < RETRY_AFTER_MAX_SECONDS:  # NaN and infinity too: advise the longest
         return RETRY_AFTER_MAX_SECONDS
     return max(1, math.ceil(estimate))

@@ -28,10 +28,13 @@ import re
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any
+from types import TracebackType
+from typing import Any, Self
 
 import kubernetes
 import urllib3
+from urllib3.connectionpool import ConnectionPool
+from urllib3.response import BaseHTTPResponse
 
 from vlm_operator.models import quantity_value
 
@@ -58,9 +61,29 @@ _CONFLICT_RETRIES = 5
 #: The longest wait before a write the API server throttled (429) is sent again: a
 #: cycle's writes must fit its grace at shutdown (handlers.CYCLE_GRACE_SECONDS).
 _THROTTLE_WAIT_SECONDS = 2.0
-#: Seconds to connect, then to read an answer: a cycle's scale and status write fit
-#: its grace at shutdown.
+#: Seconds to connect, then to read an answer, of each request: an API server that
+#: accepts and never answers costs a cycle that long per request, not minutes.
 _REQUEST_TIMEOUT = (5.0, 15.0)
+#: A read-back after a lost answer waits less: it only confirms a write.
+_READ_BACK_TIMEOUT = (2.0, 5.0)
+
+
+class _RetryButNotTimeouts(urllib3.Retry):
+    """urllib3's retries, but a read that timed out is not sent again: the server
+    got it and is slow, and waiting its time-out again helps no one."""
+
+    def increment(
+        self,
+        method: str | None = None,
+        url: str | None = None,
+        response: BaseHTTPResponse | None = None,
+        error: Exception | None = None,
+        _pool: ConnectionPool | None = None,
+        _stacktrace: TracebackType | None = None,
+    ) -> Self:
+        if isinstance(error, urllib3.exceptions.ReadTimeoutError):
+            raise error
+        return super().increment(method, url, response, error, _pool, _stacktrace)
 
 
 class ApiError(Exception):
@@ -213,9 +236,10 @@ class KubeClient:
         # would make the extra workers wait for a socket.
         configuration.connection_pool_maxsize = workers
         # urllib3's default sends a request again three times after a read time-out:
-        # 4 × 35 s for one GET of an API server that accepts and never answers, past
-        # a cycle's grace at shutdown. A connection that failed is tried once more.
-        configuration.retries = urllib3.Retry(total=1, connect=1, read=0, status=0, other=0)
+        # 4 × 20 s for one GET of an API server that accepts and never answers. A
+        # connection that failed, or a kept-alive one the server had closed, is tried
+        # once more (urllib3 sends no PATCH or POST again after a read error).
+        configuration.retries = _RetryButNotTimeouts(total=1, connect=1, read=1, status=0, other=0)
         return cls(
             kubernetes.client.ApiClient(configuration),
             workers=workers,
@@ -240,16 +264,25 @@ class KubeClient:
         query: Mapping[str, str] | None = None,
         content_type: str = "application/json",
         want_body: bool = True,
+        socket_timeouts: tuple[float, float] | None = None,
     ) -> dict[str, Any]:
         """One API request, run in the client's thread pool; raises :class:`ApiError`.
 
+        ``socket_timeouts`` (connect, read) replaces the client's for this request.
         ``want_body=False`` skips decoding the answer (returns ``{}``): the
         operator's writes do not read it back, and decoding a thousand
         Deployments holds the interpreter's lock the event loop needs.
         """
         loop = asyncio.get_running_loop()
         call = partial(
-            self._request_sync, method, path, body, dict(query or {}), content_type, want_body
+            self._request_sync,
+            method,
+            path,
+            body,
+            dict(query or {}),
+            content_type,
+            want_body,
+            socket_timeouts or self._timeout,
         )
         return await loop.run_in_executor(self._executor, call)
 
@@ -261,6 +294,7 @@ class KubeClient:
         query: dict[str, str],
         content_type: str,
         want_body: bool,
+        timeout: tuple[float, float],
     ) -> dict[str, Any]:
         headers = {"Accept": "application/json"}
         if body is not None:
@@ -274,7 +308,7 @@ class KubeClient:
             auth_settings=["BearerToken"],
         )
         try:
-            response = self._api.call_api(*serialized, _request_timeout=self._timeout)
+            response = self._api.call_api(*serialized, _request_timeout=timeout)
             data = response.read()
             status = int(response.status)
             reason = str(response.reason or "")
@@ -427,7 +461,7 @@ class KubeClient:
             if exc.status != 0 and exc.status < 500:
                 raise
             try:
-                found = await self.get(path)
+                found = await self.request("GET", path, socket_timeouts=_READ_BACK_TIMEOUT)
             except ApiError:
                 raise exc from None
             if ((found or {}).get("spec") or {}).get("replicas") != replicas:

@@ -183,7 +183,9 @@ def _as_sent(document: Mapping[Any, Any]) -> str:
 
     def sent(value: Any) -> Any:
         if isinstance(value, Mapping):
-            return {str(k): sent(v) for k, v in value.items()}
+            # A key kubectl reads as a bool (y, on, true) is sent as JSON spells it.
+            return {(str(k).lower() if isinstance(k, bool) else str(k)): sent(v)
+                    for k, v in value.items()}  # fmt: skip
         if isinstance(value, list | tuple):
             return [sent(v) for v in value]
         if isinstance(value, float) and value.is_integer():
@@ -303,7 +305,6 @@ _IMAGE_DIRECTORIES = ("/app", "/bin", "/etc", "/lib", "/lib64", "/sbin", "/usr/l
 #: The field behind each flag of a preset's command line.
 _FLAG_FIELDS = {
     "--parallel": "spec.concurrency.maxInFlight",
-    "--ctx-size": "spec.concurrency.maxInFlight (4096 tokens a slot)",
     "--max-concurrent": "spec.concurrency.maxInFlight",
     "--max-body-bytes": "spec.concurrency.maxRequestBytes",
     "--alias": "spec.model.id",
@@ -356,6 +357,8 @@ def _runtime_warnings(spec: VLMServiceSpec) -> list[FieldError]:
         index = next(i for i, var in enumerate(model.env) if var.name == name)
         if flag == "--threads":
             how = "the model's CPU request; append --threads to spec.model.args instead"
+        elif flag == "--ctx-size":
+            how = "4096 tokens a slot; append --ctx-size (all slots') to spec.model.args instead"
         elif flag in _FLAG_FIELDS:
             how = f"set {_FLAG_FIELDS[flag]} instead"
         else:
@@ -375,8 +378,8 @@ def _runtime_warnings(spec: VLMServiceSpec) -> list[FieldError]:
                 FieldError(
                     "spec.model.storage.mountPath",
                     f"{storage.mount_path} hides the image's {', '.join(hidden)} (its server, "
-                    "interpreter or libraries): the model container cannot start; mount the "
-                    "files elsewhere, e.g. /models",
+                    "interpreter or libraries, in most images): the model container would not "
+                    "start; mount the files elsewhere, e.g. /models",
                 )
             )
     return warnings
@@ -391,7 +394,15 @@ def _llamacpp_memory_warning(spec: VLMServiceSpec) -> list[FieldError]:
         return []
     limit_bytes = quantity_bytes(limit)
     slots = spec.concurrency.max_in_flight
-    kv = slots * LLAMACPP_CONTEXT_PER_SLOT * QWEN3_VL_2B_KV_BYTES_PER_TOKEN
+    context = slots * LLAMACPP_CONTEXT_PER_SLOT
+    args = spec.model.args
+    for i, arg in enumerate(args):  # the last --ctx-size is the server's
+        value = arg.split("=", 1)[1] if arg.startswith("--ctx-size=") else None
+        if arg in ("--ctx-size", "-c") and i + 1 < len(args):
+            value = args[i + 1]
+        if value is not None and value.isdigit() and int(value) > 0:
+            context = int(value)
+    kv = context * QWEN3_VL_2B_KV_BYTES_PER_TOKEN
     needed = kv + QWEN3_VL_2B_GGUF_BASE_BYTES
     if limit_bytes is None or limit_bytes >= needed:
         return []
@@ -400,10 +411,9 @@ def _llamacpp_memory_warning(spec: VLMServiceSpec) -> list[FieldError]:
         FieldError(
             "spec.resources.limits.memory",
             f"{limit} is less than llama-server allocates at start for {slots} slots of "
-            f"Qwen3-VL-2B: {kv / gib:.1f} GiB of KV cache ({LLAMACPP_CONTEXT_PER_SLOT} tokens "
-            f"a slot) and about {QWEN3_VL_2B_GGUF_BASE_BYTES // gib} GiB of weights and "
-            f"buffers; raise it to {math.ceil(needed / gib)}Gi or lower "
-            "concurrency.maxInFlight",
+            f"Qwen3-VL-2B: {kv / gib:.1f} GiB of KV cache ({context} tokens of context) and "
+            f"about {QWEN3_VL_2B_GGUF_BASE_BYTES // gib} GiB of weights and buffers; raise it "
+            f"to {math.ceil(needed / gib)}Gi or lower concurrency.maxInFlight",
         )
     ]
 

@@ -154,6 +154,10 @@ class _KubectlLoader(_StrictLoader):
 
     def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
         text = self.construct_scalar(node).replace("_", "")
+        if text.lstrip("+-") == "":  # ``!!int ''``: no digits at all
+            raise yaml.constructor.ConstructorError(
+                None, None, "found an integer without digits", node.start_mark
+            )
         sign = -1 if text[0] == "-" else 1
         digits = text[1:] if text[0] in "+-" else text
         if len(digits) > 1 and digits[0] == "0" and digits[1].isdigit():
