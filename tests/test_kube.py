@@ -149,6 +149,11 @@ async def test_a_read_that_times_out_is_not_sent_again(server: _Server, tmp_path
             'create resource "deployments" in API group "apps" in the namespace "a"',
             False,
         ),
+        (
+            'deployments.apps "x" is forbidden: unable to create new content in namespace a '
+            "because it is being terminated",
+            False,
+        ),
     ],
 )
 def test_a_403_of_admission_is_the_objects_and_one_of_rbac_the_operators(

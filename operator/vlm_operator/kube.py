@@ -104,12 +104,14 @@ class ApiError(Exception):
     def refused_by_policy(self) -> bool:
         """A 403 of admission (a webhook, a ValidatingAdmissionPolicy, a quota or a
         LimitRange): the object's, as a 400 or 422 is. RBAC's 403 ("cannot create
-        resource") is the operator's permissions, not the object's."""
-        return self.status == 403 and _RBAC_DENIAL.search(self.body) is None
+        resource") is the operator's permissions, and a namespace being deleted
+        refuses new objects for a while (NamespaceLifecycle): neither is the object's."""
+        return self.status == 403 and _NOT_THE_OBJECTS.search(self.body) is None
 
 
-#: How RBAC words its refusal (k8s.io/apiserver's authorization/authorizer).
-_RBAC_DENIAL = re.compile(r'cannot [a-z]+ resource \\?"')
+#: How RBAC words its refusal (k8s.io/apiserver's authorization/authorizer), and the
+#: namespace lifecycle admission its refusal in a namespace being deleted.
+_NOT_THE_OBJECTS = re.compile(r'cannot [a-z]+ resource \\?"|because it is being terminated')
 
 
 def _seconds(value: str | None) -> float | None:
