@@ -348,14 +348,16 @@ def _alerting(workdir: Path, *, failing_queries: str) -> Iterator[PrometheusServ
         server.wait_for_series("rate(vlm_operator_prometheus_query_errors_total[5m]) > 0")
         # "unscraped" is managed by the operator, but no gate of it is scraped; the
         # operator could not read the signals of "trouble" nor of "unscraped".
-        for service in ("trouble", "calm", "unscraped"):
+        # "elsewhere" has no gate here either, but a Prometheus of its own that the
+        # operator reads: no alert.
+        for service in ("trouble", "calm", "unscraped", "elsewhere"):
             operator_metrics.observe_service(
                 "team-a",
                 service,
                 desired=3,
                 max_replicas=10,
                 p95_target=12.0,
-                signals_available=service == "calm",
+                signals_available=service in ("calm", "elsewhere"),
             )
         operator_metrics.crd_drift.labels("missing").set(2)
         operator_metrics.crd_drift.labels("unknown").set(0)
