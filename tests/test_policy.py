@@ -384,6 +384,27 @@ def test_a_collapse_goes_no_lower_than_the_arrivals_need_at_the_p95_target() -> 
     assert "held: load collapsed" in quiet[-1].reason
 
 
+def test_the_arrivals_need_is_taken_at_the_p95_the_fleet_aims_for() -> None:
+    # 4 requests a second on pods of 3.6 (maxInFlight 4 x 0.9): a fleet that
+    # keeps its P95 within LATENCY_HEADROOM of the 12 s target keeps fewer than
+    # 4 x 11.16 = 44.6 in flight (the mean stay is under the P95), 13 pods'
+    # worth. At the whole target, 48 in flight, it would be 14: a pod that the
+    # load then takes back in a step of its own.
+    spec = _spec(
+        maxReplicas=60, targetUtilization=0.9, scaleDown={"stabilizationWindowSeconds": 300}
+    )
+    assert spec.autoscaling.p95_latency_target_seconds == 12
+    busy = _steady(spec, _signals(140, 0, rate=4.0), _pods(40), seconds=400)
+    assert busy[-1].replicas == 40
+    quiet = _steady(
+        spec, _signals(6, 0, rate=4.0), _pods(40), seconds=300, start=405, state=busy[-1].state
+    )
+    downs = [d for d in quiet if d.direction == "down"]
+    assert [d.replicas for d in downs] == [20, 13]
+    assert "arrivals 4.0/s need 13" in downs[-1].reason
+    assert quiet[-1].replicas == 13
+
+
 def test_a_fall_of_two_pods_is_waited_out_even_to_half_the_fleet() -> None:
     # 3 pods down to what 1 pod holds is noise at this size: wait the window.
     spec = _spec(maxReplicas=30, scaleDown={"stabilizationWindowSeconds": 300})
@@ -433,7 +454,10 @@ def test_a_fall_that_is_no_collapse_steps_down_a_tenth_of_the_pods_at_a_time() -
     # 40 pods at 160 in flight, then 120: 31 pods' worth with the quarter-pod
     # spare, more than half the fleet, so no collapse. Demand measured on 40
     # pods understates what fewer hold (they run fuller and slower): each step
-    # takes a tenth of the pods at most and is measured before the next.
+    # takes a tenth of the pods at most and is measured before the next, but
+    # for one that goes no lower than where the P95 (8 s) and the in-flight
+    # count, both grown in proportion to the pods taken away, still fit:
+    # 121 × 39 / 35 is 135 in flight, 3.9 a pod.
     spec = _spec(maxReplicas=60)
     window = spec.metrics.window_seconds
     busy = _steady(spec, _signals(160, 0), _pods(40), seconds=300)
@@ -441,11 +465,21 @@ def test_a_fall_that_is_no_collapse_steps_down_a_tenth_of_the_pods_at_a_time() -
     quiet = _steady(spec, _signals(120, 0), _pods(40), seconds=600, start=305, state=busy[-1].state)
     downs = [(i, d) for i, d in enumerate(quiet) if d.direction == "down"]
     fleet = [40] + [d.replicas for _, d in downs]
-    assert fleet[-1] == 31
-    assert all(0 < a - b <= max(1, a // 10) for a, b in itertools.pairwise(fleet))
-    assert any("step limit -3" in d.reason for _, d in downs)
+    assert fleet == [40, 39, 35, 32, 31]
+    assert "the p95 and in-flight grown x39/35 fit 35" in downs[1][1].reason
+    assert all(0 < a - b <= max(1, a // 10) for a, b in itertools.pairwise(fleet[2:]))
+    assert "step limit -3" in downs[2][1].reason
     # Each step waits a rate window for its effect to show in the signals.
     assert all(5.0 * (j - i) >= window for (i, _), (j, _) in itertools.pairwise(downs))
+    # Nearer the target (10 s) the P95 grown in proportion allows no more than
+    # a tenth: tenths all the way.
+    busy = _steady(spec, _signals(160, 0, p95=10.0), _pods(40), seconds=300)
+    quiet = _steady(
+        spec, _signals(120, 0, p95=10.0), _pods(40), seconds=600, start=305, state=busy[-1].state
+    )
+    fleet = [40] + [d.replicas for d in quiet if d.direction == "down"]
+    assert fleet == [40, 39, 36, 33, 31]
+    assert all(0 < a - b <= max(1, a // 10) for a, b in itertools.pairwise(fleet))
 
 
 @pytest.mark.parametrize(
@@ -454,10 +488,12 @@ def test_a_fall_that_is_no_collapse_steps_down_a_tenth_of_the_pods_at_a_time() -
         # Idle: by Little's law nothing will be in flight, so the steps are the
         # spec's 50 % ones, not a tenth of the pods each.
         (0.0, 0.0, [18, 9, 5, 3, 2, 1]),
-        # 6 requests a second each in flight up to the 12 s target need 18 pods
-        # of 4 (Little's law): the 40 in flight that 18 pods hold may be fewer
-        # than 11 will, so each step is a tenth of the pods and is measured.
-        (40.0, 6.0, [18, 17, 16, 15, 14, 13, 12, 11]),
+        # 6 requests a second each in flight up to the 11.16 s the fleet aims
+        # for need 17 pods of 4 (Little's law): the 40 in flight that 18 pods
+        # hold may be fewer than 11 will. The P95 (9 s) grown 18/15 times
+        # fits 15, and so does the in-flight count: there at once; below,
+        # each step is a tenth of the pods and is measured.
+        (40.0, 6.0, [18, 15, 14, 13, 12, 11]),
     ],
 )
 def test_a_fall_steps_faster_down_to_what_the_arrivals_need(
@@ -770,9 +806,10 @@ def test_a_scale_down_goes_no_lower_than_the_p95_allows_on_fewer_pods() -> None:
     # Near the P95 target a fleet's P95 grows in proportion to the pods taken
     # away (P95 × pods hardly moves). A step goes no lower than the fleet on
     # which that stays under 93 % of the target (11.16 s of 12).
-    # P95 far under the target: no floor (the window's highest, then tenths).
+    # P95 far under the target: no floor (the window's highest, then as far
+    # as the P95 and in-flight grown in proportion fit, then tenths).
     fast = _fall_to_120_in_flight(8.0, seconds=600)
-    assert [d.replicas for d in fast if d.direction == "down"] == [39, 36, 33, 31]
+    assert [d.replicas for d in fast if d.direction == "down"] == [39, 35, 32, 31]
     # 10.4 s on 40 pods would be 11.24 s on 37: no lower than 38.
     slower = _fall_to_120_in_flight(10.4)
     downs = [d for d in slower if d.direction == "down"]
@@ -952,6 +989,42 @@ def test_p95_guard_does_not_buy_on_the_tail_of_a_cold_start_backlog() -> None:
         state, current = d.state, d.replicas
     assert state.guard_floor is None
     assert current == 5  # 16 requests at 3.6 a pod
+
+
+def test_p95_guard_does_not_buy_on_the_tail_of_a_backlog_behind_refusals() -> None:
+    # 10 pods at their cap (maxReplicas) hold 3.8 requests a second on target;
+    # for 30 s their queues fill and refuse some, then the queued requests
+    # finish: the P95 stays at 16 s for 90 s more, then falls back to 10 s.
+    # Those are the refusals' queue, not a fleet too small: the guard waits
+    # them out as it waits out new pods. A pod bought on them would be kept
+    # as its lesson, and held the scale-down window up for a window more.
+    spec = _spec(maxReplicas=10)
+    state, guarded = PolicyState(), []
+    for i in range(121):
+        now = 5.0 * i
+        if 300 <= now < 330:
+            signals = _signals(38, 3, p95=16.0, rate=3.8, errors=0.05)
+        else:
+            signals = _signals(38, 0, p95=16.0 if 330 <= now < 420 else 10.0, rate=3.8)
+        d = recommend(state, signals, _pods(10), spec, now)
+        assert d.replicas == 10
+        if "p95 over 12s" in d.reason:
+            guarded.append(now)
+        state = d.state
+    assert guarded == []
+    assert state.guard_floor is None
+    # The same P95 with no refusal before it is the fleet's own: bought on.
+    spec, state = _spec(maxReplicas=30), PolicyState()
+    for i in range(121):
+        now = 5.0 * i
+        p95 = 16.0 if 300 <= now < 420 else 10.0
+        d = recommend(state, _signals(38, 0, p95=p95, rate=3.8), _pods(10), spec, now)
+        state = d.state
+        if d.direction == "up":
+            break
+    assert 300 < now < 420
+    assert d.replicas == 11
+    assert "p95 over 12s" in d.reason
 
 
 def test_p95_guard_needs_the_p95_of_several_windows_over_the_target() -> None:

@@ -49,7 +49,11 @@ The rules, and the failures of other autoscalers they answer:
   tenth of the pods at most, unless the load collapsed), and waits a rate
   window after any change before the next step: fewer pods run fuller and
   slower, so the demand rises again by itself, and the demand measured on
-  more pods understates what fewer will hold. A pod or two fewer on a noisy
+  more pods understates what fewer will hold. A step goes further at once
+  only as far as that growth is known not to matter: down to the pods the
+  arrivals need by Little's law, or to the fewest on which the fleet's P95
+  and its in-flight count, both grown in proportion to the pods taken away,
+  still fit (the target's 93 %; a pod's share of the demand). A pod or two fewer on a noisy
   load (a noise band of half a pod or more) is what a dip of the noise looks
   like: that step waits until the highest recommendation of two windows
   allows it, so the fleet sits as low (with the narrower spare) but a dip of
@@ -67,9 +71,12 @@ The rules, and the failures of other autoscalers they answer:
   collapsed (all it asked for over the last rate window fits in half the
   pods, and in three pods fewer: a burst or a backlog is over) goes down
   without waiting out the window, since noise moves the demand by a pod or
-  two. Such a step goes no lower than the arrivals need if each stays the
-  P95 target in flight (Little's law: fewer pods run fuller and slower, and
-  the in-flight count of an idle fleet understates what a busy one holds).
+  two. Such a step goes no lower than the arrivals need if each stays in
+  flight the P95 the fleet aims for, 93 % of the target (Little's law: fewer
+  pods run fuller and slower, and the in-flight count of an idle fleet
+  understates what a busy one holds; the mean stay is under the P95, and at
+  the whole target a cold start's collapse landed a pod high, a scale-down
+  more once the load had settled).
   And a step that is no collapse goes no lower than the P95 allows: near the
   target a fleet's P95 grows in proportion to the pods taken away (P95 ×
   pods hardly moves), so once the fleet's P95 (a moving mean of five
@@ -90,8 +97,11 @@ The rules, and the failures of other autoscalers they answer:
   the mean P95 of the last four rate windows is over the target too (one
   window's P95 is over it minutes an hour on the fewest pods that meet it
   over the hour); but not while pods are starting, not until the requests
-  that queued before the last change have left the P95 window (and then on
-  the P95 of a rate window at least, taken since), and not on a P95 of fewer
+  that queued before the last change, or behind the last refusal or burst,
+  have left the P95 window (and then on the P95 of a rate window at least,
+  taken since: a drained backlog's P95 is its queue's, not the fleet's,
+  and a pod bought on it held the scale-down window up with it), and not
+  on a P95 of fewer
   than 20 answers (then it is just the slowest one). What the
   guard learns is kept: no scale-down below the fleet it bought while the
   demand stays within a pod (and the band) of what it was, since concurrency
@@ -278,7 +288,8 @@ class PolicyState:
     short. ``demand`` holds the complete demand samples of the scale-down or
     burst window and a rate window more (the recent ones one by one);
     ``settled_at`` is the last time capacity changed (a scale-up decided or a
-    pod still starting), which the P95 guard waits out; ``queued_at`` the
+    pod still starting) or requests queued behind refusals or a burst, which
+    the P95 guard waits out; ``queued_at`` the
     last tick that saw a queue, which confirms a one-request queue on a fleet.
     """
 
@@ -901,7 +912,10 @@ def recommend(
     settled_at = state.settled_at
     if settled_at is not None and settled_at > now:
         settled_at = None  # the clock moved back: forget
-    if on_way > 0:
+    # Refusals queue requests too: the backlog's drain keeps the P95 over the
+    # target after its queue is gone, and a pod the guard bought on that would
+    # hold the scale-down window up for a window more.
+    if on_way > 0 or refused_share > 0:
         settled_at = now
 
     label = (
@@ -1135,13 +1149,16 @@ def recommend(
         headroom = LATENCY_HEADROOM * p95_target
         latency_floor = math.ceil(fleet_p95[2] * fleet_p95[3] / headroom - _EPS)
         latency_note = _p95_on(fleet_p95, latency_floor)
-    # Little's law: requests that stay the P95 target keep arrivals × target in
-    # flight (``arrivals_pods`` is the pods for that). While they stay within
-    # it, as the window's do when its mean in flight is at most that, no fleet
-    # holds more: ``little`` is then the pods the arrivals need.
-    arrivals_pods = None if arrival is None else _pods_for(arrival * p95_target, per_pod)
+    # Little's law: requests that stay the P95 the fleet aims for (the target's
+    # LATENCY_HEADROOM, as the latency floor) keep arrivals × that in flight at
+    # most, as their mean stay is shorter (``arrivals_pods`` is the pods for
+    # that). While they stay within it, as the window's do when its mean in
+    # flight is at most that, no fleet holds more: ``little`` is then the pods
+    # the arrivals need.
+    stay = LATENCY_HEADROOM * p95_target
+    arrivals_pods = None if arrival is None else _pods_for(arrival * stay, per_pod)
     little: int | None = None
-    if arrival is not None and short_mean is not None and short_mean <= arrival * p95_target:
+    if arrival is not None and short_mean is not None and short_mean <= arrival * stay:
         little = arrivals_pods
     if target <= current and may_go_down and in_window and on_way == 0 and cooled:
         highest = max(n for _, n in in_window)
@@ -1171,8 +1188,8 @@ def recommend(
             # The in-flight count of a fleet running far under its target
             # understates what fewer pods will hold (they run fuller and
             # slower): no lower than the arrivals need if each stays in flight
-            # the P95 target (Little's law; most answer sooner), and no higher
-            # than the window would go.
+            # the P95 the fleet aims for (Little's law; most answer sooner),
+            # and no higher than the window would go.
             arrivals_need = min(arrivals_pods or 0, highest)
             if arrivals_need > lately:
                 highest = arrivals_need
@@ -1201,21 +1218,39 @@ def recommend(
         else:
             seen_enough = observed >= down_window - _EPS
         if highest < current and seen_enough:
-            step = min(
+            step_limit = min(
                 auto.scale_down.max_pods_per_step,
                 max(1, math.floor(current * auto.scale_down.max_percent_per_step / 100)),
             )
-            measured = step
+            step = measured = step_limit
+            proportional: int | None = None
             if not collapsed:
                 measured = min(step, max(1, math.floor(current * DESCENT_STEP_FRACTION)))
                 # Measuring each step is for the in-flight count that more pods
                 # understate; down to what Little's law says the arrivals need,
                 # no step needs measuring (an idle fleet of 18 took 17 steps).
-                step = measured if little is None else max(measured, min(step, current - little))
+                step = measured
+                if little is not None:
+                    step = max(measured, min(step_limit, current - little))
+                # Nor down to where the fleet's P95, grown in proportion to the
+                # pods taken away, stays within LATENCY_HEADROOM of the target,
+                # and the in-flight count, grown with it (Little's law at the
+                # same arrivals: n pods hold demand × current / n), fits n pods:
+                # the model the latency floor stands on, which overstates both
+                # far under the target, where the P95 is mostly the model's own
+                # time. A fleet bought for a cold start's backlog took four
+                # measured steps, the last ones after the load had long settled.
+                if fleet_p95 is not None and short_mean is not None:
+                    by_p95 = fleet_p95[2] * fleet_p95[3] / (LATENCY_HEADROOM * p95_target)
+                    by_load = math.sqrt((short_mean + down_band) * current / per_pod)
+                    proportional = math.ceil(max(by_p95, by_load) - _EPS)
+                    step = max(step, min(step_limit, current - proportional))
             target = max(highest, current - step)
             why = "demand fell" + (", load collapsed" + collapse_note if collapsed else "")
             if little is not None and target < current - measured:
                 why += f", arrivals {arrival or 0.0:.1f}/s need {little}"
+            if proportional is not None and target < current - measured:
+                why += f", the p95 and in-flight grown x{current}/{proportional} fit {proportional}"
             why += f", step limit -{step}" if target > highest else ""
             # Once the window allows a step on a noisy load, it goes as far as
             # the demand's mean since the last change allows (with the same
@@ -1348,7 +1383,7 @@ def recommend(
         up=up_queue,
         demand=recorded,
         p95=p95_samples,
-        settled_at=now if target > current else settled_at,
+        settled_at=now if target > current or burst else settled_at,
         changed_at=now if target != current else changed_at,
         queued_at=(state.queued_at if waiting is None else now if waiting > 0 else None),
         guard_floor=floor,
