@@ -161,3 +161,81 @@ def test_variable_queries_find_the_labels(prometheus: PrometheusServer) -> None:
         selector, label = match.groups()
         result = prometheus.query(_substitute(selector))
         assert VARIABLES[label] in {series["metric"].get(label) for series in result}
+
+
+def _expr(title: str, ref: str, **variables: str) -> str:
+    panel = next(panel for panel in _panels() if panel["title"] == title)
+    expr = next(target["expr"] for target in panel["targets"] if target["refId"] == ref)
+    values = {**VARIABLES, **variables}
+    return _VARIABLE.sub(lambda m: values[m.group(1)], str(expr))
+
+
+def _by(result: list[dict[str, Any]], *labels: str) -> dict[tuple[str, ...], float]:
+    return {
+        tuple(series["metric"].get(label, "") for label in labels): float(series["value"][1])
+        for series in result
+    }
+
+
+def test_a_gate_scraped_twice_counts_once_and_services_apart(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    # Two scrapes of one gate (two PodMonitors, or one and a scrape config of one's
+    # own) give two series of each of its metrics: the panels take each target once,
+    # as the operator's queries do. And under "All" services, the traffic panels
+    # show each service apart, not the sum of them.
+    demo = {"namespace": "team-a", "vlmservice": "demo"}
+    twice, once, chat = (Exporter(max_in_flight=4, queue_capacity=8) for _ in range(3))
+    server = PrometheusServer(tmp_path_factory.mktemp("twice"), scrape_interval="500ms")
+    with twice, once, chat, server:
+        twice.set(running=3, waiting=2)
+        once.set(running=1, waiting=0)
+        chat.set(running=0, waiting=0)
+        server.set_targets(
+            [
+                (twice.host_port, {**demo, "pod": "demo-0", "scraper": "first"}),
+                (twice.host_port, {**demo, "pod": "demo-0", "scraper": "second"}),
+                (once.host_port, {**demo, "pod": "demo-1"}),
+                (chat.host_port, {"namespace": "team-a", "vlmservice": "chat", "pod": "chat-0"}),
+            ]
+        )
+        server.wait_for_series("vlm_gate_max_in_flight", count=4)
+        pods = _by(
+            server.query(_expr("Pods serving vs pods needed at the limit", "A")), "vlmservice"
+        )
+        assert pods == {("demo",): 2.0}  # not 3
+        needed = server.query(_expr("Pods serving vs pods needed at the limit", "B"))
+        assert _by(needed, "vlmservice") == {("demo",): 2.0}  # 6 requests of 4 a pod, not 11
+        queued = _by(server.query(_expr("Queue depth", "A")), "vlmservice")
+        assert queued == {("demo",): 2.0}
+        capacity = _by(server.query(_expr("Queue depth", "B")), "vlmservice")
+        assert capacity == {("demo",): 16.0}
+        in_flight = server.query(_expr("In flight per pod vs the limit", "A"))
+        assert _by(in_flight, "pod") == {("demo-0",): 3.0, ("demo-1",): 1.0}
+        # Requests after the first scrape, so that their rates over the window are positive.
+        twice.set(codes={200: 30, 429: 10}, rejected={"queue_full": 10})
+        chat.set(codes={200: 20})
+        # Until every scrape has seen them: both series of the gate scraped twice, and chat's.
+        server.wait_for_series('rate(vlm_requests_total{code="200"}[60s]) > 0', count=3)
+        series = server.wait_for_series(
+            _expr("Requests by status code", "A", __rate_interval="60s", vlmservice=".+"),
+            where=lambda values: sum(value > 0 for value in values.values()) >= 3,
+        )
+        # Each service apart, each code apart; the gate scraped twice counted once.
+        codes = {key: rate for key, rate in _by(series, "vlmservice", "code").items() if rate}
+        assert set(codes) == {("demo", "200"), ("demo", "429"), ("chat", "200")}
+        # Against the sum of every series, at the same instant: half (each of the two
+        # series of the gate scraped twice has about its rate; max takes the higher).
+        panel = _expr("Requests by status code", "A", __rate_interval="60s")
+        every_series = (
+            "sum by (namespace, vlmservice, code) "
+            '(rate(vlm_requests_total{vlmservice="demo"}[60s]))'
+        )
+        halves = _by(server.query(f"({panel}) / ({every_series}) > 0"), "vlmservice", "code")
+        assert set(halves) == {("demo", "200"), ("demo", "429")}
+        assert all(0.45 < half < 0.75 for half in halves.values()), halves
+        ratio = _by(server.query(_expr("Error ratio", "A", __rate_interval="60s")), "vlmservice")
+        assert ratio[("demo",)] == pytest.approx(0.25, rel=0.2)
+        rejected = server.query(_expr("Rejections by reason", "A", __rate_interval="60s"))
+        reasons = {key for key, rate in _by(rejected, "vlmservice", "reason").items() if rate}
+        assert reasons == {("demo", "queue_full")}

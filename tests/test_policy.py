@@ -1010,9 +1010,12 @@ def test_p95_guard_does_not_buy_on_the_tail_of_a_backlog_behind_refusals() -> No
         assert d.replicas == 10
         if "p95 over 12s" in d.reason:
             guarded.append(now)
+        if now == 400:
+            tail_reason = d.reason
         state = d.state
     assert guarded == []
     assert state.guard_floor is None
+    assert "waiting for what queued before to leave the 30s window" in tail_reason
     # The same P95 with no refusal before it is the fleet's own: bought on.
     spec, state = _spec(maxReplicas=30), PolicyState()
     for i in range(121):

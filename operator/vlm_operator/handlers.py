@@ -66,13 +66,17 @@ def watch_pod_monitors() -> None:
 
 
 @kopf.on.create(GROUP, VERSION, PLURAL)
-async def create(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **_: Any) -> None:
-    await reconcile.apply_spec(memo.context, body, created=True, logger=logger)
+async def create(
+    body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, retry: int, **_: Any
+) -> None:
+    await reconcile.apply_spec(memo.context, body, created=True, logger=logger, retry=retry)
 
 
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 @kopf.on.resume(GROUP, VERSION, PLURAL)
-async def update(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **kwargs: Any) -> None:
+async def update(
+    body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, retry: int, **kwargs: Any
+) -> None:
     await reconcile.apply_spec(
         memo.context,
         body,
@@ -80,6 +84,7 @@ async def update(body: kopf.Body, memo: kopf.Memo, logger: kopf.Logger, **kwargs
         logger=logger,
         pods=kwargs["vlm_pods"],
         deployments=kwargs["vlm_deployments"],
+        retry=retry,
     )
 
 

@@ -108,10 +108,18 @@ class ApiError(Exception):
         refuses new objects for a while (NamespaceLifecycle): neither is the object's."""
         return self.status == 403 and _NOT_THE_OBJECTS.search(self.body) is None
 
+    @property
+    def lacks_permission(self) -> bool:
+        """RBAC's 403: the operator may not do this (its Role or ClusterRole lacks a
+        verb or resource). No retry mends it before someone grants it."""
+        return self.status == 403 and _RBAC_REFUSAL.search(self.body) is not None
 
-#: How RBAC words its refusal (k8s.io/apiserver's authorization/authorizer), and the
-#: namespace lifecycle admission its refusal in a namespace being deleted.
-_NOT_THE_OBJECTS = re.compile(r'cannot [a-z]+ resource \\?"|because it is being terminated')
+
+#: How RBAC words its refusal (k8s.io/apiserver's authorization/authorizer)...
+_RBAC_REFUSAL = re.compile(r'cannot [a-z]+ resource \\?"')
+#: ...and, with the namespace lifecycle admission's refusal in a namespace being
+#: deleted, the 403s that are not the object's.
+_NOT_THE_OBJECTS = re.compile(rf"{_RBAC_REFUSAL.pattern}|because it is being terminated")
 
 
 def _seconds(value: str | None) -> float | None:

@@ -1069,7 +1069,8 @@ def recommend(
         up_to, why = capacity + 1, f"p95 over {_fmt(p95_target)}s"
         guarded = True
     elif slow and not guard_ready:
-        notes.append(f"p95 high: waiting for new pods to show in the {int(window)}s window")
+        what = "new pods to show in" if on_way > 0 else "what queued before to leave"
+        notes.append(f"p95 high: waiting for {what} the {int(window)}s window")
     elif slow and not sustained_slow and guard_p95 is not None:
         notes.append(f"p95 high in one window; {guard_p95:.1f}s over {int(p95_span)}s is on target")
 

@@ -237,17 +237,33 @@ async def apply_spec(
     logger: logging.Logger | logging.LoggerAdapter[Any],
     pods: Index | None = None,
     deployments: Index | None = None,
+    retry: int = 0,
 ) -> None:
     """Create or patch the children of a VLMService to match its spec.
 
     With the indices, a scale-down the spec makes (autoscaling off, ``replicas``
     lowered) marks the pods by their load first, as the autoscaler's own do: the
     ReplicaSet would otherwise rank them by the marks of an earlier scale-down.
+
+    ``retry`` is kopf's count of this handler's earlier failures: a write RBAC
+    refuses (the operator's Role lacks a verb or resource) fails until someone
+    grants it, so it is tried again after a doubling wait (``rejected_backoff_seconds``),
+    not every 5 s as a passing failure (the API server restarting) is.
     """
     async with context.applying:
-        await _apply_spec(
-            context, body, created=created, logger=logger, pods=pods, deployments=deployments
-        )
+        try:
+            await _apply_spec(
+                context, body, created=created, logger=logger, pods=pods, deployments=deployments
+            )
+        except kopf.TemporaryError as exc:
+            cause = exc.__cause__
+            if not (isinstance(cause, ApiError) and cause.lacks_permission):
+                raise
+            first, longest = context.rejected_backoff_seconds
+            wait = min(longest, first * 2 ** min(retry, 32))
+            raise kopf.TemporaryError(
+                f"{exc} (forbidden: again in {wait:.0f}s)", delay=wait
+            ) from cause
 
 
 async def _apply_spec(

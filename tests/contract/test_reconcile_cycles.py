@@ -715,8 +715,19 @@ async def test_a_child_an_admission_webhook_refuses_is_the_specs(
     kube.reject["Deployment"] = ApiError(403, "Forbidden", json.dumps(denial))
     ctx = context(kube, FakeSignals())
     if not rejected:
-        with pytest.raises(kopf.TemporaryError):
-            await reconcile.apply_spec(ctx, body, created=True, logger=LOG)
+        # Tried again, after a wait that doubles with kopf's count of failures: no
+        # retry mends a missing permission before someone grants it.
+        first, longest = ctx.rejected_backoff_seconds
+        for retry, wait in ((0, first), (1, 2 * first), (3, 8 * first), (40, longest)):
+            with pytest.raises(kopf.TemporaryError) as failed:
+                await reconcile.apply_spec(ctx, body, created=True, logger=LOG, retry=retry)
+            assert failed.value.delay == wait
+            assert "cannot create resource" in str(failed.value)
+        # A passing failure (the API server restarting) is tried again soon, whatever the count.
+        kube.reject["Deployment"] = ApiError(503, "Service Unavailable", "etcd leader changed")
+        with pytest.raises(kopf.TemporaryError) as failed:
+            await reconcile.apply_spec(ctx, body, created=True, logger=LOG, retry=5)
+        assert failed.value.delay == 5
         return
     await reconcile.apply_spec(ctx, body, created=True, logger=LOG)  # no TemporaryError
     condition = next(c for c in body["status"]["conditions"] if c["type"] == "InvalidSpec")
