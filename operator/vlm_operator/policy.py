@@ -53,7 +53,8 @@ The rules, and the failures of other autoscalers they answer:
   only as far as that growth is known not to matter: down to the pods the
   arrivals need by Little's law, or to the fewest on which the fleet's P95
   and its in-flight count, both grown in proportion to the pods taken away,
-  still fit (the target's 93 %; a pod's share of the demand). A pod or two fewer on a noisy
+  still fit (the target's 93 %; a pod's share of the demand). A pod or two
+  fewer on a noisy
   load (a noise band of half a pod or more) is what a dip of the noise looks
   like: that step waits until the highest recommendation of two windows
   allows it, so the fleet sits as low (with the narrower spare) but a dip of
@@ -1250,7 +1251,11 @@ def recommend(
             why = "demand fell" + (", load collapsed" + collapse_note if collapsed else "")
             if little is not None and target < current - measured:
                 why += f", arrivals {arrival or 0.0:.1f}/s need {little}"
-            if proportional is not None and target < current - measured:
+            if (
+                proportional is not None
+                and current - proportional > measured
+                and target < current - measured
+            ):
                 why += f", the p95 and in-flight grown x{current}/{proportional} fit {proportional}"
             why += f", step limit -{step}" if target > highest else ""
             # Once the window allows a step on a noisy load, it goes as far as
