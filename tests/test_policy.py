@@ -472,14 +472,28 @@ def test_a_fall_that_is_no_collapse_steps_down_a_tenth_of_the_pods_at_a_time() -
     # Each step waits a rate window for its effect to show in the signals.
     assert all(5.0 * (j - i) >= window for (i, _), (j, _) in itertools.pairwise(downs))
     # Nearer the target (10 s) the P95 grown in proportion allows no more than
-    # a tenth: tenths all the way.
+    # a tenth: tenths, until the P95 the fleet shows itself stops a step (on
+    # 36 pods: 11.2 s on 32). Those 33 pods are the fewest found to hold this
+    # demand, and stay while it lasts, though the P95 stays as flat on them.
     busy = _steady(spec, _signals(160, 0, p95=10.0), _pods(40), seconds=300)
     quiet = _steady(
-        spec, _signals(120, 0, p95=10.0), _pods(40), seconds=600, start=305, state=busy[-1].state
+        spec, _signals(120, 0, p95=10.0), _pods(40), seconds=900, start=305, state=busy[-1].state
     )
-    fleet = [40] + [d.replicas for d in quiet if d.direction == "down"]
-    assert fleet == [40, 39, 36, 33, 31]
+    downs = [d for d in quiet if d.direction == "down"]
+    fleet = [40] + [d.replicas for d in downs]
+    assert fleet == [40, 39, 36, 33]
+    # The step to 36 was stopped by the P95 of 40 pods, not of the fleet that
+    # stepped: nothing kept.
+    assert downs[1].state.kept_floor is None
+    assert downs[2].state.kept_floor is not None
+    assert downs[2].state.kept_floor[1:] == (33, 120.0)
     assert all(0 < a - b <= max(1, a // 10) for a, b in itertools.pairwise(fleet))
+    assert quiet[-1].reason.endswith("(held: 33 pods were the fewest found to hold demand 120)")
+    # A demand clearly lower (by more than a pod and the spare) forgets them.
+    lower = _steady(
+        spec, _signals(100, 0, p95=10.0), _pods(33), seconds=600, start=1210, state=quiet[-1].state
+    )
+    assert lower[-1].replicas < 33
 
 
 @pytest.mark.parametrize(
@@ -582,17 +596,19 @@ def test_a_step_of_one_or_two_pods_on_a_noisy_load_waits_two_windows(
     # An open load wandering between 30 and 38 in flight (σ ≈ 8) keeps 12
     # pods (its mean 34 and 1.6 σ of spare); at 26-34 it needs 11, at 22-30
     # 10. A pod or two fewer is what a dip of such noise looks like: the step
-    # (of one pod, a tenth of 12) waits until the highest recommendation of
-    # two stabilization windows allows it.
+    # waits until the highest recommendation of two stabilization windows
+    # allows it, then goes there at once (two pods, more than a tenth of 12:
+    # measured enough by the wait).
     spec = _spec(maxReplicas=60)
     down_window = spec.autoscaling.scale_down.stabilization_window_seconds
     state = _history(spec, [38.0, 30.0] * 30, pods=12)
     lower = _replay(spec, state, _alternating(low, high, 80), start=300.0, pods=12)
     first_down = next(i for i, d in enumerate(lower) if d.direction == "down")
     assert 2 * down_window <= 5.0 * first_down <= 2 * down_window + 60
-    assert lower[first_down].replicas == 11
-    waiting = lower[first_down - 1].reason
-    assert f"a fall of 2 pods or fewer waits {2 * down_window}s on a load this noisy" in waiting
+    assert lower[first_down].replicas == needs
+    # The minute before the step says what it waited for.
+    waiting = f"a fall of 2 pods or fewer waits {2 * down_window}s on a load this noisy"
+    assert any(waiting in d.reason for d in lower[first_down - 12 : first_down])
     # A quiet load (the same fall without the noise) waits one window, from
     # the first tick whose rate window shows the fall.
     state = _history(spec, [44.0] * 60, pods=12)
@@ -654,6 +670,52 @@ def test_a_falling_arrival_rate_lets_a_small_step_go_after_one_window() -> None:
     steady = _falling_rate(spec, PolicyState(), demand, [6.0] * len(demand), 0.0)
     first_down = next(i for i, d in enumerate(steady) if d.direction == "down")
     assert 5.0 * (first_down - ticks) >= 2 * down_window
+
+
+def test_the_fewest_pods_found_hold_while_the_load_does_not_while_it_falls() -> None:
+    # 12 pods kept at this demand (34): the two-pod fall of the test above
+    # waits for good at a steady rate, and goes after one window while the
+    # arrivals fall (a day's evening is no steady load).
+    spec = _spec(maxReplicas=60)
+    ticks = 360
+    demand = [38.0, 30.0] * (ticks // 2) + _alternating_values(22.0, 30.0, 200)
+    steady = _falling_rate(spec, PolicyState(), demand[:ticks], [6.0] * ticks, 0.0)
+    kept = dataclasses.replace(steady[-1].state, kept_floor=(5.0 * ticks - 60.0, 12, 34.0))
+    held = _falling_rate(spec, kept, demand[ticks:], [6.0] * 200, 5.0 * ticks)
+    assert {d.replicas for d in held} == {12}
+    assert held[-1].reason.endswith("(held: 12 pods were the fewest found to hold demand 34)")
+    rates = [6.0 - i * 5.0 / 3600 * 6.0 for i in range(ticks + 200)]
+    before = _falling_rate(spec, PolicyState(), demand[:ticks], rates[:ticks], 0.0)
+    kept = dataclasses.replace(before[-1].state, kept_floor=(5.0 * ticks - 60.0, 12, 34.0))
+    after = _falling_rate(spec, kept, demand[ticks:], rates[ticks:], 5.0 * ticks)
+    assert after[-1].replicas < 12
+    assert "arrivals falling" in next(d for d in after if d.direction == "down").reason
+
+
+def test_pods_bought_back_when_the_fewest_found_fell_short_are_kept() -> None:
+    # A noisy load (30-38 in flight) on 11 pods, the fewest found to hold it:
+    # a queue says they fall short, and 13 are bought back. Those are kept at
+    # the floor's demand (34), not at the queue's, which a fleet that falls
+    # short shows and which would let the share of it go again: the load back
+    # as it was holds the 13.
+    spec = _spec(maxReplicas=60)
+    state = _history(spec, [38.0, 30.0] * 60, pods=12)
+    short = dataclasses.replace(state, kept_floor=(250.0, 11, 34.0))
+    bought = _replay(spec, short, [(44.0, 6.0)] * 14, start=600.0, pods=11)
+    up = next(d for d in bought if d.direction == "up")
+    assert up.replicas == 13
+    assert up.state.kept_floor is not None
+    assert up.state.kept_floor[1:] == (13, 34.0)
+    after = _replay(spec, bought[-1].state, _alternating(30.0, 38.0, 240), start=670.0, pods=13)
+    assert {d.replicas for d in after} == {13}
+    assert after[-1].reason.endswith("(held: 13 pods were the fewest found to hold demand 34)")
+    # With nothing found before, the pods a queue buys are no floor: the
+    # window takes them back as the noise allows.
+    fresh = _replay(spec, state, [(44.0, 6.0)] * 14, start=600.0, pods=11)
+    assert fresh[-1].replicas == 13
+    assert fresh[-1].state.kept_floor is None
+    again = _replay(spec, fresh[-1].state, _alternating(30.0, 38.0, 240), start=670.0, pods=13)
+    assert again[-1].replicas < 13
 
 
 def test_the_arrival_trend_starts_anew_after_refusals_and_leaves_out_the_drain() -> None:
@@ -789,6 +851,10 @@ def test_a_noisy_load_steps_down_to_its_mean_and_1_6_sigma_of_spare() -> None:
     decisions = _replay(spec, state, _alternating(26.0, 34.0, 400), start=300.0, pods=14)
     assert decisions[-1].replicas == 11
     assert all(d.direction != "up" for d in decisions)
+    # Once at 13, the window drains a pod at a time (its last 12s leave it 30 s
+    # after its 13s): the step waits for 11 and goes once, not 13 -> 12 -> 11.
+    assert [d.replicas for d in decisions if d.direction == "down"] == [13, 11]
+    assert any("(the window falls to 11 within 30s)" in d.reason for d in decisions)
 
 
 def _fall_to_120_in_flight(p95: float, *, seconds: float = 300.0) -> list[Decision]:
@@ -1333,6 +1399,8 @@ def test_state_round_trips_through_json_and_stays_small() -> None:
         {"version": 1, "guardFloor": [1.0, -1, 9.0]},
         {"version": 1, "guardFloor": [1.0, 4]},
         {"version": 1, "guardFloor": "x"},
+        {"version": 1, "keptFloor": [1.0, -1, 9.0]},
+        {"version": 1, "keptFloor": [1.0, 4]},
         {"version": 1, "demandSinceChange": [1.0, 2.0]},
         {"version": 1, "calmSince": "x"},
         {"version": 1, "arrivalTrend": [1.0, 2.0, 3.0, float("nan")]},
@@ -1359,6 +1427,7 @@ def test_state_from_garbage_is_fresh(garbage: Any) -> None:
         ("p95", [[1.0, -2.0]]),
         ("guardFloor", [0.0, 10**400, 6.0]),
         ("guardFloor", [0.0, 3, -6.0]),
+        ("keptFloor", [0.0, 3, float("nan")]),
         ("fleetP95", [990.0, 999.0, 11.5, 10**400]),
         ("fleetP95", [990.0, 999.0, 1e308, 3]),
         ("arrivalTrend", [1.0, 2.0, -3.0, 3.0]),

@@ -343,17 +343,23 @@ def test_late_loops_still_share_their_ticks_queries() -> None:
 
 def test_cleared_fields_are_deleted_by_the_merge_patch() -> None:
     """A field the operator stops reporting is a null in the patch, so the store drops it."""
-    floor = PolicyState(guard_floor=(T0, 9, 30.0), queued_at=T0, demand_since_change=(1, 2, 3))
+    floor = PolicyState(
+        guard_floor=(T0, 9, 30.0),
+        kept_floor=(T0, 8, 30.0),
+        queued_at=T0,
+        demand_since_change=(1, 2, 3),
+    )
     first = cycle({}, decision(9, state=floor))
     stored = merge_patched({}, first)
     assert stored["autoscalerState"]["guardFloor"] == [T0, 9, 30.0]
+    assert stored["autoscalerState"]["keptFloor"] == [T0, 8, 30.0]
     assert stored["signals"]["p95Seconds"] == 9.0
 
     # Prometheus lost and the guard floor cleared: both must go from the stored status.
     second = cycle(stored, decision(6, state=PolicyState(), signals_ok=False), signals=LOST)
     assert second["autoscalerState"]["guardFloor"] is None
     stored = merge_patched(stored, second)
-    for key in ("guardFloor", "queuedAt", "demandSinceChange"):
+    for key in ("guardFloor", "keptFloor", "queuedAt", "demandSinceChange"):
         assert key not in stored["autoscalerState"]
     assert "p95Seconds" not in stored["signals"]
     assert "inFlightPerPod" not in stored["signals"]

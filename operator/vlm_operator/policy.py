@@ -59,10 +59,13 @@ The rules, and the failures of other autoscalers they answer:
   like: that step waits until the highest recommendation of two windows
   allows it, so the fleet sits as low (with the narrower spare) but a dip of
   one window no longer moves it, and a steady load does not ratchet down a
-  pod at a time and back up. Unless the arrivals are falling: a day's
-  evening (1 request/s an hour) puts the rate's 10-minute moving mean three
-  standard deviations of Poisson noise under its 40-minute one, which a
-  steady load does not, and then the step goes after one window. And a step
+  pod at a time and back up; having waited, it goes at once (two pods are
+  more than a tenth of a small fleet), and if the window will allow a pod
+  more within a rate window, it waits for that and goes once. Unless the
+  arrivals are falling: a day's evening (1 request/s an hour) puts the
+  rate's 10-minute moving mean three standard deviations of Poisson noise
+  under its 40-minute one, which a steady load does not, and then the step
+  goes after one window. And a step
   on a noisy load, once the window allows it, lands where the demand's mean
   since the last change fits with the same spare (a tenth of the pods at
   most): the window's highest recommendation is a high quantile of the
@@ -86,7 +89,15 @@ The rules, and the failures of other autoscalers they answer:
   fleet's per-pod target, no step goes to fewer pods n than keep the P95 it
   predicts there (P95 × pods ÷ n) under 93 % of the target. The demand's
   noise cannot tell a step a pod too far from the right one; the P95 it
-  would cause can, before the guard has to buy the pod back. A scale-up goes
+  would cause can, before the guard has to buy the pod back. Where the P95
+  of the fleet that stepped stopped the step, those pods are kept while the
+  demand holds (as the guard's are, below, but not while the arrivals
+  fall): near the target the P95 is flat, then a cliff (10.1 s on 30 pods
+  at 10 req/s, 10.3 s on 28, 13.7 s on 26), and taken again on each smaller
+  fleet it walks down to the cliff a scale-down at a time. So are the pods
+  a queue buys back when such a floor's fleet falls short, at the floor's
+  demand (the short fleet's is a queue's, and the share of it would take
+  them back). A scale-up goes
   to the lowest recommendation of ``scaleUp.stabilizationWindowSeconds`` (0
   by default: react at once) and adds at most max(maxPodsPerStep,
   maxPercentPerStep % of current) pods per tick.
@@ -306,6 +317,10 @@ class PolicyState:
     #: What the P95 guard learned: (time, pods, demand) - one pod fewer than
     #: ``pods`` missed the P95 target at this window-mean demand.
     guard_floor: tuple[float, int, float] | None = None
+    #: The fewest pods found to hold a demand without the guard: (time, pods,
+    #: demand) - where a scale-down stopped at the latency floor, or the pods
+    #: bought back when fewer fell short at this window-mean demand.
+    kept_floor: tuple[float, int, float] | None = None
     #: The demand since the last change (its first rate window left out):
     #: (first, last, moving mean over LEVEL_SECONDS).
     demand_since_change: tuple[float, float, float] | None = None
@@ -351,6 +366,7 @@ class PolicyState:
             "changedAt": self.changed_at,
             "queuedAt": self.queued_at,
             "guardFloor": None if self.guard_floor is None else list(self.guard_floor),
+            "keptFloor": None if self.kept_floor is None else list(self.kept_floor),
             "demandSinceChange": (
                 None if self.demand_since_change is None else list(self.demand_since_change)
             ),
@@ -398,9 +414,12 @@ class PolicyState:
             raw = data.get(key)
             return None if raw is None else field(key, lambda: _finite(raw), None)
 
-        def guard_floor() -> tuple[float, int, float]:
-            t, n, d = data["guardFloor"]
-            return (_finite(t), _pods(n), _amount(d))
+        def floor(key: str) -> Callable[[], tuple[float, int, float]]:
+            def parse() -> tuple[float, int, float]:
+                t, n, d = data[key]
+                return (_finite(t), _pods(n), _amount(d))
+
+            return parse
 
         def since_change() -> tuple[float, float, float]:
             first, last, mean = data["demandSinceChange"]
@@ -435,7 +454,8 @@ class PolicyState:
             settled_at=instant("settledAt"),
             changed_at=instant("changedAt"),
             queued_at=instant("queuedAt"),
-            guard_floor=optional("guardFloor", guard_floor),
+            guard_floor=optional("guardFloor", floor("guardFloor")),
+            kept_floor=optional("keptFloor", floor("keptFloor")),
             demand_since_change=optional("demandSinceChange", since_change),
             calm_since=instant("calmSince"),
             arrival_trend=optional("arrivalTrend", arrival_trend),
@@ -714,6 +734,34 @@ def _track_fleet_p95(
     return (first, now, round(_moving_mean(mean, first, last, now, p95, tau), 3), pods)
 
 
+def _floor_now(
+    floor: tuple[float, int, float] | None,
+    now: float,
+    level: float | None,
+    down_band: float,
+    per_pod: float,
+) -> tuple[tuple[float, int, float] | None, int]:
+    """A remembered floor as it holds at ``level``, and the pods it holds.
+
+    Forgotten once the demand falls clearly below the floor's (a pod and the
+    spare), or to next to nothing (a floor learnt at a demand under a pod's
+    target and the spare could never fall clearly below, and kept its fleet
+    on an idle service). In between it holds the pods that carry each what
+    the floor's fleet did.
+    """
+    if floor is None or floor[0] > now:
+        return None, 0
+    if level is not None and (
+        level + down_band + per_pod < floor[2] or level < DOWN_SPARE * per_pod
+    ):
+        return None, 0
+    pods = floor[1]
+    if level is not None and level + down_band < floor[2]:  # a share under 1
+        share = (level + down_band) / floor[2]
+        pods = max(1, math.ceil(floor[1] * share - _EPS))
+    return floor, pods
+
+
 def _p95_on(fleet_p95: tuple[float, float, float, int], latency_floor: int) -> str:
     """The reason's account of a latency floor: what one pod fewer would make the P95."""
     _, _, p95, pods = fleet_p95
@@ -958,25 +1006,15 @@ def recommend(
     down_band = max(DOWN_SPARE * per_pod, DOWN_NOISE_WIDTH * sigma)
     # What the P95 guard learned holds while the load does: a scale-down to
     # the fleet that missed the target at this demand would only be bought
-    # back. Forgotten once the demand falls clearly below it, or to next to
-    # nothing (a lesson learnt at a demand under a pod's target and the spare
-    # could never fall clearly below, and kept its fleet on an idle service).
-    # In between it holds the pods that carry each what the guard's fleet did.
-    floor = state.guard_floor
+    # back. So does the fewest pods found to hold it otherwise (the kept
+    # floor): near the target a fleet's P95 is flat, then a cliff (10.1 s on
+    # 30 pods at 10 req/s, 10.3 s on 28, 13.7 s on 26), so a latency floor
+    # taken again on the fleet it set moves down a pod at a time to the
+    # cliff, and a fleet that fell short once falls short again.
     level = _mean(recorded, now, history)
-    fell = (
-        level is not None
-        and floor is not None
-        and (level + down_band + per_pod < floor[2] or level < DOWN_SPARE * per_pod)
-    )
-    if floor is not None and (floor[0] > now or fell):
-        floor = None
-    floor_pods = 0
-    if floor is not None:
-        floor_pods = floor[1]
-        if level is not None and level + down_band < floor[2]:  # a share under 1
-            share = (level + down_band) / floor[2]
-            floor_pods = max(1, math.ceil(floor[1] * share - _EPS))
+    floor, guard_pods = _floor_now(state.guard_floor, now, level, down_band, per_pod)
+    kept, kept_pods = _floor_now(state.kept_floor, now, level, down_band, per_pod)
+    floor_pods = max(guard_pods, kept_pods)
     # Up: the mean demand of the rate window. On a closed loop a rise counts
     # once two samples in a row show it, and a queue on the latest sample at
     # once when the demand is quiet (noise under the tolerance), since a second
@@ -1059,15 +1097,17 @@ def recommend(
     up_to = current
     # Start-up aware: while pods load, the queue grows by itself; only a burst
     # buys more before they are ready (the backlog is theirs to drain).
+    on_demand = False  # bought on the demand alone (no burst, no guard)
     if need is not None and need > current and on_way == 0:
         stabilized = min((n for _, n in up_queue), default=need) if up_window > 0 else need
         if stabilized > current:
             up_to, why = stabilized, "demand"
+            on_demand = True
     if burst and burst_need is not None and burst_need >= max(up_to, current + 1):
-        up_to, why = burst_need, "burst"
-    guarded = False
+        up_to, why, on_demand = burst_need, "burst", False
+    guarded = pinned = False
     if sustained_slow and guard_ready and capacity + 1 > up_to:
-        up_to, why = capacity + 1, f"p95 over {_fmt(p95_target)}s"
+        up_to, why, on_demand = capacity + 1, f"p95 over {_fmt(p95_target)}s", False
         guarded = True
     elif slow and not guard_ready:
         what = "new pods to show in" if on_way > 0 else "what queued before to leave"
@@ -1122,6 +1162,8 @@ def recommend(
         state, now, arrival, disturbed, window, auto.sync_period_seconds
     )
     falling = _arrivals_falling(arrival_trend)
+    if falling:  # the kept floor is a steady load's: an evening's falls through it
+        kept_pods, floor_pods = 0, guard_pods
     noisy = noise >= SMALL_STEP_WAIT_BAND * per_pod
     # The fleet's P95 as it is: taken once what queued before the last change,
     # burst or refusal has left the P95 window, as the guard's is.
@@ -1209,12 +1251,29 @@ def recommend(
                 exempted = True
             elif longer > highest:
                 highest, waited = longer, True
-        held = floor if floor is not None and highest < floor_pods else None
-        if held is not None:
+        held = highest < floor_pods
+        if held:
             highest = floor_pods
         slowed = False
         if not collapsed and latency_floor is not None and highest < latency_floor:
             highest, slowed = min(latency_floor, current), True
+        # A small step whose window falls further within a rate window waits
+        # for it, to go once: a window draining a pod at a time (the last of a
+        # cold start's recommendations leaving it) took two scale-downs a rate
+        # window apart (14 -> 13 -> 12 pods at 4 req/s).
+        due: int | None = None
+        if (
+            not collapsed
+            and noisy
+            and not exempted
+            and current - SMALL_STEP_PODS <= highest < current
+        ):
+            span_used = down_span if waited else down_window
+            later = [n for t, n in down_queue if t > now - span_used + window]
+            if later:
+                soon = max(max(later), floor_pods, min(latency_floor or 0, current))
+                if soon < highest:
+                    due, highest = soon, current
         if collapsed:  # a rate window seen since the last gap, once the whole window was
             seen_enough = resumed_for >= min(window, down_window) - _EPS and seen_whole
         else:
@@ -1228,6 +1287,10 @@ def recommend(
             proportional: int | None = None
             if not collapsed:
                 measured = min(step, max(1, math.floor(current * DESCENT_STEP_FRACTION)))
+                # A small step on a noisy load waited SMALL_STEP_WAIT_WINDOWS
+                # windows: measured enough, it goes at once.
+                if noisy and current - highest <= SMALL_STEP_PODS:
+                    measured = min(step, max(measured, current - highest))
                 # Measuring each step is for the in-flight count that more pods
                 # understate; down to what Little's law says the arrivals need,
                 # no step needs measuring (an idle fleet of 18 took 17 steps).
@@ -1298,25 +1361,42 @@ def recommend(
                 if target > lowest:
                     why += f", step limit -{step}"
                 elif floor_pods > latency_floor:
-                    why += f", no fewer than the p95 guard's {floor_pods}"
+                    if guard_pods >= kept_pods:
+                        why += f", no fewer than the p95 guard's {floor_pods}"
+                    else:
+                        why += f", no fewer than the {floor_pods} found to hold this demand"
             if exempted and arrival_trend is not None:
                 _, _, fast_rate, slow_rate = arrival_trend
                 why += f", arrivals falling ({fast_rate:.2f}/s against {slow_rate:.2f}/s)"
             if slowed and target == latency_floor:
                 why += f", no fewer: {latency_note}"
+            # Where the latency floor stopped a step is the fewest pods found
+            # to hold this demand: kept (see the kept floor above).
+            pinned = (
+                not collapsed
+                and not falling
+                and target == latency_floor
+                and fleet_p95 is not None
+                and fleet_p95[3] == current
+            )
         elif keep is not None and keep < current:
             if highest < current:
                 # Worded the same every tick it lasts: a reason that changed
                 # would be a status write every tick.
                 why = "stabilizing (the signals were not seen long enough since a gap)"
+            elif due is not None:
+                why = f"stabilizing (the window falls to {due} within {int(window)}s)"
             elif slowed:
                 why = f"held: {latency_note}"
-            elif held is not None:
-                why = (
-                    f"held: p95 was over target on {held[1] - 1} pods "
-                    f"at demand {_fmt(round(held[2], 1))}"
-                )
-                if floor_pods < held[1]:
+            elif held:
+                lesson = floor if floor is not None and guard_pods >= kept_pods else kept
+                assert lesson is not None  # floor_pods > 0 comes from one of the floors
+                if lesson is floor:
+                    why = f"held: p95 was over target on {lesson[1] - 1} pods at demand"
+                else:
+                    why = f"held: {lesson[1]} pods were the fewest found to hold demand"
+                why += f" {_fmt(round(lesson[2], 1))}"
+                if floor_pods < lesson[1]:
                     why += f"; {floor_pods} carry as much each at this demand"
             elif collapse_note:
                 why = "held: load collapsed" + collapse_note
@@ -1371,6 +1451,17 @@ def recommend(
 
     if guarded and target > current and level is not None:
         floor = (now, target, level)
+    # The kept floor: where a scale-down stopped at the latency floor, or the
+    # pods bought back on the demand when a remembered floor's fleet (or
+    # fewer) fell short. The demand the fleet that fell short ran is a queue's,
+    # higher than the floor's fleet ran: the floor's own is kept, or the
+    # share would take the pods bought back away again.
+    if level is not None and pinned and target < current:
+        kept = (now, target, level)
+    elif level is not None and on_demand and target > current:
+        short = [f[2] for f in (floor, kept) if f is not None and current <= f[1]]
+        if short:
+            kept = (now, target, min(level, *short))
 
     # The demand's mean since the last change, its first rate window left out
     # (fewer pods take that long to run fuller): where a scale-down lands.
@@ -1393,6 +1484,7 @@ def recommend(
         changed_at=now if target != current else changed_at,
         queued_at=(state.queued_at if waiting is None else now if waiting > 0 else None),
         guard_floor=floor,
+        kept_floor=kept,
         demand_since_change=since_change,
         calm_since=calm_since,
         arrival_trend=arrival_trend,
