@@ -414,12 +414,9 @@ class PolicyState:
             raw = data.get(key)
             return None if raw is None else field(key, lambda: _finite(raw), None)
 
-        def floor(key: str) -> Callable[[], tuple[float, int, float]]:
-            def parse() -> tuple[float, int, float]:
-                t, n, d = data[key]
-                return (_finite(t), _pods(n), _amount(d))
-
-            return parse
+        def floor(key: str) -> tuple[float, int, float]:
+            t, n, d = data[key]
+            return (_finite(t), _pods(n), _amount(d))
 
         def since_change() -> tuple[float, float, float]:
             first, last, mean = data["demandSinceChange"]
@@ -454,8 +451,8 @@ class PolicyState:
             settled_at=instant("settledAt"),
             changed_at=instant("changedAt"),
             queued_at=instant("queuedAt"),
-            guard_floor=optional("guardFloor", floor("guardFloor")),
-            kept_floor=optional("keptFloor", floor("keptFloor")),
+            guard_floor=optional("guardFloor", lambda: floor("guardFloor")),
+            kept_floor=optional("keptFloor", lambda: floor("keptFloor")),
             demand_since_change=optional("demandSinceChange", since_change),
             calm_since=instant("calmSince"),
             arrival_trend=optional("arrivalTrend", arrival_trend),
@@ -1164,6 +1161,8 @@ def recommend(
     falling = _arrivals_falling(arrival_trend)
     if falling:  # the kept floor is a steady load's: an evening's falls through it
         kept_pods, floor_pods = 0, guard_pods
+    # The floor floor_pods comes from, when it holds any: named in the reason.
+    binding = floor if guard_pods >= kept_pods else kept
     noisy = noise >= SMALL_STEP_WAIT_BAND * per_pod
     # The fleet's P95 as it is: taken once what queued before the last change,
     # burst or refusal has left the P95 window, as the guard's is.
@@ -1361,7 +1360,7 @@ def recommend(
                 if target > lowest:
                     why += f", step limit -{step}"
                 elif floor_pods > latency_floor:
-                    if guard_pods >= kept_pods:
+                    if binding is floor:
                         why += f", no fewer than the p95 guard's {floor_pods}"
                     else:
                         why += f", no fewer than the {floor_pods} found to hold this demand"
@@ -1389,14 +1388,13 @@ def recommend(
             elif slowed:
                 why = f"held: {latency_note}"
             elif held:
-                lesson = floor if floor is not None and guard_pods >= kept_pods else kept
-                assert lesson is not None  # floor_pods > 0 comes from one of the floors
-                if lesson is floor:
-                    why = f"held: p95 was over target on {lesson[1] - 1} pods at demand"
+                assert binding is not None  # floor_pods > 0 comes from one of the floors
+                if binding is floor:
+                    why = f"held: p95 was over target on {binding[1] - 1} pods at demand"
                 else:
-                    why = f"held: {lesson[1]} pods were the fewest found to hold demand"
-                why += f" {_fmt(round(lesson[2], 1))}"
-                if floor_pods < lesson[1]:
+                    why = f"held: {binding[1]} pods were the fewest found to hold demand"
+                why += f" {_fmt(round(binding[2], 1))}"
+                if floor_pods < binding[1]:
                     why += f"; {floor_pods} carry as much each at this demand"
             elif collapse_note:
                 why = "held: load collapsed" + collapse_note
