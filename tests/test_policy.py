@@ -16,6 +16,7 @@ from vlm_operator.policy import (
     GUARD_P95_WINDOWS,
     GUARD_SETTLE_WINDOWS,
     MAX_HISTORY,
+    SMALL_STEP_PODS,
     Decision,
     PodCounts,
     PolicyState,
@@ -228,10 +229,18 @@ def _replay(
     pods: int,
 ) -> list[Decision]:
     """Feed (running, waiting) every 5 s from ``start``, applying each decision."""
+    signals = [_signals(running, waiting) for running, waiting in demand]
+    return _run(spec, state, signals, start=start, pods=pods)
+
+
+def _run(
+    spec: VLMServiceSpec, state: PolicyState, signals: list[Signals], *, start: float, pods: int
+) -> list[Decision]:
+    """Feed ``signals`` every 5 s from ``start``, applying each decision."""
     decisions: list[Decision] = []
     current = pods
-    for i, (running, waiting) in enumerate(demand):
-        d = recommend(state, _signals(running, waiting), _pods(current), spec, start + 5.0 * i)
+    for i, read in enumerate(signals):
+        d = recommend(state, read, _pods(current), spec, start + 5.0 * i)
         decisions.append(d)
         state, current = d.state, d.replicas
     return decisions
@@ -709,13 +718,29 @@ def test_pods_bought_back_when_the_fewest_found_fell_short_are_kept() -> None:
     after = _replay(spec, bought[-1].state, _alternating(30.0, 38.0, 240), start=670.0, pods=13)
     assert {d.replicas for d in after} == {13}
     assert after[-1].reason.endswith("(held: 13 pods were the fewest found to hold demand 34)")
-    # With nothing found before, the pods a queue buys are no floor: the
-    # window takes them back as the noise allows.
+    # With nothing found before, the pod or two a steady load's queue buys
+    # are kept too, at the demand the fleet ran since its last change (the
+    # 30-38 and the queue's first samples, not the queue's 50): the fleet
+    # they were bought for fell short of it...
     fresh = _replay(spec, state, [(44.0, 6.0)] * 14, start=600.0, pods=11)
     assert fresh[-1].replicas == 13
-    assert fresh[-1].state.kept_floor is None
+    assert fresh[-1].state.kept_floor is not None
+    _, pods, demand = fresh[-1].state.kept_floor
+    assert pods == 13
+    assert 34.0 < demand < 40.0
     again = _replay(spec, fresh[-1].state, _alternating(30.0, 38.0, 240), start=670.0, pods=13)
-    assert again[-1].replicas < 13
+    assert {d.replicas for d in again} == {13}
+    assert again[-1].reason.endswith("(held: 13 pods were the fewest found to hold demand 36.3)")
+    # ...but the steps of a rise that follow, each before the last one's
+    # fleet ran a while, are the load's: the window takes them back, to what
+    # its first step found (11 -> 12 -> 16 pods; back to 12).
+    risen = _replay(spec, state, [(56.0, 8.0)] * 14, start=600.0, pods=11)
+    ups = [d.replicas for d in risen if d.direction == "up"]
+    assert ups[0] - 11 <= SMALL_STEP_PODS < ups[-1] - ups[0]
+    assert risen[-1].state.kept_floor is not None
+    assert risen[-1].state.kept_floor[1] == ups[0]
+    after = _replay(spec, risen[-1].state, _alternating(30.0, 38.0, 240), start=670.0, pods=ups[-1])
+    assert after[-1].replicas == ups[0]
 
 
 def test_the_arrival_trend_starts_anew_after_refusals_and_leaves_out_the_drain() -> None:
@@ -846,8 +871,10 @@ def test_a_noisy_load_steps_down_to_its_mean_and_1_6_sigma_of_spare() -> None:
     # 26-34 in flight (mean 30, σ ≈ 8.4): 30 + 1.6 σ = 43.4 requests fit 11
     # pods of 4. The spare is narrower than the 2 σ a rise must clear, since a
     # one-pod step waits two windows; from 14 pods the descent ends at 11.
+    # (The noise known: its moving mean, which the spare takes, at 8.4.)
     spec = _spec(maxReplicas=60)
-    state = _history(spec, [56.0] * 60, pods=14)
+    quiet = _history(spec, [56.0] * 60, pods=14)
+    state = dataclasses.replace(quiet, noise_mean=(0.0, 295.0, 8.0 / 0.954))
     decisions = _replay(spec, state, _alternating(26.0, 34.0, 400), start=300.0, pods=14)
     assert decisions[-1].replicas == 11
     assert all(d.direction != "up" for d in decisions)
@@ -855,6 +882,27 @@ def test_a_noisy_load_steps_down_to_its_mean_and_1_6_sigma_of_spare() -> None:
     # after its 13s): the step waits for 11 and goes once, not 13 -> 12 -> 11.
     assert [d.replicas for d in decisions if d.direction == "down"] == [13, 11]
     assert any("(the window falls to 11 within 30s)" in d.reason for d in decisions)
+    # A noise that has only begun counts at its mean so far (the quiet
+    # minutes before weigh in it): the descent goes a pod further.
+    fresh = _replay(spec, quiet, _alternating(26.0, 34.0, 400), start=300.0, pods=14)
+    assert fresh[-1].replicas == 10
+    assert fresh[-1].state.noise_mean is not None
+    assert fresh[-1].state.noise_mean[2] == pytest.approx(8.0 / 0.954, rel=0.05)
+
+
+def test_a_quiet_spell_of_a_noisy_load_narrows_the_spare_by_little() -> None:
+    # 136-144 in flight (σ ≈ 8.4) on the 39 pods its spare keeps; then four
+    # minutes within a request of 140, where one window's σ is 1: its spare
+    # alone (140 + 1.6 σ) fits 36 pods, the moving mean of the noise, which
+    # the spare takes, 38. The noise back, the 38 hold; a load no noisier
+    # than that does not lose three pods to four quiet minutes.
+    spec = _spec(maxReplicas=60)
+    state = _history(spec, [136.0, 144.0] * 150, pods=39)
+    quiet = [(140.0 + (1.0 if i % 2 else -1.0), 0.0) for i in range(48)]
+    ds = _replay(spec, state, quiet + _alternating(136.0, 144.0, 100), start=1500.0, pods=39)
+    assert [d.replicas for d in ds if d.direction != "hold"] == [38]
+    assert ds[-1].state.noise_mean is not None
+    assert 7.0 < ds[-1].state.noise_mean[2] < 8.0
 
 
 def _fall_to_120_in_flight(p95: float, *, seconds: float = 300.0) -> list[Decision]:
@@ -1151,6 +1199,65 @@ def test_p95_guard_keeps_the_pod_it_bought_while_the_load_lasts() -> None:
     assert low[-1].state.guard_floor is None
 
 
+def test_a_drained_backlogs_recommendations_leave_the_window_at_once() -> None:
+    # 20 pods (the most allowed) behind a backlog: 180 requests and refusals
+    # for a minute ask for 45 pods, and the window keeps them two minutes.
+    # Then the backlog is gone: 40 in flight at 4 requests/s, which keep 45
+    # in flight at most (12 pods), so the 45 were the backlog's. No collapse
+    # (12 is over half of 20), yet the window forgets them and the fleet steps
+    # down to what the arrivals need within a rate window of the drain, not
+    # two minutes later.
+    spec = _spec(maxReplicas=20)
+    window = spec.metrics.window_seconds
+    down_window = spec.autoscaling.scale_down.stabilization_window_seconds
+    state = _history(spec, [40.0] * 40, pods=20)
+    backlog = [_signals(80, 100, rate=4.0, errors=0.2)] * 12
+    drained = [_signals(40, 0, rate=4.0)] * 24
+    ds = _run(spec, state, backlog + drained, start=200.0, pods=20)
+    assert {d.replicas for d in ds[:12]} == {20}
+    down = next(d for d in ds if d.direction == "down")
+    assert down.replicas == 12
+    assert "arrivals 4.0/s need 12" in down.reason
+    at = 200.0 + 5.0 * ds.index(down)
+    assert at - 260.0 <= window < down_window
+    assert max(n for _, n in down.state.down) <= 12
+    # A load that fell by itself, with no refusal or burst, forgets nothing:
+    # 80 in flight on 21 pods, then 40 at 4 requests/s. The window keeps its
+    # 21 until it has passed.
+    spec = _spec(maxReplicas=21)
+    steady = [_signals(80, 0, rate=8.0)] * 60
+    fell = _run(spec, PolicyState(), steady + drained * 2, start=0.0, pods=21)
+    first = next(d for d in fell if d.direction == "down")
+    assert 5.0 * fell.index(first) >= 5.0 * (len(steady) - 1) + down_window
+    assert first.replicas < 21
+
+
+def test_the_p95_guard_keeps_its_pod_at_the_demand_the_fleet_ran() -> None:
+    # 11 pods run 40 in flight; then the P95 goes just over the target, and
+    # slower answers hold more in flight (44, the fleet's capacity). By the
+    # time the mean P95 of four windows is over the target, the window's mean
+    # demand is nearly all 44s. The guard buys the 12th and keeps it at the
+    # demand the fleet ran since its last change: back at 37, the 12 hold,
+    # where a floor at the window's mean was forgotten (37, a pod and the
+    # spare fall under it).
+    spec = _spec(maxReplicas=60)
+    state = _history(spec, [40.0] * 200, pods=11)
+    slow = [_signals(44, 0, p95=12.5, rate=4.0)] * 60
+    ds = _run(spec, state, slow, start=1000.0, pods=11)
+    bought = next(d for d in ds if d.direction == "up")
+    assert bought.replicas == 12
+    assert "p95 over 12s" in bought.reason
+    assert bought.state.guard_floor is not None
+    _, pods, demand = bought.state.guard_floor
+    assert pods == 12
+    assert 40.0 < demand < 41.5
+    at = 1000.0 + 5.0 * ds.index(bought)
+    back = [_signals(37, 0, p95=9.0, rate=4.0)] * 240
+    after = _run(spec, bought.state, back, start=at + 5.0, pods=12)
+    assert {d.replicas for d in after} == {12}
+    assert "held: p95 was over target on 11 pods at demand" in after[-1].reason
+
+
 def test_p95_guard_lesson_shrinks_with_the_load() -> None:
     # Learnt on 2 pods at a demand of 5: the demand can never fall a pod's
     # target and the spare below 5, yet an idle service must not keep 3 pods.
@@ -1431,6 +1538,9 @@ def test_state_from_garbage_is_fresh(garbage: Any) -> None:
         ("fleetP95", [990.0, 999.0, 11.5, 10**400]),
         ("fleetP95", [990.0, 999.0, 1e308, 3]),
         ("arrivalTrend", [1.0, 2.0, -3.0, 3.0]),
+        ("noiseMean", [5.0, 1.0, 3.0]),
+        ("noiseMean", [1.0, 2.0, float("inf")]),
+        ("noiseMean", [1.0, 2.0]),
     ],
 )
 def test_a_bad_stored_field_is_forgotten_alone(key: str, bad: Any) -> None:

@@ -348,6 +348,7 @@ def test_cleared_fields_are_deleted_by_the_merge_patch() -> None:
         kept_floor=(T0, 8, 30.0),
         queued_at=T0,
         demand_since_change=(1, 2, 3),
+        noise_mean=(1, 2, 3.0),
     )
     first = cycle({}, decision(9, state=floor))
     stored = merge_patched({}, first)
@@ -359,7 +360,7 @@ def test_cleared_fields_are_deleted_by_the_merge_patch() -> None:
     second = cycle(stored, decision(6, state=PolicyState(), signals_ok=False), signals=LOST)
     assert second["autoscalerState"]["guardFloor"] is None
     stored = merge_patched(stored, second)
-    for key in ("guardFloor", "keptFloor", "queuedAt", "demandSinceChange"):
+    for key in ("guardFloor", "keptFloor", "queuedAt", "demandSinceChange", "noiseMean"):
         assert key not in stored["autoscalerState"]
     assert "p95Seconds" not in stored["signals"]
     assert "inFlightPerPod" not in stored["signals"]

@@ -30,7 +30,12 @@ The rules, and the failures of other autoscalers they answer:
   requests, or twice the demand's own sample-to-sample noise σ if that is
   wider (an open load of ~100 in flight wanders by ~10 requests; a closed
   loop not at all); the spare a scale-down leaves is 1.6 σ, as its one-pod
-  steps wait longer (below). A queue (waiting > 0) is excused by the noise
+  steps wait longer (below), σ there being its moving mean over ten
+  minutes: one window's σ, the median of two dozen steps, wanders by half
+  (a band of ±4 to ±10 requests at a steady 4 req/s), and each dip of it
+  took a pod an hour on. That mean counts no higher than the window's σ or,
+  if larger, √ of the mean in flight (an open load's count), so a load gone
+  quiet is not held up by the noise it had. A queue (waiting > 0) is excused by the noise
   band only: the quarter-pod tolerance is for running requests over the
   target, as behind a round-robin Service the pod with the queue keeps
   getting its share of new requests. Behind a least-request balancer
@@ -75,7 +80,12 @@ The rules, and the failures of other autoscalers they answer:
   collapsed (all it asked for over the last rate window fits in half the
   pods, and in three pods fewer: a burst or a backlog is over) goes down
   without waiting out the window, since noise moves the demand by a pod or
-  two. Such a step goes no lower than the arrivals need if each stays in
+  two. Short of a collapse, a window whose highest recommendation is half as
+  much again as the arrivals keep in flight (or the demand now, if more), a
+  stabilization window or less after refusals or a burst, forgets the
+  drained backlog's recommendations: none counts above this tick's (noise
+  alone never forgets: it never refused). A collapse's step goes no lower
+  than the arrivals need if each stays in
   flight the P95 the fleet aims for, 93 % of the target (Little's law: fewer
   pods run fuller and slower, and the in-flight count of an idle fleet
   understates what a busy one holds; the mean stay is under the P95, and at
@@ -97,7 +107,8 @@ The rules, and the failures of other autoscalers they answer:
   fleet it walks down to the cliff a scale-down at a time. So are the pods
   a queue buys back when such a floor's fleet falls short, at the floor's
   demand (the short fleet's is a queue's, and the share of it would take
-  them back). A scale-up goes
+  them back), and with no floor remembered, the pod or two a steady load's
+  demand buys, at the demand the fleet ran since its last change. A scale-up goes
   to the lowest recommendation of ``scaleUp.stabilizationWindowSeconds`` (0
   by default: react at once) and adds at most max(maxPodsPerStep,
   maxPercentPerStep % of current) pods per tick.
@@ -116,7 +127,9 @@ The rules, and the failures of other autoscalers they answer:
   on a P95 of fewer
   than 20 answers (then it is just the slowest one). What the
   guard learns is kept: no scale-down below the fleet it bought while the
-  demand stays within a pod (and the band) of what it was, since concurrency
+  demand stays within a pod (and the band) of what it was (what the fleet
+  ran since its last change, if less than the window's mean, which the queue
+  that missed the target swelled), since concurrency
   alone, which calls the smaller fleet enough, would only lead back to it
   (on an open load the in-flight count clusters, and a pod at its target
   on average is over it often enough to miss the P95).
@@ -186,6 +199,11 @@ SMALL_STEP_WAIT_WINDOWS = 2
 SMALL_STEP_PODS = 2
 #: ...and noisy a load whose noise band (NOISE_WIDTH σ) is this many pods wide.
 SMALL_STEP_WAIT_BAND = 0.5
+#: Time constant of the moving mean of the demand's noise that the spare of a
+#: scale-down takes...
+NOISE_MEAN_SECONDS = 600.0
+#: ...from windows of this many samples at least.
+NOISE_MIN_SAMPLES = 3
 #: Time constants of the two moving means of the arrival rate that tell a
 #: falling load (a day's evening) from a steady one...
 ARRIVAL_TREND_FAST_SECONDS = 600.0
@@ -210,6 +228,11 @@ GUARD_MIN_ANSWERS = 20
 #: Rate windows over which a load must have needed at most half the pods to
 #: count as collapsed (and be scaled down without the whole stabilization window).
 COLLAPSE_WINDOWS = 1.0
+#: A window whose highest recommendation is this many times what the arrivals
+#: keep in flight (and COLLAPSE_MIN_PODS pods more), a stabilization window
+#: or less after refusals or a burst, holds a drained backlog's
+#: recommendations: forgotten, as noise moves a recommendation by a pod or two.
+BACKLOG_EXCESS = 1.5
 #: Pods by which a collapsed load must have fallen: noise moves one by a pod or two.
 COLLAPSE_MIN_PODS = 3
 #: Spread of the demand (its noise estimate), as a fraction of Poisson's
@@ -329,6 +352,9 @@ class PolicyState:
     #: ...and its two moving means since a rate window after that:
     #: (first, last, fast mean, slow mean).
     arrival_trend: tuple[float, float, float, float] | None = None
+    #: The demand's noise (σ) as the scale-down's spare takes it: a moving
+    #: mean over NOISE_MEAN_SECONDS of the window's: (first, last, mean).
+    noise_mean: tuple[float, float, float] | None = None
     #: The P95 of the fleet as it is, taken once a change, a burst or refusals
     #: have left the P95 window: (first, last, moving mean, pods it ran on).
     fleet_p95: tuple[float, float, float, int] | None = None
@@ -372,6 +398,7 @@ class PolicyState:
             ),
             "calmSince": self.calm_since,
             "arrivalTrend": None if self.arrival_trend is None else list(self.arrival_trend),
+            "noiseMean": None if self.noise_mean is None else list(self.noise_mean),
             "fleetP95": None if self.fleet_p95 is None else list(self.fleet_p95),
             "trusted": None if self.trusted is None else list(self.trusted),
             "readAt": self.read_at,
@@ -422,6 +449,10 @@ class PolicyState:
             first, last, mean = data["demandSinceChange"]
             return (*_span(first, last), _amount(mean))
 
+        def noise_mean() -> tuple[float, float, float]:
+            first, last, mean = data["noiseMean"]
+            return (*_span(first, last), _amount(mean))
+
         def arrival_trend() -> tuple[float, float, float, float]:
             first, last, fast, slow = data["arrivalTrend"]
             return (*_span(first, last), _amount(fast), _amount(slow))
@@ -456,6 +487,7 @@ class PolicyState:
             demand_since_change=optional("demandSinceChange", since_change),
             calm_since=instant("calmSince"),
             arrival_trend=optional("arrivalTrend", arrival_trend),
+            noise_mean=optional("noiseMean", noise_mean),
             fleet_p95=optional("fleetP95", fleet_p95),
             trusted=optional("trusted", trusted),
             read_at=instant("readAt"),
@@ -696,6 +728,33 @@ def _track_arrivals(
         round(_moving_mean(fast, first, last, now, arrival, ARRIVAL_TREND_FAST_SECONDS), 6),
         round(_moving_mean(slow, first, last, now, arrival, ARRIVAL_TREND_SLOW_SECONDS), 6),
     )
+
+
+def _track_noise(
+    mean: tuple[float, float, float] | None,
+    now: float,
+    sigma: float | None,
+    *,
+    fresh: bool,
+    gap: float,
+) -> tuple[float, float, float] | None:
+    """The next moving mean of the demand's noise: (first, last, mean).
+
+    Taken on ticks that recorded a sample, once the window holds a few (one
+    step's σ is no estimate). A gap longer than ``gap`` (the loop was down, or
+    the clock moved back) starts it anew.
+    """
+    if mean is not None and not 0.0 <= now - mean[1] <= gap:
+        mean = None
+    if not fresh or sigma is None:
+        return mean
+    if mean is None:
+        return (now, now, sigma)
+    first, last, value = mean
+    if now == last:
+        return mean
+    # Rounded as the status keeps it, so a restarted operator decides alike.
+    return (first, now, round(_moving_mean(value, first, last, now, sigma, NOISE_MEAN_SECONDS), 6))
 
 
 def _track_fleet_p95(
@@ -983,6 +1042,23 @@ def recommend(
     # flight wanders by ~10 requests; a closed loop not at all).
     sigma = _noise(recorded, now, down_window)
     noise = NOISE_WIDTH * sigma
+    # The scale-down's spare takes the noise's moving mean: one window's σ,
+    # the median of two dozen steps, wanders by half (a band of ±4.2 to
+    # ±10.5 requests at a steady 4 req/s), and each time it dipped the fleet
+    # stepped down a pod, an hour on. Never over this window's σ or, if
+    # larger, an open load's count's (√ of its mean), so a load gone quiet is
+    # not held up by the noise it had.
+    noise_mean = _track_noise(
+        state.noise_mean,
+        now,
+        sigma if len(_values(recorded, now, down_window)) >= NOISE_MIN_SAMPLES else None,
+        fresh=demand is not None and demand_complete and new_read,
+        gap=max(window, 2 * auto.sync_period_seconds),
+    )
+    sigma_down = sigma
+    if noise_mean is not None:
+        in_flight = _mean(recorded, now, window) or 0.0
+        sigma_down = min(noise_mean[2], max(sigma, math.sqrt(in_flight)))
     # A queue on the latest sample. On a fleet, one waiting request may be a
     # request counted on two pods (their gates are scraped at different
     # instants): it counts once the tick before showed a queue too. On one pod
@@ -1000,7 +1076,7 @@ def recommend(
     # requests to free slots, so a queue is demand like running requests.
     tolerant = not queued or auto.load_balancing == "LeastRequest"
     up_band = max(UP_TOLERANCE * per_pod, noise) if tolerant else noise
-    down_band = max(DOWN_SPARE * per_pod, DOWN_NOISE_WIDTH * sigma)
+    down_band = max(DOWN_SPARE * per_pod, DOWN_NOISE_WIDTH * sigma_down)
     # What the P95 guard learned holds while the load does: a scale-down to
     # the fleet that missed the target at this demand would only be bought
     # back. So does the fewest pods found to hold it otherwise (the kept
@@ -1227,6 +1303,23 @@ def recommend(
             and current - lately >= COLLAPSE_MIN_PODS
             and highest > lately
         )
+        # Short of a collapse, the window forgets a drained backlog's
+        # recommendations, once it is over (refusals or a burst ended a
+        # stabilization window ago or less: noise alone never forgets): they
+        # held a cold start's 60 pods for two minutes after its backlog had
+        # drained at 16 req/s, and its descent ran past the tenth minute.
+        # None counts above this tick's (a suffix maximum is a maximum still).
+        if (
+            not collapsed
+            and collapse_note
+            and keep is not None
+            and calm_since is not None
+            and now - calm_since < down_window
+            and highest >= BACKLOG_EXCESS * lately
+            and highest - lately >= COLLAPSE_MIN_PODS
+        ):
+            down_queue = tuple((t, min(n, keep)) for t, n in down_queue)
+            highest = max(n for t, n in down_queue if t > now - down_window or t == now)
         if collapsed and arrival is not None:
             # The in-flight count of a fleet running far under its target
             # understates what fewer pods will hold (they run fuller and
@@ -1447,19 +1540,33 @@ def recommend(
     if notes:
         reason += " [" + "; ".join(notes) + "]"
 
+    # The demand the fleet ran since its last change (a rate window after it
+    # at least), where it fell short if this tick buys pods.
+    ran = state.demand_since_change
     if guarded and target > current and level is not None:
-        floor = (now, target, level)
+        # At that demand, if lower: the window's mean is swollen by what made
+        # the P95 miss (slower answers hold more in flight, a queue), and the
+        # floor was forgotten as soon as that had passed (13 -> 12 pods at 4
+        # req/s, 925 s after the guard bought the 13th back).
+        floor = (now, target, level if ran is None else min(level, ran[2]))
     # The kept floor: where a scale-down stopped at the latency floor, or the
     # pods bought back on the demand when a remembered floor's fleet (or
     # fewer) fell short. The demand the fleet that fell short ran is a queue's,
     # higher than the floor's fleet ran: the floor's own is kept, or the
-    # share would take the pods bought back away again.
+    # share would take the pods bought back away again. With no floor
+    # remembered, a pod or two a steady load's demand buys are kept too, at
+    # the demand the fleet ran since its last change: the fleet they were
+    # bought for fell short of it, and would again. Only a fleet that ran a
+    # while fell short: the steps of a rise that follow each other, each
+    # before the last one's fleet was measured, are the load's.
     if level is not None and pinned and target < current:
         kept = (now, target, level)
-    elif level is not None and on_demand and target > current:
+    elif level is not None and on_demand and target > current and ran is not None:
         short = [f[2] for f in (floor, kept) if f is not None and current <= f[1]]
         if short:
             kept = (now, target, min(level, *short))
+        elif not falling and target - current <= SMALL_STEP_PODS:
+            kept = (now, target, min(level, ran[2]))
 
     # The demand's mean since the last change, its first rate window left out
     # (fewer pods take that long to run fuller): where a scale-down lands.
@@ -1487,6 +1594,7 @@ def recommend(
         calm_since=calm_since,
         arrival_trend=arrival_trend,
         fleet_p95=fleet_p95,
+        noise_mean=noise_mean,
         trusted=trusted_span,
         read_at=read_at if read_at is not None and new_read else state.read_at,
     )
