@@ -892,7 +892,7 @@ def test_a_noisy_load_steps_down_to_its_mean_and_1_6_sigma_of_spare() -> None:
 
 def test_a_quiet_spell_of_a_noisy_load_narrows_the_spare_by_little() -> None:
     # 136-144 in flight (σ ≈ 8.4) on the 39 pods its spare keeps; then four
-    # minutes within a request of 140, where one window's σ is 1: its spare
+    # minutes within a request of 140, where one window's σ is 2: its spare
     # alone (140 + 1.6 σ) fits 36 pods, the moving mean of the noise, which
     # the spare takes, 38. The noise back, the 38 hold; a load no noisier
     # than that does not lose three pods to four quiet minutes.
@@ -1201,9 +1201,9 @@ def test_p95_guard_keeps_the_pod_it_bought_while_the_load_lasts() -> None:
 
 def test_a_drained_backlogs_recommendations_leave_the_window_at_once() -> None:
     # 20 pods (the most allowed) behind a backlog: 180 requests and refusals
-    # for a minute ask for 45 pods, and the window keeps them two minutes.
-    # Then the backlog is gone: 40 in flight at 4 requests/s, which keep 45
-    # in flight at most (12 pods), so the 45 were the backlog's. No collapse
+    # for a minute ask for some 50 pods, and the window keeps them two
+    # minutes. Then the backlog is gone: 40 in flight at 4 requests/s, which
+    # keep 45 in flight at most (12 pods), so the 50 were the backlog's. No collapse
     # (12 is over half of 20), yet the window forgets them and the fleet steps
     # down to what the arrivals need within a rate window of the drain, not
     # two minutes later.
