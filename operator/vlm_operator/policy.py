@@ -748,13 +748,22 @@ def _track_noise(
         mean = None
     if not fresh or sigma is None:
         return mean
+    return _advanced(mean, now, sigma, NOISE_MEAN_SECONDS, digits=6)
+
+
+def _advanced(
+    mean: tuple[float, float, float] | None, now: float, value: float, tau: float, *, digits: int
+) -> tuple[float, float, float]:
+    """A (first, last, moving mean) with ``value`` taken at ``now``; begun if None.
+
+    Rounded as the status keeps it, so a restarted operator decides alike.
+    """
     if mean is None:
-        return (now, now, sigma)
-    first, last, value = mean
-    if now == last:
+        return (now, now, value)
+    first, last, previous = mean
+    if now <= last:
         return mean
-    # Rounded as the status keeps it, so a restarted operator decides alike.
-    return (first, now, round(_moving_mean(value, first, last, now, sigma, NOISE_MEAN_SECONDS), 6))
+    return (first, now, round(_moving_mean(previous, first, last, now, value, tau), digits))
 
 
 def _track_fleet_p95(
@@ -1574,12 +1583,7 @@ def recommend(
     if target != current or (since_change is not None and since_change[1] > now):
         since_change = None
     elif demand is not None and demand_complete and signals_ok and cooled:
-        if since_change is None:
-            since_change = (now, now, demand)
-        elif now > since_change[1]:
-            first, last, mean = since_change
-            moved = _moving_mean(mean, first, last, now, demand, LEVEL_SECONDS)
-            since_change = (first, now, round(moved, 3))
+        since_change = _advanced(since_change, now, demand, LEVEL_SECONDS, digits=3)
     new_state = PolicyState(
         down=down_queue,
         up=up_queue,
