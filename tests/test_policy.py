@@ -905,6 +905,22 @@ def test_a_quiet_spell_of_a_noisy_load_narrows_the_spare_by_little() -> None:
     assert 7.0 < ds[-1].state.noise_mean[2] < 8.0
 
 
+def test_an_open_load_four_times_as_busy_keeps_its_spare_from_the_start() -> None:
+    # Twenty minutes of 32-40 in flight (σ ≈ 8.4, 1.4 × Poisson's √36), then
+    # a burst of 200 and four times the load with the same spread: 136-152
+    # (σ ≈ 16.8, 1.4 × √144). Its spare is there at once: 144 + 1.6 σ fits
+    # 43 pods, where the descent from the burst ends. (A moving mean of σ
+    # itself, still half-way between the loads' σ, took the fleet to 41.)
+    spec = _spec(maxReplicas=60)
+    state = _history(spec, _alternating_values(32.0, 40.0, 240), pods=12)
+    busier = [(200.0, 0.0)] * 6 + _alternating(136.0, 152.0, 240)
+    ds = _replay(spec, state, busier, start=1200.0, pods=12)
+    assert ds[0].replicas == 50
+    assert [d.replicas for d in ds if d.direction == "down"] == [46, 43]
+    assert ds[-1].state.noise_spread is not None
+    assert ds[-1].state.noise_spread[2] == pytest.approx(8.0 / 0.954 / 6.0, rel=0.05)
+
+
 def _fall_to_120_in_flight(p95: float, *, seconds: float = 300.0) -> list[Decision]:
     """40 pods busy at 160 in flight for five minutes, then 120: the demand
     alone would take them to 31, a tenth of the pods (4) at a time."""
@@ -1541,6 +1557,8 @@ def test_state_from_garbage_is_fresh(garbage: Any) -> None:
         ("noiseMean", [5.0, 1.0, 3.0]),
         ("noiseMean", [1.0, 2.0, float("inf")]),
         ("noiseMean", [1.0, 2.0]),
+        ("noiseSpread", [5.0, 1.0, 3.0]),
+        ("noiseSpread", [1.0, 2.0, -1.0]),
     ],
 )
 def test_a_bad_stored_field_is_forgotten_alone(key: str, bad: Any) -> None:

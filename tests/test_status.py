@@ -349,6 +349,7 @@ def test_cleared_fields_are_deleted_by_the_merge_patch() -> None:
         queued_at=T0,
         demand_since_change=(1, 2, 3),
         noise_mean=(1, 2, 3.0),
+        noise_spread=(1, 2, 0.5),
     )
     first = cycle({}, decision(9, state=floor))
     stored = merge_patched({}, first)
@@ -360,7 +361,14 @@ def test_cleared_fields_are_deleted_by_the_merge_patch() -> None:
     second = cycle(stored, decision(6, state=PolicyState(), signals_ok=False), signals=LOST)
     assert second["autoscalerState"]["guardFloor"] is None
     stored = merge_patched(stored, second)
-    for key in ("guardFloor", "keptFloor", "queuedAt", "demandSinceChange", "noiseMean"):
+    for key in (
+        "guardFloor",
+        "keptFloor",
+        "queuedAt",
+        "demandSinceChange",
+        "noiseMean",
+        "noiseSpread",
+    ):
         assert key not in stored["autoscalerState"]
     assert "p95Seconds" not in stored["signals"]
     assert "inFlightPerPod" not in stored["signals"]

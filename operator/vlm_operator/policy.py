@@ -199,11 +199,15 @@ SMALL_STEP_WAIT_WINDOWS = 2
 SMALL_STEP_PODS = 2
 #: ...and noisy a load whose noise band (NOISE_WIDTH σ) is this many pods wide.
 SMALL_STEP_WAIT_BAND = 0.5
-#: Time constant of the moving mean of the demand's noise that the spare of a
+#: Time constant of the moving means of the demand's noise, and of its noise
+#: over Poisson's (σ / √ of the mean in flight), that the spare of a
 #: scale-down takes...
 NOISE_MEAN_SECONDS = 600.0
-#: ...from windows of this many samples at least.
+#: ...from windows of this many samples at least...
 NOISE_MIN_SAMPLES = 3
+#: ...and, for the noise over Poisson's, a mean in flight of this many
+#: requests at least (over nearly nothing, it measures nothing).
+NOISE_SPREAD_MIN_DEMAND = 1.0
 #: Time constants of the two moving means of the arrival rate that tell a
 #: falling load (a day's evening) from a steady one...
 ARRIVAL_TREND_FAST_SECONDS = 600.0
@@ -355,6 +359,9 @@ class PolicyState:
     #: The demand's noise (σ) as the scale-down's spare takes it: a moving
     #: mean over NOISE_MEAN_SECONDS of the window's: (first, last, mean).
     noise_mean: tuple[float, float, float] | None = None
+    #: ...and of the noise over Poisson's (σ / √ of the window's mean in
+    #: flight), which an open load keeps as its rate moves: the same.
+    noise_spread: tuple[float, float, float] | None = None
     #: The P95 of the fleet as it is, taken once a change, a burst or refusals
     #: have left the P95 window: (first, last, moving mean, pods it ran on).
     fleet_p95: tuple[float, float, float, int] | None = None
@@ -399,6 +406,7 @@ class PolicyState:
             "calmSince": self.calm_since,
             "arrivalTrend": None if self.arrival_trend is None else list(self.arrival_trend),
             "noiseMean": None if self.noise_mean is None else list(self.noise_mean),
+            "noiseSpread": None if self.noise_spread is None else list(self.noise_spread),
             "fleetP95": None if self.fleet_p95 is None else list(self.fleet_p95),
             "trusted": None if self.trusted is None else list(self.trusted),
             "readAt": self.read_at,
@@ -445,12 +453,8 @@ class PolicyState:
             t, n, d = data[key]
             return (_finite(t), _pods(n), _amount(d))
 
-        def since_change() -> tuple[float, float, float]:
-            first, last, mean = data["demandSinceChange"]
-            return (*_span(first, last), _amount(mean))
-
-        def noise_mean() -> tuple[float, float, float]:
-            first, last, mean = data["noiseMean"]
+        def moving_mean(key: str) -> tuple[float, float, float]:
+            first, last, mean = data[key]
             return (*_span(first, last), _amount(mean))
 
         def arrival_trend() -> tuple[float, float, float, float]:
@@ -484,10 +488,13 @@ class PolicyState:
             queued_at=instant("queuedAt"),
             guard_floor=optional("guardFloor", lambda: floor("guardFloor")),
             kept_floor=optional("keptFloor", lambda: floor("keptFloor")),
-            demand_since_change=optional("demandSinceChange", since_change),
+            demand_since_change=optional(
+                "demandSinceChange", lambda: moving_mean("demandSinceChange")
+            ),
             calm_since=instant("calmSince"),
             arrival_trend=optional("arrivalTrend", arrival_trend),
-            noise_mean=optional("noiseMean", noise_mean),
+            noise_mean=optional("noiseMean", lambda: moving_mean("noiseMean")),
+            noise_spread=optional("noiseSpread", lambda: moving_mean("noiseSpread")),
             fleet_p95=optional("fleetP95", fleet_p95),
             trusted=optional("trusted", trusted),
             read_at=instant("readAt"),
@@ -733,22 +740,23 @@ def _track_arrivals(
 def _track_noise(
     mean: tuple[float, float, float] | None,
     now: float,
-    sigma: float | None,
+    noise: float | None,
     *,
     fresh: bool,
     gap: float,
 ) -> tuple[float, float, float] | None:
-    """The next moving mean of the demand's noise: (first, last, mean).
+    """The next moving mean of a measure of the demand's noise: (first, last, mean).
 
-    Taken on ticks that recorded a sample, once the window holds a few (one
-    step's σ is no estimate). A gap longer than ``gap`` (the loop was down, or
-    the clock moved back) starts it anew.
+    Taken on ticks that recorded a sample, when the caller knows the measure
+    (``noise`` None: the window holds too few samples, one step's σ being no
+    estimate). A gap longer than ``gap`` (the loop was down, or the clock
+    moved back) starts it anew.
     """
     if mean is not None and not 0.0 <= now - mean[1] <= gap:
         mean = None
-    if not fresh or sigma is None:
+    if not fresh or noise is None:
         return mean
-    return _advanced(mean, now, sigma, NOISE_MEAN_SECONDS, digits=6)
+    return _advanced(mean, now, noise, NOISE_MEAN_SECONDS, digits=6)
 
 
 def _advanced(
@@ -1054,20 +1062,36 @@ def recommend(
     # The scale-down's spare takes the noise's moving mean: one window's σ,
     # the median of two dozen steps, wanders by half (a band of ±4.2 to
     # ±10.5 requests at a steady 4 req/s), and each time it dipped the fleet
-    # stepped down a pod, an hour on. Never over this window's σ or, if
-    # larger, an open load's count's (√ of its mean), so a load gone quiet is
-    # not held up by the noise it had.
+    # stepped down a pod, an hour on. A mean of σ lags a step up of the load
+    # by minutes, though: the fleet that had climbed to step-burst's burst
+    # stepped down a pod or two in it for the guard to buy back. So it takes
+    # the larger of that and the mean of the noise over Poisson's (σ / √ of
+    # the window's mean in flight; an open load keeps it as its rate moves)
+    # times √ of the window's mean in flight now. Never over this window's σ
+    # or, if larger, an open load's count's (√ of its mean), so a load gone
+    # quiet is not held up by the noise it had.
+    samples_known = len(_values(recorded, now, down_window)) >= NOISE_MIN_SAMPLES
+    down_level = _mean(recorded, now, down_window) or 0.0
+    fresh = demand is not None and demand_complete and new_read
+    gap = max(window, 2 * auto.sync_period_seconds)
     noise_mean = _track_noise(
-        state.noise_mean,
+        state.noise_mean, now, sigma if samples_known else None, fresh=fresh, gap=gap
+    )
+    spread_known = samples_known and down_level >= NOISE_SPREAD_MIN_DEMAND
+    noise_spread = _track_noise(
+        state.noise_spread,
         now,
-        sigma if len(_values(recorded, now, down_window)) >= NOISE_MIN_SAMPLES else None,
-        fresh=demand is not None and demand_complete and new_read,
-        gap=max(window, 2 * auto.sync_period_seconds),
+        sigma / math.sqrt(down_level) if spread_known else None,
+        fresh=fresh,
+        gap=gap,
     )
     sigma_down = sigma
     if noise_mean is not None:
         in_flight = _mean(recorded, now, window) or 0.0
-        sigma_down = min(noise_mean[2], max(sigma, math.sqrt(in_flight)))
+        remembered = noise_mean[2]
+        if noise_spread is not None:
+            remembered = max(remembered, noise_spread[2] * math.sqrt(down_level))
+        sigma_down = min(remembered, max(sigma, math.sqrt(in_flight)))
     # A queue on the latest sample. On a fleet, one waiting request may be a
     # request counted on two pods (their gates are scraped at different
     # instants): it counts once the tick before showed a queue too. On one pod
@@ -1599,6 +1623,7 @@ def recommend(
         arrival_trend=arrival_trend,
         fleet_p95=fleet_p95,
         noise_mean=noise_mean,
+        noise_spread=noise_spread,
         trusted=trusted_span,
         read_at=read_at if read_at is not None and new_read else state.read_at,
     )
