@@ -33,10 +33,13 @@ The rules, and the failures of other autoscalers they answer:
   steps wait longer (below), σ there being its moving mean over ten
   minutes: one window's σ, the median of two dozen steps, wanders by half
   (a band of ±4 to ±10 requests at a steady 4 req/s), and each dip of it
-  took a pod an hour on. That mean counts no higher than the window's σ or,
-  if larger, √ of the mean in flight (an open load's count), so a load gone
-  quiet is not held up by the noise it had. A queue (waiting > 0) is excused by the noise
-  band only: the quarter-pod tolerance is for running requests over the
+  took a pod an hour on. Or, if larger, the ten-minute mean of σ over
+  Poisson's (σ / √ of the mean in flight) times √ of the mean in flight
+  now, which follows a step of an open load where the mean of σ lags it
+  by minutes. That counts no higher than the window's σ or, if larger, √
+  of the mean in flight (an open load's count), so a load gone quiet is
+  not held up by the noise it had. A queue (waiting > 0) is excused by the
+  noise band only: the quarter-pod tolerance is for running requests over the
   target, as behind a round-robin Service the pod with the queue keeps
   getting its share of new requests. Behind a least-request balancer
   (``autoscaling.loadBalancing: LeastRequest``) new requests go to the pod
@@ -1352,7 +1355,7 @@ def recommend(
             and highest - lately >= COLLAPSE_MIN_PODS
         ):
             down_queue = tuple((t, min(n, keep)) for t, n in down_queue)
-            highest = max(n for t, n in down_queue if t > now - down_window or t == now)
+            highest = min(highest, keep)  # the capped window's maximum
         if collapsed and arrival is not None:
             # The in-flight count of a fleet running far under its target
             # understates what fewer pods will hold (they run fuller and
