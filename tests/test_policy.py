@@ -743,6 +743,38 @@ def test_pods_bought_back_when_the_fewest_found_fell_short_are_kept() -> None:
     assert after[-1].replicas == ups[0]
 
 
+def test_pods_an_open_load_s_clump_buys_at_once_are_kept_while_its_arrivals_hold() -> None:
+    # The noisy open load of 30-38 in flight on 12 pods, at a steady 1
+    # request/s: a clump of slow answers queues a dozen requests and buys 3
+    # pods at once, more than the pod or two kept above. The arrivals did not
+    # rise with it: the fleet fell short of the load it ran, and the load back
+    # as it was holds them (let go, they were a scale-down more on a steady
+    # load: 28 -> 31 -> 28 pods at 10 req/s).
+    spec = _spec(maxReplicas=60)
+    state = _history(spec, [38.0, 30.0] * 60, pods=12)
+    calm = [_signals(running, 0.0) for running, _ in _alternating(30.0, 38.0, 240)]
+    bought = _run(spec, state, [_signals(48.0, 12.0)] * 13 + calm, start=600.0, pods=12)
+    ups = [d.replicas for d in bought if d.direction == "up"]
+    assert len(ups) == 1
+    assert ups[0] - 12 > SMALL_STEP_PODS
+    assert {d.replicas for d in bought[13:]} == {ups[0]}
+    assert bought[-1].reason.endswith(
+        f"(held: {ups[0]} pods were the fewest found to hold demand 37.7)"
+    )
+    # The same clump with the arrivals up three-fold is a rise of the load,
+    # whose pods the window takes back once it is over...
+    risen = _run(spec, state, [_signals(48.0, 12.0, rate=3.0)] * 13 + calm, start=600.0, pods=12)
+    assert [d.replicas for d in risen if d.direction == "up"] == ups
+    assert risen[-1].replicas == 12
+    # ...and a closed loop's arrivals (its answers) tell nothing: its quiet
+    # demand of 44 on 12 pods, then a queue of 14 for one sample.
+    quiet = _history(spec, [44.0] * 120, pods=12)
+    queue = [_signals(48.0, 14.0)] + [_signals(44.0, 0.0)] * 80
+    closed = _run(spec, quiet, queue, start=600.0, pods=12)
+    assert closed[0].replicas - 12 > SMALL_STEP_PODS
+    assert closed[-1].replicas == 12
+
+
 def test_the_arrival_trend_starts_anew_after_refusals_and_leaves_out_the_drain() -> None:
     spec = _spec(maxReplicas=60)
     window = spec.metrics.window_seconds

@@ -111,10 +111,12 @@ The rules, and the failures of other autoscalers they answer:
   a queue buys back when such a floor's fleet falls short, at the floor's
   demand (the short fleet's is a queue's, and the share of it would take
   them back), and with no floor remembered, the pod or two a steady load's
-  demand buys, at the demand the fleet ran since its last change. A scale-up goes
-  to the lowest recommendation of ``scaleUp.stabilizationWindowSeconds`` (0
-  by default: react at once) and adds at most max(maxPodsPerStep,
-  maxPercentPerStep % of current) pods per tick.
+  demand buys (or more, on an open load whose arrivals did not rise: a
+  clump of slow answers), at the demand the fleet ran since its last
+  change. A scale-up goes to the lowest recommendation of
+  ``scaleUp.stabilizationWindowSeconds`` (0 by default: react at once) and
+  adds at most max(maxPodsPerStep, maxPercentPerStep % of current) pods per
+  tick.
 - **Bursts.** When the latest demand needs twice the ready pods, scale up to
   it at once (no step limit), and never down while a sample of the burst
   window still does.
@@ -216,7 +218,8 @@ NOISE_SPREAD_MIN_DEMAND = 1.0
 ARRIVAL_TREND_FAST_SECONDS = 600.0
 ARRIVAL_TREND_SLOW_SECONDS = 2400.0
 #: ...by the slow one over the fast one by this many standard deviations of
-#: their difference on a steady Poisson load of that rate.
+#: their difference on a steady Poisson load of that rate (and a rate
+#: window's arrivals that rose, by as many of its count's over the slow one).
 ARRIVAL_FALL_SIGMAS = 3.0
 #: Time constant of the moving mean of the demand since the last change, on
 #: which a scale-down on a noisy load lands...
@@ -863,6 +866,20 @@ def _arrivals_falling(trend: tuple[float, float, float, float] | None) -> bool:
     f, s = ARRIVAL_TREND_FAST_SECONDS, ARRIVAL_TREND_SLOW_SECONDS
     variance = max(slow, 0.0) * (1 / (2 * f) + 1 / (2 * s) - 2 / (f + s))
     return slow - fast >= ARRIVAL_FALL_SIGMAS * math.sqrt(variance) and slow > fast
+
+
+def _arrivals_steady(
+    trend: tuple[float, float, float, float] | None, arrival: float | None, window: float
+) -> bool:
+    """Whether this rate window's arrivals are within the noise of the slow mean's.
+
+    A Poisson count over a window W at rate r has σ = √(r / W) in requests/s:
+    up to ARRIVAL_FALL_SIGMAS of that over the slow mean is no rise.
+    """
+    if trend is None or arrival is None:
+        return False
+    slow = max(trend[3], 0.0)
+    return arrival <= slow + ARRIVAL_FALL_SIGMAS * math.sqrt(slow / window)
 
 
 def _fmt(x: float | None) -> str:
@@ -1594,14 +1611,25 @@ def recommend(
     # the demand the fleet ran since its last change: the fleet they were
     # bought for fell short of it, and would again. Only a fleet that ran a
     # while fell short: the steps of a rise that follow each other, each
-    # before the last one's fleet was measured, are the load's.
+    # before the last one's fleet was measured, are the load's. So are more
+    # pods bought at once, unless the arrivals of an open load did not rise
+    # with its demand: a clump of slow answers (a queue, so more in flight)
+    # bought 3 pods at 10 req/s, and the window took them back 160 s later,
+    # a scale-down more on a steady load (28 -> 31 -> 28 pods). A closed loop's
+    # arrivals are its answers, which a full fleet holds down as its users
+    # rise: not told apart. An open load by the ten-minute mean of its spread,
+    # which one window's (a median of two dozen steps) passes and misses.
+    open_load = noise_spread is not None and noise_spread[2] >= OPEN_LOAD_SPREAD
     if level is not None and pinned and target < current:
         kept = (now, target, level)
     elif level is not None and on_demand and target > current and ran is not None:
         short = [f[2] for f in (floor, kept) if f is not None and current <= f[1]]
         if short:
             kept = (now, target, min(level, *short))
-        elif not falling and target - current <= SMALL_STEP_PODS:
+        elif not falling and (
+            target - current <= SMALL_STEP_PODS
+            or (open_load and _arrivals_steady(arrival_trend, arrival, window))
+        ):
             kept = (now, target, min(level, ran[2]))
 
     # The demand's mean since the last change, its first rate window left out
